@@ -1,0 +1,245 @@
+//! Requests and responses of the engine's generic `/v1` HTTP API, and its error body.
+//!
+//! Every error the engine answers is `{"error":{"code":"...","message":"..."}}`; `code` is a
+//! stable string scripts may match on.
+
+use crate::history::{ActivityError, EventKind};
+use crate::ids::{QueueName, TaskToken, WorkflowId};
+use crate::json::JsonText;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// `POST /v1/workflows`. Starting an ID that exists with the same type and input returns
+/// the existing run (200); with a different one it is a conflict (409).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartWorkflowRequest {
+    #[serde(rename = "type")]
+    pub workflow_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default = "JsonText::null")]
+    pub input: JsonText,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WorkflowStatus {
+    Running,
+    Completed,
+    Compensated,
+    Failed,
+    Terminated,
+}
+
+impl WorkflowStatus {
+    pub const ALL: [WorkflowStatus; 5] = [
+        WorkflowStatus::Running,
+        WorkflowStatus::Completed,
+        WorkflowStatus::Compensated,
+        WorkflowStatus::Failed,
+        WorkflowStatus::Terminated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkflowStatus::Running => "RUNNING",
+            WorkflowStatus::Completed => "COMPLETED",
+            WorkflowStatus::Compensated => "COMPENSATED",
+            WorkflowStatus::Failed => "FAILED",
+            WorkflowStatus::Terminated => "TERMINATED",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self != WorkflowStatus::Running
+    }
+}
+
+impl std::str::FromStr for WorkflowStatus {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        WorkflowStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(text))
+            .ok_or_else(|| {
+                format!("unknown status {text:?}: expected running, completed, compensated, failed or terminated")
+            })
+    }
+}
+
+/// A workflow run as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkflowView {
+    pub id: WorkflowId,
+    #[serde(rename = "type")]
+    pub workflow_type: String,
+    pub definition_version: u32,
+    pub status: WorkflowStatus,
+    /// The definition's label for the status (e.g. `CONFIRMED`), when it declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_status: Option<String>,
+    pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at_ms: Option<u64>,
+    /// Why the run was compensated, failed or terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub input: JsonText,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<JsonText>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryEventView {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// The step's name in the run's definition, for step events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_name: Option<String>,
+    pub event: EventKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    pub workflow_id: WorkflowId,
+    pub events: Vec<HistoryEventView>,
+}
+
+/// Body of `POST /v1/workflows/{id}/cancel` and `/terminate` (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DefinitionSummary {
+    pub name: String,
+    pub version: u32,
+    pub steps: Vec<String>,
+    /// The definition's TOML source as registered.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DefinitionList {
+    pub definitions: Vec<DefinitionSummary>,
+}
+
+/// `POST /v1/tasks/poll`: returns as soon as a task is ready, or empty after `wait_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    pub queue: QueueName,
+    pub worker_id: String,
+    #[serde(default = "one")]
+    pub max_tasks: u32,
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One activity attempt handed to a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActivityTask {
+    pub token: TaskToken,
+    pub workflow_id: WorkflowId,
+    pub workflow_type: String,
+    pub step_name: String,
+    pub activity: String,
+    pub attempt: u32,
+    /// The same for every attempt of this step in this run; another for its compensation.
+    pub idempotency_key: String,
+    /// The workflow's input.
+    pub input: JsonText,
+    /// Outputs of the steps completed so far, by step name.
+    pub results: JsonText,
+    /// The step's static parameters from the definition (`{}` when none).
+    pub params: JsonText,
+    /// The attempt's lease: report before this many milliseconds or it is timed out.
+    pub start_to_close_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PollResponse {
+    pub tasks: Vec<ActivityTask>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    pub token: TaskToken,
+    #[serde(default = "JsonText::null")]
+    pub output: JsonText,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailRequest {
+    pub token: TaskToken,
+    pub error: ActivityError,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub token: TaskToken,
+}
+
+/// One outcome in `POST /v1/tasks/report` (a batch of completions and failures).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    Completed { output: JsonText },
+    Failed { error: ActivityError },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskReport {
+    pub token: TaskToken,
+    pub outcome: TaskOutcome,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportBatchRequest {
+    pub reports: Vec<TaskReport>,
+}
+
+/// Results in the order of the reports: `None` accepted, `Some(error)` refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportBatchResponse {
+    pub results: Vec<Option<ErrorDetail>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub active_workflows: u64,
+}

@@ -1,0 +1,162 @@
+//! History events: the append-only log that is the single source of truth for a workflow run.
+//!
+//! A run's state is a fold over these events. They are persisted (bincode, behind the engine's
+//! codec and its format version byte) and served as JSON by the history API, so every change
+//! here is a format change.
+
+use crate::ids::StepRef;
+use crate::json::JsonText;
+use serde::{Deserialize, Serialize};
+
+/// One entry of a run's history. `seq` is contiguous from 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    /// Wall-clock milliseconds since the Unix epoch when the engine decided this event.
+    pub at_ms: u64,
+    pub kind: EventKind,
+}
+
+/// Why an attempt timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeoutKind {
+    /// No worker took the task in time.
+    ScheduleToStart,
+    /// The attempt ran too long.
+    StartToClose,
+    /// The worker stopped heartbeating.
+    Heartbeat,
+    /// All attempts together took too long.
+    ScheduleToClose,
+}
+
+impl TimeoutKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutKind::ScheduleToStart => "schedule_to_start",
+            TimeoutKind::StartToClose => "start_to_close",
+            TimeoutKind::Heartbeat => "heartbeat",
+            TimeoutKind::ScheduleToClose => "schedule_to_close",
+        }
+    }
+}
+
+/// A failure reported by an activity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityError {
+    /// A stable error type, matched against a retry policy's `non_retryable` list
+    /// (e.g. `OUT_OF_STOCK`, `PAYMENT_DECLINED`).
+    pub error_type: String,
+    pub message: String,
+    /// The worker's own verdict; `false` makes the failure permanent whatever the policy.
+    #[serde(default = "default_true")]
+    pub retryable: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    WorkflowStarted {
+        workflow_type: String,
+        definition_version: u32,
+        input: JsonText,
+    },
+    StepScheduled {
+        step: StepRef,
+        attempt: u32,
+    },
+    StepStarted {
+        step: StepRef,
+        attempt: u32,
+        worker: String,
+    },
+    StepCompleted {
+        step: StepRef,
+        attempt: u32,
+        output: JsonText,
+    },
+    StepFailed {
+        step: StepRef,
+        attempt: u32,
+        error: ActivityError,
+        /// False when this failure is final for the step.
+        will_retry: bool,
+    },
+    StepTimedOut {
+        step: StepRef,
+        attempt: u32,
+        timeout: TimeoutKind,
+        will_retry: bool,
+    },
+    StepRetryScheduled {
+        step: StepRef,
+        /// The attempt that will run when the backoff ends.
+        attempt: u32,
+        delay_ms: u64,
+    },
+    CancelRequested {
+        reason: String,
+    },
+    CompensationStarted {
+        reason: String,
+    },
+    WorkflowCompleted {
+        output: JsonText,
+    },
+    WorkflowCompensated {
+        reason: String,
+    },
+    WorkflowFailed {
+        reason: String,
+    },
+    WorkflowTerminated {
+        reason: String,
+    },
+}
+
+impl EventKind {
+    /// The event's name as shown in timelines (`StepScheduled`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::WorkflowStarted { .. } => "WorkflowStarted",
+            EventKind::StepScheduled { .. } => "StepScheduled",
+            EventKind::StepStarted { .. } => "StepStarted",
+            EventKind::StepCompleted { .. } => "StepCompleted",
+            EventKind::StepFailed { .. } => "StepFailed",
+            EventKind::StepTimedOut { .. } => "StepTimedOut",
+            EventKind::StepRetryScheduled { .. } => "StepRetryScheduled",
+            EventKind::CancelRequested { .. } => "CancelRequested",
+            EventKind::CompensationStarted { .. } => "CompensationStarted",
+            EventKind::WorkflowCompleted { .. } => "WorkflowCompleted",
+            EventKind::WorkflowCompensated { .. } => "WorkflowCompensated",
+            EventKind::WorkflowFailed { .. } => "WorkflowFailed",
+            EventKind::WorkflowTerminated { .. } => "WorkflowTerminated",
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            EventKind::WorkflowCompleted { .. }
+                | EventKind::WorkflowCompensated { .. }
+                | EventKind::WorkflowFailed { .. }
+                | EventKind::WorkflowTerminated { .. }
+        )
+    }
+
+    /// The step and attempt this event concerns, where it concerns one.
+    pub fn step_attempt(&self) -> Option<(StepRef, u32)> {
+        match self {
+            EventKind::StepScheduled { step, attempt }
+            | EventKind::StepStarted { step, attempt, .. }
+            | EventKind::StepCompleted { step, attempt, .. }
+            | EventKind::StepFailed { step, attempt, .. }
+            | EventKind::StepTimedOut { step, attempt, .. }
+            | EventKind::StepRetryScheduled { step, attempt, .. } => Some((*step, *attempt)),
+            _ => None,
+        }
+    }
+}

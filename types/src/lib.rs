@@ -1,0 +1,16 @@
+//! Types shared by the engine, the workers and `shopctl`: typed IDs, the HTTP API's requests
+//! and responses, history events, and the shop's order messages.
+//!
+//! This crate must stay light: it never depends on sled, axum, tokio or reqwest, so the CLI
+//! and the workers compile none of the engine's storage or server stack. Persisted and wire
+//! types here are a compatibility boundary: change them on purpose, with a format version.
+
+pub mod api;
+pub mod history;
+pub mod ids;
+pub mod json;
+pub mod limits;
+pub mod order;
+
+pub use ids::{IdError, QueueName, StepPhase, StepRef, TaskToken, WorkflowId};
+pub use json::JsonText;
