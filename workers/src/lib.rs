@@ -1,1 +1,237 @@
-//! placeholder
+//! shop-worker: the shop's activity workers. Inventory, payment and notification each own
+//! their data in their own sled store under the data dir; echo is stateless. The process
+//! long-polls the engine for tasks on the queues of the domains it serves, runs them, and
+//! reports their outcomes; it also serves a small admin API to inspect and seed its data and
+//! to inject faults.
+//!
+//! Architecture invariants:
+//! - nothing is reported to the engine, or answered on the admin API, before it is flushed;
+//! - every activity is idempotent: a retried attempt finds its idempotency record and
+//!   changes nothing;
+//! - one process owns a domain's store; a second one fails to open it and exits;
+//! - the engine being down never crashes the worker: it backs off and retries.
+//!
+//! `run` is the whole process minus argument parsing and logging setup, so tests can start
+//! a worker in-process.
+
+pub mod activities;
+pub mod admin;
+pub mod engine_client;
+pub mod faults;
+pub mod inventory;
+pub mod notification;
+pub mod payment;
+pub mod poller;
+pub mod shutdown;
+pub mod store;
+
+use activities::{Activities, Domain};
+use inventory::Inventory;
+use notification::Notification;
+use payment::Payment;
+use shop_types::order::FaultConfig;
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// Most poll loops per queue: each holds up to `TASKS_PER_POLL` tasks in flight.
+pub const MAX_CONCURRENCY: usize = 64;
+/// Poll loops per queue when not told otherwise.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// What `run` needs to start a worker.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub engine: reqwest::Url,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The domains to serve; duplicates are ignored.
+    pub domains: Vec<Domain>,
+    /// Poll loops per queue, 1..=`MAX_CONCURRENCY`.
+    pub concurrency: usize,
+    pub faults: FaultConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid options: {0}")]
+    Options(String),
+    #[error("invalid fault settings")]
+    Faults(#[from] faults::Error),
+    #[error("the {domain} store failed")]
+    Store {
+        domain: Domain,
+        #[source]
+        source: store::Error,
+    },
+    #[error("cannot set up the engine client")]
+    Client(#[from] engine_client::Error),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the admin API failed")]
+    Serve(#[source] std::io::Error),
+    #[error("the admin API task panicked")]
+    ServePanicked(#[source] tokio::task::JoinError),
+}
+
+/// Displays an error with its whole `source()` chain on one line, for logs.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+/// Runs the worker until `signal` completes, then shuts down gracefully: stops polling,
+/// lets in-flight tasks finish (or abandons them after a grace period), stops the admin
+/// API, and flushes every store.
+pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(), Error> {
+    if !(1..=MAX_CONCURRENCY).contains(&options.concurrency) {
+        return Err(Error::Options(format!(
+            "concurrency must be 1..={MAX_CONCURRENCY}, got {}",
+            options.concurrency
+        )));
+    }
+    if options.domains.is_empty() {
+        return Err(Error::Options("no activities to serve".to_owned()));
+    }
+    let faults = Arc::new(faults::Faults::new(options.faults.clone())?);
+    let inventory = open_domain(&options, Domain::Inventory, Inventory::open)?;
+    let payment = open_domain(&options, Domain::Payment, Payment::open)?;
+    let notification = open_domain(&options, Domain::Notification, Notification::open)?;
+    let activities = Arc::new(Activities {
+        inventory,
+        payment,
+        notification,
+        echo: options.domains.contains(&Domain::Echo),
+        faults,
+    });
+    let client = engine_client::EngineClient::new(&options.engine)?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    let admin_addr = listener.local_addr().unwrap_or(options.listen);
+
+    let (trigger, shutdown) = shutdown::channel();
+    let mut server = tokio::spawn(
+        axum::serve(listener, admin::router(Arc::clone(&activities)))
+            .with_graceful_shutdown(shutdown.clone().wait_owned())
+            .into_future(),
+    );
+
+    let worker_id: Arc<str> = worker_id().into();
+    let mut pollers = JoinSet::new();
+    for domain in activities.domains() {
+        for _ in 0..options.concurrency {
+            pollers.spawn(
+                poller::Poller {
+                    client: client.clone(),
+                    activities: Arc::clone(&activities),
+                    queue: domain.queue(),
+                    worker_id: Arc::clone(&worker_id),
+                    shutdown: shutdown.clone(),
+                }
+                .run(),
+            );
+        }
+    }
+    tracing::info!(
+        engine = %options.engine,
+        admin = %admin_addr,
+        worker_id = %worker_id,
+        activities = ?activities.domains(),
+        concurrency = options.concurrency,
+        "shop-worker started"
+    );
+
+    let server_result = tokio::select! {
+        () = signal => {
+            tracing::info!("shutting down: no new tasks; finishing in-flight ones");
+            None
+        }
+        ended = &mut server => Some(ended),
+    };
+    trigger.fire();
+    while let Some(joined) = pollers.join_next().await {
+        if let Err(err) = joined {
+            tracing::error!(error = %err, "a poll loop panicked");
+        }
+    }
+    let server_result = match server_result {
+        Some(ended) => ended,
+        None => server.await,
+    };
+    let flushed = flush_all(&activities).await;
+    match server_result {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return Err(Error::Serve(err)),
+        Err(err) => return Err(Error::ServePanicked(err)),
+    }
+    flushed?;
+    tracing::info!("shop-worker stopped");
+    Ok(())
+}
+
+/// Opens `domain`'s store under the data dir and loads it, when the domain is served.
+fn open_domain<T>(
+    options: &Options,
+    domain: Domain,
+    load: impl FnOnce(sled::Db) -> Result<T, store::Error>,
+) -> Result<Option<Arc<T>>, Error> {
+    if !options.domains.contains(&domain) {
+        return Ok(None);
+    }
+    store::open(&options.data_dir.join(domain.as_str()))
+        .and_then(load)
+        .map(|loaded| Some(Arc::new(loaded)))
+        .map_err(|source| Error::Store { domain, source })
+}
+
+/// Flushes every store; reports the first failure after trying them all.
+async fn flush_all(activities: &Activities) -> Result<(), Error> {
+    let mut first_failure = None;
+    let mut note = |domain: Domain, result: Result<(), store::Error>| {
+        if let Err(source) = result {
+            tracing::error!(%domain, error = %ErrorChain(&source), "final flush failed");
+            first_failure.get_or_insert(Error::Store { domain, source });
+        }
+    };
+    if let Some(inventory) = &activities.inventory {
+        note(Domain::Inventory, inventory.flush().await);
+    }
+    if let Some(payment) = &activities.payment {
+        note(Domain::Payment, payment.flush().await);
+    }
+    if let Some(outbox) = &activities.notification {
+        note(Domain::Notification, outbox.flush().await);
+    }
+    first_failure.map_or(Ok(()), Err)
+}
+
+/// `{hostname}-{pid}`, or `worker-{pid}` when the host name cannot be read.
+fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}

@@ -1,1 +1,132 @@
-fn main() {}
+//! The `shop-worker` binary: parses flags, sets up logging to stderr, and runs the worker
+//! until Ctrl-C or SIGTERM. All behaviour lives in the library; this file only translates
+//! the command line and turns a failure into a one-line reason and a non-zero exit.
+
+use anyhow::Context;
+use clap::Parser;
+use shop_types::order::FaultConfig;
+use shop_worker::activities::Domain;
+use shop_worker::{Options, DEFAULT_CONCURRENCY, MAX_CONCURRENCY};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The shop's activity worker: inventory, payment and notification, each owning its data.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The engine's base URL.
+    #[arg(long, env = "SHOP_ENGINE", default_value = "http://127.0.0.1:8080")]
+    engine: reqwest::Url,
+    /// Where each domain keeps its store (DIR/inventory, DIR/payment, DIR/notification).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address of this worker's admin API.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// Comma-separated activity groups to serve: inventory, payment, notification, echo.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "inventory,payment,notification"
+    )]
+    activities: Vec<Domain>,
+    /// Poll loops per queue; each runs up to 16 tasks at once.
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16,
+          value_parser = clap::value_parser!(u16).range(1..=MAX_CONCURRENCY as i64))]
+    concurrency: u16,
+    /// Fail the next N payment.charge calls with a retryable error.
+    #[arg(long, default_value_t = 0)]
+    payment_fail_next: u32,
+    /// Probability (0..=1) that a payment.charge call fails with a retryable error.
+    #[arg(long, default_value_t = 0.0)]
+    payment_failure_rate: f64,
+    /// Latency added to every activity, e.g. "50ms".
+    #[arg(long)]
+    latency: Option<humantime::Duration>,
+    /// Make the next N payment.charge calls hang for --payment-hang before doing the work.
+    #[arg(long, default_value_t = 0, requires = "payment_hang")]
+    payment_hang_next: u32,
+    /// How long a hanging payment.charge call sleeps, e.g. "15s".
+    #[arg(long)]
+    payment_hang: Option<humantime::Duration>,
+}
+
+fn millis(duration: Option<humantime::Duration>) -> anyhow::Result<u64> {
+    let duration: Duration = duration.map_or(Duration::ZERO, Into::into);
+    u64::try_from(duration.as_millis()).context("duration too long")
+}
+
+impl Args {
+    fn into_options(self) -> anyhow::Result<Options> {
+        let faults = FaultConfig {
+            payment_fail_next: self.payment_fail_next,
+            payment_failure_rate: self.payment_failure_rate,
+            latency_ms: millis(self.latency).context("--latency")?,
+            payment_hang_next: self.payment_hang_next,
+            payment_hang_ms: millis(self.payment_hang).context("--payment-hang")?,
+        };
+        Ok(Options {
+            engine: self.engine,
+            data_dir: self.data_dir,
+            listen: self.listen,
+            domains: self.activities,
+            concurrency: usize::from(self.concurrency),
+            faults,
+        })
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM. If a handler cannot be installed, the other one still
+/// works, so that failure is logged rather than fatal.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let options = args.into_options()?;
+    let data_dir = options.data_dir.display().to_string();
+    shop_worker::run(options, shutdown_signal())
+        .await
+        .with_context(|| format!("shop-worker (data dir {data_dir})"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The one line a script or a person reads: every cause, outermost first.
+            eprintln!("shop-worker: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

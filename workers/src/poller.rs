@@ -1,0 +1,282 @@
+//! The poll loops: each long-polls one task queue, runs the tasks it gets concurrently
+//! (heartbeating those that ask for it), and reports their outcomes in one batch.
+//!
+//! A loop never crashes on the engine's behalf: an unreachable or overloaded engine is
+//! retried with capped exponential backoff, and a report that cannot be delivered within its
+//! budget is dropped, because the engine times the attempt out and retries it, and every
+//! activity is idempotent. On shutdown a loop stops polling, gives in-flight tasks a grace
+//! period, reports what finished, and returns. It never touches a store.
+
+use crate::activities::Activities;
+use crate::engine_client::{EngineClient, Heartbeat};
+use crate::shutdown::Shutdown;
+use crate::ErrorChain;
+use shop_types::api::{ActivityTask, ReportBatchRequest, TaskOutcome, TaskReport};
+use shop_types::limits::MAX_REPORTS_PER_BATCH;
+use shop_types::{QueueName, TaskToken};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// Tasks one poll asks for; they run concurrently and are reported in one batch.
+pub const TASKS_PER_POLL: u32 = 16;
+/// How long one long-poll waits for a task (the engine's limit is 60 s).
+pub const POLL_WAIT: Duration = Duration::from_secs(20);
+/// The engine's code for a report or heartbeat on an attempt that is no longer current.
+pub const STALE_TASK: &str = "STALE_TASK";
+
+/// First and longest pause after a failed request to the engine.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long a batch of reports is retried before it is dropped.
+const REPORT_BUDGET: Duration = Duration::from_secs(30);
+/// The same budget once shutdown has begun, so a dead engine cannot hold up the exit.
+const SHUTDOWN_REPORT_BUDGET: Duration = Duration::from_secs(3);
+/// How long in-flight tasks may still run after shutdown before they are abandoned (the
+/// engine times abandoned attempts out and retries them elsewhere).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Floor of the heartbeat period, so a tiny `heartbeat_ms` cannot flood the engine.
+const MIN_HEARTBEAT_PERIOD: Duration = Duration::from_millis(50);
+
+const _: () = assert!(TASKS_PER_POLL as usize <= MAX_REPORTS_PER_BATCH);
+
+/// Capped exponential backoff: 100 ms, 200 ms, ... 2 s, 2 s.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            next: BACKOFF_INITIAL,
+            failures: 0,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+
+    /// Resets after a success; returns how many failures in a row it ends.
+    fn reset(&mut self) -> u32 {
+        self.next = BACKOFF_INITIAL;
+        std::mem::take(&mut self.failures)
+    }
+}
+
+/// One poll loop on one queue.
+#[derive(Debug)]
+pub struct Poller {
+    pub client: EngineClient,
+    pub activities: Arc<Activities>,
+    pub queue: QueueName,
+    pub worker_id: Arc<str>,
+    pub shutdown: Shutdown,
+}
+
+impl Poller {
+    pub async fn run(mut self) {
+        let mut backoff = Backoff::new();
+        while !self.shutdown.is_triggered() {
+            let polled = tokio::select! {
+                () = self.shutdown.wait() => break,
+                polled = self.client.poll(&self.queue, &self.worker_id, TASKS_PER_POLL, POLL_WAIT) => polled,
+            };
+            match polled {
+                Ok(tasks) => {
+                    let failures = backoff.reset();
+                    if failures > 0 {
+                        tracing::info!(failures, "the engine answers polls again");
+                    }
+                    if !tasks.is_empty() {
+                        let reports = self.execute_all(tasks).await;
+                        self.report(reports).await;
+                    }
+                }
+                Err(err) => {
+                    // Log the first failure of a streak loudly, the rest quietly: every
+                    // loop of every queue sees the same outage.
+                    if backoff.failures == 0 {
+                        tracing::warn!(error = %ErrorChain(&err), "poll failed; backing off");
+                    } else {
+                        tracing::debug!(error = %ErrorChain(&err), "poll failed again");
+                    }
+                    if !err.is_retryable() {
+                        tracing::error!(error = %ErrorChain(&err), "the engine refused a poll; is this worker compatible with it?");
+                    }
+                    let delay = backoff.next_delay();
+                    if !self.shutdown.sleep(delay).await {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs every task concurrently; returns the reports of those that finished.
+    async fn execute_all(&self, tasks: Vec<ActivityTask>) -> Vec<TaskReport> {
+        let mut running = JoinSet::new();
+        let count = tasks.len();
+        for task in tasks {
+            running.spawn(execute_one(
+                Arc::clone(&self.activities),
+                self.client.clone(),
+                task,
+            ));
+        }
+        let mut shutdown = self.shutdown.clone();
+        let grace_over = async move {
+            shutdown.wait().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::pin!(grace_over);
+        let mut reports = Vec::with_capacity(count);
+        loop {
+            tokio::select! {
+                joined = running.join_next() => match joined {
+                    None => break,
+                    Some(Ok(report)) => reports.push(report),
+                    Some(Err(err)) => tracing::error!(error = %err, "an activity task panicked; the engine will time its attempt out"),
+                },
+                () = &mut grace_over => {
+                    tracing::warn!(abandoned = running.len(), "shutdown grace period over; abandoning in-flight tasks");
+                    running.abort_all();
+                    break;
+                }
+            }
+        }
+        reports
+    }
+
+    /// Delivers the reports, retrying transient failures within a budget.
+    async fn report(&self, reports: Vec<TaskReport>) {
+        for chunk in reports.chunks(MAX_REPORTS_PER_BATCH) {
+            let batch = ReportBatchRequest {
+                reports: chunk.to_vec(),
+            };
+            self.report_batch(&batch).await;
+        }
+    }
+
+    async fn report_batch(&self, batch: &ReportBatchRequest) {
+        let mut deadline = Instant::now() + REPORT_BUDGET;
+        let mut backoff = Backoff::new();
+        loop {
+            if self.shutdown.is_triggered() {
+                deadline = deadline.min(Instant::now() + SHUTDOWN_REPORT_BUDGET);
+            }
+            match self.client.report(batch).await {
+                Ok(results) => {
+                    for (report, result) in batch.reports.iter().zip(results) {
+                        match result {
+                            None => tracing::debug!(token = %report.token, "report accepted"),
+                            Some(refusal) if refusal.code == STALE_TASK => {
+                                tracing::debug!(token = %report.token, "report refused: the attempt is no longer current")
+                            }
+                            Some(refusal) => tracing::warn!(
+                                token = %report.token,
+                                code = %refusal.code,
+                                message = %refusal.message,
+                                "report refused"
+                            ),
+                        }
+                    }
+                    return;
+                }
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    if !err.is_retryable() || Instant::now() + delay > deadline {
+                        tracing::warn!(
+                            error = %ErrorChain(&err),
+                            reports = batch.reports.len(),
+                            "dropping undeliverable reports; the engine will time those attempts out and retry them"
+                        );
+                        return;
+                    }
+                    tracing::debug!(error = %ErrorChain(&err), ?delay, "report failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+async fn execute_one(
+    activities: Arc<Activities>,
+    client: EngineClient,
+    task: ActivityTask,
+) -> TaskReport {
+    let span = tracing::info_span!(
+        "task",
+        workflow_id = %task.workflow_id,
+        step = %task.step_name,
+        activity = %task.activity,
+        attempt = task.attempt,
+    );
+    async move {
+        let heartbeats = task.heartbeat_ms.map(|heartbeat_ms| {
+            let period = (Duration::from_millis(heartbeat_ms) / 3).max(MIN_HEARTBEAT_PERIOD);
+            tokio::spawn(heartbeat_loop(client, task.token.clone(), period).in_current_span())
+        });
+        let outcome = activities.execute(&task).await;
+        if let Some(heartbeats) = heartbeats {
+            heartbeats.abort();
+        }
+        match &outcome {
+            TaskOutcome::Completed { .. } => tracing::debug!("completed"),
+            TaskOutcome::Failed { error } => tracing::info!(
+                error_type = %error.error_type,
+                retryable = error.retryable,
+                message = %error.message,
+                "failed"
+            ),
+        }
+        TaskReport {
+            token: task.token,
+            outcome,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Heartbeats every `period` until aborted or told the attempt is stale.
+async fn heartbeat_loop(client: EngineClient, token: TaskToken, period: Duration) {
+    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match client.heartbeat(&token).await {
+            Ok(Heartbeat::Alive) => {}
+            Ok(Heartbeat::Stale) => {
+                tracing::debug!("heartbeat refused: the attempt is no longer current");
+                return;
+            }
+            Err(err) => tracing::debug!(error = %ErrorChain(&err), "heartbeat failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new();
+        let delays: Vec<_> = (0..7).map(|_| backoff.next_delay()).collect();
+        assert_eq!(delays[0], BACKOFF_INITIAL);
+        assert_eq!(delays[1], BACKOFF_INITIAL * 2);
+        assert_eq!(delays[6], BACKOFF_MAX);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(backoff.reset(), 7);
+        assert_eq!(backoff.next_delay(), BACKOFF_INITIAL);
+    }
+}

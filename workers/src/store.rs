@@ -1,0 +1,174 @@
+//! Opening a domain's sled store, its key layout helpers, and the one codec for every record
+//! the workers persist.
+//!
+//! A record is a format-version byte followed by its bincode 1.3 encoding; numeric keys are
+//! big-endian so sled's byte order is numeric order. This module is the only place that
+//! turns records into bytes and back, and it checks the version of everything it reads.
+//! It holds no domain state and decides nothing about the shop.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// The format version written in front of every record. Bump it, and teach `decode` the old
+/// one, whenever a persisted record changes shape.
+pub const FORMAT_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// sled refuses to open a store that another process holds, which is the usual cause.
+    #[error("cannot open the store at {} (is another shop-worker using this data dir?)", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("the store failed")]
+    Sled(#[from] sled::Error),
+    #[error("cannot encode a record")]
+    Encode(#[source] bincode::Error),
+    #[error("record {key} has format version {found}; this worker reads version {FORMAT_VERSION}")]
+    UnknownVersion { key: String, found: u8 },
+    #[error("record {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// Opens (creating when missing) the sled store at `path`.
+pub fn open(path: &Path) -> Result<sled::Db, Error> {
+    sled::Config::new()
+        .path(path)
+        .open()
+        .map_err(|source| Error::Open {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// A store that lives only as long as the process, for tests.
+#[cfg(test)]
+pub fn temporary() -> sled::Db {
+    sled::Config::new()
+        .temporary(true)
+        .open()
+        .expect("a temporary sled store opens unless the machine is out of disk")
+}
+
+pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, Error> {
+    let mut bytes = vec![FORMAT_VERSION];
+    bincode::serialize_into(&mut bytes, record).map_err(Error::Encode)?;
+    Ok(bytes)
+}
+
+pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Error> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, body)) => bincode::deserialize(body).map_err(|err| Error::Corrupt {
+            key: describe_key(key),
+            reason: err.to_string(),
+        }),
+        Some((&found, _)) => Err(Error::UnknownVersion {
+            key: describe_key(key),
+            found,
+        }),
+        None => Err(Error::Corrupt {
+            key: describe_key(key),
+            reason: "empty value".to_owned(),
+        }),
+    }
+}
+
+/// Every record under `prefix`, decoded, in key order.
+pub fn scan<T: DeserializeOwned>(db: &sled::Db, prefix: &[u8]) -> Result<Vec<T>, Error> {
+    db.scan_prefix(prefix)
+        .map(|entry| {
+            let (key, value) = entry?;
+            decode(&key, &value)
+        })
+        .collect()
+}
+
+/// The durability point: nothing is reported to the engine or answered to an admin call
+/// before this returns.
+pub async fn flush(db: &sled::Db) -> Result<(), Error> {
+    db.flush_async().await?;
+    Ok(())
+}
+
+/// A key made of a one-byte prefix and a big-endian number, so keys sort numerically.
+pub fn number_key(prefix: u8, number: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = prefix;
+    key[1..].copy_from_slice(&number.to_be_bytes());
+    key
+}
+
+/// A key made of a one-byte prefix and a text (an order id, an idempotency key).
+pub fn text_key(prefix: u8, text: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + text.len());
+    key.push(prefix);
+    key.extend_from_slice(text.as_bytes());
+    key
+}
+
+fn describe_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Sample {
+        name: String,
+        count: i64,
+    }
+
+    #[test]
+    fn records_round_trip_with_their_version_byte() {
+        let sample = Sample {
+            name: "beans".to_owned(),
+            count: -3,
+        };
+        let bytes = encode(&sample).expect("encodes");
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(decode::<Sample>(b"k", &bytes).expect("decodes"), sample);
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_refused() {
+        let mut bytes = encode(&Sample {
+            name: "x".to_owned(),
+            count: 1,
+        })
+        .expect("encodes");
+        bytes[0] = FORMAT_VERSION + 1;
+        assert!(matches!(
+            decode::<Sample>(b"k", &bytes),
+            Err(Error::UnknownVersion { .. })
+        ));
+        assert!(matches!(
+            decode::<Sample>(b"k", &[]),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode::<Sample>(b"k", &[FORMAT_VERSION, 0xff]),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn number_keys_sort_numerically() {
+        assert!(number_key(b'p', 2) < number_key(b'p', 10));
+        assert!(number_key(b'p', 255) < number_key(b'p', 256));
+    }
+
+    #[test]
+    fn a_store_held_by_someone_else_does_not_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("inventory");
+        let _held = open(&path).expect("first open succeeds");
+        let second = open(&path);
+        assert!(matches!(second, Err(Error::Open { .. })), "{second:?}");
+    }
+}
