@@ -1,0 +1,313 @@
+//! The one HTTP client `shopctl` uses, for the engine's API and a worker's admin API alike.
+//!
+//! It owns URL building (path segments are percent-encoded, so an ID or a cursor can never
+//! change the path), timeouts, and the single function that turns a failed exchange into a
+//! one-line reason a user can act on. It must never print anything or decide how an answer
+//! is shown: it hands back both the typed answer and the raw JSON, and the commands choose.
+
+use anyhow::{anyhow, Context as _, Result};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use shop_types::api::ErrorBody;
+use std::time::Duration;
+
+/// How long to wait for a TCP connection: on loopback a refused or silent port shows at once,
+/// so a short bound turns "nothing is listening" into a quick, clear error.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an ordinary request may take end to end.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Added to a long-poll's `wait` so the server's own answer at the end of the wait arrives
+/// before our timeout fires.
+const WAIT_MARGIN: Duration = Duration::from_secs(10);
+
+/// The two services `shopctl` talks to; named in every error so the user knows which is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Engine,
+    Worker,
+}
+
+impl Service {
+    fn describe(self) -> &'static str {
+        match self {
+            Service::Engine => "the engine",
+            Service::Worker => "the worker admin API",
+        }
+    }
+}
+
+/// A successful answer: its HTTP status, the raw JSON (what `--json` prints, unchanged) and
+/// the same document decoded.
+#[derive(Debug)]
+pub struct Reply<T> {
+    pub status: StatusCode,
+    pub raw: serde_json::Value,
+    pub body: T,
+}
+
+/// What a request carries.
+pub enum Body<'a> {
+    Empty,
+    Json(serde_json::Value),
+    Toml(&'a str),
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    engine: Url,
+    worker: Url,
+}
+
+impl Client {
+    /// `engine` and `worker` are base URLs; a bare `host:port` is taken as `http://host:port`.
+    pub fn new(engine: &str, worker: &str) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .context("cannot create the HTTP client")?;
+        Ok(Client {
+            http,
+            engine: parse_base(engine).context("bad --engine address")?,
+            worker: parse_base(worker).context("bad --worker address")?,
+        })
+    }
+
+    pub fn base(&self, service: Service) -> &Url {
+        match service {
+            Service::Engine => &self.engine,
+            Service::Worker => &self.worker,
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        service: Service,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Reply<T>> {
+        self.send(service, Method::GET, segments, query, Body::Empty, None)
+            .await
+    }
+
+    /// A GET that may block on the server for up to `wait` (a long-poll): the client's own
+    /// timeout grows to match, so it never gives up before the server answers.
+    pub async fn get_waiting<T: DeserializeOwned>(
+        &self,
+        service: Service,
+        segments: &[&str],
+        wait: Duration,
+    ) -> Result<Reply<T>> {
+        let query = [("wait", format!("{}ms", wait.as_millis()))];
+        self.send(
+            service,
+            Method::GET,
+            segments,
+            &query,
+            Body::Empty,
+            Some(wait),
+        )
+        .await
+    }
+
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        service: Service,
+        segments: &[&str],
+        body: Body<'_>,
+    ) -> Result<Reply<T>> {
+        self.send(service, Method::POST, segments, &[], body, None)
+            .await
+    }
+
+    pub async fn put<T: DeserializeOwned>(
+        &self,
+        service: Service,
+        segments: &[&str],
+        body: &impl Serialize,
+    ) -> Result<Reply<T>> {
+        let body = serde_json::to_value(body).context("cannot encode the request")?;
+        self.send(service, Method::PUT, segments, &[], Body::Json(body), None)
+            .await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        service: Service,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Body<'_>,
+        wait: Option<Duration>,
+    ) -> Result<Reply<T>> {
+        let url = build_url(self.base(service), segments, query)?;
+        let timeout = wait.map_or(REQUEST_TIMEOUT, |wait| wait + WAIT_MARGIN);
+        tracing::debug!(%method, %url, "request");
+        let request = self
+            .http
+            .request(method.clone(), url.clone())
+            .timeout(timeout);
+        let request = match body {
+            Body::Empty => request,
+            Body::Json(value) => request.json(&value),
+            Body::Toml(text) => request
+                .header(reqwest::header::CONTENT_TYPE, "application/toml")
+                .body(text.to_owned()),
+        };
+        let outcome = async {
+            let response = request.send().await?;
+            let status = response.status();
+            let bytes = response.bytes().await?.to_vec();
+            Ok::<_, reqwest::Error>((status, bytes))
+        }
+        .await;
+        let (status, bytes) = explain(service, &method, &url, outcome)?;
+        let raw: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} answered {method} {} with something that is not JSON",
+                service.describe(),
+                url.path()
+            )
+        })?;
+        let body = serde_json::from_value(raw.clone()).with_context(|| {
+            format!(
+                "{} answered {method} {} in an unexpected shape",
+                service.describe(),
+                url.path()
+            )
+        })?;
+        Ok(Reply { status, raw, body })
+    }
+}
+
+/// The one place a failed exchange becomes a reason: transport failures say which service
+/// could not be reached and how to start it; an error answer quotes the server's stable
+/// `code` and its message, so scripts and people see what the server said.
+fn explain(
+    service: Service,
+    method: &Method,
+    url: &Url,
+    outcome: Result<(StatusCode, Vec<u8>), reqwest::Error>,
+) -> Result<(StatusCode, Vec<u8>)> {
+    let base = origin(url);
+    let what = service.describe();
+    let (status, bytes) = match outcome {
+        Ok(answer) => answer,
+        Err(err) if err.is_connect() => {
+            return Err(anyhow!(
+                "cannot reach {what} at {base}: is it running? (shopctl dev starts one)"
+            ))
+        }
+        Err(err) if err.is_timeout() => {
+            return Err(anyhow!(
+                "{what} at {base} did not answer {method} {} in time",
+                url.path()
+            ))
+        }
+        Err(err) => {
+            return Err(anyhow!(
+                "{method} {} to {what} at {base} failed: {}",
+                url.path(),
+                error_chain(&err)
+            ))
+        }
+    };
+    if status.is_success() {
+        return Ok((status, bytes));
+    }
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(ErrorBody { error }) => Err(anyhow!(
+            "{what} refused {method} {}: {} {} ({})",
+            url.path(),
+            error.code,
+            error.message,
+            status.as_u16()
+        )),
+        Err(_) => Err(anyhow!(
+            "{what} answered {method} {} with {status}",
+            url.path()
+        )),
+    }
+}
+
+/// reqwest's top-level message is often just "error sending request"; the cause is below.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn origin(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+fn parse_base(text: &str) -> Result<Url> {
+    let text = text.trim();
+    let with_scheme = if text.contains("://") {
+        text.to_owned()
+    } else {
+        format!("http://{text}")
+    };
+    let url = Url::parse(&with_scheme).with_context(|| format!("{text:?} is not a URL"))?;
+    if url.scheme() != "http" {
+        return Err(anyhow!(
+            "{text:?}: only http:// is supported (this build has no TLS)"
+        ));
+    }
+    if url.cannot_be_a_base() || url.host().is_none() {
+        return Err(anyhow!("{text:?} has no host"));
+    }
+    Ok(url)
+}
+
+/// Appends `segments` to the base's path, each percent-encoded as one segment.
+fn build_url(base: &Url, segments: &[&str], query: &[(&str, String)]) -> Result<Url> {
+    let mut url = base.clone();
+    {
+        let mut path = url
+            .path_segments_mut()
+            .map_err(|()| anyhow!("{base} cannot be a base URL"))?;
+        path.pop_if_empty();
+        path.extend(segments);
+    }
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_host_port_becomes_an_http_url() -> Result<()> {
+        assert_eq!(
+            parse_base("127.0.0.1:8080")?.as_str(),
+            "http://127.0.0.1:8080/"
+        );
+        assert!(parse_base("https://example.com").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn segments_and_query_are_encoded() -> Result<()> {
+        let base = parse_base("http://localhost:1/prefix/")?;
+        let url = build_url(
+            &base,
+            &["v1", "workflows", "a/b"],
+            &[("cursor", "x+y=".to_owned())],
+        )?;
+        assert_eq!(
+            url.as_str(),
+            "http://localhost:1/prefix/v1/workflows/a%2Fb?cursor=x%2By%3D"
+        );
+        Ok(())
+    }
+}

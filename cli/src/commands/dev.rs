@@ -1,0 +1,67 @@
+//! `shopctl dev`: runs an engine and one worker serving every domain until Ctrl-C.
+//!
+//! Owns only the command's arguments and its lifetime: start, report where the stack
+//! listens, wait for a signal or a death, stop. Starting and stopping processes is
+//! [`crate::stack`]'s job.
+
+use crate::client::Service;
+use crate::output::{self, Table};
+use crate::stack::{interrupted, ChildOutput, Stack, StackOptions};
+use anyhow::{anyhow, Result};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where the engine and the worker keep their data (created if missing).
+    #[arg(long, default_value = "shop-data")]
+    data_dir: PathBuf,
+    /// The engine's API address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The worker's admin API address.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    worker_listen: SocketAddr,
+    /// The workflow definitions directory (default: ./workflows if it exists, else the
+    /// built-in order definition).
+    #[arg(long)]
+    workflows: Option<PathBuf>,
+}
+
+pub async fn run(args: DevArgs) -> Result<()> {
+    let options = StackOptions {
+        data_dir: args.data_dir,
+        engine_listen: args.listen,
+        worker_listen: args.worker_listen,
+        workflows: args.workflows,
+        output: ChildOutput::Inherit,
+    };
+    // A signal during start-up drops the half-started stack, which kills its children.
+    let mut stack = tokio::select! {
+        stack = Stack::start(&options) => stack?,
+        signal = interrupted() => {
+            signal?;
+            return Ok(());
+        }
+    };
+    let engine = stack.client().base(Service::Engine).to_string();
+    let worker = stack.client().base(Service::Worker).to_string();
+    let mut table = Table::without_header();
+    table.row(vec!["engine".into(), engine.clone()]);
+    table.row(vec!["worker admin".into(), worker.clone()]);
+    table.row(vec!["data".into(), options.data_dir.display().to_string()]);
+    table.print()?;
+    output::note(&format!(
+        "ready: try `shopctl order place --item 1:2 --wait 30s` \
+         (SHOP_ENGINE={engine} SHOP_WORKER={worker}); Ctrl-C stops both"
+    ));
+    let outcome = tokio::select! {
+        signal = interrupted() => signal.map(|signal| {
+            output::note(&format!("{signal}: stopping the worker and the engine"));
+        }),
+        died = stack.died() => Err(anyhow!("{died}; stopping the other")),
+    };
+    stack.stop().await;
+    outcome
+}

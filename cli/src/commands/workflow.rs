@@ -1,0 +1,209 @@
+//! `shopctl workflow list|show|history|start|cancel|terminate`: the engine's generic `/v1`
+//! workflow API, for any workflow type.
+//!
+//! Owns how runs are listed and shown; the history timeline itself is [`crate::timeline`].
+
+use super::{note_next_page, Context};
+use crate::client::{Body, Service};
+use crate::output::{self, or_dash, Table};
+use crate::timeline;
+use anyhow::{Context as _, Result};
+use clap::Subcommand;
+use shop_types::api::{
+    HistoryResponse, ReasonRequest, StartWorkflowRequest, WorkflowList, WorkflowStatus,
+    WorkflowView,
+};
+use shop_types::limits::MAX_LIST_LIMIT;
+use shop_types::{JsonText, WorkflowId};
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// List workflow runs.
+    List {
+        /// running, completed, compensated, failed or terminated.
+        #[arg(long)]
+        status: Option<WorkflowStatus>,
+        /// Only runs of this workflow type (e.g. order).
+        #[arg(long = "type")]
+        workflow_type: Option<String>,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_LIST_LIMIT as i64))]
+        limit: Option<u32>,
+        /// Continue after a previous page (the cursor it printed).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one run: status, input, output.
+    Show { id: WorkflowId },
+    /// Show a run's history as a timeline.
+    History { id: WorkflowId },
+    /// Start a run of a registered workflow type.
+    Start {
+        #[arg(value_name = "TYPE")]
+        workflow_type: String,
+        /// The run's ID; starting the same ID and input again returns the existing run.
+        #[arg(long)]
+        id: Option<WorkflowId>,
+        /// The run's input, as JSON.
+        #[arg(long, value_parser = parse_json, default_value = "null")]
+        input: JsonText,
+    },
+    /// Cancel a run: it compensates what it did (refused past its pivot step).
+    Cancel {
+        id: WorkflowId,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Stop a run at once, without compensating.
+    Terminate {
+        id: WorkflowId,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
+    match command {
+        WorkflowCommand::List {
+            status,
+            workflow_type,
+            limit,
+            cursor,
+        } => {
+            let mut query = Vec::new();
+            if let Some(status) = status {
+                query.push(("status", status.as_str().to_owned()));
+            }
+            if let Some(workflow_type) = workflow_type {
+                query.push(("type", workflow_type));
+            }
+            if let Some(limit) = limit {
+                query.push(("limit", limit.to_string()));
+            }
+            if let Some(cursor) = cursor {
+                query.push(("cursor", cursor));
+            }
+            let reply = ctx
+                .client
+                .get::<WorkflowList>(Service::Engine, &["v1", "workflows"], &query)
+                .await?;
+            ctx.show(&reply, |list| {
+                let mut table = Table::with_header(&[
+                    "ID",
+                    "TYPE",
+                    "STATUS",
+                    "DOMAIN STATUS",
+                    "CREATED",
+                    "REASON",
+                ]);
+                for run in &list.workflows {
+                    table.row(vec![
+                        run.id.to_string(),
+                        format!("{} v{}", run.workflow_type, run.definition_version),
+                        run.status.as_str().to_owned(),
+                        or_dash(run.domain_status.as_deref()),
+                        output::timestamp(run.created_at_ms),
+                        or_dash(run.reason.as_deref()),
+                    ]);
+                }
+                table.print()
+            })?;
+            note_next_page(reply.body.next_cursor.as_deref());
+            Ok(())
+        }
+        WorkflowCommand::Show { id } => {
+            let reply = ctx
+                .client
+                .get::<WorkflowView>(Service::Engine, &["v1", "workflows", id.as_str()], &[])
+                .await?;
+            ctx.show(&reply, show_run)
+        }
+        WorkflowCommand::History { id } => {
+            let reply = fetch_history(ctx, &id).await?;
+            ctx.show(&reply, |history| {
+                output::line(timeline::render(&history.events).trim_end())
+            })
+        }
+        WorkflowCommand::Start {
+            workflow_type,
+            id,
+            input,
+        } => {
+            let request = StartWorkflowRequest {
+                workflow_type,
+                id: id.map(|id| id.as_str().to_owned()),
+                input,
+            };
+            let body = serde_json::to_value(&request).context("cannot encode the request")?;
+            let reply = ctx
+                .client
+                .post::<WorkflowView>(Service::Engine, &["v1", "workflows"], Body::Json(body))
+                .await?;
+            if reply.status == reqwest::StatusCode::OK {
+                output::note(&format!(
+                    "workflow {} already existed; showing it",
+                    reply.body.id
+                ));
+            }
+            ctx.show(&reply, show_run)
+        }
+        WorkflowCommand::Cancel { id, reason } => stop(ctx, &id, "cancel", reason).await,
+        WorkflowCommand::Terminate { id, reason } => stop(ctx, &id, "terminate", reason).await,
+    }
+}
+
+/// `GET /v1/workflows/{id}/history`; shared with the demo.
+pub async fn fetch_history(
+    ctx: &Context,
+    id: &WorkflowId,
+) -> Result<crate::client::Reply<HistoryResponse>> {
+    ctx.client
+        .get(
+            Service::Engine,
+            &["v1", "workflows", id.as_str(), "history"],
+            &[],
+        )
+        .await
+}
+
+async fn stop(ctx: &Context, id: &WorkflowId, action: &str, reason: Option<String>) -> Result<()> {
+    let body =
+        serde_json::to_value(ReasonRequest { reason }).context("cannot encode the request")?;
+    let reply = ctx
+        .client
+        .post::<WorkflowView>(
+            Service::Engine,
+            &["v1", "workflows", id.as_str(), action],
+            Body::Json(body),
+        )
+        .await?;
+    ctx.show(&reply, show_run)
+}
+
+fn show_run(run: &WorkflowView) -> Result<()> {
+    let mut table = Table::without_header();
+    table.row(vec!["id".into(), run.id.to_string()]);
+    table.row(vec![
+        "type".into(),
+        format!("{} v{}", run.workflow_type, run.definition_version),
+    ]);
+    table.row(vec!["status".into(), run.status.as_str().to_owned()]);
+    if let Some(domain) = &run.domain_status {
+        table.row(vec!["domain status".into(), domain.clone()]);
+    }
+    if let Some(reason) = &run.reason {
+        table.row(vec!["reason".into(), reason.clone()]);
+    }
+    table.row(vec!["created".into(), output::timestamp(run.created_at_ms)]);
+    if let Some(closed) = run.closed_at_ms {
+        table.row(vec!["closed".into(), output::timestamp(closed)]);
+    }
+    table.row(vec!["input".into(), run.input.to_string()]);
+    if let Some(result) = &run.output {
+        table.row(vec!["output".into(), result.to_string()]);
+    }
+    table.print()
+}
+
+fn parse_json(text: &str) -> Result<JsonText, String> {
+    JsonText::parse(text).map_err(|err| format!("not valid JSON: {err}"))
+}

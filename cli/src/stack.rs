@@ -1,0 +1,416 @@
+//! A local stack: one `shop-engine` and one `shop-worker` serving every activity, run as
+//! child processes for `shopctl dev` and `shopctl demo`.
+//!
+//! Owns finding the binaries, laying out the data directory, starting the children in order
+//! (the worker needs the engine up), waiting until both answer `/healthz`, noticing when one
+//! dies, and stopping both: SIGTERM, a grace period, then SIGKILL. It must never leave a
+//! child running behind it: every child is also killed when its handle is dropped, so an
+//! early return or a panic cannot orphan one.
+
+use crate::client::{Client, Service};
+use crate::output;
+use anyhow::{anyhow, Context as _, Result};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+const ENGINE_BINARY: &str = "shop-engine";
+const WORKER_BINARY: &str = "shop-worker";
+/// Every domain in one worker process: each domain's sled store is then owned by it alone.
+const ALL_ACTIVITIES: &str = "inventory,payment,notification";
+/// The definition the stack runs when no workflows directory is given or found.
+const EMBEDDED_ORDER_DEFINITION: &str = include_str!("../../workflows/order.toml");
+
+/// How long a child may take to answer `/healthz` after it is spawned; an engine replaying
+/// a large store at start-up needs a while, a hung one must not block us for ever.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a child has to finish in-flight work after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Lines of a child's log shown when it fails while its output goes to a file.
+const LOG_TAIL_LINES: usize = 20;
+/// Bytes read from the end of a log to find those lines; a log can be large.
+const LOG_TAIL_BYTES: u64 = 16 * 1024;
+
+/// Where the children's output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildOutput {
+    /// Straight to our stderr (`dev`: the user watches the logs).
+    Inherit,
+    /// To `engine.log` and `worker.log` in the data directory (`demo`: its report stays
+    /// readable; a failing child's last lines are shown).
+    LogFiles,
+}
+
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub data_dir: PathBuf,
+    pub engine_listen: SocketAddr,
+    pub worker_listen: SocketAddr,
+    /// The definitions directory; when absent, `./workflows` if it exists, else the
+    /// embedded order definition written under the data directory.
+    pub workflows: Option<PathBuf>,
+    pub output: ChildOutput,
+}
+
+/// A running engine and worker. Stop it with [`Stack::stop`]; dropping it kills both.
+pub struct Stack {
+    engine: Process,
+    worker: Process,
+    client: Client,
+}
+
+struct Process {
+    name: &'static str,
+    child: Child,
+    log: Option<PathBuf>,
+}
+
+impl Stack {
+    pub async fn start(options: &StackOptions) -> Result<Stack> {
+        let engine_binary = sibling_binary(ENGINE_BINARY)?;
+        let worker_binary = sibling_binary(WORKER_BINARY)?;
+        std::fs::create_dir_all(&options.data_dir)
+            .with_context(|| format!("cannot create {}", options.data_dir.display()))?;
+        let workflows = workflows_dir(options.workflows.as_deref(), &options.data_dir)?;
+        let engine_url = connect_url(options.engine_listen);
+        let worker_url = connect_url(options.worker_listen);
+        let client = Client::new(&engine_url, &worker_url)?;
+
+        output::note(&format!(
+            "starting {ENGINE_BINARY} on {engine_url} (workflows from {})",
+            workflows.display()
+        ));
+        let mut engine = Process::spawn(
+            ENGINE_BINARY,
+            Command::new(&engine_binary)
+                .arg("--data-dir")
+                .arg(options.data_dir.join("engine"))
+                .arg("--listen")
+                .arg(options.engine_listen.to_string())
+                .arg("--workflows")
+                .arg(&workflows),
+            options,
+        )?;
+        if let Err(err) = engine.wait_healthy(&client, Service::Engine).await {
+            engine.stop().await;
+            return Err(err);
+        }
+
+        output::note(&format!("starting {WORKER_BINARY} on {worker_url}"));
+        let worker = Process::spawn(
+            WORKER_BINARY,
+            Command::new(&worker_binary)
+                .arg("--engine")
+                .arg(&engine_url)
+                .arg("--data-dir")
+                .arg(options.data_dir.join("worker"))
+                .arg("--listen")
+                .arg(options.worker_listen.to_string())
+                .arg("--activities")
+                .arg(ALL_ACTIVITIES),
+            options,
+        );
+        let mut worker = match worker {
+            Ok(worker) => worker,
+            Err(err) => {
+                engine.stop().await;
+                return Err(err);
+            }
+        };
+        if let Err(err) = worker.wait_healthy(&client, Service::Worker).await {
+            worker.stop().await;
+            engine.stop().await;
+            return Err(err);
+        }
+        Ok(Stack {
+            engine,
+            worker,
+            client,
+        })
+    }
+
+    /// A client pointed at this stack's engine and worker.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Waits until either child exits, and says which one and how. Cancel-safe: meant to
+    /// sit in a `select!` beside the real work.
+    pub async fn died(&mut self) -> String {
+        let (process, status) = tokio::select! {
+            status = self.engine.child.wait() => (&self.engine, status),
+            status = self.worker.child.wait() => (&self.worker, status),
+        };
+        process.describe_exit(status)
+    }
+
+    /// Stops the worker first (so it can report what it is finishing), then the engine.
+    pub async fn stop(mut self) {
+        self.worker.stop().await;
+        self.engine.stop().await;
+    }
+}
+
+impl Process {
+    fn spawn(name: &'static str, command: &mut Command, options: &StackOptions) -> Result<Self> {
+        let (stdout, stderr, log) = match options.output {
+            ChildOutput::Inherit => {
+                // A child's stdout is log output to us: it goes to our stderr, keeping our
+                // stdout for data.
+                let stderr = std::io::stderr()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .context("cannot share stderr with a child")?;
+                (Stdio::from(stderr), Stdio::inherit(), None)
+            }
+            ChildOutput::LogFiles => {
+                let path = options
+                    .data_dir
+                    .join(format!("{}.log", name.trim_start_matches("shop-")));
+                let file = std::fs::File::create(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                let copy = file
+                    .try_clone()
+                    .with_context(|| format!("cannot open {} twice", path.display()))?;
+                (Stdio::from(file), Stdio::from(copy), Some(path))
+            }
+        };
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            // Its own process group: a Ctrl-C at the terminal reaches only us, and we stop
+            // the children in order instead of all of them dying at once.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Process { name, child, log })
+    }
+
+    async fn wait_healthy(&mut self, client: &Client, service: Service) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .with_context(|| format!("cannot check on {}", self.name))?
+            {
+                return Err(anyhow!(
+                    "{} during start-up",
+                    self.describe_exit(Ok(status))
+                ));
+            }
+            if client
+                .get::<serde_json::Value>(service, &["healthz"], &[])
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.show_log_tail();
+                return Err(anyhow!(
+                    "{} did not answer /healthz at {} within {}",
+                    self.name,
+                    client.base(service),
+                    output::duration(STARTUP_TIMEOUT)
+                ));
+            }
+            tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
+        }
+    }
+
+    /// SIGTERM, then up to [`STOP_GRACE`] for a clean exit, then SIGKILL.
+    async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let pid = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw);
+            if let Some(pid) = pid {
+                // Failure means it has already exited; the wait below collects it.
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                output::note(&format!(
+                    "{} did not stop within {} of SIGTERM; killing it",
+                    self.name,
+                    output::duration(STOP_GRACE)
+                ));
+                if let Err(err) = self.child.kill().await {
+                    output::note(&format!("cannot kill {}: {err}", self.name));
+                }
+            }
+        }
+    }
+
+    /// "shop-engine exited with exit status: 1", plus the end of its log when it has one.
+    fn describe_exit(&self, status: std::io::Result<ExitStatus>) -> String {
+        self.show_log_tail();
+        let how = match status {
+            Ok(status) => format!("exited ({status})"),
+            Err(err) => format!("could not be waited for ({err})"),
+        };
+        match &self.log {
+            Some(log) => format!("{} {how}; its log is {}", self.name, log.display()),
+            None => format!("{} {how}", self.name),
+        }
+    }
+
+    /// Shows the last lines of the child's log on stderr, when its output went to a file.
+    fn show_log_tail(&self) {
+        let Some(log) = &self.log else { return };
+        match read_tail(log) {
+            Ok(tail) if !tail.is_empty() => {
+                output::note(&format!("--- last lines of {} ---", log.display()));
+                output::note(&tail);
+            }
+            Ok(_) => {}
+            Err(err) => output::note(&format!("cannot read {}: {err:#}", log.display())),
+        }
+    }
+}
+
+fn read_tail(path: &Path) -> Result<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(LOG_TAIL_LINES);
+    Ok(lines[start..].join("\n"))
+}
+
+/// The engine and worker binaries live beside `shopctl` (cargo builds them into one
+/// directory, and an install puts them side by side).
+fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let me = std::env::current_exe().context("cannot find where shopctl is installed")?;
+    let dir = me
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", me.display()))?;
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !path.is_file() {
+        return Err(anyhow!(
+            "{name} not found in {} (next to shopctl): build the workspace with `cargo build`",
+            dir.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// Picks the definitions directory: the one given, else `./workflows`, else the embedded
+/// order definition written to `<data-dir>/workflows`.
+fn workflows_dir(given: Option<&Path>, data_dir: &Path) -> Result<PathBuf> {
+    if let Some(dir) = given {
+        if !dir.is_dir() {
+            return Err(anyhow!("--workflows {} is not a directory", dir.display()));
+        }
+        return Ok(dir.to_owned());
+    }
+    let local = Path::new("workflows");
+    if local.is_dir() {
+        return std::path::absolute(local).context("cannot resolve ./workflows");
+    }
+    write_embedded_definition(data_dir)
+}
+
+/// Writes the order definition built into `shopctl` to `<data-dir>/workflows/order.toml`,
+/// every time, so the directory always holds the definition this build was made with.
+fn write_embedded_definition(data_dir: &Path) -> Result<PathBuf> {
+    let dir = data_dir.join("workflows");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let file = dir.join("order.toml");
+    std::fs::write(&file, EMBEDDED_ORDER_DEFINITION)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(dir)
+}
+
+/// The URL to reach a listen address: an unspecified address (`0.0.0.0`) listens on
+/// loopback too, and loopback is the address that always routes.
+fn connect_url(listen: SocketAddr) -> String {
+    let host = if listen.ip().is_unspecified() {
+        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port())
+    } else {
+        listen
+    };
+    format!("http://{host}")
+}
+
+/// A loopback address with a port that was free a moment ago. Another process may take it
+/// before the child binds it; the child then fails to start and says so.
+pub fn free_loopback_addr() -> Result<SocketAddr> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot pick a port")?;
+    listener.local_addr().context("cannot pick a port")
+}
+
+/// Resolves when the user asks us to stop: Ctrl-C (SIGINT) or SIGTERM.
+pub async fn interrupted() -> Result<&'static str> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => {
+            result.context("cannot listen for Ctrl-C")?;
+            Ok("Ctrl-C")
+        }
+        _ = terminate.recv() => Ok("SIGTERM"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_listen_addresses_are_reached_on_loopback() -> Result<()> {
+        assert_eq!(
+            connect_url("0.0.0.0:8080".parse()?),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(connect_url("127.0.0.2:81".parse()?), "http://127.0.0.2:81");
+        Ok(())
+    }
+
+    #[test]
+    fn a_given_workflows_directory_must_exist() -> Result<()> {
+        let data = tempfile::tempdir()?;
+        let given = tempfile::tempdir()?;
+        assert_eq!(
+            workflows_dir(Some(given.path()), data.path())?,
+            given.path()
+        );
+        assert!(workflows_dir(Some(&data.path().join("missing")), data.path()).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_embedded_definition_lands_under_the_data_dir() -> Result<()> {
+        let data = tempfile::tempdir()?;
+        let dir = write_embedded_definition(data.path())?;
+        assert_eq!(dir, data.path().join("workflows"));
+        let text = std::fs::read_to_string(dir.join("order.toml"))?;
+        assert!(text.contains("name = \"order\""));
+        Ok(())
+    }
+
+    #[test]
+    fn log_tails_keep_the_last_lines() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("engine.log");
+        let text: String = (1..=100).map(|n| format!("line {n}\n")).collect();
+        std::fs::write(&log, text)?;
+        let tail = read_tail(&log)?;
+        assert_eq!(tail.lines().count(), LOG_TAIL_LINES);
+        assert!(tail.ends_with("line 100"));
+        Ok(())
+    }
+}
