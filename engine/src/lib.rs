@@ -1,1 +1,148 @@
-//! placeholder
+//! shop-engine: a durable workflow engine.
+//!
+//! It persists every run's history in sled, decides each next step from that history with a
+//! pure decider, dispatches activity attempts to workers through long-polled task queues,
+//! keeps durable timers for backoff and timeouts, and serves an HTTP API. It knows
+//! workflows, steps, activities, queues and timers, and nothing about orders beyond the thin
+//! seed-compatible order API in `api::orders`.
+//!
+//! Start-up: open the store, load and register definitions, replay in-flight runs, start the
+//! core thread, serve HTTP. Shutdown: stop accepting, release parked polls, drain requests,
+//! stop the core (which finishes its last commit).
+
+pub mod api;
+pub mod clock;
+pub mod codec;
+pub mod core;
+pub mod decider;
+pub mod definition;
+pub mod registry;
+pub mod state;
+pub mod store;
+
+use crate::core::{Command, Core, Limits};
+use crate::registry::Registry;
+use crate::store::{Durability, Store, WriteBatch};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Definitions to load (every `*.toml`), if any.
+    pub workflows_dir: Option<PathBuf>,
+    pub durability: Durability,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the store in {dir}: {source}")]
+    OpenStore { dir: PathBuf, source: store::Error },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("cannot read workflow definitions in {dir}: {source}")]
+    ReadDefinitions { dir: PathBuf, source: std::io::Error },
+    #[error("invalid workflow definition {0}")]
+    Definition(#[from] definition::DefinitionError),
+    #[error("{file}: {source}")]
+    VersionConflict { file: String, source: registry::VersionConflict },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("the core thread could not start: {0}")]
+    CoreThread(std::io::Error),
+}
+
+/// Runs the engine until `shutdown` resolves.
+pub async fn serve(options: EngineOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    std::fs::create_dir_all(&options.data_dir).map_err(|e| Error::OpenStore {
+        dir: options.data_dir.clone(),
+        source: store::Error::Sync(e),
+    })?;
+    let store = Arc::new(Store::open(&options.data_dir, options.durability).map_err(|source| Error::OpenStore {
+        dir: options.data_dir.clone(),
+        source,
+    })?);
+    let registry = Arc::new(RwLock::new(load_definitions(&store, options.workflows_dir.as_deref())?));
+    let clock: Arc<dyn clock::Clock> = Arc::new(clock::SystemClock);
+    let (core, handle, commands) = Core::recover(store.clone(), registry.clone(), clock, options.limits)?;
+    let core_thread = std::thread::Builder::new()
+        .name("core".into())
+        .spawn(move || core.run(commands))
+        .map_err(Error::CoreThread)?;
+
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| Error::Listen { addr: options.listen, source })?;
+    let local = listener.local_addr().map_err(|source| Error::Listen { addr: options.listen, source })?;
+    tracing::info!(listen = %local, data_dir = %options.data_dir.display(), durability = options.durability.as_str(), "engine serving");
+
+    let app = api::app(api::AppState {
+        core: handle.clone(),
+        store,
+        registry,
+        durability: options.durability,
+    });
+    let shutdown_handle = handle.clone();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: releasing long polls and draining requests");
+            // Long polls and waits would otherwise hold the drain open for up to a minute.
+            let _ = shutdown_handle.send(Command::Shutdown);
+        })
+        .await;
+    drop(handle);
+    // Axum has dropped its state (and so the last handle) once serve returns; the core then
+    // sees its channel close, finishes its turn and stops.
+    tokio::task::spawn_blocking(move || core_thread.join())
+        .await
+        .ok();
+    result.map_err(Error::Serve)
+}
+
+/// Loads the definitions registered before, then registers every file in `dir` that is new.
+/// A file whose version is registered with different content is an error: runs are pinned to
+/// versions, so a version never changes.
+fn load_definitions(store: &Store, dir: Option<&Path>) -> Result<Registry, Error> {
+    let mut registry = Registry::default();
+    for (name, version, source) in store.definitions()? {
+        let definition = definition::parse(&format!("stored definition {name} v{version}"), &source)?;
+        registry
+            .insert(definition)
+            .map_err(|source| Error::VersionConflict { file: name.clone(), source })?;
+    }
+    let Some(dir) = dir else {
+        return Ok(registry);
+    };
+    let read_error = |source| Error::ReadDefinitions { dir: dir.to_owned(), source };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read_error)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(read_error)?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    files.sort();
+    let mut batch = WriteBatch::default();
+    for file in files {
+        let label = file.display().to_string();
+        let source = std::fs::read_to_string(&file).map_err(read_error)?;
+        let definition = definition::parse(&label, &source)?;
+        let (name, version) = (definition.name.clone(), definition.version);
+        let added = registry
+            .insert(definition)
+            .map_err(|source| Error::VersionConflict { file: label.clone(), source })?;
+        if added {
+            batch.put_definition(&name, version, &source)?;
+            tracing::info!(file = %label, %name, version, "registered definition");
+        }
+    }
+    if !batch.is_empty() {
+        store.commit(batch)?;
+    }
+    Ok(registry)
+}

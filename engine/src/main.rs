@@ -1,1 +1,82 @@
-fn main() {}
+//! `shop-engine`: the engine's binary. Parses flags, sets up logging and signal handling, and
+//! runs [`shop_engine::serve`]. All engine logic lives in the library.
+
+use anyhow::Context;
+use clap::Parser;
+use shop_engine::core::Limits;
+use shop_engine::store::Durability;
+use shop_engine::EngineOptions;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "shop-engine", version, about = "Durable workflow engine: histories in sled, task queues, timers, HTTP API")]
+struct Args {
+    /// Where the history store lives (created if missing).
+    #[arg(long, default_value = "./shop-data/engine")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API. Binds to loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Folder of workflow definitions (`*.toml`) to load and register at start.
+    #[arg(long)]
+    workflows: Option<PathBuf>,
+    /// What a commit must survive before it is acknowledged.
+    #[arg(long, value_enum, default_value_t = Durability::PowerSafe)]
+    durability: Durability,
+    /// Events one run's history may hold; the run fails rather than exceed it.
+    #[arg(long, default_value_t = shop_types::limits::DEFAULT_MAX_HISTORY_EVENTS)]
+    max_history_events: u64,
+    /// Runs in flight at most; starts beyond it get 503.
+    #[arg(long, default_value_t = Limits::default().max_active_workflows)]
+    max_active_workflows: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let workflows = args.workflows.or_else(|| {
+        let default = PathBuf::from("workflows");
+        default.is_dir().then_some(default)
+    });
+    let options = EngineOptions {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        workflows_dir: workflows,
+        durability: args.durability,
+        limits: Limits {
+            max_history_events: args.max_history_events,
+            max_active_workflows: args.max_active_workflows,
+            ..Limits::default()
+        },
+    };
+    shop_engine::serve(options, shutdown_signal()).await.context("shop-engine stopped")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

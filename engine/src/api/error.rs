@@ -1,0 +1,123 @@
+//! `ApiError`: the one way the HTTP API reports a failure, as
+//! `{"error":{"code":"...","message":"..."}}` with a precise status, and `ApiJson`, the JSON
+//! body extractor that turns every way a body can be wrong into such an error.
+//!
+//! Internals (store errors, paths) are logged, never sent to the client.
+
+use crate::core::CoreError;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use shop_types::api::{ErrorBody, ErrorDetail};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_VALUE", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(error: CoreError) -> Self {
+        let message = error.to_string();
+        match error {
+            CoreError::UnknownWorkflowType(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_WORKFLOW_TYPE", message),
+            CoreError::NotFound(_) => ApiError::not_found(message),
+            CoreError::AlreadyExists(_) => ApiError::new(StatusCode::CONFLICT, "ALREADY_EXISTS", message),
+            CoreError::Stale(_) => ApiError::new(StatusCode::CONFLICT, "STALE_TASK", message),
+            CoreError::Finished => ApiError::new(StatusCode::CONFLICT, "ALREADY_FINISHED", message),
+            CoreError::PastPivot => ApiError::new(StatusCode::CONFLICT, "PAST_PIVOT", message),
+            CoreError::Overloaded(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", message),
+            CoreError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN", message),
+            CoreError::DefinitionConflict(_) => ApiError::new(StatusCode::CONFLICT, "VERSION_CONFLICT", message),
+            CoreError::Storage(_) => {
+                tracing::error!(%message, "storage error");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "STORAGE_UNAVAILABLE", "the store could not be read; try again")
+            }
+        }
+    }
+}
+
+impl From<crate::store::Error> for ApiError {
+    fn from(error: crate::store::Error) -> Self {
+        CoreError::Storage(error.to_string()).into()
+    }
+}
+
+impl From<shop_types::IdError> for ApiError {
+    fn from(error: shop_types::IdError) -> Self {
+        ApiError::bad_request("INVALID_ID", error.to_string())
+    }
+}
+
+/// A JSON body whose every failure is an [`ApiError`]: 415 without a JSON content type, 413
+/// over the body limit, 400 when it is not JSON, 422 when it is JSON of the wrong shape.
+pub struct ApiJson<T>(pub T);
+
+#[axum::async_trait]
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let text = rejection.body_text();
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "expected a body with Content-Type: application/json",
+        ),
+        JsonRejection::JsonDataError(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_BODY", text),
+        JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("MALFORMED_JSON", text),
+        JsonRejection::BytesRejection(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BODY_TOO_LARGE",
+            format!("request body is larger than {} bytes", shop_types::limits::MAX_BODY_BYTES),
+        ),
+        _ => ApiError::bad_request("BAD_BODY", text),
+    }
+}

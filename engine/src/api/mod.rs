@@ -1,0 +1,146 @@
+//! The engine's HTTP API (axum): the generic `/v1` API, the seed-compatible `/api/orders`, and
+//! `/healthz`.
+//!
+//! Handlers validate input, then either read the store (views, histories, lists) or send one
+//! command to the core and wait for its answer. They must never write to the store
+//! themselves: every write goes through the core, which is what makes it durable before it
+//! is acknowledged.
+
+mod error;
+mod orders;
+mod tasks;
+mod workflows;
+
+pub use error::{ApiError, ApiJson};
+
+use crate::core::{Command, Handle};
+use crate::registry::Registry;
+use crate::store::{Durability, Store};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use shop_types::api::{Health, WorkflowStatus, WorkflowView};
+use shop_types::history::EventKind;
+use shop_types::limits::{MAX_BODY_BYTES, MAX_WAIT_MS};
+use shop_types::WorkflowId;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub core: Handle,
+    pub store: Arc<Store>,
+    pub registry: Arc<RwLock<Registry>>,
+    pub durability: Durability,
+}
+
+/// The whole API as one router, so tests can drive it without a socket.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/v1/stats", get(stats))
+        .route("/v1/workflows", post(workflows::start).get(workflows::list))
+        .route("/v1/workflows/:id", get(workflows::get_one))
+        .route("/v1/workflows/:id/history", get(workflows::history))
+        .route("/v1/workflows/:id/cancel", post(workflows::cancel))
+        .route("/v1/workflows/:id/terminate", post(workflows::terminate))
+        .route("/v1/definitions", get(workflows::list_definitions).post(workflows::register_definition))
+        .route("/v1/tasks/poll", post(tasks::poll))
+        .route("/v1/tasks/complete", post(tasks::complete))
+        .route("/v1/tasks/fail", post(tasks::fail))
+        .route("/v1/tasks/heartbeat", post(tasks::heartbeat))
+        .route("/v1/tasks/report", post(tasks::report))
+        .route("/api/orders", post(orders::place).get(orders::list))
+        .route("/api/orders/:id", get(orders::get_one))
+        .route("/api/orders/:id/cancel", post(orders::cancel))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn health(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        active_workflows: state.core.stats.active.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = &state.core.stats;
+    Ok(Json(serde_json::json!({
+        "commits": stats.commits.load(Relaxed),
+        "commands": stats.commands.load(Relaxed),
+        "events": stats.events.load(Relaxed),
+        "active_workflows": stats.active.load(Relaxed),
+        "ready_tasks": stats.ready_tasks.load(Relaxed),
+        "durability": state.durability.as_str(),
+        "disk_bytes": state.store.size_on_disk()?,
+    })))
+}
+
+/// Parses a query string, turning a malformed one into a 400 with our error shape.
+pub(crate) fn query<T: DeserializeOwned>(query: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request("BAD_QUERY", e.body_text()))
+}
+
+/// `wait=30s`: how long a read may block for the run to finish, capped by `MAX_WAIT_MS`.
+pub(crate) fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let Some(text) = wait else {
+        return Ok(None);
+    };
+    let wait = humantime::parse_duration(text)
+        .map_err(|e| ApiError::bad_request("BAD_QUERY", format!("wait={text:?}: {e}")))?;
+    if wait > Duration::from_millis(MAX_WAIT_MS) {
+        return Err(ApiError::invalid(format!("wait may be at most {}s", MAX_WAIT_MS / 1000)));
+    }
+    Ok(Some(wait))
+}
+
+/// A run as the API shows it, or `None` if there is no such run.
+pub(crate) fn workflow_view(state: &AppState, id: &WorkflowId) -> Result<Option<WorkflowView>, ApiError> {
+    let Some(summary) = state.store.run(id)? else {
+        return Ok(None);
+    };
+    let input = match state.store.first_event(id)?.map(|e| e.kind) {
+        Some(EventKind::WorkflowStarted { input, .. }) => input,
+        _ => shop_types::JsonText::null(),
+    };
+    let domain_status = state
+        .registry
+        .read()
+        .ok()
+        .and_then(|r| r.get(&summary.workflow_type, summary.definition_version))
+        .and_then(|d| d.statuses.label(summary.status).map(str::to_owned));
+    Ok(Some(WorkflowView {
+        id: id.clone(),
+        workflow_type: summary.workflow_type,
+        definition_version: summary.definition_version,
+        status: summary.status,
+        domain_status,
+        created_at_ms: summary.created_at_ms,
+        closed_at_ms: summary.closed_at_ms,
+        reason: summary.reason,
+        input,
+        output: summary.output,
+    }))
+}
+
+/// The run's view, after waiting up to `wait` for it to finish.
+pub(crate) async fn view_after_wait(state: &AppState, id: &WorkflowId, wait: Option<Duration>) -> Result<WorkflowView, ApiError> {
+    let view = workflow_view(state, id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
+    let Some(wait) = wait else {
+        return Ok(view);
+    };
+    if view.status != WorkflowStatus::Running {
+        return Ok(view);
+    }
+    let watch = state.core.call(|reply| Command::Watch { id: id.clone(), reply });
+    // Running out of time is not an error: the caller gets the current state.
+    let _ = tokio::time::timeout(wait, watch).await;
+    workflow_view(state, id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))
+}

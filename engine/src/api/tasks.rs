@@ -1,0 +1,82 @@
+//! `/v1/tasks`: the worker protocol. Workers long-poll a queue for activity attempts and
+//! report each one's outcome with the task token it came with; a report for an attempt that
+//! is no longer current is refused (409 `STALE_TASK`) and changes nothing.
+
+use super::{ApiError, ApiJson, AppState};
+use crate::clock::{Clock, SystemClock};
+use crate::core::{Command, CoreError};
+use axum::extract::State;
+use axum::Json;
+use shop_types::api::{
+    CompleteRequest, ErrorDetail, FailRequest, HeartbeatRequest, PollRequest, PollResponse, ReportBatchRequest,
+    ReportBatchResponse, TaskOutcome, TaskReport,
+};
+use shop_types::limits::{MAX_ID_LEN, MAX_REPORTS_PER_BATCH, MAX_TASKS_PER_POLL, MAX_WAIT_MS};
+use std::time::Duration;
+
+/// How long past its deadline a poll waits for the core before answering empty by itself.
+const POLL_GRACE: Duration = Duration::from_secs(5);
+
+pub(crate) async fn poll(State(state): State<AppState>, ApiJson(request): ApiJson<PollRequest>) -> Result<Json<PollResponse>, ApiError> {
+    if !(1..=MAX_TASKS_PER_POLL).contains(&request.max_tasks) {
+        return Err(ApiError::invalid(format!("max_tasks must be between 1 and {MAX_TASKS_PER_POLL}")));
+    }
+    if request.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::invalid(format!("wait_ms may be at most {MAX_WAIT_MS}")));
+    }
+    if request.worker_id.is_empty() || request.worker_id.len() > MAX_ID_LEN {
+        return Err(ApiError::invalid(format!("worker_id must be 1 to {MAX_ID_LEN} bytes")));
+    }
+    let deadline_ms = SystemClock.now_ms() + request.wait_ms;
+    let call = state.core.call(|reply| Command::Poll {
+        queue: request.queue,
+        worker_id: request.worker_id,
+        max_tasks: request.max_tasks as usize,
+        deadline_ms,
+        reply,
+    });
+    let tasks = match tokio::time::timeout(Duration::from_millis(request.wait_ms) + POLL_GRACE, call).await {
+        Ok(tasks) => tasks?,
+        Err(_) => Vec::new(),
+    };
+    Ok(Json(PollResponse { tasks }))
+}
+
+async fn report_one(state: &AppState, report: TaskReport) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut results = state.core.call(|reply| Command::Report { reports: vec![report], reply }).await?;
+    results.pop().unwrap_or(Err(CoreError::ShuttingDown))?;
+    Ok(Json(serde_json::json!({})))
+}
+
+pub(crate) async fn complete(State(state): State<AppState>, ApiJson(request): ApiJson<CompleteRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+    let report = TaskReport { token: request.token, outcome: TaskOutcome::Completed { output: request.output } };
+    report_one(&state, report).await
+}
+
+pub(crate) async fn fail(State(state): State<AppState>, ApiJson(request): ApiJson<FailRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+    let report = TaskReport { token: request.token, outcome: TaskOutcome::Failed { error: request.error } };
+    report_one(&state, report).await
+}
+
+pub(crate) async fn heartbeat(State(state): State<AppState>, ApiJson(request): ApiJson<HeartbeatRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.core.call(|reply| Command::Heartbeat { token: request.token, reply }).await??;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// Many reports in one request and one commit; each gets its own verdict.
+pub(crate) async fn report(State(state): State<AppState>, ApiJson(request): ApiJson<ReportBatchRequest>) -> Result<Json<ReportBatchResponse>, ApiError> {
+    if request.reports.len() > MAX_REPORTS_PER_BATCH {
+        return Err(ApiError::invalid(format!("at most {MAX_REPORTS_PER_BATCH} reports per batch")));
+    }
+    let results = state.core.call(|reply| Command::Report { reports: request.reports, reply }).await?;
+    let results = results
+        .into_iter()
+        .map(|result| {
+            result.err().map(|error| {
+                let error = ApiError::from(error);
+                ErrorDetail { code: error.code.to_owned(), message: error.message }
+            })
+        })
+        .collect();
+    Ok(Json(ReportBatchResponse { results }))
+}

@@ -1,0 +1,266 @@
+//! `/v1/workflows` and `/v1/definitions`: start, read, list, cancel and terminate runs; read
+//! histories; list and register definitions.
+
+use super::{parse_wait, query, view_after_wait, workflow_view, ApiError, ApiJson, AppState};
+use crate::core::{Command, StartOutcome};
+use crate::definition;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use shop_types::api::{
+    DefinitionList, DefinitionSummary, HistoryEventView, HistoryResponse, ReasonRequest, StartWorkflowRequest, WorkflowList,
+    WorkflowStatus, WorkflowView,
+};
+use shop_types::limits::{MAX_BODY_BYTES, MAX_LIST_LIMIT};
+use shop_types::{JsonText, WorkflowId};
+
+const DEFAULT_LIST_LIMIT: usize = 50;
+
+/// Starts a run, or returns the existing one for the same ID, type and input.
+pub(crate) async fn start(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<StartWorkflowRequest>,
+) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
+    let id = match request.id {
+        Some(id) => WorkflowId::parse(id)?,
+        None => new_id(),
+    };
+    start_run(&state, id, request.workflow_type, request.input).await
+}
+
+pub(crate) fn new_id() -> WorkflowId {
+    WorkflowId::parse(uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid workflow id")
+}
+
+/// Shared by the generic and the order API: 202 for a new run, 200 for an existing one.
+pub(crate) async fn start_run(
+    state: &AppState,
+    id: WorkflowId,
+    workflow_type: String,
+    input: JsonText,
+) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
+    let outcome = state
+        .core
+        .call(|reply| Command::Start { id: id.clone(), workflow_type, input, reply })
+        .await??;
+    let view = workflow_view(state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
+    let status = match outcome {
+        StartOutcome::Created => StatusCode::ACCEPTED,
+        StartOutcome::Existing => StatusCode::OK,
+    };
+    Ok((status, Json(view)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WaitQuery {
+    pub(crate) wait: Option<String>,
+}
+
+pub(crate) async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    wait: Result<Query<WaitQuery>, QueryRejection>,
+) -> Result<Json<WorkflowView>, ApiError> {
+    let id = WorkflowId::parse(id)?;
+    let wait = parse_wait(query(wait)?.wait.as_deref())?;
+    Ok(Json(view_after_wait(&state, &id, wait).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    status: Option<String>,
+    #[serde(rename = "type")]
+    workflow_type: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    params: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<WorkflowList>, ApiError> {
+    let params = query(params)?;
+    let status = params
+        .status
+        .as_deref()
+        .map(str::parse::<WorkflowStatus>)
+        .transpose()
+        .map_err(ApiError::invalid)?;
+    let limit = list_limit(params.limit)?;
+    let cursor = params.cursor.map(WorkflowId::parse).transpose()?;
+    let (workflows, next_cursor) = list_views(&state, status, cursor, limit, |view| {
+        params.workflow_type.as_deref().is_none_or(|t| view.workflow_type == t)
+    })?;
+    Ok(Json(WorkflowList { workflows, next_cursor }))
+}
+
+pub(crate) fn list_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(DEFAULT_LIST_LIMIT) {
+        0 => Err(ApiError::invalid("limit must be at least 1")),
+        n if n > MAX_LIST_LIMIT => Err(ApiError::invalid(format!("limit may be at most {MAX_LIST_LIMIT}"))),
+        n => Ok(n),
+    }
+}
+
+/// One page of runs in ID order that pass `keep`. Filtering happens after the index scan, so
+/// a page may be short; `next_cursor` is set whenever more runs may follow.
+pub(crate) fn list_views(
+    state: &AppState,
+    status: Option<WorkflowStatus>,
+    cursor: Option<WorkflowId>,
+    limit: usize,
+    keep: impl Fn(&WorkflowView) -> bool,
+) -> Result<(Vec<WorkflowView>, Option<String>), ApiError> {
+    let (ids, more) = state.store.list_ids(status, cursor.as_ref(), limit)?;
+    let next_cursor = if more { ids.last().map(|id| id.to_string()) } else { None };
+    let mut views = Vec::with_capacity(ids.len());
+    for id in &ids {
+        if let Some(view) = workflow_view(state, id)? {
+            if keep(&view) {
+                views.push(view);
+            }
+        }
+    }
+    Ok((views, next_cursor))
+}
+
+pub(crate) async fn history(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<HistoryResponse>, ApiError> {
+    let id = WorkflowId::parse(id)?;
+    let events = state.store.history(&id)?;
+    let Some(first) = events.first() else {
+        return Err(ApiError::not_found(format!("workflow {id} not found")));
+    };
+    let definition = match &first.kind {
+        shop_types::history::EventKind::WorkflowStarted { workflow_type, definition_version, .. } => state
+            .registry
+            .read()
+            .ok()
+            .and_then(|r| r.get(workflow_type, *definition_version)),
+        _ => None,
+    };
+    let events = events
+        .into_iter()
+        .map(|event| HistoryEventView {
+            seq: event.seq,
+            at_ms: event.at_ms,
+            step_name: event
+                .kind
+                .step_attempt()
+                .and_then(|(step, _)| definition.as_ref()?.step(step).map(|s| s.name.clone())),
+            event: event.kind,
+        })
+        .collect();
+    Ok(Json(HistoryResponse { workflow_id: id, events }))
+}
+
+/// An optional JSON body: absent or empty is the default, anything else must parse.
+pub(crate) fn optional_reason(headers: &HeaderMap, body: &Bytes) -> Result<Option<String>, ApiError> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "expected a body with Content-Type: application/json",
+        ));
+    }
+    let request: ReasonRequest = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_BODY", e.to_string())
+        } else {
+            ApiError::bad_request("MALFORMED_JSON", e.to_string())
+        }
+    })?;
+    Ok(request.reason)
+}
+
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
+    let id = WorkflowId::parse(id)?;
+    let reason = optional_reason(&headers, &body)?.unwrap_or_else(|| "requested by the API".into());
+    stop_run(&state, id, reason, false).await
+}
+
+pub(crate) async fn terminate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
+    let id = WorkflowId::parse(id)?;
+    let reason = optional_reason(&headers, &body)?.unwrap_or_else(|| "terminated by the API".into());
+    stop_run(&state, id, reason, true).await
+}
+
+pub(crate) async fn stop_run(
+    state: &AppState,
+    id: WorkflowId,
+    reason: String,
+    terminate: bool,
+) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
+    state
+        .core
+        .call(|reply| Command::Cancel { id: id.clone(), reason, terminate, reply })
+        .await??;
+    let view = workflow_view(state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+pub(crate) async fn list_definitions(State(state): State<AppState>) -> Result<Json<DefinitionList>, ApiError> {
+    let registry = state
+        .registry
+        .read()
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "registry unavailable"))?;
+    let mut definitions: Vec<DefinitionSummary> = registry.all().iter().map(|d| summary_of(d)).collect();
+    definitions.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+    Ok(Json(DefinitionList { definitions }))
+}
+
+fn summary_of(definition: &definition::Definition) -> DefinitionSummary {
+    DefinitionSummary {
+        name: definition.name.clone(),
+        version: definition.version,
+        steps: definition.steps.iter().map(|s| s.name.clone()).collect(),
+        source: definition.source.clone(),
+    }
+}
+
+/// Registers a new definition version from its TOML text (`Content-Type: application/toml`).
+pub(crate) async fn register_definition(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<DefinitionSummary>), ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !(content_type.starts_with("application/toml") || content_type.starts_with("text/plain")) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "expected a TOML body with Content-Type: application/toml",
+        ));
+    }
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE", "definition is too large"));
+    }
+    let source = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("BAD_BODY", "definition is not UTF-8"))?;
+    let definition = definition::parse("request body", source)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_DEFINITION", e.to_string()))?;
+    let summary = summary_of(&definition);
+    let added = state.core.call(|reply| Command::Register { definition, reply }).await??;
+    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(summary)))
+}

@@ -1,0 +1,506 @@
+//! Workflow definitions: the TOML format of `workflows/*.toml`, parsed, validated and resolved
+//! into [`Definition`] (every step's retry policy and timeouts filled in from the defaults).
+//!
+//! This module owns the format and its validation. It must never reject a definition without
+//! saying which file, which line and why, and never accept one the engine cannot run.
+
+use serde::Deserialize;
+use shop_types::{JsonText, QueueName, StepPhase, StepRef};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Most steps in one list (forward steps, or steps after compensation).
+pub const MAX_STEPS: usize = 64;
+/// Highest `max_attempts` a retry policy may declare.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+
+const DEFAULT_INITIAL_INTERVAL: Duration = Duration::from_secs(1);
+const DEFAULT_BACKOFF_COEFFICIENT: f64 = 2.0;
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+const DEFAULT_START_TO_CLOSE: Duration = Duration::from_secs(60);
+/// When `max_interval` is not declared it is this many times `initial_interval`.
+const DEFAULT_MAX_INTERVAL_FACTOR: u32 = 100;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{file}{}: {reason}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct DefinitionError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub reason: String,
+}
+
+/// What a step's permanent failure means for the workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Compensate every step started so far, in reverse order (the default).
+    Compensate,
+    /// Record the failure and go on with the next step.
+    Continue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub initial_interval_ms: u64,
+    pub backoff_coefficient: f64,
+    pub max_interval_ms: u64,
+    pub max_attempts: u32,
+    /// Fraction (0..=1) by which a delay is randomly stretched or shrunk.
+    pub jitter: f64,
+    pub non_retryable: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub schedule_to_start_ms: Option<u64>,
+    pub start_to_close_ms: u64,
+    pub schedule_to_close_ms: Option<u64>,
+    pub heartbeat_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepDef {
+    pub name: String,
+    pub activity: String,
+    pub queue: QueueName,
+    pub retry: RetryPolicy,
+    pub timeouts: Timeouts,
+    pub on_failure: OnFailure,
+    pub pivot: bool,
+    pub params: JsonText,
+}
+
+/// Labels a definition gives to workflow statuses (e.g. completed = "CONFIRMED").
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusLabels {
+    pub running: Option<String>,
+    pub completed: Option<String>,
+    pub compensated: Option<String>,
+    pub failed: Option<String>,
+    pub terminated: Option<String>,
+}
+
+impl StatusLabels {
+    pub fn label(&self, status: shop_types::api::WorkflowStatus) -> Option<&str> {
+        use shop_types::api::WorkflowStatus::*;
+        match status {
+            Running => self.running.as_deref(),
+            Completed => self.completed.as_deref(),
+            Compensated => self.compensated.as_deref(),
+            Failed => self.failed.as_deref(),
+            Terminated => self.terminated.as_deref(),
+        }
+    }
+}
+
+/// A validated, resolved workflow definition. Runs are pinned to `(name, version)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Definition {
+    pub name: String,
+    pub version: u32,
+    pub execution_timeout_ms: Option<u64>,
+    pub statuses: StatusLabels,
+    pub steps: Vec<StepDef>,
+    /// Indexed like `steps`: the compensation of forward step i, if it has one.
+    pub compensations: Vec<Option<StepDef>>,
+    pub after_compensation: Vec<StepDef>,
+    /// The TOML text this was parsed from, kept so a registered version can be compared.
+    pub source: String,
+}
+
+impl Definition {
+    pub fn step(&self, step: StepRef) -> Option<&StepDef> {
+        let index = usize::from(step.index);
+        match step.phase {
+            StepPhase::Forward => self.steps.get(index),
+            StepPhase::Compensation => self.compensations.get(index)?.as_ref(),
+            StepPhase::AfterCompensation => self.after_compensation.get(index),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default, with = "humantime_serde")]
+    initial_interval: Option<Duration>,
+    backoff_coefficient: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    max_interval: Option<Duration>,
+    max_attempts: Option<u32>,
+    jitter: Option<f64>,
+    non_retryable: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    #[serde(default, with = "humantime_serde")]
+    schedule_to_start: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    start_to_close: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    schedule_to_close: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    heartbeat: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: toml::Spanned<String>,
+    activity: String,
+    queue: toml::Spanned<String>,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    on_failure: Option<OnFailure>,
+    #[serde(default)]
+    pivot: bool,
+    params: Option<toml::Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompensation {
+    step: toml::Spanned<String>,
+    activity: String,
+    queue: toml::Spanned<String>,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    params: Option<toml::Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefinition {
+    name: toml::Spanned<String>,
+    version: toml::Spanned<u32>,
+    #[serde(default, with = "humantime_serde")]
+    execution_timeout: Option<Duration>,
+    #[serde(default)]
+    statuses: StatusLabels,
+    #[serde(default)]
+    defaults: RawDefaults,
+    steps: Vec<RawStep>,
+    #[serde(default)]
+    compensations: Vec<RawCompensation>,
+    #[serde(default)]
+    after_compensation: Vec<RawStep>,
+}
+
+/// Parses and validates one definition. `file` names the source in errors.
+pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
+    let fail = |span: Option<std::ops::Range<usize>>, reason: String| DefinitionError {
+        file: file.to_owned(),
+        line: span.map(|s| line_of(source, s.start)),
+        reason,
+    };
+    let raw: RawDefinition = toml::from_str(source).map_err(|e| fail(e.span(), e.message().to_owned()))?;
+
+    let name = raw.name.get_ref().clone();
+    shop_types::WorkflowId::parse(name.as_str())
+        .map_err(|e| fail(Some(raw.name.span()), format!("workflow name: {e}")))?;
+    let version = *raw.version.get_ref();
+    if version == 0 {
+        return Err(fail(Some(raw.version.span()), "version must be 1 or more".into()));
+    }
+    let execution_timeout_ms = raw
+        .execution_timeout
+        .map(|d| positive_ms(d, "execution_timeout"))
+        .transpose()
+        .map_err(|reason| fail(None, reason))?;
+
+    let mut names = HashSet::new();
+    let resolve = |raw_step: &RawStep, names: &mut HashSet<String>| -> Result<StepDef, DefinitionError> {
+        let span = raw_step.name.span();
+        let step_name = raw_step.name.get_ref().clone();
+        shop_types::WorkflowId::parse(step_name.as_str())
+            .map_err(|e| fail(Some(span.clone()), format!("step name: {e}")))?;
+        if !names.insert(step_name.clone()) {
+            return Err(fail(Some(span), format!("step name {step_name:?} is used twice")));
+        }
+        resolve_step(
+            ResolveInput {
+                name: step_name,
+                activity: &raw_step.activity,
+                queue: &raw_step.queue,
+                retry: &raw_step.retry,
+                timeouts: &raw_step.timeouts,
+                params: raw_step.params.as_ref(),
+            },
+            &raw.defaults,
+        )
+        .map(|mut step| {
+            step.on_failure = raw_step.on_failure.unwrap_or(OnFailure::Compensate);
+            step.pivot = raw_step.pivot;
+            step
+        })
+        .map_err(|reason| fail(Some(raw_step.name.span()), reason))
+    };
+
+    if raw.steps.is_empty() {
+        return Err(fail(None, "a workflow needs at least one step".into()));
+    }
+    if raw.steps.len() > MAX_STEPS || raw.after_compensation.len() > MAX_STEPS {
+        return Err(fail(None, format!("at most {MAX_STEPS} steps per list")));
+    }
+    let steps = raw
+        .steps
+        .iter()
+        .map(|s| resolve(s, &mut names))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pivots: Vec<&RawStep> = raw.steps.iter().filter(|s| s.pivot).collect();
+    if pivots.len() > 1 {
+        return Err(fail(Some(pivots[1].name.span()), "at most one step may be the pivot".into()));
+    }
+    if let Some(step) = raw.after_compensation.iter().find(|s| s.pivot) {
+        return Err(fail(Some(step.name.span()), "a step after compensation cannot be a pivot".into()));
+    }
+    let after_compensation = raw
+        .after_compensation
+        .iter()
+        .map(|s| resolve(s, &mut names))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut compensations: Vec<Option<StepDef>> = vec![None; steps.len()];
+    for comp in &raw.compensations {
+        let target = comp.step.get_ref();
+        let Some(index) = steps.iter().position(|s| &s.name == target) else {
+            return Err(fail(
+                Some(comp.step.span()),
+                format!("compensation for step {target:?}, which does not exist"),
+            ));
+        };
+        if compensations[index].is_some() {
+            return Err(fail(Some(comp.step.span()), format!("step {target:?} has two compensations")));
+        }
+        let resolved = resolve_step(
+            ResolveInput {
+                name: format!("{target}.compensation"),
+                activity: &comp.activity,
+                queue: &comp.queue,
+                retry: &comp.retry,
+                timeouts: &comp.timeouts,
+                params: comp.params.as_ref(),
+            },
+            &raw.defaults,
+        )
+        .map_err(|reason| fail(Some(comp.step.span()), reason))?;
+        compensations[index] = Some(resolved);
+    }
+
+    Ok(Definition {
+        name,
+        version,
+        execution_timeout_ms,
+        statuses: raw.statuses,
+        steps,
+        compensations,
+        after_compensation,
+        source: source.to_owned(),
+    })
+}
+
+struct ResolveInput<'a> {
+    name: String,
+    activity: &'a str,
+    queue: &'a toml::Spanned<String>,
+    retry: &'a RawRetry,
+    timeouts: &'a RawTimeouts,
+    params: Option<&'a toml::Table>,
+}
+
+fn resolve_step(input: ResolveInput<'_>, defaults: &RawDefaults) -> Result<StepDef, String> {
+    let name = input.name;
+    if input.activity.trim().is_empty() {
+        return Err(format!("step {name:?}: activity is empty"));
+    }
+    let queue = QueueName::parse(input.queue.get_ref().as_str()).map_err(|e| format!("step {name:?}: {e}"))?;
+    let (retry, timeouts) = (input.retry, input.timeouts);
+    let (d_retry, d_timeouts) = (&defaults.retry, &defaults.timeouts);
+
+    let initial = retry.initial_interval.or(d_retry.initial_interval).unwrap_or(DEFAULT_INITIAL_INTERVAL);
+    let initial_interval_ms = positive_ms(initial, "initial_interval").map_err(|r| format!("step {name:?}: {r}"))?;
+    let max_interval_ms = match retry.max_interval.or(d_retry.max_interval) {
+        Some(d) => positive_ms(d, "max_interval").map_err(|r| format!("step {name:?}: {r}"))?,
+        None => initial_interval_ms.saturating_mul(u64::from(DEFAULT_MAX_INTERVAL_FACTOR)),
+    };
+    if max_interval_ms < initial_interval_ms {
+        return Err(format!("step {name:?}: max_interval is shorter than initial_interval"));
+    }
+    let backoff_coefficient = retry
+        .backoff_coefficient
+        .or(d_retry.backoff_coefficient)
+        .unwrap_or(DEFAULT_BACKOFF_COEFFICIENT);
+    if !(1.0..=100.0).contains(&backoff_coefficient) {
+        return Err(format!("step {name:?}: backoff_coefficient must be between 1.0 and 100.0"));
+    }
+    let max_attempts = retry.max_attempts.or(d_retry.max_attempts).unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+        return Err(format!("step {name:?}: max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"));
+    }
+    let jitter = retry.jitter.or(d_retry.jitter).unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&jitter) {
+        return Err(format!("step {name:?}: jitter must be between 0.0 and 1.0"));
+    }
+    let non_retryable = retry
+        .non_retryable
+        .clone()
+        .or_else(|| d_retry.non_retryable.clone())
+        .unwrap_or_default();
+
+    let optional_ms = |own: Option<Duration>, default: Option<Duration>, what: &str| {
+        own.or(default)
+            .map(|d| positive_ms(d, what))
+            .transpose()
+            .map_err(|r| format!("step {name:?}: {r}"))
+    };
+    let start_to_close_ms = optional_ms(timeouts.start_to_close, d_timeouts.start_to_close, "start_to_close")?
+        .unwrap_or(DEFAULT_START_TO_CLOSE.as_millis() as u64);
+    let timeouts = Timeouts {
+        schedule_to_start_ms: optional_ms(timeouts.schedule_to_start, d_timeouts.schedule_to_start, "schedule_to_start")?,
+        start_to_close_ms,
+        schedule_to_close_ms: optional_ms(timeouts.schedule_to_close, d_timeouts.schedule_to_close, "schedule_to_close")?,
+        heartbeat_ms: optional_ms(timeouts.heartbeat, d_timeouts.heartbeat, "heartbeat")?,
+    };
+    let params = match input.params {
+        Some(table) => {
+            let value = serde_json::to_value(table).map_err(|e| format!("step {name:?}: params: {e}"))?;
+            JsonText::from_value(&value)
+        }
+        None => JsonText::parse("{}").map_err(|e| e.to_string())?,
+    };
+    Ok(StepDef {
+        name,
+        activity: input.activity.to_owned(),
+        queue,
+        retry: RetryPolicy {
+            initial_interval_ms,
+            backoff_coefficient,
+            max_interval_ms,
+            max_attempts,
+            jitter,
+            non_retryable,
+        },
+        timeouts,
+        on_failure: OnFailure::Compensate,
+        pivot: false,
+        params,
+    })
+}
+
+fn positive_ms(duration: Duration, what: &str) -> Result<u64, String> {
+    let ms = u64::try_from(duration.as_millis()).map_err(|_| format!("{what} is too long"))?;
+    if ms == 0 {
+        return Err(format!("{what} must be at least 1ms"));
+    }
+    Ok(ms)
+}
+
+fn line_of(source: &str, offset: usize) -> usize {
+    source.as_bytes()[..offset.min(source.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORDER: &str = include_str!("../../workflows/order.toml");
+
+    #[test]
+    fn the_order_saga_loads_with_resolved_policies() {
+        let def = parse("order.toml", ORDER).expect("order.toml is valid");
+        assert_eq!(def.name, "order");
+        assert_eq!(def.steps.len(), 4);
+        let reserve = &def.steps[0];
+        assert_eq!(reserve.retry.max_attempts, 6);
+        assert_eq!(reserve.retry.initial_interval_ms, 100);
+        assert!(reserve.retry.non_retryable.contains(&"OUT_OF_STOCK".to_owned()));
+        assert_eq!(reserve.timeouts.start_to_close_ms, 10_000);
+        assert!(def.compensations[0].is_some() && def.compensations[1].is_some());
+        assert!(def.compensations[2].is_none());
+        assert_eq!(def.compensations[0].as_ref().map(|c| c.retry.max_attempts), Some(20));
+        assert!(def.steps[2].pivot);
+        assert_eq!(def.steps[3].on_failure, OnFailure::Continue);
+        assert_eq!(def.steps[3].params.as_str(), r#"{"kind":"ORDER_CONFIRMED"}"#);
+        assert_eq!(def.after_compensation.len(), 1);
+    }
+
+    fn error_of(source: &str) -> DefinitionError {
+        parse("bad.toml", source).expect_err("must be rejected")
+    }
+
+    const MINIMAL: &str = "name = \"w\"\nversion = 1\n[[steps]]\nname = \"a\"\nactivity = \"x.y\"\nqueue = \"q\"\n";
+
+    #[test]
+    fn a_minimal_definition_is_accepted() {
+        let def = parse("ok.toml", MINIMAL).expect("valid");
+        assert_eq!(def.steps[0].retry.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_line() {
+        let err = error_of(&format!("{MINIMAL}colour = \"red\"\n"));
+        assert_eq!(err.line, Some(7));
+        assert!(err.reason.contains("colour"), "{err}");
+        assert!(err.to_string().starts_with("bad.toml:7: "), "{err}");
+    }
+
+    #[test]
+    fn a_missing_activity_is_rejected() {
+        let err = error_of("name = \"w\"\nversion = 1\n[[steps]]\nname = \"a\"\nqueue = \"q\"\n");
+        assert!(err.reason.contains("activity"), "{err}");
+        assert!(err.line.is_some());
+    }
+
+    #[test]
+    fn negative_and_zero_durations_are_rejected() {
+        let err = error_of(&format!("{MINIMAL}timeouts = {{ start_to_close = \"-5s\" }}\n"));
+        assert!(err.line.is_some(), "{err}");
+        let err = error_of(&format!("{MINIMAL}timeouts = {{ start_to_close = \"0s\" }}\n"));
+        assert!(err.reason.contains("at least 1ms"), "{err}");
+    }
+
+    #[test]
+    fn a_compensation_for_a_missing_step_is_rejected_at_its_line() {
+        let err = error_of(&format!(
+            "{MINIMAL}[[compensations]]\nstep = \"nope\"\nactivity = \"x.undo\"\nqueue = \"q\"\n"
+        ));
+        assert_eq!(err.line, Some(8));
+        assert!(err.reason.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_policies_are_rejected() {
+        let err = error_of(&format!("{MINIMAL}retry = {{ max_attempts = 0 }}\n"));
+        assert!(err.reason.contains("max_attempts"), "{err}");
+        let err = error_of(&format!("{MINIMAL}retry = {{ jitter = 1.5 }}\n"));
+        assert!(err.reason.contains("jitter"), "{err}");
+        let err = error_of(&format!("{MINIMAL}queue = \"bad queue\"\n"));
+        assert!(err.line.is_some(), "{err}");
+    }
+
+    #[test]
+    fn duplicate_step_names_are_rejected() {
+        let err = error_of(&format!("{MINIMAL}[[steps]]\nname = \"a\"\nactivity = \"x.z\"\nqueue = \"q\"\n"));
+        assert!(err.reason.contains("used twice"), "{err}");
+    }
+}
