@@ -39,12 +39,7 @@ pub enum Domain {
 }
 
 impl Domain {
-    pub const ALL: [Domain; 4] = [
-        Domain::Inventory,
-        Domain::Payment,
-        Domain::Notification,
-        Domain::Echo,
-    ];
+    pub const ALL: [Domain; 4] = [Domain::Inventory, Domain::Payment, Domain::Notification, Domain::Echo];
     /// Served when `--activities` is not given.
     pub const DEFAULT: [Domain; 3] = [Domain::Inventory, Domain::Payment, Domain::Notification];
 
@@ -98,11 +93,7 @@ struct Failure(ActivityError);
 
 impl Failure {
     fn permanent(error_type: &str, message: impl Into<String>) -> Self {
-        Failure(ActivityError {
-            error_type: error_type.to_owned(),
-            message: message.into(),
-            retryable: false,
-        })
+        Failure(ActivityError { error_type: error_type.to_owned(), message: message.into(), retryable: false })
     }
 
     fn bad_input(message: impl Into<String>) -> Self {
@@ -143,10 +134,7 @@ impl Activities {
             (Domain::Notification, self.notification.is_some()),
             (Domain::Echo, self.echo),
         ];
-        served
-            .into_iter()
-            .filter_map(|(domain, on)| on.then_some(domain))
-            .collect()
+        served.into_iter().filter_map(|(domain, on)| on.then_some(domain)).collect()
     }
 
     /// Runs one attempt and returns what to report. Never panics on any payload.
@@ -171,17 +159,10 @@ impl Activities {
                 "the idempotency key must be 1..={MAX_IDEMPOTENCY_KEY_BYTES} bytes"
             )));
         }
-        match (
-            task.activity.as_str(),
-            &self.inventory,
-            &self.payment,
-            &self.notification,
-        ) {
+        match (task.activity.as_str(), &self.inventory, &self.payment, &self.notification) {
             ("inventory.reserve", Some(inventory), _, _) => {
                 let order = order(task)?;
-                let output = inventory
-                    .reserve(&order.id, &order.input.order_items, key)
-                    .await?;
+                let output = inventory.reserve(&order.id, &order.input.order_items, key).await?;
                 Ok(to_json(&output))
             }
             ("inventory.release", Some(inventory), _, _) => {
@@ -207,22 +188,13 @@ impl Activities {
                 errors::UNKNOWN_ACTIVITY,
                 format!(
                     "activity {other:?} is not served by this worker (serving {})",
-                    self.domains()
-                        .iter()
-                        .map(|d| d.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",")
+                    self.domains().iter().map(|d| d.as_str()).collect::<Vec<_>>().join(",")
                 ),
             )),
         }
     }
 
-    async fn charge(
-        &self,
-        payment: &Payment,
-        task: &ActivityTask,
-        key: &str,
-    ) -> Result<JsonText, Failure> {
+    async fn charge(&self, payment: &Payment, task: &ActivityTask, key: &str) -> Result<JsonText, Failure> {
         let order = order(task)?;
         let amount_cents = reserved_total(task)?;
         let fault = self.faults.on_charge();
@@ -238,9 +210,7 @@ impl Activities {
                 retryable: true,
             }));
         }
-        let output = payment
-            .charge(&order.id, amount_cents, &order.input.payment_method, key)
-            .await?;
+        let output = payment.charge(&order.id, amount_cents, &order.input.payment_method, key).await?;
         Ok(to_json(&output))
     }
 }
@@ -250,8 +220,8 @@ fn order(task: &ActivityTask) -> Result<Order, Failure> {
         .input
         .deserialize_as()
         .map_err(|err| Failure::bad_input(format!("the task input is not an order: {err}")))?;
-    let id = WorkflowId::parse(input.order_id.as_str())
-        .map_err(|err| Failure::bad_input(format!("bad orderId: {err}")))?;
+    let id =
+        WorkflowId::parse(input.order_id.as_str()).map_err(|err| Failure::bad_input(format!("bad orderId: {err}")))?;
     Ok(Order { id, input })
 }
 
@@ -264,11 +234,7 @@ fn reserved_total(task: &ActivityTask) -> Result<i64, Failure> {
     task.results
         .deserialize_as::<Results>()
         .map(|results| results.reserve_stock.total_cents)
-        .map_err(|err| {
-            Failure::bad_input(format!(
-                "results.{RESERVE_STEP}.totalCents is missing or invalid: {err}"
-            ))
-        })
+        .map_err(|err| Failure::bad_input(format!("results.{RESERVE_STEP}.totalCents is missing or invalid: {err}")))
 }
 
 fn param_kind(task: &ActivityTask) -> Result<String, Failure> {
@@ -291,8 +257,7 @@ fn echo(task: &ActivityTask) -> JsonText {
 }
 
 fn to_json<T: serde::Serialize>(output: &T) -> JsonText {
-    let value = serde_json::to_value(output)
-        .expect("activity outputs are plain data that always serialize");
+    let value = serde_json::to_value(output).expect("activity outputs are plain data that always serialize");
     JsonText::from_value(&value)
 }
 
@@ -305,13 +270,9 @@ mod tests {
 
     fn activities(faults: FaultConfig) -> Activities {
         Activities {
-            inventory: Some(Arc::new(
-                Inventory::open(store::temporary()).expect("opens"),
-            )),
+            inventory: Some(Arc::new(Inventory::open(store::temporary()).expect("opens"))),
             payment: Some(Arc::new(Payment::open(store::temporary()).expect("opens"))),
-            notification: Some(Arc::new(
-                Notification::open(store::temporary()).expect("opens"),
-            )),
+            notification: Some(Arc::new(Notification::open(store::temporary()).expect("opens"))),
             echo: true,
             faults: Arc::new(Faults::new(faults).expect("valid faults")),
         }
@@ -320,11 +281,7 @@ mod tests {
     fn task(activity: &str, input: &str, results: &str, params: &str) -> ActivityTask {
         let workflow_id = WorkflowId::parse("o-1").expect("valid");
         ActivityTask {
-            token: TaskToken {
-                workflow_id: workflow_id.clone(),
-                step: StepRef::forward(0),
-                attempt: 2,
-            },
+            token: TaskToken { workflow_id: workflow_id.clone(), step: StepRef::forward(0), attempt: 2 },
             workflow_id,
             workflow_type: "order".to_owned(),
             step_name: "step".to_owned(),
@@ -359,105 +316,58 @@ mod tests {
     #[tokio::test]
     async fn the_saga_steps_chain_through_their_outputs() {
         let acts = activities(FaultConfig::default());
-        let reserved = output(
-            acts.execute(&task("inventory.reserve", ORDER, "{}", "{}"))
-                .await,
-        );
+        let reserved = output(acts.execute(&task("inventory.reserve", ORDER, "{}", "{}")).await);
         let total = reserved["totalCents"].as_i64().expect("a total");
         let results = serde_json::json!({ "reserve_stock": reserved }).to_string();
-        let charged = output(
-            acts.execute(&task("payment.charge", ORDER, &results, "{}"))
-                .await,
-        );
+        let charged = output(acts.execute(&task("payment.charge", ORDER, &results, "{}")).await);
         assert_eq!(charged["amountCents"].as_i64(), Some(total));
-        output(
-            acts.execute(&task("inventory.commit", ORDER, &results, "{}"))
-                .await,
-        );
-        let sent = output(
-            acts.execute(&task(
-                "notification.send",
-                ORDER,
-                "{}",
-                r#"{"kind":"ORDER_CONFIRMED"}"#,
-            ))
-            .await,
-        );
+        output(acts.execute(&task("inventory.commit", ORDER, &results, "{}")).await);
+        let sent = output(acts.execute(&task("notification.send", ORDER, "{}", r#"{"kind":"ORDER_CONFIRMED"}"#)).await);
         assert_eq!(sent["message"], "Order o-1 confirmed");
     }
 
     #[tokio::test]
     async fn charge_needs_the_reserved_total_and_notify_needs_a_kind() {
         let acts = activities(FaultConfig::default());
-        let err = failure(
-            acts.execute(&task("payment.charge", ORDER, "{}", "{}"))
-                .await,
-        );
+        let err = failure(acts.execute(&task("payment.charge", ORDER, "{}", "{}")).await);
         assert_eq!(err.error_type, errors::BAD_INPUT);
         assert!(!err.retryable);
-        let err = failure(
-            acts.execute(&task("notification.send", ORDER, "{}", "{}"))
-                .await,
-        );
+        let err = failure(acts.execute(&task("notification.send", ORDER, "{}", "{}")).await);
         assert_eq!(err.error_type, errors::BAD_INPUT);
-        let err = failure(
-            acts.execute(&task("inventory.reserve", "[1,2]", "{}", "{}"))
-                .await,
-        );
+        let err = failure(acts.execute(&task("inventory.reserve", "[1,2]", "{}", "{}")).await);
         assert_eq!(err.error_type, errors::BAD_INPUT);
     }
 
     #[tokio::test]
     async fn injected_failures_are_retryable_and_leave_no_charge() {
-        let acts = activities(FaultConfig {
-            payment_fail_next: 1,
-            ..FaultConfig::default()
-        });
+        let acts = activities(FaultConfig { payment_fail_next: 1, ..FaultConfig::default() });
         let results = r#"{"reserve_stock":{"totalCents":1234}}"#;
-        let err = failure(
-            acts.execute(&task("payment.charge", ORDER, results, "{}"))
-                .await,
-        );
+        let err = failure(acts.execute(&task("payment.charge", ORDER, results, "{}")).await);
         assert_eq!(err.error_type, errors::PAYMENT_UNAVAILABLE);
         assert!(err.retryable);
         let payment = acts.payment.as_ref().expect("served");
         assert!(payment.ledger().is_empty());
-        output(
-            acts.execute(&task("payment.charge", ORDER, results, "{}"))
-                .await,
-        );
+        output(acts.execute(&task("payment.charge", ORDER, results, "{}")).await);
         assert_eq!(payment.ledger().len(), 1);
     }
 
     #[tokio::test]
     async fn unknown_and_unserved_activities_are_permanent_failures() {
         let mut acts = activities(FaultConfig::default());
-        let err = failure(
-            acts.execute(&task("inventory.teleport", ORDER, "{}", "{}"))
-                .await,
-        );
+        let err = failure(acts.execute(&task("inventory.teleport", ORDER, "{}", "{}")).await);
         assert_eq!(err.error_type, errors::UNKNOWN_ACTIVITY);
         assert!(!err.retryable);
         acts.payment = None;
         let results = r#"{"reserve_stock":{"totalCents":1}}"#;
-        let err = failure(
-            acts.execute(&task("payment.charge", ORDER, results, "{}"))
-                .await,
-        );
+        let err = failure(acts.execute(&task("payment.charge", ORDER, results, "{}")).await);
         assert_eq!(err.error_type, errors::UNKNOWN_ACTIVITY);
     }
 
     #[tokio::test]
     async fn echo_returns_its_input_params_and_attempt() {
         let acts = activities(FaultConfig::default());
-        let echoed = output(
-            acts.execute(&task("echo.run", r#"{"x":1}"#, "{}", r#"{"p":true}"#))
-                .await,
-        );
-        assert_eq!(
-            echoed,
-            serde_json::json!({ "input": {"x": 1}, "params": {"p": true}, "attempt": 2 })
-        );
+        let echoed = output(acts.execute(&task("echo.run", r#"{"x":1}"#, "{}", r#"{"p":true}"#)).await);
+        assert_eq!(echoed, serde_json::json!({ "input": {"x": 1}, "params": {"p": true}, "attempt": 2 }));
     }
 
     #[test]

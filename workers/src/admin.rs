@@ -30,11 +30,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
 
     fn not_served(domain: Domain) -> Self {
@@ -52,12 +48,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
         (self.status, Json(body)).into_response()
     }
 }
@@ -76,11 +67,7 @@ impl From<JsonRejection> for ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "MALFORMED_REQUEST",
-            rejection.body_text(),
-        )
+        ApiError::new(StatusCode::BAD_REQUEST, "MALFORMED_REQUEST", rejection.body_text())
     }
 }
 
@@ -127,26 +114,14 @@ pub fn router(activities: Arc<Activities>) -> Router {
 }
 
 async fn health(State(activities): State<Arc<Activities>>) -> Json<HealthBody> {
-    Json(HealthBody {
-        status: "ok",
-        activities: activities
-            .domains()
-            .into_iter()
-            .map(Domain::as_str)
-            .collect(),
-    })
+    Json(HealthBody { status: "ok", activities: activities.domains().into_iter().map(Domain::as_str).collect() })
 }
 
 fn inventory(activities: &Activities) -> Result<&Inventory, ApiError> {
-    activities
-        .inventory
-        .as_deref()
-        .ok_or(ApiError::not_served(Domain::Inventory))
+    activities.inventory.as_deref().ok_or(ApiError::not_served(Domain::Inventory))
 }
 
-async fn list_stock(
-    State(activities): State<Arc<Activities>>,
-) -> Result<Json<Vec<Product>>, ApiError> {
+async fn list_stock(State(activities): State<Arc<Activities>>) -> Result<Json<Vec<Product>>, ApiError> {
     Ok(Json(inventory(&activities)?.products()))
 }
 
@@ -157,29 +132,19 @@ async fn set_stock(
 ) -> Result<Json<Product>, ApiError> {
     let Path(product_id) = product_id?;
     let Json(request) = request?;
-    let product = inventory(&activities)?
-        .set_stock(product_id, &request)
-        .await?;
+    let product = inventory(&activities)?.set_stock(product_id, &request).await?;
     Ok(Json(product))
 }
 
-async fn list_payments(
-    State(activities): State<Arc<Activities>>,
-) -> Result<Json<Vec<PaymentEntry>>, ApiError> {
-    let payment = activities
-        .payment
-        .as_deref()
-        .ok_or(ApiError::not_served(Domain::Payment))?;
+async fn list_payments(State(activities): State<Arc<Activities>>) -> Result<Json<Vec<PaymentEntry>>, ApiError> {
+    let payment = activities.payment.as_deref().ok_or(ApiError::not_served(Domain::Payment))?;
     Ok(Json(payment.ledger()))
 }
 
 async fn list_notifications(
     State(activities): State<Arc<Activities>>,
 ) -> Result<Json<Vec<NotificationEntry>>, ApiError> {
-    let outbox = activities
-        .notification
-        .as_deref()
-        .ok_or(ApiError::not_served(Domain::Notification))?;
+    let outbox = activities.notification.as_deref().ok_or(ApiError::not_served(Domain::Notification))?;
     Ok(Json(outbox.entries()))
 }
 
@@ -213,40 +178,25 @@ mod tests {
 
     fn app(with_inventory: bool) -> Router {
         let activities = Activities {
-            inventory: with_inventory
-                .then(|| Arc::new(Inventory::open(store::temporary()).expect("opens"))),
+            inventory: with_inventory.then(|| Arc::new(Inventory::open(store::temporary()).expect("opens"))),
             payment: None,
-            notification: Some(Arc::new(
-                Notification::open(store::temporary()).expect("opens"),
-            )),
+            notification: Some(Arc::new(Notification::open(store::temporary()).expect("opens"))),
             echo: false,
             faults: Arc::new(Faults::new(FaultConfig::default()).expect("valid")),
         };
         router(Arc::new(activities))
     }
 
-    async fn call(
-        app: &Router,
-        method: Method,
-        uri: &str,
-        body: Option<&str>,
-    ) -> (StatusCode, serde_json::Value) {
+    async fn call(app: &Router, method: Method, uri: &str, body: Option<&str>) -> (StatusCode, serde_json::Value) {
         let mut request = Request::builder().method(method).uri(uri);
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
-        let request = request
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
-            .expect("a valid request");
-        let response = app
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("the router is infallible");
+        let request =
+            request.body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned()))).expect("a valid request");
+        let response = app.clone().oneshot(request).await.expect("the router is infallible");
         let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), MAX_BODY_BYTES)
-            .await
-            .expect("a readable body");
+        let bytes = axum::body::to_bytes(response.into_body(), MAX_BODY_BYTES).await.expect("a readable body");
         let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         (status, json)
     }
@@ -255,22 +205,13 @@ mod tests {
     async fn health_lists_the_served_activities() {
         let (status, body) = call(&app(true), Method::GET, "/healthz", None).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(
-            body,
-            serde_json::json!({"status": "ok", "activities": ["inventory", "notification"]})
-        );
+        assert_eq!(body, serde_json::json!({"status": "ok", "activities": ["inventory", "notification"]}));
     }
 
     #[tokio::test]
     async fn stock_can_be_listed_and_set() {
         let app = app(true);
-        let (status, body) = call(
-            &app,
-            Method::PUT,
-            "/stock/11",
-            Some(r#"{"units":5,"priceCents":250}"#),
-        )
-        .await;
+        let (status, body) = call(&app, Method::PUT, "/stock/11", Some(r#"{"units":5,"priceCents":250}"#)).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             body,
@@ -278,12 +219,8 @@ mod tests {
         );
         let (status, body) = call(&app, Method::GET, "/stock", None).await;
         assert_eq!(status, StatusCode::OK);
-        let ids: Vec<_> = body
-            .as_array()
-            .expect("a list")
-            .iter()
-            .map(|p| p["productId"].as_i64().expect("an id"))
-            .collect();
+        let ids: Vec<_> =
+            body.as_array().expect("a list").iter().map(|p| p["productId"].as_i64().expect("an id")).collect();
         assert_eq!(ids, (1..=11).collect::<Vec<_>>());
     }
 
@@ -299,13 +236,7 @@ mod tests {
         let (status, body) = call(&app, Method::PUT, "/stock/abc", Some(r#"{"units":1}"#)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["error"]["code"], "MALFORMED_REQUEST");
-        let (status, _) = call(
-            &app,
-            Method::PUT,
-            "/stock/1",
-            Some(r#"{"units":1,"extra":2}"#),
-        )
-        .await;
+        let (status, _) = call(&app, Method::PUT, "/stock/1", Some(r#"{"units":1,"extra":2}"#)).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     }
 
@@ -328,24 +259,12 @@ mod tests {
     #[tokio::test]
     async fn faults_can_be_read_and_changed() {
         let app = app(false);
-        let (status, body) = call(
-            &app,
-            Method::PUT,
-            "/faults",
-            Some(r#"{"payment_fail_next":3}"#),
-        )
-        .await;
+        let (status, body) = call(&app, Method::PUT, "/faults", Some(r#"{"payment_fail_next":3}"#)).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["payment_fail_next"], 3);
         let (_, body) = call(&app, Method::GET, "/faults", None).await;
         assert_eq!(body["payment_fail_next"], 3);
-        let (status, body) = call(
-            &app,
-            Method::PUT,
-            "/faults",
-            Some(r#"{"payment_failure_rate":2.0}"#),
-        )
-        .await;
+        let (status, body) = call(&app, Method::PUT, "/faults", Some(r#"{"payment_failure_rate":2.0}"#)).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(body["error"]["code"], "INVALID_VALUE");
     }

@@ -6,8 +6,8 @@
 
 use reqwest::{StatusCode, Url};
 use shop_types::api::{
-    ActivityTask, ErrorBody, ErrorDetail, HeartbeatRequest, PollRequest, PollResponse,
-    ReportBatchRequest, ReportBatchResponse,
+    ActivityTask, ErrorBody, ErrorDetail, HeartbeatRequest, PollRequest, PollResponse, ReportBatchRequest,
+    ReportBatchResponse,
 };
 use shop_types::{QueueName, TaskToken};
 use std::time::Duration;
@@ -29,11 +29,7 @@ pub enum Error {
     #[error("cannot reach the engine")]
     Transport(#[source] reqwest::Error),
     #[error("the engine answered {status} {code}: {message}")]
-    Status {
-        status: StatusCode,
-        code: String,
-        message: String,
-    },
+    Status { status: StatusCode, code: String, message: String },
     #[error("the engine's answer does not parse")]
     BadResponse(#[source] reqwest::Error),
     #[error("the engine answered {expected} results for {sent} reports")]
@@ -75,10 +71,7 @@ pub struct EngineClient {
 
 impl EngineClient {
     pub fn new(engine: &Url) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(Error::Build)?;
+        let http = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).build().map_err(Error::Build)?;
         Ok(EngineClient {
             http,
             poll_url: endpoint(engine, "v1/tasks/poll"),
@@ -114,10 +107,7 @@ impl EngineClient {
     }
 
     /// Reports a batch; one result per report, in order (`None` = accepted).
-    pub async fn report(
-        &self,
-        batch: &ReportBatchRequest,
-    ) -> Result<Vec<Option<ErrorDetail>>, Error> {
+    pub async fn report(&self, batch: &ReportBatchRequest) -> Result<Vec<Option<ErrorDetail>>, Error> {
         let response = self
             .http
             .post(self.report_url.clone())
@@ -128,10 +118,7 @@ impl EngineClient {
             .map_err(Error::Transport)?;
         let body: ReportBatchResponse = parse(response).await?;
         if body.results.len() != batch.reports.len() {
-            return Err(Error::ResultCount {
-                sent: batch.reports.len(),
-                expected: body.results.len(),
-            });
+            return Err(Error::ResultCount { sent: batch.reports.len(), expected: body.results.len() });
         }
         Ok(body.results)
     }
@@ -141,9 +128,7 @@ impl EngineClient {
             .http
             .post(self.heartbeat_url.clone())
             .timeout(REQUEST_TIMEOUT)
-            .json(&HeartbeatRequest {
-                token: token.clone(),
-            })
+            .json(&HeartbeatRequest { token: token.clone() })
             .send()
             .await
             .map_err(Error::Transport)?;
@@ -164,11 +149,7 @@ fn endpoint(engine: &Url, path: &str) -> Url {
 }
 
 async fn parse<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, Error> {
-    error_for_status(response)
-        .await?
-        .json()
-        .await
-        .map_err(Error::BadResponse)
+    error_for_status(response).await?.json().await.map_err(Error::BadResponse)
 }
 
 /// Passes a success through; turns anything else into `Error::Status` with the engine's
@@ -181,16 +162,9 @@ async fn error_for_status(response: reqwest::Response) -> Result<reqwest::Respon
     let text = response.text().await.unwrap_or_default();
     let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
         Ok(body) => (body.error.code, body.error.message),
-        Err(_) => (
-            "UNEXPECTED".to_owned(),
-            text.chars().take(MAX_ERROR_TEXT).collect(),
-        ),
+        Err(_) => ("UNEXPECTED".to_owned(), text.chars().take(MAX_ERROR_TEXT).collect()),
     };
-    Err(Error::Status {
-        status,
-        code,
-        message,
-    })
+    Err(Error::Status { status, code, message })
 }
 
 #[cfg(test)]
@@ -201,25 +175,15 @@ mod tests {
     fn endpoints_join_with_or_without_a_trailing_slash() {
         for base in ["http://127.0.0.1:8080", "http://127.0.0.1:8080/"] {
             let url = Url::parse(base).expect("valid");
-            assert_eq!(
-                endpoint(&url, "v1/tasks/poll").as_str(),
-                "http://127.0.0.1:8080/v1/tasks/poll"
-            );
+            assert_eq!(endpoint(&url, "v1/tasks/poll").as_str(), "http://127.0.0.1:8080/v1/tasks/poll");
         }
         let prefixed = Url::parse("http://engine/shop/").expect("valid");
-        assert_eq!(
-            endpoint(&prefixed, "v1/tasks/report").as_str(),
-            "http://engine/shop/v1/tasks/report"
-        );
+        assert_eq!(endpoint(&prefixed, "v1/tasks/report").as_str(), "http://engine/shop/v1/tasks/report");
     }
 
     #[test]
     fn only_transient_statuses_are_retried() {
-        let status = |status| Error::Status {
-            status,
-            code: String::new(),
-            message: String::new(),
-        };
+        let status = |status| Error::Status { status, code: String::new(), message: String::new() };
         assert!(status(StatusCode::SERVICE_UNAVAILABLE).is_retryable());
         assert!(status(StatusCode::INTERNAL_SERVER_ERROR).is_retryable());
         assert!(status(StatusCode::TOO_MANY_REQUESTS).is_retryable());

@@ -40,9 +40,7 @@ pub struct Faults {
 impl Faults {
     pub fn new(config: FaultConfig) -> Result<Self, Error> {
         validate(&config)?;
-        Ok(Faults {
-            config: Mutex::new(config),
-        })
+        Ok(Faults { config: Mutex::new(config) })
     }
 
     pub fn get(&self) -> FaultConfig {
@@ -71,16 +69,13 @@ impl Faults {
             config.payment_fail_next -= 1;
             true
         } else {
-            config.payment_failure_rate > 0.0
-                && rand::thread_rng().gen::<f64>() < config.payment_failure_rate
+            config.payment_failure_rate > 0.0 && rand::thread_rng().gen::<f64>() < config.payment_failure_rate
         };
         ChargeFault { hang, fail }
     }
 
     fn lock(&self) -> MutexGuard<'_, FaultConfig> {
-        self.config
-            .lock()
-            .expect("no code panics while holding the fault settings lock")
+        self.config.lock().expect("no code panics while holding the fault settings lock")
     }
 }
 
@@ -88,12 +83,8 @@ fn validate(config: &FaultConfig) -> Result<(), Error> {
     if !(0.0..=1.0).contains(&config.payment_failure_rate) {
         return Err(Error::FailureRate(config.payment_failure_rate));
     }
-    let max_ms =
-        u64::try_from(MAX_INJECTED_DELAY.as_millis()).expect("ten minutes of ms fit in u64");
-    for (field, value_ms) in [
-        ("latency_ms", config.latency_ms),
-        ("payment_hang_ms", config.payment_hang_ms),
-    ] {
+    let max_ms = u64::try_from(MAX_INJECTED_DELAY.as_millis()).expect("ten minutes of ms fit in u64");
+    for (field, value_ms) in [("latency_ms", config.latency_ms), ("payment_hang_ms", config.payment_hang_ms)] {
         if value_ms > max_ms {
             return Err(Error::DelayTooLong { field, value_ms });
         }
@@ -107,11 +98,7 @@ mod tests {
 
     #[test]
     fn fail_next_counts_down_then_lets_charges_through() {
-        let faults = Faults::new(FaultConfig {
-            payment_fail_next: 2,
-            ..FaultConfig::default()
-        })
-        .expect("valid");
+        let faults = Faults::new(FaultConfig { payment_fail_next: 2, ..FaultConfig::default() }).expect("valid");
         assert!(faults.on_charge().fail);
         assert!(faults.on_charge().fail);
         assert!(!faults.on_charge().fail);
@@ -120,46 +107,26 @@ mod tests {
 
     #[test]
     fn hang_next_applies_to_that_many_charges() {
-        let faults = Faults::new(FaultConfig {
-            payment_hang_next: 1,
-            payment_hang_ms: 250,
-            ..FaultConfig::default()
-        })
-        .expect("valid");
-        assert_eq!(
-            faults.on_charge(),
-            ChargeFault {
-                hang: Some(Duration::from_millis(250)),
-                fail: false
-            }
-        );
+        let faults = Faults::new(FaultConfig { payment_hang_next: 1, payment_hang_ms: 250, ..FaultConfig::default() })
+            .expect("valid");
+        assert_eq!(faults.on_charge(), ChargeFault { hang: Some(Duration::from_millis(250)), fail: false });
         assert_eq!(faults.on_charge().hang, None);
     }
 
     #[test]
     fn a_certain_failure_rate_always_fails() {
-        let faults = Faults::new(FaultConfig {
-            payment_failure_rate: 1.0,
-            ..FaultConfig::default()
-        })
-        .expect("valid");
+        let faults = Faults::new(FaultConfig { payment_failure_rate: 1.0, ..FaultConfig::default() }).expect("valid");
         assert!((0..20).all(|_| faults.on_charge().fail));
     }
 
     #[test]
     fn out_of_range_settings_are_refused() {
         for rate in [-0.1, 1.1, f64::NAN] {
-            let bad = FaultConfig {
-                payment_failure_rate: rate,
-                ..FaultConfig::default()
-            };
+            let bad = FaultConfig { payment_failure_rate: rate, ..FaultConfig::default() };
             assert!(Faults::new(bad).is_err(), "{rate}");
         }
         let faults = Faults::new(FaultConfig::default()).expect("valid");
-        let too_slow = FaultConfig {
-            latency_ms: 600_001,
-            ..FaultConfig::default()
-        };
+        let too_slow = FaultConfig { latency_ms: 600_001, ..FaultConfig::default() };
         assert!(faults.set(too_slow).is_err());
         assert_eq!(faults.get(), FaultConfig::default());
     }

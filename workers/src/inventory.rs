@@ -61,11 +61,7 @@ pub enum Error {
     #[error("unknown product {0}")]
     UnknownProduct(i64),
     #[error("out of stock: product {product_id} has {available} available, {requested} requested")]
-    OutOfStock {
-        product_id: i64,
-        available: i64,
-        requested: i64,
-    },
+    OutOfStock { product_id: i64, available: i64, requested: i64 },
     #[error("the reservation of order {0} was already released")]
     AlreadyReleased(WorkflowId),
     #[error("the reservation of order {0} was already committed")]
@@ -191,14 +187,9 @@ impl Inventory {
             state.products.insert(product.product_id, product);
         }
         for reservation in store::scan::<Reservation>(&db, &[RESERVATION_PREFIX])? {
-            state
-                .reservations
-                .insert(reservation.order_id.clone(), reservation);
+            state.reservations.insert(reservation.order_id.clone(), reservation);
         }
-        Ok(Inventory {
-            db,
-            state: Mutex::new(state),
-        })
+        Ok(Inventory { db, state: Mutex::new(state) })
     }
 
     /// `inventory.reserve`: holds every line of the order, or none.
@@ -223,33 +214,25 @@ impl Inventory {
         let mut state = self.lock();
         if let Some(existing) = state.reservations.get(order_id.as_str()) {
             return match existing.state {
-                ReservationState::Held | ReservationState::Committed => Ok(ReserveOutput {
-                    total_cents: existing.total_cents,
-                }),
+                ReservationState::Held | ReservationState::Committed => {
+                    Ok(ReserveOutput { total_cents: existing.total_cents })
+                }
                 ReservationState::Released => Err(Error::AlreadyReleased(order_id.clone())),
             };
         }
         let mut changed = Vec::with_capacity(wanted.len());
         let mut total_cents: i64 = 0;
         for (&product_id, &quantity) in &wanted {
-            let product = state
-                .products
-                .get(&product_id)
-                .ok_or(Error::UnknownProduct(product_id))?;
+            let product = state.products.get(&product_id).ok_or(Error::UnknownProduct(product_id))?;
             if product.stock < quantity {
-                return Err(Error::OutOfStock {
-                    product_id,
-                    available: product.stock,
-                    requested: quantity,
-                });
+                return Err(Error::OutOfStock { product_id, available: product.stock, requested: quantity });
             }
             let mut updated = product.clone();
             updated.stock -= quantity;
-            updated.reserved = updated.reserved.checked_add(quantity).ok_or_else(|| {
-                Error::BadInput(format!(
-                    "product {product_id} cannot hold more reserved units"
-                ))
-            })?;
+            updated.reserved = updated
+                .reserved
+                .checked_add(quantity)
+                .ok_or_else(|| Error::BadInput(format!("product {product_id} cannot hold more reserved units")))?;
             total_cents = quantity
                 .checked_mul(product.price_cents)
                 .and_then(|line| total_cents.checked_add(line))
@@ -259,13 +242,7 @@ impl Inventory {
         let reservation = Reservation {
             order_id: order_id.to_string(),
             state: ReservationState::Held,
-            lines: wanted
-                .iter()
-                .map(|(&product_id, &quantity)| Line {
-                    product_id,
-                    quantity,
-                })
-                .collect(),
+            lines: wanted.iter().map(|(&product_id, &quantity)| Line { product_id, quantity }).collect(),
             total_cents,
             last_key: idempotency_key.to_owned(),
         };
@@ -354,19 +331,11 @@ impl Inventory {
 
     /// Every product, sorted by id.
     pub fn products(&self) -> Vec<Product> {
-        self.lock()
-            .products
-            .values()
-            .map(ProductRecord::view)
-            .collect()
+        self.lock().products.values().map(ProductRecord::view).collect()
     }
 
     /// Sets a product's available units (creating the product when new), durably.
-    pub async fn set_stock(
-        &self,
-        product_id: i64,
-        request: &SetStockRequest,
-    ) -> Result<Product, Error> {
+    pub async fn set_stock(&self, product_id: i64, request: &SetStockRequest) -> Result<Product, Error> {
         let outcome = self.set_stock_now(product_id, request);
         self.flush().await?;
         outcome
@@ -374,43 +343,29 @@ impl Inventory {
 
     fn set_stock_now(&self, product_id: i64, request: &SetStockRequest) -> Result<Product, Error> {
         if product_id < 1 {
-            return Err(Error::BadInput(format!(
-                "product id must be positive, got {product_id}"
-            )));
+            return Err(Error::BadInput(format!("product id must be positive, got {product_id}")));
         }
         if !(0..=MAX_STOCK_UNITS).contains(&request.units) {
-            return Err(Error::BadInput(format!(
-                "units must be 0..={MAX_STOCK_UNITS}, got {}",
-                request.units
-            )));
+            return Err(Error::BadInput(format!("units must be 0..={MAX_STOCK_UNITS}, got {}", request.units)));
         }
         if let Some(price) = request.price_cents {
             if !(0..=MAX_PRICE_CENTS).contains(&price) {
-                return Err(Error::BadInput(format!(
-                    "priceCents must be 0..={MAX_PRICE_CENTS}, got {price}"
-                )));
+                return Err(Error::BadInput(format!("priceCents must be 0..={MAX_PRICE_CENTS}, got {price}")));
             }
         }
         if let Some(name) = &request.name {
             if name.trim().is_empty() || name.len() > MAX_PRODUCT_NAME_BYTES {
-                return Err(Error::BadInput(format!(
-                    "name must be 1..={MAX_PRODUCT_NAME_BYTES} bytes and not blank"
-                )));
+                return Err(Error::BadInput(format!("name must be 1..={MAX_PRODUCT_NAME_BYTES} bytes and not blank")));
             }
         }
         let mut state = self.lock();
-        let mut product =
-            state
-                .products
-                .get(&product_id)
-                .cloned()
-                .unwrap_or_else(|| ProductRecord {
-                    product_id,
-                    name: format!("Product {product_id}"),
-                    price_cents: DEFAULT_PRICE_CENTS,
-                    stock: 0,
-                    reserved: 0,
-                });
+        let mut product = state.products.get(&product_id).cloned().unwrap_or_else(|| ProductRecord {
+            product_id,
+            name: format!("Product {product_id}"),
+            price_cents: DEFAULT_PRICE_CENTS,
+            stock: 0,
+            reserved: 0,
+        });
         product.stock = request.units;
         if let Some(name) = &request.name {
             product.name = name.clone();
@@ -432,12 +387,7 @@ impl Inventory {
 
     /// Writes the changed products and the reservation in one batch, then mirrors them in
     /// memory. Called with the lock held so sled and memory see changes in the same order.
-    fn write(
-        &self,
-        state: &mut State,
-        products: Vec<ProductRecord>,
-        reservation: Reservation,
-    ) -> Result<(), Error> {
+    fn write(&self, state: &mut State, products: Vec<ProductRecord>, reservation: Reservation) -> Result<(), Error> {
         let mut batch = sled::Batch::default();
         for product in &products {
             check_product(product)?;
@@ -448,16 +398,12 @@ impl Inventory {
         for product in products {
             state.products.insert(product.product_id, product);
         }
-        state
-            .reservations
-            .insert(reservation.order_id.clone(), reservation);
+        state.reservations.insert(reservation.order_id.clone(), reservation);
         Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .expect("no code panics while holding the inventory lock")
+        self.state.lock().expect("no code panics while holding the inventory lock")
     }
 }
 
@@ -468,20 +414,14 @@ fn product_key(product_id: i64) -> [u8; 9] {
 
 /// The product a held line reserved units of, which must still hold them.
 fn held_product(state: &State, line: &Line) -> Result<ProductRecord, Error> {
-    let product = state
-        .products
-        .get(&line.product_id)
-        .ok_or_else(|| store::Error::Corrupt {
-            key: format!("product {}", line.product_id),
-            reason: "a held reservation names a product that does not exist".to_owned(),
-        })?;
+    let product = state.products.get(&line.product_id).ok_or_else(|| store::Error::Corrupt {
+        key: format!("product {}", line.product_id),
+        reason: "a held reservation names a product that does not exist".to_owned(),
+    })?;
     if product.reserved < line.quantity {
         return Err(store::Error::Corrupt {
             key: format!("product {}", line.product_id),
-            reason: format!(
-                "{} reserved units, but a held reservation counts {}",
-                product.reserved, line.quantity
-            ),
+            reason: format!("{} reserved units, but a held reservation counts {}", product.reserved, line.quantity),
         }
         .into());
     }
@@ -492,10 +432,7 @@ fn held_product(state: &State, line: &Line) -> Result<ProductRecord, Error> {
 /// product are checked against its stock together.
 fn aggregate_lines(items: &[OrderItem]) -> Result<BTreeMap<i64, i64>, Error> {
     if items.is_empty() || items.len() > MAX_ORDER_LINES {
-        return Err(Error::BadInput(format!(
-            "an order has 1..={MAX_ORDER_LINES} lines, got {}",
-            items.len()
-        )));
+        return Err(Error::BadInput(format!("an order has 1..={MAX_ORDER_LINES} lines, got {}", items.len())));
     }
     let mut wanted = BTreeMap::new();
     for item in items {
@@ -515,11 +452,7 @@ fn aggregate_lines(items: &[OrderItem]) -> Result<BTreeMap<i64, i64>, Error> {
 
 /// Asserts a product before it is written and after it is read.
 fn check_product(product: &ProductRecord) -> Result<(), store::Error> {
-    if product.product_id < 1
-        || product.stock < 0
-        || product.reserved < 0
-        || product.price_cents < 0
-    {
+    if product.product_id < 1 || product.stock < 0 || product.reserved < 0 || product.price_cents < 0 {
         return Err(store::Error::Corrupt {
             key: format!("product {}", product.product_id),
             reason: format!(
@@ -540,21 +473,11 @@ mod tests {
     }
 
     fn items(lines: &[(i64, i64)]) -> Vec<OrderItem> {
-        lines
-            .iter()
-            .map(|&(product_id, quantity)| OrderItem {
-                product_id,
-                quantity,
-            })
-            .collect()
+        lines.iter().map(|&(product_id, quantity)| OrderItem { product_id, quantity }).collect()
     }
 
     fn product(inventory: &Inventory, id: i64) -> Product {
-        inventory
-            .products()
-            .into_iter()
-            .find(|p| p.product_id == id)
-            .expect("product exists")
+        inventory.products().into_iter().find(|p| p.product_id == id).expect("product exists")
     }
 
     #[tokio::test]
@@ -564,21 +487,8 @@ mod tests {
         let products = inventory.products();
         assert_eq!(products.len(), 10);
         assert!(products.iter().all(|p| p.stock == 100 && p.reserved == 0));
-        assert_eq!(
-            products.iter().map(|p| p.product_id).collect::<Vec<_>>(),
-            (1..=10).collect::<Vec<_>>()
-        );
-        inventory
-            .set_stock(
-                1,
-                &SetStockRequest {
-                    units: 5,
-                    name: None,
-                    price_cents: None,
-                },
-            )
-            .await
-            .expect("sets");
+        assert_eq!(products.iter().map(|p| p.product_id).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+        inventory.set_stock(1, &SetStockRequest { units: 5, name: None, price_cents: None }).await.expect("sets");
         drop(inventory);
         let reopened = Inventory::open(db).expect("reopens");
         assert_eq!(product(&reopened, 1).stock, 5, "a reopen must not re-seed");
@@ -588,14 +498,8 @@ mod tests {
     async fn reserving_twice_has_one_effect_and_the_same_output() {
         let inventory = Inventory::open(store::temporary()).expect("opens");
         let price = product(&inventory, 2).price_cents;
-        let first = inventory
-            .reserve(&order("o-1"), &items(&[(2, 3)]), "k1")
-            .await
-            .expect("reserves");
-        let second = inventory
-            .reserve(&order("o-1"), &items(&[(2, 3)]), "k1")
-            .await
-            .expect("replays");
+        let first = inventory.reserve(&order("o-1"), &items(&[(2, 3)]), "k1").await.expect("reserves");
+        let second = inventory.reserve(&order("o-1"), &items(&[(2, 3)]), "k1").await.expect("replays");
         assert_eq!(first, second);
         assert_eq!(first.total_cents, 3 * price);
         let p = product(&inventory, 2);
@@ -609,151 +513,76 @@ mod tests {
             .reserve(&order("o-1"), &items(&[(1, 5), (2, 101)]), "k")
             .await
             .expect_err("product 2 has only 100");
-        assert!(
-            matches!(
-                err,
-                Error::OutOfStock {
-                    product_id: 2,
-                    available: 100,
-                    requested: 101
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, Error::OutOfStock { product_id: 2, available: 100, requested: 101 }), "{err}");
         assert!(!err.is_retryable());
         assert!(err.to_string().contains("product 2"), "{err}");
         assert_eq!(product(&inventory, 1).stock, 100);
         assert_eq!(product(&inventory, 1).reserved, 0);
         // The refused order left no record: a later reserve of fewer units succeeds.
-        inventory
-            .reserve(&order("o-1"), &items(&[(2, 100)]), "k")
-            .await
-            .expect("now fits");
+        inventory.reserve(&order("o-1"), &items(&[(2, 100)]), "k").await.expect("now fits");
     }
 
     #[tokio::test]
     async fn lines_of_one_product_are_checked_together_so_stock_never_goes_negative() {
         let inventory = Inventory::open(store::temporary()).expect("opens");
-        let err = inventory
-            .reserve(&order("o-1"), &items(&[(3, 60), (3, 60)]), "k")
-            .await
-            .expect_err("120 of 100");
-        assert!(
-            matches!(err, Error::OutOfStock { requested: 120, .. }),
-            "{err}"
-        );
-        inventory
-            .reserve(&order("o-2"), &items(&[(3, 100)]), "k2")
-            .await
-            .expect("exactly all");
-        let err = inventory
-            .reserve(&order("o-3"), &items(&[(3, 1)]), "k3")
-            .await
-            .expect_err("nothing left");
-        assert!(
-            matches!(err, Error::OutOfStock { available: 0, .. }),
-            "{err}"
-        );
-        assert!(inventory
-            .products()
-            .iter()
-            .all(|p| p.stock >= 0 && p.reserved >= 0));
+        let err = inventory.reserve(&order("o-1"), &items(&[(3, 60), (3, 60)]), "k").await.expect_err("120 of 100");
+        assert!(matches!(err, Error::OutOfStock { requested: 120, .. }), "{err}");
+        inventory.reserve(&order("o-2"), &items(&[(3, 100)]), "k2").await.expect("exactly all");
+        let err = inventory.reserve(&order("o-3"), &items(&[(3, 1)]), "k3").await.expect_err("nothing left");
+        assert!(matches!(err, Error::OutOfStock { available: 0, .. }), "{err}");
+        assert!(inventory.products().iter().all(|p| p.stock >= 0 && p.reserved >= 0));
     }
 
     #[tokio::test]
     async fn release_before_reserve_refuses_the_late_reserve() {
         let inventory = Inventory::open(store::temporary()).expect("opens");
-        inventory
-            .release(&order("o-1"), "rel")
-            .await
-            .expect("tombstone");
-        let err = inventory
-            .reserve(&order("o-1"), &items(&[(1, 1)]), "res")
-            .await
-            .expect_err("already released");
+        inventory.release(&order("o-1"), "rel").await.expect("tombstone");
+        let err = inventory.reserve(&order("o-1"), &items(&[(1, 1)]), "res").await.expect_err("already released");
         assert_eq!(err.error_type(), ALREADY_RELEASED);
         assert!(!err.is_retryable());
         assert_eq!(product(&inventory, 1).stock, 100);
-        inventory
-            .release(&order("o-1"), "rel")
-            .await
-            .expect("no-op");
+        inventory.release(&order("o-1"), "rel").await.expect("no-op");
     }
 
     #[tokio::test]
     async fn release_returns_held_units_once() {
         let inventory = Inventory::open(store::temporary()).expect("opens");
-        inventory
-            .reserve(&order("o-1"), &items(&[(4, 10)]), "res")
-            .await
-            .expect("reserves");
-        inventory
-            .release(&order("o-1"), "rel")
-            .await
-            .expect("releases");
-        inventory
-            .release(&order("o-1"), "rel")
-            .await
-            .expect("no-op");
+        inventory.reserve(&order("o-1"), &items(&[(4, 10)]), "res").await.expect("reserves");
+        inventory.release(&order("o-1"), "rel").await.expect("releases");
+        inventory.release(&order("o-1"), "rel").await.expect("no-op");
         let p = product(&inventory, 4);
         assert_eq!((p.stock, p.reserved), (100, 0));
-        let err = inventory
-            .commit(&order("o-1"), "com")
-            .await
-            .expect_err("released");
+        let err = inventory.commit(&order("o-1"), "com").await.expect_err("released");
         assert_eq!(err.error_type(), NOT_RESERVED);
     }
 
     #[tokio::test]
     async fn commit_sells_held_units_once_and_blocks_release() {
         let inventory = Inventory::open(store::temporary()).expect("opens");
-        inventory
-            .reserve(&order("o-1"), &items(&[(5, 7)]), "res")
-            .await
-            .expect("reserves");
-        inventory
-            .commit(&order("o-1"), "com")
-            .await
-            .expect("commits");
+        inventory.reserve(&order("o-1"), &items(&[(5, 7)]), "res").await.expect("reserves");
+        inventory.commit(&order("o-1"), "com").await.expect("commits");
         inventory.commit(&order("o-1"), "com").await.expect("no-op");
         let p = product(&inventory, 5);
         assert_eq!((p.stock, p.reserved), (93, 0));
-        let err = inventory
-            .release(&order("o-1"), "rel")
-            .await
-            .expect_err("sold");
+        let err = inventory.release(&order("o-1"), "rel").await.expect_err("sold");
         assert_eq!(err.error_type(), ALREADY_COMMITTED);
         let replay = inventory
             .reserve(&order("o-1"), &items(&[(5, 7)]), "res")
             .await
             .expect("a late reserve replays the output");
         assert_eq!(replay.total_cents, 7 * p.price_cents);
-        let err = inventory
-            .commit(&order("o-2"), "com")
-            .await
-            .expect_err("never reserved");
+        let err = inventory.commit(&order("o-2"), "com").await.expect_err("never reserved");
         assert_eq!(err.error_type(), NOT_RESERVED);
     }
 
     #[tokio::test]
     async fn bad_lines_and_unknown_products_are_permanent() {
         let inventory = Inventory::open(store::temporary()).expect("opens");
-        for lines in [
-            vec![],
-            vec![(1, 0)],
-            vec![(1, -1)],
-            vec![(1, MAX_LINE_QUANTITY + 1)],
-        ] {
-            let err = inventory
-                .reserve(&order("o-1"), &items(&lines), "k")
-                .await
-                .expect_err("bad input");
+        for lines in [vec![], vec![(1, 0)], vec![(1, -1)], vec![(1, MAX_LINE_QUANTITY + 1)]] {
+            let err = inventory.reserve(&order("o-1"), &items(&lines), "k").await.expect_err("bad input");
             assert_eq!(err.error_type(), errors::BAD_INPUT, "{lines:?}");
         }
-        let err = inventory
-            .reserve(&order("o-1"), &items(&[(1, 1), (999, 1)]), "k")
-            .await
-            .expect_err("unknown");
+        let err = inventory.reserve(&order("o-1"), &items(&[(1, 1), (999, 1)]), "k").await.expect_err("unknown");
         assert_eq!(err.error_type(), errors::UNKNOWN_PRODUCT);
         assert_eq!(product(&inventory, 1).stock, 100);
     }
@@ -762,16 +591,10 @@ mod tests {
     async fn reservations_survive_a_reopen() {
         let db = store::temporary();
         let inventory = Inventory::open(db.clone()).expect("opens");
-        inventory
-            .reserve(&order("o-1"), &items(&[(6, 2)]), "res")
-            .await
-            .expect("reserves");
+        inventory.reserve(&order("o-1"), &items(&[(6, 2)]), "res").await.expect("reserves");
         drop(inventory);
         let reopened = Inventory::open(db).expect("reopens");
-        reopened
-            .release(&order("o-1"), "rel")
-            .await
-            .expect("releases");
+        reopened.release(&order("o-1"), "rel").await.expect("releases");
         assert_eq!(product(&reopened, 6).stock, 100);
     }
 
@@ -779,14 +602,7 @@ mod tests {
     async fn set_stock_creates_products_and_checks_bounds() {
         let inventory = Inventory::open(store::temporary()).expect("opens");
         let created = inventory
-            .set_stock(
-                42,
-                &SetStockRequest {
-                    units: 7,
-                    name: None,
-                    price_cents: None,
-                },
-            )
+            .set_stock(42, &SetStockRequest { units: 7, name: None, price_cents: None })
             .await
             .expect("creates");
         assert_eq!(created.name, "Product 42");
@@ -794,27 +610,13 @@ mod tests {
         assert_eq!(created.stock, 7);
         for units in [-1, MAX_STOCK_UNITS + 1] {
             let err = inventory
-                .set_stock(
-                    42,
-                    &SetStockRequest {
-                        units,
-                        name: None,
-                        price_cents: None,
-                    },
-                )
+                .set_stock(42, &SetStockRequest { units, name: None, price_cents: None })
                 .await
                 .expect_err("out of range");
             assert!(matches!(err, Error::BadInput(_)));
         }
         inventory
-            .set_stock(
-                42,
-                &SetStockRequest {
-                    units: MAX_STOCK_UNITS,
-                    name: None,
-                    price_cents: None,
-                },
-            )
+            .set_stock(42, &SetStockRequest { units: MAX_STOCK_UNITS, name: None, price_cents: None })
             .await
             .expect("the edge is allowed");
     }

@@ -101,10 +101,7 @@ impl fmt::Display for ErrorChain<'_> {
 /// API, and flushes every store.
 pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(), Error> {
     if !(1..=MAX_CONCURRENCY).contains(&options.concurrency) {
-        return Err(Error::Options(format!(
-            "concurrency must be 1..={MAX_CONCURRENCY}, got {}",
-            options.concurrency
-        )));
+        return Err(Error::Options(format!("concurrency must be 1..={MAX_CONCURRENCY}, got {}", options.concurrency)));
     }
     if options.domains.is_empty() {
         return Err(Error::Options("no activities to serve".to_owned()));
@@ -123,10 +120,7 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
     let client = engine_client::EngineClient::new(&options.engine)?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
-        .map_err(|source| Error::Listen {
-            addr: options.listen,
-            source,
-        })?;
+        .map_err(|source| Error::Listen { addr: options.listen, source })?;
     let admin_addr = listener.local_addr().unwrap_or(options.listen);
 
     let (trigger, shutdown) = shutdown::channel();

@@ -26,11 +26,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
     /// Comma-separated activity groups to serve: inventory, payment, notification, echo.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "inventory,payment,notification"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "inventory,payment,notification")]
     activities: Vec<Domain>,
     /// Poll loops per queue; each runs up to 16 tasks at once.
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16,
@@ -107,9 +103,7 @@ async fn shutdown_signal() {
 async fn run(args: Args) -> anyhow::Result<()> {
     let options = args.into_options()?;
     let data_dir = options.data_dir.display().to_string();
-    shop_worker::run(options, shutdown_signal())
-        .await
-        .with_context(|| format!("shop-worker (data dir {data_dir})"))
+    shop_worker::run(options, shutdown_signal()).await.with_context(|| format!("shop-worker (data dir {data_dir})"))
 }
 
 #[tokio::main]
@@ -117,10 +111,7 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -51,11 +51,7 @@ struct OutboxRecord {
 
 impl OutboxRecord {
     fn view(&self) -> NotificationEntry {
-        NotificationEntry {
-            order_id: self.order_id.clone(),
-            kind: self.kind.clone(),
-            message: self.message.clone(),
-        }
+        NotificationEntry { order_id: self.order_id.clone(), kind: self.kind.clone(), message: self.message.clone() }
     }
 }
 
@@ -77,34 +73,19 @@ impl Notification {
     pub fn open(db: sled::Db) -> Result<Self, store::Error> {
         let entries: Vec<OutboxRecord> = store::scan(&db, &[ENTRY_PREFIX])?;
         let keys = entries.iter().map(|e| e.idempotency_key.clone()).collect();
-        Ok(Notification {
-            db,
-            state: Mutex::new(State { entries, keys }),
-        })
+        Ok(Notification { db, state: Mutex::new(State { entries, keys }) })
     }
 
     /// `notification.send`: queues one message per idempotency key and returns its text.
-    pub async fn send(
-        &self,
-        order_id: &WorkflowId,
-        kind: &str,
-        idempotency_key: &str,
-    ) -> Result<String, Error> {
+    pub async fn send(&self, order_id: &WorkflowId, kind: &str, idempotency_key: &str) -> Result<String, Error> {
         let outcome = self.send_now(order_id, kind, idempotency_key);
         self.flush().await?;
         outcome
     }
 
-    fn send_now(
-        &self,
-        order_id: &WorkflowId,
-        kind: &str,
-        idempotency_key: &str,
-    ) -> Result<String, Error> {
+    fn send_now(&self, order_id: &WorkflowId, kind: &str, idempotency_key: &str) -> Result<String, Error> {
         if kind.is_empty() || kind.len() > MAX_KIND_BYTES {
-            return Err(Error::BadInput(format!(
-                "the notification kind must be 1..={MAX_KIND_BYTES} bytes"
-            )));
+            return Err(Error::BadInput(format!("the notification kind must be 1..={MAX_KIND_BYTES} bytes")));
         }
         let message = message_for(order_id, kind);
         let mut state = self.lock();
@@ -118,12 +99,7 @@ impl Notification {
             idempotency_key: idempotency_key.to_owned(),
         };
         let seq = u64::try_from(state.entries.len()).expect("an outbox length fits in u64");
-        self.db
-            .insert(
-                store::number_key(ENTRY_PREFIX, seq),
-                store::encode(&record)?,
-            )
-            .map_err(store::Error::from)?;
+        self.db.insert(store::number_key(ENTRY_PREFIX, seq), store::encode(&record)?).map_err(store::Error::from)?;
         state.keys.insert(record.idempotency_key.clone());
         state.entries.push(record);
         Ok(message)
@@ -139,9 +115,7 @@ impl Notification {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .expect("no code panics while holding the notification lock")
+        self.state.lock().expect("no code panics while holding the notification lock")
     }
 }
 
@@ -165,15 +139,9 @@ mod tests {
     async fn one_entry_per_idempotency_key() {
         let outbox = Notification::open(store::temporary()).expect("opens");
         for _ in 0..3 {
-            outbox
-                .send(&order("o-1"), "ORDER_CONFIRMED", "o-1/notify")
-                .await
-                .expect("sends");
+            outbox.send(&order("o-1"), "ORDER_CONFIRMED", "o-1/notify").await.expect("sends");
         }
-        outbox
-            .send(&order("o-2"), "ORDER_CANCELLED", "o-2/notify")
-            .await
-            .expect("sends");
+        outbox.send(&order("o-2"), "ORDER_CANCELLED", "o-2/notify").await.expect("sends");
         assert_eq!(
             outbox.entries(),
             vec![
@@ -195,26 +163,17 @@ mod tests {
     async fn dedup_survives_a_reopen() {
         let db = store::temporary();
         let outbox = Notification::open(db.clone()).expect("opens");
-        outbox
-            .send(&order("o-1"), "ORDER_CONFIRMED", "k")
-            .await
-            .expect("sends");
+        outbox.send(&order("o-1"), "ORDER_CONFIRMED", "k").await.expect("sends");
         drop(outbox);
         let reopened = Notification::open(db).expect("reopens");
-        reopened
-            .send(&order("o-1"), "ORDER_CONFIRMED", "k")
-            .await
-            .expect("replays");
+        reopened.send(&order("o-1"), "ORDER_CONFIRMED", "k").await.expect("replays");
         assert_eq!(reopened.entries().len(), 1);
     }
 
     #[tokio::test]
     async fn an_empty_kind_is_bad_input() {
         let outbox = Notification::open(store::temporary()).expect("opens");
-        let err = outbox
-            .send(&order("o-1"), "", "k")
-            .await
-            .expect_err("empty");
+        let err = outbox.send(&order("o-1"), "", "k").await.expect_err("empty");
         assert_eq!(err.error_type(), errors::BAD_INPUT);
         assert!(outbox.entries().is_empty());
     }

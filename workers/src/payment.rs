@@ -118,10 +118,7 @@ impl Payment {
             state.orders.insert(payment.order_id.clone(), payment);
         }
         state.ledger = store::scan(&db, &[LEDGER_PREFIX])?;
-        Ok(Payment {
-            db,
-            state: Mutex::new(state),
-        })
+        Ok(Payment { db, state: Mutex::new(state) })
     }
 
     /// `payment.charge`: charges the order once; a repeat returns the first charge.
@@ -146,12 +143,8 @@ impl Payment {
     ) -> Result<ChargeOutput, Error> {
         let mut state = self.lock();
         match state.orders.get(order_id.as_str()).map(|p| &p.state) {
-            Some(
-                PaymentState::Charged { amount_cents } | PaymentState::Refunded { amount_cents },
-            ) => {
-                return Ok(ChargeOutput {
-                    amount_cents: *amount_cents,
-                });
+            Some(PaymentState::Charged { amount_cents } | PaymentState::Refunded { amount_cents }) => {
+                return Ok(ChargeOutput { amount_cents: *amount_cents });
             }
             Some(PaymentState::Voided) => return Err(Error::Voided(order_id.clone())),
             None => {}
@@ -160,14 +153,9 @@ impl Payment {
             return Err(Error::Declined(order_id.clone()));
         }
         if amount_cents < 0 {
-            return Err(Error::BadInput(format!(
-                "the amount to charge is negative: {amount_cents}"
-            )));
+            return Err(Error::BadInput(format!("the amount to charge is negative: {amount_cents}")));
         }
-        let payment = OrderPayment {
-            order_id: order_id.to_string(),
-            state: PaymentState::Charged { amount_cents },
-        };
+        let payment = OrderPayment { order_id: order_id.to_string(), state: PaymentState::Charged { amount_cents } };
         let entry = LedgerRecord {
             order_id: order_id.to_string(),
             kind: EntryKind::Charge,
@@ -190,10 +178,8 @@ impl Payment {
         let mut state = self.lock();
         match state.orders.get(order_id.as_str()).map(|p| p.state.clone()) {
             Some(PaymentState::Charged { amount_cents }) => {
-                let payment = OrderPayment {
-                    order_id: order_id.to_string(),
-                    state: PaymentState::Refunded { amount_cents },
-                };
+                let payment =
+                    OrderPayment { order_id: order_id.to_string(), state: PaymentState::Refunded { amount_cents } };
                 let entry = LedgerRecord {
                     order_id: order_id.to_string(),
                     kind: EntryKind::Refund,
@@ -204,10 +190,7 @@ impl Payment {
             }
             Some(PaymentState::Refunded { .. } | PaymentState::Voided) => Ok(()),
             None => {
-                let payment = OrderPayment {
-                    order_id: order_id.to_string(),
-                    state: PaymentState::Voided,
-                };
+                let payment = OrderPayment { order_id: order_id.to_string(), state: PaymentState::Voided };
                 self.write(&mut state, payment, None)
             }
         }
@@ -224,23 +207,12 @@ impl Payment {
 
     /// Writes the order's payment record and its ledger entry in one batch, then mirrors
     /// them in memory. Called with the lock held so the ledger's sequence is sled's.
-    fn write(
-        &self,
-        state: &mut State,
-        payment: OrderPayment,
-        entry: Option<LedgerRecord>,
-    ) -> Result<(), Error> {
+    fn write(&self, state: &mut State, payment: OrderPayment, entry: Option<LedgerRecord>) -> Result<(), Error> {
         let mut batch = sled::Batch::default();
-        batch.insert(
-            store::text_key(ORDER_PREFIX, &payment.order_id),
-            store::encode(&payment)?,
-        );
+        batch.insert(store::text_key(ORDER_PREFIX, &payment.order_id), store::encode(&payment)?);
         if let Some(entry) = &entry {
             let seq = u64::try_from(state.ledger.len()).expect("a ledger length fits in u64");
-            batch.insert(
-                &store::number_key(LEDGER_PREFIX, seq),
-                store::encode(entry)?,
-            );
+            batch.insert(&store::number_key(LEDGER_PREFIX, seq), store::encode(entry)?);
         }
         self.db.apply_batch(batch).map_err(store::Error::from)?;
         state.orders.insert(payment.order_id.clone(), payment);
@@ -249,9 +221,7 @@ impl Payment {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .expect("no code panics while holding the payment lock")
+        self.state.lock().expect("no code panics while holding the payment lock")
     }
 }
 
@@ -266,14 +236,8 @@ mod tests {
     #[tokio::test]
     async fn charging_twice_writes_one_ledger_entry() {
         let payment = Payment::open(store::temporary()).expect("opens");
-        let first = payment
-            .charge(&order("o-1"), 1234, "CREDIT_CARD", "k")
-            .await
-            .expect("charges");
-        let second = payment
-            .charge(&order("o-1"), 1234, "CREDIT_CARD", "k")
-            .await
-            .expect("replays");
+        let first = payment.charge(&order("o-1"), 1234, "CREDIT_CARD", "k").await.expect("charges");
+        let second = payment.charge(&order("o-1"), 1234, "CREDIT_CARD", "k").await.expect("replays");
         assert_eq!(first, second);
         assert_eq!(
             payment.ledger(),
@@ -289,25 +253,13 @@ mod tests {
     #[tokio::test]
     async fn refunding_twice_refunds_once() {
         let payment = Payment::open(store::temporary()).expect("opens");
-        payment
-            .charge(&order("o-1"), 500, "CREDIT_CARD", "c")
-            .await
-            .expect("charges");
+        payment.charge(&order("o-1"), 500, "CREDIT_CARD", "c").await.expect("charges");
         payment.refund(&order("o-1"), "r").await.expect("refunds");
         payment.refund(&order("o-1"), "r").await.expect("no-op");
-        let kinds: Vec<_> = payment
-            .ledger()
-            .into_iter()
-            .map(|e| (e.kind, e.amount_cents))
-            .collect();
-        assert_eq!(
-            kinds,
-            vec![("charge".to_owned(), 500), ("refund".to_owned(), 500)]
-        );
-        let late = payment
-            .charge(&order("o-1"), 500, "CREDIT_CARD", "c")
-            .await
-            .expect("a late attempt replays the charge");
+        let kinds: Vec<_> = payment.ledger().into_iter().map(|e| (e.kind, e.amount_cents)).collect();
+        assert_eq!(kinds, vec![("charge".to_owned(), 500), ("refund".to_owned(), 500)]);
+        let late =
+            payment.charge(&order("o-1"), 500, "CREDIT_CARD", "c").await.expect("a late attempt replays the charge");
         assert_eq!(late.amount_cents, 500);
         assert_eq!(payment.ledger().len(), 2);
     }
@@ -315,10 +267,7 @@ mod tests {
     #[tokio::test]
     async fn a_declined_card_leaves_no_entry() {
         let payment = Payment::open(store::temporary()).expect("opens");
-        let err = payment
-            .charge(&order("o-1"), 500, DECLINED_PAYMENT_METHOD, "c")
-            .await
-            .expect_err("declined");
+        let err = payment.charge(&order("o-1"), 500, DECLINED_PAYMENT_METHOD, "c").await.expect_err("declined");
         assert_eq!(err.error_type(), errors::PAYMENT_DECLINED);
         assert!(!err.is_retryable());
         assert!(payment.ledger().is_empty());
@@ -330,10 +279,7 @@ mod tests {
     async fn refund_before_charge_voids_the_late_charge() {
         let payment = Payment::open(store::temporary()).expect("opens");
         payment.refund(&order("o-1"), "r").await.expect("voids");
-        let err = payment
-            .charge(&order("o-1"), 500, "CREDIT_CARD", "c")
-            .await
-            .expect_err("voided");
+        let err = payment.charge(&order("o-1"), 500, "CREDIT_CARD", "c").await.expect_err("voided");
         assert_eq!(err.error_type(), PAYMENT_VOIDED);
         assert!(payment.ledger().is_empty());
     }
@@ -344,20 +290,14 @@ mod tests {
         let payment = Payment::open(db.clone()).expect("opens");
         for (index, id) in ["o-1", "o-2", "o-3"].into_iter().enumerate() {
             let amount = i64::try_from(index).expect("small") + 1;
-            payment
-                .charge(&order(id), amount, "CREDIT_CARD", id)
-                .await
-                .expect("charges");
+            payment.charge(&order(id), amount, "CREDIT_CARD", id).await.expect("charges");
         }
         payment.refund(&order("o-2"), "r").await.expect("refunds");
         let before = payment.ledger();
         drop(payment);
         let reopened = Payment::open(db).expect("reopens");
         assert_eq!(reopened.ledger(), before);
-        reopened
-            .refund(&order("o-2"), "r")
-            .await
-            .expect("still one refund");
+        reopened.refund(&order("o-2"), "r").await.expect("still one refund");
         assert_eq!(reopened.ledger().len(), 4);
     }
 }

@@ -51,10 +51,7 @@ struct Backoff {
 
 impl Backoff {
     fn new() -> Self {
-        Backoff {
-            next: BACKOFF_INITIAL,
-            failures: 0,
-        }
+        Backoff { next: BACKOFF_INITIAL, failures: 0 }
     }
 
     fn next_delay(&mut self) -> Duration {
@@ -85,6 +82,8 @@ impl Poller {
     pub async fn run(mut self) {
         let mut backoff = Backoff::new();
         while !self.shutdown.is_triggered() {
+            // Shutdown cancels a poll in flight. Should the engine have leased tasks in the
+            // answer we drop, their leases expire and the engine retries them.
             let polled = tokio::select! {
                 () = self.shutdown.wait() => break,
                 polled = self.client.poll(&self.queue, &self.worker_id, TASKS_PER_POLL, POLL_WAIT) => polled,
@@ -101,15 +100,15 @@ impl Poller {
                     }
                 }
                 Err(err) => {
-                    // Log the first failure of a streak loudly, the rest quietly: every
-                    // loop of every queue sees the same outage.
-                    if backoff.failures == 0 {
+                    // A refused poll is a bug on one side and is always worth an error line.
+                    // Otherwise log the first failure of a streak loudly and the rest
+                    // quietly: every loop of every queue sees the same outage.
+                    if !err.is_retryable() {
+                        tracing::error!(error = %ErrorChain(&err), "the engine refused a poll; is this worker compatible with it?");
+                    } else if backoff.failures == 0 {
                         tracing::warn!(error = %ErrorChain(&err), "poll failed; backing off");
                     } else {
                         tracing::debug!(error = %ErrorChain(&err), "poll failed again");
-                    }
-                    if !err.is_retryable() {
-                        tracing::error!(error = %ErrorChain(&err), "the engine refused a poll; is this worker compatible with it?");
                     }
                     let delay = backoff.next_delay();
                     if !self.shutdown.sleep(delay).await {
@@ -125,11 +124,7 @@ impl Poller {
         let mut running = JoinSet::new();
         let count = tasks.len();
         for task in tasks {
-            running.spawn(execute_one(
-                Arc::clone(&self.activities),
-                self.client.clone(),
-                task,
-            ));
+            running.spawn(execute_one(Arc::clone(&self.activities), self.client.clone(), task));
         }
         let mut shutdown = self.shutdown.clone();
         let grace_over = async move {
@@ -158,9 +153,7 @@ impl Poller {
     /// Delivers the reports, retrying transient failures within a budget.
     async fn report(&self, reports: Vec<TaskReport>) {
         for chunk in reports.chunks(MAX_REPORTS_PER_BATCH) {
-            let batch = ReportBatchRequest {
-                reports: chunk.to_vec(),
-            };
+            let batch = ReportBatchRequest { reports: chunk.to_vec() };
             self.report_batch(&batch).await;
         }
     }
@@ -208,11 +201,7 @@ impl Poller {
     }
 }
 
-async fn execute_one(
-    activities: Arc<Activities>,
-    client: EngineClient,
-    task: ActivityTask,
-) -> TaskReport {
+async fn execute_one(activities: Arc<Activities>, client: EngineClient, task: ActivityTask) -> TaskReport {
     let span = tracing::info_span!(
         "task",
         workflow_id = %task.workflow_id,
@@ -238,10 +227,7 @@ async fn execute_one(
                 "failed"
             ),
         }
-        TaskReport {
-            token: task.token,
-            outcome,
-        }
+        TaskReport { token: task.token, outcome }
     }
     .instrument(span)
     .await

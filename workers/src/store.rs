@@ -35,22 +35,13 @@ pub enum Error {
 
 /// Opens (creating when missing) the sled store at `path`.
 pub fn open(path: &Path) -> Result<sled::Db, Error> {
-    sled::Config::new()
-        .path(path)
-        .open()
-        .map_err(|source| Error::Open {
-            path: path.to_owned(),
-            source,
-        })
+    sled::Config::new().path(path).open().map_err(|source| Error::Open { path: path.to_owned(), source })
 }
 
 /// A store that lives only as long as the process, for tests.
 #[cfg(test)]
 pub fn temporary() -> sled::Db {
-    sled::Config::new()
-        .temporary(true)
-        .open()
-        .expect("a temporary sled store opens unless the machine is out of disk")
+    sled::Config::new().temporary(true).open().expect("a temporary sled store opens unless the machine is out of disk")
 }
 
 pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, Error> {
@@ -61,18 +52,11 @@ pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, Error> {
 
 pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Error> {
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, body)) => bincode::deserialize(body).map_err(|err| Error::Corrupt {
-            key: describe_key(key),
-            reason: err.to_string(),
-        }),
-        Some((&found, _)) => Err(Error::UnknownVersion {
-            key: describe_key(key),
-            found,
-        }),
-        None => Err(Error::Corrupt {
-            key: describe_key(key),
-            reason: "empty value".to_owned(),
-        }),
+        Some((&FORMAT_VERSION, body)) => {
+            bincode::deserialize(body).map_err(|err| Error::Corrupt { key: describe_key(key), reason: err.to_string() })
+        }
+        Some((&found, _)) => Err(Error::UnknownVersion { key: describe_key(key), found }),
+        None => Err(Error::Corrupt { key: describe_key(key), reason: "empty value".to_owned() }),
     }
 }
 
@@ -126,10 +110,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_with_their_version_byte() {
-        let sample = Sample {
-            name: "beans".to_owned(),
-            count: -3,
-        };
+        let sample = Sample { name: "beans".to_owned(), count: -3 };
         let bytes = encode(&sample).expect("encodes");
         assert_eq!(bytes[0], FORMAT_VERSION);
         assert_eq!(decode::<Sample>(b"k", &bytes).expect("decodes"), sample);
@@ -137,24 +118,11 @@ mod tests {
 
     #[test]
     fn unknown_versions_and_garbage_are_refused() {
-        let mut bytes = encode(&Sample {
-            name: "x".to_owned(),
-            count: 1,
-        })
-        .expect("encodes");
+        let mut bytes = encode(&Sample { name: "x".to_owned(), count: 1 }).expect("encodes");
         bytes[0] = FORMAT_VERSION + 1;
-        assert!(matches!(
-            decode::<Sample>(b"k", &bytes),
-            Err(Error::UnknownVersion { .. })
-        ));
-        assert!(matches!(
-            decode::<Sample>(b"k", &[]),
-            Err(Error::Corrupt { .. })
-        ));
-        assert!(matches!(
-            decode::<Sample>(b"k", &[FORMAT_VERSION, 0xff]),
-            Err(Error::Corrupt { .. })
-        ));
+        assert!(matches!(decode::<Sample>(b"k", &bytes), Err(Error::UnknownVersion { .. })));
+        assert!(matches!(decode::<Sample>(b"k", &[]), Err(Error::Corrupt { .. })));
+        assert!(matches!(decode::<Sample>(b"k", &[FORMAT_VERSION, 0xff]), Err(Error::Corrupt { .. })));
     }
 
     #[test]
