@@ -39,6 +39,10 @@ use tokio::task::JoinSet;
 
 /// Most poll loops per queue: each holds up to `TASKS_PER_POLL` tasks in flight.
 pub const MAX_CONCURRENCY: usize = 64;
+/// Longest host name kept in the worker id: with `-{pid}` (at most 11 bytes) it stays
+/// within `shop_types::limits::MAX_ID_LEN`, which the engine enforces on worker ids.
+const MAX_HOST_CHARS: usize = 100;
+const _: () = assert!(MAX_HOST_CHARS + 11 <= shop_types::limits::MAX_ID_LEN);
 /// Poll loops per queue when not told otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 
@@ -219,13 +223,20 @@ async fn flush_all(activities: &Activities) -> Result<(), Error> {
     first_failure.map_or(Ok(()), Err)
 }
 
-/// `{hostname}-{pid}`, or `worker-{pid}` when the host name cannot be read.
+/// `{hostname}-{pid}`, or `worker-{pid}` when the host name cannot be read. The host part
+/// keeps only ID characters (all one byte) and is cut so the whole id stays within the
+/// engine's ID length limit.
 fn worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
+        .map(|name| {
+            name.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+                .take(MAX_HOST_CHARS)
+                .collect()
+        })
+        .filter(|name: &String| !name.is_empty())
         .unwrap_or_else(|| "worker".to_owned());
     format!("{host}-{}", std::process::id())
 }
