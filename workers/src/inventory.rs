@@ -159,6 +159,7 @@ struct State {
 #[derive(Debug)]
 pub struct Inventory {
     db: sled::Db,
+    flusher: store::Flusher,
     state: Mutex<State>,
 }
 
@@ -189,7 +190,8 @@ impl Inventory {
         for reservation in store::scan::<Reservation>(&db, &[RESERVATION_PREFIX])? {
             state.reservations.insert(reservation.order_id.clone(), reservation);
         }
-        Ok(Inventory { db, state: Mutex::new(state) })
+        let flusher = store::Flusher::start(db.clone(), "inventory")?;
+        Ok(Inventory { db, flusher, state: Mutex::new(state) })
     }
 
     /// `inventory.reserve`: holds every line of the order, or none.
@@ -382,7 +384,7 @@ impl Inventory {
     }
 
     pub async fn flush(&self) -> Result<(), store::Error> {
-        store::flush(&self.db).await
+        self.flusher.flush().await
     }
 
     /// Writes the changed products and the reservation in one batch, then mirrors them in

@@ -66,6 +66,7 @@ struct State {
 #[derive(Debug)]
 pub struct Notification {
     db: sled::Db,
+    flusher: store::Flusher,
     state: Mutex<State>,
 }
 
@@ -73,7 +74,8 @@ impl Notification {
     pub fn open(db: sled::Db) -> Result<Self, store::Error> {
         let entries: Vec<OutboxRecord> = store::scan(&db, &[ENTRY_PREFIX])?;
         let keys = entries.iter().map(|e| e.idempotency_key.clone()).collect();
-        Ok(Notification { db, state: Mutex::new(State { entries, keys }) })
+        let flusher = store::Flusher::start(db.clone(), "notification")?;
+        Ok(Notification { db, flusher, state: Mutex::new(State { entries, keys }) })
     }
 
     /// `notification.send`: queues one message per idempotency key and returns its text.
@@ -111,7 +113,7 @@ impl Notification {
     }
 
     pub async fn flush(&self) -> Result<(), store::Error> {
-        store::flush(&self.db).await
+        self.flusher.flush().await
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

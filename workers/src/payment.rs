@@ -108,6 +108,7 @@ struct State {
 #[derive(Debug)]
 pub struct Payment {
     db: sled::Db,
+    flusher: store::Flusher,
     state: Mutex<State>,
 }
 
@@ -118,7 +119,8 @@ impl Payment {
             state.orders.insert(payment.order_id.clone(), payment);
         }
         state.ledger = store::scan(&db, &[LEDGER_PREFIX])?;
-        Ok(Payment { db, state: Mutex::new(state) })
+        let flusher = store::Flusher::start(db.clone(), "payment")?;
+        Ok(Payment { db, flusher, state: Mutex::new(state) })
     }
 
     /// `payment.charge`: charges the order once; a repeat returns the first charge.
@@ -202,7 +204,7 @@ impl Payment {
     }
 
     pub async fn flush(&self) -> Result<(), store::Error> {
-        store::flush(&self.db).await
+        self.flusher.flush().await
     }
 
     /// Writes the order's payment record and its ledger entry in one batch, then mirrors

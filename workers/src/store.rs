@@ -25,6 +25,8 @@ pub enum Error {
     },
     #[error("the store failed")]
     Sled(#[from] sled::Error),
+    #[error("flushing the store failed: {0}")]
+    Flush(String),
     #[error("cannot encode a record")]
     Encode(#[source] bincode::Error),
     #[error("record {key} has format version {found}; this worker reads version {FORMAT_VERSION}")]
@@ -70,11 +72,43 @@ pub fn scan<T: DeserializeOwned>(db: &sled::Db, prefix: &[u8]) -> Result<Vec<T>,
         .collect()
 }
 
-/// The durability point: nothing is reported to the engine or answered to an admin call
-/// before this returns.
-pub async fn flush(db: &sled::Db) -> Result<(), Error> {
-    db.flush_async().await?;
-    Ok(())
+/// The durability point of one store: nothing is reported to the engine or answered to an
+/// admin call before [`Flusher::flush`] returns.
+///
+/// One thread per store does every flush, and one flush answers every caller that asked
+/// while the previous one ran (group commit). Callers never flush sled themselves: many
+/// concurrent flushes are slow on this disk, and sled 0.34's `flush_async` runs on sled's own
+/// small I/O pool, which concurrent callers can exhaust until the store deadlocks.
+#[derive(Debug)]
+pub struct Flusher {
+    requests: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
+}
+
+impl Flusher {
+    pub fn start(db: sled::Db, name: &str) -> Result<Flusher, Error> {
+        let (requests, pending) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<(), String>>>();
+        std::thread::Builder::new()
+            .name(format!("{name}-flusher"))
+            .spawn(move || {
+                // Ends when every handle to the flusher is dropped.
+                while let Ok(first) = pending.recv() {
+                    let mut waiters = vec![first];
+                    waiters.extend(pending.try_iter());
+                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    for waiter in waiters {
+                        let _ = waiter.send(result.clone());
+                    }
+                }
+            })
+            .map_err(|e| Error::Flush(e.to_string()))?;
+        Ok(Flusher { requests })
+    }
+
+    pub async fn flush(&self) -> Result<(), Error> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.requests.send(reply).map_err(|_| Error::Flush("the flusher has stopped".to_owned()))?;
+        answer.await.map_err(|_| Error::Flush("the flusher has stopped".to_owned()))?.map_err(Error::Flush)
+    }
 }
 
 /// A key made of a one-byte prefix and a big-endian number, so keys sort numerically.
