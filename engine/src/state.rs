@@ -136,19 +136,7 @@ impl WorkflowState {
 
     /// The results of completed steps as one JSON object, by step name.
     pub fn results_json(&self) -> JsonText {
-        let mut text = String::from("{");
-        for (i, (name, output)) in self.results.iter().enumerate() {
-            if i > 0 {
-                text.push(',');
-            }
-            // Step names are validated IDs, so they need no escaping.
-            text.push('"');
-            text.push_str(name);
-            text.push_str("\":");
-            text.push_str(output.as_str());
-        }
-        text.push('}');
-        JsonText::parse(text).unwrap_or_else(|_| JsonText::null())
+        JsonText::object(self.results.iter().map(|(name, output)| (name.as_str(), output)))
     }
 
     /// Applies one event. The caller guarantees `event.seq == self.next_seq`.

@@ -27,6 +27,22 @@ impl JsonText {
         JsonText("null".to_owned())
     }
 
+    /// A JSON object of `entries`, built without re-parsing: each value is already valid
+    /// JSON and each key is escaped here, so the result is valid by construction.
+    pub fn object<'a>(entries: impl IntoIterator<Item = (&'a str, &'a JsonText)>) -> Self {
+        let mut text = String::from("{");
+        for (i, (key, value)) in entries.into_iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&serde_json::Value::from(key).to_string());
+            text.push(':');
+            text.push_str(&value.0);
+        }
+        text.push('}');
+        JsonText(text)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -97,6 +113,16 @@ mod tests {
         assert_eq!(wire, r#"[{"a":1}]"#);
         let back: Vec<JsonText> = serde_json::from_str(&wire).expect("parses");
         assert_eq!(back[0], text);
+    }
+
+    #[test]
+    fn objects_are_built_valid() {
+        let a = JsonText::parse("[1,2]").expect("valid");
+        let b = JsonText::parse(r#"{"x":"y"}"#).expect("valid");
+        let object = JsonText::object([("a", &a), ("quote\"d", &b)]);
+        assert!(JsonText::parse(object.as_str()).is_ok(), "{object}");
+        assert_eq!(object.to_value()["a"][1], 2);
+        assert_eq!(JsonText::object([]).as_str(), "{}");
     }
 
     #[test]
