@@ -20,6 +20,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Added to a long-poll's `wait` so the server's own answer at the end of the wait arrives
 /// before our timeout fires.
 const WAIT_MARGIN: Duration = Duration::from_secs(10);
+/// How long one `/healthz` probe may take: a start-up loop probes often and must notice
+/// quickly when something else holds the port and never answers.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The two services `shopctl` talks to; named in every error so the user knows which is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +90,14 @@ impl Client {
         segments: &[&str],
         query: &[(&str, String)],
     ) -> Result<Reply<T>> {
-        self.send(service, Method::GET, segments, query, Body::Empty, None)
+        self.send(service, Method::GET, segments, query, Body::Empty, REQUEST_TIMEOUT).await
+    }
+
+    /// Whether the service answers `GET /healthz` with a success, within a short bound.
+    pub async fn is_healthy(&self, service: Service) -> bool {
+        self.send::<serde_json::Value>(service, Method::GET, &["healthz"], &[], Body::Empty, HEALTH_PROBE_TIMEOUT)
             .await
+            .is_ok()
     }
 
     /// A GET that may block on the server for up to `wait` (a long-poll): the client's own
@@ -100,15 +109,7 @@ impl Client {
         wait: Duration,
     ) -> Result<Reply<T>> {
         let query = [("wait", format!("{}ms", wait.as_millis()))];
-        self.send(
-            service,
-            Method::GET,
-            segments,
-            &query,
-            Body::Empty,
-            Some(wait),
-        )
-        .await
+        self.send(service, Method::GET, segments, &query, Body::Empty, wait + WAIT_MARGIN).await
     }
 
     pub async fn post<T: DeserializeOwned>(
@@ -117,8 +118,7 @@ impl Client {
         segments: &[&str],
         body: Body<'_>,
     ) -> Result<Reply<T>> {
-        self.send(service, Method::POST, segments, &[], body, None)
-            .await
+        self.send(service, Method::POST, segments, &[], body, REQUEST_TIMEOUT).await
     }
 
     pub async fn put<T: DeserializeOwned>(
@@ -128,8 +128,7 @@ impl Client {
         body: &impl Serialize,
     ) -> Result<Reply<T>> {
         let body = serde_json::to_value(body).context("cannot encode the request")?;
-        self.send(service, Method::PUT, segments, &[], Body::Json(body), None)
-            .await
+        self.send(service, Method::PUT, segments, &[], Body::Json(body), REQUEST_TIMEOUT).await
     }
 
     async fn send<T: DeserializeOwned>(
@@ -139,21 +138,15 @@ impl Client {
         segments: &[&str],
         query: &[(&str, String)],
         body: Body<'_>,
-        wait: Option<Duration>,
+        timeout: Duration,
     ) -> Result<Reply<T>> {
         let url = build_url(self.base(service), segments, query)?;
-        let timeout = wait.map_or(REQUEST_TIMEOUT, |wait| wait + WAIT_MARGIN);
         tracing::debug!(%method, %url, "request");
-        let request = self
-            .http
-            .request(method.clone(), url.clone())
-            .timeout(timeout);
+        let request = self.http.request(method.clone(), url.clone()).timeout(timeout);
         let request = match body {
             Body::Empty => request,
             Body::Json(value) => request.json(&value),
-            Body::Toml(text) => request
-                .header(reqwest::header::CONTENT_TYPE, "application/toml")
-                .body(text.to_owned()),
+            Body::Toml(text) => request.header(reqwest::header::CONTENT_TYPE, "application/toml").body(text.to_owned()),
         };
         let outcome = async {
             let response = request.send().await?;
@@ -164,18 +157,10 @@ impl Client {
         .await;
         let (status, bytes) = explain(service, &method, &url, outcome)?;
         let raw: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| {
-            format!(
-                "{} answered {method} {} with something that is not JSON",
-                service.describe(),
-                url.path()
-            )
+            format!("{} answered {method} {} with something that is not JSON", service.describe(), url.path())
         })?;
         let body = serde_json::from_value(raw.clone()).with_context(|| {
-            format!(
-                "{} answered {method} {} in an unexpected shape",
-                service.describe(),
-                url.path()
-            )
+            format!("{} answered {method} {} in an unexpected shape", service.describe(), url.path())
         })?;
         Ok(Reply { status, raw, body })
     }
@@ -195,23 +180,12 @@ fn explain(
     let (status, bytes) = match outcome {
         Ok(answer) => answer,
         Err(err) if err.is_connect() => {
-            return Err(anyhow!(
-                "cannot reach {what} at {base}: is it running? (shopctl dev starts one)"
-            ))
+            return Err(anyhow!("cannot reach {what} at {base}: is it running? (shopctl dev starts one)"))
         }
         Err(err) if err.is_timeout() => {
-            return Err(anyhow!(
-                "{what} at {base} did not answer {method} {} in time",
-                url.path()
-            ))
+            return Err(anyhow!("{what} at {base} did not answer {method} {} in time", url.path()))
         }
-        Err(err) => {
-            return Err(anyhow!(
-                "{method} {} to {what} at {base} failed: {}",
-                url.path(),
-                error_chain(&err)
-            ))
-        }
+        Err(err) => return Err(anyhow!("{method} {} to {what} at {base} failed: {}", url.path(), error_chain(&err))),
     };
     if status.is_success() {
         return Ok((status, bytes));
@@ -224,10 +198,7 @@ fn explain(
             error.message,
             status.as_u16()
         )),
-        Err(_) => Err(anyhow!(
-            "{what} answered {method} {} with {status}",
-            url.path()
-        )),
+        Err(_) => Err(anyhow!("{what} answered {method} {} with {status}", url.path())),
     }
 }
 
@@ -249,16 +220,10 @@ fn origin(url: &Url) -> String {
 
 fn parse_base(text: &str) -> Result<Url> {
     let text = text.trim();
-    let with_scheme = if text.contains("://") {
-        text.to_owned()
-    } else {
-        format!("http://{text}")
-    };
+    let with_scheme = if text.contains("://") { text.to_owned() } else { format!("http://{text}") };
     let url = Url::parse(&with_scheme).with_context(|| format!("{text:?} is not a URL"))?;
     if url.scheme() != "http" {
-        return Err(anyhow!(
-            "{text:?}: only http:// is supported (this build has no TLS)"
-        ));
+        return Err(anyhow!("{text:?}: only http:// is supported (this build has no TLS)"));
     }
     if url.cannot_be_a_base() || url.host().is_none() {
         return Err(anyhow!("{text:?} has no host"));
@@ -270,9 +235,7 @@ fn parse_base(text: &str) -> Result<Url> {
 fn build_url(base: &Url, segments: &[&str], query: &[(&str, String)]) -> Result<Url> {
     let mut url = base.clone();
     {
-        let mut path = url
-            .path_segments_mut()
-            .map_err(|()| anyhow!("{base} cannot be a base URL"))?;
+        let mut path = url.path_segments_mut().map_err(|()| anyhow!("{base} cannot be a base URL"))?;
         path.pop_if_empty();
         path.extend(segments);
     }
@@ -288,10 +251,7 @@ mod tests {
 
     #[test]
     fn bare_host_port_becomes_an_http_url() -> Result<()> {
-        assert_eq!(
-            parse_base("127.0.0.1:8080")?.as_str(),
-            "http://127.0.0.1:8080/"
-        );
+        assert_eq!(parse_base("127.0.0.1:8080")?.as_str(), "http://127.0.0.1:8080/");
         assert!(parse_base("https://example.com").is_err());
         Ok(())
     }
@@ -299,15 +259,8 @@ mod tests {
     #[test]
     fn segments_and_query_are_encoded() -> Result<()> {
         let base = parse_base("http://localhost:1/prefix/")?;
-        let url = build_url(
-            &base,
-            &["v1", "workflows", "a/b"],
-            &[("cursor", "x+y=".to_owned())],
-        )?;
-        assert_eq!(
-            url.as_str(),
-            "http://localhost:1/prefix/v1/workflows/a%2Fb?cursor=x%2By%3D"
-        );
+        let url = build_url(&base, &["v1", "workflows", "a/b"], &[("cursor", "x+y=".to_owned())])?;
+        assert_eq!(url.as_str(), "http://localhost:1/prefix/v1/workflows/a%2Fb?cursor=x%2By%3D");
         Ok(())
     }
 }

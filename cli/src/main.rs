@@ -16,9 +16,8 @@ mod timeline;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{
-    definition::DefinitionCommand, demo::DemoArgs, dev::DevArgs,
-    notifications::NotificationsCommand, order::OrderCommand, payments::PaymentsCommand,
-    stock::StockCommand, workflow::WorkflowCommand, Context,
+    definition::DefinitionCommand, demo::DemoArgs, dev::DevArgs, notifications::NotificationsCommand,
+    order::OrderCommand, payments::PaymentsCommand, stock::StockCommand, workflow::WorkflowCommand, Context,
 };
 use std::process::ExitCode;
 
@@ -92,10 +91,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     let ctx = || -> Result<Context> {
-        Ok(Context {
-            client: client::Client::new(&cli.engine, &cli.worker)?,
-            json: cli.json,
-        })
+        Ok(Context { client: client::Client::new(&cli.engine, &cli.worker)?, json: cli.json })
     };
     match cli.command {
         Command::Order(command) => commands::order::run(command, &ctx()?).await,
@@ -112,17 +108,12 @@ async fn run(cli: Cli) -> Result<()> {
 /// The error and its causes on one line, as `context: cause: cause`, with any line breaks
 /// inside a message (a server's, an OS's) flattened so scripts can read it with one `read`.
 fn one_line(err: &anyhow::Error) -> String {
-    format!("{err:#}")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    format!("{err:#}").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
 

@@ -33,9 +33,7 @@ pub struct Table {
 
 impl Table {
     pub fn with_header(header: &[&str]) -> Self {
-        Table {
-            rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
-        }
+        Table { rows: vec![header.iter().map(|h| (*h).to_owned()).collect()] }
     }
 
     pub fn without_header() -> Self {
@@ -47,11 +45,7 @@ impl Table {
     pub fn row(&mut self, cells: Vec<String>) {
         let cells = cells
             .into_iter()
-            .map(|cell| {
-                cell.chars()
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .collect()
-            })
+            .map(|cell| cell.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
             .collect();
         self.rows.push(cells);
     }
@@ -85,8 +79,7 @@ impl Table {
 
     pub fn print(&self) -> Result<()> {
         let mut out = std::io::stdout().lock();
-        out.write_all(self.render().as_bytes())
-            .context("cannot write to stdout")
+        out.write_all(self.render().as_bytes()).context("cannot write to stdout")
     }
 }
 
@@ -154,10 +147,7 @@ mod tests {
         let mut table = Table::with_header(&["ID", "STATUS"]);
         table.row(vec!["a-long-id".into(), "RUNNING".into()]);
         table.row(vec!["b".into(), "-".into()]);
-        assert_eq!(
-            table.render(),
-            "ID         STATUS\na-long-id  RUNNING\nb          -\n"
-        );
+        assert_eq!(table.render(), "ID         STATUS\na-long-id  RUNNING\nb          -\n");
     }
 
     #[test]

@@ -80,10 +80,7 @@ impl Stack {
         let worker_url = connect_url(options.worker_listen);
         let client = Client::new(&engine_url, &worker_url)?;
 
-        output::note(&format!(
-            "starting {ENGINE_BINARY} on {engine_url} (workflows from {})",
-            workflows.display()
-        ));
+        output::note(&format!("starting {ENGINE_BINARY} on {engine_url} (workflows from {})", workflows.display()));
         let mut engine = Process::spawn(
             ENGINE_BINARY,
             Command::new(&engine_binary)
@@ -126,11 +123,7 @@ impl Stack {
             engine.stop().await;
             return Err(err);
         }
-        Ok(Stack {
-            engine,
-            worker,
-            client,
-        })
+        Ok(Stack { engine, worker, client })
     }
 
     /// A client pointed at this stack's engine and worker.
@@ -161,21 +154,14 @@ impl Process {
             ChildOutput::Inherit => {
                 // A child's stdout is log output to us: it goes to our stderr, keeping our
                 // stdout for data.
-                let stderr = std::io::stderr()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .context("cannot share stderr with a child")?;
+                let stderr =
+                    std::io::stderr().as_fd().try_clone_to_owned().context("cannot share stderr with a child")?;
                 (Stdio::from(stderr), Stdio::inherit(), None)
             }
             ChildOutput::LogFiles => {
-                let path = options
-                    .data_dir
-                    .join(format!("{}.log", name.trim_start_matches("shop-")));
-                let file = std::fs::File::create(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
-                let copy = file
-                    .try_clone()
-                    .with_context(|| format!("cannot open {} twice", path.display()))?;
+                let path = options.data_dir.join(format!("{}.log", name.trim_start_matches("shop-")));
+                let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+                let copy = file.try_clone().with_context(|| format!("cannot open {} twice", path.display()))?;
                 (Stdio::from(file), Stdio::from(copy), Some(path))
             }
         };
@@ -195,21 +181,10 @@ impl Process {
     async fn wait_healthy(&mut self, client: &Client, service: Service) -> Result<()> {
         let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if let Some(status) = self
-                .child
-                .try_wait()
-                .with_context(|| format!("cannot check on {}", self.name))?
-            {
-                return Err(anyhow!(
-                    "{} during start-up",
-                    self.describe_exit(Ok(status))
-                ));
+            if let Some(status) = self.child.try_wait().with_context(|| format!("cannot check on {}", self.name))? {
+                return Err(anyhow!("{} during start-up", self.describe_exit(Ok(status))));
             }
-            if client
-                .get::<serde_json::Value>(service, &["healthz"], &[])
-                .await
-                .is_ok()
-            {
+            if client.is_healthy(service).await {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -228,9 +203,7 @@ impl Process {
     /// SIGTERM, then up to [`STOP_GRACE`] for a clean exit, then SIGKILL.
     async fn stop(&mut self) {
         if let Some(pid) = self.child.id() {
-            let pid = i32::try_from(pid)
-                .ok()
-                .and_then(rustix::process::Pid::from_raw);
+            let pid = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw);
             if let Some(pid) = pid {
                 // Failure means it has already exited; the wait below collects it.
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
@@ -295,9 +268,7 @@ fn read_tail(path: &Path) -> Result<String> {
 /// directory, and an install puts them side by side).
 fn sibling_binary(name: &str) -> Result<PathBuf> {
     let me = std::env::current_exe().context("cannot find where shopctl is installed")?;
-    let dir = me
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent directory", me.display()))?;
+    let dir = me.parent().ok_or_else(|| anyhow!("{} has no parent directory", me.display()))?;
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !path.is_file() {
         return Err(anyhow!(
@@ -330,19 +301,15 @@ fn write_embedded_definition(data_dir: &Path) -> Result<PathBuf> {
     let dir = data_dir.join("workflows");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let file = dir.join("order.toml");
-    std::fs::write(&file, EMBEDDED_ORDER_DEFINITION)
-        .with_context(|| format!("cannot write {}", file.display()))?;
+    std::fs::write(&file, EMBEDDED_ORDER_DEFINITION).with_context(|| format!("cannot write {}", file.display()))?;
     Ok(dir)
 }
 
 /// The URL to reach a listen address: an unspecified address (`0.0.0.0`) listens on
 /// loopback too, and loopback is the address that always routes.
 fn connect_url(listen: SocketAddr) -> String {
-    let host = if listen.ip().is_unspecified() {
-        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port())
-    } else {
-        listen
-    };
+    let host =
+        if listen.ip().is_unspecified() { SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port()) } else { listen };
     format!("http://{host}")
 }
 
@@ -372,10 +339,7 @@ mod tests {
 
     #[test]
     fn unspecified_listen_addresses_are_reached_on_loopback() -> Result<()> {
-        assert_eq!(
-            connect_url("0.0.0.0:8080".parse()?),
-            "http://127.0.0.1:8080"
-        );
+        assert_eq!(connect_url("0.0.0.0:8080".parse()?), "http://127.0.0.1:8080");
         assert_eq!(connect_url("127.0.0.2:81".parse()?), "http://127.0.0.2:81");
         Ok(())
     }
@@ -384,10 +348,7 @@ mod tests {
     fn a_given_workflows_directory_must_exist() -> Result<()> {
         let data = tempfile::tempdir()?;
         let given = tempfile::tempdir()?;
-        assert_eq!(
-            workflows_dir(Some(given.path()), data.path())?,
-            given.path()
-        );
+        assert_eq!(workflows_dir(Some(given.path()), data.path())?, given.path());
         assert!(workflows_dir(Some(&data.path().join("missing")), data.path()).is_err());
         Ok(())
     }

@@ -20,6 +20,8 @@ use std::time::Duration;
 /// Longest detail (an error message, a step output) shown on one line; the rest is cut so
 /// a large payload cannot drown the timeline.
 const MAX_DETAIL_CHARS: usize = 100;
+/// How the engine suffixes a compensation step's name.
+const COMPENSATION_SUFFIX: &str = ".compensation";
 
 /// The timeline of `events` (in history order), one line per event, each ending in `\n`.
 pub fn render(events: &[HistoryEventView]) -> String {
@@ -31,10 +33,7 @@ pub fn render(events: &[HistoryEventView]) -> String {
         // A clock step backwards on the engine must not panic or print a huge offset.
         let offset = Duration::from_millis(event.at_ms.saturating_sub(first.at_ms));
         let (step, attempt) = match event.event.step_attempt() {
-            Some((step, attempt)) => (
-                step_label(step, event.step_name.as_deref()),
-                format!("attempt {attempt}"),
-            ),
+            Some((step, attempt)) => (step_label(step, event.step_name.as_deref()), format!("attempt {attempt}")),
             None => (String::new(), String::new()),
         };
         table.row(vec![
@@ -56,36 +55,27 @@ fn step_label(step: StepRef, name: Option<&str>) -> String {
     };
     match step.phase {
         StepPhase::Forward => name,
-        StepPhase::Compensation => format!("↩ {name}"),
+        // The engine may name a compensation after its step (`reserve_stock.compensation`);
+        // the arrow already says it undoes that step.
+        StepPhase::Compensation => format!("↩ {}", name.strip_suffix(COMPENSATION_SUFFIX).unwrap_or(&name)),
         StepPhase::AfterCompensation => format!("↪ {name}"),
     }
 }
 
 fn details(kind: &EventKind) -> String {
     match kind {
-        EventKind::WorkflowStarted {
-            workflow_type,
-            definition_version,
-            ..
-        } => format!("{workflow_type} v{definition_version}"),
+        EventKind::WorkflowStarted { workflow_type, definition_version, .. } => {
+            format!("{workflow_type} v{definition_version}")
+        }
         EventKind::StepScheduled { .. } => String::new(),
         EventKind::StepStarted { worker, .. } => format!("by {worker}"),
-        EventKind::StepCompleted { output, .. } | EventKind::WorkflowCompleted { output } => {
-            payload(output)
+        EventKind::StepCompleted { output, .. } | EventKind::WorkflowCompleted { output } => payload(output),
+        EventKind::StepFailed { error, will_retry, .. } => {
+            format!("{}: {} {}", error.error_type, error.message, retry_note(*will_retry))
         }
-        EventKind::StepFailed {
-            error, will_retry, ..
-        } => format!(
-            "{}: {} {}",
-            error.error_type,
-            error.message,
-            retry_note(*will_retry)
-        ),
-        EventKind::StepTimedOut {
-            timeout,
-            will_retry,
-            ..
-        } => format!("{} timeout {}", timeout.as_str(), retry_note(*will_retry)),
+        EventKind::StepTimedOut { timeout, will_retry, .. } => {
+            format!("{} timeout {}", timeout.as_str(), retry_note(*will_retry))
+        }
         EventKind::StepRetryScheduled { delay_ms, .. } => {
             format!("retry in {}", duration(Duration::from_millis(*delay_ms)))
         }
@@ -119,30 +109,16 @@ mod tests {
     use shop_types::history::{ActivityError, TimeoutKind};
 
     fn event(seq: u64, at_ms: u64, step_name: Option<&str>, kind: EventKind) -> HistoryEventView {
-        HistoryEventView {
-            seq,
-            at_ms,
-            step_name: step_name.map(str::to_owned),
-            event: kind,
-        }
+        HistoryEventView { seq, at_ms, step_name: step_name.map(str::to_owned), event: kind }
     }
 
     fn json(text: &str) -> JsonText {
         JsonText::parse(text).expect("test JSON is valid")
     }
 
-    const CHARGE: StepRef = StepRef {
-        phase: StepPhase::Forward,
-        index: 1,
-    };
-    const RELEASE: StepRef = StepRef {
-        phase: StepPhase::Compensation,
-        index: 0,
-    };
-    const NOTIFY_CANCELLED: StepRef = StepRef {
-        phase: StepPhase::AfterCompensation,
-        index: 0,
-    };
+    const CHARGE: StepRef = StepRef { phase: StepPhase::Forward, index: 1 };
+    const RELEASE: StepRef = StepRef { phase: StepPhase::Compensation, index: 0 };
+    const NOTIFY_CANCELLED: StepRef = StepRef { phase: StepPhase::AfterCompensation, index: 0 };
 
     /// A declined order with one transient failure and a timeout before the decline.
     fn declined_order() -> Vec<HistoryEventView> {
@@ -152,30 +128,19 @@ mod tests {
                 1,
                 start,
                 None,
-                EventKind::WorkflowStarted {
-                    workflow_type: "order".into(),
-                    definition_version: 1,
-                    input: json("{}"),
-                },
+                EventKind::WorkflowStarted { workflow_type: "order".into(), definition_version: 1, input: json("{}") },
             ),
             event(
                 2,
                 start + 2,
                 Some("reserve_stock"),
-                EventKind::StepScheduled {
-                    step: StepRef::forward(0),
-                    attempt: 1,
-                },
+                EventKind::StepScheduled { step: StepRef::forward(0), attempt: 1 },
             ),
             event(
                 3,
                 start + 5,
                 Some("reserve_stock"),
-                EventKind::StepStarted {
-                    step: StepRef::forward(0),
-                    attempt: 1,
-                    worker: "worker-7".into(),
-                },
+                EventKind::StepStarted { step: StepRef::forward(0), attempt: 1, worker: "worker-7".into() },
             ),
             event(
                 4,
@@ -202,11 +167,7 @@ mod tests {
                 6,
                 start + 40,
                 Some("charge_payment"),
-                EventKind::StepRetryScheduled {
-                    step: CHARGE,
-                    attempt: 2,
-                    delay_ms: 200,
-                },
+                EventKind::StepRetryScheduled { step: CHARGE, attempt: 2, delay_ms: 200 },
             ),
             event(
                 7,
@@ -227,54 +188,38 @@ mod tests {
                 8,
                 start + 1_244,
                 None,
-                EventKind::CompensationStarted {
-                    reason: "charge_payment failed: PAYMENT_DECLINED".into(),
-                },
+                EventKind::CompensationStarted { reason: "charge_payment failed: PAYMENT_DECLINED".into() },
             ),
             event(
                 9,
                 start + 1_250,
-                Some("reserve_stock"),
-                EventKind::StepScheduled {
-                    step: RELEASE,
-                    attempt: 1,
-                },
+                Some("reserve_stock.compensation"),
+                EventKind::StepScheduled { step: RELEASE, attempt: 1 },
             ),
             event(
                 10,
                 start + 1_260,
                 None,
-                EventKind::StepCompleted {
-                    step: NOTIFY_CANCELLED,
-                    attempt: 1,
-                    output: JsonText::null(),
-                },
+                EventKind::StepCompleted { step: NOTIFY_CANCELLED, attempt: 1, output: JsonText::null() },
             ),
-            event(
-                11,
-                start + 61_300,
-                None,
-                EventKind::WorkflowCompensated {
-                    reason: "payment declined".into(),
-                },
-            ),
+            event(11, start + 61_300, None, EventKind::WorkflowCompensated { reason: "payment declined".into() }),
         ]
     }
 
     #[test]
     fn renders_one_aligned_line_per_event() {
         let expected = "\
-+0ms       #1   WorkflowStarted                                order v1
-+2ms       #2   StepScheduled        reserve_stock    attempt 1
-+5ms       #3   StepStarted          reserve_stock    attempt 1  by worker-7
-+12ms      #4   StepCompleted        reserve_stock    attempt 1  {\"totalCents\":2598}
-+40ms      #5   StepTimedOut         charge_payment   attempt 1  start_to_close timeout (will retry)
-+40ms      #6   StepRetryScheduled   charge_payment   attempt 2  retry in 200ms
-+1.244s    #7   StepFailed           charge_payment   attempt 2  PAYMENT_DECLINED: card declined (final)
-+1.244s    #8   CompensationStarted                              ↩ charge_payment failed: PAYMENT_DECLINED
-+1.250s    #9   StepScheduled        ↩ reserve_stock  attempt 1
-+1.260s    #10  StepCompleted        ↪ step 0         attempt 1
-+1m01.300s #11  WorkflowCompensated                              payment declined
++0ms        #1   WorkflowStarted                                  order v1
++2ms        #2   StepScheduled        reserve_stock    attempt 1
++5ms        #3   StepStarted          reserve_stock    attempt 1  by worker-7
++12ms       #4   StepCompleted        reserve_stock    attempt 1  {\"totalCents\":2598}
++40ms       #5   StepTimedOut         charge_payment   attempt 1  start_to_close timeout (will retry)
++40ms       #6   StepRetryScheduled   charge_payment   attempt 2  retry in 200ms
++1.244s     #7   StepFailed           charge_payment   attempt 2  PAYMENT_DECLINED: card declined (final)
++1.244s     #8   CompensationStarted                              ↩ charge_payment failed: PAYMENT_DECLINED
++1.250s     #9   StepScheduled        ↩ reserve_stock  attempt 1
++1.260s     #10  StepCompleted        ↪ step 0         attempt 1
++1m01.300s  #11  WorkflowCompensated                              payment declined
 ";
         assert_eq!(render(&declined_order()), expected);
     }
@@ -286,14 +231,7 @@ mod tests {
 
     #[test]
     fn long_details_are_cut_to_one_bounded_line() {
-        let events = vec![event(
-            1,
-            5,
-            None,
-            EventKind::WorkflowFailed {
-                reason: "x\n".repeat(500),
-            },
-        )];
+        let events = vec![event(1, 5, None, EventKind::WorkflowFailed { reason: "x\n".repeat(500) })];
         let text = render(&events);
         assert_eq!(text.lines().count(), 1);
         assert!(text.chars().count() < MAX_DETAIL_CHARS + 40);
@@ -302,22 +240,8 @@ mod tests {
     #[test]
     fn an_earlier_timestamp_than_the_first_shows_as_zero() {
         let events = vec![
-            event(
-                1,
-                1_000,
-                None,
-                EventKind::CancelRequested {
-                    reason: "user".into(),
-                },
-            ),
-            event(
-                2,
-                900,
-                None,
-                EventKind::WorkflowTerminated {
-                    reason: "user".into(),
-                },
-            ),
+            event(1, 1_000, None, EventKind::CancelRequested { reason: "user".into() }),
+            event(2, 900, None, EventKind::WorkflowTerminated { reason: "user".into() }),
         ];
         assert!(render(&events).lines().all(|line| line.starts_with("+0ms")));
     }

@@ -24,10 +24,7 @@ pub enum DefinitionCommand {
 pub async fn run(command: DefinitionCommand, ctx: &Context) -> Result<()> {
     match command {
         DefinitionCommand::List => {
-            let reply = ctx
-                .client
-                .get::<DefinitionList>(Service::Engine, &["v1", "definitions"], &[])
-                .await?;
+            let reply = ctx.client.get::<DefinitionList>(Service::Engine, &["v1", "definitions"], &[]).await?;
             ctx.show(&reply, |list| {
                 let mut table = Table::with_header(&["NAME", "VERSION", "STEPS"]);
                 for definition in &list.definitions {
@@ -44,11 +41,7 @@ pub async fn run(command: DefinitionCommand, ctx: &Context) -> Result<()> {
             let text = read_bounded(&file)?;
             let reply = ctx
                 .client
-                .post::<DefinitionSummary>(
-                    Service::Engine,
-                    &["v1", "definitions"],
-                    Body::Toml(&text),
-                )
+                .post::<DefinitionSummary>(Service::Engine, &["v1", "definitions"], Body::Toml(&text))
                 .await
                 .with_context(|| format!("cannot register {}", file.display()))?;
             ctx.show(&reply, |summary| {
@@ -65,14 +58,9 @@ pub async fn run(command: DefinitionCommand, ctx: &Context) -> Result<()> {
 
 /// Reads the file, refusing one larger than the engine accepts before reading it whole.
 fn read_bounded(file: &PathBuf) -> Result<String> {
-    let size = std::fs::metadata(file)
-        .with_context(|| format!("cannot read {}", file.display()))?
-        .len();
+    let size = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?.len();
     if size > MAX_BODY_BYTES as u64 {
-        return Err(anyhow!(
-            "{} is {size} bytes; the engine accepts at most {MAX_BODY_BYTES}",
-            file.display()
-        ));
+        return Err(anyhow!("{} is {size} bytes; the engine accepts at most {MAX_BODY_BYTES}", file.display()));
     }
     std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
 }

@@ -119,11 +119,7 @@ struct Outcome {
 
 impl Outcome {
     fn new(status: &str, final_error: Option<&str>, retried_failures: u32) -> Self {
-        Outcome {
-            status: status.to_owned(),
-            final_error: final_error.map(str::to_owned),
-            retried_failures,
-        }
+        Outcome { status: status.to_owned(), final_error: final_error.map(str::to_owned), retried_failures }
     }
 
     /// Reads the outcome from the order's status and its history.
@@ -132,20 +128,14 @@ impl Outcome {
         let mut retried_failures = 0;
         for event in events {
             match &event.event {
-                EventKind::StepFailed {
-                    error, will_retry, ..
-                } => {
+                EventKind::StepFailed { error, will_retry, .. } => {
                     if *will_retry {
                         retried_failures += 1;
                     } else if final_error.is_none() {
                         final_error = Some(error.error_type.clone());
                     }
                 }
-                EventKind::StepTimedOut {
-                    timeout,
-                    will_retry,
-                    ..
-                } => {
+                EventKind::StepTimedOut { timeout, will_retry, .. } => {
                     if *will_retry {
                         retried_failures += 1;
                     } else if final_error.is_none() {
@@ -155,11 +145,7 @@ impl Outcome {
                 _ => {}
             }
         }
-        Outcome {
-            status: status.to_owned(),
-            final_error,
-            retried_failures,
-        }
+        Outcome { status: status.to_owned(), final_error, retried_failures }
     }
 }
 
@@ -217,10 +203,7 @@ impl Check {
 
 pub async fn run(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
-    let dir = tempfile::Builder::new()
-        .prefix("shop-demo-")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
+    let dir = tempfile::Builder::new().prefix("shop-demo-").tempdir().context("cannot create a temporary directory")?;
     let options = StackOptions {
         data_dir: dir.path().to_owned(),
         engine_listen: free_loopback_addr()?,
@@ -231,10 +214,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let gathered = run_stack(&options).await;
     if args.keep {
         let kept = dir.keep();
-        output::note(&format!(
-            "kept the demo's data and logs in {}",
-            kept.display()
-        ));
+        output::note(&format!("kept the demo's data and logs in {}", kept.display()));
     }
     let report = gathered?;
     let checks = judge(&report);
@@ -242,22 +222,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let failed: Vec<String> = checks
         .iter()
         .filter(|check| !check.ok())
-        .map(|check| {
-            format!(
-                "{} {}: expected {}, got {}",
-                check.area, check.subject, check.expected, check.actual
-            )
-        })
+        .map(|check| format!("{} {}: expected {}, got {}", check.area, check.subject, check.expected, check.actual))
         .collect();
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(anyhow!(
-            "demo: {} of {} checks failed: {}",
-            failed.len(),
-            checks.len(),
-            failed.join("; ")
-        ))
+        Err(anyhow!("demo: {} of {} checks failed: {}", failed.len(), checks.len(), failed.join("; ")))
     }
 }
 
@@ -268,10 +238,7 @@ async fn run_stack(options: &StackOptions) -> Result<Report> {
         stack = Stack::start(options) => stack?,
         signal = interrupted() => return Err(anyhow!("interrupted by {} during start-up", signal?)),
     };
-    let ctx = Context {
-        client: stack.client().clone(),
-        json: false,
-    };
+    let ctx = Context { client: stack.client().clone(), json: false };
     let outcome = tokio::select! {
         report = scenarios(&ctx) => report,
         died = stack.died() => Err(anyhow!("{died}")),
@@ -286,10 +253,7 @@ async fn scenarios(ctx: &Context) -> Result<Report> {
     let stock_before = stock::list(ctx).await?.body;
     let mut results = Vec::new();
     for case in cases() {
-        output::note(&format!(
-            "({}) {}: placing {}",
-            case.label, case.title, case.id
-        ));
+        output::note(&format!("({}) {}: placing {}", case.label, case.title, case.id));
         if case.charge_failures > 0 {
             set_faults(ctx, case.charge_failures).await?;
         }
@@ -303,11 +267,7 @@ async fn scenarios(ctx: &Context) -> Result<Report> {
             .with_context(|| format!("the engine named order ({}) oddly", case.label))?;
         let history = workflow::fetch_history(ctx, &id).await?.body.events;
         output::note(&format!("({}) {} is {}", case.label, id, order.status));
-        results.push(CaseResult {
-            case,
-            order,
-            history,
-        });
+        results.push(CaseResult { case, order, history });
     }
 
     output::note(&format!("(e) burst: placing {BURST_ORDERS} orders at once"));
@@ -321,11 +281,7 @@ async fn scenarios(ctx: &Context) -> Result<Report> {
             let outcome = place_and_wait(&ctx, &id, &[(BURST_PRODUCT, 1)], PAYMENT_METHOD)
                 .await
                 .map_err(|err| format!("{err:#}"));
-            BurstResult {
-                id,
-                outcome,
-                latency: started.elapsed(),
-            }
+            BurstResult { id, outcome, latency: started.elapsed() }
         });
     }
     let mut burst = Vec::with_capacity(BURST_ORDERS);
@@ -350,12 +306,7 @@ fn burst_id(n: usize) -> String {
     format!("demo-e-burst-{n:02}")
 }
 
-async fn place_and_wait(
-    ctx: &Context,
-    id: &str,
-    items: &[(i64, i64)],
-    payment_method: &str,
-) -> Result<OrderView> {
+async fn place_and_wait(ctx: &Context, id: &str, items: &[(i64, i64)], payment_method: &str) -> Result<OrderView> {
     let request = PlaceOrderRequest {
         order_id: Some(id.to_owned()),
         order_items: order_items(items),
@@ -363,34 +314,19 @@ async fn place_and_wait(
         payment_method: payment_method.to_owned(),
     };
     order::place_order(ctx, &request).await?;
-    let reply = ctx
-        .client
-        .get_waiting::<OrderView>(Service::Engine, &["api", "orders", id], FINAL_WAIT)
-        .await?;
+    let reply = ctx.client.get_waiting::<OrderView>(Service::Engine, &["api", "orders", id], FINAL_WAIT).await?;
     Ok(reply.body)
 }
 
 async fn set_faults(ctx: &Context, charge_failures: u32) -> Result<()> {
-    let faults = FaultConfig {
-        payment_fail_next: charge_failures,
-        ..FaultConfig::default()
-    };
-    let _: crate::client::Reply<serde_json::Value> = ctx
-        .client
-        .put(Service::Worker, &["faults"], &faults)
-        .await
-        .context("cannot set the worker's faults")?;
+    let faults = FaultConfig { payment_fail_next: charge_failures, ..FaultConfig::default() };
+    let _: crate::client::Reply<serde_json::Value> =
+        ctx.client.put(Service::Worker, &["faults"], &faults).await.context("cannot set the worker's faults")?;
     Ok(())
 }
 
 fn order_items(items: &[(i64, i64)]) -> Vec<OrderItem> {
-    items
-        .iter()
-        .map(|&(product_id, quantity)| OrderItem {
-            product_id,
-            quantity,
-        })
-        .collect()
+    items.iter().map(|&(product_id, quantity)| OrderItem { product_id, quantity }).collect()
 }
 
 /// Every check the demo makes, in the order it prints them.
@@ -416,17 +352,9 @@ fn judge(report: &Report) -> Vec<Check> {
     let mut orders: Vec<(String, Vec<OrderItem>, bool)> = report
         .cases
         .iter()
-        .map(|r| {
-            (
-                r.case.id.to_owned(),
-                order_items(r.case.items),
-                r.case.expected.status == CONFIRMED,
-            )
-        })
+        .map(|r| (r.case.id.to_owned(), order_items(r.case.items), r.case.expected.status == CONFIRMED))
         .collect();
-    orders.extend(
-        (1..=BURST_ORDERS).map(|n| (burst_id(n), order_items(&[(BURST_PRODUCT, 1)]), true)),
-    );
+    orders.extend((1..=BURST_ORDERS).map(|n| (burst_id(n), order_items(&[(BURST_PRODUCT, 1)]), true)));
 
     checks.extend(stock_checks(report, &orders));
     checks.extend(payment_checks(report, &orders));
@@ -443,11 +371,7 @@ fn burst_summary(burst: &[BurstResult]) -> String {
         };
         *counts.entry(status).or_default() += 1;
     }
-    counts
-        .iter()
-        .map(|(status, count)| format!("{count} × {status}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    counts.iter().map(|(status, count)| format!("{count} × {status}")).collect::<Vec<_>>().join(", ")
 }
 
 fn stock_checks(report: &Report, orders: &[(String, Vec<OrderItem>, bool)]) -> Vec<Check> {
@@ -461,8 +385,7 @@ fn stock_checks(report: &Report, orders: &[(String, Vec<OrderItem>, bool)]) -> V
             }
         }
     }
-    let find =
-        |products: &[Product], id: i64| products.iter().find(|p| p.product_id == id).cloned();
+    let find = |products: &[Product], id: i64| products.iter().find(|p| p.product_id == id).cloned();
     touched
         .iter()
         .map(|&id| {
@@ -474,12 +397,7 @@ fn stock_checks(report: &Report, orders: &[(String, Vec<OrderItem>, bool)]) -> V
                 Some(after) => stock_text(after.stock, after.reserved),
                 None => "no such product".to_owned(),
             };
-            Check {
-                area: "stock",
-                subject: format!("product {id}"),
-                expected,
-                actual,
-            }
+            Check { area: "stock", subject: format!("product {id}"), expected, actual }
         })
         .collect()
 }
@@ -491,13 +409,7 @@ fn stock_text(stock: i64, reserved: i64) -> String {
 /// Net charged is the order's total when it was confirmed and zero otherwise, from at most
 /// one charge: the saga's money invariant.
 fn payment_checks(report: &Report, orders: &[(String, Vec<OrderItem>, bool)]) -> Vec<Check> {
-    let price = |id: i64| {
-        report
-            .stock_before
-            .iter()
-            .find(|p| p.product_id == id)
-            .map_or(0, |p| p.price_cents)
-    };
+    let price = |id: i64| report.stock_before.iter().find(|p| p.product_id == id).map_or(0, |p| p.price_cents);
     let ledger = |order_id: &str| {
         let mut charges = 0;
         let mut net = 0;
@@ -549,21 +461,12 @@ fn payment_checks(report: &Report, orders: &[(String, Vec<OrderItem>, bool)]) ->
 /// Exactly one notification per order, of the kind its outcome calls for.
 fn notification_checks(report: &Report, orders: &[(String, Vec<OrderItem>, bool)]) -> Vec<Check> {
     let kinds = |order_id: &str| -> Vec<&str> {
-        report
-            .notifications
-            .iter()
-            .filter(|n| n.order_id == order_id)
-            .map(|n| n.kind.as_str())
-            .collect()
+        report.notifications.iter().filter(|n| n.order_id == order_id).map(|n| n.kind.as_str()).collect()
     };
     let mut checks = Vec::new();
     let mut burst_wrong = Vec::new();
     for (id, _, confirmed) in orders {
-        let expected = if *confirmed {
-            NOTIFY_CONFIRMED
-        } else {
-            NOTIFY_CANCELLED
-        };
+        let expected = if *confirmed { NOTIFY_CONFIRMED } else { NOTIFY_CANCELLED };
         let actual = kinds(id).join(" + ");
         if id.starts_with("demo-e-") {
             if actual != expected {
@@ -582,11 +485,7 @@ fn notification_checks(report: &Report, orders: &[(String, Vec<OrderItem>, bool)
         area: "notification",
         subject: format!("(e) burst of {BURST_ORDERS}"),
         expected: format!("one {NOTIFY_CONFIRMED} each"),
-        actual: if burst_wrong.is_empty() {
-            format!("one {NOTIFY_CONFIRMED} each")
-        } else {
-            burst_wrong.join(", ")
-        },
+        actual: if burst_wrong.is_empty() { format!("one {NOTIFY_CONFIRMED} each") } else { burst_wrong.join(", ") },
     });
     checks
 }
@@ -601,24 +500,18 @@ fn or_none(text: &str) -> String {
 
 fn print_report(report: &Report, checks: &[Check], elapsed: Duration) -> Result<()> {
     let colour = output::colour_enabled();
-    let verdict = |check: &Check| {
-        output::verdict(
-            check.ok(),
-            if check.ok() { "ok" } else { "MISMATCH" },
-            colour,
-        )
-    };
+    let verdict = |check: &Check| output::verdict(check.ok(), if check.ok() { "ok" } else { "MISMATCH" }, colour);
 
     output::line("== Sample orders")?;
-    let mut table = Table::with_header(&["CASE", "ORDER", "EXPECTED", "ACTUAL", "REASON", ""]);
+    let mut table = Table::with_header(&["CASE", "ORDER", "EXPECTED", "ACTUAL", "RESULT", "REASON"]);
     for (result, check) in report.cases.iter().zip(checks) {
         table.row(vec![
             check.subject.clone(),
             result.order.order_id.clone(),
             check.expected.clone(),
             check.actual.clone(),
-            output::or_dash(result.order.reason.as_deref()),
             verdict(check),
+            output::or_dash(result.order.reason.as_deref()),
         ]);
     }
     if let Some(check) = checks.get(report.cases.len()) {
@@ -627,8 +520,8 @@ fn print_report(report: &Report, checks: &[Check], elapsed: Duration) -> Result<
             format!("{} .. {}", burst_id(1), burst_id(BURST_ORDERS)),
             check.expected.clone(),
             check.actual.clone(),
-            burst_errors(&report.burst),
             verdict(check),
+            burst_errors(&report.burst),
         ]);
     }
     table.print()?;
@@ -644,7 +537,7 @@ fn print_report(report: &Report, checks: &[Check], elapsed: Duration) -> Result<
 
     let rest: Vec<&Check> = checks.iter().skip(report.cases.len() + 1).collect();
     output::line("\n== Stock, payments and notifications")?;
-    let mut table = Table::with_header(&["CHECK", "SUBJECT", "EXPECTED", "ACTUAL", ""]);
+    let mut table = Table::with_header(&["CHECK", "SUBJECT", "EXPECTED", "ACTUAL", "RESULT"]);
     for check in &rest {
         table.row(vec![
             check.area.to_owned(),
@@ -658,11 +551,7 @@ fn print_report(report: &Report, checks: &[Check], elapsed: Duration) -> Result<
 
     output::line("\n== Payments ledger (sample orders)")?;
     let mut table = Table::with_header(&["ORDER", "KIND", "AMOUNT", "IDEMPOTENCY KEY"]);
-    for entry in report
-        .payments
-        .iter()
-        .filter(|e| !e.order_id.starts_with("demo-e-"))
-    {
+    for entry in report.payments.iter().filter(|e| !e.order_id.starts_with("demo-e-")) {
         table.row(vec![
             entry.order_id.clone(),
             entry.kind.clone(),
@@ -678,10 +567,7 @@ fn print_report(report: &Report, checks: &[Check], elapsed: Duration) -> Result<
         total.1 += entry.amount_cents;
     }
     for (kind, (count, cents)) in &totals {
-        output::line(&format!(
-            "all orders: {count} × {kind}, {} in total",
-            output::money(*cents)
-        ))?;
+        output::line(&format!("all orders: {count} × {kind}, {} in total", output::money(*cents)))?;
     }
 
     output::line("\n== Notifications")?;
@@ -701,20 +587,13 @@ fn print_report(report: &Report, checks: &[Check], elapsed: Duration) -> Result<
         if failed == 0 {
             output::verdict(true, &format!("all {} checks passed", checks.len()), colour)
         } else {
-            output::verdict(
-                false,
-                &format!("{failed} of {} checks FAILED", checks.len()),
-                colour,
-            )
+            output::verdict(false, &format!("{failed} of {} checks FAILED", checks.len()), colour)
         }
     ))
 }
 
 fn burst_errors(burst: &[BurstResult]) -> String {
-    let errors: Vec<&str> = burst
-        .iter()
-        .filter_map(|r| r.outcome.as_ref().err().map(String::as_str))
-        .collect();
+    let errors: Vec<&str> = burst.iter().filter_map(|r| r.outcome.as_ref().err().map(String::as_str)).collect();
     match errors.first() {
         None => "-".to_owned(),
         Some(first) => format!("{} failed, first: {first}", errors.len()),
@@ -725,10 +604,7 @@ fn burst_errors(burst: &[BurstResult]) -> String {
 fn burst_latency(burst: &[BurstResult], elapsed: Duration) -> String {
     let mut latencies: Vec<Duration> = burst.iter().map(|r| r.latency).collect();
     latencies.sort();
-    let median = latencies
-        .get(latencies.len() / 2)
-        .copied()
-        .unwrap_or_default();
+    let median = latencies.get(latencies.len() / 2).copied().unwrap_or_default();
     let slowest = latencies.last().copied().unwrap_or_default();
     format!(
         "burst: {} orders placed at once, all answered in {}; placed-to-final median {}, slowest {}",
@@ -753,11 +629,7 @@ mod tests {
             event: EventKind::StepFailed {
                 step: StepRef::forward(1),
                 attempt: 1,
-                error: ActivityError {
-                    error_type: error_type.into(),
-                    message: "test".into(),
-                    retryable: will_retry,
-                },
+                error: ActivityError { error_type: error_type.into(), message: "test".into(), retryable: will_retry },
                 will_retry,
             },
         }
@@ -772,10 +644,7 @@ mod tests {
         ];
         let outcome = Outcome::observe(CANCELLED, &events);
         assert_eq!(outcome, Outcome::new(CANCELLED, Some(PAYMENT_DECLINED), 2));
-        assert_eq!(
-            outcome.to_string(),
-            "CANCELLED (PAYMENT_DECLINED) after 2 retried failures"
-        );
+        assert_eq!(outcome.to_string(), "CANCELLED (PAYMENT_DECLINED) after 2 retried failures");
     }
 
     #[test]
@@ -788,9 +657,7 @@ mod tests {
         assert!(WorkflowId::parse(burst_id(BURST_ORDERS)).is_ok());
         for case in &cases {
             assert!(
-                case.items
-                    .iter()
-                    .all(|&(product, _)| product != BURST_PRODUCT),
+                case.items.iter().all(|&(product, _)| product != BURST_PRODUCT),
                 "({}) must not share the burst's product",
                 case.label
             );
@@ -809,20 +676,13 @@ mod tests {
             created_at_ms: 0,
             closed_at_ms: None,
         };
-        let result = |outcome| BurstResult {
-            id: "x".into(),
-            outcome,
-            latency: Duration::ZERO,
-        };
+        let result = |outcome| BurstResult { id: "x".into(), outcome, latency: Duration::ZERO };
         let burst = vec![
             result(Ok(view(CONFIRMED))),
             result(Ok(view("PENDING"))),
             result(Ok(view(CONFIRMED))),
             result(Err("503".into())),
         ];
-        assert_eq!(
-            burst_summary(&burst),
-            "2 × CONFIRMED, 1 × ERROR, 1 × PENDING"
-        );
+        assert_eq!(burst_summary(&burst), "2 × CONFIRMED, 1 × ERROR, 1 × PENDING");
     }
 }

@@ -45,8 +45,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
             return Ok(());
         }
     };
-    let engine = stack.client().base(Service::Engine).to_string();
-    let worker = stack.client().base(Service::Worker).to_string();
+    let engine = display_url(stack.client(), Service::Engine);
+    let worker = display_url(stack.client(), Service::Worker);
     let mut table = Table::without_header();
     table.row(vec!["engine".into(), engine.clone()]);
     table.row(vec!["worker admin".into(), worker.clone()]);
@@ -64,4 +64,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
     };
     stack.stop().await;
     outcome
+}
+
+/// A base URL as users type it, without the trailing slash.
+fn display_url(client: &crate::client::Client, service: Service) -> String {
+    client.base(service).as_str().trim_end_matches('/').to_owned()
 }

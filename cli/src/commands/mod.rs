@@ -45,10 +45,7 @@ pub fn parse_wait(text: &str) -> Result<Duration, String> {
     let wait = humantime::parse_duration(text).map_err(|err| format!("{text:?}: {err}"))?;
     let max = Duration::from_millis(MAX_WAIT_MS);
     if wait > max {
-        return Err(format!(
-            "{text:?} is longer than the longest wait the engine allows ({})",
-            output::duration(max)
-        ));
+        return Err(format!("{text:?} is longer than the longest wait the engine allows ({})", output::duration(max)));
     }
     Ok(wait)
 }

@@ -22,11 +22,7 @@ pub async fn run(command: NotificationsCommand, ctx: &Context) -> Result<()> {
             ctx.show(&reply, |entries| {
                 let mut table = Table::with_header(&["ORDER", "KIND", "MESSAGE"]);
                 for entry in entries {
-                    table.row(vec![
-                        entry.order_id.clone(),
-                        entry.kind.clone(),
-                        entry.message.clone(),
-                    ]);
+                    table.row(vec![entry.order_id.clone(), entry.kind.clone(), entry.message.clone()]);
                 }
                 table.print()
             })
@@ -36,7 +32,5 @@ pub async fn run(command: NotificationsCommand, ctx: &Context) -> Result<()> {
 
 /// `GET /notifications`; shared with the demo.
 pub async fn list(ctx: &Context) -> Result<crate::client::Reply<Vec<NotificationEntry>>> {
-    ctx.client
-        .get(Service::Worker, &["notifications"], &[])
-        .await
+    ctx.client.get(Service::Worker, &["notifications"], &[]).await
 }

@@ -88,27 +88,13 @@ pub async fn run(command: OrderCommand, ctx: &Context) -> Result<()> {
         OrderCommand::Get { id, wait } => {
             let reply = match wait {
                 Some(wait) => {
-                    ctx.client
-                        .get_waiting::<OrderView>(
-                            Service::Engine,
-                            &["api", "orders", id.as_str()],
-                            wait,
-                        )
-                        .await?
+                    ctx.client.get_waiting::<OrderView>(Service::Engine, &["api", "orders", id.as_str()], wait).await?
                 }
-                None => {
-                    ctx.client
-                        .get(Service::Engine, &["api", "orders", id.as_str()], &[])
-                        .await?
-                }
+                None => ctx.client.get(Service::Engine, &["api", "orders", id.as_str()], &[]).await?,
             };
             ctx.show(&reply, show_order)
         }
-        OrderCommand::List {
-            status,
-            limit,
-            cursor,
-        } => {
+        OrderCommand::List { status, limit, cursor } => {
             let mut query = Vec::new();
             if let Some(status) = status {
                 query.push(("status", status.as_str().to_owned()));
@@ -119,14 +105,9 @@ pub async fn run(command: OrderCommand, ctx: &Context) -> Result<()> {
             if let Some(cursor) = cursor {
                 query.push(("cursor", cursor));
             }
-            let reply = ctx
-                .client
-                .get::<OrderList>(Service::Engine, &["api", "orders"], &query)
-                .await?;
+            let reply = ctx.client.get::<OrderList>(Service::Engine, &["api", "orders"], &query).await?;
             ctx.show(&reply, |list| {
-                let mut table = Table::with_header(&[
-                    "ORDER", "STATUS", "ITEMS", "PAYMENT", "CREATED", "REASON",
-                ]);
+                let mut table = Table::with_header(&["ORDER", "STATUS", "ITEMS", "PAYMENT", "CREATED", "REASON"]);
                 for order in &list.orders {
                     table.row(vec![
                         order.order_id.clone(),
@@ -145,11 +126,7 @@ pub async fn run(command: OrderCommand, ctx: &Context) -> Result<()> {
         OrderCommand::Cancel { id } => {
             let reply = ctx
                 .client
-                .post::<OrderView>(
-                    Service::Engine,
-                    &["api", "orders", id.as_str(), "cancel"],
-                    Body::Empty,
-                )
+                .post::<OrderView>(Service::Engine, &["api", "orders", id.as_str(), "cancel"], Body::Empty)
                 .await?;
             ctx.show(&reply, show_order)
         }
@@ -158,10 +135,7 @@ pub async fn run(command: OrderCommand, ctx: &Context) -> Result<()> {
 
 async fn place(args: PlaceArgs, ctx: &Context) -> Result<()> {
     if args.items.len() > MAX_ORDER_LINES {
-        return Err(anyhow!(
-            "an order has at most {MAX_ORDER_LINES} lines; got {}",
-            args.items.len()
-        ));
+        return Err(anyhow!("an order has at most {MAX_ORDER_LINES} lines; got {}", args.items.len()));
     }
     let request = PlaceOrderRequest {
         order_id: args.id.map(|id| id.as_str().to_owned()),
@@ -171,10 +145,7 @@ async fn place(args: PlaceArgs, ctx: &Context) -> Result<()> {
     };
     let placed = place_order(ctx, &request).await?;
     if placed.status == reqwest::StatusCode::OK {
-        output::note(&format!(
-            "order {} already existed; showing it",
-            placed.body.order_id
-        ));
+        output::note(&format!("order {} already existed; showing it", placed.body.order_id));
     }
     let Some(wait) = args.wait else {
         return ctx.show(&placed, show_order);
@@ -186,23 +157,15 @@ async fn place(args: PlaceArgs, ctx: &Context) -> Result<()> {
         .await
         .with_context(|| format!("order {id} was placed, but waiting for it failed"))?;
     if reply.body.status == PENDING {
-        output::note(&format!(
-            "order {id} is still {PENDING} after {}",
-            output::duration(wait)
-        ));
+        output::note(&format!("order {id} is still {PENDING} after {}", output::duration(wait)));
     }
     ctx.show(&reply, show_order)
 }
 
 /// `POST /api/orders`; shared with the demo, which places orders the same way a user does.
-pub async fn place_order(
-    ctx: &Context,
-    request: &PlaceOrderRequest,
-) -> Result<crate::client::Reply<OrderView>> {
+pub async fn place_order(ctx: &Context, request: &PlaceOrderRequest) -> Result<crate::client::Reply<OrderView>> {
     let body = serde_json::to_value(request).context("cannot encode the order")?;
-    ctx.client
-        .post(Service::Engine, &["api", "orders"], Body::Json(body))
-        .await
+    ctx.client.post(Service::Engine, &["api", "orders"], Body::Json(body)).await
 }
 
 fn show_order(order: &OrderView) -> Result<()> {
@@ -215,10 +178,7 @@ fn show_order(order: &OrderView) -> Result<()> {
     table.row(vec!["items".into(), items(&order.order_items)]);
     table.row(vec!["payment".into(), order.payment_method.clone()]);
     table.row(vec!["address".into(), order.shipping_address.clone()]);
-    table.row(vec![
-        "created".into(),
-        output::timestamp(order.created_at_ms),
-    ]);
+    table.row(vec!["created".into(), output::timestamp(order.created_at_ms)]);
     if let Some(closed) = order.closed_at_ms {
         table.row(vec!["closed".into(), output::timestamp(closed)]);
     }
@@ -227,35 +187,19 @@ fn show_order(order: &OrderView) -> Result<()> {
 
 /// Order lines in the `--item` syntax, so what is shown can be pasted back.
 pub fn items(lines: &[OrderItem]) -> String {
-    lines
-        .iter()
-        .map(|line| format!("{}:{}", line.product_id, line.quantity))
-        .collect::<Vec<_>>()
-        .join(" ")
+    lines.iter().map(|line| format!("{}:{}", line.product_id, line.quantity)).collect::<Vec<_>>().join(" ")
 }
 
 /// Parses `PRODUCT:QUANTITY`, with the quantity inside the documented bounds.
 fn parse_item(text: &str) -> Result<OrderItem, String> {
-    let (product, quantity) = text
-        .split_once(':')
-        .ok_or_else(|| format!("{text:?}: expected PRODUCT:QUANTITY, e.g. 1:2"))?;
-    let product_id: i64 = product
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?}: {product:?} is not a product id"))?;
-    let quantity: i64 = quantity
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?}: {quantity:?} is not a quantity"))?;
+    let (product, quantity) =
+        text.split_once(':').ok_or_else(|| format!("{text:?}: expected PRODUCT:QUANTITY, e.g. 1:2"))?;
+    let product_id: i64 = product.trim().parse().map_err(|_| format!("{text:?}: {product:?} is not a product id"))?;
+    let quantity: i64 = quantity.trim().parse().map_err(|_| format!("{text:?}: {quantity:?} is not a quantity"))?;
     if !(1..=MAX_LINE_QUANTITY).contains(&quantity) {
-        return Err(format!(
-            "{text:?}: the quantity must be 1..={MAX_LINE_QUANTITY}"
-        ));
+        return Err(format!("{text:?}: the quantity must be 1..={MAX_LINE_QUANTITY}"));
     }
-    Ok(OrderItem {
-        product_id,
-        quantity,
-    })
+    Ok(OrderItem { product_id, quantity })
 }
 
 #[cfg(test)]
@@ -264,10 +208,7 @@ mod tests {
 
     #[test]
     fn items_parse_and_print_in_the_same_syntax() {
-        let lines = vec![
-            parse_item("1:2").expect("valid"),
-            parse_item(" 3 : 1 ").expect("valid"),
-        ];
+        let lines = vec![parse_item("1:2").expect("valid"), parse_item(" 3 : 1 ").expect("valid")];
         assert_eq!(items(&lines), "1:2 3:1");
     }
 

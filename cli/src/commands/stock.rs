@@ -31,28 +31,11 @@ pub async fn run(command: StockCommand, ctx: &Context) -> Result<()> {
             let reply = list(ctx).await?;
             ctx.show(&reply, |products| table(products).print())
         }
-        StockCommand::Set {
-            product_id,
-            units,
-            name,
-            price_cents,
-        } => {
-            let request = SetStockRequest {
-                units,
-                name,
-                price_cents,
-            };
-            let reply = ctx
-                .client
-                .put::<Product>(
-                    Service::Worker,
-                    &["stock", &product_id.to_string()],
-                    &request,
-                )
-                .await?;
-            ctx.show(&reply, |product| {
-                table(std::slice::from_ref(product)).print()
-            })
+        StockCommand::Set { product_id, units, name, price_cents } => {
+            let request = SetStockRequest { units, name, price_cents };
+            let reply =
+                ctx.client.put::<Product>(Service::Worker, &["stock", &product_id.to_string()], &request).await?;
+            ctx.show(&reply, |product| table(std::slice::from_ref(product)).print())
         }
     }
 }

@@ -10,8 +10,7 @@ use crate::timeline;
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use shop_types::api::{
-    HistoryResponse, ReasonRequest, StartWorkflowRequest, WorkflowList, WorkflowStatus,
-    WorkflowView,
+    HistoryResponse, ReasonRequest, StartWorkflowRequest, WorkflowList, WorkflowStatus, WorkflowView,
 };
 use shop_types::limits::MAX_LIST_LIMIT;
 use shop_types::{JsonText, WorkflowId};
@@ -63,12 +62,7 @@ pub enum WorkflowCommand {
 
 pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
     match command {
-        WorkflowCommand::List {
-            status,
-            workflow_type,
-            limit,
-            cursor,
-        } => {
+        WorkflowCommand::List { status, workflow_type, limit, cursor } => {
             let mut query = Vec::new();
             if let Some(status) = status {
                 query.push(("status", status.as_str().to_owned()));
@@ -82,19 +76,9 @@ pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
             if let Some(cursor) = cursor {
                 query.push(("cursor", cursor));
             }
-            let reply = ctx
-                .client
-                .get::<WorkflowList>(Service::Engine, &["v1", "workflows"], &query)
-                .await?;
+            let reply = ctx.client.get::<WorkflowList>(Service::Engine, &["v1", "workflows"], &query).await?;
             ctx.show(&reply, |list| {
-                let mut table = Table::with_header(&[
-                    "ID",
-                    "TYPE",
-                    "STATUS",
-                    "DOMAIN STATUS",
-                    "CREATED",
-                    "REASON",
-                ]);
+                let mut table = Table::with_header(&["ID", "TYPE", "STATUS", "DOMAIN STATUS", "CREATED", "REASON"]);
                 for run in &list.workflows {
                     table.row(vec![
                         run.id.to_string(),
@@ -111,38 +95,20 @@ pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
             Ok(())
         }
         WorkflowCommand::Show { id } => {
-            let reply = ctx
-                .client
-                .get::<WorkflowView>(Service::Engine, &["v1", "workflows", id.as_str()], &[])
-                .await?;
+            let reply = ctx.client.get::<WorkflowView>(Service::Engine, &["v1", "workflows", id.as_str()], &[]).await?;
             ctx.show(&reply, show_run)
         }
         WorkflowCommand::History { id } => {
             let reply = fetch_history(ctx, &id).await?;
-            ctx.show(&reply, |history| {
-                output::line(timeline::render(&history.events).trim_end())
-            })
+            ctx.show(&reply, |history| output::line(timeline::render(&history.events).trim_end()))
         }
-        WorkflowCommand::Start {
-            workflow_type,
-            id,
-            input,
-        } => {
-            let request = StartWorkflowRequest {
-                workflow_type,
-                id: id.map(|id| id.as_str().to_owned()),
-                input,
-            };
+        WorkflowCommand::Start { workflow_type, id, input } => {
+            let request = StartWorkflowRequest { workflow_type, id: id.map(|id| id.as_str().to_owned()), input };
             let body = serde_json::to_value(&request).context("cannot encode the request")?;
-            let reply = ctx
-                .client
-                .post::<WorkflowView>(Service::Engine, &["v1", "workflows"], Body::Json(body))
-                .await?;
+            let reply =
+                ctx.client.post::<WorkflowView>(Service::Engine, &["v1", "workflows"], Body::Json(body)).await?;
             if reply.status == reqwest::StatusCode::OK {
-                output::note(&format!(
-                    "workflow {} already existed; showing it",
-                    reply.body.id
-                ));
+                output::note(&format!("workflow {} already existed; showing it", reply.body.id));
             }
             ctx.show(&reply, show_run)
         }
@@ -152,29 +118,15 @@ pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
 }
 
 /// `GET /v1/workflows/{id}/history`; shared with the demo.
-pub async fn fetch_history(
-    ctx: &Context,
-    id: &WorkflowId,
-) -> Result<crate::client::Reply<HistoryResponse>> {
-    ctx.client
-        .get(
-            Service::Engine,
-            &["v1", "workflows", id.as_str(), "history"],
-            &[],
-        )
-        .await
+pub async fn fetch_history(ctx: &Context, id: &WorkflowId) -> Result<crate::client::Reply<HistoryResponse>> {
+    ctx.client.get(Service::Engine, &["v1", "workflows", id.as_str(), "history"], &[]).await
 }
 
 async fn stop(ctx: &Context, id: &WorkflowId, action: &str, reason: Option<String>) -> Result<()> {
-    let body =
-        serde_json::to_value(ReasonRequest { reason }).context("cannot encode the request")?;
+    let body = serde_json::to_value(ReasonRequest { reason }).context("cannot encode the request")?;
     let reply = ctx
         .client
-        .post::<WorkflowView>(
-            Service::Engine,
-            &["v1", "workflows", id.as_str(), action],
-            Body::Json(body),
-        )
+        .post::<WorkflowView>(Service::Engine, &["v1", "workflows", id.as_str(), action], Body::Json(body))
         .await?;
     ctx.show(&reply, show_run)
 }
@@ -182,10 +134,7 @@ async fn stop(ctx: &Context, id: &WorkflowId, action: &str, reason: Option<Strin
 fn show_run(run: &WorkflowView) -> Result<()> {
     let mut table = Table::without_header();
     table.row(vec!["id".into(), run.id.to_string()]);
-    table.row(vec![
-        "type".into(),
-        format!("{} v{}", run.workflow_type, run.definition_version),
-    ]);
+    table.row(vec!["type".into(), format!("{} v{}", run.workflow_type, run.definition_version)]);
     table.row(vec!["status".into(), run.status.as_str().to_owned()]);
     if let Some(domain) = &run.domain_status {
         table.row(vec!["domain status".into(), domain.clone()]);
