@@ -192,11 +192,11 @@ fn explain(
     }
     match serde_json::from_slice::<ErrorBody>(&bytes) {
         Ok(ErrorBody { error }) => Err(anyhow!(
-            "{what} refused {method} {}: {} {} ({})",
+            "{what} refused {method} {}: {} {}: {}",
             url.path(),
+            status.as_u16(),
             error.code,
-            error.message,
-            status.as_u16()
+            error.message
         )),
         Err(_) => Err(anyhow!("{what} answered {method} {} with {status}", url.path())),
     }
@@ -253,6 +253,34 @@ mod tests {
     fn bare_host_port_becomes_an_http_url() -> Result<()> {
         assert_eq!(parse_base("127.0.0.1:8080")?.as_str(), "http://127.0.0.1:8080/");
         assert!(parse_base("https://example.com").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn error_answers_quote_the_servers_code_and_message() -> Result<()> {
+        let url = parse_base("127.0.0.1:8080")?.join("v1/workflows/x")?;
+        let body = br#"{"error":{"code":"NOT_FOUND","message":"no workflow x"}}"#.to_vec();
+        let err = explain(Service::Engine, &Method::GET, &url, Ok((StatusCode::NOT_FOUND, body)))
+            .err()
+            .map(|err| err.to_string());
+        assert_eq!(err.as_deref(), Some("the engine refused GET /v1/workflows/x: 404 NOT_FOUND: no workflow x"));
+        let err = explain(Service::Worker, &Method::GET, &url, Ok((StatusCode::BAD_GATEWAY, b"<html>".to_vec())))
+            .err()
+            .map(|err| err.to_string());
+        assert_eq!(err.as_deref(), Some("the worker admin API answered GET /v1/workflows/x with 502 Bad Gateway"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_says_how_to_start_the_engine() -> Result<()> {
+        // Port 1 on loopback is privileged and not served here: the connect is refused.
+        let client = Client::new("127.0.0.1:1", "127.0.0.1:1")?;
+        let err =
+            client.get::<serde_json::Value>(Service::Engine, &["healthz"], &[]).await.err().map(|err| err.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("cannot reach the engine at http://127.0.0.1:1: is it running? (shopctl dev starts one)")
+        );
         Ok(())
     }
 

@@ -227,7 +227,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(anyhow!("demo: {} of {} checks failed: {}", failed.len(), checks.len(), failed.join("; ")))
+        // Without --keep the logs go with the temporary directory; say how to keep them.
+        let hint = if args.keep { "" } else { " (run with --keep to keep the logs)" };
+        Err(anyhow!("demo: {} of {} checks failed: {}{hint}", failed.len(), checks.len(), failed.join("; ")))
     }
 }
 

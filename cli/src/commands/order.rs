@@ -80,7 +80,7 @@ impl OrderStatus {
 }
 
 /// The status of an order that is not final yet.
-pub const PENDING: &str = "PENDING";
+const PENDING: &str = "PENDING";
 
 pub async fn run(command: OrderCommand, ctx: &Context) -> Result<()> {
     match command {
@@ -186,7 +186,7 @@ fn show_order(order: &OrderView) -> Result<()> {
 }
 
 /// Order lines in the `--item` syntax, so what is shown can be pasted back.
-pub fn items(lines: &[OrderItem]) -> String {
+fn items(lines: &[OrderItem]) -> String {
     lines.iter().map(|line| format!("{}:{}", line.product_id, line.quantity)).collect::<Vec<_>>().join(" ")
 }
 
