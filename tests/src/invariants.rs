@@ -28,6 +28,7 @@ pub struct PlacedOrder {
     pub order_id: String,
     /// `(productId, quantity)` lines.
     pub items: Vec<(i64, i64)>,
+    pub payment_method: String,
     /// `CONFIRMED` or `CANCELLED`.
     pub expected_status: &'static str,
 }
