@@ -1,6 +1,6 @@
 //! `shopctl`: the command line of shop-engine. It places and inspects orders, inspects and
 //! steers workflow runs and definitions, reads the shop workers' data, runs a local stack
-//! (`dev`) and runs the showcase (`demo`).
+//! (`dev`), runs the showcase (`demo`) and measures the engine (`bench`).
 //!
 //! It is a thin client: every fact comes from the engine's HTTP API or a worker's admin API,
 //! and it never reads their data directories. Data goes to stdout, everything else to
@@ -16,7 +16,7 @@ mod timeline;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{
-    definition::DefinitionCommand, demo::DemoArgs, dev::DevArgs, notifications::NotificationsCommand,
+    bench::BenchArgs, definition::DefinitionCommand, demo::DemoArgs, dev::DevArgs, notifications::NotificationsCommand,
     order::OrderCommand, payments::PaymentsCommand, stock::StockCommand, workflow::WorkflowCommand, Context,
 };
 use std::process::ExitCode;
@@ -64,6 +64,8 @@ enum Command {
     Dev(DevArgs),
     /// Run the showcase on a private stack and check every outcome.
     Demo(DemoArgs),
+    /// Measure sagas per second and latency on a fresh stack, then verify every order.
+    Bench(BenchArgs),
 }
 
 #[tokio::main]
@@ -102,6 +104,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Notifications(command) => commands::notifications::run(command, &ctx()?).await,
         Command::Dev(args) => commands::dev::run(args).await,
         Command::Demo(args) => commands::demo::run(args).await,
+        Command::Bench(args) => commands::bench::run(args).await,
     }
 }
 

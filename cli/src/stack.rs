@@ -1,5 +1,5 @@
-//! A local stack: one `shop-engine` and one `shop-worker` serving every activity, run as
-//! child processes for `shopctl dev` and `shopctl demo`.
+//! A local stack: one `shop-engine` and `shop-worker` processes (one serving every domain,
+//! or one per domain), run as child processes for `shopctl dev`, `demo` and `bench`.
 //!
 //! Owns finding the binaries, laying out the data directory, starting the children in order
 //! (the worker needs the engine up), waiting until both answer `/healthz`, noticing when one
@@ -21,6 +21,8 @@ const ENGINE_BINARY: &str = "shop-engine";
 const WORKER_BINARY: &str = "shop-worker";
 /// Every domain in one worker process: each domain's sled store is then owned by it alone.
 const ALL_ACTIVITIES: &str = "inventory,payment,notification";
+/// The shop's domains, each served by its own process in the per-domain layout.
+pub const DOMAINS: [&str; 3] = ["inventory", "payment", "notification"];
 /// The definition the stack runs when no workflows directory is given or found.
 const EMBEDDED_ORDER_DEFINITION: &str = include_str!("../../workflows/order.toml");
 
@@ -28,6 +30,8 @@ const EMBEDDED_ORDER_DEFINITION: &str = include_str!("../../workflows/order.toml
 /// a large store at start-up needs a while, a hung one must not block us for ever.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often `died` looks at the children.
+const CHILD_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a child has to finish in-flight work after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Lines of a child's log shown when it fails while its output goes to a file.
@@ -54,12 +58,26 @@ pub struct StackOptions {
     /// embedded order definition written under the data directory.
     pub workflows: Option<PathBuf>,
     pub output: ChildOutput,
+    pub layout: WorkerLayout,
+    /// Extra flags for the engine (e.g. `--durability process-crash`).
+    pub engine_args: Vec<String>,
 }
 
-/// A running engine and worker. Stop it with [`Stack::stop`]; dropping it kills both.
+/// How the shop's domains are spread over worker processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerLayout {
+    /// One process serves inventory, payment and notification.
+    Combined,
+    /// One process per domain; inventory's admin API is at `worker_listen`, the others on
+    /// free loopback ports.
+    PerDomain,
+}
+
+/// A running engine and its workers. Stop it with [`Stack::stop`]; dropping it kills all.
 pub struct Stack {
     engine: Process,
-    worker: Process,
+    /// With the admin URL each serves and the domains it serves.
+    workers: Vec<(Process, String, &'static str)>,
     client: Client,
 }
 
@@ -89,7 +107,8 @@ impl Stack {
                 .arg("--listen")
                 .arg(options.engine_listen.to_string())
                 .arg("--workflows")
-                .arg(&workflows),
+                .arg(&workflows)
+                .args(&options.engine_args),
             options,
         )?;
         if let Err(err) = engine.wait_healthy(&client, Service::Engine).await {
@@ -97,33 +116,53 @@ impl Stack {
             return Err(err);
         }
 
-        output::note(&format!("starting {WORKER_BINARY} on {worker_url}"));
-        let worker = Process::spawn(
-            WORKER_BINARY,
-            Command::new(&worker_binary)
-                .arg("--engine")
-                .arg(&engine_url)
-                .arg("--data-dir")
-                .arg(options.data_dir.join("worker"))
-                .arg("--listen")
-                .arg(options.worker_listen.to_string())
-                .arg("--activities")
-                .arg(ALL_ACTIVITIES),
-            options,
-        );
-        let mut worker = match worker {
-            Ok(worker) => worker,
-            Err(err) => {
-                engine.stop().await;
-                return Err(err);
+        let plan: Vec<(&'static str, SocketAddr)> = match options.layout {
+            WorkerLayout::Combined => vec![(ALL_ACTIVITIES, options.worker_listen)],
+            WorkerLayout::PerDomain => {
+                let mut plan = vec![(DOMAINS[0], options.worker_listen)];
+                for domain in &DOMAINS[1..] {
+                    plan.push((domain, free_loopback_addr()?));
+                }
+                plan
             }
         };
-        if let Err(err) = worker.wait_healthy(&client, Service::Worker).await {
-            worker.stop().await;
-            engine.stop().await;
-            return Err(err);
+        let mut workers = Vec::with_capacity(plan.len());
+        for (activities, listen) in plan {
+            let admin_url = connect_url(listen);
+            output::note(&format!("starting {WORKER_BINARY} ({activities}) on {admin_url}"));
+            let data_dir = match options.layout {
+                WorkerLayout::Combined => options.data_dir.join("worker"),
+                WorkerLayout::PerDomain => options.data_dir.join(format!("worker-{activities}")),
+            };
+            let spawned = Process::spawn(
+                WORKER_BINARY,
+                Command::new(&worker_binary)
+                    .arg("--engine")
+                    .arg(&engine_url)
+                    .arg("--data-dir")
+                    .arg(data_dir)
+                    .arg("--listen")
+                    .arg(listen.to_string())
+                    .arg("--activities")
+                    .arg(activities),
+                options,
+            )
+            .and_then(|process| Ok((process, Client::new(&engine_url, &admin_url)?)));
+            let (mut worker, worker_client) = match spawned {
+                Ok(spawned) => spawned,
+                Err(err) => {
+                    stop_all(&mut engine, &mut workers).await;
+                    return Err(err);
+                }
+            };
+            if let Err(err) = worker.wait_healthy(&worker_client, Service::Worker).await {
+                worker.stop().await;
+                stop_all(&mut engine, &mut workers).await;
+                return Err(err);
+            }
+            workers.push((worker, admin_url, activities));
         }
-        Ok(Stack { engine, worker, client })
+        Ok(Stack { engine, workers, client })
     }
 
     /// A client pointed at this stack's engine and worker.
@@ -131,21 +170,46 @@ impl Stack {
         &self.client
     }
 
-    /// Waits until either child exits, and says which one and how. Cancel-safe: meant to
-    /// sit in a `select!` beside the real work.
-    pub async fn died(&mut self) -> String {
-        let (process, status) = tokio::select! {
-            status = self.engine.child.wait() => (&self.engine, status),
-            status = self.worker.child.wait() => (&self.worker, status),
-        };
-        process.describe_exit(status)
+    /// The admin API of the worker serving `domain`.
+    pub fn admin_url(&self, domain: &str) -> Option<&str> {
+        self.workers
+            .iter()
+            .find(|(_, _, activities)| activities.split(',').any(|a| a == domain))
+            .map(|(_, url, _)| url.as_str())
     }
 
-    /// Stops the worker first (so it can report what it is finishing), then the engine.
-    pub async fn stop(mut self) {
-        self.worker.stop().await;
-        self.engine.stop().await;
+    /// The engine's process ID, to read its resource use.
+    pub fn engine_pid(&self) -> Option<u32> {
+        self.engine.child.id()
     }
+
+    /// Waits until any child exits, and says which one and how. Cancel-safe: meant to sit
+    /// in a `select!` beside the real work.
+    pub async fn died(&mut self) -> String {
+        loop {
+            let processes = std::iter::once(&mut self.engine).chain(self.workers.iter_mut().map(|(p, _, _)| p));
+            for process in processes {
+                match process.child.try_wait() {
+                    Ok(Some(status)) => return process.describe_exit(Ok(status)),
+                    Ok(None) => {}
+                    Err(err) => return process.describe_exit(Err(err)),
+                }
+            }
+            tokio::time::sleep(CHILD_CHECK_INTERVAL).await;
+        }
+    }
+
+    /// Stops the workers first (so they can report what they are finishing), then the engine.
+    pub async fn stop(mut self) {
+        stop_all(&mut self.engine, &mut self.workers).await;
+    }
+}
+
+async fn stop_all(engine: &mut Process, workers: &mut [(Process, String, &'static str)]) {
+    for (worker, _, _) in workers.iter_mut() {
+        worker.stop().await;
+    }
+    engine.stop().await;
 }
 
 impl Process {

@@ -13,7 +13,7 @@
 use super::{notifications, order, payments, stock, workflow, Context};
 use crate::client::Service;
 use crate::output::{self, Table};
-use crate::stack::{free_loopback_addr, interrupted, ChildOutput, Stack, StackOptions};
+use crate::stack::{free_loopback_addr, interrupted, ChildOutput, Stack, StackOptions, WorkerLayout};
 use crate::timeline;
 use anyhow::{anyhow, Context as _, Result};
 use clap::Args;
@@ -210,6 +210,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         worker_listen: free_loopback_addr()?,
         workflows: None,
         output: ChildOutput::LogFiles,
+        layout: WorkerLayout::Combined,
+        engine_args: Vec::new(),
     };
     let gathered = run_stack(&options).await;
     if args.keep {

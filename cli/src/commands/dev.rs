@@ -6,7 +6,7 @@
 
 use crate::client::Service;
 use crate::output::{self, Table};
-use crate::stack::{interrupted, ChildOutput, Stack, StackOptions};
+use crate::stack::{interrupted, ChildOutput, Stack, StackOptions, WorkerLayout};
 use anyhow::{anyhow, Result};
 use clap::Args;
 use std::net::SocketAddr;
@@ -36,6 +36,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         worker_listen: args.worker_listen,
         workflows: args.workflows,
         output: ChildOutput::Inherit,
+        layout: WorkerLayout::Combined,
+        engine_args: Vec::new(),
     };
     // A signal during start-up drops the half-started stack, which kills its children.
     let mut stack = tokio::select! {

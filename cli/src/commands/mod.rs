@@ -4,6 +4,7 @@
 //! A command fetches through [`crate::client`] and shows through [`crate::output`]; it never
 //! builds HTTP requests or writes to stdout by hand.
 
+pub mod bench;
 pub mod definition;
 pub mod demo;
 pub mod dev;

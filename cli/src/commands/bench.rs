@@ -1,0 +1,579 @@
+//! `shopctl bench`: how many order sagas per second the engine finishes, and how much latency
+//! it adds, with every transition durable before it is acknowledged.
+//!
+//! It starts a fresh engine and worker processes (real HTTP, real sled in a temporary
+//! directory unless `--data-dir`), stocks the peers' catalog (products 1..50 with 1,000,000
+//! units, product 51 with none), drives the orders through the public order API with a
+//! closed loop of `--concurrency` clients, waits for every order to be final, and then checks
+//! the outcome of every order and the shop's invariants against the workers' own ledgers.
+//! A benchmark that loses or doubles anything fails loudly: figures are printed, and the exit
+//! is non-zero. One JSON object goes to stdout; progress and notes go to stderr.
+//!
+//! It never asserts a timing: it measures and reports.
+
+use crate::client::{Client, Service};
+use crate::output;
+use crate::stack::{free_loopback_addr, ChildOutput, Stack, StackOptions, WorkerLayout};
+use anyhow::{anyhow, bail, Context as _, Result};
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use shop_types::order::{NotificationEntry, OrderItem, PaymentEntry, Product, SetStockRequest};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Products the normal orders draw from, and their stock: the peers' catalog.
+const CATALOG_PRODUCTS: i64 = 50;
+const CATALOG_UNITS: i64 = 1_000_000;
+/// The product kept at zero units: an order for it is out of stock.
+const EMPTY_PRODUCT: i64 = 51;
+/// How long one wait for an order's final state may block on the server.
+const ORDER_WAIT: &str = "60s";
+/// How long a benchmark client keeps retrying one order (engine overloaded, waits that end
+/// before the order does) before the run is declared broken.
+const ORDER_DEADLINE: Duration = Duration::from_secs(300);
+/// Pause before retrying a start the engine refused as overloaded.
+const OVERLOAD_BACKOFF: Duration = Duration::from_millis(20);
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+const DEFAULT_ORDERS: usize = 5_000;
+const DEFAULT_UNLOADED_ORDERS: usize = 300;
+/// Violations printed in full; the rest are counted.
+const VIOLATIONS_SHOWN: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// Flush plus fdatasync before every acknowledgement: survives power loss.
+    PowerSafe,
+    /// Flush only: survives kill -9 of the engine, not power loss.
+    ProcessCrash,
+}
+
+impl Durability {
+    fn as_str(self) -> &'static str {
+        match self {
+            Durability::PowerSafe => "power-safe",
+            Durability::ProcessCrash => "process-crash",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Orders to run (default 5000, or 300 with --unloaded).
+    #[arg(long)]
+    orders: Option<usize>,
+    /// Orders in flight at once (closed loop).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// One order at a time, to measure latency without load.
+    #[arg(long, conflicts_with = "concurrency")]
+    unloaded: bool,
+    /// How the domains are spread over worker processes.
+    #[arg(long, value_enum, default_value_t = WorkerLayout::PerDomain)]
+    workers: WorkerLayout,
+    /// Percentages of confirmed, out-of-stock and declined orders.
+    #[arg(long, default_value = "80,10,10", value_parser = parse_mix)]
+    mix: Mix,
+    /// What each commit must survive before it is acknowledged.
+    #[arg(long, value_enum, default_value_t = Durability::PowerSafe)]
+    durability: Durability,
+    /// Seed of the order generator; the same seed gives the same orders.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Keep the data here instead of a temporary directory (must not exist yet).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mix {
+    confirmed: u32,
+    out_of_stock: u32,
+}
+
+fn parse_mix(text: &str) -> Result<Mix, String> {
+    let parts: Vec<u32> = text
+        .split(',')
+        .map(|p| p.trim().parse::<u32>().map_err(|e| format!("{p:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match parts.as_slice() {
+        [confirmed, out_of_stock, declined] if confirmed + out_of_stock + declined == 100 => {
+            Ok(Mix { confirmed: *confirmed, out_of_stock: *out_of_stock })
+        }
+        _ => Err("expected three percentages adding up to 100: confirmed,out-of-stock,declined".to_owned()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    Confirmed,
+    OutOfStock,
+    Declined,
+}
+
+struct PlannedOrder {
+    id: String,
+    body: Vec<u8>,
+    items: Vec<OrderItem>,
+    expected: Expected,
+}
+
+/// Orders `0..count`, deterministic for a seed. Classes are interleaved (position `i * 37`
+/// modulo 100 walks all of 0..100) so every stretch of the run has the same mix.
+fn plan_orders(count: usize, mix: Mix, seed: u64) -> Result<Vec<PlannedOrder>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|i| {
+            let position = (i * 37 % 100) as u32;
+            let expected = if position < mix.confirmed {
+                Expected::Confirmed
+            } else if position < mix.confirmed + mix.out_of_stock {
+                Expected::OutOfStock
+            } else {
+                Expected::Declined
+            };
+            let items = match expected {
+                Expected::OutOfStock => vec![OrderItem { product_id: EMPTY_PRODUCT, quantity: 1 }],
+                _ => {
+                    let lines = rng.gen_range(1..=3);
+                    let mut items: Vec<OrderItem> = Vec::with_capacity(lines);
+                    while items.len() < lines {
+                        let product_id = rng.gen_range(1..=CATALOG_PRODUCTS);
+                        if items.iter().all(|item| item.product_id != product_id) {
+                            items.push(OrderItem { product_id, quantity: rng.gen_range(1..=3) });
+                        }
+                    }
+                    items
+                }
+            };
+            let id = format!("bench-{seed}-{i}");
+            let payment_method = if expected == Expected::Declined { "DECLINED" } else { "CREDIT_CARD" };
+            let body = serde_json::to_vec(&serde_json::json!({
+                "orderId": id,
+                "orderItems": items,
+                "shippingAddress": "1 Benchmark Way",
+                "paymentMethod": payment_method,
+            }))
+            .context("cannot encode an order")?;
+            Ok(PlannedOrder { id, body, items, expected })
+        })
+        .collect()
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let (concurrency, orders) = if args.unloaded {
+        (1, args.orders.unwrap_or(DEFAULT_UNLOADED_ORDERS))
+    } else {
+        (args.concurrency.max(1), args.orders.unwrap_or(DEFAULT_ORDERS))
+    };
+    if orders == 0 {
+        bail!("--orders must be at least 1");
+    }
+    let temp;
+    let data_dir = match &args.data_dir {
+        Some(dir) => {
+            if dir.exists() {
+                bail!("--data-dir {} already exists; a benchmark starts from an empty store", dir.display());
+            }
+            dir.clone()
+        }
+        None => {
+            temp = tempfile::tempdir().context("cannot create a temporary directory")?;
+            temp.path().to_owned()
+        }
+    };
+    let options = StackOptions {
+        data_dir: data_dir.clone(),
+        engine_listen: free_loopback_addr()?,
+        worker_listen: free_loopback_addr()?,
+        workflows: None,
+        output: ChildOutput::LogFiles,
+        layout: args.workers,
+        engine_args: vec!["--durability".to_owned(), args.durability.as_str().to_owned()],
+    };
+    let mut stack = Stack::start(&options).await?;
+    let target = Target::of(&stack);
+    let outcome = tokio::select! {
+        outcome = async { measure(&target?, &args, concurrency, orders, &data_dir).await } => outcome,
+        died = stack.died() => Err(anyhow!("{died}")),
+    };
+    stack.stop().await;
+    let report = outcome?;
+    output::line(&serde_json::to_string_pretty(&report.json).context("cannot encode the report")?)?;
+    if report.violations > 0 {
+        bail!("{} invariant violation(s): the run lost or doubled something", report.violations);
+    }
+    Ok(())
+}
+
+struct Report {
+    json: serde_json::Value,
+    violations: usize,
+}
+
+/// One order's measured life.
+struct Sample {
+    index: usize,
+    start_us: u64,
+    e2e_us: u64,
+    status: String,
+}
+
+#[derive(Deserialize)]
+struct OrderStatus {
+    status: String,
+}
+
+#[derive(Deserialize, Default)]
+struct EngineStats {
+    commits: u64,
+    commands: u64,
+    events: u64,
+}
+
+/// What the measurement talks to: the engine, and the admin API of each domain's worker.
+struct Target {
+    engine: Client,
+    engine_url: String,
+    engine_pid: Option<u32>,
+    inventory: Client,
+    payments: Client,
+    notifications: Client,
+}
+
+impl Target {
+    fn of(stack: &Stack) -> Result<Target> {
+        let engine_url = stack.client().base(Service::Engine).to_string();
+        let admin = |domain: &str| -> Result<Client> {
+            let url = stack.admin_url(domain).ok_or_else(|| anyhow!("no worker serves {domain}"))?;
+            Client::new(&engine_url, url)
+        };
+        Ok(Target {
+            engine: stack.client().clone(),
+            engine_pid: stack.engine_pid(),
+            inventory: admin("inventory")?,
+            payments: admin("payment")?,
+            notifications: admin("notification")?,
+            engine_url,
+        })
+    }
+}
+
+async fn measure(
+    target: &Target,
+    args: &BenchArgs,
+    concurrency: usize,
+    count: usize,
+    data_dir: &Path,
+) -> Result<Report> {
+    let Target { engine, engine_url, engine_pid, inventory, payments, notifications } = target;
+    stock_catalog(inventory).await?;
+    let prices: HashMap<i64, i64> = inventory
+        .get::<Vec<Product>>(Service::Worker, &["stock"], &[])
+        .await?
+        .body
+        .into_iter()
+        .map(|p| (p.product_id, p.price_cents))
+        .collect();
+
+    let planned = Arc::new(plan_orders(count, args.mix, args.seed)?);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .context("cannot create the HTTP client")?;
+    let before: EngineStats = engine.get(Service::Engine, &["v1", "stats"], &[]).await?.body;
+    output::note(&format!(
+        "bench: {count} orders, {concurrency} in flight, {} durability, workers {:?}",
+        args.durability.as_str(),
+        args.workers
+    ));
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (http, engine_url, planned, next, done) =
+            (http.clone(), engine_url.clone(), planned.clone(), next.clone(), done.clone());
+        clients.spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(order) = planned.get(index) else { break };
+                samples.push(drive_one(&http, &engine_url, index, order).await?);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(samples)
+        });
+    }
+    let progress = tokio::spawn(show_progress(done.clone(), count, started));
+    let mut samples = Vec::with_capacity(count);
+    while let Some(joined) = clients.join_next().await {
+        samples.extend(joined.context("a benchmark client panicked")??);
+    }
+    let elapsed = started.elapsed();
+    progress.abort();
+    eprintln!();
+    let after: EngineStats = engine.get(Service::Engine, &["v1", "stats"], &[]).await?.body;
+
+    let mut start_us = Histogram::<u64>::new(3).context("cannot create a histogram")?;
+    let mut e2e_us = Histogram::<u64>::new(3).context("cannot create a histogram")?;
+    for sample in &samples {
+        start_us.record(sample.start_us.max(1)).context("latency out of range")?;
+        e2e_us.record(sample.e2e_us.max(1)).context("latency out of range")?;
+    }
+    let violations = verify(&planned, &samples, &prices, inventory, payments, notifications).await?;
+    let engine_peak_rss_mb = engine_pid.and_then(peak_rss_kib).map(|kib| kib as f64 / 1024.0);
+    let disk_bytes = disk_usage(&data_dir.join("engine"));
+    let seconds = elapsed.as_secs_f64();
+    let commits = after.commits.saturating_sub(before.commits).max(1);
+    let ms = |h: &Histogram<u64>, q: f64| round(h.value_at_quantile(q) as f64 / 1000.0, 3);
+    let confirmed = samples.iter().filter(|s| s.status == "CONFIRMED").count();
+    let json = serde_json::json!({
+        "orders": count,
+        "concurrency": concurrency,
+        "durability": args.durability.as_str(),
+        "workers": format!("{:?}", args.workers),
+        "elapsed_s": round(seconds, 3),
+        "sagas_per_sec": round(count as f64 / seconds, 1),
+        "start_p50_ms": ms(&start_us, 0.50),
+        "start_p99_ms": ms(&start_us, 0.99),
+        "e2e_p50_ms": ms(&e2e_us, 0.50),
+        "e2e_p99_ms": ms(&e2e_us, 0.99),
+        "engine_peak_rss_mb": engine_peak_rss_mb.map(|mb| round(mb, 1)),
+        "disk_bytes_per_saga": disk_bytes.map(|bytes| bytes / count as u64),
+        "events_per_sec": round(after.events.saturating_sub(before.events) as f64 / seconds, 0),
+        "mean_commit_batch": round(after.commands.saturating_sub(before.commands) as f64 / commits as f64, 2),
+        "mean_events_per_commit": round(after.events.saturating_sub(before.events) as f64 / commits as f64, 2),
+        "confirmed": confirmed,
+        "cancelled": samples.len() - confirmed,
+        "violations": violations,
+    });
+    Ok(Report { json, violations })
+}
+
+fn round(value: f64, places: i32) -> f64 {
+    let factor = 10f64.powi(places);
+    (value * factor).round() / factor
+}
+
+async fn stock_catalog(inventory: &Client) -> Result<()> {
+    for product_id in 1..=EMPTY_PRODUCT {
+        let units = if product_id == EMPTY_PRODUCT { 0 } else { CATALOG_UNITS };
+        let request = SetStockRequest { units, name: None, price_cents: None };
+        inventory
+            .put::<Product>(Service::Worker, &["stock", &product_id.to_string()], &request)
+            .await
+            .with_context(|| format!("cannot stock product {product_id}"))?;
+    }
+    Ok(())
+}
+
+/// Places one order and waits for its final state, timing both.
+async fn drive_one(http: &reqwest::Client, engine_url: &str, index: usize, order: &PlannedOrder) -> Result<Sample> {
+    let deadline = Instant::now() + ORDER_DEADLINE;
+    let begun = Instant::now();
+    let place_url = format!("{engine_url}api/orders");
+    loop {
+        let response = http
+            .post(&place_url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(order.body.clone())
+            .send()
+            .await
+            .with_context(|| format!("cannot place order {}", order.id))?;
+        let status = response.status();
+        if status.is_success() {
+            break;
+        }
+        let text = response.text().await.unwrap_or_default();
+        if status != reqwest::StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+            bail!("placing order {} failed: {status} {text}", order.id);
+        }
+        tokio::time::sleep(OVERLOAD_BACKOFF).await;
+    }
+    let start_us = micros(begun.elapsed());
+    let wait_url = format!("{engine_url}api/orders/{}?wait={ORDER_WAIT}", order.id);
+    loop {
+        let response = http.get(&wait_url).send().await.with_context(|| format!("cannot read order {}", order.id))?;
+        let status = response.status();
+        let bytes = response.bytes().await.with_context(|| format!("cannot read order {}", order.id))?;
+        if !status.is_success() {
+            bail!("reading order {} failed: {status} {}", order.id, String::from_utf8_lossy(&bytes));
+        }
+        let view: OrderStatus = serde_json::from_slice(&bytes).context("an order in an unexpected shape")?;
+        if view.status != "PENDING" {
+            return Ok(Sample { index, start_us, e2e_us: micros(begun.elapsed()), status: view.status });
+        }
+        if Instant::now() > deadline {
+            bail!("order {} is still PENDING after {}", order.id, output::duration(ORDER_DEADLINE));
+        }
+    }
+}
+
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+}
+
+async fn show_progress(done: Arc<AtomicUsize>, total: usize, started: Instant) {
+    const WIDTH: usize = 30;
+    loop {
+        tokio::time::sleep(PROGRESS_INTERVAL).await;
+        let finished = done.load(Ordering::Relaxed);
+        let filled = finished * WIDTH / total.max(1);
+        let rate = finished as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        eprint!("\r[{}{}] {finished}/{total} orders, {rate:.0}/s", "#".repeat(filled), ".".repeat(WIDTH - filled));
+    }
+}
+
+/// Checks every order's outcome and the shop's invariants (design.md section 7, items 2-5)
+/// against the workers' own data. Returns how many violations it found, printing them.
+async fn verify(
+    planned: &[PlannedOrder],
+    samples: &[Sample],
+    prices: &HashMap<i64, i64>,
+    inventory: &Client,
+    payments: &Client,
+    notifications: &Client,
+) -> Result<usize> {
+    let mut violations = Vec::new();
+    if samples.len() != planned.len() {
+        violations.push(format!("{} orders planned, {} finished", planned.len(), samples.len()));
+    }
+    let mut confirmed_units: HashMap<i64, i64> = HashMap::new();
+    let mut expected_net: HashMap<&str, i64> = HashMap::new();
+    for sample in samples {
+        let order = &planned[sample.index];
+        let want = if order.expected == Expected::Confirmed { "CONFIRMED" } else { "CANCELLED" };
+        if sample.status != want {
+            violations.push(format!("order {} is {}, expected {want}", order.id, sample.status));
+        }
+        let mut total = 0;
+        if sample.status == "CONFIRMED" {
+            for item in &order.items {
+                *confirmed_units.entry(item.product_id).or_default() += item.quantity;
+                total += item.quantity * prices.get(&item.product_id).copied().unwrap_or_default();
+            }
+        }
+        expected_net.insert(order.id.as_str(), total);
+    }
+
+    let stock = inventory.get::<Vec<Product>>(Service::Worker, &["stock"], &[]).await?.body;
+    for product in &stock {
+        let initial = match product.product_id {
+            EMPTY_PRODUCT => 0,
+            id if (1..=CATALOG_PRODUCTS).contains(&id) => CATALOG_UNITS,
+            _ => continue,
+        };
+        let want = initial - confirmed_units.get(&product.product_id).copied().unwrap_or_default();
+        if product.stock != want || product.reserved != 0 {
+            violations.push(format!(
+                "product {}: {} in stock and {} reserved, expected {want} and 0",
+                product.product_id, product.stock, product.reserved
+            ));
+        }
+    }
+
+    let ledger = payments.get::<Vec<PaymentEntry>>(Service::Worker, &["payments"], &[]).await?.body;
+    let mut net: HashMap<&str, (i64, u32)> = HashMap::new();
+    for entry in &ledger {
+        let slot = net.entry(entry.order_id.as_str()).or_default();
+        match entry.kind.as_str() {
+            "charge" => {
+                slot.0 += entry.amount_cents;
+                slot.1 += 1;
+            }
+            _ => slot.0 -= entry.amount_cents,
+        }
+    }
+    for (order_id, want) in &expected_net {
+        let (got, charges) = net.get(order_id).copied().unwrap_or_default();
+        if got != *want || charges > 1 {
+            violations.push(format!("order {order_id}: net charged {got} in {charges} charge(s), expected {want}"));
+        }
+    }
+
+    let outbox = notifications.get::<Vec<NotificationEntry>>(Service::Worker, &["notifications"], &[]).await?.body;
+    let mut per_order: HashMap<&str, u32> = HashMap::new();
+    for entry in &outbox {
+        *per_order.entry(entry.order_id.as_str()).or_default() += 1;
+    }
+    for order in planned {
+        let sent = per_order.get(order.id.as_str()).copied().unwrap_or_default();
+        if sent != 1 {
+            violations.push(format!("order {}: {sent} notifications, expected exactly 1", order.id));
+        }
+    }
+
+    for violation in violations.iter().take(VIOLATIONS_SHOWN) {
+        output::note(&format!("violation: {violation}"));
+    }
+    if violations.len() > VIOLATIONS_SHOWN {
+        output::note(&format!("... and {} more violations", violations.len() - VIOLATIONS_SHOWN));
+    }
+    Ok(violations.len())
+}
+
+/// The process's peak resident set (VmHWM), in KiB, from /proc.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
+/// Bytes the directory's files occupy on disk (allocated blocks, not apparent sizes).
+fn disk_usage(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut total = 0;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).ok()? {
+            let entry = entry.ok()?;
+            let metadata = entry.metadata().ok()?;
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total += metadata.blocks() * 512;
+            }
+        }
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mix_must_add_up() {
+        assert_eq!(parse_mix("80,10,10"), Ok(Mix { confirmed: 80, out_of_stock: 10 }));
+        assert!(parse_mix("80,10").is_err());
+        assert!(parse_mix("80,10,11").is_err());
+        assert!(parse_mix("a,b,c").is_err());
+    }
+
+    #[test]
+    fn plans_follow_the_mix_and_the_seed() -> Result<()> {
+        let mix = Mix { confirmed: 80, out_of_stock: 10 };
+        let plan = plan_orders(1000, mix, 7)?;
+        let count = |e: Expected| plan.iter().filter(|o| o.expected == e).count();
+        assert_eq!(
+            (count(Expected::Confirmed), count(Expected::OutOfStock), count(Expected::Declined)),
+            (800, 100, 100)
+        );
+        assert!(plan
+            .iter()
+            .filter(|o| o.expected == Expected::OutOfStock)
+            .all(|o| o.items[0].product_id == EMPTY_PRODUCT));
+        let again = plan_orders(1000, mix, 7)?;
+        assert!(plan.iter().zip(&again).all(|(a, b)| a.body == b.body));
+        Ok(())
+    }
+}
