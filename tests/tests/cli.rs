@@ -1,0 +1,115 @@
+//! `shopctl` against a running stack, as a script would use it: placing an order and waiting
+//! for it prints CONFIRMED; `--json` read commands print JSON that parses; the history
+//! timeline shows the run's events; and an error (an unreachable engine, an unknown order)
+//! exits non-zero with exactly one line on stderr starting `shopctl:`.
+
+use serde_json::Value;
+use shop_tests::process::{binary, run_to_end, Finished};
+use shop_tests::{Stack, CONFIRMED};
+use std::process::Command;
+use std::time::Duration;
+
+/// How long one `shopctl` command may take (its `--wait` included).
+const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
+/// An address nothing listens on.
+const UNREACHABLE_ENGINE: &str = "http://127.0.0.1:1";
+/// Units the CLI's order takes of product 1.
+const QUANTITY: i64 = 2;
+
+/// Runs `shopctl` with `args` against the stack's engine and worker.
+fn shopctl(stack: &Stack, args: &[&str]) -> Finished {
+    shopctl_at(&stack.engine.url(), &stack.worker.url(), args)
+}
+
+fn shopctl_at(engine: &str, worker: &str, args: &[&str]) -> Finished {
+    let mut command = Command::new(binary("shopctl"));
+    command
+        .env_remove("SHOP_ENGINE")
+        .env_remove("SHOP_WORKER")
+        .env("NO_COLOR", "1")
+        .arg("--engine")
+        .arg(engine)
+        .arg("--worker")
+        .arg(worker)
+        .args(args);
+    run_to_end(command, COMMAND_DEADLINE)
+}
+
+#[track_caller]
+fn succeeded(finished: &Finished, what: &str) {
+    assert!(finished.status.success(), "{what} failed ({}): {}", finished.status, finished.stderr);
+}
+
+#[track_caller]
+fn json_of(finished: &Finished, what: &str) -> Value {
+    succeeded(finished, what);
+    serde_json::from_str(&finished.stdout)
+        .unwrap_or_else(|e| panic!("{what} --json is not JSON ({e}):\n{}", finished.stdout))
+}
+
+/// A failure: non-zero exit, and stderr is one line starting `shopctl:`.
+#[track_caller]
+fn failed_with_one_line(finished: &Finished, what: &str) {
+    assert!(!finished.status.success(), "{what} must fail; stdout:\n{}", finished.stdout);
+    let lines: Vec<&str> = finished.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: one line on stderr, got:\n{}", finished.stderr);
+    assert!(lines[0].starts_with("shopctl:"), "{what}: the line starts with `shopctl:`: {}", lines[0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shopctl_places_and_inspects_orders() {
+    let stack = Stack::start().await;
+    let before = stack.admin.product(1).await;
+    let item = format!("1:{QUANTITY}");
+
+    let placed = shopctl(&stack, &["order", "place", "--item", &item, "--id", "cli-1", "--wait", "30s"]);
+    succeeded(&placed, "order place");
+    assert!(placed.stdout.contains(CONFIRMED), "order place --wait prints CONFIRMED:\n{}", placed.stdout);
+
+    let order = json_of(&shopctl(&stack, &["order", "get", "cli-1", "--json"]), "order get");
+    assert_eq!(order["status"], CONFIRMED, "{order}");
+    assert_eq!(order["orderId"], "cli-1");
+
+    let history = shopctl(&stack, &["workflow", "history", "cli-1"]);
+    succeeded(&history, "workflow history");
+    for event in ["WorkflowStarted", "StepCompleted", "WorkflowCompleted"] {
+        assert!(history.stdout.contains(event), "the timeline shows {event}:\n{}", history.stdout);
+    }
+
+    let stock = json_of(&shopctl(&stack, &["stock", "list", "--json"]), "stock list");
+    let products = stock.as_array().expect("stock list --json is an array");
+    let product_1 = products.iter().find(|p| p["productId"] == 1).expect("product 1 is listed");
+    assert_eq!(product_1["stock"], before.stock - QUANTITY, "{product_1}");
+    assert_eq!(product_1["reserved"], 0);
+
+    let payments = json_of(&shopctl(&stack, &["payments", "list", "--json"]), "payments list");
+    let charges: Vec<&Value> = payments
+        .as_array()
+        .expect("payments list --json is an array")
+        .iter()
+        .filter(|p| p["orderId"] == "cli-1")
+        .collect();
+    assert_eq!(charges.len(), 1, "{payments}");
+    assert_eq!(charges[0]["amountCents"], before.price_cents * QUANTITY);
+
+    let notes = json_of(&shopctl(&stack, &["notifications", "list", "--json"]), "notifications list");
+    let kinds: Vec<&Value> = notes
+        .as_array()
+        .expect("notifications list --json is an array")
+        .iter()
+        .filter(|n| n["orderId"] == "cli-1")
+        .map(|n| &n["kind"])
+        .collect();
+    assert_eq!(kinds, ["ORDER_CONFIRMED"]);
+
+    failed_with_one_line(&shopctl(&stack, &["order", "get", "no-such-order"]), "order get of an unknown order");
+}
+
+#[test]
+fn unreachable_engine_is_one_line_and_a_non_zero_exit() {
+    let unreachable = shopctl_at(UNREACHABLE_ENGINE, UNREACHABLE_ENGINE, &["order", "get", "some-order"]);
+    failed_with_one_line(&unreachable, "order get against an unreachable engine");
+    let unreachable = shopctl_at(UNREACHABLE_ENGINE, UNREACHABLE_ENGINE, &["workflow", "list", "--json"]);
+    failed_with_one_line(&unreachable, "workflow list against an unreachable engine");
+    assert!(unreachable.stdout.is_empty(), "no data on stdout: {}", unreachable.stdout);
+}
