@@ -21,9 +21,7 @@ pub enum Error {
 
 fn options() -> impl bincode::Options {
     use bincode::Options;
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_big_endian()
+    bincode::DefaultOptions::new().with_fixint_encoding().with_big_endian()
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
@@ -41,9 +39,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     // Limit allocations to the record's own size so a corrupt length prefix cannot ask for
     // gigabytes.
     use bincode::Options;
-    Ok(options()
-        .with_limit(body.len() as u64 + 64)
-        .deserialize(body)?)
+    Ok(options().with_limit(body.len() as u64 + 64).deserialize(body)?)
 }
 
 #[cfg(test)]

@@ -250,7 +250,8 @@ impl Core {
     fn replay(&self, id: &WorkflowId, now: u64) -> Result<Run, String> {
         let events = self.store.history(id).map_err(|e| e.to_string())?;
         let first = events.first().ok_or("history is empty")?;
-        let shop_types::history::EventKind::WorkflowStarted { workflow_type, definition_version, .. } = &first.kind else {
+        let shop_types::history::EventKind::WorkflowStarted { workflow_type, definition_version, .. } = &first.kind
+        else {
             return Err("history does not begin with WorkflowStarted".into());
         };
         let definition = self
@@ -274,9 +275,9 @@ impl Core {
     pub fn run(mut self, commands: Receiver<Command>) {
         loop {
             let now = self.clock.now_ms();
-            let wait = self.next_wake_ms().map_or(IDLE_WAKE, |at| {
-                Duration::from_millis(at.saturating_sub(now)).min(IDLE_WAKE)
-            });
+            let wait = self
+                .next_wake_ms()
+                .map_or(IDLE_WAKE, |at| Duration::from_millis(at.saturating_sub(now)).min(IDLE_WAKE));
             let first = match commands.recv_timeout(wait) {
                 Ok(command) => Some(command),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -373,7 +374,12 @@ impl Core {
                     });
                 } else {
                     self.parked_count += 1;
-                    self.parked.entry(queue).or_default().push_back(ParkedPoll { worker_id, max_tasks, deadline_ms, reply });
+                    self.parked.entry(queue).or_default().push_back(ParkedPoll {
+                        worker_id,
+                        max_tasks,
+                        deadline_ms,
+                        reply,
+                    });
                 }
             }
             Command::Cancel { id, reason, terminate, reply } => {
@@ -486,10 +492,12 @@ impl Core {
         let stale = || CoreError::Stale("the attempt is no longer current".into());
         let run = self.runs.get_mut(&token.workflow_id).ok_or_else(stale)?;
         match &mut run.state.current {
-            Some(current) if current.step == token.step && current.attempt == token.attempt => match &mut current.status {
-                AttemptStatus::Started { last_heartbeat_ms, .. } => *last_heartbeat_ms = now,
-                _ => return Err(stale()),
-            },
+            Some(current) if current.step == token.step && current.attempt == token.attempt => {
+                match &mut current.status {
+                    AttemptStatus::Started { last_heartbeat_ms, .. } => *last_heartbeat_ms = now,
+                    _ => return Err(stale()),
+                }
+            }
             _ => return Err(stale()),
         }
         self.refresh_timers(&token.workflow_id);
@@ -582,10 +590,7 @@ impl Core {
             return None;
         }
         let queue = run.definition.step(current.step)?.queue.clone();
-        self.ready
-            .entry(queue.clone())
-            .or_default()
-            .push_back((id.clone(), current.step, current.attempt));
+        self.ready.entry(queue.clone()).or_default().push_back((id.clone(), current.step, current.attempt));
         Some(queue)
     }
 
@@ -622,7 +627,14 @@ impl Core {
     }
 
     /// Hands up to `max_tasks` ready attempts of `queue` to a worker, recording their start.
-    fn take_ready(&mut self, turn: &mut Turn, queue: &QueueName, worker_id: &str, max_tasks: usize, now: u64) -> Vec<ActivityTask> {
+    fn take_ready(
+        &mut self,
+        turn: &mut Turn,
+        queue: &QueueName,
+        worker_id: &str,
+        max_tasks: usize,
+        now: u64,
+    ) -> Vec<ActivityTask> {
         let mut tasks = Vec::new();
         while tasks.len() < max_tasks {
             let Some((id, step, attempt)) = self.ready.get_mut(queue).and_then(VecDeque::pop_front) else {
@@ -680,9 +692,7 @@ impl Core {
         let mut registry = self.registry.write().map_err(|_| CoreError::Storage("registry lock poisoned".into()))?;
         let added = registry.insert(definition).map_err(|e| CoreError::DefinitionConflict(e.to_string()))?;
         if added {
-            turn.batch
-                .put_definition(&name, version, &source)
-                .map_err(|e| CoreError::Storage(e.to_string()))?;
+            turn.batch.put_definition(&name, version, &source).map_err(|e| CoreError::Storage(e.to_string()))?;
         }
         Ok(added)
     }

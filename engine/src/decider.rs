@@ -37,12 +37,28 @@ pub struct Timer {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// A worker took the attempt from its queue.
-    Started { step: StepRef, attempt: u32, worker: String },
-    Completed { step: StepRef, attempt: u32, output: JsonText },
-    Failed { step: StepRef, attempt: u32, error: ActivityError },
+    Started {
+        step: StepRef,
+        attempt: u32,
+        worker: String,
+    },
+    Completed {
+        step: StepRef,
+        attempt: u32,
+        output: JsonText,
+    },
+    Failed {
+        step: StepRef,
+        attempt: u32,
+        error: ActivityError,
+    },
     TimerFired(TimerKind),
-    Cancel { reason: String },
-    Terminate { reason: String },
+    Cancel {
+        reason: String,
+    },
+    Terminate {
+        reason: String,
+    },
 }
 
 /// Why an input changed nothing.
@@ -147,10 +163,7 @@ pub fn timers(definition: &Definition, state: &WorkflowState) -> Vec<Timer> {
     }
     if let Some(limit) = definition.execution_timeout_ms {
         if state.compensation_plan.is_none() && !state.pivot_passed {
-            out.push(Timer {
-                due_ms: state.created_at_ms.saturating_add(limit),
-                kind: TimerKind::ExecutionTimeout,
-            });
+            out.push(Timer { due_ms: state.created_at_ms.saturating_add(limit), kind: TimerKind::ExecutionTimeout });
         }
     }
     let Some(current) = &state.current else {
@@ -187,10 +200,9 @@ pub fn timers(definition: &Definition, state: &WorkflowState) -> Vec<Timer> {
                 });
             }
         }
-        AttemptStatus::BackingOff { until_ms } => out.push(Timer {
-            due_ms: until_ms,
-            kind: TimerKind::RetryDue { step, attempt },
-        }),
+        AttemptStatus::BackingOff { until_ms } => {
+            out.push(Timer { due_ms: until_ms, kind: TimerKind::RetryDue { step, attempt } })
+        }
     }
     out
 }
@@ -214,11 +226,7 @@ pub fn retry_delay_ms(definition: &Definition, state: &WorkflowState, step: Step
 fn unit_fraction(id: &str, step: StepRef, attempt: u32) -> f64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let phase = step.phase as u8;
-    let bytes = id
-        .bytes()
-        .chain([phase])
-        .chain(step.index.to_be_bytes())
-        .chain(attempt.to_be_bytes());
+    let bytes = id.bytes().chain([phase]).chain(step.index.to_be_bytes()).chain(attempt.to_be_bytes());
     for byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
@@ -253,7 +261,10 @@ fn timer_fired(definition: &Definition, state: &mut WorkflowState, out: &mut Vec
     match kind {
         TimerKind::ExecutionTimeout => {
             let limit = definition.execution_timeout_ms.unwrap_or_default();
-            let reason = format!("execution timeout of {} exceeded", humantime::format_duration(std::time::Duration::from_millis(limit)));
+            let reason = format!(
+                "execution timeout of {} exceeded",
+                humantime::format_duration(std::time::Duration::from_millis(limit))
+            );
             emit(definition, state, out, now, EventKind::CompensationStarted { reason });
             advance(definition, state, out, now);
         }
@@ -344,10 +355,7 @@ fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Eve
     while state.terminal.is_none() && state.current.is_none() {
         let kind = if let Some(plan) = &state.compensation_plan {
             if let Some(&index) = plan.get(state.next_compensation) {
-                EventKind::StepScheduled {
-                    step: StepRef { phase: StepPhase::Compensation, index },
-                    attempt: 1,
-                }
+                EventKind::StepScheduled { step: StepRef { phase: StepPhase::Compensation, index }, attempt: 1 }
             } else if usize::from(state.next_after) < definition.after_compensation.len() {
                 EventKind::StepScheduled {
                     step: StepRef { phase: StepPhase::AfterCompensation, index: state.next_after },
@@ -536,10 +544,12 @@ mod tests {
         while h.state.terminal.is_none() && fed < 100 {
             let (step, attempt) = h.take().expect("scheduled");
             let error = ActivityError { error_type: "X".into(), message: "x".into(), retryable: true };
-            let events = decide(&h.def, &mut h.state, Input::Failed { step, attempt, error }, Context {
-                now_ms: h.now,
-                max_history_events: limit,
-            });
+            let events = decide(
+                &h.def,
+                &mut h.state,
+                Input::Failed { step, attempt, error },
+                Context { now_ms: h.now, max_history_events: limit },
+            );
             if let Ok(events) = events {
                 h.history.extend(events);
             }

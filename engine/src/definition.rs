@@ -258,11 +258,7 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
     if raw.steps.len() > MAX_STEPS || raw.after_compensation.len() > MAX_STEPS {
         return Err(fail(None, format!("at most {MAX_STEPS} steps per list")));
     }
-    let steps = raw
-        .steps
-        .iter()
-        .map(|s| resolve(s, &mut names))
-        .collect::<Result<Vec<_>, _>>()?;
+    let steps = raw.steps.iter().map(|s| resolve(s, &mut names)).collect::<Result<Vec<_>, _>>()?;
     let pivots: Vec<&RawStep> = raw.steps.iter().filter(|s| s.pivot).collect();
     if pivots.len() > 1 {
         return Err(fail(Some(pivots[1].name.span()), "at most one step may be the pivot".into()));
@@ -270,11 +266,8 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
     if let Some(step) = raw.after_compensation.iter().find(|s| s.pivot) {
         return Err(fail(Some(step.name.span()), "a step after compensation cannot be a pivot".into()));
     }
-    let after_compensation = raw
-        .after_compensation
-        .iter()
-        .map(|s| resolve(s, &mut names))
-        .collect::<Result<Vec<_>, _>>()?;
+    let after_compensation =
+        raw.after_compensation.iter().map(|s| resolve(s, &mut names)).collect::<Result<Vec<_>, _>>()?;
 
     let mut compensations: Vec<Option<StepDef>> = vec![None; steps.len()];
     for comp in &raw.compensations {
@@ -342,10 +335,8 @@ fn resolve_step(input: ResolveInput<'_>, defaults: &RawDefaults) -> Result<StepD
     if max_interval_ms < initial_interval_ms {
         return Err(format!("step {name:?}: max_interval is shorter than initial_interval"));
     }
-    let backoff_coefficient = retry
-        .backoff_coefficient
-        .or(d_retry.backoff_coefficient)
-        .unwrap_or(DEFAULT_BACKOFF_COEFFICIENT);
+    let backoff_coefficient =
+        retry.backoff_coefficient.or(d_retry.backoff_coefficient).unwrap_or(DEFAULT_BACKOFF_COEFFICIENT);
     if !(1.0..=100.0).contains(&backoff_coefficient) {
         return Err(format!("step {name:?}: backoff_coefficient must be between 1.0 and 100.0"));
     }
@@ -357,24 +348,25 @@ fn resolve_step(input: ResolveInput<'_>, defaults: &RawDefaults) -> Result<StepD
     if !(0.0..=1.0).contains(&jitter) {
         return Err(format!("step {name:?}: jitter must be between 0.0 and 1.0"));
     }
-    let non_retryable = retry
-        .non_retryable
-        .clone()
-        .or_else(|| d_retry.non_retryable.clone())
-        .unwrap_or_default();
+    let non_retryable = retry.non_retryable.clone().or_else(|| d_retry.non_retryable.clone()).unwrap_or_default();
 
     let optional_ms = |own: Option<Duration>, default: Option<Duration>, what: &str| {
-        own.or(default)
-            .map(|d| positive_ms(d, what))
-            .transpose()
-            .map_err(|r| format!("step {name:?}: {r}"))
+        own.or(default).map(|d| positive_ms(d, what)).transpose().map_err(|r| format!("step {name:?}: {r}"))
     };
     let start_to_close_ms = optional_ms(timeouts.start_to_close, d_timeouts.start_to_close, "start_to_close")?
         .unwrap_or(DEFAULT_START_TO_CLOSE.as_millis() as u64);
     let timeouts = Timeouts {
-        schedule_to_start_ms: optional_ms(timeouts.schedule_to_start, d_timeouts.schedule_to_start, "schedule_to_start")?,
+        schedule_to_start_ms: optional_ms(
+            timeouts.schedule_to_start,
+            d_timeouts.schedule_to_start,
+            "schedule_to_start",
+        )?,
         start_to_close_ms,
-        schedule_to_close_ms: optional_ms(timeouts.schedule_to_close, d_timeouts.schedule_to_close, "schedule_to_close")?,
+        schedule_to_close_ms: optional_ms(
+            timeouts.schedule_to_close,
+            d_timeouts.schedule_to_close,
+            "schedule_to_close",
+        )?,
         heartbeat_ms: optional_ms(timeouts.heartbeat, d_timeouts.heartbeat, "heartbeat")?,
     };
     let params = match input.params {
@@ -412,11 +404,7 @@ fn positive_ms(duration: Duration, what: &str) -> Result<u64, String> {
 }
 
 fn line_of(source: &str, offset: usize) -> usize {
-    source.as_bytes()[..offset.min(source.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    source.as_bytes()[..offset.min(source.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 #[cfg(test)]
@@ -481,9 +469,8 @@ mod tests {
 
     #[test]
     fn a_compensation_for_a_missing_step_is_rejected_at_its_line() {
-        let err = error_of(&format!(
-            "{MINIMAL}[[compensations]]\nstep = \"nope\"\nactivity = \"x.undo\"\nqueue = \"q\"\n"
-        ));
+        let err =
+            error_of(&format!("{MINIMAL}[[compensations]]\nstep = \"nope\"\nactivity = \"x.undo\"\nqueue = \"q\"\n"));
         assert_eq!(err.line, Some(8));
         assert!(err.reason.contains("does not exist"), "{err}");
     }

@@ -58,22 +58,21 @@ pub enum Error {
 }
 
 /// Runs the engine until `shutdown` resolves.
-pub async fn serve(options: EngineOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), Error> {
-    std::fs::create_dir_all(&options.data_dir).map_err(|e| Error::OpenStore {
-        dir: options.data_dir.clone(),
-        source: store::Error::Sync(e),
-    })?;
-    let store = Arc::new(Store::open(&options.data_dir, options.durability).map_err(|source| Error::OpenStore {
-        dir: options.data_dir.clone(),
-        source,
-    })?);
+pub async fn serve(
+    options: EngineOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    std::fs::create_dir_all(&options.data_dir)
+        .map_err(|e| Error::OpenStore { dir: options.data_dir.clone(), source: store::Error::Sync(e) })?;
+    let store = Arc::new(
+        Store::open(&options.data_dir, options.durability)
+            .map_err(|source| Error::OpenStore { dir: options.data_dir.clone(), source })?,
+    );
     let registry = Arc::new(RwLock::new(load_definitions(&store, options.workflows_dir.as_deref())?));
     let clock: Arc<dyn clock::Clock> = Arc::new(clock::SystemClock);
     let (core, handle, commands) = Core::recover(store.clone(), registry.clone(), clock, options.limits)?;
-    let core_thread = std::thread::Builder::new()
-        .name("core".into())
-        .spawn(move || core.run(commands))
-        .map_err(Error::CoreThread)?;
+    let core_thread =
+        std::thread::Builder::new().name("core".into()).spawn(move || core.run(commands)).map_err(Error::CoreThread)?;
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -81,12 +80,7 @@ pub async fn serve(options: EngineOptions, shutdown: impl std::future::Future<Ou
     let local = listener.local_addr().map_err(|source| Error::Listen { addr: options.listen, source })?;
     tracing::info!(listen = %local, data_dir = %options.data_dir.display(), durability = options.durability.as_str(), "engine serving");
 
-    let app = api::app(api::AppState {
-        core: handle.clone(),
-        store,
-        registry,
-        durability: options.durability,
-    });
+    let app = api::app(api::AppState { core: handle.clone(), store, registry, durability: options.durability });
     let shutdown_handle = handle.clone();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -99,9 +93,7 @@ pub async fn serve(options: EngineOptions, shutdown: impl std::future::Future<Ou
     drop(handle);
     // Axum has dropped its state (and so the last handle) once serve returns; the core then
     // sees its channel close, finishes its turn and stops.
-    tokio::task::spawn_blocking(move || core_thread.join())
-        .await
-        .ok();
+    tokio::task::spawn_blocking(move || core_thread.join()).await.ok();
     result.map_err(Error::Serve)
 }
 
@@ -112,9 +104,7 @@ fn load_definitions(store: &Store, dir: Option<&Path>) -> Result<Registry, Error
     let mut registry = Registry::default();
     for (name, version, source) in store.definitions()? {
         let definition = definition::parse(&format!("stored definition {name} v{version}"), &source)?;
-        registry
-            .insert(definition)
-            .map_err(|source| Error::VersionConflict { file: name.clone(), source })?;
+        registry.insert(definition).map_err(|source| Error::VersionConflict { file: name.clone(), source })?;
     }
     let Some(dir) = dir else {
         return Ok(registry);
@@ -133,9 +123,8 @@ fn load_definitions(store: &Store, dir: Option<&Path>) -> Result<Registry, Error
         let source = std::fs::read_to_string(&file).map_err(read_error)?;
         let definition = definition::parse(&label, &source)?;
         let (name, version) = (definition.name.clone(), definition.version);
-        let added = registry
-            .insert(definition)
-            .map_err(|source| Error::VersionConflict { file: label.clone(), source })?;
+        let added =
+            registry.insert(definition).map_err(|source| Error::VersionConflict { file: label.clone(), source })?;
         if added {
             batch.put_definition(&name, version, &source)?;
             tracing::info!(file = %label, %name, version, "registered definition");

@@ -10,7 +10,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "shop-engine", version, about = "Durable workflow engine: histories in sled, task queues, timers, HTTP API")]
+#[command(
+    name = "shop-engine",
+    version,
+    about = "Durable workflow engine: histories in sled, task queues, timers, HTTP API"
+)]
 struct Args {
     /// Where the history store lives (created if missing).
     #[arg(long, default_value = "./shop-data/engine")]

@@ -28,10 +28,7 @@ impl Registry {
             if existing.source == definition.source {
                 return Ok(false);
             }
-            return Err(VersionConflict {
-                name: definition.name,
-                version: definition.version,
-            });
+            return Err(VersionConflict { name: definition.name, version: definition.version });
         }
         versions.insert(definition.version, Arc::new(definition));
         Ok(true)
@@ -50,9 +47,6 @@ impl Registry {
     }
 
     pub fn all(&self) -> Vec<Arc<Definition>> {
-        self.by_name
-            .values()
-            .flat_map(|versions| versions.values().cloned())
-            .collect()
+        self.by_name.values().flat_map(|versions| versions.values().cloned()).collect()
     }
 }

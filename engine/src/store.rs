@@ -77,10 +77,7 @@ pub struct Store {
 
 impl Store {
     pub fn open(dir: &Path, durability: Durability) -> Result<Store, Error> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
         let tree = db.open_tree(TREE)?;
         let log_file = match durability {
             Durability::PowerSafe => Some(File::open(dir.join("db")).map_err(Error::Sync)?),
@@ -105,10 +102,7 @@ impl Store {
 
     pub fn run(&self, id: &WorkflowId) -> Result<Option<RunSummary>, Error> {
         let key = key(RUN, id.as_str().as_bytes(), &[]);
-        self.tree
-            .get(&key)?
-            .map(|bytes| decode(&key, &bytes))
-            .transpose()
+        self.tree.get(&key)?.map(|bytes| decode(&key, &bytes)).transpose()
     }
 
     pub fn history(&self, id: &WorkflowId) -> Result<Vec<Event>, Error> {
@@ -125,10 +119,7 @@ impl Store {
     /// The run's `WorkflowStarted` event (it carries the input).
     pub fn first_event(&self, id: &WorkflowId) -> Result<Option<Event>, Error> {
         let key = history_key(id, 1);
-        self.tree
-            .get(&key)?
-            .map(|bytes| decode(&key, &bytes))
-            .transpose()
+        self.tree.get(&key)?.map(|bytes| decode(&key, &bytes)).transpose()
     }
 
     /// IDs of runs that are not terminal: what start-up must replay.
@@ -182,10 +173,8 @@ impl Store {
                 let (key, bytes) = entry?;
                 let source: String = decode(&key, &bytes)?;
                 let body = &key[1..];
-                let corrupt = || Error::Corrupt {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    source: codec::Error::Empty,
-                };
+                let corrupt =
+                    || Error::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), source: codec::Error::Empty };
                 let split = body.len().checked_sub(5).ok_or_else(corrupt)?;
                 let name = String::from_utf8(body[..split].to_vec()).map_err(|_| corrupt())?;
                 let version_bytes: [u8; 4] = body[split + 1..].try_into().map_err(|_| corrupt())?;
@@ -221,7 +210,12 @@ impl WriteBatch {
     }
 
     /// Writes the run's summary and keeps the active and by-status indexes in step with it.
-    pub fn put_run(&mut self, id: &WorkflowId, summary: &RunSummary, previous: Option<WorkflowStatus>) -> Result<(), Error> {
+    pub fn put_run(
+        &mut self,
+        id: &WorkflowId,
+        summary: &RunSummary,
+        previous: Option<WorkflowStatus>,
+    ) -> Result<(), Error> {
         let raw = id.as_str().as_bytes();
         let bytes = codec::encode(summary).map_err(Error::Encode)?;
         self.batch.insert(key(RUN, raw, &[]), bytes);
@@ -277,20 +271,14 @@ fn history_key(id: &WorkflowId, seq: u64) -> Vec<u8> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Error> {
-    codec::decode(bytes).map_err(|source| Error::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        source,
-    })
+    codec::decode(bytes).map_err(|source| Error::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source })
 }
 
 fn id_from(key: &[u8], raw: &[u8]) -> Result<WorkflowId, Error> {
     std::str::from_utf8(raw)
         .ok()
         .and_then(|text| WorkflowId::parse(text).ok())
-        .ok_or_else(|| Error::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            source: codec::Error::Empty,
-        })
+        .ok_or_else(|| Error::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source: codec::Error::Empty })
 }
 
 #[cfg(test)]
@@ -322,7 +310,11 @@ mod tests {
         let mut batch = WriteBatch::default();
         for run in [&a, &ab] {
             let events: Vec<Event> = (1..=3)
-                .map(|seq| Event { seq, at_ms: seq, kind: EventKind::CancelRequested { reason: format!("{run}{seq}") } })
+                .map(|seq| Event {
+                    seq,
+                    at_ms: seq,
+                    kind: EventKind::CancelRequested { reason: format!("{run}{seq}") },
+                })
                 .collect();
             batch.append_events(run, &events).expect("encodes");
             batch.put_run(run, &summary(WorkflowStatus::Running), None).expect("encodes");

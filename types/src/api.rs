@@ -69,12 +69,9 @@ impl WorkflowStatus {
 impl std::str::FromStr for WorkflowStatus {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        WorkflowStatus::ALL
-            .into_iter()
-            .find(|s| s.as_str().eq_ignore_ascii_case(text))
-            .ok_or_else(|| {
-                format!("unknown status {text:?}: expected running, completed, compensated, failed or terminated")
-            })
+        WorkflowStatus::ALL.into_iter().find(|s| s.as_str().eq_ignore_ascii_case(text)).ok_or_else(|| {
+            format!("unknown status {text:?}: expected running, completed, compensated, failed or terminated")
+        })
     }
 }
 

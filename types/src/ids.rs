@@ -26,15 +26,9 @@ fn validate(kind: &'static str, text: &str) -> Result<(), IdError> {
         return Err(IdError::Empty { kind });
     }
     if text.len() > MAX_ID_LEN {
-        return Err(IdError::TooLong {
-            kind,
-            len: text.len(),
-        });
+        return Err(IdError::TooLong { kind, len: text.len() });
     }
-    if let Some(found) = text
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
-    {
+    if let Some(found) = text.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))) {
         return Err(IdError::BadCharacter { kind, found });
     }
     if text.contains("..") {
@@ -140,10 +134,7 @@ pub struct StepRef {
 
 impl StepRef {
     pub fn forward(index: u16) -> Self {
-        StepRef {
-            phase: StepPhase::Forward,
-            index,
-        }
+        StepRef { phase: StepPhase::Forward, index }
     }
 }
 
@@ -160,14 +151,7 @@ pub struct TaskToken {
 
 impl fmt::Display for TaskToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}~{}{}~{}",
-            self.workflow_id,
-            self.step.phase.letter(),
-            self.step.index,
-            self.attempt
-        )
+        write!(f, "{}~{}{}~{}", self.workflow_id, self.step.phase.letter(), self.step.index, self.attempt)
     }
 }
 
@@ -175,27 +159,16 @@ impl std::str::FromStr for TaskToken {
     type Err = IdError;
     fn from_str(text: &str) -> Result<Self, IdError> {
         let mut parts = text.split('~');
-        let (Some(id), Some(step), Some(attempt), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(id), Some(step), Some(attempt), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(IdError::MalformedToken);
         };
         let workflow_id = WorkflowId::parse(id).map_err(|_| IdError::MalformedToken)?;
         let mut chars = step.chars();
-        let phase = chars
-            .next()
-            .and_then(StepPhase::from_letter)
-            .ok_or(IdError::MalformedToken)?;
-        let index: u16 = chars
-            .as_str()
-            .parse()
-            .map_err(|_| IdError::MalformedToken)?;
+        let phase = chars.next().and_then(StepPhase::from_letter).ok_or(IdError::MalformedToken)?;
+        let index: u16 = chars.as_str().parse().map_err(|_| IdError::MalformedToken)?;
         let attempt: u32 = attempt.parse().map_err(|_| IdError::MalformedToken)?;
-        Ok(TaskToken {
-            workflow_id,
-            step: StepRef { phase, index },
-            attempt,
-        })
+        Ok(TaskToken { workflow_id, step: StepRef { phase, index }, attempt })
     }
 }
 
@@ -220,30 +193,18 @@ mod tests {
     fn ids_accept_the_documented_alphabet_up_to_the_limit() {
         assert!(WorkflowId::parse("order-1_a.b:c").is_ok());
         assert!(WorkflowId::parse("x".repeat(MAX_ID_LEN)).is_ok());
-        assert!(matches!(
-            WorkflowId::parse("x".repeat(MAX_ID_LEN + 1)),
-            Err(IdError::TooLong { .. })
-        ));
+        assert!(matches!(WorkflowId::parse("x".repeat(MAX_ID_LEN + 1)), Err(IdError::TooLong { .. })));
         assert!(matches!(WorkflowId::parse(""), Err(IdError::Empty { .. })));
-        assert!(matches!(
-            WorkflowId::parse("a/b"),
-            Err(IdError::BadCharacter { .. })
-        ));
+        assert!(matches!(WorkflowId::parse("a/b"), Err(IdError::BadCharacter { .. })));
         assert!(matches!(WorkflowId::parse(".."), Err(IdError::DotDot { .. })));
-        assert!(matches!(
-            WorkflowId::parse("a%2F"),
-            Err(IdError::BadCharacter { .. })
-        ));
+        assert!(matches!(WorkflowId::parse("a%2F"), Err(IdError::BadCharacter { .. })));
     }
 
     #[test]
     fn task_tokens_round_trip_and_reject_garbage() {
         let token = TaskToken {
             workflow_id: WorkflowId::parse("o-1").expect("valid"),
-            step: StepRef {
-                phase: StepPhase::Compensation,
-                index: 3,
-            },
+            step: StepRef { phase: StepPhase::Compensation, index: 3 },
             attempt: 7,
         };
         let text = token.to_string();

@@ -81,8 +81,7 @@ impl std::fmt::Display for JsonText {
 impl Serialize for JsonText {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if serializer.is_human_readable() {
-            let raw: &RawValue =
-                serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+            let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
             raw.serialize(serializer)
         } else {
             serializer.serialize_str(&self.0)

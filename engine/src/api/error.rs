@@ -42,9 +42,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         }
         response
     }
@@ -54,7 +52,9 @@ impl From<CoreError> for ApiError {
     fn from(error: CoreError) -> Self {
         let message = error.to_string();
         match error {
-            CoreError::UnknownWorkflowType(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_WORKFLOW_TYPE", message),
+            CoreError::UnknownWorkflowType(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_WORKFLOW_TYPE", message)
+            }
             CoreError::NotFound(_) => ApiError::not_found(message),
             CoreError::AlreadyExists(_) => ApiError::new(StatusCode::CONFLICT, "ALREADY_EXISTS", message),
             CoreError::Stale(_) => ApiError::new(StatusCode::CONFLICT, "STALE_TASK", message),
@@ -65,7 +65,11 @@ impl From<CoreError> for ApiError {
             CoreError::DefinitionConflict(_) => ApiError::new(StatusCode::CONFLICT, "VERSION_CONFLICT", message),
             CoreError::Storage(_) => {
                 tracing::error!(%message, "storage error");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "STORAGE_UNAVAILABLE", "the store could not be read; try again")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "STORAGE_UNAVAILABLE",
+                    "the store could not be read; try again",
+                )
             }
         }
     }

@@ -82,10 +82,10 @@ async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
 }
 
 /// Parses a query string, turning a malformed one into a 400 with our error shape.
-pub(crate) fn query<T: DeserializeOwned>(query: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
-    query
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request("BAD_QUERY", e.body_text()))
+pub(crate) fn query<T: DeserializeOwned>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| ApiError::bad_request("BAD_QUERY", e.body_text()))
 }
 
 /// `wait=30s`: how long a read may block for the run to finish, capped by `MAX_WAIT_MS`.
@@ -131,7 +131,11 @@ pub(crate) fn workflow_view(state: &AppState, id: &WorkflowId) -> Result<Option<
 }
 
 /// The run's view, after waiting up to `wait` for it to finish.
-pub(crate) async fn view_after_wait(state: &AppState, id: &WorkflowId, wait: Option<Duration>) -> Result<WorkflowView, ApiError> {
+pub(crate) async fn view_after_wait(
+    state: &AppState,
+    id: &WorkflowId,
+    wait: Option<Duration>,
+) -> Result<WorkflowView, ApiError> {
     let view = workflow_view(state, id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
     let Some(wait) = wait else {
         return Ok(view);

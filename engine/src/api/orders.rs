@@ -27,10 +27,7 @@ pub(crate) async fn place(
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
     let header_key = match headers.get(IDEMPOTENCY_KEY_HEADER) {
         Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| ApiError::bad_request("INVALID_ID", "Idempotency-Key is not text"))?
-                .to_owned(),
+            value.to_str().map_err(|_| ApiError::bad_request("INVALID_ID", "Idempotency-Key is not text"))?.to_owned(),
         ),
         None => None,
     };
@@ -48,9 +45,8 @@ pub(crate) async fn place(
         shipping_address: request.shipping_address,
         payment_method: request.payment_method,
     };
-    let input = serde_json::to_value(&input)
-        .map(|v| JsonText::from_value(&v))
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let input =
+        serde_json::to_value(&input).map(|v| JsonText::from_value(&v)).map_err(|e| ApiError::invalid(e.to_string()))?;
     let (status, Json(view)) = start_run(&state, id, ORDER_WORKFLOW_TYPE.to_owned(), input).await?;
     Ok((status, Json(order_view(view)?)))
 }
@@ -84,10 +80,9 @@ fn order_view(view: WorkflowView) -> Result<OrderView, ApiError> {
     if view.workflow_type != ORDER_WORKFLOW_TYPE {
         return Err(ApiError::not_found(format!("order {} not found", view.id)));
     }
-    let input: OrderInput = view
-        .input
-        .deserialize_as()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("stored order is unreadable: {e}")))?;
+    let input: OrderInput = view.input.deserialize_as().map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("stored order is unreadable: {e}"))
+    })?;
     let status = view.domain_status.clone().unwrap_or_else(|| default_label(view.status).to_owned());
     Ok(OrderView {
         order_id: input.order_id,
@@ -138,7 +133,8 @@ pub(crate) async fn list(
     let limit = list_limit(params.limit)?;
     let cursor = params.cursor.map(WorkflowId::parse).transpose()?;
     let wanted = params.status.map(|s| s.to_ascii_uppercase());
-    let (views, next_cursor) = list_views(&state, None, cursor, limit, |view| view.workflow_type == ORDER_WORKFLOW_TYPE)?;
+    let (views, next_cursor) =
+        list_views(&state, None, cursor, limit, |view| view.workflow_type == ORDER_WORKFLOW_TYPE)?;
     let mut orders = Vec::with_capacity(views.len());
     for view in views {
         let order = order_view(view)?;
@@ -156,7 +152,8 @@ pub(crate) async fn cancel(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
     let id = WorkflowId::parse(id)?;
-    let reason = super::workflows::optional_reason(&headers, &body)?.unwrap_or_else(|| "cancelled by the customer".into());
+    let reason =
+        super::workflows::optional_reason(&headers, &body)?.unwrap_or_else(|| "cancelled by the customer".into());
     let (status, Json(view)) = stop_run(&state, id, reason, false).await?;
     Ok((status, Json(order_view(view)?)))
 }

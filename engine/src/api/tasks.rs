@@ -17,7 +17,10 @@ use std::time::Duration;
 /// How long past its deadline a poll waits for the core before answering empty by itself.
 const POLL_GRACE: Duration = Duration::from_secs(5);
 
-pub(crate) async fn poll(State(state): State<AppState>, ApiJson(request): ApiJson<PollRequest>) -> Result<Json<PollResponse>, ApiError> {
+pub(crate) async fn poll(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<PollRequest>,
+) -> Result<Json<PollResponse>, ApiError> {
     if !(1..=MAX_TASKS_PER_POLL).contains(&request.max_tasks) {
         return Err(ApiError::invalid(format!("max_tasks must be between 1 and {MAX_TASKS_PER_POLL}")));
     }
@@ -48,23 +51,35 @@ async fn report_one(state: &AppState, report: TaskReport) -> Result<Json<serde_j
     Ok(Json(serde_json::json!({})))
 }
 
-pub(crate) async fn complete(State(state): State<AppState>, ApiJson(request): ApiJson<CompleteRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn complete(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CompleteRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let report = TaskReport { token: request.token, outcome: TaskOutcome::Completed { output: request.output } };
     report_one(&state, report).await
 }
 
-pub(crate) async fn fail(State(state): State<AppState>, ApiJson(request): ApiJson<FailRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn fail(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<FailRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let report = TaskReport { token: request.token, outcome: TaskOutcome::Failed { error: request.error } };
     report_one(&state, report).await
 }
 
-pub(crate) async fn heartbeat(State(state): State<AppState>, ApiJson(request): ApiJson<HeartbeatRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn heartbeat(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<HeartbeatRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     state.core.call(|reply| Command::Heartbeat { token: request.token, reply }).await??;
     Ok(Json(serde_json::json!({})))
 }
 
 /// Many reports in one request and one commit; each gets its own verdict.
-pub(crate) async fn report(State(state): State<AppState>, ApiJson(request): ApiJson<ReportBatchRequest>) -> Result<Json<ReportBatchResponse>, ApiError> {
+pub(crate) async fn report(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<ReportBatchRequest>,
+) -> Result<Json<ReportBatchResponse>, ApiError> {
     if request.reports.len() > MAX_REPORTS_PER_BATCH {
         return Err(ApiError::invalid(format!("at most {MAX_REPORTS_PER_BATCH} reports per batch")));
     }

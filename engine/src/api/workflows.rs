@@ -11,8 +11,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use shop_types::api::{
-    DefinitionList, DefinitionSummary, HistoryEventView, HistoryResponse, ReasonRequest, StartWorkflowRequest, WorkflowList,
-    WorkflowStatus, WorkflowView,
+    DefinitionList, DefinitionSummary, HistoryEventView, HistoryResponse, ReasonRequest, StartWorkflowRequest,
+    WorkflowList, WorkflowStatus, WorkflowView,
 };
 use shop_types::limits::{MAX_BODY_BYTES, MAX_LIST_LIMIT};
 use shop_types::{JsonText, WorkflowId};
@@ -42,10 +42,7 @@ pub(crate) async fn start_run(
     workflow_type: String,
     input: JsonText,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let outcome = state
-        .core
-        .call(|reply| Command::Start { id: id.clone(), workflow_type, input, reply })
-        .await??;
+    let outcome = state.core.call(|reply| Command::Start { id: id.clone(), workflow_type, input, reply }).await??;
     let view = workflow_view(state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
     let status = match outcome {
         StartOutcome::Created => StatusCode::ACCEPTED,
@@ -85,12 +82,7 @@ pub(crate) async fn list(
     params: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<WorkflowList>, ApiError> {
     let params = query(params)?;
-    let status = params
-        .status
-        .as_deref()
-        .map(str::parse::<WorkflowStatus>)
-        .transpose()
-        .map_err(ApiError::invalid)?;
+    let status = params.status.as_deref().map(str::parse::<WorkflowStatus>).transpose().map_err(ApiError::invalid)?;
     let limit = list_limit(params.limit)?;
     let cursor = params.cursor.map(WorkflowId::parse).transpose()?;
     let (workflows, next_cursor) = list_views(&state, status, cursor, limit, |view| {
@@ -129,18 +121,19 @@ pub(crate) fn list_views(
     Ok((views, next_cursor))
 }
 
-pub(crate) async fn history(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<HistoryResponse>, ApiError> {
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<HistoryResponse>, ApiError> {
     let id = WorkflowId::parse(id)?;
     let events = state.store.history(&id)?;
     let Some(first) = events.first() else {
         return Err(ApiError::not_found(format!("workflow {id} not found")));
     };
     let definition = match &first.kind {
-        shop_types::history::EventKind::WorkflowStarted { workflow_type, definition_version, .. } => state
-            .registry
-            .read()
-            .ok()
-            .and_then(|r| r.get(workflow_type, *definition_version)),
+        shop_types::history::EventKind::WorkflowStarted { workflow_type, definition_version, .. } => {
+            state.registry.read().ok().and_then(|r| r.get(workflow_type, *definition_version))
+        }
         _ => None,
     };
     let events = events
@@ -212,10 +205,7 @@ pub(crate) async fn stop_run(
     reason: String,
     terminate: bool,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    state
-        .core
-        .call(|reply| Command::Cancel { id: id.clone(), reason, terminate, reply })
-        .await??;
+    state.core.call(|reply| Command::Cancel { id: id.clone(), reason, terminate, reply }).await??;
     let view = workflow_view(state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
@@ -256,7 +246,8 @@ pub(crate) async fn register_definition(
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE", "definition is too large"));
     }
-    let source = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("BAD_BODY", "definition is not UTF-8"))?;
+    let source =
+        std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("BAD_BODY", "definition is not UTF-8"))?;
     let definition = definition::parse("request body", source)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_DEFINITION", e.to_string()))?;
     let summary = summary_of(&definition);
