@@ -11,9 +11,12 @@ use crate::state::{AttemptStatus, WorkflowState};
 use shop_types::history::{ActivityError, Event, EventKind, TimeoutKind};
 use shop_types::{JsonText, StepPhase, StepRef};
 
-/// The most events one decision emits. A run is failed while this many slots are still free
-/// below its history limit, so a history never exceeds the limit.
+/// The most events one decision emits (with the history-limit compensation below). Far from
+/// the limit a decision is applied in place; closer than this it is tried on a copy first.
 pub const MAX_EVENTS_PER_DECISION: u64 = 8;
+/// A run still in its forward steps when its history reaches `limit - limit / this` events
+/// stops going forward and compensates, so the rest of the budget is left for undoing it.
+pub const COMPENSATION_HEADROOM_DIVISOR: u64 = 4;
 
 /// A durable timer of a run. Timers are derived from the state (see [`timers`]), never stored
 /// on their own, so a terminal run can never leave one behind.
@@ -101,6 +104,39 @@ pub fn decide(
     input: Input,
     ctx: Context,
 ) -> Result<Vec<Event>, Rejection> {
+    let used = state.next_seq - 1;
+    let limit = ctx.max_history_events;
+    if used + MAX_EVENTS_PER_DECISION < limit {
+        return decide_within_limit(definition, state, input, ctx);
+    }
+    // Near the limit: try the decision on a copy, and keep it only if it fits, leaving room
+    // for a terminal event unless it is one. Otherwise the run fails here, at the limit.
+    let mut trial = state.clone();
+    let events = decide_within_limit(definition, &mut trial, input, ctx)?;
+    let length = used + events.len() as u64;
+    if length < limit || (length == limit && trial.terminal.is_some()) {
+        *state = trial;
+        return Ok(events);
+    }
+    // Keep as much of the decision as still leaves room for the failure: what happened
+    // (a completion, say) stays recorded.
+    let room = usize::try_from(limit.saturating_sub(used + 1)).unwrap_or(0).min(events.len());
+    for event in &events[..room] {
+        state.apply(definition, event);
+    }
+    let mut out = events;
+    out.truncate(room);
+    let reason = format!("history reached its limit of {limit} events; the run needs attention");
+    emit(definition, state, &mut out, ctx.now_ms, EventKind::WorkflowFailed { reason });
+    Ok(out)
+}
+
+fn decide_within_limit(
+    definition: &Definition,
+    state: &mut WorkflowState,
+    input: Input,
+    ctx: Context,
+) -> Result<Vec<Event>, Rejection> {
     if state.terminal.is_some() {
         return Err(match input {
             Input::Cancel { .. } | Input::Terminate { .. } => Rejection::Finished,
@@ -109,11 +145,6 @@ pub fn decide(
     }
     let mut out = Vec::new();
     let now = ctx.now_ms;
-    if state.next_seq + MAX_EVENTS_PER_DECISION > ctx.max_history_events {
-        let reason = format!("history reached its limit of {} events", ctx.max_history_events);
-        emit(definition, state, &mut out, now, EventKind::WorkflowFailed { reason });
-        return Ok(out);
-    }
     match input {
         Input::Started { step, attempt, worker } => {
             current_attempt(state, step, attempt, |s| matches!(s, AttemptStatus::Scheduled { .. }))?;
@@ -150,6 +181,16 @@ pub fn decide(
         Input::Terminate { reason } => {
             emit(definition, state, &mut out, now, EventKind::WorkflowTerminated { reason });
         }
+    }
+    let soft_limit = ctx.max_history_events - ctx.max_history_events / COMPENSATION_HEADROOM_DIVISOR;
+    let going_forward = state.terminal.is_none() && state.compensation_plan.is_none() && !state.pivot_passed;
+    if going_forward && state.next_seq > soft_limit {
+        let reason = format!(
+            "history passed {soft_limit} events, 3/4 of its limit of {}, before the order could finish",
+            ctx.max_history_events
+        );
+        emit(definition, state, &mut out, now, EventKind::CompensationStarted { reason });
+        advance(definition, state, &mut out, now);
     }
     Ok(out)
 }
@@ -398,6 +439,7 @@ mod tests {
         state: WorkflowState,
         history: Vec<Event>,
         now: u64,
+        limit: u64,
     }
 
     impl Harness {
@@ -406,11 +448,12 @@ mod tests {
             let now = 1_000_000;
             let mut state = WorkflowState::new(WorkflowId::parse("o-1").expect("valid"), &def, input.clone(), now);
             let history = start(&def, &mut state, &input, ctx(now));
-            Harness { def, state, history, now }
+            Harness { def, state, history, now, limit: MAX_HISTORY }
         }
 
         fn feed(&mut self, input: Input) -> Result<(), Rejection> {
-            let events = decide(&self.def, &mut self.state, input, ctx(self.now))?;
+            let ctx = Context { now_ms: self.now, max_history_events: self.limit };
+            let events = decide(&self.def, &mut self.state, input, ctx)?;
             self.history.extend(events);
             Ok(())
         }
@@ -537,27 +580,52 @@ mod tests {
     }
 
     #[test]
-    fn the_history_limit_fails_the_run_below_the_limit() {
+    fn a_run_that_needs_exactly_the_limit_completes() {
         let mut h = Harness::new(order());
-        let limit = 12;
-        let mut fed = 0;
-        while h.state.terminal.is_none() && fed < 100 {
-            let (step, attempt) = h.take().expect("scheduled");
-            let error = ActivityError { error_type: "X".into(), message: "x".into(), retryable: true };
-            let events = decide(
-                &h.def,
-                &mut h.state,
-                Input::Failed { step, attempt, error },
-                Context { now_ms: h.now, max_history_events: limit },
-            );
-            if let Ok(events) = events {
-                h.history.extend(events);
-            }
-            h.fire_next_timer();
-            fed += 1;
+        h.limit = 14;
+        for _ in 0..4 {
+            h.complete();
+        }
+        assert_eq!(h.state.status(), WorkflowStatus::Completed);
+        assert_eq!(h.history.len() as u64, h.limit);
+    }
+
+    #[test]
+    fn the_history_limit_fails_the_run_at_the_limit() {
+        let mut h = Harness::new(order());
+        h.limit = 12;
+        h.complete();
+        h.fail("PAYMENT_DECLINED", false);
+        while h.state.terminal.is_none() {
+            h.complete();
         }
         assert_eq!(h.state.status(), WorkflowStatus::Failed);
-        assert!(h.history.len() as u64 <= limit, "{} events", h.history.len());
+        assert_eq!(h.history.len() as u64, h.limit);
+        assert!(h.state.terminal.as_ref().and_then(|t| t.reason.as_deref()).is_some_and(|r| r.contains("limit")));
+    }
+
+    #[test]
+    fn endless_retries_compensate_at_three_quarters_of_the_limit() {
+        let mut definition = order();
+        definition.steps[1].retry.max_attempts = 100;
+        definition.steps[1].timeouts.schedule_to_close_ms = None;
+        let mut h = Harness::new(definition);
+        h.limit = 80;
+        h.complete();
+        loop {
+            h.fail("PAYMENT_UNAVAILABLE", true);
+            if h.state.compensation_plan.is_some() {
+                break;
+            }
+            assert!(h.fire_next_timer(), "the retry backoff fires");
+        }
+        let soft_limit = h.limit - h.limit / COMPENSATION_HEADROOM_DIVISOR;
+        assert!(h.history.len() as u64 <= soft_limit + MAX_EVENTS_PER_DECISION, "{} events", h.history.len());
+        while h.state.terminal.is_none() {
+            h.complete();
+        }
+        assert_eq!(h.state.status(), WorkflowStatus::Compensated);
+        assert!(h.history.len() as u64 <= h.limit);
     }
 
     #[derive(Debug, Clone)]
@@ -589,6 +657,7 @@ mod tests {
         for (i, event) in history.iter().enumerate() {
             assert_eq!(event.seq, i as u64 + 1, "contiguous sequence numbers");
         }
+        assert!(history.len() as u64 <= h.limit, "{} events over a limit of {}", history.len(), h.limit);
         let terminals = history.iter().filter(|e| e.kind.is_terminal()).count();
         assert!(terminals <= 1, "at most one terminal event");
         if terminals == 1 {
@@ -609,8 +678,12 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
         #[test]
-        fn random_inputs_never_break_history_invariants(actions in proptest::collection::vec(action(), 1..80)) {
+        fn random_inputs_never_break_history_invariants(
+            actions in proptest::collection::vec(action(), 1..80),
+            small_limit in proptest::option::of(10u64..60),
+        ) {
             let mut h = Harness::new(order());
+            h.limit = small_limit.unwrap_or(MAX_HISTORY);
             for action in actions {
                 match action {
                     Action::Complete => {

@@ -1,13 +1,7 @@
-//! The per-run history limit (`shop-engine --max-history-events N`), tested at its edge: a
-//! history never exceeds N events and a run that would is FAILED with the reason.
-//!
-//! Two tests here are KNOWN BUGS, ignored so the suite stays green until they are fixed; run
-//! them with `cargo test -p shop-tests --test limits -- --ignored`:
-//! - the engine fails a run while `MAX_EVENTS_PER_DECISION` (8) slots are still free
-//!   (`engine/src/decider.rs`, the check at the top of `decide`), so a run that needs exactly N
-//!   events never gets them: the limit is really N - 7;
-//! - a run failed by the limit keeps what its steps did: the stock it reserved stays reserved
-//!   for ever and no outcome notification is sent, against design.md section 7 (4) and (5).
+//! The per-run history limit (`shop-engine --max-history-events N`), tested at its edges: a
+//! run that needs exactly N events completes; a history never exceeds N events; a run still
+//! going forward at 3/4 of N compensates while there is room, so its stock is released and
+//! its customer told; a run that reaches N anyway is FAILED (needs attention) with the reason.
 
 use shop_tests::invariants::ORDER_CANCELLED;
 use shop_tests::{history_violations, order_body, EngineOptions, Stack, WorkerOptions, CONFIRMED};
@@ -42,7 +36,6 @@ async fn history_never_exceeds_the_limit_and_the_run_fails_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "KNOWN BUG (engine/src/decider.rs, decide): a run is failed with 8 slots still free below the limit"]
 async fn a_run_that_fits_the_limit_exactly_completes() {
     let stack = stack_with_limit(NORMAL_ORDER_EVENTS).await;
     let id = stack.api.place_order_ok(&order_body(None, &[(1, 1)], "CREDIT_CARD")).await;
@@ -51,16 +44,65 @@ async fn a_run_that_fits_the_limit_exactly_completes() {
     assert_eq!(stack.api.history(&id).await.len() as u64, NORMAL_ORDER_EVENTS);
 }
 
+/// The order saga with a charge that may be retried a hundred times, quickly: left to fail
+/// for ever, it would run past any history limit.
+const PATIENT_ORDER: &str = r#"
+name = "order"
+version = 2
+[statuses]
+running = "PENDING"
+completed = "CONFIRMED"
+compensated = "CANCELLED"
+failed = "FAILED"
+[[steps]]
+name = "reserve_stock"
+activity = "inventory.reserve"
+queue = "inventory"
+[[steps]]
+name = "charge_payment"
+activity = "payment.charge"
+queue = "payment"
+retry = { max_attempts = 100, initial_interval = "1ms", max_interval = "2ms" }
+[[steps]]
+name = "confirm_order"
+activity = "inventory.commit"
+queue = "inventory"
+pivot = true
+[[compensations]]
+step = "reserve_stock"
+activity = "inventory.release"
+queue = "inventory"
+[[compensations]]
+step = "charge_payment"
+activity = "payment.refund"
+queue = "payment"
+[[after_compensation]]
+name = "notify_cancelled"
+activity = "notification.send"
+queue = "notification"
+params = { kind = "ORDER_CANCELLED" }
+"#;
+/// Room for the patient order to retry past 3/4 of it and still compensate.
+const PATIENT_LIMIT: u64 = 80;
+
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "KNOWN BUG (engine): a run failed by the history limit leaves its reservation held and sends no notification"]
-async fn a_run_failed_by_the_limit_releases_its_stock_and_notifies() {
-    // The declined order fails for good at the charge, then needs room to compensate.
-    let stack = stack_with_limit(TIGHT_LIMIT).await;
+async fn a_run_retrying_past_three_quarters_of_the_limit_compensates_in_the_room_left() {
+    let worker = WorkerOptions { args: vec!["--payment-fail-next".into(), "1000".into()], ..WorkerOptions::default() };
+    let options = EngineOptions { max_history_events: Some(PATIENT_LIMIT), ..EngineOptions::default() };
+    let stack = Stack::start_with(options, worker).await;
+    let registered = stack.api.register_definition(PATIENT_ORDER).await;
+    assert!(registered.is_success(), "the patient order registers: {}", registered.message());
     let before = stack.admin.product(1).await;
-    let id = stack.api.place_order_ok(&order_body(None, &[(1, 2)], "DECLINED")).await;
-    stack.api.wait_order(&id).await;
+    let id = stack.api.place_order_ok(&order_body(None, &[(1, 2)], "CREDIT_CARD")).await;
+    let order = stack.api.wait_order(&id).await;
+    assert_eq!(order.status, "CANCELLED", "{:?}", order.reason);
+    assert!(order.reason.unwrap_or_default().contains("3/4 of its limit"));
+    let history = stack.api.history(&id).await;
+    assert!(history.len() as u64 <= PATIENT_LIMIT, "{} events over a limit of {PATIENT_LIMIT}", history.len());
+    assert_eq!(history_violations(&id, &history), Vec::<String>::new());
     let after = stack.admin.product(1).await;
     assert_eq!((after.stock, after.reserved), (before.stock, 0), "section 7 (4): no reservation left held");
     let kinds: Vec<String> = stack.admin.notifications_of(&id).await.into_iter().map(|n| n.kind).collect();
     assert_eq!(kinds, [ORDER_CANCELLED], "section 7 (5): exactly one outcome notification");
+    assert_eq!(stack.admin.payments_of(&id).await, vec![], "nothing charged");
 }

@@ -79,15 +79,21 @@ pub fn scan<T: DeserializeOwned>(db: &sled::Db, prefix: &[u8]) -> Result<Vec<T>,
 /// while the previous one ran (group commit). Callers never flush sled themselves: many
 /// concurrent flushes are slow on this disk, and sled 0.34's `flush_async` runs on sled's own
 /// small I/O pool, which concurrent callers can exhaust until the store deadlocks.
+///
+/// Dropping the flusher waits for its thread, which holds a handle to the store: once the
+/// domain is dropped, its store is closed and can be opened again at once.
 #[derive(Debug)]
 pub struct Flusher {
-    requests: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    requests: Option<std::sync::mpsc::Sender<FlushRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
+
+type FlushRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 impl Flusher {
     pub fn start(db: sled::Db, name: &str) -> Result<Flusher, Error> {
-        let (requests, pending) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<(), String>>>();
-        std::thread::Builder::new()
+        let (requests, pending) = std::sync::mpsc::channel::<FlushRequest>();
+        let thread = std::thread::Builder::new()
             .name(format!("{name}-flusher"))
             .spawn(move || {
                 // Ends when every handle to the flusher is dropped.
@@ -101,13 +107,24 @@ impl Flusher {
                 }
             })
             .map_err(|e| Error::Flush(e.to_string()))?;
-        Ok(Flusher { requests })
+        Ok(Flusher { requests: Some(requests), thread: Some(thread) })
     }
 
     pub async fn flush(&self) -> Result<(), Error> {
+        let stopped = || Error::Flush("the flusher has stopped".to_owned());
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.requests.send(reply).map_err(|_| Error::Flush("the flusher has stopped".to_owned()))?;
-        answer.await.map_err(|_| Error::Flush("the flusher has stopped".to_owned()))?.map_err(Error::Flush)
+        self.requests.as_ref().ok_or_else(stopped)?.send(reply).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?.map_err(Error::Flush)
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop; joining it drops its store handle.
+        self.requests.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
