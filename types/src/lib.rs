@@ -6,6 +6,7 @@
 //! types here are a compatibility boundary: change them on purpose, with a format version.
 
 pub mod api;
+pub mod audit;
 pub mod history;
 pub mod ids;
 pub mod json;
