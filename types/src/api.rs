@@ -227,12 +227,19 @@ pub struct TaskReport {
 #[serde(deny_unknown_fields)]
 pub struct ReportBatchRequest {
     pub reports: Vec<TaskReport>,
+    /// Poll for the next tasks in the same round trip, once the reports are recorded: a busy
+    /// worker then needs one request per batch instead of two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then_poll: Option<PollRequest>,
 }
 
-/// Results in the order of the reports: `None` accepted, `Some(error)` refused.
+/// Results in the order of the reports: `None` accepted, `Some(error)` refused; and the
+/// tasks of `then_poll`, if it was asked for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReportBatchResponse {
     pub results: Vec<Option<ErrorDetail>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<ActivityTask>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

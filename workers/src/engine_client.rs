@@ -6,8 +6,7 @@
 
 use reqwest::{StatusCode, Url};
 use shop_types::api::{
-    ActivityTask, ErrorBody, ErrorDetail, HeartbeatRequest, PollRequest, PollResponse, ReportBatchRequest,
-    ReportBatchResponse,
+    ActivityTask, ErrorBody, HeartbeatRequest, PollRequest, PollResponse, ReportBatchRequest, ReportBatchResponse,
 };
 use shop_types::{QueueName, TaskToken};
 use std::time::Duration;
@@ -107,11 +106,13 @@ impl EngineClient {
     }
 
     /// Reports a batch; one result per report, in order (`None` = accepted).
-    pub async fn report(&self, batch: &ReportBatchRequest) -> Result<Vec<Option<ErrorDetail>>, Error> {
+    /// With `batch.then_poll`, the answer also carries the next tasks of that queue.
+    pub async fn report(&self, batch: &ReportBatchRequest) -> Result<ReportBatchResponse, Error> {
+        let poll_wait = batch.then_poll.as_ref().map_or(Duration::ZERO, |p| Duration::from_millis(p.wait_ms));
         let response = self
             .http
             .post(self.report_url.clone())
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT + poll_wait)
             .json(batch)
             .send()
             .await
@@ -120,7 +121,7 @@ impl EngineClient {
         if body.results.len() != batch.reports.len() {
             return Err(Error::ResultCount { sent: batch.reports.len(), expected: body.results.len() });
         }
-        Ok(body.results)
+        Ok(body)
     }
 
     pub async fn heartbeat(&self, token: &TaskToken) -> Result<Heartbeat, Error> {

@@ -1,5 +1,6 @@
 //! The poll loops: each long-polls one task queue, runs the tasks it gets concurrently
-//! (heartbeating those that ask for it), and reports their outcomes in one batch.
+//! (heartbeating those that ask for it), and reports their outcomes in one batch that also
+//! asks for the next tasks.
 //!
 //! A loop never crashes on the engine's behalf: an unreachable or overloaded engine is
 //! retried with capped exponential backoff, and a report that cannot be delivered within its
@@ -11,7 +12,7 @@ use crate::activities::Activities;
 use crate::engine_client::{EngineClient, Heartbeat};
 use crate::shutdown::Shutdown;
 use crate::ErrorChain;
-use shop_types::api::{ActivityTask, ReportBatchRequest, TaskOutcome, TaskReport};
+use shop_types::api::{ActivityTask, PollRequest, ReportBatchRequest, TaskOutcome, TaskReport};
 use shop_types::limits::MAX_REPORTS_PER_BATCH;
 use shop_types::{QueueName, TaskToken};
 use std::sync::Arc;
@@ -24,6 +25,9 @@ use tracing::Instrument;
 pub const TASKS_PER_POLL: u32 = 16;
 /// How long one long-poll waits for a task (the engine's limit is 60 s).
 pub const POLL_WAIT: Duration = Duration::from_secs(20);
+/// How long the poll that rides on a report waits: short, so a loop that went idle soon
+/// falls back to a plain poll and a shutdown is never held up by a report's long-poll.
+pub const REPORT_POLL_WAIT: Duration = Duration::from_secs(1);
 /// The engine's code for a report or heartbeat on an attempt that is no longer current.
 pub const STALE_TASK: &str = "STALE_TASK";
 
@@ -81,7 +85,15 @@ pub struct Poller {
 impl Poller {
     pub async fn run(mut self) {
         let mut backoff = Backoff::new();
+        // Tasks handed out with the last report: a busy loop goes execute, report-and-poll,
+        // execute, ... at one request per batch.
+        let mut next_tasks: Vec<ActivityTask> = Vec::new();
         while !self.shutdown.is_triggered() {
+            if !next_tasks.is_empty() {
+                let reports = self.execute_all(std::mem::take(&mut next_tasks)).await;
+                next_tasks = self.report(reports).await;
+                continue;
+            }
             // Shutdown cancels a poll in flight. Should the engine have leased tasks in the
             // answer we drop, their leases expire and the engine retries them.
             let polled = tokio::select! {
@@ -94,10 +106,7 @@ impl Poller {
                     if failures > 0 {
                         tracing::info!(failures, "the engine answers polls again");
                     }
-                    if !tasks.is_empty() {
-                        let reports = self.execute_all(tasks).await;
-                        self.report(reports).await;
-                    }
+                    next_tasks = tasks;
                 }
                 Err(err) => {
                     // A refused poll is a bug on one side and is always worth an error line.
@@ -150,15 +159,26 @@ impl Poller {
         reports
     }
 
-    /// Delivers the reports, retrying transient failures within a budget.
-    async fn report(&self, reports: Vec<TaskReport>) {
-        for chunk in reports.chunks(MAX_REPORTS_PER_BATCH) {
-            let batch = ReportBatchRequest { reports: chunk.to_vec() };
-            self.report_batch(&batch).await;
+    /// Delivers the reports, retrying transient failures within a budget, and returns the
+    /// next tasks the engine handed out with them (none once shutdown has begun).
+    async fn report(&self, reports: Vec<TaskReport>) -> Vec<ActivityTask> {
+        let chunks: Vec<&[TaskReport]> = reports.chunks(MAX_REPORTS_PER_BATCH).collect();
+        let mut next_tasks = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let then_poll = (last && !self.shutdown.is_triggered()).then(|| PollRequest {
+                queue: self.queue.clone(),
+                worker_id: self.worker_id.to_string(),
+                max_tasks: TASKS_PER_POLL,
+                wait_ms: u64::try_from(REPORT_POLL_WAIT.as_millis()).unwrap_or(u64::MAX),
+            });
+            let batch = ReportBatchRequest { reports: chunk.to_vec(), then_poll };
+            next_tasks = self.report_batch(&batch).await;
         }
+        next_tasks
     }
 
-    async fn report_batch(&self, batch: &ReportBatchRequest) {
+    async fn report_batch(&self, batch: &ReportBatchRequest) -> Vec<ActivityTask> {
         let mut deadline = Instant::now() + REPORT_BUDGET;
         let mut backoff = Backoff::new();
         loop {
@@ -166,8 +186,8 @@ impl Poller {
                 deadline = deadline.min(Instant::now() + SHUTDOWN_REPORT_BUDGET);
             }
             match self.client.report(batch).await {
-                Ok(results) => {
-                    for (report, result) in batch.reports.iter().zip(results) {
+                Ok(answer) => {
+                    for (report, result) in batch.reports.iter().zip(answer.results) {
                         match result {
                             None => tracing::debug!(token = %report.token, "report accepted"),
                             Some(refusal) if refusal.code == STALE_TASK => {
@@ -181,7 +201,7 @@ impl Poller {
                             ),
                         }
                     }
-                    return;
+                    return answer.tasks;
                 }
                 Err(err) => {
                     let delay = backoff.next_delay();
@@ -191,7 +211,7 @@ impl Poller {
                             reports = batch.reports.len(),
                             "dropping undeliverable reports; the engine will time those attempts out and retry them"
                         );
-                        return;
+                        return Vec::new();
                     }
                     tracing::debug!(error = %ErrorChain(&err), ?delay, "report failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -202,7 +222,8 @@ impl Poller {
 }
 
 async fn execute_one(activities: Arc<Activities>, client: EngineClient, task: ActivityTask) -> TaskReport {
-    let span = tracing::info_span!(
+    // A debug span: at the default info level it costs nothing per task.
+    let span = tracing::debug_span!(
         "task",
         workflow_id = %task.workflow_id,
         step = %task.step_name,

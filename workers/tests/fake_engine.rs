@@ -73,7 +73,7 @@ async fn report(State(engine): State<Shared>, Json(batch): Json<ReportBatchReque
         })
         .collect();
     engine.reports.extend(batch.reports);
-    Json(ReportBatchResponse { results })
+    Json(ReportBatchResponse { results, tasks: Vec::new() })
 }
 
 async fn heartbeat(State(engine): State<Shared>, Json(_): Json<HeartbeatRequest>) -> StatusCode {

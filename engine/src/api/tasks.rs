@@ -8,8 +8,8 @@ use crate::core::{Command, CoreError};
 use axum::extract::State;
 use axum::Json;
 use shop_types::api::{
-    CompleteRequest, ErrorDetail, FailRequest, HeartbeatRequest, PollRequest, PollResponse, ReportBatchRequest,
-    ReportBatchResponse, TaskOutcome, TaskReport,
+    ActivityTask, CompleteRequest, ErrorDetail, FailRequest, HeartbeatRequest, PollRequest, PollResponse,
+    ReportBatchRequest, ReportBatchResponse, TaskOutcome, TaskReport,
 };
 use shop_types::limits::{MAX_ID_LEN, MAX_REPORTS_PER_BATCH, MAX_TASKS_PER_POLL, MAX_WAIT_MS};
 use std::time::Duration;
@@ -21,6 +21,10 @@ pub(crate) async fn poll(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PollRequest>,
 ) -> Result<Json<PollResponse>, ApiError> {
+    Ok(Json(PollResponse { tasks: poll_tasks(&state, request).await? }))
+}
+
+fn check_poll(request: &PollRequest) -> Result<(), ApiError> {
     if !(1..=MAX_TASKS_PER_POLL).contains(&request.max_tasks) {
         return Err(ApiError::invalid(format!("max_tasks must be between 1 and {MAX_TASKS_PER_POLL}")));
     }
@@ -30,6 +34,12 @@ pub(crate) async fn poll(
     if request.worker_id.is_empty() || request.worker_id.len() > MAX_ID_LEN {
         return Err(ApiError::invalid(format!("worker_id must be 1 to {MAX_ID_LEN} bytes")));
     }
+    Ok(())
+}
+
+/// Long-polls one queue: answers as soon as a task is ready, or empty after `wait_ms`.
+async fn poll_tasks(state: &AppState, request: PollRequest) -> Result<Vec<ActivityTask>, ApiError> {
+    check_poll(&request)?;
     let deadline_ms = SystemClock.now_ms() + request.wait_ms;
     let call = state.core.call(|reply| Command::Poll {
         queue: request.queue,
@@ -38,11 +48,10 @@ pub(crate) async fn poll(
         deadline_ms,
         reply,
     });
-    let tasks = match tokio::time::timeout(Duration::from_millis(request.wait_ms) + POLL_GRACE, call).await {
-        Ok(tasks) => tasks?,
-        Err(_) => Vec::new(),
-    };
-    Ok(Json(PollResponse { tasks }))
+    match tokio::time::timeout(Duration::from_millis(request.wait_ms) + POLL_GRACE, call).await {
+        Ok(tasks) => Ok(tasks?),
+        Err(_) => Ok(Vec::new()),
+    }
 }
 
 async fn report_one(state: &AppState, report: TaskReport) -> Result<Json<serde_json::Value>, ApiError> {
@@ -75,7 +84,8 @@ pub(crate) async fn heartbeat(
     Ok(Json(serde_json::json!({})))
 }
 
-/// Many reports in one request and one commit; each gets its own verdict.
+/// Many reports in one request and one commit; each gets its own verdict. With `then_poll`
+/// the same request then long-polls for the next tasks.
 pub(crate) async fn report(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ReportBatchRequest>,
@@ -83,7 +93,15 @@ pub(crate) async fn report(
     if request.reports.len() > MAX_REPORTS_PER_BATCH {
         return Err(ApiError::invalid(format!("at most {MAX_REPORTS_PER_BATCH} reports per batch")));
     }
+    // Refuse a bad poll before recording anything, so a 422 means nothing happened.
+    if let Some(poll) = &request.then_poll {
+        check_poll(poll)?;
+    }
     let results = state.core.call(|reply| Command::Report { reports: request.reports, reply }).await?;
+    let tasks = match request.then_poll {
+        Some(poll) => poll_tasks(&state, poll).await?,
+        None => Vec::new(),
+    };
     let results = results
         .into_iter()
         .map(|result| {
@@ -93,5 +111,5 @@ pub(crate) async fn report(
             })
         })
         .collect();
-    Ok(Json(ReportBatchResponse { results }))
+    Ok(Json(ReportBatchResponse { results, tasks }))
 }
