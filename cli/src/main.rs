@@ -1,6 +1,7 @@
 //! `shopctl`: the command line of shop-engine. It places and inspects orders, inspects and
 //! steers workflow runs and definitions, reads the shop workers' data, runs a local stack
-//! (`dev`), runs the showcase (`demo`) and measures the engine (`bench`).
+//! (`dev`), runs the showcase (`demo`), measures the engine (`bench`) and audits a running
+//! system (`verify`).
 //!
 //! It is a thin client: every fact comes from the engine's HTTP API or a worker's admin API,
 //! and it never reads their data directories. Data goes to stdout, everything else to
@@ -17,7 +18,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{
     bench::BenchArgs, definition::DefinitionCommand, demo::DemoArgs, dev::DevArgs, notifications::NotificationsCommand,
-    order::OrderCommand, payments::PaymentsCommand, stock::StockCommand, workflow::WorkflowCommand, Context,
+    order::OrderCommand, payments::PaymentsCommand, stock::StockCommand, verify::VerifyArgs, workflow::WorkflowCommand,
+    Context,
 };
 use std::process::ExitCode;
 
@@ -66,6 +68,8 @@ enum Command {
     Demo(DemoArgs),
     /// Measure sagas per second and latency on a fresh stack, then verify every order.
     Bench(BenchArgs),
+    /// Audit a running system against the invariants: nothing lost, nothing doubled.
+    Verify(VerifyArgs),
 }
 
 #[tokio::main]
@@ -105,6 +109,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Dev(args) => commands::dev::run(args).await,
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Bench(args) => commands::bench::run(args).await,
+        Command::Verify(args) => commands::verify::run(args, &cli.engine, &cli.worker, cli.json).await,
     }
 }
 

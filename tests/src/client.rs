@@ -266,7 +266,8 @@ impl Admin {
         Admin { http: client(), base: base.trim_end_matches('/').to_owned() }
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    /// `GET path`, parsed as `T`; any answer but 200 is an error.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let response = self.http.get(format!("{}{path}", self.base)).send().await?;
         let reply = Reply::read(response).await?;
         if reply.status != 200 {

@@ -15,7 +15,9 @@ pub mod invariants;
 pub mod process;
 
 pub use client::{order_body, Admin, Api, Reply, CANCELLED, CONFIRMED, PENDING};
-pub use invariants::{assert_invariants, assert_no_violations, check_invariants, history_violations, PlacedOrder};
+pub use invariants::{
+    assert_invariants, assert_no_violations, audit_stack, check_invariants, history_violations, Admins, PlacedOrder,
+};
 pub use process::{Engine, EngineOptions, Worker, WorkerOptions};
 
 use shop_types::api::HistoryEventView;

@@ -199,7 +199,7 @@ struct Order<'a> {
 impl Order<'_> {
     /// `(productId, quantity)` summed per product, as the inventory reserves them.
     fn quantities(&self) -> BTreeMap<i64, i64> {
-        self.input.as_ref().map(|input| quantities(input)).unwrap_or_default()
+        self.input.as_ref().map(quantities).unwrap_or_default()
     }
 }
 

@@ -11,6 +11,7 @@
 //!
 //! It never asserts a timing: it measures and reports.
 
+use super::verify::{self, Domains};
 use crate::client::{Client, Service};
 use crate::output;
 use crate::stack::{free_loopback_addr, ChildOutput, Stack, StackOptions, WorkerLayout};
@@ -19,8 +20,8 @@ use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
-use shop_types::order::{NotificationEntry, OrderItem, PaymentEntry, Product, SetStockRequest};
-use std::collections::HashMap;
+use shop_types::audit::{self, InitialStock, Options};
+use shop_types::order::{OrderItem, Product, SetStockRequest};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -118,7 +119,6 @@ enum Expected {
 struct PlannedOrder {
     id: String,
     body: Vec<u8>,
-    items: Vec<OrderItem>,
     expected: Expected,
 }
 
@@ -159,7 +159,7 @@ fn plan_orders(count: usize, mix: Mix, seed: u64) -> Result<Vec<PlannedOrder>> {
                 "paymentMethod": payment_method,
             }))
             .context("cannot encode an order")?;
-            Ok(PlannedOrder { id, body, items, expected })
+            Ok(PlannedOrder { id, body, expected })
         })
         .collect()
 }
@@ -217,7 +217,6 @@ struct Report {
 
 /// One order's measured life.
 struct Sample {
-    index: usize,
     start_us: u64,
     e2e_us: u64,
     status: String,
@@ -272,13 +271,6 @@ async fn measure(
 ) -> Result<Report> {
     let Target { engine, engine_url, engine_pid, inventory, payments, notifications } = target;
     stock_catalog(inventory).await?;
-    let prices: HashMap<i64, i64> = inventory
-        .get::<Vec<Product>>(Service::Worker, &["stock"], &[])
-        .await?
-        .body
-        .into_iter()
-        .map(|p| (p.product_id, p.price_cents))
-        .collect();
 
     let planned = Arc::new(plan_orders(count, args.mix, args.seed)?);
     let http = reqwest::Client::builder()
@@ -304,7 +296,7 @@ async fn measure(
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 let Some(order) = planned.get(index) else { break };
-                samples.push(drive_one(&http, &engine_url, index, order).await?);
+                samples.push(drive_one(&http, &engine_url, order).await?);
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, anyhow::Error>(samples)
@@ -326,7 +318,9 @@ async fn measure(
         start_us.record(sample.start_us.max(1)).context("latency out of range")?;
         e2e_us.record(sample.e2e_us.max(1)).context("latency out of range")?;
     }
-    let violations = verify(&planned, &samples, &prices, inventory, payments, notifications).await?;
+    let domains =
+        Domains { inventory: inventory.clone(), payment: payments.clone(), notification: notifications.clone() };
+    let violations = verify(&planned, &samples, engine, &domains).await?;
     let engine_peak_rss_mb = engine_pid.and_then(peak_rss_kib).map(|kib| kib as f64 / 1024.0);
     let disk_bytes = disk_usage(&data_dir.join("engine"));
     let seconds = elapsed.as_secs_f64();
@@ -374,7 +368,7 @@ async fn stock_catalog(inventory: &Client) -> Result<()> {
 }
 
 /// Places one order and waits for its final state, timing both.
-async fn drive_one(http: &reqwest::Client, engine_url: &str, index: usize, order: &PlannedOrder) -> Result<Sample> {
+async fn drive_one(http: &reqwest::Client, engine_url: &str, order: &PlannedOrder) -> Result<Sample> {
     let deadline = Instant::now() + ORDER_DEADLINE;
     let begun = Instant::now();
     let place_url = format!("{engine_url}api/orders");
@@ -407,7 +401,7 @@ async fn drive_one(http: &reqwest::Client, engine_url: &str, index: usize, order
         }
         let view: OrderStatus = serde_json::from_slice(&bytes).context("an order in an unexpected shape")?;
         if view.status != "PENDING" {
-            return Ok(Sample { index, start_us, e2e_us: micros(begun.elapsed()), status: view.status });
+            return Ok(Sample { start_us, e2e_us: micros(begun.elapsed()), status: view.status });
         }
         if Instant::now() > deadline {
             bail!("order {} is still PENDING after {}", order.id, output::duration(ORDER_DEADLINE));
@@ -430,84 +424,31 @@ async fn show_progress(done: Arc<AtomicUsize>, total: usize, started: Instant) {
     }
 }
 
-/// Checks every order's outcome and the shop's invariants (design.md section 7, items 2-5)
-/// against the workers' own data. Returns how many violations it found, printing them.
-async fn verify(
-    planned: &[PlannedOrder],
-    samples: &[Sample],
-    prices: &HashMap<i64, i64>,
-    inventory: &Client,
-    payments: &Client,
-    notifications: &Client,
-) -> Result<usize> {
+/// Checks every order's outcome and the shop's invariants (design.md section 7, items 1-6)
+/// with the shared checker, against the engine's runs and histories and the workers' own
+/// data. Returns how many violations it found, printing them.
+async fn verify(planned: &[PlannedOrder], samples: &[Sample], engine: &Client, domains: &Domains) -> Result<usize> {
     let mut violations = Vec::new();
     if samples.len() != planned.len() {
         violations.push(format!("{} orders planned, {} finished", planned.len(), samples.len()));
     }
-    let mut confirmed_units: HashMap<i64, i64> = HashMap::new();
-    let mut expected_net: HashMap<&str, i64> = HashMap::new();
-    for sample in samples {
-        let order = &planned[sample.index];
-        let want = if order.expected == Expected::Confirmed { "CONFIRMED" } else { "CANCELLED" };
-        if sample.status != want {
-            violations.push(format!("order {} is {}, expected {want}", order.id, sample.status));
-        }
-        let mut total = 0;
-        if sample.status == "CONFIRMED" {
-            for item in &order.items {
-                *confirmed_units.entry(item.product_id).or_default() += item.quantity;
-                total += item.quantity * prices.get(&item.product_id).copied().unwrap_or_default();
-            }
-        }
-        expected_net.insert(order.id.as_str(), total);
-    }
-
-    let stock = inventory.get::<Vec<Product>>(Service::Worker, &["stock"], &[]).await?.body;
-    for product in &stock {
-        let initial = match product.product_id {
-            EMPTY_PRODUCT => 0,
-            id if (1..=CATALOG_PRODUCTS).contains(&id) => CATALOG_UNITS,
-            _ => continue,
-        };
-        let want = initial - confirmed_units.get(&product.product_id).copied().unwrap_or_default();
-        if product.stock != want || product.reserved != 0 {
-            violations.push(format!(
-                "product {}: {} in stock and {} reserved, expected {want} and 0",
-                product.product_id, product.stock, product.reserved
-            ));
-        }
-    }
-
-    let ledger = payments.get::<Vec<PaymentEntry>>(Service::Worker, &["payments"], &[]).await?.body;
-    let mut net: HashMap<&str, (i64, u32)> = HashMap::new();
-    for entry in &ledger {
-        let slot = net.entry(entry.order_id.as_str()).or_default();
-        match entry.kind.as_str() {
-            "charge" => {
-                slot.0 += entry.amount_cents;
-                slot.1 += 1;
-            }
-            _ => slot.0 -= entry.amount_cents,
-        }
-    }
-    for (order_id, want) in &expected_net {
-        let (got, charges) = net.get(order_id).copied().unwrap_or_default();
-        if got != *want || charges > 1 {
-            violations.push(format!("order {order_id}: net charged {got} in {charges} charge(s), expected {want}"));
-        }
-    }
-
-    let outbox = notifications.get::<Vec<NotificationEntry>>(Service::Worker, &["notifications"], &[]).await?.body;
-    let mut per_order: HashMap<&str, u32> = HashMap::new();
-    for entry in &outbox {
-        *per_order.entry(entry.order_id.as_str()).or_default() += 1;
-    }
-    for order in planned {
-        let sent = per_order.get(order.id.as_str()).copied().unwrap_or_default();
-        if sent != 1 {
-            violations.push(format!("order {}: {sent} notifications, expected exactly 1", order.id));
-        }
-    }
+    let expected = planned
+        .iter()
+        .map(|order| {
+            let outcome = match order.expected {
+                Expected::Confirmed => audit::Expected::Confirmed,
+                Expected::OutOfStock | Expected::Declined => audit::Expected::Cancelled,
+            };
+            (order.id.clone(), outcome)
+        })
+        .collect();
+    let initial = (1..=EMPTY_PRODUCT)
+        .map(|product_id| (product_id, if product_id == EMPTY_PRODUCT { 0 } else { CATALOG_UNITS }))
+        .collect();
+    let options =
+        Options { initial_stock: InitialStock::Known(initial), expected: Some(expected), allow_running: false };
+    let found = audit::audit(&verify::snapshot(engine, domains).await?, &options);
+    violations.extend(found.violations.iter().map(ToString::to_string));
 
     for violation in violations.iter().take(VIOLATIONS_SHOWN) {
         output::note(&format!("violation: {violation}"));
@@ -550,6 +491,7 @@ fn disk_usage(dir: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shop_types::order::PlaceOrderRequest;
 
     #[test]
     fn the_mix_must_add_up() {
@@ -568,10 +510,10 @@ mod tests {
             (count(Expected::Confirmed), count(Expected::OutOfStock), count(Expected::Declined)),
             (800, 100, 100)
         );
-        assert!(plan
-            .iter()
-            .filter(|o| o.expected == Expected::OutOfStock)
-            .all(|o| o.items[0].product_id == EMPTY_PRODUCT));
+        for order in plan.iter().filter(|o| o.expected == Expected::OutOfStock) {
+            let request: PlaceOrderRequest = serde_json::from_slice(&order.body)?;
+            assert_eq!(request.order_items[0].product_id, EMPTY_PRODUCT);
+        }
         let again = plan_orders(1000, mix, 7)?;
         assert!(plan.iter().zip(&again).all(|(a, b)| a.body == b.body));
         Ok(())

@@ -12,6 +12,7 @@ pub mod notifications;
 pub mod order;
 pub mod payments;
 pub mod stock;
+pub mod verify;
 pub mod workflow;
 
 use crate::client::{Client, Reply};
