@@ -2,8 +2,10 @@
 //!
 //! It runs on its own thread and takes commands from a bounded channel. Each turn it fires
 //! due timers, drains up to [`MAX_COMMANDS_PER_COMMIT`] commands, lets the decider turn each
-//! into events, writes all of that turn's events in ONE atomic sled batch, flushes it once
-//! (group commit), and only then answers the callers and hands tasks to workers.
+//! into events, and applies all of that turn's events in ONE atomic sled batch. A second
+//! thread, the syncer, makes applied batches durable (one flush for every batch applied
+//! since its last one: group commit) and only then answers the callers and hands tasks to
+//! workers. So the core decides the next turn while the disk syncs the last.
 //!
 //! Architecture invariants: nothing is acknowledged before its write is durable; no other
 //! task writes workflow state; timers and ready tasks are derived from run states, never
@@ -174,12 +176,37 @@ struct ParkedPoll {
     reply: oneshot::Sender<Vec<ActivityTask>>,
 }
 
+/// An answer to send once what its turn applied is durable.
+type Reply = Box<dyn FnOnce() + Send>;
+
+/// Turns waiting for the syncer at most; the core blocks beyond it (the disk is the limit).
+const SYNC_QUEUE_CAPACITY: usize = 64;
+
 /// What one turn writes and whom it answers once that write is durable.
 #[derive(Default)]
 struct Turn {
     batch: WriteBatch,
-    replies: Vec<Box<dyn FnOnce() + Send>>,
+    replies: Vec<Reply>,
     queues_with_new_tasks: HashSet<QueueName>,
+}
+
+/// The syncer: takes the answers of applied turns, makes everything applied so far durable
+/// with one sync, then sends them. Ends when the core drops its sender.
+fn sync_loop(store: &Store, stats: &Stats, turns: &Receiver<Vec<Reply>>) {
+    while let Ok(first) = turns.recv() {
+        let mut replies = first;
+        for more in turns.try_iter() {
+            replies.extend(more);
+        }
+        if let Err(error) = store.sync() {
+            tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
+            std::process::exit(70);
+        }
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        for reply in replies {
+            reply();
+        }
+    }
 }
 
 impl Turn {
@@ -201,6 +228,8 @@ pub struct Core {
     parked_count: usize,
     watcher_count: usize,
     shutting_down: bool,
+    /// Where applied turns go to be made durable and answered; set while `run` runs.
+    syncer: Option<SyncSender<Vec<Reply>>>,
 }
 
 impl Core {
@@ -227,6 +256,7 @@ impl Core {
             parked_count: 0,
             watcher_count: 0,
             shutting_down: false,
+            syncer: None,
         };
         let now = core.clock.now_ms();
         let ids: Vec<WorkflowId> = core.store.active_ids().collect::<Result<_, _>>()?;
@@ -273,6 +303,18 @@ impl Core {
 
     /// The core's loop; returns when every handle is dropped.
     pub fn run(mut self, commands: Receiver<Command>) {
+        let (to_syncer, synced) = std::sync::mpsc::sync_channel::<Vec<Reply>>(SYNC_QUEUE_CAPACITY);
+        let store = self.store.clone();
+        let stats = self.stats.clone();
+        let syncer = std::thread::Builder::new().name("syncer".into()).spawn(move || sync_loop(&store, &stats, &synced));
+        let syncer = match syncer {
+            Ok(handle) => handle,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the syncer thread; exiting");
+                std::process::exit(70);
+            }
+        };
+        self.syncer = Some(to_syncer);
         loop {
             let now = self.clock.now_ms();
             let wait = self
@@ -304,6 +346,9 @@ impl Core {
             self.stats.commands.fetch_add(handled as u64, Ordering::Relaxed);
             self.commit(turn);
         }
+        // Closing the channel lets the syncer make the last batches durable and answer them.
+        self.syncer = None;
+        let _ = syncer.join();
         tracing::info!("core stopped");
     }
 
@@ -319,21 +364,29 @@ impl Core {
     fn commit(&mut self, turn: Turn) {
         if !turn.batch.is_empty() {
             let events = turn.batch.len() as u64;
-            if let Err(error) = self.store.commit(turn.batch) {
-                // The in-memory state is ahead of what is durable; serving it would break
-                // "nothing acknowledged is lost". Exit without answering: restart recovers
-                // from what is on disk.
-                tracing::error!(%error, "commit failed; exiting so recovery starts from the durable state");
+            if let Err(error) = self.store.apply(turn.batch) {
+                // The in-memory state is ahead of what the store holds; serving it would
+                // break "nothing acknowledged is lost". Exit without answering: restart
+                // recovers from what is on disk.
+                tracing::error!(%error, "applying a batch failed; exiting so recovery starts from the durable state");
                 std::process::exit(70);
             }
-            self.stats.commits.fetch_add(1, Ordering::Relaxed);
             self.stats.events.fetch_add(events, Ordering::Relaxed);
         }
         self.stats.active.store(self.runs.len() as u64, Ordering::Relaxed);
         let ready: usize = self.ready.values().map(VecDeque::len).sum();
         self.stats.ready_tasks.store(ready as u64, Ordering::Relaxed);
-        for reply in turn.replies {
-            reply();
+        if turn.replies.is_empty() {
+            return;
+        }
+        // Even a turn that wrote nothing waits its turn at the syncer: its answers may rest on
+        // state an earlier turn applied and has not yet made durable.
+        let Some(syncer) = &self.syncer else {
+            return;
+        };
+        if syncer.send(turn.replies).is_err() {
+            tracing::error!("the syncer has stopped; exiting so recovery starts from the durable state");
+            std::process::exit(70);
         }
     }
 

@@ -88,7 +88,19 @@ impl Store {
 
     /// Applies `batch` atomically and returns once it is durable.
     pub fn commit(&self, batch: WriteBatch) -> Result<(), Error> {
-        self.tree.apply_batch(batch.batch)?;
+        self.apply(batch)?;
+        self.sync()
+    }
+
+    /// Applies `batch` atomically, in memory: readers see it, but it is not durable until
+    /// a later [`Store::sync`] returns.
+    pub fn apply(&self, batch: WriteBatch) -> Result<(), Error> {
+        Ok(self.tree.apply_batch(batch.batch)?)
+    }
+
+    /// Makes everything applied so far durable: sled's flush, then `fdatasync` of its log
+    /// when power-safe. sled writes its log in order, so one sync covers every earlier apply.
+    pub fn sync(&self) -> Result<(), Error> {
         self.db.flush()?;
         if let Some(file) = &self.log_file {
             file.sync_data().map_err(Error::Sync)?;
