@@ -4,12 +4,15 @@
 //! change the path), timeouts, and the single function that turns a failed exchange into a
 //! one-line reason a user can act on. It must never print anything or decide how an answer
 //! is shown: it hands back both the typed answer and the raw JSON, and the commands choose.
+//! A token given with [`Client::with_token`] goes to the engine only (as a sensitive
+//! `Authorization: Bearer` header), never to a worker's admin API.
 
 use anyhow::{anyhow, Context as _, Result};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shop_types::api::ErrorBody;
+use shop_types::auth::BearerToken;
 use std::time::Duration;
 
 /// How long to wait for a TCP connection: on loopback a refused or silent port shows at once,
@@ -61,6 +64,8 @@ pub struct Client {
     http: reqwest::Client,
     engine: Url,
     worker: Url,
+    /// `Authorization` for engine requests, when a token was given.
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl Client {
@@ -74,7 +79,22 @@ impl Client {
             http,
             engine: parse_base(engine).context("bad --engine address")?,
             worker: parse_base(worker).context("bad --worker address")?,
+            authorization: None,
         })
+    }
+
+    /// Sends `token` with every engine request.
+    pub fn with_token(mut self, token: Option<&BearerToken>) -> Result<Self> {
+        self.authorization = match token {
+            Some(token) => {
+                let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| anyhow!("the token cannot be sent in an HTTP header"))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        Ok(self)
     }
 
     pub fn base(&self, service: Service) -> &Url {
@@ -142,7 +162,10 @@ impl Client {
     ) -> Result<Reply<T>> {
         let url = build_url(self.base(service), segments, query)?;
         tracing::debug!(%method, %url, "request");
-        let request = self.http.request(method.clone(), url.clone()).timeout(timeout);
+        let mut request = self.http.request(method.clone(), url.clone()).timeout(timeout);
+        if let (Service::Engine, Some(authorization)) = (service, &self.authorization) {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization.clone());
+        }
         let request = match body {
             Body::Empty => request,
             Body::Json(value) => request.json(&value),
@@ -191,6 +214,14 @@ fn explain(
         return Ok((status, bytes));
     }
     match serde_json::from_slice::<ErrorBody>(&bytes) {
+        // The one refusal whose fix is not in the message: say where a credential comes from.
+        Ok(ErrorBody { error }) if status == StatusCode::UNAUTHORIZED => Err(anyhow!(
+            "{what} refused {method} {}: {} {}: {} (pass --token or set SHOP_TOKEN)",
+            url.path(),
+            status.as_u16(),
+            error.code,
+            error.message
+        )),
         Ok(ErrorBody { error }) => Err(anyhow!(
             "{what} refused {method} {}: {} {}: {}",
             url.path(),

@@ -6,6 +6,10 @@
 //! dies, and stopping both: SIGTERM, a grace period, then SIGKILL. It must never leave a
 //! child running behind it: every child is also killed when its handle is dropped, so an
 //! early return or a panic cannot orphan one.
+//!
+//! The engine runs `--open` (no authentication, which it allows on loopback only) and
+//! without rate limits: a local stack is for development, demos and measurements, whose
+//! numbers a limit would distort. The user is told so at start.
 
 use crate::client::{Client, Service};
 use crate::output;
@@ -23,6 +27,9 @@ const WORKER_BINARY: &str = "shop-worker";
 const ALL_ACTIVITIES: &str = "inventory,payment,notification";
 /// The shop's domains, each served by its own process in the per-domain layout.
 pub const DOMAINS: [&str; 3] = ["inventory", "payment", "notification"];
+/// Engine flags of every local stack, before the caller's `engine_args` (the engine takes the
+/// last value of a flag given twice, so a caller can still set a rate limit).
+const LOCAL_ENGINE_ARGS: [&str; 3] = ["--open", "--rate-limit", "off"];
 /// The definition the stack runs when no workflows directory is given or found.
 const EMBEDDED_ORDER_DEFINITION: &str = include_str!("../../workflows/order.toml");
 
@@ -99,6 +106,7 @@ impl Stack {
         let client = Client::new(&engine_url, &worker_url)?;
 
         output::note(&format!("starting {ENGINE_BINARY} on {engine_url} (workflows from {})", workflows.display()));
+        output::note("the engine runs open: no authentication, no rate limit, loopback only");
         let mut engine = Process::spawn(
             ENGINE_BINARY,
             Command::new(&engine_binary)
@@ -108,6 +116,7 @@ impl Stack {
                 .arg(options.engine_listen.to_string())
                 .arg("--workflows")
                 .arg(&workflows)
+                .args(LOCAL_ENGINE_ARGS)
                 .args(&options.engine_args),
             options,
         )?;

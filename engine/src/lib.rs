@@ -6,21 +6,28 @@
 //! workflows, steps, activities, queues and timers, and nothing about orders beyond the thin
 //! seed-compatible order API in `api::orders`.
 //!
+//! Every request but `/healthz` needs a credential (an API token or a JWT) unless the engine
+//! runs `--open`, which it only does on a loopback address.
+//!
 //! Start-up: open the store, load and register definitions, replay in-flight runs, start the
 //! core thread, serve HTTP. Shutdown: stop accepting, release parked polls, drain requests,
 //! stop the core (which finishes its last commit).
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod codec;
 pub mod core;
 pub mod decider;
 pub mod definition;
+pub mod rate_limit;
 pub mod registry;
 pub mod state;
 pub mod store;
 
+use crate::auth::{AuthOptions, Authenticator};
 use crate::core::{Command, Core, Limits};
+use crate::rate_limit::{RateLimit, RateLimiter};
 use crate::registry::Registry;
 use crate::store::{Durability, Store, WriteBatch};
 use std::net::SocketAddr;
@@ -35,6 +42,9 @@ pub struct EngineOptions {
     pub workflows_dir: Option<PathBuf>,
     pub durability: Durability,
     pub limits: Limits,
+    pub auth: AuthOptions,
+    /// Requests per caller; `None` turns limits off.
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +65,13 @@ pub enum Error {
     Serve(std::io::Error),
     #[error("the core thread could not start: {0}")]
     CoreThread(std::io::Error),
+    #[error(
+        "--open accepts every request without a credential and is refused on {0}, which is not a loopback \
+         address: listen on 127.0.0.1 (or ::1), or drop --open and use tokens"
+    )]
+    OpenNotLoopback(SocketAddr),
+    #[error("authentication setup failed: {0}")]
+    Auth(#[from] auth::Error),
 }
 
 /// Runs the engine until `shutdown` resolves.
@@ -62,6 +79,11 @@ pub async fn serve(
     options: EngineOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    // Checked before anything is opened: an engine reachable from other hosts must never
+    // serve without authentication, not even for a moment.
+    if options.auth.open && !options.listen.ip().is_loopback() {
+        return Err(Error::OpenNotLoopback(options.listen));
+    }
     std::fs::create_dir_all(&options.data_dir)
         .map_err(|e| Error::OpenStore { dir: options.data_dir.clone(), source: store::Error::Sync(e) })?;
     let store = Arc::new(
@@ -70,6 +92,7 @@ pub async fn serve(
     );
     let registry = Arc::new(RwLock::new(load_definitions(&store, options.workflows_dir.as_deref())?));
     let clock: Arc<dyn clock::Clock> = Arc::new(clock::SystemClock);
+    let auth = Arc::new(Authenticator::new(&options.auth, store.clone(), clock.clone())?);
     let (core, handle, commands) = Core::recover(store.clone(), registry.clone(), clock, options.limits)?;
     let core_thread =
         std::thread::Builder::new().name("core".into()).spawn(move || core.run(commands)).map_err(Error::CoreThread)?;
@@ -79,10 +102,33 @@ pub async fn serve(
         .map_err(|source| Error::Listen { addr: options.listen, source })?;
     let local = listener.local_addr().map_err(|source| Error::Listen { addr: options.listen, source })?;
     tracing::info!(listen = %local, data_dir = %options.data_dir.display(), durability = options.durability.as_str(), "engine serving");
+    if !options.auth.open && options.auth.admin_token_file.is_none() && options.auth.jwt_secret_file.is_none() {
+        tracing::warn!(
+            "no --admin-token-file or --jwt-secret-file: only tokens created before are accepted; \
+             start with --admin-token-file PATH to get an admin token"
+        );
+    }
+    if options.auth.open {
+        tracing::warn!("**************************************************************");
+        tracing::warn!("running OPEN: no authentication; loopback only ({local})");
+        tracing::warn!("**************************************************************");
+    }
+    match options.rate_limit {
+        Some(limit) => tracing::info!(%limit, "rate limit per caller (worker credentials are exempt)"),
+        None => tracing::info!("rate limits are off"),
+    }
 
-    let app = api::app(api::AppState { core: handle.clone(), store, registry, durability: options.durability });
+    let app = api::app(api::AppState {
+        core: handle.clone(),
+        store,
+        registry,
+        durability: options.durability,
+        auth,
+        rate_limiter: options.rate_limit.map(|limit| Arc::new(RateLimiter::new(limit))),
+    });
     let shutdown_handle = handle.clone();
-    let result = axum::serve(listener, app)
+    // The peer address keys the rate limit of an open engine, where nobody is identified.
+    let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: releasing long polls and draining requests");

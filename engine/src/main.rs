@@ -3,7 +3,9 @@
 
 use anyhow::Context;
 use clap::Parser;
+use shop_engine::auth::AuthOptions;
 use shop_engine::core::Limits;
+use shop_engine::rate_limit::{RateLimit, RateSetting};
 use shop_engine::store::Durability;
 use shop_engine::EngineOptions;
 use std::net::SocketAddr;
@@ -13,13 +15,16 @@ use std::path::PathBuf;
 #[command(
     name = "shop-engine",
     version,
-    about = "Durable workflow engine: histories in sled, task queues, timers, HTTP API"
+    about = "Durable workflow engine: histories in sled, task queues, timers, HTTP API",
+    // A flag given twice takes its last value, so a wrapper's defaults can be overridden.
+    args_override_self = true
 )]
 struct Args {
     /// Where the history store lives (created if missing).
     #[arg(long, default_value = "./shop-data/engine")]
     data_dir: PathBuf,
-    /// Address of the HTTP API. Binds to loopback unless told otherwise.
+    /// Address of the HTTP API. Binds to loopback unless told otherwise; any other address
+    /// requires authentication (`--open` is refused there).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Folder of workflow definitions (`*.toml`) to load and register at start.
@@ -34,6 +39,24 @@ struct Args {
     /// Runs in flight at most; starts beyond it get 503.
     #[arg(long, default_value_t = Limits::default().max_active_workflows)]
     max_active_workflows: usize,
+    /// Accept every request without a credential. Only on a loopback `--listen`; for
+    /// `shopctl dev`, `demo`, `bench` and tests.
+    #[arg(long)]
+    open: bool,
+    /// An admin token: read from this file, or created in it (mode 0600) if it does not
+    /// exist, so the first admin can create the other tokens.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// A file holding the HS256 key of accepted JWTs (claims: `role`, `queues`, `exp`).
+    #[arg(long)]
+    jwt_secret_file: Option<PathBuf>,
+    /// Requests per credential (per client IP when open): `N/s`, `N/m`, `N/h` or `off`.
+    /// Worker credentials are exempt.
+    #[arg(long, default_value = "1000/s")]
+    rate_limit: RateSetting,
+    /// Requests a caller may make at once above the rate; default: one period's worth.
+    #[arg(long)]
+    rate_burst: Option<u32>,
 }
 
 #[tokio::main]
@@ -56,6 +79,17 @@ async fn main() -> anyhow::Result<()> {
             max_history_events: args.max_history_events,
             max_active_workflows: args.max_active_workflows,
             ..Limits::default()
+        },
+        auth: AuthOptions {
+            open: args.open,
+            admin_token_file: args.admin_token_file,
+            jwt_secret_file: args.jwt_secret_file,
+        },
+        rate_limit: match args.rate_limit {
+            RateSetting::Off => None,
+            RateSetting::Every { count, period } => {
+                Some(RateLimit::new(count, period, args.rate_burst.unwrap_or(count)))
+            }
         },
     };
     shop_engine::serve(options, shutdown_signal()).await.context("shop-engine stopped")

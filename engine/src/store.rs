@@ -7,6 +7,8 @@
 //! - `a` id               -> () while the run is not terminal (what start-up replays)
 //! - `s` status id        -> () an index of runs by status
 //! - `d` name 0x00 version -> a registered definition's TOML source
+//! - `k` digest           -> a [`TokenRecord`]: an API token, keyed by the SHA-256 digest of
+//!   its secret (the secret itself is never stored)
 //!
 //! This module owns durability: [`Store::commit`] returns only once the batch is flushed
 //! (and, power-safe, `fdatasync`ed). It must never decide anything about workflows.
@@ -14,8 +16,9 @@
 use crate::codec;
 use serde::{Deserialize, Serialize};
 use shop_types::api::WorkflowStatus;
+use shop_types::auth::Role;
 use shop_types::history::Event;
-use shop_types::{JsonText, WorkflowId};
+use shop_types::{JsonText, QueueName, WorkflowId};
 use std::fs::File;
 use std::path::Path;
 
@@ -25,6 +28,9 @@ const RUN: u8 = b'r';
 const ACTIVE: u8 = b'a';
 const BY_STATUS: u8 = b's';
 const DEFINITION: u8 = b'd';
+const TOKEN: u8 = b'k';
+/// Length of a token's key after its prefix: a SHA-256 digest.
+pub const TOKEN_DIGEST_LEN: usize = 32;
 
 /// How far a commit must reach before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -66,6 +72,19 @@ pub struct RunSummary {
     pub closed_at_ms: Option<u64>,
     pub reason: Option<String>,
     pub output: Option<JsonText>,
+}
+
+/// An API token as stored: everything about it except its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// The queues a worker token may serve; empty for other roles.
+    pub queues: Vec<QueueName>,
+    pub created_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    pub revoked: bool,
 }
 
 pub struct Store {
@@ -177,6 +196,21 @@ impl Store {
         Ok((ids, false))
     }
 
+    /// Every stored token with the digest of its secret.
+    pub fn tokens(&self) -> Result<Vec<([u8; TOKEN_DIGEST_LEN], TokenRecord)>, Error> {
+        self.tree
+            .scan_prefix([TOKEN])
+            .map(|entry| {
+                let (key, bytes) = entry?;
+                let digest = key[1..].try_into().map_err(|_| Error::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    source: codec::Error::Empty,
+                })?;
+                Ok((digest, decode(&key, &bytes)?))
+            })
+            .collect()
+    }
+
     /// Every registered definition's `(name, version, source)`.
     pub fn definitions(&self) -> Result<Vec<(String, u32, String)>, Error> {
         self.tree
@@ -240,6 +274,13 @@ impl WriteBatch {
         } else {
             self.batch.insert(key(ACTIVE, raw, &[]), &[]);
         }
+        self.len += 1;
+        Ok(())
+    }
+
+    pub fn put_token(&mut self, digest: &[u8; TOKEN_DIGEST_LEN], record: &TokenRecord) -> Result<(), Error> {
+        let bytes = codec::encode(record).map_err(Error::Encode)?;
+        self.batch.insert(key(TOKEN, digest, &[]), bytes);
         self.len += 1;
         Ok(())
     }
@@ -347,6 +388,25 @@ mod tests {
         assert_eq!((page, more), (vec![a.clone()], true));
         let (page, more) = store.list_ids(None, Some(&a), 1).expect("lists");
         assert_eq!((page, more), (vec![ab], false));
+    }
+
+    #[test]
+    fn tokens_round_trip_by_digest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::ProcessCrash).expect("opens");
+        let record = TokenRecord {
+            id: "tok_1".into(),
+            name: "payments".into(),
+            role: Role::Worker,
+            queues: vec![QueueName::parse("payment").expect("valid")],
+            created_at_ms: 5,
+            expires_at_ms: Some(10),
+            revoked: false,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_token(&[7; TOKEN_DIGEST_LEN], &record).expect("encodes");
+        store.commit(batch).expect("commits");
+        assert_eq!(store.tokens().expect("reads"), vec![([7; TOKEN_DIGEST_LEN], record)]);
     }
 
     #[test]

@@ -102,6 +102,20 @@ impl Api {
         Api { http: client(), base: base.trim_end_matches('/').to_owned() }
     }
 
+    /// An API client that sends `Authorization: Bearer <token>` with every request, for an
+    /// engine that is not running `--open`.
+    pub fn with_token(base: &str, token: &str) -> Api {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a token is header-safe");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .default_headers(headers)
+            .build()
+            .expect("build an HTTP client");
+        Api { http, base: base.trim_end_matches('/').to_owned() }
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

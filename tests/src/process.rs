@@ -147,11 +147,17 @@ async fn wait_healthy(proc: &mut Proc, url: &str) {
 pub struct EngineOptions {
     pub workflows: PathBuf,
     pub max_history_events: Option<u64>,
+    /// `--open --rate-limit off` (the default): no credentials needed and no rate limit, as
+    /// the suite drives one engine from one address faster than any client would. Auth
+    /// tests turn it off and pass their credential flags in `args`.
+    pub open: bool,
+    /// More flags, e.g. `["--admin-token-file", path]`; they come last, so they win.
+    pub args: Vec<String>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { workflows: workflows_dir(), max_history_events: None }
+        EngineOptions { workflows: workflows_dir(), max_history_events: None, open: true, args: Vec::new() }
     }
 }
 
@@ -190,6 +196,10 @@ impl Engine {
         if let Some(max) = self.options.max_history_events {
             command.arg("--max-history-events").arg(max.to_string());
         }
+        if self.options.open {
+            command.args(["--open", "--rate-limit", "off"]);
+        }
+        command.args(&self.options.args);
         let mut proc = Proc::spawn("shop-engine", command, &self.log);
         wait_healthy(&mut proc, &format!("{}/healthz", self.url())).await;
         self.proc = Some(proc);

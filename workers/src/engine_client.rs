@@ -2,12 +2,14 @@
 //!
 //! It sends one request per call and classifies what came back; it never retries or sleeps
 //! (the poller owns backoff) and never interprets a task. Cheap to clone: clones share one
-//! connection pool.
+//! connection pool. With a token, every request carries `Authorization: Bearer <token>`,
+//! marked sensitive so it never shows in a log.
 
 use reqwest::{StatusCode, Url};
 use shop_types::api::{
     ActivityTask, ErrorBody, HeartbeatRequest, PollRequest, PollResponse, ReportBatchRequest, ReportBatchResponse,
 };
+use shop_types::auth::BearerToken;
 use shop_types::{QueueName, TaskToken};
 use std::time::Duration;
 
@@ -25,6 +27,8 @@ const MAX_ERROR_TEXT: usize = 300;
 pub enum Error {
     #[error("cannot build the HTTP client")]
     Build(#[source] reqwest::Error),
+    #[error("the worker token cannot be sent in an HTTP header")]
+    BadToken,
     #[error("cannot reach the engine")]
     Transport(#[source] reqwest::Error),
     #[error("the engine answered {status} {code}: {message}")]
@@ -46,7 +50,7 @@ impl Error {
                     || *status == StatusCode::TOO_MANY_REQUESTS
                     || *status == StatusCode::REQUEST_TIMEOUT
             }
-            Error::Build(_) | Error::ResultCount { .. } => false,
+            Error::Build(_) | Error::BadToken | Error::ResultCount { .. } => false,
         }
     }
 }
@@ -69,8 +73,19 @@ pub struct EngineClient {
 }
 
 impl EngineClient {
-    pub fn new(engine: &Url) -> Result<Self, Error> {
-        let http = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).build().map_err(Error::Build)?;
+    pub fn new(engine: &Url, token: Option<&BearerToken>) -> Result<Self, Error> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .map_err(|_| Error::BadToken)?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .default_headers(headers)
+            .build()
+            .map_err(Error::Build)?;
         Ok(EngineClient {
             http,
             poll_url: endpoint(engine, "v1/tasks/poll"),

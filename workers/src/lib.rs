@@ -57,6 +57,8 @@ pub struct Options {
     /// Poll loops per queue, 1..=`MAX_CONCURRENCY`.
     pub concurrency: usize,
     pub faults: FaultConfig,
+    /// Sent to the engine as `Authorization: Bearer`; `None` for an engine running open.
+    pub token: Option<shop_types::auth::BearerToken>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +123,7 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
         echo: options.domains.contains(&Domain::Echo),
         faults,
     });
-    let client = engine_client::EngineClient::new(&options.engine)?;
+    let client = engine_client::EngineClient::new(&options.engine, options.token.as_ref())?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| Error::Listen { addr: options.listen, source })?;

@@ -19,6 +19,10 @@ struct Args {
     /// The engine's base URL.
     #[arg(long, env = "SHOP_ENGINE", default_value = "http://127.0.0.1:8080")]
     engine: reqwest::Url,
+    /// The engine credential: a worker token (or JWT) naming the queues this worker serves.
+    /// Not needed when the engine runs `--open`.
+    #[arg(long, env = "SHOP_WORKER_TOKEN", hide_env_values = true)]
+    token: Option<shop_types::auth::BearerToken>,
     /// Where each domain keeps its store (DIR/inventory, DIR/payment, DIR/notification).
     #[arg(long)]
     data_dir: PathBuf,
@@ -70,6 +74,7 @@ impl Args {
             domains: self.activities,
             concurrency: usize::from(self.concurrency),
             faults,
+            token: self.token,
         })
     }
 }

@@ -144,6 +144,7 @@ async fn a_worker_runs_reports_heartbeats_and_shuts_down_cleanly() {
         domains: Domain::ALL.to_vec(),
         concurrency: 2,
         faults: FaultConfig { payment_hang_next: 1, payment_hang_ms: 500, ..FaultConfig::default() },
+        token: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(shop_worker::run(options, async move {

@@ -12,6 +12,7 @@ pub mod notifications;
 pub mod order;
 pub mod payments;
 pub mod stock;
+pub mod token;
 pub mod verify;
 pub mod workflow;
 

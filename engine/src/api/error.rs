@@ -35,6 +35,16 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
     }
+
+    /// 401: no credential, or one that is not accepted. The answer names the scheme to use.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message)
+    }
+
+    /// 403: a valid credential whose role or queues do not cover the request.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -43,6 +53,11 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -78,6 +93,21 @@ impl From<CoreError> for ApiError {
 impl From<crate::store::Error> for ApiError {
     fn from(error: crate::store::Error) -> Self {
         CoreError::Storage(error.to_string()).into()
+    }
+}
+
+impl From<crate::auth::Error> for ApiError {
+    fn from(error: crate::auth::Error) -> Self {
+        use crate::auth::Error;
+        match error {
+            Error::Invalid(message) => ApiError::invalid(message),
+            Error::NotFound(_) => ApiError::not_found(error.to_string()),
+            Error::TooMany => ApiError::new(StatusCode::CONFLICT, "TOO_MANY_TOKENS", error.to_string()),
+            Error::Store(error) => error.into(),
+            Error::ReadFile { .. } | Error::WriteFile { .. } | Error::BadFile { .. } | Error::Join(_) => {
+                CoreError::Storage(error.to_string()).into()
+            }
+        }
     }
 }
 

@@ -2,10 +2,14 @@
 //! `/healthz`.
 //!
 //! Handlers validate input, then either read the store (views, histories, lists) or send one
-//! command to the core and wait for its answer. They must never write to the store
-//! themselves: every write goes through the core, which is what makes it durable before it
-//! is acknowledged.
+//! command to the core and wait for its answer. They must never write workflow state to the
+//! store themselves: every such write goes through the core, which is what makes it durable
+//! before it is acknowledged. (Tokens are not workflow state: `auth` stores them itself.)
+//!
+//! Every route but `/healthz` sits behind [`auth::authenticate`] (deny by default, also for
+//! unknown paths), and each group of routes behind the [`auth::Access`] it needs.
 
+mod auth;
 mod error;
 mod orders;
 mod tasks;
@@ -13,10 +17,14 @@ mod workflows;
 
 pub use error::{ApiError, ApiJson};
 
+use crate::auth::Authenticator;
 use crate::core::{Command, Handle};
+use crate::rate_limit::RateLimiter;
 use crate::registry::Registry;
 use crate::store::{Durability, Store};
+use auth::Access;
 use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -34,28 +42,47 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub registry: Arc<RwLock<Registry>>,
     pub durability: Durability,
+    pub auth: Arc<Authenticator>,
+    /// `None` when rate limits are off.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 /// The whole API as one router, so tests can drive it without a socket.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health))
+    let admin = Router::new()
         .route("/v1/stats", get(stats))
-        .route("/v1/workflows", post(workflows::start).get(workflows::list))
-        .route("/v1/workflows/:id", get(workflows::get_one))
-        .route("/v1/workflows/:id/history", get(workflows::history))
+        .route("/v1/workflows", post(workflows::start))
         .route("/v1/workflows/:id/cancel", post(workflows::cancel))
         .route("/v1/workflows/:id/terminate", post(workflows::terminate))
-        .route("/v1/definitions", get(workflows::list_definitions).post(workflows::register_definition))
+        .route("/v1/definitions", post(workflows::register_definition))
+        .route("/api/orders/:id/cancel", post(orders::cancel))
+        .route("/v1/tokens", post(auth::create_token).get(auth::list_tokens))
+        .route("/v1/tokens/:id/revoke", post(auth::revoke_token))
+        .route_layer(from_fn_with_state(Access::Admin, auth::require));
+    let client = Router::new()
+        .route("/v1/workflows", get(workflows::list))
+        .route("/v1/workflows/:id", get(workflows::get_one))
+        .route("/v1/workflows/:id/history", get(workflows::history))
+        .route("/v1/definitions", get(workflows::list_definitions))
+        .route("/api/orders", post(orders::place).get(orders::list))
+        .route("/api/orders/:id", get(orders::get_one))
+        .route_layer(from_fn_with_state(Access::Client, auth::require));
+    let worker = Router::new()
         .route("/v1/tasks/poll", post(tasks::poll))
         .route("/v1/tasks/complete", post(tasks::complete))
         .route("/v1/tasks/fail", post(tasks::fail))
         .route("/v1/tasks/heartbeat", post(tasks::heartbeat))
         .route("/v1/tasks/report", post(tasks::report))
-        .route("/api/orders", post(orders::place).get(orders::list))
-        .route("/api/orders/:id", get(orders::get_one))
-        .route("/api/orders/:id/cancel", post(orders::cancel))
+        .route_layer(from_fn_with_state(Access::Worker, auth::require));
+    Router::new()
+        .merge(admin)
+        .merge(client)
+        .merge(worker)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        // Everything above, the fallback included, needs a credential; `/healthz`, added
+        // after this layer, does not (load balancers and `shopctl dev` probe it).
+        .layer(from_fn_with_state(state.clone(), auth::authenticate))
+        .route("/healthz", get(health))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -1,11 +1,16 @@
 //! `/v1/tasks`: the worker protocol. Workers long-poll a queue for activity attempts and
 //! report each one's outcome with the task token it came with; a report for an attempt that
-//! is no longer current is refused (409 `STALE_TASK`) and changes nothing.
+//! is no longer current is refused (409 `STALE_TASK`) and changes nothing. A worker
+//! credential reaches only the queues it names (403 `FORBIDDEN`, checked before anything
+//! happens); a report's queue is the one its task was dispatched on.
 
+use super::auth::{check_queue, check_task_queues};
 use super::{ApiError, ApiJson, AppState};
+use crate::auth::Principal;
 use crate::clock::{Clock, SystemClock};
 use crate::core::{Command, CoreError};
 use axum::extract::State;
+use axum::Extension;
 use axum::Json;
 use shop_types::api::{
     ActivityTask, CompleteRequest, ErrorDetail, FailRequest, HeartbeatRequest, PollRequest, PollResponse,
@@ -19,8 +24,10 @@ const POLL_GRACE: Duration = Duration::from_secs(5);
 
 pub(crate) async fn poll(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<PollRequest>,
 ) -> Result<Json<PollResponse>, ApiError> {
+    check_queue(&principal, &request.queue)?;
     Ok(Json(PollResponse { tasks: poll_tasks(&state, request).await? }))
 }
 
@@ -62,24 +69,30 @@ async fn report_one(state: &AppState, report: TaskReport) -> Result<Json<serde_j
 
 pub(crate) async fn complete(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<CompleteRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    check_task_queues(&state, &principal, [&request.token])?;
     let report = TaskReport { token: request.token, outcome: TaskOutcome::Completed { output: request.output } };
     report_one(&state, report).await
 }
 
 pub(crate) async fn fail(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<FailRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    check_task_queues(&state, &principal, [&request.token])?;
     let report = TaskReport { token: request.token, outcome: TaskOutcome::Failed { error: request.error } };
     report_one(&state, report).await
 }
 
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    check_task_queues(&state, &principal, [&request.token])?;
     state.core.call(|reply| Command::Heartbeat { token: request.token, reply }).await??;
     Ok(Json(serde_json::json!({})))
 }
@@ -88,14 +101,19 @@ pub(crate) async fn heartbeat(
 /// the same request then long-polls for the next tasks.
 pub(crate) async fn report(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<ReportBatchRequest>,
 ) -> Result<Json<ReportBatchResponse>, ApiError> {
     if request.reports.len() > MAX_REPORTS_PER_BATCH {
         return Err(ApiError::invalid(format!("at most {MAX_REPORTS_PER_BATCH} reports per batch")));
     }
+    // One credential sends the whole batch: if it may not report one of them, none is
+    // recorded, so a 403 means nothing happened.
+    check_task_queues(&state, &principal, request.reports.iter().map(|report| &report.token))?;
     // Refuse a bad poll before recording anything, so a 422 means nothing happened.
     if let Some(poll) = &request.then_poll {
         check_poll(poll)?;
+        check_queue(&principal, &poll.queue)?;
     }
     let results = state.core.call(|reply| Command::Report { reports: request.reports, reply }).await?;
     let tasks = match request.then_poll {

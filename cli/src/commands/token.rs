@@ -1,0 +1,111 @@
+//! `shopctl token create|list|revoke`: the engine's API tokens (admin only).
+//!
+//! `create` prints the new token's secret on stdout, once: the engine keeps only its digest
+//! and can never show it again. Nothing here stores a secret, and `list` never has one to
+//! show.
+
+use super::Context;
+use crate::client::{Body, Service};
+use crate::output::{self, Table};
+use anyhow::{Context as _, Result};
+use clap::Subcommand;
+use shop_types::auth::{CreateTokenRequest, CreatedToken, Role, TokenList, TokenView};
+use shop_types::QueueName;
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its secret (shown this once).
+    Create {
+        /// admin (everything), client (orders, reads) or worker (tasks on --queue queues).
+        #[arg(long)]
+        role: Role,
+        /// A queue a worker token may serve; repeat for more. Required for workers.
+        #[arg(long = "queue")]
+        queues: Vec<QueueName>,
+        /// How long the token lives, e.g. `30d`, `12h`; default: until revoked.
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<String>,
+        /// A label to recognise it by in `token list`; default: the role.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token: it is refused from now on.
+    Revoke { id: String },
+}
+
+pub async fn run(command: TokenCommand, ctx: &Context) -> Result<()> {
+    match command {
+        TokenCommand::Create { role, queues, ttl, name } => {
+            let request = CreateTokenRequest { name: name.unwrap_or_else(|| role.to_string()), role, queues, ttl };
+            let body = serde_json::to_value(&request).context("cannot encode the request")?;
+            let reply = ctx
+                .client
+                .post::<CreatedToken>(Service::Engine, &["v1", "tokens"], Body::Json(body))
+                .await
+                .context("cannot create the token")?;
+            ctx.show(&reply, |created| {
+                output::note(&format!(
+                    "created {} ({}, {}); its secret follows and is not shown again",
+                    created.view.id,
+                    created.view.role,
+                    expiry(&created.view)
+                ));
+                output::line(&created.token)
+            })
+        }
+        TokenCommand::List => {
+            let reply = ctx.client.get::<TokenList>(Service::Engine, &["v1", "tokens"], &[]).await?;
+            ctx.show(&reply, |list| {
+                let mut table = Table::with_header(&["ID", "NAME", "ROLE", "QUEUES", "CREATED", "EXPIRES", "STATE"]);
+                for token in &list.tokens {
+                    let queues: Vec<&str> = token.queues.iter().map(QueueName::as_str).collect();
+                    table.row(vec![
+                        token.id.clone(),
+                        token.name.clone(),
+                        token.role.to_string(),
+                        output::or_dash(Some(&queues.join(",")).filter(|q| !q.is_empty()).map(String::as_str)),
+                        output::timestamp(token.created_at_ms),
+                        token.expires_at_ms.map_or_else(|| "never".to_owned(), output::timestamp),
+                        if token.revoked { "revoked".to_owned() } else { "active".to_owned() },
+                    ]);
+                }
+                table.print()
+            })
+        }
+        TokenCommand::Revoke { id } => {
+            let reply = ctx
+                .client
+                .post::<TokenView>(Service::Engine, &["v1", "tokens", &id, "revoke"], Body::Empty)
+                .await
+                .with_context(|| format!("cannot revoke token {id}"))?;
+            ctx.show(&reply, |token| output::line(&format!("revoked {} ({})", token.id, token.name)))
+        }
+    }
+}
+
+fn expiry(token: &TokenView) -> String {
+    token.expires_at_ms.map_or_else(|| "never expires".to_owned(), |at| format!("expires {}", output::timestamp(at)))
+}
+
+/// Checks a `--ttl` here so a typo is a usage error, and sends it as typed.
+fn parse_ttl(text: &str) -> Result<String, String> {
+    let ttl = humantime::parse_duration(text).map_err(|err| format!("{text:?}: {err}"))?;
+    if ttl.is_zero() {
+        return Err(format!("{text:?}: a token must live longer than 0s"));
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_are_durations() {
+        assert_eq!(parse_ttl("30d").ok().as_deref(), Some("30d"));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("forever").is_err());
+    }
+}

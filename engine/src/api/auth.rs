@@ -1,0 +1,185 @@
+//! Authentication and authorization at the HTTP door, and the token management routes.
+//!
+//! [`authenticate`] runs before every route but `/healthz`: it turns the `Authorization`
+//! header into a [`Principal`] (401 `UNAUTHENTICATED` otherwise), takes one request from the
+//! caller's rate-limit bucket (429 `RATE_LIMITED` with `Retry-After`), and hands the
+//! principal to the route. [`require`] then checks the route's [`Access`] against the role
+//! (403 `FORBIDDEN`); task routes also check the queue with [`check_queue`] and
+//! [`check_task_queues`].
+//!
+//! This layer must never let a request through without a principal, and never put a
+//! secret into a log line or an answer other than the one that creates it.
+
+use super::{ApiError, ApiJson, AppState};
+use crate::auth::{Denied, Principal};
+use crate::clock::{Clock, SystemClock};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use shop_types::auth::{CreateTokenRequest, CreatedToken, Role, TokenList, TokenView};
+use shop_types::{QueueName, TaskToken};
+use std::net::SocketAddr;
+
+/// Path prefix of the worker protocol; in open mode, requests there count as workers' and
+/// are not rate limited (see `auth::rate_key` for why workers are exempt).
+const TASKS_PREFIX: &str = "/v1/tasks/";
+
+/// What a route needs of its caller's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Admins only: token management, starting, cancelling and terminating runs,
+    /// registering definitions, engine stats.
+    Admin,
+    /// Clients and admins: placing and reading orders, reading runs, histories, definitions.
+    Client,
+    /// Workers and admins: the task protocol (queues are checked by the handlers).
+    Worker,
+}
+
+impl Access {
+    fn allows(self, role: Role) -> bool {
+        match self {
+            Access::Admin => role == Role::Admin,
+            Access::Client => matches!(role, Role::Admin | Role::Client),
+            Access::Worker => matches!(role, Role::Admin | Role::Worker),
+        }
+    }
+}
+
+/// Authenticates the request and applies the caller's rate limit.
+pub(crate) async fn authenticate(
+    State(state): State<AppState>,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let principal = if state.auth.is_open() {
+        // Open: nobody is identified, so the client's IP names the bucket.
+        let is_task = request.uri().path().starts_with(TASKS_PREFIX);
+        let ip = peer.map_or_else(|| "unknown".to_owned(), |ConnectInfo(addr)| addr.ip().to_string());
+        Principal::open((!is_task).then(|| format!("ip:{ip}")))
+    } else {
+        let header = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+        match state.auth.authenticate(header) {
+            Ok(principal) => principal,
+            Err(denied) => return unauthenticated(&denied),
+        }
+    };
+    if let (Some(limiter), Some(key)) = (&state.rate_limiter, &principal.rate_key) {
+        if let Err(retry_after_s) = limiter.check(key, SystemClock.now_ms()) {
+            return rate_limited(retry_after_s);
+        }
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+/// Refuses the request unless its principal's role has `access`.
+pub(crate) async fn require(State(access): State<Access>, request: Request, next: Next) -> Response {
+    let Some(principal) = request.extensions().get::<Principal>() else {
+        // Only reachable if a route were mounted outside `authenticate`: deny, never allow.
+        return unauthenticated(&Denied::Missing);
+    };
+    if !access.allows(principal.role) {
+        let needed = match access {
+            Access::Admin => "an admin",
+            Access::Client => "a client or admin",
+            Access::Worker => "a worker or admin",
+        };
+        return ApiError::forbidden(format!(
+            "the role {} cannot do this; it needs {needed} credential",
+            principal.role
+        ))
+        .into_response();
+    }
+    next.run(request).await
+}
+
+fn unauthenticated(denied: &Denied) -> Response {
+    ApiError::unauthenticated(denied.to_string()).into_response()
+}
+
+fn rate_limited(retry_after_s: u64) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        format!("too many requests for this credential; retry in {retry_after_s}s"),
+    )
+    .into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+    response
+}
+
+/// 403 unless `principal` may serve `queue`.
+pub(crate) fn check_queue(principal: &Principal, queue: &QueueName) -> Result<(), ApiError> {
+    if principal.may_serve(queue) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!("this credential may not serve queue {queue}")))
+}
+
+/// 403 unless `principal` may serve the queue each task was dispatched on. The queue comes
+/// from the run's pinned definition; a token whose run or step is unknown is let through,
+/// because the core refuses it anyway (404 or 409) without any effect.
+pub(crate) fn check_task_queues<'a>(
+    state: &AppState,
+    principal: &Principal,
+    tokens: impl IntoIterator<Item = &'a TaskToken>,
+) -> Result<(), ApiError> {
+    if principal.serves_every_queue() {
+        return Ok(());
+    }
+    for token in tokens {
+        let Some(summary) = state.store.run(&token.workflow_id)? else {
+            continue;
+        };
+        let definition = state
+            .registry
+            .read()
+            .map_err(|_| ApiError::from(crate::core::CoreError::Storage("the registry is unusable".into())))?
+            .get(&summary.workflow_type, summary.definition_version);
+        if let Some(step) = definition.as_ref().and_then(|d| d.step(token.step)) {
+            check_queue(principal, &step.queue)?;
+        }
+    }
+    Ok(())
+}
+
+/// `POST /v1/tokens`: creates a token and shows its secret, once.
+pub(crate) async fn create_token(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreateTokenRequest>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let (view, token) = state.auth.create(request).await?;
+    Ok((StatusCode::CREATED, Json(CreatedToken { view, token })))
+}
+
+/// `GET /v1/tokens`: every token, never a secret or a digest.
+pub(crate) async fn list_tokens(State(state): State<AppState>) -> Result<Json<TokenList>, ApiError> {
+    Ok(Json(TokenList { tokens: state.auth.list()? }))
+}
+
+/// `POST /v1/tokens/{id}/revoke`: refused from now on; revoking twice is fine.
+pub(crate) async fn revoke_token(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TokenView>, ApiError> {
+    Ok(Json(state.auth.revoke(&id).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_reach_only_their_routes() {
+        use Role::*;
+        let allowed =
+            |access: Access| [Admin, Client, Worker].into_iter().filter(|r| access.allows(*r)).collect::<Vec<_>>();
+        assert_eq!(allowed(Access::Admin), vec![Admin]);
+        assert_eq!(allowed(Access::Client), vec![Admin, Client]);
+        assert_eq!(allowed(Access::Worker), vec![Admin, Worker]);
+    }
+}
