@@ -7,6 +7,7 @@
 //! the exit is 0 when clean and 1 otherwise. It only reads: it must never change the
 //! system it audits, nor check anything itself that the shared checker should own.
 
+use super::Context;
 use crate::client::{Client, Service};
 use crate::output;
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -60,7 +61,11 @@ pub struct Domains {
     pub notification: Client,
 }
 
-pub async fn run(args: VerifyArgs, engine: &str, worker: &str, json: bool) -> Result<()> {
+pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
+    // The domains' clients talk to admin APIs only; the engine goes through `ctx.client`,
+    // which carries the credential.
+    let engine = ctx.client.base(Service::Engine).as_str();
+    let worker = ctx.client.base(Service::Worker).as_str();
     let admin = |url: &Option<String>| Client::new(engine, url.as_deref().unwrap_or(worker));
     let domains = Domains {
         inventory: admin(&args.inventory)?,
@@ -71,10 +76,10 @@ pub async fn run(args: VerifyArgs, engine: &str, worker: &str, json: bool) -> Re
         Some(path) => InitialStock::Known(read_initial_stock(path)?),
         None => InitialStock::Reconstructed,
     };
-    let snapshot = snapshot(&Client::new(engine, worker)?, &domains).await?;
+    let snapshot = snapshot(&ctx.client, &domains).await?;
     let options = Options { initial_stock, expected: None, allow_running: args.allow_running };
     let found = audit::audit(&snapshot, &options);
-    show(&found, json)?;
+    show(&found, ctx.json)?;
     if !found.is_clean() {
         bail!("{} violation(s) in {} order(s)", found.violations.len(), found.orders);
     }
