@@ -18,9 +18,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{
     bench::BenchArgs, definition::DefinitionCommand, demo::DemoArgs, dev::DevArgs, notifications::NotificationsCommand,
-    order::OrderCommand, payments::PaymentsCommand, stock::StockCommand, verify::VerifyArgs, workflow::WorkflowCommand,
-    Context,
+    order::OrderCommand, payments::PaymentsCommand, stock::StockCommand, token::TokenCommand, verify::VerifyArgs,
+    workflow::WorkflowCommand, Context,
 };
+use shop_types::auth::BearerToken;
 use std::process::ExitCode;
 
 const DEFAULT_ENGINE: &str = "http://127.0.0.1:8080";
@@ -35,6 +36,10 @@ struct Cli {
     /// The worker admin API's base URL (stock, payments, notifications).
     #[arg(long, global = true, env = "SHOP_WORKER", default_value = DEFAULT_WORKER)]
     worker: String,
+    /// The engine credential (API token or JWT), sent as `Authorization: Bearer`. Not
+    /// needed for an engine running `--open` (`shopctl dev`).
+    #[arg(long, global = true, env = "SHOP_TOKEN", hide_env_values = true)]
+    token: Option<BearerToken>,
     /// Print the API's JSON answer, pretty, instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -62,6 +67,9 @@ enum Command {
     /// Show the notification outbox.
     #[command(subcommand)]
     Notifications(NotificationsCommand),
+    /// Create, list and revoke the engine's API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Run an engine and a worker for every domain until Ctrl-C.
     Dev(DevArgs),
     /// Run the showcase on a private stack and check every outcome.
@@ -97,7 +105,8 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     let ctx = || -> Result<Context> {
-        Ok(Context { client: client::Client::new(&cli.engine, &cli.worker)?, json: cli.json })
+        let client = client::Client::new(&cli.engine, &cli.worker)?.with_token(cli.token.as_ref())?;
+        Ok(Context { client, json: cli.json })
     };
     match cli.command {
         Command::Order(command) => commands::order::run(command, &ctx()?).await,
@@ -106,6 +115,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Stock(command) => commands::stock::run(command, &ctx()?).await,
         Command::Payments(command) => commands::payments::run(command, &ctx()?).await,
         Command::Notifications(command) => commands::notifications::run(command, &ctx()?).await,
+        Command::Token(command) => commands::token::run(command, &ctx()?).await,
         Command::Dev(args) => commands::dev::run(args).await,
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Bench(args) => commands::bench::run(args).await,
