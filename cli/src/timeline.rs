@@ -84,6 +84,8 @@ fn details(kind: &EventKind) -> String {
         | EventKind::WorkflowFailed { reason }
         | EventKind::WorkflowTerminated { reason } => reason.clone(),
         EventKind::CompensationStarted { reason } => format!("↩ {reason}"),
+        EventKind::RunParked { reason } => format!("⏸ needs attention: {reason}"),
+        EventKind::RunResumed { reason } => format!("▶ {reason}"),
     }
 }
 

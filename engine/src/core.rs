@@ -71,6 +71,8 @@ pub enum CoreError {
     Finished,
     #[error("workflow is past its pivot step and can no longer be cancelled")]
     PastPivot,
+    #[error("workflow is not parked: only a run whose compensation failed can be retried")]
+    NotParked,
     #[error("engine is overloaded: {0}")]
     Overloaded(&'static str),
     #[error("engine is shutting down")]
@@ -114,6 +116,12 @@ pub enum Command {
         id: WorkflowId,
         reason: String,
         terminate: bool,
+        reply: oneshot::Sender<Result<(), CoreError>>,
+    },
+    /// Retries a parked run's failed compensation.
+    Resume {
+        id: WorkflowId,
+        reason: String,
         reply: oneshot::Sender<Result<(), CoreError>>,
     },
     /// Answered once the run is terminal (at once if it is not in flight).
@@ -164,6 +172,8 @@ impl Handle {
 
 struct Run {
     state: WorkflowState,
+    /// The status its stored summary shows; rewritten when a park or resume changes it.
+    summary_status: WorkflowStatus,
     definition: Arc<Definition>,
     timers: Vec<Timer>,
     waiters: Vec<oneshot::Sender<()>>,
@@ -298,7 +308,7 @@ impl Core {
                 *last_heartbeat_ms = (*last_heartbeat_ms).max(now);
             }
         }
-        Ok(Run { state, definition, timers: Vec::new(), waiters: Vec::new() })
+        Ok(Run { summary_status: state.status(), state, definition, timers: Vec::new(), waiters: Vec::new() })
     }
 
     /// The core's loop; returns when every handle is dropped.
@@ -442,8 +452,18 @@ impl Core {
                     let _ = reply.send(result);
                 });
             }
+            Command::Resume { id, reason, reply } => {
+                let result = self.apply_to_run(turn, &id, Input::Resume { reason }, now).map(|_| ());
+                turn.after_commit(move || {
+                    let _ = reply.send(result);
+                });
+            }
             Command::Watch { id, reply } => match self.runs.get_mut(&id) {
-                Some(run) if !self.shutting_down && self.watcher_count < self.limits.max_watchers => {
+                Some(run)
+                    if run.state.parked.is_none()
+                        && !self.shutting_down
+                        && self.watcher_count < self.limits.max_watchers =>
+                {
                     self.watcher_count += 1;
                     run.waiters.push(reply);
                 }
@@ -526,8 +546,9 @@ impl Core {
             reason: None,
             output: None,
         };
-        turn.batch.put_run(&id, &summary, None).map_err(storage)?;
-        self.runs.insert(id.clone(), Run { state, definition, timers: Vec::new(), waiters: Vec::new() });
+        turn.batch.put_run(&id, &summary, None, true).map_err(storage)?;
+        let run = Run { state, summary_status: WorkflowStatus::Running, definition, timers: Vec::new(), waiters: Vec::new() };
+        self.runs.insert(id.clone(), run);
         self.record(turn, &id, events).map_err(storage)?;
         Ok(StartOutcome::Created)
     }
@@ -575,6 +596,7 @@ impl Core {
             Rejection::Stale => CoreError::Stale(r.to_string()),
             Rejection::Finished => CoreError::Finished,
             Rejection::PastPivot => CoreError::PastPivot,
+            Rejection::NotParked => CoreError::NotParked,
         })?;
         let count = events.len();
         self.record(turn, id, events).map_err(|e| CoreError::Storage(e.to_string()))?;
@@ -608,7 +630,7 @@ impl Core {
                 reason: terminal.reason,
                 output: terminal.output,
             };
-            turn.batch.put_run(id, &summary, Some(WorkflowStatus::Running))?;
+            turn.batch.put_run(id, &summary, Some(run.summary_status), false)?;
             self.watcher_count = self.watcher_count.saturating_sub(run.waiters.len());
             for waiter in run.waiters {
                 turn.after_commit(move || {
@@ -617,6 +639,30 @@ impl Core {
             }
             tracing::debug!(workflow_id = %id, status = terminal.status.as_str(), "run finished");
             return Ok(());
+        }
+        if let Some(run) = self.runs.get_mut(id) {
+            let status = run.state.status();
+            if status != run.summary_status {
+                // Parked (FAILED, waiting for an operator) or resumed (RUNNING again).
+                let summary = RunSummary {
+                    workflow_type: run.definition.name.clone(),
+                    definition_version: run.definition.version,
+                    status,
+                    created_at_ms: run.state.created_at_ms,
+                    closed_at_ms: None,
+                    reason: run.state.parked.clone(),
+                    output: None,
+                };
+                turn.batch.put_run(id, &summary, Some(run.summary_status), true)?;
+                run.summary_status = status;
+                // Whoever waits for this run to settle is answered: FAILED needs an operator.
+                self.watcher_count = self.watcher_count.saturating_sub(run.waiters.len());
+                for waiter in run.waiters.drain(..) {
+                    turn.after_commit(move || {
+                        let _ = waiter.send(());
+                    });
+                }
+            }
         }
         self.refresh_timers(id);
         let newly_scheduled = events.iter().rev().find_map(|e| match e.kind {

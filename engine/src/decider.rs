@@ -62,6 +62,10 @@ pub enum Input {
     Terminate {
         reason: String,
     },
+    /// An operator retries a parked run.
+    Resume {
+        reason: String,
+    },
 }
 
 /// Why an input changed nothing.
@@ -73,6 +77,8 @@ pub enum Rejection {
     Finished,
     #[error("the workflow is past its pivot step and can no longer be cancelled")]
     PastPivot,
+    #[error("the workflow is not parked: only a run whose compensation failed can be retried")]
+    NotParked,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -139,7 +145,7 @@ fn decide_within_limit(
 ) -> Result<Vec<Event>, Rejection> {
     if state.terminal.is_some() {
         return Err(match input {
-            Input::Cancel { .. } | Input::Terminate { .. } => Rejection::Finished,
+            Input::Cancel { .. } | Input::Terminate { .. } | Input::Resume { .. } => Rejection::Finished,
             _ => Rejection::Stale,
         });
     }
@@ -180,6 +186,14 @@ fn decide_within_limit(
         }
         Input::Terminate { reason } => {
             emit(definition, state, &mut out, now, EventKind::WorkflowTerminated { reason });
+        }
+        Input::Resume { reason } => {
+            let (Some(_), Some((step, attempt))) = (&state.parked, state.last_failed) else {
+                return Err(Rejection::NotParked);
+            };
+            emit(definition, state, &mut out, now, EventKind::RunResumed { reason });
+            // A fresh attempt number, so a report of an attempt from before the park is stale.
+            emit(definition, state, &mut out, now, EventKind::StepScheduled { step, attempt: attempt + 1 });
         }
     }
     let soft_limit = ctx.max_history_events - ctx.max_history_events / COMPENSATION_HEADROOM_DIVISOR;
@@ -254,7 +268,7 @@ pub fn retry_delay_ms(definition: &Definition, state: &WorkflowState, step: Step
     let Some(policy) = definition.step(step).map(|s| &s.retry) else {
         return 0;
     };
-    let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+    let exponent = i32::try_from(attempt.saturating_sub(state.attempt_base).saturating_sub(1)).unwrap_or(i32::MAX);
     let base = (policy.initial_interval_ms as f64 * policy.backoff_coefficient.powi(exponent))
         .min(policy.max_interval_ms as f64);
     let unit = unit_fraction(state.id.as_str(), step, attempt) * 2.0 - 1.0;
@@ -352,7 +366,8 @@ fn attempt_failed(
         .timeouts
         .schedule_to_close_ms
         .is_none_or(|budget| now.saturating_add(delay_ms) < first_scheduled.saturating_add(budget));
-    let will_retry = retryable && attempt < step_def.retry.max_attempts && within_budget;
+    let attempts_made = attempt.saturating_sub(state.attempt_base);
+    let will_retry = retryable && attempts_made < step_def.retry.max_attempts && within_budget;
     let cause = match &failure {
         Failure::Error(error) => format!("{}: {}", error.error_type, error.message),
         Failure::Timeout(kind) => format!("{} timeout", kind.as_str()),
@@ -379,8 +394,8 @@ fn attempt_failed(
             emit(definition, state, out, now, EventKind::CompensationStarted { reason });
         }
         StepPhase::Compensation => {
-            let reason = format!("{name} failed after {attempt} attempt(s): {cause}; the run needs attention");
-            emit(definition, state, out, now, EventKind::WorkflowFailed { reason });
+            let reason = format!("{name} failed after {attempts_made} attempt(s): {cause}; the run needs attention");
+            emit(definition, state, out, now, EventKind::RunParked { reason });
         }
         StepPhase::AfterCompensation if compensates => {
             let reason = format!("step {name} failed: {cause}");
@@ -393,7 +408,7 @@ fn attempt_failed(
 
 /// With no step in flight, schedules the next one or finishes the run.
 fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Event>, now: u64) {
-    while state.terminal.is_none() && state.current.is_none() {
+    while state.terminal.is_none() && state.current.is_none() && state.parked.is_none() {
         let kind = if let Some(plan) = &state.compensation_plan {
             if let Some(&index) = plan.get(state.next_compensation) {
                 EventKind::StepScheduled { step: StepRef { phase: StepPhase::Compensation, index }, attempt: 1 }
@@ -571,6 +586,45 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_compensation_parks_the_run_until_an_operator_resumes_it() {
+        let mut h = Harness::new(order());
+        h.complete();
+        h.fail("PAYMENT_DECLINED", false);
+        // The refund fails until its policy gives up.
+        while h.state.parked.is_none() {
+            h.fail("PAYMENT_UNAVAILABLE", true);
+            h.fire_next_timer();
+        }
+        let (_, last_attempt) = h.state.last_failed.expect("the refund failed for good");
+        assert_eq!(h.state.status(), WorkflowStatus::Failed);
+        assert!(h.state.terminal.is_none(), "parked, not finished");
+        assert!(timers(&h.def, &h.state).is_empty(), "a parked run waits for nobody");
+        assert_eq!(h.names().last(), Some(&"RunParked"));
+        let refund = StepRef { phase: StepPhase::Compensation, index: 1 };
+        let late = Input::Completed { step: refund, attempt: last_attempt, output: JsonText::null() };
+        assert_eq!(h.feed(late), Err(Rejection::Stale));
+
+        h.feed(Input::Resume { reason: "provider is back".into() }).expect("resumes");
+        let (step, attempt) = h.current().expect("the refund is scheduled again");
+        assert_eq!((step, attempt), (refund, last_attempt + 1));
+        // The policy counts from the resume: one failure is retried again.
+        h.fail("PAYMENT_UNAVAILABLE", true);
+        assert!(matches!(h.history.last().map(|e| &e.kind), Some(EventKind::StepRetryScheduled { .. })));
+        h.fire_next_timer();
+        while h.state.terminal.is_none() {
+            h.complete();
+        }
+        assert_eq!(h.state.status(), WorkflowStatus::Compensated);
+        assert_eq!(h.feed(Input::Resume { reason: "again".into() }), Err(Rejection::Finished));
+    }
+
+    #[test]
+    fn only_a_parked_run_can_be_resumed() {
+        let mut h = Harness::new(order());
+        assert_eq!(h.feed(Input::Resume { reason: "x".into() }), Err(Rejection::NotParked));
+    }
+
+    #[test]
     fn cancel_after_the_pivot_is_refused() {
         let mut h = Harness::new(order());
         for _ in 0..3 {
@@ -636,6 +690,7 @@ mod tests {
         FireTimer,
         Cancel,
         Terminate,
+        Resume,
         Restart,
     }
 
@@ -647,6 +702,7 @@ mod tests {
             3 => Just(Action::FireTimer),
             1 => Just(Action::Cancel),
             1 => Just(Action::Terminate),
+            1 => Just(Action::Resume),
             2 => Just(Action::Restart),
         ]
     }
@@ -715,17 +771,31 @@ mod tests {
                     Action::Terminate => {
                         let _ = h.feed(Input::Terminate { reason: "test".into() });
                     }
+                    Action::Resume => {
+                        let _ = h.feed(Input::Resume { reason: "test".into() });
+                    }
                     Action::Restart => {
                         h.state = WorkflowState::replay(h.state.id.clone(), &h.def, &h.history).expect("replays");
                     }
                 }
                 check_history(&h);
             }
-            // Left alone, timers alone drive every run to an end.
+            // From any state, workers that answer (and an operator who resumes a parked run)
+            // drive every run to an end.
             let mut guard = 0;
             while h.state.terminal.is_none() && guard < 500 {
-                if !h.fire_next_timer() {
-                    h.complete();
+                let current = h.state.current.as_ref().map(|c| (c.step, c.attempt, c.status.clone()));
+                match current {
+                    _ if h.state.parked.is_some() => {
+                        h.feed(Input::Resume { reason: "operator".into() }).expect("a parked run resumes");
+                    }
+                    Some((_, _, AttemptStatus::Scheduled { .. })) => h.complete(),
+                    Some((step, attempt, AttemptStatus::Started { .. })) => {
+                        h.feed(Input::Completed { step, attempt, output: JsonText::null() }).expect("completes");
+                    }
+                    _ => {
+                        h.fire_next_timer();
+                    }
                 }
                 guard += 1;
             }

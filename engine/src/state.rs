@@ -69,6 +69,13 @@ pub struct WorkflowState {
     /// Index of the next after-compensation step to schedule.
     pub next_after: u16,
     pub current: Option<CurrentStep>,
+    /// The step that last failed for good, and its last attempt: what a resume retries.
+    pub last_failed: Option<(StepRef, u32)>,
+    /// Set while the run waits for an operator after a compensation failed for good.
+    pub parked: Option<String>,
+    /// Attempts of the current step made before the last resume: the retry policy counts
+    /// from here, while attempt numbers (and so task tokens) keep growing.
+    pub attempt_base: u32,
     pub terminal: Option<Terminal>,
 }
 
@@ -104,6 +111,9 @@ impl WorkflowState {
             next_compensation: 0,
             next_after: 0,
             current: None,
+            last_failed: None,
+            parked: None,
+            attempt_base: 0,
             terminal: None,
         }
     }
@@ -131,7 +141,11 @@ impl WorkflowState {
     }
 
     pub fn status(&self) -> WorkflowStatus {
-        self.terminal.as_ref().map_or(WorkflowStatus::Running, |t| t.status)
+        match (&self.terminal, &self.parked) {
+            (Some(terminal), _) => terminal.status,
+            (None, Some(_)) => WorkflowStatus::Failed,
+            (None, None) => WorkflowStatus::Running,
+        }
     }
 
     /// The results of completed steps as one JSON object, by step name.
@@ -146,6 +160,9 @@ impl WorkflowState {
         match &event.kind {
             EventKind::WorkflowStarted { .. } => {}
             EventKind::StepScheduled { step, attempt } => {
+                if *attempt == 1 {
+                    self.attempt_base = 0;
+                }
                 let first_scheduled_at_ms = match &self.current {
                     Some(current) if current.step == *step => current.first_scheduled_at_ms,
                     _ => at,
@@ -183,11 +200,13 @@ impl WorkflowState {
                     StepPhase::AfterCompensation => self.next_after = step.index + 1,
                 }
             }
-            EventKind::StepFailed { step, will_retry, .. } | EventKind::StepTimedOut { step, will_retry, .. } => {
+            EventKind::StepFailed { step, attempt, will_retry, .. }
+            | EventKind::StepTimedOut { step, attempt, will_retry, .. } => {
                 if *will_retry {
                     return;
                 }
                 self.current = None;
+                self.last_failed = Some((*step, *attempt));
                 // A permanent failure of a step that may continue moves past it; one that
                 // compensates or fails the run is followed by the event that says so.
                 let continues = definition.step(*step).is_some_and(|d| d.on_failure == OnFailure::Continue);
@@ -228,6 +247,14 @@ impl WorkflowState {
             EventKind::WorkflowFailed { reason } => self.finish(WorkflowStatus::Failed, at, Some(reason.clone()), None),
             EventKind::WorkflowTerminated { reason } => {
                 self.finish(WorkflowStatus::Terminated, at, Some(reason.clone()), None);
+            }
+            EventKind::RunParked { reason } => {
+                self.current = None;
+                self.parked = Some(reason.clone());
+            }
+            EventKind::RunResumed { .. } => {
+                self.parked = None;
+                self.attempt_base = self.last_failed.map_or(0, |(_, attempt)| attempt);
             }
         }
     }

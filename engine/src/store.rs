@@ -256,11 +256,14 @@ impl WriteBatch {
     }
 
     /// Writes the run's summary and keeps the active and by-status indexes in step with it.
+    /// Writes the run's summary and keeps the by-status index in step with it, and the active
+    /// index with `in_flight` (a parked run is FAILED yet still in flight: it can resume).
     pub fn put_run(
         &mut self,
         id: &WorkflowId,
         summary: &RunSummary,
         previous: Option<WorkflowStatus>,
+        in_flight: bool,
     ) -> Result<(), Error> {
         let raw = id.as_str().as_bytes();
         let bytes = codec::encode(summary).map_err(Error::Encode)?;
@@ -269,10 +272,10 @@ impl WriteBatch {
             self.batch.remove(key(BY_STATUS, &[status_byte(previous)], raw));
         }
         self.batch.insert(key(BY_STATUS, &[status_byte(summary.status)], raw), &[]);
-        if summary.status.is_terminal() {
-            self.batch.remove(key(ACTIVE, raw, &[]));
-        } else {
+        if in_flight {
             self.batch.insert(key(ACTIVE, raw, &[]), &[]);
+        } else {
+            self.batch.remove(key(ACTIVE, raw, &[]));
         }
         self.len += 1;
         Ok(())

@@ -115,6 +115,15 @@ pub enum EventKind {
     WorkflowTerminated {
         reason: String,
     },
+    /// A compensation failed for good: the run waits for an operator (status FAILED, not
+    /// terminal). Appended after the terminal kinds so older records still decode.
+    RunParked {
+        reason: String,
+    },
+    /// An operator retried a parked run: the failed compensation runs again.
+    RunResumed {
+        reason: String,
+    },
 }
 
 impl EventKind {
@@ -134,6 +143,8 @@ impl EventKind {
             EventKind::WorkflowCompensated { .. } => "WorkflowCompensated",
             EventKind::WorkflowFailed { .. } => "WorkflowFailed",
             EventKind::WorkflowTerminated { .. } => "WorkflowTerminated",
+            EventKind::RunParked { .. } => "RunParked",
+            EventKind::RunResumed { .. } => "RunResumed",
         }
     }
 

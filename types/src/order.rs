@@ -157,4 +157,12 @@ pub struct FaultConfig {
     pub payment_hang_next: u32,
     #[serde(default)]
     pub payment_hang_ms: u64,
+    /// Fail the next this-many `payment.refund` calls with a retryable error (a compensation
+    /// that keeps failing).
+    #[serde(default)]
+    pub refund_fail_next: u32,
+    /// Orders shipped to this address make `inventory.reserve` panic: a poison pill, the way
+    /// a bug that trips on one input looks to the engine.
+    #[serde(default)]
+    pub poison_address: Option<String>,
 }

@@ -162,6 +162,12 @@ impl Activities {
         match (task.activity.as_str(), &self.inventory, &self.payment, &self.notification) {
             ("inventory.reserve", Some(inventory), _, _) => {
                 let order = order(task)?;
+                if self.faults.is_poison(&order.input.shipping_address) {
+                    // Deliberate: the injected poison pill behaves like a bug that panics on
+                    // one input. The poll loop survives it and reports nothing, so the engine
+                    // times the attempt out and retries it.
+                    panic!("injected poison pill: order {} cannot be reserved", order.id);
+                }
                 let output = inventory.reserve(&order.id, &order.input.order_items, key).await?;
                 Ok(to_json(&output))
             }
@@ -175,6 +181,14 @@ impl Activities {
             }
             ("payment.charge", _, Some(payment), _) => self.charge(payment, task, key).await,
             ("payment.refund", _, Some(payment), _) => {
+                if self.faults.on_refund() {
+                    tracing::info!("injected fault: refund fails");
+                    return Err(Failure(ActivityError {
+                        error_type: errors::PAYMENT_UNAVAILABLE.to_owned(),
+                        message: "the payment provider cannot refund now (injected fault)".to_owned(),
+                        retryable: true,
+                    }));
+                }
                 payment.refund(&order(task)?.id, key).await?;
                 Ok(JsonText::null())
             }

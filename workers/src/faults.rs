@@ -74,6 +74,19 @@ impl Faults {
         ChargeFault { hang, fail }
     }
 
+    /// Whether this refund attempt fails, consuming the counter.
+    pub fn on_refund(&self) -> bool {
+        let mut config = self.lock();
+        let fail = config.refund_fail_next > 0;
+        config.refund_fail_next = config.refund_fail_next.saturating_sub(1);
+        fail
+    }
+
+    /// Whether an order shipped to `address` is the configured poison pill.
+    pub fn is_poison(&self, address: &str) -> bool {
+        self.lock().poison_address.as_deref() == Some(address)
+    }
+
     fn lock(&self) -> MutexGuard<'_, FaultConfig> {
         self.config.lock().expect("no code panics while holding the fault settings lock")
     }

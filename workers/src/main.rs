@@ -51,6 +51,12 @@ struct Args {
     /// How long a hanging payment.charge call sleeps, e.g. "15s".
     #[arg(long)]
     payment_hang: Option<humantime::Duration>,
+    /// Fail the next N payment.refund calls with a retryable error.
+    #[arg(long, default_value_t = 0)]
+    refund_fail_next: u32,
+    /// Make inventory.reserve panic for orders shipped to this address (a poison pill).
+    #[arg(long)]
+    poison_address: Option<String>,
 }
 
 fn millis(duration: Option<humantime::Duration>) -> anyhow::Result<u64> {
@@ -66,6 +72,8 @@ impl Args {
             latency_ms: millis(self.latency).context("--latency")?,
             payment_hang_next: self.payment_hang_next,
             payment_hang_ms: millis(self.payment_hang).context("--payment-hang")?,
+            refund_fail_next: self.refund_fail_next,
+            poison_address: self.poison_address,
         };
         Ok(Options {
             engine: self.engine,

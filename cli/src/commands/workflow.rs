@@ -58,6 +58,13 @@ pub enum WorkflowCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Retry a run parked as FAILED because a compensation kept failing, once the cause is
+    /// fixed: the failed compensation runs again.
+    Retry {
+        id: WorkflowId,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
@@ -112,8 +119,9 @@ pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
             }
             ctx.show(&reply, show_run)
         }
-        WorkflowCommand::Cancel { id, reason } => stop(ctx, &id, "cancel", reason).await,
-        WorkflowCommand::Terminate { id, reason } => stop(ctx, &id, "terminate", reason).await,
+        WorkflowCommand::Cancel { id, reason } => post_action(ctx, &id, "cancel", reason).await,
+        WorkflowCommand::Terminate { id, reason } => post_action(ctx, &id, "terminate", reason).await,
+        WorkflowCommand::Retry { id, reason } => post_action(ctx, &id, "retry", reason).await,
     }
 }
 
@@ -122,7 +130,8 @@ pub async fn fetch_history(ctx: &Context, id: &WorkflowId) -> Result<crate::clie
     ctx.client.get(Service::Engine, &["v1", "workflows", id.as_str(), "history"], &[]).await
 }
 
-async fn stop(ctx: &Context, id: &WorkflowId, action: &str, reason: Option<String>) -> Result<()> {
+/// `POST /v1/workflows/{id}/{action}` (cancel, terminate, retry) and shows the run after it.
+async fn post_action(ctx: &Context, id: &WorkflowId, action: &str, reason: Option<String>) -> Result<()> {
     let body = serde_json::to_value(ReasonRequest { reason }).context("cannot encode the request")?;
     let reply = ctx
         .client

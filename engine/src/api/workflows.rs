@@ -199,6 +199,21 @@ pub(crate) async fn terminate(
     stop_run(&state, id, reason, true).await
 }
 
+/// Retries a parked run (FAILED because a compensation failed for good) once its cause is
+/// fixed: the failed compensation runs again with a fresh attempt budget.
+pub(crate) async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
+    let id = WorkflowId::parse(id)?;
+    let reason = optional_reason(&headers, &body)?.unwrap_or_else(|| "retried by an operator".into());
+    state.core.call(|reply| Command::Resume { id: id.clone(), reason, reply }).await??;
+    let view = workflow_view(&state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
 pub(crate) async fn stop_run(
     state: &AppState,
     id: WorkflowId,
