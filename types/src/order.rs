@@ -157,6 +157,10 @@ pub struct FaultConfig {
     pub payment_hang_next: u32,
     #[serde(default)]
     pub payment_hang_ms: u64,
+    /// Make the next this-many `payment.charge` calls hang `payment_hang_ms` AFTER charging,
+    /// before reporting: a worker that dies then has done the effect without telling anyone.
+    #[serde(default)]
+    pub payment_hang_after_next: u32,
     /// Fail the next this-many `payment.refund` calls with a retryable error (a compensation
     /// that keeps failing).
     #[serde(default)]

@@ -225,6 +225,10 @@ impl Activities {
             }));
         }
         let output = payment.charge(&order.id, amount_cents, &order.input.payment_method, key).await?;
+        if let Some(hang) = fault.hang_after {
+            tracing::info!(?hang, "injected fault: payment hangs after charging, before reporting");
+            tokio::time::sleep(hang).await;
+        }
         Ok(to_json(&output))
     }
 }

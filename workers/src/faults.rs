@@ -30,6 +30,8 @@ pub struct ChargeFault {
     pub hang: Option<Duration>,
     /// Fail with a retryable error (after any hang) instead of doing the work.
     pub fail: bool,
+    /// Sleep this long after doing the work, before reporting it.
+    pub hang_after: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -65,13 +67,17 @@ impl Faults {
             config.payment_hang_next -= 1;
             Duration::from_millis(config.payment_hang_ms)
         });
+        let hang_after = (config.payment_hang_after_next > 0).then(|| {
+            config.payment_hang_after_next -= 1;
+            Duration::from_millis(config.payment_hang_ms)
+        });
         let fail = if config.payment_fail_next > 0 {
             config.payment_fail_next -= 1;
             true
         } else {
             config.payment_failure_rate > 0.0 && rand::thread_rng().gen::<f64>() < config.payment_failure_rate
         };
-        ChargeFault { hang, fail }
+        ChargeFault { hang, fail, hang_after }
     }
 
     /// Whether this refund attempt fails, consuming the counter.
@@ -122,7 +128,7 @@ mod tests {
     fn hang_next_applies_to_that_many_charges() {
         let faults = Faults::new(FaultConfig { payment_hang_next: 1, payment_hang_ms: 250, ..FaultConfig::default() })
             .expect("valid");
-        assert_eq!(faults.on_charge(), ChargeFault { hang: Some(Duration::from_millis(250)), fail: false });
+        assert_eq!(faults.on_charge(), ChargeFault { hang: Some(Duration::from_millis(250)), fail: false, hang_after: None });
         assert_eq!(faults.on_charge().hang, None);
     }
 

@@ -51,6 +51,10 @@ struct Args {
     /// How long a hanging payment.charge call sleeps, e.g. "15s".
     #[arg(long)]
     payment_hang: Option<humantime::Duration>,
+    /// Make the next N payment.charge calls hang for --payment-hang after charging, before
+    /// reporting.
+    #[arg(long, default_value_t = 0, requires = "payment_hang")]
+    payment_hang_after_next: u32,
     /// Fail the next N payment.refund calls with a retryable error.
     #[arg(long, default_value_t = 0)]
     refund_fail_next: u32,
@@ -72,6 +76,7 @@ impl Args {
             latency_ms: millis(self.latency).context("--latency")?,
             payment_hang_next: self.payment_hang_next,
             payment_hang_ms: millis(self.payment_hang).context("--payment-hang")?,
+            payment_hang_after_next: self.payment_hang_after_next,
             refund_fail_next: self.refund_fail_next,
             poison_address: self.poison_address,
         };

@@ -13,6 +13,7 @@ use crate::engine_client::{EngineClient, Heartbeat};
 use crate::shutdown::Shutdown;
 use crate::ErrorChain;
 use shop_types::api::{ActivityTask, PollRequest, ReportBatchRequest, TaskOutcome, TaskReport};
+use shop_types::history::ActivityError;
 use shop_types::limits::MAX_REPORTS_PER_BATCH;
 use shop_types::{QueueName, TaskToken};
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub const POLL_WAIT: Duration = Duration::from_secs(20);
 pub const REPORT_POLL_WAIT: Duration = Duration::from_secs(1);
 /// The engine's code for a report or heartbeat on an attempt that is no longer current.
 pub const STALE_TASK: &str = "STALE_TASK";
+/// The error type reported for an activity that panicked.
+pub const ACTIVITY_PANICKED: &str = "ACTIVITY_PANICKED";
 
 /// First and longest pause after a failed request to the engine.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -132,8 +135,13 @@ impl Poller {
     async fn execute_all(&self, tasks: Vec<ActivityTask>) -> Vec<TaskReport> {
         let mut running = JoinSet::new();
         let count = tasks.len();
+        // Which attempt each spawned task runs, so a panic can still be reported as that
+        // attempt's failure.
+        let mut tokens = std::collections::HashMap::with_capacity(count);
         for task in tasks {
-            running.spawn(execute_one(Arc::clone(&self.activities), self.client.clone(), task));
+            let token = task.token.clone();
+            let handle = running.spawn(execute_one(Arc::clone(&self.activities), self.client.clone(), task));
+            tokens.insert(handle.id(), token);
         }
         let mut shutdown = self.shutdown.clone();
         let grace_over = async move {
@@ -144,10 +152,23 @@ impl Poller {
         let mut reports = Vec::with_capacity(count);
         loop {
             tokio::select! {
-                joined = running.join_next() => match joined {
+                joined = running.join_next_with_id() => match joined {
                     None => break,
-                    Some(Ok(report)) => reports.push(report),
-                    Some(Err(err)) => tracing::error!(error = %err, "an activity task panicked; the engine will time its attempt out"),
+                    Some(Ok((_, report))) => reports.push(report),
+                    Some(Err(err)) => {
+                        // A panic is a bug in the activity, perhaps one that trips on this
+                        // input every time: report it as a retryable failure so the step's
+                        // retry policy, not a lease timeout, decides how long to keep trying.
+                        tracing::error!(error = %err, "an activity task panicked");
+                        if let Some(token) = tokens.remove(&err.id()) {
+                            let error = ActivityError {
+                                error_type: ACTIVITY_PANICKED.to_owned(),
+                                message: panic_message(err),
+                                retryable: true,
+                            };
+                            reports.push(TaskReport { token, outcome: TaskOutcome::Failed { error } });
+                        }
+                    }
                 },
                 () = &mut grace_over => {
                     tracing::warn!(abandoned = running.len(), "shutdown grace period over; abandoning in-flight tasks");
@@ -219,6 +240,19 @@ impl Poller {
             }
         }
     }
+}
+
+/// The panic's message, when it has one.
+fn panic_message(err: tokio::task::JoinError) -> String {
+    if !err.is_panic() {
+        return "the activity was cancelled".to_owned();
+    }
+    let payload = err.into_panic();
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .map_or_else(|| "the activity panicked".to_owned(), |message| format!("the activity panicked: {message}"))
 }
 
 async fn execute_one(activities: Arc<Activities>, client: EngineClient, task: ActivityTask) -> TaskReport {
