@@ -145,6 +145,11 @@ pub struct Stats {
     pub events: AtomicU64,
     pub active: AtomicU64,
     pub ready_tasks: AtomicU64,
+    /// Tasks waiting for a worker, per queue: the backlog an operator watches.
+    pub queue_depths: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    /// Runs whose history could not be replayed at start-up, with why: left on disk as they
+    /// are and not served, while every other run is.
+    pub quarantined: std::sync::Mutex<Vec<(WorkflowId, String)>>,
 }
 
 /// A cheap-to-clone way to talk to the core.
@@ -278,7 +283,10 @@ impl Core {
                     core.enqueue_if_scheduled(&id, None);
                 }
                 Err(reason) => {
-                    tracing::error!(workflow_id = %id, %reason, "run cannot be recovered; it is left as it is on disk and not served");
+                    tracing::error!(workflow_id = %id, %reason, "run quarantined: it cannot be recovered; it is left as it is on disk and not served");
+                    if let Ok(mut quarantined) = core.stats.quarantined.lock() {
+                        quarantined.push((id, reason));
+                    }
                 }
             }
         }
@@ -386,6 +394,11 @@ impl Core {
         self.stats.active.store(self.runs.len() as u64, Ordering::Relaxed);
         let ready: usize = self.ready.values().map(VecDeque::len).sum();
         self.stats.ready_tasks.store(ready as u64, Ordering::Relaxed);
+        if let Ok(mut depths) = self.stats.queue_depths.lock() {
+            for (queue, tasks) in &self.ready {
+                depths.insert(queue.to_string(), tasks.len());
+            }
+        }
         if turn.replies.is_empty() {
             return;
         }

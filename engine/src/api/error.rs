@@ -93,7 +93,18 @@ impl From<CoreError> for ApiError {
 
 impl From<crate::store::Error> for ApiError {
     fn from(error: crate::store::Error) -> Self {
-        CoreError::Storage(error.to_string()).into()
+        match error {
+            // Not a passing outage: retrying will not help, so say what is wrong.
+            crate::store::Error::Corrupt { .. } => {
+                tracing::error!(%error, "corrupt record");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "CORRUPT_RECORD",
+                    format!("{error}; the run it belongs to is quarantined and needs an operator"),
+                )
+            }
+            other => CoreError::Storage(other.to_string()).into(),
+        }
     }
 }
 

@@ -103,6 +103,12 @@ async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
         "events": stats.events.load(Relaxed),
         "active_workflows": stats.active.load(Relaxed),
         "ready_tasks": stats.ready_tasks.load(Relaxed),
+        "queues": stats.queue_depths.lock().map(|depths| depths.clone()).unwrap_or_default(),
+        "quarantined": stats
+            .quarantined
+            .lock()
+            .map(|runs| runs.iter().map(|(id, reason)| serde_json::json!({"id": id, "reason": reason})).collect::<Vec<_>>())
+            .unwrap_or_default(),
         "durability": state.durability.as_str(),
         "disk_bytes": state.store.size_on_disk()?,
     })))

@@ -112,10 +112,12 @@ pub(crate) fn list_views(
     let next_cursor = if more { ids.last().map(|id| id.to_string()) } else { None };
     let mut views = Vec::with_capacity(ids.len());
     for id in &ids {
-        if let Some(view) = workflow_view(state, id)? {
-            if keep(&view) {
-                views.push(view);
-            }
+        match workflow_view(state, id) {
+            Ok(Some(view)) if keep(&view) => views.push(view),
+            Ok(_) => {}
+            // One unreadable run must not hide every other: it is logged and left out.
+            Err(error) if error.code == "CORRUPT_RECORD" => {}
+            Err(error) => return Err(error),
         }
     }
     Ok((views, next_cursor))
