@@ -28,7 +28,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use shop_types::api::{Health, WorkflowStatus, WorkflowView};
+use shop_types::api::{Health, WorkflowView};
 use shop_types::history::EventKind;
 use shop_types::limits::{MAX_BODY_BYTES, MAX_WAIT_MS};
 use shop_types::WorkflowId;
@@ -169,15 +169,12 @@ pub(crate) async fn view_after_wait(
     id: &WorkflowId,
     wait: Option<Duration>,
 ) -> Result<WorkflowView, ApiError> {
-    let view = workflow_view(state, id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
-    let Some(wait) = wait else {
-        return Ok(view);
-    };
-    if view.status != WorkflowStatus::Running {
-        return Ok(view);
+    if let Some(wait) = wait {
+        // The core answers at once for a run that is not in flight (finished, parked or
+        // unknown), so the store is read once, after the wait.
+        let watch = state.core.call(|reply| Command::Watch { id: id.clone(), reply });
+        // Running out of time is not an error: the caller gets the current state.
+        let _ = tokio::time::timeout(wait, watch).await;
     }
-    let watch = state.core.call(|reply| Command::Watch { id: id.clone(), reply });
-    // Running out of time is not an error: the caller gets the current state.
-    let _ = tokio::time::timeout(wait, watch).await;
     workflow_view(state, id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))
 }
