@@ -192,6 +192,11 @@ impl Stack {
         self.engine.child.id()
     }
 
+    /// The worker processes' IDs, to read their resource use.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().filter_map(|(process, _, _)| process.child.id()).collect()
+    }
+
     /// Waits until any child exits, and says which one and how. Cancel-safe: meant to sit
     /// in a `select!` beside the real work.
     pub async fn died(&mut self) -> String {

@@ -373,7 +373,7 @@ mod tests {
                 })
                 .collect();
             batch.append_events(run, &events).expect("encodes");
-            batch.put_run(run, &summary(WorkflowStatus::Running), None).expect("encodes");
+            batch.put_run(run, &summary(WorkflowStatus::Running), None, true).expect("encodes");
         }
         store.commit(batch).expect("commits");
         // `a` is a prefix of `ab`: the NUL separator keeps their histories apart.
@@ -381,7 +381,7 @@ mod tests {
         assert_eq!(store.active_ids().count(), 2);
 
         let mut batch = WriteBatch::default();
-        batch.put_run(&a, &summary(WorkflowStatus::Completed), Some(WorkflowStatus::Running)).expect("encodes");
+        batch.put_run(&a, &summary(WorkflowStatus::Completed), Some(WorkflowStatus::Running), false).expect("encodes");
         store.commit(batch).expect("commits");
         let active: Vec<_> = store.active_ids().collect::<Result<_, _>>().expect("reads");
         assert_eq!(active, vec![ab.clone()]);

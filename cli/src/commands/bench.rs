@@ -239,6 +239,7 @@ struct Target {
     engine: Client,
     engine_url: String,
     engine_pid: Option<u32>,
+    worker_pids: Vec<u32>,
     inventory: Client,
     payments: Client,
     notifications: Client,
@@ -254,6 +255,7 @@ impl Target {
         Ok(Target {
             engine: stack.client().clone(),
             engine_pid: stack.engine_pid(),
+            worker_pids: stack.worker_pids(),
             inventory: admin("inventory")?,
             payments: admin("payment")?,
             notifications: admin("notification")?,
@@ -269,7 +271,7 @@ async fn measure(
     count: usize,
     data_dir: &Path,
 ) -> Result<Report> {
-    let Target { engine, engine_url, engine_pid, inventory, payments, notifications } = target;
+    let Target { engine, engine_url, engine_pid, worker_pids, inventory, payments, notifications } = target;
     stock_catalog(inventory).await?;
 
     let planned = Arc::new(plan_orders(count, args.mix, args.seed)?);
@@ -284,6 +286,8 @@ async fn measure(
         args.workers
     ));
 
+    let engine_cpu_before = engine_pid.and_then(cpu_ms);
+    let workers_cpu_before: Option<u64> = worker_pids.iter().map(|&pid| cpu_ms(pid)).sum();
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -311,6 +315,10 @@ async fn measure(
     progress.abort();
     eprintln!();
     let after: EngineStats = engine.get(Service::Engine, &["v1", "stats"], &[]).await?.body;
+    let engine_cpu = engine_pid.and_then(cpu_ms).zip(engine_cpu_before).map(|(after, before)| after - before);
+    let workers_cpu_after: Option<u64> = worker_pids.iter().map(|&pid| cpu_ms(pid)).sum();
+    let workers_cpu = workers_cpu_after.zip(workers_cpu_before).map(|(after, before)| after - before);
+    let per_saga = |cpu_ms: Option<u64>| cpu_ms.map(|ms| round(ms as f64 / count as f64, 3));
 
     let mut start_us = Histogram::<u64>::new(3).context("cannot create a histogram")?;
     let mut e2e_us = Histogram::<u64>::new(3).context("cannot create a histogram")?;
@@ -342,6 +350,8 @@ async fn measure(
         "disk_bytes_per_saga": disk_bytes.map(|bytes| bytes / count as u64),
         "events_per_sec": round(after.events.saturating_sub(before.events) as f64 / seconds, 0),
         "mean_commit_batch": round(after.commands.saturating_sub(before.commands) as f64 / commits as f64, 2),
+        "engine_cpu_ms_per_saga": per_saga(engine_cpu),
+        "workers_cpu_ms_per_saga": per_saga(workers_cpu),
         "mean_events_per_commit": round(after.events.saturating_sub(before.events) as f64 / commits as f64, 2),
         "confirmed": confirmed,
         "cancelled": samples.len() - confirmed,
@@ -468,6 +478,19 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
 }
+
+/// CPU time (user + system) the process has used so far, in milliseconds, from /proc. CPU
+/// per saga is steadier than throughput on a machine that is doing other work too.
+fn cpu_ms(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 1000 / CLOCK_TICKS_PER_SECOND)
+}
+
+/// The kernel's USER_HZ, which /proc reports times in; 100 on every Linux we run on.
+const CLOCK_TICKS_PER_SECOND: u64 = 100;
 
 /// Bytes the directory's files occupy on disk (allocated blocks, not apparent sizes).
 fn disk_usage(dir: &Path) -> Option<u64> {
