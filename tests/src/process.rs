@@ -363,3 +363,33 @@ pub fn run_to_end(mut command: Command, deadline: Duration) -> Finished {
         stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
     }
 }
+
+/// How long a process asked to stop (SIGTERM) may take to exit before the test fails.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(30);
+
+impl Engine {
+    /// SIGTERM, then waits (bounded by [`STOP_DEADLINE`]) for the engine to exit by itself, so
+    /// that its store is closed and another process (a test that edits it) may open it.
+    /// Returns the exit status; [`Engine::restart`] starts it again on the same dir and address.
+    pub async fn stop(&mut self) -> ExitStatus {
+        let mut proc = self.proc.take().expect("the engine is running");
+        proc.signal("TERM");
+        let deadline = Instant::now() + STOP_DEADLINE;
+        loop {
+            if let Some(status) = proc.exited() {
+                return status;
+            }
+            // Dropping `proc` on this panic kills the engine, so nothing is left behind.
+            assert!(Instant::now() < deadline, "the engine did not exit within {STOP_DEADLINE:?} of SIGTERM");
+            tokio::time::sleep(EXIT_POLL_INTERVAL).await;
+        }
+    }
+}
+
+impl Worker {
+    /// The worker's exit status if it has exited by itself (e.g. it crashed), `None` while it
+    /// runs. A worker the test killed has no process left and answers `None` too.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.proc.as_mut().and_then(Proc::exited)
+    }
+}
