@@ -149,7 +149,7 @@ pub struct Stats {
     pub queue_depths: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
     /// Runs whose history could not be replayed at start-up, with why: left on disk as they
     /// are and not served, while every other run is.
-    pub quarantined: std::sync::Mutex<Vec<(WorkflowId, String)>>,
+    pub quarantined: std::sync::Mutex<std::collections::BTreeMap<WorkflowId, String>>,
 }
 
 /// A cheap-to-clone way to talk to the core.
@@ -285,7 +285,7 @@ impl Core {
                 Err(reason) => {
                     tracing::error!(workflow_id = %id, %reason, "run quarantined: it cannot be recovered; it is left as it is on disk and not served");
                     if let Ok(mut quarantined) = core.stats.quarantined.lock() {
-                        quarantined.push((id, reason));
+                        quarantined.insert(id, reason);
                     }
                 }
             }
@@ -324,7 +324,8 @@ impl Core {
         let (to_syncer, synced) = std::sync::mpsc::sync_channel::<Vec<Reply>>(SYNC_QUEUE_CAPACITY);
         let store = self.store.clone();
         let stats = self.stats.clone();
-        let syncer = std::thread::Builder::new().name("syncer".into()).spawn(move || sync_loop(&store, &stats, &synced));
+        let syncer =
+            std::thread::Builder::new().name("syncer".into()).spawn(move || sync_loop(&store, &stats, &synced));
         let syncer = match syncer {
             Ok(handle) => handle,
             Err(error) => {
@@ -560,7 +561,8 @@ impl Core {
             output: None,
         };
         turn.batch.put_run(&id, &summary, None, true).map_err(storage)?;
-        let run = Run { state, summary_status: WorkflowStatus::Running, definition, timers: Vec::new(), waiters: Vec::new() };
+        let run =
+            Run { state, summary_status: WorkflowStatus::Running, definition, timers: Vec::new(), waiters: Vec::new() };
         self.runs.insert(id.clone(), run);
         self.record(turn, &id, events).map_err(storage)?;
         Ok(StartOutcome::Created)

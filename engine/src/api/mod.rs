@@ -24,6 +24,7 @@ use crate::registry::Registry;
 use crate::store::{Durability, Store};
 use auth::Access;
 use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -137,6 +138,15 @@ pub(crate) fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>, ApiErro
 
 /// A run as the API shows it, or `None` if there is no such run.
 pub(crate) fn workflow_view(state: &AppState, id: &WorkflowId) -> Result<Option<WorkflowView>, ApiError> {
+    let quarantined = state.core.stats.quarantined.lock().ok().and_then(|runs| runs.get(id).cloned());
+    if let Some(reason) = quarantined {
+        // Its summary may read fine, but its state is unknown: show it nowhere as if it ran.
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "CORRUPT_RECORD",
+            format!("workflow {id} is quarantined: {reason}"),
+        ));
+    }
     let Some(summary) = state.store.run(id)? else {
         return Ok(None);
     };
