@@ -128,7 +128,10 @@ mod tests {
     fn hang_next_applies_to_that_many_charges() {
         let faults = Faults::new(FaultConfig { payment_hang_next: 1, payment_hang_ms: 250, ..FaultConfig::default() })
             .expect("valid");
-        assert_eq!(faults.on_charge(), ChargeFault { hang: Some(Duration::from_millis(250)), fail: false, hang_after: None });
+        assert_eq!(
+            faults.on_charge(),
+            ChargeFault { hang: Some(Duration::from_millis(250)), fail: false, hang_after: None }
+        );
         assert_eq!(faults.on_charge().hang, None);
     }
 
