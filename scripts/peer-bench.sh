@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# shop-engine against its peers on one machine, with the peers' own closed-loop driver and
+# workload (../shared/peers): ours first, then Restate (and DBOS with PEERS="restate dbos-sqlite"),
+# one after the other, then a table of the figures and the ratios to ours.
+#
+#   bash scripts/peer-bench.sh                     # N=20000 CONCURRENCY=64 MAX_SECONDS=20
+#   PEERS="" bash scripts/peer-bench.sh            # ours only
+#   DURABILITY=process-crash bash scripts/peer-bench.sh
+#
+# The peers' folder is read-only shared material: it is copied to target/peers first, and
+# the peers' scripts install what they need there (npm, cargo, pip), as their README says.
+# Every server binds 127.0.0.1 only.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PEERS_SRC="${PEERS_SRC:-$ROOT/../shared/peers}"
+WORK="$ROOT/target/peers"
+export N="${N:-20000}" CONCURRENCY="${CONCURRENCY:-64}" WARMUP="${WARMUP:-100}" MAX_SECONDS="${MAX_SECONDS:-20}"
+PEERS="${PEERS-restate}"
+DURABILITY="${DURABILITY:-power-safe}"
+ENGINE_PORT="${ENGINE_PORT:-18480}"
+
+mkdir -p "$WORK" "$ROOT/target/peer-results"
+cp -r --no-preserve=mode "$PEERS_SRC"/. "$WORK"/
+chmod +x "$WORK"/*.sh
+(cd "$ROOT" && cargo build --release --workspace -q)
+(cd "$WORK/rust" && cargo build --release -q --bin saga_driver)
+
+OURS="$ROOT/target/release"
+RUN="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$RUN"
+}
+trap cleanup EXIT
+
+wait_for() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+
+ENGINE="http://127.0.0.1:$ENGINE_PORT"
+"$OURS/shop-engine" --data-dir "$RUN/engine" --listen "127.0.0.1:$ENGINE_PORT" --workflows "$ROOT/workflows" \
+  --open --rate-limit off --durability "$DURABILITY" 2> "$RUN/engine.log" &
+ENGINE_PID=$!; PIDS+=("$ENGINE_PID")
+wait_for "$ENGINE/healthz"
+declare -A ADMIN
+port=$((ENGINE_PORT + 1))
+for domain in inventory payment notification; do
+  "$OURS/shop-worker" --engine "$ENGINE" --data-dir "$RUN/$domain" --listen "127.0.0.1:$port" \
+    --activities "$domain" 2> "$RUN/$domain.log" &
+  PIDS+=("$!")
+  ADMIN[$domain]="http://127.0.0.1:$port"
+  wait_for "${ADMIN[$domain]}/healthz"
+  port=$((port + 1))
+done
+# The peers' catalog: products 1..50 with 1,000,000 units; product 51 with none.
+for p in $(seq 1 50); do
+  curl -sf -X PUT "${ADMIN[inventory]}/stock/$p" -H 'content-type: application/json' -d '{"units":1000000}' >/dev/null
+done
+curl -sf -X PUT "${ADMIN[inventory]}/stock/51" -H 'content-type: application/json' -d '{"units":0}' >/dev/null
+
+python3 "$WORK/common/gen_orders.py" $((N + WARMUP)) --prefix "ours$(date +%s)" > "$RUN/orders.json"
+python3 "$WORK/common/wait_quiet.py" "${QUIET_MAX_WAIT:-300}" 15 || echo "[peer-bench] machine not quiet; measuring anyway" >&2
+ORDERS="$RUN/orders.json" BODY=seed STATUS_POINTER=/status \
+  START_URL="$ENGINE/api/orders" WAIT_URL="$ENGINE/api/orders/{id}?wait=60s" \
+  STATS_CMD="python3 $ROOT/scripts/peer_stats.py $ENGINE ${ADMIN[inventory]} ${ADMIN[notification]}" \
+  "$WORK/rust/target/release/saga_driver" > "$RUN/driver.json" &
+DRIVER_PID=$!
+python3 "$WORK/common/rss_sampler.py" "$RUN/rss.json" "shop-engine=$ENGINE_PID" "~driver=$DRIVER_PID" &
+SAMPLER_PID=$!
+wait "$DRIVER_PID"
+kill -TERM "$SAMPLER_PID"; wait "$SAMPLER_PID" || true
+python3 - "$RUN/driver.json" "$RUN/rss.json" "$DURABILITY" > "$ROOT/target/peer-results/shop-engine.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); rss = json.load(open(sys.argv[2]))
+d.update({"peer": "shop-engine", "durability": sys.argv[3],
+          "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in rss.items()}})
+print(json.dumps(d))
+PY
+cleanup; PIDS=(); RUN="$(mktemp -d)"
+
+for peer in $PEERS; do
+  case "$peer" in
+    restate) (cd "$WORK" && bash run_restate.sh | tail -1) > "$ROOT/target/peer-results/restate.json" ;;
+    dbos-sqlite) (cd "$WORK" && bash run_dbos.sh sqlite | tail -1) > "$ROOT/target/peer-results/dbos-sqlite.json" ;;
+    dbos-pg) (cd "$WORK" && bash run_dbos.sh postgres | tail -1) > "$ROOT/target/peer-results/dbos-pg.json" ;;
+    *) echo "unknown peer $peer" >&2 ;;
+  esac
+done
+
+python3 - "$ROOT"/target/peer-results/*.json <<'PY'
+import json, sys
+runs = [json.load(open(p)) for p in sys.argv[1:]]
+ours = next(r for r in runs if r["peer"] == "shop-engine")
+print(f"{'engine':<14}{'sagas/s':>9}{'x ours':>8}{'e2e p50':>9}{'e2e p99':>9}{'start p50':>10}{'start p99':>10}{'server RSS MB':>14}  verify")
+for r in sorted(runs, key=lambda r: -r["sagas_per_s"]):
+    rss = r.get("peak_rss_mb", {})
+    server = rss.get("shop-engine") or rss.get("restate-server") or rss.get("_total")
+    print(f"{r['peer']:<14}{r['sagas_per_s']:>9.1f}{r['sagas_per_s'] / ours['sagas_per_s']:>8.2f}"
+          f"{r['e2e_p50_ms']:>9.1f}{r['e2e_p99_ms']:>9.1f}{r['start_p50_ms']:>10.2f}{r['start_p99_ms']:>10.2f}"
+          f"{server if server is not None else float('nan'):>14.1f}  {r.get('verify_ok')}")
+PY
