@@ -382,7 +382,7 @@ impl Core {
 
     fn commit(&mut self, turn: Turn) {
         if !turn.batch.is_empty() {
-            let events = turn.batch.len() as u64;
+            let events = turn.batch.events() as u64;
             if let Err(error) = self.store.apply(turn.batch) {
                 // The in-memory state is ahead of what the store holds; serving it would
                 // break "nothing acknowledged is lost". Exit without answering: restart

@@ -2,7 +2,7 @@
 //! tree with key prefixes, so that one transition is one atomic `apply_batch`.
 //!
 //! Key layout (IDs never contain a NUL byte, numbers are big-endian so keys sort by them):
-//! - `h` id 0x00 seq      -> an [`Event`]
+//! - `h` id 0x00 seq      -> the events of one transition, the first numbered `seq`
 //! - `r` id               -> the run's [`RunSummary`]
 //! - `a` id               -> () while the run is not terminal (what start-up replays)
 //! - `s` status id        -> () an index of runs by status
@@ -137,20 +137,21 @@ impl Store {
     }
 
     pub fn history(&self, id: &WorkflowId) -> Result<Vec<Event>, Error> {
-        let prefix = history_prefix(id);
-        self.tree
-            .scan_prefix(&prefix)
-            .map(|entry| {
-                let (key, bytes) = entry?;
-                decode(&key, &bytes)
-            })
-            .collect()
+        let mut events = Vec::new();
+        for entry in self.tree.scan_prefix(history_prefix(id)) {
+            let (key, bytes) = entry?;
+            events.extend(decode_events(&key, &bytes)?);
+        }
+        Ok(events)
     }
 
     /// The run's `WorkflowStarted` event (it carries the input).
     pub fn first_event(&self, id: &WorkflowId) -> Result<Option<Event>, Error> {
         let key = history_key(id, 1);
-        self.tree.get(&key)?.map(|bytes| decode(&key, &bytes)).transpose()
+        match self.tree.get(&key)? {
+            Some(bytes) => Ok(decode_events(&key, &bytes)?.into_iter().next()),
+            None => Ok(None),
+        }
     }
 
     /// IDs of runs that are not terminal: what start-up must replay.
@@ -234,7 +235,10 @@ impl Store {
 #[derive(Default)]
 pub struct WriteBatch {
     batch: sled::Batch,
+    /// Records written.
     len: usize,
+    /// History events among them.
+    events: usize,
 }
 
 impl WriteBatch {
@@ -246,12 +250,19 @@ impl WriteBatch {
         self.len
     }
 
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// Appends one transition's events as one record, keyed by the first one's number.
     pub fn append_events(&mut self, id: &WorkflowId, events: &[Event]) -> Result<(), Error> {
-        for event in events {
-            let bytes = codec::encode(event).map_err(Error::Encode)?;
-            self.batch.insert(history_key(id, event.seq), bytes);
-            self.len += 1;
-        }
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        let bytes = codec::encode_events(events).map_err(Error::Encode)?;
+        self.batch.insert(history_key(id, first.seq), bytes);
+        self.len += 1;
+        self.events += events.len();
         Ok(())
     }
 
@@ -324,6 +335,11 @@ fn history_key(id: &WorkflowId, seq: u64) -> Vec<u8> {
     let mut key = history_prefix(id);
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+fn decode_events(key: &[u8], bytes: &[u8]) -> Result<Vec<Event>, Error> {
+    codec::decode_events(bytes)
+        .map_err(|source| Error::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Error> {

@@ -416,10 +416,12 @@ async fn backlog_without_a_worker_shows_in_stats_and_drains_when_one_arrives() {
 
 /// The engine's sled tree (engine/src/store.rs).
 const ENGINE_TREE: &str = "engine";
-/// Prefix of history keys: `h` id 0x00 seq (u64, big-endian).
+/// Prefix of history keys: `h` id 0x00 seq (u64, big-endian), where seq is the number of the
+/// first event of the transition the record holds.
 const HISTORY_PREFIX: u8 = b'h';
-/// The record the test corrupts: the run's second event.
-const CORRUPT_SEQ: u64 = 2;
+/// The record the test corrupts: the run's first transition (WorkflowStarted and the first
+/// StepScheduled).
+const CORRUPT_SEQ: u64 = 1;
 /// A format byte the engine knows followed by bytes no bincode event decodes from.
 const GARBAGE: [u8; 5] = [1, 0xff, 0xff, 0xff, 0xff];
 const CORRUPT_RUN: &str = "quarantine-a";
@@ -451,7 +453,7 @@ async fn corrupt_record_quarantines_its_run_and_the_engine_serves_the_rest() {
     for id in [CORRUPT_RUN, HEALTHY_RUN] {
         api.place_order_ok(&order_body(Some(id), &[(1, 1)], "CREDIT_CARD")).await;
     }
-    let deadline = Deadline::new("the second event of each run being written");
+    let deadline = Deadline::new("the first record of each run being written");
     while api.history(CORRUPT_RUN).await.len() < CORRUPT_SEQ as usize {
         deadline.tick().await;
     }
@@ -490,7 +492,7 @@ async fn quarantined_run_is_left_out_of_lists() {
     let mut engine = Engine::start(dir.path(), EngineOptions::default()).await;
     let api = Api::new(&engine.url());
     api.place_order_ok(&order_body(Some(CORRUPT_RUN), &[(1, 1)], "CREDIT_CARD")).await;
-    let deadline = Deadline::new("the run's second event being written");
+    let deadline = Deadline::new("the run's first record being written");
     while api.history(CORRUPT_RUN).await.len() < CORRUPT_SEQ as usize {
         deadline.tick().await;
     }
