@@ -36,6 +36,9 @@ const EMBEDDED_ORDER_DEFINITION: &str = include_str!("../../workflows/order.toml
 /// How long a child may take to answer `/healthz` after it is spawned; an engine replaying
 /// a large store at start-up needs a while, a hung one must not block us for ever.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an engine may take to preload completed runs for a benchmark (a million takes
+/// minutes).
+const PRELOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often `died` looks at the children.
 const CHILD_CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -86,6 +89,9 @@ pub struct Stack {
     /// With the admin URL each serves and the domains it serves.
     workers: Vec<(Process, String, &'static str)>,
     client: Client,
+    /// From spawning the engine to its first healthy answer: its start-up time, replay of
+    /// in-flight runs included.
+    engine_ready_after: Duration,
 }
 
 struct Process {
@@ -107,6 +113,7 @@ impl Stack {
 
         output::note(&format!("starting {ENGINE_BINARY} on {engine_url} (workflows from {})", workflows.display()));
         output::note("the engine runs open: no authentication, no rate limit, loopback only");
+        let engine_spawned = tokio::time::Instant::now();
         let mut engine = Process::spawn(
             ENGINE_BINARY,
             Command::new(&engine_binary)
@@ -120,10 +127,11 @@ impl Stack {
                 .args(&options.engine_args),
             options,
         )?;
-        if let Err(err) = engine.wait_healthy(&client, Service::Engine).await {
+        if let Err(err) = engine.wait_healthy(&client, Service::Engine, STARTUP_TIMEOUT).await {
             engine.stop().await;
             return Err(err);
         }
+        let engine_ready_after = engine_spawned.elapsed();
 
         let plan: Vec<(&'static str, SocketAddr)> = match options.layout {
             WorkerLayout::Combined => vec![(ALL_ACTIVITIES, options.worker_listen)],
@@ -164,14 +172,14 @@ impl Stack {
                     return Err(err);
                 }
             };
-            if let Err(err) = worker.wait_healthy(&worker_client, Service::Worker).await {
+            if let Err(err) = worker.wait_healthy(&worker_client, Service::Worker, STARTUP_TIMEOUT).await {
                 worker.stop().await;
                 stop_all(&mut engine, &mut workers).await;
                 return Err(err);
             }
             workers.push((worker, admin_url, activities));
         }
-        Ok(Stack { engine, workers, client })
+        Ok(Stack { engine, workers, client, engine_ready_after })
     }
 
     /// A client pointed at this stack's engine and worker.
@@ -185,6 +193,42 @@ impl Stack {
             .iter()
             .find(|(_, _, activities)| activities.split(',').any(|a| a == domain))
             .map(|(_, url, _)| url.as_str())
+    }
+
+    /// How long the engine took from spawn to serving.
+    pub fn engine_ready_after(&self) -> Duration {
+        self.engine_ready_after
+    }
+
+    /// Fills the data directory with `runs` completed order runs, written by an engine of its
+    /// own (`--preload-completed`) that is stopped again; returns how long that took.
+    pub async fn preload(options: &StackOptions, runs: u64) -> Result<Duration> {
+        let engine_binary = sibling_binary(ENGINE_BINARY)?;
+        std::fs::create_dir_all(&options.data_dir)
+            .with_context(|| format!("cannot create {}", options.data_dir.display()))?;
+        let workflows = workflows_dir(options.workflows.as_deref(), &options.data_dir)?;
+        let listen = free_loopback_addr()?;
+        let client = Client::new(&connect_url(listen), &connect_url(options.worker_listen))?;
+        output::note(&format!("preloading {runs} completed runs"));
+        let started = tokio::time::Instant::now();
+        let mut engine = Process::spawn(
+            ENGINE_BINARY,
+            Command::new(&engine_binary)
+                .arg("--data-dir")
+                .arg(options.data_dir.join("engine"))
+                .arg("--listen")
+                .arg(listen.to_string())
+                .arg("--workflows")
+                .arg(&workflows)
+                .arg("--preload-completed")
+                .arg(runs.to_string())
+                .args(LOCAL_ENGINE_ARGS),
+            options,
+        )?;
+        let ready = engine.wait_healthy(&client, Service::Engine, PRELOAD_TIMEOUT).await;
+        let took = started.elapsed();
+        engine.stop().await;
+        ready.map(|()| took)
     }
 
     /// The engine's process ID, to read its resource use.
@@ -256,8 +300,8 @@ impl Process {
         Ok(Process { name, child, log })
     }
 
-    async fn wait_healthy(&mut self, client: &Client, service: Service) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    async fn wait_healthy(&mut self, client: &Client, service: Service, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().with_context(|| format!("cannot check on {}", self.name))? {
                 return Err(anyhow!("{} during start-up", self.describe_exit(Ok(status))));
@@ -271,7 +315,7 @@ impl Process {
                     "{} did not answer /healthz at {} within {}",
                     self.name,
                     client.base(service),
-                    output::duration(STARTUP_TIMEOUT)
+                    output::duration(timeout)
                 ));
             }
             tokio::time::sleep(HEALTH_POLL_INTERVAL).await;

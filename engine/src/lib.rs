@@ -20,6 +20,7 @@ pub mod codec;
 pub mod core;
 pub mod decider;
 pub mod definition;
+pub mod preload;
 pub mod rate_limit;
 pub mod registry;
 pub mod state;
@@ -45,12 +46,18 @@ pub struct EngineOptions {
     pub auth: AuthOptions,
     /// Requests per caller; `None` turns limits off.
     pub rate_limit: Option<RateLimit>,
+    /// Bound of sled's page cache; sled's default when `None`.
+    pub cache_bytes: Option<u64>,
+    /// Completed order runs to write into the store before serving (benchmarks only).
+    pub preload_completed: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot open the store in {dir}: {source}")]
     OpenStore { dir: PathBuf, source: store::Error },
+    #[error(transparent)]
+    Preload(#[from] preload::Error),
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error("cannot read workflow definitions in {dir}: {source}")]
@@ -87,11 +94,17 @@ pub async fn serve(
     std::fs::create_dir_all(&options.data_dir)
         .map_err(|e| Error::OpenStore { dir: options.data_dir.clone(), source: store::Error::Sync(e) })?;
     let store = Arc::new(
-        Store::open(&options.data_dir, options.durability)
+        Store::open(&options.data_dir, options.durability, options.cache_bytes)
             .map_err(|source| Error::OpenStore { dir: options.data_dir.clone(), source })?,
     );
     let registry = Arc::new(RwLock::new(load_definitions(&store, options.workflows_dir.as_deref())?));
     let clock: Arc<dyn clock::Clock> = Arc::new(clock::SystemClock);
+    if options.preload_completed > 0 {
+        let order = registry.read().ok().and_then(|r| r.latest(shop_types::order::ORDER_WORKFLOW_TYPE));
+        let order = order.ok_or(Error::Preload(preload::Error::Decider("no order definition is registered".into())))?;
+        let written = preload::preload_completed(&store, &order, options.preload_completed, clock.now_ms())?;
+        tracing::info!(written, "preloaded completed runs");
+    }
     let auth = Arc::new(Authenticator::new(&options.auth, store.clone(), clock.clone())?);
     let (core, handle, commands) = Core::recover(store.clone(), registry.clone(), clock, options.limits)?;
     let core_thread =

@@ -62,6 +62,13 @@ struct Args {
     /// Requests a caller may make at once above the rate; default: one period's worth.
     #[arg(long)]
     rate_burst: Option<u32>,
+    /// Bound of sled's page cache in MiB. In-flight runs are the working set, so a small
+    /// cache keeps memory flat however many finished runs the store holds.
+    #[arg(long, default_value_t = 64)]
+    cache_mb: u64,
+    /// Benchmarks only: write this many completed order runs into the store before serving.
+    #[arg(long, default_value_t = 0)]
+    preload_completed: u64,
 }
 
 #[tokio::main]
@@ -96,6 +103,8 @@ async fn main() -> anyhow::Result<()> {
                 Some(RateLimit::new(count, period, args.rate_burst.unwrap_or(count)))
             }
         },
+        cache_bytes: Some(args.cache_mb.saturating_mul(1024 * 1024)),
+        preload_completed: args.preload_completed,
     };
     shop_engine::serve(options, shutdown_signal()).await.context("shop-engine stopped")
 }

@@ -95,8 +95,15 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(dir: &Path, durability: Durability) -> Result<Store, Error> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+    /// Opens (or creates) the store. `cache_bytes` bounds sled's page cache (sled's own
+    /// default, 1 GiB, when `None`): the engine's working set is its in-flight runs, so a
+    /// small cache keeps memory flat however many finished runs the store holds.
+    pub fn open(dir: &Path, durability: Durability, cache_bytes: Option<u64>) -> Result<Store, Error> {
+        let mut config = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput);
+        if let Some(bytes) = cache_bytes {
+            config = config.cache_capacity(bytes);
+        }
+        let db = config.open()?;
         let tree = db.open_tree(TREE)?;
         let log_file = match durability {
             Durability::PowerSafe => Some(File::open(dir.join("db")).map_err(Error::Sync)?),
@@ -377,7 +384,7 @@ mod tests {
     #[test]
     fn a_committed_batch_reads_back_and_indexes_follow_status() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), Durability::PowerSafe).expect("opens");
+        let store = Store::open(dir.path(), Durability::PowerSafe, None).expect("opens");
         let (a, ab) = (id("a"), id("ab"));
         let mut batch = WriteBatch::default();
         for run in [&a, &ab] {
@@ -412,7 +419,7 @@ mod tests {
     #[test]
     fn tokens_round_trip_by_digest() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), Durability::ProcessCrash).expect("opens");
+        let store = Store::open(dir.path(), Durability::ProcessCrash, None).expect("opens");
         let record = TokenRecord {
             id: "tok_1".into(),
             name: "payments".into(),
@@ -431,7 +438,7 @@ mod tests {
     #[test]
     fn definitions_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), Durability::ProcessCrash).expect("opens");
+        let store = Store::open(dir.path(), Durability::ProcessCrash, None).expect("opens");
         let mut batch = WriteBatch::default();
         batch.put_definition("order", 2, "name = \"order\"").expect("encodes");
         store.commit(batch).expect("commits");

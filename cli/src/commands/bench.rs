@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// Keep the data here instead of a temporary directory (must not exist yet).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Store this many completed order runs first (written by the engine itself), then
+    /// measure start-up time and memory with them in the store.
+    #[arg(long, default_value_t = 0)]
+    preload: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +154,7 @@ fn plan_orders(count: usize, mix: Mix, seed: u64) -> Result<Vec<PlannedOrder>> {
                     items
                 }
             };
-            let id = format!("bench-{seed}-{i}");
+            let id = format!("{}{i}", id_prefix(seed));
             let payment_method = if expected == Expected::Declined { "DECLINED" } else { "CREDIT_CARD" };
             let body = serde_json::to_vec(&serde_json::json!({
                 "orderId": id,
@@ -195,10 +199,20 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         layout: args.workers,
         engine_args: vec!["--durability".to_owned(), args.durability.as_str().to_owned()],
     };
+    let preload_took = match args.preload {
+        0 => None,
+        runs => Some(Stack::preload(&options, runs).await?),
+    };
     let mut stack = Stack::start(&options).await?;
+    let start_up = StartUp {
+        preloaded: args.preload,
+        preload_took,
+        ready_after: stack.engine_ready_after(),
+        rss_at_start_kib: stack.engine_pid().and_then(|pid| proc_status_kib(pid, "VmRSS:")),
+    };
     let target = Target::of(&stack);
     let outcome = tokio::select! {
-        outcome = async { measure(&target?, &args, concurrency, orders, &data_dir).await } => outcome,
+        outcome = async { measure(&target?, &args, concurrency, orders, &data_dir, &start_up).await } => outcome,
         died = stack.died() => Err(anyhow!("{died}")),
     };
     stack.stop().await;
@@ -264,12 +278,21 @@ impl Target {
     }
 }
 
+/// How the engine started: with how many stored runs, and what that cost.
+struct StartUp {
+    preloaded: u64,
+    preload_took: Option<Duration>,
+    ready_after: Duration,
+    rss_at_start_kib: Option<u64>,
+}
+
 async fn measure(
     target: &Target,
     args: &BenchArgs,
     concurrency: usize,
     count: usize,
     data_dir: &Path,
+    start_up: &StartUp,
 ) -> Result<Report> {
     let Target { engine, engine_url, engine_pid, worker_pids, inventory, payments, notifications } = target;
     stock_catalog(inventory).await?;
@@ -329,7 +352,7 @@ async fn measure(
     let domains =
         Domains { inventory: inventory.clone(), payment: payments.clone(), notification: notifications.clone() };
     let violations = verify(&planned, &samples, engine, &domains).await?;
-    let engine_peak_rss_mb = engine_pid.and_then(peak_rss_kib).map(|kib| kib as f64 / 1024.0);
+    let engine_peak_rss_mb = engine_pid.and_then(|pid| proc_status_kib(pid, "VmHWM:")).map(|kib| kib as f64 / 1024.0);
     let disk_bytes = disk_usage(&data_dir.join("engine"));
     let seconds = elapsed.as_secs_f64();
     let commits = after.commits.saturating_sub(before.commits).max(1);
@@ -356,6 +379,10 @@ async fn measure(
         "confirmed": confirmed,
         "cancelled": samples.len() - confirmed,
         "violations": violations,
+        "preloaded_runs": start_up.preloaded,
+        "preload_s": start_up.preload_took.map(|took| round(took.as_secs_f64(), 1)),
+        "engine_start_to_serving_s": round(start_up.ready_after.as_secs_f64(), 3),
+        "engine_rss_at_start_mb": start_up.rss_at_start_kib.map(|kib| round(kib as f64 / 1024.0, 1)),
     });
     Ok(Report { json, violations })
 }
@@ -437,6 +464,16 @@ async fn show_progress(done: Arc<AtomicUsize>, total: usize, started: Instant) {
 /// Checks every order's outcome and the shop's invariants (design.md section 7, items 1-6)
 /// with the shared checker, against the engine's runs and histories and the workers' own
 /// data. Returns how many violations it found, printing them.
+/// The ID prefix of every order of a run with this seed.
+fn id_prefix(seed: u64) -> String {
+    format!("bench-{seed}-")
+}
+
+/// The prefix of an order ID made by [`id_prefix`].
+fn order_prefix(id: &str) -> String {
+    id.rsplit_once('-').map_or_else(|| id.to_owned(), |(head, _)| format!("{head}-"))
+}
+
 async fn verify(planned: &[PlannedOrder], samples: &[Sample], engine: &Client, domains: &Domains) -> Result<usize> {
     let mut violations = Vec::new();
     if samples.len() != planned.len() {
@@ -457,7 +494,9 @@ async fn verify(planned: &[PlannedOrder], samples: &[Sample], engine: &Client, d
         .collect();
     let options =
         Options { initial_stock: InitialStock::Known(initial), expected: Some(expected), allow_running: false };
-    let found = audit::audit(&verify::snapshot(engine, domains).await?, &options);
+    // Only this run's orders: a store preloaded with finished runs is not audited again.
+    let prefix = planned.first().map(|order| order_prefix(&order.id));
+    let found = audit::audit(&verify::snapshot(engine, domains, prefix.as_deref()).await?, &options);
     violations.extend(found.violations.iter().map(ToString::to_string));
 
     for violation in violations.iter().take(VIOLATIONS_SHOWN) {
@@ -469,12 +508,12 @@ async fn verify(planned: &[PlannedOrder], samples: &[Sample], engine: &Client, d
     Ok(violations.len())
 }
 
-/// The process's peak resident set (VmHWM), in KiB, from /proc.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+/// A memory figure of the process in KiB from /proc (`VmRSS:` now, `VmHWM:` its peak).
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
 }

@@ -76,7 +76,7 @@ pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
         Some(path) => InitialStock::Known(read_initial_stock(path)?),
         None => InitialStock::Reconstructed,
     };
-    let snapshot = snapshot(&ctx.client, &domains).await?;
+    let snapshot = snapshot(&ctx.client, &domains, None).await?;
     let options = Options { initial_stock, expected: None, allow_running: args.allow_running };
     let found = audit::audit(&snapshot, &options);
     show(&found, ctx.json)?;
@@ -118,19 +118,21 @@ fn read_initial_stock(path: &Path) -> Result<BTreeMap<i64, i64>> {
 }
 
 /// Reads every order run (all pages) with its history, and each domain's data.
-pub async fn snapshot(engine: &Client, domains: &Domains) -> Result<Snapshot> {
+pub async fn snapshot(engine: &Client, domains: &Domains, id_prefix: Option<&str>) -> Result<Snapshot> {
     let mut runs = Vec::new();
-    let mut cursor: Option<String> = None;
+    // Runs are listed in ID order, so a prefix is a range: start just before it, stop after.
+    let mut cursor: Option<String> = id_prefix.map(str::to_owned);
     loop {
         let mut query = vec![("type", ORDER_WORKFLOW_TYPE.to_owned()), ("limit", MAX_LIST_LIMIT.to_string())];
         if let Some(cursor) = cursor.take() {
             query.push(("cursor", cursor));
         }
         let page = engine.get::<WorkflowList>(Service::Engine, &["v1", "workflows"], &query).await?.body;
-        runs.extend(page.workflows);
+        let past_prefix = id_prefix.is_some_and(|p| page.workflows.iter().any(|run| !run.id.as_str().starts_with(p)));
+        runs.extend(page.workflows.into_iter().filter(|run| id_prefix.is_none_or(|p| run.id.as_str().starts_with(p))));
         match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
+            Some(next) if !past_prefix => cursor = Some(next),
+            _ => break,
         }
     }
     let mut histories = HashMap::with_capacity(runs.len());
