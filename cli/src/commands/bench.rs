@@ -73,6 +73,11 @@ pub struct BenchArgs {
     /// One order at a time, to measure latency without load.
     #[arg(long, conflicts_with = "concurrency")]
     unloaded: bool,
+    /// Open loop: start orders at this many per second whatever the engine's pace (up to
+    /// --concurrency in flight), to measure latency at a given load rather than the most
+    /// the engine can take.
+    #[arg(long, conflicts_with = "unloaded")]
+    rate: Option<u32>,
     /// How the domains are spread over worker processes.
     #[arg(long, value_enum, default_value_t = WorkerLayout::PerDomain)]
     workers: WorkerLayout,
@@ -314,6 +319,9 @@ async fn measure(
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    // In the open loop, order i starts at `started + i / rate`, late only if every client
+    // is busy.
+    let interval = args.rate.map(|rate| Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let (http, engine_url, planned, next, done) =
@@ -323,6 +331,10 @@ async fn measure(
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 let Some(order) = planned.get(index) else { break };
+                if let Some(interval) = interval {
+                    let due = started + interval.mul_f64(index as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 samples.push(drive_one(&http, &engine_url, order).await?);
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -361,6 +373,7 @@ async fn measure(
     let json = serde_json::json!({
         "orders": count,
         "concurrency": concurrency,
+        "rate_per_sec": args.rate,
         "durability": args.durability.as_str(),
         "workers": format!("{:?}", args.workers),
         "elapsed_s": round(seconds, 3),
