@@ -7,13 +7,15 @@
 #   PEERS="" bash scripts/peer-bench.sh            # ours only
 #   DURABILITY=process-crash bash scripts/peer-bench.sh
 #
-# The peers' folder is read-only shared material: it is copied to target/peers first, and
-# the peers' scripts install what they need there (npm, cargo, pip), as their README says.
+# The peers' folder is read-only shared material: it is copied to a scratch folder first, and
+# the peers' scripts install what they need in that copy (npm, cargo, pip), as their README says.
 # Every server binds 127.0.0.1 only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS_SRC="${PEERS_SRC:-$ROOT/../shared/peers}"
-WORK="$ROOT/target/peers"
+# Outside this workspace (cargo would take the peers' Rust project for one of its members),
+# and kept between runs so their installs are reused.
+WORK="${PEERS_WORK:-${TMPDIR:-/tmp}/shop-engine-peers}"
 export N="${N:-20000}" CONCURRENCY="${CONCURRENCY:-64}" WARMUP="${WARMUP:-100}" MAX_SECONDS="${MAX_SECONDS:-20}"
 PEERS="${PEERS-restate}"
 DURABILITY="${DURABILITY:-power-safe}"
