@@ -15,6 +15,7 @@
 use crate::clock::Clock;
 use crate::decider::{self, Context, Input, Rejection, Timer, TimerKind};
 use crate::definition::Definition;
+use crate::disk::DiskGuard;
 use crate::registry::Registry;
 use crate::state::{AttemptStatus, WorkflowState};
 use crate::store::{self, RunSummary, Store, WriteBatch};
@@ -34,6 +35,8 @@ pub const COMMAND_QUEUE_CAPACITY: usize = 16_384;
 pub const MAX_COMMANDS_PER_COMMIT: usize = 1_024;
 /// Longest the core sleeps with nothing to do, so it notices shutdown and clock jumps.
 const IDLE_WAKE: Duration = Duration::from_millis(500);
+/// Shortest sleep while the disk is full and timers are due but cannot fire.
+const DISK_FULL_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -77,6 +80,8 @@ pub enum CoreError {
     Overloaded(&'static str),
     #[error("engine is shutting down")]
     ShuttingDown,
+    #[error("the engine's disk is nearly full; nothing was written")]
+    DiskFull,
     #[error("{0}")]
     DefinitionConflict(String),
     #[error("{0}")]
@@ -245,6 +250,10 @@ pub struct Core {
     shutting_down: bool,
     /// Where applied turns go to be made durable and answered; set while `run` runs.
     syncer: Option<SyncSender<Vec<Reply>>>,
+    /// Free space of the store's disk, when guarded.
+    disk: Option<DiskGuard>,
+    /// Whether this turn may write (the disk guard's last verdict).
+    room_to_write: bool,
 }
 
 impl Core {
@@ -272,6 +281,8 @@ impl Core {
             watcher_count: 0,
             shutting_down: false,
             syncer: None,
+            disk: None,
+            room_to_write: true,
         };
         let now = core.clock.now_ms();
         let ids: Vec<WorkflowId> = core.store.active_ids().collect::<Result<_, _>>()?;
@@ -293,6 +304,11 @@ impl Core {
         core.stats.active.store(core.runs.len() as u64, Ordering::Relaxed);
         tracing::info!(in_flight = core.runs.len(), "recovered in-flight runs");
         Ok((core, Handle { tx, stats }, rx))
+    }
+
+    /// Refuses writes while the store's disk is below the guard's low-water mark.
+    pub fn guard_disk(&mut self, guard: DiskGuard) {
+        self.disk = Some(guard);
     }
 
     fn replay(&self, id: &WorkflowId, now: u64) -> Result<Run, String> {
@@ -339,6 +355,8 @@ impl Core {
             let wait = self
                 .next_wake_ms()
                 .map_or(IDLE_WAKE, |at| Duration::from_millis(at.saturating_sub(now)).min(IDLE_WAKE));
+            // With the disk full, due timers cannot fire: look again after a pause, not at once.
+            let wait = if self.room_to_write { wait } else { wait.max(DISK_FULL_PAUSE) };
             let first = match commands.recv_timeout(wait) {
                 Ok(command) => Some(command),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -346,7 +364,10 @@ impl Core {
             };
             let now = self.clock.now_ms();
             let mut turn = Turn::default();
-            self.fire_due_timers(&mut turn, now);
+            self.room_to_write = self.disk.as_mut().is_none_or(|disk| disk.has_room(now));
+            if self.room_to_write {
+                self.fire_due_timers(&mut turn, now);
+            }
             let mut handled = 0;
             if let Some(command) = first {
                 self.handle(&mut turn, command, now);
@@ -419,6 +440,10 @@ impl Core {
     }
 
     fn handle(&mut self, turn: &mut Turn, command: Command, now: u64) {
+        let command = if self.room_to_write { Some(command) } else { self.refuse_writes(turn, command) };
+        let Some(command) = command else {
+            return;
+        };
         match command {
             Command::Start { id, workflow_type, input, reply } => {
                 let result = self.start(turn, id, &workflow_type, input, now);
@@ -439,7 +464,12 @@ impl Core {
                 });
             }
             Command::Poll { queue, worker_id, max_tasks, deadline_ms, reply } => {
-                let tasks = self.take_ready(turn, &queue, &worker_id, max_tasks, now);
+                // Handing a task out writes its start: with the disk full the poll waits.
+                let tasks = if self.room_to_write {
+                    self.take_ready(turn, &queue, &worker_id, max_tasks, now)
+                } else {
+                    Vec::new()
+                };
                 if !tasks.is_empty() || deadline_ms <= now || self.shutting_down {
                     turn.after_commit(move || {
                         let _ = reply.send(tasks);
@@ -511,6 +541,29 @@ impl Core {
                 self.watcher_count = 0;
             }
         }
+    }
+
+    /// With the disk nearly full, answers every command that would write with `DiskFull`
+    /// (nothing is recorded) and hands back the others.
+    fn refuse_writes(&mut self, turn: &mut Turn, command: Command) -> Option<Command> {
+        fn refuse<T: Send + 'static>(turn: &mut Turn, reply: oneshot::Sender<Result<T, CoreError>>) {
+            turn.after_commit(move || {
+                let _ = reply.send(Err(CoreError::DiskFull));
+            });
+        }
+        match command {
+            Command::Start { reply, .. } => refuse(turn, reply),
+            Command::Cancel { reply, .. } | Command::Resume { reply, .. } => refuse(turn, reply),
+            Command::Register { reply, .. } => refuse(turn, reply),
+            Command::Report { reports, reply } => {
+                let refused = reports.iter().map(|_| Err(CoreError::DiskFull)).collect();
+                turn.after_commit(move || {
+                    let _ = reply.send(refused);
+                });
+            }
+            other => return Some(other),
+        }
+        None
     }
 
     fn start(

@@ -20,6 +20,7 @@ pub mod codec;
 pub mod core;
 pub mod decider;
 pub mod definition;
+pub mod disk;
 pub mod preload;
 pub mod rate_limit;
 pub mod registry;
@@ -50,6 +51,8 @@ pub struct EngineOptions {
     pub cache_bytes: Option<u64>,
     /// Completed order runs to write into the store before serving (benchmarks only).
     pub preload_completed: u64,
+    /// Below this much free space on the store's disk, writes are refused (503 DISK_FULL).
+    pub min_free_disk_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +109,8 @@ pub async fn serve(
         tracing::info!(written, "preloaded completed runs");
     }
     let auth = Arc::new(Authenticator::new(&options.auth, store.clone(), clock.clone())?);
-    let (core, handle, commands) = Core::recover(store.clone(), registry.clone(), clock, options.limits)?;
+    let (mut core, handle, commands) = Core::recover(store.clone(), registry.clone(), clock, options.limits)?;
+    core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
     let core_thread =
         std::thread::Builder::new().name("core".into()).spawn(move || core.run(commands)).map_err(Error::CoreThread)?;
 

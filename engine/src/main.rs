@@ -66,6 +66,10 @@ struct Args {
     /// cache keeps memory flat however many finished runs the store holds.
     #[arg(long, default_value_t = 64)]
     cache_mb: u64,
+    /// Below this much free space (MiB) on the store's disk, writes are refused with 503
+    /// DISK_FULL and nothing is recorded, until space is freed.
+    #[arg(long, default_value_t = 64)]
+    min_free_disk_mb: u64,
     /// Benchmarks only: write this many completed order runs into the store before serving.
     #[arg(long, default_value_t = 0)]
     preload_completed: u64,
@@ -105,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
         },
         cache_bytes: Some(args.cache_mb.saturating_mul(1024 * 1024)),
         preload_completed: args.preload_completed,
+        min_free_disk_bytes: args.min_free_disk_mb.saturating_mul(1024 * 1024),
     };
     shop_engine::serve(options, shutdown_signal()).await.context("shop-engine stopped")
 }

@@ -76,6 +76,7 @@ impl From<CoreError> for ApiError {
             CoreError::Finished => ApiError::new(StatusCode::CONFLICT, "ALREADY_FINISHED", message),
             CoreError::PastPivot => ApiError::new(StatusCode::CONFLICT, "PAST_PIVOT", message),
             CoreError::NotParked => ApiError::new(StatusCode::CONFLICT, "NOT_PARKED", message),
+            CoreError::DiskFull => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "DISK_FULL", message),
             CoreError::Overloaded(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", message),
             CoreError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN", message),
             CoreError::DefinitionConflict(_) => ApiError::new(StatusCode::CONFLICT, "VERSION_CONFLICT", message),

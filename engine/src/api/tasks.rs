@@ -116,6 +116,10 @@ pub(crate) async fn report(
         check_queue(&principal, &poll.queue)?;
     }
     let results = state.core.call(|reply| Command::Report { reports: request.reports, reply }).await?;
+    // A batch refused for want of disk is refused whole, so the worker retries all of it.
+    if results.iter().any(|result| matches!(result, Err(CoreError::DiskFull))) {
+        return Err(CoreError::DiskFull.into());
+    }
     let tasks = match request.then_poll {
         Some(poll) => poll_tasks(&state, poll).await?,
         None => Vec::new(),
