@@ -22,6 +22,9 @@ const EXIT_DEADLINE: Duration = Duration::from_secs(30);
 const BAD_DEFINITION: &str =
     "name = \"broken\"\nversion = 1\n\n[[steps]]\nname = \"a\"\nactivity = \"x.y\"\nqueue = \"q\"\nbogus = 1\n";
 const BAD_DEFINITION_LINE: usize = 8;
+/// Array nesting far past what the API takes (64 levels for payloads, and serde_json's own
+/// limit of 128).
+const DEEP_NESTING: usize = 10_000;
 
 /// Sends `request`, asserts the answer is the JSON error `status`/`code`, and that the
 /// engine holds as many runs as before.
@@ -83,6 +86,25 @@ async fn order_bodies_that_are_wrong_are_refused_and_change_nothing() {
         let reply = refused(api, &what, 422, "INVALID_VALUE", post_order(api, with_lines(lines))).await;
         assert!(reply.message().contains("orderItems"), "{what}: the message names the field: {}", reply.text);
     }
+    let invalid_utf8 = b"{\"orderItems\":[],\"paymentMethod\":\"\xff\xfe\"}".to_vec();
+    refused(api, "invalid UTF-8", 400, "MALFORMED_JSON", raw("application/json", invalid_utf8)).await;
+    let deep = format!("{{\"orderItems\":{}{}}}", "[".repeat(DEEP_NESTING), "]".repeat(DEEP_NESTING));
+    refused(api, "deep nesting in a typed field", 422, "INVALID_BODY", raw("application/json", deep.into_bytes()))
+        .await;
+    let deep_input =
+        format!("{{\"type\":\"order\",\"input\":{}{}}}", "[".repeat(DEEP_NESTING), "]".repeat(DEEP_NESTING));
+    let request = async {
+        api.post_raw("/v1/workflows", "application/json", deep_input.into_bytes(), &[])
+            .await
+            .expect("POST /v1/workflows")
+    };
+    let reply = refused(api, "deep nesting in a free-form input", 422, "INVALID_BODY", request).await;
+    assert!(reply.message().contains("deeper"), "the message says why: {}", reply.text);
+    // A token for a run that does not exist, in the right shape: forged, so stale.
+    let forged = json!({"token": "nobody-at-all~f0~1", "output": {}});
+    let request = async { api.post_json("/v1/tasks/complete", &forged).await.expect("POST /v1/tasks/complete") };
+    refused(api, "forged task token", 409, "STALE_TASK", request).await;
+
     let mut unknown_field = with_quantity(1);
     unknown_field["couponCode"] = json!("FREE");
     refused(api, "unknown field", 422, "INVALID_BODY", post_order(api, unknown_field)).await;

@@ -12,10 +12,12 @@ use serde_json::value::RawValue;
 pub struct JsonText(String);
 
 impl JsonText {
-    /// Parses `text` once to check it is one valid JSON document.
+    /// Parses `text` once to check it is one valid JSON document, nested no deeper than
+    /// [`MAX_JSON_DEPTH`].
     pub fn parse(text: impl Into<String>) -> Result<Self, serde_json::Error> {
         let text = text.into();
         serde_json::from_str::<&RawValue>(&text)?;
+        check_depth(&text)?;
         Ok(JsonText(text))
     }
 
@@ -66,6 +68,38 @@ impl JsonText {
     }
 }
 
+/// How deep a payload may nest. Payloads are kept as text and parsed by workers written in
+/// any language; a bound here means no consumer meets a document its parser cannot take.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Refuses a (valid) JSON document that nests deeper than [`MAX_JSON_DEPTH`].
+fn check_depth(text: &str) -> Result<(), serde_json::Error> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(serde::de::Error::custom(format!("JSON nests deeper than {MAX_JSON_DEPTH} levels")));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl std::fmt::Debug for JsonText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -93,6 +127,7 @@ impl<'de> Deserialize<'de> for JsonText {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         if deserializer.is_human_readable() {
             let raw = Box::<RawValue>::deserialize(deserializer)?;
+            check_depth(raw.get()).map_err(serde::de::Error::custom)?;
             Ok(JsonText(raw.get().to_owned()))
         } else {
             let text = String::deserialize(deserializer)?;
@@ -122,6 +157,17 @@ mod tests {
         assert!(JsonText::parse(object.as_str()).is_ok(), "{object}");
         assert_eq!(object.to_value()["a"][1], 2);
         assert_eq!(JsonText::object([]).as_str(), "{}");
+    }
+
+    #[test]
+    fn depth_is_bounded_at_the_limit() {
+        let nested = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        assert!(JsonText::parse(nested(MAX_JSON_DEPTH)).is_ok());
+        assert!(JsonText::parse(nested(MAX_JSON_DEPTH + 1)).is_err());
+        // Brackets inside strings are text, not nesting.
+        assert!(JsonText::parse(format!("[\"{}\"]", "[".repeat(500))).is_ok());
+        let wire = format!("{{\"a\":{}}}", nested(MAX_JSON_DEPTH + 1));
+        assert!(serde_json::from_str::<std::collections::HashMap<String, JsonText>>(&wire).is_err());
     }
 
     #[test]
