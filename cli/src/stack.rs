@@ -71,6 +71,8 @@ pub struct StackOptions {
     pub layout: WorkerLayout,
     /// Extra flags for the engine (e.g. `--durability process-crash`).
     pub engine_args: Vec<String>,
+    /// Extra flags for every worker (e.g. `--durability process-crash`).
+    pub worker_args: Vec<String>,
 }
 
 /// How the shop's domains are spread over worker processes.
@@ -161,7 +163,8 @@ impl Stack {
                     .arg("--listen")
                     .arg(listen.to_string())
                     .arg("--activities")
-                    .arg(activities),
+                    .arg(activities)
+                    .args(&options.worker_args),
                 options,
             )
             .and_then(|process| Ok((process, Client::new(&engine_url, &admin_url)?)));

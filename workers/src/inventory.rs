@@ -166,7 +166,9 @@ pub struct Inventory {
 impl Inventory {
     /// Loads the products and reservations of `db`, seeding the default catalog into a store
     /// that has never been seeded.
-    pub fn open(db: sled::Db) -> Result<Self, store::Error> {
+    pub fn open(opened: store::Opened) -> Result<Self, store::Error> {
+        let flusher = store::Flusher::start(&opened, "inventory")?;
+        let db = opened.db;
         if db.get(SEEDED_KEY)?.is_none() {
             let mut batch = sled::Batch::default();
             for (index, (name, price_cents)) in (1..).zip(CATALOG) {
@@ -190,7 +192,6 @@ impl Inventory {
         for reservation in store::scan::<Reservation>(&db, &[RESERVATION_PREFIX])? {
             state.reservations.insert(reservation.order_id.clone(), reservation);
         }
-        let flusher = store::Flusher::start(db.clone(), "inventory")?;
         Ok(Inventory { db, flusher, state: Mutex::new(state) })
     }
 

@@ -57,6 +57,8 @@ pub struct Options {
     /// Poll loops per queue, 1..=`MAX_CONCURRENCY`.
     pub concurrency: usize,
     pub faults: FaultConfig,
+    /// What each store flush must survive before an effect is reported.
+    pub durability: store::Durability,
     /// Sent to the engine as `Authorization: Bearer`; `None` for an engine running open.
     pub token: Option<shop_types::auth::BearerToken>,
 }
@@ -193,12 +195,12 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
 fn open_domain<T>(
     options: &Options,
     domain: Domain,
-    load: impl FnOnce(sled::Db) -> Result<T, store::Error>,
+    load: impl FnOnce(store::Opened) -> Result<T, store::Error>,
 ) -> Result<Option<Arc<T>>, Error> {
     if !options.domains.contains(&domain) {
         return Ok(None);
     }
-    store::open(&options.data_dir.join(domain.as_str()))
+    store::open(&options.data_dir.join(domain.as_str()), options.durability)
         .and_then(load)
         .map(|loaded| Some(Arc::new(loaded)))
         .map_err(|source| Error::Store { domain, source })

@@ -41,6 +41,9 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16,
           value_parser = clap::value_parser!(u16).range(1..=MAX_CONCURRENCY as i64))]
     concurrency: u16,
+    /// What each flush of a domain's store must survive before its effect is reported.
+    #[arg(long, value_enum, default_value_t = shop_worker::store::Durability::PowerSafe)]
+    durability: shop_worker::store::Durability,
     /// Fail the next N payment.charge calls with a retryable error.
     #[arg(long, default_value_t = 0)]
     payment_fail_next: u32,
@@ -91,6 +94,7 @@ impl Args {
             listen: self.listen,
             domains: self.activities,
             concurrency: usize::from(self.concurrency),
+            durability: self.durability,
             faults,
             token: self.token,
         })

@@ -71,10 +71,11 @@ pub struct Notification {
 }
 
 impl Notification {
-    pub fn open(db: sled::Db) -> Result<Self, store::Error> {
+    pub fn open(opened: store::Opened) -> Result<Self, store::Error> {
+        let flusher = store::Flusher::start(&opened, "notification")?;
+        let db = opened.db;
         let entries: Vec<OutboxRecord> = store::scan(&db, &[ENTRY_PREFIX])?;
         let keys = entries.iter().map(|e| e.idempotency_key.clone()).collect();
-        let flusher = store::Flusher::start(db.clone(), "notification")?;
         Ok(Notification { db, flusher, state: Mutex::new(State { entries, keys }) })
     }
 

@@ -113,13 +113,14 @@ pub struct Payment {
 }
 
 impl Payment {
-    pub fn open(db: sled::Db) -> Result<Self, store::Error> {
+    pub fn open(opened: store::Opened) -> Result<Self, store::Error> {
+        let flusher = store::Flusher::start(&opened, "payment")?;
+        let db = opened.db;
         let mut state = State::default();
         for payment in store::scan::<OrderPayment>(&db, &[ORDER_PREFIX])? {
             state.orders.insert(payment.order_id.clone(), payment);
         }
         state.ledger = store::scan(&db, &[LEDGER_PREFIX])?;
-        let flusher = store::Flusher::start(db.clone(), "payment")?;
         Ok(Payment { db, flusher, state: Mutex::new(state) })
     }
 

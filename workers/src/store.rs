@@ -35,15 +35,44 @@ pub enum Error {
     Corrupt { key: String, reason: String },
 }
 
+/// What each flush must survive before an effect is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// sled's flush plus `fdatasync` of its log file: survives power loss (the default).
+    PowerSafe,
+    /// sled's flush only (`sync_file_range`): survives kill -9 of the worker, not power loss.
+    ProcessCrash,
+}
+
+/// An open store, and the file to `fdatasync` after each flush when it must be power-safe.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub db: sled::Db,
+    pub sync_file: Option<std::sync::Arc<std::fs::File>>,
+}
+
 /// Opens (creating when missing) the sled store at `path`.
-pub fn open(path: &Path) -> Result<sled::Db, Error> {
-    sled::Config::new().path(path).open().map_err(|source| Error::Open { path: path.to_owned(), source })
+pub fn open(path: &Path, durability: Durability) -> Result<Opened, Error> {
+    let db = sled::Config::new().path(path).open().map_err(|source| Error::Open { path: path.to_owned(), source })?;
+    let sync_file = match durability {
+        // sled 0.34 keeps its log in the file `db` of the store's folder.
+        Durability::PowerSafe => Some(std::sync::Arc::new(
+            std::fs::File::open(path.join("db"))
+                .map_err(|e| Error::Flush(format!("cannot open the store's log: {e}")))?,
+        )),
+        Durability::ProcessCrash => None,
+    };
+    Ok(Opened { db, sync_file })
 }
 
 /// A store that lives only as long as the process, for tests.
 #[cfg(test)]
-pub fn temporary() -> sled::Db {
-    sled::Config::new().temporary(true).open().expect("a temporary sled store opens unless the machine is out of disk")
+pub fn temporary() -> Opened {
+    let db = sled::Config::new()
+        .temporary(true)
+        .open()
+        .expect("a temporary sled store opens unless the machine is out of disk");
+    Opened { db, sync_file: None }
 }
 
 pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, Error> {
@@ -91,7 +120,8 @@ pub struct Flusher {
 type FlushRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 impl Flusher {
-    pub fn start(db: sled::Db, name: &str) -> Result<Flusher, Error> {
+    pub fn start(store: &Opened, name: &str) -> Result<Flusher, Error> {
+        let (db, sync_file) = (store.db.clone(), store.sync_file.clone());
         let (requests, pending) = std::sync::mpsc::channel::<FlushRequest>();
         let thread = std::thread::Builder::new()
             .name(format!("{name}-flusher"))
@@ -100,7 +130,10 @@ impl Flusher {
                 while let Ok(first) = pending.recv() {
                     let mut waiters = vec![first];
                     waiters.extend(pending.try_iter());
-                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string()).and_then(|()| match &sync_file {
+                        Some(file) => file.sync_data().map_err(|e| format!("fdatasync: {e}")),
+                        None => Ok(()),
+                    });
                     for waiter in waiters {
                         let _ = waiter.send(result.clone());
                     }
@@ -186,8 +219,8 @@ mod tests {
     fn a_store_held_by_someone_else_does_not_open() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("inventory");
-        let _held = open(&path).expect("first open succeeds");
-        let second = open(&path);
+        let _held = open(&path, Durability::PowerSafe).expect("first open succeeds");
+        let second = open(&path, Durability::PowerSafe);
         assert!(matches!(second, Err(Error::Open { .. })), "{second:?}");
     }
 }

@@ -143,6 +143,7 @@ async fn a_worker_runs_reports_heartbeats_and_shuts_down_cleanly() {
         listen: "127.0.0.1:0".parse().expect("valid addr"),
         domains: Domain::ALL.to_vec(),
         concurrency: 2,
+        durability: store::Durability::PowerSafe,
         faults: FaultConfig { payment_hang_next: 1, payment_hang_ms: 500, ..FaultConfig::default() },
         token: None,
     };
@@ -177,6 +178,8 @@ async fn a_worker_runs_reports_heartbeats_and_shuts_down_cleanly() {
     assert_eq!(completed(3)["params"], serde_json::json!({"n": 1}));
 
     // The worker released its stores and flushed them: they reopen with the charge in them.
-    let payment = Payment::open(store::open(&data_dir.path().join("payment")).expect("reopens")).expect("loads");
+    let payment =
+        Payment::open(store::open(&data_dir.path().join("payment"), store::Durability::PowerSafe).expect("reopens"))
+            .expect("loads");
     assert_eq!(payment.ledger().len(), 1);
 }

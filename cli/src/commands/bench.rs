@@ -47,7 +47,8 @@ const VIOLATIONS_SHOWN: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
-    /// Flush plus fdatasync before every acknowledgement: survives power loss.
+    /// Flush plus fdatasync before every acknowledgement, in the engine and the workers:
+    /// survives power loss.
     PowerSafe,
     /// Flush only: survives kill -9 of the engine, not power loss.
     ProcessCrash,
@@ -203,6 +204,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         output: ChildOutput::LogFiles,
         layout: args.workers,
         engine_args: vec!["--durability".to_owned(), args.durability.as_str().to_owned()],
+        worker_args: vec!["--durability".to_owned(), args.durability.as_str().to_owned()],
     };
     let preload_took = match args.preload {
         0 => None,

@@ -212,6 +212,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         output: ChildOutput::LogFiles,
         layout: WorkerLayout::Combined,
         engine_args: Vec::new(),
+        worker_args: Vec::new(),
     };
     let gathered = run_stack(&options).await;
     if args.keep {

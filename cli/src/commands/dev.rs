@@ -38,6 +38,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         output: ChildOutput::Inherit,
         layout: WorkerLayout::Combined,
         engine_args: Vec::new(),
+        worker_args: Vec::new(),
     };
     // A signal during start-up drops the half-started stack, which kills its children.
     let mut stack = tokio::select! {
