@@ -79,6 +79,9 @@ pub struct BenchArgs {
     /// the engine can take.
     #[arg(long, conflicts_with = "unloaded")]
     rate: Option<u32>,
+    /// Poll loops per queue in each worker (its `--concurrency`).
+    #[arg(long, default_value_t = 8)]
+    worker_concurrency: u16,
     /// How the domains are spread over worker processes.
     #[arg(long, value_enum, default_value_t = WorkerLayout::PerDomain)]
     workers: WorkerLayout,
@@ -204,7 +207,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         output: ChildOutput::LogFiles,
         layout: args.workers,
         engine_args: vec!["--durability".to_owned(), args.durability.as_str().to_owned()],
-        worker_args: vec!["--durability".to_owned(), args.durability.as_str().to_owned()],
+        worker_args: vec![
+            "--durability".to_owned(),
+            args.durability.as_str().to_owned(),
+            "--concurrency".to_owned(),
+            args.worker_concurrency.to_string(),
+        ],
     };
     let preload_took = match args.preload {
         0 => None,
