@@ -179,14 +179,25 @@ pub(crate) fn optional_reason(headers: &HeaderMap, body: &Bytes) -> Result<Optio
     Ok(request.reason)
 }
 
+/// The run an action names and the reason given for it (or `default`).
+fn action_target(
+    id: String,
+    headers: &HeaderMap,
+    body: &Bytes,
+    default: &str,
+) -> Result<(WorkflowId, String), ApiError> {
+    let id = WorkflowId::parse(id)?;
+    let reason = optional_reason(headers, body)?.unwrap_or_else(|| default.to_owned());
+    Ok((id, reason))
+}
+
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let id = WorkflowId::parse(id)?;
-    let reason = optional_reason(&headers, &body)?.unwrap_or_else(|| "requested by the API".into());
+    let (id, reason) = action_target(id, &headers, &body, "requested by the API")?;
     stop_run(&state, id, reason, false).await
 }
 
@@ -196,8 +207,7 @@ pub(crate) async fn terminate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let id = WorkflowId::parse(id)?;
-    let reason = optional_reason(&headers, &body)?.unwrap_or_else(|| "terminated by the API".into());
+    let (id, reason) = action_target(id, &headers, &body, "terminated by the API")?;
     stop_run(&state, id, reason, true).await
 }
 
@@ -209,8 +219,7 @@ pub(crate) async fn retry(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let id = WorkflowId::parse(id)?;
-    let reason = optional_reason(&headers, &body)?.unwrap_or_else(|| "retried by an operator".into());
+    let (id, reason) = action_target(id, &headers, &body, "retried by an operator")?;
     state.core.call(|reply| Command::Resume { id: id.clone(), reason, reply }).await??;
     let view = workflow_view(&state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
     Ok((StatusCode::ACCEPTED, Json(view)))
