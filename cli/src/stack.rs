@@ -118,15 +118,7 @@ impl Stack {
         let engine_spawned = tokio::time::Instant::now();
         let mut engine = Process::spawn(
             ENGINE_BINARY,
-            Command::new(&engine_binary)
-                .arg("--data-dir")
-                .arg(options.data_dir.join("engine"))
-                .arg("--listen")
-                .arg(options.engine_listen.to_string())
-                .arg("--workflows")
-                .arg(&workflows)
-                .args(LOCAL_ENGINE_ARGS)
-                .args(&options.engine_args),
+            engine_command(&engine_binary, options, options.engine_listen, &workflows).args(&options.engine_args),
             options,
         )?;
         if let Err(err) = engine.wait_healthy(&client, Service::Engine, STARTUP_TIMEOUT).await {
@@ -216,16 +208,9 @@ impl Stack {
         let started = tokio::time::Instant::now();
         let mut engine = Process::spawn(
             ENGINE_BINARY,
-            Command::new(&engine_binary)
-                .arg("--data-dir")
-                .arg(options.data_dir.join("engine"))
-                .arg("--listen")
-                .arg(listen.to_string())
-                .arg("--workflows")
-                .arg(&workflows)
+            engine_command(&engine_binary, options, listen, &workflows)
                 .arg("--preload-completed")
-                .arg(runs.to_string())
-                .args(LOCAL_ENGINE_ARGS),
+                .arg(runs.to_string()),
             options,
         )?;
         let ready = engine.wait_healthy(&client, Service::Engine, PRELOAD_TIMEOUT).await;
@@ -387,6 +372,20 @@ fn read_tail(path: &Path) -> Result<String> {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(LOG_TAIL_LINES);
     Ok(lines[start..].join("\n"))
+}
+
+/// The engine of a local stack: its data under the stack's folder, open on loopback.
+fn engine_command(binary: &Path, options: &StackOptions, listen: SocketAddr, workflows: &Path) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg("--data-dir")
+        .arg(options.data_dir.join("engine"))
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--workflows")
+        .arg(workflows)
+        .args(LOCAL_ENGINE_ARGS);
+    command
 }
 
 /// The engine and worker binaries live beside `shopctl` (cargo builds them into one
