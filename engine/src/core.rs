@@ -149,7 +149,6 @@ pub struct Stats {
     pub commands: AtomicU64,
     pub events: AtomicU64,
     pub active: AtomicU64,
-    pub ready_tasks: AtomicU64,
     /// Tasks waiting for a worker, per queue: the backlog an operator watches.
     pub queue_depths: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
     /// Runs whose history could not be replayed at start-up, with why: left on disk as they
@@ -210,19 +209,31 @@ struct Turn {
     queues_with_new_tasks: HashSet<QueueName>,
 }
 
+/// A turn as the syncer sees it: whether it wrote, and whom to answer.
+struct AppliedTurn {
+    wrote: bool,
+    replies: Vec<Reply>,
+}
+
 /// The syncer: takes the answers of applied turns, makes everything applied so far durable
-/// with one sync, then sends them. Ends when the core drops its sender.
-fn sync_loop(store: &Store, stats: &Stats, turns: &Receiver<Vec<Reply>>) {
+/// with one sync, then sends them. Turns arrive in order, so when no turn of a group wrote,
+/// every earlier write is already synced and the group is answered without a sync (an empty
+/// poll, a heartbeat, a read of a finished run). Ends when the core drops its sender.
+fn sync_loop(store: &Store, stats: &Stats, turns: &Receiver<AppliedTurn>) {
     while let Ok(first) = turns.recv() {
-        let mut replies = first;
+        let mut wrote = first.wrote;
+        let mut replies = first.replies;
         for more in turns.try_iter() {
-            replies.extend(more);
+            wrote |= more.wrote;
+            replies.extend(more.replies);
         }
-        if let Err(error) = store.sync() {
-            tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
-            std::process::exit(70);
+        if wrote {
+            if let Err(error) = store.sync() {
+                tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
+                std::process::exit(70);
+            }
+            stats.commits.fetch_add(1, Ordering::Relaxed);
         }
-        stats.commits.fetch_add(1, Ordering::Relaxed);
         for reply in replies {
             reply();
         }
@@ -249,7 +260,7 @@ pub struct Core {
     watcher_count: usize,
     shutting_down: bool,
     /// Where applied turns go to be made durable and answered; set while `run` runs.
-    syncer: Option<SyncSender<Vec<Reply>>>,
+    syncer: Option<SyncSender<AppliedTurn>>,
     /// Free space of the store's disk, when guarded.
     disk: Option<DiskGuard>,
     /// Whether this turn may write (the disk guard's last verdict).
@@ -337,7 +348,7 @@ impl Core {
 
     /// The core's loop; returns when every handle is dropped.
     pub fn run(mut self, commands: Receiver<Command>) {
-        let (to_syncer, synced) = std::sync::mpsc::sync_channel::<Vec<Reply>>(SYNC_QUEUE_CAPACITY);
+        let (to_syncer, synced) = std::sync::mpsc::sync_channel::<AppliedTurn>(SYNC_QUEUE_CAPACITY);
         let store = self.store.clone();
         let stats = self.stats.clone();
         let syncer =
@@ -402,7 +413,8 @@ impl Core {
     }
 
     fn commit(&mut self, turn: Turn) {
-        if !turn.batch.is_empty() {
+        let wrote = !turn.batch.is_empty();
+        if wrote {
             let events = turn.batch.events() as u64;
             if let Err(error) = self.store.apply(turn.batch) {
                 // The in-memory state is ahead of what the store holds; serving it would
@@ -414,22 +426,21 @@ impl Core {
             self.stats.events.fetch_add(events, Ordering::Relaxed);
         }
         self.stats.active.store(self.runs.len() as u64, Ordering::Relaxed);
-        let ready: usize = self.ready.values().map(VecDeque::len).sum();
-        self.stats.ready_tasks.store(ready as u64, Ordering::Relaxed);
         if let Ok(mut depths) = self.stats.queue_depths.lock() {
             for (queue, tasks) in &self.ready {
                 depths.insert(queue.to_string(), tasks.len());
             }
         }
-        if turn.replies.is_empty() {
+        // A turn that wrote goes to the syncer even with nobody to answer, so its write is
+        // synced at once; a turn that only answers waits its turn there, as its answers may
+        // rest on state an earlier turn applied and has not yet made durable.
+        if !wrote && turn.replies.is_empty() {
             return;
         }
-        // Even a turn that wrote nothing waits its turn at the syncer: its answers may rest on
-        // state an earlier turn applied and has not yet made durable.
         let Some(syncer) = &self.syncer else {
             return;
         };
-        if syncer.send(turn.replies).is_err() {
+        if syncer.send(AppliedTurn { wrote, replies: turn.replies }).is_err() {
             tracing::error!("the syncer has stopped; exiting so recovery starts from the durable state");
             std::process::exit(70);
         }

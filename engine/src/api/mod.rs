@@ -99,13 +99,14 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
 async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
     let stats = &state.core.stats;
+    let queues = stats.queue_depths.lock().map(|depths| depths.clone()).unwrap_or_default();
     Ok(Json(serde_json::json!({
         "commits": stats.commits.load(Relaxed),
         "commands": stats.commands.load(Relaxed),
         "events": stats.events.load(Relaxed),
         "active_workflows": stats.active.load(Relaxed),
-        "ready_tasks": stats.ready_tasks.load(Relaxed),
-        "queues": stats.queue_depths.lock().map(|depths| depths.clone()).unwrap_or_default(),
+        "ready_tasks": queues.values().sum::<usize>(),
+        "queues": queues,
         "quarantined": stats
             .quarantined
             .lock()
