@@ -440,6 +440,19 @@ fn corrupt_history_record(store_dir: &Path, id: &str, seq: u64) {
     db.flush().expect("flush the corrupted store");
 }
 
+/// Places the orders `ids` with no worker running, so they stay in flight (which is what
+/// start-up replays), stops the engine, corrupts [`CORRUPT_RUN`]'s first record and starts
+/// the engine again. A placed order's first record is durable once its POST is answered.
+async fn restart_with_a_corrupt_run(dir: &Path, engine: &mut Engine, api: &Api, ids: &[&str]) {
+    for id in ids {
+        api.place_order_ok(&order_body(Some(id), &[(1, 1)], "CREDIT_CARD")).await;
+    }
+    let status = engine.stop().await;
+    assert!(status.success(), "the engine stops cleanly on SIGTERM: {status}");
+    corrupt_history_record(&dir.join("engine"), CORRUPT_RUN, CORRUPT_SEQ);
+    engine.restart().await;
+}
+
 /// A run whose history holds an unreadable record cannot be replayed at start-up: it is
 /// quarantined (listed with a reason in `/v1/stats`, its history answering 500
 /// CORRUPT_RECORD) while the engine serves every other in-flight run to its end and its
@@ -449,19 +462,7 @@ async fn corrupt_record_quarantines_its_run_and_the_engine_serves_the_rest() {
     let dir = tempfile::tempdir().expect("a temporary dir for the stack");
     let mut engine = Engine::start(dir.path(), EngineOptions::default()).await;
     let api = Api::new(&engine.url());
-    // No worker yet: both runs stay in flight, which is what start-up replays.
-    for id in [CORRUPT_RUN, HEALTHY_RUN] {
-        api.place_order_ok(&order_body(Some(id), &[(1, 1)], "CREDIT_CARD")).await;
-    }
-    let deadline = Deadline::new("the first record of each run being written");
-    while api.history(CORRUPT_RUN).await.len() < CORRUPT_SEQ as usize {
-        deadline.tick().await;
-    }
-
-    let status = engine.stop().await;
-    assert!(status.success(), "the engine stops cleanly on SIGTERM: {status}");
-    corrupt_history_record(&dir.path().join("engine"), CORRUPT_RUN, CORRUPT_SEQ);
-    engine.restart().await;
+    restart_with_a_corrupt_run(dir.path(), &mut engine, &api, &[CORRUPT_RUN, HEALTHY_RUN]).await;
     let _worker = Worker::start(dir.path(), "worker", &engine.url(), WorkerOptions::default()).await;
 
     let order = api.wait_order(HEALTHY_RUN).await;
@@ -491,15 +492,7 @@ async fn quarantined_run_is_left_out_of_lists() {
     let dir = tempfile::tempdir().expect("a temporary dir for the stack");
     let mut engine = Engine::start(dir.path(), EngineOptions::default()).await;
     let api = Api::new(&engine.url());
-    api.place_order_ok(&order_body(Some(CORRUPT_RUN), &[(1, 1)], "CREDIT_CARD")).await;
-    let deadline = Deadline::new("the run's first record being written");
-    while api.history(CORRUPT_RUN).await.len() < CORRUPT_SEQ as usize {
-        deadline.tick().await;
-    }
-    let status = engine.stop().await;
-    assert!(status.success(), "the engine stops cleanly on SIGTERM: {status}");
-    corrupt_history_record(&dir.path().join("engine"), CORRUPT_RUN, CORRUPT_SEQ);
-    engine.restart().await;
+    restart_with_a_corrupt_run(dir.path(), &mut engine, &api, &[CORRUPT_RUN]).await;
     assert!(stats(&api).await["quarantined"].to_string().contains(CORRUPT_RUN), "the run is quarantined");
 
     // Every list is checked before failing, so the report names all that show the run.
