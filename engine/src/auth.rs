@@ -43,8 +43,12 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 /// Longest credential looked at; anything longer is refused before it is hashed or parsed.
 pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
-/// Clock skew forgiven when checking a JWT's `exp`.
+/// Clock skew forgiven when checking a JWT's `exp` and `nbf`.
 const JWT_LEEWAY_MS: u64 = 5_000;
+/// Longest a JWT may still be valid for: one whose `exp` lies further ahead is refused. A JWT
+/// cannot be revoked (only its key can be changed), so a leaked one must expire soon; long-lived
+/// credentials are opaque tokens, which can be revoked.
+pub const MAX_JWT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The digest-prefix length the in-memory index is keyed by (see [`Authenticator::lookup`]).
 const INDEX_KEY_LEN: usize = 16;
 
@@ -86,6 +90,8 @@ pub enum Denied {
     Unknown,
     #[error("the token has expired")]
     Expired,
+    #[error("the token is not valid yet (its nbf lies ahead)")]
+    NotYetValid,
     #[error("the token has been revoked")]
     Revoked,
     #[error("this engine accepts no JWTs (it was started without --jwt-secret-file)")]
@@ -141,6 +147,9 @@ struct Claims {
     queues: Vec<QueueName>,
     /// Seconds since the Unix epoch.
     exp: u64,
+    /// Not valid before this (seconds since the Unix epoch), when present.
+    #[serde(default)]
+    nbf: Option<u64>,
 }
 
 struct Jwt {
@@ -253,8 +262,19 @@ impl Authenticator {
         let claims = jsonwebtoken::decode::<Claims>(jwt, &verifier.key, &verifier.validation)
             .map_err(|e| Denied::BadJwt(e.to_string()))?
             .claims;
-        if claims.exp.saturating_mul(1000).saturating_add(JWT_LEEWAY_MS) <= self.clock.now_ms() {
+        let now_ms = self.clock.now_ms();
+        if claims.exp.saturating_mul(1000).saturating_add(JWT_LEEWAY_MS) <= now_ms {
             return Err(Denied::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf.saturating_mul(1000) > now_ms.saturating_add(JWT_LEEWAY_MS)) {
+            return Err(Denied::NotYetValid);
+        }
+        let longest_ms = u64::try_from(MAX_JWT_LIFETIME.as_millis()).unwrap_or(u64::MAX);
+        if claims.exp.saturating_mul(1000) > now_ms.saturating_add(longest_ms).saturating_add(JWT_LEEWAY_MS) {
+            return Err(Denied::BadJwt(format!(
+                "exp lies more than {} days ahead; a JWT may be valid for at most that long",
+                MAX_JWT_LIFETIME.as_secs() / 86_400
+            )));
         }
         if claims.queues.len() > MAX_TOKEN_QUEUES {
             return Err(Denied::BadJwt(format!("more than {MAX_TOKEN_QUEUES} queues")));
@@ -666,6 +686,28 @@ mod tests {
         assert!(matches!(f.auth.authenticate(Some(&bearer(&no_exp))), Err(Denied::BadJwt(_))));
         let bad_role = jwt(serde_json::json!({"role": "root", "exp": now_s + 60}), JWT_KEY);
         assert!(matches!(f.auth.authenticate(Some(&bearer(&bad_role))), Err(Denied::BadJwt(_))));
+    }
+
+    #[test]
+    fn jwts_honour_nbf_and_a_longest_lifetime() {
+        let f = fixture(|dir| {
+            let key = dir.join("jwt.key");
+            std::fs::write(&key, [JWT_KEY, b"\n"].concat()).expect("writes");
+            AuthOptions { jwt_secret_file: Some(key), ..AuthOptions::default() }
+        });
+        let now_s = f.clock.now_ms() / 1000;
+        let later = jwt(serde_json::json!({"role": "client", "exp": now_s + 7200, "nbf": now_s + 3600}), JWT_KEY);
+        assert_eq!(f.auth.authenticate(Some(&bearer(&later))), Err(Denied::NotYetValid));
+        // Within the leeway, and in the past, `nbf` lets the token through.
+        for nbf in [now_s + 1, now_s - 500] {
+            let token = jwt(serde_json::json!({"role": "client", "exp": now_s + 60, "nbf": nbf}), JWT_KEY);
+            assert!(f.auth.authenticate(Some(&bearer(&token))).is_ok(), "nbf {nbf}");
+        }
+        let longest = MAX_JWT_LIFETIME.as_secs();
+        let at_limit = jwt(serde_json::json!({"role": "client", "exp": now_s + longest}), JWT_KEY);
+        assert!(f.auth.authenticate(Some(&bearer(&at_limit))).is_ok());
+        let beyond = jwt(serde_json::json!({"role": "client", "exp": now_s + longest + 60}), JWT_KEY);
+        assert!(matches!(f.auth.authenticate(Some(&bearer(&beyond))), Err(Denied::BadJwt(_))));
     }
 
     #[test]

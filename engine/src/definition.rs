@@ -372,7 +372,9 @@ fn resolve_step(input: ResolveInput<'_>, defaults: &RawDefaults) -> Result<StepD
     let params = match input.params {
         Some(table) => {
             let value = serde_json::to_value(table).map_err(|e| format!("step {name:?}: params: {e}"))?;
-            JsonText::from_value(&value)
+            // Parsed, not just built, so params obey the payload limits (nesting depth)
+            // that every other payload a worker receives obeys.
+            JsonText::parse(value.to_string()).map_err(|e| format!("step {name:?}: params: {e}"))?
         }
         None => JsonText::parse("{}").map_err(|e| e.to_string())?,
     };
@@ -489,5 +491,16 @@ mod tests {
     fn duplicate_step_names_are_rejected() {
         let err = error_of(&format!("{MINIMAL}[[steps]]\nname = \"a\"\nactivity = \"x.z\"\nqueue = \"q\"\n"));
         assert!(err.reason.contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn params_nest_no_deeper_than_any_other_payload() {
+        // `levels` nested tables: the JSON the worker gets nests exactly that deep.
+        let params = |levels: usize| format!("params = {}1{}\n", "{ a = ".repeat(levels), " }".repeat(levels));
+        let deepest = shop_types::json::MAX_JSON_DEPTH;
+        let def = parse("ok.toml", &format!("{MINIMAL}{}", params(deepest))).expect("at the limit");
+        assert!(def.steps[0].params.as_str().starts_with("{\"a\":{"));
+        let err = error_of(&format!("{MINIMAL}{}", params(deepest + 1)));
+        assert!(err.reason.contains("nests deeper"), "{err}");
     }
 }

@@ -285,7 +285,9 @@ async fn jwts_signed_with_the_engine_key_are_accepted_and_others_are_not() {
     let forged = jwt(json!({"role": "admin", "exp": now_s() + 300}), "some-other-key-0123456789abcdef0123");
     let expired = jwt(json!({"role": "client", "exp": now_s() - 300}), JWT_KEY);
     let no_expiry = jwt(json!({"role": "client"}), JWT_KEY);
-    for token in [forged, expired, no_expiry] {
+    let not_yet = jwt(json!({"role": "client", "nbf": now_s() + 3600, "exp": now_s() + 7200}), JWT_KEY);
+    let for_a_year = jwt(json!({"role": "client", "exp": now_s() + 365 * 86_400}), JWT_KEY);
+    for token in [forged, expired, no_expiry, not_yet, for_a_year] {
         Api::with_token(&url, &token).get("/api/orders").await.expect("GET").assert_error(401, "UNAUTHENTICATED");
     }
 }

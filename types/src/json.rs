@@ -13,7 +13,7 @@ pub struct JsonText(String);
 
 impl JsonText {
     /// Parses `text` once to check it is one valid JSON document, nested no deeper than
-    /// [`MAX_JSON_DEPTH`].
+    /// [`MAX_JSON_DEPTH`] and free of lone surrogate escapes (see [`check_text`]).
     pub fn parse(text: impl Into<String>) -> Result<Self, serde_json::Error> {
         let text = text.into();
         serde_json::from_str::<&RawValue>(&text)?;
@@ -72,17 +72,56 @@ impl JsonText {
 /// any language; a bound here means no consumer meets a document its parser cannot take.
 pub const MAX_JSON_DEPTH: usize = 64;
 
-/// Refuses a (valid) JSON document that nests deeper than [`MAX_JSON_DEPTH`].
-fn check_depth(text: &str) -> Result<(), serde_json::Error> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for byte in text.bytes() {
+/// Why a syntactically valid JSON text is still refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonTextError {
+    #[error("JSON nests deeper than {MAX_JSON_DEPTH} levels")]
+    TooDeep,
+    /// A `\uD800`-`\uDFFF` escape that is not half of a surrogate pair: it names no
+    /// character, so UTF-8 cannot hold it and strict parsers (ours among them) refuse it.
+    #[error("lone UTF-16 surrogate escape at byte {0}: it is not a character")]
+    LoneSurrogate(usize),
+}
+
+/// Checks what a JSON syntax check lets through: nesting deeper than [`MAX_JSON_DEPTH`] and
+/// lone surrogate escapes. One pass over the bytes, no allocation; `text` need not be valid
+/// JSON (the syntax is the parser's business), so this can run before parsing.
+pub fn check_text(text: &[u8]) -> Result<(), JsonTextError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut i = 0;
+    while i < text.len() {
+        let byte = text[i];
         if in_string {
             match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
                 b'"' => in_string = false,
+                b'\\' if text.get(i + 1) == Some(&b'u') => {
+                    let Some(unit) = hex4(text, i + 2) else {
+                        // Not four hex digits: a syntax error the parser reports.
+                        i += 2;
+                        continue;
+                    };
+                    match unit {
+                        0xD800..=0xDBFF => {
+                            let low = (text.get(i + 6..i + 8) == Some(b"\\u")).then(|| hex4(text, i + 8)).flatten();
+                            if !low.is_some_and(|low| (0xDC00..=0xDFFF).contains(&low)) {
+                                return Err(JsonTextError::LoneSurrogate(i));
+                            }
+                            i += 12;
+                            continue;
+                        }
+                        0xDC00..=0xDFFF => return Err(JsonTextError::LoneSurrogate(i)),
+                        _ => {
+                            i += 6;
+                            continue;
+                        }
+                    }
+                }
+                // Any other escape is two bytes; skipping both keeps `\"` inside the string.
+                b'\\' => i += 1,
                 _ => {}
             }
+            i += 1;
             continue;
         }
         match byte {
@@ -90,14 +129,28 @@ fn check_depth(text: &str) -> Result<(), serde_json::Error> {
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_JSON_DEPTH {
-                    return Err(serde::de::Error::custom(format!("JSON nests deeper than {MAX_JSON_DEPTH} levels")));
+                    return Err(JsonTextError::TooDeep);
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     Ok(())
+}
+
+/// The UTF-16 code unit spelled by the four hex digits at `at`, if there are four.
+fn hex4(text: &[u8], at: usize) -> Option<u16> {
+    let digits = std::str::from_utf8(text.get(at..at + 4)?).ok()?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u16::from_str_radix(digits, 16).ok()
+}
+
+fn check_depth(text: &str) -> Result<(), serde_json::Error> {
+    check_text(text.as_bytes()).map_err(serde::de::Error::custom)
 }
 
 impl std::fmt::Debug for JsonText {
@@ -168,6 +221,18 @@ mod tests {
         assert!(JsonText::parse(format!("[\"{}\"]", "[".repeat(500))).is_ok());
         let wire = format!("{{\"a\":{}}}", nested(MAX_JSON_DEPTH + 1));
         assert!(serde_json::from_str::<std::collections::HashMap<String, JsonText>>(&wire).is_err());
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused_and_pairs_accepted() {
+        assert!(JsonText::parse(r#"["\ud83d\ude00"]"#).is_ok(), "a pair is one character");
+        assert!(JsonText::parse(r#"["\u00e9 \\ud800"]"#).is_ok(), "an escaped backslash, then text");
+        for lone in [r#""\ud800""#, r#""\udc00""#, r#""\ud800\u0041""#, r#""x\uD800""#, r#"{"a":"\ud800"}"#] {
+            assert!(JsonText::parse(lone).is_err(), "{lone}");
+        }
+        assert_eq!(check_text(br#""\ud800""#), Err(JsonTextError::LoneSurrogate(1)));
+        let wire = r#"{"a":"\udfff"}"#;
+        assert!(serde_json::from_str::<std::collections::HashMap<String, JsonText>>(wire).is_err());
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub const MAX_ID_LEN: usize = 128;
 pub const DEFAULT_MAX_HISTORY_EVENTS: u64 = 10_000;
 /// Lines per order.
 pub const MAX_ORDER_LINES: usize = 100;
+/// Longest shipping address accepted, in bytes.
+pub const MAX_SHIPPING_ADDRESS_BYTES: usize = 1024;
 /// Units per order line.
 pub const MAX_LINE_QUANTITY: i64 = 1000;
 /// Tasks one poll may return.

@@ -2,6 +2,7 @@
 //! exchange. The engine's generic core never reads these; only its thin order API, the
 //! workers and the CLI do.
 
+use crate::limits::{MAX_LINE_QUANTITY, MAX_ORDER_LINES, MAX_SHIPPING_ADDRESS_BYTES};
 use serde::{Deserialize, Serialize};
 
 /// The workflow type that runs an order.
@@ -26,9 +27,14 @@ pub mod errors {
 /// The payment method the fake provider always declines.
 pub const DECLINED_PAYMENT_METHOD: &str = "DECLINED";
 
-/// One order line, as the seed API spells it.
+/// The payment methods the shop takes; an order naming any other is refused (422) before a
+/// run starts, so nothing is charged for a method nobody offers.
+pub const PAYMENT_METHODS: &[&str] = &["CREDIT_CARD", "DEBIT_CARD", "PAYPAL", "BANK_TRANSFER", DECLINED_PAYMENT_METHOD];
+
+/// One order line, as the seed API spells it. Unknown fields are refused (a `priceCents` a
+/// client sends would otherwise be silently ignored, and the client might think it counted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrderItem {
     pub product_id: i64,
     pub quantity: i64,
@@ -41,19 +47,67 @@ pub struct PlaceOrderRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
     pub order_items: Vec<OrderItem>,
-    #[serde(default)]
     pub shipping_address: String,
     pub payment_method: String,
 }
 
-/// The order workflow's input, as the order API builds it.
+/// The order workflow's input, as the order API builds it. Every path that starts an `order`
+/// run checks it with [`OrderInput::check`], so a stored order is always readable as one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrderInput {
     pub order_id: String,
     pub order_items: Vec<OrderItem>,
     pub shipping_address: String,
     pub payment_method: String,
+}
+
+/// Why an order is refused; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct OrderInputError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl OrderInput {
+    /// Checks the shop's limits on an order: lines, product ids, quantities, a shipping
+    /// address and a payment method the shop takes.
+    pub fn check(&self) -> Result<(), OrderInputError> {
+        let refuse = |field: String, reason: String| Err(OrderInputError { field, reason });
+        let lines = self.order_items.len();
+        if !(1..=MAX_ORDER_LINES).contains(&lines) {
+            return refuse("orderItems".into(), format!("an order has 1 to {MAX_ORDER_LINES} lines, got {lines}"));
+        }
+        for (i, item) in self.order_items.iter().enumerate() {
+            if item.product_id < 1 {
+                return refuse(format!("orderItems[{i}].productId"), "must be a positive product id".into());
+            }
+            if !(1..=MAX_LINE_QUANTITY).contains(&item.quantity) {
+                return refuse(
+                    format!("orderItems[{i}].quantity"),
+                    format!("must be between 1 and {MAX_LINE_QUANTITY}, got {}", item.quantity),
+                );
+            }
+        }
+        if self.shipping_address.trim().is_empty() {
+            return refuse("shippingAddress".into(), "is required".into());
+        }
+        if self.shipping_address.len() > MAX_SHIPPING_ADDRESS_BYTES {
+            return refuse("shippingAddress".into(), format!("may be at most {MAX_SHIPPING_ADDRESS_BYTES} bytes"));
+        }
+        if !PAYMENT_METHODS.contains(&self.payment_method.as_str()) {
+            return refuse(
+                "paymentMethod".into(),
+                format!(
+                    "{:?} is not a payment method the shop takes; one of {}",
+                    self.payment_method,
+                    PAYMENT_METHODS.join(", ")
+                ),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// An order as `GET /api/orders/{id}` shows it.
@@ -169,4 +223,49 @@ pub struct FaultConfig {
     /// a bug that trips on one input looks to the engine.
     #[serde(default)]
     pub poison_address: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order() -> OrderInput {
+        OrderInput {
+            order_id: "o-1".into(),
+            order_items: vec![OrderItem { product_id: 1, quantity: 2 }],
+            shipping_address: "1 Main St".into(),
+            payment_method: "CREDIT_CARD".into(),
+        }
+    }
+
+    fn refused_field(input: &OrderInput) -> String {
+        input.check().expect_err("refused").field
+    }
+
+    #[test]
+    fn a_plain_order_passes_and_every_limit_names_its_field() {
+        assert_eq!(order().check(), Ok(()));
+        for method in PAYMENT_METHODS {
+            assert_eq!(OrderInput { payment_method: (*method).into(), ..order() }.check(), Ok(()));
+        }
+        assert_eq!(refused_field(&OrderInput { payment_method: "BITCOIN".into(), ..order() }), "paymentMethod");
+        assert_eq!(refused_field(&OrderInput { shipping_address: " ".into(), ..order() }), "shippingAddress");
+        let longest = "x".repeat(MAX_SHIPPING_ADDRESS_BYTES);
+        assert_eq!(OrderInput { shipping_address: longest.clone(), ..order() }.check(), Ok(()));
+        let too_long = format!("{longest}x");
+        assert_eq!(refused_field(&OrderInput { shipping_address: too_long, ..order() }), "shippingAddress");
+        assert_eq!(refused_field(&OrderInput { order_items: vec![], ..order() }), "orderItems");
+        let line = |product_id, quantity| vec![OrderItem { product_id, quantity }];
+        assert_eq!(refused_field(&OrderInput { order_items: line(0, 1), ..order() }), "orderItems[0].productId");
+        let most = line(1, MAX_LINE_QUANTITY);
+        assert_eq!(OrderInput { order_items: most, ..order() }.check(), Ok(()));
+        let over = line(1, MAX_LINE_QUANTITY + 1);
+        assert_eq!(refused_field(&OrderInput { order_items: over, ..order() }), "orderItems[0].quantity");
+    }
+
+    #[test]
+    fn unknown_fields_in_a_line_are_refused() {
+        let line = r#"{"productId":1,"quantity":1,"priceCents":0}"#;
+        assert!(serde_json::from_str::<OrderItem>(line).is_err());
+    }
 }

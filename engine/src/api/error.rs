@@ -1,12 +1,10 @@
 //! `ApiError`: the one way the HTTP API reports a failure, as
-//! `{"error":{"code":"...","message":"..."}}` with a precise status, and `ApiJson`, the JSON
-//! body extractor that turns every way a body can be wrong into such an error.
+//! `{"error":{"code":"...","message":"..."}}` with a precise status. (`body::ApiJson` turns
+//! every way a JSON body can be wrong into one.)
 //!
 //! Internals (store errors, paths) are logged, never sent to the client.
 
 use crate::core::CoreError;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -127,44 +125,5 @@ impl From<crate::auth::Error> for ApiError {
 impl From<shop_types::IdError> for ApiError {
     fn from(error: shop_types::IdError) -> Self {
         ApiError::bad_request("INVALID_ID", error.to_string())
-    }
-}
-
-/// A JSON body whose every failure is an [`ApiError`]: 415 without a JSON content type, 413
-/// over the body limit, 400 when it is not JSON, 422 when it is JSON of the wrong shape.
-pub struct ApiJson<T>(pub T);
-
-#[axum::async_trait]
-impl<S, T> FromRequest<S> for ApiJson<T>
-where
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
-    }
-}
-
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let text = rejection.body_text();
-    match rejection {
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UNSUPPORTED_MEDIA_TYPE",
-            "expected a body with Content-Type: application/json",
-        ),
-        JsonRejection::JsonDataError(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_BODY", text),
-        JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("MALFORMED_JSON", text),
-        JsonRejection::BytesRejection(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "BODY_TOO_LARGE",
-            format!("request body is larger than {} bytes", shop_types::limits::MAX_BODY_BYTES),
-        ),
-        _ => ApiError::bad_request("BAD_BODY", text),
     }
 }

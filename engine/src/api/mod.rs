@@ -10,12 +10,14 @@
 //! unknown paths), and each group of routes behind the [`auth::Access`] it needs.
 
 mod auth;
+mod body;
 mod error;
 mod orders;
 mod tasks;
 mod workflows;
 
-pub use error::{ApiError, ApiJson};
+pub use body::ApiJson;
+pub use error::ApiError;
 
 use crate::auth::Authenticator;
 use crate::core::{Command, Handle};

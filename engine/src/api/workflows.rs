@@ -28,6 +28,9 @@ pub(crate) async fn start(
         Some(id) => WorkflowId::parse(id)?,
         None => new_id(),
     };
+    if request.workflow_type == shop_types::order::ORDER_WORKFLOW_TYPE {
+        super::orders::check_run_input(&id, &request.input)?;
+    }
     start_run(&state, id, request.workflow_type, request.input).await
 }
 
