@@ -9,7 +9,7 @@
 
 use crate::store;
 use serde::{Deserialize, Serialize};
-use shop_types::order::{errors, ChargeOutput, PaymentEntry, DECLINED_PAYMENT_METHOD};
+use shop_types::order::{errors, ChargeOutput, PaymentEntry, DECLINED_PAYMENT_METHOD, PAYMENT_METHODS};
 use shop_types::WorkflowId;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -155,6 +155,11 @@ impl Payment {
         if payment_method == DECLINED_PAYMENT_METHOD {
             return Err(Error::Declined(order_id.clone()));
         }
+        // The engine refuses such orders at the door; a provider still never charges a
+        // method it does not offer, whoever started the run.
+        if !PAYMENT_METHODS.contains(&payment_method) {
+            return Err(Error::BadInput(format!("{payment_method:?} is not a payment method the shop takes")));
+        }
         if amount_cents < 0 {
             return Err(Error::BadInput(format!("the amount to charge is negative: {amount_cents}")));
         }
@@ -275,6 +280,15 @@ mod tests {
         assert!(!err.is_retryable());
         assert!(payment.ledger().is_empty());
         payment.refund(&order("o-1"), "r").await.expect("voids");
+        assert!(payment.ledger().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_method_the_shop_does_not_take_is_never_charged() {
+        let payment = Payment::open(store::temporary()).expect("opens");
+        let err = payment.charge(&order("o-1"), 500, "BITCOIN", "c").await.expect_err("refused");
+        assert_eq!(err.error_type(), errors::BAD_INPUT);
+        assert!(!err.is_retryable());
         assert!(payment.ledger().is_empty());
     }
 
