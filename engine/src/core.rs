@@ -167,8 +167,6 @@ pub struct Stats {
     pub commands: AtomicU64,
     pub events: AtomicU64,
     pub active: AtomicU64,
-    /// Waiting reads (`?wait=`) the core holds.
-    pub waiting_reads: AtomicU64,
     /// Worker polls waiting for a task.
     pub waiting_polls: AtomicU64,
     /// Tasks waiting for a worker, per queue: the backlog an operator watches. Exact: an
@@ -456,7 +454,6 @@ impl Core {
             self.stats.events.fetch_add(events, Ordering::Relaxed);
         }
         self.stats.active.store(self.runs.len() as u64, Ordering::Relaxed);
-        self.stats.waiting_reads.store(self.watchers.count() as u64, Ordering::Relaxed);
         self.stats.waiting_polls.store(self.waiting_polls.count() as u64, Ordering::Relaxed);
         if let Ok(mut depths) = self.stats.queue_depths.lock() {
             for (queue, tasks) in self.ready.depths() {

@@ -108,7 +108,8 @@ async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
         "events": stats.events.load(Relaxed),
         "active_workflows": stats.active.load(Relaxed),
         "ready_tasks": queues.values().sum::<usize>(),
-        "waiting_reads": stats.waiting_reads.load(Relaxed),
+        // Counted at the door by the slots' guards, so it is exact at every moment.
+        "waiting_reads": state.core.waits.in_use(),
         "waiting_polls": stats.waiting_polls.load(Relaxed),
         "queues": queues,
         "quarantined": stats

@@ -30,6 +30,7 @@ impl Watchers {
     }
 
     /// Waiters held now (closed ones not yet pruned included).
+    #[cfg(test)]
     pub(super) fn count(&self) -> usize {
         self.count
     }
