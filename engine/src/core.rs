@@ -13,10 +13,11 @@
 //! process exits rather than serve state that may not be on disk; restart recovers.
 //!
 //! Submodules: `dispatch` (ready queues and waiting polls), `watchers` (waiting reads),
-//! `signer` (the MACs that bind a task token to its hand-out).
+//! `signer` (the MACs that bind a task token to its hand-out), `syncer` (group commit).
 
 mod dispatch;
 pub mod signer;
+mod syncer;
 pub mod watchers;
 
 use crate::clock::Clock;
@@ -25,17 +26,18 @@ use crate::definition::Definition;
 use crate::disk::DiskGuard;
 use crate::registry::Registry;
 use crate::state::{AttemptStatus, WorkflowState};
-use crate::store::{self, RunSummary, Store, WriteBatch};
-use dispatch::{ReadyKey, ReadyQueues, ReadyTask, WaitingPoll, WaitingPolls};
+use crate::store::{self, RunSummary, Store};
+use dispatch::{ReadyKey, ReadyQueues, WaitingPoll, WaitingPolls};
 use shop_types::api::{ActivityTask, TaskOutcome, TaskReport, WorkflowStatus};
 use shop_types::history::Event;
-use shop_types::{JsonText, QueueName, StepRef, TaskToken, WorkflowId};
+use shop_types::{JsonText, QueueName, TaskToken, WorkflowId};
 use signer::TaskSigner;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use syncer::{sync_loop, AppliedTurn, Turn, SYNC_QUEUE_CAPACITY};
 use tokio::sync::oneshot;
 use watchers::{WaitSlots, Watchers};
 
@@ -212,57 +214,6 @@ struct Run {
     timers: Vec<Timer>,
     /// Its entry in a ready queue, while its current attempt waits for a worker.
     ready: Option<ReadyKey>,
-}
-
-/// An answer to send once what its turn applied is durable.
-type Reply = Box<dyn FnOnce() + Send>;
-
-/// Turns waiting for the syncer at most; the core blocks beyond it (the disk is the limit).
-const SYNC_QUEUE_CAPACITY: usize = 64;
-
-/// What one turn writes and whom it answers once that write is durable.
-#[derive(Default)]
-struct Turn {
-    batch: WriteBatch,
-    replies: Vec<Reply>,
-    queues_with_new_tasks: HashSet<QueueName>,
-}
-
-/// A turn as the syncer sees it: whether it wrote, and whom to answer.
-struct AppliedTurn {
-    wrote: bool,
-    replies: Vec<Reply>,
-}
-
-/// The syncer: takes the answers of applied turns, makes everything applied so far durable
-/// with one sync, then sends them. Turns arrive in order, so when no turn of a group wrote,
-/// every earlier write is already synced and the group is answered without a sync (an empty
-/// poll, a heartbeat, a read of a finished run). Ends when the core drops its sender.
-fn sync_loop(store: &Store, stats: &Stats, turns: &Receiver<AppliedTurn>) {
-    while let Ok(first) = turns.recv() {
-        let mut wrote = first.wrote;
-        let mut replies = first.replies;
-        for more in turns.try_iter() {
-            wrote |= more.wrote;
-            replies.extend(more.replies);
-        }
-        if wrote {
-            if let Err(error) = store.sync() {
-                tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
-                std::process::exit(70);
-            }
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-        }
-        for reply in replies {
-            reply();
-        }
-    }
-}
-
-impl Turn {
-    fn after_commit(&mut self, reply: impl FnOnce() + Send + 'static) {
-        self.replies.push(Box::new(reply));
-    }
 }
 
 pub struct Core {
@@ -767,30 +718,6 @@ impl Core {
         Ok(())
     }
 
-    /// Brings the run's ready entry in line with its state: an attempt waiting for a worker
-    /// has exactly one entry, anything else (started, backing off, timed out, moved on,
-    /// parked) none. Returns the queue when an entry was added.
-    fn sync_ready(&mut self, id: &WorkflowId) -> Option<QueueName> {
-        let run = self.runs.get_mut(id)?;
-        let waiting = run
-            .state
-            .current
-            .as_ref()
-            .filter(|current| matches!(current.status, AttemptStatus::Scheduled { .. }))
-            .map(|current| (current.step, current.attempt));
-        if let Some(key) = &run.ready {
-            if Some((key.step, key.attempt)) == waiting {
-                return None;
-            }
-            self.ready.remove(key);
-            run.ready = None;
-        }
-        let (step, attempt) = waiting?;
-        let queue = run.definition.step(step)?.queue.clone();
-        run.ready = Some(self.ready.push(queue.clone(), ReadyTask { id: id.clone(), step, attempt }));
-        Some(queue)
-    }
-
     fn refresh_timers(&mut self, id: &WorkflowId) {
         let Some(run) = self.runs.get_mut(id) else {
             return;
@@ -823,65 +750,6 @@ impl Core {
         }
     }
 
-    /// Hands up to `max_tasks` ready attempts of `queue` to a worker, recording their start.
-    fn take_ready(
-        &mut self,
-        turn: &mut Turn,
-        queue: &QueueName,
-        worker_id: &str,
-        max_tasks: usize,
-        now: u64,
-    ) -> Vec<ActivityTask> {
-        let mut tasks = Vec::new();
-        while tasks.len() < max_tasks {
-            let Some(ReadyTask { id, step, attempt }) = self.ready.pop(queue) else {
-                break;
-            };
-            if let Some(run) = self.runs.get_mut(&id) {
-                run.ready = None;
-            }
-            let input = Input::Started { step, attempt, worker: worker_id.to_owned() };
-            // Entries leave their queue with their attempt, so this cannot fail; if it ever
-            // did, the entry is dropped rather than handed out for an attempt not current.
-            if let Err(error) = self.apply_to_run(turn, &id, input, now) {
-                tracing::warn!(workflow_id = %id, %error, "a ready entry could not be started; dropped");
-                continue;
-            }
-            if let Some(task) = self.runs.get(&id).and_then(|run| activity_task(run, &self.signer, step, attempt)) {
-                tasks.push(task);
-            }
-        }
-        tasks
-    }
-
-    /// Hands the tasks that became ready this turn to the polls waiting for them, and
-    /// answers the polls past their deadline (or whose worker hung up) empty.
-    fn serve_waiting_polls(&mut self, turn: &mut Turn, now: u64) {
-        let queues: Vec<QueueName> = turn.queues_with_new_tasks.drain().collect();
-        // A hand-out writes its start: with the disk full, polls keep waiting.
-        let queues = if self.room_to_write { queues } else { Vec::new() };
-        for queue in queues {
-            while self.ready.has_ready(&queue) {
-                let Some(poll) = self.waiting_polls.pop(&queue) else {
-                    break;
-                };
-                // A worker that gave up waiting must not be handed a task it will never see.
-                if poll.reply.is_closed() {
-                    continue;
-                }
-                let tasks = self.take_ready(turn, &queue, &poll.worker_id, poll.max_tasks, now);
-                turn.after_commit(move || {
-                    let _ = poll.reply.send(tasks);
-                });
-            }
-        }
-        for poll in self.waiting_polls.take_expired(now) {
-            turn.after_commit(move || {
-                let _ = poll.reply.send(Vec::new());
-            });
-        }
-    }
-
     fn register(&mut self, turn: &mut Turn, definition: Definition) -> Result<bool, CoreError> {
         let (name, version, source) = (definition.name.clone(), definition.version, definition.source.clone());
         let mut registry = self.registry.write().map_err(|_| CoreError::Storage("registry lock poisoned".into()))?;
@@ -891,26 +759,6 @@ impl Core {
         }
         Ok(added)
     }
-}
-
-/// What a worker gets for one hand-out, with a token signed so only it can report.
-fn activity_task(run: &Run, signer: &TaskSigner, step: StepRef, attempt: u32) -> Option<ActivityTask> {
-    let step_def = run.definition.step(step)?;
-    let id = &run.state.id;
-    Some(ActivityTask {
-        token: signer.sign(TaskToken { workflow_id: id.clone(), step, attempt, mac: None }),
-        workflow_id: id.clone(),
-        workflow_type: run.definition.name.clone(),
-        step_name: step_def.name.clone(),
-        activity: step_def.activity.clone(),
-        attempt,
-        idempotency_key: format!("{id}:{}", step_def.name),
-        input: run.state.input.clone(),
-        results: run.state.results_json(),
-        params: step_def.params.clone(),
-        start_to_close_ms: step_def.timeouts.start_to_close_ms,
-        heartbeat_ms: step_def.timeouts.heartbeat_ms,
-    })
 }
 
 /// Whether two JSON texts are the same value: a retried start may format its input

@@ -10,8 +10,12 @@
 //! This module only keeps order and counts; it must never decide anything about a run (the
 //! core asks the decider) and never answer a caller itself (the core answers after commit).
 
+use super::signer::TaskSigner;
+use super::{Core, Run, Turn};
+use crate::decider::Input;
+use crate::state::AttemptStatus;
 use shop_types::api::ActivityTask;
-use shop_types::{QueueName, StepRef, WorkflowId};
+use shop_types::{QueueName, StepRef, TaskToken, WorkflowId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use tokio::sync::oneshot;
 
@@ -136,6 +140,113 @@ impl WaitingPolls {
         self.count = 0;
         self.by_queue.drain().flat_map(|(_, polls)| polls).collect()
     }
+}
+
+/// The core's side of dispatch: keeping each run's ready entry in line with its state,
+/// handing attempts out, and serving waiting polls.
+impl Core {
+    /// Brings the run's ready entry in line with its state: an attempt waiting for a worker
+    /// has exactly one entry, anything else (started, backing off, timed out, moved on,
+    /// parked) none. Returns the queue when an entry was added.
+    pub(super) fn sync_ready(&mut self, id: &WorkflowId) -> Option<QueueName> {
+        let run = self.runs.get_mut(id)?;
+        let waiting = run
+            .state
+            .current
+            .as_ref()
+            .filter(|current| matches!(current.status, AttemptStatus::Scheduled { .. }))
+            .map(|current| (current.step, current.attempt));
+        if let Some(key) = &run.ready {
+            if Some((key.step, key.attempt)) == waiting {
+                return None;
+            }
+            self.ready.remove(key);
+            run.ready = None;
+        }
+        let (step, attempt) = waiting?;
+        let queue = run.definition.step(step)?.queue.clone();
+        run.ready = Some(self.ready.push(queue.clone(), ReadyTask { id: id.clone(), step, attempt }));
+        Some(queue)
+    }
+
+    /// Hands up to `max_tasks` ready attempts of `queue` to a worker, recording their start.
+    pub(super) fn take_ready(
+        &mut self,
+        turn: &mut Turn,
+        queue: &QueueName,
+        worker_id: &str,
+        max_tasks: usize,
+        now: u64,
+    ) -> Vec<ActivityTask> {
+        let mut tasks = Vec::new();
+        while tasks.len() < max_tasks {
+            let Some(ReadyTask { id, step, attempt }) = self.ready.pop(queue) else {
+                break;
+            };
+            if let Some(run) = self.runs.get_mut(&id) {
+                run.ready = None;
+            }
+            let input = Input::Started { step, attempt, worker: worker_id.to_owned() };
+            // Entries leave their queue with their attempt, so this cannot fail; if it ever
+            // did, the entry is dropped rather than handed out for an attempt not current.
+            if let Err(error) = self.apply_to_run(turn, &id, input, now) {
+                tracing::warn!(workflow_id = %id, %error, "a ready entry could not be started; dropped");
+                continue;
+            }
+            if let Some(task) = self.runs.get(&id).and_then(|run| activity_task(run, &self.signer, step, attempt)) {
+                tasks.push(task);
+            }
+        }
+        tasks
+    }
+
+    /// Hands the tasks that became ready this turn to the polls waiting for them, and
+    /// answers the polls past their deadline (or whose worker hung up) empty.
+    pub(super) fn serve_waiting_polls(&mut self, turn: &mut Turn, now: u64) {
+        let queues: Vec<QueueName> = turn.queues_with_new_tasks.drain().collect();
+        // A hand-out writes its start: with the disk full, polls keep waiting.
+        let queues = if self.room_to_write { queues } else { Vec::new() };
+        for queue in queues {
+            while self.ready.has_ready(&queue) {
+                let Some(poll) = self.waiting_polls.pop(&queue) else {
+                    break;
+                };
+                // A worker that gave up waiting must not be handed a task it will never see.
+                if poll.reply.is_closed() {
+                    continue;
+                }
+                let tasks = self.take_ready(turn, &queue, &poll.worker_id, poll.max_tasks, now);
+                turn.after_commit(move || {
+                    let _ = poll.reply.send(tasks);
+                });
+            }
+        }
+        for poll in self.waiting_polls.take_expired(now) {
+            turn.after_commit(move || {
+                let _ = poll.reply.send(Vec::new());
+            });
+        }
+    }
+}
+
+/// What a worker gets for one hand-out, with a token signed so only it can report.
+fn activity_task(run: &Run, signer: &TaskSigner, step: StepRef, attempt: u32) -> Option<ActivityTask> {
+    let step_def = run.definition.step(step)?;
+    let id = &run.state.id;
+    Some(ActivityTask {
+        token: signer.sign(TaskToken { workflow_id: id.clone(), step, attempt, mac: None }),
+        workflow_id: id.clone(),
+        workflow_type: run.definition.name.clone(),
+        step_name: step_def.name.clone(),
+        activity: step_def.activity.clone(),
+        attempt,
+        idempotency_key: format!("{id}:{}", step_def.name),
+        input: run.state.input.clone(),
+        results: run.state.results_json(),
+        params: step_def.params.clone(),
+        start_to_close_ms: step_def.timeouts.start_to_close_ms,
+        heartbeat_ms: step_def.timeouts.heartbeat_ms,
+    })
 }
 
 #[cfg(test)]
