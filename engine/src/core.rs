@@ -11,6 +11,14 @@
 //! task writes workflow state; timers and ready tasks are derived from run states, never
 //! stored on their own, so a finished run cannot leave one behind. If a commit fails the
 //! process exits rather than serve state that may not be on disk; restart recovers.
+//!
+//! Submodules: `dispatch` (ready queues and waiting polls), `watchers` (waiting reads),
+//! `signer` (the MACs that bind a task token to its hand-out), `syncer` (group commit).
+
+mod dispatch;
+pub mod signer;
+mod syncer;
+pub mod watchers;
 
 use crate::clock::Clock;
 use crate::decider::{self, Context, Input, Rejection, Timer, TimerKind};
@@ -18,16 +26,20 @@ use crate::definition::Definition;
 use crate::disk::DiskGuard;
 use crate::registry::Registry;
 use crate::state::{AttemptStatus, WorkflowState};
-use crate::store::{self, RunSummary, Store, WriteBatch};
+use crate::store::{self, RunSummary, Store};
+use dispatch::{ReadyKey, ReadyQueues, WaitingPoll, WaitingPolls};
 use shop_types::api::{ActivityTask, TaskOutcome, TaskReport, WorkflowStatus};
 use shop_types::history::Event;
-use shop_types::{JsonText, QueueName, StepRef, TaskToken, WorkflowId};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use shop_types::{JsonText, QueueName, TaskToken, WorkflowId};
+use signer::TaskSigner;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use syncer::{sync_loop, AppliedTurn, Turn, SYNC_QUEUE_CAPACITY};
 use tokio::sync::oneshot;
+use watchers::{WaitSlots, Watchers};
 
 /// Commands waiting for the core at most; beyond it callers get 503 (overloaded).
 pub const COMMAND_QUEUE_CAPACITY: usize = 16_384;
@@ -43,19 +55,27 @@ pub struct Limits {
     pub max_history_events: u64,
     /// Runs in flight at most; a start beyond it is refused as overloaded.
     pub max_active_workflows: usize,
-    /// Workers long-polling at once at most, over all queues.
-    pub max_parked_polls: usize,
-    /// Clients waiting for runs to finish at most.
+    /// Workers long-polling at once at most, over all queues (waiting polls).
+    pub max_waiting_polls: usize,
+    /// Clients waiting for runs to finish at most (waiting reads, `?wait=`), over all callers.
     pub max_watchers: usize,
+    /// Waiting reads one caller (a credential, or a client IP when open) may hold at once;
+    /// beyond it the caller gets 429 `TOO_MANY_WAITS`, so no one caller can take them all.
+    pub max_waits_per_caller: usize,
 }
+
+/// Default of [`Limits::max_waits_per_caller`]: 1/64 of the global cap, so it takes at least
+/// 64 callers to use every slot, while a busy front end can still wait on 1,024 orders.
+pub const DEFAULT_MAX_WAITS_PER_CALLER: usize = 1_024;
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_history_events: shop_types::limits::DEFAULT_MAX_HISTORY_EVENTS,
             max_active_workflows: 200_000,
-            max_parked_polls: 4_096,
+            max_waiting_polls: 4_096,
             max_watchers: 65_536,
+            max_waits_per_caller: DEFAULT_MAX_WAITS_PER_CALLER,
         }
     }
 }
@@ -138,7 +158,7 @@ pub enum Command {
         definition: Definition,
         reply: oneshot::Sender<Result<bool, CoreError>>,
     },
-    /// Answers every parked poll and watcher now, so the HTTP server can drain.
+    /// Answers every waiting poll and waiting read now, so the HTTP server can drain.
     Shutdown,
 }
 
@@ -149,7 +169,10 @@ pub struct Stats {
     pub commands: AtomicU64,
     pub events: AtomicU64,
     pub active: AtomicU64,
-    /// Tasks waiting for a worker, per queue: the backlog an operator watches.
+    /// Worker polls waiting for a task.
+    pub waiting_polls: AtomicU64,
+    /// Tasks waiting for a worker, per queue: the backlog an operator watches. Exact: an
+    /// entry leaves when its attempt starts, times out, or its run moves on or ends.
     pub queue_depths: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
     /// Runs whose history could not be replayed at start-up, with why: left on disk as they
     /// are and not served, while every other run is.
@@ -161,6 +184,10 @@ pub struct Stats {
 pub struct Handle {
     tx: SyncSender<Command>,
     pub stats: Arc<Stats>,
+    /// Checks the MACs of task tokens before a report reaches the core.
+    pub signer: Arc<TaskSigner>,
+    /// Slots of waiting reads, per caller and in total.
+    pub waits: Arc<WaitSlots>,
 }
 
 impl Handle {
@@ -185,65 +212,8 @@ struct Run {
     summary_status: WorkflowStatus,
     definition: Arc<Definition>,
     timers: Vec<Timer>,
-    waiters: Vec<oneshot::Sender<()>>,
-}
-
-struct ParkedPoll {
-    worker_id: String,
-    max_tasks: usize,
-    deadline_ms: u64,
-    reply: oneshot::Sender<Vec<ActivityTask>>,
-}
-
-/// An answer to send once what its turn applied is durable.
-type Reply = Box<dyn FnOnce() + Send>;
-
-/// Turns waiting for the syncer at most; the core blocks beyond it (the disk is the limit).
-const SYNC_QUEUE_CAPACITY: usize = 64;
-
-/// What one turn writes and whom it answers once that write is durable.
-#[derive(Default)]
-struct Turn {
-    batch: WriteBatch,
-    replies: Vec<Reply>,
-    queues_with_new_tasks: HashSet<QueueName>,
-}
-
-/// A turn as the syncer sees it: whether it wrote, and whom to answer.
-struct AppliedTurn {
-    wrote: bool,
-    replies: Vec<Reply>,
-}
-
-/// The syncer: takes the answers of applied turns, makes everything applied so far durable
-/// with one sync, then sends them. Turns arrive in order, so when no turn of a group wrote,
-/// every earlier write is already synced and the group is answered without a sync (an empty
-/// poll, a heartbeat, a read of a finished run). Ends when the core drops its sender.
-fn sync_loop(store: &Store, stats: &Stats, turns: &Receiver<AppliedTurn>) {
-    while let Ok(first) = turns.recv() {
-        let mut wrote = first.wrote;
-        let mut replies = first.replies;
-        for more in turns.try_iter() {
-            wrote |= more.wrote;
-            replies.extend(more.replies);
-        }
-        if wrote {
-            if let Err(error) = store.sync() {
-                tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
-                std::process::exit(70);
-            }
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-        }
-        for reply in replies {
-            reply();
-        }
-    }
-}
-
-impl Turn {
-    fn after_commit(&mut self, reply: impl FnOnce() + Send + 'static) {
-        self.replies.push(Box::new(reply));
-    }
+    /// Its entry in a ready queue, while its current attempt waits for a worker.
+    ready: Option<ReadyKey>,
 }
 
 pub struct Core {
@@ -254,10 +224,10 @@ pub struct Core {
     stats: Arc<Stats>,
     runs: HashMap<WorkflowId, Run>,
     timers: BTreeSet<(u64, WorkflowId, TimerKind)>,
-    ready: HashMap<QueueName, VecDeque<(WorkflowId, StepRef, u32)>>,
-    parked: HashMap<QueueName, VecDeque<ParkedPoll>>,
-    parked_count: usize,
-    watcher_count: usize,
+    ready: ReadyQueues,
+    waiting_polls: WaitingPolls,
+    watchers: Watchers,
+    signer: Arc<TaskSigner>,
     shutting_down: bool,
     /// Where applied turns go to be made durable and answered; set while `run` runs.
     syncer: Option<SyncSender<AppliedTurn>>,
@@ -278,6 +248,8 @@ impl Core {
     ) -> Result<(Core, Handle, Receiver<Command>), store::Error> {
         let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_CAPACITY);
         let stats = Arc::new(Stats::default());
+        let signer = Arc::new(TaskSigner::new(store.task_token_key()?));
+        let waits = Arc::new(WaitSlots::new(limits.max_waits_per_caller, limits.max_watchers));
         let mut core = Core {
             store,
             registry,
@@ -286,10 +258,10 @@ impl Core {
             stats: stats.clone(),
             runs: HashMap::new(),
             timers: BTreeSet::new(),
-            ready: HashMap::new(),
-            parked: HashMap::new(),
-            parked_count: 0,
-            watcher_count: 0,
+            ready: ReadyQueues::default(),
+            waiting_polls: WaitingPolls::default(),
+            watchers: Watchers::new(limits.max_watchers),
+            signer: signer.clone(),
             shutting_down: false,
             syncer: None,
             disk: None,
@@ -302,7 +274,7 @@ impl Core {
                 Ok(run) => {
                     core.runs.insert(id.clone(), run);
                     core.refresh_timers(&id);
-                    core.enqueue_if_scheduled(&id, None);
+                    core.sync_ready(&id);
                 }
                 Err(reason) => {
                     tracing::error!(workflow_id = %id, %reason, "run quarantined: it cannot be recovered; it is left as it is on disk and not served");
@@ -314,7 +286,7 @@ impl Core {
         }
         core.stats.active.store(core.runs.len() as u64, Ordering::Relaxed);
         tracing::info!(in_flight = core.runs.len(), "recovered in-flight runs");
-        Ok((core, Handle { tx, stats }, rx))
+        Ok((core, Handle { tx, stats, signer, waits }, rx))
     }
 
     /// Refuses writes while the store's disk is below the guard's low-water mark.
@@ -343,7 +315,7 @@ impl Core {
                 *last_heartbeat_ms = (*last_heartbeat_ms).max(now);
             }
         }
-        Ok(Run { summary_status: state.status(), state, definition, timers: Vec::new(), waiters: Vec::new() })
+        Ok(Run { summary_status: state.status(), state, definition, timers: Vec::new(), ready: None })
     }
 
     /// The core's loop; returns when every handle is dropped.
@@ -375,7 +347,14 @@ impl Core {
             };
             let now = self.clock.now_ms();
             let mut turn = Turn::default();
+            let had_room = self.room_to_write;
             self.room_to_write = self.disk.as_mut().is_none_or(|disk| disk.has_room(now));
+            if self.room_to_write && !had_room {
+                // Polls waited while hand-outs could not be written: serve every one whose
+                // queue has tasks now, rather than leave workers idle until their deadline.
+                let queues: Vec<QueueName> = self.waiting_polls.queues().cloned().collect();
+                turn.queues_with_new_tasks.extend(queues);
+            }
             if self.room_to_write {
                 self.fire_due_timers(&mut turn, now);
             }
@@ -393,7 +372,7 @@ impl Core {
                     Err(_) => break,
                 }
             }
-            self.serve_parked_polls(&mut turn, now);
+            self.serve_waiting_polls(&mut turn, now);
             self.stats.commands.fetch_add(handled as u64, Ordering::Relaxed);
             self.commit(turn);
         }
@@ -405,7 +384,7 @@ impl Core {
 
     fn next_wake_ms(&self) -> Option<u64> {
         let timer = self.timers.first().map(|(due, _, _)| *due);
-        let poll = self.parked.values().flatten().map(|p| p.deadline_ms).min();
+        let poll = self.waiting_polls.next_deadline_ms();
         match (timer, poll) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -426,9 +405,10 @@ impl Core {
             self.stats.events.fetch_add(events, Ordering::Relaxed);
         }
         self.stats.active.store(self.runs.len() as u64, Ordering::Relaxed);
+        self.stats.waiting_polls.store(self.waiting_polls.count() as u64, Ordering::Relaxed);
         if let Ok(mut depths) = self.stats.queue_depths.lock() {
-            for (queue, tasks) in &self.ready {
-                depths.insert(queue.to_string(), tasks.len());
+            for (queue, tasks) in self.ready.depths() {
+                depths.insert(queue.to_string(), tasks);
             }
         }
         // A turn that wrote goes to the syncer even with nobody to answer, so its write is
@@ -485,19 +465,13 @@ impl Core {
                     turn.after_commit(move || {
                         let _ = reply.send(tasks);
                     });
-                } else if self.parked_count >= self.limits.max_parked_polls {
+                } else if self.waiting_polls.count() >= self.limits.max_waiting_polls {
                     // Over the cap a poll is answered empty at once; the worker polls again.
                     turn.after_commit(move || {
                         let _ = reply.send(Vec::new());
                     });
                 } else {
-                    self.parked_count += 1;
-                    self.parked.entry(queue).or_default().push_back(ParkedPoll {
-                        worker_id,
-                        max_tasks,
-                        deadline_ms,
-                        reply,
-                    });
+                    self.waiting_polls.push(queue, WaitingPoll { worker_id, max_tasks, deadline_ms, reply });
                 }
             }
             Command::Cancel { id, reason, terminate, reply } => {
@@ -513,19 +487,16 @@ impl Core {
                     let _ = reply.send(result);
                 });
             }
-            Command::Watch { id, reply } => match self.runs.get_mut(&id) {
-                Some(run)
-                    if run.state.parked.is_none()
-                        && !self.shutting_down
-                        && self.watcher_count < self.limits.max_watchers =>
-                {
-                    self.watcher_count += 1;
-                    run.waiters.push(reply);
+            Command::Watch { id, reply } => {
+                let waits = self.runs.get(&id).is_some_and(|run| run.state.parked.is_none()) && !self.shutting_down;
+                // Not in flight, parked, or every slot held by a live wait: answered at once.
+                let refused = if waits { self.watchers.add(&id, reply).err() } else { Some(reply) };
+                if let Some(reply) = refused {
+                    turn.after_commit(move || {
+                        let _ = reply.send(());
+                    });
                 }
-                _ => turn.after_commit(move || {
-                    let _ = reply.send(());
-                }),
-            },
+            }
             Command::Register { definition, reply } => {
                 let result = self.register(turn, definition);
                 turn.after_commit(move || {
@@ -534,22 +505,16 @@ impl Core {
             }
             Command::Shutdown => {
                 self.shutting_down = true;
-                for (_, polls) in self.parked.drain() {
-                    for poll in polls {
-                        turn.after_commit(move || {
-                            let _ = poll.reply.send(Vec::new());
-                        });
-                    }
+                for poll in self.waiting_polls.take_all() {
+                    turn.after_commit(move || {
+                        let _ = poll.reply.send(Vec::new());
+                    });
                 }
-                self.parked_count = 0;
-                for run in self.runs.values_mut() {
-                    for waiter in run.waiters.drain(..) {
-                        turn.after_commit(move || {
-                            let _ = waiter.send(());
-                        });
-                    }
+                for waiter in self.watchers.take_all() {
+                    turn.after_commit(move || {
+                        let _ = waiter.send(());
+                    });
                 }
-                self.watcher_count = 0;
             }
         }
     }
@@ -586,7 +551,7 @@ impl Core {
         now: u64,
     ) -> Result<StartOutcome, CoreError> {
         if let Some(run) = self.runs.get(&id) {
-            return if run.state.workflow_type == workflow_type && run.state.input == input {
+            return if run.state.workflow_type == workflow_type && same_json(&run.state.input, &input) {
                 Ok(StartOutcome::Existing)
             } else {
                 Err(CoreError::AlreadyExists(id))
@@ -595,7 +560,9 @@ impl Core {
         let storage = |e: store::Error| CoreError::Storage(e.to_string());
         if let Some(summary) = self.store.run(&id).map_err(storage)? {
             let same_input = match self.store.first_event(&id).map_err(storage)?.map(|e| e.kind) {
-                Some(shop_types::history::EventKind::WorkflowStarted { input: stored, .. }) => stored == input,
+                Some(shop_types::history::EventKind::WorkflowStarted { input: stored, .. }) => {
+                    same_json(&stored, &input)
+                }
                 _ => false,
             };
             return if summary.workflow_type == workflow_type && same_input {
@@ -625,15 +592,15 @@ impl Core {
             output: None,
         };
         turn.batch.put_run(&id, &summary, None, true).map_err(storage)?;
-        let run =
-            Run { state, summary_status: WorkflowStatus::Running, definition, timers: Vec::new(), waiters: Vec::new() };
+        let run = Run { state, summary_status: WorkflowStatus::Running, definition, timers: Vec::new(), ready: None };
         self.runs.insert(id.clone(), run);
         self.record(turn, &id, events).map_err(storage)?;
         Ok(StartOutcome::Created)
     }
 
     fn report(&mut self, turn: &mut Turn, report: TaskReport, now: u64) -> Result<(), CoreError> {
-        let TaskToken { workflow_id, step, attempt } = report.token;
+        // The MAC was checked at the door (`api::tasks`); the core trusts what reaches it.
+        let TaskToken { workflow_id, step, attempt, .. } = report.token;
         let input = match report.outcome {
             TaskOutcome::Completed { output } => Input::Completed { step, attempt, output },
             TaskOutcome::Failed { error } => Input::Failed { step, attempt, error },
@@ -700,6 +667,9 @@ impl Core {
             for timer in &run.timers {
                 self.timers.remove(&(timer.due_ms, id.clone(), timer.kind));
             }
+            if let Some(key) = &run.ready {
+                self.ready.remove(key);
+            }
             let summary = RunSummary {
                 workflow_type: run.definition.name.clone(),
                 definition_version: run.definition.version,
@@ -710,8 +680,7 @@ impl Core {
                 output: terminal.output,
             };
             turn.batch.put_run(id, &summary, Some(run.summary_status), false)?;
-            self.watcher_count = self.watcher_count.saturating_sub(run.waiters.len());
-            for waiter in run.waiters {
+            for waiter in self.watchers.take(id) {
                 turn.after_commit(move || {
                     let _ = waiter.send(());
                 });
@@ -735,8 +704,7 @@ impl Core {
                 turn.batch.put_run(id, &summary, Some(run.summary_status), true)?;
                 run.summary_status = status;
                 // Whoever waits for this run to settle is answered: FAILED needs an operator.
-                self.watcher_count = self.watcher_count.saturating_sub(run.waiters.len());
-                for waiter in run.waiters.drain(..) {
+                for waiter in self.watchers.take(id) {
                     turn.after_commit(move || {
                         let _ = waiter.send(());
                     });
@@ -744,32 +712,10 @@ impl Core {
             }
         }
         self.refresh_timers(id);
-        let newly_scheduled = events.iter().rev().find_map(|e| match e.kind {
-            shop_types::history::EventKind::StepScheduled { step, attempt } => Some((step, attempt)),
-            _ => None,
-        });
-        if let Some(scheduled) = newly_scheduled {
-            if let Some(queue) = self.enqueue_if_scheduled(id, Some(scheduled)) {
-                turn.queues_with_new_tasks.insert(queue);
-            }
+        if let Some(queue) = self.sync_ready(id) {
+            turn.queues_with_new_tasks.insert(queue);
         }
         Ok(())
-    }
-
-    /// Puts the run's current attempt in its queue if it waits for a worker (and, when
-    /// `only` is given, only if that is the attempt just scheduled).
-    fn enqueue_if_scheduled(&mut self, id: &WorkflowId, only: Option<(StepRef, u32)>) -> Option<QueueName> {
-        let run = self.runs.get(id)?;
-        let current = run.state.current.as_ref()?;
-        if !matches!(current.status, AttemptStatus::Scheduled { .. }) {
-            return None;
-        }
-        if only.is_some_and(|o| o != (current.step, current.attempt)) {
-            return None;
-        }
-        let queue = run.definition.step(current.step)?.queue.clone();
-        self.ready.entry(queue.clone()).or_default().push_back((id.clone(), current.step, current.attempt));
-        Some(queue)
     }
 
     fn refresh_timers(&mut self, id: &WorkflowId) {
@@ -804,67 +750,6 @@ impl Core {
         }
     }
 
-    /// Hands up to `max_tasks` ready attempts of `queue` to a worker, recording their start.
-    fn take_ready(
-        &mut self,
-        turn: &mut Turn,
-        queue: &QueueName,
-        worker_id: &str,
-        max_tasks: usize,
-        now: u64,
-    ) -> Vec<ActivityTask> {
-        let mut tasks = Vec::new();
-        while tasks.len() < max_tasks {
-            let Some((id, step, attempt)) = self.ready.get_mut(queue).and_then(VecDeque::pop_front) else {
-                break;
-            };
-            let input = Input::Started { step, attempt, worker: worker_id.to_owned() };
-            // A stale entry (the attempt timed out or the run moved on) is simply dropped.
-            if self.apply_to_run(turn, &id, input, now).is_err() {
-                continue;
-            }
-            if let Some(task) = self.runs.get(&id).and_then(|run| activity_task(run, step, attempt)) {
-                tasks.push(task);
-            }
-        }
-        tasks
-    }
-
-    fn serve_parked_polls(&mut self, turn: &mut Turn, now: u64) {
-        let queues: Vec<QueueName> = turn.queues_with_new_tasks.drain().collect();
-        for queue in queues {
-            while self.ready.get(&queue).is_some_and(|q| !q.is_empty()) {
-                let Some(poll) = self.parked.get_mut(&queue).and_then(VecDeque::pop_front) else {
-                    break;
-                };
-                self.parked_count -= 1;
-                // A worker that gave up waiting must not be handed a task it will never see.
-                if poll.reply.is_closed() {
-                    continue;
-                }
-                let tasks = self.take_ready(turn, &queue, &poll.worker_id, poll.max_tasks, now);
-                turn.after_commit(move || {
-                    let _ = poll.reply.send(tasks);
-                });
-            }
-        }
-        for polls in self.parked.values_mut() {
-            let before = polls.len();
-            let mut kept = VecDeque::with_capacity(before);
-            for poll in polls.drain(..) {
-                if poll.deadline_ms <= now || poll.reply.is_closed() {
-                    turn.after_commit(move || {
-                        let _ = poll.reply.send(Vec::new());
-                    });
-                } else {
-                    kept.push_back(poll);
-                }
-            }
-            self.parked_count -= before - kept.len();
-            *polls = kept;
-        }
-    }
-
     fn register(&mut self, turn: &mut Turn, definition: Definition) -> Result<bool, CoreError> {
         let (name, version, source) = (definition.name.clone(), definition.version, definition.source.clone());
         let mut registry = self.registry.write().map_err(|_| CoreError::Storage("registry lock poisoned".into()))?;
@@ -876,21 +761,18 @@ impl Core {
     }
 }
 
-fn activity_task(run: &Run, step: StepRef, attempt: u32) -> Option<ActivityTask> {
-    let step_def = run.definition.step(step)?;
-    let id = &run.state.id;
-    Some(ActivityTask {
-        token: TaskToken { workflow_id: id.clone(), step, attempt },
-        workflow_id: id.clone(),
-        workflow_type: run.definition.name.clone(),
-        step_name: step_def.name.clone(),
-        activity: step_def.activity.clone(),
-        attempt,
-        idempotency_key: format!("{id}:{}", step_def.name),
-        input: run.state.input.clone(),
-        results: run.state.results_json(),
-        params: step_def.params.clone(),
-        start_to_close_ms: step_def.timeouts.start_to_close_ms,
-        heartbeat_ms: step_def.timeouts.heartbeat_ms,
-    })
+/// Whether two JSON texts are the same value: a retried start may format its input
+/// differently (spaces, key order). Only the duplicate path pays for parsing.
+fn same_json(a: &JsonText, b: &JsonText) -> bool {
+    if a.as_str() == b.as_str() {
+        return true;
+    }
+    match (serde_json::from_str::<serde_json::Value>(a.as_str()), serde_json::from_str::<serde_json::Value>(b.as_str()))
+    {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
+
+#[cfg(test)]
+mod tests;

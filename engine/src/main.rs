@@ -44,6 +44,13 @@ struct Args {
     /// Runs in flight at most; starts beyond it get 503.
     #[arg(long, default_value_t = Limits::default().max_active_workflows)]
     max_active_workflows: usize,
+    /// Waiting reads (`?wait=`) at once at most, over all callers; beyond it 503.
+    #[arg(long, default_value_t = Limits::default().max_watchers)]
+    max_watchers: usize,
+    /// Waiting reads one caller (credential, or client IP when open) may hold at once;
+    /// beyond it 429 TOO_MANY_WAITS.
+    #[arg(long, default_value_t = Limits::default().max_waits_per_caller)]
+    max_waits_per_caller: usize,
     /// Accept every request without a credential. Only on a loopback `--listen`; for
     /// `shopctl dev`, `demo`, `bench` and tests.
     #[arg(long)]
@@ -94,6 +101,8 @@ async fn main() -> anyhow::Result<()> {
         limits: Limits {
             max_history_events: args.max_history_events,
             max_active_workflows: args.max_active_workflows,
+            max_watchers: args.max_watchers,
+            max_waits_per_caller: args.max_waits_per_caller,
             ..Limits::default()
         },
         auth: AuthOptions {

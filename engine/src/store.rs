@@ -9,6 +9,8 @@
 //! - `d` name 0x00 version -> a registered definition's TOML source
 //! - `k` digest           -> a [`TokenRecord`]: an API token, keyed by the SHA-256 digest of
 //!   its secret (the secret itself is never stored)
+//! - `m` name             -> the engine's own settings, e.g. `m task-token-key`: the secret
+//!   key that signs task tokens, created once (see [`Store::task_token_key`])
 //!
 //! This module owns durability: [`Store::commit`] returns only once the batch is flushed
 //! (and, power-safe, `fdatasync`ed). It must never decide anything about workflows.
@@ -29,6 +31,11 @@ const ACTIVE: u8 = b'a';
 const BY_STATUS: u8 = b's';
 const DEFINITION: u8 = b'd';
 const TOKEN: u8 = b'k';
+const META: u8 = b'm';
+/// The meta record holding the key that signs task tokens.
+const TASK_TOKEN_KEY: &[u8] = b"task-token-key";
+/// Bytes of the task-token signing key: as many as SHA-256 digests, the MAC's hash.
+pub const TASK_TOKEN_KEY_LEN: usize = 32;
 /// Length of a token's key after its prefix: a SHA-256 digest.
 pub const TOKEN_DIGEST_LEN: usize = 32;
 
@@ -60,6 +67,8 @@ pub enum Error {
     Encode(codec::Error),
     #[error("store: syncing the data file failed: {0}")]
     Sync(std::io::Error),
+    #[error("store: record {key} is {len} bytes long; expected {expected}")]
+    BadLength { key: String, len: usize, expected: usize },
 }
 
 /// What the API shows of a run without reading its history.
@@ -110,6 +119,26 @@ impl Store {
             Durability::ProcessCrash => None,
         };
         Ok(Store { tree, db, log_file })
+    }
+
+    /// The secret key that signs task tokens: read, or on first use drawn from the OS's
+    /// random source and made durable before it is returned, so no token signed with it can
+    /// outlive it. A token handed out before a crash must still verify after the restart,
+    /// which is why the key lives in the store and not in memory only.
+    pub fn task_token_key(&self) -> Result<[u8; TASK_TOKEN_KEY_LEN], Error> {
+        let key = key(META, TASK_TOKEN_KEY, &[]);
+        if let Some(stored) = self.tree.get(&key)? {
+            return <[u8; TASK_TOKEN_KEY_LEN]>::try_from(stored.as_ref()).map_err(|_| Error::BadLength {
+                key: "m task-token-key".into(),
+                len: stored.len(),
+                expected: TASK_TOKEN_KEY_LEN,
+            });
+        }
+        let mut fresh = [0u8; TASK_TOKEN_KEY_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
+        self.tree.insert(key, fresh.as_slice())?;
+        self.sync()?;
+        Ok(fresh)
     }
 
     /// Applies `batch` atomically and returns once it is durable.
@@ -443,5 +472,22 @@ mod tests {
         batch.put_definition("order", 2, "name = \"order\"").expect("encodes");
         store.commit(batch).expect("commits");
         assert_eq!(store.definitions().expect("reads"), vec![("order".into(), 2, "name = \"order\"".into())]);
+    }
+
+    #[test]
+    fn the_task_token_key_is_made_once_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = {
+            let store = Store::open(dir.path(), Durability::ProcessCrash, None).expect("opens");
+            let key = store.task_token_key().expect("creates the key");
+            assert_eq!(store.task_token_key().expect("reads the key"), key, "made once");
+            key
+        };
+        let store = Store::open(dir.path(), Durability::ProcessCrash, None).expect("reopens");
+        assert_eq!(store.task_token_key().expect("reads the key"), first, "kept across a restart");
+        assert_ne!(first, [0u8; TASK_TOKEN_KEY_LEN]);
+        let other = tempfile::tempdir().expect("tempdir");
+        let other = Store::open(other.path(), Durability::ProcessCrash, None).expect("opens");
+        assert_ne!(other.task_token_key().expect("creates the key"), first, "each store has its own key");
     }
 }

@@ -1,7 +1,8 @@
 //! Idempotent order placement: a POST retried with the same `orderId` (or the same
 //! `Idempotency-Key` header) returns the same order (200) instead of placing a second one:
 //! one workflow, one charge, one notification, also when the duplicates race each other.
-//! The same id with a different body is a conflict (409 ALREADY_EXISTS) and changes nothing.
+//! The same id with a different body is a conflict (409 ALREADY_EXISTS) and changes nothing;
+//! the same body formatted differently (spaces, key order) is the same request.
 
 use shop_tests::{order_body, Api, Stack, CONFIRMED};
 use shop_types::order::OrderView;
@@ -102,4 +103,45 @@ async fn same_order_id_with_another_body_is_a_conflict() {
     assert_placed_once(&stack, "idem-conflict-1").await;
     let after = stack.admin.product(4).await;
     assert_eq!((after.stock, after.reserved), (before.stock - 1, 0), "only the original order took stock");
+}
+
+/// The same order as `order_body(None, &[(1, 1), (2, 3)], "CREDIT_CARD")`, with other
+/// spacing and key order.
+const ORDER_COMPACT: &str = r#"{"orderItems":[{"productId":1,"quantity":1},{"productId":2,"quantity":3}],"shippingAddress":"1 Main St","paymentMethod":"CREDIT_CARD"}"#;
+const ORDER_REFORMATTED: &str = r#"{
+  "paymentMethod" : "CREDIT_CARD",
+  "shippingAddress" : "1 Main St",
+  "orderItems" : [ { "quantity" : 1, "productId" : 1 }, { "quantity" : 3, "productId" : 2 } ]
+}"#;
+
+async fn post_text(api: &Api, path: &str, body: String, headers: &[(&str, &str)]) -> shop_tests::Reply {
+    api.post_raw(path, "application/json", body.into_bytes(), headers).await.expect("POST")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_formatted_differently_is_the_same_request() {
+    let stack = Stack::start().await;
+    // The order API, keyed by the Idempotency-Key header.
+    let key = [("Idempotency-Key", "idem-fmt-1")];
+    let first = post_text(&stack.api, "/api/orders", ORDER_COMPACT.into(), &key).await;
+    assert_eq!(first.status, 202, "{}", first.text);
+    let second = post_text(&stack.api, "/api/orders", ORDER_REFORMATTED.into(), &key).await;
+    assert_eq!(second.status, 200, "the same order, formatted differently: {}", second.text);
+    assert_placed_once(&stack, "idem-fmt-1").await;
+
+    // The generic API, keyed by the run's id: its input is kept as sent, so only the
+    // duplicate check may see past the formatting.
+    let start = |input: &str| {
+        let input = input.replacen('{', r#"{"orderId":"idem-fmt-2","#, 1);
+        format!(r#"{{"type": "order", "id": "idem-fmt-2", "input": {input}}}"#)
+    };
+    let first = post_text(&stack.api, "/v1/workflows", start(ORDER_COMPACT), &[]).await;
+    assert_eq!(first.status, 202, "{}", first.text);
+    let second = post_text(&stack.api, "/v1/workflows", start(ORDER_REFORMATTED), &[]).await;
+    assert_eq!(second.status, 200, "the same input, formatted differently: {}", second.text);
+    // Still a conflict when the value differs.
+    let other = ORDER_COMPACT.replacen(r#""quantity":1"#, r#""quantity":2"#, 1);
+    post_text(&stack.api, "/v1/workflows", start(&other), &[]).await.assert_error(409, "ALREADY_EXISTS");
+    assert_eq!(stack.api.wait_order("idem-fmt-2").await.status, CONFIRMED);
+    assert_eq!(stack.admin.payments_of("idem-fmt-2").await.len(), 1, "one charge");
 }

@@ -138,28 +138,71 @@ impl StepRef {
     }
 }
 
-/// Names one attempt of one step of one workflow. A report carrying a token for an attempt
-/// that is no longer current is stale and is refused without changing anything.
+/// Bytes of a task token's MAC: 128 bits, so guessing one is hopeless.
+pub const TASK_TOKEN_MAC_LEN: usize = 16;
+
+/// Names one attempt of one step of one workflow, as handed to one worker. A report carrying
+/// a token for an attempt that is no longer current is stale and is refused without
+/// changing anything.
 ///
-/// Text form: `<workflow id>~<phase letter><index>~<attempt>`; `~` cannot occur in an ID.
+/// Text form: `<workflow id>~<phase letter><index>~<attempt>~<MAC>`; `~` cannot occur in an
+/// ID. The MAC (32 lowercase hex digits) is the engine's proof that it handed this attempt
+/// out, so only the holder of the hand-out can report it; the engine computes and checks
+/// it, everyone else treats a token as opaque text. Parsing accepts a token without one
+/// (the engine refuses it like a stale one), so an old or forged token gets one precise
+/// answer rather than a parse error.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TaskToken {
     pub workflow_id: WorkflowId,
     pub step: StepRef,
     pub attempt: u32,
+    pub mac: Option<[u8; TASK_TOKEN_MAC_LEN]>,
+}
+
+impl TaskToken {
+    /// The text the MAC is computed over: the token without its MAC.
+    pub fn signed_text(&self) -> String {
+        format!("{}~{}{}~{}", self.workflow_id, self.step.phase.letter(), self.step.index, self.attempt)
+    }
 }
 
 impl fmt::Display for TaskToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}~{}{}~{}", self.workflow_id, self.step.phase.letter(), self.step.index, self.attempt)
+        f.write_str(&self.signed_text())?;
+        if let Some(mac) = &self.mac {
+            f.write_str("~")?;
+            for byte in mac {
+                write!(f, "{byte:02x}")?;
+            }
+        }
+        Ok(())
     }
+}
+
+/// Lowercase hex of exactly [`TASK_TOKEN_MAC_LEN`] bytes.
+fn parse_mac(text: &str) -> Option<[u8; TASK_TOKEN_MAC_LEN]> {
+    let digits = text.as_bytes();
+    if digits.len() != 2 * TASK_TOKEN_MAC_LEN {
+        return None;
+    }
+    let nibble = |d: u8| match d {
+        b'0'..=b'9' => Some(d - b'0'),
+        b'a'..=b'f' => Some(d - b'a' + 10),
+        _ => None,
+    };
+    let mut mac = [0u8; TASK_TOKEN_MAC_LEN];
+    for (byte, pair) in mac.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(mac)
 }
 
 impl std::str::FromStr for TaskToken {
     type Err = IdError;
     fn from_str(text: &str) -> Result<Self, IdError> {
         let mut parts = text.split('~');
-        let (Some(id), Some(step), Some(attempt), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(id), Some(step), Some(attempt), mac, None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(IdError::MalformedToken);
         };
@@ -168,7 +211,8 @@ impl std::str::FromStr for TaskToken {
         let phase = chars.next().and_then(StepPhase::from_letter).ok_or(IdError::MalformedToken)?;
         let index: u16 = chars.as_str().parse().map_err(|_| IdError::MalformedToken)?;
         let attempt: u32 = attempt.parse().map_err(|_| IdError::MalformedToken)?;
-        Ok(TaskToken { workflow_id, step: StepRef { phase, index }, attempt })
+        let mac = mac.map(|mac| parse_mac(mac).ok_or(IdError::MalformedToken)).transpose()?;
+        Ok(TaskToken { workflow_id, step: StepRef { phase, index }, attempt, mac })
     }
 }
 
@@ -206,11 +250,26 @@ mod tests {
             workflow_id: WorkflowId::parse("o-1").expect("valid"),
             step: StepRef { phase: StepPhase::Compensation, index: 3 },
             attempt: 7,
+            mac: None,
         };
         let text = token.to_string();
         assert_eq!(text, "o-1~c3~7");
-        assert_eq!(text.parse::<TaskToken>(), Ok(token));
-        for bad in ["", "o-1", "o-1~x3~7", "o-1~c~7", "o-1~c3~", "o-1~c3~7~1", "a/b~f0~1"] {
+        assert_eq!(text.parse::<TaskToken>(), Ok(token.clone()));
+        let mut mac = [0u8; TASK_TOKEN_MAC_LEN];
+        mac[0] = 0xab;
+        mac[TASK_TOKEN_MAC_LEN - 1] = 0x09;
+        let signed = TaskToken { mac: Some(mac), ..token };
+        let text = signed.to_string();
+        assert_eq!(text, "o-1~c3~7~ab000000000000000000000000000009");
+        assert_eq!(text.parse::<TaskToken>(), Ok(signed));
+        let short_mac = format!("o-1~c3~7~{}", "a".repeat(2 * TASK_TOKEN_MAC_LEN - 1));
+        let long_mac = format!("o-1~c3~7~{}", "a".repeat(2 * TASK_TOKEN_MAC_LEN + 1));
+        let upper_mac = format!("o-1~c3~7~{}", "A".repeat(2 * TASK_TOKEN_MAC_LEN));
+        let extra = format!("{text}~1");
+        for bad in ["", "o-1", "o-1~x3~7", "o-1~c~7", "o-1~c3~", "o-1~c3~7~1", "o-1~c3~7~", "a/b~f0~1"] {
+            assert!(bad.parse::<TaskToken>().is_err(), "{bad}");
+        }
+        for bad in [short_mac, long_mac, upper_mac, extra] {
             assert!(bad.parse::<TaskToken>().is_err(), "{bad}");
         }
     }

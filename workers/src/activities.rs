@@ -299,7 +299,7 @@ mod tests {
     fn task(activity: &str, input: &str, results: &str, params: &str) -> ActivityTask {
         let workflow_id = WorkflowId::parse("o-1").expect("valid");
         ActivityTask {
-            token: TaskToken { workflow_id: workflow_id.clone(), step: StepRef::forward(0), attempt: 2 },
+            token: TaskToken { workflow_id: workflow_id.clone(), step: StepRef::forward(0), attempt: 2, mac: None },
             workflow_id,
             workflow_type: "order".to_owned(),
             step_name: "step".to_owned(),

@@ -84,7 +84,7 @@ async fn heartbeat(State(engine): State<Shared>, Json(_): Json<HeartbeatRequest>
 fn task(index: u16, activity: &str, results: serde_json::Value, params: serde_json::Value) -> ActivityTask {
     let workflow_id = WorkflowId::parse("o-1").expect("valid");
     ActivityTask {
-        token: TaskToken { workflow_id: workflow_id.clone(), step: StepRef::forward(index), attempt: 1 },
+        token: TaskToken { workflow_id: workflow_id.clone(), step: StepRef::forward(index), attempt: 1, mac: None },
         workflow_id,
         workflow_type: "order".to_owned(),
         step_name: format!("step-{index}"),

@@ -20,7 +20,9 @@ pub use body::ApiJson;
 pub use error::ApiError;
 
 use crate::auth::Authenticator;
-use crate::core::{Command, Handle};
+use crate::auth::Principal;
+use crate::core::watchers::WaitRefused;
+use crate::core::{Command, CoreError, Handle};
 use crate::rate_limit::RateLimiter;
 use crate::registry::Registry;
 use crate::store::{Durability, Store};
@@ -108,6 +110,9 @@ async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
         "events": stats.events.load(Relaxed),
         "active_workflows": stats.active.load(Relaxed),
         "ready_tasks": queues.values().sum::<usize>(),
+        // Counted at the door by the slots' guards, so it is exact at every moment.
+        "waiting_reads": state.core.waits.in_use(),
+        "waiting_polls": stats.waiting_polls.load(Relaxed),
         "queues": queues,
         "quarantined": stats
             .quarantined
@@ -178,16 +183,37 @@ pub(crate) fn workflow_view(state: &AppState, id: &WorkflowId) -> Result<Option<
 }
 
 /// The run's view, after waiting up to `wait` for it to finish.
+///
+/// A wait holds one of its caller's slots (`--max-waits-per-caller`; the caller is the
+/// credential, or the client IP when open) and one of the engine's (`--max-watchers`) for
+/// exactly as long as this request lives: the guard is dropped when the wait ends, times out,
+/// or the client hangs up (axum drops the request's future). Over the caller's cap: 429
+/// `TOO_MANY_WAITS` with `Retry-After`; over the engine's: 503 `OVERLOADED`.
 pub(crate) async fn view_after_wait(
     state: &AppState,
+    principal: &Principal,
     id: &WorkflowId,
     wait: Option<Duration>,
 ) -> Result<WorkflowView, ApiError> {
     if let Some(wait) = wait {
+        // Only callers that may not be rate limited (workers) have no key; they share one.
+        let caller = principal.rate_key.as_deref().unwrap_or("unidentified");
+        let _slot = state.core.waits.acquire(caller).map_err(|refused| match refused {
+            WaitRefused::CallerFull => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_WAITS",
+                format!(
+                    "this caller already waits on {} reads, its limit; retry once one ends",
+                    state.core.waits.max_per_caller()
+                ),
+            ),
+            WaitRefused::Full => ApiError::from(CoreError::Overloaded("too many waiting reads")),
+        })?;
         // The core answers at once for a run that is not in flight (finished, parked or
         // unknown), so the store is read once, after the wait.
         let watch = state.core.call(|reply| Command::Watch { id: id.clone(), reply });
-        // Running out of time is not an error: the caller gets the current state.
+        // Running out of time is not an error: the caller gets the current state. Dropping
+        // the watch closes its channel, which frees the core's slot at its next prune.
         let _ = tokio::time::timeout(wait, watch).await;
     }
     workflow_view(state, id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))

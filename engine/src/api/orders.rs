@@ -8,7 +8,7 @@ use super::{parse_wait, query, view_after_wait, ApiError, ApiJson, AppState};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use shop_types::api::{WorkflowStatus, WorkflowView};
 use shop_types::order::{OrderInput, OrderList, OrderView, PlaceOrderRequest, ORDER_WORKFLOW_TYPE};
@@ -104,12 +104,13 @@ fn default_label(status: WorkflowStatus) -> &'static str {
 
 pub(crate) async fn get_one(
     State(state): State<AppState>,
+    Extension(principal): Extension<crate::auth::Principal>,
     Path(id): Path<String>,
     wait: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Json<OrderView>, ApiError> {
     let id = WorkflowId::parse(id)?;
     let wait = parse_wait(query(wait)?.wait.as_deref())?;
-    let view = view_after_wait(&state, &id, wait).await?;
+    let view = view_after_wait(&state, &principal, &id, wait).await?;
     Ok(Json(order_view(view)?))
 }
 

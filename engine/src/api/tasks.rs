@@ -1,6 +1,9 @@
 //! `/v1/tasks`: the worker protocol. Workers long-poll a queue for activity attempts and
 //! report each one's outcome with the task token it came with; a report for an attempt that
-//! is no longer current is refused (409 `STALE_TASK`) and changes nothing. A worker
+//! is no longer current is refused (409 `STALE_TASK`) and changes nothing. A token carries a
+//! MAC that only this engine can make, checked here before anything reaches the core: a
+//! token whose MAC is wrong or missing was not handed out by this engine for this attempt,
+//! so it gets the same answer as a stale one (409 `STALE_TASK`) and changes nothing. A worker
 //! credential reaches only the queues it names (403 `FORBIDDEN`, checked before anything
 //! happens); a report's queue is the one its task was dispatched on.
 
@@ -17,7 +20,17 @@ use shop_types::api::{
     ReportBatchRequest, ReportBatchResponse, TaskOutcome, TaskReport,
 };
 use shop_types::limits::{MAX_ID_LEN, MAX_REPORTS_PER_BATCH, MAX_TASKS_PER_POLL, MAX_WAIT_MS};
+use shop_types::TaskToken;
 use std::time::Duration;
+
+/// Refuses a token this engine did not hand out for its attempt, like a stale one: to its
+/// sender, a forged token and one for an attempt long gone are the same thing.
+fn check_mac(state: &AppState, token: &TaskToken) -> Result<(), CoreError> {
+    if state.core.signer.verify(token) {
+        return Ok(());
+    }
+    Err(CoreError::Stale("the task token was not handed out for this attempt".into()))
+}
 
 /// How long past its deadline a poll waits for the core before answering empty by itself.
 const POLL_GRACE: Duration = Duration::from_secs(5);
@@ -73,6 +86,7 @@ pub(crate) async fn complete(
     ApiJson(request): ApiJson<CompleteRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_task_queues(&state, &principal, [&request.token])?;
+    check_mac(&state, &request.token)?;
     let report = TaskReport { token: request.token, outcome: TaskOutcome::Completed { output: request.output } };
     report_one(&state, report).await
 }
@@ -83,6 +97,7 @@ pub(crate) async fn fail(
     ApiJson(request): ApiJson<FailRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_task_queues(&state, &principal, [&request.token])?;
+    check_mac(&state, &request.token)?;
     let report = TaskReport { token: request.token, outcome: TaskOutcome::Failed { error: request.error } };
     report_one(&state, report).await
 }
@@ -93,6 +108,7 @@ pub(crate) async fn heartbeat(
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_task_queues(&state, &principal, [&request.token])?;
+    check_mac(&state, &request.token)?;
     state.core.call(|reply| Command::Heartbeat { token: request.token, reply }).await??;
     Ok(Json(serde_json::json!({})))
 }
@@ -115,7 +131,21 @@ pub(crate) async fn report(
         check_poll(poll)?;
         check_queue(&principal, &poll.queue)?;
     }
-    let results = state.core.call(|reply| Command::Report { reports: request.reports, reply }).await?;
+    // Reports whose MAC fails are refused here, each with its own verdict; only the others
+    // reach the core, and their verdicts are put back in the batch's order.
+    let verdicts: Vec<Result<(), CoreError>> = request.reports.iter().map(|r| check_mac(&state, &r.token)).collect();
+    let genuine: Vec<TaskReport> =
+        request.reports.into_iter().zip(&verdicts).filter(|(_, v)| v.is_ok()).map(|(r, _)| r).collect();
+    let mut recorded = if genuine.is_empty() {
+        Vec::new()
+    } else {
+        state.core.call(|reply| Command::Report { reports: genuine, reply }).await?
+    }
+    .into_iter();
+    let results: Vec<Result<(), CoreError>> = verdicts
+        .into_iter()
+        .map(|verdict| verdict.and_then(|()| recorded.next().unwrap_or(Err(CoreError::ShuttingDown))))
+        .collect();
     // A batch refused for want of disk is refused whole, so the worker retries all of it.
     if results.iter().any(|result| matches!(result, Err(CoreError::DiskFull))) {
         return Err(CoreError::DiskFull.into());

@@ -2,13 +2,14 @@
 //! histories; list and register definitions.
 
 use super::{parse_wait, query, view_after_wait, workflow_view, ApiError, ApiJson, AppState};
+use crate::auth::Principal;
 use crate::core::{Command, StartOutcome};
 use crate::definition;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use shop_types::api::{
     DefinitionList, DefinitionSummary, HistoryEventView, HistoryResponse, ReasonRequest, StartWorkflowRequest,
@@ -62,12 +63,13 @@ pub(crate) struct WaitQuery {
 
 pub(crate) async fn get_one(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     wait: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Json<WorkflowView>, ApiError> {
     let id = WorkflowId::parse(id)?;
     let wait = parse_wait(query(wait)?.wait.as_deref())?;
-    Ok(Json(view_after_wait(&state, &id, wait).await?))
+    Ok(Json(view_after_wait(&state, &principal, &id, wait).await?))
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,276 @@
+//! Dispatch bookkeeping: the ready queues (attempts waiting for a worker) and the waiting
+//! polls (workers long-polling a queue that had nothing for them).
+//!
+//! The ready queues are exact: each run remembers the [`ReadyKey`] of its one entry, and the
+//! core removes that entry the moment the attempt is started, times out, or its run moves
+//! on, finishes or is cancelled. So a queue never holds a stale entry, its length is the
+//! backlog `/v1/stats` shows, and it is bounded by the runs in flight. Entries are served in
+//! the order they were queued (a sequence number per entry).
+//!
+//! This module only keeps order and counts; it must never decide anything about a run (the
+//! core asks the decider) and never answer a caller itself (the core answers after commit).
+
+use super::signer::TaskSigner;
+use super::{Core, Run, Turn};
+use crate::decider::Input;
+use crate::state::AttemptStatus;
+use shop_types::api::ActivityTask;
+use shop_types::{QueueName, StepRef, TaskToken, WorkflowId};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use tokio::sync::oneshot;
+
+/// One attempt waiting for a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ReadyTask {
+    pub(super) id: WorkflowId,
+    pub(super) step: StepRef,
+    pub(super) attempt: u32,
+}
+
+/// Where a run's ready entry sits, so it can be removed in O(log n).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ReadyKey {
+    pub(super) queue: QueueName,
+    seq: u64,
+    pub(super) step: StepRef,
+    pub(super) attempt: u32,
+}
+
+/// Every queue's ready attempts, oldest first.
+#[derive(Default)]
+pub(super) struct ReadyQueues {
+    queues: HashMap<QueueName, BTreeMap<u64, ReadyTask>>,
+    next_seq: u64,
+}
+
+impl ReadyQueues {
+    /// Queues `task` last on `queue`; the key removes it again.
+    pub(super) fn push(&mut self, queue: QueueName, task: ReadyTask) -> ReadyKey {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let key = ReadyKey { queue: queue.clone(), seq, step: task.step, attempt: task.attempt };
+        self.queues.entry(queue).or_default().insert(seq, task);
+        key
+    }
+
+    pub(super) fn remove(&mut self, key: &ReadyKey) {
+        if let Some(tasks) = self.queues.get_mut(&key.queue) {
+            tasks.remove(&key.seq);
+        }
+    }
+
+    /// The oldest ready attempt of `queue`, removed.
+    pub(super) fn pop(&mut self, queue: &QueueName) -> Option<ReadyTask> {
+        self.queues.get_mut(queue)?.pop_first().map(|(_, task)| task)
+    }
+
+    pub(super) fn has_ready(&self, queue: &QueueName) -> bool {
+        self.queues.get(queue).is_some_and(|tasks| !tasks.is_empty())
+    }
+
+    /// The backlog of every queue that ever had a task (an empty one shows 0).
+    pub(super) fn depths(&self) -> impl Iterator<Item = (&QueueName, usize)> {
+        self.queues.iter().map(|(queue, tasks)| (queue, tasks.len()))
+    }
+}
+
+/// A worker's long poll that found nothing and waits for a task (until `deadline_ms`).
+pub(super) struct WaitingPoll {
+    pub(super) worker_id: String,
+    pub(super) max_tasks: usize,
+    pub(super) deadline_ms: u64,
+    pub(super) reply: oneshot::Sender<Vec<ActivityTask>>,
+}
+
+/// Waiting polls per queue, in arrival order, with their count.
+#[derive(Default)]
+pub(super) struct WaitingPolls {
+    by_queue: HashMap<QueueName, VecDeque<WaitingPoll>>,
+    count: usize,
+}
+
+impl WaitingPolls {
+    pub(super) fn count(&self) -> usize {
+        self.count
+    }
+
+    pub(super) fn push(&mut self, queue: QueueName, poll: WaitingPoll) {
+        self.count += 1;
+        self.by_queue.entry(queue).or_default().push_back(poll);
+    }
+
+    /// The longest-waiting poll of `queue`, removed.
+    pub(super) fn pop(&mut self, queue: &QueueName) -> Option<WaitingPoll> {
+        let poll = self.by_queue.get_mut(queue)?.pop_front()?;
+        self.count -= 1;
+        Some(poll)
+    }
+
+    /// Queues with at least one waiting poll.
+    pub(super) fn queues(&self) -> impl Iterator<Item = &QueueName> {
+        self.by_queue.iter().filter(|(_, polls)| !polls.is_empty()).map(|(queue, _)| queue)
+    }
+
+    /// The soonest deadline of any waiting poll.
+    pub(super) fn next_deadline_ms(&self) -> Option<u64> {
+        self.by_queue.values().flatten().map(|poll| poll.deadline_ms).min()
+    }
+
+    /// Removes the polls past their deadline or whose worker has hung up.
+    pub(super) fn take_expired(&mut self, now_ms: u64) -> Vec<WaitingPoll> {
+        let mut expired = Vec::new();
+        for polls in self.by_queue.values_mut() {
+            let mut kept = VecDeque::with_capacity(polls.len());
+            for poll in polls.drain(..) {
+                if poll.deadline_ms <= now_ms || poll.reply.is_closed() {
+                    expired.push(poll);
+                } else {
+                    kept.push_back(poll);
+                }
+            }
+            *polls = kept;
+        }
+        self.by_queue.retain(|_, polls| !polls.is_empty());
+        self.count -= expired.len();
+        expired
+    }
+
+    /// Removes every poll (at shutdown).
+    pub(super) fn take_all(&mut self) -> Vec<WaitingPoll> {
+        self.count = 0;
+        self.by_queue.drain().flat_map(|(_, polls)| polls).collect()
+    }
+}
+
+/// The core's side of dispatch: keeping each run's ready entry in line with its state,
+/// handing attempts out, and serving waiting polls.
+impl Core {
+    /// Brings the run's ready entry in line with its state: an attempt waiting for a worker
+    /// has exactly one entry, anything else (started, backing off, timed out, moved on,
+    /// parked) none. Returns the queue when an entry was added.
+    pub(super) fn sync_ready(&mut self, id: &WorkflowId) -> Option<QueueName> {
+        let run = self.runs.get_mut(id)?;
+        let waiting = run
+            .state
+            .current
+            .as_ref()
+            .filter(|current| matches!(current.status, AttemptStatus::Scheduled { .. }))
+            .map(|current| (current.step, current.attempt));
+        if let Some(key) = &run.ready {
+            if Some((key.step, key.attempt)) == waiting {
+                return None;
+            }
+            self.ready.remove(key);
+            run.ready = None;
+        }
+        let (step, attempt) = waiting?;
+        let queue = run.definition.step(step)?.queue.clone();
+        run.ready = Some(self.ready.push(queue.clone(), ReadyTask { id: id.clone(), step, attempt }));
+        Some(queue)
+    }
+
+    /// Hands up to `max_tasks` ready attempts of `queue` to a worker, recording their start.
+    pub(super) fn take_ready(
+        &mut self,
+        turn: &mut Turn,
+        queue: &QueueName,
+        worker_id: &str,
+        max_tasks: usize,
+        now: u64,
+    ) -> Vec<ActivityTask> {
+        let mut tasks = Vec::new();
+        while tasks.len() < max_tasks {
+            let Some(ReadyTask { id, step, attempt }) = self.ready.pop(queue) else {
+                break;
+            };
+            if let Some(run) = self.runs.get_mut(&id) {
+                run.ready = None;
+            }
+            let input = Input::Started { step, attempt, worker: worker_id.to_owned() };
+            // Entries leave their queue with their attempt, so this cannot fail; if it ever
+            // did, the entry is dropped rather than handed out for an attempt not current.
+            if let Err(error) = self.apply_to_run(turn, &id, input, now) {
+                tracing::warn!(workflow_id = %id, %error, "a ready entry could not be started; dropped");
+                continue;
+            }
+            if let Some(task) = self.runs.get(&id).and_then(|run| activity_task(run, &self.signer, step, attempt)) {
+                tasks.push(task);
+            }
+        }
+        tasks
+    }
+
+    /// Hands the tasks that became ready this turn to the polls waiting for them, and
+    /// answers the polls past their deadline (or whose worker hung up) empty.
+    pub(super) fn serve_waiting_polls(&mut self, turn: &mut Turn, now: u64) {
+        let queues: Vec<QueueName> = turn.queues_with_new_tasks.drain().collect();
+        // A hand-out writes its start: with the disk full, polls keep waiting.
+        let queues = if self.room_to_write { queues } else { Vec::new() };
+        for queue in queues {
+            while self.ready.has_ready(&queue) {
+                let Some(poll) = self.waiting_polls.pop(&queue) else {
+                    break;
+                };
+                // A worker that gave up waiting must not be handed a task it will never see.
+                if poll.reply.is_closed() {
+                    continue;
+                }
+                let tasks = self.take_ready(turn, &queue, &poll.worker_id, poll.max_tasks, now);
+                turn.after_commit(move || {
+                    let _ = poll.reply.send(tasks);
+                });
+            }
+        }
+        for poll in self.waiting_polls.take_expired(now) {
+            turn.after_commit(move || {
+                let _ = poll.reply.send(Vec::new());
+            });
+        }
+    }
+}
+
+/// What a worker gets for one hand-out, with a token signed so only it can report.
+fn activity_task(run: &Run, signer: &TaskSigner, step: StepRef, attempt: u32) -> Option<ActivityTask> {
+    let step_def = run.definition.step(step)?;
+    let id = &run.state.id;
+    Some(ActivityTask {
+        token: signer.sign(TaskToken { workflow_id: id.clone(), step, attempt, mac: None }),
+        workflow_id: id.clone(),
+        workflow_type: run.definition.name.clone(),
+        step_name: step_def.name.clone(),
+        activity: step_def.activity.clone(),
+        attempt,
+        idempotency_key: format!("{id}:{}", step_def.name),
+        input: run.state.input.clone(),
+        results: run.state.results_json(),
+        params: step_def.params.clone(),
+        start_to_close_ms: step_def.timeouts.start_to_close_ms,
+        heartbeat_ms: step_def.timeouts.heartbeat_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str) -> ReadyTask {
+        ReadyTask { id: WorkflowId::parse(id).expect("valid"), step: StepRef::forward(0), attempt: 1 }
+    }
+
+    #[test]
+    fn ready_queues_serve_in_order_and_remove_by_key() {
+        let mut ready = ReadyQueues::default();
+        let queue = QueueName::parse("q").expect("valid");
+        let a = ready.push(queue.clone(), task("a"));
+        ready.push(queue.clone(), task("b"));
+        ready.push(queue.clone(), task("c"));
+        ready.remove(&a);
+        ready.remove(&a);
+        assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 2)]);
+        assert_eq!(ready.pop(&queue), Some(task("b")));
+        assert_eq!(ready.pop(&queue), Some(task("c")));
+        assert_eq!(ready.pop(&queue), None);
+        assert!(!ready.has_ready(&queue));
+        assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 0)], "an emptied queue shows 0");
+    }
+}

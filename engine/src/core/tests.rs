@@ -1,0 +1,165 @@
+//! Unit tests of the core driven turn by turn on the test's thread, with time passed in:
+//! exact ready queues, waiting polls served when the disk guard clears, canonical JSON on
+//! the duplicate-start path, and signed task tokens.
+
+use super::*;
+use crate::clock::SystemClock;
+use crate::store::Durability;
+
+/// Two steps on a queue nobody polls unless the test does; the first must start within 1 s.
+const DEFINITION: &str = r#"
+name = "pair"
+version = 1
+
+[[steps]]
+name = "first"
+activity = "q.first"
+queue = "q"
+retry = { max_attempts = 1 }
+timeouts = { schedule_to_start = "1s" }
+
+[[steps]]
+name = "second"
+activity = "q.second"
+queue = "q"
+"#;
+
+const T0: u64 = 1_000_000;
+
+struct Fixture {
+    core: Core,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path(), Durability::ProcessCrash, None).expect("opens"));
+    let mut registry = Registry::default();
+    registry.insert(crate::definition::parse("test", DEFINITION).expect("parses")).expect("registers");
+    let (core, _handle, _rx) =
+        Core::recover(store, Arc::new(RwLock::new(registry)), Arc::new(SystemClock), Limits::default())
+            .expect("recovers");
+    Fixture { core, _dir: dir }
+}
+
+impl Fixture {
+    /// One turn: due timers, the commands, waiting polls; then the replies are sent.
+    fn turn(&mut self, commands: Vec<Command>, now: u64) {
+        let mut turn = Turn::default();
+        let had_room = self.core.room_to_write;
+        self.core.room_to_write = true;
+        if !had_room {
+            let queues: Vec<QueueName> = self.core.waiting_polls.queues().cloned().collect();
+            turn.queues_with_new_tasks.extend(queues);
+        }
+        self.core.fire_due_timers(&mut turn, now);
+        for command in commands {
+            self.core.handle(&mut turn, command, now);
+        }
+        self.core.serve_waiting_polls(&mut turn, now);
+        let replies = std::mem::take(&mut turn.replies);
+        self.core.commit(turn);
+        for reply in replies {
+            reply();
+        }
+    }
+
+    fn start(&mut self, id: &str, input: &str, now: u64) -> Result<StartOutcome, CoreError> {
+        let (reply, mut answer) = oneshot::channel();
+        let input = JsonText::parse(input).expect("valid JSON");
+        let id = WorkflowId::parse(id).expect("valid");
+        self.turn(vec![Command::Start { id, workflow_type: "pair".into(), input, reply }], now);
+        answer.try_recv().expect("answered")
+    }
+
+    fn backlog(&self) -> usize {
+        self.core.ready.depths().map(|(_, tasks)| tasks).sum()
+    }
+
+    fn poll(&mut self, now: u64, wait_ms: u64) -> oneshot::Receiver<Vec<ActivityTask>> {
+        let (reply, answer) = oneshot::channel();
+        let queue = QueueName::parse("q").expect("valid");
+        let command = Command::Poll { queue, worker_id: "w".into(), max_tasks: 10, deadline_ms: now + wait_ms, reply };
+        self.turn(vec![command], now);
+        answer
+    }
+}
+
+#[test]
+fn ready_entries_leave_when_started_timed_out_or_their_run_ends() {
+    let mut f = fixture();
+    for id in ["a", "b", "c"] {
+        assert_eq!(f.start(id, "{}", T0), Ok(StartOutcome::Created));
+    }
+    assert_eq!(f.backlog(), 3);
+
+    // Terminated: the run ends, and its entry goes with it.
+    let (reply, _answer) = oneshot::channel();
+    let terminate =
+        Command::Cancel { id: WorkflowId::parse("c").expect("valid"), reason: "test".into(), terminate: true, reply };
+    f.turn(vec![terminate], T0 + 1);
+    assert_eq!(f.backlog(), 2, "a terminated run leaves its queue at once");
+
+    // `a` times out at schedule_to_start (max_attempts 1): it leaves its queue, `b` too.
+    f.turn(Vec::new(), T0 + 2_000);
+    assert_eq!(f.backlog(), 0, "timed-out attempts leave their queue");
+    assert!(f.core.runs.is_empty(), "both runs ended");
+
+    // A started attempt leaves its queue; the next step enters it.
+    assert_eq!(f.start("d", "{}", T0 + 3_000), Ok(StartOutcome::Created));
+    let mut answer = f.poll(T0 + 3_000, 0);
+    let tasks = answer.try_recv().expect("answered");
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(f.backlog(), 0, "a started attempt leaves its queue");
+    let (reply, _answer) = oneshot::channel();
+    let report = TaskReport {
+        token: tasks[0].token.clone(),
+        outcome: TaskOutcome::Completed { output: JsonText::parse("{}").expect("valid") },
+    };
+    f.turn(vec![Command::Report { reports: vec![report], reply }], T0 + 3_001);
+    assert_eq!(f.backlog(), 1, "the second step waits for a worker");
+    let (reply, _answer) = oneshot::channel();
+    let cancel =
+        Command::Cancel { id: WorkflowId::parse("d").expect("valid"), reason: "test".into(), terminate: true, reply };
+    f.turn(vec![cancel], T0 + 3_002);
+    assert_eq!(f.backlog(), 0);
+    assert_eq!(f.core.stats.queue_depths.lock().expect("lock").get("q"), Some(&0), "/v1/stats shows 0");
+}
+
+#[test]
+fn tokens_are_signed_and_a_duplicate_start_compares_json_values() {
+    let mut f = fixture();
+    assert_eq!(f.start("a", r#"{"x":1,"y":[1,2]}"#, T0), Ok(StartOutcome::Created));
+    assert_eq!(f.start("a", r#"{ "y": [1, 2], "x": 1 }"#, T0), Ok(StartOutcome::Existing), "same value");
+    assert_eq!(
+        f.start("a", r#"{"x":2,"y":[1,2]}"#, T0),
+        Err(CoreError::AlreadyExists(WorkflowId::parse("a").expect("valid")))
+    );
+    let mut answer = f.poll(T0, 0);
+    let tasks = answer.try_recv().expect("answered");
+    assert!(tasks[0].token.mac.is_some(), "a handed-out token carries a MAC");
+    assert!(f.core.signer.verify(&tasks[0].token));
+}
+
+#[test]
+fn waiting_polls_are_served_when_the_disk_guard_clears() {
+    let mut f = fixture();
+    assert_eq!(f.start("a", "{}", T0), Ok(StartOutcome::Created));
+    // The disk fills: a poll finds a ready task but cannot write its start, so it waits.
+    f.core.room_to_write = false;
+    let mut answer = {
+        let (reply, answer) = oneshot::channel();
+        let queue = QueueName::parse("q").expect("valid");
+        let command = Command::Poll { queue, worker_id: "w".into(), max_tasks: 1, deadline_ms: T0 + 30_000, reply };
+        let mut turn = Turn::default();
+        f.core.handle(&mut turn, command, T0);
+        f.core.serve_waiting_polls(&mut turn, T0);
+        assert!(turn.replies.is_empty(), "nobody is answered while the disk is full");
+        answer
+    };
+    assert_eq!(f.core.waiting_polls.count(), 1);
+    // Space is freed: the next turn (with nothing new queued) hands the task to that poll.
+    f.turn(Vec::new(), T0 + 10);
+    assert_eq!(answer.try_recv().expect("answered").len(), 1, "served with its task, not left to its deadline");
+    assert_eq!(f.backlog(), 0);
+}
