@@ -41,7 +41,8 @@ pub const REFUSAL_CACHE_TTL: Duration = Duration::from_secs(2);
 /// a stream of made-up tokens cannot grow the map.
 pub const MAX_CACHED_CREDENTIALS: usize = 1024;
 /// Most checks in flight to the engine at once: requests with unknown tokens wait for a
-/// permit, so this API can never send the engine more than this many checks at a time.
+/// permit (at most [`CHECK_TIMEOUT`], then 503), so this API never sends the engine more than
+/// this many checks at a time.
 pub const MAX_CONCURRENT_CHECKS: usize = 8;
 /// How long one check may take end to end.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -123,8 +124,12 @@ impl EngineCheck {
         if let Some(verdict) = self.cached(&digest) {
             return Ok(verdict);
         }
-        // The semaphore is never closed; a closed one would only mean "no check possible".
-        let _permit = self.permits.acquire().await.map_err(|_| unavailable("the credential check is shut down"))?;
+        // Waiting for a permit is bounded too: a crowd of unknown tokens gets 503s, not a
+        // queue that grows with every connection. The semaphore is never closed.
+        let _permit = match tokio::time::timeout(CHECK_TIMEOUT, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) | Err(_) => return Err(unavailable("too many credential checks in flight; try again")),
+        };
         // Another request may have asked while this one waited for its permit.
         if let Some(verdict) = self.cached(&digest) {
             return Ok(verdict);
@@ -363,6 +368,36 @@ mod tests {
         let (status, retry_after, body) = call(&auth, Some("limited")).await;
         assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("RATE_LIMITED")));
         assert_eq!(retry_after.as_deref(), Some("7"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_most_max_concurrent_checks_reach_the_engine_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        /// How long the slow engine holds each check, so that checks overlap.
+        const HOLD: Duration = Duration::from_millis(200);
+        let (in_flight, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (now, peak) = (Arc::clone(&in_flight), Arc::clone(&most));
+        let stats = move || async move {
+            peak.fetch_max(now.fetch_add(1, SeqCst) + 1, SeqCst);
+            tokio::time::sleep(HOLD).await;
+            now.fetch_sub(1, SeqCst);
+            StatusCode::UNAUTHORIZED
+        };
+        let app = axum::Router::new().route("/v1/stats", axum::routing::get(stats));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let auth = AdminAuth::engine(&format!("http://{addr}").parse().expect("a URL")).expect("valid");
+        let mut calls = tokio::task::JoinSet::new();
+        for n in 0..MAX_CONCURRENT_CHECKS * 2 {
+            let auth = auth.clone();
+            calls.spawn(async move { call(&auth, Some(&format!("token-{n}"))).await.0 });
+        }
+        while let Some(status) = calls.join_next().await {
+            assert_eq!(status.expect("no panic"), StatusCode::UNAUTHORIZED);
+        }
+        let most = most.load(SeqCst);
+        assert!((2..=MAX_CONCURRENT_CHECKS).contains(&most), "{most} checks at once");
     }
 
     #[tokio::test]
