@@ -18,6 +18,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
+/// Pause between two readiness probes of a starting child.
 const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a child has to finish in-flight work after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
