@@ -36,8 +36,9 @@ struct Cli {
     /// The worker admin API's base URL (stock, payments, notifications).
     #[arg(long, global = true, env = "SHOP_WORKER", default_value = DEFAULT_WORKER)]
     worker: String,
-    /// The engine credential (API token or JWT), sent as `Authorization: Bearer`. Not
-    /// needed for an engine running `--open` (`shopctl dev`).
+    /// The credential (API token or JWT), sent as `Authorization: Bearer` to the engine and
+    /// to the worker admin API (which takes the engine's admin credentials). Not needed for
+    /// a stack running `--open` (`shopctl dev`).
     #[arg(long, global = true, env = "SHOP_TOKEN", hide_env_values = true)]
     token: Option<BearerToken>,
     /// Print the API's JSON answer, pretty, instead of a table.

@@ -4,22 +4,24 @@
 //! Owns finding the binaries, laying out the data directory, starting the children in order
 //! (the worker needs the engine up), waiting until both answer `/healthz`, noticing when one
 //! dies, and stopping both: SIGTERM, a grace period, then SIGKILL. It must never leave a
-//! child running behind it: every child is also killed when its handle is dropped, so an
-//! early return or a panic cannot orphan one.
+//! child running behind it: every child runs `--exit-with-parent` and ends when `shopctl`
+//! does, however it ends, and is killed when its handle is dropped ([`process`]).
 //!
 //! The engine runs `--open` (no authentication, which it allows on loopback only) and
-//! without rate limits: a local stack is for development, demos and measurements, whose
-//! numbers a limit would distort. The user is told so at start.
+//! without rate limits, and so does the worker's admin API: a local stack is for
+//! development, demos and measurements, whose numbers a limit would distort. The user is
+//! told so at start.
+
+mod process;
 
 use crate::client::{Client, Service};
 use crate::output;
 use anyhow::{anyhow, Context as _, Result};
+use process::Process;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const ENGINE_BINARY: &str = "shop-engine";
 const WORKER_BINARY: &str = "shop-worker";
@@ -29,7 +31,9 @@ const ALL_ACTIVITIES: &str = "inventory,payment,notification";
 pub const DOMAINS: [&str; 3] = ["inventory", "payment", "notification"];
 /// Engine flags of every local stack, before the caller's `engine_args` (the engine takes the
 /// last value of a flag given twice, so a caller can still set a rate limit).
-const LOCAL_ENGINE_ARGS: [&str; 3] = ["--open", "--rate-limit", "off"];
+const LOCAL_ENGINE_ARGS: [&str; 4] = ["--open", "--rate-limit", "off", "--exit-with-parent"];
+/// Worker flags of every local stack: its admin API open (loopback only), and it ends with us.
+const LOCAL_WORKER_ARGS: [&str; 2] = ["--open", "--exit-with-parent"];
 /// The definition the stack runs when no workflows directory is given or found.
 const EMBEDDED_ORDER_DEFINITION: &str = include_str!("../../workflows/order.toml");
 
@@ -39,15 +43,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an engine may take to preload completed runs for a benchmark (a million takes
 /// minutes).
 const PRELOAD_TIMEOUT: Duration = Duration::from_secs(3600);
-const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often `died` looks at the children.
 const CHILD_CHECK_INTERVAL: Duration = Duration::from_millis(200);
-/// How long a child has to finish in-flight work after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(10);
-/// Lines of a child's log shown when it fails while its output goes to a file.
-const LOG_TAIL_LINES: usize = 20;
-/// Bytes read from the end of a log to find those lines; a log can be large.
-const LOG_TAIL_BYTES: u64 = 16 * 1024;
 
 /// Where the children's output goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,12 +93,6 @@ pub struct Stack {
     engine_ready_after: Duration,
 }
 
-struct Process {
-    name: &'static str,
-    child: Child,
-    log: Option<PathBuf>,
-}
-
 impl Stack {
     pub async fn start(options: &StackOptions) -> Result<Stack> {
         let engine_binary = sibling_binary(ENGINE_BINARY)?;
@@ -114,7 +105,7 @@ impl Stack {
         let client = Client::new(&engine_url, &worker_url)?;
 
         output::note(&format!("starting {ENGINE_BINARY} on {engine_url} (workflows from {})", workflows.display()));
-        output::note("the engine runs open: no authentication, no rate limit, loopback only");
+        output::note("the engine and the worker admin API run open: no authentication, no rate limit, loopback only");
         let engine_spawned = tokio::time::Instant::now();
         let mut engine = Process::spawn(
             ENGINE_BINARY,
@@ -156,6 +147,7 @@ impl Stack {
                     .arg(listen.to_string())
                     .arg("--activities")
                     .arg(activities)
+                    .args(LOCAL_WORKER_ARGS)
                     .args(&options.worker_args),
                 options,
             )
@@ -256,122 +248,6 @@ async fn stop_all(engine: &mut Process, workers: &mut [(Process, String, &'stati
         worker.stop().await;
     }
     engine.stop().await;
-}
-
-impl Process {
-    fn spawn(name: &'static str, command: &mut Command, options: &StackOptions) -> Result<Self> {
-        let (stdout, stderr, log) = match options.output {
-            ChildOutput::Inherit => {
-                // A child's stdout is log output to us: it goes to our stderr, keeping our
-                // stdout for data.
-                let stderr =
-                    std::io::stderr().as_fd().try_clone_to_owned().context("cannot share stderr with a child")?;
-                (Stdio::from(stderr), Stdio::inherit(), None)
-            }
-            ChildOutput::LogFiles => {
-                let path = options.data_dir.join(format!("{}.log", name.trim_start_matches("shop-")));
-                let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-                let copy = file.try_clone().with_context(|| format!("cannot open {} twice", path.display()))?;
-                (Stdio::from(file), Stdio::from(copy), Some(path))
-            }
-        };
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            // Its own process group: a Ctrl-C at the terminal reaches only us, and we stop
-            // the children in order instead of all of them dying at once.
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        Ok(Process { name, child, log })
-    }
-
-    async fn wait_healthy(&mut self, client: &Client, service: Service, timeout: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().with_context(|| format!("cannot check on {}", self.name))? {
-                return Err(anyhow!("{} during start-up", self.describe_exit(Ok(status))));
-            }
-            if client.is_healthy(service).await {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                self.show_log_tail();
-                return Err(anyhow!(
-                    "{} did not answer /healthz at {} within {}",
-                    self.name,
-                    client.base(service),
-                    output::duration(timeout)
-                ));
-            }
-            tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
-        }
-    }
-
-    /// SIGTERM, then up to [`STOP_GRACE`] for a clean exit, then SIGKILL.
-    async fn stop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            let pid = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw);
-            if let Some(pid) = pid {
-                // Failure means it has already exited; the wait below collects it.
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
-        }
-        match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                output::note(&format!(
-                    "{} did not stop within {} of SIGTERM; killing it",
-                    self.name,
-                    output::duration(STOP_GRACE)
-                ));
-                if let Err(err) = self.child.kill().await {
-                    output::note(&format!("cannot kill {}: {err}", self.name));
-                }
-            }
-        }
-    }
-
-    /// "shop-engine exited with exit status: 1", plus the end of its log when it has one.
-    fn describe_exit(&self, status: std::io::Result<ExitStatus>) -> String {
-        self.show_log_tail();
-        let how = match status {
-            Ok(status) => format!("exited ({status})"),
-            Err(err) => format!("could not be waited for ({err})"),
-        };
-        match &self.log {
-            Some(log) => format!("{} {how}; its log is {}", self.name, log.display()),
-            None => format!("{} {how}", self.name),
-        }
-    }
-
-    /// Shows the last lines of the child's log on stderr, when its output went to a file.
-    fn show_log_tail(&self) {
-        let Some(log) = &self.log else { return };
-        match read_tail(log) {
-            Ok(tail) if !tail.is_empty() => {
-                output::note(&format!("--- last lines of {} ---", log.display()));
-                output::note(&tail);
-            }
-            Ok(_) => {}
-            Err(err) => output::note(&format!("cannot read {}: {err:#}", log.display())),
-        }
-    }
-}
-
-fn read_tail(path: &Path) -> Result<String> {
-    use std::io::{Read as _, Seek as _, SeekFrom};
-    let mut file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(LOG_TAIL_LINES);
-    Ok(lines[start..].join("\n"))
 }
 
 /// The engine of a local stack: its data under the stack's folder, open on loopback.
@@ -484,18 +360,6 @@ mod tests {
         assert_eq!(dir, data.path().join("workflows"));
         let text = std::fs::read_to_string(dir.join("order.toml"))?;
         assert!(text.contains("name = \"order\""));
-        Ok(())
-    }
-
-    #[test]
-    fn log_tails_keep_the_last_lines() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let log = dir.path().join("engine.log");
-        let text: String = (1..=100).map(|n| format!("line {n}\n")).collect();
-        std::fs::write(&log, text)?;
-        let tail = read_tail(&log)?;
-        assert_eq!(tail.lines().count(), LOG_TAIL_LINES);
-        assert!(tail.ends_with("line 100"));
         Ok(())
     }
 }

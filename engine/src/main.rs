@@ -11,6 +11,8 @@ use shop_engine::EngineOptions;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod parent;
+
 /// sled copies B-tree nodes on every write and the HTTP path allocates per request; mimalloc
 /// serves these many small, short-lived allocations with less CPU than the system allocator.
 #[global_allocator]
@@ -80,6 +82,10 @@ struct Args {
     /// Benchmarks only: write this many completed order runs into the store before serving.
     #[arg(long, default_value_t = 0)]
     preload_completed: u64,
+    /// Shut down gracefully (as on SIGTERM) when stdin reaches EOF: for supervisors that
+    /// spawn the engine with a piped stdin, so it ends with them however they end.
+    #[arg(long)]
+    exit_with_parent: bool,
 }
 
 #[tokio::main]
@@ -120,7 +126,8 @@ async fn main() -> anyhow::Result<()> {
         preload_completed: args.preload_completed,
         min_free_disk_bytes: args.min_free_disk_mb.saturating_mul(1024 * 1024),
     };
-    shop_engine::serve(options, shutdown_signal()).await.context("shop-engine stopped")
+    let shutdown = parent::or_parent_gone(args.exit_with_parent, shutdown_signal());
+    shop_engine::serve(options, shutdown).await.context("shop-engine stopped")
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

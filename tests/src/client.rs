@@ -280,6 +280,12 @@ impl Admin {
         Admin { http: client(), base: base.trim_end_matches('/').to_owned() }
     }
 
+    /// An admin API client that sends `Authorization: Bearer <token>` with every request, for
+    /// a worker that is not running `--open`.
+    pub fn with_token(base: &str, token: &str) -> Admin {
+        Admin { http: Api::with_token(base, token).http, base: base.trim_end_matches('/').to_owned() }
+    }
+
     /// `GET path`, parsed as `T`; any answer but 200 is an error.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let response = self.http.get(format!("{}{path}", self.base)).send().await?;

@@ -4,6 +4,8 @@
 //!
 //! A guard must never leave a child running: `Drop` kills and reaps it, also while a test
 //! panics, and then prints the tail of the child's log so the failure can be understood.
+//! Servers also run `--exit-with-parent` with a piped stdin whose write end the guard keeps,
+//! so even a test process that is killed outright takes its engines and workers with it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -58,12 +60,13 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns `command` with its output appended to `log`.
+    /// Spawns `command` with its output appended to `log`, and its stdin a pipe whose write
+    /// end this guard holds (it closes when the guard or the whole test process goes).
     pub fn spawn(name: &str, mut command: Command, log: &Path) -> Proc {
         let file = OpenOptions::new().create(true).append(true).open(log).expect("open the child's log file");
         let err_file = file.try_clone().expect("clone the log file handle");
         let child = command
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err_file))
             .spawn()
@@ -125,7 +128,18 @@ pub fn tail(path: &Path) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// Polls `url` until it answers 2xx, the child exits, or the startup deadline passes.
+/// The `pid` a `/healthz` answer names, when it answered 2xx.
+pub async fn health_pid(client: &reqwest::Client, url: &str) -> Option<u32> {
+    let response = client.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body: serde_json::Value = response.json().await.ok()?;
+    body.get("pid").and_then(serde_json::Value::as_u64).and_then(|pid| u32::try_from(pid).ok())
+}
+
+/// Polls `url` until this child answers it (its `/healthz` names the child's pid: another
+/// process that holds the port does not count), the child exits, or the deadline passes.
 async fn wait_healthy(proc: &mut Proc, url: &str) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + STARTUP_DEADLINE;
@@ -133,8 +147,7 @@ async fn wait_healthy(proc: &mut Proc, url: &str) {
         if let Some(status) = proc.exited() {
             panic!("{} exited with {status} before it was ready; its log:\n{}", proc.name, proc.log_tail());
         }
-        let probe = client.get(url).timeout(Duration::from_secs(2)).send().await;
-        if probe.is_ok_and(|r| r.status().is_success()) {
+        if health_pid(&client, url).await == Some(proc.pid()) {
             return;
         }
         assert!(Instant::now() < deadline, "{} did not answer {url} within {STARTUP_DEADLINE:?}", proc.name);
@@ -192,7 +205,8 @@ impl Engine {
             .arg("--listen")
             .arg(self.addr.to_string())
             .arg("--workflows")
-            .arg(&self.options.workflows);
+            .arg(&self.options.workflows)
+            .arg("--exit-with-parent");
         if let Some(max) = self.options.max_history_events {
             command.arg("--max-history-events").arg(max.to_string());
         }
@@ -237,11 +251,19 @@ pub struct WorkerOptions {
     pub args: Vec<String>,
     /// Extra environment, e.g. `RUST_LOG`.
     pub env: Vec<(String, String)>,
+    /// `--open` (the default): the admin API needs no credential. Tests of its
+    /// authentication turn it off.
+    pub open: bool,
 }
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        WorkerOptions { activities: "inventory,payment,notification".to_owned(), args: Vec::new(), env: Vec::new() }
+        WorkerOptions {
+            activities: "inventory,payment,notification".to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            open: true,
+        }
     }
 }
 
@@ -288,8 +310,11 @@ impl Worker {
             .arg(self.addr.to_string())
             .arg("--activities")
             .arg(&self.options.activities)
-            .args(&self.options.args)
-            .envs(self.options.env.iter().map(|(k, v)| (k, v)));
+            .arg("--exit-with-parent");
+        if self.options.open {
+            command.arg("--open");
+        }
+        command.args(&self.options.args).envs(self.options.env.iter().map(|(k, v)| (k, v)));
         let mut proc = Proc::spawn("shop-worker", command, &self.log);
         wait_healthy(&mut proc, &format!("{}/healthz", self.url())).await;
         self.proc = Some(proc);

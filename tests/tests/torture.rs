@@ -353,7 +353,7 @@ async fn torture_kill_and_freeze_lose_and_double_nothing() {
     let worker = |activities: &str, extra: &[&str]| {
         let mut args = vec!["--latency".to_owned(), WORKER_LATENCY.to_owned()];
         args.extend(extra.iter().map(|a| (*a).to_owned()));
-        WorkerOptions { activities: activities.to_owned(), args, env: Vec::new() }
+        WorkerOptions { activities: activities.to_owned(), args, ..WorkerOptions::default() }
     };
     let workers = [
         Worker::start(dir.path(), "inventory", &engine.url(), worker("inventory", &[])).await,

@@ -246,4 +246,8 @@ pub struct ReportBatchResponse {
 pub struct Health {
     pub status: String,
     pub active_workflows: u64,
+    /// The engine's process ID, so a supervisor can tell its own child from another process
+    /// answering on the port; absent from engines older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod json;
 pub mod limits;
 pub mod order;
+pub mod parent;
 
 pub use ids::{IdError, QueueName, StepPhase, StepRef, TaskToken, WorkflowId};
 pub use json::JsonText;

@@ -4,14 +4,20 @@
 //! Every error is `{"error":{"code","message"}}` through one `ApiError`, and internal
 //! failures are logged here and answered without their details. A write is answered only
 //! after the domain has flushed it. This module owns no data: it calls the domains.
+//!
+//! Every route but `/healthz` (unknown paths included) sits behind
+//! [`admin_auth::require_admin`]: this API can set stock, read the ledger and inject faults,
+//! so it must never answer an unauthenticated caller unless the worker runs `--open`.
 
 use crate::activities::{Activities, Domain};
+use crate::admin_auth::{self, AdminAuth};
 use crate::faults;
 use crate::inventory::{self, Inventory};
 use crate::ErrorChain;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -26,11 +32,19 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for `Retry-After` on a 429 or 503.
+    retry_after_s: Option<u64>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), retry_after_s: None }
+    }
+
+    /// Tells the caller when to try again.
+    pub(crate) fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds);
+        self
     }
 
     fn not_served(domain: Domain) -> Self {
@@ -49,7 +63,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 
@@ -97,24 +118,35 @@ impl From<faults::Error> for ApiError {
 struct HealthBody {
     status: &'static str,
     activities: Vec<&'static str>,
+    /// This process's ID, so a supervisor can tell its own child from whoever else answers
+    /// on the port.
+    pid: u32,
 }
 
-/// The admin router over this process's activities; tests drive it with `oneshot`.
-pub fn router(activities: Arc<Activities>) -> Router {
+/// The admin router over this process's activities, behind `auth`; tests drive it with
+/// `oneshot`.
+pub fn router(activities: Arc<Activities>, auth: AdminAuth) -> Router {
     Router::new()
-        .route("/healthz", get(health))
         .route("/stock", get(list_stock))
         .route("/stock/:product_id", axum::routing::put(set_stock))
         .route("/payments", get(list_payments))
         .route("/notifications", get(list_notifications))
         .route("/faults", get(get_faults).put(put_faults))
         .fallback(not_found)
+        // Everything above, the fallback included, needs an admin; `/healthz`, added after
+        // this layer, does not (supervisors and load balancers probe it).
+        .layer(from_fn_with_state(auth, admin_auth::require_admin))
+        .route("/healthz", get(health))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(activities)
 }
 
 async fn health(State(activities): State<Arc<Activities>>) -> Json<HealthBody> {
-    Json(HealthBody { status: "ok", activities: activities.domains().into_iter().map(Domain::as_str).collect() })
+    Json(HealthBody {
+        status: "ok",
+        activities: activities.domains().into_iter().map(Domain::as_str).collect(),
+        pid: std::process::id(),
+    })
 }
 
 fn inventory(activities: &Activities) -> Result<&Inventory, ApiError> {
@@ -184,7 +216,7 @@ mod tests {
             echo: false,
             faults: Arc::new(Faults::new(FaultConfig::default()).expect("valid")),
         };
-        router(Arc::new(activities))
+        router(Arc::new(activities), AdminAuth::Open)
     }
 
     async fn call(app: &Router, method: Method, uri: &str, body: Option<&str>) -> (StatusCode, serde_json::Value) {
@@ -205,7 +237,10 @@ mod tests {
     async fn health_lists_the_served_activities() {
         let (status, body) = call(&app(true), Method::GET, "/healthz", None).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(body, serde_json::json!({"status": "ok", "activities": ["inventory", "notification"]}));
+        assert_eq!(
+            body,
+            serde_json::json!({"status": "ok", "activities": ["inventory", "notification"], "pid": std::process::id()})
+        );
     }
 
     #[tokio::test]

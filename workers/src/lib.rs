@@ -2,20 +2,24 @@
 //! their data in their own sled store under the data dir; echo is stateless. The process
 //! long-polls the engine for tasks on the queues of the domains it serves, runs them, and
 //! reports their outcomes; it also serves a small admin API to inspect and seed its data and
-//! to inject faults.
+//! to inject faults, which only the engine's admins may use (see [`admin_auth`]) unless the
+//! worker runs `--open` on loopback.
 //!
 //! Architecture invariants:
 //! - nothing is reported to the engine, or answered on the admin API, before it is flushed;
 //! - every activity is idempotent: a retried attempt finds its idempotency record and
 //!   changes nothing;
 //! - one process owns a domain's store; a second one fails to open it and exits;
-//! - the engine being down never crashes the worker: it backs off and retries.
+//! - the engine being down never crashes the worker: it backs off and retries;
+//! - the admin API answers nobody without an admin credential of the engine, unless `--open`,
+//!   which is refused off loopback before anything is opened.
 //!
 //! `run` is the whole process minus argument parsing and logging setup, so tests can start
 //! a worker in-process.
 
 pub mod activities;
 pub mod admin;
+pub mod admin_auth;
 pub mod engine_client;
 pub mod faults;
 pub mod inventory;
@@ -61,6 +65,8 @@ pub struct Options {
     pub durability: store::Durability,
     /// Sent to the engine as `Authorization: Bearer`; `None` for an engine running open.
     pub token: Option<shop_types::auth::BearerToken>,
+    /// Serve the admin API without authentication; refused unless `listen` is loopback.
+    pub open: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +93,14 @@ pub enum Error {
     Serve(#[source] std::io::Error),
     #[error("the admin API task panicked")]
     ServePanicked(#[source] tokio::task::JoinError),
+    #[error(
+        "--open serves the admin API (stock, payments, faults) without a credential and is refused on {0}, \
+         which is not a loopback address: listen on 127.0.0.1 (or ::1), or drop --open and use an admin \
+         token of the engine"
+    )]
+    OpenNotLoopback(SocketAddr),
+    #[error("cannot set up the admin API's authentication")]
+    AdminAuth(#[from] admin_auth::Error),
 }
 
 /// Displays an error with its whole `source()` chain on one line, for logs.
@@ -108,6 +122,11 @@ impl fmt::Display for ErrorChain<'_> {
 /// lets in-flight tasks finish (or abandons them after a grace period), stops the admin
 /// API, and flushes every store.
 pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(), Error> {
+    // Checked before anything is opened: an admin API reachable from other hosts must never
+    // answer without authentication, not even for a moment.
+    if options.open && !options.listen.ip().is_loopback() {
+        return Err(Error::OpenNotLoopback(options.listen));
+    }
     if !(1..=MAX_CONCURRENCY).contains(&options.concurrency) {
         return Err(Error::Options(format!("concurrency must be 1..={MAX_CONCURRENCY}, got {}", options.concurrency)));
     }
@@ -126,6 +145,8 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
         faults,
     });
     let client = engine_client::EngineClient::new(&options.engine, options.token.as_ref())?;
+    let admin_auth =
+        if options.open { admin_auth::AdminAuth::Open } else { admin_auth::AdminAuth::engine(&options.engine)? };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| Error::Listen { addr: options.listen, source })?;
@@ -133,7 +154,7 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
 
     let (trigger, shutdown) = shutdown::channel();
     let mut server = tokio::spawn(
-        axum::serve(listener, admin::router(Arc::clone(&activities)))
+        axum::serve(listener, admin::router(Arc::clone(&activities), admin_auth))
             .with_graceful_shutdown(shutdown.clone().wait_owned())
             .into_future(),
     );
@@ -162,6 +183,13 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
         concurrency = options.concurrency,
         "shop-worker started"
     );
+    if options.open {
+        tracing::warn!("**************************************************************");
+        tracing::warn!("admin API OPEN: no authentication; loopback only ({admin_addr})");
+        tracing::warn!("**************************************************************");
+    } else {
+        tracing::info!("admin API: admin credentials of the engine only");
+    }
 
     let server_result = tokio::select! {
         () = signal => {

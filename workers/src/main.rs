@@ -31,9 +31,18 @@ struct Args {
     /// Where each domain keeps its store (DIR/inventory, DIR/payment, DIR/notification).
     #[arg(long)]
     data_dir: PathBuf,
-    /// Address of this worker's admin API.
+    /// Address of this worker's admin API. Every route but `/healthz` needs an admin
+    /// credential of the engine (checked by asking the engine), unless `--open`.
     #[arg(long, default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
+    /// Serve the admin API without authentication. Only on a loopback `--listen`; for
+    /// `shopctl dev`, `demo`, `bench` and tests.
+    #[arg(long)]
+    open: bool,
+    /// Shut down gracefully (as on SIGTERM) when stdin reaches EOF: for supervisors that
+    /// spawn the worker with a piped stdin, so it ends with them however they end.
+    #[arg(long)]
+    exit_with_parent: bool,
     /// Comma-separated activity groups to serve: inventory, payment, notification, echo.
     #[arg(long, value_delimiter = ',', default_value = "inventory,payment,notification")]
     activities: Vec<Domain>,
@@ -97,6 +106,7 @@ impl Args {
             durability: self.durability,
             faults,
             token: self.token,
+            open: self.open,
         })
     }
 }
@@ -127,10 +137,33 @@ async fn shutdown_signal() {
     }
 }
 
+/// Completes on Ctrl-C or SIGTERM or, when `exit_with_parent`, when stdin reaches EOF (the
+/// supervisor holding its write end is gone): all three take the same graceful path.
+async fn stop_requested(exit_with_parent: bool) {
+    if !exit_with_parent {
+        return shutdown_signal().await;
+    }
+    let (gone, parent_gone) = tokio::sync::oneshot::channel::<()>();
+    if let Err(err) = shop_types::parent::on_eof(std::io::stdin(), move || {
+        // The receiver is gone only when the worker is already shutting down.
+        let _ = gone.send(());
+    }) {
+        tracing::error!(error = %err, "cannot watch stdin for --exit-with-parent; only signals stop the worker");
+        return shutdown_signal().await;
+    }
+    tokio::select! {
+        () = shutdown_signal() => {}
+        _ = parent_gone => tracing::info!("stdin closed: the parent process is gone; shutting down (--exit-with-parent)"),
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
+    let exit_with_parent = args.exit_with_parent;
     let options = args.into_options()?;
     let data_dir = options.data_dir.display().to_string();
-    shop_worker::run(options, shutdown_signal()).await.with_context(|| format!("shop-worker (data dir {data_dir})"))
+    shop_worker::run(options, stop_requested(exit_with_parent))
+        .await
+        .with_context(|| format!("shop-worker (data dir {data_dir})"))
 }
 
 #[tokio::main]

@@ -146,6 +146,7 @@ async fn a_worker_runs_reports_heartbeats_and_shuts_down_cleanly() {
         durability: store::Durability::PowerSafe,
         faults: FaultConfig { payment_hang_next: 1, payment_hang_ms: 500, ..FaultConfig::default() },
         token: None,
+        open: true,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(shop_worker::run(options, async move {

@@ -279,7 +279,7 @@ impl Target {
         let engine_url = stack.client().base(Service::Engine).to_string();
         let admin = |domain: &str| -> Result<Client> {
             let url = stack.admin_url(domain).ok_or_else(|| anyhow!("no worker serves {domain}"))?;
-            Client::new(&engine_url, url)
+            stack.client().with_worker(url)
         };
         Ok(Target {
             engine: stack.client().clone(),

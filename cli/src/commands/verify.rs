@@ -62,11 +62,9 @@ pub struct Domains {
 }
 
 pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
-    // The domains' clients talk to admin APIs only; the engine goes through `ctx.client`,
-    // which carries the credential.
-    let engine = ctx.client.base(Service::Engine).as_str();
+    // The domains' clients talk to admin APIs only, with the same credential as `ctx.client`.
     let worker = ctx.client.base(Service::Worker).as_str();
-    let admin = |url: &Option<String>| Client::new(engine, url.as_deref().unwrap_or(worker));
+    let admin = |url: &Option<String>| ctx.client.with_worker(url.as_deref().unwrap_or(worker));
     let domains = Domains {
         inventory: admin(&args.inventory)?,
         payment: admin(&args.payment)?,

@@ -97,6 +97,7 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         active_workflows: state.core.stats.active.load(std::sync::atomic::Ordering::Relaxed),
+        pid: Some(std::process::id()),
     })
 }
 
