@@ -246,4 +246,8 @@ pub struct ReportBatchResponse {
 pub struct Health {
     pub status: String,
     pub active_workflows: u64,
+    /// The engine's process id, so a supervisor (`shopctl dev`) can tell that the engine
+    /// answering is the one it started. Absent from engines before it was added.
+    #[serde(default)]
+    pub pid: u32,
 }
