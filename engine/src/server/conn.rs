@@ -77,65 +77,73 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    fn add(&self) -> (u64, Arc<Conn>) {
+    /// Admits a connection as it is accepted, before its task runs, so the next newcomer
+    /// already counts it. At `cap`, the connection idle the longest (no request in flight:
+    /// between requests, or still sending a head) is told to close and gives up its place
+    /// at once; if every connection has a request in flight, `None`: the newcomer is refused.
+    /// A scan of at most `cap` entries, and only at the cap.
+    pub(super) fn admit(&self, cap: usize) -> Option<Admitted> {
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut evicted = false;
+        if conns.len() >= cap {
+            let mut idlest: Option<(Instant, u64)> = None;
+            for (id, conn) in conns.iter() {
+                let activity = conn.activity();
+                if activity.in_flight == 0 && idlest.is_none_or(|(since, _)| activity.idle_since < since) {
+                    idlest = Some((activity.idle_since, *id));
+                }
+            }
+            let (_, id) = idlest?;
+            let conn = conns.remove(&id)?;
+            // Marked under the lock `begin` takes, so a request that starts now is refused
+            // (503, `Connection: close`) rather than cut off; the permit stored by
+            // `notify_one` wakes the connection's task even if it is not waiting yet.
+            conn.activity().evicted = true;
+            conn.evict.notify_one();
+            evicted = true;
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             activity: Mutex::new(Activity { in_flight: 0, evicted: false, idle_since: Instant::now() }),
             evict: Notify::new(),
         });
-        self.conns.lock().unwrap_or_else(PoisonError::into_inner).insert(id, conn.clone());
-        (id, conn)
+        conns.insert(id, conn.clone());
+        Some(Admitted { id, conn, evicted })
     }
 
     fn remove(&self, id: u64) {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
     }
+}
 
-    /// Closes the connection idle the longest; false if every one has a request in flight.
-    /// A scan of at most the cap's worth of entries, and only when the cap is reached.
-    pub(super) fn evict_idlest(&self) -> bool {
-        let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut idlest: Option<(Instant, &Arc<Conn>)> = None;
-        for conn in conns.values() {
-            let activity = conn.activity();
-            if activity.in_flight == 0
-                && !activity.evicted
-                && idlest.is_none_or(|(since, _)| activity.idle_since < since)
-            {
-                idlest = Some((activity.idle_since, conn));
-            }
-        }
-        let Some((_, conn)) = idlest else {
-            return false;
-        };
-        let mut activity = conn.activity();
-        // Re-checked under the same lock `begin` takes: a request that started since the scan
-        // keeps its connection.
-        if activity.in_flight > 0 {
-            return false;
-        }
-        activity.evicted = true;
-        // A stored permit wakes the connection's task even if it is not waiting yet.
-        conn.evict.notify_one();
-        true
-    }
+/// A connection given a place in the registry.
+pub(super) struct Admitted {
+    id: u64,
+    conn: Arc<Conn>,
+    /// Another connection was closed to make room.
+    pub(super) evicted: bool,
+}
+
+/// What every connection task shares.
+#[derive(Clone)]
+pub(super) struct Shared {
+    pub(super) app: Router,
+    pub(super) options: ServerOptions,
+    pub(super) registry: Arc<Registry>,
+    pub(super) phase: watch::Receiver<Phase>,
 }
 
 /// Serves one accepted connection until the client closes it, hyper's head timeout closes
 /// it, it is evicted, or shutdown closes it (gracefully, then by force at the deadline).
 pub(super) async fn serve(
+    admitted: Admitted,
     stream: TcpStream,
     peer: SocketAddr,
-    app: Router,
-    options: ServerOptions,
-    registry: Arc<Registry>,
-    mut phase: watch::Receiver<Phase>,
+    shared: Shared,
     permit: OwnedSemaphorePermit,
 ) {
-    if *phase.borrow_and_update() >= Phase::Draining {
-        return;
-    }
-    let (id, conn) = registry.add();
+    let Shared { app, options, registry, mut phase } = shared;
+    let Admitted { id, conn, .. } = admitted;
     let service = {
         let conn = conn.clone();
         hyper::service::service_fn(move |request| handle(request, peer, app.clone(), options, conn.clone()))

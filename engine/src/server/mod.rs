@@ -38,7 +38,7 @@ pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `--max-connections`: connections open at once. Each costs a file descriptor
 /// and a few KiB; the cap is lowered to what the open-files limit allows (see
-/// [`RESERVED_FDS`]).
+/// [`RESERVED_FDS`] and [`MAX_CLOSING`]).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4_096;
 /// Default for `--shutdown-grace`: after SIGTERM, how long requests in flight may take to
 /// finish before the remaining connections are closed and the process exits.
@@ -53,8 +53,10 @@ pub const HYPER_MAX_HEAD_BYTES: usize = 128 * 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors), so a persistent error does
 /// not spin the accept loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// How long a newcomer that evicted an idle connection waits for the evicted one to close.
-const EVICTION_WAIT: Duration = Duration::from_secs(1);
+/// Evicted connections that may still be closing beyond the cap: the sockets the engine
+/// holds are bounded by the cap plus this. Closing takes a moment, so this is only reached
+/// by a flood of newcomers faster than the runtime can close the connections they evict.
+pub const MAX_CLOSING: usize = 64;
 /// How long closed connections get to drop their state after the shutdown deadline.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -117,9 +119,10 @@ pub async fn run(listener: TcpListener, app: Router, options: ServerOptions, shu
     static OVER_CAP: LogRate = LogRate::new();
     static ACCEPT_ERRORS: LogRate = LogRate::new();
     let cap = options.max_connections;
-    let permits = Arc::new(Semaphore::new(cap));
-    let registry = Arc::new(conn::Registry::default());
+    let all = cap.saturating_add(MAX_CLOSING);
+    let tasks = Arc::new(Semaphore::new(all));
     let (phase, watcher) = watch::channel(Phase::Serving);
+    let shared = conn::Shared { app, options, registry: Arc::default(), phase: watcher };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -135,36 +138,36 @@ pub async fn run(listener: TcpListener, app: Router, options: ServerOptions, shu
                 }
             },
         };
-        let (app, registry, watcher) = (app.clone(), registry.clone(), watcher.clone());
-        if let Ok(permit) = permits.clone().try_acquire_owned() {
-            tokio::spawn(conn::serve(stream, peer, app, options, registry, watcher, permit));
-            continue;
-        }
-        // At the cap. An idle connection gives way to the newcomer; if every connection
-        // has a request in flight, the newcomer is closed at once and holds nothing.
-        let evicted = registry.evict_idlest();
-        if let Some(suppressed) = OVER_CAP.allow() {
-            tracing::warn!(%peer, cap, evicted_idle = evicted, suppressed, "connection cap reached");
-        }
-        if !evicted {
-            drop(stream);
-            continue;
-        }
-        let permits = permits.clone();
-        tokio::spawn(async move {
-            if let Ok(Ok(permit)) = tokio::time::timeout(EVICTION_WAIT, permits.acquire_owned()).await {
-                conn::serve(stream, peer, app, options, registry, watcher, permit).await;
+        // A task permit first: the hard bound on sockets, connections plus the evicted
+        // ones still closing.
+        let Ok(permit) = tasks.clone().try_acquire_owned() else {
+            if let Some(suppressed) = OVER_CAP.allow() {
+                tracing::warn!(%peer, cap, suppressed, "connection cap reached and evicted connections still closing; refused");
             }
-        });
+            continue;
+        };
+        let Some(admitted) = shared.registry.admit(cap) else {
+            if let Some(suppressed) = OVER_CAP.allow() {
+                tracing::warn!(%peer, cap, suppressed, "connection cap reached, every connection busy; refused");
+            }
+            continue;
+        };
+        if admitted.evicted {
+            if let Some(suppressed) = OVER_CAP.allow() {
+                tracing::warn!(%peer, cap, suppressed, "connection cap reached; closed the idlest connection for this one");
+            }
+        }
+        tokio::spawn(conn::serve(admitted, stream, peer, shared.clone(), permit));
     }
     drop(listener);
-    let all = u32::try_from(cap).unwrap_or(u32::MAX);
+    drop(shared);
+    let all_u32 = u32::try_from(all).unwrap_or(u32::MAX);
     let _ = phase.send(Phase::Draining);
-    if tokio::time::timeout(options.shutdown_grace, permits.acquire_many(all)).await.is_err() {
-        let open = cap.saturating_sub(permits.available_permits());
+    if tokio::time::timeout(options.shutdown_grace, tasks.acquire_many(all_u32)).await.is_err() {
+        let open = all.saturating_sub(tasks.available_permits());
         tracing::warn!(open, grace = ?options.shutdown_grace, "shutdown deadline passed; closing the remaining connections");
         let _ = phase.send(Phase::Closing);
-        let _ = tokio::time::timeout(CLOSE_WAIT, permits.acquire_many(all)).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, tasks.acquire_many(all_u32)).await;
     }
 }
 
@@ -174,7 +177,7 @@ mod tests {
 
     #[test]
     fn the_cap_leaves_room_for_the_store() {
-        assert_eq!(effective_max_connections(4_096, Some(1_024)), 1_024 - RESERVED_FDS as usize);
+        assert_eq!(effective_max_connections(4_096, Some(1_024)), 1_024 - RESERVED_FDS as usize - MAX_CLOSING);
         assert_eq!(effective_max_connections(100, Some(1_024)), 100);
         assert_eq!(effective_max_connections(4_096, None), 4_096);
         assert_eq!(effective_max_connections(4_096, Some(10)), 1, "never zero");
