@@ -57,6 +57,8 @@ pub struct EngineOptions {
     pub preload_completed: u64,
     /// Below this much free space on the store's disk, writes are refused (503 DISK_FULL).
     pub min_free_disk_bytes: u64,
+    /// Failed credentials per client address per minute before it gets 429; 0 turns it off.
+    pub max_auth_failures: u32,
     /// Connection limits and the shutdown deadline.
     pub server: server::ServerOptions,
 }
@@ -165,7 +167,7 @@ pub async fn serve(
         durability: options.durability,
         auth,
         rate_limiter: options.rate_limit.map(|limit| Arc::new(RateLimiter::new(limit))),
-        auth_failures: Arc::new(FailureThrottle::default()),
+        auth_failures: Arc::new(FailureThrottle::new(options.max_auth_failures)),
         lifecycle: lifecycle.clone(),
     });
     let shutdown_handle = handle.clone();

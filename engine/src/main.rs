@@ -72,6 +72,10 @@ struct Args {
     /// DISK_FULL and nothing is recorded, until space is freed.
     #[arg(long, default_value_t = 64)]
     min_free_disk_mb: u64,
+    /// Failed credentials a client address may present per minute; past it, its requests
+    /// get 429 before their credential is checked. 0 turns the throttle off.
+    #[arg(long, default_value_t = shop_engine::rate_limit::DEFAULT_MAX_AUTH_FAILURES)]
+    max_auth_failures: u32,
     /// How long a connection may take to send a request head, and may sit idle between
     /// requests (one timer in hyper), before it is closed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
@@ -137,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
         cache_bytes: Some(args.cache_mb.saturating_mul(1024 * 1024)),
         preload_completed: args.preload_completed,
         min_free_disk_bytes: args.min_free_disk_mb.saturating_mul(1024 * 1024),
+        max_auth_failures: args.max_auth_failures,
         server: server::ServerOptions {
             head_timeout: args.head_timeout,
             body_timeout: args.body_timeout,

@@ -143,11 +143,12 @@ impl RateLimiter {
     }
 }
 
-/// Failed credentials one client address may present within [`AUTH_FAILURE_WINDOW_MS`];
+/// Default for `--max-auth-failures`: failed credentials one client address may present
+/// within [`AUTH_FAILURE_WINDOW_MS`];
 /// past that, its requests get 429 before their credential is even checked, so guessing
 /// tokens or JWT keys costs a client one window per this many guesses. A person who mistypes
 /// a token a few times is never throttled.
-pub const MAX_AUTH_FAILURES: u32 = 10;
+pub const DEFAULT_MAX_AUTH_FAILURES: u32 = 10;
 /// The window failures are counted in; a throttled address may try again when it ends.
 pub const AUTH_FAILURE_WINDOW_MS: u64 = 60_000;
 /// Client addresses whose failures are remembered at once. Past it the expired windows are
@@ -163,17 +164,26 @@ struct Failures {
 
 /// Counts failed authentications per client address (an IPv6 client per /64, which one
 /// host typically holds whole) in a bounded map. A success does not reset the count.
-#[derive(Default)]
 pub struct FailureThrottle {
+    /// Failures allowed per window; 0 turns the throttle off.
+    max_failures: u32,
     clients: Mutex<HashMap<IpAddr, Failures>>,
 }
 
 impl FailureThrottle {
+    pub fn new(max_failures: u32) -> FailureThrottle {
+        FailureThrottle { max_failures, clients: Mutex::new(HashMap::new()) }
+    }
+
     /// `Err(retry_after_s)` if `client` has used up its failures for this window.
     pub fn check(&self, client: IpAddr, now_ms: u64) -> Result<(), u64> {
         let clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match clients.get(&key(client)) {
-            Some(f) if f.count >= MAX_AUTH_FAILURES && now_ms < f.window_start_ms + AUTH_FAILURE_WINDOW_MS => {
+            Some(f)
+                if self.max_failures > 0
+                    && f.count >= self.max_failures
+                    && now_ms < f.window_start_ms + AUTH_FAILURE_WINDOW_MS =>
+            {
                 let left_ms = f.window_start_ms + AUTH_FAILURE_WINDOW_MS - now_ms;
                 Err(left_ms.div_ceil(1000).max(1))
             }
@@ -262,9 +272,9 @@ mod tests {
 
     #[test]
     fn failures_are_throttled_at_the_limit_until_the_window_ends() {
-        let throttle = FailureThrottle::default();
+        let throttle = FailureThrottle::new(DEFAULT_MAX_AUTH_FAILURES);
         let client: IpAddr = "192.0.2.1".parse().expect("an address");
-        for n in 0..MAX_AUTH_FAILURES {
+        for n in 0..DEFAULT_MAX_AUTH_FAILURES {
             assert_eq!(throttle.check(client, 1_000), Ok(()), "failure {n} is allowed");
             throttle.record_failure(client, 1_000);
         }
@@ -278,9 +288,19 @@ mod tests {
     }
 
     #[test]
+    fn zero_turns_the_throttle_off() {
+        let throttle = FailureThrottle::new(0);
+        let client: IpAddr = "192.0.2.1".parse().expect("an address");
+        for _ in 0..100 {
+            throttle.record_failure(client, 0);
+        }
+        assert_eq!(throttle.check(client, 0), Ok(()));
+    }
+
+    #[test]
     fn an_ipv6_network_counts_as_one_client() {
-        let throttle = FailureThrottle::default();
-        for n in 0..MAX_AUTH_FAILURES {
+        let throttle = FailureThrottle::new(DEFAULT_MAX_AUTH_FAILURES);
+        for n in 0..DEFAULT_MAX_AUTH_FAILURES {
             throttle.record_failure(format!("2001:db8::{n:x}").parse().expect("an address"), 0);
         }
         assert!(throttle.check("2001:db8::ffff".parse().expect("an address"), 0).is_err());
@@ -289,7 +309,7 @@ mod tests {
 
     #[test]
     fn the_failure_map_stays_bounded() {
-        let throttle = FailureThrottle::default();
+        let throttle = FailureThrottle::new(DEFAULT_MAX_AUTH_FAILURES);
         for n in 0..MAX_FAILING_CLIENTS as u32 + 10 {
             throttle.record_failure(IpAddr::from(n.to_be_bytes()), u64::from(n));
         }

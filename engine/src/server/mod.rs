@@ -108,9 +108,11 @@ pub fn raise_open_files_limit() -> Option<u64> {
 /// The connection cap in force: the one asked for, lowered so that connections can never
 /// use the descriptors the store needs.
 pub fn effective_max_connections(requested: usize, open_files: Option<u64>) -> usize {
-    let room = open_files
-        .map_or(usize::MAX, |limit| usize::try_from(limit.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX));
-    requested.min(room).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize))
+    let room = open_files.map_or(usize::MAX, |limit| {
+        usize::try_from(limit.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX).saturating_sub(MAX_CLOSING)
+    });
+    // The drain waits for every task permit at once, a `u32`.
+    requested.min(room).clamp(1, u32::MAX as usize - MAX_CLOSING)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, lets requests
