@@ -132,6 +132,10 @@ pub async fn serve(
             }
         })
         .map_err(Error::CoreThread)?;
+    // However `serve` returns from here on (an error binding the listener included), the
+    // handles it drops stop the core on purpose: say so before they are dropped, which
+    // happens after this guard is (locals drop in reverse order).
+    let _stopping = MarkStopping(lifecycle.clone());
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -186,6 +190,15 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || core_thread.join()).await.ok();
     tracing::info!("engine stopped");
     Ok(())
+}
+
+/// Marks the engine as shutting down when dropped.
+struct MarkStopping(Arc<api::Lifecycle>);
+
+impl Drop for MarkStopping {
+    fn drop(&mut self) {
+        self.0.shutting_down.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Loads the definitions registered before, then registers every file in `dir` that is new.

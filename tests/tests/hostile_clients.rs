@@ -4,7 +4,7 @@
 //! idle sockets over the connection cap do not keep `/healthz` from answering; SIGTERM with
 //! a half-sent request exits within the shutdown grace; a pipelined request after a 429 is
 //! answered; repeated bad credentials are throttled; every error body is JSON; `/healthz`
-//! and `/readyz` answer JSON, with the engine's pid.
+//! and `/readyz` answer JSON, with the engine's pid; and a long poll outlasts both timeouts.
 //!
 //! Limits are set small by flags, so nothing waits for a production-size timeout.
 
@@ -342,4 +342,27 @@ async fn healthz_and_readyz_answer_json_with_the_pid() {
 /// An engine that wants more free space than any disk has.
 async fn engine_with_full_disk(dir: &Path) -> Engine {
     engine(dir, &["--min-free-disk-mb", "1000000000"]).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_poll_outlasts_the_head_and_body_timeouts_and_keeps_its_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine =
+        engine(dir.path(), &["--head-timeout", SHORT_HEAD_TIMEOUT, "--body-timeout", SHORT_HEAD_TIMEOUT]).await;
+    let mut stream = connect(&engine).await;
+    let mut buffer = Vec::new();
+    // Three times the timeouts: a request in flight is not idle.
+    let body = br#"{"queue":"nobody-serves-this","worker_id":"w","max_tasks":1,"wait_ms":3000}"#;
+    for _ in 0..2 {
+        let mut request = format!(
+            "POST /v1/tasks/poll HTTP/1.1\r\nHost: e\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        stream.write_all(&request).await.expect("send the poll");
+        let answer = read_response(&mut stream, &mut buffer).await.expect("the poll is answered, not cut");
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert!(!answer.closes(), "{answer:?}");
+    }
 }

@@ -34,7 +34,9 @@ static REFUSALS: LogRate = LogRate::new();
 /// The layer itself (`axum::middleware::from_fn`).
 pub(crate) async fn edge(request: Request, next: Next) -> Response {
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    // A clone of the URI shares its bytes: no copy unless a line is logged.
+    let uri = request.uri().clone();
+    let path = uri.path();
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
     let response = match check_head(&request) {
         Err(error) => error.into_response(),
