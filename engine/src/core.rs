@@ -177,6 +177,11 @@ pub struct Stats {
     /// Runs whose history could not be replayed at start-up, with why: left on disk as they
     /// are and not served, while every other run is.
     pub quarantined: std::sync::Mutex<std::collections::BTreeMap<WorkflowId, String>>,
+    /// When the core's loop last came round (clock ms): `/healthz` calls the core dead when
+    /// this is stale. The loop comes round at least every `IDLE_WAKE`.
+    pub last_tick_ms: AtomicU64,
+    /// The disk guard refuses writes: `/readyz` answers 503.
+    pub disk_full: std::sync::atomic::AtomicBool,
 }
 
 /// A cheap-to-clone way to talk to the core.
@@ -355,6 +360,8 @@ impl Core {
                 let queues: Vec<QueueName> = self.waiting_polls.queues().cloned().collect();
                 turn.queues_with_new_tasks.extend(queues);
             }
+            self.stats.last_tick_ms.store(now, Ordering::Relaxed);
+            self.stats.disk_full.store(!self.room_to_write, Ordering::Relaxed);
             if self.room_to_write {
                 self.fire_due_timers(&mut turn, now);
             }

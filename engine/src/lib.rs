@@ -6,12 +6,13 @@
 //! workflows, steps, activities, queues and timers, and nothing about orders beyond the thin
 //! seed-compatible order API in `api::orders`.
 //!
-//! Every request but `/healthz` needs a credential (an API token or a JWT) unless the engine
-//! runs `--open`, which it only does on a loopback address.
+//! Every request but `/healthz` and `/readyz` needs a credential (an API token or a JWT)
+//! unless the engine runs `--open`, which it only does on a loopback address.
 //!
 //! Start-up: open the store, load and register definitions, replay in-flight runs, start the
-//! core thread, serve HTTP. Shutdown: stop accepting, release parked polls, drain requests,
-//! stop the core (which finishes its last commit).
+//! core thread, serve HTTP (`server`). Shutdown: stop accepting, release parked polls, drain
+//! requests for up to the shutdown grace, close what is left, stop the core (which finishes
+//! its last commit). A core thread that dies on its own ends the process (exit 70).
 
 pub mod api;
 pub mod auth;
@@ -21,19 +22,22 @@ pub mod core;
 pub mod decider;
 pub mod definition;
 pub mod disk;
+pub mod log_rate;
 pub mod preload;
 pub mod rate_limit;
 pub mod registry;
+pub mod server;
 pub mod state;
 pub mod store;
 
 use crate::auth::{AuthOptions, Authenticator};
 use crate::core::{Command, Core, Limits};
-use crate::rate_limit::{RateLimit, RateLimiter};
+use crate::rate_limit::{FailureThrottle, RateLimit, RateLimiter};
 use crate::registry::Registry;
 use crate::store::{Durability, Store, WriteBatch};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 #[derive(Debug, Clone)]
@@ -53,6 +57,10 @@ pub struct EngineOptions {
     pub preload_completed: u64,
     /// Below this much free space on the store's disk, writes are refused (503 DISK_FULL).
     pub min_free_disk_bytes: u64,
+    /// Failed credentials per client address per minute before it gets 429; 0 turns it off.
+    pub max_auth_failures: u32,
+    /// Connection limits and the shutdown deadline.
+    pub server: server::ServerOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +79,6 @@ pub enum Error {
     VersionConflict { file: String, source: registry::VersionConflict },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
     #[error("the core thread could not start: {0}")]
     CoreThread(std::io::Error),
     #[error(
@@ -111,8 +117,25 @@ pub async fn serve(
     let auth = Arc::new(Authenticator::new(&options.auth, store.clone(), clock.clone())?);
     let (mut core, handle, commands) = Core::recover(store.clone(), registry.clone(), clock, options.limits)?;
     core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
-    let core_thread =
-        std::thread::Builder::new().name("core".into()).spawn(move || core.run(commands)).map_err(Error::CoreThread)?;
+    let lifecycle = Arc::new(api::Lifecycle::default());
+    let core_lifecycle = lifecycle.clone();
+    let core_thread = std::thread::Builder::new()
+        .name("core".into())
+        .spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.run(commands)));
+            core_lifecycle.core_stopped.store(true, Ordering::Relaxed);
+            // The core returns only once every handle is gone, which happens only after a
+            // shutdown; anything else leaves a server whose every command would get 503.
+            if outcome.is_err() || !core_lifecycle.shutting_down.load(Ordering::Relaxed) {
+                tracing::error!(panicked = outcome.is_err(), "the core thread died; exiting (70)");
+                std::process::exit(70);
+            }
+        })
+        .map_err(Error::CoreThread)?;
+    // However `serve` returns from here on (an error binding the listener included), the
+    // handles it drops stop the core on purpose: say so before they are dropped, which
+    // happens after this guard is (locals drop in reverse order).
+    let _stopping = MarkStopping(lifecycle.clone());
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -130,6 +153,12 @@ pub async fn serve(
         tracing::warn!("running OPEN: no authentication; loopback only ({local})");
         tracing::warn!("**************************************************************");
     }
+    tracing::info!(
+        max_connections = options.server.max_connections,
+        head_timeout = ?options.server.head_timeout,
+        body_timeout = ?options.server.body_timeout,
+        "connection limits"
+    );
     match options.rate_limit {
         Some(limit) => tracing::info!(%limit, "rate limit per caller (worker credentials are exempt)"),
         None => tracing::info!("rate limits are off"),
@@ -142,22 +171,34 @@ pub async fn serve(
         durability: options.durability,
         auth,
         rate_limiter: options.rate_limit.map(|limit| Arc::new(RateLimiter::new(limit))),
+        auth_failures: Arc::new(FailureThrottle::new(options.max_auth_failures)),
+        lifecycle: lifecycle.clone(),
     });
     let shutdown_handle = handle.clone();
-    // The peer address keys the rate limit of an open engine, where nobody is identified.
-    let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: releasing long polls and draining requests");
-            // Long polls and waits would otherwise hold the drain open for up to a minute.
-            let _ = shutdown_handle.send(Command::Shutdown);
-        })
-        .await;
+    let shutdown = async move {
+        shutdown.await;
+        lifecycle.shutting_down.store(true, Ordering::Relaxed);
+        tracing::info!(grace = ?options.server.shutdown_grace, "shutting down: releasing long polls and draining requests");
+        // Long polls and waits would otherwise hold the drain open for up to a minute.
+        let _ = shutdown_handle.send(Command::Shutdown);
+    };
+    server::run(listener, app, options.server, shutdown).await;
     drop(handle);
-    // Axum has dropped its state (and so the last handle) once serve returns; the core then
-    // sees its channel close, finishes its turn and stops.
+    // Every connection, and with it every clone of the app's state (and so of the core's
+    // handle), is gone once `run` returns; the core then sees its channel close, finishes its
+    // turn and stops.
     tokio::task::spawn_blocking(move || core_thread.join()).await.ok();
-    result.map_err(Error::Serve)
+    tracing::info!("engine stopped");
+    Ok(())
+}
+
+/// Marks the engine as shutting down when dropped.
+struct MarkStopping(Arc<api::Lifecycle>);
+
+impl Drop for MarkStopping {
+    fn drop(&mut self) {
+        self.0.shutting_down.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Loads the definitions registered before, then registers every file in `dir` that is new.

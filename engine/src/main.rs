@@ -6,10 +6,12 @@ use clap::Parser;
 use shop_engine::auth::AuthOptions;
 use shop_engine::core::Limits;
 use shop_engine::rate_limit::{RateLimit, RateSetting};
+use shop_engine::server;
 use shop_engine::store::Durability;
 use shop_engine::EngineOptions;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 mod parent;
 
@@ -79,6 +81,25 @@ struct Args {
     /// DISK_FULL and nothing is recorded, until space is freed.
     #[arg(long, default_value_t = 64)]
     min_free_disk_mb: u64,
+    /// Failed credentials a client address may present per minute; past it, its requests
+    /// get 429 before their credential is checked. 0 turns the throttle off.
+    #[arg(long, default_value_t = shop_engine::rate_limit::DEFAULT_MAX_AUTH_FAILURES)]
+    max_auth_failures: u32,
+    /// How long a connection may take to send a request head, and may sit idle between
+    /// requests (one timer in hyper), before it is closed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    head_timeout: Duration,
+    /// How long a request body may take to arrive once its head has; then 408.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    body_timeout: Duration,
+    /// Connections open at once; lowered to fit the open-files limit. Over it, the
+    /// connection idle the longest is closed for the newcomer, or the newcomer is closed.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// After SIGTERM, how long requests in flight may take to finish before the remaining
+    /// connections are closed and the engine exits.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    shutdown_grace: Duration,
     /// Benchmarks only: write this many completed order runs into the store before serving.
     #[arg(long, default_value_t = 0)]
     preload_completed: u64,
@@ -95,6 +116,16 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let open_files = server::raise_open_files_limit();
+    let max_connections = server::effective_max_connections(args.max_connections, open_files);
+    if max_connections < args.max_connections {
+        tracing::warn!(
+            requested = args.max_connections,
+            max_connections,
+            open_files,
+            "--max-connections lowered to fit the open-files limit"
+        );
+    }
     let workflows = args.workflows.or_else(|| {
         let default = PathBuf::from("workflows");
         default.is_dir().then_some(default)
@@ -125,6 +156,13 @@ async fn main() -> anyhow::Result<()> {
         cache_bytes: Some(args.cache_mb.saturating_mul(1024 * 1024)),
         preload_completed: args.preload_completed,
         min_free_disk_bytes: args.min_free_disk_mb.saturating_mul(1024 * 1024),
+        max_auth_failures: args.max_auth_failures,
+        server: server::ServerOptions {
+            head_timeout: args.head_timeout,
+            body_timeout: args.body_timeout,
+            max_connections,
+            shutdown_grace: args.shutdown_grace,
+        },
     };
     let shutdown = parent::or_parent_gone(args.exit_with_parent, shutdown_signal());
     shop_engine::serve(options, shutdown).await.context("shop-engine stopped")
@@ -151,5 +189,19 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_flag_defaults_are_the_named_limits() {
+        let args = Args::parse_from(["shop-engine"]);
+        assert_eq!(args.head_timeout, server::DEFAULT_HEAD_TIMEOUT);
+        assert_eq!(args.body_timeout, server::DEFAULT_BODY_TIMEOUT);
+        assert_eq!(args.max_connections, server::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(args.shutdown_grace, server::DEFAULT_SHUTDOWN_GRACE);
     }
 }

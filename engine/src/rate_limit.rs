@@ -1,5 +1,6 @@
 //! Request rate limits: one token bucket per caller (per API token, per JWT, or per client
-//! IP when the engine runs open), in a bounded map.
+//! IP when the engine runs open), in a bounded map; and [`FailureThrottle`], which refuses a
+//! client address that keeps presenting bad credentials.
 //!
 //! It owns the buckets and the arithmetic of refilling them; time is passed in as
 //! milliseconds, so the behaviour is the same in a test as in production. It must never
@@ -7,6 +8,7 @@
 //! losslessly (full buckets), then the least recently seen.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -141,6 +143,83 @@ impl RateLimiter {
     }
 }
 
+/// Default for `--max-auth-failures`: failed credentials one client address may present
+/// within [`AUTH_FAILURE_WINDOW_MS`];
+/// past that, its requests get 429 before their credential is even checked, so guessing
+/// tokens or JWT keys costs a client one window per this many guesses. A person who mistypes
+/// a token a few times is never throttled.
+pub const DEFAULT_MAX_AUTH_FAILURES: u32 = 10;
+/// The window failures are counted in; a throttled address may try again when it ends.
+pub const AUTH_FAILURE_WINDOW_MS: u64 = 60_000;
+/// Client addresses whose failures are remembered at once. Past it the expired windows are
+/// forgotten, then the oldest: many addresses can dilute the throttle, never grow the map.
+pub const MAX_FAILING_CLIENTS: usize = 4_096;
+
+/// Failures of one client address in its current window.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    window_start_ms: u64,
+}
+
+/// Counts failed authentications per client address (an IPv6 client per /64, which one
+/// host typically holds whole) in a bounded map. A success does not reset the count.
+pub struct FailureThrottle {
+    /// Failures allowed per window; 0 turns the throttle off.
+    max_failures: u32,
+    clients: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+impl FailureThrottle {
+    pub fn new(max_failures: u32) -> FailureThrottle {
+        FailureThrottle { max_failures, clients: Mutex::new(HashMap::new()) }
+    }
+
+    /// `Err(retry_after_s)` if `client` has used up its failures for this window.
+    pub fn check(&self, client: IpAddr, now_ms: u64) -> Result<(), u64> {
+        let clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match clients.get(&key(client)) {
+            Some(f)
+                if self.max_failures > 0
+                    && f.count >= self.max_failures
+                    && now_ms < f.window_start_ms + AUTH_FAILURE_WINDOW_MS =>
+            {
+                let left_ms = f.window_start_ms + AUTH_FAILURE_WINDOW_MS - now_ms;
+                Err(left_ms.div_ceil(1000).max(1))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts one failed authentication of `client`.
+    pub fn record_failure(&self, client: IpAddr, now_ms: u64) {
+        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let client = key(client);
+        if !clients.contains_key(&client) && clients.len() >= MAX_FAILING_CLIENTS {
+            clients.retain(|_, f| now_ms < f.window_start_ms + AUTH_FAILURE_WINDOW_MS);
+            if clients.len() >= MAX_FAILING_CLIENTS {
+                let oldest = clients.iter().min_by_key(|(_, f)| f.window_start_ms).map(|(ip, _)| *ip);
+                if let Some(oldest) = oldest {
+                    clients.remove(&oldest);
+                }
+            }
+        }
+        let failures = clients.entry(client).or_insert(Failures { count: 0, window_start_ms: now_ms });
+        if now_ms >= failures.window_start_ms + AUTH_FAILURE_WINDOW_MS {
+            *failures = Failures { count: 0, window_start_ms: now_ms };
+        }
+        failures.count = failures.count.saturating_add(1);
+    }
+}
+
+/// The throttle's key: the address, or for IPv6 its /64 network.
+fn key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +268,52 @@ mod tests {
         // The most recent callers are the ones kept.
         assert_eq!(limiter.check(&format!("k{}", MAX_BUCKETS + 9), MAX_BUCKETS as u64 + 9), Ok(()));
         assert_eq!(limiter.check(&format!("k{}", MAX_BUCKETS + 9), MAX_BUCKETS as u64 + 9), Err(60));
+    }
+
+    #[test]
+    fn failures_are_throttled_at_the_limit_until_the_window_ends() {
+        let throttle = FailureThrottle::new(DEFAULT_MAX_AUTH_FAILURES);
+        let client: IpAddr = "192.0.2.1".parse().expect("an address");
+        for n in 0..DEFAULT_MAX_AUTH_FAILURES {
+            assert_eq!(throttle.check(client, 1_000), Ok(()), "failure {n} is allowed");
+            throttle.record_failure(client, 1_000);
+        }
+        assert_eq!(throttle.check(client, 1_000), Err(AUTH_FAILURE_WINDOW_MS / 1000));
+        assert_eq!(throttle.check(client, 1_000 + AUTH_FAILURE_WINDOW_MS - 1), Err(1));
+        assert_eq!(throttle.check(client, 1_000 + AUTH_FAILURE_WINDOW_MS), Ok(()));
+        // Another address is not affected; a new window starts from zero.
+        assert_eq!(throttle.check("192.0.2.2".parse().expect("an address"), 1_000), Ok(()));
+        throttle.record_failure(client, 1_000 + AUTH_FAILURE_WINDOW_MS);
+        assert_eq!(throttle.check(client, 1_000 + AUTH_FAILURE_WINDOW_MS), Ok(()));
+    }
+
+    #[test]
+    fn zero_turns_the_throttle_off() {
+        let throttle = FailureThrottle::new(0);
+        let client: IpAddr = "192.0.2.1".parse().expect("an address");
+        for _ in 0..100 {
+            throttle.record_failure(client, 0);
+        }
+        assert_eq!(throttle.check(client, 0), Ok(()));
+    }
+
+    #[test]
+    fn an_ipv6_network_counts_as_one_client() {
+        let throttle = FailureThrottle::new(DEFAULT_MAX_AUTH_FAILURES);
+        for n in 0..DEFAULT_MAX_AUTH_FAILURES {
+            throttle.record_failure(format!("2001:db8::{n:x}").parse().expect("an address"), 0);
+        }
+        assert!(throttle.check("2001:db8::ffff".parse().expect("an address"), 0).is_err());
+        assert!(throttle.check("2001:db8:0:1::1".parse().expect("an address"), 0).is_ok());
+    }
+
+    #[test]
+    fn the_failure_map_stays_bounded() {
+        let throttle = FailureThrottle::new(DEFAULT_MAX_AUTH_FAILURES);
+        for n in 0..MAX_FAILING_CLIENTS as u32 + 10 {
+            throttle.record_failure(IpAddr::from(n.to_be_bytes()), u64::from(n));
+        }
+        let len = throttle.clients.lock().map_or(0, |clients| clients.len());
+        assert_eq!(len, MAX_FAILING_CLIENTS);
     }
 }

@@ -1,7 +1,8 @@
 //! Authentication and authorization at the HTTP door, and the token management routes.
 //!
-//! [`authenticate`] runs before every route but `/healthz`: it turns the `Authorization`
-//! header into a [`Principal`] (401 `UNAUTHENTICATED` otherwise), takes one request from the
+//! [`authenticate`] runs before every route but `/healthz` and `/readyz`: it refuses a client
+//! address with too many recent failures (429 `TOO_MANY_AUTH_FAILURES`), turns the
+//! `Authorization` header into a [`Principal`] (401 `UNAUTHENTICATED` otherwise), takes one request from the
 //! caller's rate-limit bucket (429 `RATE_LIMITED` with `Retry-After`), and hands the
 //! principal to the route. [`require`] then checks the route's [`Access`] against the role
 //! (403 `FORBIDDEN`); task routes also check the queue with [`check_queue`] and
@@ -19,8 +20,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use shop_types::auth::{CreateTokenRequest, CreatedToken, Role, TokenList, TokenView};
+use shop_types::limits::MAX_BODY_BYTES;
 use shop_types::{QueueName, TaskToken};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Path prefix of the worker protocol; in open mode, requests there count as workers' and
 /// are not rate limited (see `auth::rate_key` for why workers are exempt).
@@ -48,32 +50,49 @@ impl Access {
     }
 }
 
-/// Authenticates the request and applies the caller's rate limit.
+/// Authenticates the request and applies the caller's rate limit. A client address that
+/// presented too many bad credentials lately is refused before its credential is checked.
 pub(crate) async fn authenticate(
     State(state): State<AppState>,
     peer: Option<ConnectInfo<SocketAddr>>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let client = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(addr)| addr.ip());
     let principal = if state.auth.is_open() {
         // Open: nobody is identified, so the client's IP names the bucket.
         let is_task = request.uri().path().starts_with(TASKS_PREFIX);
-        let ip = peer.map_or_else(|| "unknown".to_owned(), |ConnectInfo(addr)| addr.ip().to_string());
-        Principal::open((!is_task).then(|| format!("ip:{ip}")))
+        Principal::open((!is_task).then(|| format!("ip:{client}")))
     } else {
+        let now = SystemClock.now_ms();
+        if let Err(retry_after_s) = state.auth_failures.check(client, now) {
+            return refuse(request, too_many_failures(retry_after_s)).await;
+        }
         let header = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
         match state.auth.authenticate(header) {
             Ok(principal) => principal,
-            Err(denied) => return unauthenticated(&denied),
+            Err(denied) => {
+                state.auth_failures.record_failure(client, now);
+                return refuse(request, unauthenticated(&denied)).await;
+            }
         }
     };
     if let (Some(limiter), Some(key)) = (&state.rate_limiter, &principal.rate_key) {
         if let Err(retry_after_s) = limiter.check(key, SystemClock.now_ms()) {
-            return rate_limited(retry_after_s);
+            return refuse(request, rate_limited(retry_after_s)).await;
         }
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
+}
+
+/// Answers `response` after reading and discarding the request's body (at most
+/// `MAX_BODY_BYTES`, within the server's body timeout), so a keep-alive connection stays in
+/// step and the client's next request on it is answered. A body that cannot be read that
+/// way leaves it out of step; the server then says `Connection: close`.
+async fn refuse(request: Request, response: Response) -> Response {
+    let _ = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await;
+    response
 }
 
 /// Refuses the request unless its principal's role has `access`.
@@ -99,6 +118,17 @@ pub(crate) async fn require(State(access): State<Access>, request: Request, next
 
 fn unauthenticated(denied: &Denied) -> Response {
     ApiError::unauthenticated(denied.to_string()).into_response()
+}
+
+fn too_many_failures(retry_after_s: u64) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TOO_MANY_AUTH_FAILURES",
+        format!("too many failed authentications from this address; retry in {retry_after_s}s"),
+    )
+    .into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+    response
 }
 
 fn rate_limited(retry_after_s: u64) -> Response {

@@ -47,6 +47,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+            // Every 500 is logged with its cause: it is the engine's failure, not the client's.
+            tracing::error!(code = self.code, message = %self.message, "500 answered");
+        }
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
@@ -94,14 +98,11 @@ impl From<crate::store::Error> for ApiError {
     fn from(error: crate::store::Error) -> Self {
         match error {
             // Not a passing outage: retrying will not help, so say what is wrong.
-            crate::store::Error::Corrupt { .. } => {
-                tracing::error!(%error, "corrupt record");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "CORRUPT_RECORD",
-                    format!("{error}; the run it belongs to is quarantined and needs an operator"),
-                )
-            }
+            crate::store::Error::Corrupt { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "CORRUPT_RECORD",
+                format!("{error}; the run it belongs to is quarantined and needs an operator"),
+            ),
             other => CoreError::Storage(other.to_string()).into(),
         }
     }

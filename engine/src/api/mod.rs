@@ -1,29 +1,34 @@
-//! The engine's HTTP API (axum): the generic `/v1` API, the seed-compatible `/api/orders`, and
-//! `/healthz`.
+//! The engine's HTTP API (axum): the generic `/v1` API, the seed-compatible `/api/orders`,
+//! `/healthz` (liveness) and `/readyz` (readiness).
 //!
 //! Handlers validate input, then either read the store (views, histories, lists) or send one
 //! command to the core and wait for its answer. They must never write workflow state to the
 //! store themselves: every such write goes through the core, which is what makes it durable
 //! before it is acknowledged. (Tokens are not workflow state: `auth` stores them itself.)
 //!
-//! Every route but `/healthz` sits behind [`auth::authenticate`] (deny by default, also for
-//! unknown paths), and each group of routes behind the [`auth::Access`] it needs.
+//! Every route but `/healthz` and `/readyz` sits behind [`auth::authenticate`] (deny by
+//! default, also for unknown paths), and each group of routes behind the [`auth::Access`] it
+//! needs. Everything, those two included, sits behind [`edge::edge`]: head limits, the
+//! early 413, and one JSON error shape for every answer.
 
 mod auth;
 mod body;
+mod edge;
 mod error;
 mod orders;
 mod tasks;
 mod workflows;
 
 pub use body::ApiJson;
+pub use edge::{MAX_HEAD_BYTES, MAX_URI_BYTES};
 pub use error::ApiError;
 
 use crate::auth::Authenticator;
 use crate::auth::Principal;
+use crate::clock::{Clock, SystemClock};
 use crate::core::watchers::WaitRefused;
 use crate::core::{Command, CoreError, Handle};
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::{FailureThrottle, RateLimiter};
 use crate::registry::Registry;
 use crate::store::{Durability, Store};
 use auth::Access;
@@ -37,6 +42,8 @@ use shop_types::api::{Health, WorkflowView};
 use shop_types::history::EventKind;
 use shop_types::limits::{MAX_BODY_BYTES, MAX_WAIT_MS};
 use shop_types::WorkflowId;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -50,6 +57,38 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// `None` when rate limits are off.
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// Failed authentications per client address (always on).
+    pub auth_failures: Arc<FailureThrottle>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// How old the core's last tick may be before `/healthz` calls the core dead: many times its
+/// longest sleep (`IDLE_WAKE`, 500 ms), so a slow turn under load is not mistaken for a hang.
+pub const CORE_STALE_AFTER_MS: u64 = 5_000;
+
+/// What liveness and readiness know beyond the core's counters.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// Set when shutdown begins: not ready for new work from then on.
+    pub shutting_down: AtomicBool,
+    /// Set when the core thread has returned or panicked.
+    pub core_stopped: AtomicBool,
+}
+
+/// Why the core is not alive, if it is not: it stopped, never ticked, or its last tick is
+/// older than [`CORE_STALE_AFTER_MS`].
+pub fn core_liveness(lifecycle: &Lifecycle, last_tick_ms: u64, now_ms: u64) -> Result<(), String> {
+    if lifecycle.core_stopped.load(Relaxed) {
+        return Err("the core thread has stopped".into());
+    }
+    if last_tick_ms == 0 {
+        return Err("the core has not started".into());
+    }
+    let age = now_ms.saturating_sub(last_tick_ms);
+    if age > CORE_STALE_AFTER_MS {
+        return Err(format!("the core has not ticked for {age} ms"));
+    }
+    Ok(())
 }
 
 /// The whole API as one router, so tests can drive it without a socket.
@@ -85,24 +124,50 @@ pub fn app(state: AppState) -> Router {
         .merge(client)
         .merge(worker)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
-        // Everything above, the fallback included, needs a credential; `/healthz`, added
-        // after this layer, does not (load balancers and `shopctl dev` probe it).
+        // Everything above, the fallback included, needs a credential; `/healthz` and
+        // `/readyz`, added after this layer, do not (load balancers and `shopctl dev` probe
+        // them).
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
         .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(edge::edge))
         .with_state(state)
 }
 
-async fn health(State(state): State<AppState>) -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-        active_workflows: state.core.stats.active.load(std::sync::atomic::Ordering::Relaxed),
+/// Liveness: 200 while the core runs and ticks; 503 `CORE_UNAVAILABLE` otherwise (the
+/// process is then of no use, and a supervisor should restart it).
+async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    let last_tick = state.core.stats.last_tick_ms.load(Relaxed);
+    core_liveness(&state.lifecycle, last_tick, SystemClock.now_ms())
+        .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "CORE_UNAVAILABLE", why))?;
+    Ok(Json(health_body(&state, "ok")))
+}
+
+/// Readiness: 200 when the engine takes new work; 503 while it shuts down, while the disk
+/// guard refuses writes, or while the core is not alive.
+async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    let last_tick = state.core.stats.last_tick_ms.load(Relaxed);
+    core_liveness(&state.lifecycle, last_tick, SystemClock.now_ms())
+        .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "CORE_UNAVAILABLE", why))?;
+    if state.lifecycle.shutting_down.load(Relaxed) {
+        return Err(ApiError::from(crate::core::CoreError::ShuttingDown));
+    }
+    if state.core.stats.disk_full.load(Relaxed) {
+        return Err(ApiError::from(crate::core::CoreError::DiskFull));
+    }
+    Ok(Json(health_body(&state, "ready")))
+}
+
+fn health_body(state: &AppState, status: &str) -> Health {
+    Health {
+        status: status.into(),
+        active_workflows: state.core.stats.active.load(Relaxed),
         pid: Some(std::process::id()),
-    })
+    }
 }
 
 async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    use std::sync::atomic::Ordering::Relaxed;
     let stats = &state.core.stats;
     let queues = stats.queue_depths.lock().map(|depths| depths.clone()).unwrap_or_default();
     Ok(Json(serde_json::json!({
@@ -218,4 +283,19 @@ pub(crate) async fn view_after_wait(
         let _ = tokio::time::timeout(wait, watch).await;
     }
     workflow_view(state, id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_core_is_alive_only_while_it_ticks() {
+        let lifecycle = Lifecycle::default();
+        assert!(core_liveness(&lifecycle, 0, 10_000).is_err(), "never ticked");
+        assert!(core_liveness(&lifecycle, 10_000, 10_000 + CORE_STALE_AFTER_MS).is_ok());
+        assert!(core_liveness(&lifecycle, 10_000, 10_000 + CORE_STALE_AFTER_MS + 1).is_err());
+        lifecycle.core_stopped.store(true, Relaxed);
+        assert!(core_liveness(&lifecycle, 10_000, 10_000).is_err(), "stopped");
+    }
 }
