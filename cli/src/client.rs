@@ -92,6 +92,7 @@ impl Client {
     pub fn new(engine: &str, worker: &str) -> Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_millis(shop_types::limits::CLIENT_POOL_IDLE_MS))
             .build()
             .context("cannot create the HTTP client")?;
         Ok(Client {

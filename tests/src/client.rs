@@ -87,7 +87,11 @@ pub fn order_body(order_id: Option<&str>, items: &[(i64, i64)], payment_method: 
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("build an HTTP client")
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_idle_timeout(Duration::from_millis(shop_types::limits::CLIENT_POOL_IDLE_MS))
+        .build()
+        .expect("build an HTTP client")
 }
 
 /// The engine's HTTP API.
@@ -110,6 +114,7 @@ impl Api {
         headers.insert(reqwest::header::AUTHORIZATION, value);
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(Duration::from_millis(shop_types::limits::CLIENT_POOL_IDLE_MS))
             .default_headers(headers)
             .build()
             .expect("build an HTTP client");

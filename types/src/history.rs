@@ -42,7 +42,10 @@ impl TimeoutKind {
 }
 
 /// A failure reported by an activity.
+/// Unknown fields are refused on the wire like every request body's (bincode, the store's
+/// format, has no field names, so this changes nothing for stored histories).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActivityError {
     /// A stable error type, matched against a retry policy's `non_retryable` list
     /// (e.g. `OUT_OF_STOCK`, `PAYMENT_DECLINED`).

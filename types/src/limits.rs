@@ -21,3 +21,7 @@ pub const MAX_REPORTS_PER_BATCH: usize = 256;
 pub const MAX_WAIT_MS: u64 = 60_000;
 /// Workflows listed per page at most.
 pub const MAX_LIST_LIMIT: usize = 1000;
+/// How long this project's HTTP clients keep an idle connection to the engine for reuse.
+/// Shorter than the engine's head/idle timeout (15 s by default, `--head-timeout`), so a
+/// client never sends a request on a connection the engine is closing for idleness.
+pub const CLIENT_POOL_IDLE_MS: u64 = 5_000;

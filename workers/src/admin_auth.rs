@@ -108,6 +108,7 @@ impl EngineCheck {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CHECK_TIMEOUT)
+            .pool_idle_timeout(Duration::from_millis(shop_types::limits::CLIENT_POOL_IDLE_MS))
             .build()
             .map_err(Error::Build)?;
         let stats_url = engine.join("v1/stats").map_err(|_| Error::Url(engine.to_string()))?;

@@ -83,6 +83,7 @@ impl EngineClient {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_millis(shop_types::limits::CLIENT_POOL_IDLE_MS))
             .default_headers(headers)
             .build()
             .map_err(Error::Build)?;

@@ -315,6 +315,7 @@ async fn measure(
     let planned = Arc::new(plan_orders(count, args.mix, args.seed)?);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
+        .pool_idle_timeout(std::time::Duration::from_millis(shop_types::limits::CLIENT_POOL_IDLE_MS))
         .build()
         .context("cannot create the HTTP client")?;
     let before: EngineStats = engine.get(Service::Engine, &["v1", "stats"], &[]).await?.body;
