@@ -148,6 +148,12 @@ impl WorkflowState {
         }
     }
 
+    /// The attempts in flight, as (step, attempt, where it stands). Today's sequential saga
+    /// has at most one.
+    pub fn in_flight(&self) -> impl Iterator<Item = (StepRef, u32, &AttemptStatus)> + '_ {
+        self.current.iter().map(|c| (c.step, c.attempt, &c.status))
+    }
+
     /// The results of completed steps as one JSON object, by step name.
     pub fn results_json(&self) -> JsonText {
         JsonText::object(self.results.iter().map(|(name, output)| (name.as_str(), output)))
