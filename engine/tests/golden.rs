@@ -189,8 +189,8 @@ pub fn expectations(path: &Path, definition: &Definition, records: &[Vec<Event>]
         let mut copy = state.clone();
         let ctx = Context { now_ms: now, max_history_events: path.max_history_events };
         let result = match decider::decide(definition, &mut copy, input, ctx) {
-            Ok(new) => json!({
-                "events": new.iter().map(|e| serde_json::to_value(e).expect("events serialize")).collect::<Vec<_>>(),
+            Ok(decision) => json!({
+                "events": decision.events.iter().map(|e| serde_json::to_value(e).expect("events serialize")).collect::<Vec<_>>(),
                 "then": outcome_json(definition, &copy),
             }),
             Err(rejection) => json!({ "rejected": rejection_name(&rejection) }),

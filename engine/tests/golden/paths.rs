@@ -186,7 +186,7 @@ pub fn drive<'a>(path: &Path, definition: &'a Definition) -> Driver<'a> {
     let id = WorkflowId::parse(RUN_ID).expect("valid id");
     let mut state = WorkflowState::new(id, definition, input.clone(), T0);
     let ctx = Context { now_ms: T0, max_history_events: path.max_history_events };
-    let first = decider::start(definition, &mut state, &input, ctx);
+    let first = decider::start(definition, &mut state, &input, ctx).events;
     let mut driver = Driver { definition, state, records: vec![first], now: T0, limit: path.max_history_events };
     (path.walk)(&mut driver);
     driver
@@ -195,7 +195,7 @@ pub fn drive<'a>(path: &Path, definition: &'a Definition) -> Driver<'a> {
 impl Driver<'_> {
     pub fn feed(&mut self, input: Input) -> Result<(), Rejection> {
         let ctx = Context { now_ms: self.now, max_history_events: self.limit };
-        let events = decider::decide(self.definition, &mut self.state, input, ctx)?;
+        let events = decider::decide(self.definition, &mut self.state, input, ctx)?.events;
         if !events.is_empty() {
             self.records.push(events);
         }
