@@ -20,14 +20,14 @@ fn run_saga(definition: &Definition, input: &JsonText) -> Vec<Event> {
     let ctx = Context { now_ms: 1_000, max_history_events: 10_000 };
     let id = WorkflowId::parse("o-1").expect("valid id");
     let mut state = WorkflowState::new(id, definition, input.clone(), ctx.now_ms);
-    let mut history = decider::start(definition, &mut state, input, ctx);
+    let mut history = decider::start(definition, &mut state, input, ctx).events;
     let output = JsonText::parse(r#"{"totalCents":1999}"#).expect("valid json");
-    while let Some(current) = state.current.clone() {
+    while let Some(current) = state.current().cloned() {
         let (step, attempt) = (current.step, current.attempt);
         let started = Input::Started { step, attempt, worker: "w".into() };
-        history.extend(decider::decide(definition, &mut state, started, ctx).expect("starts"));
+        history.extend(decider::decide(definition, &mut state, started, ctx).expect("starts").events);
         let completed = Input::Completed { step, attempt, output: output.clone() };
-        history.extend(decider::decide(definition, &mut state, completed, ctx).expect("completes"));
+        history.extend(decider::decide(definition, &mut state, completed, ctx).expect("completes").events);
     }
     history
 }

@@ -315,7 +315,7 @@ impl Core {
         let mut state = WorkflowState::replay(id.clone(), &definition, &events).map_err(|e| e.to_string())?;
         // Heartbeats are not history: give a running attempt a fresh heartbeat window rather
         // than time it out for the engine's own downtime.
-        if let Some(current) = &mut state.current {
+        if let Some(current) = state.current_mut() {
             if let AttemptStatus::Started { last_heartbeat_ms, .. } = &mut current.status {
                 *last_heartbeat_ms = (*last_heartbeat_ms).max(now);
             }
@@ -588,7 +588,7 @@ impl Core {
             .latest(workflow_type)
             .ok_or_else(|| CoreError::UnknownWorkflowType(workflow_type.to_owned()))?;
         let mut state = WorkflowState::new(id.clone(), &definition, input.clone(), now);
-        let events = decider::start(&definition, &mut state, &input, self.context(now));
+        let decision = decider::start(&definition, &mut state, &input, self.context(now));
         let summary = RunSummary {
             workflow_type: definition.name.clone(),
             definition_version: definition.version,
@@ -601,7 +601,8 @@ impl Core {
         turn.batch.put_run(&id, &summary, None, true).map_err(storage)?;
         let run = Run { state, summary_status: WorkflowStatus::Running, definition, timers: Vec::new(), ready: None };
         self.runs.insert(id.clone(), run);
-        self.record(turn, &id, events).map_err(storage)?;
+        self.record(turn, &id, decision.events).map_err(storage)?;
+        self.apply_effects(turn, &id, decision.effects);
         Ok(StartOutcome::Created)
     }
 
@@ -618,7 +619,7 @@ impl Core {
     fn heartbeat(&mut self, token: &TaskToken, now: u64) -> Result<(), CoreError> {
         let stale = || CoreError::Stale("the attempt is no longer current".into());
         let run = self.runs.get_mut(&token.workflow_id).ok_or_else(stale)?;
-        match &mut run.state.current {
+        match run.state.current_mut() {
             Some(current) if current.step == token.step && current.attempt == token.attempt => {
                 match &mut current.status {
                     AttemptStatus::Started { last_heartbeat_ms, .. } => *last_heartbeat_ms = now,
@@ -645,15 +646,25 @@ impl Core {
                 Err(e) => Err(CoreError::Storage(e.to_string())),
             };
         };
-        let events = decider::decide(&run.definition, &mut run.state, input, context).map_err(|r| match r {
+        let decision = decider::decide(&run.definition, &mut run.state, input, context).map_err(|r| match r {
             Rejection::Stale => CoreError::Stale(r.to_string()),
             Rejection::Finished => CoreError::Finished,
             Rejection::PastPivot => CoreError::PastPivot,
             Rejection::NotParked => CoreError::NotParked,
         })?;
-        let count = events.len();
-        self.record(turn, id, events).map_err(|e| CoreError::Storage(e.to_string()))?;
+        let count = decision.events.len();
+        self.record(turn, id, decision.events).map_err(|e| CoreError::Storage(e.to_string()))?;
+        self.apply_effects(turn, id, decision.effects);
         Ok(count)
+    }
+
+    /// Applies what a decision asks of other runs, in the same turn's batch as the deciding
+    /// run's events (see `decider::Effect`). No construct emits one yet.
+    fn apply_effects(&mut self, _turn: &mut Turn, id: &WorkflowId, effects: Vec<decider::Effect>) {
+        debug_assert!(effects.is_empty(), "no construct emits effects yet");
+        for effect in effects {
+            tracing::error!(workflow_id = %id, ?effect, "effect ignored: this build applies none");
+        }
     }
 
     /// Adds a transition's events to the turn's batch and brings timers, task queues, the

@@ -42,16 +42,17 @@ pub fn preload_completed(store: &Store, definition: &Definition, count: u64, now
             "paymentMethod": "CREDIT_CARD",
         }));
         let mut state = WorkflowState::new(id.clone(), definition, input.clone(), now_ms);
-        batch.append_events(&id, &decider::start(definition, &mut state, &input, ctx))?;
+        batch.append_events(&id, &decider::start(definition, &mut state, &input, ctx).events)?;
         let output = JsonText::parse(r#"{"ok":true}"#).map_err(|e| Error::Decider(e.to_string()))?;
-        while let Some(current) = state.current.clone() {
+        while let Some(current) = state.current().cloned() {
             let (step, attempt) = (current.step, current.attempt);
             for input in [
                 Input::Started { step, attempt, worker: "preload".into() },
                 Input::Completed { step, attempt, output: output.clone() },
             ] {
-                let events =
-                    decider::decide(definition, &mut state, input, ctx).map_err(|e| Error::Decider(e.to_string()))?;
+                let events = decider::decide(definition, &mut state, input, ctx)
+                    .map_err(|e| Error::Decider(e.to_string()))?
+                    .events;
                 batch.append_events(&id, &events)?;
             }
         }

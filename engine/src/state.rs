@@ -3,13 +3,21 @@
 //! `WorkflowState::apply` is the only way state changes, both when the decider emits a new
 //! event and when a history is replayed at start-up, so a replay reproduces exactly the state
 //! the engine had. It does no I/O and reads no clock.
+//!
+//! A run is a set of steps in flight: `attempts` maps each node of the definition that has an
+//! attempt under way (scheduled, started or backing off) to that attempt, and `done` holds the
+//! nodes that are finished with. What to schedule next is the decider's business, derived
+//! from these sets and the definition's order; the state never holds a cursor into a list.
+//! Today's sequential saga has at most one attempt in flight; parallel branches will have
+//! several, keyed the same way.
 
-use crate::definition::{Definition, OnFailure};
+use crate::definition::{Definition, NodeId, NodeKind, OnFailure};
 use shop_types::api::WorkflowStatus;
 use shop_types::history::{Event, EventKind};
-use shop_types::{JsonText, StepPhase, StepRef, WorkflowId};
+use shop_types::{JsonText, StepRef, WorkflowId};
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Where the current attempt of the current step stands.
+/// Where an attempt in flight stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptStatus {
     /// Waiting in its task queue for a worker.
@@ -25,13 +33,19 @@ pub enum AttemptStatus {
     BackingOff { until_ms: u64 },
 }
 
+/// The attempt in flight of one node. Its timers are derived from it (see
+/// `decider::timers`), so they live and die with it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CurrentStep {
+pub struct Attempt {
+    /// The node as stored events and task tokens name it.
     pub step: StepRef,
     pub attempt: u32,
     pub status: AttemptStatus,
     /// When attempt 1 was scheduled: the start of the `schedule_to_close` budget.
     pub first_scheduled_at_ms: u64,
+    /// Attempts made before the last resume: the retry policy counts from here, while
+    /// attempt numbers (and so task tokens) keep growing.
+    pub attempt_base: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,29 +67,24 @@ pub struct WorkflowState {
     pub next_seq: u64,
     /// Outputs of completed forward steps, in completion order.
     pub results: Vec<(String, JsonText)>,
-    /// Per forward step: whether any attempt was handed to a worker (and so may have had an
+    /// The attempts in flight, by node.
+    pub attempts: BTreeMap<NodeId, Attempt>,
+    /// Nodes finished with: completed, or failed for good where the run goes on past them.
+    pub done: BTreeSet<NodeId>,
+    /// Forward nodes an attempt of which was handed to a worker (and so may have had an
     /// effect that compensation must undo).
-    pub started: Vec<bool>,
-    /// Index of the next forward step to schedule.
-    pub next_forward: u16,
+    pub handed_out: BTreeSet<NodeId>,
     /// The pivot step has completed: from here on nothing is compensated.
     pub pivot_passed: bool,
     pub cancel_requested: Option<String>,
-    /// Set once compensation starts: the forward steps to undo, in the order to undo them.
-    pub compensation_plan: Option<Vec<u16>>,
+    /// Set once compensation starts: the compensation nodes to run, in the order to run them.
+    pub compensation_plan: Option<Vec<NodeId>>,
     pub compensation_reason: Option<String>,
-    /// Position in `compensation_plan` of the next compensation to schedule.
-    pub next_compensation: usize,
-    /// Index of the next after-compensation step to schedule.
-    pub next_after: u16,
-    pub current: Option<CurrentStep>,
-    /// The step that last failed for good, and its last attempt: what a resume retries.
-    pub last_failed: Option<(StepRef, u32)>,
-    /// Set while the run waits for an operator after a compensation failed for good.
+    /// The node that last failed for good, and its last attempt: what a resume retries.
+    pub last_failed: Option<(NodeId, u32)>,
+    /// Set while the run is parked: waiting for an operator after a compensation failed for
+    /// good.
     pub parked: Option<String>,
-    /// Attempts of the current step made before the last resume: the retry policy counts
-    /// from here, while attempt numbers (and so task tokens) keep growing.
-    pub attempt_base: u32,
     pub terminal: Option<Terminal>,
 }
 
@@ -102,18 +111,15 @@ impl WorkflowState {
             created_at_ms: at_ms,
             next_seq: 2,
             results: Vec::new(),
-            started: vec![false; definition.steps.len()],
-            next_forward: 0,
+            attempts: BTreeMap::new(),
+            done: BTreeSet::new(),
+            handed_out: BTreeSet::new(),
             pivot_passed: false,
             cancel_requested: None,
             compensation_plan: None,
             compensation_reason: None,
-            next_compensation: 0,
-            next_after: 0,
-            current: None,
             last_failed: None,
             parked: None,
-            attempt_base: 0,
             terminal: None,
         }
     }
@@ -148,119 +154,150 @@ impl WorkflowState {
         }
     }
 
+    /// The attempts in flight, as (step, attempt, where it stands).
+    pub fn in_flight(&self) -> impl Iterator<Item = (StepRef, u32, &AttemptStatus)> + '_ {
+        self.attempts.values().map(|a| (a.step, a.attempt, &a.status))
+    }
+
+    /// The one attempt in flight of a sequential run (the first by node, should there be
+    /// more). Callers that must serve parallel branches look attempts up by node instead.
+    pub fn current(&self) -> Option<&Attempt> {
+        self.attempts.values().next()
+    }
+
+    /// [`current`](Self::current), to update in place (a heartbeat).
+    pub fn current_mut(&mut self) -> Option<&mut Attempt> {
+        self.attempts.values_mut().next()
+    }
+
+    /// The attempt in flight of `node`, if any.
+    pub fn attempt(&self, node: NodeId) -> Option<&Attempt> {
+        self.attempts.get(&node)
+    }
+
     /// The results of completed steps as one JSON object, by step name.
     pub fn results_json(&self) -> JsonText {
         JsonText::object(self.results.iter().map(|(name, output)| (name.as_str(), output)))
     }
 
-    /// Applies one event. The caller guarantees `event.seq == self.next_seq`.
+    /// Applies one event. The caller guarantees `event.seq == self.next_seq`. An event that
+    /// names a step the definition does not have changes nothing but the sequence.
     pub fn apply(&mut self, definition: &Definition, event: &Event) {
         self.next_seq = event.seq + 1;
         let at = event.at_ms;
-        match &event.kind {
-            EventKind::WorkflowStarted { .. } => {}
-            EventKind::StepScheduled { step, attempt } => {
-                if *attempt == 1 {
-                    self.attempt_base = 0;
-                }
-                let first_scheduled_at_ms = match &self.current {
-                    Some(current) if current.step == *step => current.first_scheduled_at_ms,
-                    _ => at,
+        let node = event.kind.step_attempt().and_then(|(step, _)| definition.node_id(step));
+        match (&event.kind, node) {
+            (EventKind::WorkflowStarted { .. }, _) => {}
+            (EventKind::StepScheduled { step, attempt }, Some(node)) => {
+                // A retry keeps its budget and its base; a first attempt starts both afresh;
+                // a later attempt of a node with none in flight is the one a resume schedules.
+                let (first_scheduled_at_ms, attempt_base) = match self.attempts.get(&node) {
+                    Some(previous) if *attempt != 1 => (previous.first_scheduled_at_ms, previous.attempt_base),
+                    _ if *attempt == 1 => (at, 0),
+                    _ => (at, attempt - 1),
                 };
-                self.current = Some(CurrentStep {
-                    step: *step,
-                    attempt: *attempt,
-                    status: AttemptStatus::Scheduled { at_ms: at },
-                    first_scheduled_at_ms,
-                });
+                let status = AttemptStatus::Scheduled { at_ms: at };
+                let entry = Attempt { step: *step, attempt: *attempt, status, first_scheduled_at_ms, attempt_base };
+                self.attempts.insert(node, entry);
             }
-            EventKind::StepStarted { step, .. } => {
-                if step.phase == StepPhase::Forward {
-                    if let Some(flag) = self.started.get_mut(usize::from(step.index)) {
-                        *flag = true;
+            (EventKind::StepStarted { .. }, Some(node)) => {
+                if definition.node_kind(node) == Some(NodeKind::Step) {
+                    self.handed_out.insert(node);
+                }
+                if let Some(entry) = self.attempts.get_mut(&node) {
+                    entry.status = AttemptStatus::Started { at_ms: at, last_heartbeat_ms: at };
+                }
+            }
+            (EventKind::StepCompleted { output, .. }, Some(node)) => {
+                self.attempts.remove(&node);
+                self.done.insert(node);
+                if definition.node_kind(node) == Some(NodeKind::Step) {
+                    if let Some(def) = definition.node_def(node) {
+                        self.results.push((def.name.clone(), output.clone()));
+                        self.pivot_passed |= def.pivot;
                     }
                 }
-                if let Some(current) = &mut self.current {
-                    current.status = AttemptStatus::Started { at_ms: at, last_heartbeat_ms: at };
-                }
             }
-            EventKind::StepCompleted { step, output, .. } => {
-                self.current = None;
-                match step.phase {
-                    StepPhase::Forward => {
-                        if let Some(def) = definition.step(*step) {
-                            self.results.push((def.name.clone(), output.clone()));
-                            if def.pivot {
-                                self.pivot_passed = true;
-                            }
-                        }
-                        self.next_forward = step.index + 1;
-                    }
-                    StepPhase::Compensation => self.next_compensation += 1,
-                    StepPhase::AfterCompensation => self.next_after = step.index + 1,
-                }
-            }
-            EventKind::StepFailed { step, attempt, will_retry, .. }
-            | EventKind::StepTimedOut { step, attempt, will_retry, .. } => {
+            (
+                EventKind::StepFailed { attempt, will_retry, .. } | EventKind::StepTimedOut { attempt, will_retry, .. },
+                Some(node),
+            ) => {
                 if *will_retry {
                     return;
                 }
-                self.current = None;
-                self.last_failed = Some((*step, *attempt));
-                // A permanent failure of a step that may continue moves past it; one that
-                // compensates or fails the run is followed by the event that says so.
-                let continues = definition.step(*step).is_some_and(|d| d.on_failure == OnFailure::Continue);
-                match step.phase {
-                    StepPhase::Forward if continues => self.next_forward = step.index + 1,
-                    StepPhase::AfterCompensation => self.next_after = step.index + 1,
+                self.attempts.remove(&node);
+                self.last_failed = Some((node, *attempt));
+                // A permanent failure of a step that may continue moves past it, and so does
+                // one after compensation (a failure there that ends the run is followed by the
+                // event that says so); one that compensates or parks leaves the node undone.
+                let continues = definition.node_def(node).is_some_and(|d| d.on_failure == OnFailure::Continue);
+                match definition.node_kind(node) {
+                    Some(NodeKind::Step) if continues => {
+                        self.done.insert(node);
+                    }
+                    Some(NodeKind::AfterCompensation) => {
+                        self.done.insert(node);
+                    }
                     _ => {}
                 }
             }
-            EventKind::StepRetryScheduled { step, attempt, delay_ms } => {
-                let first_scheduled_at_ms = self.current.as_ref().map_or(at, |c| c.first_scheduled_at_ms);
-                self.current = Some(CurrentStep {
-                    step: *step,
-                    attempt: *attempt,
-                    status: AttemptStatus::BackingOff { until_ms: at.saturating_add(*delay_ms) },
-                    first_scheduled_at_ms,
-                });
+            (EventKind::StepRetryScheduled { step, attempt, delay_ms }, Some(node)) => {
+                let entry = self.attempts.entry(node).or_insert_with(|| orphan(*step, *attempt, at));
+                entry.attempt = *attempt;
+                entry.status = AttemptStatus::BackingOff { until_ms: at.saturating_add(*delay_ms) };
             }
-            EventKind::CancelRequested { reason } => self.cancel_requested = Some(reason.clone()),
-            EventKind::CompensationStarted { reason } => {
+            (EventKind::CancelRequested { reason }, _) => self.cancel_requested = Some(reason.clone()),
+            (EventKind::CompensationStarted { reason }, _) => {
                 // Undo, newest first, every forward step that was handed to a worker and has a
-                // compensation. The step in flight is abandoned: a late report of it is stale.
-                let plan = (0..self.started.len())
+                // compensation. The steps in flight are abandoned: a late report is stale.
+                let plan = definition
+                    .forward_nodes()
                     .rev()
-                    .filter(|&i| self.started[i] && definition.compensations.get(i).is_some_and(Option::is_some))
-                    .filter_map(|i| u16::try_from(i).ok())
+                    .filter(|node| self.handed_out.contains(node))
+                    .filter_map(|node| definition.compensation_of(node))
                     .collect();
                 self.compensation_plan = Some(plan);
                 self.compensation_reason = Some(reason.clone());
-                self.current = None;
+                self.attempts.clear();
             }
-            EventKind::WorkflowCompleted { output } => {
+            (EventKind::WorkflowCompleted { output }, _) => {
                 self.finish(WorkflowStatus::Completed, at, None, Some(output.clone()));
             }
-            EventKind::WorkflowCompensated { reason } => {
+            (EventKind::WorkflowCompensated { reason }, _) => {
                 self.finish(WorkflowStatus::Compensated, at, Some(reason.clone()), None);
             }
-            EventKind::WorkflowFailed { reason } => self.finish(WorkflowStatus::Failed, at, Some(reason.clone()), None),
-            EventKind::WorkflowTerminated { reason } => {
+            (EventKind::WorkflowFailed { reason }, _) => {
+                self.finish(WorkflowStatus::Failed, at, Some(reason.clone()), None);
+            }
+            (EventKind::WorkflowTerminated { reason }, _) => {
                 self.finish(WorkflowStatus::Terminated, at, Some(reason.clone()), None);
             }
-            EventKind::RunParked { reason } => {
-                self.current = None;
+            (EventKind::RunParked { reason }, _) => {
+                self.attempts.clear();
                 self.parked = Some(reason.clone());
             }
-            EventKind::RunResumed { .. } => {
-                self.parked = None;
-                self.attempt_base = self.last_failed.map_or(0, |(_, attempt)| attempt);
-            }
+            (EventKind::RunResumed { .. }, _) => self.parked = None,
+            // A step the definition does not have: nothing to key it by.
+            (
+                EventKind::StepScheduled { .. }
+                | EventKind::StepStarted { .. }
+                | EventKind::StepCompleted { .. }
+                | EventKind::StepFailed { .. }
+                | EventKind::StepTimedOut { .. }
+                | EventKind::StepRetryScheduled { .. },
+                None,
+            ) => {}
         }
     }
 
     fn finish(&mut self, status: WorkflowStatus, at_ms: u64, reason: Option<String>, output: Option<JsonText>) {
-        self.current = None;
+        self.attempts.clear();
         self.terminal = Some(Terminal { status, at_ms, reason, output });
     }
+}
+
+/// An attempt a history backs off without scheduling it first. The decider never writes
+/// such a history; replay keeps going rather than lose the run.
+fn orphan(step: StepRef, attempt: u32, at_ms: u64) -> Attempt {
+    Attempt { step, attempt, status: AttemptStatus::Scheduled { at_ms }, first_scheduled_at_ms: at_ms, attempt_base: 0 }
 }

@@ -152,8 +152,7 @@ impl Core {
         let run = self.runs.get_mut(id)?;
         let waiting = run
             .state
-            .current
-            .as_ref()
+            .current()
             .filter(|current| matches!(current.status, AttemptStatus::Scheduled { .. }))
             .map(|current| (current.step, current.attempt));
         if let Some(key) = &run.ready {

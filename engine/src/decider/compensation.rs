@@ -1,0 +1,89 @@
+//! Compensation: starting it (a step failed for good, a cancel, the execution timeout, or a
+//! history nearing its limit), running the plan's compensations newest first, parking the run
+//! when one fails for good, and resuming a parked run. It must never start compensation twice
+//! or after the pivot has passed.
+
+use super::attempt::FailedForGood;
+use super::{advance, emit, Rejection};
+use crate::definition::{Definition, NodeId};
+use crate::state::WorkflowState;
+use shop_types::history::{Event, EventKind};
+
+/// The next compensation of the plan not yet completed, if any.
+pub(super) fn next(state: &WorkflowState) -> Option<NodeId> {
+    let plan = state.compensation_plan.as_ref()?;
+    plan.iter().copied().find(|node| !state.done.contains(node))
+}
+
+/// Starts compensation: the state fixes the plan, and the first compensation is scheduled.
+pub(super) fn begin(
+    definition: &Definition,
+    state: &mut WorkflowState,
+    out: &mut Vec<Event>,
+    now: u64,
+    reason: String,
+) {
+    emit(definition, state, out, now, EventKind::CompensationStarted { reason });
+    advance(definition, state, out, now);
+}
+
+pub(super) fn cancel(
+    definition: &Definition,
+    state: &mut WorkflowState,
+    out: &mut Vec<Event>,
+    now: u64,
+    reason: String,
+) -> Result<(), Rejection> {
+    if state.pivot_passed {
+        return Err(Rejection::PastPivot);
+    }
+    if state.compensation_plan.is_some() {
+        // Already compensating: a second cancel is a no-op, not an error.
+        return Ok(());
+    }
+    emit(definition, state, out, now, EventKind::CancelRequested { reason: reason.clone() });
+    begin(definition, state, out, now, format!("cancelled: {reason}"));
+    Ok(())
+}
+
+pub(super) fn execution_timed_out(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Event>, now: u64) {
+    let limit = definition.execution_timeout_ms.unwrap_or_default();
+    let reason = format!(
+        "execution timeout of {} exceeded",
+        humantime::format_duration(std::time::Duration::from_millis(limit))
+    );
+    begin(definition, state, out, now, reason);
+}
+
+/// A compensation failed for good: the run is parked until an operator resumes it.
+pub(super) fn failed_for_good(
+    definition: &Definition,
+    state: &mut WorkflowState,
+    out: &mut Vec<Event>,
+    now: u64,
+    failed: &FailedForGood<'_>,
+) {
+    let reason = format!(
+        "{} failed after {} attempt(s): {}; the run needs attention",
+        failed.name, failed.attempts_made, failed.cause
+    );
+    emit(definition, state, out, now, EventKind::RunParked { reason });
+}
+
+/// An operator resumes a parked run: the compensation that failed runs again.
+pub(super) fn resume(
+    definition: &Definition,
+    state: &mut WorkflowState,
+    out: &mut Vec<Event>,
+    now: u64,
+    reason: String,
+) -> Result<(), Rejection> {
+    let (Some(_), Some((node, attempt))) = (&state.parked, state.last_failed) else {
+        return Err(Rejection::NotParked);
+    };
+    let step = definition.node(node).ok_or(Rejection::NotParked)?.step;
+    emit(definition, state, out, now, EventKind::RunResumed { reason });
+    // A fresh attempt number, so a report of an attempt from before the park is stale.
+    emit(definition, state, out, now, EventKind::StepScheduled { step, attempt: attempt + 1 });
+    Ok(())
+}

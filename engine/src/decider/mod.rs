@@ -1,0 +1,251 @@
+//! The decider: what happens next in a workflow run, as a pure function of
+//! (definition, state, input, now).
+//!
+//! It emits history events and folds each into the state as it goes, so the caller gets the
+//! new events and the new state together, as a [`Decision`]. It must never do I/O, read a
+//! clock or draw a random number: retry jitter is derived from the run, step and attempt, so a
+//! replay of the same inputs gives the same history, and property tests can drive it with any
+//! sequence of inputs.
+//!
+//! One entry point ([`decide`], and [`start`] for a new run) routes an input to the module of
+//! the construct it concerns: `attempt` (what every activity attempt shares: starts,
+//! reports, timeouts, retries), `step` (forward activity steps), `compensation` (undoing
+//! them, parking, resuming) and `after` (steps after compensation). `timers` derives a run's
+//! live timers from its attempts in flight.
+
+mod after;
+mod attempt;
+mod compensation;
+mod step;
+mod timers;
+
+#[cfg(test)]
+mod tests;
+
+pub use timers::{retry_delay_ms, timers, Timer, TimerKind};
+
+use crate::definition::Definition;
+use crate::state::WorkflowState;
+use shop_types::history::{ActivityError, Event, EventKind};
+use shop_types::{JsonText, StepRef, WorkflowId};
+
+/// The most events one decision emits (with the history-limit compensation below). Far from
+/// the limit a decision is applied in place; closer than this it is tried on a copy first.
+pub const MAX_EVENTS_PER_DECISION: u64 = 8;
+/// A run still in its forward steps when its history reaches `limit - limit / this` events
+/// stops going forward and compensates, so the rest of the budget is left for undoing it.
+pub const COMPENSATION_HEADROOM_DIVISOR: u64 = 4;
+
+/// What happened to a run, as the decider sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A worker took the attempt from its queue.
+    Started {
+        step: StepRef,
+        attempt: u32,
+        worker: String,
+    },
+    Completed {
+        step: StepRef,
+        attempt: u32,
+        output: JsonText,
+    },
+    Failed {
+        step: StepRef,
+        attempt: u32,
+        error: ActivityError,
+    },
+    TimerFired(TimerKind),
+    Cancel {
+        reason: String,
+    },
+    Terminate {
+        reason: String,
+    },
+    /// An operator resumes a parked run.
+    Resume {
+        reason: String,
+    },
+}
+
+/// Why an input changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the attempt is no longer current")]
+    Stale,
+    #[error("the workflow has already finished")]
+    Finished,
+    #[error("the workflow is past its pivot step and can no longer be cancelled")]
+    PastPivot,
+    #[error("the workflow is not parked: only a parked run (its compensation failed for good) can be resumed")]
+    NotParked,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    pub now_ms: u64,
+    pub max_history_events: u64,
+}
+
+/// Something a decision asks of another run. No construct emits one yet: child workflows
+/// will (a parent starts, signals or cancels its children).
+///
+/// How the core applies them: in the same turn, right after appending the deciding run's
+/// events to the turn's batch, the core turns each effect into an input for the run it
+/// addresses (`Start` creates that run; `Signal` and `Cancel` go through [`decide`] for it)
+/// and appends what that decides to the same batch, so a parent's decision and its effects
+/// on its children are written atomically, or not at all. An effect on a run that is not in
+/// flight is answered by an event in the deciding run (e.g. a child that cannot start fails
+/// its step), never dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Start a new run of `workflow_type` as `run`.
+    Start { run: WorkflowId, workflow_type: String, input: JsonText },
+    /// Deliver a signal to `run`.
+    Signal { run: WorkflowId, name: String, payload: JsonText },
+    /// Cancel `run` (compensating a child cancels it).
+    Cancel { run: WorkflowId, reason: String },
+}
+
+/// The outcome of one decision: the run's new events (already applied to its state), and
+/// what it asks of other runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decision {
+    pub events: Vec<Event>,
+    pub effects: Vec<Effect>,
+}
+
+impl Decision {
+    fn events(events: Vec<Event>) -> Self {
+        Decision { events, effects: Vec::new() }
+    }
+}
+
+/// The events a new run starts with: `WorkflowStarted` and the first step's schedule.
+pub fn start(definition: &Definition, state: &mut WorkflowState, input: &JsonText, ctx: Context) -> Decision {
+    let mut out = vec![Event {
+        seq: 1,
+        at_ms: ctx.now_ms,
+        kind: EventKind::WorkflowStarted {
+            workflow_type: definition.name.clone(),
+            definition_version: definition.version,
+            input: input.clone(),
+        },
+    }];
+    advance(definition, state, &mut out, ctx.now_ms);
+    Decision::events(out)
+}
+
+/// Decides what `input` does to the run, returning the new events (already applied to
+/// `state`), or why it changes nothing.
+pub fn decide(
+    definition: &Definition,
+    state: &mut WorkflowState,
+    input: Input,
+    ctx: Context,
+) -> Result<Decision, Rejection> {
+    let used = state.next_seq - 1;
+    let limit = ctx.max_history_events;
+    if used + MAX_EVENTS_PER_DECISION < limit {
+        return decide_within_limit(definition, state, input, ctx).map(Decision::events);
+    }
+    // Near the limit: try the decision on a copy, and keep it only if it fits, leaving room
+    // for a terminal event unless it is one. Otherwise the run fails here, at the limit.
+    let mut trial = state.clone();
+    let events = decide_within_limit(definition, &mut trial, input, ctx)?;
+    let length = used + events.len() as u64;
+    if length < limit || (length == limit && trial.terminal.is_some()) {
+        *state = trial;
+        return Ok(Decision::events(events));
+    }
+    // Keep as much of the decision as still leaves room for the failure: what happened
+    // (a completion, say) stays recorded.
+    let room = usize::try_from(limit.saturating_sub(used + 1)).unwrap_or(0).min(events.len());
+    for event in &events[..room] {
+        state.apply(definition, event);
+    }
+    let mut out = events;
+    out.truncate(room);
+    let reason = format!("history reached its limit of {limit} events; the run needs attention");
+    emit(definition, state, &mut out, ctx.now_ms, EventKind::WorkflowFailed { reason });
+    Ok(Decision::events(out))
+}
+
+fn decide_within_limit(
+    definition: &Definition,
+    state: &mut WorkflowState,
+    input: Input,
+    ctx: Context,
+) -> Result<Vec<Event>, Rejection> {
+    if state.terminal.is_some() {
+        return Err(match input {
+            Input::Cancel { .. } | Input::Terminate { .. } | Input::Resume { .. } => Rejection::Finished,
+            _ => Rejection::Stale,
+        });
+    }
+    let mut out = Vec::new();
+    let now = ctx.now_ms;
+    match input {
+        Input::Started { step, attempt, worker } => {
+            attempt::started(definition, state, &mut out, now, step, attempt, worker)?
+        }
+        Input::Completed { step, attempt, output } => {
+            attempt::completed(definition, state, &mut out, now, step, attempt, output)?;
+        }
+        Input::Failed { step, attempt, error } => {
+            attempt::failed(definition, state, &mut out, now, step, attempt, error)?
+        }
+        Input::TimerFired(kind) => {
+            if !timers(definition, state).iter().any(|t| t.kind == kind && t.due_ms <= now) {
+                return Err(Rejection::Stale);
+            }
+            match kind {
+                TimerKind::ExecutionTimeout => compensation::execution_timed_out(definition, state, &mut out, now),
+                kind => attempt::timer_fired(definition, state, &mut out, now, kind),
+            }
+        }
+        Input::Cancel { reason } => compensation::cancel(definition, state, &mut out, now, reason)?,
+        Input::Terminate { reason } => {
+            emit(definition, state, &mut out, now, EventKind::WorkflowTerminated { reason });
+        }
+        Input::Resume { reason } => compensation::resume(definition, state, &mut out, now, reason)?,
+    }
+    let soft_limit = ctx.max_history_events - ctx.max_history_events / COMPENSATION_HEADROOM_DIVISOR;
+    let going_forward = state.terminal.is_none() && state.compensation_plan.is_none() && !state.pivot_passed;
+    if going_forward && state.next_seq > soft_limit {
+        let reason = format!(
+            "history passed {soft_limit} events, 3/4 of its limit of {}, before the order could finish",
+            ctx.max_history_events
+        );
+        compensation::begin(definition, state, &mut out, now, reason);
+    }
+    Ok(out)
+}
+
+/// Appends one event and folds it into the state.
+fn emit(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Event>, now: u64, kind: EventKind) {
+    let event = Event { seq: state.next_seq, at_ms: now, kind };
+    state.apply(definition, &event);
+    out.push(event);
+}
+
+/// With nothing in flight, schedules what comes next or finishes the run: the next forward
+/// step, or once compensating, the next compensation, then the steps after it.
+fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Event>, now: u64) {
+    while state.terminal.is_none() && state.attempts.is_empty() && state.parked.is_none() {
+        let compensating = state.compensation_plan.is_some();
+        let next = if compensating {
+            compensation::next(state).or_else(|| after::next(definition, state))
+        } else {
+            step::next(definition, state)
+        };
+        let kind = match next.and_then(|node| definition.node(node)) {
+            Some(node) => EventKind::StepScheduled { step: node.step, attempt: 1 },
+            None if compensating => {
+                EventKind::WorkflowCompensated { reason: state.compensation_reason.clone().unwrap_or_default() }
+            }
+            None => EventKind::WorkflowCompleted { output: state.results_json() },
+        };
+        emit(definition, state, out, now, kind);
+    }
+}

@@ -1,0 +1,93 @@
+//! Tests of parsing, validation and resolution of definitions.
+
+use super::*;
+
+const ORDER: &str = include_str!("../../../workflows/order.toml");
+
+#[test]
+fn the_order_saga_loads_with_resolved_policies() {
+    let def = parse("order.toml", ORDER).expect("order.toml is valid");
+    assert_eq!(def.name, "order");
+    assert_eq!(def.steps.len(), 4);
+    let reserve = &def.steps[0];
+    assert_eq!(reserve.retry.max_attempts, 6);
+    assert_eq!(reserve.retry.initial_interval_ms, 100);
+    assert!(reserve.retry.non_retryable.contains(&"OUT_OF_STOCK".to_owned()));
+    assert_eq!(reserve.timeouts.start_to_close_ms, 10_000);
+    assert!(def.compensations[0].is_some() && def.compensations[1].is_some());
+    assert!(def.compensations[2].is_none());
+    assert_eq!(def.compensations[0].as_ref().map(|c| c.retry.max_attempts), Some(20));
+    assert!(def.steps[2].pivot);
+    assert_eq!(def.steps[3].on_failure, OnFailure::Continue);
+    assert_eq!(def.steps[3].params.as_str(), r#"{"kind":"ORDER_CONFIRMED"}"#);
+    assert_eq!(def.after_compensation.len(), 1);
+}
+
+fn error_of(source: &str) -> DefinitionError {
+    parse("bad.toml", source).expect_err("must be rejected")
+}
+
+const MINIMAL: &str = "name = \"w\"\nversion = 1\n[[steps]]\nname = \"a\"\nactivity = \"x.y\"\nqueue = \"q\"\n";
+
+#[test]
+fn a_minimal_definition_is_accepted() {
+    let def = parse("ok.toml", MINIMAL).expect("valid");
+    assert_eq!(def.steps[0].retry.max_attempts, DEFAULT_MAX_ATTEMPTS);
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_line() {
+    let err = error_of(&format!("{MINIMAL}colour = \"red\"\n"));
+    assert_eq!(err.line, Some(7));
+    assert!(err.reason.contains("colour"), "{err}");
+    assert!(err.to_string().starts_with("bad.toml:7: "), "{err}");
+}
+
+#[test]
+fn a_missing_activity_is_rejected() {
+    let err = error_of("name = \"w\"\nversion = 1\n[[steps]]\nname = \"a\"\nqueue = \"q\"\n");
+    assert!(err.reason.contains("activity"), "{err}");
+    assert!(err.line.is_some());
+}
+
+#[test]
+fn negative_and_zero_durations_are_rejected() {
+    let err = error_of(&format!("{MINIMAL}timeouts = {{ start_to_close = \"-5s\" }}\n"));
+    assert!(err.line.is_some(), "{err}");
+    let err = error_of(&format!("{MINIMAL}timeouts = {{ start_to_close = \"0s\" }}\n"));
+    assert!(err.reason.contains("at least 1ms"), "{err}");
+}
+
+#[test]
+fn a_compensation_for_a_missing_step_is_rejected_at_its_line() {
+    let err = error_of(&format!("{MINIMAL}[[compensations]]\nstep = \"nope\"\nactivity = \"x.undo\"\nqueue = \"q\"\n"));
+    assert_eq!(err.line, Some(8));
+    assert!(err.reason.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn out_of_range_policies_are_rejected() {
+    let err = error_of(&format!("{MINIMAL}retry = {{ max_attempts = 0 }}\n"));
+    assert!(err.reason.contains("max_attempts"), "{err}");
+    let err = error_of(&format!("{MINIMAL}retry = {{ jitter = 1.5 }}\n"));
+    assert!(err.reason.contains("jitter"), "{err}");
+    let err = error_of(&format!("{MINIMAL}queue = \"bad queue\"\n"));
+    assert!(err.line.is_some(), "{err}");
+}
+
+#[test]
+fn duplicate_step_names_are_rejected() {
+    let err = error_of(&format!("{MINIMAL}[[steps]]\nname = \"a\"\nactivity = \"x.z\"\nqueue = \"q\"\n"));
+    assert!(err.reason.contains("used twice"), "{err}");
+}
+
+#[test]
+fn params_nest_no_deeper_than_any_other_payload() {
+    // `levels` nested tables: the JSON the worker gets nests exactly that deep.
+    let params = |levels: usize| format!("params = {}1{}\n", "{ a = ".repeat(levels), " }".repeat(levels));
+    let deepest = shop_types::json::MAX_JSON_DEPTH;
+    let def = parse("ok.toml", &format!("{MINIMAL}{}", params(deepest))).expect("at the limit");
+    assert!(def.steps[0].params.as_str().starts_with("{\"a\":{"));
+    let err = error_of(&format!("{MINIMAL}{}", params(deepest + 1)));
+    assert!(err.reason.contains("nests deeper"), "{err}");
+}

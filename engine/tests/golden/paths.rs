@@ -1,0 +1,284 @@
+//! The paths of the order saga the goldens record, and the driver that walks them through the
+//! decider with a fixed clock. Used only by `regenerate`; the golden test itself only replays.
+
+use super::{INPUT, RUN_ID};
+use shop_engine::decider::{self, Context, Input, Rejection};
+use shop_engine::definition::Definition;
+use shop_engine::state::{AttemptStatus, WorkflowState};
+use shop_types::history::{ActivityError, Event, EventKind};
+use shop_types::{JsonText, WorkflowId};
+
+/// When every golden run starts (milliseconds since the epoch).
+const T0: u64 = 1_700_000_000_000;
+/// The engine's default history limit.
+const LIMIT: u64 = shop_types::limits::DEFAULT_MAX_HISTORY_EVENTS;
+
+pub struct Path {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub definition: &'static str,
+    pub max_history_events: u64,
+    walk: fn(&mut Driver),
+}
+
+const fn path(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
+    Path { name, about, definition: "order.toml", max_history_events: LIMIT, walk }
+}
+
+pub const PATHS: &[Path] = &[
+    path("confirmed", "every step completes: CONFIRMED", |d| {
+        (0..4).for_each(|_| d.step_ok());
+    }),
+    path("out_of_stock", "reserve fails for good: release (it was started), notify, COMPENSATED", |d| {
+        d.take();
+        d.fail("OUT_OF_STOCK", false);
+        d.finish_ok();
+    }),
+    path("payment_declined", "charge declined: refund, release, notify, COMPENSATED", |d| {
+        d.step_ok();
+        d.take();
+        d.fail("PAYMENT_DECLINED", false);
+        d.finish_ok();
+    }),
+    path("payment_retried", "charge fails twice (transient), then everything completes", |d| {
+        d.step_ok();
+        for _ in 0..2 {
+            d.take();
+            d.fail("PAYMENT_UNAVAILABLE", true);
+            d.wait(6_000);
+        }
+        d.finish_ok();
+    }),
+    path("timeout_start_to_close", "reserve hangs past start_to_close, is retried, then all completes", |d| {
+        d.take();
+        d.wait(10_500);
+        d.finish_ok();
+    }),
+    path("timeout_schedule_to_start", "no worker takes reserve: timed out, nothing to undo, notify", |d| {
+        d.wait(60_000);
+        d.finish_ok();
+    }),
+    path("timeout_schedule_to_close", "charge hangs, its retry waits: the step's budget ends it", |d| {
+        d.step_ok();
+        d.wait(59_000);
+        d.take();
+        d.wait(60_000);
+        d.finish_ok();
+    }),
+    Path {
+        definition: "order_heartbeat.toml",
+        ..path("timeout_heartbeat", "charge stops heartbeating: timed out, retried, completes", |d| {
+            d.step_ok();
+            d.take();
+            d.wait(3_000);
+            d.finish_ok();
+        })
+    },
+    path("execution_timeout", "slow retried steps: the run's 5m timeout compensates before the pivot", |d| {
+        d.slow_retried_step();
+        d.slow_retried_step();
+        d.wait(55_000);
+        d.take();
+        d.wait(5_000);
+        d.fail("INVENTORY_UNAVAILABLE", true);
+        d.wait(20_000);
+        d.finish_ok();
+    }),
+    path("cancelled_mid_run", "cancel while charging: refund, release, notify; the late charge is stale", |d| {
+        d.step_ok();
+        let (step, attempt) = d.take();
+        d.feed(Input::Cancel { reason: "customer changed their mind".into() }).expect("cancels");
+        let late = Input::Completed { step, attempt, output: JsonText::null() };
+        assert_eq!(d.feed(late), Err(Rejection::Stale));
+        d.finish_ok();
+    }),
+    path("cancel_past_pivot", "confirmed, then a cancel is refused; notify_confirmed in flight", |d| {
+        (0..3).for_each(|_| d.step_ok());
+        assert_eq!(d.feed(Input::Cancel { reason: "too late".into() }), Err(Rejection::PastPivot));
+    }),
+    path("terminated", "an operator terminates the run while it charges", |d| {
+        d.step_ok();
+        d.take();
+        d.feed(Input::Terminate { reason: "operator says stop".into() }).expect("terminates");
+    }),
+    path("compensation_parked", "the refund fails for good: the run is parked for an operator", |d| {
+        d.step_ok();
+        d.take();
+        d.fail("PAYMENT_DECLINED", false);
+        d.take();
+        d.fail("REFUND_REJECTED", false);
+    }),
+    path("parked_resumed_compensated", "parked, resumed by an operator, then COMPENSATED", |d| {
+        d.step_ok();
+        d.take();
+        d.fail("PAYMENT_DECLINED", false);
+        d.take();
+        d.fail("REFUND_REJECTED", false);
+        d.wait(1_000);
+        assert_eq!(d.feed(Input::Cancel { reason: "no-op".into() }), Ok(()));
+        d.feed(Input::Resume { reason: "provider fixed".into() }).expect("resumes");
+        d.finish_ok();
+    }),
+    Path {
+        max_history_events: 12,
+        ..path("history_limit", "compensation does not fit a 12-event history: FAILED at the limit", |d| {
+            d.step_ok();
+            d.take();
+            d.fail("PAYMENT_DECLINED", false);
+            d.finish_ok();
+        })
+    },
+    Path {
+        max_history_events: 28,
+        ..path("history_soft_limit", "charge retries pass 3/4 of 28 events: compensating, FAILED at the limit", |d| {
+            d.step_ok();
+            // Even a worker taking an attempt may be the event that passes the soft limit.
+            while !d.compensating() {
+                d.take();
+                if !d.compensating() {
+                    d.fail("PAYMENT_UNAVAILABLE", true);
+                    d.wait(6_000);
+                }
+            }
+            d.finish_ok();
+        })
+    },
+    path("charging", "stops mid-run: reserve done, a worker is charging", |d| {
+        d.step_ok();
+        d.take();
+    }),
+    path("charge_backing_off", "stops mid-run: the charge failed once and waits for its retry", |d| {
+        d.step_ok();
+        d.take();
+        d.fail("PAYMENT_UNAVAILABLE", true);
+    }),
+    path("compensating", "stops mid-run: the charge was declined, a worker is refunding", |d| {
+        d.step_ok();
+        d.take();
+        d.fail("PAYMENT_DECLINED", false);
+        d.take();
+    }),
+    path("notify_failed_continues", "notify_confirmed fails for good: the order stays CONFIRMED", |d| {
+        (0..3).for_each(|_| d.step_ok());
+        d.take();
+        d.fail("SMTP_DOWN", false);
+    }),
+    path("notify_cancelled_failed", "after compensation, notify_cancelled fails for good: COMPENSATED", |d| {
+        d.take();
+        d.fail("OUT_OF_STOCK", false);
+        d.step_ok();
+        d.take();
+        d.fail("SMTP_DOWN", false);
+    }),
+];
+
+/// A run being driven: the state, and the history as records (one per transition).
+pub struct Driver<'a> {
+    definition: &'a Definition,
+    pub state: WorkflowState,
+    pub records: Vec<Vec<Event>>,
+    now: u64,
+    limit: u64,
+}
+
+pub fn drive<'a>(path: &Path, definition: &'a Definition) -> Driver<'a> {
+    let input = JsonText::parse(INPUT).expect("valid json");
+    let id = WorkflowId::parse(RUN_ID).expect("valid id");
+    let mut state = WorkflowState::new(id, definition, input.clone(), T0);
+    let ctx = Context { now_ms: T0, max_history_events: path.max_history_events };
+    let first = decider::start(definition, &mut state, &input, ctx).events;
+    let mut driver = Driver { definition, state, records: vec![first], now: T0, limit: path.max_history_events };
+    (path.walk)(&mut driver);
+    driver
+}
+
+impl Driver<'_> {
+    pub fn feed(&mut self, input: Input) -> Result<(), Rejection> {
+        let ctx = Context { now_ms: self.now, max_history_events: self.limit };
+        let events = decider::decide(self.definition, &mut self.state, input, ctx)?.events;
+        if !events.is_empty() {
+            self.records.push(events);
+        }
+        Ok(())
+    }
+
+    fn in_flight(&self) -> Option<(shop_types::StepRef, u32, AttemptStatus)> {
+        self.state.in_flight().next().map(|(s, a, st)| (s, a, st.clone()))
+    }
+
+    fn compensating(&self) -> bool {
+        self.records.iter().flatten().any(|e| matches!(e.kind, EventKind::CompensationStarted { .. }))
+    }
+
+    /// Lets `ms` pass, firing every timer that falls due on the way, each at its due time.
+    pub fn wait(&mut self, ms: u64) {
+        let until = self.now + ms;
+        loop {
+            let next = decider::timers(self.definition, &self.state).into_iter().filter(|t| t.due_ms <= until).min();
+            let Some(timer) = next else { break };
+            self.now = self.now.max(timer.due_ms);
+            self.feed(Input::TimerFired(timer.kind)).expect("a live timer fires");
+        }
+        self.now = until;
+    }
+
+    /// A worker takes the scheduled attempt in flight.
+    pub fn take(&mut self) -> (shop_types::StepRef, u32) {
+        let (step, attempt, status) = self.in_flight().expect("an attempt is in flight");
+        assert!(matches!(status, AttemptStatus::Scheduled { .. }), "{step:?} is {status:?}");
+        self.feed(Input::Started { step, attempt, worker: "golden-worker".into() }).expect("starts");
+        (step, attempt)
+    }
+
+    pub fn complete(&mut self) {
+        let (step, attempt, _) = self.in_flight().expect("an attempt is in flight");
+        let output = JsonText::parse(format!(r#"{{"done":"{}#{attempt}"}}"#, step.index)).expect("valid json");
+        self.feed(Input::Completed { step, attempt, output }).expect("completes");
+    }
+
+    pub fn fail(&mut self, error_type: &str, retryable: bool) {
+        let (step, attempt, _) = self.in_flight().expect("an attempt is in flight");
+        let error = ActivityError { error_type: error_type.into(), message: "golden failure".into(), retryable };
+        self.feed(Input::Failed { step, attempt, error }).expect("fails");
+    }
+
+    /// The attempt in flight is taken after 1s and completes 500ms later.
+    /// Near a small history limit, taking it may be what ends or redirects the run; then
+    /// there is nothing to complete.
+    pub fn step_ok(&mut self) {
+        self.wait(1_000);
+        let taken = self.take();
+        self.wait(500);
+        if self.in_flight().is_some_and(|(step, attempt, _)| (step, attempt) == taken) {
+            self.complete();
+        }
+    }
+
+    /// Taken late, fails once, retried and taken late again, then completes: almost two
+    /// minutes for one step.
+    pub fn slow_retried_step(&mut self) {
+        self.wait(55_000);
+        self.take();
+        self.wait(5_000);
+        self.fail("INVENTORY_UNAVAILABLE", true);
+        self.wait(50_000);
+        self.take();
+        self.wait(5_000);
+        self.complete();
+    }
+
+    /// Workers complete whatever is in flight until the run ends (or waits for an operator).
+    pub fn finish_ok(&mut self) {
+        for _ in 0..100 {
+            if self.state.terminal.is_some() || self.state.parked.is_some() {
+                return;
+            }
+            match self.in_flight() {
+                Some((_, _, AttemptStatus::BackingOff { until_ms })) => self.wait(until_ms - self.now),
+                Some(_) => self.step_ok(),
+                None => panic!("a running run with nothing in flight"),
+            }
+        }
+        panic!("the run did not end");
+    }
+}
