@@ -212,10 +212,12 @@ impl FailureThrottle {
     }
 }
 
-/// The throttle's key: the address, or for IPv6 its /64 network.
+/// The throttle's key: the address, or for IPv6 its /64 network. An IPv4 client of a
+/// dual-stack listener arrives as `::ffff:a.b.c.d`; it is keyed as the IPv4 address it is,
+/// not as the /64 every such client shares.
 fn key(client: IpAddr) -> IpAddr {
-    match client {
-        IpAddr::V4(_) => client,
+    match client.to_canonical() {
+        v4 @ IpAddr::V4(_) => v4,
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
     }
 }
@@ -305,6 +307,17 @@ mod tests {
         }
         assert!(throttle.check("2001:db8::ffff".parse().expect("an address"), 0).is_err());
         assert!(throttle.check("2001:db8:0:1::1".parse().expect("an address"), 0).is_ok());
+    }
+
+    #[test]
+    fn ipv4_clients_of_a_dual_stack_listener_count_one_by_one() {
+        let throttle = FailureThrottle::new(DEFAULT_MAX_AUTH_FAILURES);
+        for _ in 0..DEFAULT_MAX_AUTH_FAILURES {
+            throttle.record_failure("::ffff:192.0.2.1".parse().expect("an address"), 0);
+        }
+        assert!(throttle.check("::ffff:192.0.2.1".parse().expect("an address"), 0).is_err());
+        assert!(throttle.check("192.0.2.1".parse().expect("an address"), 0).is_err(), "the same client");
+        assert!(throttle.check("::ffff:192.0.2.2".parse().expect("an address"), 0).is_ok());
     }
 
     #[test]

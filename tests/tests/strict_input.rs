@@ -36,6 +36,12 @@ async fn order_bodies_are_read_strictly() {
     let reply = refused(api, "unknown field in a line", 422, "INVALID_BODY", "/api/orders", &priced).await;
     assert!(reply.message().contains("priceCents"), "the message names the field: {}", reply.text);
 
+    let token = format!("o-1~f0~1~{}", "0".repeat(32));
+    let junk = format!(r#"{{"reports":[{{"token":"{token}","outcome":{{"completed":{{"output":{{}},"junk":1}}}}}}]}}"#);
+    let reply =
+        refused(api, "unknown field in a report's outcome", 422, "INVALID_BODY", "/v1/tasks/report", &junk).await;
+    assert!(reply.message().contains("junk"), "{}", reply.text);
+
     let bitcoin = serde_json::to_string(&order_body(None, &[(1, 1)], "BITCOIN")).expect("serializes");
     let reply = refused(api, "unknown payment method", 422, "INVALID_VALUE", "/api/orders", &bitcoin).await;
     assert!(reply.message().contains("paymentMethod"), "{}", reply.text);

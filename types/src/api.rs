@@ -210,7 +210,7 @@ pub struct HeartbeatRequest {
 
 /// One outcome in `POST /v1/tasks/report` (a batch of completions and failures).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TaskOutcome {
     Completed { output: JsonText },
     Failed { error: ActivityError },

@@ -65,14 +65,20 @@ pub(crate) async fn authenticate(
         Principal::open((!is_task).then(|| format!("ip:{client}")))
     } else {
         let now = SystemClock.now_ms();
-        if let Err(retry_after_s) = state.auth_failures.check(client, now) {
-            return refuse(request, too_many_failures(retry_after_s)).await;
-        }
         let header = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+        // The credential is checked first (a digest and a lookup, or an HMAC): a valid one is
+        // never throttled, so failures from a shared address (a NAT, a proxy, a worker that
+        // relays its admin API's bad tokens) cannot lock out the clients that hold one.
         match state.auth.authenticate(header) {
             Ok(principal) => principal,
             Err(denied) => {
-                state.auth_failures.record_failure(client, now);
+                if let Err(retry_after_s) = state.auth_failures.check(client, now) {
+                    return refuse(request, too_many_failures(retry_after_s)).await;
+                }
+                // No credential at all is not a guess: refused, not counted.
+                if denied != Denied::Missing {
+                    state.auth_failures.record_failure(client, now);
+                }
                 return refuse(request, unauthenticated(&denied)).await;
             }
         }
@@ -86,12 +92,17 @@ pub(crate) async fn authenticate(
     next.run(request).await
 }
 
+/// How long a refusal waits for the rest of the request's body before answering. A refused
+/// client is not worth a connection slot for the whole body timeout.
+const REFUSAL_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Answers `response` after reading and discarding the request's body (at most
-/// `MAX_BODY_BYTES`, within the server's body timeout), so a keep-alive connection stays in
+/// `MAX_BODY_BYTES`, within [`REFUSAL_DRAIN_TIMEOUT`]), so a keep-alive connection stays in
 /// step and the client's next request on it is answered. A body that cannot be read that
 /// way leaves it out of step; the server then says `Connection: close`.
 async fn refuse(request: Request, response: Response) -> Response {
-    let _ = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await;
+    let drain = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES);
+    let _ = tokio::time::timeout(REFUSAL_DRAIN_TIMEOUT, drain).await;
     response
 }
 

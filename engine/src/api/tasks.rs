@@ -85,8 +85,9 @@ pub(crate) async fn complete(
     Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<CompleteRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_task_queues(&state, &principal, [&request.token])?;
+    // The MAC first: a forged token learns nothing, not even whether its run exists.
     check_mac(&state, &request.token)?;
+    check_task_queues(&state, &principal, [&request.token])?;
     let report = TaskReport { token: request.token, outcome: TaskOutcome::Completed { output: request.output } };
     report_one(&state, report).await
 }
@@ -96,8 +97,9 @@ pub(crate) async fn fail(
     Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<FailRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_task_queues(&state, &principal, [&request.token])?;
+    // The MAC first: a forged token learns nothing, not even whether its run exists.
     check_mac(&state, &request.token)?;
+    check_task_queues(&state, &principal, [&request.token])?;
     let report = TaskReport { token: request.token, outcome: TaskOutcome::Failed { error: request.error } };
     report_one(&state, report).await
 }
@@ -107,8 +109,9 @@ pub(crate) async fn heartbeat(
     Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_task_queues(&state, &principal, [&request.token])?;
+    // The MAC first: a forged token learns nothing, not even whether its run exists.
     check_mac(&state, &request.token)?;
+    check_task_queues(&state, &principal, [&request.token])?;
     state.core.call(|reply| Command::Heartbeat { token: request.token, reply }).await??;
     Ok(Json(serde_json::json!({})))
 }
@@ -123,17 +126,19 @@ pub(crate) async fn report(
     if request.reports.len() > MAX_REPORTS_PER_BATCH {
         return Err(ApiError::invalid(format!("at most {MAX_REPORTS_PER_BATCH} reports per batch")));
     }
-    // One credential sends the whole batch: if it may not report one of them, none is
-    // recorded, so a 403 means nothing happened.
-    check_task_queues(&state, &principal, request.reports.iter().map(|report| &report.token))?;
+    // Reports whose MAC fails are refused first, each with its own verdict (and without a
+    // look at the store, so a forged token learns nothing); only the others go further, and
+    // their verdicts are put back in the batch's order.
+    let verdicts: Vec<Result<(), CoreError>> = request.reports.iter().map(|r| check_mac(&state, &r.token)).collect();
+    // One credential sends the whole batch: if it may not report one of its genuine reports,
+    // none is recorded, so a 403 means nothing happened.
+    let signed = request.reports.iter().zip(&verdicts).filter(|(_, v)| v.is_ok()).map(|(r, _)| &r.token);
+    check_task_queues(&state, &principal, signed)?;
     // Refuse a bad poll before recording anything, so a 422 means nothing happened.
     if let Some(poll) = &request.then_poll {
         check_poll(poll)?;
         check_queue(&principal, &poll.queue)?;
     }
-    // Reports whose MAC fails are refused here, each with its own verdict; only the others
-    // reach the core, and their verdicts are put back in the batch's order.
-    let verdicts: Vec<Result<(), CoreError>> = request.reports.iter().map(|r| check_mac(&state, &r.token)).collect();
     let genuine: Vec<TaskReport> =
         request.reports.into_iter().zip(&verdicts).filter(|(_, v)| v.is_ok()).map(|(r, _)| r).collect();
     let mut recorded = if genuine.is_empty() {

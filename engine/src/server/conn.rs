@@ -27,6 +27,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 use tower::ServiceExt;
 
+/// How long an evicted connection may take to finish writing a refusal and close before it
+/// is dropped: it holds no request in flight, so this only bounds a client that is slow to
+/// read a short answer or is halfway through sending a head.
+const EVICTION_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Whether a connection has a request in flight, and whether it was chosen for eviction.
 struct Activity {
     in_flight: u32,
@@ -86,20 +91,32 @@ impl Registry {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         let mut evicted = false;
         if conns.len() >= cap {
-            let mut idlest: Option<(Instant, u64)> = None;
-            for (id, conn) in conns.iter() {
-                let activity = conn.activity();
-                if activity.in_flight == 0 && idlest.is_none_or(|(since, _)| activity.idle_since < since) {
-                    idlest = Some((activity.idle_since, *id));
+            let mut idle: Vec<(Instant, u64)> = conns
+                .iter()
+                .filter_map(|(id, conn)| {
+                    let activity = conn.activity();
+                    (activity.in_flight == 0).then_some((activity.idle_since, *id))
+                })
+                .collect();
+            idle.sort_unstable();
+            // A request may begin on a candidate between the scan and now: the choice is
+            // made again under the lock `begin` takes, so a connection is marked evicted only
+            // while it has nothing in flight, and a request that starts after that is refused
+            // (503, `Connection: close`) rather than cut off.
+            let chosen = idle.into_iter().find_map(|(_, id)| {
+                let conn = conns.get(&id)?;
+                let mut activity = conn.activity();
+                if activity.in_flight > 0 {
+                    return None;
                 }
+                activity.evicted = true;
+                Some(id)
+            })?;
+            if let Some(conn) = conns.remove(&chosen) {
+                // The permit stored by `notify_one` wakes the connection's task even if it is
+                // not waiting yet.
+                conn.evict.notify_one();
             }
-            let (_, id) = idlest?;
-            let conn = conns.remove(&id)?;
-            // Marked under the lock `begin` takes, so a request that starts now is refused
-            // (503, `Connection: close`) rather than cut off; the permit stored by
-            // `notify_one` wakes the connection's task even if it is not waiting yet.
-            conn.activity().evicted = true;
-            conn.evict.notify_one();
             evicted = true;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -160,6 +177,9 @@ pub(super) async fn serve(
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let mut draining = false;
+    // Set once the connection is evicted: it closes gracefully (an answer being written is
+    // finished), and by force when this passes.
+    let mut eviction_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -169,8 +189,12 @@ pub(super) async fn serve(
                 }
                 break;
             }
-            () = conn.evict.notified() => {
+            () = conn.evict.notified(), if eviction_deadline.is_none() => {
                 tracing::debug!(%peer, "idle connection evicted to admit a new one over the cap");
+                connection.as_mut().graceful_shutdown();
+                eviction_deadline = Some(Box::pin(tokio::time::sleep(EVICTION_GRACE)));
+            }
+            () = async { if let Some(deadline) = eviction_deadline.as_mut() { deadline.await } }, if eviction_deadline.is_some() => {
                 break;
             }
             changed = phase.changed() => {
