@@ -81,8 +81,8 @@ struct Args {
     /// DISK_FULL and nothing is recorded, until space is freed.
     #[arg(long, default_value_t = 64)]
     min_free_disk_mb: u64,
-    /// Failed credentials a client address may present per minute; past it, its requests
-    /// get 429 before their credential is checked. 0 turns the throttle off.
+    /// Failed credentials a client address may present per minute; past it, each further
+    /// failed one gets 429 (valid credentials still pass). 0 turns the throttle off.
     #[arg(long, default_value_t = shop_engine::rate_limit::DEFAULT_MAX_AUTH_FAILURES)]
     max_auth_failures: u32,
     /// How long a connection may take to send a request head, and may sit idle between

@@ -145,9 +145,9 @@ impl RateLimiter {
 
 /// Default for `--max-auth-failures`: failed credentials one client address may present
 /// within [`AUTH_FAILURE_WINDOW_MS`];
-/// past that, its requests get 429 before their credential is even checked, so guessing
-/// tokens or JWT keys costs a client one window per this many guesses. A person who mistypes
-/// a token a few times is never throttled.
+/// past that, each further failed credential gets 429 until the window ends (a valid one
+/// still passes, so others behind the same address are not locked out). A person who
+/// mistypes a token a few times is never throttled.
 pub const DEFAULT_MAX_AUTH_FAILURES: u32 = 10;
 /// The window failures are counted in; a throttled address may try again when it ends.
 pub const AUTH_FAILURE_WINDOW_MS: u64 = 60_000;

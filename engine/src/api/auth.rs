@@ -51,7 +51,7 @@ impl Access {
 }
 
 /// Authenticates the request and applies the caller's rate limit. A client address that
-/// presented too many bad credentials lately is refused before its credential is checked.
+/// presented too many bad credentials lately gets 429 for every further bad one.
 pub(crate) async fn authenticate(
     State(state): State<AppState>,
     peer: Option<ConnectInfo<SocketAddr>>,
