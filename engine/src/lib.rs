@@ -31,7 +31,7 @@ pub mod state;
 pub mod store;
 
 use crate::auth::{AuthOptions, Authenticator};
-use crate::core::{Command, Core, Limits};
+use crate::core::{Core, Limits};
 use crate::rate_limit::{FailureThrottle, RateLimit, RateLimiter};
 use crate::registry::Registry;
 use crate::store::{Durability, Store, WriteBatch};
@@ -115,14 +115,14 @@ pub async fn serve(
         tracing::info!(written, "preloaded completed runs");
     }
     let auth = Arc::new(Authenticator::new(&options.auth, store.clone(), clock.clone())?);
-    let (mut core, handle, commands) = Core::recover(store.clone(), registry.clone(), clock, options.limits)?;
+    let (mut core, handle) = Core::recover(store.clone(), registry.clone(), clock, options.limits)?;
     core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
     let lifecycle = Arc::new(api::Lifecycle::default());
     let core_lifecycle = lifecycle.clone();
     let core_thread = std::thread::Builder::new()
         .name("core".into())
         .spawn(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.run(commands)));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.run()));
             core_lifecycle.core_stopped.store(true, Ordering::Relaxed);
             // The core returns only once every handle is gone, which happens only after a
             // shutdown; anything else leaves a server whose every command would get 503.
@@ -180,7 +180,7 @@ pub async fn serve(
         lifecycle.shutting_down.store(true, Ordering::Relaxed);
         tracing::info!(grace = ?options.server.shutdown_grace, "shutting down: releasing long polls and draining requests");
         // Long polls and waits would otherwise hold the drain open for up to a minute.
-        let _ = shutdown_handle.send(Command::Shutdown);
+        let _ = shutdown_handle.shutdown();
     };
     server::run(listener, app, options.server, shutdown).await;
     drop(handle);

@@ -27,7 +27,7 @@ use crate::auth::Authenticator;
 use crate::auth::Principal;
 use crate::clock::{Clock, SystemClock};
 use crate::core::watchers::WaitRefused;
-use crate::core::{Command, CoreError, Handle};
+use crate::core::{CoreError, Handle};
 use crate::rate_limit::{FailureThrottle, RateLimiter};
 use crate::registry::Registry;
 use crate::store::{Durability, Store};
@@ -277,7 +277,7 @@ pub(crate) async fn view_after_wait(
         })?;
         // The core answers at once for a run that is not in flight (finished, parked or
         // unknown), so the store is read once, after the wait.
-        let watch = state.core.call(|reply| Command::Watch { id: id.clone(), reply });
+        let watch = state.core.watch(id.clone());
         // Running out of time is not an error: the caller gets the current state. Dropping
         // the watch closes its channel, which frees the core's slot at its next prune.
         let _ = tokio::time::timeout(wait, watch).await;

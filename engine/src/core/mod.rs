@@ -19,6 +19,7 @@
 
 mod commands;
 mod dispatch;
+mod handle;
 mod recovery;
 pub mod signer;
 mod syncer;
@@ -33,13 +34,14 @@ use crate::registry::Registry;
 use crate::state::{AttemptStatus, WorkflowState};
 use crate::store::{self, RunSummary, Store};
 use dispatch::{ReadyKey, ReadyQueues, WaitingPoll, WaitingPolls};
+pub use handle::Handle;
 use shop_types::api::{ActivityTask, TaskOutcome, TaskReport, WorkflowStatus};
 use shop_types::history::Event;
 use shop_types::{JsonText, QueueName, TaskToken, WorkflowId};
 use signer::TaskSigner;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use syncer::{sync_loop, AppliedTurn, Turn, SYNC_QUEUE_CAPACITY};
@@ -120,7 +122,9 @@ pub enum StartOutcome {
     Existing,
 }
 
-pub enum Command {
+/// What a [`Handle`] asks of the core; private to it, so no caller builds a reply channel
+/// by hand.
+pub(super) enum Command {
     Start {
         id: WorkflowId,
         workflow_type: String,
@@ -189,33 +193,6 @@ pub struct Stats {
     pub disk_full: std::sync::atomic::AtomicBool,
 }
 
-/// A cheap-to-clone way to talk to the core.
-#[derive(Clone)]
-pub struct Handle {
-    tx: SyncSender<Command>,
-    pub stats: Arc<Stats>,
-    /// Checks the MACs of task tokens before a report reaches the core.
-    pub signer: Arc<TaskSigner>,
-    /// Slots of waiting reads, per caller and in total.
-    pub waits: Arc<WaitSlots>,
-}
-
-impl Handle {
-    /// Sends a command built around a fresh reply channel and waits for the answer.
-    pub async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, CoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(make(reply))?;
-        answer.await.map_err(|_| CoreError::ShuttingDown)
-    }
-
-    pub fn send(&self, command: Command) -> Result<(), CoreError> {
-        self.tx.try_send(command).map_err(|e| match e {
-            TrySendError::Full(_) => CoreError::Overloaded("the command queue is full"),
-            TrySendError::Disconnected(_) => CoreError::ShuttingDown,
-        })
-    }
-}
-
 struct Run {
     state: WorkflowState,
     /// The status its stored summary shows; rewritten when a park or resume changes it.
@@ -245,11 +222,16 @@ pub struct Core {
     disk: Option<DiskGuard>,
     /// Whether this turn may write (the disk guard's last verdict).
     room_to_write: bool,
+    /// The core's own channel, taken by `run`; callers reach it only through a [`Handle`].
+    commands: Option<Receiver<Command>>,
 }
 
 impl Core {
     /// The core's loop; returns when every handle is dropped.
-    pub fn run(mut self, commands: Receiver<Command>) {
+    pub fn run(mut self) {
+        let Some(commands) = self.commands.take() else {
+            return;
+        };
         let (to_syncer, synced) = std::sync::mpsc::sync_channel::<AppliedTurn>(SYNC_QUEUE_CAPACITY);
         let store = self.store.clone();
         let stats = self.stats.clone();

@@ -13,7 +13,7 @@ impl Core {
         registry: Arc<RwLock<Registry>>,
         clock: Arc<dyn Clock>,
         limits: Limits,
-    ) -> Result<(Core, Handle, Receiver<Command>), store::Error> {
+    ) -> Result<(Core, Handle), store::Error> {
         let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_CAPACITY);
         let stats = Arc::new(Stats::default());
         let signer = Arc::new(TaskSigner::new(store.task_token_key()?));
@@ -34,6 +34,7 @@ impl Core {
             syncer: None,
             disk: None,
             room_to_write: true,
+            commands: Some(rx),
         };
         let now = core.clock.now_ms();
         let ids: Vec<WorkflowId> = core.store.active_ids().collect::<Result<_, _>>()?;
@@ -54,7 +55,7 @@ impl Core {
         }
         core.stats.active.store(core.runs.len() as u64, Ordering::Relaxed);
         tracing::info!(in_flight = core.runs.len(), "recovered in-flight runs");
-        Ok((core, Handle { tx, stats, signer, waits }, rx))
+        Ok((core, Handle::new(tx, stats, signer, waits)))
     }
 
     /// Refuses writes while the store's disk is below the guard's low-water mark.

@@ -36,7 +36,7 @@ fn fixture() -> Fixture {
     let store = Arc::new(Store::open(dir.path(), Durability::ProcessCrash, None).expect("opens"));
     let mut registry = Registry::default();
     registry.insert(crate::definition::parse("test", DEFINITION).expect("parses")).expect("registers");
-    let (core, _handle, _rx) =
+    let (core, _handle) =
         Core::recover(store, Arc::new(RwLock::new(registry)), Arc::new(SystemClock), Limits::default())
             .expect("recovers");
     Fixture { core, _dir: dir }
