@@ -115,7 +115,7 @@ pub async fn serve(
         tracing::info!(written, "preloaded completed runs");
     }
     let auth = Arc::new(Authenticator::new(&options.auth, store.clone(), clock.clone())?);
-    let (mut core, handle) = Core::recover(store.clone(), registry.clone(), clock, options.limits)?;
+    let (mut core, handle) = Core::recover(store.clone(), registry.clone(), clock.clone(), options.limits)?;
     core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
     let lifecycle = Arc::new(api::Lifecycle::default());
     let core_lifecycle = lifecycle.clone();
@@ -173,6 +173,7 @@ pub async fn serve(
         rate_limiter: options.rate_limit.map(|limit| Arc::new(RateLimiter::new(limit))),
         auth_failures: Arc::new(FailureThrottle::new(options.max_auth_failures)),
         lifecycle: lifecycle.clone(),
+        clock,
     });
     let shutdown_handle = handle.clone();
     let shutdown = async move {

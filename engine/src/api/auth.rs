@@ -13,7 +13,6 @@
 
 use super::{ApiError, ApiJson, AppState};
 use crate::auth::{Denied, Principal};
-use crate::clock::{Clock, SystemClock};
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -64,7 +63,7 @@ pub(crate) async fn authenticate(
         let is_task = request.uri().path().starts_with(TASKS_PREFIX);
         Principal::open((!is_task).then(|| format!("ip:{client}")))
     } else {
-        let now = SystemClock.now_ms();
+        let now = state.clock.now_ms();
         if let Err(retry_after_s) = state.auth_failures.check(client, now) {
             return refuse(request, too_many_failures(retry_after_s)).await;
         }
@@ -78,7 +77,7 @@ pub(crate) async fn authenticate(
         }
     };
     if let (Some(limiter), Some(key)) = (&state.rate_limiter, &principal.rate_key) {
-        if let Err(retry_after_s) = limiter.check(key, SystemClock.now_ms()) {
+        if let Err(retry_after_s) = limiter.check(key, state.clock.now_ms()) {
             return refuse(request, rate_limited(retry_after_s)).await;
         }
     }

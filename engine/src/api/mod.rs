@@ -25,7 +25,7 @@ pub use error::ApiError;
 
 use crate::auth::Authenticator;
 use crate::auth::Principal;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::core::watchers::WaitRefused;
 use crate::core::{CoreError, Handle};
 use crate::rate_limit::{FailureThrottle, RateLimiter};
@@ -60,6 +60,8 @@ pub struct AppState {
     /// Failed authentications per client address (always on).
     pub auth_failures: Arc<FailureThrottle>,
     pub lifecycle: Arc<Lifecycle>,
+    /// The engine's time: handlers read it here, never the system clock, so tests can set it.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// How old the core's last tick may be before `/healthz` calls the core dead: many times its
@@ -139,7 +141,7 @@ pub fn app(state: AppState) -> Router {
 /// process is then of no use, and a supervisor should restart it).
 async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let last_tick = state.core.stats.last_tick_ms.load(Relaxed);
-    core_liveness(&state.lifecycle, last_tick, SystemClock.now_ms())
+    core_liveness(&state.lifecycle, last_tick, state.clock.now_ms())
         .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "CORE_UNAVAILABLE", why))?;
     Ok(Json(health_body(&state, "ok")))
 }
@@ -148,7 +150,7 @@ async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
 /// guard refuses writes, or while the core is not alive.
 async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let last_tick = state.core.stats.last_tick_ms.load(Relaxed);
-    core_liveness(&state.lifecycle, last_tick, SystemClock.now_ms())
+    core_liveness(&state.lifecycle, last_tick, state.clock.now_ms())
         .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "CORE_UNAVAILABLE", why))?;
     if state.lifecycle.shutting_down.load(Relaxed) {
         return Err(ApiError::from(crate::core::CoreError::ShuttingDown));

@@ -10,7 +10,6 @@
 use super::auth::{check_queue, check_task_queues};
 use super::{ApiError, ApiJson, AppState};
 use crate::auth::Principal;
-use crate::clock::{Clock, SystemClock};
 use crate::core::CoreError;
 use axum::extract::State;
 use axum::Extension;
@@ -60,7 +59,7 @@ fn check_poll(request: &PollRequest) -> Result<(), ApiError> {
 /// Long-polls one queue: answers as soon as a task is ready, or empty after `wait_ms`.
 async fn poll_tasks(state: &AppState, request: PollRequest) -> Result<Vec<ActivityTask>, ApiError> {
     check_poll(&request)?;
-    let deadline_ms = SystemClock.now_ms() + request.wait_ms;
+    let deadline_ms = state.clock.now_ms() + request.wait_ms;
     let call = state.core.poll(request.queue, request.worker_id, request.max_tasks as usize, deadline_ms);
     match tokio::time::timeout(Duration::from_millis(request.wait_ms) + POLL_GRACE, call).await {
         Ok(tasks) => Ok(tasks?),

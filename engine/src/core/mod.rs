@@ -257,43 +257,43 @@ impl Core {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let now = self.clock.now_ms();
-            let mut turn = Turn::default();
-            let had_room = self.room_to_write;
-            self.room_to_write = self.disk.as_mut().is_none_or(|disk| disk.has_room(now));
-            if self.room_to_write && !had_room {
-                // Polls waited while hand-outs could not be written: serve every one whose
-                // queue has tasks now, rather than leave workers idle until their deadline.
-                let queues: Vec<QueueName> = self.waiting_polls.queues().cloned().collect();
-                turn.queues_with_new_tasks.extend(queues);
-            }
-            self.stats.last_tick_ms.store(now, Ordering::Relaxed);
-            self.stats.disk_full.store(!self.room_to_write, Ordering::Relaxed);
-            if self.room_to_write {
-                self.fire_due_timers(&mut turn, now);
-            }
-            let mut handled = 0;
-            if let Some(command) = first {
-                self.handle(&mut turn, command, now);
-                handled += 1;
-            }
-            while handled < MAX_COMMANDS_PER_COMMIT {
-                match commands.try_recv() {
-                    Ok(command) => {
-                        self.handle(&mut turn, command, now);
-                        handled += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-            self.serve_waiting_polls(&mut turn, now);
-            self.stats.commands.fetch_add(handled as u64, Ordering::Relaxed);
-            self.commit(turn);
+            // The first command and whatever else is queued, up to one commit's worth.
+            let more = std::iter::from_fn(|| commands.try_recv().ok());
+            let batch = first.into_iter().chain(more).take(MAX_COMMANDS_PER_COMMIT);
+            self.turn(batch, self.clock.now_ms());
         }
         // Closing the channel lets the syncer make the last batches durable and answer them.
         self.syncer = None;
         let _ = syncer.join();
         tracing::info!("core stopped");
+    }
+
+    /// One turn at `now`: looks at the disk, fires due timers, handles `commands`, serves
+    /// waiting polls, and commits. The loop calls it with what its channel holds; tests call
+    /// it directly at a chosen time, on their own thread.
+    fn turn(&mut self, commands: impl Iterator<Item = Command>, now: u64) {
+        let mut turn = Turn::default();
+        let had_room = self.room_to_write;
+        self.room_to_write = self.disk.as_mut().is_none_or(|disk| disk.has_room(now));
+        if self.room_to_write && !had_room {
+            // Polls waited while hand-outs could not be written: serve every one whose
+            // queue has tasks now, rather than leave workers idle until their deadline.
+            let queues: Vec<QueueName> = self.waiting_polls.queues().cloned().collect();
+            turn.queues_with_new_tasks.extend(queues);
+        }
+        self.stats.last_tick_ms.store(now, Ordering::Relaxed);
+        self.stats.disk_full.store(!self.room_to_write, Ordering::Relaxed);
+        if self.room_to_write {
+            self.fire_due_timers(&mut turn, now);
+        }
+        let mut handled = 0;
+        for command in commands {
+            self.handle(&mut turn, command, now);
+            handled += 1;
+        }
+        self.serve_waiting_polls(&mut turn, now);
+        self.stats.commands.fetch_add(handled as u64, Ordering::Relaxed);
+        self.commit(turn);
     }
 
     fn commit(&mut self, turn: Turn) {
@@ -323,6 +323,9 @@ impl Core {
             return;
         }
         let Some(syncer) = &self.syncer else {
+            // No syncer thread (a test driving turns by hand): sync and answer right here,
+            // in the same order the thread would.
+            syncer::finish(&self.store, &self.stats, wrote, turn.replies);
             return;
         };
         if syncer.send(AppliedTurn { wrote, replies: turn.replies }).is_err() {
@@ -338,3 +341,5 @@ impl Core {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timer_tests;

@@ -44,16 +44,21 @@ pub(super) fn sync_loop(store: &Store, stats: &Stats, turns: &Receiver<AppliedTu
             wrote |= more.wrote;
             replies.extend(more.replies);
         }
-        if wrote {
-            if let Err(error) = store.sync() {
-                tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
-                std::process::exit(70);
-            }
-            stats.commits.fetch_add(1, Ordering::Relaxed);
+        finish(store, stats, wrote, replies);
+    }
+}
+
+/// Makes a group of turns durable (one sync, if any of them wrote), then answers them.
+pub(super) fn finish(store: &Store, stats: &Stats, wrote: bool, replies: Vec<Reply>) {
+    if wrote {
+        if let Err(error) = store.sync() {
+            tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
+            std::process::exit(70);
         }
-        for reply in replies {
-            reply();
-        }
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+    }
+    for reply in replies {
+        reply();
     }
 }
 
