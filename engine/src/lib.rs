@@ -29,6 +29,7 @@ pub mod registry;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod stream_stats;
 
 use crate::auth::{AuthOptions, Authenticator};
 use crate::core::{Core, Limits};
@@ -116,6 +117,10 @@ pub async fn serve(
     }
     let auth = Arc::new(Authenticator::new(&options.auth, store.clone(), clock.clone())?);
     let (mut core, handle) = Core::recover(store.clone(), registry.clone(), clock.clone(), options.limits)?;
+    // The stats follower subscribes before the core's first turn (overdue timers fire there), so it misses nothing.
+    let stream_stats = Arc::new(stream_stats::StreamStats::default());
+    let (follower, subscription) = (stream_stats.clone(), handle.subscribe());
+    tokio::spawn(async move { follower.follow(subscription).await });
     core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
     let lifecycle = Arc::new(api::Lifecycle::default());
     let core_lifecycle = lifecycle.clone();
@@ -174,6 +179,7 @@ pub async fn serve(
         auth_failures: Arc::new(FailureThrottle::new(options.max_auth_failures)),
         lifecycle: lifecycle.clone(),
         clock,
+        stream_stats,
     });
     let shutdown_handle = handle.clone();
     let shutdown = async move {

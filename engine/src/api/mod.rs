@@ -31,6 +31,7 @@ use crate::core::{CoreError, Handle};
 use crate::rate_limit::{FailureThrottle, RateLimiter};
 use crate::registry::Registry;
 use crate::store::{Durability, Store};
+use crate::stream_stats::StreamStats;
 use auth::Access;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// The engine's time: handlers read it here, never the system clock, so tests can set it.
     pub clock: Arc<dyn Clock>,
+    /// What the stream of committed events counts (commits, events, by kind).
+    pub stream_stats: Arc<StreamStats>,
 }
 
 /// How old the core's last tick may be before `/healthz` calls the core dead: many times its
@@ -173,9 +176,11 @@ async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
     let stats = &state.core.stats;
     let queues = stats.queue_depths.lock().map(|depths| depths.clone()).unwrap_or_default();
     Ok(Json(serde_json::json!({
-        "commits": stats.commits.load(Relaxed),
+        // Counted from the stream of committed events: only what is durable.
+        "commits": state.stream_stats.commits(),
         "commands": stats.commands.load(Relaxed),
-        "events": stats.events.load(Relaxed),
+        "events": state.stream_stats.events(),
+        "events_by_kind": state.stream_stats.by_kind(),
         "active_workflows": stats.active.load(Relaxed),
         "ready_tasks": queues.values().sum::<usize>(),
         // Counted at the door by the slots' guards, so it is exact at every moment.

@@ -250,6 +250,7 @@ impl Core {
             return Ok(());
         }
         turn.batch.append_events(id, &events)?;
+        turn.events.extend(events.iter().map(|event| CommittedEvent::new(id, event)));
         let terminal = match self.runs.get(id) {
             Some(run) => run.state.terminal.clone(),
             None => return Ok(()),

@@ -6,6 +6,7 @@
 //! once as overloaded (503), never waited on, and a core that has stopped is "shutting down".
 
 use super::signer::TaskSigner;
+use super::stream::{Commit, Subscription};
 use super::watchers::WaitSlots;
 use super::{Command, CoreError, StartOutcome, Stats};
 use crate::definition::Definition;
@@ -13,7 +14,7 @@ use shop_types::api::{ActivityTask, TaskReport};
 use shop_types::{JsonText, QueueName, TaskToken, WorkflowId};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 /// A cheap-to-clone way to talk to the core.
 #[derive(Clone)]
@@ -24,6 +25,8 @@ pub struct Handle {
     pub signer: Arc<TaskSigner>,
     /// Slots of waiting reads, per caller and in total.
     pub waits: Arc<WaitSlots>,
+    /// Kept only to hand out subscriptions; the syncer publishes on its own clone.
+    stream: broadcast::Sender<Arc<Commit>>,
 }
 
 impl Handle {
@@ -32,8 +35,14 @@ impl Handle {
         stats: Arc<Stats>,
         signer: Arc<TaskSigner>,
         waits: Arc<WaitSlots>,
+        stream: broadcast::Sender<Arc<Commit>>,
     ) -> Handle {
-        Handle { tx, stats, signer, waits }
+        Handle { tx, stats, signer, waits, stream }
+    }
+
+    /// Follows the stream of committed events from now on (see [`super::stream`]).
+    pub fn subscribe(&self) -> Subscription {
+        self.stream.subscribe()
     }
 
     /// Starts run `id` of the latest version of `workflow_type`, or finds it already there.

@@ -22,6 +22,7 @@ mod dispatch;
 mod handle;
 mod recovery;
 pub mod signer;
+pub mod stream;
 mod syncer;
 mod timers;
 pub mod watchers;
@@ -44,6 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use stream::{CommittedEvent, Publisher};
 use syncer::{sync_loop, AppliedTurn, Turn, SYNC_QUEUE_CAPACITY};
 use tokio::sync::oneshot;
 use watchers::{WaitSlots, Watchers};
@@ -174,9 +176,7 @@ pub(super) enum Command {
 /// Counters the core keeps for `/v1/stats` and benchmarks.
 #[derive(Default)]
 pub struct Stats {
-    pub commits: AtomicU64,
     pub commands: AtomicU64,
-    pub events: AtomicU64,
     pub active: AtomicU64,
     /// Worker polls waiting for a task.
     pub waiting_polls: AtomicU64,
@@ -222,6 +222,9 @@ pub struct Core {
     disk: Option<DiskGuard>,
     /// Whether this turn may write (the disk guard's last verdict).
     room_to_write: bool,
+    /// The stream's publishing end: the syncer's once `run` starts it, the core's until then
+    /// (a test driving turns by hand publishes inline, after the same sync).
+    publisher: Option<Publisher>,
     /// The core's own channel, taken by `run`; callers reach it only through a [`Handle`].
     commands: Option<Receiver<Command>>,
 }
@@ -234,9 +237,11 @@ impl Core {
         };
         let (to_syncer, synced) = std::sync::mpsc::sync_channel::<AppliedTurn>(SYNC_QUEUE_CAPACITY);
         let store = self.store.clone();
-        let stats = self.stats.clone();
+        let Some(mut publisher) = self.publisher.take() else {
+            return;
+        };
         let syncer =
-            std::thread::Builder::new().name("syncer".into()).spawn(move || sync_loop(&store, &stats, &synced));
+            std::thread::Builder::new().name("syncer".into()).spawn(move || sync_loop(&store, &mut publisher, &synced));
         let syncer = match syncer {
             Ok(handle) => handle,
             Err(error) => {
@@ -299,7 +304,6 @@ impl Core {
     fn commit(&mut self, turn: Turn) {
         let wrote = !turn.batch.is_empty();
         if wrote {
-            let events = turn.batch.events() as u64;
             if let Err(error) = self.store.apply(turn.batch) {
                 // The in-memory state is ahead of what the store holds; serving it would
                 // break "nothing acknowledged is lost". Exit without answering: restart
@@ -307,7 +311,6 @@ impl Core {
                 tracing::error!(%error, "applying a batch failed; exiting so recovery starts from the durable state");
                 std::process::exit(70);
             }
-            self.stats.events.fetch_add(events, Ordering::Relaxed);
         }
         self.stats.active.store(self.runs.len() as u64, Ordering::Relaxed);
         self.stats.waiting_polls.store(self.waiting_polls.count() as u64, Ordering::Relaxed);
@@ -325,10 +328,16 @@ impl Core {
         let Some(syncer) = &self.syncer else {
             // No syncer thread (a test driving turns by hand): sync and answer right here,
             // in the same order the thread would.
-            syncer::finish(&self.store, &self.stats, wrote, turn.replies);
+            if let Some(publisher) = &mut self.publisher {
+                syncer::finish(
+                    &self.store,
+                    publisher,
+                    AppliedTurn { wrote, replies: turn.replies, events: turn.events },
+                );
+            }
             return;
         };
-        if syncer.send(AppliedTurn { wrote, replies: turn.replies }).is_err() {
+        if syncer.send(AppliedTurn { wrote, replies: turn.replies, events: turn.events }).is_err() {
             tracing::error!("the syncer has stopped; exiting so recovery starts from the durable state");
             std::process::exit(70);
         }

@@ -18,6 +18,7 @@ impl Core {
         let stats = Arc::new(Stats::default());
         let signer = Arc::new(TaskSigner::new(store.task_token_key()?));
         let waits = Arc::new(WaitSlots::new(limits.max_waits_per_caller, limits.max_watchers));
+        let (publisher, stream) = Publisher::new();
         let mut core = Core {
             store,
             registry,
@@ -35,6 +36,7 @@ impl Core {
             disk: None,
             room_to_write: true,
             commands: Some(rx),
+            publisher: Some(publisher),
         };
         let now = core.clock.now_ms();
         let ids: Vec<WorkflowId> = core.store.active_ids().collect::<Result<_, _>>()?;
@@ -55,7 +57,7 @@ impl Core {
         }
         core.stats.active.store(core.runs.len() as u64, Ordering::Relaxed);
         tracing::info!(in_flight = core.runs.len(), "recovered in-flight runs");
-        Ok((core, Handle::new(tx, stats, signer, waits)))
+        Ok((core, Handle::new(tx, stats, signer, waits, stream)))
     }
 
     /// Refuses writes while the store's disk is below the guard's low-water mark.

@@ -159,3 +159,28 @@ fn waiting_polls_are_served_when_the_disk_guard_clears() {
     assert_eq!(answer.try_recv().expect("answered").len(), 1, "served with its task, not left to its deadline");
     assert_eq!(f.backlog(), 0);
 }
+
+#[test]
+fn a_turn_s_events_are_published_once_after_its_sync() {
+    let mut f = fixture();
+    let mut events =
+        f.core.publisher.as_ref().map(Publisher::subscribe).expect("the core publishes until `run` starts");
+    assert_eq!(f.start("a", "{}", T0), Ok(StartOutcome::Created));
+    assert_eq!(f.start("b", "{}", T0 + 1), Ok(StartOutcome::Created));
+    let first = events.try_recv().expect("one message for the first turn");
+    assert_eq!(first.number, 1);
+    let kinds: Vec<_> = first.events.iter().map(|e| (e.run.as_str().to_owned(), e.seq, e.kind)).collect();
+    assert_eq!(kinds, vec![("a".to_owned(), 1, "WorkflowStarted"), ("a".to_owned(), 2, "StepScheduled")]);
+    assert!(first.events.iter().all(|e| e.at_ms == T0 && !e.settles));
+    let second = events.try_recv().expect("one message for the second turn");
+    assert_eq!((second.number, second.events_total), (2, 4));
+    // A turn that writes nothing publishes nothing.
+    f.turn(Vec::new(), T0 + 2);
+    assert!(events.try_recv().is_err());
+    // A run's end settles it.
+    let (reply, _answer) = oneshot::channel();
+    let id = WorkflowId::parse("a").expect("valid");
+    f.turn(vec![Command::Cancel { id, reason: "test".into(), terminate: true, reply }], T0 + 3);
+    let ended = events.try_recv().expect("published");
+    assert!(ended.events.last().is_some_and(|e| e.settles && e.kind == "WorkflowTerminated"));
+}
