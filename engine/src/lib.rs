@@ -30,6 +30,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod stream_stats;
+pub mod watch;
 
 use crate::auth::{AuthOptions, Authenticator};
 use crate::core::{Core, Limits};
@@ -121,6 +122,10 @@ pub async fn serve(
     let stream_stats = Arc::new(stream_stats::StreamStats::default());
     let (follower, subscription) = (stream_stats.clone(), handle.subscribe());
     tokio::spawn(async move { follower.follow(subscription).await });
+    // So does the watch hub: waits are woken by what the stream says is committed.
+    let watch = Arc::new(watch::WatchHub::new(options.limits.max_waits_per_caller, options.limits.max_watchers));
+    let (follower, subscription) = (watch.clone(), handle.subscribe());
+    tokio::spawn(async move { follower.follow(subscription).await });
     core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
     let lifecycle = Arc::new(api::Lifecycle::default());
     let core_lifecycle = lifecycle.clone();
@@ -180,6 +185,7 @@ pub async fn serve(
         lifecycle: lifecycle.clone(),
         clock,
         stream_stats,
+        watch: watch.clone(),
     });
     let shutdown_handle = handle.clone();
     let shutdown = async move {
@@ -188,6 +194,7 @@ pub async fn serve(
         tracing::info!(grace = ?options.server.shutdown_grace, "shutting down: releasing long polls and draining requests");
         // Long polls and waits would otherwise hold the drain open for up to a minute.
         let _ = shutdown_handle.shutdown();
+        watch.shutdown();
     };
     server::run(listener, app, options.server, shutdown).await;
     drop(handle);

@@ -1,4 +1,4 @@
-//! Turning commands into events: starts, reports, heartbeats, cancels, resumes, waits and
+//! Turning commands into events: starts, reports, heartbeats, cancels, resumes and
 //! registrations, each run through the decider and recorded in the turn's batch.
 //!
 //! Nothing here syncs or answers anyone directly: answers are queued on the turn and sent
@@ -64,16 +64,6 @@ impl Core {
                     let _ = reply.send(result);
                 });
             }
-            Command::Watch { id, reply } => {
-                let waits = self.runs.get(&id).is_some_and(|run| run.state.parked.is_none()) && !self.shutting_down;
-                // Not in flight, parked, or every slot held by a live wait: answered at once.
-                let refused = if waits { self.watchers.add(&id, reply).err() } else { Some(reply) };
-                if let Some(reply) = refused {
-                    turn.after_commit(move || {
-                        let _ = reply.send(());
-                    });
-                }
-            }
             Command::Register { definition, reply } => {
                 let result = self.register(turn, definition);
                 turn.after_commit(move || {
@@ -85,11 +75,6 @@ impl Core {
                 for poll in self.waiting_polls.take_all() {
                     turn.after_commit(move || {
                         let _ = poll.reply.send(Vec::new());
-                    });
-                }
-                for waiter in self.watchers.take_all() {
-                    turn.after_commit(move || {
-                        let _ = waiter.send(());
                     });
                 }
             }
@@ -275,11 +260,6 @@ impl Core {
                 output: terminal.output,
             };
             turn.batch.put_run(id, &summary, Some(run.summary_status), false)?;
-            for waiter in self.watchers.take(id) {
-                turn.after_commit(move || {
-                    let _ = waiter.send(());
-                });
-            }
             tracing::debug!(workflow_id = %id, status = terminal.status.as_str(), "run finished");
             return Ok(());
         }
@@ -298,12 +278,6 @@ impl Core {
                 };
                 turn.batch.put_run(id, &summary, Some(run.summary_status), true)?;
                 run.summary_status = status;
-                // Whoever waits for this run to settle is answered: FAILED needs an operator.
-                for waiter in self.watchers.take(id) {
-                    turn.after_commit(move || {
-                        let _ = waiter.send(());
-                    });
-                }
             }
         }
         self.refresh_timers(id);

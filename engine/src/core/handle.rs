@@ -7,7 +7,6 @@
 
 use super::signer::TaskSigner;
 use super::stream::{Commit, Subscription};
-use super::watchers::WaitSlots;
 use super::{Command, CoreError, StartOutcome, Stats};
 use crate::definition::Definition;
 use shop_types::api::{ActivityTask, TaskReport};
@@ -23,8 +22,6 @@ pub struct Handle {
     pub stats: Arc<Stats>,
     /// Checks the MACs of task tokens before a report reaches the core.
     pub signer: Arc<TaskSigner>,
-    /// Slots of waiting reads, per caller and in total.
-    pub waits: Arc<WaitSlots>,
     /// Kept only to hand out subscriptions; the syncer publishes on its own clone.
     stream: broadcast::Sender<Arc<Commit>>,
 }
@@ -34,10 +31,9 @@ impl Handle {
         tx: SyncSender<Command>,
         stats: Arc<Stats>,
         signer: Arc<TaskSigner>,
-        waits: Arc<WaitSlots>,
         stream: broadcast::Sender<Arc<Commit>>,
     ) -> Handle {
-        Handle { tx, stats, signer, waits, stream }
+        Handle { tx, stats, signer, stream }
     }
 
     /// Follows the stream of committed events from now on (see [`super::stream`]).
@@ -91,17 +87,12 @@ impl Handle {
         self.call(|reply| Command::Resume { id, reason, reply }).await?
     }
 
-    /// Returns once run `id` is terminal or parked (at once if it is not in flight).
-    pub async fn watch(&self, id: WorkflowId) -> Result<(), CoreError> {
-        self.call(|reply| Command::Watch { id, reply }).await
-    }
-
     /// Registers a definition; `false` when that exact version was registered already.
     pub async fn register(&self, definition: Definition) -> Result<bool, CoreError> {
         self.call(|reply| Command::Register { definition, reply }).await?
     }
 
-    /// Answers every waiting poll and waiting read now, so the HTTP server can drain.
+    /// Answers every waiting poll now, so the HTTP server can drain.
     pub fn shutdown(&self) -> Result<(), CoreError> {
         self.send(Command::Shutdown)
     }

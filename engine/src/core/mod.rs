@@ -14,7 +14,7 @@
 //!
 //! Submodules: `recovery` (replaying in-flight runs at start, quarantine), `commands`
 //! (commands into events), `timers` (the timer wheel), `dispatch` (ready queues and waiting
-//! polls), `watchers` (waiting reads), `signer` (the MACs that bind a task token to its
+//! polls), `signer` (the MACs that bind a task token to its
 //! hand-out), `syncer` (group commit).
 
 mod commands;
@@ -25,7 +25,6 @@ pub mod signer;
 pub mod stream;
 mod syncer;
 mod timers;
-pub mod watchers;
 
 use crate::clock::Clock;
 use crate::decider::{self, Context, Input, Rejection, Timer, TimerKind};
@@ -48,7 +47,6 @@ use std::time::Duration;
 use stream::{CommittedEvent, Publisher};
 use syncer::{sync_loop, AppliedTurn, Turn, SYNC_QUEUE_CAPACITY};
 use tokio::sync::oneshot;
-use watchers::{WaitSlots, Watchers};
 
 /// Commands waiting for the core at most; beyond it callers get 503 (overloaded).
 pub const COMMAND_QUEUE_CAPACITY: usize = 16_384;
@@ -160,11 +158,6 @@ pub(super) enum Command {
         reason: String,
         reply: oneshot::Sender<Result<(), CoreError>>,
     },
-    /// Answered once the run is terminal (at once if it is not in flight).
-    Watch {
-        id: WorkflowId,
-        reply: oneshot::Sender<()>,
-    },
     Register {
         definition: Definition,
         reply: oneshot::Sender<Result<bool, CoreError>>,
@@ -213,7 +206,6 @@ pub struct Core {
     timers: BTreeSet<(u64, WorkflowId, TimerKind)>,
     ready: ReadyQueues,
     waiting_polls: WaitingPolls,
-    watchers: Watchers,
     signer: Arc<TaskSigner>,
     shutting_down: bool,
     /// Where applied turns go to be made durable and answered; set while `run` runs.

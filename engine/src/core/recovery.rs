@@ -17,7 +17,6 @@ impl Core {
         let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_CAPACITY);
         let stats = Arc::new(Stats::default());
         let signer = Arc::new(TaskSigner::new(store.task_token_key()?));
-        let waits = Arc::new(WaitSlots::new(limits.max_waits_per_caller, limits.max_watchers));
         let (publisher, stream) = Publisher::new();
         let mut core = Core {
             store,
@@ -29,7 +28,6 @@ impl Core {
             timers: BTreeSet::new(),
             ready: ReadyQueues::default(),
             waiting_polls: WaitingPolls::default(),
-            watchers: Watchers::new(limits.max_watchers),
             signer: signer.clone(),
             shutting_down: false,
             syncer: None,
@@ -57,7 +55,7 @@ impl Core {
         }
         core.stats.active.store(core.runs.len() as u64, Ordering::Relaxed);
         tracing::info!(in_flight = core.runs.len(), "recovered in-flight runs");
-        Ok((core, Handle::new(tx, stats, signer, waits, stream)))
+        Ok((core, Handle::new(tx, stats, signer, stream)))
     }
 
     /// Refuses writes while the store's disk is below the guard's low-water mark.
