@@ -29,9 +29,11 @@ pub mod registry;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod stream_stats;
+pub mod watch;
 
 use crate::auth::{AuthOptions, Authenticator};
-use crate::core::{Command, Core, Limits};
+use crate::core::{Core, Limits};
 use crate::rate_limit::{FailureThrottle, RateLimit, RateLimiter};
 use crate::registry::Registry;
 use crate::store::{Durability, Store, WriteBatch};
@@ -115,14 +117,22 @@ pub async fn serve(
         tracing::info!(written, "preloaded completed runs");
     }
     let auth = Arc::new(Authenticator::new(&options.auth, store.clone(), clock.clone())?);
-    let (mut core, handle, commands) = Core::recover(store.clone(), registry.clone(), clock, options.limits)?;
+    let (mut core, handle) = Core::recover(store.clone(), registry.clone(), clock.clone(), options.limits)?;
+    // The stats follower subscribes before the core's first turn (overdue timers fire there), so it misses nothing.
+    let stream_stats = Arc::new(stream_stats::StreamStats::default());
+    let (follower, subscription) = (stream_stats.clone(), handle.subscribe());
+    tokio::spawn(async move { follower.follow(subscription).await });
+    // So does the watch hub: waits are woken by what the stream says is committed.
+    let watch = Arc::new(watch::WatchHub::new(options.limits.max_waits_per_caller, options.limits.max_watchers));
+    let (follower, subscription) = (watch.clone(), handle.subscribe());
+    tokio::spawn(async move { follower.follow(subscription).await });
     core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
     let lifecycle = Arc::new(api::Lifecycle::default());
     let core_lifecycle = lifecycle.clone();
     let core_thread = std::thread::Builder::new()
         .name("core".into())
         .spawn(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.run(commands)));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.run()));
             core_lifecycle.core_stopped.store(true, Ordering::Relaxed);
             // The core returns only once every handle is gone, which happens only after a
             // shutdown; anything else leaves a server whose every command would get 503.
@@ -173,6 +183,9 @@ pub async fn serve(
         rate_limiter: options.rate_limit.map(|limit| Arc::new(RateLimiter::new(limit))),
         auth_failures: Arc::new(FailureThrottle::new(options.max_auth_failures)),
         lifecycle: lifecycle.clone(),
+        clock,
+        stream_stats,
+        watch: watch.clone(),
     });
     let shutdown_handle = handle.clone();
     let shutdown = async move {
@@ -180,7 +193,8 @@ pub async fn serve(
         lifecycle.shutting_down.store(true, Ordering::Relaxed);
         tracing::info!(grace = ?options.server.shutdown_grace, "shutting down: releasing long polls and draining requests");
         // Long polls and waits would otherwise hold the drain open for up to a minute.
-        let _ = shutdown_handle.send(Command::Shutdown);
+        let _ = shutdown_handle.shutdown();
+        watch.shutdown();
     };
     server::run(listener, app, options.server, shutdown).await;
     drop(handle);

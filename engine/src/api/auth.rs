@@ -13,7 +13,6 @@
 
 use super::{ApiError, ApiJson, AppState};
 use crate::auth::{Denied, Principal};
-use crate::clock::{Clock, SystemClock};
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -64,7 +63,7 @@ pub(crate) async fn authenticate(
         let is_task = request.uri().path().starts_with(TASKS_PREFIX);
         Principal::open((!is_task).then(|| format!("ip:{client}")))
     } else {
-        let now = SystemClock.now_ms();
+        let now = state.clock.now_ms();
         let header = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
         // The credential is checked first (a digest and a lookup, or an HMAC): a valid one is
         // never throttled, so failures from a shared address (a NAT, a proxy, a worker that
@@ -84,7 +83,7 @@ pub(crate) async fn authenticate(
         }
     };
     if let (Some(limiter), Some(key)) = (&state.rate_limiter, &principal.rate_key) {
-        if let Err(retry_after_s) = limiter.check(key, SystemClock.now_ms()) {
+        if let Err(retry_after_s) = limiter.check(key, state.clock.now_ms()) {
             return refuse(request, rate_limited(retry_after_s)).await;
         }
     }

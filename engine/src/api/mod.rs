@@ -25,12 +25,13 @@ pub use error::ApiError;
 
 use crate::auth::Authenticator;
 use crate::auth::Principal;
-use crate::clock::{Clock, SystemClock};
-use crate::core::watchers::WaitRefused;
-use crate::core::{Command, CoreError, Handle};
+use crate::clock::Clock;
+use crate::core::{CoreError, Handle};
 use crate::rate_limit::{FailureThrottle, RateLimiter};
 use crate::registry::Registry;
 use crate::store::{Durability, Store};
+use crate::stream_stats::StreamStats;
+use crate::watch::{WaitRefused, WatchHub};
 use auth::Access;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
@@ -38,7 +39,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use shop_types::api::{Health, WorkflowView};
+use shop_types::api::{Health, WorkflowStatus, WorkflowView};
 use shop_types::history::EventKind;
 use shop_types::limits::{MAX_BODY_BYTES, MAX_WAIT_MS};
 use shop_types::WorkflowId;
@@ -60,6 +61,12 @@ pub struct AppState {
     /// Failed authentications per client address (always on).
     pub auth_failures: Arc<FailureThrottle>,
     pub lifecycle: Arc<Lifecycle>,
+    /// The engine's time: handlers read it here, never the system clock, so tests can set it.
+    pub clock: Arc<dyn Clock>,
+    /// What the stream of committed events counts (commits, events, by kind).
+    pub stream_stats: Arc<StreamStats>,
+    /// Waiting reads, woken by the stream of committed events.
+    pub watch: Arc<WatchHub>,
 }
 
 /// How old the core's last tick may be before `/healthz` calls the core dead: many times its
@@ -139,7 +146,7 @@ pub fn app(state: AppState) -> Router {
 /// process is then of no use, and a supervisor should restart it).
 async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let last_tick = state.core.stats.last_tick_ms.load(Relaxed);
-    core_liveness(&state.lifecycle, last_tick, SystemClock.now_ms())
+    core_liveness(&state.lifecycle, last_tick, state.clock.now_ms())
         .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "CORE_UNAVAILABLE", why))?;
     Ok(Json(health_body(&state, "ok")))
 }
@@ -148,7 +155,7 @@ async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
 /// guard refuses writes, or while the core is not alive.
 async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let last_tick = state.core.stats.last_tick_ms.load(Relaxed);
-    core_liveness(&state.lifecycle, last_tick, SystemClock.now_ms())
+    core_liveness(&state.lifecycle, last_tick, state.clock.now_ms())
         .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "CORE_UNAVAILABLE", why))?;
     if state.lifecycle.shutting_down.load(Relaxed) {
         return Err(ApiError::from(crate::core::CoreError::ShuttingDown));
@@ -171,13 +178,15 @@ async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
     let stats = &state.core.stats;
     let queues = stats.queue_depths.lock().map(|depths| depths.clone()).unwrap_or_default();
     Ok(Json(serde_json::json!({
-        "commits": stats.commits.load(Relaxed),
+        // Counted from the stream of committed events: only what is durable.
+        "commits": state.stream_stats.commits(),
         "commands": stats.commands.load(Relaxed),
-        "events": stats.events.load(Relaxed),
+        "events": state.stream_stats.events(),
+        "events_by_kind": state.stream_stats.by_kind(),
         "active_workflows": stats.active.load(Relaxed),
         "ready_tasks": queues.values().sum::<usize>(),
         // Counted at the door by the slots' guards, so it is exact at every moment.
-        "waiting_reads": state.core.waits.in_use(),
+        "waiting_reads": state.watch.slots().in_use(),
         "waiting_polls": stats.waiting_polls.load(Relaxed),
         "queues": queues,
         "quarantined": stats
@@ -264,24 +273,38 @@ pub(crate) async fn view_after_wait(
     if let Some(wait) = wait {
         // Only callers that may not be rate limited (workers) have no key; they share one.
         let caller = principal.rate_key.as_deref().unwrap_or("unidentified");
-        let _slot = state.core.waits.acquire(caller).map_err(|refused| match refused {
+        let _slot = state.watch.slots().acquire(caller).map_err(|refused| match refused {
             WaitRefused::CallerFull => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "TOO_MANY_WAITS",
                 format!(
                     "this caller already waits on {} reads, its limit; retry once one ends",
-                    state.core.waits.max_per_caller()
+                    state.watch.slots().max_per_caller()
                 ),
             ),
             WaitRefused::Full => ApiError::from(CoreError::Overloaded("too many waiting reads")),
         })?;
-        // The core answers at once for a run that is not in flight (finished, parked or
-        // unknown), so the store is read once, after the wait.
-        let watch = state.core.call(|reply| Command::Watch { id: id.clone(), reply });
-        // Running out of time is not an error: the caller gets the current state. Dropping
-        // the watch closes its channel, which frees the core's slot at its next prune.
-        let _ = tokio::time::timeout(wait, watch).await;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the read: a settling event committed after the read wakes us.
+            let woken = state.watch.register(id);
+            let view = read_view(state, id)?;
+            // Settled (terminal, or parked as FAILED for an operator), or no room to wait.
+            let Some(woken) = woken.filter(|_| view.status == WorkflowStatus::Running) else {
+                return Ok(view);
+            };
+            // Running out of time is not an error: the caller gets the current state. Dropping
+            // the receiver frees the hub's entry at its next prune.
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                break;
+            }
+            // Woken: the run settled, or the hub lagged; read again and wait on if it did not.
+        }
     }
+    read_view(state, id)
+}
+
+fn read_view(state: &AppState, id: &WorkflowId) -> Result<WorkflowView, ApiError> {
     workflow_view(state, id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))
 }
 

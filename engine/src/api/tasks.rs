@@ -10,8 +10,7 @@
 use super::auth::{check_queue, check_task_queues};
 use super::{ApiError, ApiJson, AppState};
 use crate::auth::Principal;
-use crate::clock::{Clock, SystemClock};
-use crate::core::{Command, CoreError};
+use crate::core::CoreError;
 use axum::extract::State;
 use axum::Extension;
 use axum::Json;
@@ -60,14 +59,8 @@ fn check_poll(request: &PollRequest) -> Result<(), ApiError> {
 /// Long-polls one queue: answers as soon as a task is ready, or empty after `wait_ms`.
 async fn poll_tasks(state: &AppState, request: PollRequest) -> Result<Vec<ActivityTask>, ApiError> {
     check_poll(&request)?;
-    let deadline_ms = SystemClock.now_ms() + request.wait_ms;
-    let call = state.core.call(|reply| Command::Poll {
-        queue: request.queue,
-        worker_id: request.worker_id,
-        max_tasks: request.max_tasks as usize,
-        deadline_ms,
-        reply,
-    });
+    let deadline_ms = state.clock.now_ms() + request.wait_ms;
+    let call = state.core.poll(request.queue, request.worker_id, request.max_tasks as usize, deadline_ms);
     match tokio::time::timeout(Duration::from_millis(request.wait_ms) + POLL_GRACE, call).await {
         Ok(tasks) => Ok(tasks?),
         Err(_) => Ok(Vec::new()),
@@ -75,7 +68,7 @@ async fn poll_tasks(state: &AppState, request: PollRequest) -> Result<Vec<Activi
 }
 
 async fn report_one(state: &AppState, report: TaskReport) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut results = state.core.call(|reply| Command::Report { reports: vec![report], reply }).await?;
+    let mut results = state.core.report(vec![report]).await?;
     results.pop().unwrap_or(Err(CoreError::ShuttingDown))?;
     Ok(Json(serde_json::json!({})))
 }
@@ -112,7 +105,7 @@ pub(crate) async fn heartbeat(
     // The MAC first: a forged token learns nothing, not even whether its run exists.
     check_mac(&state, &request.token)?;
     check_task_queues(&state, &principal, [&request.token])?;
-    state.core.call(|reply| Command::Heartbeat { token: request.token, reply }).await??;
+    state.core.heartbeat(request.token).await?;
     Ok(Json(serde_json::json!({})))
 }
 
@@ -141,12 +134,7 @@ pub(crate) async fn report(
     }
     let genuine: Vec<TaskReport> =
         request.reports.into_iter().zip(&verdicts).filter(|(_, v)| v.is_ok()).map(|(r, _)| r).collect();
-    let mut recorded = if genuine.is_empty() {
-        Vec::new()
-    } else {
-        state.core.call(|reply| Command::Report { reports: genuine, reply }).await?
-    }
-    .into_iter();
+    let mut recorded = if genuine.is_empty() { Vec::new() } else { state.core.report(genuine).await? }.into_iter();
     let results: Vec<Result<(), CoreError>> = verdicts
         .into_iter()
         .map(|verdict| verdict.and_then(|()| recorded.next().unwrap_or(Err(CoreError::ShuttingDown))))

@@ -3,7 +3,7 @@
 
 use super::{parse_wait, query, view_after_wait, workflow_view, ApiError, ApiJson, AppState};
 use crate::auth::Principal;
-use crate::core::{Command, StartOutcome};
+use crate::core::StartOutcome;
 use crate::definition;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -46,7 +46,7 @@ pub(crate) async fn start_run(
     workflow_type: String,
     input: JsonText,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let outcome = state.core.call(|reply| Command::Start { id: id.clone(), workflow_type, input, reply }).await??;
+    let outcome = state.core.start(id.clone(), workflow_type, input).await?;
     let view = workflow_view(state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
     let status = match outcome {
         StartOutcome::Created => StatusCode::ACCEPTED,
@@ -225,7 +225,7 @@ pub(crate) async fn retry(
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
     let (id, reason) = action_target(id, &headers, &body, "retried by an operator")?;
-    state.core.call(|reply| Command::Resume { id: id.clone(), reason, reply }).await??;
+    state.core.resume(id.clone(), reason).await?;
     let view = workflow_view(&state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
@@ -236,7 +236,11 @@ pub(crate) async fn stop_run(
     reason: String,
     terminate: bool,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    state.core.call(|reply| Command::Cancel { id: id.clone(), reason, terminate, reply }).await??;
+    if terminate {
+        state.core.terminate(id.clone(), reason).await?;
+    } else {
+        state.core.cancel(id.clone(), reason).await?;
+    }
     let view = workflow_view(state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
@@ -282,7 +286,7 @@ pub(crate) async fn register_definition(
     let definition = definition::parse("request body", source)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_DEFINITION", e.to_string()))?;
     let summary = summary_of(&definition);
-    let added = state.core.call(|reply| Command::Register { definition, reply }).await??;
+    let added = state.core.register(definition).await?;
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(summary)))
 }

@@ -1,15 +1,14 @@
 //! The syncer: the thread that makes applied turns durable with one sync for all of them
-//! (group commit) and only then sends their answers; and [`Turn`], what one turn of the core
+//! (group commit) and only then publishes their events and sends their answers; and [`Turn`], what one turn of the core
 //! writes and whom it answers.
 //!
 //! Architecture invariant: nothing is answered before the sync that covers its write. This
 //! module must never decide anything or touch a run; it only syncs and answers, in order.
 
-use super::Stats;
+use super::stream::{CommittedEvent, Publisher};
 use crate::store::{Store, WriteBatch};
 use shop_types::QueueName;
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 
 /// An answer to send once what its turn applied is durable.
@@ -24,36 +23,45 @@ pub(super) struct Turn {
     pub(super) batch: WriteBatch,
     pub(super) replies: Vec<Reply>,
     pub(super) queues_with_new_tasks: HashSet<QueueName>,
+    /// The turn's events, for the stream once they are durable.
+    pub(super) events: Vec<CommittedEvent>,
 }
 
 /// A turn as the syncer sees it: whether it wrote, and whom to answer.
 pub(super) struct AppliedTurn {
     pub(super) wrote: bool,
     pub(super) replies: Vec<Reply>,
+    pub(super) events: Vec<CommittedEvent>,
 }
 
 /// The syncer: takes the answers of applied turns, makes everything applied so far durable
 /// with one sync, then sends them. Turns arrive in order, so when no turn of a group wrote,
 /// every earlier write is already synced and the group is answered without a sync (an empty
 /// poll, a heartbeat, a read of a finished run). Ends when the core drops its sender.
-pub(super) fn sync_loop(store: &Store, stats: &Stats, turns: &Receiver<AppliedTurn>) {
-    while let Ok(first) = turns.recv() {
-        let mut wrote = first.wrote;
-        let mut replies = first.replies;
+pub(super) fn sync_loop(store: &Store, publisher: &mut Publisher, turns: &Receiver<AppliedTurn>) {
+    while let Ok(mut group) = turns.recv() {
         for more in turns.try_iter() {
-            wrote |= more.wrote;
-            replies.extend(more.replies);
+            group.wrote |= more.wrote;
+            group.replies.extend(more.replies);
+            group.events.extend(more.events);
         }
-        if wrote {
-            if let Err(error) = store.sync() {
-                tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
-                std::process::exit(70);
-            }
-            stats.commits.fetch_add(1, Ordering::Relaxed);
+        finish(store, publisher, group);
+    }
+}
+
+/// Makes a group of turns durable (one sync, if any of them wrote), publishes its events
+/// (one message per sync), then answers it.
+pub(super) fn finish(store: &Store, publisher: &mut Publisher, group: AppliedTurn) {
+    let AppliedTurn { wrote, replies, events } = group;
+    if wrote {
+        if let Err(error) = store.sync() {
+            tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
+            std::process::exit(70);
         }
-        for reply in replies {
-            reply();
-        }
+        publisher.publish(events);
+    }
+    for reply in replies {
+        reply();
     }
 }
 

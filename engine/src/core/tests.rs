@@ -3,7 +3,7 @@
 //! the duplicate-start path, and signed task tokens.
 
 use super::*;
-use crate::clock::SystemClock;
+use crate::clock::ManualClock;
 use crate::store::Durability;
 
 /// Two steps on a queue nobody polls unless the test does; the first must start within 1 s.
@@ -24,59 +24,55 @@ activity = "q.second"
 queue = "q"
 "#;
 
-const T0: u64 = 1_000_000;
+pub(super) const T0: u64 = 1_000_000;
 
-struct Fixture {
-    core: Core,
+pub(super) struct Fixture {
+    pub(super) core: Core,
+    pub(super) clock: Arc<ManualClock>,
+    workflow_type: String,
     _dir: tempfile::TempDir,
 }
 
 fn fixture() -> Fixture {
+    fixture_with(DEFINITION)
+}
+
+/// A core on a temporary store and a [`ManualClock`] at [`T0`], with one definition.
+pub(super) fn fixture_with(definition: &str) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(Store::open(dir.path(), Durability::ProcessCrash, None).expect("opens"));
     let mut registry = Registry::default();
-    registry.insert(crate::definition::parse("test", DEFINITION).expect("parses")).expect("registers");
-    let (core, _handle, _rx) =
-        Core::recover(store, Arc::new(RwLock::new(registry)), Arc::new(SystemClock), Limits::default())
-            .expect("recovers");
-    Fixture { core, _dir: dir }
+    let definition = crate::definition::parse("test", definition).expect("parses");
+    let workflow_type = definition.name.clone();
+    registry.insert(definition).expect("registers");
+    let clock = Arc::new(ManualClock::new(T0));
+    let (core, _handle) =
+        Core::recover(store, Arc::new(RwLock::new(registry)), clock.clone(), Limits::default()).expect("recovers");
+    Fixture { core, clock, workflow_type, _dir: dir }
 }
 
 impl Fixture {
-    /// One turn: due timers, the commands, waiting polls; then the replies are sent.
-    fn turn(&mut self, commands: Vec<Command>, now: u64) {
-        let mut turn = Turn::default();
-        let had_room = self.core.room_to_write;
-        self.core.room_to_write = true;
-        if !had_room {
-            let queues: Vec<QueueName> = self.core.waiting_polls.queues().cloned().collect();
-            turn.queues_with_new_tasks.extend(queues);
-        }
-        self.core.fire_due_timers(&mut turn, now);
-        for command in commands {
-            self.core.handle(&mut turn, command, now);
-        }
-        self.core.serve_waiting_polls(&mut turn, now);
-        let replies = std::mem::take(&mut turn.replies);
-        self.core.commit(turn);
-        for reply in replies {
-            reply();
-        }
+    /// One turn at `now` (the clock is set to it): due timers, the commands, waiting polls;
+    /// then, with no syncer thread, the sync and the replies, all on the test's thread.
+    pub(super) fn turn(&mut self, commands: Vec<Command>, now: u64) {
+        self.clock.set(now);
+        self.core.turn(commands.into_iter(), self.clock.now_ms());
     }
 
-    fn start(&mut self, id: &str, input: &str, now: u64) -> Result<StartOutcome, CoreError> {
+    pub(super) fn start(&mut self, id: &str, input: &str, now: u64) -> Result<StartOutcome, CoreError> {
         let (reply, mut answer) = oneshot::channel();
         let input = JsonText::parse(input).expect("valid JSON");
         let id = WorkflowId::parse(id).expect("valid");
-        self.turn(vec![Command::Start { id, workflow_type: "pair".into(), input, reply }], now);
+        let workflow_type = self.workflow_type.clone();
+        self.turn(vec![Command::Start { id, workflow_type, input, reply }], now);
         answer.try_recv().expect("answered")
     }
 
-    fn backlog(&self) -> usize {
+    pub(super) fn backlog(&self) -> usize {
         self.core.ready.depths().map(|(_, tasks)| tasks).sum()
     }
 
-    fn poll(&mut self, now: u64, wait_ms: u64) -> oneshot::Receiver<Vec<ActivityTask>> {
+    pub(super) fn poll(&mut self, now: u64, wait_ms: u64) -> oneshot::Receiver<Vec<ActivityTask>> {
         let (reply, answer) = oneshot::channel();
         let queue = QueueName::parse("q").expect("valid");
         let command = Command::Poll { queue, worker_id: "w".into(), max_tasks: 10, deadline_ms: now + wait_ms, reply };
@@ -162,4 +158,29 @@ fn waiting_polls_are_served_when_the_disk_guard_clears() {
     f.turn(Vec::new(), T0 + 10);
     assert_eq!(answer.try_recv().expect("answered").len(), 1, "served with its task, not left to its deadline");
     assert_eq!(f.backlog(), 0);
+}
+
+#[test]
+fn a_turn_s_events_are_published_once_after_its_sync() {
+    let mut f = fixture();
+    let mut events =
+        f.core.publisher.as_ref().map(Publisher::subscribe).expect("the core publishes until `run` starts");
+    assert_eq!(f.start("a", "{}", T0), Ok(StartOutcome::Created));
+    assert_eq!(f.start("b", "{}", T0 + 1), Ok(StartOutcome::Created));
+    let first = events.try_recv().expect("one message for the first turn");
+    assert_eq!(first.number, 1);
+    let kinds: Vec<_> = first.events.iter().map(|e| (e.run.as_str().to_owned(), e.seq, e.kind)).collect();
+    assert_eq!(kinds, vec![("a".to_owned(), 1, "WorkflowStarted"), ("a".to_owned(), 2, "StepScheduled")]);
+    assert!(first.events.iter().all(|e| e.at_ms == T0 && !e.settles));
+    let second = events.try_recv().expect("one message for the second turn");
+    assert_eq!((second.number, second.events_total), (2, 4));
+    // A turn that writes nothing publishes nothing.
+    f.turn(Vec::new(), T0 + 2);
+    assert!(events.try_recv().is_err());
+    // A run's end settles it.
+    let (reply, _answer) = oneshot::channel();
+    let id = WorkflowId::parse("a").expect("valid");
+    f.turn(vec![Command::Cancel { id, reason: "test".into(), terminate: true, reply }], T0 + 3);
+    let ended = events.try_recv().expect("published");
+    assert!(ended.events.last().is_some_and(|e| e.settles && e.kind == "WorkflowTerminated"));
 }

@@ -1,0 +1,312 @@
+//! Turning commands into events: starts, reports, heartbeats, cancels, resumes and
+//! registrations, each run through the decider and recorded in the turn's batch.
+//!
+//! Nothing here syncs or answers anyone directly: answers are queued on the turn and sent
+//! by the syncer after the sync that covers the turn.
+
+use super::*;
+
+impl Core {
+    pub(super) fn handle(&mut self, turn: &mut Turn, command: Command, now: u64) {
+        let command = if self.room_to_write { Some(command) } else { self.refuse_writes(turn, command) };
+        let Some(command) = command else {
+            return;
+        };
+        match command {
+            Command::Start { id, workflow_type, input, reply } => {
+                let result = self.start(turn, id, &workflow_type, input, now);
+                turn.after_commit(move || {
+                    let _ = reply.send(result);
+                });
+            }
+            Command::Report { reports, reply } => {
+                let results: Vec<_> = reports.into_iter().map(|r| self.report(turn, r, now)).collect();
+                turn.after_commit(move || {
+                    let _ = reply.send(results);
+                });
+            }
+            Command::Heartbeat { token, reply } => {
+                let result = self.heartbeat(&token, now);
+                turn.after_commit(move || {
+                    let _ = reply.send(result);
+                });
+            }
+            Command::Poll { queue, worker_id, max_tasks, deadline_ms, reply } => {
+                // Handing a task out writes its start: with the disk full the poll waits.
+                let tasks = if self.room_to_write {
+                    self.take_ready(turn, &queue, &worker_id, max_tasks, now)
+                } else {
+                    Vec::new()
+                };
+                if !tasks.is_empty() || deadline_ms <= now || self.shutting_down {
+                    turn.after_commit(move || {
+                        let _ = reply.send(tasks);
+                    });
+                } else if self.waiting_polls.count() >= self.limits.max_waiting_polls {
+                    // Over the cap a poll is answered empty at once; the worker polls again.
+                    turn.after_commit(move || {
+                        let _ = reply.send(Vec::new());
+                    });
+                } else {
+                    self.waiting_polls.push(queue, WaitingPoll { worker_id, max_tasks, deadline_ms, reply });
+                }
+            }
+            Command::Cancel { id, reason, terminate, reply } => {
+                let input = if terminate { Input::Terminate { reason } } else { Input::Cancel { reason } };
+                let result = self.apply_to_run(turn, &id, input, now).map(|_| ());
+                turn.after_commit(move || {
+                    let _ = reply.send(result);
+                });
+            }
+            Command::Resume { id, reason, reply } => {
+                let result = self.apply_to_run(turn, &id, Input::Resume { reason }, now).map(|_| ());
+                turn.after_commit(move || {
+                    let _ = reply.send(result);
+                });
+            }
+            Command::Register { definition, reply } => {
+                let result = self.register(turn, definition);
+                turn.after_commit(move || {
+                    let _ = reply.send(result);
+                });
+            }
+            Command::Shutdown => {
+                self.shutting_down = true;
+                for poll in self.waiting_polls.take_all() {
+                    turn.after_commit(move || {
+                        let _ = poll.reply.send(Vec::new());
+                    });
+                }
+            }
+        }
+    }
+
+    /// With the disk nearly full, answers every command that would write with `DiskFull`
+    /// (nothing is recorded) and hands back the others.
+    pub(super) fn refuse_writes(&mut self, turn: &mut Turn, command: Command) -> Option<Command> {
+        fn refuse<T: Send + 'static>(turn: &mut Turn, reply: oneshot::Sender<Result<T, CoreError>>) {
+            turn.after_commit(move || {
+                let _ = reply.send(Err(CoreError::DiskFull));
+            });
+        }
+        match command {
+            Command::Start { reply, .. } => refuse(turn, reply),
+            Command::Cancel { reply, .. } | Command::Resume { reply, .. } => refuse(turn, reply),
+            Command::Register { reply, .. } => refuse(turn, reply),
+            Command::Report { reports, reply } => {
+                let refused = reports.iter().map(|_| Err(CoreError::DiskFull)).collect();
+                turn.after_commit(move || {
+                    let _ = reply.send(refused);
+                });
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    pub(super) fn start(
+        &mut self,
+        turn: &mut Turn,
+        id: WorkflowId,
+        workflow_type: &str,
+        input: JsonText,
+        now: u64,
+    ) -> Result<StartOutcome, CoreError> {
+        if let Some(run) = self.runs.get(&id) {
+            return if run.state.workflow_type == workflow_type && same_json(&run.state.input, &input) {
+                Ok(StartOutcome::Existing)
+            } else {
+                Err(CoreError::AlreadyExists(id))
+            };
+        }
+        let storage = |e: store::Error| CoreError::Storage(e.to_string());
+        if let Some(summary) = self.store.run(&id).map_err(storage)? {
+            let same_input = match self.store.first_event(&id).map_err(storage)?.map(|e| e.kind) {
+                Some(shop_types::history::EventKind::WorkflowStarted { input: stored, .. }) => {
+                    same_json(&stored, &input)
+                }
+                _ => false,
+            };
+            return if summary.workflow_type == workflow_type && same_input {
+                Ok(StartOutcome::Existing)
+            } else {
+                Err(CoreError::AlreadyExists(id))
+            };
+        }
+        if self.runs.len() >= self.limits.max_active_workflows {
+            return Err(CoreError::Overloaded("too many workflows in flight"));
+        }
+        let definition = self
+            .registry
+            .read()
+            .map_err(|_| CoreError::Storage("registry lock poisoned".into()))?
+            .latest(workflow_type)
+            .ok_or_else(|| CoreError::UnknownWorkflowType(workflow_type.to_owned()))?;
+        let mut state = WorkflowState::new(id.clone(), &definition, input.clone(), now);
+        let decision = decider::start(&definition, &mut state, &input, self.context(now));
+        let summary = RunSummary {
+            workflow_type: definition.name.clone(),
+            definition_version: definition.version,
+            status: WorkflowStatus::Running,
+            created_at_ms: now,
+            closed_at_ms: None,
+            reason: None,
+            output: None,
+        };
+        turn.batch.put_run(&id, &summary, None, true).map_err(storage)?;
+        let run = Run { state, summary_status: WorkflowStatus::Running, definition, timers: Vec::new(), ready: None };
+        self.runs.insert(id.clone(), run);
+        self.record(turn, &id, decision.events).map_err(storage)?;
+        self.apply_effects(turn, &id, decision.effects);
+        Ok(StartOutcome::Created)
+    }
+
+    pub(super) fn report(&mut self, turn: &mut Turn, report: TaskReport, now: u64) -> Result<(), CoreError> {
+        // The MAC was checked at the door (`api::tasks`); the core trusts what reaches it.
+        let TaskToken { workflow_id, step, attempt, .. } = report.token;
+        let input = match report.outcome {
+            TaskOutcome::Completed { output } => Input::Completed { step, attempt, output },
+            TaskOutcome::Failed { error } => Input::Failed { step, attempt, error },
+        };
+        self.apply_to_run(turn, &workflow_id, input, now).map(|_| ())
+    }
+
+    pub(super) fn heartbeat(&mut self, token: &TaskToken, now: u64) -> Result<(), CoreError> {
+        let stale = || CoreError::Stale("the attempt is no longer current".into());
+        let run = self.runs.get_mut(&token.workflow_id).ok_or_else(stale)?;
+        match run.state.current_mut() {
+            Some(current) if current.step == token.step && current.attempt == token.attempt => {
+                match &mut current.status {
+                    AttemptStatus::Started { last_heartbeat_ms, .. } => *last_heartbeat_ms = now,
+                    _ => return Err(stale()),
+                }
+            }
+            _ => return Err(stale()),
+        }
+        self.refresh_timers(&token.workflow_id);
+        Ok(())
+    }
+
+    /// Runs the decider on one input for one in-flight run and records what it emits.
+    pub(super) fn apply_to_run(
+        &mut self,
+        turn: &mut Turn,
+        id: &WorkflowId,
+        input: Input,
+        now: u64,
+    ) -> Result<usize, CoreError> {
+        let is_task_report = matches!(input, Input::Completed { .. } | Input::Failed { .. } | Input::Started { .. });
+        let context = self.context(now);
+        let Some(run) = self.runs.get_mut(id) else {
+            if is_task_report {
+                return Err(CoreError::Stale("the workflow is not in flight".into()));
+            }
+            return match self.store.run(id) {
+                Ok(Some(_)) => Err(CoreError::Finished),
+                Ok(None) => Err(CoreError::NotFound(id.clone())),
+                Err(e) => Err(CoreError::Storage(e.to_string())),
+            };
+        };
+        let decision = decider::decide(&run.definition, &mut run.state, input, context).map_err(|r| match r {
+            Rejection::Stale => CoreError::Stale(r.to_string()),
+            Rejection::Finished => CoreError::Finished,
+            Rejection::PastPivot => CoreError::PastPivot,
+            Rejection::NotParked => CoreError::NotParked,
+        })?;
+        let count = decision.events.len();
+        self.record(turn, id, decision.events).map_err(|e| CoreError::Storage(e.to_string()))?;
+        self.apply_effects(turn, id, decision.effects);
+        Ok(count)
+    }
+
+    /// Applies what a decision asks of other runs, in the same turn's batch as the deciding
+    /// run's events (see `decider::Effect`). No construct emits one yet.
+    pub(super) fn apply_effects(&mut self, _turn: &mut Turn, id: &WorkflowId, effects: Vec<decider::Effect>) {
+        debug_assert!(effects.is_empty(), "no construct emits effects yet");
+        for effect in effects {
+            tracing::error!(workflow_id = %id, ?effect, "effect ignored: this build applies none");
+        }
+    }
+
+    /// Adds a transition's events to the turn's batch and brings timers, task queues, the
+    /// run summary and waiters in line with the run's new state.
+    pub(super) fn record(&mut self, turn: &mut Turn, id: &WorkflowId, events: Vec<Event>) -> Result<(), store::Error> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        turn.batch.append_events(id, &events)?;
+        turn.events.extend(events.iter().map(|event| CommittedEvent::new(id, event)));
+        let terminal = match self.runs.get(id) {
+            Some(run) => run.state.terminal.clone(),
+            None => return Ok(()),
+        };
+        if let Some(terminal) = terminal {
+            let Some(run) = self.runs.remove(id) else {
+                return Ok(());
+            };
+            for timer in &run.timers {
+                self.timers.remove(&(timer.due_ms, id.clone(), timer.kind));
+            }
+            if let Some(key) = &run.ready {
+                self.ready.remove(key);
+            }
+            let summary = RunSummary {
+                workflow_type: run.definition.name.clone(),
+                definition_version: run.definition.version,
+                status: terminal.status,
+                created_at_ms: run.state.created_at_ms,
+                closed_at_ms: Some(terminal.at_ms),
+                reason: terminal.reason,
+                output: terminal.output,
+            };
+            turn.batch.put_run(id, &summary, Some(run.summary_status), false)?;
+            tracing::debug!(workflow_id = %id, status = terminal.status.as_str(), "run finished");
+            return Ok(());
+        }
+        if let Some(run) = self.runs.get_mut(id) {
+            let status = run.state.status();
+            if status != run.summary_status {
+                // Parked (FAILED, waiting for an operator) or resumed (RUNNING again).
+                let summary = RunSummary {
+                    workflow_type: run.definition.name.clone(),
+                    definition_version: run.definition.version,
+                    status,
+                    created_at_ms: run.state.created_at_ms,
+                    closed_at_ms: None,
+                    reason: run.state.parked.clone(),
+                    output: None,
+                };
+                turn.batch.put_run(id, &summary, Some(run.summary_status), true)?;
+                run.summary_status = status;
+            }
+        }
+        self.refresh_timers(id);
+        if let Some(queue) = self.sync_ready(id) {
+            turn.queues_with_new_tasks.insert(queue);
+        }
+        Ok(())
+    }
+
+    pub(super) fn register(&mut self, turn: &mut Turn, definition: Definition) -> Result<bool, CoreError> {
+        let (name, version, source) = (definition.name.clone(), definition.version, definition.source.clone());
+        let mut registry = self.registry.write().map_err(|_| CoreError::Storage("registry lock poisoned".into()))?;
+        let added = registry.insert(definition).map_err(|e| CoreError::DefinitionConflict(e.to_string()))?;
+        if added {
+            turn.batch.put_definition(&name, version, &source).map_err(|e| CoreError::Storage(e.to_string()))?;
+        }
+        Ok(added)
+    }
+}
+
+/// Whether two JSON texts are the same value: a retried start may format its input
+/// differently (spaces, key order). Only the duplicate path pays for parsing.
+fn same_json(a: &JsonText, b: &JsonText) -> bool {
+    if a.as_str() == b.as_str() {
+        return true;
+    }
+    match (serde_json::from_str::<serde_json::Value>(a.as_str()), serde_json::from_str::<serde_json::Value>(b.as_str()))
+    {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}

@@ -1,0 +1,113 @@
+//! [`Handle`]: the cheap-to-clone way to talk to the core, one typed async method per thing
+//! the core does.
+//!
+//! It owns nothing but the sending end of the core's bounded channel and shared read-only
+//! parts (counters, the token signer). It must never block: a full channel is refused at
+//! once as overloaded (503), never waited on, and a core that has stopped is "shutting down".
+
+use super::signer::TaskSigner;
+use super::stream::{Commit, Subscription};
+use super::{Command, CoreError, StartOutcome, Stats};
+use crate::definition::Definition;
+use shop_types::api::{ActivityTask, TaskReport};
+use shop_types::{JsonText, QueueName, TaskToken, WorkflowId};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+use tokio::sync::{broadcast, oneshot};
+
+/// A cheap-to-clone way to talk to the core.
+#[derive(Clone)]
+pub struct Handle {
+    tx: SyncSender<Command>,
+    pub stats: Arc<Stats>,
+    /// Checks the MACs of task tokens before a report reaches the core.
+    pub signer: Arc<TaskSigner>,
+    /// Kept only to hand out subscriptions; the syncer publishes on its own clone.
+    stream: broadcast::Sender<Arc<Commit>>,
+}
+
+impl Handle {
+    pub(super) fn new(
+        tx: SyncSender<Command>,
+        stats: Arc<Stats>,
+        signer: Arc<TaskSigner>,
+        stream: broadcast::Sender<Arc<Commit>>,
+    ) -> Handle {
+        Handle { tx, stats, signer, stream }
+    }
+
+    /// Follows the stream of committed events from now on (see [`super::stream`]).
+    pub fn subscribe(&self) -> Subscription {
+        self.stream.subscribe()
+    }
+
+    /// Starts run `id` of the latest version of `workflow_type`, or finds it already there.
+    pub async fn start(
+        &self,
+        id: WorkflowId,
+        workflow_type: String,
+        input: JsonText,
+    ) -> Result<StartOutcome, CoreError> {
+        self.call(|reply| Command::Start { id, workflow_type, input, reply }).await?
+    }
+
+    /// Records task reports; one verdict per report, in order.
+    pub async fn report(&self, reports: Vec<TaskReport>) -> Result<Vec<Result<(), CoreError>>, CoreError> {
+        self.call(|reply| Command::Report { reports, reply }).await
+    }
+
+    /// Extends the lease of the attempt `token` names.
+    pub async fn heartbeat(&self, token: TaskToken) -> Result<(), CoreError> {
+        self.call(|reply| Command::Heartbeat { token, reply }).await?
+    }
+
+    /// Up to `max_tasks` tasks of `queue`, waiting until `deadline_ms` (clock ms) for one.
+    pub async fn poll(
+        &self,
+        queue: QueueName,
+        worker_id: String,
+        max_tasks: usize,
+        deadline_ms: u64,
+    ) -> Result<Vec<ActivityTask>, CoreError> {
+        self.call(|reply| Command::Poll { queue, worker_id, max_tasks, deadline_ms, reply }).await
+    }
+
+    /// Asks run `id` to cancel (compensating what it did), unless it is past its pivot.
+    pub async fn cancel(&self, id: WorkflowId, reason: String) -> Result<(), CoreError> {
+        self.call(|reply| Command::Cancel { id, reason, terminate: false, reply }).await?
+    }
+
+    /// Ends run `id` at once, compensating nothing.
+    pub async fn terminate(&self, id: WorkflowId, reason: String) -> Result<(), CoreError> {
+        self.call(|reply| Command::Cancel { id, reason, terminate: true, reply }).await?
+    }
+
+    /// Retries a parked run's failed compensation.
+    pub async fn resume(&self, id: WorkflowId, reason: String) -> Result<(), CoreError> {
+        self.call(|reply| Command::Resume { id, reason, reply }).await?
+    }
+
+    /// Registers a definition; `false` when that exact version was registered already.
+    pub async fn register(&self, definition: Definition) -> Result<bool, CoreError> {
+        self.call(|reply| Command::Register { definition, reply }).await?
+    }
+
+    /// Answers every waiting poll now, so the HTTP server can drain.
+    pub fn shutdown(&self) -> Result<(), CoreError> {
+        self.send(Command::Shutdown)
+    }
+
+    /// Sends a command built around a fresh reply channel and waits for the answer.
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, CoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(make(reply))?;
+        answer.await.map_err(|_| CoreError::ShuttingDown)
+    }
+
+    fn send(&self, command: Command) -> Result<(), CoreError> {
+        self.tx.try_send(command).map_err(|e| match e {
+            TrySendError::Full(_) => CoreError::Overloaded("the command queue is full"),
+            TrySendError::Disconnected(_) => CoreError::ShuttingDown,
+        })
+    }
+}

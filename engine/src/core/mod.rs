@@ -1,0 +1,346 @@
+//! The core: the single writer that owns every in-flight run, its timers and the task queues.
+//!
+//! It runs on its own thread and takes commands from a bounded channel. Each turn it fires
+//! due timers, drains up to [`MAX_COMMANDS_PER_COMMIT`] commands, lets the decider turn each
+//! into events, and applies all of that turn's events in ONE atomic sled batch. A second
+//! thread, the syncer, makes applied batches durable (one flush for every batch applied
+//! since its last one: group commit) and only then answers the callers and hands tasks to
+//! workers. So the core decides the next turn while the disk syncs the last.
+//!
+//! Architecture invariants: nothing is acknowledged before its write is durable; no other
+//! task writes workflow state; timers and ready tasks are derived from run states, never
+//! stored on their own, so a finished run cannot leave one behind. If a commit fails the
+//! process exits rather than serve state that may not be on disk; restart recovers.
+//!
+//! Submodules: `recovery` (replaying in-flight runs at start, quarantine), `commands`
+//! (commands into events), `timers` (the timer wheel), `dispatch` (ready queues and waiting
+//! polls), `signer` (the MACs that bind a task token to its
+//! hand-out), `syncer` (group commit).
+
+mod commands;
+mod dispatch;
+mod handle;
+mod recovery;
+pub mod signer;
+pub mod stream;
+mod syncer;
+mod timers;
+
+use crate::clock::Clock;
+use crate::decider::{self, Context, Input, Rejection, Timer, TimerKind};
+use crate::definition::Definition;
+use crate::disk::DiskGuard;
+use crate::registry::Registry;
+use crate::state::{AttemptStatus, WorkflowState};
+use crate::store::{self, RunSummary, Store};
+use dispatch::{ReadyKey, ReadyQueues, WaitingPoll, WaitingPolls};
+pub use handle::Handle;
+use shop_types::api::{ActivityTask, TaskOutcome, TaskReport, WorkflowStatus};
+use shop_types::history::Event;
+use shop_types::{JsonText, QueueName, TaskToken, WorkflowId};
+use signer::TaskSigner;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use stream::{CommittedEvent, Publisher};
+use syncer::{sync_loop, AppliedTurn, Turn, SYNC_QUEUE_CAPACITY};
+use tokio::sync::oneshot;
+
+/// Commands waiting for the core at most; beyond it callers get 503 (overloaded).
+pub const COMMAND_QUEUE_CAPACITY: usize = 16_384;
+/// Commands handled in one turn, and so sharing one commit.
+pub const MAX_COMMANDS_PER_COMMIT: usize = 1_024;
+/// Longest the core sleeps with nothing to do, so it notices shutdown and clock jumps.
+const IDLE_WAKE: Duration = Duration::from_millis(500);
+/// Shortest sleep while the disk is full and timers are due but cannot fire.
+const DISK_FULL_PAUSE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_history_events: u64,
+    /// Runs in flight at most; a start beyond it is refused as overloaded.
+    pub max_active_workflows: usize,
+    /// Workers long-polling at once at most, over all queues (waiting polls).
+    pub max_waiting_polls: usize,
+    /// Clients waiting for runs to finish at most (waiting reads, `?wait=`), over all callers.
+    pub max_watchers: usize,
+    /// Waiting reads one caller (a credential, or a client IP when open) may hold at once;
+    /// beyond it the caller gets 429 `TOO_MANY_WAITS`, so no one caller can take them all.
+    pub max_waits_per_caller: usize,
+}
+
+/// Default of [`Limits::max_waits_per_caller`]: 1/64 of the global cap, so it takes at least
+/// 64 callers to use every slot, while a busy front end can still wait on 1,024 orders.
+pub const DEFAULT_MAX_WAITS_PER_CALLER: usize = 1_024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_history_events: shop_types::limits::DEFAULT_MAX_HISTORY_EVENTS,
+            max_active_workflows: 200_000,
+            max_waiting_polls: 4_096,
+            max_watchers: 65_536,
+            max_waits_per_caller: DEFAULT_MAX_WAITS_PER_CALLER,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    #[error("unknown workflow type {0:?}")]
+    UnknownWorkflowType(String),
+    #[error("workflow {0} not found")]
+    NotFound(WorkflowId),
+    #[error("workflow {0} already exists with a different type or input")]
+    AlreadyExists(WorkflowId),
+    #[error("task is stale: {0}")]
+    Stale(String),
+    #[error("workflow has already finished")]
+    Finished,
+    #[error("workflow is past its pivot step and can no longer be cancelled")]
+    PastPivot,
+    #[error("workflow is not parked: only a run whose compensation failed can be retried")]
+    NotParked,
+    #[error("engine is overloaded: {0}")]
+    Overloaded(&'static str),
+    #[error("engine is shutting down")]
+    ShuttingDown,
+    #[error("the engine's disk is nearly full; nothing was written")]
+    DiskFull,
+    #[error("{0}")]
+    DefinitionConflict(String),
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// Whether a start created the run or found it already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    Created,
+    Existing,
+}
+
+/// What a [`Handle`] asks of the core; private to it, so no caller builds a reply channel
+/// by hand.
+pub(super) enum Command {
+    Start {
+        id: WorkflowId,
+        workflow_type: String,
+        input: JsonText,
+        reply: oneshot::Sender<Result<StartOutcome, CoreError>>,
+    },
+    Report {
+        reports: Vec<TaskReport>,
+        reply: oneshot::Sender<Vec<Result<(), CoreError>>>,
+    },
+    Heartbeat {
+        token: TaskToken,
+        reply: oneshot::Sender<Result<(), CoreError>>,
+    },
+    Poll {
+        queue: QueueName,
+        worker_id: String,
+        max_tasks: usize,
+        deadline_ms: u64,
+        reply: oneshot::Sender<Vec<ActivityTask>>,
+    },
+    Cancel {
+        id: WorkflowId,
+        reason: String,
+        terminate: bool,
+        reply: oneshot::Sender<Result<(), CoreError>>,
+    },
+    /// Retries a parked run's failed compensation.
+    Resume {
+        id: WorkflowId,
+        reason: String,
+        reply: oneshot::Sender<Result<(), CoreError>>,
+    },
+    Register {
+        definition: Definition,
+        reply: oneshot::Sender<Result<bool, CoreError>>,
+    },
+    /// Answers every waiting poll and waiting read now, so the HTTP server can drain.
+    Shutdown,
+}
+
+/// Counters the core keeps for `/v1/stats` and benchmarks.
+#[derive(Default)]
+pub struct Stats {
+    pub commands: AtomicU64,
+    pub active: AtomicU64,
+    /// Worker polls waiting for a task.
+    pub waiting_polls: AtomicU64,
+    /// Tasks waiting for a worker, per queue: the backlog an operator watches. Exact: an
+    /// entry leaves when its attempt starts, times out, or its run moves on or ends.
+    pub queue_depths: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    /// Runs whose history could not be replayed at start-up, with why: left on disk as they
+    /// are and not served, while every other run is.
+    pub quarantined: std::sync::Mutex<std::collections::BTreeMap<WorkflowId, String>>,
+    /// When the core's loop last came round (clock ms): `/healthz` calls the core dead when
+    /// this is stale. The loop comes round at least every `IDLE_WAKE`.
+    pub last_tick_ms: AtomicU64,
+    /// The disk guard refuses writes: `/readyz` answers 503.
+    pub disk_full: std::sync::atomic::AtomicBool,
+}
+
+struct Run {
+    state: WorkflowState,
+    /// The status its stored summary shows; rewritten when a park or resume changes it.
+    summary_status: WorkflowStatus,
+    definition: Arc<Definition>,
+    timers: Vec<Timer>,
+    /// Its entry in a ready queue, while its current attempt waits for a worker.
+    ready: Option<ReadyKey>,
+}
+
+pub struct Core {
+    store: Arc<Store>,
+    registry: Arc<RwLock<Registry>>,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    stats: Arc<Stats>,
+    runs: HashMap<WorkflowId, Run>,
+    timers: BTreeSet<(u64, WorkflowId, TimerKind)>,
+    ready: ReadyQueues,
+    waiting_polls: WaitingPolls,
+    signer: Arc<TaskSigner>,
+    shutting_down: bool,
+    /// Where applied turns go to be made durable and answered; set while `run` runs.
+    syncer: Option<SyncSender<AppliedTurn>>,
+    /// Free space of the store's disk, when guarded.
+    disk: Option<DiskGuard>,
+    /// Whether this turn may write (the disk guard's last verdict).
+    room_to_write: bool,
+    /// The stream's publishing end: the syncer's once `run` starts it, the core's until then
+    /// (a test driving turns by hand publishes inline, after the same sync).
+    publisher: Option<Publisher>,
+    /// The core's own channel, taken by `run`; callers reach it only through a [`Handle`].
+    commands: Option<Receiver<Command>>,
+}
+
+impl Core {
+    /// The core's loop; returns when every handle is dropped.
+    pub fn run(mut self) {
+        let Some(commands) = self.commands.take() else {
+            return;
+        };
+        let (to_syncer, synced) = std::sync::mpsc::sync_channel::<AppliedTurn>(SYNC_QUEUE_CAPACITY);
+        let store = self.store.clone();
+        let Some(mut publisher) = self.publisher.take() else {
+            return;
+        };
+        let syncer =
+            std::thread::Builder::new().name("syncer".into()).spawn(move || sync_loop(&store, &mut publisher, &synced));
+        let syncer = match syncer {
+            Ok(handle) => handle,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the syncer thread; exiting");
+                std::process::exit(70);
+            }
+        };
+        self.syncer = Some(to_syncer);
+        loop {
+            let now = self.clock.now_ms();
+            let wait = self
+                .next_wake_ms()
+                .map_or(IDLE_WAKE, |at| Duration::from_millis(at.saturating_sub(now)).min(IDLE_WAKE));
+            // With the disk full, due timers cannot fire: look again after a pause, not at once.
+            let wait = if self.room_to_write { wait } else { wait.max(DISK_FULL_PAUSE) };
+            let first = match commands.recv_timeout(wait) {
+                Ok(command) => Some(command),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            // The first command and whatever else is queued, up to one commit's worth.
+            let more = std::iter::from_fn(|| commands.try_recv().ok());
+            let batch = first.into_iter().chain(more).take(MAX_COMMANDS_PER_COMMIT);
+            self.turn(batch, self.clock.now_ms());
+        }
+        // Closing the channel lets the syncer make the last batches durable and answer them.
+        self.syncer = None;
+        let _ = syncer.join();
+        tracing::info!("core stopped");
+    }
+
+    /// One turn at `now`: looks at the disk, fires due timers, handles `commands`, serves
+    /// waiting polls, and commits. The loop calls it with what its channel holds; tests call
+    /// it directly at a chosen time, on their own thread.
+    fn turn(&mut self, commands: impl Iterator<Item = Command>, now: u64) {
+        let mut turn = Turn::default();
+        let had_room = self.room_to_write;
+        self.room_to_write = self.disk.as_mut().is_none_or(|disk| disk.has_room(now));
+        if self.room_to_write && !had_room {
+            // Polls waited while hand-outs could not be written: serve every one whose
+            // queue has tasks now, rather than leave workers idle until their deadline.
+            let queues: Vec<QueueName> = self.waiting_polls.queues().cloned().collect();
+            turn.queues_with_new_tasks.extend(queues);
+        }
+        self.stats.last_tick_ms.store(now, Ordering::Relaxed);
+        self.stats.disk_full.store(!self.room_to_write, Ordering::Relaxed);
+        if self.room_to_write {
+            self.fire_due_timers(&mut turn, now);
+        }
+        let mut handled = 0;
+        for command in commands {
+            self.handle(&mut turn, command, now);
+            handled += 1;
+        }
+        self.serve_waiting_polls(&mut turn, now);
+        self.stats.commands.fetch_add(handled as u64, Ordering::Relaxed);
+        self.commit(turn);
+    }
+
+    fn commit(&mut self, turn: Turn) {
+        let wrote = !turn.batch.is_empty();
+        if wrote {
+            if let Err(error) = self.store.apply(turn.batch) {
+                // The in-memory state is ahead of what the store holds; serving it would
+                // break "nothing acknowledged is lost". Exit without answering: restart
+                // recovers from what is on disk.
+                tracing::error!(%error, "applying a batch failed; exiting so recovery starts from the durable state");
+                std::process::exit(70);
+            }
+        }
+        self.stats.active.store(self.runs.len() as u64, Ordering::Relaxed);
+        self.stats.waiting_polls.store(self.waiting_polls.count() as u64, Ordering::Relaxed);
+        if let Ok(mut depths) = self.stats.queue_depths.lock() {
+            for (queue, tasks) in self.ready.depths() {
+                depths.insert(queue.to_string(), tasks);
+            }
+        }
+        // A turn that wrote goes to the syncer even with nobody to answer, so its write is
+        // synced at once; a turn that only answers waits its turn there, as its answers may
+        // rest on state an earlier turn applied and has not yet made durable.
+        if !wrote && turn.replies.is_empty() {
+            return;
+        }
+        let Some(syncer) = &self.syncer else {
+            // No syncer thread (a test driving turns by hand): sync and answer right here,
+            // in the same order the thread would.
+            if let Some(publisher) = &mut self.publisher {
+                syncer::finish(
+                    &self.store,
+                    publisher,
+                    AppliedTurn { wrote, replies: turn.replies, events: turn.events },
+                );
+            }
+            return;
+        };
+        if syncer.send(AppliedTurn { wrote, replies: turn.replies, events: turn.events }).is_err() {
+            tracing::error!("the syncer has stopped; exiting so recovery starts from the durable state");
+            std::process::exit(70);
+        }
+    }
+
+    fn context(&self, now: u64) -> Context {
+        Context { now_ms: now, max_history_events: self.limits.max_history_events }
+    }
+}
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod timer_tests;

@@ -1,0 +1,80 @@
+//! The one stream of committed events: after the sync that makes a group of turns durable,
+//! the syncer publishes that group's events, once, on a bounded `tokio::sync::broadcast`
+//! channel that any number of subscribers follow (the watch hub, the stats follower).
+//!
+//! Architecture invariants: an event is published only after the sync that makes it durable;
+//! publishing never blocks the core or the syncer (a broadcast send only overwrites the
+//! oldest message: a subscriber that falls more than [`EVENT_STREAM_CAPACITY`] commits behind
+//! gets `RecvError::Lagged(n)` and must re-read what it needs from the store). This module
+//! must never decide anything or wait on a subscriber.
+
+use shop_types::history::Event;
+use shop_types::WorkflowId;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// Commits (sync groups) the stream holds for its slowest subscriber; one further behind is
+/// told it lagged. Each commit holds at most the events of a few turns, so this bounds the
+/// stream's memory to about this many groups' events.
+pub const EVENT_STREAM_CAPACITY: usize = 1_024;
+
+/// One committed event, as the stream carries it (not its payload: read the store for that).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedEvent {
+    pub run: WorkflowId,
+    pub seq: u64,
+    /// The kind's name (`StepCompleted`, ...).
+    pub kind: &'static str,
+    pub at_ms: u64,
+    /// Whether the event settles its run: terminal, or parked (waiting for an operator).
+    pub settles: bool,
+}
+
+impl CommittedEvent {
+    pub(super) fn new(run: &WorkflowId, event: &Event) -> CommittedEvent {
+        let settles =
+            event.kind.is_terminal() || matches!(event.kind, shop_types::history::EventKind::RunParked { .. });
+        CommittedEvent { run: run.clone(), seq: event.seq, kind: event.kind.name(), at_ms: event.at_ms, settles }
+    }
+}
+
+/// One sync's worth of committed events: the stream's message.
+#[derive(Debug)]
+pub struct Commit {
+    /// 1 for the first sync since the engine started, then one more per sync that wrote.
+    pub number: u64,
+    /// Events committed since the engine started, these included: a subscriber that lagged
+    /// still knows the totals from the next message it gets.
+    pub events_total: u64,
+    pub events: Vec<CommittedEvent>,
+}
+
+/// A subscription to the stream.
+pub type Subscription = broadcast::Receiver<Arc<Commit>>;
+
+/// The publishing end, owned by the syncer (or by the core when turns are driven by hand).
+pub(super) struct Publisher {
+    stream: broadcast::Sender<Arc<Commit>>,
+    commits: u64,
+    events: u64,
+}
+
+impl Publisher {
+    pub(super) fn new() -> (Publisher, broadcast::Sender<Arc<Commit>>) {
+        let (stream, _) = broadcast::channel(EVENT_STREAM_CAPACITY);
+        (Publisher { stream: stream.clone(), commits: 0, events: 0 }, stream)
+    }
+
+    #[cfg(test)]
+    pub(super) fn subscribe(&self) -> Subscription {
+        self.stream.subscribe()
+    }
+
+    /// Publishes one synced group; call only after the sync that made it durable.
+    pub(super) fn publish(&mut self, events: Vec<CommittedEvent>) {
+        self.commits += 1;
+        self.events += events.len() as u64;
+        // An error only means nobody subscribes right now: nothing to do.
+        let _ = self.stream.send(Arc::new(Commit { number: self.commits, events_total: self.events, events }));
+    }
+}
