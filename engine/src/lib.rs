@@ -193,7 +193,7 @@ pub async fn serve(
         lifecycle.shutting_down.store(true, Ordering::Relaxed);
         tracing::info!(grace = ?options.server.shutdown_grace, "shutting down: releasing long polls and draining requests");
         // Long polls and waits would otherwise hold the drain open for up to a minute.
-        let _ = shutdown_handle.shutdown();
+        shutdown_handle.shutdown().await;
         watch.shutdown();
     };
     server::run(listener, app, options.server, shutdown).await;

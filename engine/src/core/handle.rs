@@ -15,6 +15,9 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use tokio::sync::{broadcast, oneshot};
 
+/// How often a shutdown command is offered again while the core's queue is full.
+const SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// A cheap-to-clone way to talk to the core.
 #[derive(Clone)]
 pub struct Handle {
@@ -92,9 +95,16 @@ impl Handle {
         self.call(|reply| Command::Register { definition, reply }).await?
     }
 
-    /// Answers every waiting poll now, so the HTTP server can drain.
-    pub fn shutdown(&self) -> Result<(), CoreError> {
-        self.send(Command::Shutdown)
+    /// Answers every waiting poll now, so the HTTP server can drain. Unlike every other
+    /// command it is never refused for a full queue (that is exactly when it matters): it is
+    /// offered again every [`SHUTDOWN_RETRY`] until the core takes it or has stopped.
+    pub async fn shutdown(&self) {
+        loop {
+            match self.tx.try_send(Command::Shutdown) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(_)) => tokio::time::sleep(SHUTDOWN_RETRY).await,
+            }
+        }
     }
 
     /// Sends a command built around a fresh reply channel and waits for the answer.

@@ -6,6 +6,9 @@
 
 use super::*;
 
+/// Timers fired in one turn at most, as commands are capped per turn.
+pub const MAX_TIMERS_PER_TURN: usize = 1_024;
+
 impl Core {
     pub(super) fn next_wake_ms(&self) -> Option<u64> {
         let timer = self.timers.first().map(|(due, _, _)| *due);
@@ -30,11 +33,17 @@ impl Core {
         run.timers = new;
     }
 
+    /// Fires due timers, at most [`MAX_TIMERS_PER_TURN`]: after downtime many may be overdue
+    /// at once, and one turn must stay short (commands wait behind it, and `/healthz` calls a
+    /// core that has not ticked for seconds dead). Any left are due, so the loop's next wait
+    /// is zero and the next turn fires them.
     pub(super) fn fire_due_timers(&mut self, turn: &mut Turn, now: u64) {
+        let mut fired = 0;
         while let Some((due, _, _)) = self.timers.first() {
-            if *due > now {
+            if *due > now || fired == MAX_TIMERS_PER_TURN {
                 break;
             }
+            fired += 1;
             let Some((due, id, kind)) = self.timers.pop_first() else {
                 break;
             };
