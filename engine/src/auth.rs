@@ -551,7 +551,9 @@ mod tests {
 
     fn fixture(options: impl FnOnce(&Path) -> AuthOptions) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(&dir.path().join("store"), Durability::ProcessCrash, None).expect("opens"));
+        let store: Arc<Store> = Arc::new(
+            crate::store::SledStore::open(&dir.path().join("store"), Durability::ProcessCrash, None).expect("opens"),
+        );
         let clock = Arc::new(TestClock(AtomicU64::new(1_000_000)));
         let auth = Authenticator::new(&options(dir.path()), store, clock.clone()).expect("starts");
         Fixture { auth, clock, dir }

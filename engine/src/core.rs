@@ -273,7 +273,7 @@ impl Core {
             room_to_write: true,
         };
         let now = core.clock.now_ms();
-        let ids: Vec<WorkflowId> = core.store.active_ids().collect::<Result<_, _>>()?;
+        let ids: Vec<WorkflowId> = core.store.in_flight(store::ShardId::SOLE)?;
         for id in ids {
             match core.replay(&id, now) {
                 Ok(run) => {

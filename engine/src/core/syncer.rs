@@ -7,10 +7,12 @@
 
 use super::Stats;
 use crate::store::{Store, WriteBatch};
+use shop_durable::commit::{group_commit, Job};
 use shop_types::QueueName;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 
 /// An answer to send once what its turn applied is durable.
 pub(super) type Reply = Box<dyn FnOnce() + Send>;
@@ -36,24 +38,31 @@ pub(super) struct AppliedTurn {
 /// with one sync, then sends them. Turns arrive in order, so when no turn of a group wrote,
 /// every earlier write is already synced and the group is answered without a sync (an empty
 /// poll, a heartbeat, a read of a finished run). Ends when the core drops its sender.
-pub(super) fn sync_loop(store: &Store, stats: &Stats, turns: &Receiver<AppliedTurn>) {
-    while let Ok(first) = turns.recv() {
-        let mut wrote = first.wrote;
-        let mut replies = first.replies;
-        for more in turns.try_iter() {
-            wrote |= more.wrote;
-            replies.extend(more.replies);
-        }
-        if wrote {
-            if let Err(error) = store.sync() {
-                tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
-                std::process::exit(70);
+pub(super) fn sync_loop(store: &Arc<Store>, stats: &Stats, turns: &Receiver<AppliedTurn>) {
+    group_commit(
+        turns,
+        || store.sync(),
+        |group, synced| {
+            match synced {
+                Ok(true) => {
+                    stats.commits.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
+                    std::process::exit(70);
+                }
             }
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-        }
-        for reply in replies {
-            reply();
-        }
+            for reply in group.into_iter().flat_map(|turn| turn.replies) {
+                reply();
+            }
+        },
+    );
+}
+
+impl Job for AppliedTurn {
+    fn needs_sync(&self) -> bool {
+        self.wrote
     }
 }
 

@@ -33,7 +33,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(Store::open(dir.path(), Durability::ProcessCrash, None).expect("opens"));
+    let store = Arc::new(crate::store::SledStore::open(dir.path(), Durability::ProcessCrash, None).expect("opens"));
     let mut registry = Registry::default();
     registry.insert(crate::definition::parse("test", DEFINITION).expect("parses")).expect("registers");
     let (core, _handle, _rx) =
