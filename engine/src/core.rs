@@ -158,6 +158,12 @@ pub enum Command {
         definition: Definition,
         reply: oneshot::Sender<Result<bool, CoreError>>,
     },
+    /// Writes a batch prepared outside the core (API tokens) in this turn's commit;
+    /// answered once durable, refused with `DiskFull` like every write.
+    Write {
+        batch: store::WriteBatch,
+        reply: oneshot::Sender<Result<(), CoreError>>,
+    },
     /// Answers every waiting poll and waiting read now, so the HTTP server can drain.
     Shutdown,
 }
@@ -510,6 +516,12 @@ impl Core {
                     let _ = reply.send(result);
                 });
             }
+            Command::Write { batch, reply } => {
+                turn.batch.extend(batch);
+                turn.after_commit(move || {
+                    let _ = reply.send(Ok(()));
+                });
+            }
             Command::Shutdown => {
                 self.shutting_down = true;
                 for poll in self.waiting_polls.take_all() {
@@ -538,6 +550,7 @@ impl Core {
             Command::Start { reply, .. } => refuse(turn, reply),
             Command::Cancel { reply, .. } | Command::Resume { reply, .. } => refuse(turn, reply),
             Command::Register { reply, .. } => refuse(turn, reply),
+            Command::Write { reply, .. } => refuse(turn, reply),
             Command::Report { reports, reply } => {
                 let refused = reports.iter().map(|_| Err(CoreError::DiskFull)).collect();
                 turn.after_commit(move || {

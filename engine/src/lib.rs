@@ -117,8 +117,8 @@ pub async fn serve(
         let written = preload::preload_completed(store.as_ref(), &order, options.preload_completed, clock.now_ms())?;
         tracing::info!(written, "preloaded completed runs");
     }
-    let auth = Arc::new(Authenticator::new(&options.auth, store.clone(), clock.clone())?);
-    let (mut core, handle, commands) = Core::recover(store.clone(), registry.clone(), clock, options.limits)?;
+    let (mut core, handle, commands) = Core::recover(store.clone(), registry.clone(), clock.clone(), options.limits)?;
+    let auth = Arc::new(Authenticator::new(&options.auth, store.as_ref(), handle.clone(), clock)?);
     core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
     let lifecycle = Arc::new(api::Lifecycle::default());
     let core_lifecycle = lifecycle.clone();
