@@ -36,7 +36,7 @@ use crate::auth::{AuthOptions, Authenticator};
 use crate::core::{Core, Limits};
 use crate::rate_limit::{FailureThrottle, RateLimit, RateLimiter};
 use crate::registry::Registry;
-use crate::store::{Durability, Store, WriteBatch};
+use crate::store::{Durability, SledStore, Store, WriteBatch};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -67,6 +67,8 @@ pub struct EngineOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("cannot create the data dir {dir}: {source}")]
+    CreateDataDir { dir: PathBuf, source: std::io::Error },
     #[error("cannot open the store in {dir}: {source}")]
     OpenStore { dir: PathBuf, source: store::Error },
     #[error(transparent)]
@@ -103,21 +105,22 @@ pub async fn serve(
         return Err(Error::OpenNotLoopback(options.listen));
     }
     std::fs::create_dir_all(&options.data_dir)
-        .map_err(|e| Error::OpenStore { dir: options.data_dir.clone(), source: store::Error::Sync(e) })?;
-    let store = Arc::new(
-        Store::open(&options.data_dir, options.durability, options.cache_bytes)
+        .map_err(|source| Error::CreateDataDir { dir: options.data_dir.clone(), source })?;
+    // The one place that names a backend: everything else holds the trait.
+    let store: Arc<Store> = Arc::new(
+        SledStore::open(&options.data_dir, options.durability, options.cache_bytes)
             .map_err(|source| Error::OpenStore { dir: options.data_dir.clone(), source })?,
     );
-    let registry = Arc::new(RwLock::new(load_definitions(&store, options.workflows_dir.as_deref())?));
+    let registry = Arc::new(RwLock::new(load_definitions(store.as_ref(), options.workflows_dir.as_deref())?));
     let clock: Arc<dyn clock::Clock> = Arc::new(clock::SystemClock);
     if options.preload_completed > 0 {
         let order = registry.read().ok().and_then(|r| r.latest(shop_types::order::ORDER_WORKFLOW_TYPE));
         let order = order.ok_or(Error::Preload(preload::Error::Decider("no order definition is registered".into())))?;
-        let written = preload::preload_completed(&store, &order, options.preload_completed, clock.now_ms())?;
+        let written = preload::preload_completed(store.as_ref(), &order, options.preload_completed, clock.now_ms())?;
         tracing::info!(written, "preloaded completed runs");
     }
-    let auth = Arc::new(Authenticator::new(&options.auth, store.clone(), clock.clone())?);
     let (mut core, handle) = Core::recover(store.clone(), registry.clone(), clock.clone(), options.limits)?;
+    let auth = Arc::new(Authenticator::new(&options.auth, store.as_ref(), handle.clone(), clock.clone())?);
     // The stats follower subscribes before the core's first turn (overdue timers fire there), so it misses nothing.
     let stream_stats = Arc::new(stream_stats::StreamStats::default());
     let (follower, subscription) = (stream_stats.clone(), handle.subscribe());

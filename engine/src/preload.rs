@@ -80,12 +80,12 @@ pub fn preload_completed(store: &Store, definition: &Definition, count: u64, now
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Durability;
+    use crate::store::{Durability, HistoryStore, ShardId, SledStore};
 
     #[test]
     fn preloaded_runs_are_complete_and_not_in_flight() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), Durability::ProcessCrash, None).expect("opens");
+        let store = SledStore::open(dir.path(), Durability::ProcessCrash, None).expect("opens");
         let definition =
             crate::definition::parse("order.toml", include_str!("../../workflows/order.toml")).expect("valid");
         assert_eq!(preload_completed(&store, &definition, 3, 1_000).expect("preloads"), 3);
@@ -95,6 +95,6 @@ mod tests {
         assert_eq!(history.len(), 14);
         assert!(history.last().is_some_and(|e| e.kind.is_terminal()));
         assert_eq!(store.run(&id).expect("reads").map(|r| r.status), Some(WorkflowStatus::Completed));
-        assert_eq!(store.active_ids().count(), 0);
+        assert_eq!(store.in_flight(ShardId::SOLE).expect("reads").len(), 0);
     }
 }

@@ -80,12 +80,20 @@ async fn a_full_disk_refuses_writes_with_503_loses_nothing_and_recovers() {
     assert!(refused.message().contains("disk"), "the reason names the disk: {}", refused.message());
     assert_eq!(api.workflow_count().await, runs_before, "nothing was recorded");
     assert_eq!(api.order(&before).await.status, CONFIRMED, "reads are still served");
+    // Token writes take the same commit path, guard included (they once bypassed it).
+    let token = serde_json::json!({"name": "while-full", "role": "client"});
+    let refused = api.post_json("/v1/tokens", &token).await.expect("POST /v1/tokens");
+    refused.assert_error(503, "DISK_FULL");
+    let tokens = api.get("/v1/tokens").await.expect("GET /v1/tokens");
+    assert!(!tokens.text.contains("while-full"), "no token was recorded: {}", tokens.text);
 
     // Free the space: the same order goes through, and everything adds up.
     std::fs::remove_file(&filler).expect("free the tmpfs");
     let placed = api.place_order(&order_body(Some("while-full"), &[(1, 1)], "CREDIT_CARD")).await.expect("POST");
     assert_eq!(placed.status, 202, "writes resume once space is freed: {}", placed.text);
     assert_eq!(api.wait_order("while-full").await.status, CONFIRMED);
+    let created = api.post_json("/v1/tokens", &token).await.expect("POST /v1/tokens");
+    assert_eq!(created.status, 201, "token writes resume too: {}", created.text);
     assert_eq!(admin.product(1).await.reserved, 0);
     assert_eq!(admin.payments_of(&before).await.len(), 1);
     assert_eq!(admin.payments_of("while-full").await.len(), 1);

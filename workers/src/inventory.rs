@@ -167,7 +167,7 @@ impl Inventory {
     /// Loads the products and reservations of `db`, seeding the default catalog into a store
     /// that has never been seeded.
     pub fn open(opened: store::Opened) -> Result<Self, store::Error> {
-        let flusher = store::Flusher::start(&opened, "inventory")?;
+        let flusher = store::flusher(&opened, "inventory")?;
         let db = opened.db;
         if db.get(SEEDED_KEY)?.is_none() {
             let mut batch = sled::Batch::default();
@@ -385,7 +385,7 @@ impl Inventory {
     }
 
     pub async fn flush(&self) -> Result<(), store::Error> {
-        self.flusher.flush().await
+        Ok(self.flusher.flush().await?)
     }
 
     /// Writes the changed products and the reservation in one batch, then mirrors them in

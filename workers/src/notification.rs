@@ -72,7 +72,7 @@ pub struct Notification {
 
 impl Notification {
     pub fn open(opened: store::Opened) -> Result<Self, store::Error> {
-        let flusher = store::Flusher::start(&opened, "notification")?;
+        let flusher = store::flusher(&opened, "notification")?;
         let db = opened.db;
         let entries: Vec<OutboxRecord> = store::scan(&db, &[ENTRY_PREFIX])?;
         let keys = entries.iter().map(|e| e.idempotency_key.clone()).collect();
@@ -114,7 +114,7 @@ impl Notification {
     }
 
     pub async fn flush(&self) -> Result<(), store::Error> {
-        self.flusher.flush().await
+        Ok(self.flusher.flush().await?)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

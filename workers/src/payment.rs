@@ -114,7 +114,7 @@ pub struct Payment {
 
 impl Payment {
     pub fn open(opened: store::Opened) -> Result<Self, store::Error> {
-        let flusher = store::Flusher::start(&opened, "payment")?;
+        let flusher = store::flusher(&opened, "payment")?;
         let db = opened.db;
         let mut state = State::default();
         for payment in store::scan::<OrderPayment>(&db, &[ORDER_PREFIX])? {
@@ -210,7 +210,7 @@ impl Payment {
     }
 
     pub async fn flush(&self) -> Result<(), store::Error> {
-        self.flusher.flush().await
+        Ok(self.flusher.flush().await?)
     }
 
     /// Writes the order's payment record and its ledger entry in one batch, then mirrors

@@ -116,7 +116,8 @@ impl From<crate::auth::Error> for ApiError {
             Error::NotFound(_) => ApiError::not_found(error.to_string()),
             Error::TooMany => ApiError::new(StatusCode::CONFLICT, "TOO_MANY_TOKENS", error.to_string()),
             Error::Store(error) => error.into(),
-            Error::ReadFile { .. } | Error::WriteFile { .. } | Error::BadFile { .. } | Error::Join(_) => {
+            Error::Write(error) => error.into(),
+            Error::ReadFile { .. } | Error::WriteFile { .. } | Error::BadFile { .. } => {
                 CoreError::Storage(error.to_string()).into()
             }
         }

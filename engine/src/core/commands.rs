@@ -70,6 +70,12 @@ impl Core {
                     let _ = reply.send(result);
                 });
             }
+            Command::Write { batch, reply } => {
+                turn.batch.extend(batch);
+                turn.after_commit(move || {
+                    let _ = reply.send(Ok(()));
+                });
+            }
             Command::Shutdown => {
                 self.shutting_down = true;
                 for poll in self.waiting_polls.take_all() {
@@ -93,6 +99,7 @@ impl Core {
             Command::Start { reply, .. } => refuse(turn, reply),
             Command::Cancel { reply, .. } | Command::Resume { reply, .. } => refuse(turn, reply),
             Command::Register { reply, .. } => refuse(turn, reply),
+            Command::Write { reply, .. } => refuse(turn, reply),
             Command::Report { reports, reply } => {
                 let refused = reports.iter().map(|_| Err(CoreError::DiskFull)).collect();
                 turn.after_commit(move || {

@@ -95,6 +95,12 @@ impl Handle {
         self.call(|reply| Command::Register { definition, reply }).await?
     }
 
+    /// Writes a batch prepared outside the core (API tokens) with the next turn's commit;
+    /// returns once it is durable.
+    pub async fn write(&self, batch: crate::store::WriteBatch) -> Result<(), CoreError> {
+        self.call(|reply| Command::Write { batch, reply }).await?
+    }
+
     /// Answers every waiting poll now, so the HTTP server can drain. Unlike every other
     /// command it is never refused for a full queue (that is exactly when it matters): it is
     /// offered again every [`SHUTDOWN_RETRY`] until the core takes it or has stopped.

@@ -162,6 +162,12 @@ pub(super) enum Command {
         definition: Definition,
         reply: oneshot::Sender<Result<bool, CoreError>>,
     },
+    /// Writes a batch prepared outside the core (API tokens) in this turn's commit;
+    /// answered once durable, refused with `DiskFull` like every write.
+    Write {
+        batch: store::WriteBatch,
+        reply: oneshot::Sender<Result<(), CoreError>>,
+    },
     /// Answers every waiting poll and waiting read now, so the HTTP server can drain.
     Shutdown,
 }
@@ -232,8 +238,9 @@ impl Core {
         let Some(mut publisher) = self.publisher.take() else {
             return;
         };
-        let syncer =
-            std::thread::Builder::new().name("syncer".into()).spawn(move || sync_loop(&store, &mut publisher, &synced));
+        let syncer = std::thread::Builder::new()
+            .name("syncer".into())
+            .spawn(move || sync_loop(store.as_ref(), &mut publisher, &synced));
         let syncer = match syncer {
             Ok(handle) => handle,
             Err(error) => {
@@ -322,7 +329,7 @@ impl Core {
             // in the same order the thread would.
             if let Some(publisher) = &mut self.publisher {
                 syncer::finish(
-                    &self.store,
+                    self.store.as_ref(),
                     publisher,
                     AppliedTurn { wrote, replies: turn.replies, events: turn.events },
                 );

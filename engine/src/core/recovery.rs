@@ -37,7 +37,7 @@ impl Core {
             publisher: Some(publisher),
         };
         let now = core.clock.now_ms();
-        let ids: Vec<WorkflowId> = core.store.active_ids().collect::<Result<_, _>>()?;
+        let ids: Vec<WorkflowId> = core.store.in_flight(store::ShardId::SOLE)?;
         for id in ids {
             match core.replay(&id, now) {
                 Ok(run) => {

@@ -7,6 +7,7 @@
 
 use super::stream::{CommittedEvent, Publisher};
 use crate::store::{Store, WriteBatch};
+use shop_durable::commit::{group_commit, Job};
 use shop_types::QueueName;
 use std::collections::HashSet;
 use std::sync::mpsc::Receiver;
@@ -39,29 +40,36 @@ pub(super) struct AppliedTurn {
 /// every earlier write is already synced and the group is answered without a sync (an empty
 /// poll, a heartbeat, a read of a finished run). Ends when the core drops its sender.
 pub(super) fn sync_loop(store: &Store, publisher: &mut Publisher, turns: &Receiver<AppliedTurn>) {
-    while let Ok(mut group) = turns.recv() {
-        for more in turns.try_iter() {
-            group.wrote |= more.wrote;
-            group.replies.extend(more.replies);
-            group.events.extend(more.events);
-        }
-        finish(store, publisher, group);
-    }
+    group_commit(turns, || store.sync(), |group, synced| answer(publisher, group, synced));
 }
 
-/// Makes a group of turns durable (one sync, if any of them wrote), publishes its events
-/// (one message per sync), then answers it.
+/// Makes one group of turns durable (one sync, if any of them wrote), publishes its events,
+/// then answers it: what the syncer thread does per group, for a core run without one.
 pub(super) fn finish(store: &Store, publisher: &mut Publisher, group: AppliedTurn) {
-    let AppliedTurn { wrote, replies, events } = group;
-    if wrote {
-        if let Err(error) = store.sync() {
+    let synced = if group.wrote { store.sync().map(|()| true) } else { Ok(false) };
+    answer(publisher, vec![group], synced);
+}
+
+/// After the sync that covers `group` (or none, when nothing in it wrote): its events are
+/// published (one message per sync), then its callers are answered. A failed sync ends the
+/// process: what was applied may not be on disk, and restart recovers from what is.
+fn answer(publisher: &mut Publisher, mut group: Vec<AppliedTurn>, synced: Result<bool, crate::store::Error>) {
+    match synced {
+        Ok(true) => publisher.publish(group.iter_mut().flat_map(|turn| std::mem::take(&mut turn.events)).collect()),
+        Ok(false) => {}
+        Err(error) => {
             tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
             std::process::exit(70);
         }
-        publisher.publish(events);
     }
-    for reply in replies {
+    for reply in group.into_iter().flat_map(|turn| turn.replies) {
         reply();
+    }
+}
+
+impl Job for AppliedTurn {
+    fn needs_sync(&self) -> bool {
+        self.wrote
     }
 }
 

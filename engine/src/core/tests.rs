@@ -40,7 +40,7 @@ fn fixture() -> Fixture {
 /// A core on a temporary store and a [`ManualClock`] at [`T0`], with one definition.
 pub(super) fn fixture_with(definition: &str) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(Store::open(dir.path(), Durability::ProcessCrash, None).expect("opens"));
+    let store = Arc::new(crate::store::SledStore::open(dir.path(), Durability::ProcessCrash, None).expect("opens"));
     let mut registry = Registry::default();
     let definition = crate::definition::parse("test", definition).expect("parses");
     let workflow_type = definition.name.clone();

@@ -1,0 +1,143 @@
+//! [`WriteBatch`]: the writes of one or more transitions, built by the core without naming a
+//! backend, and applied together (all or nothing) by a [`super::HistoryStore`].
+//!
+//! Records are encoded here, with the one codec, as the batch is built: a record that cannot
+//! be encoded is refused before anything is applied, and a backend only places bytes. Each
+//! append carries the sequence number its events follow (the first event's minus one), which
+//! the backend checks; the batch carries the epochs it was decided under. This module must
+//! never read or write a store.
+
+use super::{Epoch, Error, RunSummary, ShardId, TokenRecord, TOKEN_DIGEST_LEN};
+use crate::codec;
+use shop_types::api::WorkflowStatus;
+use shop_types::history::Event;
+use shop_types::WorkflowId;
+
+/// One transition's events for one run, encoded as one history record.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub run: WorkflowId,
+    /// The sequence number the run's history must end at for this append to apply.
+    pub after: u64,
+    /// The sequence number of the last event appended.
+    pub last: u64,
+    /// The events, encoded as one record (`codec::encode_events`).
+    pub record: Vec<u8>,
+}
+
+/// A run's new summary, and how the indexes move with it.
+#[derive(Debug, Clone)]
+pub struct PutRun {
+    pub run: WorkflowId,
+    /// The summary, encoded.
+    pub record: Vec<u8>,
+    pub status: WorkflowStatus,
+    /// The status the stored summary had, whose index entry goes.
+    pub previous: Option<WorkflowStatus>,
+    /// Whether the run stays in the in-flight index (a parked run is FAILED yet in flight).
+    pub in_flight: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    fences: Vec<(ShardId, Epoch)>,
+    appends: Vec<Append>,
+    runs: Vec<PutRun>,
+    tokens: Vec<([u8; TOKEN_DIGEST_LEN], Vec<u8>)>,
+    definitions: Vec<(String, u32, Vec<u8>)>,
+    /// History events among the appends.
+    events: usize,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records written.
+    pub fn len(&self) -> usize {
+        self.appends.len() + self.runs.len() + self.tokens.len() + self.definitions.len()
+    }
+
+    /// History events written.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// Records that the batch was decided while owning `shard` at `epoch`. A backend that
+    /// fences refuses the batch unless it still holds the shard at that epoch; sled ignores it.
+    pub fn fence(&mut self, shard: ShardId, epoch: Epoch) {
+        self.fences.push((shard, epoch));
+    }
+
+    pub fn fences(&self) -> &[(ShardId, Epoch)] {
+        &self.fences
+    }
+
+    pub fn appends(&self) -> &[Append] {
+        &self.appends
+    }
+
+    pub fn runs(&self) -> &[PutRun] {
+        &self.runs
+    }
+
+    pub fn tokens(&self) -> &[([u8; TOKEN_DIGEST_LEN], Vec<u8>)] {
+        &self.tokens
+    }
+
+    pub fn definitions(&self) -> &[(String, u32, Vec<u8>)] {
+        &self.definitions
+    }
+
+    /// Adds every write of `other` after this batch's own, so both apply as one.
+    pub fn extend(&mut self, other: WriteBatch) {
+        self.fences.extend(other.fences);
+        self.appends.extend(other.appends);
+        self.runs.extend(other.runs);
+        self.tokens.extend(other.tokens);
+        self.definitions.extend(other.definitions);
+        self.events += other.events;
+    }
+
+    /// Appends one transition's events as one record. They must be numbered one after the
+    /// other; the first one's number minus one is what the run's history must end at.
+    pub fn append_events(&mut self, id: &WorkflowId, events: &[Event]) -> Result<(), Error> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Ok(());
+        };
+        if let Some((_, event)) = events.iter().enumerate().find(|(i, e)| e.seq != first.seq + *i as u64) {
+            return Err(Error::Gap { run: id.clone(), seq: event.seq });
+        }
+        let record = codec::encode_events(events).map_err(Error::Encode)?;
+        let after = first.seq.checked_sub(1).ok_or(Error::Gap { run: id.clone(), seq: 0 })?;
+        self.appends.push(Append { run: id.clone(), after, last: last.seq, record });
+        self.events += events.len();
+        Ok(())
+    }
+
+    /// Writes the run's summary and keeps the by-status index in step with it, and the
+    /// in-flight index with `in_flight` (a parked run is FAILED yet still in flight: it can
+    /// resume).
+    pub fn put_run(
+        &mut self,
+        id: &WorkflowId,
+        summary: &RunSummary,
+        previous: Option<WorkflowStatus>,
+        in_flight: bool,
+    ) -> Result<(), Error> {
+        let record = codec::encode(summary).map_err(Error::Encode)?;
+        self.runs.push(PutRun { run: id.clone(), record, status: summary.status, previous, in_flight });
+        Ok(())
+    }
+
+    pub fn put_token(&mut self, digest: &[u8; TOKEN_DIGEST_LEN], record: &TokenRecord) -> Result<(), Error> {
+        self.tokens.push((*digest, codec::encode(record).map_err(Error::Encode)?));
+        Ok(())
+    }
+
+    pub fn put_definition(&mut self, name: &str, version: u32, source: &str) -> Result<(), Error> {
+        self.definitions.push((name.to_owned(), version, codec::encode(source).map_err(Error::Encode)?));
+        Ok(())
+    }
+}

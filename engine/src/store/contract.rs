@@ -1,0 +1,311 @@
+//! The contract every [`HistoryStore`] backend must pass, as a public suite: sled runs it in
+//! `engine/tests/store_contract.rs`, and the PostgreSQL backend of a later issue calls the
+//! same [`run_all`].
+//!
+//! It checks: conditional appends (a wrong expectation is refused and changes nothing),
+//! atomicity across runs, ordering (history in sequence order over many turns), cursors
+//! (pages cover every run once), the in-flight index across a reopen, tokens, definitions,
+//! the task-token key, and the epochs a batch carries. This is test code: it panics on the
+//! first broken promise, naming it. It must never depend on a backend.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use super::{Epoch, Error, HistoryStore, RunSummary, ShardId, TokenRecord, WriteBatch, TOKEN_DIGEST_LEN};
+use shop_types::api::WorkflowStatus;
+use shop_types::auth::Role;
+use shop_types::history::{Event, EventKind};
+use shop_types::{QueueName, WorkflowId};
+
+/// How the suite gets stores: a fresh, empty one, and the same one closed and opened again.
+pub trait Harness {
+    fn fresh(&mut self) -> Box<dyn HistoryStore>;
+    /// Closes `store` and opens what it holds again, as a restarted process would.
+    fn reopen(&mut self, store: Box<dyn HistoryStore>) -> Box<dyn HistoryStore>;
+}
+
+/// Runs every check, each on a fresh store.
+pub fn run_all(harness: &mut dyn Harness) {
+    conditional_appends(harness);
+    batches_are_all_or_nothing(harness);
+    histories_keep_sequence_order(harness);
+    cursors_cover_every_run_once(harness);
+    in_flight_runs_survive_a_reopen(harness);
+    tokens_round_trip(harness);
+    definitions_round_trip(harness);
+    the_task_token_key_is_made_once(harness);
+    epochs_are_carried(harness);
+}
+
+fn id(text: &str) -> WorkflowId {
+    WorkflowId::parse(text).expect("valid id")
+}
+
+fn events(from: u64, to: u64, tag: &str) -> Vec<Event> {
+    (from..=to)
+        .map(|seq| Event { seq, at_ms: seq, kind: EventKind::CancelRequested { reason: format!("{tag}{seq}") } })
+        .collect()
+}
+
+fn summary(status: WorkflowStatus) -> RunSummary {
+    RunSummary {
+        workflow_type: "w".into(),
+        definition_version: 1,
+        status,
+        created_at_ms: 1,
+        closed_at_ms: None,
+        reason: None,
+        output: None,
+    }
+}
+
+fn seqs(store: &dyn HistoryStore, run: &WorkflowId) -> Vec<u64> {
+    store.history(run).expect("reads").iter().map(|e| e.seq).collect()
+}
+
+/// A new run: its first events and a RUNNING summary, in flight.
+fn start(batch: &mut WriteBatch, run: &WorkflowId, last: u64) {
+    batch.append_events(run, &events(1, last, run.as_str())).expect("encodes");
+    batch.put_run(run, &summary(WorkflowStatus::Running), None, true).expect("encodes");
+}
+
+pub fn conditional_appends(harness: &mut dyn Harness) {
+    let store = harness.fresh();
+    let a = id("a");
+    let mut batch = WriteBatch::default();
+    start(&mut batch, &a, 3);
+    store.commit(batch).expect("a first append follows 0");
+
+    let mut stale = WriteBatch::default();
+    stale.append_events(&a, &events(3, 4, "again")).expect("encodes");
+    match store.commit(stale) {
+        Err(Error::Conflict { run, expected: 2, found: 3 }) => assert_eq!(run, a),
+        other => panic!("an append expecting 2 after 3 must be a conflict, got {other:?}"),
+    }
+    let mut ahead = WriteBatch::default();
+    ahead.append_events(&a, &events(5, 5, "gap")).expect("encodes");
+    assert!(matches!(store.commit(ahead), Err(Error::Conflict { expected: 4, found: 3, .. })));
+    let mut restart = WriteBatch::default();
+    restart.append_events(&a, &events(1, 1, "over")).expect("encodes");
+    assert!(matches!(store.commit(restart), Err(Error::Conflict { expected: 0, found: 3, .. })));
+    assert_eq!(seqs(&*store, &a), vec![1, 2, 3], "refused appends change nothing");
+    let first = store.first_event(&a).expect("reads").expect("exists");
+    assert_eq!(first, events(1, 1, "a")[0], "nothing was overwritten");
+
+    let mut next = WriteBatch::default();
+    next.append_events(&a, &events(4, 5, "a")).expect("encodes");
+    next.append_events(&a, &events(6, 6, "a")).expect("encodes");
+    store.commit(next).expect("two appends to one run chain within a batch");
+    assert_eq!(seqs(&*store, &a), vec![1, 2, 3, 4, 5, 6]);
+
+    let mut gap = WriteBatch::default();
+    let mut broken = events(7, 8, "a");
+    broken[1].seq = 9;
+    assert!(matches!(gap.append_events(&a, &broken), Err(Error::Gap { seq: 9, .. })));
+    assert!(gap.is_empty(), "events with a gap are not added");
+}
+
+pub fn batches_are_all_or_nothing(harness: &mut dyn Harness) {
+    let store = harness.fresh();
+    let (a, b, c) = (id("a"), id("b"), id("c"));
+    let mut batch = WriteBatch::default();
+    start(&mut batch, &a, 2);
+    store.commit(batch).expect("commits");
+
+    let mut mixed = WriteBatch::default();
+    start(&mut mixed, &b, 2);
+    mixed.put_definition("d", 1, "name = \"d\"").expect("encodes");
+    mixed.put_token(&[1; TOKEN_DIGEST_LEN], &token(false)).expect("encodes");
+    mixed.append_events(&a, &events(2, 2, "stale")).expect("encodes");
+    start(&mut mixed, &c, 1);
+    assert!(matches!(store.commit(mixed), Err(Error::Conflict { .. })));
+    assert!(store.run(&b).expect("reads").is_none(), "no summary of a refused batch");
+    assert!(store.history(&b).expect("reads").is_empty() && store.history(&c).expect("reads").is_empty());
+    assert!(store.definitions().expect("reads").is_empty() && store.tokens().expect("reads").is_empty());
+    assert_eq!(store.in_flight(ShardId::SOLE).expect("reads"), vec![a.clone()]);
+    assert_eq!(seqs(&*store, &a), vec![1, 2]);
+
+    let mut good = WriteBatch::default();
+    start(&mut good, &b, 2);
+    good.append_events(&a, &events(3, 3, "a")).expect("encodes");
+    start(&mut good, &c, 1);
+    store.commit(good).expect("commits");
+    assert_eq!((seqs(&*store, &a), seqs(&*store, &b), seqs(&*store, &c)), (vec![1, 2, 3], vec![1, 2], vec![1]));
+}
+
+pub fn histories_keep_sequence_order(harness: &mut dyn Harness) {
+    let store = harness.fresh();
+    // `a` is a prefix of `ab`: their histories must stay apart.
+    let runs = [id("a"), id("ab"), id("b")];
+    let mut last = [0u64; 3];
+    // 300 events each, over many turns of 1 to 4 events, several turns per batch: numbers
+    // past 255 check that keys order numerically, not by their last byte.
+    let mut turn = 0u64;
+    while last.iter().any(|&l| l < 300) {
+        let mut batch = WriteBatch::default();
+        for _ in 0..3 {
+            for (i, run) in runs.iter().enumerate() {
+                let size = 1 + (turn + i as u64) % 4;
+                let to = (last[i] + size).min(300);
+                if to > last[i] {
+                    batch.append_events(run, &events(last[i] + 1, to, run.as_str())).expect("encodes");
+                    last[i] = to;
+                }
+                turn += 1;
+            }
+        }
+        store.apply(batch).expect("applies");
+    }
+    store.sync().expect("syncs");
+    for run in &runs {
+        let history = store.history(run).expect("reads");
+        assert_eq!(history.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=300).collect::<Vec<_>>(), "{run}");
+        assert!(history.iter().all(|e| e.kind == events(e.seq, e.seq, run.as_str())[0].kind), "{run}'s own events");
+    }
+}
+
+pub fn cursors_cover_every_run_once(harness: &mut dyn Harness) {
+    let store = harness.fresh();
+    let mut batch = WriteBatch::default();
+    let mut all = Vec::new();
+    for n in 0..23 {
+        let run = id(&format!("run-{n:02}"));
+        start(&mut batch, &run, 1);
+        all.push(run);
+    }
+    store.commit(batch).expect("commits");
+    let mut finish = WriteBatch::default();
+    for run in all.iter().step_by(3) {
+        finish
+            .put_run(run, &summary(WorkflowStatus::Completed), Some(WorkflowStatus::Running), false)
+            .expect("encodes");
+    }
+    store.commit(finish).expect("commits");
+    let completed: Vec<WorkflowId> = all.iter().step_by(3).cloned().collect();
+    let running: Vec<WorkflowId> = all.iter().filter(|r| !completed.contains(r)).cloned().collect();
+    for (status, expected) in
+        [(None, &all), (Some(WorkflowStatus::Completed), &completed), (Some(WorkflowStatus::Running), &running)]
+    {
+        for limit in [1, 5, 8, 100] {
+            let (mut seen, mut cursor) = (Vec::new(), None::<WorkflowId>);
+            loop {
+                let (page, more) = store.list_ids(status, cursor.as_ref(), limit).expect("lists");
+                assert!(page.len() <= limit);
+                seen.extend(page.iter().cloned());
+                cursor = page.last().cloned();
+                if !more {
+                    break;
+                }
+                assert!(!page.is_empty(), "a page that says more follows is not empty");
+            }
+            assert_eq!(&seen, expected, "pages of {limit} with status {status:?} cover every run once, in order");
+        }
+    }
+    assert_eq!(store.list_ids(Some(WorkflowStatus::Failed), None, 10).expect("lists"), (Vec::new(), false));
+}
+
+pub fn in_flight_runs_survive_a_reopen(harness: &mut dyn Harness) {
+    let store = harness.fresh();
+    let (done, parked, live) = (id("done"), id("parked"), id("live"));
+    let mut batch = WriteBatch::default();
+    for run in [&done, &parked, &live] {
+        start(&mut batch, run, 2);
+    }
+    store.commit(batch).expect("commits");
+    let mut batch = WriteBatch::default();
+    batch.append_events(&done, &events(3, 3, "done")).expect("encodes");
+    batch.put_run(&done, &summary(WorkflowStatus::Completed), Some(WorkflowStatus::Running), false).expect("encodes");
+    batch.put_run(&parked, &summary(WorkflowStatus::Failed), Some(WorkflowStatus::Running), true).expect("encodes");
+    store.commit(batch).expect("commits");
+    let store = harness.reopen(store);
+    let shard = store.shards().first().map(|(shard, _)| *shard).expect("a store owns a shard");
+    let mut in_flight = store.in_flight(shard).expect("reads");
+    in_flight.sort();
+    assert_eq!(in_flight, vec![live.clone(), parked.clone()], "finished runs are not replayed; parked ones are");
+    assert_eq!(store.run(&done).expect("reads").map(|s| s.status), Some(WorkflowStatus::Completed));
+    let mut stale = WriteBatch::default();
+    stale.append_events(&live, &events(2, 2, "stale")).expect("encodes");
+    assert!(
+        matches!(store.commit(stale), Err(Error::Conflict { expected: 1, found: 2, .. })),
+        "checked after a reopen"
+    );
+    let mut next = WriteBatch::default();
+    next.append_events(&live, &events(3, 3, "live")).expect("encodes");
+    next.append_events(&done, &events(4, 4, "done")).expect("encodes");
+    store.commit(next).expect("the expectation of a reopened store is its stored history");
+    assert_eq!(seqs(&*store, &live), vec![1, 2, 3]);
+}
+
+fn token(revoked: bool) -> TokenRecord {
+    TokenRecord {
+        id: "tok_1".into(),
+        name: "payments".into(),
+        role: Role::Worker,
+        queues: vec![QueueName::parse("payment").expect("valid")],
+        created_at_ms: 5,
+        expires_at_ms: Some(10),
+        revoked,
+    }
+}
+
+pub fn tokens_round_trip(harness: &mut dyn Harness) {
+    let store = harness.fresh();
+    let mut batch = WriteBatch::default();
+    batch.put_token(&[7; TOKEN_DIGEST_LEN], &token(false)).expect("encodes");
+    store.commit(batch).expect("commits");
+    assert_eq!(store.tokens().expect("reads"), vec![([7; TOKEN_DIGEST_LEN], token(false))]);
+    let mut batch = WriteBatch::default();
+    batch.put_token(&[7; TOKEN_DIGEST_LEN], &token(true)).expect("encodes");
+    store.commit(batch).expect("commits");
+    let store = harness.reopen(store);
+    assert_eq!(store.tokens().expect("reads"), vec![([7; TOKEN_DIGEST_LEN], token(true))], "revocation replaces");
+}
+
+pub fn definitions_round_trip(harness: &mut dyn Harness) {
+    let store = harness.fresh();
+    let mut batch = WriteBatch::default();
+    batch.put_definition("order", 2, "name = \"order\"").expect("encodes");
+    batch.put_definition("order", 1, "v1").expect("encodes");
+    batch.put_definition("ord", 1, "other").expect("encodes");
+    store.commit(batch).expect("commits");
+    let store = harness.reopen(store);
+    let mut stored = store.definitions().expect("reads");
+    stored.sort();
+    let expected: Vec<(String, u32, String)> = vec![
+        ("ord".into(), 1, "other".into()),
+        ("order".into(), 1, "v1".into()),
+        ("order".into(), 2, "name = \"order\"".into()),
+    ];
+    assert_eq!(stored, expected);
+}
+
+pub fn the_task_token_key_is_made_once(harness: &mut dyn Harness) {
+    let store = harness.fresh();
+    let key = store.task_token_key().expect("creates the key");
+    assert_eq!(store.task_token_key().expect("reads the key"), key, "made once");
+    assert_ne!(key, [0u8; super::TASK_TOKEN_KEY_LEN]);
+    let store = harness.reopen(store);
+    assert_eq!(store.task_token_key().expect("reads the key"), key, "kept across a restart");
+    let other = harness.fresh();
+    assert_ne!(other.task_token_key().expect("creates the key"), key, "each store has its own key");
+}
+
+pub fn epochs_are_carried(harness: &mut dyn Harness) {
+    let store = harness.fresh();
+    let shards = store.shards();
+    assert!(!shards.is_empty(), "a store lets its owner write at least one shard");
+    let mut batch = WriteBatch::default();
+    for (shard, epoch) in &shards {
+        batch.fence(*shard, *epoch);
+    }
+    assert_eq!(batch.fences(), shards.as_slice(), "a batch carries the epochs it was decided under");
+    start(&mut batch, &id("a"), 1);
+    store.commit(batch).expect("a batch fenced by the epochs the store holds applies");
+    if store.fences_epochs() {
+        let (shard, Epoch(epoch)) = shards[0];
+        let mut stale = WriteBatch::default();
+        stale.fence(shard, Epoch(epoch.wrapping_sub(1)));
+        start(&mut stale, &id("b"), 1);
+        assert!(matches!(store.commit(stale), Err(Error::Fenced { .. })), "a stale epoch is refused");
+        assert!(store.run(&id("b")).expect("reads").is_none());
+    }
+}

@@ -1,0 +1,314 @@
+//! The sled backend of the storage seam: every run's events, its summary and the engine's
+//! indexes in one sled tree with key prefixes, so that one batch is one atomic `apply_batch`.
+//!
+//! Key layout (IDs never contain a NUL byte, numbers are big-endian so keys sort by them):
+//! - `h` id 0x00 seq      -> the events of one transition, the first numbered `seq`
+//! - `r` id               -> the run's [`RunSummary`]
+//! - `a` id               -> () while the run is in flight (what start-up replays)
+//! - `s` status id        -> () an index of runs by status
+//! - `d` name 0x00 version -> a registered definition's TOML source
+//! - `k` digest           -> a [`TokenRecord`]: an API token, keyed by the SHA-256 digest of
+//!   its secret (the secret itself is never stored)
+//! - `m` name             -> the engine's own settings, e.g. `m task-token-key`: the secret
+//!   key that signs task tokens, created once (see [`HistoryStore::task_token_key`])
+//!
+//! Ownership: a sled store has one owner (the process that opened it: sled locks it) and one
+//! shard, [`ShardId::SOLE`], at epoch 0; it ignores the epochs a batch carries.
+//!
+//! Conditional appends without a read per append: this backend is the single writer of its
+//! store, so it keeps the last sequence number of every run it has touched and that is still
+//! in flight, in memory. A run's number is read from the store the first time the run is
+//! touched (its last history record), and dropped when a batch's summary says the run is
+//! no longer in flight. A batch is checked against these numbers, under the same lock that
+//! applies it, before anything is applied.
+//!
+//! Durability: `apply` is sled's `apply_batch` (in memory and in sled's log buffer, visible
+//! to readers); `sync` is sled's flush plus, power-safe, `fdatasync` of its log
+//! (`shop_durable`). This module must never decide anything about workflows.
+
+use super::{
+    Epoch, Error, HistoryStore, RunSummary, ShardId, TokenRecord, WriteBatch, TASK_TOKEN_KEY_LEN, TOKEN_DIGEST_LEN,
+};
+use crate::codec;
+use shop_durable::{Durability, OpenOptions, Opened};
+use shop_types::api::WorkflowStatus;
+use shop_types::history::Event;
+use shop_types::WorkflowId;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+const TREE: &str = "engine";
+const HISTORY: u8 = b'h';
+const RUN: u8 = b'r';
+const ACTIVE: u8 = b'a';
+const BY_STATUS: u8 = b's';
+const DEFINITION: u8 = b'd';
+const TOKEN: u8 = b'k';
+const META: u8 = b'm';
+/// The meta record holding the key that signs task tokens.
+const TASK_TOKEN_KEY: &[u8] = b"task-token-key";
+
+pub struct SledStore {
+    opened: Opened,
+    tree: sled::Tree,
+    /// The last sequence number of each in-flight run touched since the store was opened.
+    /// Its lock also serializes applies, so a check and its apply are one step.
+    last_seq: Mutex<HashMap<WorkflowId, u64>>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store. `cache_bytes` bounds sled's page cache (sled's own
+    /// default, 1 GiB, when `None`): the engine's working set is its in-flight runs, so a
+    /// small cache keeps memory flat however many finished runs the store holds.
+    pub fn open(dir: &Path, durability: Durability, cache_bytes: Option<u64>) -> Result<SledStore, Error> {
+        let options = OpenOptions { durability, cache_bytes, high_throughput: true };
+        let opened = shop_durable::open(dir, options)?;
+        let tree = opened.db.open_tree(TREE)?;
+        Ok(SledStore { opened, tree, last_seq: Mutex::new(HashMap::new()) })
+    }
+
+    /// The sequence number `id`'s history ends at, from its last record (0 when it has none).
+    fn stored_last_seq(&self, id: &WorkflowId) -> Result<u64, Error> {
+        match self.tree.scan_prefix(history_prefix(id)).next_back() {
+            Some(entry) => {
+                let (key, bytes) = entry?;
+                Ok(decode_events(&key, &bytes)?.last().map_or(0, |event| event.seq))
+            }
+            None => Ok(0),
+        }
+    }
+
+    fn sled_batch(batch: &WriteBatch) -> sled::Batch {
+        let mut out = sled::Batch::default();
+        for append in batch.appends() {
+            out.insert(history_key(&append.run, append.after + 1), append.record.as_slice());
+        }
+        for put in batch.runs() {
+            let raw = put.run.as_str().as_bytes();
+            out.insert(key(RUN, raw, &[]), put.record.as_slice());
+            if let Some(previous) = put.previous {
+                out.remove(key(BY_STATUS, &[status_byte(previous)], raw));
+            }
+            out.insert(key(BY_STATUS, &[status_byte(put.status)], raw), &[]);
+            if put.in_flight {
+                out.insert(key(ACTIVE, raw, &[]), &[]);
+            } else {
+                out.remove(key(ACTIVE, raw, &[]));
+            }
+        }
+        for (digest, record) in batch.tokens() {
+            out.insert(key(TOKEN, digest, &[]), record.as_slice());
+        }
+        for (name, version, record) in batch.definitions() {
+            let mut k = key(DEFINITION, name.as_bytes(), &[0]);
+            k.extend_from_slice(&version.to_be_bytes());
+            out.insert(k, record.as_slice());
+        }
+        out
+    }
+}
+
+impl HistoryStore for SledStore {
+    fn shards(&self) -> Vec<(ShardId, Epoch)> {
+        vec![(ShardId::SOLE, Epoch(0))]
+    }
+
+    fn fences_epochs(&self) -> bool {
+        false
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), Error> {
+        // A poisoned lock only means a panic elsewhere mid-apply; the map holds numbers that
+        // were true when written, and the check below still guards the store.
+        let mut last_seq = self.last_seq.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Check every expectation first, chaining appends to one run within the batch.
+        let mut pending: HashMap<&WorkflowId, u64> = HashMap::new();
+        for append in batch.appends() {
+            let found = match pending.get(&append.run).or_else(|| last_seq.get(&append.run)) {
+                Some(&seq) => seq,
+                None => self.stored_last_seq(&append.run)?,
+            };
+            if found != append.after {
+                return Err(Error::Conflict { run: append.run.clone(), expected: append.after, found });
+            }
+            pending.insert(&append.run, append.last);
+        }
+        self.tree.apply_batch(Self::sled_batch(&batch))?;
+        for (run, seq) in pending {
+            last_seq.insert(run.clone(), seq);
+        }
+        for put in batch.runs().iter().filter(|put| !put.in_flight) {
+            last_seq.remove(&put.run);
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), Error> {
+        Ok(self.opened.sync()?)
+    }
+
+    fn task_token_key(&self) -> Result<[u8; TASK_TOKEN_KEY_LEN], Error> {
+        let key = key(META, TASK_TOKEN_KEY, &[]);
+        if let Some(stored) = self.tree.get(&key)? {
+            return <[u8; TASK_TOKEN_KEY_LEN]>::try_from(stored.as_ref()).map_err(|_| Error::BadLength {
+                key: "m task-token-key".into(),
+                len: stored.len(),
+                expected: TASK_TOKEN_KEY_LEN,
+            });
+        }
+        // Written once, at start-up, before the core takes the store: not a turn's write.
+        let mut fresh = [0u8; TASK_TOKEN_KEY_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
+        self.tree.insert(key, fresh.as_slice())?;
+        self.sync()?;
+        Ok(fresh)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, Error> {
+        Ok(self.opened.db.size_on_disk()?)
+    }
+
+    fn run(&self, id: &WorkflowId) -> Result<Option<RunSummary>, Error> {
+        let key = key(RUN, id.as_str().as_bytes(), &[]);
+        self.tree.get(&key)?.map(|bytes| decode(&key, &bytes)).transpose()
+    }
+
+    fn history(&self, id: &WorkflowId) -> Result<Vec<Event>, Error> {
+        let mut events = Vec::new();
+        for entry in self.tree.scan_prefix(history_prefix(id)) {
+            let (key, bytes) = entry?;
+            events.extend(decode_events(&key, &bytes)?);
+        }
+        Ok(events)
+    }
+
+    fn first_event(&self, id: &WorkflowId) -> Result<Option<Event>, Error> {
+        let key = history_key(id, 1);
+        match self.tree.get(&key)? {
+            Some(bytes) => Ok(decode_events(&key, &bytes)?.into_iter().next()),
+            None => Ok(None),
+        }
+    }
+
+    fn in_flight(&self, shard: ShardId) -> Result<Vec<WorkflowId>, Error> {
+        if shard != ShardId::SOLE {
+            return Ok(Vec::new());
+        }
+        self.tree
+            .scan_prefix([ACTIVE])
+            .map(|entry| {
+                let (key, _) = entry?;
+                id_from(&key, &key[1..])
+            })
+            .collect()
+    }
+
+    fn list_ids(
+        &self,
+        status: Option<WorkflowStatus>,
+        cursor: Option<&WorkflowId>,
+        limit: usize,
+    ) -> Result<(Vec<WorkflowId>, bool), Error> {
+        let prefix = match status {
+            Some(status) => vec![BY_STATUS, status_byte(status)],
+            None => vec![RUN],
+        };
+        let start = match cursor {
+            Some(cursor) => {
+                let mut start = prefix.clone();
+                start.extend_from_slice(cursor.as_str().as_bytes());
+                start.push(0);
+                start
+            }
+            None => prefix.clone(),
+        };
+        let mut ids = Vec::new();
+        for entry in self.tree.range(start..) {
+            let (key, _) = entry?;
+            if !key.starts_with(&prefix) {
+                return Ok((ids, false));
+            }
+            if ids.len() == limit {
+                return Ok((ids, true));
+            }
+            ids.push(id_from(&key, &key[prefix.len()..])?);
+        }
+        Ok((ids, false))
+    }
+
+    fn tokens(&self) -> Result<Vec<([u8; TOKEN_DIGEST_LEN], TokenRecord)>, Error> {
+        self.tree
+            .scan_prefix([TOKEN])
+            .map(|entry| {
+                let (key, bytes) = entry?;
+                let digest = key[1..].try_into().map_err(|_| Error::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    source: codec::Error::Empty,
+                })?;
+                Ok((digest, decode(&key, &bytes)?))
+            })
+            .collect()
+    }
+
+    fn definitions(&self) -> Result<Vec<(String, u32, String)>, Error> {
+        self.tree
+            .scan_prefix([DEFINITION])
+            .map(|entry| {
+                let (key, bytes) = entry?;
+                let source: String = decode(&key, &bytes)?;
+                let body = &key[1..];
+                let corrupt =
+                    || Error::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), source: codec::Error::Empty };
+                let split = body.len().checked_sub(5).ok_or_else(corrupt)?;
+                let name = String::from_utf8(body[..split].to_vec()).map_err(|_| corrupt())?;
+                let version_bytes: [u8; 4] = body[split + 1..].try_into().map_err(|_| corrupt())?;
+                Ok((name, u32::from_be_bytes(version_bytes), source))
+            })
+            .collect()
+    }
+}
+
+fn status_byte(status: WorkflowStatus) -> u8 {
+    match status {
+        WorkflowStatus::Running => b'R',
+        WorkflowStatus::Completed => b'C',
+        WorkflowStatus::Compensated => b'X',
+        WorkflowStatus::Failed => b'F',
+        WorkflowStatus::Terminated => b'T',
+    }
+}
+
+fn key(prefix: u8, a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + a.len() + b.len());
+    key.push(prefix);
+    key.extend_from_slice(a);
+    key.extend_from_slice(b);
+    key
+}
+
+fn history_prefix(id: &WorkflowId) -> Vec<u8> {
+    key(HISTORY, id.as_str().as_bytes(), &[0])
+}
+
+fn history_key(id: &WorkflowId, seq: u64) -> Vec<u8> {
+    let mut key = history_prefix(id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn decode_events(key: &[u8], bytes: &[u8]) -> Result<Vec<Event>, Error> {
+    codec::decode_events(bytes)
+        .map_err(|source| Error::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Error> {
+    codec::decode(bytes).map_err(|source| Error::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source })
+}
+
+fn id_from(key: &[u8], raw: &[u8]) -> Result<WorkflowId, Error> {
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|text| WorkflowId::parse(text).ok())
+        .ok_or_else(|| Error::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source: codec::Error::Empty })
+}
