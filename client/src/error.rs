@@ -27,13 +27,13 @@ pub enum Error {
     #[error("{}", transport_text(*.service, .origin, .method, .path, .kind))]
     Transport { service: Service, origin: String, method: Method, path: String, kind: Transport },
     /// An answer other than 2xx. `error` is the decoded `{"error":{...}}` body, when it was one.
-    #[error("{}", status_text(*.service, .method, .path, *.status, .error.as_ref()))]
+    #[error("{}", status_text(*.service, .method, .path, *.status, .error.as_deref()))]
     Status {
         service: Service,
         method: Method,
         path: String,
         status: StatusCode,
-        error: Option<ErrorDetail>,
+        error: Option<Box<ErrorDetail>>,
         /// The body's start, when it was not the error shape.
         text: String,
         /// `Retry-After` in seconds, when the answer carried one.
@@ -148,7 +148,7 @@ pub(crate) fn from_status(
     bytes: &[u8],
     retry_after: Option<u64>,
 ) -> Error {
-    let error = serde_json::from_slice::<ErrorBody>(bytes).ok().map(|body| body.error);
+    let error = serde_json::from_slice::<ErrorBody>(bytes).ok().map(|body| Box::new(body.error));
     let text = if error.is_some() {
         String::new()
     } else {

@@ -149,7 +149,7 @@ pub fn human(duration: Duration) -> String {
     let ms = duration.as_millis();
     if ms < 1000 {
         format!("{ms}ms")
-    } else if ms % 1000 == 0 {
+    } else if duration.subsec_millis() == 0 {
         format!("{}s", ms / 1000)
     } else {
         format!("{:.1}s", duration.as_secs_f64())
