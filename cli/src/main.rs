@@ -98,7 +98,10 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            output::note(&format!("shopctl: {}", one_line(&err)));
+            match client::hint(&err) {
+                Some(hint) => output::note(&format!("shopctl: {} ({hint})", one_line(&err))),
+                None => output::note(&format!("shopctl: {}", one_line(&err))),
+            }
             ExitCode::FAILURE
         }
     }

@@ -5,23 +5,21 @@
 //! (the worker needs the engine up), waiting until both answer `/healthz`, noticing when one
 //! dies, and stopping both: SIGTERM, a grace period, then SIGKILL. It must never leave a
 //! child running behind it: every child runs `--exit-with-parent` and ends when `shopctl`
-//! does, however it ends, and is killed when its handle is dropped ([`process`]).
+//! does, however it ends, and is killed when its handle is dropped (both are
+//! [`shop_supervisor`]'s: this module only says which children, with which flags).
 //!
 //! The engine runs `--open` (no authentication, which it allows on loopback only) and
 //! without rate limits, and so does the worker's admin API: a local stack is for
 //! development, demos and measurements, whose numbers a limit would distort. The user is
 //! told so at start.
 
-mod process;
-
-use crate::client::{Client, Service};
+use crate::client::Client;
 use crate::output;
 use anyhow::{anyhow, Context as _, Result};
-use process::Process;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use shop_supervisor::{connect_url, EngineSpec, Output, Process, Stopped, WorkerSpec};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::process::Command;
 
 const ENGINE_BINARY: &str = "shop-engine";
 const WORKER_BINARY: &str = "shop-worker";
@@ -29,22 +27,23 @@ const WORKER_BINARY: &str = "shop-worker";
 const ALL_ACTIVITIES: &str = "inventory,payment,notification";
 /// The shop's domains, each served by its own process in the per-domain layout.
 pub const DOMAINS: [&str; 3] = ["inventory", "payment", "notification"];
-/// Engine flags of every local stack, before the caller's `engine_args` (the engine takes the
-/// last value of a flag given twice, so a caller can still set a rate limit).
-const LOCAL_ENGINE_ARGS: [&str; 4] = ["--open", "--rate-limit", "off", "--exit-with-parent"];
-/// Worker flags of every local stack: its admin API open (loopback only), and it ends with us.
-const LOCAL_WORKER_ARGS: [&str; 2] = ["--open", "--exit-with-parent"];
 /// The definition the stack runs when no workflows directory is given or found.
 const EMBEDDED_ORDER_DEFINITION: &str = include_str!("../../workflows/order.toml");
 
 /// How long a child may take to answer `/healthz` after it is spawned; an engine replaying
 /// a large store at start-up needs a while, a hung one must not block us for ever.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const STARTUP_TIMEOUT: Duration = shop_supervisor::STARTUP_TIMEOUT;
 /// How long an engine may take to preload completed runs for a benchmark (a million takes
 /// minutes).
 const PRELOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How often `died` looks at the children.
 const CHILD_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a child has to finish in-flight work after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Lines of a child's log shown when it fails while its output goes to a file.
+const LOG_TAIL_LINES: usize = 20;
+/// Bytes read from the end of a log to find those lines; a log can be large.
+const LOG_TAIL_BYTES: u64 = 16 * 1024;
 
 /// Where the children's output goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +69,33 @@ pub struct StackOptions {
     pub engine_args: Vec<String>,
     /// Extra flags for every worker (e.g. `--durability process-crash`).
     pub worker_args: Vec<String>,
+}
+
+impl StackOptions {
+    /// Where `binary`'s output goes.
+    fn output_of(&self, binary: &str) -> Output {
+        match self.output {
+            ChildOutput::Inherit => Output::Inherit,
+            ChildOutput::LogFiles => Output::LogFile {
+                path: self.data_dir.join(format!("{}.log", binary.trim_start_matches("shop-"))),
+                append: false,
+            },
+        }
+    }
+
+    /// The engine of a local stack: its data under the stack's folder, open on loopback
+    /// and without rate limits (the caller's `engine_args` come last and win).
+    fn engine(&self, binary: &Path, listen: SocketAddr, workflows: &Path) -> EngineSpec {
+        EngineSpec {
+            binary: binary.to_owned(),
+            data_dir: self.data_dir.join("engine"),
+            listen,
+            workflows: workflows.to_owned(),
+            open: true,
+            args: self.engine_args.clone(),
+            output: self.output_of(ENGINE_BINARY),
+        }
+    }
 }
 
 /// How the shop's domains are spread over worker processes.
@@ -107,13 +133,10 @@ impl Stack {
         output::note(&format!("starting {ENGINE_BINARY} on {engine_url} (workflows from {})", workflows.display()));
         output::note("the engine and the worker admin API run open: no authentication, no rate limit, loopback only");
         let engine_spawned = tokio::time::Instant::now();
-        let mut engine = Process::spawn(
-            ENGINE_BINARY,
-            engine_command(&engine_binary, options, options.engine_listen, &workflows).args(&options.engine_args),
-            options,
-        )?;
-        if let Err(err) = engine.wait_healthy(&client, Service::Engine, STARTUP_TIMEOUT).await {
-            engine.stop().await;
+        let spec = options.engine(&engine_binary, options.engine_listen, &workflows).spec();
+        let mut engine = Process::spawn(ENGINE_BINARY, &mut spec.command(), &spec.output)?;
+        if let Err(err) = ready(&mut engine, client.engine(), STARTUP_TIMEOUT).await {
+            stop(&mut engine).await;
             return Err(err);
         }
         let engine_ready_after = engine_spawned.elapsed();
@@ -136,22 +159,21 @@ impl Stack {
                 WorkerLayout::Combined => options.data_dir.join("worker"),
                 WorkerLayout::PerDomain => options.data_dir.join(format!("worker-{activities}")),
             };
-            let spawned = Process::spawn(
-                WORKER_BINARY,
-                Command::new(&worker_binary)
-                    .arg("--engine")
-                    .arg(&engine_url)
-                    .arg("--data-dir")
-                    .arg(data_dir)
-                    .arg("--listen")
-                    .arg(listen.to_string())
-                    .arg("--activities")
-                    .arg(activities)
-                    .args(LOCAL_WORKER_ARGS)
-                    .args(&options.worker_args),
-                options,
-            )
-            .and_then(|process| Ok((process, Client::new(&engine_url, &admin_url)?)));
+            let spec = WorkerSpec {
+                binary: worker_binary.clone(),
+                engine_url: engine_url.clone(),
+                data_dir,
+                listen,
+                activities: activities.to_owned(),
+                open: true,
+                args: options.worker_args.clone(),
+                env: Vec::new(),
+                output: options.output_of(WORKER_BINARY),
+            }
+            .spec();
+            let spawned = Process::spawn(WORKER_BINARY, &mut spec.command(), &spec.output)
+                .map_err(anyhow::Error::from)
+                .and_then(|process| Ok((process, client.with_worker(&admin_url)?)));
             let (mut worker, worker_client) = match spawned {
                 Ok(spawned) => spawned,
                 Err(err) => {
@@ -159,8 +181,8 @@ impl Stack {
                     return Err(err);
                 }
             };
-            if let Err(err) = worker.wait_healthy(&worker_client, Service::Worker, STARTUP_TIMEOUT).await {
-                worker.stop().await;
+            if let Err(err) = ready(&mut worker, worker_client.worker(), STARTUP_TIMEOUT).await {
+                stop(&mut worker).await;
                 stop_all(&mut engine, &mut workers).await;
                 return Err(err);
             }
@@ -198,27 +220,24 @@ impl Stack {
         let client = Client::new(&connect_url(listen), &connect_url(options.worker_listen))?;
         output::note(&format!("preloading {runs} completed runs"));
         let started = tokio::time::Instant::now();
-        let mut engine = Process::spawn(
-            ENGINE_BINARY,
-            engine_command(&engine_binary, options, listen, &workflows)
-                .arg("--preload-completed")
-                .arg(runs.to_string()),
-            options,
-        )?;
-        let ready = engine.wait_healthy(&client, Service::Engine, PRELOAD_TIMEOUT).await;
+        let mut spec = options.engine(&engine_binary, listen, &workflows);
+        spec.args.extend(["--preload-completed".to_owned(), runs.to_string()]);
+        let spec = spec.spec();
+        let mut engine = Process::spawn(ENGINE_BINARY, &mut spec.command(), &spec.output)?;
+        let ready = ready(&mut engine, client.engine(), PRELOAD_TIMEOUT).await;
         let took = started.elapsed();
-        engine.stop().await;
+        stop(&mut engine).await;
         ready.map(|()| took)
     }
 
     /// The engine's process ID, to read its resource use.
     pub fn engine_pid(&self) -> Option<u32> {
-        self.engine.child.id()
+        self.engine.pid()
     }
 
     /// The worker processes' IDs, to read their resource use.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.workers.iter().filter_map(|(process, _, _)| process.child.id()).collect()
+        self.workers.iter().filter_map(|(process, _, _)| process.pid()).collect()
     }
 
     /// Waits until any child exits, and says which one and how. Cancel-safe: meant to sit
@@ -227,11 +246,14 @@ impl Stack {
         loop {
             let processes = std::iter::once(&mut self.engine).chain(self.workers.iter_mut().map(|(p, _, _)| p));
             for process in processes {
-                match process.child.try_wait() {
-                    Ok(Some(status)) => return process.describe_exit(Ok(status)),
-                    Ok(None) => {}
-                    Err(err) => return process.describe_exit(Err(err)),
-                }
+                let exited = match process.try_exit() {
+                    Ok(Some(status)) => Ok(status),
+                    Ok(None) => continue,
+                    Err(shop_supervisor::Error::Wait { source, .. }) => Err(source),
+                    Err(err) => Err(std::io::Error::other(err.to_string())),
+                };
+                show_log_tail(process);
+                return process.describe_exit(exited);
             }
             tokio::time::sleep(CHILD_CHECK_INTERVAL).await;
         }
@@ -243,25 +265,46 @@ impl Stack {
     }
 }
 
-async fn stop_all(engine: &mut Process, workers: &mut [(Process, String, &'static str)]) {
-    for (worker, _, _) in workers.iter_mut() {
-        worker.stop().await;
+/// Waits until `process` is ready, showing the end of its log when it is not.
+async fn ready(process: &mut Process, health: &shop_client::Client, timeout: Duration) -> Result<()> {
+    let outcome = process.wait_ready(health, timeout).await;
+    if outcome.is_err() {
+        show_log_tail(process);
     }
-    engine.stop().await;
+    Ok(outcome?)
 }
 
-/// The engine of a local stack: its data under the stack's folder, open on loopback.
-fn engine_command(binary: &Path, options: &StackOptions, listen: SocketAddr, workflows: &Path) -> Command {
-    let mut command = Command::new(binary);
-    command
-        .arg("--data-dir")
-        .arg(options.data_dir.join("engine"))
-        .arg("--listen")
-        .arg(listen.to_string())
-        .arg("--workflows")
-        .arg(workflows)
-        .args(LOCAL_ENGINE_ARGS);
-    command
+/// SIGTERM, up to [`STOP_GRACE`] for a clean exit, then SIGKILL; says so when it came to that.
+async fn stop(process: &mut Process) {
+    match process.stop(STOP_GRACE).await {
+        Stopped::Exited(_) => {}
+        Stopped::Killed => output::note(&format!(
+            "{} did not stop within {} of SIGTERM; killed it",
+            process.name(),
+            output::duration(STOP_GRACE)
+        )),
+        Stopped::Failed(err) => output::note(&format!("cannot stop {}: {err}", process.name())),
+    }
+}
+
+async fn stop_all(engine: &mut Process, workers: &mut [(Process, String, &'static str)]) {
+    for (worker, _, _) in workers.iter_mut() {
+        stop(worker).await;
+    }
+    stop(engine).await;
+}
+
+/// Shows the last lines of a child's log on stderr, when its output went to a file.
+fn show_log_tail(process: &Process) {
+    let Some(log) = process.log() else { return };
+    match shop_supervisor::tail_lines(log, LOG_TAIL_LINES, LOG_TAIL_BYTES) {
+        Ok(tail) if !tail.is_empty() => {
+            output::note(&format!("--- last lines of {} ---", log.display()));
+            output::note(&tail);
+        }
+        Ok(_) => {}
+        Err(err) => output::note(&format!("cannot read {}: {err}", log.display())),
+    }
 }
 
 /// The engine and worker binaries live beside `shopctl` (cargo builds them into one
@@ -305,19 +348,10 @@ fn write_embedded_definition(data_dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The URL to reach a listen address: an unspecified address (`0.0.0.0`) listens on
-/// loopback too, and loopback is the address that always routes.
-fn connect_url(listen: SocketAddr) -> String {
-    let host =
-        if listen.ip().is_unspecified() { SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port()) } else { listen };
-    format!("http://{host}")
-}
-
 /// A loopback address with a port that was free a moment ago. Another process may take it
 /// before the child binds it; the child then fails to start and says so.
 pub fn free_loopback_addr() -> Result<SocketAddr> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot pick a port")?;
-    listener.local_addr().context("cannot pick a port")
+    shop_supervisor::free_loopback_addr().context("cannot pick a port")
 }
 
 /// Resolves when the user asks us to stop: Ctrl-C (SIGINT) or SIGTERM.
@@ -336,13 +370,6 @@ pub async fn interrupted() -> Result<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unspecified_listen_addresses_are_reached_on_loopback() -> Result<()> {
-        assert_eq!(connect_url("0.0.0.0:8080".parse()?), "http://127.0.0.1:8080");
-        assert_eq!(connect_url("127.0.0.2:81".parse()?), "http://127.0.0.2:81");
-        Ok(())
-    }
 
     #[test]
     fn a_given_workflows_directory_must_exist() -> Result<()> {

@@ -1,13 +1,15 @@
-//! Thin HTTP clients for the tests: [`Api`] for the engine (order API and `/v1`) and
-//! [`Admin`] for a worker's admin API. Raw calls return a [`Reply`] (status and JSON body)
-//! so tests can assert on error codes; typed helpers parse the shared `shop-types` messages
-//! and panic with the reason when the system answers something else.
+//! The tests' view of [`shop_client`]: [`Api`] for the engine (order API and `/v1`) and
+//! [`Admin`] for a worker's admin API. Every request goes through `shop-client`; what is the
+//! harness's own are assertions: raw calls (the client's `send`) return a [`Reply`] (status
+//! and JSON body) so tests can assert on error codes, typed helpers panic with the reason
+//! when the system answers something else, and waits ride out an engine that restarts.
 
 use anyhow::{bail, Context as _};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+use shop_client::{Method, Options, Service};
 use shop_types::api::{HistoryEventView, HistoryResponse, WorkflowList, WorkflowView};
-use shop_types::order::{FaultConfig, NotificationEntry, OrderView, PaymentEntry, Product};
+use shop_types::order::{FaultConfig, NotificationEntry, OrderView, PaymentEntry, Product, SetStockRequest};
 use std::time::{Duration, Instant};
 
 /// How long one HTTP call may take; above the longest server-side wait we ask for.
@@ -36,11 +38,10 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn read(response: reqwest::Response) -> anyhow::Result<Reply> {
-        let status = response.status().as_u16();
-        let text = response.text().await.context("read the response body")?;
+    fn from_raw(raw: shop_client::RawReply) -> Reply {
+        let text = String::from_utf8_lossy(&raw.body).into_owned();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok(Reply { status, body, text })
+        Reply { status: raw.status.as_u16(), body, text }
     }
 
     pub fn is_success(&self) -> bool {
@@ -86,39 +87,36 @@ pub fn order_body(order_id: Option<&str>, items: &[(i64, i64)], payment_method: 
     body
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .pool_idle_timeout(Duration::from_millis(shop_types::limits::CLIENT_POOL_IDLE_MS))
-        .build()
-        .expect("build an HTTP client")
+/// A client of `service` at `base` for the tests: no retry (tests assert on 429s and 503s),
+/// a timeout above the longest wait they ask for.
+fn client(service: Service, base: &str, token: Option<&str>) -> shop_client::Client {
+    let options = Options { request_timeout: REQUEST_TIMEOUT, ..Options::default() };
+    let client = shop_client::Client::new(service, base, options).expect("a valid base URL");
+    let token = token.map(|token| token.parse().expect("a token is one word of visible ASCII"));
+    client.with_token(token.as_ref()).expect("a token is header-safe")
 }
 
 /// The engine's HTTP API.
 #[derive(Clone)]
 pub struct Api {
-    http: reqwest::Client,
+    client: shop_client::Client,
     base: String,
 }
 
 impl Api {
     pub fn new(base: &str) -> Api {
-        Api { http: client(), base: base.trim_end_matches('/').to_owned() }
+        Api { client: client(Service::Engine, base, None), base: base.trim_end_matches('/').to_owned() }
     }
 
     /// An API client that sends `Authorization: Bearer <token>` with every request, for an
     /// engine that is not running `--open`.
     pub fn with_token(base: &str, token: &str) -> Api {
-        let mut headers = reqwest::header::HeaderMap::new();
-        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a token is header-safe");
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .pool_idle_timeout(Duration::from_millis(shop_types::limits::CLIENT_POOL_IDLE_MS))
-            .default_headers(headers)
-            .build()
-            .expect("build an HTTP client");
-        Api { http, base: base.trim_end_matches('/').to_owned() }
+        Api { client: client(Service::Engine, base, Some(token)), base: base.trim_end_matches('/').to_owned() }
+    }
+
+    /// The `shop-client` underneath, for typed calls.
+    pub fn client(&self) -> &shop_client::Client {
+        &self.client
     }
 
     pub fn base(&self) -> &str {
@@ -126,11 +124,12 @@ impl Api {
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
-        Reply::read(self.http.get(format!("{}{path}", self.base)).send().await?).await
+        Ok(Reply::from_raw(self.client.send(Method::GET, path, None, Vec::new(), &[]).await?))
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Reply> {
-        Reply::read(self.http.post(format!("{}{path}", self.base)).json(body).send().await?).await
+        let body = serde_json::to_vec(body)?;
+        Ok(Reply::from_raw(self.client.send(Method::POST, path, Some("application/json"), body, &[]).await?))
     }
 
     /// A POST with a body and content type of the caller's choosing, and extra headers.
@@ -141,12 +140,7 @@ impl Api {
         body: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<Reply> {
-        let mut request =
-            self.http.post(format!("{}{path}", self.base)).header("content-type", content_type).body(body);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        Reply::read(request.send().await?).await
+        Ok(Reply::from_raw(self.client.send(Method::POST, path, Some(content_type), body, headers).await?))
     }
 
     /// `POST /api/orders`.
@@ -276,25 +270,23 @@ impl Api {
 /// A worker's admin API.
 #[derive(Clone)]
 pub struct Admin {
-    http: reqwest::Client,
-    base: String,
+    client: shop_client::Client,
 }
 
 impl Admin {
     pub fn new(base: &str) -> Admin {
-        Admin { http: client(), base: base.trim_end_matches('/').to_owned() }
+        Admin { client: client(Service::Worker, base, None) }
     }
 
     /// An admin API client that sends `Authorization: Bearer <token>` with every request, for
     /// a worker that is not running `--open`.
     pub fn with_token(base: &str, token: &str) -> Admin {
-        Admin { http: Api::with_token(base, token).http, base: base.trim_end_matches('/').to_owned() }
+        Admin { client: client(Service::Worker, base, Some(token)) }
     }
 
     /// `GET path`, parsed as `T`; any answer but 200 is an error.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let response = self.http.get(format!("{}{path}", self.base)).send().await?;
-        let reply = Reply::read(response).await?;
+        let reply = Reply::from_raw(self.client.send(Method::GET, path, None, Vec::new(), &[]).await?);
         if reply.status != 200 {
             bail!("GET {path}: {} {}", reply.status, reply.text);
         }
@@ -302,7 +294,7 @@ impl Admin {
     }
 
     pub async fn stock(&self) -> Vec<Product> {
-        self.get("/stock").await.expect("GET /stock")
+        self.client.stock().await.expect("GET /stock").body
     }
 
     /// One product, which must exist.
@@ -316,20 +308,16 @@ impl Admin {
 
     /// `PUT /stock/{id}`: sets a product's available units (creating it if new).
     pub async fn set_stock(&self, product_id: i64, units: i64) -> Product {
-        let response = self
-            .http
-            .put(format!("{}/stock/{product_id}", self.base))
-            .json(&json!({"units": units}))
-            .send()
+        let request = SetStockRequest { units, name: None, price_cents: None };
+        self.client
+            .set_stock(product_id, &request)
             .await
-            .expect("PUT /stock/{id}");
-        let reply = Reply::read(response).await.expect("read PUT /stock/{id}");
-        assert_eq!(reply.status, 200, "PUT /stock/{product_id}: {}", reply.text);
-        reply.parse()
+            .unwrap_or_else(|e| panic!("PUT /stock/{product_id}: {e}"))
+            .body
     }
 
     pub async fn payments(&self) -> Vec<PaymentEntry> {
-        self.get("/payments").await.expect("GET /payments")
+        self.client.payments().await.expect("GET /payments").body
     }
 
     /// Ledger entries of one order.
@@ -338,7 +326,7 @@ impl Admin {
     }
 
     pub async fn notifications(&self) -> Vec<NotificationEntry> {
-        self.get("/notifications").await.expect("GET /notifications")
+        self.client.notifications().await.expect("GET /notifications").body
     }
 
     /// Outbox entries of one order.
@@ -348,9 +336,7 @@ impl Admin {
 
     /// `PUT /faults`.
     pub async fn set_faults(&self, faults: &FaultConfig) {
-        let response = self.http.put(format!("{}/faults", self.base)).json(faults).send().await.expect("PUT /faults");
-        let reply = Reply::read(response).await.expect("read PUT /faults");
-        assert_eq!(reply.status, 200, "PUT /faults: {}", reply.text);
+        self.client.set_faults(faults).await.unwrap_or_else(|e| panic!("PUT /faults: {e}"));
     }
 }
 

@@ -1,24 +1,22 @@
-//! Real processes for the tests: finding the binaries, free loopback ports, and guards that
-//! start `shop-engine` and `shop-worker`, wait for them to answer `/healthz`, kill -9 and
-//! restart them on the same data dir and port, and kill them when dropped.
+//! Real processes for the tests: finding the binaries, free loopback ports, and the engines
+//! and workers of a test, supervised by [`shop_supervisor`] (spawned `--exit-with-parent`
+//! with a piped stdin, ready when `/healthz` names their pid, kill -9, signals, restart on
+//! the same data dir and port, killed and reaped when dropped).
 //!
-//! A guard must never leave a child running: `Drop` kills and reaps it, also while a test
-//! panics, and then prints the tail of the child's log so the failure can be understood.
-//! Servers also run `--exit-with-parent` with a piped stdin whose write end the guard keeps,
-//! so even a test process that is killed outright takes its engines and workers with it.
+//! What is the harness's own: it panics with the reason (and the child's log) instead of
+//! returning errors, and prints the tail of a child's log when a test panics with it alive.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use shop_supervisor::{EngineSpec, Output, Spec, Supervised, WorkerSpec};
+pub use shop_supervisor::{Process, Signal};
+use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a process may take to answer `/healthz` after it is spawned (an engine replays
 /// its store at start-up; a hung one must not block the suite for ever).
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
-/// Pause between two readiness probes.
-const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Pause between two checks whether a short-lived process has exited.
 const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Bytes read from the end of a log when a test fails.
@@ -51,107 +49,109 @@ pub fn free_addr() -> SocketAddr {
     listener.local_addr().expect("a bound listener has an address")
 }
 
-/// One spawned child whose stdout and stderr go to a log file (appended, so a restarted
-/// process keeps the story of the ones before it).
+/// A child the test supervises by hand (e.g. `shopctl dev`), its output appended to a log:
+/// a [`Process`] that panics with the reason instead of returning errors, and prints the
+/// tail of its log when dropped while a test panics.
 pub struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
+    process: Process,
+    pid: u32,
 }
 
 impl Proc {
     /// Spawns `command` with its output appended to `log`, and its stdin a pipe whose write
     /// end this guard holds (it closes when the guard or the whole test process goes).
-    pub fn spawn(name: &str, mut command: Command, log: &Path) -> Proc {
-        let file = OpenOptions::new().create(true).append(true).open(log).expect("open the child's log file");
-        let err_file = file.try_clone().expect("clone the log file handle");
-        let child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::from(err_file))
-            .spawn()
+    pub fn spawn(name: &str, command: Command, log: &Path) -> Proc {
+        let output = Output::LogFile { path: log.to_path_buf(), append: true };
+        let process = Process::spawn(name, &mut tokio::process::Command::from(command), &output)
             .unwrap_or_else(|e| panic!("cannot spawn {name}: {e}"));
-        Proc { name: name.to_owned(), child, log: log.to_path_buf() }
+        let pid = process.pid().expect("a child just spawned has a pid");
+        Proc { process, pid }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
-    /// SIGKILL (what `Child::kill` sends) and reap: nothing gets to flush or say goodbye.
+    /// SIGKILL and reap: nothing gets to flush or say goodbye.
     pub fn kill9(&mut self) {
-        // An error means it has already exited, which is what we want.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill9();
     }
 
-    /// Sends a signal by name (`STOP`, `CONT`, `TERM`) with the `kill` command.
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`, `KILL`).
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg("-s")
-            .arg(signal)
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run the kill command");
-        assert!(status.success(), "kill -s {signal} {} failed", self.pid());
+        send(&self.process, signal);
     }
 
     /// The exit status, if the child has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("query the child's status")
+        self.process.try_exit().expect("query the child's status")
     }
 
     /// The last few KiB of the child's log.
     pub fn log_tail(&self) -> String {
-        tail(&self.log)
+        self.process.log().map(tail).unwrap_or_default()
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.kill9();
+        self.process.kill9();
         if std::thread::panicking() {
-            eprintln!("---- last lines of {} ({}) ----\n{}", self.name, self.log.display(), self.log_tail());
+            eprintln!("---- last lines of {} ----\n{}", self.process.name(), self.log_tail());
         }
     }
+}
+
+/// Sends the signal named `name` (`STOP`, `CONT`, `TERM`, `KILL`) to `process`.
+#[track_caller]
+pub fn send(process: &Process, name: &str) {
+    let signal = match name {
+        "STOP" => Signal::Stop,
+        "CONT" => Signal::Cont,
+        "TERM" => Signal::Term,
+        "KILL" => Signal::Kill,
+        other => panic!("no signal {other:?} here"),
+    };
+    process.signal(signal).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The last `LOG_TAIL_BYTES` of a file, lossily decoded; empty if it cannot be read.
 pub fn tail(path: &Path) -> String {
-    let Ok(mut file) = File::open(path) else {
-        return String::new();
+    shop_supervisor::tail_bytes(path, LOG_TAIL_BYTES)
+}
+
+/// The `pid` that the `/healthz` of the service at `base` names, when it answers 2xx.
+pub async fn health_pid(base: &str) -> Option<u32> {
+    let client = shop_client::Client::new(shop_client::Service::Engine, base, shop_client::Options::default()).ok()?;
+    client.health_pid().await.flatten()
+}
+
+/// Starts `spec` and waits until it is ready, panicking with its log when it is not.
+async fn start(spec: Spec) -> Supervised {
+    let name = spec.name.clone();
+    let log = match &spec.output {
+        Output::LogFile { path, .. } => Some(path.clone()),
+        Output::Inherit => None,
     };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)));
-    let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes);
-    String::from_utf8_lossy(&bytes).into_owned()
+    Supervised::start(spec, STARTUP_DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}; its log:\n{}", log.as_deref().map(tail).unwrap_or_default()))
 }
 
-/// The `pid` a `/healthz` answer names, when it answered 2xx.
-pub async fn health_pid(client: &reqwest::Client, url: &str) -> Option<u32> {
-    let response = client.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
-    if !response.status().is_success() {
-        return None;
+/// Restarts `server` on its data dir and address, panicking with its log when it fails.
+async fn restart(server: &mut Supervised) {
+    if let Err(e) = server.restart(STARTUP_DEADLINE).await {
+        let log = server.process().and_then(Process::log).map(tail).unwrap_or_default();
+        panic!("{}: {e}; its log:\n{log}", server.spec().name);
     }
-    let body: serde_json::Value = response.json().await.ok()?;
-    body.get("pid").and_then(serde_json::Value::as_u64).and_then(|pid| u32::try_from(pid).ok())
 }
 
-/// Polls `url` until this child answers it (its `/healthz` names the child's pid: another
-/// process that holds the port does not count), the child exits, or the deadline passes.
-async fn wait_healthy(proc: &mut Proc, url: &str) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + STARTUP_DEADLINE;
-    loop {
-        if let Some(status) = proc.exited() {
-            panic!("{} exited with {status} before it was ready; its log:\n{}", proc.name, proc.log_tail());
+/// Prints the tail of a server's log when a test panics with it running.
+fn show_log_on_panic(server: &Supervised) {
+    if std::thread::panicking() {
+        if let Some(log) = server.process().and_then(Process::log) {
+            eprintln!("---- last lines of {} ({}) ----\n{}", server.spec().name, log.display(), tail(log));
         }
-        if health_pid(&client, url).await == Some(proc.pid()) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} did not answer {url} within {STARTUP_DEADLINE:?}", proc.name);
-        tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
     }
 }
 
@@ -176,69 +176,52 @@ impl Default for EngineOptions {
 
 /// A `shop-engine` process on a fixed address and data dir, which survive restarts.
 pub struct Engine {
-    proc: Option<Proc>,
-    addr: SocketAddr,
-    data_dir: PathBuf,
-    log: PathBuf,
-    options: EngineOptions,
+    server: Supervised,
 }
 
 impl Engine {
     /// Starts an engine with its data under `dir/engine` and waits until it is ready.
     pub async fn start(dir: &Path, options: EngineOptions) -> Engine {
-        let mut engine = Engine {
-            proc: None,
-            addr: free_addr(),
+        let mut args = Vec::new();
+        if let Some(max) = options.max_history_events {
+            args.extend(["--max-history-events".to_owned(), max.to_string()]);
+        }
+        args.extend(options.args);
+        let spec = EngineSpec {
+            binary: binary("shop-engine"),
             data_dir: dir.join("engine"),
-            log: dir.join("engine.log"),
-            options,
+            listen: free_addr(),
+            workflows: options.workflows,
+            open: options.open,
+            args,
+            output: Output::LogFile { path: dir.join("engine.log"), append: true },
         };
-        engine.launch().await;
-        engine
-    }
-
-    async fn launch(&mut self) {
-        let mut command = Command::new(binary("shop-engine"));
-        command
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--listen")
-            .arg(self.addr.to_string())
-            .arg("--workflows")
-            .arg(&self.options.workflows)
-            .arg("--exit-with-parent");
-        if let Some(max) = self.options.max_history_events {
-            command.arg("--max-history-events").arg(max.to_string());
-        }
-        if self.options.open {
-            command.args(["--open", "--rate-limit", "off"]);
-        }
-        command.args(&self.options.args);
-        let mut proc = Proc::spawn("shop-engine", command, &self.log);
-        wait_healthy(&mut proc, &format!("{}/healthz", self.url())).await;
-        self.proc = Some(proc);
+        Engine { server: start(spec.spec()).await }
     }
 
     /// The engine's base URL, stable across restarts.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url().to_owned()
     }
 
     /// kill -9: the engine gets no chance to flush or answer.
     pub fn kill9(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.kill9();
-        }
+        self.server.kill9();
     }
 
     /// Starts the engine again on the same data dir and address and waits until it is ready.
     pub async fn restart(&mut self) {
-        self.kill9();
-        self.launch().await;
+        restart(&mut self.server).await;
     }
 
-    pub fn proc(&self) -> Option<&Proc> {
-        self.proc.as_ref()
+    pub fn proc(&self) -> Option<&Process> {
+        self.server.process()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        show_log_on_panic(&self.server);
     }
 }
 
@@ -276,75 +259,56 @@ impl WorkerOptions {
 
 /// A `shop-worker` process on a fixed admin address and data dir, which survive restarts.
 pub struct Worker {
-    proc: Option<Proc>,
-    engine_url: String,
-    addr: SocketAddr,
-    data_dir: PathBuf,
+    server: Supervised,
     log: PathBuf,
-    options: WorkerOptions,
 }
 
 impl Worker {
     /// Starts a worker named `name` (its data under `dir/name`, its log `dir/name.log`).
     pub async fn start(dir: &Path, name: &str, engine_url: &str, options: WorkerOptions) -> Worker {
-        let mut worker = Worker {
-            proc: None,
+        let log = dir.join(format!("{name}.log"));
+        let spec = WorkerSpec {
+            binary: binary("shop-worker"),
             engine_url: engine_url.to_owned(),
-            addr: free_addr(),
             data_dir: dir.join(name),
-            log: dir.join(format!("{name}.log")),
-            options,
+            listen: free_addr(),
+            activities: options.activities,
+            open: options.open,
+            args: options.args,
+            env: options.env,
+            output: Output::LogFile { path: log.clone(), append: true },
         };
-        worker.launch().await;
-        worker
-    }
-
-    async fn launch(&mut self) {
-        let mut command = Command::new(binary("shop-worker"));
-        command
-            .arg("--engine")
-            .arg(&self.engine_url)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--listen")
-            .arg(self.addr.to_string())
-            .arg("--activities")
-            .arg(&self.options.activities)
-            .arg("--exit-with-parent");
-        if self.options.open {
-            command.arg("--open");
-        }
-        command.args(&self.options.args).envs(self.options.env.iter().map(|(k, v)| (k, v)));
-        let mut proc = Proc::spawn("shop-worker", command, &self.log);
-        wait_healthy(&mut proc, &format!("{}/healthz", self.url())).await;
-        self.proc = Some(proc);
+        Worker { server: start(spec.spec()).await, log }
     }
 
     /// The admin API's base URL, stable across restarts.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url().to_owned()
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.kill9();
-        }
+        self.server.kill9();
     }
 
     /// Starts the worker again on the same data dir and admin address, with the same flags
     /// (injected faults live in memory only, so the flags set them afresh).
     pub async fn restart(&mut self) {
-        self.kill9();
-        self.launch().await;
+        restart(&mut self.server).await;
     }
 
-    pub fn proc(&self) -> Option<&Proc> {
-        self.proc.as_ref()
+    pub fn proc(&self) -> Option<&Process> {
+        self.server.process()
     }
 
     /// Everything the worker has logged so far, over all its restarts.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        show_log_on_panic(&self.server);
     }
 }
 
@@ -397,17 +361,7 @@ impl Engine {
     /// that its store is closed and another process (a test that edits it) may open it.
     /// Returns the exit status; [`Engine::restart`] starts it again on the same dir and address.
     pub async fn stop(&mut self) -> ExitStatus {
-        let mut proc = self.proc.take().expect("the engine is running");
-        proc.signal("TERM");
-        let deadline = Instant::now() + STOP_DEADLINE;
-        loop {
-            if let Some(status) = proc.exited() {
-                return status;
-            }
-            // Dropping `proc` on this panic kills the engine, so nothing is left behind.
-            assert!(Instant::now() < deadline, "the engine did not exit within {STOP_DEADLINE:?} of SIGTERM");
-            tokio::time::sleep(EXIT_POLL_INTERVAL).await;
-        }
+        self.server.terminate(STOP_DEADLINE).await.unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -415,6 +369,6 @@ impl Worker {
     /// The worker's exit status if it has exited by itself (e.g. it crashed), `None` while it
     /// runs. A worker the test killed has no process left and answers `None` too.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.proc.as_mut().and_then(Proc::exited)
+        self.server.process_mut().and_then(|process| process.try_exit().ok().flatten())
     }
 }

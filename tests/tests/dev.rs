@@ -56,9 +56,8 @@ async fn start_dev(data_dir: &Path, ports: &Ports, log: &Path) -> Proc {
 
 /// The pids that the stack's engine and worker name in their `/healthz`.
 async fn stack_pids(ports: &Ports) -> [u32; 2] {
-    let client = reqwest::Client::new();
-    let engine = health_pid(&client, &format!("http://{}/healthz", ports.engine)).await.expect("the engine's pid");
-    let worker = health_pid(&client, &format!("http://{}/healthz", ports.worker)).await.expect("the worker's pid");
+    let engine = health_pid(&format!("http://{}", ports.engine)).await.expect("the engine's pid");
+    let worker = health_pid(&format!("http://{}", ports.worker)).await.expect("the worker's pid");
     [engine, worker]
 }
 

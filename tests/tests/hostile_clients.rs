@@ -319,7 +319,7 @@ async fn every_error_body_is_json() {
 async fn healthz_and_readyz_answer_json_with_the_pid() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = engine(dir.path(), &[]).await;
-    let pid = engine.proc().expect("running").pid();
+    let pid = engine.proc().and_then(|p| p.pid()).expect("running");
     let api = Api::new(&engine.url());
     let health: Health = api.get("/healthz").await.expect("GET /healthz").parse();
     assert_eq!((health.status.as_str(), health.pid), ("ok", Some(pid)));

@@ -57,7 +57,8 @@ async fn workers_share_one_queue_and_every_run_completes() {
         };
         workers.push(Worker::start(dir.path(), &format!("echo-worker-{n}"), &engine.url(), options).await);
     }
-    let pids: BTreeSet<String> = workers.iter().map(|w| w.proc().expect("the worker runs").pid().to_string()).collect();
+    let pids: BTreeSet<String> =
+        workers.iter().map(|w| w.proc().and_then(|p| p.pid()).expect("the worker runs").to_string()).collect();
     let api = Api::new(&engine.url());
     let reply = api.register_definition(ECHO_DEFINITION).await;
     assert_eq!(reply.status, 201, "{}", reply.text);

@@ -17,7 +17,7 @@
 //! `TORTURE_ORDERS=10000 TORTURE_KILLS=100 TORTURE_FREEZES=20 cargo test --release -p shop-tests --test torture -- --nocapture`.
 //! It reports figures, including the time to drain, and never asserts a timing.
 
-use shop_tests::process::{Engine, EngineOptions, Proc, Worker, WorkerOptions};
+use shop_tests::process::{send, Engine, EngineOptions, Process, Worker, WorkerOptions};
 use shop_tests::{audit_stack, order_body, Admin, Admins, Api};
 use shop_types::audit::{expected_outcome, Audit, Expected, InitialStock, Options, ViolationKind};
 use shop_types::order::{OrderInput, OrderItem, DECLINED_PAYMENT_METHOD};
@@ -204,7 +204,7 @@ const ENGINE: usize = 0;
 const PROCESSES: u64 = 4;
 
 impl Cluster {
-    fn proc(&self, which: usize) -> &Proc {
+    fn proc(&self, which: usize) -> &Process {
         let proc = if which == ENGINE { self.engine.proc() } else { self.workers[which - 1].proc() };
         proc.expect("every process is up between faults")
     }
@@ -227,9 +227,9 @@ impl Cluster {
     /// SIGSTOP for 1-10 s, then SIGCONT.
     async fn freeze(&self, rng: &mut Rng, which: usize) {
         let proc = self.proc(which);
-        proc.signal("STOP");
+        send(proc, "STOP");
         tokio::time::sleep(Duration::from_millis(rng.between(FREEZE_MS.0, FREEZE_MS.1))).await;
-        proc.signal("CONT");
+        send(proc, "CONT");
     }
 }
 

@@ -46,7 +46,6 @@ pub const MAX_CACHED_CREDENTIALS: usize = 1024;
 pub const MAX_CONCURRENT_CHECKS: usize = 8;
 /// How long one check may take end to end.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// `Retry-After` of a 503 when the engine cannot be asked, and of a 429 whose engine answer
 /// carried none.
 const RETRY_AFTER_S: u64 = 1;
@@ -54,9 +53,7 @@ const RETRY_AFTER_S: u64 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot build the HTTP client that checks admin credentials")]
-    Build(#[source] reqwest::Error),
-    #[error("cannot make the engine's /v1/stats URL from {0}")]
-    Url(String),
+    Client(#[source] shop_client::Error),
 }
 
 /// How the admin API decides who may call it.
@@ -97,27 +94,19 @@ impl Verdict {
 
 /// Asks the engine whether a credential is an admin's, and remembers its answers.
 pub struct EngineCheck {
-    http: reqwest::Client,
-    stats_url: Url,
+    /// The engine, without a credential of its own: each check sends the caller's.
+    engine: shop_client::Client,
     cache: Mutex<Cache>,
     permits: Semaphore,
 }
 
 impl EngineCheck {
     fn new(engine: &Url) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CHECK_TIMEOUT)
-            .pool_idle_timeout(Duration::from_millis(shop_types::limits::CLIENT_POOL_IDLE_MS))
-            .build()
-            .map_err(Error::Build)?;
-        let stats_url = engine.join("v1/stats").map_err(|_| Error::Url(engine.to_string()))?;
-        Ok(EngineCheck {
-            http,
-            stats_url,
-            cache: Mutex::new(Cache::default()),
-            permits: Semaphore::new(MAX_CONCURRENT_CHECKS),
-        })
+        // No retry in the client: a throttled check is answered 429 to the caller at once.
+        let options = shop_client::Options { request_timeout: CHECK_TIMEOUT, ..shop_client::Options::default() };
+        let engine =
+            shop_client::Client::new(shop_client::Service::Engine, engine.as_str(), options).map_err(Error::Client)?;
+        Ok(EngineCheck { engine, cache: Mutex::new(Cache::default()), permits: Semaphore::new(MAX_CONCURRENT_CHECKS) })
     }
 
     async fn verdict(&self, token: &BearerToken) -> Result<Verdict, ApiError> {
@@ -156,19 +145,19 @@ impl EngineCheck {
     /// `GET /v1/stats` with `token`; answers 200, 401 or 403, and turns anything else into
     /// the refusal this API gives instead (not cached by the caller).
     async fn ask(&self, token: Option<&BearerToken>) -> Result<StatusCode, ApiError> {
-        let mut request = self.http.get(self.stats_url.clone());
-        if let Some(token) = token {
-            request = request.bearer_auth(token.expose());
-        }
-        let response = request.send().await.map_err(|err| {
-            tracing::warn!(engine = %self.stats_url, error = %crate::ErrorChain(&err), "cannot check an admin credential");
+        // A token that cannot be a header value is not a credential the engine knows.
+        let engine =
+            self.engine.clone().with_token(token).map_err(|_| unauthenticated("the bearer token cannot be sent on"))?;
+        // Only the status matters, so the raw call: its body is never decoded.
+        let response = engine.send(shop_client::Method::GET, "/v1/stats", None, Vec::new(), &[]).await.map_err(|err| {
+            tracing::warn!(engine = %self.engine.base(), error = %crate::ErrorChain(&err), "cannot check an admin credential");
             unavailable("cannot reach the engine to check the credential; try again")
         })?;
-        match response.status() {
+        match response.status {
             status @ (StatusCode::OK | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Ok(status),
             StatusCode::TOO_MANY_REQUESTS => {
                 let retry_after = response
-                    .headers()
+                    .headers
                     .get(header::RETRY_AFTER)
                     .and_then(|value| value.to_str().ok())
                     .and_then(|text| text.trim().parse::<u64>().ok())
@@ -181,7 +170,7 @@ impl EngineCheck {
                 .retry_after(retry_after))
             }
             other => {
-                tracing::warn!(engine = %self.stats_url, status = %other, "the engine could not check an admin credential");
+                tracing::warn!(engine = %self.engine.base(), status = %other, "the engine could not check an admin credential");
                 Err(unavailable(format!("the engine answered {other} to the credential check; try again")))
             }
         }

@@ -12,7 +12,7 @@
 //! It never asserts a timing: it measures and reports.
 
 use super::verify::{self, Domains};
-use crate::client::{Client, Service};
+use crate::client::Client;
 use crate::output;
 use crate::stack::{free_loopback_addr, ChildOutput, Stack, StackOptions, WorkerLayout};
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -20,8 +20,9 @@ use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
+use shop_client::{Method, StatusCode};
 use shop_types::audit::{self, InitialStock, Options};
-use shop_types::order::{OrderItem, Product, SetStockRequest};
+use shop_types::order::{OrderItem, SetStockRequest};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,6 +35,9 @@ const CATALOG_UNITS: i64 = 1_000_000;
 const EMPTY_PRODUCT: i64 = 51;
 /// How long one wait for an order's final state may block on the server.
 const ORDER_WAIT: &str = "60s";
+/// The benchmark clients' request timeout: the longest wait asked for, plus the margin a
+/// long-poll gets for the server's answer at its end.
+const ORDER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60).saturating_add(shop_client::WAIT_MARGIN);
 /// How long a benchmark client keeps retrying one order (engine overloaded, waits that end
 /// before the order does) before the run is declared broken.
 const ORDER_DEADLINE: Duration = Duration::from_secs(300);
@@ -276,7 +280,7 @@ struct Target {
 
 impl Target {
     fn of(stack: &Stack) -> Result<Target> {
-        let engine_url = stack.client().base(Service::Engine).to_string();
+        let engine_url = stack.client().engine().base_str().to_owned();
         let admin = |domain: &str| -> Result<Client> {
             let url = stack.admin_url(domain).ok_or_else(|| anyhow!("no worker serves {domain}"))?;
             stack.client().with_worker(url)
@@ -313,12 +317,16 @@ async fn measure(
     stock_catalog(inventory).await?;
 
     let planned = Arc::new(plan_orders(count, args.mix, args.seed)?);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .pool_idle_timeout(std::time::Duration::from_millis(shop_types::limits::CLIENT_POOL_IDLE_MS))
-        .build()
+    // Its own pool, one idle connection per benchmark client, and no retry: the clients
+    // back off from an overloaded engine themselves and time it.
+    let options = shop_client::Options {
+        request_timeout: ORDER_REQUEST_TIMEOUT,
+        pool_max_idle_per_host: Some(concurrency),
+        ..shop_client::Options::default()
+    };
+    let http = shop_client::Client::new(shop_client::Service::Engine, engine_url, options)
         .context("cannot create the HTTP client")?;
-    let before: EngineStats = engine.get(Service::Engine, &["v1", "stats"], &[]).await?.body;
+    let before: EngineStats = engine.engine().stats().await?.body;
     output::note(&format!(
         "bench: {count} orders, {concurrency} in flight, {} durability, workers {:?}",
         args.durability.as_str(),
@@ -335,8 +343,7 @@ async fn measure(
     let interval = args.rate.map(|rate| Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (http, engine_url, planned, next, done) =
-            (http.clone(), engine_url.clone(), planned.clone(), next.clone(), done.clone());
+        let (http, planned, next, done) = (http.clone(), planned.clone(), next.clone(), done.clone());
         clients.spawn(async move {
             let mut samples = Vec::new();
             loop {
@@ -346,7 +353,7 @@ async fn measure(
                     let due = started + interval.mul_f64(index as f64);
                     tokio::time::sleep_until(due.into()).await;
                 }
-                samples.push(drive_one(&http, &engine_url, order).await?);
+                samples.push(drive_one(&http, order).await?);
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, anyhow::Error>(samples)
@@ -360,7 +367,7 @@ async fn measure(
     let elapsed = started.elapsed();
     progress.abort();
     eprintln!();
-    let after: EngineStats = engine.get(Service::Engine, &["v1", "stats"], &[]).await?.body;
+    let after: EngineStats = engine.engine().stats().await?.body;
     let engine_cpu = engine_pid.and_then(cpu_ms).zip(engine_cpu_before).map(|(after, before)| after - before);
     let workers_cpu_after: Option<u64> = worker_pids.iter().map(|&pid| cpu_ms(pid)).sum();
     let workers_cpu = workers_cpu_after.zip(workers_cpu_before).map(|(after, before)| after - before);
@@ -422,7 +429,8 @@ async fn stock_catalog(inventory: &Client) -> Result<()> {
         let units = if product_id == EMPTY_PRODUCT { 0 } else { CATALOG_UNITS };
         let request = SetStockRequest { units, name: None, price_cents: None };
         inventory
-            .put::<Product>(Service::Worker, &["stock", &product_id.to_string()], &request)
+            .worker()
+            .set_stock(product_id, &request)
             .await
             .with_context(|| format!("cannot stock product {product_id}"))?;
     }
@@ -430,34 +438,34 @@ async fn stock_catalog(inventory: &Client) -> Result<()> {
 }
 
 /// Places one order and waits for its final state, timing both.
-async fn drive_one(http: &reqwest::Client, engine_url: &str, order: &PlannedOrder) -> Result<Sample> {
+async fn drive_one(http: &shop_client::Client, order: &PlannedOrder) -> Result<Sample> {
     let deadline = Instant::now() + ORDER_DEADLINE;
     let begun = Instant::now();
-    let place_url = format!("{engine_url}api/orders");
+    // Raw calls: the body is encoded once, before timing, and the answer is only read as
+    // far as its status.
     loop {
         let response = http
-            .post(&place_url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(order.body.clone())
-            .send()
+            .send(Method::POST, "/api/orders", Some("application/json"), order.body.clone(), &[])
             .await
             .with_context(|| format!("cannot place order {}", order.id))?;
-        let status = response.status();
+        let status = response.status;
         if status.is_success() {
             break;
         }
-        let text = response.text().await.unwrap_or_default();
-        if status != reqwest::StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+        let text = String::from_utf8_lossy(&response.body);
+        if status != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
             bail!("placing order {} failed: {status} {text}", order.id);
         }
         tokio::time::sleep(OVERLOAD_BACKOFF).await;
     }
     let start_us = micros(begun.elapsed());
-    let wait_url = format!("{engine_url}api/orders/{}?wait={ORDER_WAIT}", order.id);
+    let wait_path = format!("/api/orders/{}?wait={ORDER_WAIT}", order.id);
     loop {
-        let response = http.get(&wait_url).send().await.with_context(|| format!("cannot read order {}", order.id))?;
-        let status = response.status();
-        let bytes = response.bytes().await.with_context(|| format!("cannot read order {}", order.id))?;
+        let response = http
+            .send(Method::GET, &wait_path, None, Vec::new(), &[])
+            .await
+            .with_context(|| format!("cannot read order {}", order.id))?;
+        let (status, bytes) = (response.status, response.body);
         if !status.is_success() {
             bail!("reading order {} failed: {status} {}", order.id, String::from_utf8_lossy(&bytes));
         }

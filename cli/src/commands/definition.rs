@@ -5,11 +5,9 @@
 //! error (file, line, reason) is the one the user sees.
 
 use super::Context;
-use crate::client::{Body, Service};
 use crate::output::{self, Table};
 use anyhow::{anyhow, Context as _, Result};
 use clap::Subcommand;
-use shop_types::api::{DefinitionList, DefinitionSummary};
 use shop_types::limits::MAX_BODY_BYTES;
 use std::path::PathBuf;
 
@@ -24,7 +22,7 @@ pub enum DefinitionCommand {
 pub async fn run(command: DefinitionCommand, ctx: &Context) -> Result<()> {
     match command {
         DefinitionCommand::List => {
-            let reply = ctx.client.get::<DefinitionList>(Service::Engine, &["v1", "definitions"], &[]).await?;
+            let reply = ctx.client.engine().definitions().await?;
             ctx.show(&reply, |list| {
                 let mut table = Table::with_header(&["NAME", "VERSION", "STEPS"]);
                 for definition in &list.definitions {
@@ -41,7 +39,8 @@ pub async fn run(command: DefinitionCommand, ctx: &Context) -> Result<()> {
             let text = read_bounded(&file)?;
             let reply = ctx
                 .client
-                .post::<DefinitionSummary>(Service::Engine, &["v1", "definitions"], Body::Toml(&text))
+                .engine()
+                .register_definition(&text)
                 .await
                 .with_context(|| format!("cannot register {}", file.display()))?;
             ctx.show(&reply, |summary| {

@@ -11,7 +11,6 @@
 //! functions; it must never leave the stack running, whatever happens.
 
 use super::{notifications, order, payments, stock, workflow, Context};
-use crate::client::Service;
 use crate::output::{self, Table};
 use crate::stack::{free_loopback_addr, interrupted, ChildOutput, Stack, StackOptions, WorkerLayout};
 use crate::timeline;
@@ -319,14 +318,13 @@ async fn place_and_wait(ctx: &Context, id: &str, items: &[(i64, i64)], payment_m
         payment_method: payment_method.to_owned(),
     };
     order::place_order(ctx, &request).await?;
-    let reply = ctx.client.get_waiting::<OrderView>(Service::Engine, &["api", "orders", id], FINAL_WAIT).await?;
+    let reply = ctx.client.engine().order(id, Some(FINAL_WAIT)).await?;
     Ok(reply.body)
 }
 
 async fn set_faults(ctx: &Context, charge_failures: u32) -> Result<()> {
     let faults = FaultConfig { payment_fail_next: charge_failures, ..FaultConfig::default() };
-    let _: crate::client::Reply<serde_json::Value> =
-        ctx.client.put(Service::Worker, &["faults"], &faults).await.context("cannot set the worker's faults")?;
+    ctx.client.worker().set_faults(&faults).await.context("cannot set the worker's faults")?;
     Ok(())
 }
 

@@ -4,7 +4,6 @@
 //! listens, wait for a signal or a death, stop. Starting and stopping processes is
 //! [`crate::stack`]'s job.
 
-use crate::client::Service;
 use crate::output::{self, Table};
 use crate::stack::{interrupted, ChildOutput, Stack, StackOptions, WorkerLayout};
 use anyhow::{anyhow, Result};
@@ -48,8 +47,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
             return Ok(());
         }
     };
-    let engine = display_url(stack.client(), Service::Engine);
-    let worker = display_url(stack.client(), Service::Worker);
+    let engine = stack.client().engine().base_str().to_owned();
+    let worker = stack.client().worker().base_str().to_owned();
     let mut table = Table::without_header();
     table.row(vec!["engine".into(), engine.clone()]);
     table.row(vec!["worker admin".into(), worker.clone()]);
@@ -67,9 +66,4 @@ pub async fn run(args: DevArgs) -> Result<()> {
     };
     stack.stop().await;
     outcome
-}
-
-/// A base URL as users type it, without the trailing slash.
-fn display_url(client: &crate::client::Client, service: Service) -> String {
-    client.base(service).as_str().trim_end_matches('/').to_owned()
 }

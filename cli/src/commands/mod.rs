@@ -18,7 +18,7 @@ pub mod workflow;
 
 use crate::client::{Client, Reply};
 use crate::output;
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use shop_types::limits::MAX_WAIT_MS;
 use std::time::Duration;
 
@@ -35,7 +35,7 @@ impl Context {
     /// Shows one answer: its raw JSON under `--json`, else whatever `render` makes of it.
     pub fn show<T>(&self, reply: &Reply<T>, render: impl FnOnce(&T) -> Result<()>) -> Result<()> {
         if self.json {
-            output::json(&reply.raw)
+            output::json(&reply.raw().context("the answer is not JSON")?)
         } else {
             render(&reply.body)
         }

@@ -3,7 +3,6 @@
 //! Read-only: the outbox is written by the notification activity alone.
 
 use super::Context;
-use crate::client::Service;
 use crate::output::Table;
 use anyhow::Result;
 use clap::Subcommand;
@@ -32,5 +31,5 @@ pub async fn run(command: NotificationsCommand, ctx: &Context) -> Result<()> {
 
 /// `GET /notifications`; shared with the demo.
 pub async fn list(ctx: &Context) -> Result<crate::client::Reply<Vec<NotificationEntry>>> {
-    ctx.client.get(Service::Worker, &["notifications"], &[]).await
+    Ok(ctx.client.worker().notifications().await?)
 }

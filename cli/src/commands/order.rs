@@ -4,12 +4,12 @@
 //! documented limits before sending so a typo fails fast, but the engine stays the judge.
 
 use super::{note_next_page, parse_wait, Context};
-use crate::client::{Body, Service};
 use crate::output::{self, or_dash, Table};
 use anyhow::{anyhow, Context as _, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use shop_client::engine::ListQuery;
 use shop_types::limits::{MAX_LINE_QUANTITY, MAX_LIST_LIMIT, MAX_ORDER_LINES};
-use shop_types::order::{OrderItem, OrderList, OrderView, PlaceOrderRequest};
+use shop_types::order::{OrderItem, OrderView, PlaceOrderRequest};
 use shop_types::WorkflowId;
 use std::time::Duration;
 
@@ -86,26 +86,13 @@ pub async fn run(command: OrderCommand, ctx: &Context) -> Result<()> {
     match command {
         OrderCommand::Place(args) => place(args, ctx).await,
         OrderCommand::Get { id, wait } => {
-            let reply = match wait {
-                Some(wait) => {
-                    ctx.client.get_waiting::<OrderView>(Service::Engine, &["api", "orders", id.as_str()], wait).await?
-                }
-                None => ctx.client.get(Service::Engine, &["api", "orders", id.as_str()], &[]).await?,
-            };
+            let reply = ctx.client.engine().order(id.as_str(), wait).await?;
             ctx.show(&reply, show_order)
         }
         OrderCommand::List { status, limit, cursor } => {
-            let mut query = Vec::new();
-            if let Some(status) = status {
-                query.push(("status", status.as_str().to_owned()));
-            }
-            if let Some(limit) = limit {
-                query.push(("limit", limit.to_string()));
-            }
-            if let Some(cursor) = cursor {
-                query.push(("cursor", cursor));
-            }
-            let reply = ctx.client.get::<OrderList>(Service::Engine, &["api", "orders"], &query).await?;
+            let query =
+                ListQuery { status: status.map(|s| s.as_str().to_owned()), limit, cursor, ..ListQuery::default() };
+            let reply = ctx.client.engine().orders(&query).await?;
             ctx.show(&reply, |list| {
                 let mut table = Table::with_header(&["ORDER", "STATUS", "ITEMS", "PAYMENT", "CREATED", "REASON"]);
                 for order in &list.orders {
@@ -124,10 +111,7 @@ pub async fn run(command: OrderCommand, ctx: &Context) -> Result<()> {
             Ok(())
         }
         OrderCommand::Cancel { id } => {
-            let reply = ctx
-                .client
-                .post::<OrderView>(Service::Engine, &["api", "orders", id.as_str(), "cancel"], Body::Empty)
-                .await?;
+            let reply = ctx.client.engine().cancel_order(id.as_str()).await?;
             ctx.show(&reply, show_order)
         }
     }
@@ -144,7 +128,7 @@ async fn place(args: PlaceArgs, ctx: &Context) -> Result<()> {
         payment_method: args.payment_method,
     };
     let placed = place_order(ctx, &request).await?;
-    if placed.status == reqwest::StatusCode::OK {
+    if placed.status == shop_client::StatusCode::OK {
         output::note(&format!("order {} already existed; showing it", placed.body.order_id));
     }
     let Some(wait) = args.wait else {
@@ -153,7 +137,8 @@ async fn place(args: PlaceArgs, ctx: &Context) -> Result<()> {
     let id = placed.body.order_id;
     let reply = ctx
         .client
-        .get_waiting::<OrderView>(Service::Engine, &["api", "orders", &id], wait)
+        .engine()
+        .order(&id, Some(wait))
         .await
         .with_context(|| format!("order {id} was placed, but waiting for it failed"))?;
     if reply.body.status == PENDING {
@@ -164,8 +149,7 @@ async fn place(args: PlaceArgs, ctx: &Context) -> Result<()> {
 
 /// `POST /api/orders`; shared with the demo, which places orders the same way a user does.
 pub async fn place_order(ctx: &Context, request: &PlaceOrderRequest) -> Result<crate::client::Reply<OrderView>> {
-    let body = serde_json::to_value(request).context("cannot encode the order")?;
-    ctx.client.post(Service::Engine, &["api", "orders"], Body::Json(body)).await
+    Ok(ctx.client.engine().place_order(request).await?)
 }
 
 fn show_order(order: &OrderView) -> Result<()> {

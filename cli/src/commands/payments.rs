@@ -3,7 +3,6 @@
 //! Read-only: the ledger is written by the payment activity alone.
 
 use super::Context;
-use crate::client::Service;
 use crate::output::{self, Table};
 use anyhow::Result;
 use clap::Subcommand;
@@ -37,5 +36,5 @@ pub async fn run(command: PaymentsCommand, ctx: &Context) -> Result<()> {
 
 /// `GET /payments`; shared with the demo.
 pub async fn list(ctx: &Context) -> Result<crate::client::Reply<Vec<PaymentEntry>>> {
-    ctx.client.get(Service::Worker, &["payments"], &[]).await
+    Ok(ctx.client.worker().payments().await?)
 }

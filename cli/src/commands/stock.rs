@@ -4,7 +4,6 @@
 //! first `set`, and refuses negative stock).
 
 use super::Context;
-use crate::client::Service;
 use crate::output::{self, Table};
 use anyhow::Result;
 use clap::Subcommand;
@@ -33,8 +32,7 @@ pub async fn run(command: StockCommand, ctx: &Context) -> Result<()> {
         }
         StockCommand::Set { product_id, units, name, price_cents } => {
             let request = SetStockRequest { units, name, price_cents };
-            let reply =
-                ctx.client.put::<Product>(Service::Worker, &["stock", &product_id.to_string()], &request).await?;
+            let reply = ctx.client.worker().set_stock(product_id, &request).await?;
             ctx.show(&reply, |product| table(std::slice::from_ref(product)).print())
         }
     }
@@ -42,7 +40,7 @@ pub async fn run(command: StockCommand, ctx: &Context) -> Result<()> {
 
 /// `GET /stock`; shared with the demo.
 pub async fn list(ctx: &Context) -> Result<crate::client::Reply<Vec<Product>>> {
-    ctx.client.get(Service::Worker, &["stock"], &[]).await
+    Ok(ctx.client.worker().stock().await?)
 }
 
 fn table(products: &[Product]) -> Table {

@@ -5,11 +5,10 @@
 //! show.
 
 use super::Context;
-use crate::client::{Body, Service};
 use crate::output::{self, Table};
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
-use shop_types::auth::{CreateTokenRequest, CreatedToken, Role, TokenList, TokenView};
+use shop_types::auth::{CreateTokenRequest, Role, TokenView};
 use shop_types::QueueName;
 
 #[derive(Debug, Subcommand)]
@@ -39,12 +38,7 @@ pub async fn run(command: TokenCommand, ctx: &Context) -> Result<()> {
     match command {
         TokenCommand::Create { role, queues, ttl, name } => {
             let request = CreateTokenRequest { name: name.unwrap_or_else(|| role.to_string()), role, queues, ttl };
-            let body = serde_json::to_value(&request).context("cannot encode the request")?;
-            let reply = ctx
-                .client
-                .post::<CreatedToken>(Service::Engine, &["v1", "tokens"], Body::Json(body))
-                .await
-                .context("cannot create the token")?;
+            let reply = ctx.client.engine().create_token(&request).await.context("cannot create the token")?;
             ctx.show(&reply, |created| {
                 output::note(&format!(
                     "created {} ({}, {}); its secret follows and is not shown again",
@@ -56,7 +50,7 @@ pub async fn run(command: TokenCommand, ctx: &Context) -> Result<()> {
             })
         }
         TokenCommand::List => {
-            let reply = ctx.client.get::<TokenList>(Service::Engine, &["v1", "tokens"], &[]).await?;
+            let reply = ctx.client.engine().tokens().await?;
             ctx.show(&reply, |list| {
                 let mut table = Table::with_header(&["ID", "NAME", "ROLE", "QUEUES", "CREATED", "EXPIRES", "STATE"]);
                 for token in &list.tokens {
@@ -75,11 +69,8 @@ pub async fn run(command: TokenCommand, ctx: &Context) -> Result<()> {
             })
         }
         TokenCommand::Revoke { id } => {
-            let reply = ctx
-                .client
-                .post::<TokenView>(Service::Engine, &["v1", "tokens", &id, "revoke"], Body::Empty)
-                .await
-                .with_context(|| format!("cannot revoke token {id}"))?;
+            let reply =
+                ctx.client.engine().revoke_token(&id).await.with_context(|| format!("cannot revoke token {id}"))?;
             ctx.show(&reply, |token| output::line(&format!("revoked {} ({})", token.id, token.name)))
         }
     }

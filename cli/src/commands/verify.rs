@@ -8,11 +8,11 @@
 //! system it audits, nor check anything itself that the shared checker should own.
 
 use super::Context;
-use crate::client::{Client, Service};
+use crate::client::Client;
 use crate::output;
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Deserialize;
-use shop_types::api::{HistoryResponse, WorkflowList};
+use shop_client::engine::ListQuery;
 use shop_types::audit::{self, Audit, InitialStock, Options, Snapshot};
 use shop_types::limits::MAX_LIST_LIMIT;
 use shop_types::order::ORDER_WORKFLOW_TYPE;
@@ -63,7 +63,7 @@ pub struct Domains {
 
 pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
     // The domains' clients talk to admin APIs only, with the same credential as `ctx.client`.
-    let worker = ctx.client.base(Service::Worker).as_str();
+    let worker = ctx.client.worker().base_str();
     let admin = |url: &Option<String>| ctx.client.with_worker(url.as_deref().unwrap_or(worker));
     let domains = Domains {
         inventory: admin(&args.inventory)?,
@@ -121,11 +121,13 @@ pub async fn snapshot(engine: &Client, domains: &Domains, id_prefix: Option<&str
     // Runs are listed in ID order, so a prefix is a range: start just before it, stop after.
     let mut cursor: Option<String> = id_prefix.map(str::to_owned);
     loop {
-        let mut query = vec![("type", ORDER_WORKFLOW_TYPE.to_owned()), ("limit", MAX_LIST_LIMIT.to_string())];
-        if let Some(cursor) = cursor.take() {
-            query.push(("cursor", cursor));
-        }
-        let page = engine.get::<WorkflowList>(Service::Engine, &["v1", "workflows"], &query).await?.body;
+        let query = ListQuery {
+            workflow_type: Some(ORDER_WORKFLOW_TYPE.to_owned()),
+            limit: u32::try_from(MAX_LIST_LIMIT).ok(),
+            cursor: cursor.take(),
+            ..ListQuery::default()
+        };
+        let page = engine.engine().workflows(&query).await?.body;
         let past_prefix = id_prefix.is_some_and(|p| page.workflows.iter().any(|run| !run.id.as_str().starts_with(p)));
         runs.extend(page.workflows.into_iter().filter(|run| id_prefix.is_none_or(|p| run.id.as_str().starts_with(p))));
         match page.next_cursor {
@@ -137,10 +139,9 @@ pub async fn snapshot(engine: &Client, domains: &Domains, id_prefix: Option<&str
     for chunk in runs.chunks(HISTORY_FETCH_CONCURRENCY) {
         let mut fetches = tokio::task::JoinSet::new();
         for run in chunk {
-            let (engine, id) = (engine.clone(), run.id.to_string());
+            let (engine, id) = (engine.engine().clone(), run.id.to_string());
             fetches.spawn(async move {
-                let path = ["v1", "workflows", id.as_str(), "history"];
-                let reply = engine.get::<HistoryResponse>(Service::Engine, &path, &[]).await;
+                let reply = engine.history(&id).await;
                 (id, reply)
             });
         }
@@ -152,9 +153,9 @@ pub async fn snapshot(engine: &Client, domains: &Domains, id_prefix: Option<&str
     Ok(Snapshot {
         runs,
         histories,
-        stock: domains.inventory.get(Service::Worker, &["stock"], &[]).await?.body,
-        payments: domains.payment.get(Service::Worker, &["payments"], &[]).await?.body,
-        notifications: domains.notification.get(Service::Worker, &["notifications"], &[]).await?.body,
+        stock: domains.inventory.worker().stock().await?.body,
+        payments: domains.payment.worker().payments().await?.body,
+        notifications: domains.notification.worker().notifications().await?.body,
     })
 }
 

@@ -4,14 +4,12 @@
 //! Owns how runs are listed and shown; the history timeline itself is [`crate::timeline`].
 
 use super::{note_next_page, Context};
-use crate::client::{Body, Service};
 use crate::output::{self, or_dash, Table};
 use crate::timeline;
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::Subcommand;
-use shop_types::api::{
-    HistoryResponse, ReasonRequest, StartWorkflowRequest, WorkflowList, WorkflowStatus, WorkflowView,
-};
+use shop_client::engine::{ListQuery, RunAction};
+use shop_types::api::{HistoryResponse, ReasonRequest, StartWorkflowRequest, WorkflowStatus, WorkflowView};
 use shop_types::limits::MAX_LIST_LIMIT;
 use shop_types::{JsonText, WorkflowId};
 
@@ -70,20 +68,8 @@ pub enum WorkflowCommand {
 pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
     match command {
         WorkflowCommand::List { status, workflow_type, limit, cursor } => {
-            let mut query = Vec::new();
-            if let Some(status) = status {
-                query.push(("status", status.as_str().to_owned()));
-            }
-            if let Some(workflow_type) = workflow_type {
-                query.push(("type", workflow_type));
-            }
-            if let Some(limit) = limit {
-                query.push(("limit", limit.to_string()));
-            }
-            if let Some(cursor) = cursor {
-                query.push(("cursor", cursor));
-            }
-            let reply = ctx.client.get::<WorkflowList>(Service::Engine, &["v1", "workflows"], &query).await?;
+            let query = ListQuery { status: status.map(|s| s.as_str().to_owned()), workflow_type, limit, cursor };
+            let reply = ctx.client.engine().workflows(&query).await?;
             ctx.show(&reply, |list| {
                 let mut table = Table::with_header(&["ID", "TYPE", "STATUS", "DOMAIN STATUS", "CREATED", "REASON"]);
                 for run in &list.workflows {
@@ -102,7 +88,7 @@ pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
             Ok(())
         }
         WorkflowCommand::Show { id } => {
-            let reply = ctx.client.get::<WorkflowView>(Service::Engine, &["v1", "workflows", id.as_str()], &[]).await?;
+            let reply = ctx.client.engine().workflow(id.as_str(), None).await?;
             ctx.show(&reply, show_run)
         }
         WorkflowCommand::History { id } => {
@@ -111,32 +97,26 @@ pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
         }
         WorkflowCommand::Start { workflow_type, id, input } => {
             let request = StartWorkflowRequest { workflow_type, id: id.map(|id| id.as_str().to_owned()), input };
-            let body = serde_json::to_value(&request).context("cannot encode the request")?;
-            let reply =
-                ctx.client.post::<WorkflowView>(Service::Engine, &["v1", "workflows"], Body::Json(body)).await?;
-            if reply.status == reqwest::StatusCode::OK {
+            let reply = ctx.client.engine().start_workflow(&request).await?;
+            if reply.status == shop_client::StatusCode::OK {
                 output::note(&format!("workflow {} already existed; showing it", reply.body.id));
             }
             ctx.show(&reply, show_run)
         }
-        WorkflowCommand::Cancel { id, reason } => post_action(ctx, &id, "cancel", reason).await,
-        WorkflowCommand::Terminate { id, reason } => post_action(ctx, &id, "terminate", reason).await,
-        WorkflowCommand::Retry { id, reason } => post_action(ctx, &id, "retry", reason).await,
+        WorkflowCommand::Cancel { id, reason } => post_action(ctx, &id, RunAction::Cancel, reason).await,
+        WorkflowCommand::Terminate { id, reason } => post_action(ctx, &id, RunAction::Terminate, reason).await,
+        WorkflowCommand::Retry { id, reason } => post_action(ctx, &id, RunAction::Retry, reason).await,
     }
 }
 
 /// `GET /v1/workflows/{id}/history`; shared with the demo.
 pub async fn fetch_history(ctx: &Context, id: &WorkflowId) -> Result<crate::client::Reply<HistoryResponse>> {
-    ctx.client.get(Service::Engine, &["v1", "workflows", id.as_str(), "history"], &[]).await
+    Ok(ctx.client.engine().history(id.as_str()).await?)
 }
 
 /// `POST /v1/workflows/{id}/{action}` (cancel, terminate, retry) and shows the run after it.
-async fn post_action(ctx: &Context, id: &WorkflowId, action: &str, reason: Option<String>) -> Result<()> {
-    let body = serde_json::to_value(ReasonRequest { reason }).context("cannot encode the request")?;
-    let reply = ctx
-        .client
-        .post::<WorkflowView>(Service::Engine, &["v1", "workflows", id.as_str(), action], Body::Json(body))
-        .await?;
+async fn post_action(ctx: &Context, id: &WorkflowId, action: RunAction, reason: Option<String>) -> Result<()> {
+    let reply = ctx.client.engine().run_action(id.as_str(), action, &ReasonRequest { reason }).await?;
     ctx.show(&reply, show_run)
 }
 
