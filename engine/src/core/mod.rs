@@ -249,7 +249,11 @@ impl Core {
             }
         };
         self.syncer = Some(to_syncer);
+        let injected_panic_at = injected_panic_at(self.clock.now_ms());
         loop {
+            if injected_panic_at.is_some_and(|at| self.clock.now_ms() >= at) {
+                panic!("{INJECTED_PANIC_ENV} says the core thread dies now");
+            }
             let now = self.clock.now_ms();
             let wait = self
                 .next_wake_ms()
@@ -351,3 +355,16 @@ impl Core {
 mod tests;
 #[cfg(test)]
 mod timer_tests;
+
+/// Debug builds only: a test sets this (milliseconds after start) to make the core thread
+/// panic, so the end-to-end suite can see that a dead core ends the process instead of
+/// leaving a server that answers 503 to everything. Release builds never read it.
+pub const INJECTED_PANIC_ENV: &str = "SHOP_ENGINE_TEST_CORE_PANIC_AFTER_MS";
+
+fn injected_panic_at(now_ms: u64) -> Option<u64> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let after: u64 = std::env::var(INJECTED_PANIC_ENV).ok()?.parse().ok()?;
+    Some(now_ms.saturating_add(after))
+}
