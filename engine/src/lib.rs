@@ -10,7 +10,7 @@
 //! unless the engine runs `--open`, which it only does on a loopback address.
 //!
 //! Start-up: open the store, load and register definitions, replay in-flight runs, start the
-//! core thread, serve HTTP (`server`). Shutdown: stop accepting, release parked polls, drain
+//! core thread, serve HTTP (`server`). Shutdown: stop accepting, release waiting polls, drain
 //! requests for up to the shutdown grace, close what is left, stop the core (which finishes
 //! its last commit). A core thread that dies on its own ends the process (exit 70).
 

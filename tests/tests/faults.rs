@@ -4,7 +4,7 @@
 //! - a poison pill (an activity that panics on one input) fails only its own order, which
 //!   compensates, while the worker keeps serving every other order;
 //! - a compensation that keeps failing parks its run (FAILED, needs an operator) until the
-//!   operator retries it, after which the saga finishes compensating;
+//!   operator resumes it, after which the saga finishes compensating;
 //! - with no worker on a queue, the backlog is visible in `/v1/stats` and drains once a
 //!   worker arrives;
 //! - a run whose stored history holds an unreadable record is quarantined at start-up and
@@ -247,8 +247,8 @@ async fn poison_pill_cancels_its_own_order_and_the_worker_serves_the_rest() {
 const REFUND_MAX_ATTEMPTS: u32 = 3;
 /// Refund failures injected at first: far more than any attempt budget.
 const REFUND_FAILURES: &str = "1000";
-/// Refund failures left when the operator retries: one less than a whole attempt budget, so
-/// the retried compensation succeeds only if its budget really starts afresh.
+/// Refund failures left when the operator resumes the run: one less than a whole attempt budget, so
+/// the resumed compensation succeeds only if its budget really starts afresh.
 const REFUND_FAILURES_AFTER_RESUME: u32 = REFUND_MAX_ATTEMPTS - 1;
 /// The order's product and quantity.
 const PARKED_PRODUCT: i64 = 3;
@@ -271,11 +271,11 @@ fn order_definition_v2() -> String {
 /// A compensation that fails past its `max_attempts` parks the run: status FAILED (in the
 /// order API, the `status=FAILED` list and `shopctl workflow list`), history ending with
 /// RunParked, and the compensations after it not run. Once the cause is fixed, `shopctl
-/// workflow retry` resumes it: the refund runs again with a fresh attempt budget, then the
+/// workflow resume` resumes it: the refund runs again with a fresh attempt budget, then the
 /// release, the cancellation notice, and the run ends compensated with stock and money back
-/// where they were. Retrying a run that is not parked is refused with 409 NOT_PARKED.
+/// where they were. Resuming a run that is not parked is refused with 409 NOT_PARKED.
 #[tokio::test(flavor = "multi_thread")]
-async fn compensation_failing_for_good_parks_the_run_until_an_operator_retries_it() {
+async fn compensation_failing_for_good_parks_the_run_until_an_operator_resumes_it() {
     let stack =
         Stack::start_with(EngineOptions::default(), WorkerOptions::with_args(["--refund-fail-next", REFUND_FAILURES]))
             .await;
@@ -307,12 +307,12 @@ async fn compensation_failing_for_good_parks_the_run_until_an_operator_retries_i
     // Compensations run in reverse order, one after the other: the release waits its turn.
     assert!(step_events(&history, "reserve_stock.compensation").is_empty(), "the release has not run yet");
 
-    // The operator fixes the cause (nearly: the refund still fails a few times) and retries.
+    // The operator fixes the cause (nearly: the refund still fails a few times) and resumes the run.
     let mut faults: FaultConfig = stack.admin.get("/faults").await.expect("GET /faults");
     faults.refund_fail_next = REFUND_FAILURES_AFTER_RESUME;
     stack.admin.set_faults(&faults).await;
-    let retried = shopctl(stack.engine.url().as_str(), &["workflow", "retry", &id]);
-    assert!(retried.status.success(), "shopctl workflow retry: {}", retried.stderr);
+    let resumed = shopctl(stack.engine.url().as_str(), &["workflow", "resume", &id]);
+    assert!(resumed.status.success(), "shopctl workflow resume: {}", resumed.stderr);
 
     let order = stack.api.wait_order(&id).await;
     assert_eq!(order.status, CANCELLED, "reason: {:?}", order.reason);
@@ -345,16 +345,19 @@ async fn compensation_failing_for_good_parks_the_run_until_an_operator_retries_i
     assert_eq!(cancelled.len(), 1, "one cancellation notice: {cancelled:?}");
     assert_eq!(net_charged(&stack.admin.payments_of(&id).await), 0, "nothing charged in the end");
 
-    // Only a parked run can be retried: a finished one is refused as finished, one still
+    // Only a parked run can be resumed: a finished one is refused as finished, one still
     // running (its only step waits on a queue nobody serves) as not parked.
-    let again = stack.api.post_json(&format!("/v1/workflows/{id}/retry"), &json!({})).await.expect("POST retry");
+    let again = stack.api.post_json(&format!("/v1/workflows/{id}/resume"), &json!({})).await.expect("POST resume");
     again.assert_error(409, "ALREADY_FINISHED");
+    // One name for the action: the route's old name is gone.
+    let old_name = stack.api.post_json(&format!("/v1/workflows/{id}/retry"), &json!({})).await.expect("POST retry");
+    assert_eq!(old_name.status, 404, "{}", old_name.text);
     let reply = stack.api.register_definition(UNSERVED_DEFINITION).await;
     assert_eq!(reply.status, 201, "{}", reply.text);
     let reply = stack.api.start_workflow("unserved", Some(UNSERVED_RUN), json!({})).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
-    let running = stack.api.post_json(&format!("/v1/workflows/{UNSERVED_RUN}/retry"), &json!({})).await;
-    running.expect("POST retry").assert_error(409, "NOT_PARKED");
+    let running = stack.api.post_json(&format!("/v1/workflows/{UNSERVED_RUN}/resume"), &json!({})).await;
+    running.expect("POST resume").assert_error(409, "NOT_PARKED");
     assert_eq!(stack.api.workflow(UNSERVED_RUN).await.status, WorkflowStatus::Running, "the refusal changed nothing");
 }
 

@@ -123,7 +123,7 @@ pub enum EventKind {
     RunParked {
         reason: String,
     },
-    /// An operator retried a parked run: the failed compensation runs again.
+    /// An operator resumed a parked run: the failed compensation runs again.
     RunResumed {
         reason: String,
     },

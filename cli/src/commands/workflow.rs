@@ -56,9 +56,9 @@ pub enum WorkflowCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Retry a run parked as FAILED because a compensation kept failing, once the cause is
+    /// Resume a run parked as FAILED because a compensation kept failing, once the cause is
     /// fixed: the failed compensation runs again.
-    Retry {
+    Resume {
         id: WorkflowId,
         #[arg(long)]
         reason: Option<String>,
@@ -105,7 +105,7 @@ pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
         }
         WorkflowCommand::Cancel { id, reason } => post_action(ctx, &id, RunAction::Cancel, reason).await,
         WorkflowCommand::Terminate { id, reason } => post_action(ctx, &id, RunAction::Terminate, reason).await,
-        WorkflowCommand::Retry { id, reason } => post_action(ctx, &id, RunAction::Retry, reason).await,
+        WorkflowCommand::Resume { id, reason } => post_action(ctx, &id, RunAction::Resume, reason).await,
     }
 }
 

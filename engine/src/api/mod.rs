@@ -105,7 +105,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/workflows", post(workflows::start))
         .route("/v1/workflows/:id/cancel", post(workflows::cancel))
         .route("/v1/workflows/:id/terminate", post(workflows::terminate))
-        .route("/v1/workflows/:id/retry", post(workflows::retry))
+        .route("/v1/workflows/:id/resume", post(workflows::resume))
         .route("/v1/definitions", post(workflows::register_definition))
         .route("/api/orders/:id/cancel", post(orders::cancel))
         .route("/v1/tokens", post(auth::create_token).get(auth::list_tokens))

@@ -216,15 +216,15 @@ pub(crate) async fn terminate(
     stop_run(&state, id, reason, true).await
 }
 
-/// Retries a parked run (FAILED because a compensation failed for good) once its cause is
+/// Resumes a parked run (FAILED because a compensation failed for good) once its cause is
 /// fixed: the failed compensation runs again with a fresh attempt budget.
-pub(crate) async fn retry(
+pub(crate) async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let (id, reason) = action_target(id, &headers, &body, "retried by an operator")?;
+    let (id, reason) = action_target(id, &headers, &body, "resumed by an operator")?;
     state.core.resume(id.clone(), reason).await?;
     let view = workflow_view(&state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
     Ok((StatusCode::ACCEPTED, Json(view)))

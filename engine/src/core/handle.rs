@@ -85,7 +85,7 @@ impl Handle {
         self.call(|reply| Command::Cancel { id, reason, terminate: true, reply }).await?
     }
 
-    /// Retries a parked run's failed compensation.
+    /// Resumes a parked run: its failed compensation runs again.
     pub async fn resume(&self, id: WorkflowId, reason: String) -> Result<(), CoreError> {
         self.call(|reply| Command::Resume { id, reason, reply }).await?
     }

@@ -101,7 +101,7 @@ pub enum CoreError {
     Finished,
     #[error("workflow is past its pivot step and can no longer be cancelled")]
     PastPivot,
-    #[error("workflow is not parked: only a run whose compensation failed can be retried")]
+    #[error("workflow is not parked: only a parked run can be resumed")]
     NotParked,
     #[error("engine is overloaded: {0}")]
     Overloaded(&'static str),
@@ -152,7 +152,7 @@ pub(super) enum Command {
         terminate: bool,
         reply: oneshot::Sender<Result<(), CoreError>>,
     },
-    /// Retries a parked run's failed compensation.
+    /// Resumes a parked run: its failed compensation runs again.
     Resume {
         id: WorkflowId,
         reason: String,
