@@ -247,7 +247,7 @@ fn load_definitions(store: &Store, dir: Option<&Path>) -> Result<Registry, Error
         let added =
             registry.insert(definition).map_err(|source| Error::VersionConflict { file: label.clone(), source })?;
         if added {
-            batch.put_definition(&name, version, &source)?;
+            batch.put_definition(name.as_str(), version, &source)?;
             tracing::info!(file = %label, %name, version, "registered definition");
         }
     }

@@ -241,7 +241,7 @@ pub(crate) fn workflow_view(state: &AppState, id: &WorkflowId) -> Result<Option<
         .registry
         .read()
         .ok()
-        .and_then(|r| r.get(&summary.workflow_type, summary.definition_version))
+        .and_then(|r| r.get(summary.workflow_type.as_str(), summary.definition_version))
         .and_then(|d| d.statuses.label(summary.status).map(str::to_owned));
     Ok(Some(WorkflowView {
         id: id.clone(),

@@ -43,7 +43,7 @@ pub(crate) fn new_id() -> WorkflowId {
 pub(crate) async fn start_run(
     state: &AppState,
     id: WorkflowId,
-    workflow_type: String,
+    workflow_type: shop_types::WorkflowType,
     input: JsonText,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
     let outcome = state.core.start(id.clone(), workflow_type, input).await?;
@@ -139,7 +139,7 @@ pub(crate) async fn history(
     };
     let definition = match &first.kind {
         shop_types::history::EventKind::WorkflowStarted { workflow_type, definition_version, .. } => {
-            state.registry.read().ok().and_then(|r| r.get(workflow_type, *definition_version))
+            state.registry.read().ok().and_then(|r| r.get(workflow_type.as_str(), *definition_version))
         }
         _ => None,
     };
@@ -151,7 +151,7 @@ pub(crate) async fn history(
             step_name: event
                 .kind
                 .step_attempt()
-                .and_then(|(step, _)| definition.as_ref()?.step(step).map(|s| s.name.clone())),
+                .and_then(|(step, _)| definition.as_ref()?.step(step).map(|s| s.name.to_string())),
             event: event.kind,
         })
         .collect();
@@ -257,9 +257,9 @@ pub(crate) async fn list_definitions(State(state): State<AppState>) -> Result<Js
 
 fn summary_of(definition: &definition::Definition) -> DefinitionSummary {
     DefinitionSummary {
-        name: definition.name.clone(),
+        name: definition.name.to_string(),
         version: definition.version,
-        steps: definition.steps.iter().map(|s| s.name.clone()).collect(),
+        steps: definition.steps.iter().map(|s| s.name.to_string()).collect(),
         source: definition.source.clone(),
     }
 }

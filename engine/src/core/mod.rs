@@ -127,7 +127,7 @@ pub enum StartOutcome {
 pub(super) enum Command {
     Start {
         id: WorkflowId,
-        workflow_type: String,
+        workflow_type: shop_types::WorkflowType,
         input: JsonText,
         reply: oneshot::Sender<Result<StartOutcome, CoreError>>,
     },
@@ -141,7 +141,7 @@ pub(super) enum Command {
     },
     Poll {
         queue: QueueName,
-        worker_id: String,
+        worker_id: shop_types::WorkerId,
         max_tasks: usize,
         deadline_ms: u64,
         reply: oneshot::Sender<Vec<ActivityTask>>,

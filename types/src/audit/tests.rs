@@ -30,7 +30,7 @@ fn completed(seq: u64, index: u16, attempt: u32) -> HistoryEventView {
 
 fn history_ending(status: WorkflowStatus) -> Vec<HistoryEventView> {
     let start = EventKind::WorkflowStarted {
-        workflow_type: ORDER_WORKFLOW_TYPE.to_owned(),
+        workflow_type: crate::order::order_workflow_type(),
         definition_version: 1,
         input: JsonText::null(),
     };
@@ -82,7 +82,7 @@ impl World {
         let input = serde_json::to_value(&input).expect("an order input serializes");
         snapshot.runs.push(WorkflowView {
             id: WorkflowId::parse(id).expect("test ids are valid"),
-            workflow_type: ORDER_WORKFLOW_TYPE.to_owned(),
+            workflow_type: crate::order::order_workflow_type(),
             definition_version: 1,
             status,
             domain_status: None,
