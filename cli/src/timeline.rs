@@ -130,7 +130,11 @@ mod tests {
                 1,
                 start,
                 None,
-                EventKind::WorkflowStarted { workflow_type: "order".into(), definition_version: 1, input: json("{}") },
+                EventKind::WorkflowStarted {
+                    workflow_type: "order".parse().expect("valid"),
+                    definition_version: 1,
+                    input: json("{}"),
+                },
             ),
             event(
                 2,
@@ -142,7 +146,11 @@ mod tests {
                 3,
                 start + 5,
                 Some("reserve_stock"),
-                EventKind::StepStarted { step: StepRef::forward(0), attempt: 1, worker: "worker-7".into() },
+                EventKind::StepStarted {
+                    step: StepRef::forward(0),
+                    attempt: 1,
+                    worker: "worker-7".parse().expect("valid"),
+                },
             ),
             event(
                 4,

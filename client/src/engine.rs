@@ -48,7 +48,8 @@ impl ListQuery {
 pub enum RunAction {
     Cancel,
     Terminate,
-    Retry,
+    /// Resume a parked run.
+    Resume,
 }
 
 impl RunAction {
@@ -56,7 +57,7 @@ impl RunAction {
         match self {
             RunAction::Cancel => "cancel",
             RunAction::Terminate => "terminate",
-            RunAction::Retry => "retry",
+            RunAction::Resume => "resume",
         }
     }
 }
@@ -127,7 +128,7 @@ impl Client {
         self.get(&["v1", "workflows", id, "history"], &[]).await
     }
 
-    /// `POST /v1/workflows/{id}/{cancel|terminate|retry}`.
+    /// `POST /v1/workflows/{id}/{cancel|terminate|resume}`.
     pub async fn run_action(
         &self,
         id: &str,

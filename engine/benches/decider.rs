@@ -24,7 +24,7 @@ fn run_saga(definition: &Definition, input: &JsonText) -> Vec<Event> {
     let output = JsonText::parse(r#"{"totalCents":1999}"#).expect("valid json");
     while let Some(current) = state.current().cloned() {
         let (step, attempt) = (current.step, current.attempt);
-        let started = Input::Started { step, attempt, worker: "w".into() };
+        let started = Input::Started { step, attempt, worker: "w".parse().expect("valid") };
         history.extend(decider::decide(definition, &mut state, started, ctx).expect("starts").events);
         let completed = Input::Completed { step, attempt, output: output.clone() };
         history.extend(decider::decide(definition, &mut state, completed, ctx).expect("completes").events);

@@ -6,7 +6,8 @@
 //! resolved lists are then resolved once more, to the nodes a run keeps in flight (`nodes`).
 
 use serde::Deserialize;
-use shop_types::{JsonText, QueueName, StepPhase, StepRef};
+use shop_types::limits::COMPENSATION_SUFFIX;
+use shop_types::{ActivityName, JsonText, QueueName, StepName, StepPhase, StepRef, WorkflowType};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -65,8 +66,8 @@ pub struct Timeouts {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepDef {
-    pub name: String,
-    pub activity: String,
+    pub name: StepName,
+    pub activity: ActivityName,
     pub queue: QueueName,
     pub retry: RetryPolicy,
     pub timeouts: Timeouts,
@@ -102,7 +103,7 @@ impl StatusLabels {
 /// A validated, resolved workflow definition. Runs are pinned to `(name, version)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
-    pub name: String,
+    pub name: WorkflowType,
     pub version: u32,
     pub execution_timeout_ms: Option<u64>,
     pub statuses: StatusLabels,
@@ -219,8 +220,9 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
     };
     let raw: RawDefinition = toml::from_str(source).map_err(|e| fail(e.span(), e.message().to_owned()))?;
 
-    let name = raw.name.get_ref().clone();
-    shop_types::WorkflowId::parse(name.as_str())
+    // A workflow type and a declared step name follow the ID rule (they appear in URLs and
+    // keys); a compensation's name adds its suffix to a declared one.
+    let name = WorkflowType::parse(raw.name.get_ref().as_str())
         .map_err(|e| fail(Some(raw.name.span()), format!("workflow name: {e}")))?;
     let version = *raw.version.get_ref();
     if version == 0 {
@@ -233,10 +235,11 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         .map_err(|reason| fail(None, reason))?;
 
     let mut names = HashSet::new();
-    let resolve = |raw_step: &RawStep, names: &mut HashSet<String>| -> Result<StepDef, DefinitionError> {
+    let resolve = |raw_step: &RawStep, names: &mut HashSet<StepName>| -> Result<StepDef, DefinitionError> {
         let span = raw_step.name.span();
-        let step_name = raw_step.name.get_ref().clone();
-        shop_types::WorkflowId::parse(step_name.as_str())
+        shop_types::WorkflowId::parse(raw_step.name.get_ref().as_str())
+            .map_err(|e| fail(Some(span.clone()), format!("step name: {e}")))?;
+        let step_name = StepName::parse(raw_step.name.get_ref().as_str())
             .map_err(|e| fail(Some(span.clone()), format!("step name: {e}")))?;
         if !names.insert(step_name.clone()) {
             return Err(fail(Some(span), format!("step name {step_name:?} is used twice")));
@@ -280,7 +283,7 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
     let mut compensations: Vec<Option<StepDef>> = vec![None; steps.len()];
     for comp in &raw.compensations {
         let target = comp.step.get_ref();
-        let Some(index) = steps.iter().position(|s| &s.name == target) else {
+        let Some(index) = steps.iter().position(|s| s.name == target.as_str()) else {
             return Err(fail(
                 Some(comp.step.span()),
                 format!("compensation for step {target:?}, which does not exist"),
@@ -291,7 +294,8 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         }
         let resolved = resolve_step(
             ResolveInput {
-                name: format!("{target}.compensation"),
+                name: StepName::parse(format!("{target}{COMPENSATION_SUFFIX}"))
+                    .map_err(|e| fail(Some(comp.step.span()), format!("compensation name: {e}")))?,
                 activity: &comp.activity,
                 queue: &comp.queue,
                 retry: &comp.retry,
@@ -319,7 +323,7 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
 }
 
 struct ResolveInput<'a> {
-    name: String,
+    name: StepName,
     activity: &'a str,
     queue: &'a toml::Spanned<String>,
     retry: &'a RawRetry,
@@ -329,9 +333,7 @@ struct ResolveInput<'a> {
 
 fn resolve_step(input: ResolveInput<'_>, defaults: &RawDefaults) -> Result<StepDef, String> {
     let name = input.name;
-    if input.activity.trim().is_empty() {
-        return Err(format!("step {name:?}: activity is empty"));
-    }
+    let activity = ActivityName::parse(input.activity).map_err(|e| format!("step {name:?}: {e}"))?;
     let queue = QueueName::parse(input.queue.get_ref().as_str()).map_err(|e| format!("step {name:?}: {e}"))?;
     let (retry, timeouts) = (input.retry, input.timeouts);
     let (d_retry, d_timeouts) = (&defaults.retry, &defaults.timeouts);
@@ -390,7 +392,7 @@ fn resolve_step(input: ResolveInput<'_>, defaults: &RawDefaults) -> Result<StepD
     };
     Ok(StepDef {
         name,
-        activity: input.activity.to_owned(),
+        activity,
         queue,
         retry: RetryPolicy {
             initial_interval_ms,

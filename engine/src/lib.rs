@@ -10,7 +10,7 @@
 //! unless the engine runs `--open`, which it only does on a loopback address.
 //!
 //! Start-up: open the store, load and register definitions, replay in-flight runs, start the
-//! core thread, serve HTTP (`server`). Shutdown: stop accepting, release parked polls, drain
+//! core thread, serve HTTP (`server`). Shutdown: stop accepting, release waiting polls, drain
 //! requests for up to the shutdown grace, close what is left, stop the core (which finishes
 //! its last commit). A core thread that dies on its own ends the process (exit 70).
 
@@ -247,7 +247,7 @@ fn load_definitions(store: &Store, dir: Option<&Path>) -> Result<Registry, Error
         let added =
             registry.insert(definition).map_err(|source| Error::VersionConflict { file: label.clone(), source })?;
         if added {
-            batch.put_definition(&name, version, &source)?;
+            batch.put_definition(name.as_str(), version, &source)?;
             tracing::info!(file = %label, %name, version, "registered definition");
         }
     }

@@ -30,6 +30,7 @@ pub fn preload_completed(store: &Store, definition: &Definition, count: u64, now
     let ctx = Context { now_ms, max_history_events: shop_types::limits::DEFAULT_MAX_HISTORY_EVENTS };
     let mut written = 0;
     let mut batch = WriteBatch::default();
+    let preload_worker = shop_types::WorkerId::parse("preload").map_err(|e| Error::Decider(e.to_string()))?;
     for i in 0..count {
         let id = WorkflowId::parse(format!("preload-{i:07}")).map_err(|e| Error::Decider(e.to_string()))?;
         if store.run(&id)?.is_some() {
@@ -47,7 +48,7 @@ pub fn preload_completed(store: &Store, definition: &Definition, count: u64, now
         while let Some(current) = state.current().cloned() {
             let (step, attempt) = (current.step, current.attempt);
             for input in [
-                Input::Started { step, attempt, worker: "preload".into() },
+                Input::Started { step, attempt, worker: preload_worker.clone() },
                 Input::Completed { step, attempt, output: output.clone() },
             ] {
                 let events = decider::decide(definition, &mut state, input, ctx)

@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 #[derive(Default)]
 pub struct Registry {
-    by_name: HashMap<String, BTreeMap<u32, Arc<Definition>>>,
+    by_name: HashMap<shop_types::WorkflowType, BTreeMap<u32, Arc<Definition>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("version {version} of workflow {name:?} is already registered with different content; give the new one a higher version")]
 pub struct VersionConflict {
-    pub name: String,
+    pub name: shop_types::WorkflowType,
     pub version: u32,
 }
 

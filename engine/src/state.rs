@@ -59,7 +59,7 @@ pub struct Terminal {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkflowState {
     pub id: WorkflowId,
-    pub workflow_type: String,
+    pub workflow_type: shop_types::WorkflowType,
     pub definition_version: u32,
     pub input: JsonText,
     pub created_at_ms: u64,
@@ -213,7 +213,7 @@ impl WorkflowState {
                 self.done.insert(node);
                 if definition.node_kind(node) == Some(NodeKind::Step) {
                     if let Some(def) = definition.node_def(node) {
-                        self.results.push((def.name.clone(), output.clone()));
+                        self.results.push((def.name.to_string(), output.clone()));
                         self.pivot_passed |= def.pivot;
                     }
                 }

@@ -159,7 +159,7 @@ fn probes(definition: &Definition, state: &WorkflowState, last_at_ms: u64) -> Ve
     let output = JsonText::parse(r#"{"probe":true}"#).expect("valid json");
     let execution_due = state.created_at_ms + definition.execution_timeout_ms.unwrap_or_default();
     let mut out = vec![
-        ("start in flight".to_owned(), now, Input::Started { step, attempt, worker: "probe".into() }),
+        ("start in flight".to_owned(), now, Input::Started { step, attempt, worker: "probe".parse().expect("valid") }),
         ("complete in flight".to_owned(), now, Input::Completed { step, attempt, output: output.clone() }),
         ("fail in flight, retryable".to_owned(), now, Input::Failed { step, attempt, error: error(true) }),
         ("fail in flight, permanent".to_owned(), now, Input::Failed { step, attempt, error: error(false) }),

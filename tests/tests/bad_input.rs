@@ -150,6 +150,21 @@ async fn bad_ids_types_and_definitions_on_the_generic_api_are_refused() {
     assert_eq!(definitions_after, definitions_before, "no definition was registered");
     let request = api.start_workflow("broken", None, json!({}));
     refused(api, "the refused definition's type", 422, "UNKNOWN_WORKFLOW_TYPE", request).await;
+
+    // Typed names in a body are validated as the body is read, like a queue name: 422.
+    let start = json!({"type": "a/b", "input": {}});
+    let request = async { api.post_json("/v1/workflows", &start).await.expect("POST") };
+    let reply = refused(api, "workflow type a/b", 422, "INVALID_BODY", request).await;
+    assert!(reply.message().contains("workflow type"), "the message names the field's rule: {}", reply.message());
+    let start = json!({"type": "order", "id": "a/b", "input": {}});
+    let request = async { api.post_json("/v1/workflows", &start).await.expect("POST") };
+    refused(api, "workflow id a/b in the body", 400, "INVALID_ID", request).await;
+    for bad_worker in [String::new(), " ".to_owned(), "w\nforged".to_owned(), "w".repeat(MAX_ID_LEN + 1)] {
+        let poll = json!({"queue": "inventory", "worker_id": bad_worker, "max_tasks": 1, "wait_ms": 0});
+        let request = async { api.post_json("/v1/tasks/poll", &poll).await.expect("POST") };
+        let reply = refused(api, &format!("worker id {bad_worker:?}"), 422, "INVALID_BODY", request).await;
+        assert!(reply.message().contains("worker id"), "the message names the field's rule: {}", reply.message());
+    }
 }
 
 #[test]

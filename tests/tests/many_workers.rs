@@ -91,7 +91,7 @@ async fn workers_share_one_queue_and_every_run_completes() {
     }
     assert!(seen_workers.len() > 1, "the work was shared, but only {seen_workers:?} took tasks");
     for worker in &seen_workers {
-        let pid = worker.rsplit('-').next().unwrap_or_default();
+        let pid = worker.as_str().rsplit('-').next().unwrap_or_default();
         assert!(pids.contains(pid), "{worker} is one of our workers (pids {pids:?})");
     }
 }

@@ -4,7 +4,7 @@
 //! stable string scripts may match on.
 
 use crate::history::{ActivityError, EventKind};
-use crate::ids::{QueueName, TaskToken, WorkflowId};
+use crate::ids::{ActivityName, QueueName, StepName, TaskToken, WorkerId, WorkflowId, WorkflowType};
 use crate::json::JsonText;
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +25,7 @@ pub struct ErrorDetail {
 #[serde(deny_unknown_fields)]
 pub struct StartWorkflowRequest {
     #[serde(rename = "type")]
-    pub workflow_type: String,
+    pub workflow_type: WorkflowType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     #[serde(default = "JsonText::null")]
@@ -80,7 +80,7 @@ impl std::str::FromStr for WorkflowStatus {
 pub struct WorkflowView {
     pub id: WorkflowId,
     #[serde(rename = "type")]
-    pub workflow_type: String,
+    pub workflow_type: WorkflowType,
     pub definition_version: u32,
     pub status: WorkflowStatus,
     /// The definition's label for the status (e.g. `CONFIRMED`), when it declares one.
@@ -148,7 +148,7 @@ pub struct DefinitionList {
 #[serde(deny_unknown_fields)]
 pub struct PollRequest {
     pub queue: QueueName,
-    pub worker_id: String,
+    pub worker_id: WorkerId,
     #[serde(default = "one")]
     pub max_tasks: u32,
     #[serde(default)]
@@ -164,9 +164,9 @@ fn one() -> u32 {
 pub struct ActivityTask {
     pub token: TaskToken,
     pub workflow_id: WorkflowId,
-    pub workflow_type: String,
-    pub step_name: String,
-    pub activity: String,
+    pub workflow_type: WorkflowType,
+    pub step_name: StepName,
+    pub activity: ActivityName,
     pub attempt: u32,
     /// The same for every attempt of this step in this run; another for its compensation.
     pub idempotency_key: String,

@@ -4,7 +4,7 @@
 //! codec and its format version byte) and served as JSON by the history API, so every change
 //! here is a format change.
 
-use crate::ids::StepRef;
+use crate::ids::{StepRef, WorkerId, WorkflowType};
 use crate::json::JsonText;
 use serde::{Deserialize, Serialize};
 
@@ -63,7 +63,7 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EventKind {
     WorkflowStarted {
-        workflow_type: String,
+        workflow_type: WorkflowType,
         definition_version: u32,
         input: JsonText,
     },
@@ -74,7 +74,7 @@ pub enum EventKind {
     StepStarted {
         step: StepRef,
         attempt: u32,
-        worker: String,
+        worker: WorkerId,
     },
     StepCompleted {
         step: StepRef,
@@ -123,7 +123,7 @@ pub enum EventKind {
     RunParked {
         reason: String,
     },
-    /// An operator retried a parked run: the failed compensation runs again.
+    /// An operator resumed a parked run: the failed compensation runs again.
     RunResumed {
         reason: String,
     },

@@ -2,8 +2,12 @@
 //!
 //! IDs are `[A-Za-z0-9_.:-]{1,128}` and never contain `..`, so they are safe in URLs, keys
 //! and file names. A bare `String` never crosses a module boundary where one of these fits.
+//! Names (workflow types, step names, activity names, worker ids) are newtypes too, each
+//! with the rule that accepts everything the engine accepted before it had them. Every one
+//! is a plain string on the wire and in storage (serde `transparent`): this module must
+//! never change a byte of either.
 
-use crate::limits::MAX_ID_LEN;
+use crate::limits::{MAX_ID_LEN, MAX_STEP_NAME_LEN};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -11,8 +15,12 @@ use std::fmt;
 pub enum IdError {
     #[error("{kind} is empty")]
     Empty { kind: &'static str },
-    #[error("{kind} is {len} bytes long; the limit is {MAX_ID_LEN}")]
-    TooLong { kind: &'static str, len: usize },
+    #[error("{kind} is {len} bytes long; the limit is {limit}")]
+    TooLong { kind: &'static str, len: usize, limit: usize },
+    #[error("{kind} is only white space")]
+    Blank { kind: &'static str },
+    #[error("{kind} may not contain control characters (found {found:?})")]
+    ControlCharacter { kind: &'static str, found: char },
     #[error("{kind} may only contain A-Z a-z 0-9 _ . : - (found {found:?})")]
     BadCharacter { kind: &'static str, found: char },
     #[error("{kind} may not contain '..'")]
@@ -21,12 +29,18 @@ pub enum IdError {
     MalformedToken,
 }
 
+/// The ID rule: the ID alphabet, at most [`MAX_ID_LEN`] bytes, no `..`.
 fn validate(kind: &'static str, text: &str) -> Result<(), IdError> {
+    validate_id(kind, text, MAX_ID_LEN)
+}
+
+/// The ID rule with another length limit.
+fn validate_id(kind: &'static str, text: &str, limit: usize) -> Result<(), IdError> {
     if text.is_empty() {
         return Err(IdError::Empty { kind });
     }
-    if text.len() > MAX_ID_LEN {
-        return Err(IdError::TooLong { kind, len: text.len() });
+    if text.len() > limit {
+        return Err(IdError::TooLong { kind, len: text.len(), limit });
     }
     if let Some(found) = text.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))) {
         return Err(IdError::BadCharacter { kind, found });
@@ -37,8 +51,36 @@ fn validate(kind: &'static str, text: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// The step name rule: the ID alphabet, up to [`MAX_STEP_NAME_LEN`] (a declared step name
+/// is an ID; its compensation is named `<step>.compensation`, which may be longer).
+fn validate_step_name(kind: &'static str, text: &str) -> Result<(), IdError> {
+    validate_id(kind, text, MAX_STEP_NAME_LEN)
+}
+
+/// The label rule, for names the engine only compares and shows (activity names, worker
+/// ids): not empty, not only white space, at most [`MAX_ID_LEN`] bytes, no control
+/// characters (they would forge log lines). Any other character is allowed, as it was.
+fn validate_label(kind: &'static str, text: &str) -> Result<(), IdError> {
+    if text.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    if text.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong { kind, len: text.len(), limit: MAX_ID_LEN });
+    }
+    if text.trim().is_empty() {
+        return Err(IdError::Blank { kind });
+    }
+    if let Some(found) = text.chars().find(|c| c.is_control()) {
+        return Err(IdError::ControlCharacter { kind, found });
+    }
+    Ok(())
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        id_type!($(#[$doc])* $name, $kind, validate);
+    };
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $validate:ident) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
@@ -47,12 +89,44 @@ macro_rules! id_type {
         impl $name {
             pub fn parse(text: impl Into<String>) -> Result<Self, IdError> {
                 let text = text.into();
-                validate($kind, &text)?;
+                $validate($kind, &text)?;
                 Ok($name(text))
             }
 
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        // Lookups by `&str` in maps keyed by the newtype: the hash and equality are the
+        // inner string's, so `Borrow` is sound.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(name: $name) -> String {
+                name.0
             }
         }
 
@@ -93,6 +167,31 @@ id_type!(
     /// The name of a task queue that workers poll (e.g. `inventory`).
     QueueName,
     "queue name"
+);
+id_type!(
+    /// The name of a workflow definition, which its runs are started by (e.g. `order`).
+    WorkflowType,
+    "workflow type"
+);
+id_type!(
+    /// A step's name in its definition (e.g. `charge_payment`, or
+    /// `charge_payment.compensation` for its compensation).
+    StepName,
+    "step name",
+    validate_step_name
+);
+id_type!(
+    /// The activity a step runs, which a worker routes on (e.g. `inventory.reserve`).
+    ActivityName,
+    "activity name",
+    validate_label
+);
+id_type!(
+    /// Who polled a task, as the worker names itself (e.g. `host-1234`); recorded in
+    /// `StepStarted` for operators.
+    WorkerId,
+    "worker id",
+    validate_label
 );
 
 /// Which list of a definition a step belongs to.
@@ -232,6 +331,7 @@ impl<'de> Deserialize<'de> for TaskToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::COMPENSATION_SUFFIX;
 
     #[test]
     fn ids_accept_the_documented_alphabet_up_to_the_limit() {
@@ -242,6 +342,50 @@ mod tests {
         assert!(matches!(WorkflowId::parse("a/b"), Err(IdError::BadCharacter { .. })));
         assert!(matches!(WorkflowId::parse(".."), Err(IdError::DotDot { .. })));
         assert!(matches!(WorkflowId::parse("a%2F"), Err(IdError::BadCharacter { .. })));
+    }
+
+    #[test]
+    fn names_accept_what_the_engine_accepted_before_them() {
+        for name in ["order", "order-v2_a.b:c", &"x".repeat(MAX_ID_LEN)] {
+            assert!(WorkflowType::parse(name).is_ok(), "{name}");
+        }
+        assert!(matches!(WorkflowType::parse("x".repeat(MAX_ID_LEN + 1)), Err(IdError::TooLong { .. })));
+        assert!(matches!(WorkflowType::parse("a b"), Err(IdError::BadCharacter { .. })));
+
+        // A declared step name is an ID; its compensation's name may be longer, to the limit.
+        let longest_declared = "s".repeat(MAX_ID_LEN);
+        let compensation = format!("{longest_declared}{COMPENSATION_SUFFIX}");
+        assert_eq!(compensation.len(), MAX_STEP_NAME_LEN);
+        assert!(StepName::parse(compensation.as_str()).is_ok());
+        assert!(matches!(StepName::parse(format!("{compensation}x")), Err(IdError::TooLong { .. })));
+        assert!(matches!(StepName::parse("a/b"), Err(IdError::BadCharacter { .. })));
+
+        for name in ["inventory.reserve", "send email", "x.y/z", &"a".repeat(MAX_ID_LEN)] {
+            assert!(ActivityName::parse(name).is_ok(), "{name}");
+            assert!(WorkerId::parse(name).is_ok(), "{name}");
+        }
+        assert!(WorkerId::parse("host-1234").is_ok());
+        assert!(matches!(ActivityName::parse(""), Err(IdError::Empty { .. })));
+        assert!(matches!(ActivityName::parse("  "), Err(IdError::Blank { .. })));
+        assert!(matches!(WorkerId::parse("a".repeat(MAX_ID_LEN + 1)), Err(IdError::TooLong { .. })));
+        assert!(matches!(WorkerId::parse("w\nforged"), Err(IdError::ControlCharacter { .. })));
+    }
+
+    #[test]
+    fn names_are_plain_strings_on_the_wire_and_in_storage() {
+        let name = ActivityName::parse("inventory.reserve").expect("valid");
+        assert_eq!(serde_json::to_string(&name).expect("json"), "\"inventory.reserve\"");
+        let back: ActivityName = serde_json::from_str("\"inventory.reserve\"").expect("json");
+        assert_eq!(back, name);
+        assert!(serde_json::from_str::<WorkerId>("\"\"").is_err(), "validated on the way in too");
+        for (text, bytes) in [
+            ("order", bincode::serialize(&WorkflowType::parse("order").expect("valid"))),
+            ("charge_payment", bincode::serialize(&StepName::parse("charge_payment").expect("valid"))),
+            ("inventory.reserve", bincode::serialize(&name)),
+            ("host-1", bincode::serialize(&WorkerId::parse("host-1").expect("valid"))),
+        ] {
+            assert_eq!(bytes.expect("bincode"), bincode::serialize(text).expect("bincode"), "{text}");
+        }
     }
 
     #[test]

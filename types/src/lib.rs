@@ -15,5 +15,7 @@ pub mod limits;
 pub mod order;
 pub mod parent;
 
-pub use ids::{IdError, QueueName, StepPhase, StepRef, TaskToken, WorkflowId};
+pub use ids::{
+    ActivityName, IdError, QueueName, StepName, StepPhase, StepRef, TaskToken, WorkerId, WorkflowId, WorkflowType,
+};
 pub use json::JsonText;

@@ -5,6 +5,11 @@
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Longest workflow ID, queue name or idempotency key accepted.
 pub const MAX_ID_LEN: usize = 128;
+/// The name a step's compensation gets: `<step name><COMPENSATION_SUFFIX>`.
+pub const COMPENSATION_SUFFIX: &str = ".compensation";
+/// Longest step name: a declared one is an ID (at most [`MAX_ID_LEN`]), and its
+/// compensation's name adds [`COMPENSATION_SUFFIX`].
+pub const MAX_STEP_NAME_LEN: usize = MAX_ID_LEN + COMPENSATION_SUFFIX.len();
 /// Default cap on events in one run's history; the engine fails the run rather than exceed it.
 pub const DEFAULT_MAX_HISTORY_EVENTS: u64 = 10_000;
 /// Lines per order.

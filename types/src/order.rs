@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 /// The workflow type that runs an order.
 pub const ORDER_WORKFLOW_TYPE: &str = "order";
 
+/// [`ORDER_WORKFLOW_TYPE`] as a typed name.
+pub fn order_workflow_type() -> crate::ids::WorkflowType {
+    // A constant, not input: the unit test below proves it valid.
+    crate::ids::WorkflowType::parse(ORDER_WORKFLOW_TYPE).expect("ORDER_WORKFLOW_TYPE is a valid workflow type")
+}
+
 /// Activity error types the shop's workers report.
 pub mod errors {
     /// Not enough stock for a line: permanent.
@@ -228,6 +234,11 @@ pub struct FaultConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_order_workflow_type_is_a_valid_name() {
+        assert_eq!(order_workflow_type().as_str(), ORDER_WORKFLOW_TYPE);
+    }
 
     fn order() -> OrderInput {
         OrderInput {

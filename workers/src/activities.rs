@@ -301,9 +301,9 @@ mod tests {
         ActivityTask {
             token: TaskToken { workflow_id: workflow_id.clone(), step: StepRef::forward(0), attempt: 2, mac: None },
             workflow_id,
-            workflow_type: "order".to_owned(),
-            step_name: "step".to_owned(),
-            activity: activity.to_owned(),
+            workflow_type: "order".parse().expect("valid"),
+            step_name: "step".parse().expect("valid"),
+            activity: activity.parse().expect("valid"),
             attempt: 2,
             idempotency_key: format!("o-1/{activity}"),
             input: JsonText::parse(input).expect("valid json"),

@@ -37,13 +37,13 @@ impl EngineClient {
     pub async fn poll(
         &self,
         queue: &QueueName,
-        worker_id: &str,
+        worker_id: &shop_types::WorkerId,
         max_tasks: u32,
         wait: Duration,
     ) -> Result<Vec<ActivityTask>, Error> {
         let request = PollRequest {
             queue: queue.clone(),
-            worker_id: worker_id.to_owned(),
+            worker_id: worker_id.clone(),
             max_tasks,
             wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         };
@@ -70,7 +70,8 @@ mod tests {
         // Port 1 on loopback is not served here: the connect is refused.
         let client = EngineClient::new(&Url::parse("http://127.0.0.1:1/").expect("a URL"), None).expect("a client");
         let queue: QueueName = "inventory".parse().expect("a queue");
-        let err = client.poll(&queue, "w", 1, Duration::ZERO).await.expect_err("nothing listens");
+        let err =
+            client.poll(&queue, &"w".parse().expect("valid"), 1, Duration::ZERO).await.expect_err("nothing listens");
         assert!(err.is_retryable() && err.is_connect(), "{err:?}");
     }
 }

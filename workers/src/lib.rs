@@ -159,7 +159,7 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
             .into_future(),
     );
 
-    let worker_id: Arc<str> = worker_id().into();
+    let worker_id = worker_id().map_err(|e| Error::Options(format!("worker id: {e}")))?;
     let mut pollers = JoinSet::new();
     for domain in activities.domains() {
         for _ in 0..options.concurrency {
@@ -168,7 +168,7 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
                     client: client.clone(),
                     activities: Arc::clone(&activities),
                     queue: domain.queue(),
-                    worker_id: Arc::clone(&worker_id),
+                    worker_id: worker_id.clone(),
                     shutdown: shutdown.clone(),
                 }
                 .run(),
@@ -258,7 +258,7 @@ async fn flush_all(activities: &Activities) -> Result<(), Error> {
 /// `{hostname}-{pid}`, or `worker-{pid}` when the host name cannot be read. The host part
 /// keeps only ID characters (all one byte) and is cut so the whole id stays within the
 /// engine's ID length limit.
-fn worker_id() -> String {
+fn worker_id() -> Result<shop_types::WorkerId, shop_types::IdError> {
     let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -270,5 +270,5 @@ fn worker_id() -> String {
         })
         .filter(|name: &String| !name.is_empty())
         .unwrap_or_else(|| "worker".to_owned());
-    format!("{host}-{}", std::process::id())
+    shop_types::WorkerId::parse(format!("{host}-{}", std::process::id()))
 }

@@ -81,7 +81,7 @@ pub struct Poller {
     pub client: EngineClient,
     pub activities: Arc<Activities>,
     pub queue: QueueName,
-    pub worker_id: Arc<str>,
+    pub worker_id: shop_types::WorkerId,
     pub shutdown: Shutdown,
 }
 
@@ -189,7 +189,7 @@ impl Poller {
             let last = i + 1 == chunks.len();
             let then_poll = (last && !self.shutdown.is_triggered()).then(|| PollRequest {
                 queue: self.queue.clone(),
-                worker_id: self.worker_id.to_string(),
+                worker_id: self.worker_id.clone(),
                 max_tasks: TASKS_PER_POLL,
                 wait_ms: u64::try_from(REPORT_POLL_WAIT.as_millis()).unwrap_or(u64::MAX),
             });

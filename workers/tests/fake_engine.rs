@@ -86,9 +86,9 @@ fn task(index: u16, activity: &str, results: serde_json::Value, params: serde_js
     ActivityTask {
         token: TaskToken { workflow_id: workflow_id.clone(), step: StepRef::forward(index), attempt: 1, mac: None },
         workflow_id,
-        workflow_type: "order".to_owned(),
-        step_name: format!("step-{index}"),
-        activity: activity.to_owned(),
+        workflow_type: "order".parse().expect("valid"),
+        step_name: format!("step-{index}").parse().expect("valid"),
+        activity: activity.parse().expect("valid"),
         attempt: 1,
         idempotency_key: format!("o-1:{index}"),
         input: JsonText::from_value(&serde_json::json!({

@@ -22,7 +22,7 @@ pub enum WorkflowCommand {
         status: Option<WorkflowStatus>,
         /// Only runs of this workflow type (e.g. order).
         #[arg(long = "type")]
-        workflow_type: Option<String>,
+        workflow_type: Option<shop_types::WorkflowType>,
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_LIST_LIMIT as i64))]
         limit: Option<u32>,
         /// Continue after a previous page (the cursor it printed).
@@ -36,7 +36,7 @@ pub enum WorkflowCommand {
     /// Start a run of a registered workflow type.
     Start {
         #[arg(value_name = "TYPE")]
-        workflow_type: String,
+        workflow_type: shop_types::WorkflowType,
         /// The run's ID; starting the same ID and input again returns the existing run.
         #[arg(long)]
         id: Option<WorkflowId>,
@@ -56,9 +56,9 @@ pub enum WorkflowCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Retry a run parked as FAILED because a compensation kept failing, once the cause is
+    /// Resume a run parked as FAILED because a compensation kept failing, once the cause is
     /// fixed: the failed compensation runs again.
-    Retry {
+    Resume {
         id: WorkflowId,
         #[arg(long)]
         reason: Option<String>,
@@ -68,7 +68,12 @@ pub enum WorkflowCommand {
 pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
     match command {
         WorkflowCommand::List { status, workflow_type, limit, cursor } => {
-            let query = ListQuery { status: status.map(|s| s.as_str().to_owned()), workflow_type, limit, cursor };
+            let query = ListQuery {
+                status: status.map(|s| s.as_str().to_owned()),
+                workflow_type: workflow_type.map(String::from),
+                limit,
+                cursor,
+            };
             let reply = ctx.client.engine().workflows(&query).await?;
             ctx.show(&reply, |list| {
                 let mut table = Table::with_header(&["ID", "TYPE", "STATUS", "DOMAIN STATUS", "CREATED", "REASON"]);
@@ -105,7 +110,7 @@ pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
         }
         WorkflowCommand::Cancel { id, reason } => post_action(ctx, &id, RunAction::Cancel, reason).await,
         WorkflowCommand::Terminate { id, reason } => post_action(ctx, &id, RunAction::Terminate, reason).await,
-        WorkflowCommand::Retry { id, reason } => post_action(ctx, &id, RunAction::Retry, reason).await,
+        WorkflowCommand::Resume { id, reason } => post_action(ctx, &id, RunAction::Resume, reason).await,
     }
 }
 

@@ -179,7 +179,7 @@ pub(crate) fn check_task_queues<'a>(
             .registry
             .read()
             .map_err(|_| ApiError::from(crate::core::CoreError::Storage("the registry is unusable".into())))?
-            .get(&summary.workflow_type, summary.definition_version);
+            .get(summary.workflow_type.as_str(), summary.definition_version);
         if let Some(step) = definition.as_ref().and_then(|d| d.step(token.step)) {
             check_queue(principal, &step.queue)?;
         }

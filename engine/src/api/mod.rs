@@ -105,7 +105,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/workflows", post(workflows::start))
         .route("/v1/workflows/:id/cancel", post(workflows::cancel))
         .route("/v1/workflows/:id/terminate", post(workflows::terminate))
-        .route("/v1/workflows/:id/retry", post(workflows::retry))
+        .route("/v1/workflows/:id/resume", post(workflows::resume))
         .route("/v1/definitions", post(workflows::register_definition))
         .route("/api/orders/:id/cancel", post(orders::cancel))
         .route("/v1/tokens", post(auth::create_token).get(auth::list_tokens))
@@ -241,7 +241,7 @@ pub(crate) fn workflow_view(state: &AppState, id: &WorkflowId) -> Result<Option<
         .registry
         .read()
         .ok()
-        .and_then(|r| r.get(&summary.workflow_type, summary.definition_version))
+        .and_then(|r| r.get(summary.workflow_type.as_str(), summary.definition_version))
         .and_then(|d| d.statuses.label(summary.status).map(str::to_owned));
     Ok(Some(WorkflowView {
         id: id.clone(),

@@ -43,7 +43,7 @@ pub(crate) async fn place(
     input.check().map_err(|e| ApiError::invalid(e.to_string()))?;
     let input =
         serde_json::to_value(&input).map(|v| JsonText::from_value(&v)).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let (status, Json(view)) = start_run(&state, id, ORDER_WORKFLOW_TYPE.to_owned(), input).await?;
+    let (status, Json(view)) = start_run(&state, id, shop_types::order::order_workflow_type(), input).await?;
     Ok((status, Json(order_view(view)?)))
 }
 
@@ -162,7 +162,7 @@ mod tests {
     fn run_with_input(input: &str) -> WorkflowView {
         WorkflowView {
             id: WorkflowId::parse("odd-1").expect("valid"),
-            workflow_type: ORDER_WORKFLOW_TYPE.into(),
+            workflow_type: shop_types::order::order_workflow_type(),
             definition_version: 1,
             status: WorkflowStatus::Running,
             domain_status: None,

@@ -18,7 +18,7 @@ use shop_types::api::{
     ActivityTask, CompleteRequest, ErrorDetail, FailRequest, HeartbeatRequest, PollRequest, PollResponse,
     ReportBatchRequest, ReportBatchResponse, TaskOutcome, TaskReport,
 };
-use shop_types::limits::{MAX_ID_LEN, MAX_REPORTS_PER_BATCH, MAX_TASKS_PER_POLL, MAX_WAIT_MS};
+use shop_types::limits::{MAX_REPORTS_PER_BATCH, MAX_TASKS_PER_POLL, MAX_WAIT_MS};
 use shop_types::TaskToken;
 use std::time::Duration;
 
@@ -49,9 +49,6 @@ fn check_poll(request: &PollRequest) -> Result<(), ApiError> {
     }
     if request.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::invalid(format!("wait_ms may be at most {MAX_WAIT_MS}")));
-    }
-    if request.worker_id.is_empty() || request.worker_id.len() > MAX_ID_LEN {
-        return Err(ApiError::invalid(format!("worker_id must be 1 to {MAX_ID_LEN} bytes")));
     }
     Ok(())
 }

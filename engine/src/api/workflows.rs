@@ -43,7 +43,7 @@ pub(crate) fn new_id() -> WorkflowId {
 pub(crate) async fn start_run(
     state: &AppState,
     id: WorkflowId,
-    workflow_type: String,
+    workflow_type: shop_types::WorkflowType,
     input: JsonText,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
     let outcome = state.core.start(id.clone(), workflow_type, input).await?;
@@ -139,7 +139,7 @@ pub(crate) async fn history(
     };
     let definition = match &first.kind {
         shop_types::history::EventKind::WorkflowStarted { workflow_type, definition_version, .. } => {
-            state.registry.read().ok().and_then(|r| r.get(workflow_type, *definition_version))
+            state.registry.read().ok().and_then(|r| r.get(workflow_type.as_str(), *definition_version))
         }
         _ => None,
     };
@@ -151,7 +151,7 @@ pub(crate) async fn history(
             step_name: event
                 .kind
                 .step_attempt()
-                .and_then(|(step, _)| definition.as_ref()?.step(step).map(|s| s.name.clone())),
+                .and_then(|(step, _)| definition.as_ref()?.step(step).map(|s| s.name.to_string())),
             event: event.kind,
         })
         .collect();
@@ -216,15 +216,15 @@ pub(crate) async fn terminate(
     stop_run(&state, id, reason, true).await
 }
 
-/// Retries a parked run (FAILED because a compensation failed for good) once its cause is
+/// Resumes a parked run (FAILED because a compensation failed for good) once its cause is
 /// fixed: the failed compensation runs again with a fresh attempt budget.
-pub(crate) async fn retry(
+pub(crate) async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let (id, reason) = action_target(id, &headers, &body, "retried by an operator")?;
+    let (id, reason) = action_target(id, &headers, &body, "resumed by an operator")?;
     state.core.resume(id.clone(), reason).await?;
     let view = workflow_view(&state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
     Ok((StatusCode::ACCEPTED, Json(view)))
@@ -257,9 +257,9 @@ pub(crate) async fn list_definitions(State(state): State<AppState>) -> Result<Js
 
 fn summary_of(definition: &definition::Definition) -> DefinitionSummary {
     DefinitionSummary {
-        name: definition.name.clone(),
+        name: definition.name.to_string(),
         version: definition.version,
-        steps: definition.steps.iter().map(|s| s.name.clone()).collect(),
+        steps: definition.steps.iter().map(|s| s.name.to_string()).collect(),
         source: definition.source.clone(),
     }
 }

@@ -115,12 +115,12 @@ impl Core {
         &mut self,
         turn: &mut Turn,
         id: WorkflowId,
-        workflow_type: &str,
+        workflow_type: &shop_types::WorkflowType,
         input: JsonText,
         now: u64,
     ) -> Result<StartOutcome, CoreError> {
         if let Some(run) = self.runs.get(&id) {
-            return if run.state.workflow_type == workflow_type && same_json(&run.state.input, &input) {
+            return if run.state.workflow_type == *workflow_type && same_json(&run.state.input, &input) {
                 Ok(StartOutcome::Existing)
             } else {
                 Err(CoreError::AlreadyExists(id))
@@ -134,7 +134,7 @@ impl Core {
                 }
                 _ => false,
             };
-            return if summary.workflow_type == workflow_type && same_input {
+            return if summary.workflow_type == *workflow_type && same_input {
                 Ok(StartOutcome::Existing)
             } else {
                 Err(CoreError::AlreadyExists(id))
@@ -147,8 +147,8 @@ impl Core {
             .registry
             .read()
             .map_err(|_| CoreError::Storage("registry lock poisoned".into()))?
-            .latest(workflow_type)
-            .ok_or_else(|| CoreError::UnknownWorkflowType(workflow_type.to_owned()))?;
+            .latest(workflow_type.as_str())
+            .ok_or_else(|| CoreError::UnknownWorkflowType(workflow_type.to_string()))?;
         let mut state = WorkflowState::new(id.clone(), &definition, input.clone(), now);
         let decision = decider::start(&definition, &mut state, &input, self.context(now));
         let summary = RunSummary {
@@ -299,7 +299,9 @@ impl Core {
         let mut registry = self.registry.write().map_err(|_| CoreError::Storage("registry lock poisoned".into()))?;
         let added = registry.insert(definition).map_err(|e| CoreError::DefinitionConflict(e.to_string()))?;
         if added {
-            turn.batch.put_definition(&name, version, &source).map_err(|e| CoreError::Storage(e.to_string()))?;
+            turn.batch
+                .put_definition(name.as_str(), version, &source)
+                .map_err(|e| CoreError::Storage(e.to_string()))?;
         }
         Ok(added)
     }

@@ -76,7 +76,7 @@ impl ReadyQueues {
 
 /// A worker's long poll that found nothing and waits for a task (until `deadline_ms`).
 pub(super) struct WaitingPoll {
-    pub(super) worker_id: String,
+    pub(super) worker_id: shop_types::WorkerId,
     pub(super) max_tasks: usize,
     pub(super) deadline_ms: u64,
     pub(super) reply: oneshot::Sender<Vec<ActivityTask>>,
@@ -173,7 +173,7 @@ impl Core {
         &mut self,
         turn: &mut Turn,
         queue: &QueueName,
-        worker_id: &str,
+        worker_id: &shop_types::WorkerId,
         max_tasks: usize,
         now: u64,
     ) -> Vec<ActivityTask> {
@@ -185,7 +185,7 @@ impl Core {
             if let Some(run) = self.runs.get_mut(&id) {
                 run.ready = None;
             }
-            let input = Input::Started { step, attempt, worker: worker_id.to_owned() };
+            let input = Input::Started { step, attempt, worker: worker_id.clone() };
             // Entries leave their queue with their attempt, so this cannot fail; if it ever
             // did, the entry is dropped rather than handed out for an attempt not current.
             if let Err(error) = self.apply_to_run(turn, &id, input, now) {

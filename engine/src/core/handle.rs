@@ -48,7 +48,7 @@ impl Handle {
     pub async fn start(
         &self,
         id: WorkflowId,
-        workflow_type: String,
+        workflow_type: shop_types::WorkflowType,
         input: JsonText,
     ) -> Result<StartOutcome, CoreError> {
         self.call(|reply| Command::Start { id, workflow_type, input, reply }).await?
@@ -68,7 +68,7 @@ impl Handle {
     pub async fn poll(
         &self,
         queue: QueueName,
-        worker_id: String,
+        worker_id: shop_types::WorkerId,
         max_tasks: usize,
         deadline_ms: u64,
     ) -> Result<Vec<ActivityTask>, CoreError> {
@@ -85,7 +85,7 @@ impl Handle {
         self.call(|reply| Command::Cancel { id, reason, terminate: true, reply }).await?
     }
 
-    /// Retries a parked run's failed compensation.
+    /// Resumes a parked run: its failed compensation runs again.
     pub async fn resume(&self, id: WorkflowId, reason: String) -> Result<(), CoreError> {
         self.call(|reply| Command::Resume { id, reason, reply }).await?
     }

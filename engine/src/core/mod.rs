@@ -101,7 +101,7 @@ pub enum CoreError {
     Finished,
     #[error("workflow is past its pivot step and can no longer be cancelled")]
     PastPivot,
-    #[error("workflow is not parked: only a run whose compensation failed can be retried")]
+    #[error("workflow is not parked: only a parked run can be resumed")]
     NotParked,
     #[error("engine is overloaded: {0}")]
     Overloaded(&'static str),
@@ -127,7 +127,7 @@ pub enum StartOutcome {
 pub(super) enum Command {
     Start {
         id: WorkflowId,
-        workflow_type: String,
+        workflow_type: shop_types::WorkflowType,
         input: JsonText,
         reply: oneshot::Sender<Result<StartOutcome, CoreError>>,
     },
@@ -141,7 +141,7 @@ pub(super) enum Command {
     },
     Poll {
         queue: QueueName,
-        worker_id: String,
+        worker_id: shop_types::WorkerId,
         max_tasks: usize,
         deadline_ms: u64,
         reply: oneshot::Sender<Vec<ActivityTask>>,
@@ -152,7 +152,7 @@ pub(super) enum Command {
         terminate: bool,
         reply: oneshot::Sender<Result<(), CoreError>>,
     },
-    /// Retries a parked run's failed compensation.
+    /// Resumes a parked run: its failed compensation runs again.
     Resume {
         id: WorkflowId,
         reason: String,

@@ -74,7 +74,7 @@ impl Core {
             .registry
             .read()
             .map_err(|_| "registry lock poisoned")?
-            .get(workflow_type, *definition_version)
+            .get(workflow_type.as_str(), *definition_version)
             .ok_or_else(|| format!("definition {workflow_type} v{definition_version} is not registered"))?;
         let mut state = WorkflowState::replay(id.clone(), &definition, &events).map_err(|e| e.to_string())?;
         // Heartbeats are not history: give a running attempt a fresh heartbeat window rather

@@ -48,7 +48,7 @@ pub(super) fn fixture_with(definition: &str) -> Fixture {
     let clock = Arc::new(ManualClock::new(T0));
     let (core, _handle) =
         Core::recover(store, Arc::new(RwLock::new(registry)), clock.clone(), Limits::default()).expect("recovers");
-    Fixture { core, clock, workflow_type, _dir: dir }
+    Fixture { core, clock, workflow_type: workflow_type.to_string(), _dir: dir }
 }
 
 impl Fixture {
@@ -63,8 +63,10 @@ impl Fixture {
         let (reply, mut answer) = oneshot::channel();
         let input = JsonText::parse(input).expect("valid JSON");
         let id = WorkflowId::parse(id).expect("valid");
-        let workflow_type = self.workflow_type.clone();
-        self.turn(vec![Command::Start { id, workflow_type, input, reply }], now);
+        self.turn(
+            vec![Command::Start { id, workflow_type: self.workflow_type.parse().expect("valid"), input, reply }],
+            now,
+        );
         answer.try_recv().expect("answered")
     }
 
@@ -75,7 +77,13 @@ impl Fixture {
     pub(super) fn poll(&mut self, now: u64, wait_ms: u64) -> oneshot::Receiver<Vec<ActivityTask>> {
         let (reply, answer) = oneshot::channel();
         let queue = QueueName::parse("q").expect("valid");
-        let command = Command::Poll { queue, worker_id: "w".into(), max_tasks: 10, deadline_ms: now + wait_ms, reply };
+        let command = Command::Poll {
+            queue,
+            worker_id: "w".parse().expect("valid"),
+            max_tasks: 10,
+            deadline_ms: now + wait_ms,
+            reply,
+        };
         self.turn(vec![command], now);
         answer
     }
@@ -146,7 +154,13 @@ fn waiting_polls_are_served_when_the_disk_guard_clears() {
     let mut answer = {
         let (reply, answer) = oneshot::channel();
         let queue = QueueName::parse("q").expect("valid");
-        let command = Command::Poll { queue, worker_id: "w".into(), max_tasks: 1, deadline_ms: T0 + 30_000, reply };
+        let command = Command::Poll {
+            queue,
+            worker_id: "w".parse().expect("valid"),
+            max_tasks: 1,
+            deadline_ms: T0 + 30_000,
+            reply,
+        };
         let mut turn = Turn::default();
         f.core.handle(&mut turn, command, T0);
         f.core.serve_waiting_polls(&mut turn, T0);

@@ -46,7 +46,7 @@ pub(super) fn started(
     now: u64,
     step: StepRef,
     attempt: u32,
-    worker: String,
+    worker: shop_types::WorkerId,
 ) -> Result<(), Rejection> {
     in_flight(definition, state, step, attempt, is_scheduled)?;
     emit(definition, state, out, now, EventKind::StepStarted { step, attempt, worker });
@@ -154,7 +154,7 @@ fn attempt_failed(
         emit(definition, state, out, now, next);
         return;
     }
-    let failed = FailedForGood { name: &step_def.name, on_failure: step_def.on_failure, cause, attempts_made };
+    let failed = FailedForGood { name: step_def.name.as_str(), on_failure: step_def.on_failure, cause, attempts_made };
     match kind {
         NodeKind::Step => step::failed_for_good(definition, state, out, now, &failed),
         NodeKind::Compensation => compensation::failed_for_good(definition, state, out, now, &failed),

@@ -43,7 +43,7 @@ pub enum Input {
     Started {
         step: StepRef,
         attempt: u32,
-        worker: String,
+        worker: shop_types::WorkerId,
     },
     Completed {
         step: StepRef,
@@ -100,7 +100,7 @@ pub struct Context {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Start a new run of `workflow_type` as `run`.
-    Start { run: WorkflowId, workflow_type: String, input: JsonText },
+    Start { run: WorkflowId, workflow_type: shop_types::WorkflowType, input: JsonText },
     /// Deliver a signal to `run`.
     Signal { run: WorkflowId, name: String, payload: JsonText },
     /// Cancel `run` (compensating a child cancels it).

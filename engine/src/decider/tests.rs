@@ -48,7 +48,7 @@ impl Harness {
 
     fn take(&mut self) -> Option<(StepRef, u32)> {
         let (step, attempt) = self.current()?;
-        self.feed(Input::Started { step, attempt, worker: "w".into() }).ok()?;
+        self.feed(Input::Started { step, attempt, worker: "w".parse().expect("valid") }).ok()?;
         Some((step, attempt))
     }
 

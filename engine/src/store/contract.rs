@@ -48,7 +48,7 @@ fn events(from: u64, to: u64, tag: &str) -> Vec<Event> {
 
 fn summary(status: WorkflowStatus) -> RunSummary {
     RunSummary {
-        workflow_type: "w".into(),
+        workflow_type: shop_types::WorkflowType::parse("w").expect("valid"),
         definition_version: 1,
         status,
         created_at_ms: 1,

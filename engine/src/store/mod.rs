@@ -78,7 +78,7 @@ pub enum Error {
 /// What the API shows of a run without reading its history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
-    pub workflow_type: String,
+    pub workflow_type: shop_types::WorkflowType,
     pub definition_version: u32,
     pub status: WorkflowStatus,
     pub created_at_ms: u64,

@@ -226,7 +226,7 @@ impl Driver<'_> {
     pub fn take(&mut self) -> (shop_types::StepRef, u32) {
         let (step, attempt, status) = self.in_flight().expect("an attempt is in flight");
         assert!(matches!(status, AttemptStatus::Scheduled { .. }), "{step:?} is {status:?}");
-        self.feed(Input::Started { step, attempt, worker: "golden-worker".into() }).expect("starts");
+        self.feed(Input::Started { step, attempt, worker: "golden-worker".parse().expect("valid") }).expect("starts");
         (step, attempt)
     }
 
