@@ -9,7 +9,9 @@ use crate::{Body, Client, Error, Reply, HEALTH_PROBE_TIMEOUT};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use shop_types::api::{DefinitionList, DefinitionSummary, HistoryResponse, ReasonRequest, WorkflowList, WorkflowView};
+use shop_types::api::{
+    DefinitionList, DefinitionPlan, HistoryResponse, ReasonRequest, RegisteredDefinition, WorkflowList, WorkflowView,
+};
 use shop_types::auth::{CreateTokenRequest, CreatedToken, TokenList, TokenView};
 use shop_types::order::{OrderList, OrderView};
 use std::time::Duration;
@@ -144,8 +146,14 @@ impl Client {
     }
 
     /// `POST /v1/definitions` with a TOML body.
-    pub async fn register_definition(&self, toml: &str) -> Result<Reply<DefinitionSummary>, Error> {
+    /// The answer names the open runs of older versions, which stay on theirs.
+    pub async fn register_definition(&self, toml: &str) -> Result<Reply<RegisteredDefinition>, Error> {
         self.post(&["v1", "definitions"], Body::Toml(toml)).await
+    }
+
+    /// `POST /v1/definitions/check` with a TOML body: the resolved plan; registers nothing.
+    pub async fn check_definition(&self, toml: &str) -> Result<Reply<DefinitionPlan>, Error> {
+        self.post(&["v1", "definitions", "check"], Body::Toml(toml)).await
     }
 
     /// `POST /v1/tokens`.

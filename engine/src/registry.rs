@@ -1,16 +1,24 @@
-//! The registry of workflow definitions: every registered `(name, version)`, and which
-//! version new runs of a name start on (the highest).
+//! The registry of workflow definitions: every registered `(name, version)` with the
+//! content hash of its source, and which version new runs of a name start on (the highest).
 //!
 //! Runs are pinned to the version they started with, so a version, once registered, is never
-//! replaced: registering the same version with different content is refused.
+//! replaced: registering the same version with different content is refused. This module
+//! never reads or writes the store; the core persists what it registers.
 
 use crate::definition::Definition;
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 #[derive(Default)]
 pub struct Registry {
-    by_name: HashMap<shop_types::WorkflowType, BTreeMap<u32, Arc<Definition>>>,
+    by_name: HashMap<shop_types::WorkflowType, BTreeMap<u32, Registered>>,
+}
+
+/// A registered version and the hash of its source, computed once when it is inserted.
+struct Registered {
+    definition: Arc<Definition>,
+    content_hash: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,17 +28,30 @@ pub struct VersionConflict {
     pub version: u32,
 }
 
+/// `sha256:<lowercase hex>` of a definition's TOML source, byte for byte: the identity of
+/// what a run was started on (a reformatted file is another content).
+pub fn content_hash(source: &str) -> String {
+    let digest = Sha256::digest(source.as_bytes());
+    let mut text = String::with_capacity(7 + digest.len() * 2);
+    text.push_str("sha256:");
+    for byte in digest {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
+}
+
 impl Registry {
     /// Adds `definition`; `Ok(false)` when the identical version was already there.
     pub fn insert(&mut self, definition: Definition) -> Result<bool, VersionConflict> {
         let versions = self.by_name.entry(definition.name.clone()).or_default();
         if let Some(existing) = versions.get(&definition.version) {
-            if existing.source == definition.source {
+            if existing.definition.source == definition.source {
                 return Ok(false);
             }
             return Err(VersionConflict { name: definition.name, version: definition.version });
         }
-        versions.insert(definition.version, Arc::new(definition));
+        let content_hash = content_hash(&definition.source);
+        versions.insert(definition.version, Registered { definition: Arc::new(definition), content_hash });
         Ok(true)
     }
 
@@ -39,14 +60,31 @@ impl Registry {
     }
 
     pub fn get(&self, name: &str, version: u32) -> Option<Arc<Definition>> {
-        self.by_name.get(name)?.get(&version).cloned()
+        self.by_name.get(name)?.get(&version).map(|r| r.definition.clone())
+    }
+
+    /// The content hash recorded when `(name, version)` was registered.
+    pub fn content_hash(&self, name: &str, version: u32) -> Option<&str> {
+        self.by_name.get(name)?.get(&version).map(|r| r.content_hash.as_str())
     }
 
     pub fn latest(&self, name: &str) -> Option<Arc<Definition>> {
-        self.by_name.get(name)?.values().next_back().cloned()
+        self.by_name.get(name)?.values().next_back().map(|r| r.definition.clone())
     }
 
     pub fn all(&self) -> Vec<Arc<Definition>> {
-        self.by_name.values().flat_map(|versions| versions.values().cloned()).collect()
+        self.by_name.values().flat_map(|versions| versions.values().map(|r| r.definition.clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_content_hash_is_the_sha256_of_the_source() {
+        // The SHA-256 of the empty string, a published test vector.
+        assert_eq!(content_hash(""), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_ne!(content_hash("a"), content_hash("a "));
     }
 }

@@ -134,8 +134,111 @@ pub struct DefinitionSummary {
     pub name: String,
     pub version: u32,
     pub steps: Vec<String>,
+    /// `sha256:<hex>` of the TOML source, computed when it is registered (empty from engines
+    /// older than this field).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub content_hash: String,
     /// The definition's TOML source as registered.
     pub source: String,
+}
+
+/// The answer of `POST /v1/definitions`: what was registered, and the runs of older
+/// versions of the same workflow type that are still open. Those runs stay pinned to their
+/// version; registering never migrates a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisteredDefinition {
+    #[serde(flatten)]
+    pub definition: DefinitionSummary,
+    /// One entry per older version with open runs, by version; empty when there are none.
+    #[serde(default)]
+    pub open_runs_of_older_versions: Vec<OpenRuns>,
+}
+
+/// The open (not terminal, parked included) runs of one definition version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenRuns {
+    pub version: u32,
+    pub count: u64,
+    /// At most [`crate::limits::OPEN_RUNS_SAMPLE`] of their ids, in id order.
+    pub sample: Vec<WorkflowId>,
+}
+
+/// The answer of `POST /v1/definitions/check`: a definition as the engine resolved it,
+/// without registering it. New constructs add optional fields (absent when unused), so an
+/// older reader still understands a plan that does not use them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DefinitionPlan {
+    pub name: String,
+    pub version: u32,
+    /// `sha256:<hex>` of the TOML source, as registering it would record.
+    pub content_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_timeout_ms: Option<u64>,
+    /// Status labels the definition declares (`completed` = `CONFIRMED`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub status_labels: std::collections::BTreeMap<String, String>,
+    /// The forward steps in order, every default resolved.
+    pub steps: Vec<PlannedStep>,
+    /// The compensations in the order they would run when every step before the last had
+    /// completed (reverse step order); only the steps that completed are undone.
+    #[serde(default)]
+    pub compensation: Vec<PlannedCompensation>,
+    /// The steps that run once compensation has finished, in order.
+    #[serde(default)]
+    pub after_compensation: Vec<PlannedStep>,
+}
+
+/// One resolved activity step of a plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedStep {
+    pub name: String,
+    pub activity: String,
+    pub queue: String,
+    pub retry: PlannedRetry,
+    pub timeouts: PlannedTimeouts,
+    /// `compensate` or `continue`: what the step's permanent failure means.
+    pub on_failure: String,
+    /// Once a pivot step completes, the run no longer compensates.
+    #[serde(default)]
+    pub pivot: bool,
+    /// The compensation step's name, when the step has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensated_by: Option<String>,
+    /// The step's static parameters (`{}` when none).
+    #[serde(default = "JsonText::null")]
+    pub params: JsonText,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedRetry {
+    pub initial_interval_ms: u64,
+    pub backoff_coefficient: f64,
+    pub max_interval_ms: u64,
+    pub max_attempts: u32,
+    pub jitter: f64,
+    #[serde(default)]
+    pub non_retryable: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedTimeouts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_to_start_ms: Option<u64>,
+    pub start_to_close_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_to_close_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
+}
+
+/// One compensation of a plan: which step it undoes, and in which position it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedCompensation {
+    /// 1 for the first compensation to run.
+    pub order: u32,
+    /// The forward step it undoes.
+    pub undoes: String,
+    pub step: PlannedStep,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

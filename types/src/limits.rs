@@ -30,3 +30,6 @@ pub const MAX_LIST_LIMIT: usize = 1000;
 /// Shorter than the engine's head/idle timeout (15 s by default, `--head-timeout`), so a
 /// client never sends a request on a connection the engine is closing for idleness.
 pub const CLIENT_POOL_IDLE_MS: u64 = 5_000;
+/// Ids of open runs shown per older version when a new version of a definition is
+/// registered (`RegisteredDefinition`); the count is always exact.
+pub const OPEN_RUNS_SAMPLE: usize = 5;

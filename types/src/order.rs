@@ -28,6 +28,8 @@ pub mod errors {
     pub const BAD_INPUT: &str = "BAD_INPUT";
     /// The activity name is not served by this worker: permanent.
     pub const UNKNOWN_ACTIVITY: &str = "UNKNOWN_ACTIVITY";
+    /// The fraud check refused the order (`risk.score`): permanent.
+    pub const FRAUD_SUSPECTED: &str = "FRAUD_SUSPECTED";
 }
 
 /// The payment method the fake provider always declines.

@@ -10,6 +10,7 @@ use crate::faults::Faults;
 use crate::inventory::{self, Inventory};
 use crate::notification::{self, Notification};
 use crate::payment::{self, Payment};
+use crate::risk;
 use serde::Deserialize;
 use shop_types::api::{ActivityTask, TaskOutcome};
 use shop_types::history::ActivityError;
@@ -34,20 +35,23 @@ pub enum Domain {
     Inventory,
     Payment,
     Notification,
+    /// The fraud check (`risk.score`): stateless, so it opens no store.
+    Risk,
     /// A stateless activity, for testing many workers on one queue.
     Echo,
 }
 
 impl Domain {
-    pub const ALL: [Domain; 4] = [Domain::Inventory, Domain::Payment, Domain::Notification, Domain::Echo];
+    pub const ALL: [Domain; 5] = [Domain::Inventory, Domain::Payment, Domain::Notification, Domain::Risk, Domain::Echo];
     /// Served when `--activities` is not given.
-    pub const DEFAULT: [Domain; 3] = [Domain::Inventory, Domain::Payment, Domain::Notification];
+    pub const DEFAULT: [Domain; 4] = [Domain::Inventory, Domain::Payment, Domain::Notification, Domain::Risk];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Domain::Inventory => "inventory",
             Domain::Payment => "payment",
             Domain::Notification => "notification",
+            Domain::Risk => "risk",
             Domain::Echo => "echo",
         }
     }
@@ -65,7 +69,7 @@ impl fmt::Display for Domain {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown activity group {0:?}: expected inventory, payment, notification or echo")]
+#[error("unknown activity group {0:?}: expected inventory, payment, notification, risk or echo")]
 pub struct UnknownDomain(String);
 
 impl FromStr for Domain {
@@ -84,6 +88,7 @@ pub struct Activities {
     pub inventory: Option<Arc<Inventory>>,
     pub payment: Option<Arc<Payment>>,
     pub notification: Option<Arc<Notification>>,
+    pub risk: bool,
     pub echo: bool,
     pub faults: Arc<Faults>,
 }
@@ -132,6 +137,7 @@ impl Activities {
             (Domain::Inventory, self.inventory.is_some()),
             (Domain::Payment, self.payment.is_some()),
             (Domain::Notification, self.notification.is_some()),
+            (Domain::Risk, self.risk),
             (Domain::Echo, self.echo),
         ];
         served.into_iter().filter_map(|(domain, on)| on.then_some(domain)).collect()
@@ -152,6 +158,15 @@ impl Activities {
     async fn dispatch(&self, task: &ActivityTask) -> Result<JsonText, Failure> {
         if task.activity == "echo.run" && self.echo {
             return Ok(echo(task));
+        }
+        if task.activity == "risk.score" && self.risk {
+            // Stateless and deterministic: every attempt of an order gets the same answer,
+            // so it needs no idempotency record.
+            let order = order(task)?;
+            return match risk::score(&order.input) {
+                Ok(score) => Ok(to_json(&score)),
+                Err(refused) => Err(Failure::permanent(refused.error_type(), refused.to_string())),
+            };
         }
         let key = task.idempotency_key.as_str();
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
@@ -291,6 +306,7 @@ mod tests {
             inventory: Some(Arc::new(Inventory::open(store::temporary()).expect("opens"))),
             payment: Some(Arc::new(Payment::open(store::temporary()).expect("opens"))),
             notification: Some(Arc::new(Notification::open(store::temporary()).expect("opens"))),
+            risk: true,
             echo: true,
             faults: Arc::new(Faults::new(faults).expect("valid faults")),
         }
@@ -388,8 +404,25 @@ mod tests {
         assert_eq!(echoed, serde_json::json!({ "input": {"x": 1}, "params": {"p": true}, "attempt": 2 }));
     }
 
+    #[tokio::test]
+    async fn risk_scores_an_order_or_refuses_it_for_good() {
+        let mut acts = activities(FaultConfig::default());
+        let scored = output(acts.execute(&task("risk.score", ORDER, "{}", "{}")).await);
+        assert_eq!(scored["totalQuantity"], 2);
+        assert!(scored["score"].as_u64().is_some());
+        let suspicious = r#"{"orderId":"o-1","orderItems":[{"productId":1,"quantity":51}],
+            "shippingAddress":"PO Box 7","paymentMethod":"CREDIT_CARD"}"#;
+        let err = failure(acts.execute(&task("risk.score", suspicious, "{}", "{}")).await);
+        assert_eq!(err.error_type, errors::FRAUD_SUSPECTED);
+        assert!(!err.retryable);
+        acts.risk = false;
+        let err = failure(acts.execute(&task("risk.score", ORDER, "{}", "{}")).await);
+        assert_eq!(err.error_type, errors::UNKNOWN_ACTIVITY);
+    }
+
     #[test]
     fn domains_parse_case_insensitively() {
+        assert_eq!("RISK".parse::<Domain>(), Ok(Domain::Risk));
         assert_eq!("Payment".parse::<Domain>(), Ok(Domain::Payment));
         assert!("shipping".parse::<Domain>().is_err());
     }

@@ -213,6 +213,7 @@ mod tests {
             inventory: with_inventory.then(|| Arc::new(Inventory::open(store::temporary()).expect("opens"))),
             payment: None,
             notification: Some(Arc::new(Notification::open(store::temporary()).expect("opens"))),
+            risk: false,
             echo: false,
             faults: Arc::new(Faults::new(FaultConfig::default()).expect("valid")),
         };

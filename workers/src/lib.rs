@@ -1,5 +1,5 @@
 //! shop-worker: the shop's activity workers. Inventory, payment and notification each own
-//! their data in their own sled store under the data dir; echo is stateless. The process
+//! their data in their own sled store under the data dir; risk and echo are stateless. The process
 //! long-polls the engine for tasks on the queues of the domains it serves, runs them, and
 //! reports their outcomes; it also serves a small admin API to inspect and seed its data and
 //! to inject faults, which only the engine's admins may use (see [`admin_auth`]) unless the
@@ -26,6 +26,7 @@ pub mod inventory;
 pub mod notification;
 pub mod payment;
 pub mod poller;
+pub mod risk;
 pub mod shutdown;
 pub mod store;
 
@@ -141,6 +142,7 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
         inventory,
         payment,
         notification,
+        risk: options.domains.contains(&Domain::Risk),
         echo: options.domains.contains(&Domain::Echo),
         faults,
     });

@@ -43,8 +43,8 @@ struct Args {
     /// spawn the worker with a piped stdin, so it ends with them however they end.
     #[arg(long)]
     exit_with_parent: bool,
-    /// Comma-separated activity groups to serve: inventory, payment, notification, echo.
-    #[arg(long, value_delimiter = ',', default_value = "inventory,payment,notification")]
+    /// Comma-separated activity groups to serve: inventory, payment, notification, risk, echo.
+    #[arg(long, value_delimiter = ',', default_value = "inventory,payment,notification,risk")]
     activities: Vec<Domain>,
     /// Poll loops per queue; each runs up to 16 tasks at once.
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16,

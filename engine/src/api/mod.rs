@@ -13,6 +13,7 @@
 
 mod auth;
 mod body;
+mod definitions;
 mod edge;
 mod error;
 mod orders;
@@ -106,7 +107,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/workflows/:id/cancel", post(workflows::cancel))
         .route("/v1/workflows/:id/terminate", post(workflows::terminate))
         .route("/v1/workflows/:id/resume", post(workflows::resume))
-        .route("/v1/definitions", post(workflows::register_definition))
+        .route("/v1/definitions", post(definitions::register))
         .route("/api/orders/:id/cancel", post(orders::cancel))
         .route("/v1/tokens", post(auth::create_token).get(auth::list_tokens))
         .route("/v1/tokens/:id/revoke", post(auth::revoke_token))
@@ -115,7 +116,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/workflows", get(workflows::list))
         .route("/v1/workflows/:id", get(workflows::get_one))
         .route("/v1/workflows/:id/history", get(workflows::history))
-        .route("/v1/definitions", get(workflows::list_definitions))
+        .route("/v1/definitions", get(definitions::list))
+        .route("/v1/definitions/check", post(definitions::check))
         .route("/api/orders", post(orders::place).get(orders::list))
         .route("/api/orders/:id", get(orders::get_one))
         .route_layer(from_fn_with_state(Access::Client, auth::require));

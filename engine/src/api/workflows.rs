@@ -1,10 +1,9 @@
-//! `/v1/workflows` and `/v1/definitions`: start, read, list, cancel and terminate runs; read
-//! histories; list and register definitions.
+//! `/v1/workflows`: start, read, list, cancel, terminate and resume runs; read histories.
+//! (`/v1/definitions` is `definitions.rs`.)
 
 use super::{parse_wait, query, view_after_wait, workflow_view, ApiError, ApiJson, AppState};
 use crate::auth::Principal;
 use crate::core::StartOutcome;
-use crate::definition;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -12,10 +11,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use shop_types::api::{
-    DefinitionList, DefinitionSummary, HistoryEventView, HistoryResponse, ReasonRequest, StartWorkflowRequest,
-    WorkflowList, WorkflowStatus, WorkflowView,
+    HistoryEventView, HistoryResponse, ReasonRequest, StartWorkflowRequest, WorkflowList, WorkflowStatus, WorkflowView,
 };
-use shop_types::limits::{MAX_BODY_BYTES, MAX_LIST_LIMIT};
+use shop_types::limits::MAX_LIST_LIMIT;
 use shop_types::{JsonText, WorkflowId};
 
 const DEFAULT_LIST_LIMIT: usize = 50;
@@ -243,50 +241,4 @@ pub(crate) async fn stop_run(
     }
     let view = workflow_view(state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
     Ok((StatusCode::ACCEPTED, Json(view)))
-}
-
-pub(crate) async fn list_definitions(State(state): State<AppState>) -> Result<Json<DefinitionList>, ApiError> {
-    let registry = state
-        .registry
-        .read()
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "registry unavailable"))?;
-    let mut definitions: Vec<DefinitionSummary> = registry.all().iter().map(|d| summary_of(d)).collect();
-    definitions.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
-    Ok(Json(DefinitionList { definitions }))
-}
-
-fn summary_of(definition: &definition::Definition) -> DefinitionSummary {
-    DefinitionSummary {
-        name: definition.name.to_string(),
-        version: definition.version,
-        steps: definition.steps.iter().map(|s| s.name.to_string()).collect(),
-        source: definition.source.clone(),
-    }
-}
-
-/// Registers a new definition version from its TOML text (`Content-Type: application/toml`).
-pub(crate) async fn register_definition(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<(StatusCode, Json<DefinitionSummary>), ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !(content_type.starts_with("application/toml") || content_type.starts_with("text/plain")) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UNSUPPORTED_MEDIA_TYPE",
-            "expected a TOML body with Content-Type: application/toml",
-        ));
-    }
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE", "definition is too large"));
-    }
-    let source =
-        std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("BAD_BODY", "definition is not UTF-8"))?;
-    let definition = definition::parse("request body", source)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_DEFINITION", e.to_string()))?;
-    let summary = summary_of(&definition);
-    let added = state.core.register(definition).await?;
-    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(summary)))
 }
