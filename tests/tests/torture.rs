@@ -447,6 +447,14 @@ async fn torture_kill_and_freeze_lose_and_double_nothing() {
     println!("TORTURE_REPORT {figures}");
     for violation in found.violations.iter().take(VIOLATIONS_SHOWN) {
         println!("  violation: {violation}");
+        // The run's history, so a failure can be understood without the (deleted) data dir.
+        if let Ok(history) = api.try_history(&violation.subject).await {
+            let start_ms = history.first().map_or(0, |event| event.at_ms);
+            for event in history {
+                let step = event.step_name.as_deref().unwrap_or("");
+                println!("    #{} +{}ms {step} {:?}", event.seq, event.at_ms.saturating_sub(start_ms), event.event);
+            }
+        }
     }
     assert!(failures.is_empty(), "seed {seed}: orders never acknowledged: {failures:#?}");
     if let Err(e) = drained {
