@@ -8,12 +8,20 @@
 use serde::Deserialize;
 use shop_types::limits::COMPENSATION_SUFFIX;
 use shop_types::{ActivityName, JsonText, QueueName, StepName, StepPhase, StepRef, WorkflowType};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ops::Range;
 use std::time::Duration;
 
+mod language;
 mod nodes;
+mod predicate;
 
+pub use language::{
+    check_signal_name, Case, Construct, Sleep, Wait, MAX_BRANCHES, MAX_CHOICE_CASES, MAX_SIGNALS_DECLARED,
+    MAX_SIGNAL_NAME_BYTES, MAX_SLEEP, MAX_WAIT_TIMEOUT,
+};
 pub use nodes::{Node, NodeId, NodeKind};
+pub use predicate::{Predicate, Test, MAX_IN_VALUES, MAX_POINTER_BYTES};
 
 /// Most steps in one list (forward steps, or steps after compensation).
 pub const MAX_STEPS: usize = 64;
@@ -67,13 +75,34 @@ pub struct Timeouts {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepDef {
     pub name: StepName,
-    pub activity: ActivityName,
-    pub queue: QueueName,
+    /// What the step does: an activity, a sleep, a wait or a choice.
+    pub construct: Construct,
+    /// When set, the step runs only if this holds when it would be scheduled; else it is
+    /// recorded as skipped.
+    pub when: Option<Predicate>,
     pub retry: RetryPolicy,
     pub timeouts: Timeouts,
     pub on_failure: OnFailure,
     pub pivot: bool,
     pub params: JsonText,
+}
+
+impl StepDef {
+    /// The activity of an activity step.
+    pub fn activity(&self) -> Option<&ActivityName> {
+        match &self.construct {
+            Construct::Activity { activity, .. } => Some(activity),
+            _ => None,
+        }
+    }
+
+    /// The task queue of an activity step.
+    pub fn queue(&self) -> Option<&QueueName> {
+        match &self.construct {
+            Construct::Activity { queue, .. } => Some(queue),
+            _ => None,
+        }
+    }
 }
 
 /// Labels a definition gives to workflow statuses (e.g. completed = "CONFIRMED").
@@ -107,7 +136,15 @@ pub struct Definition {
     pub version: u32,
     pub execution_timeout_ms: Option<u64>,
     pub statuses: StatusLabels,
+    /// Every forward step: the main line (`..main_len`) in order, then each branch's steps,
+    /// branches in name order. A forward `StepRef` indexes this list.
     pub steps: Vec<StepDef>,
+    /// How many of `steps` are the main line.
+    pub main_len: usize,
+    /// Each branch's steps, as a range of `steps`.
+    pub branches: BTreeMap<String, Range<usize>>,
+    /// The signal names this version accepts.
+    pub signals: BTreeSet<String>,
     /// Indexed like `steps`: the compensation of forward step i, if it has one.
     pub compensations: Vec<Option<StepDef>>,
     pub after_compensation: Vec<StepDef>,
@@ -168,8 +205,15 @@ struct RawDefaults {
 #[serde(deny_unknown_fields)]
 struct RawStep {
     name: toml::Spanned<String>,
-    activity: String,
-    queue: toml::Spanned<String>,
+    activity: Option<String>,
+    queue: Option<toml::Spanned<String>>,
+    sleep: Option<String>,
+    sleep_until: Option<String>,
+    wait_for: Option<Vec<String>>,
+    fail_on: Option<Vec<String>>,
+    timeout: Option<String>,
+    choice: Option<Vec<language::RawCase>>,
+    when: Option<predicate::RawPredicate>,
     #[serde(default)]
     retry: RawRetry,
     #[serde(default)]
@@ -209,6 +253,10 @@ struct RawDefinition {
     compensations: Vec<RawCompensation>,
     #[serde(default)]
     after_compensation: Vec<RawStep>,
+    #[serde(default)]
+    signals: BTreeMap<String, language::RawSignal>,
+    #[serde(default)]
+    branches: BTreeMap<String, Vec<RawStep>>,
 }
 
 /// Parses and validates one definition. `file` names the source in errors.
@@ -234,34 +282,69 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         .transpose()
         .map_err(|reason| fail(None, reason))?;
 
-    let mut names = HashSet::new();
-    let resolve = |raw_step: &RawStep, names: &mut HashSet<StepName>| -> Result<StepDef, DefinitionError> {
-        let span = raw_step.name.span();
-        shop_types::WorkflowId::parse(raw_step.name.get_ref().as_str())
-            .map_err(|e| fail(Some(span.clone()), format!("step name: {e}")))?;
-        let step_name = StepName::parse(raw_step.name.get_ref().as_str())
-            .map_err(|e| fail(Some(span.clone()), format!("step name: {e}")))?;
-        if !names.insert(step_name.clone()) {
-            return Err(fail(Some(span), format!("step name {step_name:?} is used twice")));
+    let mut signals = BTreeSet::new();
+    if raw.signals.len() > MAX_SIGNALS_DECLARED {
+        return Err(fail(None, format!("at most {MAX_SIGNALS_DECLARED} signals")));
+    }
+    for name in raw.signals.keys() {
+        check_signal_name(name).map_err(|reason| fail(None, format!("[signals]: {reason}")))?;
+        signals.insert(name.clone());
+    }
+    if raw.branches.len() > MAX_BRANCHES {
+        return Err(fail(None, format!("at most {MAX_BRANCHES} branches")));
+    }
+    let mut branch_index = BTreeMap::new();
+    for (i, (name, steps)) in raw.branches.iter().enumerate() {
+        check_signal_name(name).map_err(|r| fail(None, format!("branch: {}", r.replace("signal name", "name"))))?;
+        if steps.is_empty() || steps.len() > MAX_STEPS {
+            return Err(fail(None, format!("branch {name:?} needs 1 to {MAX_STEPS} steps")));
         }
-        resolve_step(
-            ResolveInput {
-                name: step_name,
-                activity: &raw_step.activity,
-                queue: &raw_step.queue,
-                retry: &raw_step.retry,
-                timeouts: &raw_step.timeouts,
-                params: raw_step.params.as_ref(),
-            },
-            &raw.defaults,
-        )
-        .map(|mut step| {
-            step.on_failure = raw_step.on_failure.unwrap_or(OnFailure::Compensate);
-            step.pivot = raw_step.pivot;
-            step
-        })
-        .map_err(|reason| fail(Some(raw_step.name.span()), reason))
-    };
+        branch_index.insert(name.clone(), i);
+    }
+    // Every step name a `/steps/<name>` pointer may read.
+    let all_names: HashSet<String> =
+        raw.steps.iter().chain(raw.branches.values().flatten()).map(|s| s.name.get_ref().clone()).collect();
+    let known_step = |name: &str| all_names.contains(name);
+    let lang_names = language::Names { signals: &signals, branches: &branch_index, steps: &known_step };
+
+    let mut names = HashSet::new();
+    let resolve =
+        |raw_step: &RawStep, in_branch: bool, names: &mut HashSet<StepName>| {
+            let span = raw_step.name.span();
+            shop_types::WorkflowId::parse(raw_step.name.get_ref().as_str())
+                .map_err(|e| fail(Some(span.clone()), format!("step name: {e}")))?;
+            let step_name = StepName::parse(raw_step.name.get_ref().as_str())
+                .map_err(|e| fail(Some(span.clone()), format!("step name: {e}")))?;
+            if !names.insert(step_name.clone()) {
+                return Err(fail(Some(span), format!("step name {step_name:?} is used twice")));
+            }
+            let construct = resolve_construct(raw_step, in_branch, &lang_names)
+                .map_err(|reason| fail(Some(raw_step.name.span()), format!("step {step_name:?}: {reason}")))?;
+            let when =
+                raw_step.when.as_ref().map(|w| w.resolve(&known_step)).transpose().map_err(|reason| {
+                    fail(Some(raw_step.name.span()), format!("step {step_name:?}: when: {reason}"))
+                })?;
+            if raw_step.pivot && !matches!(construct, Construct::Activity { .. }) {
+                return Err(fail(Some(raw_step.name.span()), "only an activity step can be the pivot".into()));
+            }
+            resolve_step(
+                ResolveInput {
+                    name: step_name,
+                    construct,
+                    retry: &raw_step.retry,
+                    timeouts: &raw_step.timeouts,
+                    params: raw_step.params.as_ref(),
+                },
+                &raw.defaults,
+            )
+            .map(|mut step| {
+                step.on_failure = raw_step.on_failure.unwrap_or(OnFailure::Compensate);
+                step.pivot = raw_step.pivot;
+                step.when = when;
+                step
+            })
+            .map_err(|reason| fail(Some(raw_step.name.span()), reason))
+        };
 
     if raw.steps.is_empty() {
         return Err(fail(None, "a workflow needs at least one step".into()));
@@ -269,7 +352,20 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
     if raw.steps.len() > MAX_STEPS || raw.after_compensation.len() > MAX_STEPS {
         return Err(fail(None, format!("at most {MAX_STEPS} steps per list")));
     }
-    let steps = raw.steps.iter().map(|s| resolve(s, &mut names)).collect::<Result<Vec<_>, _>>()?;
+    let mut steps = raw.steps.iter().map(|s| resolve(s, false, &mut names)).collect::<Result<Vec<_>, _>>()?;
+    let main_len = steps.len();
+    let mut branches = BTreeMap::new();
+    for (name, raw_steps) in &raw.branches {
+        if let Some(step) = raw_steps.iter().find(|s| s.pivot) {
+            return Err(fail(Some(step.name.span()), "a step in a branch cannot be the pivot".into()));
+        }
+        let first = steps.len();
+        for raw_step in raw_steps {
+            steps.push(resolve(raw_step, true, &mut names)?);
+        }
+        branches.insert(name.clone(), first..steps.len());
+    }
+    check_branches_used(&steps[..main_len], &raw.branches).map_err(|reason| fail(None, reason))?;
     let pivots: Vec<&RawStep> = raw.steps.iter().filter(|s| s.pivot).collect();
     if pivots.len() > 1 {
         return Err(fail(Some(pivots[1].name.span()), "at most one step may be the pivot".into()));
@@ -278,7 +374,15 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         return Err(fail(Some(step.name.span()), "a step after compensation cannot be a pivot".into()));
     }
     let after_compensation =
-        raw.after_compensation.iter().map(|s| resolve(s, &mut names)).collect::<Result<Vec<_>, _>>()?;
+        raw.after_compensation.iter().map(|s| resolve(s, true, &mut names)).collect::<Result<Vec<_>, _>>()?;
+    if let Some((step, _)) = raw
+        .after_compensation
+        .iter()
+        .zip(&after_compensation)
+        .find(|(_, d)| !matches!(d.construct, Construct::Activity { .. }) || d.when.is_some())
+    {
+        return Err(fail(Some(step.name.span()), "a step after compensation is a plain activity step".into()));
+    }
 
     let mut compensations: Vec<Option<StepDef>> = vec![None; steps.len()];
     for comp in &raw.compensations {
@@ -289,15 +393,23 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
                 format!("compensation for step {target:?}, which does not exist"),
             ));
         };
+        if matches!(steps[index].construct, Construct::Sleep(_) | Construct::Choice(_)) {
+            return Err(fail(
+                Some(comp.step.span()),
+                format!("step {target:?} is a sleep or a choice: it has no effect of its own to undo"),
+            ));
+        }
         if compensations[index].is_some() {
             return Err(fail(Some(comp.step.span()), format!("step {target:?} has two compensations")));
         }
+        let name = StepName::parse(format!("{target}{COMPENSATION_SUFFIX}"))
+            .map_err(|e| fail(Some(comp.step.span()), format!("compensation name: {e}")))?;
+        let construct = activity_construct(&name, &comp.activity, &comp.queue)
+            .map_err(|reason| fail(Some(comp.step.span()), reason))?;
         let resolved = resolve_step(
             ResolveInput {
-                name: StepName::parse(format!("{target}{COMPENSATION_SUFFIX}"))
-                    .map_err(|e| fail(Some(comp.step.span()), format!("compensation name: {e}")))?,
-                activity: &comp.activity,
-                queue: &comp.queue,
+                name,
+                construct,
                 retry: &comp.retry,
                 timeouts: &comp.timeouts,
                 params: comp.params.as_ref(),
@@ -315,6 +427,9 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         execution_timeout_ms,
         statuses: raw.statuses,
         steps,
+        main_len,
+        branches,
+        signals,
         compensations,
         after_compensation,
         nodes,
@@ -322,10 +437,61 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
     })
 }
 
+/// Every declared branch is taken by exactly one choice of the main line (a branch shared by
+/// two choices would name the same steps twice in one run).
+fn check_branches_used(main: &[StepDef], declared: &BTreeMap<String, Vec<RawStep>>) -> Result<(), String> {
+    let mut used = BTreeMap::new();
+    for step in main {
+        if let Construct::Choice(cases) = &step.construct {
+            for case in cases {
+                if let Some(other) = used.insert(case.branch.clone(), step.name.clone()) {
+                    if other != step.name {
+                        return Err(format!("branch {:?} is taken by two choices", case.branch));
+                    }
+                }
+            }
+        }
+    }
+    match declared.keys().find(|name| !used.contains_key(*name)) {
+        Some(name) => Err(format!("branch {name:?} is declared but no choice takes it")),
+        None => Ok(()),
+    }
+}
+
+fn activity_construct(name: &StepName, activity: &str, queue: &toml::Spanned<String>) -> Result<Construct, String> {
+    let activity = ActivityName::parse(activity).map_err(|e| format!("step {name:?}: {e}"))?;
+    let queue = QueueName::parse(queue.get_ref().as_str()).map_err(|e| format!("step {name:?}: {e}"))?;
+    Ok(Construct::Activity { activity, queue })
+}
+
+fn resolve_construct(raw: &RawStep, in_branch: bool, names: &language::Names<'_>) -> Result<Construct, String> {
+    let activity = match (&raw.activity, &raw.queue) {
+        (Some(activity), Some(queue)) => {
+            let name = StepName::parse(raw.name.get_ref().as_str()).map_err(|e| e.to_string())?;
+            match activity_construct(&name, activity, queue)? {
+                Construct::Activity { activity, queue } => Some((activity, queue)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let construct = language::RawConstruct {
+        activity,
+        has_activity: raw.activity.is_some() || raw.queue.is_some(),
+        sleep: raw.sleep.as_deref(),
+        sleep_until: raw.sleep_until.as_deref(),
+        wait_for: raw.wait_for.as_deref(),
+        fail_on: raw.fail_on.as_deref(),
+        timeout: raw.timeout.as_deref(),
+        choice: raw.choice.as_deref(),
+        in_branch,
+    };
+    language::resolve(&construct, names)
+}
+
 struct ResolveInput<'a> {
     name: StepName,
-    activity: &'a str,
-    queue: &'a toml::Spanned<String>,
+    construct: Construct,
     retry: &'a RawRetry,
     timeouts: &'a RawTimeouts,
     params: Option<&'a toml::Table>,
@@ -333,8 +499,6 @@ struct ResolveInput<'a> {
 
 fn resolve_step(input: ResolveInput<'_>, defaults: &RawDefaults) -> Result<StepDef, String> {
     let name = input.name;
-    let activity = ActivityName::parse(input.activity).map_err(|e| format!("step {name:?}: {e}"))?;
-    let queue = QueueName::parse(input.queue.get_ref().as_str()).map_err(|e| format!("step {name:?}: {e}"))?;
     let (retry, timeouts) = (input.retry, input.timeouts);
     let (d_retry, d_timeouts) = (&defaults.retry, &defaults.timeouts);
 
@@ -392,8 +556,8 @@ fn resolve_step(input: ResolveInput<'_>, defaults: &RawDefaults) -> Result<StepD
     };
     Ok(StepDef {
         name,
-        activity,
-        queue,
+        construct: input.construct,
+        when: None,
         retry: RetryPolicy {
             initial_interval_ms,
             backoff_coefficient,
