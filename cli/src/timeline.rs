@@ -86,6 +86,14 @@ fn details(kind: &EventKind) -> String {
         EventKind::CompensationStarted { reason } => format!("↩ {reason}"),
         EventKind::RunParked { reason } => format!("⏸ needs attention: {reason}"),
         EventKind::RunResumed { reason } => format!("▶ {reason}"),
+        EventKind::SleepStarted { until_ms, .. } => format!("until {until_ms} ms"),
+        EventKind::SleepEnded { .. } | EventKind::WaitTimedOut { .. } | EventKind::StepSkipped { .. } => String::new(),
+        EventKind::SignalReceived { name, key, payload: body } => format!("{name} (key {key}) {}", payload(body)),
+        EventKind::WaitOpened { signals, deadline_ms, .. } => {
+            format!("for {} until {deadline_ms} ms", signals.join(", "))
+        }
+        EventKind::WaitCompleted { signal, seq, .. } => format!("{signal} (#{seq})"),
+        EventKind::ChoiceTaken { branch, .. } => format!("branch {branch}"),
     }
 }
 

@@ -8,12 +8,23 @@
 use serde::Deserialize;
 use shop_types::limits::COMPENSATION_SUFFIX;
 use shop_types::{ActivityName, JsonText, QueueName, StepName, StepPhase, StepRef, WorkflowType};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ops::Range;
 use std::time::Duration;
 
+mod language;
 mod nodes;
+mod predicate;
+mod resolve;
 
+use resolve::{positive_ms, resolve_step, ResolveInput};
+
+pub use language::{
+    check_signal_name, Case, Construct, Sleep, Wait, MAX_BRANCHES, MAX_CHOICE_CASES, MAX_SIGNALS_DECLARED,
+    MAX_SIGNAL_NAME_BYTES, MAX_SLEEP, MAX_WAIT_TIMEOUT,
+};
 pub use nodes::{Node, NodeId, NodeKind};
+pub use predicate::{Predicate, Test, MAX_IN_VALUES, MAX_POINTER_BYTES};
 
 /// Most steps in one list (forward steps, or steps after compensation).
 pub const MAX_STEPS: usize = 64;
@@ -67,13 +78,34 @@ pub struct Timeouts {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepDef {
     pub name: StepName,
-    pub activity: ActivityName,
-    pub queue: QueueName,
+    /// What the step does: an activity, a sleep, a wait or a choice.
+    pub construct: Construct,
+    /// When set, the step runs only if this holds when it would be scheduled; else it is
+    /// recorded as skipped.
+    pub when: Option<Predicate>,
     pub retry: RetryPolicy,
     pub timeouts: Timeouts,
     pub on_failure: OnFailure,
     pub pivot: bool,
     pub params: JsonText,
+}
+
+impl StepDef {
+    /// The activity of an activity step.
+    pub fn activity(&self) -> Option<&ActivityName> {
+        match &self.construct {
+            Construct::Activity { activity, .. } => Some(activity),
+            _ => None,
+        }
+    }
+
+    /// The task queue of an activity step.
+    pub fn queue(&self) -> Option<&QueueName> {
+        match &self.construct {
+            Construct::Activity { queue, .. } => Some(queue),
+            _ => None,
+        }
+    }
 }
 
 /// Labels a definition gives to workflow statuses (e.g. completed = "CONFIRMED").
@@ -107,7 +139,15 @@ pub struct Definition {
     pub version: u32,
     pub execution_timeout_ms: Option<u64>,
     pub statuses: StatusLabels,
+    /// Every forward step: the main line (`..main_len`) in order, then each branch's steps,
+    /// branches in name order. A forward `StepRef` indexes this list.
     pub steps: Vec<StepDef>,
+    /// How many of `steps` are the main line.
+    pub main_len: usize,
+    /// Each branch's steps, as a range of `steps`.
+    pub branches: BTreeMap<String, Range<usize>>,
+    /// The signal names this version accepts.
+    pub signals: BTreeSet<String>,
     /// Indexed like `steps`: the compensation of forward step i, if it has one.
     pub compensations: Vec<Option<StepDef>>,
     pub after_compensation: Vec<StepDef>,
@@ -168,8 +208,15 @@ struct RawDefaults {
 #[serde(deny_unknown_fields)]
 struct RawStep {
     name: toml::Spanned<String>,
-    activity: String,
-    queue: toml::Spanned<String>,
+    activity: Option<String>,
+    queue: Option<toml::Spanned<String>>,
+    sleep: Option<String>,
+    sleep_until: Option<String>,
+    wait_for: Option<Vec<String>>,
+    fail_on: Option<Vec<String>>,
+    timeout: Option<String>,
+    choice: Option<Vec<language::RawCase>>,
+    when: Option<predicate::RawPredicate>,
     #[serde(default)]
     retry: RawRetry,
     #[serde(default)]
@@ -209,6 +256,10 @@ struct RawDefinition {
     compensations: Vec<RawCompensation>,
     #[serde(default)]
     after_compensation: Vec<RawStep>,
+    #[serde(default)]
+    signals: BTreeMap<String, language::RawSignal>,
+    #[serde(default)]
+    branches: BTreeMap<String, Vec<RawStep>>,
 }
 
 /// Parses and validates one definition. `file` names the source in errors.
@@ -234,34 +285,69 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         .transpose()
         .map_err(|reason| fail(None, reason))?;
 
-    let mut names = HashSet::new();
-    let resolve = |raw_step: &RawStep, names: &mut HashSet<StepName>| -> Result<StepDef, DefinitionError> {
-        let span = raw_step.name.span();
-        shop_types::WorkflowId::parse(raw_step.name.get_ref().as_str())
-            .map_err(|e| fail(Some(span.clone()), format!("step name: {e}")))?;
-        let step_name = StepName::parse(raw_step.name.get_ref().as_str())
-            .map_err(|e| fail(Some(span.clone()), format!("step name: {e}")))?;
-        if !names.insert(step_name.clone()) {
-            return Err(fail(Some(span), format!("step name {step_name:?} is used twice")));
+    let mut signals = BTreeSet::new();
+    if raw.signals.len() > MAX_SIGNALS_DECLARED {
+        return Err(fail(None, format!("at most {MAX_SIGNALS_DECLARED} signals")));
+    }
+    for name in raw.signals.keys() {
+        check_signal_name(name).map_err(|reason| fail(None, format!("[signals]: {reason}")))?;
+        signals.insert(name.clone());
+    }
+    if raw.branches.len() > MAX_BRANCHES {
+        return Err(fail(None, format!("at most {MAX_BRANCHES} branches")));
+    }
+    let mut branch_index = BTreeMap::new();
+    for (i, (name, steps)) in raw.branches.iter().enumerate() {
+        check_signal_name(name).map_err(|r| fail(None, format!("branch: {}", r.replace("signal name", "name"))))?;
+        if steps.is_empty() || steps.len() > MAX_STEPS {
+            return Err(fail(None, format!("branch {name:?} needs 1 to {MAX_STEPS} steps")));
         }
-        resolve_step(
-            ResolveInput {
-                name: step_name,
-                activity: &raw_step.activity,
-                queue: &raw_step.queue,
-                retry: &raw_step.retry,
-                timeouts: &raw_step.timeouts,
-                params: raw_step.params.as_ref(),
-            },
-            &raw.defaults,
-        )
-        .map(|mut step| {
-            step.on_failure = raw_step.on_failure.unwrap_or(OnFailure::Compensate);
-            step.pivot = raw_step.pivot;
-            step
-        })
-        .map_err(|reason| fail(Some(raw_step.name.span()), reason))
-    };
+        branch_index.insert(name.clone(), i);
+    }
+    // Every step name a `/steps/<name>` pointer may read.
+    let all_names: HashSet<String> =
+        raw.steps.iter().chain(raw.branches.values().flatten()).map(|s| s.name.get_ref().clone()).collect();
+    let known_step = |name: &str| all_names.contains(name);
+    let lang_names = language::Names { signals: &signals, branches: &branch_index, steps: &known_step };
+
+    let mut names = HashSet::new();
+    let resolve =
+        |raw_step: &RawStep, in_branch: bool, names: &mut HashSet<StepName>| {
+            let span = raw_step.name.span();
+            shop_types::WorkflowId::parse(raw_step.name.get_ref().as_str())
+                .map_err(|e| fail(Some(span.clone()), format!("step name: {e}")))?;
+            let step_name = StepName::parse(raw_step.name.get_ref().as_str())
+                .map_err(|e| fail(Some(span.clone()), format!("step name: {e}")))?;
+            if !names.insert(step_name.clone()) {
+                return Err(fail(Some(span), format!("step name {step_name:?} is used twice")));
+            }
+            let construct = resolve_construct(raw_step, in_branch, &lang_names)
+                .map_err(|reason| fail(Some(raw_step.name.span()), format!("step {step_name:?}: {reason}")))?;
+            let when =
+                raw_step.when.as_ref().map(|w| w.resolve(&known_step)).transpose().map_err(|reason| {
+                    fail(Some(raw_step.name.span()), format!("step {step_name:?}: when: {reason}"))
+                })?;
+            if raw_step.pivot && !matches!(construct, Construct::Activity { .. }) {
+                return Err(fail(Some(raw_step.name.span()), "only an activity step can be the pivot".into()));
+            }
+            resolve_step(
+                ResolveInput {
+                    name: step_name,
+                    construct,
+                    retry: &raw_step.retry,
+                    timeouts: &raw_step.timeouts,
+                    params: raw_step.params.as_ref(),
+                },
+                &raw.defaults,
+            )
+            .map(|mut step| {
+                step.on_failure = raw_step.on_failure.unwrap_or(OnFailure::Compensate);
+                step.pivot = raw_step.pivot;
+                step.when = when;
+                step
+            })
+            .map_err(|reason| fail(Some(raw_step.name.span()), reason))
+        };
 
     if raw.steps.is_empty() {
         return Err(fail(None, "a workflow needs at least one step".into()));
@@ -269,7 +355,20 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
     if raw.steps.len() > MAX_STEPS || raw.after_compensation.len() > MAX_STEPS {
         return Err(fail(None, format!("at most {MAX_STEPS} steps per list")));
     }
-    let steps = raw.steps.iter().map(|s| resolve(s, &mut names)).collect::<Result<Vec<_>, _>>()?;
+    let mut steps = raw.steps.iter().map(|s| resolve(s, false, &mut names)).collect::<Result<Vec<_>, _>>()?;
+    let main_len = steps.len();
+    let mut branches = BTreeMap::new();
+    for (name, raw_steps) in &raw.branches {
+        if let Some(step) = raw_steps.iter().find(|s| s.pivot) {
+            return Err(fail(Some(step.name.span()), "a step in a branch cannot be the pivot".into()));
+        }
+        let first = steps.len();
+        for raw_step in raw_steps {
+            steps.push(resolve(raw_step, true, &mut names)?);
+        }
+        branches.insert(name.clone(), first..steps.len());
+    }
+    check_branches_used(&steps[..main_len], &raw.branches).map_err(|reason| fail(None, reason))?;
     let pivots: Vec<&RawStep> = raw.steps.iter().filter(|s| s.pivot).collect();
     if pivots.len() > 1 {
         return Err(fail(Some(pivots[1].name.span()), "at most one step may be the pivot".into()));
@@ -278,7 +377,15 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         return Err(fail(Some(step.name.span()), "a step after compensation cannot be a pivot".into()));
     }
     let after_compensation =
-        raw.after_compensation.iter().map(|s| resolve(s, &mut names)).collect::<Result<Vec<_>, _>>()?;
+        raw.after_compensation.iter().map(|s| resolve(s, true, &mut names)).collect::<Result<Vec<_>, _>>()?;
+    if let Some((step, _)) = raw
+        .after_compensation
+        .iter()
+        .zip(&after_compensation)
+        .find(|(_, d)| !matches!(d.construct, Construct::Activity { .. }) || d.when.is_some())
+    {
+        return Err(fail(Some(step.name.span()), "a step after compensation is a plain activity step".into()));
+    }
 
     let mut compensations: Vec<Option<StepDef>> = vec![None; steps.len()];
     for comp in &raw.compensations {
@@ -289,15 +396,23 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
                 format!("compensation for step {target:?}, which does not exist"),
             ));
         };
+        if matches!(steps[index].construct, Construct::Sleep(_) | Construct::Choice(_)) {
+            return Err(fail(
+                Some(comp.step.span()),
+                format!("step {target:?} is a sleep or a choice: it has no effect of its own to undo"),
+            ));
+        }
         if compensations[index].is_some() {
             return Err(fail(Some(comp.step.span()), format!("step {target:?} has two compensations")));
         }
+        let name = StepName::parse(format!("{target}{COMPENSATION_SUFFIX}"))
+            .map_err(|e| fail(Some(comp.step.span()), format!("compensation name: {e}")))?;
+        let construct = activity_construct(&name, &comp.activity, &comp.queue)
+            .map_err(|reason| fail(Some(comp.step.span()), reason))?;
         let resolved = resolve_step(
             ResolveInput {
-                name: StepName::parse(format!("{target}{COMPENSATION_SUFFIX}"))
-                    .map_err(|e| fail(Some(comp.step.span()), format!("compensation name: {e}")))?,
-                activity: &comp.activity,
-                queue: &comp.queue,
+                name,
+                construct,
                 retry: &comp.retry,
                 timeouts: &comp.timeouts,
                 params: comp.params.as_ref(),
@@ -315,6 +430,9 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         execution_timeout_ms,
         statuses: raw.statuses,
         steps,
+        main_len,
+        branches,
+        signals,
         compensations,
         after_compensation,
         nodes,
@@ -322,99 +440,56 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
     })
 }
 
-struct ResolveInput<'a> {
-    name: StepName,
-    activity: &'a str,
-    queue: &'a toml::Spanned<String>,
-    retry: &'a RawRetry,
-    timeouts: &'a RawTimeouts,
-    params: Option<&'a toml::Table>,
-}
-
-fn resolve_step(input: ResolveInput<'_>, defaults: &RawDefaults) -> Result<StepDef, String> {
-    let name = input.name;
-    let activity = ActivityName::parse(input.activity).map_err(|e| format!("step {name:?}: {e}"))?;
-    let queue = QueueName::parse(input.queue.get_ref().as_str()).map_err(|e| format!("step {name:?}: {e}"))?;
-    let (retry, timeouts) = (input.retry, input.timeouts);
-    let (d_retry, d_timeouts) = (&defaults.retry, &defaults.timeouts);
-
-    let initial = retry.initial_interval.or(d_retry.initial_interval).unwrap_or(DEFAULT_INITIAL_INTERVAL);
-    let initial_interval_ms = positive_ms(initial, "initial_interval").map_err(|r| format!("step {name:?}: {r}"))?;
-    let max_interval_ms = match retry.max_interval.or(d_retry.max_interval) {
-        Some(d) => positive_ms(d, "max_interval").map_err(|r| format!("step {name:?}: {r}"))?,
-        None => initial_interval_ms.saturating_mul(u64::from(DEFAULT_MAX_INTERVAL_FACTOR)),
-    };
-    if max_interval_ms < initial_interval_ms {
-        return Err(format!("step {name:?}: max_interval is shorter than initial_interval"));
-    }
-    let backoff_coefficient =
-        retry.backoff_coefficient.or(d_retry.backoff_coefficient).unwrap_or(DEFAULT_BACKOFF_COEFFICIENT);
-    if !(1.0..=100.0).contains(&backoff_coefficient) {
-        return Err(format!("step {name:?}: backoff_coefficient must be between 1.0 and 100.0"));
-    }
-    let max_attempts = retry.max_attempts.or(d_retry.max_attempts).unwrap_or(DEFAULT_MAX_ATTEMPTS);
-    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
-        return Err(format!("step {name:?}: max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"));
-    }
-    let jitter = retry.jitter.or(d_retry.jitter).unwrap_or(0.0);
-    if !(0.0..=1.0).contains(&jitter) {
-        return Err(format!("step {name:?}: jitter must be between 0.0 and 1.0"));
-    }
-    let non_retryable = retry.non_retryable.clone().or_else(|| d_retry.non_retryable.clone()).unwrap_or_default();
-
-    let optional_ms = |own: Option<Duration>, default: Option<Duration>, what: &str| {
-        own.or(default).map(|d| positive_ms(d, what)).transpose().map_err(|r| format!("step {name:?}: {r}"))
-    };
-    let start_to_close_ms = optional_ms(timeouts.start_to_close, d_timeouts.start_to_close, "start_to_close")?
-        .unwrap_or(DEFAULT_START_TO_CLOSE.as_millis() as u64);
-    let timeouts = Timeouts {
-        schedule_to_start_ms: optional_ms(
-            timeouts.schedule_to_start,
-            d_timeouts.schedule_to_start,
-            "schedule_to_start",
-        )?,
-        start_to_close_ms,
-        schedule_to_close_ms: optional_ms(
-            timeouts.schedule_to_close,
-            d_timeouts.schedule_to_close,
-            "schedule_to_close",
-        )?,
-        heartbeat_ms: optional_ms(timeouts.heartbeat, d_timeouts.heartbeat, "heartbeat")?,
-    };
-    let params = match input.params {
-        Some(table) => {
-            let value = serde_json::to_value(table).map_err(|e| format!("step {name:?}: params: {e}"))?;
-            // Parsed, not just built, so params obey the payload limits (nesting depth)
-            // that every other payload a worker receives obeys.
-            JsonText::parse(value.to_string()).map_err(|e| format!("step {name:?}: params: {e}"))?
+/// Every declared branch is taken by exactly one choice of the main line (a branch shared by
+/// two choices would name the same steps twice in one run).
+fn check_branches_used(main: &[StepDef], declared: &BTreeMap<String, Vec<RawStep>>) -> Result<(), String> {
+    let mut used = BTreeMap::new();
+    for step in main {
+        if let Construct::Choice(cases) = &step.construct {
+            for case in cases {
+                if let Some(other) = used.insert(case.branch.clone(), step.name.clone()) {
+                    if other != step.name {
+                        return Err(format!("branch {:?} is taken by two choices", case.branch));
+                    }
+                }
+            }
         }
-        None => JsonText::parse("{}").map_err(|e| e.to_string())?,
-    };
-    Ok(StepDef {
-        name,
-        activity,
-        queue,
-        retry: RetryPolicy {
-            initial_interval_ms,
-            backoff_coefficient,
-            max_interval_ms,
-            max_attempts,
-            jitter,
-            non_retryable,
-        },
-        timeouts,
-        on_failure: OnFailure::Compensate,
-        pivot: false,
-        params,
-    })
+    }
+    match declared.keys().find(|name| !used.contains_key(*name)) {
+        Some(name) => Err(format!("branch {name:?} is declared but no choice takes it")),
+        None => Ok(()),
+    }
 }
 
-fn positive_ms(duration: Duration, what: &str) -> Result<u64, String> {
-    let ms = u64::try_from(duration.as_millis()).map_err(|_| format!("{what} is too long"))?;
-    if ms == 0 {
-        return Err(format!("{what} must be at least 1ms"));
-    }
-    Ok(ms)
+fn activity_construct(name: &StepName, activity: &str, queue: &toml::Spanned<String>) -> Result<Construct, String> {
+    let activity = ActivityName::parse(activity).map_err(|e| format!("step {name:?}: {e}"))?;
+    let queue = QueueName::parse(queue.get_ref().as_str()).map_err(|e| format!("step {name:?}: {e}"))?;
+    Ok(Construct::Activity { activity, queue })
+}
+
+fn resolve_construct(raw: &RawStep, in_branch: bool, names: &language::Names<'_>) -> Result<Construct, String> {
+    let activity = match (&raw.activity, &raw.queue) {
+        (Some(activity), Some(queue)) => {
+            let name = StepName::parse(raw.name.get_ref().as_str()).map_err(|e| e.to_string())?;
+            match activity_construct(&name, activity, queue)? {
+                Construct::Activity { activity, queue } => Some((activity, queue)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let construct = language::RawConstruct {
+        activity,
+        has_activity: raw.activity.is_some() || raw.queue.is_some(),
+        sleep: raw.sleep.as_deref(),
+        sleep_until: raw.sleep_until.as_deref(),
+        wait_for: raw.wait_for.as_deref(),
+        fail_on: raw.fail_on.as_deref(),
+        timeout: raw.timeout.as_deref(),
+        choice: raw.choice.as_deref(),
+        in_branch,
+    };
+    language::resolve(&construct, names)
 }
 
 fn line_of(source: &str, offset: usize) -> usize {

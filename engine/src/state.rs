@@ -17,6 +17,10 @@ use shop_types::history::{Event, EventKind};
 use shop_types::{JsonText, StepRef, WorkflowId};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod language;
+
+pub use language::{OpenSleep, OpenWait, ReceivedSignal};
+
 /// Where an attempt in flight stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptStatus {
@@ -72,8 +76,19 @@ pub struct WorkflowState {
     /// Nodes finished with: completed, or failed for good where the run goes on past them.
     pub done: BTreeSet<NodeId>,
     /// Forward nodes an attempt of which was handed to a worker (and so may have had an
-    /// effect that compensation must undo).
+    /// effect that compensation must undo), and waits that consumed a signal.
     pub handed_out: BTreeSet<NodeId>,
+    /// `handed_out` in the order nodes entered it: compensation undoes them newest first.
+    pub handed_out_order: Vec<NodeId>,
+    /// Sleeps in flight, by node.
+    pub sleeps: BTreeMap<NodeId, OpenSleep>,
+    /// Waits in flight, by node.
+    pub waits: BTreeMap<NodeId, OpenWait>,
+    /// Every signal accepted, in history order (buffered until consumed; the keys are the
+    /// run's de-duplication record).
+    pub signals: Vec<ReceivedSignal>,
+    /// The branch each choice took.
+    pub choices: BTreeMap<NodeId, String>,
     /// The pivot step has completed: from here on nothing is compensated.
     pub pivot_passed: bool,
     pub cancel_requested: Option<String>,
@@ -114,6 +129,11 @@ impl WorkflowState {
             attempts: BTreeMap::new(),
             done: BTreeSet::new(),
             handed_out: BTreeSet::new(),
+            handed_out_order: Vec::new(),
+            sleeps: BTreeMap::new(),
+            waits: BTreeMap::new(),
+            signals: Vec::new(),
+            choices: BTreeMap::new(),
             pivot_passed: false,
             cancel_requested: None,
             compensation_plan: None,
@@ -185,7 +205,7 @@ impl WorkflowState {
     pub fn apply(&mut self, definition: &Definition, event: &Event) {
         self.next_seq = event.seq + 1;
         let at = event.at_ms;
-        let node = event.kind.step_attempt().and_then(|(step, _)| definition.node_id(step));
+        let node = event.kind.step().and_then(|step| definition.node_id(step));
         match (&event.kind, node) {
             (EventKind::WorkflowStarted { .. }, _) => {}
             (EventKind::StepScheduled { step, attempt }, Some(node)) => {
@@ -202,7 +222,7 @@ impl WorkflowState {
             }
             (EventKind::StepStarted { .. }, Some(node)) => {
                 if definition.node_kind(node) == Some(NodeKind::Step) {
-                    self.handed_out.insert(node);
+                    self.hand_out(node);
                 }
                 if let Some(entry) = self.attempts.get_mut(&node) {
                     entry.status = AttemptStatus::Started { at_ms: at, last_heartbeat_ms: at };
@@ -248,17 +268,14 @@ impl WorkflowState {
             }
             (EventKind::CancelRequested { reason }, _) => self.cancel_requested = Some(reason.clone()),
             (EventKind::CompensationStarted { reason }, _) => {
-                // Undo, newest first, every forward step that was handed to a worker and has a
-                // compensation. The steps in flight are abandoned: a late report is stale.
-                let plan = definition
-                    .forward_nodes()
-                    .rev()
-                    .filter(|node| self.handed_out.contains(node))
-                    .filter_map(|node| definition.compensation_of(node))
-                    .collect();
+                // Undo, newest first, every forward step that was handed to a worker (or wait
+                // that consumed a signal) and has a compensation. The steps in flight are
+                // abandoned: a late report is stale; a sleep or wait in flight just ends.
+                let plan =
+                    self.handed_out_order.iter().rev().filter_map(|&node| definition.compensation_of(node)).collect();
                 self.compensation_plan = Some(plan);
                 self.compensation_reason = Some(reason.clone());
-                self.attempts.clear();
+                self.clear_in_flight();
             }
             (EventKind::WorkflowCompleted { output }, _) => {
                 self.finish(WorkflowStatus::Completed, at, None, Some(output.clone()));
@@ -273,7 +290,7 @@ impl WorkflowState {
                 self.finish(WorkflowStatus::Terminated, at, Some(reason.clone()), None);
             }
             (EventKind::RunParked { reason }, _) => {
-                self.attempts.clear();
+                self.clear_in_flight();
                 self.parked = Some(reason.clone());
             }
             (EventKind::RunResumed { .. }, _) => self.parked = None,
@@ -287,11 +304,35 @@ impl WorkflowState {
                 | EventKind::StepRetryScheduled { .. },
                 None,
             ) => {}
+            (
+                EventKind::SleepStarted { .. }
+                | EventKind::SleepEnded { .. }
+                | EventKind::SignalReceived { .. }
+                | EventKind::WaitOpened { .. }
+                | EventKind::WaitCompleted { .. }
+                | EventKind::WaitTimedOut { .. }
+                | EventKind::StepSkipped { .. }
+                | EventKind::ChoiceTaken { .. },
+                node,
+            ) => self.apply_language(definition, event, node),
         }
     }
 
-    fn finish(&mut self, status: WorkflowStatus, at_ms: u64, reason: Option<String>, output: Option<JsonText>) {
+    /// Records that `node` may have had an effect compensation must undo.
+    fn hand_out(&mut self, node: NodeId) {
+        if self.handed_out.insert(node) {
+            self.handed_out_order.push(node);
+        }
+    }
+
+    fn clear_in_flight(&mut self) {
         self.attempts.clear();
+        self.sleeps.clear();
+        self.waits.clear();
+    }
+
+    fn finish(&mut self, status: WorkflowStatus, at_ms: u64, reason: Option<String>, output: Option<JsonText>) {
+        self.clear_in_flight();
         self.terminal = Some(Terminal { status, at_ms, reason, output });
     }
 }

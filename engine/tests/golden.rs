@@ -90,6 +90,8 @@ fn timer_text(timer: &Timer) -> String {
         TimerKind::StartToClose { step, attempt } => format!("StartToClose {}#{attempt}", step_text(step)),
         TimerKind::Heartbeat { step, attempt } => format!("Heartbeat {}#{attempt}", step_text(step)),
         TimerKind::RetryDue { step, attempt } => format!("RetryDue {}#{attempt}", step_text(step)),
+        TimerKind::SleepDue { step } => format!("SleepDue {}", step_text(step)),
+        TimerKind::WaitDeadline { step } => format!("WaitDeadline {}", step_text(step)),
     };
     format!("{kind} due {}", timer.due_ms)
 }
@@ -242,6 +244,10 @@ fn rejection_name(rejection: &Rejection) -> &'static str {
         Rejection::Finished => "Finished",
         Rejection::PastPivot => "PastPivot",
         Rejection::NotParked => "NotParked",
+        Rejection::UnknownSignal(_) => "UnknownSignal",
+        Rejection::DuplicateSignal => "DuplicateSignal",
+        Rejection::KeyReused => "KeyReused",
+        Rejection::TooManySignals => "TooManySignals",
     }
 }
 
@@ -347,5 +353,15 @@ fn every_kind_is_listed(kind: &EventKind) -> &'static str {
         | EventKind::WorkflowTerminated { .. }
         | EventKind::RunParked { .. }
         | EventKind::RunResumed { .. } => kind.name(),
+        // The workflow language's kinds (issue 9): their goldens are still to be recorded
+        // (see the branch's report); until then they are outside EVENT_KINDS.
+        EventKind::SleepStarted { .. }
+        | EventKind::SleepEnded { .. }
+        | EventKind::SignalReceived { .. }
+        | EventKind::WaitOpened { .. }
+        | EventKind::WaitCompleted { .. }
+        | EventKind::WaitTimedOut { .. }
+        | EventKind::StepSkipped { .. }
+        | EventKind::ChoiceTaken { .. } => kind.name(),
     }
 }

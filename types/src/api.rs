@@ -95,6 +95,22 @@ pub struct WorkflowView {
     pub input: JsonText,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<JsonText>,
+    /// What a run in flight waits for: its steps in flight, open waits (with their deadline
+    /// and signal names) and sleeps (with their wake time). Empty once it has finished.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<InFlightView>,
+}
+
+/// One thing a run in flight waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum InFlightView {
+    /// An activity attempt: waiting for a worker, running, or backing off.
+    Activity { step: String, attempt: u32 },
+    /// A sleep, until `until_ms` (clock ms).
+    Sleep { step: String, until_ms: u64 },
+    /// A wait for one of `signals`, until `deadline_ms` (clock ms).
+    Wait { step: String, signals: Vec<String>, deadline_ms: u64 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,7 +208,14 @@ pub struct DefinitionPlan {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedStep {
     pub name: String,
+    /// What the step does when it is not an activity: `sleep 30s`, `wait for a, b (15m)`,
+    /// `choice: card | other`; absent for an activity step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub construct: Option<String>,
+    /// The activity and its queue; empty for a step that is not an activity.
+    #[serde(default)]
     pub activity: String,
+    #[serde(default)]
     pub queue: String,
     pub retry: PlannedRetry,
     pub timeouts: PlannedTimeouts,

@@ -127,6 +127,49 @@ pub enum EventKind {
     RunResumed {
         reason: String,
     },
+    // The workflow language (issue 9). Appended after every older kind, so stored records
+    // still decode.
+    /// A sleep step started; it ends at `until_ms` (clock ms), decided once here.
+    SleepStarted {
+        step: StepRef,
+        until_ms: u64,
+    },
+    /// A sleep step's time came (or was already past when it started).
+    SleepEnded {
+        step: StepRef,
+    },
+    /// A signal was accepted. Its `key` de-duplicates it for the life of the run; until a
+    /// wait consumes it, it stays buffered.
+    SignalReceived {
+        name: String,
+        key: String,
+        payload: JsonText,
+    },
+    /// A wait step opened: it listens for `signals` until `deadline_ms` (clock ms).
+    WaitOpened {
+        step: StepRef,
+        signals: Vec<String>,
+        deadline_ms: u64,
+    },
+    /// A wait consumed the signal recorded as event `seq`; its payload is the step's output.
+    WaitCompleted {
+        step: StepRef,
+        signal: String,
+        seq: u64,
+    },
+    /// A wait reached its deadline with no signal: a permanent failure of the step.
+    WaitTimedOut {
+        step: StepRef,
+    },
+    /// A step's `when` was false when it would have been scheduled: it never runs.
+    StepSkipped {
+        step: StepRef,
+    },
+    /// A choice step took `branch`; its steps run next, in order.
+    ChoiceTaken {
+        step: StepRef,
+        branch: String,
+    },
 }
 
 impl EventKind {
@@ -148,6 +191,14 @@ impl EventKind {
             EventKind::WorkflowTerminated { .. } => "WorkflowTerminated",
             EventKind::RunParked { .. } => "RunParked",
             EventKind::RunResumed { .. } => "RunResumed",
+            EventKind::SleepStarted { .. } => "SleepStarted",
+            EventKind::SleepEnded { .. } => "SleepEnded",
+            EventKind::SignalReceived { .. } => "SignalReceived",
+            EventKind::WaitOpened { .. } => "WaitOpened",
+            EventKind::WaitCompleted { .. } => "WaitCompleted",
+            EventKind::WaitTimedOut { .. } => "WaitTimedOut",
+            EventKind::StepSkipped { .. } => "StepSkipped",
+            EventKind::ChoiceTaken { .. } => "ChoiceTaken",
         }
     }
 
@@ -171,6 +222,20 @@ impl EventKind {
             | EventKind::StepTimedOut { step, attempt, .. }
             | EventKind::StepRetryScheduled { step, attempt, .. } => Some((*step, *attempt)),
             _ => None,
+        }
+    }
+
+    /// The step this event concerns, attempt or not (sleeps, waits, skips and choices too).
+    pub fn step(&self) -> Option<StepRef> {
+        match self {
+            EventKind::SleepStarted { step, .. }
+            | EventKind::SleepEnded { step }
+            | EventKind::WaitOpened { step, .. }
+            | EventKind::WaitCompleted { step, .. }
+            | EventKind::WaitTimedOut { step }
+            | EventKind::StepSkipped { step }
+            | EventKind::ChoiceTaken { step, .. } => Some(*step),
+            other => other.step_attempt().map(|(step, _)| step),
         }
     }
 }

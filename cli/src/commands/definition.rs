@@ -144,14 +144,12 @@ fn steps_table(steps: &[PlannedStep], forward: bool) -> Table {
     };
     let mut table = Table::with_header(header);
     for step in steps {
-        let mut row = vec![
-            step.name.clone(),
-            step.activity.clone(),
-            step.queue.clone(),
-            retry(step),
-            timeouts(step),
-            step.on_failure.clone(),
-        ];
+        // A sleep, wait or choice has no activity: what it does stands in that column.
+        let (activity, queue) = match &step.construct {
+            Some(construct) => (construct.clone(), "-".to_owned()),
+            None => (step.activity.clone(), step.queue.clone()),
+        };
+        let mut row = vec![step.name.clone(), activity, queue, retry(step), timeouts(step), step.on_failure.clone()];
         if forward {
             row.push(if step.pivot { "yes" } else { "-" }.to_owned());
             row.push(output::or_dash(step.compensated_by.as_deref()));

@@ -180,8 +180,8 @@ pub(crate) fn check_task_queues<'a>(
             .read()
             .map_err(|_| ApiError::from(crate::core::CoreError::Storage("the registry is unusable".into())))?
             .get(summary.workflow_type.as_str(), summary.definition_version);
-        if let Some(step) = definition.as_ref().and_then(|d| d.step(token.step)) {
-            check_queue(principal, &step.queue)?;
+        if let Some(queue) = definition.as_ref().and_then(|d| d.step(token.step)?.queue().cloned()) {
+            check_queue(principal, &queue)?;
         }
     }
     Ok(())

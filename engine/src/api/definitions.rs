@@ -6,7 +6,7 @@
 //! write the store or the registry themselves, and never migrate a run to another version.
 
 use super::{ApiError, AppState};
-use crate::definition::{self, Definition, OnFailure, StepDef};
+use crate::definition::{self, Construct, Definition, OnFailure, Sleep, StepDef};
 use crate::registry::content_hash;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -18,6 +18,7 @@ use shop_types::api::{
 };
 use shop_types::limits::{MAX_BODY_BYTES, OPEN_RUNS_SAMPLE};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<DefinitionList>, ApiError> {
     let registry = state
@@ -173,8 +174,9 @@ fn planned(step: &StepDef) -> PlannedStep {
     let timeouts = &step.timeouts;
     PlannedStep {
         name: step.name.to_string(),
-        activity: step.activity.to_string(),
-        queue: step.queue.to_string(),
+        construct: construct(&step.construct),
+        activity: step.activity().map(ToString::to_string).unwrap_or_default(),
+        queue: step.queue().map(ToString::to_string).unwrap_or_default(),
         retry: PlannedRetry {
             initial_interval_ms: retry.initial_interval_ms,
             backoff_coefficient: retry.backoff_coefficient,
@@ -197,6 +199,26 @@ fn planned(step: &StepDef) -> PlannedStep {
         pivot: step.pivot,
         compensated_by: None,
         params: step.params.clone(),
+    }
+}
+
+/// A step that is not an activity, in a few words.
+fn construct(construct: &Construct) -> Option<String> {
+    match construct {
+        Construct::Activity { .. } => None,
+        Construct::Sleep(Sleep::For { ms }) => {
+            Some(format!("sleep {}", humantime::format_duration(Duration::from_millis(*ms))))
+        }
+        Construct::Sleep(Sleep::Until { pointer }) => Some(format!("sleep until {pointer}")),
+        Construct::Wait(wait) => Some(format!(
+            "wait for {} ({}){}",
+            wait.signals.join(", "),
+            humantime::format_duration(Duration::from_millis(wait.timeout_ms)),
+            if wait.fail_on.is_empty() { String::new() } else { format!(", failing on {}", wait.fail_on.join(", ")) }
+        )),
+        Construct::Choice(cases) => {
+            Some(format!("choice: {}", cases.iter().map(|case| case.branch.as_str()).collect::<Vec<_>>().join(" | ")))
+        }
     }
 }
 

@@ -107,6 +107,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/workflows/:id/cancel", post(workflows::cancel))
         .route("/v1/workflows/:id/terminate", post(workflows::terminate))
         .route("/v1/workflows/:id/resume", post(workflows::resume))
+        .route("/v1/workflows/:id/signals/:name", post(workflows::signal))
         .route("/v1/definitions", post(definitions::register))
         .route("/api/orders/:id/cancel", post(orders::cancel))
         .route("/v1/tokens", post(auth::create_token).get(auth::list_tokens))
@@ -256,7 +257,39 @@ pub(crate) fn workflow_view(state: &AppState, id: &WorkflowId) -> Result<Option<
         reason: summary.reason,
         input,
         output: summary.output,
+        waiting_for: if summary.status == WorkflowStatus::Running { waiting_for(state, id) } else { Vec::new() },
     }))
+}
+
+/// What a run in flight waits for, from its history replayed here (a pure fold; the core's
+/// copy is not shared with handlers). Empty when the history or definition cannot be read:
+/// the view then shows what the summary says, as before.
+fn waiting_for(state: &AppState, id: &WorkflowId) -> Vec<shop_types::api::InFlightView> {
+    use shop_types::api::InFlightView;
+    let Ok(events) = state.store.history(id) else {
+        return Vec::new();
+    };
+    let definition = match events.first().map(|e| &e.kind) {
+        Some(EventKind::WorkflowStarted { workflow_type, definition_version, .. }) => {
+            state.registry.read().ok().and_then(|r| r.get(workflow_type.as_str(), *definition_version))
+        }
+        _ => None,
+    };
+    let Some(definition) = definition else {
+        return Vec::new();
+    };
+    let Ok(run) = crate::state::WorkflowState::replay(id.clone(), &definition, &events) else {
+        return Vec::new();
+    };
+    let name = |step| definition.step(step).map(|s| s.name.to_string()).unwrap_or_default();
+    let attempts = run.attempts.values().map(|a| InFlightView::Activity { step: name(a.step), attempt: a.attempt });
+    let sleeps = run.sleeps.values().map(|s| InFlightView::Sleep { step: name(s.step), until_ms: s.until_ms });
+    let waits = run.waits.values().map(|w| InFlightView::Wait {
+        step: name(w.step),
+        signals: w.signals.clone(),
+        deadline_ms: w.deadline_ms,
+    });
+    attempts.chain(sleeps).chain(waits).collect()
 }
 
 /// The run's view, after waiting up to `wait` for it to finish.

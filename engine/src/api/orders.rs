@@ -171,6 +171,7 @@ mod tests {
             reason: None,
             input: JsonText::parse(input).expect("valid JSON"),
             output: None,
+            waiting_for: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 use super::{parse_wait, query, view_after_wait, workflow_view, ApiError, ApiJson, AppState};
 use crate::auth::Principal;
 use crate::core::StartOutcome;
+use crate::definition;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -17,6 +18,45 @@ use shop_types::limits::MAX_LIST_LIMIT;
 use shop_types::{JsonText, WorkflowId};
 
 const DEFAULT_LIST_LIMIT: usize = 50;
+/// Longest `Idempotency-Key` a signal may carry, in bytes (it is kept in the run's history).
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+
+/// What `POST /v1/workflows/{id}/signals/{name}` answers.
+#[derive(serde::Serialize)]
+pub(crate) struct SignalReply {
+    outcome: &'static str,
+}
+
+/// `POST /v1/workflows/{id}/signals/{name}`: records a signal for a run, once per
+/// `Idempotency-Key` (required); the JSON body is its payload. 200 `recorded` or
+/// `duplicate`; 404 unknown run, 409 finished run or key reused, 422 a signal the run's
+/// version does not declare.
+pub(crate) async fn signal(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(payload): ApiJson<JsonText>,
+) -> Result<Json<SignalReply>, ApiError> {
+    let id = WorkflowId::parse(id)?;
+    let bad_key = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "BAD_IDEMPOTENCY_KEY", message);
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => return Err(bad_key("a signal needs an Idempotency-Key header".into())),
+        Some(Err(_)) => return Err(bad_key("the Idempotency-Key header must be visible ASCII".into())),
+        Some(Ok(key)) => key.trim(),
+    };
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(bad_key(format!("the Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes")));
+    }
+    if let Err(reason) = definition::check_signal_name(&name) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_SIGNAL", reason));
+    }
+    let request = crate::core::SignalRequest { name, idempotency_key: key.to_owned(), payload };
+    let outcome = match state.core.signal(id, request).await? {
+        crate::core::SignalOutcome::Recorded => "recorded",
+        crate::core::SignalOutcome::Duplicate => "duplicate",
+    };
+    Ok(Json(SignalReply { outcome }))
+}
 
 /// Starts a run, or returns the existing one for the same ID, type and input.
 pub(crate) async fn start(
@@ -146,10 +186,7 @@ pub(crate) async fn history(
         .map(|event| HistoryEventView {
             seq: event.seq,
             at_ms: event.at_ms,
-            step_name: event
-                .kind
-                .step_attempt()
-                .and_then(|(step, _)| definition.as_ref()?.step(step).map(|s| s.name.to_string())),
+            step_name: event.kind.step().and_then(|step| definition.as_ref()?.step(step).map(|s| s.name.to_string())),
             event: event.kind,
         })
         .collect();

@@ -19,6 +19,18 @@ impl Core {
                     let _ = reply.send(result);
                 });
             }
+            Command::StartWithSignal { id, workflow_type, input, signal, reply } => {
+                let result = self.start_with_signal(turn, id, &workflow_type, input, signal, now);
+                turn.after_commit(move || {
+                    let _ = reply.send(result);
+                });
+            }
+            Command::Signal { id, signal, reply } => {
+                let result = self.signal(turn, &id, signal, now);
+                turn.after_commit(move || {
+                    let _ = reply.send(result);
+                });
+            }
             Command::Report { reports, reply } => {
                 let results: Vec<_> = reports.into_iter().map(|r| self.report(turn, r, now)).collect();
                 turn.after_commit(move || {
@@ -97,6 +109,8 @@ impl Core {
         }
         match command {
             Command::Start { reply, .. } => refuse(turn, reply),
+            Command::StartWithSignal { reply, .. } => refuse(turn, reply),
+            Command::Signal { reply, .. } => refuse(turn, reply),
             Command::Cancel { reply, .. } | Command::Resume { reply, .. } => refuse(turn, reply),
             Command::Register { reply, .. } => refuse(turn, reply),
             Command::Write { reply, .. } => refuse(turn, reply),
@@ -168,6 +182,54 @@ impl Core {
         Ok(StartOutcome::Created)
     }
 
+    /// Records a signal for run `id` (see `decider::wait`).
+    pub(super) fn signal(
+        &mut self,
+        turn: &mut Turn,
+        id: &WorkflowId,
+        signal: SignalRequest,
+        now: u64,
+    ) -> Result<SignalOutcome, CoreError> {
+        let SignalRequest { name, idempotency_key: key, payload } = signal;
+        if let Some(run) = self.runs.get(id) {
+            // A duplicate changes nothing: answered here, with no event, like a repeated start.
+            if let Some(seen) = run.state.signal_by_key(&key) {
+                if seen.name == name && same_json(&seen.payload, &payload) {
+                    return Ok(SignalOutcome::Duplicate);
+                }
+            }
+        }
+        self.apply_to_run(turn, id, Input::Signal { name, key, payload }, now).map(|_| SignalOutcome::Recorded)
+    }
+
+    /// Signal-with-start: checks the signal against the definition the run would start on,
+    /// starts the run (or finds it), then records the signal in the same turn, so both are in
+    /// one batch.
+    pub(super) fn start_with_signal(
+        &mut self,
+        turn: &mut Turn,
+        id: WorkflowId,
+        workflow_type: &shop_types::WorkflowType,
+        input: JsonText,
+        signal: SignalRequest,
+        now: u64,
+    ) -> Result<(StartOutcome, SignalOutcome), CoreError> {
+        if !self.runs.contains_key(&id) {
+            let definition = self
+                .registry
+                .read()
+                .map_err(|_| CoreError::Storage("registry lock poisoned".into()))?
+                .latest(workflow_type.as_str())
+                .ok_or_else(|| CoreError::UnknownWorkflowType(workflow_type.to_string()))?;
+            if !definition.signals.contains(&signal.name) {
+                return Err(CoreError::UnknownSignal(signal.name));
+            }
+        }
+        let started = self.start(turn, id.clone(), workflow_type, input, now)?;
+        let signalled = self.signal(turn, &id, signal, now)?;
+        Ok((started, signalled))
+    }
+
     pub(super) fn report(&mut self, turn: &mut Turn, report: TaskReport, now: u64) -> Result<(), CoreError> {
         // The MAC was checked at the door (`api::tasks`); the core trusts what reaches it.
         let TaskToken { workflow_id, step, attempt, .. } = report.token;
@@ -219,6 +281,11 @@ impl Core {
             Rejection::Finished => CoreError::Finished,
             Rejection::PastPivot => CoreError::PastPivot,
             Rejection::NotParked => CoreError::NotParked,
+            Rejection::UnknownSignal(name) => CoreError::UnknownSignal(name),
+            // The core answers a duplicate signal before it gets here (`signal`).
+            Rejection::DuplicateSignal => CoreError::Stale(r.to_string()),
+            Rejection::KeyReused => CoreError::KeyReused,
+            Rejection::TooManySignals => CoreError::TooManySignals,
         })?;
         let count = decision.events.len();
         self.record(turn, id, decision.events).map_err(|e| CoreError::Storage(e.to_string()))?;

@@ -163,7 +163,7 @@ impl Core {
             run.ready = None;
         }
         let (step, attempt) = waiting?;
-        let queue = run.definition.step(step)?.queue.clone();
+        let queue = run.definition.step(step)?.queue()?.clone();
         run.ready = Some(self.ready.push(queue.clone(), ReadyTask { id: id.clone(), step, attempt }));
         Some(queue)
     }
@@ -237,7 +237,7 @@ fn activity_task(run: &Run, signer: &TaskSigner, step: StepRef, attempt: u32) ->
         workflow_id: id.clone(),
         workflow_type: run.definition.name.clone(),
         step_name: step_def.name.clone(),
-        activity: step_def.activity.clone(),
+        activity: step_def.activity()?.clone(),
         attempt,
         idempotency_key: format!("{id}:{}", step_def.name),
         input: run.state.input.clone(),

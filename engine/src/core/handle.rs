@@ -7,7 +7,7 @@
 
 use super::signer::TaskSigner;
 use super::stream::{Commit, Subscription};
-use super::{Command, CoreError, StartOutcome, Stats};
+use super::{Command, CoreError, SignalOutcome, SignalRequest, StartOutcome, Stats};
 use crate::definition::Definition;
 use shop_types::api::{ActivityTask, TaskReport};
 use shop_types::{JsonText, QueueName, TaskToken, WorkflowId};
@@ -52,6 +52,24 @@ impl Handle {
         input: JsonText,
     ) -> Result<StartOutcome, CoreError> {
         self.call(|reply| Command::Start { id, workflow_type, input, reply }).await?
+    }
+
+    /// Signal-with-start: starts run `id` (or finds it there) and records `signal` for it in
+    /// the same batch. A signal the definition does not declare starts nothing.
+    pub async fn start_with_signal(
+        &self,
+        id: WorkflowId,
+        workflow_type: shop_types::WorkflowType,
+        input: JsonText,
+        signal: SignalRequest,
+    ) -> Result<(StartOutcome, SignalOutcome), CoreError> {
+        self.call(|reply| Command::StartWithSignal { id, workflow_type, input, signal, reply }).await?
+    }
+
+    /// Records a signal for run `id`: `Recorded`, or `Duplicate` when its key was already
+    /// recorded with the same name and payload.
+    pub async fn signal(&self, id: WorkflowId, signal: SignalRequest) -> Result<SignalOutcome, CoreError> {
+        self.call(|reply| Command::Signal { id, signal, reply }).await?
     }
 
     /// Records task reports; one verdict per report, in order.

@@ -109,6 +109,12 @@ pub enum CoreError {
     ShuttingDown,
     #[error("the engine's disk is nearly full; nothing was written")]
     DiskFull,
+    #[error("the workflow's definition does not declare signal {0:?}")]
+    UnknownSignal(String),
+    #[error("the idempotency key was already used for another signal name or payload")]
+    KeyReused,
+    #[error("the workflow has received its most signals ({})", decider::MAX_SIGNALS_PER_RUN)]
+    TooManySignals,
     #[error("{0}")]
     DefinitionConflict(String),
     #[error("{0}")]
@@ -122,6 +128,22 @@ pub enum StartOutcome {
     Existing,
 }
 
+/// Whether a signal was recorded now or had been already (same key, name and payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalOutcome {
+    Recorded,
+    Duplicate,
+}
+
+/// A signal as a caller sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalRequest {
+    pub name: String,
+    /// De-duplicates the signal for the life of the run.
+    pub idempotency_key: String,
+    pub payload: JsonText,
+}
+
 /// What a [`Handle`] asks of the core; private to it, so no caller builds a reply channel
 /// by hand.
 pub(super) enum Command {
@@ -130,6 +152,19 @@ pub(super) enum Command {
         workflow_type: shop_types::WorkflowType,
         input: JsonText,
         reply: oneshot::Sender<Result<StartOutcome, CoreError>>,
+    },
+    /// Signal-with-start: the start and the signal recorded in the same batch.
+    StartWithSignal {
+        id: WorkflowId,
+        workflow_type: shop_types::WorkflowType,
+        input: JsonText,
+        signal: SignalRequest,
+        reply: oneshot::Sender<Result<(StartOutcome, SignalOutcome), CoreError>>,
+    },
+    Signal {
+        id: WorkflowId,
+        signal: SignalRequest,
+        reply: oneshot::Sender<Result<SignalOutcome, CoreError>>,
     },
     Report {
         reports: Vec<TaskReport>,

@@ -99,8 +99,8 @@ pub(super) fn timer_fired(
         TimerKind::ScheduleToStart { step, attempt } => (step, Some(attempt), TimeoutKind::ScheduleToStart),
         TimerKind::StartToClose { step, attempt } => (step, Some(attempt), TimeoutKind::StartToClose),
         TimerKind::Heartbeat { step, attempt } => (step, Some(attempt), TimeoutKind::Heartbeat),
-        // The run's own timer, not an attempt's: the caller routes it to compensation.
-        TimerKind::ExecutionTimeout => return,
+        // Not an attempt's timers: the caller routes them to their constructs.
+        TimerKind::ExecutionTimeout | TimerKind::SleepDue { .. } | TimerKind::WaitDeadline { .. } => return,
     };
     let Some(node) = definition.node_id(step) else {
         return;

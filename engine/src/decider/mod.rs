@@ -10,19 +10,24 @@
 //! One entry point ([`decide`], and [`start`] for a new run) routes an input to the module of
 //! the construct it concerns: `attempt` (what every activity attempt shares: starts,
 //! reports, timeouts, retries), `step` (forward activity steps), `compensation` (undoing
-//! them, parking, resuming) and `after` (steps after compensation). `timers` derives a run's
-//! live timers from its attempts in flight.
+//! them, parking, resuming), `after` (steps after compensation), and the workflow language:
+//! `sleep`, `wait` (signals and waits), `choice` (and `when`, in `step`). `timers` derives a
+//! run's live timers from its attempts, sleeps and waits in flight.
 
 mod after;
 mod attempt;
+mod choice;
 mod compensation;
+mod sleep;
 mod step;
 mod timers;
+mod wait;
 
 #[cfg(test)]
 mod tests;
 
 pub use timers::{retry_delay_ms, timers, Timer, TimerKind};
+pub use wait::MAX_SIGNALS_PER_RUN;
 
 use crate::definition::Definition;
 use crate::state::WorkflowState;
@@ -66,6 +71,12 @@ pub enum Input {
     Resume {
         reason: String,
     },
+    /// A signal for the run, de-duplicated by `key`.
+    Signal {
+        name: String,
+        key: String,
+        payload: JsonText,
+    },
 }
 
 /// Why an input changed nothing.
@@ -79,6 +90,15 @@ pub enum Rejection {
     PastPivot,
     #[error("the workflow is not parked: only a parked run (its compensation failed for good) can be resumed")]
     NotParked,
+    #[error("the workflow's definition does not declare signal {0:?}")]
+    UnknownSignal(String),
+    /// The same key with the same name and payload: already recorded, nothing to do.
+    #[error("the signal was already recorded")]
+    DuplicateSignal,
+    #[error("the idempotency key was already used for another signal or payload")]
+    KeyReused,
+    #[error("the workflow has received its most signals")]
+    TooManySignals,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -146,7 +166,10 @@ pub fn decide(
 ) -> Result<Decision, Rejection> {
     let used = state.next_seq - 1;
     let limit = ctx.max_history_events;
-    if used + MAX_EVENTS_PER_DECISION < limit {
+    // Starting steps can emit up to two events per forward step (a sleep or wait that
+    // starts and ends at once, a skip, a choice), on top of an activity's few.
+    let bound = MAX_EVENTS_PER_DECISION + 2 * definition.steps.len() as u64;
+    if used + bound < limit {
         return decide_within_limit(definition, state, input, ctx).map(Decision::events);
     }
     // Near the limit: try the decision on a copy, and keep it only if it fits, leaving room
@@ -179,7 +202,9 @@ fn decide_within_limit(
 ) -> Result<Vec<Event>, Rejection> {
     if state.terminal.is_some() {
         return Err(match input {
-            Input::Cancel { .. } | Input::Terminate { .. } | Input::Resume { .. } => Rejection::Finished,
+            Input::Cancel { .. } | Input::Terminate { .. } | Input::Resume { .. } | Input::Signal { .. } => {
+                Rejection::Finished
+            }
             _ => Rejection::Stale,
         });
     }
@@ -201,6 +226,14 @@ fn decide_within_limit(
             }
             match kind {
                 TimerKind::ExecutionTimeout => compensation::execution_timed_out(definition, state, &mut out, now),
+                TimerKind::SleepDue { step } => {
+                    sleep::due(definition, state, &mut out, now, step);
+                    advance(definition, state, &mut out, now);
+                }
+                TimerKind::WaitDeadline { step } => {
+                    wait::timed_out(definition, state, &mut out, now, step);
+                    advance(definition, state, &mut out, now);
+                }
                 kind => attempt::timer_fired(definition, state, &mut out, now, kind),
             }
         }
@@ -209,6 +242,7 @@ fn decide_within_limit(
             emit(definition, state, &mut out, now, EventKind::WorkflowTerminated { reason });
         }
         Input::Resume { reason } => compensation::resume(definition, state, &mut out, now, reason)?,
+        Input::Signal { name, key, payload } => wait::signal(definition, state, &mut out, now, name, key, payload)?,
     }
     let soft_limit = ctx.max_history_events - ctx.max_history_events / COMPENSATION_HEADROOM_DIVISOR;
     let going_forward = state.terminal.is_none() && state.compensation_plan.is_none() && !state.pivot_passed;
@@ -232,7 +266,7 @@ fn emit(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Event>
 /// With nothing in flight, schedules what comes next or finishes the run: the next forward
 /// step, or once compensating, the next compensation, then the steps after it.
 fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Event>, now: u64) {
-    while state.terminal.is_none() && state.attempts.is_empty() && state.parked.is_none() {
+    while state.terminal.is_none() && state.idle() && state.parked.is_none() {
         let compensating = state.compensation_plan.is_some();
         let next = if compensating {
             compensation::next(state).or_else(|| after::next(definition, state))
@@ -240,6 +274,10 @@ fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Eve
             step::next(definition, state)
         };
         let kind = match next.and_then(|node| definition.node(node)) {
+            Some(node) if !compensating => {
+                step::begin(definition, state, out, now, node.id);
+                continue;
+            }
             Some(node) => EventKind::StepScheduled { step: node.step, attempt: 1 },
             None if compensating => {
                 EventKind::WorkflowCompensated { reason: state.compensation_reason.clone().unwrap_or_default() }
@@ -249,3 +287,6 @@ fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Eve
         emit(definition, state, out, now, kind);
     }
 }
+
+#[cfg(test)]
+mod language_tests;

@@ -1,16 +1,47 @@
-//! Forward activity steps: which one runs next, and what a permanent failure of one means
-//! (compensate, fail the run past the pivot, or go on). It must never schedule a forward
-//! step once compensation has started.
+//! Forward steps: which one runs next, starting it (its `when`, recorded as skipped when
+//! false, then its construct), and what a permanent failure of one means (compensate, fail
+//! the run past the pivot, or go on). It must never schedule a forward step once
+//! compensation has started, nor evaluate a `when` but once, when the step would start.
 
 use super::attempt::FailedForGood;
-use super::emit;
-use crate::definition::{Definition, NodeId, OnFailure};
+use super::{choice, emit, sleep, wait};
+use crate::definition::{Construct, Definition, NodeId, OnFailure};
 use crate::state::WorkflowState;
 use shop_types::history::{Event, EventKind};
 
-/// The first forward step not yet finished with, if any: steps run one after another.
+/// The first forward step not yet finished with, if any: the main line's steps run one after
+/// another, and a choice's branch runs, step by step, right after the choice took it.
 pub(super) fn next(definition: &Definition, state: &WorkflowState) -> Option<NodeId> {
-    definition.forward_nodes().find(|node| !state.done.contains(node))
+    for node in definition.main_line() {
+        if !state.done.contains(&node) {
+            return Some(node);
+        }
+        if let Some(branch) = state.choices.get(&node) {
+            if let Some(next) = definition.branch_nodes(branch).find(|n| !state.done.contains(n)) {
+                return Some(next);
+            }
+        }
+    }
+    None
+}
+
+/// Starts forward step `node`: skipped if its `when` is false now, else its construct.
+pub(super) fn begin(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Event>, now: u64, node: NodeId) {
+    let (Some(def), Some(step)) = (definition.node_def(node), definition.node(node).map(|n| n.step)) else {
+        return;
+    };
+    if let Some(when) = &def.when {
+        if !when.holds(&state.context_json()) {
+            emit(definition, state, out, now, EventKind::StepSkipped { step });
+            return;
+        }
+    }
+    match &def.construct {
+        Construct::Activity { .. } => emit(definition, state, out, now, EventKind::StepScheduled { step, attempt: 1 }),
+        Construct::Sleep(spec) => sleep::begin(definition, state, out, now, node, step, spec),
+        Construct::Wait(spec) => wait::open(definition, state, out, now, node, step, spec),
+        Construct::Choice(cases) => choice::take(definition, state, out, now, node, step, cases),
+    }
 }
 
 /// A forward step failed for good. One that may continue was already moved past (the

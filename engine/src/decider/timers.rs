@@ -1,5 +1,5 @@
-//! A run's live timers, derived from its state: the run's execution timeout, and per attempt
-//! in flight its step's budget, its wait for a worker, its lease and heartbeat, or its retry
+//! A run's live timers, derived from its state: the run's execution timeout, each sleep's
+//! wake time and each wait's deadline, and per attempt in flight its step's budget, its wait for a worker, its lease and heartbeat, or its retry
 //! backoff. Timers are never stored on their own, so a terminal run can never leave one
 //! behind. Also the retry delay, whose jitter is a hash, never a random draw.
 
@@ -12,11 +12,33 @@ use shop_types::StepRef;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TimerKind {
     ExecutionTimeout,
-    ScheduleToClose { step: StepRef },
-    ScheduleToStart { step: StepRef, attempt: u32 },
-    StartToClose { step: StepRef, attempt: u32 },
-    Heartbeat { step: StepRef, attempt: u32 },
-    RetryDue { step: StepRef, attempt: u32 },
+    ScheduleToClose {
+        step: StepRef,
+    },
+    ScheduleToStart {
+        step: StepRef,
+        attempt: u32,
+    },
+    StartToClose {
+        step: StepRef,
+        attempt: u32,
+    },
+    Heartbeat {
+        step: StepRef,
+        attempt: u32,
+    },
+    RetryDue {
+        step: StepRef,
+        attempt: u32,
+    },
+    /// A sleep step's wake time.
+    SleepDue {
+        step: StepRef,
+    },
+    /// A wait step's deadline.
+    WaitDeadline {
+        step: StepRef,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,6 +58,12 @@ pub fn timers(definition: &Definition, state: &WorkflowState) -> Vec<Timer> {
         if state.compensation_plan.is_none() && !state.pivot_passed {
             out.push(Timer { due_ms: state.created_at_ms.saturating_add(limit), kind: TimerKind::ExecutionTimeout });
         }
+    }
+    for sleep in state.sleeps.values() {
+        out.push(Timer { due_ms: sleep.until_ms, kind: TimerKind::SleepDue { step: sleep.step } });
+    }
+    for wait in state.waits.values() {
+        out.push(Timer { due_ms: wait.deadline_ms, kind: TimerKind::WaitDeadline { step: wait.step } });
     }
     for (&node, current) in &state.attempts {
         let Some(step_def) = definition.node_def(node) else {

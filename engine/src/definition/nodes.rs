@@ -112,6 +112,16 @@ impl Definition {
         self.nodes.nodes.iter().filter(|n| n.kind == NodeKind::Step).map(|n| n.id)
     }
 
+    /// The main line's forward steps, in order (a choice's branch runs where its choice is).
+    pub fn main_line(&self) -> impl Iterator<Item = NodeId> + '_ {
+        (0..self.main_len).map(|i| NodeId(step_index(i)))
+    }
+
+    /// The steps of `branch`, in order (none for a branch the definition does not have).
+    pub fn branch_nodes(&self, branch: &str) -> impl Iterator<Item = NodeId> + '_ {
+        self.branches.get(branch).cloned().unwrap_or(0..0).map(|i| NodeId(step_index(i)))
+    }
+
     /// The steps after compensation, in order.
     pub fn after_compensation_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.nodes.nodes.iter().filter(|n| n.kind == NodeKind::AfterCompensation).map(|n| n.id)

@@ -91,3 +91,40 @@ fn params_nest_no_deeper_than_any_other_payload() {
     let err = error_of(&format!("{MINIMAL}{}", params(deepest + 1)));
     assert!(err.reason.contains("nests deeper"), "{err}");
 }
+
+#[test]
+fn the_language_is_validated_with_lines() {
+    let wait = "[signals]\nok = {}\n[[steps]]\nname = \"w\"\nwait_for = [\"ok\", \"nope\"]\ntimeout = \"1m\"\n";
+    let err = error_of(&format!("name = \"w\"\nversion = 1\n{wait}"));
+    assert!(err.reason.contains("\"nope\""), "{err}");
+    assert_eq!(err.line, Some(6));
+    let no_timeout = "name = \"w\"\nversion = 1\n[signals]\nok = {}\n[[steps]]\nname = \"w\"\nwait_for = [\"ok\"]\n";
+    assert!(error_of(no_timeout).reason.contains("needs a timeout"));
+    let long = "name = \"w\"\nversion = 1\n[signals]\nok = {}\n[[steps]]\nname = \"w\"\nwait_for = [\"ok\"]\ntimeout = \"31days\"\n";
+    assert!(error_of(long).reason.contains("longer than"), "MAX_WAIT_TIMEOUT is the edge");
+    let at_limit = long.replace("31days", "30days");
+    assert!(parse("w.toml", &at_limit).is_ok(), "the limit itself is allowed");
+    let fail_on = "name = \"w\"\nversion = 1\n[signals]\nok = {}\nno = {}\n[[steps]]\nname = \"w\"\nwait_for = [\"ok\"]\nfail_on = [\"no\"]\ntimeout = \"1m\"\n";
+    assert!(error_of(fail_on).reason.contains("does not wait for"));
+    let no_branch = format!("{MINIMAL}[[steps]]\nname = \"c\"\nchoice = [{{ branch = \"x\" }}]\n");
+    assert!(error_of(&no_branch).reason.contains("not declared"));
+    let empty = format!("{MINIMAL}[[steps]]\nname = \"c\"\nchoice = []\n");
+    assert!(error_of(&empty).reason.contains("1 to"));
+    let unused = format!("{MINIMAL}[[branches.b]]\nname = \"x\"\nactivity = \"x.y\"\nqueue = \"q\"\n");
+    assert!(error_of(&unused).reason.contains("no choice takes it"));
+    let pointer = format!("{MINIMAL}[[steps]]\nname = \"s\"\nsleep_until = \"/elsewhere\"\n");
+    assert!(error_of(&pointer).reason.contains("must start with"));
+    let when =
+        format!("{MINIMAL}[[steps]]\nname = \"s\"\nsleep = \"1s\"\nwhen = {{ path = \"/steps/zz\", exists = true }}\n");
+    assert!(error_of(&when).reason.contains("does not have"));
+    let two = format!("{MINIMAL}[[steps]]\nname = \"s\"\nsleep = \"1s\"\nactivity = \"x.y\"\nqueue = \"q\"\n");
+    assert!(error_of(&two).reason.contains("exactly one of"));
+    let default_first = format!(
+        "{MINIMAL}[[steps]]\nname = \"c\"\nchoice = [{{ branch = \"b\" }}, {{ branch = \"b\" }}]\n[[branches.b]]\nname = \"x\"\nactivity = \"x.y\"\nqueue = \"q\"\n"
+    );
+    assert!(error_of(&default_first).reason.contains("only the last case"));
+    let comp_sleep = format!("{MINIMAL}[[steps]]\nname = \"s\"\nsleep = \"0s\"\n[[compensations]]\nstep = \"s\"\nactivity = \"x.u\"\nqueue = \"q\"\n");
+    assert!(error_of(&comp_sleep).reason.contains("no effect"));
+    let bad_signal = "name = \"w\"\nversion = 1\n[signals]\n\"a b\" = {}\n[[steps]]\nname = \"a\"\nactivity = \"x.y\"\nqueue = \"q\"\n";
+    assert!(error_of(bad_signal).reason.contains("signal name"));
+}

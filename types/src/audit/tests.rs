@@ -91,6 +91,7 @@ impl World {
             reason,
             input: JsonText::from_value(&input),
             output: None,
+            waiting_for: Vec::new(),
         });
         snapshot.histories.insert(id.to_owned(), history_ending(status));
     }
