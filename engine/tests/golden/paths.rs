@@ -25,6 +25,11 @@ const fn path(name: &'static str, about: &'static str, walk: fn(&mut Driver)) ->
     Path { name, about, definition: "order.toml", max_history_events: LIMIT, walk }
 }
 
+/// A path of the workflow language's definition (`language.toml`).
+const fn lang(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
+    Path { name, about, definition: "language.toml", max_history_events: LIMIT, walk }
+}
+
 pub const PATHS: &[Path] = &[
     path("confirmed", "every step completes: CONFIRMED", |d| {
         (0..4).for_each(|_| d.step_ok());
@@ -170,6 +175,38 @@ pub const PATHS: &[Path] = &[
         d.take();
         d.fail("SMTP_DOWN", false);
     }),
+    // The workflow language (issue 9), on language.toml.
+    lang("lang_sleeping", "reserve done, the 10s sleep is under way", |d| {
+        d.step_ok();
+        d.wait(3_000);
+    }),
+    lang("lang_waiting", "the sleep ended: the wait for the payment signal is open", |d| {
+        d.step_ok();
+        d.wait(10_000);
+    }),
+    lang("lang_signal_completes", "confirmed arrives while waiting: card branch taken, gift wrap skipped", |d| {
+        d.step_ok();
+        d.wait(10_000);
+        d.signal("confirmed", "k-1").expect("accepted");
+        assert_eq!(d.signal("confirmed", "k-1"), Err(Rejection::DuplicateSignal));
+        d.finish_ok();
+    }),
+    lang("lang_early_signal", "confirmed arrives while reserving: buffered, consumed when the wait opens", |d| {
+        d.signal("confirmed", "k-early").expect("accepted");
+        d.finish_ok();
+    }),
+    lang("lang_fail_on", "the failed signal ends the wait for good: release the stock, COMPENSATED", |d| {
+        d.step_ok();
+        d.wait(10_000);
+        d.signal("failed", "k-2").expect("accepted");
+        d.finish_ok();
+    }),
+    lang("lang_wait_timeout", "no signal in 15m: the wait times out, release the stock, COMPENSATED", |d| {
+        d.step_ok();
+        d.wait(10_000);
+        d.wait(15 * 60_000);
+        d.finish_ok();
+    }),
 ];
 
 /// A run being driven: the state, and the history as records (one per transition).
@@ -220,6 +257,12 @@ impl Driver<'_> {
             self.feed(Input::TimerFired(timer.kind)).expect("a live timer fires");
         }
         self.now = until;
+    }
+
+    /// A signal arrives, with an empty object as its payload.
+    pub fn signal(&mut self, name: &str, key: &str) -> Result<(), Rejection> {
+        let payload = JsonText::parse(r#"{"signal":true}"#).expect("valid json");
+        self.feed(Input::Signal { name: name.into(), key: key.into(), payload })
     }
 
     /// A worker takes the scheduled attempt in flight.
@@ -276,6 +319,11 @@ impl Driver<'_> {
             match self.in_flight() {
                 Some((_, _, AttemptStatus::BackingOff { until_ms })) => self.wait(until_ms - self.now),
                 Some(_) => self.step_ok(),
+                // A sleep in flight: let it end.
+                None if !self.state.sleeps.is_empty() => {
+                    let until = self.state.sleeps.values().map(|s| s.until_ms).min().unwrap_or(self.now);
+                    self.wait(until.saturating_sub(self.now));
+                }
                 None => panic!("a running run with nothing in flight"),
             }
         }
