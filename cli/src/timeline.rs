@@ -94,6 +94,9 @@ fn details(kind: &EventKind) -> String {
         }
         EventKind::WaitCompleted { signal, seq, .. } => format!("{signal} (#{seq})"),
         EventKind::ChoiceTaken { branch, .. } => format!("branch {branch}"),
+        EventKind::ParallelStarted { branches, .. } => format!("branches {}", branches.join(", ")),
+        EventKind::BranchCompleted { branch, .. } => format!("branch {branch} done"),
+        EventKind::ParallelStopped { reason, .. } => format!("stopping: {reason}"),
     }
 }
 

@@ -20,8 +20,8 @@ mod resolve;
 use resolve::{positive_ms, resolve_step, ResolveInput};
 
 pub use language::{
-    check_signal_name, Case, Construct, Sleep, Wait, MAX_BRANCHES, MAX_CHOICE_CASES, MAX_SIGNALS_DECLARED,
-    MAX_SIGNAL_NAME_BYTES, MAX_SLEEP, MAX_WAIT_TIMEOUT,
+    check_signal_name, Case, Construct, Sleep, Wait, MAX_BRANCHES, MAX_CHOICE_CASES, MAX_PARALLEL_BRANCHES,
+    MAX_SIGNALS_DECLARED, MAX_SIGNAL_NAME_BYTES, MAX_SLEEP, MAX_WAIT_TIMEOUT,
 };
 pub use nodes::{Node, NodeId, NodeKind};
 pub use predicate::{Predicate, Test, MAX_IN_VALUES, MAX_POINTER_BYTES};
@@ -216,6 +216,7 @@ struct RawStep {
     fail_on: Option<Vec<String>>,
     timeout: Option<String>,
     choice: Option<Vec<language::RawCase>>,
+    parallel: Option<Vec<String>>,
     when: Option<predicate::RawPredicate>,
     #[serde(default)]
     retry: RawRetry,
@@ -368,7 +369,7 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         }
         branches.insert(name.clone(), first..steps.len());
     }
-    check_branches_used(&steps[..main_len], &raw.branches).map_err(|reason| fail(None, reason))?;
+    language::check_branches_used(&steps[..main_len], raw.branches.keys()).map_err(|reason| fail(None, reason))?;
     let pivots: Vec<&RawStep> = raw.steps.iter().filter(|s| s.pivot).collect();
     if pivots.len() > 1 {
         return Err(fail(Some(pivots[1].name.span()), "at most one step may be the pivot".into()));
@@ -396,10 +397,10 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
                 format!("compensation for step {target:?}, which does not exist"),
             ));
         };
-        if matches!(steps[index].construct, Construct::Sleep(_) | Construct::Choice(_)) {
+        if matches!(steps[index].construct, Construct::Sleep(_) | Construct::Choice(_) | Construct::Parallel(_)) {
             return Err(fail(
                 Some(comp.step.span()),
-                format!("step {target:?} is a sleep or a choice: it has no effect of its own to undo"),
+                format!("step {target:?} is a sleep, a choice or a parallel: it has no effect of its own to undo (its branches' steps do)"),
             ));
         }
         if compensations[index].is_some() {
@@ -440,27 +441,6 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
     })
 }
 
-/// Every declared branch is taken by exactly one choice of the main line (a branch shared by
-/// two choices would name the same steps twice in one run).
-fn check_branches_used(main: &[StepDef], declared: &BTreeMap<String, Vec<RawStep>>) -> Result<(), String> {
-    let mut used = BTreeMap::new();
-    for step in main {
-        if let Construct::Choice(cases) = &step.construct {
-            for case in cases {
-                if let Some(other) = used.insert(case.branch.clone(), step.name.clone()) {
-                    if other != step.name {
-                        return Err(format!("branch {:?} is taken by two choices", case.branch));
-                    }
-                }
-            }
-        }
-    }
-    match declared.keys().find(|name| !used.contains_key(*name)) {
-        Some(name) => Err(format!("branch {name:?} is declared but no choice takes it")),
-        None => Ok(()),
-    }
-}
-
 fn activity_construct(name: &StepName, activity: &str, queue: &toml::Spanned<String>) -> Result<Construct, String> {
     let activity = ActivityName::parse(activity).map_err(|e| format!("step {name:?}: {e}"))?;
     let queue = QueueName::parse(queue.get_ref().as_str()).map_err(|e| format!("step {name:?}: {e}"))?;
@@ -487,6 +467,7 @@ fn resolve_construct(raw: &RawStep, in_branch: bool, names: &language::Names<'_>
         fail_on: raw.fail_on.as_deref(),
         timeout: raw.timeout.as_deref(),
         choice: raw.choice.as_deref(),
+        parallel: raw.parallel.as_deref(),
         in_branch,
     };
     language::resolve(&construct, names)

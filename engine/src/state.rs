@@ -8,8 +8,8 @@
 //! attempt under way (scheduled, started or backing off) to that attempt, and `done` holds the
 //! nodes that are finished with. What to schedule next is the decider's business, derived
 //! from these sets and the definition's order; the state never holds a cursor into a list.
-//! Today's sequential saga has at most one attempt in flight; parallel branches will have
-//! several, keyed the same way.
+//! A sequential run has at most one attempt in flight; a `parallel` step has one per branch
+//! (at most), keyed the same way.
 
 use crate::definition::{Definition, NodeId, NodeKind, OnFailure};
 use shop_types::api::WorkflowStatus;
@@ -18,8 +18,10 @@ use shop_types::{JsonText, StepRef, WorkflowId};
 use std::collections::{BTreeMap, BTreeSet};
 
 mod language;
+mod parallel;
 
 pub use language::{OpenSleep, OpenWait, ReceivedSignal};
+pub use parallel::OpenParallel;
 
 /// Where an attempt in flight stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +80,9 @@ pub struct WorkflowState {
     /// Forward nodes an attempt of which was handed to a worker (and so may have had an
     /// effect that compensation must undo), and waits that consumed a signal.
     pub handed_out: BTreeSet<NodeId>,
-    /// `handed_out` in the order nodes entered it: compensation undoes them newest first.
+    /// `handed_out` in the order its nodes settled (completed, or failed for good), those
+    /// still running after them in hand-out order: compensation undoes them newest first, so
+    /// in reverse order of completion across parallel branches.
     pub handed_out_order: Vec<NodeId>,
     /// Sleeps in flight, by node.
     pub sleeps: BTreeMap<NodeId, OpenSleep>,
@@ -89,6 +93,11 @@ pub struct WorkflowState {
     pub signals: Vec<ReceivedSignal>,
     /// The branch each choice took.
     pub choices: BTreeMap<NodeId, String>,
+    /// `parallel` steps in flight, by node.
+    pub parallels: BTreeMap<NodeId, OpenParallel>,
+    /// Set when a `parallel` step stopped (a branch failed for good, a cancel, a timeout):
+    /// why the run will compensate once the attempts workers hold have settled.
+    pub stopping: Option<String>,
     /// The pivot step has completed: from here on nothing is compensated.
     pub pivot_passed: bool,
     pub cancel_requested: Option<String>,
@@ -134,6 +143,8 @@ impl WorkflowState {
             waits: BTreeMap::new(),
             signals: Vec::new(),
             choices: BTreeMap::new(),
+            parallels: BTreeMap::new(),
+            stopping: None,
             pivot_passed: false,
             cancel_requested: None,
             compensation_plan: None,
@@ -231,6 +242,7 @@ impl WorkflowState {
             (EventKind::StepCompleted { output, .. }, Some(node)) => {
                 self.attempts.remove(&node);
                 self.done.insert(node);
+                self.settle(node);
                 if definition.node_kind(node) == Some(NodeKind::Step) {
                     if let Some(def) = definition.node_def(node) {
                         self.results.push((def.name.to_string(), output.clone()));
@@ -246,6 +258,7 @@ impl WorkflowState {
                     return;
                 }
                 self.attempts.remove(&node);
+                self.settle(node);
                 self.last_failed = Some((node, *attempt));
                 // A permanent failure of a step that may continue moves past it, and so does
                 // one after compensation (a failure there that ends the run is followed by the
@@ -275,6 +288,7 @@ impl WorkflowState {
                     self.handed_out_order.iter().rev().filter_map(|&node| definition.compensation_of(node)).collect();
                 self.compensation_plan = Some(plan);
                 self.compensation_reason = Some(reason.clone());
+                self.stopping = None;
                 self.clear_in_flight();
             }
             (EventKind::WorkflowCompleted { output }, _) => {
@@ -315,6 +329,12 @@ impl WorkflowState {
                 | EventKind::ChoiceTaken { .. },
                 node,
             ) => self.apply_language(definition, event, node),
+            (
+                EventKind::ParallelStarted { .. }
+                | EventKind::BranchCompleted { .. }
+                | EventKind::ParallelStopped { .. },
+                node,
+            ) => self.apply_parallel(definition, event, node),
         }
     }
 
@@ -325,7 +345,16 @@ impl WorkflowState {
         }
     }
 
+    /// A handed-out node settled: it moves behind every node that settled before it.
+    fn settle(&mut self, node: NodeId) {
+        if self.handed_out.contains(&node) {
+            self.handed_out_order.retain(|n| *n != node);
+            self.handed_out_order.push(node);
+        }
+    }
+
     fn clear_in_flight(&mut self) {
+        self.parallels.clear();
         self.attempts.clear();
         self.sleeps.clear();
         self.waits.clear();

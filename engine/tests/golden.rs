@@ -32,7 +32,7 @@ pub const RUN_ID: &str = "golden-1";
 /// The input every golden run starts with.
 pub const INPUT: &str = r#"{"orderId":"golden-1","orderItems":[{"productId":1,"quantity":2}],"shippingAddress":"1 Main St","paymentMethod":"CREDIT_CARD"}"#;
 /// Every event kind a history can hold: each must appear in at least one golden.
-const EVENT_KINDS: [&str; 23] = [
+const EVENT_KINDS: [&str; 26] = [
     "WorkflowStarted",
     "StepScheduled",
     "StepStarted",
@@ -56,6 +56,9 @@ const EVENT_KINDS: [&str; 23] = [
     "WaitTimedOut",
     "StepSkipped",
     "ChoiceTaken",
+    "ParallelStarted",
+    "BranchCompleted",
+    "ParallelStopped",
 ];
 
 fn dir() -> PathBuf {
@@ -394,6 +397,9 @@ fn every_kind_is_listed(kind: &EventKind) -> &'static str {
         | EventKind::WaitCompleted { .. }
         | EventKind::WaitTimedOut { .. }
         | EventKind::StepSkipped { .. }
-        | EventKind::ChoiceTaken { .. } => kind.name(),
+        | EventKind::ChoiceTaken { .. }
+        | EventKind::ParallelStarted { .. }
+        | EventKind::BranchCompleted { .. }
+        | EventKind::ParallelStopped { .. } => kind.name(),
     }
 }

@@ -170,6 +170,25 @@ pub enum EventKind {
         step: StepRef,
         branch: String,
     },
+    // Parallel branches (issue 9, part 4). Appended after every older kind.
+    /// A `parallel` step started its `branches`, which now run at once.
+    ParallelStarted {
+        step: StepRef,
+        branches: Vec<String>,
+    },
+    /// Every step of `branch` of the `parallel` step `step` is finished with; the step
+    /// completes with the last of its branches.
+    BranchCompleted {
+        step: StepRef,
+        branch: String,
+    },
+    /// The `parallel` step `step` stops: nothing more is scheduled in any branch, attempts
+    /// not yet handed to a worker (and sleeps and waits) end here, and those a worker holds
+    /// settle; then the run compensates (or fails past the pivot) for `reason`.
+    ParallelStopped {
+        step: StepRef,
+        reason: String,
+    },
 }
 
 impl EventKind {
@@ -199,6 +218,9 @@ impl EventKind {
             EventKind::WaitTimedOut { .. } => "WaitTimedOut",
             EventKind::StepSkipped { .. } => "StepSkipped",
             EventKind::ChoiceTaken { .. } => "ChoiceTaken",
+            EventKind::ParallelStarted { .. } => "ParallelStarted",
+            EventKind::BranchCompleted { .. } => "BranchCompleted",
+            EventKind::ParallelStopped { .. } => "ParallelStopped",
         }
     }
 
@@ -234,7 +256,10 @@ impl EventKind {
             | EventKind::WaitCompleted { step, .. }
             | EventKind::WaitTimedOut { step }
             | EventKind::StepSkipped { step }
-            | EventKind::ChoiceTaken { step, .. } => Some(*step),
+            | EventKind::ChoiceTaken { step, .. }
+            | EventKind::ParallelStarted { step, .. }
+            | EventKind::BranchCompleted { step, .. }
+            | EventKind::ParallelStopped { step, .. } => Some(*step),
             other => other.step_attempt().map(|(step, _)| step),
         }
     }

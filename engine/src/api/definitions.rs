@@ -219,6 +219,7 @@ fn construct(construct: &Construct) -> Option<String> {
         Construct::Choice(cases) => {
             Some(format!("choice: {}", cases.iter().map(|case| case.branch.as_str()).collect::<Vec<_>>().join(" | ")))
         }
+        Construct::Parallel(branches) => Some(format!("parallel: {}", branches.join(" & "))),
     }
 }
 

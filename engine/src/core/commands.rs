@@ -175,7 +175,8 @@ impl Core {
             output: None,
         };
         turn.batch.put_run(&id, &summary, None, true).map_err(storage)?;
-        let run = Run { state, summary_status: WorkflowStatus::Running, definition, timers: Vec::new(), ready: None };
+        let run =
+            Run { state, summary_status: WorkflowStatus::Running, definition, timers: Vec::new(), ready: Vec::new() };
         self.runs.insert(id.clone(), run);
         self.record(turn, &id, decision.events).map_err(storage)?;
         self.apply_effects(turn, &id, decision.effects);
@@ -243,7 +244,8 @@ impl Core {
     pub(super) fn heartbeat(&mut self, token: &TaskToken, now: u64) -> Result<(), CoreError> {
         let stale = || CoreError::Stale("the attempt is no longer current".into());
         let run = self.runs.get_mut(&token.workflow_id).ok_or_else(stale)?;
-        match run.state.current_mut() {
+        let node = run.definition.node_id(token.step).ok_or_else(stale)?;
+        match run.state.attempts.get_mut(&node) {
             Some(current) if current.step == token.step && current.attempt == token.attempt => {
                 match &mut current.status {
                     AttemptStatus::Started { last_heartbeat_ms, .. } => *last_heartbeat_ms = now,
@@ -321,7 +323,7 @@ impl Core {
             for timer in &run.timers {
                 self.timers.remove(&(timer.due_ms, id.clone(), timer.kind));
             }
-            if let Some(key) = &run.ready {
+            for key in &run.ready {
                 self.ready.remove(key);
             }
             let summary = RunSummary {
@@ -355,9 +357,7 @@ impl Core {
             }
         }
         self.refresh_timers(id);
-        if let Some(queue) = self.sync_ready(id) {
-            turn.queues_with_new_tasks.insert(queue);
-        }
+        turn.queues_with_new_tasks.extend(self.sync_ready(id));
         Ok(())
     }
 

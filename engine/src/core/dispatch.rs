@@ -145,27 +145,40 @@ impl WaitingPolls {
 /// The core's side of dispatch: keeping each run's ready entry in line with its state,
 /// handing attempts out, and serving waiting polls.
 impl Core {
-    /// Brings the run's ready entry in line with its state: an attempt waiting for a worker
-    /// has exactly one entry, anything else (started, backing off, timed out, moved on,
-    /// parked) none. Returns the queue when an entry was added.
-    pub(super) fn sync_ready(&mut self, id: &WorkflowId) -> Option<QueueName> {
-        let run = self.runs.get_mut(id)?;
-        let waiting = run
+    /// Brings the run's ready entries in line with its state: each attempt waiting for a
+    /// worker has exactly one entry, anything else (started, backing off, timed out, moved
+    /// on, parked) none. Returns the queues where entries were added.
+    pub(super) fn sync_ready(&mut self, id: &WorkflowId) -> Vec<QueueName> {
+        let Some(run) = self.runs.get_mut(id) else {
+            return Vec::new();
+        };
+        let waiting: Vec<(StepRef, u32)> = run
             .state
-            .current()
+            .attempts
+            .values()
             .filter(|current| matches!(current.status, AttemptStatus::Scheduled { .. }))
-            .map(|current| (current.step, current.attempt));
-        if let Some(key) = &run.ready {
-            if Some((key.step, key.attempt)) == waiting {
-                return None;
+            .map(|current| (current.step, current.attempt))
+            .collect();
+        let ready = &mut self.ready;
+        run.ready.retain(|key| {
+            let keep = waiting.contains(&(key.step, key.attempt));
+            if !keep {
+                ready.remove(key);
             }
-            self.ready.remove(key);
-            run.ready = None;
+            keep
+        });
+        let mut queues = Vec::new();
+        for (step, attempt) in waiting {
+            if run.ready.iter().any(|key| (key.step, key.attempt) == (step, attempt)) {
+                continue;
+            }
+            let Some(queue) = run.definition.step(step).and_then(|d| d.queue()).cloned() else {
+                continue;
+            };
+            run.ready.push(ready.push(queue.clone(), ReadyTask { id: id.clone(), step, attempt }));
+            queues.push(queue);
         }
-        let (step, attempt) = waiting?;
-        let queue = run.definition.step(step)?.queue()?.clone();
-        run.ready = Some(self.ready.push(queue.clone(), ReadyTask { id: id.clone(), step, attempt }));
-        Some(queue)
+        queues
     }
 
     /// Hands up to `max_tasks` ready attempts of `queue` to a worker, recording their start.
@@ -183,7 +196,7 @@ impl Core {
                 break;
             };
             if let Some(run) = self.runs.get_mut(&id) {
-                run.ready = None;
+                run.ready.retain(|key| (key.step, key.attempt) != (step, attempt));
             }
             let input = Input::Started { step, attempt, worker: worker_id.clone() };
             // Entries leave their queue with their attempt, so this cannot fail; if it ever

@@ -233,8 +233,9 @@ struct Run {
     summary_status: WorkflowStatus,
     definition: Arc<Definition>,
     timers: Vec<Timer>,
-    /// Its entry in a ready queue, while its current attempt waits for a worker.
-    ready: Option<ReadyKey>,
+    /// Its entries in the ready queues, one per attempt waiting for a worker (several while
+    /// a parallel step's branches run).
+    ready: Vec<ReadyKey>,
 }
 
 pub struct Core {

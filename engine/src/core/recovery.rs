@@ -79,11 +79,11 @@ impl Core {
         let mut state = WorkflowState::replay(id.clone(), &definition, &events).map_err(|e| e.to_string())?;
         // Heartbeats are not history: give a running attempt a fresh heartbeat window rather
         // than time it out for the engine's own downtime.
-        if let Some(current) = state.current_mut() {
+        for current in state.attempts.values_mut() {
             if let AttemptStatus::Started { last_heartbeat_ms, .. } = &mut current.status {
                 *last_heartbeat_ms = (*last_heartbeat_ms).max(now);
             }
         }
-        Ok(Run { summary_status: state.status(), state, definition, timers: Vec::new(), ready: None })
+        Ok(Run { summary_status: state.status(), state, definition, timers: Vec::new(), ready: Vec::new() })
     }
 }

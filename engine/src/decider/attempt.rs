@@ -139,7 +139,9 @@ fn attempt_failed(
         .schedule_to_close_ms
         .is_none_or(|budget| now.saturating_add(delay_ms) < first_scheduled.saturating_add(budget));
     let attempts_made = attempt.saturating_sub(in_flight.map_or(0, |a| a.attempt_base));
-    let will_retry = retryable && attempts_made < step_def.retry.max_attempts && within_budget;
+    // A stopped parallel step lets held attempts settle, never starts them again.
+    let stopping = kind == NodeKind::Step && state.stopping.is_some();
+    let will_retry = retryable && attempts_made < step_def.retry.max_attempts && within_budget && !stopping;
     let cause = match &failure {
         Failure::Error(error) => format!("{}: {}", error.error_type, error.message),
         Failure::Timeout(kind) => format!("{} timeout", kind.as_str()),

@@ -4,7 +4,7 @@
 //! or after the pivot has passed.
 
 use super::attempt::FailedForGood;
-use super::{advance, emit, Rejection};
+use super::{advance, emit, parallel, Rejection};
 use crate::definition::{Definition, NodeId};
 use crate::state::WorkflowState;
 use shop_types::history::{Event, EventKind};
@@ -16,6 +16,8 @@ pub(super) fn next(state: &WorkflowState) -> Option<NodeId> {
 }
 
 /// Starts compensation: the state fixes the plan, and the first compensation is scheduled.
+/// With a parallel step open, it first stops it, and compensation starts once the attempts
+/// workers hold have settled.
 pub(super) fn begin(
     definition: &Definition,
     state: &mut WorkflowState,
@@ -23,6 +25,10 @@ pub(super) fn begin(
     now: u64,
     reason: String,
 ) {
+    if parallel::stop(definition, state, out, now, &reason) {
+        advance(definition, state, out, now);
+        return;
+    }
     emit(definition, state, out, now, EventKind::CompensationStarted { reason });
     advance(definition, state, out, now);
 }
@@ -37,8 +43,8 @@ pub(super) fn cancel(
     if state.pivot_passed {
         return Err(Rejection::PastPivot);
     }
-    if state.compensation_plan.is_some() {
-        // Already compensating: a second cancel is a no-op, not an error.
+    if state.compensation_plan.is_some() || state.stopping.is_some() {
+        // Already compensating (or about to): a second cancel is a no-op, not an error.
         return Ok(());
     }
     emit(definition, state, out, now, EventKind::CancelRequested { reason: reason.clone() });

@@ -18,6 +18,7 @@ mod after;
 mod attempt;
 mod choice;
 mod compensation;
+mod parallel;
 mod sleep;
 mod step;
 mod timers;
@@ -245,7 +246,10 @@ fn decide_within_limit(
         Input::Signal { name, key, payload } => wait::signal(definition, state, &mut out, now, name, key, payload)?,
     }
     let soft_limit = ctx.max_history_events - ctx.max_history_events / COMPENSATION_HEADROOM_DIVISOR;
-    let going_forward = state.terminal.is_none() && state.compensation_plan.is_none() && !state.pivot_passed;
+    let going_forward = state.terminal.is_none()
+        && state.compensation_plan.is_none()
+        && state.stopping.is_none()
+        && !state.pivot_passed;
     if going_forward && state.next_seq > soft_limit {
         let reason = format!(
             "history passed {soft_limit} events, 3/4 of its limit of {}, before the order could finish",
@@ -263,10 +267,31 @@ fn emit(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Event>
     out.push(event);
 }
 
-/// With nothing in flight, schedules what comes next or finishes the run: the next forward
-/// step, or once compensating, the next compensation, then the steps after it.
+/// Moves the run on: the branches of an open parallel step; a stopped parallel step, once
+/// the attempts workers hold have settled, to compensation; and with nothing in flight, the
+/// next forward step, or once compensating, the next compensation, then the steps after it;
+/// or finishes the run.
 fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Event>, now: u64) {
-    while state.terminal.is_none() && state.idle() && state.parked.is_none() {
+    while state.terminal.is_none() && state.parked.is_none() {
+        if let (Some(reason), None) = (&state.stopping, &state.compensation_plan) {
+            if !state.attempts.is_empty() {
+                return;
+            }
+            let reason = reason.clone();
+            let kind = if state.pivot_passed {
+                EventKind::WorkflowFailed { reason }
+            } else {
+                EventKind::CompensationStarted { reason }
+            };
+            emit(definition, state, out, now, kind);
+            continue;
+        }
+        if parallel::progress(definition, state, out, now) {
+            continue;
+        }
+        if !state.idle() {
+            return;
+        }
         let compensating = state.compensation_plan.is_some();
         let next = if compensating {
             compensation::next(state).or_else(|| after::next(definition, state))

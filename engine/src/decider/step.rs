@@ -4,7 +4,7 @@
 //! compensation has started, nor evaluate a `when` but once, when the step would start.
 
 use super::attempt::FailedForGood;
-use super::{choice, emit, sleep, wait};
+use super::{choice, emit, parallel, sleep, wait};
 use crate::definition::{Construct, Definition, NodeId, OnFailure};
 use crate::state::WorkflowState;
 use shop_types::history::{Event, EventKind};
@@ -41,12 +41,14 @@ pub(super) fn begin(definition: &Definition, state: &mut WorkflowState, out: &mu
         Construct::Sleep(spec) => sleep::begin(definition, state, out, now, node, step, spec),
         Construct::Wait(spec) => wait::open(definition, state, out, now, node, step, spec),
         Construct::Choice(cases) => choice::take(definition, state, out, now, node, step, cases),
+        Construct::Parallel(branches) => parallel::begin(definition, state, out, now, step, branches),
     }
 }
 
 /// A forward step failed for good. One that may continue was already moved past (the
 /// state marks it done); one that compensates starts compensation, unless the pivot has
-/// passed, when nothing is undone any more and the run fails.
+/// passed, when nothing is undone any more and the run fails. Inside an open parallel step,
+/// that waits until the other branches' held attempts settle (`parallel::stop`).
 pub(super) fn failed_for_good(
     definition: &Definition,
     state: &mut WorkflowState,
@@ -63,5 +65,12 @@ pub(super) fn failed_for_good(
     } else {
         EventKind::CompensationStarted { reason: format!("step {name} failed: {cause}") }
     };
+    let reason = match &kind {
+        EventKind::WorkflowFailed { reason } | EventKind::CompensationStarted { reason } => reason.clone(),
+        _ => String::new(),
+    };
+    if parallel::stop(definition, state, out, now, &reason) {
+        return;
+    }
     emit(definition, state, out, now, kind);
 }

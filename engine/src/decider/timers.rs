@@ -55,7 +55,8 @@ pub fn timers(definition: &Definition, state: &WorkflowState) -> Vec<Timer> {
         return out;
     }
     if let Some(limit) = definition.execution_timeout_ms {
-        if state.compensation_plan.is_none() && !state.pivot_passed {
+        // A stopped parallel step is already on its way to compensation.
+        if state.compensation_plan.is_none() && state.stopping.is_none() && !state.pivot_passed {
             out.push(Timer { due_ms: state.created_at_ms.saturating_add(limit), kind: TimerKind::ExecutionTimeout });
         }
     }

@@ -23,6 +23,9 @@ pub const MAX_SIGNAL_NAME_BYTES: usize = 64;
 pub const MAX_BRANCHES: usize = 16;
 /// Most cases of one `choice`.
 pub const MAX_CHOICE_CASES: usize = 16;
+/// Most branches one `parallel` step runs at once (and at least 2: one branch is a
+/// sequence, not a parallel).
+pub const MAX_PARALLEL_BRANCHES: usize = 8;
 
 /// What a step does.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +38,8 @@ pub enum Construct {
     Wait(Wait),
     /// Take the first branch whose case holds; a case without `when` is the default.
     Choice(Vec<Case>),
+    /// Run every named branch at once; the step completes when all have.
+    Parallel(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +90,7 @@ pub(super) struct RawConstruct<'a> {
     pub fail_on: Option<&'a [String]>,
     pub timeout: Option<&'a str>,
     pub choice: Option<&'a [RawCase]>,
+    pub parallel: Option<&'a [String]>,
     pub in_branch: bool,
 }
 
@@ -114,9 +120,12 @@ pub(super) fn resolve(raw: &RawConstruct<'_>, names: &Names<'_>) -> Result<Const
         raw.sleep_until.is_some(),
         raw.wait_for.is_some(),
         raw.choice.is_some(),
+        raw.parallel.is_some(),
     ];
     if given.iter().filter(|g| **g).count() != 1 {
-        return Err("a step has exactly one of activity (with queue), sleep, sleep_until, wait_for, choice".into());
+        return Err(
+            "a step has exactly one of activity (with queue), sleep, sleep_until, wait_for, choice, parallel".into()
+        );
     }
     if raw.wait_for.is_none() && (raw.fail_on.is_some() || raw.timeout.is_some()) {
         return Err("fail_on and timeout belong to a wait_for step".into());
@@ -141,6 +150,9 @@ pub(super) fn resolve(raw: &RawConstruct<'_>, names: &Names<'_>) -> Result<Const
     }
     if let Some(signals) = raw.wait_for {
         return resolve_wait(raw, signals, names).map(Construct::Wait);
+    }
+    if let Some(branches) = raw.parallel {
+        return resolve_parallel(raw, branches, names).map(Construct::Parallel);
     }
     let cases = raw.choice.unwrap_or_default();
     if raw.in_branch {
@@ -193,4 +205,50 @@ fn resolve_wait(raw: &RawConstruct<'_>, signals: &[String], names: &Names<'_>) -
         return Err("timeout must be at least 1ms".into());
     }
     Ok(Wait { signals: signals.to_vec(), fail_on, timeout_ms })
+}
+
+fn resolve_parallel(raw: &RawConstruct<'_>, branches: &[String], names: &Names<'_>) -> Result<Vec<String>, String> {
+    if raw.in_branch {
+        return Err("a parallel cannot be inside a branch (branches do not nest)".into());
+    }
+    if branches.len() < 2 || branches.len() > MAX_PARALLEL_BRANCHES {
+        return Err(format!("a parallel needs 2 to {MAX_PARALLEL_BRANCHES} branches"));
+    }
+    let mut seen = BTreeSet::new();
+    for branch in branches {
+        if !names.branches.contains_key(branch) {
+            return Err(format!("parallel names branch {branch:?}, which is not declared"));
+        }
+        if !seen.insert(branch) {
+            return Err(format!("parallel names branch {branch:?} twice"));
+        }
+    }
+    Ok(branches.to_vec())
+}
+
+/// Every declared branch is used by exactly one choice or one parallel of the main line (a
+/// branch shared by two would name the same steps twice in one run).
+pub(super) fn check_branches_used<'a>(
+    main: &[super::StepDef],
+    mut declared: impl Iterator<Item = &'a String>,
+) -> Result<(), String> {
+    let mut used = BTreeMap::new();
+    for step in main {
+        let branches: Vec<&String> = match &step.construct {
+            Construct::Choice(cases) => cases.iter().map(|c| &c.branch).collect(),
+            Construct::Parallel(branches) => branches.iter().collect(),
+            _ => continue,
+        };
+        for branch in branches {
+            if let Some(other) = used.insert(branch.clone(), step.name.clone()) {
+                if other != step.name {
+                    return Err(format!("branch {branch:?} is used by two steps ({other} and {})", step.name));
+                }
+            }
+        }
+    }
+    match declared.find(|name| !used.contains_key(*name)) {
+        Some(name) => Err(format!("branch {name:?} is declared but no choice or parallel uses it")),
+        None => Ok(()),
+    }
 }

@@ -111,7 +111,7 @@ fn the_language_is_validated_with_lines() {
     let empty = format!("{MINIMAL}[[steps]]\nname = \"c\"\nchoice = []\n");
     assert!(error_of(&empty).reason.contains("1 to"));
     let unused = format!("{MINIMAL}[[branches.b]]\nname = \"x\"\nactivity = \"x.y\"\nqueue = \"q\"\n");
-    assert!(error_of(&unused).reason.contains("no choice takes it"));
+    assert!(error_of(&unused).reason.contains("no choice or parallel uses it"));
     let pointer = format!("{MINIMAL}[[steps]]\nname = \"s\"\nsleep_until = \"/elsewhere\"\n");
     assert!(error_of(&pointer).reason.contains("must start with"));
     let when =

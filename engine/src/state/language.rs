@@ -113,9 +113,9 @@ impl WorkflowState {
         self.signals.iter().find(|s| !s.consumed && names.contains(&s.name))
     }
 
-    /// Nothing is in flight: no attempt, sleep or wait.
+    /// Nothing is in flight: no attempt, sleep, wait or parallel step.
     pub fn idle(&self) -> bool {
-        self.attempts.is_empty() && self.sleeps.is_empty() && self.waits.is_empty()
+        self.attempts.is_empty() && self.sleeps.is_empty() && self.waits.is_empty() && self.parallels.is_empty()
     }
 
     /// The run's context as predicates and pointers read it:

@@ -25,6 +25,12 @@ const fn path(name: &'static str, about: &'static str, walk: fn(&mut Driver)) ->
     Path { name, about, definition: "order.toml", max_history_events: LIMIT, walk }
 }
 
+/// A path of the parallel definition (`parallel.toml`): f0 reserve, f1 the parallel step,
+/// f2 confirm, f3 charge (branch "payment"), f4 pick and f5 pack (branch "stock").
+const fn par(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
+    Path { name, about, definition: "parallel.toml", max_history_events: LIMIT, walk }
+}
+
 /// A path of the workflow language's definition (`language.toml`).
 const fn lang(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
     Path { name, about, definition: "language.toml", max_history_events: LIMIT, walk }
@@ -207,6 +213,51 @@ pub const PATHS: &[Path] = &[
         d.wait(15 * 60_000);
         d.finish_ok();
     }),
+    // Parallel branches (issue 9, part 4), on parallel.toml.
+    par("par_running", "both branches in flight: pick held by a worker, charge waiting for one", |d| {
+        d.step_ok();
+        d.wait(1_000);
+        d.take_step(4);
+    }),
+    par("par_completed", "both branches complete, in any order: confirm, COMPLETED", |d| {
+        d.step_ok();
+        d.wait(1_000);
+        d.take_step(3);
+        d.take_step(4);
+        d.wait(500);
+        d.complete_step(4);
+        d.take_step(5);
+        d.complete_step(3);
+        d.wait(500);
+        d.complete_step(5);
+        d.finish_ok();
+    }),
+    par("par_branch_fails", "charge declined while pick is held: stop, pick settles, unpick, refund, release", |d| {
+        d.step_ok();
+        d.wait(1_000);
+        d.take_step(3);
+        d.take_step(4);
+        d.wait(500);
+        d.fail_step(3, "PAYMENT_DECLINED");
+        d.wait(500);
+        assert_eq!(d.feed(Input::Cancel { reason: "no-op while stopping".into() }), Ok(()));
+        d.complete_step(4);
+        d.finish_ok();
+    }),
+    par("par_cancelled", "a cancel while charge is held and pick waits: pick dropped, charge settles, refund", |d| {
+        d.step_ok();
+        d.wait(1_000);
+        let (step, attempt) = d.take_step(3);
+        d.feed(Input::Cancel { reason: "customer changed their mind".into() }).expect("cancels");
+        let late =
+            Input::Started { step: shop_types::StepRef::forward(4), attempt: 1, worker: "w".parse().expect("valid") };
+        assert_eq!(d.feed(late), Err(Rejection::Stale));
+        d.wait(500);
+        let error =
+            ActivityError { error_type: "PAYMENT_UNAVAILABLE".into(), message: "transient".into(), retryable: true };
+        d.feed(Input::Failed { step, attempt, error }).expect("settles without a retry");
+        d.finish_ok();
+    }),
 ];
 
 /// A run being driven: the state, and the history as records (one per transition).
@@ -257,6 +308,34 @@ impl Driver<'_> {
             self.feed(Input::TimerFired(timer.kind)).expect("a live timer fires");
         }
         self.now = until;
+    }
+
+    /// A worker takes the scheduled attempt of forward step `index`.
+    pub fn take_step(&mut self, index: u16) -> (shop_types::StepRef, u32) {
+        let step = shop_types::StepRef::forward(index);
+        let attempt = self.attempt_of(step);
+        self.feed(Input::Started { step, attempt, worker: "golden-worker".parse().expect("valid") }).expect("starts");
+        (step, attempt)
+    }
+
+    /// The attempt of forward step `index` in flight completes.
+    pub fn complete_step(&mut self, index: u16) {
+        let step = shop_types::StepRef::forward(index);
+        let attempt = self.attempt_of(step);
+        let output = JsonText::parse(format!(r#"{{"done":"{index}#{attempt}"}}"#)).expect("valid json");
+        self.feed(Input::Completed { step, attempt, output }).expect("completes");
+    }
+
+    /// The attempt of forward step `index` in flight fails for good with `error_type`.
+    pub fn fail_step(&mut self, index: u16, error_type: &str) {
+        let step = shop_types::StepRef::forward(index);
+        let attempt = self.attempt_of(step);
+        let error = ActivityError { error_type: error_type.into(), message: "golden failure".into(), retryable: false };
+        self.feed(Input::Failed { step, attempt, error }).expect("fails");
+    }
+
+    fn attempt_of(&self, step: shop_types::StepRef) -> u32 {
+        self.state.in_flight().find(|(s, _, _)| *s == step).map(|(_, a, _)| a).expect("the step is in flight")
     }
 
     /// A signal arrives, with an empty object as its payload.
