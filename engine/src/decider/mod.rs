@@ -315,3 +315,5 @@ fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Eve
 
 #[cfg(test)]
 mod language_tests;
+#[cfg(test)]
+mod parallel_tests;

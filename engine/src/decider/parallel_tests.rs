@@ -1,0 +1,308 @@
+//! Tests of `parallel` steps in the decider and their validation: both branches run at once,
+//! a permanent failure in one stops the other and lets its held attempt settle before
+//! compensating in reverse order of completion, and a property test with random hand-outs,
+//! completions, failures, timer firings, cancels and replays.
+
+use super::*;
+use crate::definition;
+use crate::state::AttemptStatus;
+use proptest::prelude::*;
+use shop_types::api::WorkflowStatus;
+
+/// f0 reserve, f1 the parallel step, f2 confirm; branch "pay": f3 charge; branch "stock":
+/// f4 pick, f5 pack.
+const DEF: &str = r#"
+name = "par"
+version = 1
+execution_timeout = "1h"
+[defaults.retry]
+initial_interval = "100ms"
+max_attempts = 3
+[defaults.timeouts]
+schedule_to_start = "1m"
+start_to_close = "10s"
+
+[[steps]]
+name = "reserve"
+activity = "x.reserve"
+queue = "q"
+
+[[steps]]
+name = "both"
+parallel = ["stock", "pay"]
+
+[[steps]]
+name = "confirm"
+activity = "x.confirm"
+queue = "q"
+
+[[branches.stock]]
+name = "pick"
+activity = "x.pick"
+queue = "q"
+
+[[branches.stock]]
+name = "pack"
+activity = "x.pack"
+queue = "q"
+
+[[branches.pay]]
+name = "charge"
+activity = "x.charge"
+queue = "p"
+
+[[compensations]]
+step = "reserve"
+activity = "x.release"
+queue = "q"
+
+[[compensations]]
+step = "pick"
+activity = "x.unpick"
+queue = "q"
+
+[[compensations]]
+step = "charge"
+activity = "x.refund"
+queue = "p"
+"#;
+
+struct Run {
+    def: Definition,
+    state: WorkflowState,
+    history: Vec<Event>,
+    now: u64,
+}
+
+impl Run {
+    fn new() -> Self {
+        let def = definition::parse("par.toml", DEF).expect("valid");
+        let input = JsonText::parse("{}").expect("valid");
+        let now = 1_000_000;
+        let mut state = WorkflowState::new(WorkflowId::parse("p-1").expect("valid"), &def, input.clone(), now);
+        let ctx = Context { now_ms: now, max_history_events: 10_000 };
+        let history = start(&def, &mut state, &input, ctx).events;
+        Run { def, state, history, now }
+    }
+
+    fn feed(&mut self, input: Input) -> Result<(), Rejection> {
+        let ctx = Context { now_ms: self.now, max_history_events: 10_000 };
+        let events = decide(&self.def, &mut self.state, input, ctx)?.events;
+        self.history.extend(events);
+        Ok(())
+    }
+
+    /// The attempts in flight standing as `want`, by step index.
+    fn standing(&self, started: bool) -> Vec<(StepRef, u32)> {
+        self.state
+            .attempts
+            .values()
+            .filter(|a| matches!(a.status, AttemptStatus::Started { .. }) == started)
+            .filter(|a| !matches!(a.status, AttemptStatus::BackingOff { .. }))
+            .map(|a| (a.step, a.attempt))
+            .collect()
+    }
+
+    fn take(&mut self, index: u16) {
+        let step = StepRef::forward(index);
+        let (_, attempt) = *self.standing(false).iter().find(|(s, _)| *s == step).expect("scheduled");
+        self.feed(Input::Started { step, attempt, worker: "w".parse().expect("valid") }).expect("starts");
+    }
+
+    fn report(&mut self, index: u16, ok: bool) {
+        let step = StepRef::forward(index);
+        let (_, attempt) = *self.standing(true).iter().find(|(s, _)| *s == step).expect("started");
+        let input = if ok {
+            Input::Completed { step, attempt, output: JsonText::parse("{}").expect("valid") }
+        } else {
+            let error = ActivityError { error_type: "NO".into(), message: "no".into(), retryable: false };
+            Input::Failed { step, attempt, error }
+        };
+        self.feed(input).expect("reported");
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        self.history.iter().map(|e| e.kind.name()).collect()
+    }
+
+    fn scheduled_steps(&self) -> Vec<StepRef> {
+        self.history
+            .iter()
+            .filter_map(|e| match e.kind {
+                EventKind::StepScheduled { step, .. } => Some(step),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn branches_run_at_once_and_the_step_completes_when_all_have() {
+    let mut run = Run::new();
+    run.take(0);
+    run.report(0, true);
+    assert_eq!(run.standing(false).len(), 2, "pick and charge are both scheduled");
+    run.take(3);
+    run.take(4);
+    run.report(4, true);
+    run.take(5);
+    run.report(5, true);
+    assert!(run.names().contains(&"BranchCompleted"));
+    assert!(run.state.attempts.keys().all(|n| n.index() == 3), "confirm waits for the charge");
+    run.report(3, true);
+    run.take(2);
+    run.report(2, true);
+    assert_eq!(run.state.status(), WorkflowStatus::Completed);
+    assert_eq!(run.names().iter().filter(|n| **n == "BranchCompleted").count(), 2);
+}
+
+#[test]
+fn a_branch_failing_for_good_stops_the_other_lets_it_settle_then_compensates_newest_completion_first() {
+    let mut run = Run::new();
+    run.take(0);
+    run.report(0, true);
+    run.take(4);
+    run.take(3);
+    run.report(3, false);
+    assert_eq!(run.names().last(), Some(&"ParallelStopped"));
+    assert!(run.state.compensation_plan.is_none(), "pick is held by a worker: it settles first");
+    run.report(4, true);
+    assert!(!run.scheduled_steps().contains(&StepRef::forward(5)), "pack is never scheduled once stopped");
+    let plan: Vec<String> = run
+        .state
+        .compensation_plan
+        .clone()
+        .expect("compensating")
+        .iter()
+        .filter_map(|n| run.def.node_def(*n).map(|d| d.name.to_string()))
+        .collect();
+    assert_eq!(plan, ["pick.compensation", "charge.compensation", "reserve.compensation"]);
+}
+
+#[test]
+fn parallel_is_validated_with_lines() {
+    let head = "name = \"w\"\nversion = 1\n[[steps]]\nname = \"a\"\nactivity = \"x.y\"\nqueue = \"q\"\n";
+    let branch = |name: &str| format!("[[branches.{name}]]\nname = \"s_{name}\"\nactivity = \"x.y\"\nqueue = \"q\"\n");
+    let with = |parallel: &str, names: &[&str]| {
+        let branches: String = names.iter().map(|n| branch(n)).collect();
+        format!("{head}[[steps]]\nname = \"p\"\nparallel = {parallel}\n{branches}")
+    };
+    let error = |source: String| definition::parse("w.toml", &source).expect_err("invalid");
+    let one = error(with("[\"a1\"]", &["a1"]));
+    assert!(one.reason.contains("2 to"), "{one}");
+    assert_eq!(one.line, Some(8));
+    assert!(error(with("[\"a1\", \"zz\"]", &["a1"])).reason.contains("not declared"));
+    assert!(error(with("[\"a1\", \"a1\"]", &["a1"])).reason.contains("twice"));
+    let names: Vec<String> = (0..=MAX_PARALLEL_BRANCHES).map(|i| format!("b{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let list = |n: usize| format!("[{}]", refs[..n].iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", "));
+    assert!(definition::parse("w.toml", &with(&list(MAX_PARALLEL_BRANCHES), &refs[..MAX_PARALLEL_BRANCHES])).is_ok());
+    let over = error(with(&list(MAX_PARALLEL_BRANCHES + 1), &refs));
+    assert!(over.reason.contains("2 to"), "{over}");
+    let shared = format!(
+        "{}[[steps]]\nname = \"c\"\nchoice = [{{ branch = \"a1\" }}]\n",
+        with("[\"a1\", \"a2\"]", &["a1", "a2"])
+    );
+    assert!(error(shared).reason.contains("used by two steps"));
+    let comp = format!(
+        "{}[[compensations]]\nstep = \"p\"\nactivity = \"x.u\"\nqueue = \"q\"\n",
+        with("[\"a1\", \"a2\"]", &["a1", "a2"])
+    );
+    assert!(error(comp).reason.contains("no effect of its own"));
+    let nested = format!(
+        "{head}[[steps]]\nname = \"p\"\nparallel = [\"a1\", \"a2\"]\n{}[[branches.a2]]\nname = \"inner\"\nparallel = [\"a1\", \"a1\"]\n",
+        branch("a1")
+    );
+    assert!(error(nested).reason.contains("cannot be inside a branch"));
+}
+
+use crate::definition::MAX_PARALLEL_BRANCHES;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Take(u8),
+    Complete(u8),
+    FailForGood(u8),
+    FailRetryable(u8),
+    Timer,
+    Cancel,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => any::<u8>().prop_map(Op::Take),
+        4 => any::<u8>().prop_map(Op::Complete),
+        1 => any::<u8>().prop_map(Op::FailForGood),
+        1 => any::<u8>().prop_map(Op::FailRetryable),
+        1 => Just(Op::Timer),
+        1 => Just(Op::Cancel),
+    ]
+}
+
+proptest! {
+    /// Any mix of hand-outs, completions, failures, timer firings and cancels while branches
+    /// run: a replay reproduces the state (as a restart would), an attempt a worker holds is
+    /// never dropped but by its own report or timeout, compensation never starts while one is
+    /// held, and it covers every handed-out step that has a compensation.
+    #[test]
+    fn parallel_runs_replay_and_never_abandon_a_held_attempt(ops in proptest::collection::vec(op(), 0..60)) {
+        let mut run = Run::new();
+        for op in ops {
+            let held_before = run.standing(true);
+            let before = run.history.len();
+            let pick = |list: Vec<(StepRef, u32)>, i: u8| (!list.is_empty()).then(|| list[usize::from(i) % list.len()]);
+            match op {
+                Op::Take(i) => if let Some((step, attempt)) = pick(run.standing(false), i) {
+                    let _ = run.feed(Input::Started { step, attempt, worker: "w".parse().expect("valid") });
+                },
+                Op::Complete(i) => if let Some((step, attempt)) = pick(run.standing(true), i) {
+                    let _ = run.feed(Input::Completed { step, attempt, output: JsonText::parse("{}").expect("valid") });
+                },
+                Op::FailForGood(i) | Op::FailRetryable(i) => if let Some((step, attempt)) = pick(run.standing(true), i) {
+                    let retryable = matches!(op, Op::FailRetryable(_));
+                    let error = ActivityError { error_type: "E".into(), message: "e".into(), retryable };
+                    let _ = run.feed(Input::Failed { step, attempt, error });
+                },
+                Op::Timer => if let Some(timer) = timers(&run.def, &run.state).into_iter().min_by_key(|t| t.due_ms) {
+                    run.now = run.now.max(timer.due_ms);
+                    let _ = run.feed(Input::TimerFired(timer.kind));
+                },
+                Op::Cancel => { let _ = run.feed(Input::Cancel { reason: "c".into() }); }
+            }
+            let replayed = WorkflowState::replay(run.state.id.clone(), &run.def, &run.history).expect("replays");
+            prop_assert_eq!(&replayed, &run.state);
+            let new = &run.history[before..];
+            for (step, attempt) in held_before {
+                let still = run.state.attempts.values().any(|a| a.step == step);
+                let reported = new.iter().any(|e| matches!(&e.kind,
+                    EventKind::StepCompleted { step: s, attempt: a, .. }
+                    | EventKind::StepFailed { step: s, attempt: a, .. }
+                    | EventKind::StepTimedOut { step: s, attempt: a, .. } if *s == step && *a == attempt));
+                // Only branch steps settle: a main-line step in flight is abandoned by a cancel
+                // as it always was (its compensation covers it), and so is a compensation.
+                let branch_step = step.phase == shop_types::StepPhase::Forward && usize::from(step.index) >= run.def.main_len;
+                prop_assert!(still || reported || !branch_step, "{:?}#{} was dropped: {:?}", step, attempt, new);
+            }
+            // Replaying event by event: compensation never starts with a branch attempt held.
+            let mut state = WorkflowState::new(run.state.id.clone(), &run.def, run.state.input.clone(), 1_000_000);
+            for event in &run.history[1..] {
+                if matches!(event.kind, EventKind::CompensationStarted { .. }) {
+                    let held = state.attempts.values().any(|a| {
+                        matches!(a.status, AttemptStatus::Started { .. }) && usize::from(a.step.index) >= run.def.main_len
+                            && a.step.phase == shop_types::StepPhase::Forward
+                    });
+                    prop_assert!(!held, "compensation started while an attempt was held");
+                }
+                state.apply(&run.def, event);
+            }
+            if let Some(plan) = &run.state.compensation_plan {
+                for node in &run.state.handed_out {
+                    if let Some(comp) = run.def.compensation_of(*node) {
+                        prop_assert!(plan.contains(&comp));
+                    }
+                }
+            }
+        }
+        prop_assert!(run.history.iter().filter(|e| e.kind.is_terminal()).count() <= 1);
+    }
+}
