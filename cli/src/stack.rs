@@ -24,11 +24,20 @@ use std::time::Duration;
 const ENGINE_BINARY: &str = "shop-engine";
 const WORKER_BINARY: &str = "shop-worker";
 /// Every domain in one worker process: each domain's sled store is then owned by it alone.
-const ALL_ACTIVITIES: &str = "inventory,payment,notification";
+/// `risk` (the stateless fraud check of order v2) rides along: it has no store of its own.
+const ALL_ACTIVITIES: &str = "inventory,payment,notification,risk";
 /// The shop's domains, each served by its own process in the per-domain layout.
+/// (`risk` is stateless: the notification process serves it too, see `NOTIFICATION_AND_RISK`.)
 pub const DOMAINS: [&str; 3] = ["inventory", "payment", "notification"];
 /// The definition the stack runs when no workflows directory is given or found.
-const EMBEDDED_ORDER_DEFINITION: &str = include_str!("../../workflows/order.toml");
+/// What the notification process of the per-domain layout serves.
+const NOTIFICATION_AND_RISK: &str = "notification,risk";
+/// The definitions the stack runs when no workflows directory is given or found: the order
+/// saga's versions (v1 stays registered so its runs finish on it; new orders start on v2).
+const EMBEDDED_DEFINITIONS: [(&str, &str); 2] = [
+    ("order.toml", include_str!("../../workflows/order.toml")),
+    ("order-v2.toml", include_str!("../../workflows/order-v2.toml")),
+];
 
 /// How long a child may take to answer `/healthz` after it is spawned; an engine replaying
 /// a large store at start-up needs a while, a hung one must not block us for ever.
@@ -146,7 +155,8 @@ impl Stack {
             WorkerLayout::PerDomain => {
                 let mut plan = vec![(DOMAINS[0], options.worker_listen)];
                 for domain in &DOMAINS[1..] {
-                    plan.push((domain, free_loopback_addr()?));
+                    let activities = if *domain == "notification" { NOTIFICATION_AND_RISK } else { domain };
+                    plan.push((activities, free_loopback_addr()?));
                 }
                 plan
             }
@@ -343,8 +353,10 @@ fn workflows_dir(given: Option<&Path>, data_dir: &Path) -> Result<PathBuf> {
 fn write_embedded_definition(data_dir: &Path) -> Result<PathBuf> {
     let dir = data_dir.join("workflows");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let file = dir.join("order.toml");
-    std::fs::write(&file, EMBEDDED_ORDER_DEFINITION).with_context(|| format!("cannot write {}", file.display()))?;
+    for (name, text) in EMBEDDED_DEFINITIONS {
+        let file = dir.join(name);
+        std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+    }
     Ok(dir)
 }
 
@@ -387,6 +399,8 @@ mod tests {
         assert_eq!(dir, data.path().join("workflows"));
         let text = std::fs::read_to_string(dir.join("order.toml"))?;
         assert!(text.contains("name = \"order\""));
+        let v2 = std::fs::read_to_string(dir.join("order-v2.toml"))?;
+        assert!(v2.contains("version = 2"));
         Ok(())
     }
 }

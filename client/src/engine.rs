@@ -10,7 +10,8 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shop_types::api::{
-    DefinitionList, DefinitionPlan, HistoryResponse, ReasonRequest, RegisteredDefinition, WorkflowList, WorkflowView,
+    CallbackRequest, DefinitionList, DefinitionPlan, HistoryResponse, ReasonRequest, RegisteredDefinition, SignalReply,
+    WorkflowList, WorkflowView,
 };
 use shop_types::auth::{CreateTokenRequest, CreatedToken, TokenList, TokenView};
 use shop_types::order::{OrderList, OrderView};
@@ -138,6 +139,29 @@ impl Client {
         body: &ReasonRequest,
     ) -> Result<Reply<WorkflowView>, Error> {
         self.post_json(&["v1", "workflows", id, action.as_str()], body).await
+    }
+
+    /// `POST /v1/workflows/{id}/signals/{name}` with `payload` as the body, once per
+    /// `idempotency_key` (the same key again is answered `duplicate` and changes nothing).
+    pub async fn signal(
+        &self,
+        id: &str,
+        name: &str,
+        idempotency_key: &str,
+        payload: &impl Serialize,
+    ) -> Result<Reply<SignalReply>, Error> {
+        let json = serde_json::to_vec(payload).map_err(|err| Error::Encode {
+            path: format!("v1/workflows/{id}/signals/{name}"),
+            reason: err.to_string(),
+        })?;
+        self.post(&["v1", "workflows", id, "signals", name], Body::KeyedJson { json: &json, idempotency_key }).await
+    }
+
+    /// `POST` of a callback path (`/v1/callbacks/{token}`, as a wait's view names it): the
+    /// token is the credential; whatever this client carries is sent too and ignored.
+    pub async fn callback(&self, path: &str, body: &CallbackRequest) -> Result<Reply<SignalReply>, Error> {
+        let token = path.strip_prefix("/v1/callbacks/").unwrap_or(path);
+        self.post_json(&["v1", "callbacks", token], body).await
     }
 
     /// `GET /v1/definitions`.

@@ -117,6 +117,11 @@ pub enum Body<'a> {
     /// Already-encoded JSON.
     Json(&'a [u8]),
     Toml(&'a str),
+    /// Already-encoded JSON sent with an `Idempotency-Key` header (signals).
+    KeyedJson {
+        json: &'a [u8],
+        idempotency_key: &'a str,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +304,10 @@ impl Client {
                 Body::Empty => request,
                 Body::Json(bytes) => request.header(header::CONTENT_TYPE, "application/json").body(bytes.to_vec()),
                 Body::Toml(text) => request.header(header::CONTENT_TYPE, "application/toml").body(text.to_owned()),
+                Body::KeyedJson { json, idempotency_key } => request
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header("Idempotency-Key", idempotency_key)
+                    .body(json.to_vec()),
             };
             let outcome = async {
                 let response = request.send().await?;

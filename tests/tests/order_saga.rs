@@ -71,7 +71,13 @@ async fn normal_order_is_confirmed_charged_once_and_notified() {
     let expected = labels(&[
         &one("WorkflowStarted"),
         &ok("reserve_stock"),
+        // Order v2: a card order skips the fraud check, takes the card branch, and passes a
+        // zero-length cancel window; the same four activities as v1 run.
+        &one("StepSkipped(fraud_check)"),
+        &one("ChoiceTaken(pay)"),
         &ok("charge_payment"),
+        &one("SleepStarted(cancel_window)"),
+        &one("SleepEnded(cancel_window)"),
         &ok("confirm_order"),
         &ok("notify_confirmed"),
         &one("WorkflowCompleted"),
@@ -143,6 +149,8 @@ async fn declined_card_is_cancelled_with_stock_released_and_nothing_charged() {
     let expected = labels(&[
         &one("WorkflowStarted"),
         &ok("reserve_stock"),
+        &one("StepSkipped(fraud_check)"),
+        &one("ChoiceTaken(pay)"),
         &one("StepScheduled(charge_payment)"),
         &one("StepStarted(charge_payment)"),
         &one("StepFailed(charge_payment)"),

@@ -30,6 +30,37 @@ pub struct StartWorkflowRequest {
     pub id: Option<String>,
     #[serde(default = "JsonText::null")]
     pub input: JsonText,
+    /// Signal-with-start: recorded with the start in one batch; a retried start with the
+    /// same signal changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<StartSignal>,
+}
+
+/// What `POST /v1/workflows/{id}/signals/{name}` and `POST /v1/callbacks/{token}` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalReply {
+    /// `recorded`, or `duplicate` when its key was recorded already (same name and payload).
+    pub outcome: String,
+}
+
+/// `POST /v1/callbacks/{token}`'s body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackRequest {
+    /// One of the signals of the wait the token was minted for.
+    pub signal: String,
+    #[serde(default = "JsonText::null")]
+    pub payload: JsonText,
+}
+
+/// The signal of a signal-with-start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartSignal {
+    pub name: String,
+    #[serde(default = "JsonText::null")]
+    pub payload: JsonText,
+    pub idempotency_key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -109,8 +140,15 @@ pub enum InFlightView {
     Activity { step: String, attempt: u32 },
     /// A sleep, until `until_ms` (clock ms).
     Sleep { step: String, until_ms: u64 },
-    /// A wait for one of `signals`, until `deadline_ms` (clock ms).
-    Wait { step: String, signals: Vec<String>, deadline_ms: u64 },
+    /// A wait for one of `signals`, until `deadline_ms` (clock ms). `callback` is the path of
+    /// its single-use callback URL (`POST` it with `{"signal","payload"}`, no credential).
+    Wait {
+        step: String,
+        signals: Vec<String>,
+        deadline_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        callback: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

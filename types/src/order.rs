@@ -37,7 +37,44 @@ pub const DECLINED_PAYMENT_METHOD: &str = "DECLINED";
 
 /// The payment methods the shop takes; an order naming any other is refused (422) before a
 /// run starts, so nothing is charged for a method nobody offers.
-pub const PAYMENT_METHODS: &[&str] = &["CREDIT_CARD", "DEBIT_CARD", "PAYPAL", "BANK_TRANSFER", DECLINED_PAYMENT_METHOD];
+pub const PAYMENT_METHODS: &[&str] =
+    &["CREDIT_CARD", "DEBIT_CARD", "PAYPAL", "BANK_TRANSFER", CARD_3DS, DECLINED_PAYMENT_METHOD];
+
+/// A card charged, then confirmed by the customer's 3-D Secure answer (signals
+/// `payment_confirmed` / `payment_failed` in `workflows/order-v2.toml`).
+pub const CARD_3DS: &str = "CARD_3DS";
+/// Paid by bank transfer: nothing is charged; the order waits for `payment_received`. The
+/// money comes outside the payment worker, so the ledger holds no entry for such an order
+/// (see [`charges_in_ledger`]).
+pub const BANK_TRANSFER: &str = "BANK_TRANSFER";
+
+/// The payment methods order v2 sends through the fraud check (`risk.score`): those the
+/// shop cannot pull back through a card network. Must match the `when` of `fraud_check` in
+/// `workflows/order-v2.toml` (a test reads the file and checks).
+pub const FRAUD_SCREENED_PAYMENT_METHODS: &[&str] = &["PAYPAL", BANK_TRANSFER];
+/// Total units above which an order is large enough for its address to matter (the fraud
+/// check's rule, `large-order-to-flagged-address`).
+pub const FRAUD_QUANTITY_THRESHOLD: i64 = 50;
+/// Words (matched case-insensitively anywhere in the shipping address) of the places that
+/// large fraudulent orders are typically shipped to.
+pub const FLAGGED_ADDRESS_WORDS: [&str; 3] = ["po box", "forwarding", "drop point"];
+
+/// Whether the payment worker's ledger carries the money of an order paid with `method`:
+/// every method but [`BANK_TRANSFER`], whose money the bank reports by signal.
+pub fn charges_in_ledger(method: &str) -> bool {
+    method != BANK_TRANSFER
+}
+
+/// The fraud rule: `(total units, flagged word)` when an order has more than
+/// [`FRAUD_QUANTITY_THRESHOLD`] units in total and a flagged word in its address.
+pub fn fraud_rule_hit(order: &OrderInput) -> Option<(i64, &'static str)> {
+    // Saturating: quantities are checked when the order is placed, but this must not
+    // overflow on any input a task can carry.
+    let total = order.order_items.iter().fold(0i64, |sum, item| sum.saturating_add(item.quantity.max(0)));
+    let address = order.shipping_address.to_lowercase();
+    let word = FLAGGED_ADDRESS_WORDS.into_iter().find(|word| address.contains(word))?;
+    (total > FRAUD_QUANTITY_THRESHOLD).then_some((total, word))
+}
 
 /// One order line, as the seed API spells it. Unknown fields are refused (a `priceCents` a
 /// client sends would otherwise be silently ignored, and the client might think it counted).
@@ -274,6 +311,27 @@ mod tests {
         assert_eq!(OrderInput { order_items: most, ..order() }.check(), Ok(()));
         let over = line(1, MAX_LINE_QUANTITY + 1);
         assert_eq!(refused_field(&OrderInput { order_items: over, ..order() }), "orderItems[0].quantity");
+    }
+
+    #[test]
+    fn the_fraud_rule_needs_both_a_large_order_and_a_flagged_address() {
+        let big = |q: i64, address: &str| OrderInput {
+            order_items: vec![OrderItem { product_id: 1, quantity: q }],
+            shipping_address: address.into(),
+            ..order()
+        };
+        assert_eq!(fraud_rule_hit(&big(FRAUD_QUANTITY_THRESHOLD, "PO Box 7")), None, "the threshold itself passes");
+        assert_eq!(fraud_rule_hit(&big(FRAUD_QUANTITY_THRESHOLD + 1, "PO Box 7")), Some((51, "po box")));
+        assert_eq!(fraud_rule_hit(&big(FRAUD_QUANTITY_THRESHOLD + 1, "1 Main St")), None);
+        assert!(charges_in_ledger(CARD_3DS) && !charges_in_ledger(BANK_TRANSFER));
+    }
+
+    #[test]
+    fn order_v2_screens_exactly_the_screened_methods() {
+        let v2 = include_str!("../../workflows/order-v2.toml");
+        let quoted: Vec<String> = FRAUD_SCREENED_PAYMENT_METHODS.iter().map(|m| format!("{m:?}")).collect();
+        let line = format!("when = {{ path = \"/input/paymentMethod\", in = [{}] }}", quoted.join(", "));
+        assert!(v2.contains(&line), "order-v2.toml's fraud_check must read: {line}");
     }
 
     #[test]

@@ -7,12 +7,8 @@
 
 use serde::Serialize;
 use shop_types::order::{errors, OrderInput};
-
-/// Total units above which an order is large enough for its address to matter.
-pub const FRAUD_QUANTITY_THRESHOLD: i64 = 50;
-/// Words (matched case-insensitively anywhere in the shipping address) of the places that
-/// large fraudulent orders are typically shipped to.
-pub const FLAGGED_ADDRESS_WORDS: [&str; 3] = ["po box", "forwarding", "drop point"];
+// The rule's limits live in `shop_types::order`, so the audit knows which orders it refuses.
+pub use shop_types::order::{FLAGGED_ADDRESS_WORDS, FRAUD_QUANTITY_THRESHOLD};
 /// The name of the refusal rule, reported in its message so an operator can look it up.
 pub const LARGE_ORDER_TO_FLAGGED_ADDRESS: &str = "large-order-to-flagged-address";
 /// Highest score; a refused order would score at least this.

@@ -1,4 +1,5 @@
-//! `shopctl order place|get|list|cancel`: the seed-compatible order API (`/api/orders`).
+//! `shopctl order place|get|list|cancel|confirm-payment|fail-payment`: the seed-compatible
+//! order API (`/api/orders`), and the payment signals of order v2.
 //!
 //! Owns the order arguments (`--item PRODUCT:QTY`) and how orders are shown. It checks the
 //! documented limits before sending so a typo fails fast, but the engine stays the judge.
@@ -39,7 +40,19 @@ pub enum OrderCommand {
     },
     /// Cancel an order that is not final yet (what it did so far is undone).
     Cancel { id: WorkflowId },
+    /// Confirm an order's payment: `payment_received` for a bank transfer,
+    /// `payment_confirmed` (3-D Secure) otherwise. Sent once per order (its key is
+    /// `confirm-payment:<ID>`), so running it again changes nothing.
+    ConfirmPayment { id: WorkflowId },
+    /// Fail a 3-D Secure order's payment (`payment_failed`): it is cancelled and refunded.
+    /// Sent once per order (key `fail-payment:<ID>`).
+    FailPayment { id: WorkflowId },
 }
+
+/// The signals of order v2 (`workflows/order-v2.toml`).
+const PAYMENT_CONFIRMED: &str = "payment_confirmed";
+const PAYMENT_FAILED: &str = "payment_failed";
+const PAYMENT_RECEIVED: &str = "payment_received";
 
 #[derive(Debug, Args)]
 pub struct PlaceArgs {
@@ -113,6 +126,19 @@ pub async fn run(command: OrderCommand, ctx: &Context) -> Result<()> {
         OrderCommand::Cancel { id } => {
             let reply = ctx.client.engine().cancel_order(id.as_str()).await?;
             ctx.show(&reply, show_order)
+        }
+        OrderCommand::ConfirmPayment { id } => {
+            let order = ctx.client.engine().order(id.as_str(), None).await?;
+            let name = match order.body.payment_method.as_str() {
+                shop_types::order::BANK_TRANSFER => PAYMENT_RECEIVED,
+                _ => PAYMENT_CONFIRMED,
+            };
+            let key = format!("confirm-payment:{id}");
+            super::workflow::send_signal(ctx, &id, name, &key, &shop_types::JsonText::null()).await
+        }
+        OrderCommand::FailPayment { id } => {
+            let key = format!("fail-payment:{id}");
+            super::workflow::send_signal(ctx, &id, PAYMENT_FAILED, &key, &shop_types::JsonText::null()).await
         }
     }
 }

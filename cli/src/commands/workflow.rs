@@ -1,5 +1,5 @@
-//! `shopctl workflow list|show|history|start|cancel|terminate`: the engine's generic `/v1`
-//! workflow API, for any workflow type.
+//! `shopctl workflow list|show|history|start|signal|cancel|terminate|resume`: the engine's
+//! generic `/v1` workflow API, for any workflow type.
 //!
 //! Owns how runs are listed and shown; the history timeline itself is [`crate::timeline`].
 
@@ -43,6 +43,20 @@ pub enum WorkflowCommand {
         /// The run's input, as JSON.
         #[arg(long, value_parser = parse_json, default_value = "null")]
         input: JsonText,
+    },
+    /// Send a signal to a run (recorded once per key; a signal before its wait opens is
+    /// buffered). Without --key a fresh key is generated and printed on stderr: pass it again
+    /// to retry safely.
+    Signal {
+        id: WorkflowId,
+        /// A signal the run's definition declares (its `[signals]`).
+        name: String,
+        /// The payload, as JSON.
+        #[arg(long, value_parser = parse_json, default_value = "{}")]
+        data: JsonText,
+        /// The Idempotency-Key: the same key again changes nothing.
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Cancel a run: it compensates what it did (refused past its pivot step).
     Cancel {
@@ -101,17 +115,33 @@ pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
             ctx.show(&reply, |history| output::line(timeline::render(&history.events).trim_end()))
         }
         WorkflowCommand::Start { workflow_type, id, input } => {
-            let request = StartWorkflowRequest { workflow_type, id: id.map(|id| id.as_str().to_owned()), input };
+            let id = id.map(|id| id.as_str().to_owned());
+            let request = StartWorkflowRequest { workflow_type, id, input, signal: None };
             let reply = ctx.client.engine().start_workflow(&request).await?;
             if reply.status == shop_client::StatusCode::OK {
                 output::note(&format!("workflow {} already existed; showing it", reply.body.id));
             }
             ctx.show(&reply, show_run)
         }
+        WorkflowCommand::Signal { id, name, data, key } => {
+            let key = key.unwrap_or_else(|| {
+                let key = format!("shopctl-{:032x}", rand::random::<u128>());
+                output::note(&format!("idempotency key {key} (pass --key {key} to retry this signal safely)"));
+                key
+            });
+            send_signal(ctx, &id, &name, &key, &data).await
+        }
         WorkflowCommand::Cancel { id, reason } => post_action(ctx, &id, RunAction::Cancel, reason).await,
         WorkflowCommand::Terminate { id, reason } => post_action(ctx, &id, RunAction::Terminate, reason).await,
         WorkflowCommand::Resume { id, reason } => post_action(ctx, &id, RunAction::Resume, reason).await,
     }
+}
+
+/// `POST /v1/workflows/{id}/signals/{name}` and prints the outcome (`recorded` or
+/// `duplicate`); shared with `order confirm-payment` and the demo.
+pub async fn send_signal(ctx: &Context, id: &WorkflowId, name: &str, key: &str, payload: &JsonText) -> Result<()> {
+    let reply = ctx.client.engine().signal(id.as_str(), name, key, payload).await?;
+    ctx.show(&reply, |answer| output::line(&format!("signal {name} for {id}: {}", answer.outcome)))
 }
 
 /// `GET /v1/workflows/{id}/history`; shared with the demo.

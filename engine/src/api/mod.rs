@@ -13,6 +13,7 @@
 
 mod auth;
 mod body;
+mod callbacks;
 mod definitions;
 mod edge;
 mod error;
@@ -139,6 +140,8 @@ pub fn app(state: AppState) -> Router {
         // them).
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
         .route("/healthz", get(health))
+        // The token in the path is the credential (see `callbacks`).
+        .route("/v1/callbacks/:token", post(callbacks::callback))
         .route("/readyz", get(ready))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(edge::edge))
@@ -288,6 +291,7 @@ fn waiting_for(state: &AppState, id: &WorkflowId) -> Vec<shop_types::api::InFlig
         step: name(w.step),
         signals: w.signals.clone(),
         deadline_ms: w.deadline_ms,
+        callback: callbacks::callback_path(&state.core.signer, id, &events, w.step),
     });
     attempts.chain(sleeps).chain(waits).collect()
 }

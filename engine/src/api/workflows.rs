@@ -12,7 +12,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use shop_types::api::{
-    HistoryEventView, HistoryResponse, ReasonRequest, StartWorkflowRequest, WorkflowList, WorkflowStatus, WorkflowView,
+    HistoryEventView, HistoryResponse, ReasonRequest, SignalReply, StartWorkflowRequest, WorkflowList, WorkflowStatus,
+    WorkflowView,
 };
 use shop_types::limits::MAX_LIST_LIMIT;
 use shop_types::{JsonText, WorkflowId};
@@ -20,12 +21,6 @@ use shop_types::{JsonText, WorkflowId};
 const DEFAULT_LIST_LIMIT: usize = 50;
 /// Longest `Idempotency-Key` a signal may carry, in bytes (it is kept in the run's history).
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
-
-/// What `POST /v1/workflows/{id}/signals/{name}` answers.
-#[derive(serde::Serialize)]
-pub(crate) struct SignalReply {
-    outcome: &'static str,
-}
 
 /// `POST /v1/workflows/{id}/signals/{name}`: records a signal for a run, once per
 /// `Idempotency-Key` (required); the JSON body is its payload. 200 `recorded` or
@@ -42,23 +37,37 @@ pub(crate) async fn signal(
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => return Err(bad_key("a signal needs an Idempotency-Key header".into())),
         Some(Err(_)) => return Err(bad_key("the Idempotency-Key header must be visible ASCII".into())),
-        Some(Ok(key)) => key.trim(),
+        Some(Ok(key)) => key,
     };
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
-        return Err(bad_key(format!("the Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes")));
-    }
-    if let Err(reason) = definition::check_signal_name(&name) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_SIGNAL", reason));
-    }
-    let request = crate::core::SignalRequest { name, idempotency_key: key.to_owned(), payload };
+    let request = signal_request(name, key, payload)?;
     let outcome = match state.core.signal(id, request).await? {
         crate::core::SignalOutcome::Recorded => "recorded",
         crate::core::SignalOutcome::Duplicate => "duplicate",
     };
-    Ok(Json(SignalReply { outcome }))
+    Ok(Json(SignalReply { outcome: outcome.to_owned() }))
 }
 
-/// Starts a run, or returns the existing one for the same ID, type and input.
+/// Checks a signal's idempotency key (1 to [`MAX_IDEMPOTENCY_KEY_BYTES`] bytes once trimmed)
+/// and name before it reaches the core.
+fn signal_request(name: String, key: &str, payload: JsonText) -> Result<crate::core::SignalRequest, ApiError> {
+    let key = key.trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BAD_IDEMPOTENCY_KEY",
+            format!("the Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
+        ));
+    }
+    if let Err(reason) = definition::check_signal_name(&name) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_SIGNAL", reason));
+    }
+    Ok(crate::core::SignalRequest { name, idempotency_key: key.to_owned(), payload })
+}
+
+/// Starts a run, or returns the existing one for the same ID, type and input. With a
+/// `signal` (signal-with-start), the start and the signal are recorded in one batch; a
+/// retry with the same signal changes nothing (the start finds the run, the signal is a
+/// duplicate).
 pub(crate) async fn start(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<StartWorkflowRequest>,
@@ -70,7 +79,12 @@ pub(crate) async fn start(
     if request.workflow_type == shop_types::order::ORDER_WORKFLOW_TYPE {
         super::orders::check_run_input(&id, &request.input)?;
     }
-    start_run(&state, id, request.workflow_type, request.input).await
+    let Some(signal) = request.signal else {
+        return start_run(&state, id, request.workflow_type, request.input).await;
+    };
+    let signal = signal_request(signal.name, &signal.idempotency_key, signal.payload)?;
+    let (outcome, _) = state.core.start_with_signal(id.clone(), request.workflow_type, request.input, signal).await?;
+    started_view(&state, &id, outcome)
 }
 
 pub(crate) fn new_id() -> WorkflowId {
@@ -85,7 +99,16 @@ pub(crate) async fn start_run(
     input: JsonText,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
     let outcome = state.core.start(id.clone(), workflow_type, input).await?;
-    let view = workflow_view(state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
+    started_view(state, &id, outcome)
+}
+
+/// 202 with the view of a new run, 200 with an existing one.
+fn started_view(
+    state: &AppState,
+    id: &WorkflowId,
+    outcome: StartOutcome,
+) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
+    let view = workflow_view(state, id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
     let status = match outcome {
         StartOutcome::Created => StatusCode::ACCEPTED,
         StartOutcome::Existing => StatusCode::OK,

@@ -45,6 +45,13 @@ impl TaskSigner {
         bool::from(self.mac(token).ct_eq(given))
     }
 
+    /// The full HMAC of `text` under the same key, for other capabilities the engine derives
+    /// (callback tokens, `api/callbacks.rs`). Callers must prefix `text` with a domain that no
+    /// task token's text can start with, so one MAC never verifies as the other.
+    pub fn mac_text(&self, text: &str) -> [u8; 32] {
+        hmac_sha256(&self.key, text.as_bytes())
+    }
+
     fn mac(&self, token: &TaskToken) -> [u8; TASK_TOKEN_MAC_LEN] {
         let full = hmac_sha256(&self.key, token.signed_text().as_bytes());
         let mut mac = [0u8; TASK_TOKEN_MAC_LEN];

@@ -50,10 +50,29 @@ fn quantities(input: &OrderInput) -> BTreeMap<i64, i64> {
 }
 
 /// Why an order's input dictates CANCELLED whatever else happens, if it does: a declined
-/// card, an unknown product, or more units than the product had before any order.
+/// card, an unknown product, more units than the product had before any order, or (on the
+/// current definition, order v2, which screens some payment methods) the fraud rule.
 pub fn must_cancel(input: &OrderInput, initial_stock: &BTreeMap<i64, i64>) -> Option<String> {
+    must_cancel_on(input, initial_stock, FIRST_SCREENING_VERSION)
+}
+
+/// The first version of the order definition with the fraud check (`workflows/order-v2.toml`).
+pub const FIRST_SCREENING_VERSION: u32 = 2;
+
+/// [`must_cancel`] for a run of `definition_version`: version 1 has no fraud check.
+pub(super) fn must_cancel_on(
+    input: &OrderInput,
+    initial_stock: &BTreeMap<i64, i64>,
+    definition_version: u32,
+) -> Option<String> {
     if input.payment_method == DECLINED_PAYMENT_METHOD {
         return Some("its card is declined".to_owned());
+    }
+    let screened = FRAUD_SCREENED_PAYMENT_METHODS.contains(&input.payment_method.as_str());
+    if let Some((total, word)) =
+        fraud_rule_hit(input).filter(|_| screened && definition_version >= FIRST_SCREENING_VERSION)
+    {
+        return Some(format!("the fraud check refuses {total} units to an address containing {word:?}"));
     }
     quantities(input).into_iter().find_map(|(product, wanted)| match initial_stock.get(&product) {
         None => Some(format!("product {product} is unknown")),
@@ -138,7 +157,8 @@ pub(super) fn check_outcome(
             if payment_unavailable {
                 audit.payment_unavailable += 1;
             }
-            let must = order.input.as_ref().and_then(|input| must_cancel(input, initial));
+            let version = order.view.definition_version;
+            let must = order.input.as_ref().and_then(|input| must_cancel_on(input, initial, version));
             if let (Some(why), Outcome::Confirmed) = (must, outcome) {
                 audit.flag(ViolationKind::Outcome, id, format!("is CONFIRMED but {why}"));
             }
@@ -180,7 +200,11 @@ pub(super) fn check_money(
         if charges > 1 || refunds > 1 {
             audit.flag(ViolationKind::Duplicate, *id, format!("{charges} charges and {refunds} refunds"));
         }
+        // A bank transfer's money never passes the payment worker: a confirmed one has no
+        // charge in the ledger (and must have none).
+        let in_ledger = order.input.as_ref().is_none_or(|input| charges_in_ledger(&input.payment_method));
         let expected_net = match order.outcome {
+            Outcome::Confirmed if !in_ledger => 0,
             Outcome::Confirmed => order.quantities().iter().map(|(p, q)| prices.get(p).copied().unwrap_or(0) * q).sum(),
             Outcome::Cancelled => 0,
             // Money is still moving, or the failure is flagged already and needs a person.

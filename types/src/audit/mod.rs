@@ -18,7 +18,8 @@ use crate::api::{HistoryEventView, WorkflowStatus, WorkflowView};
 use crate::history::EventKind;
 use crate::ids::StepRef;
 use crate::order::{
-    errors, NotificationEntry, OrderInput, PaymentEntry, Product, DECLINED_PAYMENT_METHOD, ORDER_WORKFLOW_TYPE,
+    charges_in_ledger, errors, fraud_rule_hit, NotificationEntry, OrderInput, PaymentEntry, Product,
+    DECLINED_PAYMENT_METHOD, FRAUD_SCREENED_PAYMENT_METHODS, ORDER_WORKFLOW_TYPE,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -28,7 +29,7 @@ mod checks;
 mod history;
 
 use checks::{check_money, check_notifications, check_outcome, check_stock, index_orders, Outcome};
-pub use checks::{expected_outcome, must_cancel};
+pub use checks::{expected_outcome, must_cancel, FIRST_SCREENING_VERSION};
 pub use history::history_violations;
 use history::run_history_violations;
 /// The notification the saga sends when an order is confirmed (see `workflows/order.toml`).

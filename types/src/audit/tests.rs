@@ -354,3 +354,34 @@ fn a_history_must_agree_with_its_run() {
     world.snapshot.histories.remove("order-0");
     assert_eq!(world.audit_known().violations[0].message, "its history was not read");
 }
+
+/// Order v2: a bank transfer confirmed with nothing in the ledger is clean, and one with a
+/// charge is not; a fraud-refused order is must-cancel on v2 only; a 3-D Secure order
+/// cancelled after a charge and its refund nets zero.
+#[test]
+fn order_v2_outcomes_are_understood() {
+    let mut world = World::new(0, 0);
+    let transfer = input("transfer", &[(PRODUCT, QUANTITY)], crate::order::BANK_TRANSFER);
+    World::add_run(&mut world.snapshot, "transfer", transfer, WorkflowStatus::Completed);
+    world.snapshot.notifications.push(notification("transfer", ORDER_CONFIRMED));
+    let three_ds = input("3ds", &[(PRODUCT, QUANTITY)], crate::order::CARD_3DS);
+    World::add_run(&mut world.snapshot, "3ds", three_ds, WorkflowStatus::Compensated);
+    world.snapshot.payments.push(payment("3ds", CHARGE, QUANTITY * PRICE));
+    world.snapshot.payments.push(payment("3ds", REFUND, QUANTITY * PRICE));
+    world.snapshot.notifications.push(notification("3ds", ORDER_CANCELLED));
+    world.snapshot.stock = vec![product(PRODUCT, UNITS - QUANTITY, 0), product(SOLD_OUT, 0, 0)];
+    let clean = world.audit_reconstructed(false);
+    assert!(clean.violations.is_empty(), "{:?}", clean.violations);
+
+    world.snapshot.payments.push(payment("transfer", CHARGE, QUANTITY * PRICE));
+    let charged = world.audit_reconstructed(false);
+    assert!(charged.violations.iter().any(|v| v.kind == ViolationKind::Money), "{:?}", charged.violations);
+
+    let mut fraud = input("f", &[(PRODUCT, crate::order::FRAUD_QUANTITY_THRESHOLD + 1)], "PAYPAL");
+    fraud.shipping_address = "PO Box 9".into();
+    let initial = BTreeMap::from([(PRODUCT, UNITS)]);
+    assert!(must_cancel(&fraud, &initial).is_some(), "the current definition refuses it");
+    assert!(checks::must_cancel_on(&fraud, &initial, 1).is_none(), "v1 has no fraud check");
+    fraud.payment_method = "CREDIT_CARD".into();
+    assert!(must_cancel(&fraud, &initial).is_none(), "a card order is not screened");
+}
