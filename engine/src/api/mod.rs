@@ -260,8 +260,18 @@ pub(crate) fn workflow_view(state: &AppState, id: &WorkflowId) -> Result<Option<
         reason: summary.reason,
         input,
         output: summary.output,
-        waiting_for: if summary.status == WorkflowStatus::Running { waiting_for(state, id) } else { Vec::new() },
+        // Replaying a history costs a read of all of it: only the one-run read pays it
+        // (`with_waiting_for`), never a list of a thousand runs.
+        waiting_for: Vec::new(),
     }))
+}
+
+/// `view` with what it waits for, when it is in flight (`GET /v1/workflows/{id}` only).
+pub(crate) fn with_waiting_for(state: &AppState, mut view: WorkflowView) -> WorkflowView {
+    if view.status == WorkflowStatus::Running {
+        view.waiting_for = waiting_for(state, &view.id);
+    }
+    view
 }
 
 /// What a run in flight waits for, from its history replayed here (a pure fold; the core's

@@ -130,7 +130,8 @@ pub(crate) async fn get_one(
 ) -> Result<Json<WorkflowView>, ApiError> {
     let id = WorkflowId::parse(id)?;
     let wait = parse_wait(query(wait)?.wait.as_deref())?;
-    Ok(Json(view_after_wait(&state, &principal, &id, wait).await?))
+    let view = view_after_wait(&state, &principal, &id, wait).await?;
+    Ok(Json(super::with_waiting_for(&state, view)))
 }
 
 #[derive(Deserialize)]
