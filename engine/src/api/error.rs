@@ -83,9 +83,7 @@ impl From<CoreError> for ApiError {
             CoreError::TooManySignals => ApiError::new(StatusCode::CONFLICT, "TOO_MANY_SIGNALS", message),
             // 413 for both byte limits: see `shop_types::limits::MAX_SIGNAL_PAYLOAD_BYTES`.
             CoreError::SignalTooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "SIGNAL_TOO_LARGE", message),
-            CoreError::SignalBufferFull => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "SIGNAL_BUFFER_FULL", message)
-            }
+            CoreError::SignalBufferFull => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "SIGNAL_BUFFER_FULL", message),
             CoreError::SignalsClosed(_) => ApiError::new(StatusCode::CONFLICT, "SIGNALS_CLOSED", message),
             CoreError::SignalNotAwaited(_) => ApiError::new(StatusCode::CONFLICT, "SIGNAL_NOT_AWAITED", message),
             CoreError::DiskFull => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "DISK_FULL", message),

@@ -6,9 +6,9 @@
 //! module must never decide anything or touch a run; it only syncs and answers, in order.
 
 use super::stream::{CommittedEvent, Publisher};
+use crate::state::ReceivedSignal;
 use crate::store::{Store, WriteBatch};
 use shop_durable::commit::{group_commit, Job};
-use crate::state::ReceivedSignal;
 use shop_types::{QueueName, WorkflowId};
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::Receiver;

@@ -24,7 +24,9 @@ pub(super) fn begin(
 ) {
     let until_ms = match sleep {
         Sleep::For { ms } => Ok(now.saturating_add(*ms)),
-        Sleep::Until { pointer } => time_at(&state.context_json(), pointer).and_then(|until_ms| within_max(now, until_ms)),
+        Sleep::Until { pointer } => {
+            time_at(&state.context_json(), pointer).and_then(|until_ms| within_max(now, until_ms))
+        }
     };
     match until_ms {
         Ok(until_ms) => {

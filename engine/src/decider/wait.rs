@@ -135,9 +135,9 @@ fn reachable(definition: &Definition, state: &WorkflowState, node: NodeId) -> bo
         return true;
     };
     let mut choosers = definition.forward_nodes().filter(|&n| {
-        definition
-            .node_def(n)
-            .is_some_and(|d| matches!(&d.construct, Construct::Choice(cases) if cases.iter().any(|c| &c.branch == branch)))
+        definition.node_def(n).is_some_and(
+            |d| matches!(&d.construct, Construct::Choice(cases) if cases.iter().any(|c| &c.branch == branch)),
+        )
     });
     let mut any = false;
     let open = choosers.any(|chooser| {
