@@ -396,6 +396,8 @@ impl Core {
 }
 
 #[cfg(test)]
+mod signal_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod timer_tests;
