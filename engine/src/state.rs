@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 mod language;
 mod parallel;
 
-pub use language::{OpenSleep, OpenWait, ReceivedSignal};
+pub use language::{signal_digest, OpenSleep, OpenWait, ReceivedSignal};
 pub use parallel::OpenParallel;
 
 /// Where an attempt in flight stands.

@@ -268,6 +268,10 @@ fn rejection_name(rejection: &Rejection) -> &'static str {
         Rejection::DuplicateSignal => "DuplicateSignal",
         Rejection::KeyReused => "KeyReused",
         Rejection::TooManySignals => "TooManySignals",
+        Rejection::SignalTooLarge(_) => "SignalTooLarge",
+        Rejection::SignalBufferFull => "SignalBufferFull",
+        Rejection::SignalsClosed(_) => "SignalsClosed",
+        Rejection::SignalNotAwaited(_) => "SignalNotAwaited",
     }
 }
 

@@ -1,8 +1,10 @@
 //! The workflow language end to end (issue 9, part 1): a small definition registered through
 //! the API, run by a real engine and an `echo` worker. A sleep survives kill -9 of the engine;
 //! a wait is confirmed by a signal; a wait times out and compensates; an early signal is
-//! buffered until its wait opens; a duplicate signal is applied once; an unknown signal is
-//! 422, a finished run 409, an unknown run 404, a signal without an Idempotency-Key 400.
+//! buffered until its wait opens; a duplicate signal is applied once, also when retried
+//! after it completed the run; an unknown signal is 422, a payload over
+//! `MAX_SIGNAL_PAYLOAD_BYTES` 413, a new signal to a finished run 409, an unknown run 404, a
+//! signal without an Idempotency-Key 400.
 //! Durations are short (a 2s sleep, a 4s wait) so the test stays quick; no timing is asserted.
 
 use serde_json::{json, Value};
@@ -62,6 +64,26 @@ async fn wait_until_waiting(api: &Api, id: &str) {
     }
 }
 
+/// Waits until some run shows a sleep in progress, and answers its id.
+async fn wait_until_sleeping(api: &Api, ids: &[&'static str]) -> &'static str {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        for id in ids {
+            let view = api.workflow(id).await;
+            if view.waiting_for.iter().any(|w| matches!(w, InFlightView::Sleep { .. })) {
+                return id;
+            }
+        }
+        assert!(Instant::now() < deadline, "no run of {ids:?} was ever seen sleeping");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn epoch_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970");
+    u64::try_from(since.as_millis()).expect("fits")
+}
+
 fn kinds(events: &[shop_types::api::HistoryEventView]) -> Vec<&'static str> {
     events.iter().map(|e| e.event.name()).collect()
 }
@@ -81,6 +103,9 @@ async fn sleeps_signals_and_waits_end_to_end() {
     signal(&stack.api, "silent", "nope", Some("u1"), json!({})).await.assert_error(422, "UNKNOWN_SIGNAL");
     signal(&stack.api, "silent", "confirmed", None, json!({})).await.assert_error(400, "BAD_IDEMPOTENCY_KEY");
     signal(&stack.api, "no-such-run", "confirmed", Some("x"), json!({})).await.assert_error(404, "NOT_FOUND");
+    // One byte over: `{"p":"<n x>"}` is n + 8 bytes as sent.
+    let too_large = json!({"p": "x".repeat(shop_types::limits::MAX_SIGNAL_PAYLOAD_BYTES - 7)});
+    signal(&stack.api, "silent", "confirmed", Some("big"), too_large).await.assert_error(413, "SIGNAL_TOO_LARGE");
 
     // An early signal (before the wait opens), then the same one again: applied once.
     let first = signal(&stack.api, "early", "confirmed", Some("e1"), json!({"by": "early"})).await;
@@ -90,8 +115,11 @@ async fn sleeps_signals_and_waits_end_to_end() {
     let reused = signal(&stack.api, "early", "failed", Some("e1"), json!({})).await;
     reused.assert_error(409, "IDEMPOTENCY_KEY_REUSED");
 
-    // kill -9 the engine while the runs sleep (or have not reached the sleep yet): the
-    // sleep's wake time is in the history, so it ends after the restart.
+    // kill -9 the engine while a run sleeps: the sleep's wake time is in the history, so it
+    // ends after the restart. The history then shows it started before the kill and ended
+    // after it (the engine's clock is this machine's).
+    let sleeper = wait_until_sleeping(&stack.api, &["early", "late", "silent"]).await;
+    let killed_at = epoch_ms();
     stack.engine.kill9();
     stack.engine.restart().await;
 
@@ -123,6 +151,22 @@ async fn sleeps_signals_and_waits_end_to_end() {
     let names = kinds(&stack.api.history("silent").await);
     assert!(names.contains(&"WaitTimedOut") && names.contains(&"CompensationStarted"), "{names:?}");
 
-    // A finished run refuses signals.
+    let history = stack.api.history(sleeper).await;
+    let at = |kind: &str| history.iter().find(|e| e.event.name() == kind).map(|e| e.at_ms);
+    let (started, ended) = (at("SleepStarted").expect("slept"), at("SleepEnded").expect("woke"));
+    assert!(
+        started < killed_at && killed_at <= ended,
+        "{sleeper} slept across the kill: {started} {killed_at} {ended}"
+    );
+
+    // The signal that completed the run, retried: still a duplicate (200), not 409; the same
+    // key with another payload is a reused key; a new signal to a finished run is 409.
+    let retried = signal(&stack.api, "late", "confirmed", Some("l1"), json!({"by": "late"})).await;
+    assert_eq!((retried.status, &retried.body), (200, &json!({"outcome": "duplicate"})), "{:?}", retried.body);
+    let retried = signal(&stack.api, "early", "confirmed", Some("e1"), json!({"by": "early"})).await;
+    assert_eq!((retried.status, &retried.body), (200, &json!({"outcome": "duplicate"})), "{:?}", retried.body);
+    signal(&stack.api, "late", "confirmed", Some("l1"), json!({"by": "other"}))
+        .await
+        .assert_error(409, "IDEMPOTENCY_KEY_REUSED");
     signal(&stack.api, "early", "confirmed", Some("e2"), json!({})).await.assert_error(409, "ALREADY_FINISHED");
 }

@@ -33,3 +33,14 @@ pub const CLIENT_POOL_IDLE_MS: u64 = 5_000;
 /// Ids of open runs shown per older version when a new version of a definition is
 /// registered (`RegisteredDefinition`); the count is always exact.
 pub const OPEN_RUNS_SAMPLE: usize = 5;
+/// Largest payload one signal may carry, in bytes of JSON text. A signal's payload is kept
+/// in the run's history and, once a wait consumes it, becomes that step's output, passed to
+/// every later task, so it is held well under [`MAX_BODY_BYTES`]. Over it the signal is
+/// refused with **413 `SIGNAL_TOO_LARGE`**: the request itself is too large for what it asks
+/// (413 rather than 422, as the fix is a smaller body, not a different one).
+pub const MAX_SIGNAL_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Most payload bytes one run holds in signals received but not yet consumed by a wait (a
+/// consumed signal keeps only its key, name and digest). A signal that would be buffered past
+/// it is refused with **413 `SIGNAL_BUFFER_FULL`**, so buffered signals can never make a run
+/// larger than this whatever callers send; it fits [`MAX_SIGNAL_PAYLOAD_BYTES`] four times.
+pub const MAX_BUFFERED_SIGNAL_BYTES: usize = 4 * MAX_SIGNAL_PAYLOAD_BYTES;

@@ -81,6 +81,11 @@ impl From<CoreError> for ApiError {
             CoreError::UnknownSignal(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_SIGNAL", message),
             CoreError::KeyReused => ApiError::new(StatusCode::CONFLICT, "IDEMPOTENCY_KEY_REUSED", message),
             CoreError::TooManySignals => ApiError::new(StatusCode::CONFLICT, "TOO_MANY_SIGNALS", message),
+            // 413 for both byte limits: see `shop_types::limits::MAX_SIGNAL_PAYLOAD_BYTES`.
+            CoreError::SignalTooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "SIGNAL_TOO_LARGE", message),
+            CoreError::SignalBufferFull => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "SIGNAL_BUFFER_FULL", message),
+            CoreError::SignalsClosed(_) => ApiError::new(StatusCode::CONFLICT, "SIGNALS_CLOSED", message),
+            CoreError::SignalNotAwaited(_) => ApiError::new(StatusCode::CONFLICT, "SIGNAL_NOT_AWAITED", message),
             CoreError::DiskFull => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "DISK_FULL", message),
             CoreError::Overloaded(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", message),
             CoreError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN", message),

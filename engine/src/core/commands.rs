@@ -5,6 +5,8 @@
 //! by the syncer after the sync that covers the turn.
 
 use super::*;
+use crate::state::signal_digest;
+use shop_types::history::EventKind;
 
 impl Core {
     pub(super) fn handle(&mut self, turn: &mut Turn, command: Command, now: u64) {
@@ -184,6 +186,12 @@ impl Core {
     }
 
     /// Records a signal for run `id` (see `decider::wait`).
+    ///
+    /// The run's due timers fire first: a turn fires at most `MAX_TIMERS_PER_TURN`, so one
+    /// may be overdue, and a wait past its deadline must time out rather than take the
+    /// signal, which then meets the run as it now stands. A run not in flight has finished
+    /// (or never was): a retry of a signal it recorded is still a duplicate, found in its
+    /// history, so a caller retrying the signal that completed the run is not told 409.
     pub(super) fn signal(
         &mut self,
         turn: &mut Turn,
@@ -192,20 +200,74 @@ impl Core {
         now: u64,
     ) -> Result<SignalOutcome, CoreError> {
         let SignalRequest { name, idempotency_key: key, payload } = signal;
+        self.fire_due_timers_of(turn, id, now);
+        let digest = signal_digest(&payload);
         if let Some(run) = self.runs.get(id) {
             // A duplicate changes nothing: answered here, with no event, like a repeated start.
-            if let Some(seen) = run.state.signal_by_key(&key) {
-                if seen.name == name && same_json(&seen.payload, &payload) {
-                    return Ok(SignalOutcome::Duplicate);
-                }
+            if run.state.signal_by_key(&key).is_some_and(|seen| seen.same(&name, &digest)) {
+                return Ok(SignalOutcome::Duplicate);
+            }
+            let input = Input::Signal { name, key, payload };
+            return self.apply_to_run(turn, id, input, now).map(|_| SignalOutcome::Recorded);
+        }
+        let seen = match turn.finished_signals.get(id) {
+            // Finished in this very turn: not in the store until the turn is applied.
+            Some(signals) => signals.iter().find(|s| s.key == key).map(|s| s.same(&name, &digest)),
+            None => self.stored_signal_matches(id, &key, &name, &digest)?,
+        };
+        match seen {
+            Some(true) => Ok(SignalOutcome::Duplicate),
+            Some(false) => Err(CoreError::KeyReused),
+            None => Err(CoreError::Finished),
+        }
+    }
+
+    /// For a run not in flight: whether its history holds a signal with idempotency key
+    /// `key` (`Some(true)` with the same name and payload), `NotFound` if there is no run.
+    /// Reads the whole history, which only a signal to a finished run pays for.
+    fn stored_signal_matches(
+        &self,
+        id: &WorkflowId,
+        key: &str,
+        name: &str,
+        digest: &[u8; 32],
+    ) -> Result<Option<bool>, CoreError> {
+        let storage = |e: store::Error| CoreError::Storage(e.to_string());
+        if self.store.run(id).map_err(storage)?.is_none() {
+            return Err(CoreError::NotFound(id.clone()));
+        }
+        let history = self.store.history(id).map_err(storage)?;
+        Ok(history.iter().find_map(|event| match &event.kind {
+            EventKind::SignalReceived { name: seen, key: k, payload } if k == key => {
+                Some(seen == name && signal_digest(payload) == *digest)
+            }
+            _ => None,
+        }))
+    }
+
+    /// Fires the timers of run `id` that are due at `now`, as `fire_due_timers` would have.
+    fn fire_due_timers_of(&mut self, turn: &mut Turn, id: &WorkflowId, now: u64) {
+        let due: Vec<Timer> = match self.runs.get(id) {
+            Some(run) => run.timers.iter().filter(|t| t.due_ms <= now).copied().collect(),
+            None => return,
+        };
+        for timer in due {
+            self.timers.remove(&(timer.due_ms, id.clone(), timer.kind));
+            if let Some(run) = self.runs.get_mut(id) {
+                run.timers.retain(|t| *t != timer);
+            }
+            match self.apply_to_run(turn, id, Input::TimerFired(timer.kind), now) {
+                Ok(_) | Err(CoreError::Stale(_)) | Err(CoreError::Finished) | Err(CoreError::NotFound(_)) => {}
+                Err(error) => tracing::warn!(workflow_id = %id, kind = ?timer.kind, %error, "timer could not fire"),
             }
         }
-        self.apply_to_run(turn, id, Input::Signal { name, key, payload }, now).map(|_| SignalOutcome::Recorded)
     }
 
     /// Signal-with-start: checks the signal against the definition the run would start on,
     /// starts the run (or finds it), then records the signal in the same turn, so both are in
-    /// one batch.
+    /// one batch. A run that finishes as it starts (every step skipped, say) is not in the
+    /// store before the turn is applied: `signal` finds it among the turn's finished runs
+    /// and answers `Finished` (409), not `NotFound`, while the start itself stands.
     pub(super) fn start_with_signal(
         &mut self,
         turn: &mut Turn,
@@ -288,6 +350,10 @@ impl Core {
             Rejection::DuplicateSignal => CoreError::Stale(r.to_string()),
             Rejection::KeyReused => CoreError::KeyReused,
             Rejection::TooManySignals => CoreError::TooManySignals,
+            Rejection::SignalTooLarge(size) => CoreError::SignalTooLarge(size),
+            Rejection::SignalBufferFull => CoreError::SignalBufferFull,
+            Rejection::SignalsClosed(why) => CoreError::SignalsClosed(why),
+            Rejection::SignalNotAwaited(name) => CoreError::SignalNotAwaited(name),
         })?;
         let count = decision.events.len();
         self.record(turn, id, decision.events).map_err(|e| CoreError::Storage(e.to_string()))?;
@@ -320,6 +386,7 @@ impl Core {
             let Some(run) = self.runs.remove(id) else {
                 return Ok(());
             };
+            turn.finished_signals.insert(id.clone(), run.state.signals.clone());
             for timer in &run.timers {
                 self.timers.remove(&(timer.due_ms, id.clone(), timer.kind));
             }

@@ -115,6 +115,14 @@ pub enum CoreError {
     KeyReused,
     #[error("the workflow has received its most signals ({})", decider::MAX_SIGNALS_PER_RUN)]
     TooManySignals,
+    #[error("the signal's payload is {0} bytes, over the limit of {max}", max = shop_types::limits::MAX_SIGNAL_PAYLOAD_BYTES)]
+    SignalTooLarge(usize),
+    #[error("the run's buffered signals would pass {max} bytes; no wait has consumed them yet", max = shop_types::limits::MAX_BUFFERED_SIGNAL_BYTES)]
+    SignalBufferFull,
+    #[error("the workflow takes no more signals: {0}")]
+    SignalsClosed(&'static str),
+    #[error("no remaining step of the workflow waits for signal {0:?}")]
+    SignalNotAwaited(String),
     #[error("{0}")]
     DefinitionConflict(String),
     #[error("{0}")]
@@ -387,6 +395,8 @@ impl Core {
     }
 }
 
+#[cfg(test)]
+mod signal_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

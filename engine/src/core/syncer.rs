@@ -6,10 +6,11 @@
 //! module must never decide anything or touch a run; it only syncs and answers, in order.
 
 use super::stream::{CommittedEvent, Publisher};
+use crate::state::ReceivedSignal;
 use crate::store::{Store, WriteBatch};
 use shop_durable::commit::{group_commit, Job};
-use shop_types::QueueName;
-use std::collections::HashSet;
+use shop_types::{QueueName, WorkflowId};
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::Receiver;
 
 /// An answer to send once what its turn applied is durable.
@@ -26,6 +27,9 @@ pub(super) struct Turn {
     pub(super) queues_with_new_tasks: HashSet<QueueName>,
     /// The turn's events, for the stream once they are durable.
     pub(super) events: Vec<CommittedEvent>,
+    /// The signals of runs that finished in this turn: not in flight any more, and not in
+    /// the store until the turn is applied, yet a retried signal must find its key.
+    pub(super) finished_signals: HashMap<WorkflowId, Vec<ReceivedSignal>>,
 }
 
 /// A turn as the syncer sees it: whether it wrote, and whom to answer.

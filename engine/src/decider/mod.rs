@@ -100,6 +100,19 @@ pub enum Rejection {
     KeyReused,
     #[error("the workflow has received its most signals")]
     TooManySignals,
+    /// The payload is over [`MAX_SIGNAL_PAYLOAD_BYTES`](shop_types::limits::MAX_SIGNAL_PAYLOAD_BYTES).
+    #[error("the signal's payload is {0} bytes, over the limit of {max}", max = shop_types::limits::MAX_SIGNAL_PAYLOAD_BYTES)]
+    SignalTooLarge(usize),
+    /// Buffering it would pass [`MAX_BUFFERED_SIGNAL_BYTES`](shop_types::limits::MAX_BUFFERED_SIGNAL_BYTES).
+    #[error("the run's buffered signals would pass {max} bytes; no wait has consumed them yet", max = shop_types::limits::MAX_BUFFERED_SIGNAL_BYTES)]
+    SignalBufferFull,
+    /// The run takes no more signals: it is compensating, stopping, parked, or its history
+    /// is past its soft limit (what is left of it is kept for compensation).
+    #[error("the workflow takes no more signals: {0}")]
+    SignalsClosed(&'static str),
+    /// No wait the run can still open listens for the signal.
+    #[error("no remaining step of the workflow waits for signal {0:?}")]
+    SignalNotAwaited(String),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -243,9 +256,9 @@ fn decide_within_limit(
             emit(definition, state, &mut out, now, EventKind::WorkflowTerminated { reason });
         }
         Input::Resume { reason } => compensation::resume(definition, state, &mut out, now, reason)?,
-        Input::Signal { name, key, payload } => wait::signal(definition, state, &mut out, now, name, key, payload)?,
+        Input::Signal { name, key, payload } => wait::signal(definition, state, &mut out, ctx, name, key, payload)?,
     }
-    let soft_limit = ctx.max_history_events - ctx.max_history_events / COMPENSATION_HEADROOM_DIVISOR;
+    let soft_limit = soft_limit(ctx.max_history_events);
     let going_forward = state.terminal.is_none()
         && state.compensation_plan.is_none()
         && state.stopping.is_none()
@@ -258,6 +271,11 @@ fn decide_within_limit(
         compensation::begin(definition, state, &mut out, now, reason);
     }
     Ok(out)
+}
+
+/// Past this many events a run going forward compensates, and takes no more signals.
+fn soft_limit(max_history_events: u64) -> u64 {
+    max_history_events - max_history_events / COMPENSATION_HEADROOM_DIVISOR
 }
 
 /// Appends one event and folds it into the state.

@@ -4,14 +4,15 @@
 
 use super::attempt::FailedForGood;
 use super::{emit, step};
-use crate::definition::{Definition, NodeId, OnFailure, Sleep};
+use crate::definition::{Definition, NodeId, OnFailure, Sleep, MAX_SLEEP};
 use crate::state::WorkflowState;
 use shop_types::history::{Event, EventKind};
 use shop_types::StepRef;
 
 /// Starts a sleep step: records when it ends, and ends it at once when that is not later
 /// than now (`sleep = "0s"`, or a `sleep_until` in the past). A `sleep_until` whose pointer
-/// does not hold a time is a permanent failure of the step.
+/// does not hold a time, or holds one more than [`MAX_SLEEP`] away (a value from the input
+/// or a signal could say `u64::MAX`), is a permanent failure of the step.
 pub(super) fn begin(
     definition: &Definition,
     state: &mut WorkflowState,
@@ -23,7 +24,9 @@ pub(super) fn begin(
 ) {
     let until_ms = match sleep {
         Sleep::For { ms } => Ok(now.saturating_add(*ms)),
-        Sleep::Until { pointer } => time_at(&state.context_json(), pointer),
+        Sleep::Until { pointer } => {
+            time_at(&state.context_json(), pointer).and_then(|until_ms| within_max(now, until_ms))
+        }
     };
     match until_ms {
         Ok(until_ms) => {
@@ -47,6 +50,16 @@ pub(super) fn due(definition: &Definition, state: &mut WorkflowState, out: &mut 
     emit(definition, state, out, now, EventKind::SleepEnded { step });
 }
 
+/// `until_ms`, if it is at most [`MAX_SLEEP`] after `now`: the bound a `sleep = ".."`
+/// duration has when the definition is parsed, applied to a time only known at run time.
+fn within_max(now: u64, until_ms: u64) -> Result<u64, String> {
+    let max_ms = u64::try_from(MAX_SLEEP.as_millis()).unwrap_or(u64::MAX);
+    if until_ms > now.saturating_add(max_ms) {
+        return Err(format!("sleep_until: {until_ms} is more than {} away", humantime::format_duration(MAX_SLEEP)));
+    }
+    Ok(until_ms)
+}
+
 /// The time (epoch ms) the context holds at `pointer`: a non-negative number of
 /// milliseconds, or an RFC 3339 string.
 fn time_at(context: &serde_json::Value, pointer: &str) -> Result<u64, String> {
@@ -64,7 +77,7 @@ fn time_at(context: &serde_json::Value, pointer: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::time_at;
+    use super::{time_at, within_max, MAX_SLEEP};
     use serde_json::json;
 
     #[test]
@@ -76,5 +89,15 @@ mod tests {
         assert!(time_at(&ctx, "/input/bad").is_err());
         assert!(time_at(&ctx, "/input/neg").is_err());
         assert!(time_at(&ctx, "/input/missing").is_err());
+    }
+
+    #[test]
+    fn a_time_is_at_most_max_sleep_away() {
+        let max = u64::try_from(MAX_SLEEP.as_millis()).expect("fits");
+        let now = 1_000;
+        assert_eq!(within_max(now, now + max), Ok(now + max), "the limit itself is allowed");
+        assert!(within_max(now, now + max + 1).is_err());
+        assert!(within_max(now, u64::MAX).is_err());
+        assert_eq!(within_max(now, 0), Ok(0), "a time in the past ends the sleep at once");
     }
 }

@@ -4,14 +4,17 @@
 //! opens with its deadline recorded (`WaitOpened`), consumes the oldest buffered signal it
 //! listens for, or the next one to arrive (`WaitCompleted`), or times out (`WaitTimedOut`).
 //! A `fail_on` signal or the timeout is a permanent failure of the step; a consumed signal's
-//! payload becomes the step's output. It must never consume a signal twice or accept one the
-//! run's version does not declare.
+//! payload becomes the step's output (the signal then keeps only its key and digest). It must
+//! never consume a signal twice, let a wait consume one at or past its deadline, or accept
+//! one the run's version does not declare, no wait can still take, or over the limits of
+//! `shop_types::limits`.
 
 use super::attempt::FailedForGood;
-use super::{advance, emit, step, Rejection};
+use super::{advance, emit, soft_limit, step, Context, Rejection};
 use crate::definition::{Construct, Definition, NodeId, Wait};
-use crate::state::WorkflowState;
+use crate::state::{signal_digest, WorkflowState};
 use shop_types::history::{Event, EventKind};
+use shop_types::limits::{MAX_BUFFERED_SIGNAL_BYTES, MAX_SIGNAL_PAYLOAD_BYTES};
 use shop_types::{JsonText, StepRef};
 
 /// Most signals one run accepts; past it a signal is refused (409 `TOO_MANY_SIGNALS`), so
@@ -38,36 +41,110 @@ pub(super) fn open(
 
 /// A signal arrives: refused, a duplicate, or recorded (and consumed by the open wait that
 /// listens for it, if any).
+///
+/// Refused, in this order: a name the version does not declare; a key already used (a
+/// duplicate when name and payload match); a run that takes no more signals (compensating,
+/// stopping, parked, or past its history's soft limit, so signals cannot eat the events
+/// compensation needs); a payload over [`MAX_SIGNAL_PAYLOAD_BYTES`]; a signal no wait the
+/// run can still open listens for, or one that would buffer more than
+/// [`MAX_BUFFERED_SIGNAL_BYTES`]; and past [`MAX_SIGNALS_PER_RUN`].
 pub(super) fn signal(
     definition: &Definition,
     state: &mut WorkflowState,
     out: &mut Vec<Event>,
-    now: u64,
+    ctx: Context,
     name: String,
     key: String,
     payload: JsonText,
 ) -> Result<(), Rejection> {
+    let now = ctx.now_ms;
     if !definition.signals.contains(&name) {
         return Err(Rejection::UnknownSignal(name));
     }
     if let Some(seen) = state.signal_by_key(&key) {
-        return Err(if seen.name == name && same_json(&seen.payload, &payload) {
+        return Err(if seen.same(&name, &signal_digest(&payload)) {
             Rejection::DuplicateSignal
         } else {
             Rejection::KeyReused
         });
+    }
+    if let Some(why) = closed(state, ctx.max_history_events) {
+        return Err(Rejection::SignalsClosed(why));
+    }
+    let size = payload.as_str().len();
+    if size > MAX_SIGNAL_PAYLOAD_BYTES {
+        return Err(Rejection::SignalTooLarge(size));
+    }
+    // A wait at or past its deadline has timed out, whether or not its timer has fired yet
+    // (the core fires a bounded number per turn, so one may be overdue): it never consumes a
+    // signal. The signal stays buffered, for a later wait, and the timer times the wait out.
+    let listening = state
+        .waits
+        .iter()
+        .find(|(_, w)| w.deadline_ms > now && w.signals.contains(&name))
+        .map(|(node, w)| (*node, w.step));
+    if listening.is_none() {
+        if !may_still_wait_for(definition, state, &name) {
+            return Err(Rejection::SignalNotAwaited(name));
+        }
+        if state.buffered_signal_bytes() + size > MAX_BUFFERED_SIGNAL_BYTES {
+            return Err(Rejection::SignalBufferFull);
+        }
     }
     if state.signals.len() >= MAX_SIGNALS_PER_RUN {
         return Err(Rejection::TooManySignals);
     }
     let seq = state.next_seq;
     emit(definition, state, out, now, EventKind::SignalReceived { name: name.clone(), key, payload });
-    let listening = state.waits.iter().find(|(_, w)| w.signals.contains(&name)).map(|(node, w)| (*node, w.step));
     if let Some((node, step)) = listening {
         complete(definition, state, out, now, node, step, name, seq);
         advance(definition, state, out, now);
     }
     Ok(())
+}
+
+/// Why the run takes no more signals, if it does not.
+fn closed(state: &WorkflowState, max_history_events: u64) -> Option<&'static str> {
+    if state.parked.is_some() {
+        Some("it is parked, waiting for an operator")
+    } else if state.compensation_plan.is_some() || state.stopping.is_some() {
+        Some("it is compensating")
+    } else if state.next_seq > soft_limit(max_history_events) {
+        Some("its history is past its soft limit; the rest is kept for compensation")
+    } else {
+        None
+    }
+}
+
+/// Whether a wait for `name` is open or may still open: a forward wait not finished with,
+/// and not in the branch of a choice that took another one.
+fn may_still_wait_for(definition: &Definition, state: &WorkflowState, name: &str) -> bool {
+    definition.forward_nodes().any(|node| {
+        !state.done.contains(&node)
+            && definition
+                .node_def(node)
+                .is_some_and(|d| matches!(&d.construct, Construct::Wait(w) if w.signals.iter().any(|s| s == name)))
+            && reachable(definition, state, node)
+    })
+}
+
+/// Whether forward `node` may still run: it is on the main line (or a parallel step's
+/// branch), or in a branch some choice may still take or took.
+fn reachable(definition: &Definition, state: &WorkflowState, node: NodeId) -> bool {
+    let Some(branch) = definition.branches.keys().find(|b| definition.branch_nodes(b).any(|n| n == node)) else {
+        return true;
+    };
+    let mut choosers = definition.forward_nodes().filter(|&n| {
+        definition.node_def(n).is_some_and(
+            |d| matches!(&d.construct, Construct::Choice(cases) if cases.iter().any(|c| &c.branch == branch)),
+        )
+    });
+    let mut any = false;
+    let open = choosers.any(|chooser| {
+        any = true;
+        state.choices.get(&chooser).is_none_or(|taken| taken == branch)
+    });
+    open || !any
 }
 
 /// The wait of `step` reached its deadline (the caller checked the timer is live).
@@ -108,13 +185,4 @@ fn complete(
             step::failed_for_good(definition, state, out, now, &failed);
         }
     }
-}
-
-/// Whether two payloads are the same value (a retried signal may format it differently).
-fn same_json(a: &JsonText, b: &JsonText) -> bool {
-    a.as_str() == b.as_str()
-        || matches!(
-            (serde_json::from_str::<serde_json::Value>(a.as_str()), serde_json::from_str::<serde_json::Value>(b.as_str())),
-            (Ok(x), Ok(y)) if x == y
-        )
 }

@@ -12,6 +12,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use std::cmp::Ordering;
 
 /// Longest JSON Pointer a definition may use, in bytes.
 pub const MAX_POINTER_BYTES: usize = 256;
@@ -32,8 +33,10 @@ pub enum Test {
     In(Vec<Value>),
     /// `exists = true`: the path resolves; `exists = false`: it does not.
     Exists(bool),
-    Gt(f64),
-    Lt(f64),
+    /// Greater than a number: integers compare exactly, not through `f64` (which cannot
+    /// tell 2^53 from 2^53 + 1).
+    Gt(serde_json::Number),
+    Lt(serde_json::Number),
 }
 
 #[derive(Deserialize)]
@@ -45,8 +48,8 @@ pub(super) struct RawPredicate {
     #[serde(rename = "in")]
     in_: Option<Vec<toml::Value>>,
     exists: Option<bool>,
-    gt: Option<f64>,
-    lt: Option<f64>,
+    gt: Option<toml::Value>,
+    lt: Option<toml::Value>,
 }
 
 impl RawPredicate {
@@ -71,11 +74,18 @@ impl RawPredicate {
         if let Some(b) = self.exists {
             tests.push(Test::Exists(b));
         }
-        if let Some(n) = self.gt {
-            tests.push(Test::Gt(n));
+        let number = |v: &toml::Value, test: &str| match v {
+            toml::Value::Integer(i) => Ok(serde_json::Number::from(*i)),
+            toml::Value::Float(f) => {
+                serde_json::Number::from_f64(*f).ok_or_else(|| format!("`{test}` needs a finite number"))
+            }
+            _ => Err(format!("`{test}` needs a number")),
+        };
+        if let Some(v) = &self.gt {
+            tests.push(Test::Gt(number(v, "gt")?));
         }
-        if let Some(n) = self.lt {
-            tests.push(Test::Lt(n));
+        if let Some(v) = &self.lt {
+            tests.push(Test::Lt(number(v, "lt")?));
         }
         if tests.len() != 1 {
             return Err("a predicate has a path and exactly one of equals, not_equals, in, exists, gt, lt".into());
@@ -115,17 +125,43 @@ impl Predicate {
             (Test::Equals(v), Some(found)) => json_eq(found, v),
             (Test::NotEquals(v), Some(found)) => !json_eq(found, v),
             (Test::In(values), Some(found)) => values.iter().any(|v| json_eq(found, v)),
-            (Test::Gt(n), Some(found)) => found.as_f64().is_some_and(|x| x > *n),
-            (Test::Lt(n), Some(found)) => found.as_f64().is_some_and(|x| x < *n),
+            (Test::Gt(n), Some(Value::Number(found))) => compare(found, n) == Some(Ordering::Greater),
+            (Test::Lt(n), Some(Value::Number(found))) => compare(found, n) == Some(Ordering::Less),
+            (Test::Gt(_) | Test::Lt(_), Some(_)) => false,
         }
     }
 }
 
-/// Equality where numbers compare by value (TOML's `1` and JSON's `1.0` are the same).
+/// Equality where numbers compare by value (TOML's `1` and JSON's `1.0` are the same), and
+/// exactly (see [`compare`]).
 fn json_eq(a: &Value, b: &Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y,
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => compare(x, y) == Some(Ordering::Equal),
         _ => a == b,
+    }
+}
+
+/// Orders two JSON numbers exactly: integers (i64 or u64) as integers; a float against an
+/// integer as floats, then, when those are equal (so the float is integral and in range),
+/// as integers again. `None` only for a NaN, which JSON cannot hold.
+fn compare(a: &serde_json::Number, b: &serde_json::Number) -> Option<Ordering> {
+    let int = |n: &serde_json::Number| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
+    match (int(a), int(b)) {
+        (Some(x), Some(y)) => Some(x.cmp(&y)),
+        (Some(x), None) => compare_int_float(x, b.as_f64()?),
+        (None, Some(y)) => compare_int_float(y, a.as_f64()?).map(Ordering::reverse),
+        (None, None) => a.as_f64()?.partial_cmp(&b.as_f64()?),
+    }
+}
+
+/// `int` against `float`, exactly.
+fn compare_int_float(int: i128, float: f64) -> Option<Ordering> {
+    // Rounded, the integer may look equal to a float it is not; only then is the float
+    // integral and within i128's range, so the cast back is exact.
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+    match (int as f64).partial_cmp(&float)? {
+        Ordering::Equal => Some(int.cmp(&(float as i128))),
+        other => Some(other),
     }
 }
 
@@ -147,9 +183,38 @@ mod tests {
         assert!(p("/input/m", Test::In(vec![json!("A"), json!("CARD_3DS")])).holds(&ctx));
         assert!(p("/steps/a/ok", Test::Exists(true)).holds(&ctx));
         assert!(p("/steps/b", Test::Exists(false)).holds(&ctx));
-        assert!(p("/input/n", Test::Gt(4.0)).holds(&ctx) && !p("/input/n", Test::Gt(5.0)).holds(&ctx));
-        assert!(p("/input/n", Test::Lt(6.0)).holds(&ctx) && !p("/input/m", Test::Lt(6.0)).holds(&ctx));
+        assert!(p("/input/n", Test::Gt(4.into())).holds(&ctx) && !p("/input/n", Test::Gt(5.into())).holds(&ctx));
+        assert!(p("/input/n", Test::Lt(6.into())).holds(&ctx) && !p("/input/m", Test::Lt(6.into())).holds(&ctx));
+        let half = |f: f64| Test::Gt(serde_json::Number::from_f64(f).expect("finite"));
+        assert!(p("/input/n", half(4.5)).holds(&ctx) && !p("/input/n", half(5.5)).holds(&ctx));
         assert!(p("/input/n", Test::Equals(json!(5.0))).holds(&ctx));
+    }
+
+    /// Integers past 2^53 are not all `f64`s: compared through `f64`, 2^53 + 1 is neither
+    /// greater than 2^53 nor different from it.
+    #[test]
+    fn integers_compare_exactly() {
+        let big: i64 = 1 << 53;
+        let ctx = json!({"input": {"n": big + 1, "u": u64::MAX, "f": 9007199254740992.0}});
+        assert!(p("/input/n", Test::Gt(big.into())).holds(&ctx));
+        assert!(!p("/input/n", Test::Lt((big + 1).into())).holds(&ctx));
+        assert!(p("/input/n", Test::Lt((big + 2).into())).holds(&ctx));
+        assert!(!p("/input/n", Test::Equals(json!(big))).holds(&ctx));
+        assert!(p("/input/n", Test::NotEquals(json!(big))).holds(&ctx));
+        assert!(p("/input/n", Test::Equals(json!(big + 1))).holds(&ctx));
+        assert!(p("/input/u", Test::Gt((u64::MAX - 1).into())).holds(&ctx), "u64 past i64::MAX");
+        assert!(p("/input/f", Test::Equals(json!(big))).holds(&ctx), "2^53 as a float is 2^53");
+        assert!(p("/input/n", Test::Gt(serde_json::Number::from_f64(9007199254740992.0).expect("finite"))).holds(&ctx));
+    }
+
+    #[test]
+    fn a_toml_gt_keeps_an_integer_exact() {
+        let raw: RawPredicate = toml::from_str("path = \"/input/n\"\ngt = 9007199254740992").expect("parses");
+        let predicate = raw.resolve(&|_| true).expect("resolves");
+        assert_eq!(predicate.test, Test::Gt((1i64 << 53).into()));
+        assert!(predicate.holds(&json!({"input": {"n": (1i64 << 53) + 1}})));
+        let text: RawPredicate = toml::from_str("path = \"/input/n\"\ngt = \"5\"").expect("parses");
+        assert!(text.resolve(&|_| true).is_err(), "gt needs a number");
     }
 
     #[test]

@@ -32,9 +32,36 @@ pub struct ReceivedSignal {
     pub seq: u64,
     pub name: String,
     pub key: String,
-    pub payload: JsonText,
+    /// The payload's [`signal_digest`]: enough to tell a retry from a reused key once the
+    /// payload itself is gone.
+    pub digest: [u8; 32],
+    /// The payload while the signal is buffered; `None` once a wait consumed it (the payload
+    /// then lives on as the wait's output), so the de-duplication record of a run stays
+    /// small however large its signals were.
+    pub payload: Option<JsonText>,
+}
+
+impl ReceivedSignal {
     /// A wait consumed it; until then it is buffered.
-    pub consumed: bool,
+    pub fn consumed(&self) -> bool {
+        self.payload.is_none()
+    }
+
+    /// Whether `name` and `digest` are this signal's: a retry rather than a reused key.
+    pub fn same(&self, name: &str, digest: &[u8; 32]) -> bool {
+        self.name == name && self.digest == *digest
+    }
+}
+
+/// SHA-256 of a payload's canonical JSON (object keys sorted, no spaces), so a retry that
+/// formats the same value differently has the same digest. Text that does not parse (it
+/// cannot reach here: payloads are validated JSON) is hashed as it is.
+pub fn signal_digest(payload: &JsonText) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let canonical = serde_json::from_str::<serde_json::Value>(payload.as_str())
+        .map(|value| value.to_string())
+        .unwrap_or_else(|_| payload.as_str().to_owned());
+    Sha256::digest(canonical.as_bytes()).into()
 }
 
 impl WorkflowState {
@@ -54,8 +81,8 @@ impl WorkflowState {
                     seq: event.seq,
                     name: name.clone(),
                     key: key.clone(),
-                    payload: payload.clone(),
-                    consumed: false,
+                    digest: signal_digest(payload),
+                    payload: Some(payload.clone()),
                 };
                 self.signals.push(signal);
             }
@@ -65,13 +92,13 @@ impl WorkflowState {
             }
             (EventKind::WaitCompleted { signal, seq, .. }, Some(node)) => {
                 self.waits.remove(&node);
-                let payload = match self.signals.iter_mut().find(|s| s.seq == *seq) {
-                    Some(received) => {
-                        received.consumed = true;
-                        received.payload.clone()
-                    }
-                    None => JsonText::null(),
-                };
+                // The payload moves to the wait's output: the signal keeps only its digest.
+                let payload = self
+                    .signals
+                    .iter_mut()
+                    .find(|s| s.seq == *seq)
+                    .and_then(|received| received.payload.take())
+                    .unwrap_or_else(JsonText::null);
                 let fails = definition
                     .node_def(node)
                     .is_some_and(|d| matches!(&d.construct, Construct::Wait(w) if w.fail_on.contains(signal)));
@@ -110,7 +137,13 @@ impl WorkflowState {
 
     /// The oldest buffered signal named in `names`.
     pub fn buffered_signal(&self, names: &[String]) -> Option<&ReceivedSignal> {
-        self.signals.iter().find(|s| !s.consumed && names.contains(&s.name))
+        self.signals.iter().find(|s| !s.consumed() && names.contains(&s.name))
+    }
+
+    /// Payload bytes of the signals buffered (received, not consumed): what
+    /// [`MAX_BUFFERED_SIGNAL_BYTES`](shop_types::limits::MAX_BUFFERED_SIGNAL_BYTES) bounds.
+    pub fn buffered_signal_bytes(&self) -> usize {
+        self.signals.iter().filter_map(|s| s.payload.as_ref()).map(|p| p.as_str().len()).sum()
     }
 
     /// Nothing is in flight: no attempt, sleep, wait or parallel step.
