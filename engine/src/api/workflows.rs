@@ -24,8 +24,12 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 
 /// `POST /v1/workflows/{id}/signals/{name}`: records a signal for a run, once per
 /// `Idempotency-Key` (required); the JSON body is its payload. 200 `recorded` or
-/// `duplicate`; 404 unknown run, 409 finished run or key reused, 422 a signal the run's
-/// version does not declare.
+/// `duplicate` (also for a run that has since finished: the key is looked up in its
+/// history); 404 unknown run; 409 `ALREADY_FINISHED` (a new key on a finished run),
+/// `IDEMPOTENCY_KEY_REUSED` (same key, other name or payload), `SIGNAL_NOT_AWAITED` (no wait
+/// the run can still open takes it), `SIGNALS_CLOSED` (compensating, parked, or past the
+/// history's soft limit); 413 `SIGNAL_TOO_LARGE` / `SIGNAL_BUFFER_FULL`; 422 a signal the
+/// run's version does not declare.
 pub(crate) async fn signal(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
