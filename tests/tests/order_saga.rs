@@ -70,10 +70,17 @@ async fn normal_order_is_confirmed_charged_once_and_notified() {
     assert_eq!(history_violations(id, &history), Vec::<String>::new());
     let expected = labels(&[
         &one("WorkflowStarted"),
-        &ok("reserve_stock"),
-        // Order v2: a card order skips the fraud check, takes the card branch, and passes a
-        // zero-length cancel window; the same four activities as v1 run.
+        // Order v2: the reservation and the fraud check are two parallel branches; a card
+        // order skips the fraud check (its branch completes at once), takes the card branch
+        // of the payment choice, and passes a zero-length cancel window: the same four
+        // activities as v1 run.
+        &one("ParallelStarted(screen_and_reserve)"),
+        &one("StepScheduled(reserve_stock)"),
         &one("StepSkipped(fraud_check)"),
+        &one("BranchCompleted(screen_and_reserve)"),
+        &one("StepStarted(reserve_stock)"),
+        &one("StepCompleted(reserve_stock)"),
+        &one("BranchCompleted(screen_and_reserve)"),
         &one("ChoiceTaken(pay)"),
         &ok("charge_payment"),
         &one("SleepStarted(cancel_window)"),
@@ -90,8 +97,8 @@ async fn normal_order_is_confirmed_charged_once_and_notified() {
     assert_eq!(events[0]["seq"], 1);
     assert!(events[0]["at_ms"].as_u64().is_some_and(|ms| ms > 0), "{}", events[0]);
     assert!(events[0]["event"]["WorkflowStarted"].is_object(), "{}", events[0]);
-    assert_eq!(events[1]["step_name"], "reserve_stock");
-    assert_eq!(events[1]["event"]["StepScheduled"]["attempt"], 1);
+    assert_eq!(events[2]["step_name"], "reserve_stock");
+    assert_eq!(events[2]["event"]["StepScheduled"]["attempt"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -115,9 +122,13 @@ async fn out_of_stock_order_is_cancelled_and_touches_nothing() {
     assert_eq!(history_violations(id, &history), Vec::<String>::new());
     let expected = labels(&[
         &one("WorkflowStarted"),
+        &one("ParallelStarted(screen_and_reserve)"),
         &one("StepScheduled(reserve_stock)"),
+        &one("StepSkipped(fraud_check)"),
+        &one("BranchCompleted(screen_and_reserve)"),
         &one("StepStarted(reserve_stock)"),
         &one("StepFailed(reserve_stock)"),
+        &one("ParallelStopped(screen_and_reserve)"),
         &one("CompensationStarted"),
         &ok("reserve_stock.compensation"),
         &ok("notify_cancelled"),
@@ -148,8 +159,13 @@ async fn declined_card_is_cancelled_with_stock_released_and_nothing_charged() {
     assert_eq!(history_violations(id, &history), Vec::<String>::new());
     let expected = labels(&[
         &one("WorkflowStarted"),
-        &ok("reserve_stock"),
+        &one("ParallelStarted(screen_and_reserve)"),
+        &one("StepScheduled(reserve_stock)"),
         &one("StepSkipped(fraud_check)"),
+        &one("BranchCompleted(screen_and_reserve)"),
+        &one("StepStarted(reserve_stock)"),
+        &one("StepCompleted(reserve_stock)"),
+        &one("BranchCompleted(screen_and_reserve)"),
         &one("ChoiceTaken(pay)"),
         &one("StepScheduled(charge_payment)"),
         &one("StepStarted(charge_payment)"),
