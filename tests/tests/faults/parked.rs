@@ -13,19 +13,26 @@ const REFUND_FAILURES_AFTER_RESUME: u32 = REFUND_MAX_ATTEMPTS - 1;
 /// The order's product and quantity.
 const PARKED_PRODUCT: i64 = 3;
 const PARKED_QUANTITY: i64 = 2;
-/// The refund compensation as `workflows/order.toml` declares it, and as version 2 does.
+/// The version this test registers its variant as: above every version in `workflows/`, so
+/// new orders run it.
+const TEST_VERSION: u32 = 99;
+/// The refund compensation as `workflows/order.toml` declares it, and as the variant does.
 const REFUND_COMPENSATION_V1: &str =
     "activity = \"payment.refund\"\nqueue = \"payment\"\nretry = { max_attempts = 20, max_interval = \"10s\" }";
 const REFUND_COMPENSATION_V2: &str = "activity = \"payment.refund\"\nqueue = \"payment\"\nretry = { max_attempts = 3, initial_interval = \"10ms\", max_interval = \"20ms\" }";
 
-/// The repository's order saga as version 2, with a refund that gives up after
+/// The repository's order saga v1 as [`TEST_VERSION`], with a refund that gives up after
 /// [`REFUND_MAX_ATTEMPTS`] quick attempts; everything else as in version 1.
-fn order_definition_v2() -> String {
+fn order_definition_variant() -> String {
     let path = shop_tests::process::workflows_dir().join("order.toml");
     let v1 = std::fs::read_to_string(&path).expect("read workflows/order.toml");
     assert!(v1.contains("\nversion = 1\n"), "workflows/order.toml declares version 1");
     assert!(v1.contains(REFUND_COMPENSATION_V1), "workflows/order.toml declares the refund as this test expects");
-    v1.replacen("\nversion = 1\n", "\nversion = 2\n", 1).replacen(REFUND_COMPENSATION_V1, REFUND_COMPENSATION_V2, 1)
+    v1.replacen("\nversion = 1\n", &format!("\nversion = {TEST_VERSION}\n"), 1).replacen(
+        REFUND_COMPENSATION_V1,
+        REFUND_COMPENSATION_V2,
+        1,
+    )
 }
 
 /// A compensation that fails past its `max_attempts` parks the run: status FAILED (in the
@@ -39,12 +46,16 @@ async fn compensation_failing_for_good_parks_the_run_until_an_operator_resumes_i
     let stack =
         Stack::start_with(EngineOptions::default(), WorkerOptions::with_args(["--refund-fail-next", REFUND_FAILURES]))
             .await;
-    let reply = stack.api.register_definition(&order_definition_v2()).await;
-    assert_eq!(reply.status, 201, "version 2 is registered: {}", reply.text);
+    let reply = stack.api.register_definition(&order_definition_variant()).await;
+    assert_eq!(reply.status, 201, "version {TEST_VERSION} is registered: {}", reply.text);
     let before = stack.admin.product(PARKED_PRODUCT).await;
 
     let id = stack.api.place_order_ok(&order_body(None, &[(PARKED_PRODUCT, PARKED_QUANTITY)], "DECLINED")).await;
-    assert_eq!(stack.api.workflow(&id).await.definition_version, 2, "a new order runs the newest definition");
+    assert_eq!(
+        stack.api.workflow(&id).await.definition_version,
+        TEST_VERSION,
+        "a new order runs the newest definition"
+    );
 
     // Parked: FAILED everywhere an operator would look.
     let order = stack.api.wait_order(&id).await;
