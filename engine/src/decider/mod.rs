@@ -319,6 +319,8 @@ fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Eve
 }
 
 #[cfg(test)]
+mod for_each_tests;
+#[cfg(test)]
 mod language_tests;
 #[cfg(test)]
 mod parallel_tests;
