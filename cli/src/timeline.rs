@@ -97,6 +97,8 @@ fn details(kind: &EventKind) -> String {
         EventKind::ParallelStarted { branches, .. } => format!("branches {}", branches.join(", ")),
         EventKind::BranchCompleted { branch, .. } => format!("branch {branch} done"),
         EventKind::ParallelStopped { reason, .. } => format!("stopping: {reason}"),
+        EventKind::ForEachStarted { count, .. } => format!("{count} items"),
+        EventKind::ForEachStopped { reason, .. } => format!("stopping: {reason}"),
     }
 }
 

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Range;
 use std::time::Duration;
 
+mod for_each;
 mod language;
 mod nodes;
 mod predicate;
@@ -19,6 +20,10 @@ mod resolve;
 
 use resolve::{positive_ms, resolve_step, ResolveInput};
 
+pub use for_each::{
+    decode_instance, instance_index, ForEach, FOR_EACH_REF_BASE, INDEX_PARAM, ITEM_PARAM, MAX_FOR_EACH_CONCURRENCY,
+    MAX_FOR_EACH_ITEMS, MAX_FOR_EACH_STEPS,
+};
 pub use language::{
     check_signal_name, Case, Construct, Sleep, Wait, MAX_BRANCHES, MAX_CHOICE_CASES, MAX_PARALLEL_BRANCHES,
     MAX_SIGNALS_DECLARED, MAX_SIGNAL_NAME_BYTES, MAX_SLEEP, MAX_WAIT_TIMEOUT,
@@ -83,6 +88,8 @@ pub struct StepDef {
     /// When set, the step runs only if this holds when it would be scheduled; else it is
     /// recorded as skipped.
     pub when: Option<Predicate>,
+    /// Set on an activity step run once per item of an array (see `for_each`).
+    pub for_each: Option<ForEach>,
     pub retry: RetryPolicy,
     pub timeouts: Timeouts,
     pub on_failure: OnFailure,
@@ -159,8 +166,14 @@ pub struct Definition {
 }
 
 impl Definition {
+    /// The step a stored ref names; an instance ref of a `for_each` names its step (or,
+    /// in the compensation phase, that step's compensation).
     pub fn step(&self, step: StepRef) -> Option<&StepDef> {
-        let index = usize::from(step.index);
+        let index = match decode_instance(step.index) {
+            Some(_) if step.phase == StepPhase::AfterCompensation => return None,
+            Some((ordinal, _)) => self.nodes.for_each_step(ordinal)?,
+            None => usize::from(step.index),
+        };
         match step.phase {
             StepPhase::Forward => self.steps.get(index),
             StepPhase::Compensation => self.compensations.get(index)?.as_ref(),
@@ -217,6 +230,7 @@ struct RawStep {
     timeout: Option<String>,
     choice: Option<Vec<language::RawCase>>,
     parallel: Option<Vec<String>>,
+    for_each: Option<for_each::RawForEach>,
     when: Option<predicate::RawPredicate>,
     #[serde(default)]
     retry: RawRetry,
@@ -347,6 +361,15 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
                 step.when = when;
                 step
             })
+            .and_then(|mut step| {
+                let Some(raw_for_each) = &raw_step.for_each else {
+                    return Ok(step);
+                };
+                let mut keys = raw_step.params.iter().flat_map(|t| t.keys());
+                let resolved = raw_for_each.resolve(&step, in_branch, &mut keys, &known_step);
+                step.for_each = Some(resolved.map_err(|r| format!("step {:?}: {r}", step.name))?);
+                Ok(step)
+            })
             .map_err(|reason| fail(Some(raw_step.name.span()), reason))
         };
 
@@ -358,6 +381,9 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
     }
     let mut steps = raw.steps.iter().map(|s| resolve(s, false, &mut names)).collect::<Result<Vec<_>, _>>()?;
     let main_len = steps.len();
+    if let Some(step) = raw.steps.iter().filter(|s| s.for_each.is_some()).nth(MAX_FOR_EACH_STEPS) {
+        return Err(fail(Some(step.name.span()), format!("at most {MAX_FOR_EACH_STEPS} for_each steps")));
+    }
     let mut branches = BTreeMap::new();
     for (name, raw_steps) in &raw.branches {
         if let Some(step) = raw_steps.iter().find(|s| s.pivot) {

@@ -9,7 +9,8 @@
 //! nodes that are finished with. What to schedule next is the decider's business, derived
 //! from these sets and the definition's order; the state never holds a cursor into a list.
 //! A sequential run has at most one attempt in flight; a `parallel` step has one per branch
-//! (at most), keyed the same way.
+//! (at most), keyed the same way; a `for_each` step one per instance in flight, each
+//! instance being a node of its own.
 
 use crate::definition::{Definition, NodeId, NodeKind, OnFailure};
 use shop_types::api::WorkflowStatus;
@@ -17,9 +18,11 @@ use shop_types::history::{Event, EventKind};
 use shop_types::{JsonText, StepRef, WorkflowId};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod for_each;
 mod language;
 mod parallel;
 
+pub use for_each::{for_each_items, OpenForEach};
 pub use language::{signal_digest, OpenSleep, OpenWait, ReceivedSignal};
 pub use parallel::OpenParallel;
 
@@ -95,6 +98,11 @@ pub struct WorkflowState {
     pub choices: BTreeMap<NodeId, String>,
     /// `parallel` steps in flight, by node.
     pub parallels: BTreeMap<NodeId, OpenParallel>,
+    /// `for_each` steps in flight, by node.
+    pub for_eachs: BTreeMap<NodeId, OpenForEach>,
+    /// The items of every `for_each` step started, by node (kept after the step completes:
+    /// an instance's compensation is given its item).
+    pub for_each_items: BTreeMap<NodeId, Vec<JsonText>>,
     /// Set when a `parallel` step stopped (a branch failed for good, a cancel, a timeout):
     /// why the run will compensate once the attempts workers hold have settled.
     pub stopping: Option<String>,
@@ -144,6 +152,8 @@ impl WorkflowState {
             signals: Vec::new(),
             choices: BTreeMap::new(),
             parallels: BTreeMap::new(),
+            for_eachs: BTreeMap::new(),
+            for_each_items: BTreeMap::new(),
             stopping: None,
             pivot_passed: false,
             cancel_requested: None,
@@ -230,9 +240,12 @@ impl WorkflowState {
                 let status = AttemptStatus::Scheduled { at_ms: at };
                 let entry = Attempt { step: *step, attempt: *attempt, status, first_scheduled_at_ms, attempt_base };
                 self.attempts.insert(node, entry);
+                if *attempt == 1 && definition.node_kind(node) == Some(NodeKind::Instance) {
+                    self.instance_begun(definition, node);
+                }
             }
             (EventKind::StepStarted { .. }, Some(node)) => {
-                if definition.node_kind(node) == Some(NodeKind::Step) {
+                if matches!(definition.node_kind(node), Some(NodeKind::Step | NodeKind::Instance)) {
                     self.hand_out(node);
                 }
                 if let Some(entry) = self.attempts.get_mut(&node) {
@@ -248,6 +261,9 @@ impl WorkflowState {
                         self.results.push((def.name.to_string(), output.clone()));
                         self.pivot_passed |= def.pivot;
                     }
+                }
+                if definition.node_kind(node) == Some(NodeKind::Instance) {
+                    self.instance_settled(definition, node, Some(output));
                 }
             }
             (
@@ -271,6 +287,7 @@ impl WorkflowState {
                     Some(NodeKind::AfterCompensation) => {
                         self.done.insert(node);
                     }
+                    Some(NodeKind::Instance) => self.instance_settled(definition, node, None),
                     _ => {}
                 }
             }
@@ -335,6 +352,9 @@ impl WorkflowState {
                 | EventKind::ParallelStopped { .. },
                 node,
             ) => self.apply_parallel(definition, event, node),
+            (EventKind::ForEachStarted { .. } | EventKind::ForEachStopped { .. }, node) => {
+                self.apply_for_each(definition, event, node)
+            }
         }
     }
 
@@ -355,6 +375,7 @@ impl WorkflowState {
 
     fn clear_in_flight(&mut self) {
         self.parallels.clear();
+        self.for_eachs.clear();
         self.attempts.clear();
         self.sleeps.clear();
         self.waits.clear();

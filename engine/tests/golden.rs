@@ -32,7 +32,7 @@ pub const RUN_ID: &str = "golden-1";
 /// The input every golden run starts with.
 pub const INPUT: &str = r#"{"orderId":"golden-1","orderItems":[{"productId":1,"quantity":2}],"shippingAddress":"1 Main St","paymentMethod":"CREDIT_CARD"}"#;
 /// Every event kind a history can hold: each must appear in at least one golden.
-const EVENT_KINDS: [&str; 26] = [
+const EVENT_KINDS: [&str; 28] = [
     "WorkflowStarted",
     "StepScheduled",
     "StepStarted",
@@ -59,6 +59,8 @@ const EVENT_KINDS: [&str; 26] = [
     "ParallelStarted",
     "BranchCompleted",
     "ParallelStopped",
+    "ForEachStarted",
+    "ForEachStopped",
 ];
 
 fn dir() -> PathBuf {
@@ -404,6 +406,8 @@ fn every_kind_is_listed(kind: &EventKind) -> &'static str {
         | EventKind::ChoiceTaken { .. }
         | EventKind::ParallelStarted { .. }
         | EventKind::BranchCompleted { .. }
-        | EventKind::ParallelStopped { .. } => kind.name(),
+        | EventKind::ParallelStopped { .. }
+        | EventKind::ForEachStarted { .. }
+        | EventKind::ForEachStopped { .. } => kind.name(),
     }
 }

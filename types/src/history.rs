@@ -189,6 +189,22 @@ pub enum EventKind {
         step: StepRef,
         reason: String,
     },
+    // for_each (issue 9, part 5). Appended after every older kind.
+    /// A `for_each` step started: its items pointer held an array of `count` items, decided
+    /// once here. Its instances are addressed by instance step refs (see `StepRef` in the
+    /// engine's definition: a forward index from `FOR_EACH_REF_BASE` up), one per item; with
+    /// `count` 0 the step completes here with `[]`.
+    ForEachStarted {
+        step: StepRef,
+        count: u32,
+    },
+    /// The `for_each` step `step` stops (more instances failed for good than it tolerates,
+    /// a cancel, a timeout): nothing more is scheduled, instances no worker holds end here,
+    /// those a worker holds settle; then the run compensates (or fails past the pivot).
+    ForEachStopped {
+        step: StepRef,
+        reason: String,
+    },
 }
 
 impl EventKind {
@@ -221,6 +237,8 @@ impl EventKind {
             EventKind::ParallelStarted { .. } => "ParallelStarted",
             EventKind::BranchCompleted { .. } => "BranchCompleted",
             EventKind::ParallelStopped { .. } => "ParallelStopped",
+            EventKind::ForEachStarted { .. } => "ForEachStarted",
+            EventKind::ForEachStopped { .. } => "ForEachStopped",
         }
     }
 
@@ -259,7 +277,9 @@ impl EventKind {
             | EventKind::ChoiceTaken { step, .. }
             | EventKind::ParallelStarted { step, .. }
             | EventKind::BranchCompleted { step, .. }
-            | EventKind::ParallelStopped { step, .. } => Some(*step),
+            | EventKind::ParallelStopped { step, .. }
+            | EventKind::ForEachStarted { step, .. }
+            | EventKind::ForEachStopped { step, .. } => Some(*step),
             other => other.step_attempt().map(|(step, _)| step),
         }
     }

@@ -13,9 +13,10 @@
 use super::signer::TaskSigner;
 use super::{Core, Run, Turn};
 use crate::decider::Input;
+use crate::definition::{INDEX_PARAM, ITEM_PARAM};
 use crate::state::AttemptStatus;
 use shop_types::api::ActivityTask;
-use shop_types::{QueueName, StepRef, TaskToken, WorkflowId};
+use shop_types::{JsonText, QueueName, StepRef, TaskToken, WorkflowId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use tokio::sync::oneshot;
 
@@ -242,9 +243,26 @@ impl Core {
 }
 
 /// What a worker gets for one hand-out, with a token signed so only it can report.
+///
+/// A `for_each` instance (or its compensation) is a task of its step like any other, with
+/// two more params, `item` (the item, as JSON) and `index` (its position from 0), and an
+/// idempotency key ending in `#<index>`, so each instance is its own effect for a worker.
 fn activity_task(run: &Run, signer: &TaskSigner, step: StepRef, attempt: u32) -> Option<ActivityTask> {
     let step_def = run.definition.step(step)?;
     let id = &run.state.id;
+    let instance = run.definition.node_id(step).and_then(|node| run.state.instance_item(&run.definition, node));
+    let (params, idempotency_key) = match instance {
+        Some((index, item)) => {
+            let mut params = match step_def.params.to_value() {
+                serde_json::Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            };
+            params.insert(ITEM_PARAM.to_owned(), item.to_value());
+            params.insert(INDEX_PARAM.to_owned(), serde_json::Value::from(index));
+            (JsonText::from_value(&serde_json::Value::Object(params)), format!("{id}:{}#{index}", step_def.name))
+        }
+        None => (step_def.params.clone(), format!("{id}:{}", step_def.name)),
+    };
     Some(ActivityTask {
         token: signer.sign(TaskToken { workflow_id: id.clone(), step, attempt, mac: None }),
         workflow_id: id.clone(),
@@ -252,10 +270,10 @@ fn activity_task(run: &Run, signer: &TaskSigner, step: StepRef, attempt: u32) ->
         step_name: step_def.name.clone(),
         activity: step_def.activity()?.clone(),
         attempt,
-        idempotency_key: format!("{id}:{}", step_def.name),
+        idempotency_key,
         input: run.state.input.clone(),
         results: run.state.results_json(),
-        params: step_def.params.clone(),
+        params,
         start_to_close_ms: step_def.timeouts.start_to_close_ms,
         heartbeat_ms: step_def.timeouts.heartbeat_ms,
     })

@@ -4,7 +4,7 @@
 //! run is the business of the node's construct (`step`, `compensation`, `after`). It must
 //! never accept a report for an attempt that is not the one in flight.
 
-use super::{advance, after, compensation, emit, retry_delay_ms, step, Rejection, TimerKind};
+use super::{advance, after, compensation, emit, for_each, retry_delay_ms, step, Rejection, TimerKind};
 use crate::definition::{Definition, NodeId, NodeKind};
 use crate::state::{AttemptStatus, WorkflowState};
 use shop_types::history::{ActivityError, Event, EventKind, TimeoutKind};
@@ -139,8 +139,8 @@ fn attempt_failed(
         .schedule_to_close_ms
         .is_none_or(|budget| now.saturating_add(delay_ms) < first_scheduled.saturating_add(budget));
     let attempts_made = attempt.saturating_sub(in_flight.map_or(0, |a| a.attempt_base));
-    // A stopped parallel step lets held attempts settle, never starts them again.
-    let stopping = kind == NodeKind::Step && state.stopping.is_some();
+    // A stopped parallel or for_each step lets held attempts settle, never starts them again.
+    let stopping = matches!(kind, NodeKind::Step | NodeKind::Instance) && state.stopping.is_some();
     let will_retry = retryable && attempts_made < step_def.retry.max_attempts && within_budget && !stopping;
     let cause = match &failure {
         Failure::Error(error) => format!("{}: {}", error.error_type, error.message),
@@ -161,6 +161,7 @@ fn attempt_failed(
         NodeKind::Step => step::failed_for_good(definition, state, out, now, &failed),
         NodeKind::Compensation => compensation::failed_for_good(definition, state, out, now, &failed),
         NodeKind::AfterCompensation => after::failed_for_good(definition, state, out, now, &failed),
+        NodeKind::Instance => for_each::failed_for_good(definition, state, out, now, node, &failed),
     }
     advance(definition, state, out, now);
 }

@@ -11,13 +11,15 @@
 //! the construct it concerns: `attempt` (what every activity attempt shares: starts,
 //! reports, timeouts, retries), `step` (forward activity steps), `compensation` (undoing
 //! them, parking, resuming), `after` (steps after compensation), and the workflow language:
-//! `sleep`, `wait` (signals and waits), `choice` (and `when`, in `step`). `timers` derives a
+//! `sleep`, `wait` (signals and waits), `choice` (and `when`, in `step`), `parallel` and
+//! `for_each`. `timers` derives a
 //! run's live timers from its attempts, sleeps and waits in flight.
 
 mod after;
 mod attempt;
 mod choice;
 mod compensation;
+mod for_each;
 mod parallel;
 mod sleep;
 mod step;
@@ -182,7 +184,10 @@ pub fn decide(
     let limit = ctx.max_history_events;
     // Starting steps can emit up to two events per forward step (a sleep or wait that
     // starts and ends at once, a skip, a choice), on top of an activity's few.
-    let bound = MAX_EVENTS_PER_DECISION + 2 * definition.steps.len() as u64;
+    // A for_each can schedule up to its max_concurrency instances at once.
+    let for_each: u64 =
+        definition.steps.iter().filter_map(|s| s.for_each.as_ref()).map(|f| u64::from(f.max_concurrency)).sum();
+    let bound = MAX_EVENTS_PER_DECISION + 2 * definition.steps.len() as u64 + for_each;
     if used + bound < limit {
         return decide_within_limit(definition, state, input, ctx).map(Decision::events);
     }
@@ -304,7 +309,7 @@ fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Eve
             emit(definition, state, out, now, kind);
             continue;
         }
-        if parallel::progress(definition, state, out, now) {
+        if parallel::progress(definition, state, out, now) || for_each::progress(definition, state, out, now) {
             continue;
         }
         if !state.idle() {
@@ -331,6 +336,8 @@ fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Eve
     }
 }
 
+#[cfg(test)]
+mod for_each_tests;
 #[cfg(test)]
 mod language_tests;
 #[cfg(test)]

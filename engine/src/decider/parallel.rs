@@ -9,7 +9,7 @@
 //! first. It must never abandon an attempt a worker holds, nor schedule a branch step once
 //! the step has stopped.
 
-use super::{emit, step};
+use super::{emit, for_each, step};
 use crate::definition::{Definition, NodeId};
 use crate::state::WorkflowState;
 use shop_types::history::{Event, EventKind};
@@ -66,7 +66,7 @@ pub(super) fn progress(definition: &Definition, state: &mut WorkflowState, out: 
 /// The run must stop going forward for `reason`. With a parallel step open, it stops
 /// (returns true); the caller then waits for the held attempts to settle. Without one it
 /// returns false, and the caller compensates (or fails) at once. Once stopping, it stops
-/// nothing twice (returns true).
+/// nothing twice (returns true). An open `for_each` step stops the same way.
 pub(super) fn stop(
     definition: &Definition,
     state: &mut WorkflowState,
@@ -78,7 +78,7 @@ pub(super) fn stop(
         return true;
     }
     let Some(step) = state.parallels.values().next().map(|open| open.step) else {
-        return false;
+        return for_each::stop(definition, state, out, now, reason);
     };
     emit(definition, state, out, now, EventKind::ParallelStopped { step, reason: reason.to_owned() });
     true

@@ -4,7 +4,7 @@
 //! compensation has started, nor evaluate a `when` but once, when the step would start.
 
 use super::attempt::FailedForGood;
-use super::{choice, emit, parallel, sleep, wait};
+use super::{choice, emit, for_each, parallel, sleep, wait};
 use crate::definition::{Construct, Definition, NodeId, OnFailure};
 use crate::state::WorkflowState;
 use shop_types::history::{Event, EventKind};
@@ -37,6 +37,11 @@ pub(super) fn begin(definition: &Definition, state: &mut WorkflowState, out: &mu
         }
     }
     match &def.construct {
+        Construct::Activity { .. } if def.for_each.is_some() => {
+            if let Some(spec) = &def.for_each {
+                for_each::begin(definition, state, out, now, node, step, spec);
+            }
+        }
         Construct::Activity { .. } => emit(definition, state, out, now, EventKind::StepScheduled { step, attempt: 1 }),
         Construct::Sleep(spec) => sleep::begin(definition, state, out, now, node, step, spec),
         Construct::Wait(spec) => wait::open(definition, state, out, now, node, step, spec),

@@ -6,7 +6,14 @@
 //! the same definition is loaded. Node ids are never stored: histories and task tokens name
 //! steps by [`StepRef`], which maps to and from a node id here, so the history format does
 //! not depend on this resolution. This module must never parse or validate TOML.
+//!
+//! A `for_each` step adds, after all of those, one node per possible item
+//! (`MAX_FOR_EACH_ITEMS`, kind `Instance`) and, when it has a compensation, one compensation
+//! node per item: each instance is a node of its own, so its attempts, timers, hand-outs and
+//! reports are keyed exactly like any step's. Their refs are the instance refs of
+//! `for_each`.
 
+use super::for_each::{decode_instance, instance_index, MAX_FOR_EACH_ITEMS};
 use super::{Definition, StepDef};
 use shop_types::{StepPhase, StepRef};
 
@@ -29,6 +36,8 @@ pub enum NodeKind {
     Compensation,
     /// A step run after compensation has finished.
     AfterCompensation,
+    /// One item's instance of a `for_each` step (the step's own node is never scheduled).
+    Instance,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +56,23 @@ pub struct Nodes {
     compensation_nodes: Vec<Option<NodeId>>,
     /// The id of the first step after compensation.
     after_base: u16,
+    /// By `for_each` ordinal: the forward index of the step, the node of its item 0, and the
+    /// node of its item 0's compensation (if the step has a compensation).
+    for_each: Vec<ForEachNodes>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct ForEachNodes {
+    step: usize,
+    first: u16,
+    first_compensation: Option<u16>,
+}
+
+impl Nodes {
+    /// The forward index of the `ordinal`-th `for_each` step.
+    pub(super) fn for_each_step(&self, ordinal: usize) -> Option<usize> {
+        self.for_each.get(ordinal).map(|f| f.step)
+    }
 }
 
 impl Nodes {
@@ -72,7 +98,29 @@ impl Nodes {
             let step = StepRef { phase: StepPhase::AfterCompensation, index: step_index(index) };
             push(&mut nodes, step, NodeKind::AfterCompensation);
         }
-        Nodes { nodes, compensation_nodes, after_base }
+        let mut for_each = Vec::new();
+        for (ordinal, index) in
+            steps.iter().enumerate().filter(|(_, s)| s.for_each.is_some()).map(|(i, _)| i).enumerate()
+        {
+            let first = step_index(nodes.len());
+            let refs = (0..MAX_FOR_EACH_ITEMS).filter_map(|item| instance_index(ordinal, item));
+            for ref_index in refs.clone() {
+                push(&mut nodes, StepRef::forward(ref_index), NodeKind::Instance);
+            }
+            let first_compensation = compensations.get(index).and_then(Option::as_ref).map(|_| {
+                let first = step_index(nodes.len());
+                for ref_index in refs {
+                    push(
+                        &mut nodes,
+                        StepRef { phase: StepPhase::Compensation, index: ref_index },
+                        NodeKind::Compensation,
+                    );
+                }
+                first
+            });
+            for_each.push(ForEachNodes { step: index, first, first_compensation });
+        }
+        Nodes { nodes, compensation_nodes, after_base, for_each }
     }
 }
 
@@ -84,6 +132,15 @@ fn step_index(index: usize) -> u16 {
 impl Definition {
     /// The node a stored step ref names, if the definition has it.
     pub fn node_id(&self, step: StepRef) -> Option<NodeId> {
+        if let Some((ordinal, item)) = decode_instance(step.index) {
+            let nodes = self.nodes.for_each.get(ordinal)?;
+            let first = match step.phase {
+                StepPhase::Forward => nodes.first,
+                StepPhase::Compensation => nodes.first_compensation?,
+                StepPhase::AfterCompensation => return None,
+            };
+            return Some(NodeId(first + step_index(item)));
+        }
         let index = usize::from(step.index);
         match step.phase {
             StepPhase::Forward => (index < self.steps.len()).then_some(NodeId(step.index)),
@@ -127,12 +184,27 @@ impl Definition {
         self.nodes.nodes.iter().filter(|n| n.kind == NodeKind::AfterCompensation).map(|n| n.id)
     }
 
-    /// The compensation of a forward step's node, if it has one.
+    /// The compensation of a forward step's node (or of a `for_each` instance), if it has one.
     pub fn compensation_of(&self, forward: NodeId) -> Option<NodeId> {
         match self.node(forward)? {
             Node { kind: NodeKind::Step, step, .. } => *self.nodes.compensation_nodes.get(usize::from(step.index))?,
+            Node { kind: NodeKind::Instance, step, .. } => {
+                self.node_id(StepRef { phase: StepPhase::Compensation, index: step.index })
+            }
             _ => None,
         }
+    }
+
+    /// The `for_each` step node an instance node belongs to, and the instance's item.
+    pub fn instance_of(&self, node: NodeId) -> Option<(NodeId, usize)> {
+        let (ordinal, item) = decode_instance(self.node(node)?.step.index)?;
+        Some((NodeId(step_index(self.nodes.for_each.get(ordinal)?.step)), item))
+    }
+
+    /// The node of item `item` of the `for_each` step `step`.
+    pub fn instance_node(&self, step: NodeId, item: usize) -> Option<NodeId> {
+        let ordinal = self.nodes.for_each.iter().position(|f| f.step == step.index())?;
+        self.node_id(StepRef::forward(instance_index(ordinal, item)?))
     }
 }
 

@@ -81,6 +81,7 @@ pub(super) fn resolve_step(input: ResolveInput<'_>, defaults: &RawDefaults) -> R
         name,
         construct: input.construct,
         when: None,
+        for_each: None,
         retry: RetryPolicy {
             initial_interval_ms,
             backoff_coefficient,

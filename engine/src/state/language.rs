@@ -148,7 +148,11 @@ impl WorkflowState {
 
     /// Nothing is in flight: no attempt, sleep, wait or parallel step.
     pub fn idle(&self) -> bool {
-        self.attempts.is_empty() && self.sleeps.is_empty() && self.waits.is_empty() && self.parallels.is_empty()
+        self.attempts.is_empty()
+            && self.sleeps.is_empty()
+            && self.waits.is_empty()
+            && self.parallels.is_empty()
+            && self.for_eachs.is_empty()
     }
 
     /// The run's context as predicates and pointers read it:

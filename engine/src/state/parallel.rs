@@ -38,16 +38,19 @@ impl WorkflowState {
                     self.done.insert(node);
                 }
             }
-            (EventKind::ParallelStopped { reason, .. }, _) => {
-                // What no worker holds ends here (it had no effect); what a worker holds is
-                // left to settle, so no effect is ever left behind uncompensated.
-                self.stopping = Some(reason.clone());
-                self.attempts.retain(|_, attempt| matches!(attempt.status, AttemptStatus::Started { .. }));
-                self.sleeps.clear();
-                self.waits.clear();
-            }
+            (EventKind::ParallelStopped { reason, .. }, _) => self.stop_in_flight(reason),
             _ => {}
         }
+    }
+
+    /// A `parallel` or `for_each` step stopped for `reason`: what no worker holds ends here
+    /// (it had no effect); what a worker holds is left to settle, so no effect is ever left
+    /// behind uncompensated.
+    pub(super) fn stop_in_flight(&mut self, reason: &str) {
+        self.stopping = Some(reason.to_owned());
+        self.attempts.retain(|_, attempt| matches!(attempt.status, AttemptStatus::Started { .. }));
+        self.sleeps.clear();
+        self.waits.clear();
     }
 
     /// Whether `node` has an attempt, a sleep or a wait in flight.

@@ -18,22 +18,36 @@ pub struct Path {
     pub about: &'static str,
     pub definition: &'static str,
     pub max_history_events: u64,
+    /// The run's input (`INPUT` but for the for_each goldens, which need several items).
+    pub input: &'static str,
     walk: fn(&mut Driver),
 }
 
 const fn path(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
-    Path { name, about, definition: "order.toml", max_history_events: LIMIT, walk }
+    Path { name, about, definition: "order.toml", max_history_events: LIMIT, input: INPUT, walk }
 }
 
 /// A path of the parallel definition (`parallel.toml`): f0 reserve, f1 the parallel step,
 /// f2 confirm, f3 charge (branch "payment"), f4 pick and f5 pack (branch "stock").
 const fn par(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
-    Path { name, about, definition: "parallel.toml", max_history_events: LIMIT, walk }
+    Path { name, about, definition: "parallel.toml", max_history_events: LIMIT, input: INPUT, walk }
 }
+
+/// A path of the for_each definition (`for_each.toml`), on `FE_INPUT`'s three items:
+/// f0 reserve, f1 ship (for_each, 2 at once; item i's instance is forward ref `FE + i`),
+/// f2 confirm.
+const fn fe(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
+    Path { name, about, definition: "for_each.toml", max_history_events: LIMIT, input: FE_INPUT, walk }
+}
+
+/// The input of the for_each goldens: three items.
+const FE_INPUT: &str = r#"{"orderId":"golden-1","orderItems":[{"productId":1,"quantity":2},{"productId":2,"quantity":1},{"productId":3,"quantity":5}],"shippingAddress":"1 Main St","paymentMethod":"CREDIT_CARD"}"#;
+/// The ref index of item 0 of the first for_each step.
+const FE: u16 = shop_engine::definition::FOR_EACH_REF_BASE;
 
 /// A path of the workflow language's definition (`language.toml`).
 const fn lang(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
-    Path { name, about, definition: "language.toml", max_history_events: LIMIT, walk }
+    Path { name, about, definition: "language.toml", max_history_events: LIMIT, input: INPUT, walk }
 }
 
 pub const PATHS: &[Path] = &[
@@ -258,6 +272,45 @@ pub const PATHS: &[Path] = &[
         d.feed(Input::Failed { step, attempt, error }).expect("settles without a retry");
         d.finish_ok();
     }),
+    fe("fe_running", "three items, two at once: item 0 held by a worker, item 1 waiting for one", |d| {
+        d.step_ok();
+        d.wait(1_000);
+        d.take_step(FE);
+    }),
+    fe("fe_completed", "items complete out of order, item 2 starts when one ends: output in item order", |d| {
+        d.step_ok();
+        d.wait(1_000);
+        d.take_step(FE);
+        d.take_step(FE + 1);
+        d.wait(500);
+        d.complete_step(FE + 1);
+        d.take_step(FE + 2);
+        d.wait(500);
+        d.complete_step(FE + 2);
+        d.complete_step(FE);
+        d.finish_ok();
+    }),
+    fe("fe_item_fails", "item 1 declined while item 0 is held: stop, item 0 settles, unship 0 and 1, release", |d| {
+        d.step_ok();
+        d.wait(1_000);
+        d.take_step(FE);
+        d.take_step(FE + 1);
+        d.wait(500);
+        d.fail_step(FE + 1, "ADDRESS_INVALID");
+        d.wait(500);
+        assert_eq!(d.feed(Input::Cancel { reason: "no-op while stopping".into() }), Ok(()));
+        d.complete_step(FE);
+        d.finish_ok();
+    }),
+    fe("fe_cancelled", "a cancel while item 0 is held and item 1 waits: item 1 dropped, item 0 settles, unship", |d| {
+        d.step_ok();
+        d.wait(1_000);
+        d.take_step(FE);
+        d.feed(Input::Cancel { reason: "customer changed their mind".into() }).expect("cancels");
+        d.wait(500);
+        d.complete_step(FE);
+        d.finish_ok();
+    }),
 ];
 
 /// A run being driven: the state, and the history as records (one per transition).
@@ -270,7 +323,7 @@ pub struct Driver<'a> {
 }
 
 pub fn drive<'a>(path: &Path, definition: &'a Definition) -> Driver<'a> {
-    let input = JsonText::parse(INPUT).expect("valid json");
+    let input = JsonText::parse(path.input).expect("valid json");
     let id = WorkflowId::parse(RUN_ID).expect("valid id");
     let mut state = WorkflowState::new(id, definition, input.clone(), T0);
     let ctx = Context { now_ms: T0, max_history_events: path.max_history_events };
