@@ -113,3 +113,33 @@ fn unreachable_engine_is_one_line_and_a_non_zero_exit() {
     failed_with_one_line(&unreachable, "workflow list against an unreachable engine");
     assert!(unreachable.stdout.is_empty(), "no data on stdout: {}", unreachable.stdout);
 }
+
+/// `shopctl order confirm-payment` answers a 3-D Secure order's open wait, and again changes
+/// nothing (one key per order); `fail-payment` cancels another.
+#[tokio::test(flavor = "multi_thread")]
+async fn shopctl_confirms_and_fails_3ds_payments() {
+    let stack = Stack::start().await;
+    let confirmed = stack.api.place_order_ok(&shop_tests::order_body(None, &[(1, 1)], "CARD_3DS")).await;
+    let failed = stack.api.place_order_ok(&shop_tests::order_body(None, &[(1, 1)], "CARD_3DS")).await;
+    for id in [&confirmed, &failed] {
+        let deadline = std::time::Instant::now() + COMMAND_DEADLINE;
+        while !stack
+            .api
+            .workflow(id)
+            .await
+            .waiting_for
+            .iter()
+            .any(|w| matches!(w, shop_types::api::InFlightView::Wait { .. }))
+        {
+            assert!(std::time::Instant::now() < deadline, "{id} never opened its 3-D Secure wait");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    succeeded(&shopctl(&stack, &["order", "confirm-payment", &confirmed]), "order confirm-payment");
+    succeeded(&shopctl(&stack, &["order", "confirm-payment", &confirmed]), "order confirm-payment again");
+    succeeded(&shopctl(&stack, &["order", "fail-payment", &failed]), "order fail-payment");
+    assert_eq!(stack.api.wait_order(&confirmed).await.status, CONFIRMED);
+    assert_eq!(stack.api.wait_order(&failed).await.status, shop_tests::CANCELLED);
+    let signals = stack.api.history(&confirmed).await.iter().filter(|e| e.event.name() == "SignalReceived").count();
+    assert_eq!(signals, 1, "the repeated confirmation changed nothing");
+}

@@ -6,7 +6,7 @@
 use shop_tests::invariants::ORDER_CANCELLED;
 use shop_tests::{history_violations, order_body, EngineOptions, Stack, WorkerOptions, CONFIRMED};
 
-/// Events of the normal order saga: started, 4 steps x 3 events, completed.
+/// Events of the normal order saga v1: started, 4 steps x 3 events, completed.
 const NORMAL_ORDER_EVENTS: u64 = 14;
 /// Events of a declined order: see `order_saga.rs`.
 const DECLINED_ORDER_EVENTS: u64 = 18;
@@ -14,15 +14,28 @@ const DECLINED_ORDER_EVENTS: u64 = 18;
 const TIGHT_LIMIT: u64 = 12;
 const FAILED: &str = "FAILED";
 
-async fn stack_with_limit(limit: u64) -> Stack {
-    let options = EngineOptions { max_history_events: Some(limit), ..EngineOptions::default() };
-    Stack::start_with(options, WorkerOptions::default()).await
+/// A stack whose engine knows only order v1 (`workflows/order.toml`), whose histories these
+/// counts describe: the limit is what is under test, not the latest version's shape.
+async fn stack_with_limit_on_v1(limit: u64, worker: WorkerOptions) -> (Stack, tempfile::TempDir) {
+    let workflows = tempfile::tempdir().expect("a temporary workflows dir");
+    let v1 = shop_tests::process::workflows_dir().join("order.toml");
+    std::fs::copy(&v1, workflows.path().join("order.toml")).expect("copy workflows/order.toml");
+    let options = EngineOptions {
+        max_history_events: Some(limit),
+        workflows: workflows.path().to_owned(),
+        ..EngineOptions::default()
+    };
+    (Stack::start_with(options, worker).await, workflows)
+}
+
+async fn stack_with_limit(limit: u64) -> (Stack, tempfile::TempDir) {
+    stack_with_limit_on_v1(limit, WorkerOptions::default()).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn history_never_exceeds_the_limit_and_the_run_fails_with_the_reason() {
     const { assert!(TIGHT_LIMIT < DECLINED_ORDER_EVENTS) };
-    let stack = stack_with_limit(TIGHT_LIMIT).await;
+    let (stack, _workflows) = stack_with_limit(TIGHT_LIMIT).await;
     let id = stack.api.place_order_ok(&order_body(None, &[(1, 1)], "DECLINED")).await;
     let order = stack.api.wait_order(&id).await;
     assert_eq!(order.status, FAILED);
@@ -37,7 +50,7 @@ async fn history_never_exceeds_the_limit_and_the_run_fails_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_that_fits_the_limit_exactly_completes() {
-    let stack = stack_with_limit(NORMAL_ORDER_EVENTS).await;
+    let (stack, _workflows) = stack_with_limit(NORMAL_ORDER_EVENTS).await;
     let id = stack.api.place_order_ok(&order_body(None, &[(1, 1)], "CREDIT_CARD")).await;
     let order = stack.api.wait_order(&id).await;
     assert_eq!(order.status, CONFIRMED, "a 14-event run under a 14-event limit: {:?}", order.reason);
@@ -88,8 +101,7 @@ const PATIENT_LIMIT: u64 = 80;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_retrying_past_three_quarters_of_the_limit_compensates_in_the_room_left() {
     let worker = WorkerOptions { args: vec!["--payment-fail-next".into(), "1000".into()], ..WorkerOptions::default() };
-    let options = EngineOptions { max_history_events: Some(PATIENT_LIMIT), ..EngineOptions::default() };
-    let stack = Stack::start_with(options, worker).await;
+    let (stack, _workflows) = stack_with_limit_on_v1(PATIENT_LIMIT, worker).await;
     let registered = stack.api.register_definition(PATIENT_ORDER).await;
     assert!(registered.is_success(), "the patient order registers: {}", registered.message());
     let before = stack.admin.product(1).await;

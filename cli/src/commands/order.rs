@@ -134,11 +134,11 @@ pub async fn run(command: OrderCommand, ctx: &Context) -> Result<()> {
                 _ => PAYMENT_CONFIRMED,
             };
             let key = format!("confirm-payment:{id}");
-            super::workflow::send_signal(ctx, &id, name, &key, &shop_types::JsonText::null()).await
+            super::workflow::send_signal(ctx, &id, name, &key, &shop_types::JsonText::object([])).await
         }
         OrderCommand::FailPayment { id } => {
             let key = format!("fail-payment:{id}");
-            super::workflow::send_signal(ctx, &id, PAYMENT_FAILED, &key, &shop_types::JsonText::null()).await
+            super::workflow::send_signal(ctx, &id, PAYMENT_FAILED, &key, &shop_types::JsonText::object([])).await
         }
     }
 }
