@@ -16,21 +16,17 @@ use shop_tests::{order_body, Api, EngineOptions, Reply, Stack, WorkerOptions};
 use shop_types::api::{InFlightView, WorkflowStatus};
 use shop_types::audit::{InitialStock, Options};
 use shop_types::order::FRAUD_QUANTITY_THRESHOLD;
+use shop_types::short_order::ShortOrderV2;
 use std::time::{Duration, Instant};
 
 const ORDER_V2: &str = include_str!("../../workflows/order-v2.toml");
 /// Longest the test waits for a run to reach a state it must reach.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Order v2 with short waits and a 2s cancel window, as version 3.
+/// Order v2 with short waits and a 2s cancel window, as version 3 (built where the demo
+/// builds its own, `shop_types::short_order`).
 fn short_variant() -> String {
-    let text = ORDER_V2
-        .replace("version = 2", "version = 3")
-        .replace("timeout = \"15m\"", "timeout = \"3s\"")
-        .replace("timeout = \"3d\"", "timeout = \"3s\"")
-        .replace("sleep = \"0s\"", "sleep = \"2s\"");
-    assert!(text.contains("version = 3") && text.matches("\"3s\"").count() == 2, "the variant took");
-    text
+    ShortOrderV2 { version: 3, wait_timeout: "3s", cancel_window: "2s" }.build(ORDER_V2).expect("the variant builds")
 }
 
 async fn place(api: &Api, id: &str, items: &[(i64, i64)], method: &str, address: Option<&str>) {

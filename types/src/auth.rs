@@ -4,7 +4,7 @@
 //! A token's secret crosses the wire exactly once, in [`CreatedToken`]; no other type here
 //! carries it, and nothing here may ever carry a token's stored digest.
 
-use crate::QueueName;
+use crate::{QueueName, WorkflowType};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -12,6 +12,11 @@ use std::fmt;
 pub const MAX_TOKEN_NAME_LEN: usize = 128;
 /// Most queues one worker credential may name.
 pub const MAX_TOKEN_QUEUES: usize = 64;
+/// Most signal names one signaler credential may name: a payment provider sends a handful;
+/// the bound keeps a credential's check and its stored record small.
+pub const MAX_TOKEN_SIGNALS: usize = 32;
+/// Most workflow types one signaler credential may name.
+pub const MAX_TOKEN_WORKFLOW_TYPES: usize = 16;
 
 /// What a credential may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -23,6 +28,10 @@ pub enum Role {
     Client,
     /// Poll, complete, fail, heartbeat and report tasks on the queues its credential names.
     Worker,
+    /// Send the signals its credential names to runs of the workflow types it names, and
+    /// nothing else (a payment provider's webhook relay). Appended last: stored records
+    /// name roles by position.
+    Signaler,
 }
 
 impl Role {
@@ -31,6 +40,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Client => "client",
             Role::Worker => "worker",
+            Role::Signaler => "signaler",
         }
     }
 }
@@ -42,7 +52,7 @@ impl fmt::Display for Role {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?}: expected admin, client or worker")]
+#[error("unknown role {0:?}: expected admin, client, worker or signaler")]
 pub struct UnknownRole(pub String);
 
 impl std::str::FromStr for Role {
@@ -52,6 +62,7 @@ impl std::str::FromStr for Role {
             "admin" => Ok(Role::Admin),
             "client" => Ok(Role::Client),
             "worker" => Ok(Role::Worker),
+            "signaler" => Ok(Role::Signaler),
             other => Err(UnknownRole(other.to_owned())),
         }
     }
@@ -100,6 +111,14 @@ pub struct CreateTokenRequest {
     /// The queues a worker token may serve; required for `worker`, refused for the others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queues: Vec<QueueName>,
+    /// The signal names a signaler token may send; required for `signaler`, refused for the
+    /// others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<String>,
+    /// The workflow types a signaler token may signal runs of; required for `signaler`,
+    /// refused for the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workflow_types: Vec<WorkflowType>,
     /// How long the token lives, as a duration (`"30d"`, `"12h"`); absent = until revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
@@ -113,6 +132,10 @@ pub struct TokenView {
     pub role: Role,
     #[serde(default)]
     pub queues: Vec<QueueName>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workflow_types: Vec<WorkflowType>,
     pub created_at_ms: u64,
     pub expires_at_ms: Option<u64>,
     pub revoked: bool,
@@ -139,7 +162,7 @@ mod tests {
 
     #[test]
     fn roles_read_and_print_in_lowercase() {
-        for role in [Role::Admin, Role::Client, Role::Worker] {
+        for role in [Role::Admin, Role::Client, Role::Worker, Role::Signaler] {
             assert_eq!(role.as_str().parse::<Role>(), Ok(role));
             assert_eq!(serde_json::to_string(&role).ok(), Some(format!("\"{role}\"")));
         }

@@ -14,6 +14,7 @@ pub mod json;
 pub mod limits;
 pub mod order;
 pub mod parent;
+pub mod short_order;
 
 pub use ids::{
     ActivityName, IdError, QueueName, StepName, StepPhase, StepRef, TaskToken, WorkerId, WorkflowId, WorkflowType,

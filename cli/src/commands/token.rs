@@ -9,18 +9,26 @@ use crate::output::{self, Table};
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use shop_types::auth::{CreateTokenRequest, Role, TokenView};
-use shop_types::QueueName;
+use shop_types::{QueueName, WorkflowType};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token and print its secret (shown this once).
     Create {
-        /// admin (everything), client (orders, reads) or worker (tasks on --queue queues).
+        /// admin (everything), client (orders, reads), worker (tasks on --queue queues) or
+        /// signaler (only the --signal signals, only to runs of the --workflow-type types).
         #[arg(long)]
         role: Role,
         /// A queue a worker token may serve; repeat for more. Required for workers.
         #[arg(long = "queue")]
         queues: Vec<QueueName>,
+        /// A signal a signaler token may send; repeat for more. Required for signalers.
+        #[arg(long = "signal")]
+        signals: Vec<String>,
+        /// A workflow type a signaler token may signal runs of; repeat for more. Required for
+        /// signalers.
+        #[arg(long = "workflow-type")]
+        workflow_types: Vec<WorkflowType>,
         /// How long the token lives, e.g. `30d`, `12h`; default: until revoked.
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<String>,
@@ -36,8 +44,9 @@ pub enum TokenCommand {
 
 pub async fn run(command: TokenCommand, ctx: &Context) -> Result<()> {
     match command {
-        TokenCommand::Create { role, queues, ttl, name } => {
-            let request = CreateTokenRequest { name: name.unwrap_or_else(|| role.to_string()), role, queues, ttl };
+        TokenCommand::Create { role, queues, signals, workflow_types, ttl, name } => {
+            let name = name.unwrap_or_else(|| role.to_string());
+            let request = CreateTokenRequest { name, role, queues, signals, workflow_types, ttl };
             let reply = ctx.client.engine().create_token(&request).await.context("cannot create the token")?;
             ctx.show(&reply, |created| {
                 output::note(&format!(
@@ -52,14 +61,13 @@ pub async fn run(command: TokenCommand, ctx: &Context) -> Result<()> {
         TokenCommand::List => {
             let reply = ctx.client.engine().tokens().await?;
             ctx.show(&reply, |list| {
-                let mut table = Table::with_header(&["ID", "NAME", "ROLE", "QUEUES", "CREATED", "EXPIRES", "STATE"]);
+                let mut table = Table::with_header(&["ID", "NAME", "ROLE", "SCOPE", "CREATED", "EXPIRES", "STATE"]);
                 for token in &list.tokens {
-                    let queues: Vec<&str> = token.queues.iter().map(QueueName::as_str).collect();
                     table.row(vec![
                         token.id.clone(),
                         token.name.clone(),
                         token.role.to_string(),
-                        output::or_dash(Some(&queues.join(",")).filter(|q| !q.is_empty()).map(String::as_str)),
+                        output::or_dash(Some(scope(token)).filter(|s| !s.is_empty()).as_deref()),
                         output::timestamp(token.created_at_ms),
                         token.expires_at_ms.map_or_else(|| "never".to_owned(), output::timestamp),
                         if token.revoked { "revoked".to_owned() } else { "active".to_owned() },
@@ -74,6 +82,17 @@ pub async fn run(command: TokenCommand, ctx: &Context) -> Result<()> {
             ctx.show(&reply, |token| output::line(&format!("revoked {} ({})", token.id, token.name)))
         }
     }
+}
+
+/// What a token is confined to: a worker's queues, or a signaler's signals and the workflow
+/// types it may send them to (`payment_confirmed,payment_failed -> order`).
+fn scope(token: &TokenView) -> String {
+    let queues: Vec<&str> = token.queues.iter().map(QueueName::as_str).collect();
+    if !token.signals.is_empty() || !token.workflow_types.is_empty() {
+        let types: Vec<&str> = token.workflow_types.iter().map(WorkflowType::as_str).collect();
+        return format!("{} -> {}", token.signals.join(","), types.join(","));
+    }
+    queues.join(",")
 }
 
 fn expiry(token: &TokenView) -> String {

@@ -6,7 +6,8 @@
 //! caller's rate-limit bucket (429 `RATE_LIMITED` with `Retry-After`), and hands the
 //! principal to the route. [`require`] then checks the route's [`Access`] against the role
 //! (403 `FORBIDDEN`); task routes also check the queue with [`check_queue`] and
-//! [`check_task_queues`].
+//! [`check_task_queues`], and the signal route checks a signaler's signal names and workflow
+//! types with [`check_signal_name`] and [`check_signal_type`].
 //!
 //! This layer must never let a request through without a principal, and never put a
 //! secret into a log line or an answer other than the one that creates it.
@@ -20,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use shop_types::auth::{CreateTokenRequest, CreatedToken, Role, TokenList, TokenView};
 use shop_types::limits::MAX_BODY_BYTES;
-use shop_types::{QueueName, TaskToken};
+use shop_types::{QueueName, TaskToken, WorkflowType};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Path prefix of the worker protocol; in open mode, requests there count as workers' and
@@ -37,6 +38,9 @@ pub(crate) enum Access {
     Client,
     /// Workers and admins: the task protocol (queues are checked by the handlers).
     Worker,
+    /// Signalers and admins: sending a signal to a run (a signaler's signal names and
+    /// workflow types are checked by the handler). The only route a signaler reaches.
+    Signal,
 }
 
 impl Access {
@@ -45,6 +49,7 @@ impl Access {
             Access::Admin => role == Role::Admin,
             Access::Client => matches!(role, Role::Admin | Role::Client),
             Access::Worker => matches!(role, Role::Admin | Role::Worker),
+            Access::Signal => matches!(role, Role::Admin | Role::Signaler),
         }
     }
 }
@@ -116,6 +121,7 @@ pub(crate) async fn require(State(access): State<Access>, request: Request, next
             Access::Admin => "an admin",
             Access::Client => "a client or admin",
             Access::Worker => "a worker or admin",
+            Access::Signal => "a signaler or admin",
         };
         return ApiError::forbidden(format!(
             "the role {} cannot do this; it needs {needed} credential",
@@ -187,6 +193,23 @@ pub(crate) fn check_task_queues<'a>(
     Ok(())
 }
 
+/// 403 unless `principal` may send signals named `name`. Runs before the run is looked up,
+/// so a signaler never learns whether a run exists through a signal it may not send.
+pub(crate) fn check_signal_name(principal: &Principal, name: &str) -> Result<(), ApiError> {
+    if principal.may_send_signal(name) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!("this credential may not send the signal {name:?}")))
+}
+
+/// 403 unless `principal` may signal runs of `workflow_type` (read from the run's summary).
+pub(crate) fn check_signal_type(principal: &Principal, workflow_type: &WorkflowType) -> Result<(), ApiError> {
+    if principal.may_signal_type(workflow_type) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!("this credential may not signal runs of type {workflow_type}")))
+}
+
 /// `POST /v1/tokens`: creates a token and shows its secret, once.
 pub(crate) async fn create_token(
     State(state): State<AppState>,
@@ -216,10 +239,12 @@ mod tests {
     #[test]
     fn roles_reach_only_their_routes() {
         use Role::*;
-        let allowed =
-            |access: Access| [Admin, Client, Worker].into_iter().filter(|r| access.allows(*r)).collect::<Vec<_>>();
+        let allowed = |access: Access| {
+            [Admin, Client, Worker, Signaler].into_iter().filter(|r| access.allows(*r)).collect::<Vec<_>>()
+        };
         assert_eq!(allowed(Access::Admin), vec![Admin]);
         assert_eq!(allowed(Access::Client), vec![Admin, Client]);
         assert_eq!(allowed(Access::Worker), vec![Admin, Worker]);
+        assert_eq!(allowed(Access::Signal), vec![Admin, Signaler]);
     }
 }

@@ -108,7 +108,6 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/workflows/:id/cancel", post(workflows::cancel))
         .route("/v1/workflows/:id/terminate", post(workflows::terminate))
         .route("/v1/workflows/:id/resume", post(workflows::resume))
-        .route("/v1/workflows/:id/signals/:name", post(workflows::signal))
         .route("/v1/definitions", post(definitions::register))
         .route("/api/orders/:id/cancel", post(orders::cancel))
         .route("/v1/tokens", post(auth::create_token).get(auth::list_tokens))
@@ -130,10 +129,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tasks/heartbeat", post(tasks::heartbeat))
         .route("/v1/tasks/report", post(tasks::report))
         .route_layer(from_fn_with_state(Access::Worker, auth::require));
+    // A signaler reaches this route only, and only for its signals and workflow types.
+    let signal = Router::new()
+        .route("/v1/workflows/:id/signals/:name", post(workflows::signal))
+        .route_layer(from_fn_with_state(Access::Signal, auth::require));
     Router::new()
         .merge(admin)
         .merge(client)
         .merge(worker)
+        .merge(signal)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         // Everything above, the fallback included, needs a credential; `/healthz` and
         // `/readyz`, added after this layer, do not (load balancers and `shopctl dev` probe

@@ -30,13 +30,22 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 /// the run can still open takes it), `SIGNALS_CLOSED` (compensating, parked, or past the
 /// history's soft limit); 413 `SIGNAL_TOO_LARGE` / `SIGNAL_BUFFER_FULL`; 422 a signal the
 /// run's version does not declare.
+/// A signaler gets 403 for a signal name its credential does not name (before the run is
+/// looked up) and for a run of a type it does not name.
 pub(crate) async fn signal(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((id, name)): Path<(String, String)>,
     headers: HeaderMap,
     ApiJson(payload): ApiJson<JsonText>,
 ) -> Result<Json<SignalReply>, ApiError> {
+    super::auth::check_signal_name(&principal, &name)?;
     let id = WorkflowId::parse(id)?;
+    if principal.role != shop_types::auth::Role::Admin {
+        // A run's type never changes, so checking it here cannot race the signal.
+        let summary = state.store.run(&id)?.ok_or_else(|| ApiError::not_found(format!("no workflow {id}")))?;
+        super::auth::check_signal_type(&principal, &summary.workflow_type)?;
+    }
     let bad_key = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "BAD_IDEMPOTENCY_KEY", message);
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => return Err(bad_key("a signal needs an Idempotency-Key header".into())),

@@ -4,11 +4,12 @@
 //! This module must never log a JWT or its key.
 
 use super::{
-    digest, hex, rate_key, Denied, Error, Principal, ID_BYTES, JWT_LEEWAY_MS, MAX_JWT_LIFETIME, MIN_ADMIN_TOKEN_LEN,
+    check_scope, digest, hex, rate_key, Denied, Error, Principal, SignalScope, ID_BYTES, JWT_LEEWAY_MS,
+    MAX_JWT_LIFETIME, MIN_ADMIN_TOKEN_LEN,
 };
 use serde::Deserialize;
 use shop_types::auth::{Role, MAX_TOKEN_QUEUES};
-use shop_types::QueueName;
+use shop_types::{QueueName, WorkflowType};
 use std::path::Path;
 
 /// The claims a JWT must carry.
@@ -17,6 +18,12 @@ struct Claims {
     role: Role,
     #[serde(default)]
     queues: Vec<QueueName>,
+    /// The signal names a signaler may send (required for `signaler`).
+    #[serde(default)]
+    signals: Vec<String>,
+    /// The workflow types a signaler may signal runs of (required for `signaler`).
+    #[serde(default)]
+    workflow_types: Vec<WorkflowType>,
     /// Seconds since the Unix epoch.
     exp: u64,
     /// Not valid before this (seconds since the Unix epoch), when present.
@@ -51,10 +58,16 @@ impl Jwt {
         if claims.queues.len() > MAX_TOKEN_QUEUES {
             return Err(Denied::BadJwt(format!("more than {MAX_TOKEN_QUEUES} queues")));
         }
+        let scope = SignalScope { signals: claims.signals, workflow_types: claims.workflow_types };
+        // A signaler's claims are held to the rules of a signaler token. (Queues on a JWT of
+        // another role stay ignored, as they always were: that is not tightened here.)
+        if claims.role == Role::Signaler || !scope.signals.is_empty() || !scope.workflow_types.is_empty() {
+            check_scope(claims.role, &claims.queues, &scope).map_err(Denied::BadJwt)?;
+        }
         // A JWT has no id of its own; its digest names its bucket, so each JWT is limited
         // on its own, as an opaque token is.
         let key = format!("jwt:{}", hex(&digest(jwt)[..ID_BYTES]));
-        Ok(Principal { role: claims.role, queues: claims.queues, rate_key: rate_key(claims.role, key) })
+        Ok(Principal { role: claims.role, queues: claims.queues, scope, rate_key: rate_key(claims.role, key) })
     }
 }
 

@@ -4,12 +4,12 @@
 //! base64url) are created by an admin through the API and stored only as the SHA-256 digest
 //! of their secret; every stored token is mirrored in memory, so checking one costs one hash
 //! and one map lookup. HS256 JWTs signed with the key of `--jwt-secret-file` carry their
-//! role, queues and expiry in their claims. An admin token read from (or created in)
-//! `--admin-token-file` lets the first admin act.
+//! role, queues (workers), signals and workflow types (signalers) and expiry in their claims.
+//! An admin token read from (or created in) `--admin-token-file` lets the first admin act.
 //!
 //! This module must never store, log or return a token's secret after creating it, and never
 //! compare a secret or its digest in a way whose time depends on how much of it matched.
-//! It decides who a caller is and which role and queues they hold; which routes a role may
+//! It decides who a caller is and which role, queues, signals and workflow types they hold; which routes a role may
 //! use is the API's business (`api::auth`).
 //!
 //! Token writes go through the core (`Command::Write`), like every other write: they share
@@ -31,8 +31,11 @@ use index::{check_record, index_key, lookup, Entry};
 use jwt::{load_jwt_key, Jwt};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
-use shop_types::auth::{CreateTokenRequest, Role, TokenView, MAX_TOKEN_NAME_LEN, MAX_TOKEN_QUEUES};
-use shop_types::QueueName;
+use shop_types::auth::{
+    CreateTokenRequest, Role, TokenView, MAX_TOKEN_NAME_LEN, MAX_TOKEN_QUEUES, MAX_TOKEN_SIGNALS,
+    MAX_TOKEN_WORKFLOW_TYPES,
+};
+use shop_types::{QueueName, WorkflowType};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -120,6 +123,8 @@ pub struct Principal {
     pub role: Role,
     /// Queues a worker credential may serve; ignored for other roles.
     queues: Vec<QueueName>,
+    /// What a signaler credential may signal; ignored for other roles.
+    scope: SignalScope,
     /// The key of the caller's rate-limit bucket, or `None` when it is not limited.
     pub rate_key: Option<String>,
 }
@@ -127,7 +132,7 @@ pub struct Principal {
 impl Principal {
     /// Everything allowed: what an engine running `--open` grants every request.
     pub fn open(rate_key: Option<String>) -> Principal {
-        Principal { role: Role::Admin, queues: Vec::new(), rate_key }
+        Principal { role: Role::Admin, queues: Vec::new(), scope: SignalScope::default(), rate_key }
     }
 
     /// Whether this caller may poll and report tasks of `queue`.
@@ -135,7 +140,26 @@ impl Principal {
         match self.role {
             Role::Admin => true,
             Role::Worker => self.queues.contains(queue),
-            Role::Client => false,
+            Role::Client | Role::Signaler => false,
+        }
+    }
+
+    /// Whether this caller may send signals named `name` to some run. Checked before the run
+    /// is looked up, so a signaler learns nothing about runs it may never signal.
+    pub fn may_send_signal(&self, name: &str) -> bool {
+        match self.role {
+            Role::Admin => true,
+            Role::Signaler => self.scope.signals.iter().any(|allowed| allowed == name),
+            Role::Client | Role::Worker => false,
+        }
+    }
+
+    /// Whether this caller may signal runs of `workflow_type`.
+    pub fn may_signal_type(&self, workflow_type: &WorkflowType) -> bool {
+        match self.role {
+            Role::Admin => true,
+            Role::Signaler => self.scope.workflow_types.contains(workflow_type),
+            Role::Client | Role::Worker => false,
         }
     }
 
@@ -143,6 +167,49 @@ impl Principal {
     pub fn serves_every_queue(&self) -> bool {
         self.role == Role::Admin
     }
+}
+
+/// The signals a signaler credential may send, and to runs of which workflow types.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignalScope {
+    pub signals: Vec<String>,
+    pub workflow_types: Vec<WorkflowType>,
+}
+
+/// Checks what a credential of `role` names besides its role, for tokens at creation and for
+/// JWTs at every use: a worker names 1 to [`MAX_TOKEN_QUEUES`] queues, a signaler 1 to
+/// [`MAX_TOKEN_SIGNALS`] valid signal names and 1 to [`MAX_TOKEN_WORKFLOW_TYPES`] workflow
+/// types, and no role names what belongs to another.
+fn check_scope(role: Role, queues: &[QueueName], scope: &SignalScope) -> Result<(), String> {
+    let names_signals = !scope.signals.is_empty() || !scope.workflow_types.is_empty();
+    match role {
+        Role::Worker if queues.is_empty() => return Err("a worker token must name the queues it serves".into()),
+        Role::Worker if queues.len() > MAX_TOKEN_QUEUES => {
+            return Err(format!("a worker token may name at most {MAX_TOKEN_QUEUES} queues"))
+        }
+        Role::Admin | Role::Client | Role::Signaler if !queues.is_empty() => {
+            return Err(format!("queues apply to worker tokens only, not to {role}"))
+        }
+        Role::Signaler if scope.signals.is_empty() || scope.workflow_types.is_empty() => {
+            return Err(
+                "a signaler token must name the signals it may send and the workflow types it may send them to".into()
+            )
+        }
+        Role::Signaler if scope.signals.len() > MAX_TOKEN_SIGNALS => {
+            return Err(format!("a signaler token may name at most {MAX_TOKEN_SIGNALS} signals"))
+        }
+        Role::Signaler if scope.workflow_types.len() > MAX_TOKEN_WORKFLOW_TYPES => {
+            return Err(format!("a signaler token may name at most {MAX_TOKEN_WORKFLOW_TYPES} workflow types"))
+        }
+        Role::Admin | Role::Client | Role::Worker if names_signals => {
+            return Err(format!("signals and workflow types apply to signaler tokens only, not to {role}"))
+        }
+        _ => {}
+    }
+    for name in &scope.signals {
+        crate::definition::check_signal_name(name)?;
+    }
+    Ok(())
 }
 
 /// How a caller's rate is limited, by role. Workers are exempt: their request rate follows
@@ -240,7 +307,12 @@ impl Authenticator {
         let digest = digest(secret);
         if let Some(admin) = &self.admin_file_digest {
             if bool::from(admin.ct_eq(&digest)) {
-                return Ok(Principal { role: Role::Admin, queues: Vec::new(), rate_key: Some("admin-file".into()) });
+                return Ok(Principal {
+                    role: Role::Admin,
+                    queues: Vec::new(),
+                    scope: SignalScope::default(),
+                    rate_key: Some("admin-file".into()),
+                });
             }
         }
         let index = self.index.read().map_err(|_| Denied::Unknown)?;
@@ -249,6 +321,7 @@ impl Authenticator {
         Ok(Principal {
             role: record.role,
             queues: record.queues.clone(),
+            scope: SignalScope { signals: record.signals.clone(), workflow_types: record.workflow_types.clone() },
             rate_key: rate_key(record.role, format!("token:{}", record.id)),
         })
     }
@@ -282,6 +355,8 @@ impl Authenticator {
             created_at_ms: now_ms,
             expires_at_ms,
             revoked: false,
+            signals: request.signals,
+            workflow_types: request.workflow_types,
         };
         // Durable before it is usable or shown: a token the caller holds survives a restart.
         self.persist(digest, record.clone()).await?;
@@ -341,18 +416,8 @@ fn validate_request(request: &CreateTokenRequest, now_ms: u64) -> Result<Option<
     if name.trim().is_empty() || name.len() > MAX_TOKEN_NAME_LEN || name.chars().any(char::is_control) {
         return Err(Error::Invalid(format!("name must be 1 to {MAX_TOKEN_NAME_LEN} bytes without control characters")));
     }
-    match request.role {
-        Role::Worker if request.queues.is_empty() => {
-            return Err(Error::Invalid("a worker token must name the queues it serves".into()))
-        }
-        Role::Worker if request.queues.len() > MAX_TOKEN_QUEUES => {
-            return Err(Error::Invalid(format!("a worker token may name at most {MAX_TOKEN_QUEUES} queues")))
-        }
-        Role::Admin | Role::Client if !request.queues.is_empty() => {
-            return Err(Error::Invalid(format!("queues apply to worker tokens only, not to {}", request.role)))
-        }
-        _ => {}
-    }
+    let scope = SignalScope { signals: request.signals.clone(), workflow_types: request.workflow_types.clone() };
+    check_scope(request.role, &request.queues, &scope).map_err(Error::Invalid)?;
     let Some(ttl) = &request.ttl else {
         return Ok(None);
     };
@@ -373,6 +438,8 @@ fn view(record: &TokenRecord) -> TokenView {
         name: record.name.clone(),
         role: record.role,
         queues: record.queues.clone(),
+        signals: record.signals.clone(),
+        workflow_types: record.workflow_types.clone(),
         created_at_ms: record.created_at_ms,
         expires_at_ms: record.expires_at_ms,
         revoked: record.revoked,

@@ -52,8 +52,22 @@ fn request(role: Role, queues: &[&str], ttl: Option<&str>) -> CreateTokenRequest
         name: format!("{role}-test"),
         role,
         queues: queues.iter().map(|q| QueueName::parse(*q).expect("valid")).collect(),
+        signals: Vec::new(),
+        workflow_types: Vec::new(),
         ttl: ttl.map(str::to_owned),
     }
+}
+
+fn signaler(signals: &[&str], types: &[&str]) -> CreateTokenRequest {
+    CreateTokenRequest {
+        signals: signals.iter().map(|s| (*s).to_owned()).collect(),
+        workflow_types: types.iter().map(|t| WorkflowType::parse(*t).expect("valid")).collect(),
+        ..request(Role::Signaler, &[], None)
+    }
+}
+
+fn order() -> WorkflowType {
+    WorkflowType::parse("order").expect("valid")
 }
 
 fn jwt(claims: serde_json::Value, key: &[u8]) -> String {
@@ -200,4 +214,128 @@ fn jwts_are_refused_without_a_key() {
     let f = fixture(|_| AuthOptions::default());
     let token = jwt(serde_json::json!({"role": "client", "exp": u32::MAX}), JWT_KEY);
     assert_eq!(f.auth.authenticate(Some(&bearer(&token))), Err(Denied::JwtDisabled));
+}
+
+#[tokio::test]
+async fn a_signaler_may_send_only_its_signals_to_its_workflow_types() {
+    let f = fixture(|_| AuthOptions::default());
+    let (view, secret) =
+        f.auth.create(signaler(&["payment_confirmed", "payment_failed"], &["order"])).await.expect("creates");
+    assert_eq!(view.signals, vec!["payment_confirmed", "payment_failed"]);
+    let principal = f.auth.authenticate(Some(&bearer(&secret))).expect("accepted");
+    assert_eq!(principal.role, Role::Signaler);
+    assert!(principal.may_send_signal("payment_confirmed") && principal.may_send_signal("payment_failed"));
+    assert!(!principal.may_send_signal("transfer_received"));
+    assert!(principal.may_signal_type(&order()));
+    assert!(!principal.may_signal_type(&WorkflowType::parse("refund").expect("valid")));
+    assert!(!principal.may_serve(&QueueName::parse("payment").expect("valid")));
+    assert!(principal.rate_key.is_some(), "signalers are rate limited like clients");
+    // Clients and workers send no signal; admins send every one.
+    let (_, client) = f.auth.create(request(Role::Client, &[], None)).await.expect("creates");
+    let client = f.auth.authenticate(Some(&bearer(&client))).expect("accepted");
+    assert!(!client.may_send_signal("payment_confirmed") && !client.may_signal_type(&order()));
+    let admin = Principal::open(None);
+    assert!(admin.may_send_signal("anything") && admin.may_signal_type(&order()));
+    // It survives a restart with its lists.
+    let restarted = Authenticator::new(&AuthOptions::default(), f.store.as_ref(), f.auth.core.clone(), f.clock.clone())
+        .expect("restarts");
+    let principal = restarted.authenticate(Some(&bearer(&secret))).expect("accepted");
+    assert!(principal.may_send_signal("payment_failed") && principal.may_signal_type(&order()));
+}
+
+#[tokio::test]
+async fn signaler_requests_are_checked_at_their_limits() {
+    let f = fixture(|_| AuthOptions::default());
+    let names = |n: usize| (0..n).map(|i| format!("s{i}")).collect::<Vec<_>>();
+    let types = |n: usize| (0..n).map(|i| WorkflowType::parse(format!("t{i}")).expect("valid")).collect::<Vec<_>>();
+    let at_limit = CreateTokenRequest {
+        signals: names(MAX_TOKEN_SIGNALS),
+        workflow_types: types(MAX_TOKEN_WORKFLOW_TYPES),
+        ..signaler(&[], &[])
+    };
+    assert!(f.auth.create(at_limit.clone()).await.is_ok(), "both lists at their limits");
+    for bad in [
+        signaler(&[], &["order"]),
+        signaler(&["payment_confirmed"], &[]),
+        signaler(&["not a name"], &["order"]),
+        CreateTokenRequest { signals: names(MAX_TOKEN_SIGNALS + 1), ..at_limit.clone() },
+        CreateTokenRequest { workflow_types: types(MAX_TOKEN_WORKFLOW_TYPES + 1), ..at_limit.clone() },
+        CreateTokenRequest {
+            queues: vec![QueueName::parse("payment").expect("valid")],
+            ..signaler(&["a"], &["order"])
+        },
+        CreateTokenRequest { role: Role::Client, ..signaler(&["a"], &["order"]) },
+        CreateTokenRequest { role: Role::Admin, ..signaler(&["a"], &[]) },
+    ] {
+        assert!(matches!(f.auth.create(bad.clone()).await, Err(Error::Invalid(_))), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn signaler_jwts_carry_signals_and_workflow_types() {
+    let f = fixture(|dir| {
+        let key = dir.join("jwt.key");
+        std::fs::write(&key, JWT_KEY).expect("writes");
+        AuthOptions { jwt_secret_file: Some(key), ..AuthOptions::default() }
+    });
+    let exp = f.clock.now_ms() / 1000 + 60;
+    let good = jwt(
+        serde_json::json!({"role": "signaler", "signals": ["payment_confirmed"], "workflow_types": ["order"], "exp": exp}),
+        JWT_KEY,
+    );
+    let principal = f.auth.authenticate(Some(&bearer(&good))).expect("accepted");
+    assert!(principal.may_send_signal("payment_confirmed") && !principal.may_send_signal("payment_failed"));
+    assert!(principal.may_signal_type(&order()));
+    for claims in [
+        serde_json::json!({"role": "signaler", "signals": ["payment_confirmed"], "exp": exp}),
+        serde_json::json!({"role": "signaler", "workflow_types": ["order"], "exp": exp}),
+        serde_json::json!({"role": "client", "signals": ["payment_confirmed"], "workflow_types": ["order"], "exp": exp}),
+        serde_json::json!({"role": "signaler", "signals": ["bad name"], "workflow_types": ["order"], "exp": exp}),
+    ] {
+        let token = jwt(claims.clone(), JWT_KEY);
+        assert!(matches!(f.auth.authenticate(Some(&bearer(&token))), Err(Denied::BadJwt(_))), "{claims}");
+    }
+}
+
+/// The shape tokens were stored in before signaler tokens existed.
+#[derive(serde::Serialize)]
+struct FirstShapeTokenRecord {
+    id: String,
+    name: String,
+    role: Role,
+    queues: Vec<QueueName>,
+    created_at_ms: u64,
+    expires_at_ms: Option<u64>,
+    revoked: bool,
+}
+
+#[tokio::test]
+async fn tokens_stored_before_signalers_still_load_and_authenticate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sled = crate::store::SledStore::open(&dir.path().join("store"), Durability::ProcessCrash, None).expect("opens");
+    let secret = "shop_stored-by-an-older-engine";
+    let old = FirstShapeTokenRecord {
+        id: "tok_0011223344556677".into(),
+        name: "payments".into(),
+        role: Role::Worker,
+        queues: vec![QueueName::parse("payment").expect("valid")],
+        created_at_ms: 5,
+        expires_at_ms: None,
+        revoked: false,
+    };
+    sled.put_raw_token(&digest(secret), &crate::codec::encode(&old).expect("encodes")).expect("writes");
+    let store: Arc<Store> = Arc::new(sled);
+    let clock = Arc::new(TestClock(AtomicU64::new(1_000_000)));
+    let core = running_core(store.clone(), clock.clone());
+    let auth = Authenticator::new(&AuthOptions::default(), store.as_ref(), core, clock).expect("the old record loads");
+    let principal = auth.authenticate(Some(&bearer(secret))).expect("accepted");
+    assert_eq!(principal.role, Role::Worker);
+    assert!(principal.may_serve(&QueueName::parse("payment").expect("valid")));
+    assert!(!principal.may_send_signal("payment_confirmed"));
+    let listed = auth.list().expect("lists");
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].signals.is_empty() && listed[0].workflow_types.is_empty());
+    // Revoking rewrites it in the current shape, which loads too.
+    auth.revoke("tok_0011223344556677").await.expect("revokes");
+    assert!(store.tokens().expect("reads")[0].1.revoked);
 }

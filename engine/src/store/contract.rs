@@ -244,6 +244,8 @@ fn token(revoked: bool) -> TokenRecord {
         created_at_ms: 5,
         expires_at_ms: Some(10),
         revoked,
+        signals: Vec::new(),
+        workflow_types: Vec::new(),
     }
 }
 

@@ -17,17 +17,18 @@
 pub mod batch;
 pub mod contract;
 mod sled;
+mod token;
 
 pub use self::sled::SledStore;
 pub use batch::{Append, PutRun, WriteBatch};
 pub use shop_durable::Durability;
+pub use token::{decode_token, TokenRecord};
 
 use crate::codec;
 use serde::{Deserialize, Serialize};
 use shop_types::api::WorkflowStatus;
-use shop_types::auth::Role;
 use shop_types::history::Event;
-use shop_types::{JsonText, QueueName, WorkflowId};
+use shop_types::{JsonText, WorkflowId};
 
 /// Bytes of the task-token signing key: as many as SHA-256 digests, the MAC's hash.
 pub const TASK_TOKEN_KEY_LEN: usize = 32;
@@ -85,19 +86,6 @@ pub struct RunSummary {
     pub closed_at_ms: Option<u64>,
     pub reason: Option<String>,
     pub output: Option<JsonText>,
-}
-
-/// An API token as stored: everything about it except its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub id: String,
-    pub name: String,
-    pub role: Role,
-    /// The queues a worker token may serve; empty for other roles.
-    pub queues: Vec<QueueName>,
-    pub created_at_ms: u64,
-    pub expires_at_ms: Option<u64>,
-    pub revoked: bool,
 }
 
 /// A store of histories, summaries, definitions, tokens and settings.

@@ -246,7 +246,9 @@ impl HistoryStore for SledStore {
                     key: String::from_utf8_lossy(&key).into_owned(),
                     source: codec::Error::Empty,
                 })?;
-                Ok((digest, decode(&key, &bytes)?))
+                let record = super::decode_token(&bytes)
+                    .map_err(|source| Error::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), source })?;
+                Ok((digest, record))
             })
             .collect()
     }
@@ -295,6 +297,15 @@ fn history_key(id: &WorkflowId, seq: u64) -> Vec<u8> {
     let mut key = history_prefix(id);
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+#[cfg(test)]
+impl SledStore {
+    /// Puts raw bytes under a token digest, as an older engine may have left them.
+    pub(crate) fn put_raw_token(&self, digest: &[u8; TOKEN_DIGEST_LEN], bytes: &[u8]) -> Result<(), Error> {
+        self.tree.insert(key(TOKEN, digest, &[]), bytes)?;
+        Ok(())
+    }
 }
 
 fn decode_events(key: &[u8], bytes: &[u8]) -> Result<Vec<Event>, Error> {

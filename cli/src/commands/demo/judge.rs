@@ -34,6 +34,14 @@ pub(super) fn judge(report: &Report) -> Vec<Check> {
     checks.extend(stock_checks(report, &orders));
     checks.extend(payment_checks(report, &orders));
     checks.extend(notification_checks(report, &orders));
+    checks.extend(report.cases.iter().filter(|r| r.case.payment_method == shop_types::order::CARD_3DS).map(|r| {
+        Check {
+            area: "3-D Secure",
+            subject: r.case.id.to_owned(),
+            expected: three_ds::expected_wait(&r.case),
+            actual: three_ds::wait_summary(&r.history),
+        }
+    }));
     checks
 }
 

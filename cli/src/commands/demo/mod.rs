@@ -2,7 +2,9 @@
 //!
 //! It starts a private stack (a temporary data directory, free loopback ports), places
 //! sample orders that cover the saga's paths — success, out of stock, declined payment,
-//! transient payment failures retried with backoff, and a concurrent burst — waits for each
+//! transient payment failures retried with backoff, a concurrent burst, and (on a
+//! short-timeout variant of order v2 it registers, see `three_ds`) a 3-D Secure order
+//! confirmed by a signal and one cancelled by its wait's timeout — waits for each
 //! to be final, then checks what it sees against what the inputs dictate: each outcome,
 //! the final stock, the payment ledger and the notification outbox. It prints the outcomes,
 //! the histories and the checks, and exits 0 only when every check holds.
@@ -30,6 +32,7 @@ use tokio::task::JoinSet;
 
 mod judge;
 mod print;
+mod three_ds;
 
 use judge::*;
 use print::*;
@@ -50,6 +53,8 @@ const CANCELLED: &str = "CANCELLED";
 /// The notification kinds the order definition sends (its `params.kind`).
 const NOTIFY_CONFIRMED: &str = "ORDER_CONFIRMED";
 const NOTIFY_CANCELLED: &str = "ORDER_CANCELLED";
+/// The final error [`Outcome::observe`] reads from a wait that timed out.
+const WAIT_TIMEOUT: &str = "wait timeout";
 const OUT_OF_STOCK: &str = shop_types::order::errors::OUT_OF_STOCK;
 const PAYMENT_DECLINED: &str = shop_types::order::errors::PAYMENT_DECLINED;
 
@@ -69,6 +74,9 @@ struct Case {
     payment_method: &'static str,
     /// Retryable charge failures to inject just before placing it.
     charge_failures: u32,
+    /// The signal to send once its wait is open (3-D Secure cases); `None` lets a wait time
+    /// out.
+    signal: Option<&'static str>,
     expected: Outcome,
 }
 
@@ -81,6 +89,7 @@ fn cases() -> Vec<Case> {
             items: &[(1, 2), (3, 1)],
             payment_method: PAYMENT_METHOD,
             charge_failures: 0,
+            signal: None,
             expected: Outcome::new(CONFIRMED, None, 0),
         },
         Case {
@@ -90,6 +99,7 @@ fn cases() -> Vec<Case> {
             items: &[(2, 999)],
             payment_method: PAYMENT_METHOD,
             charge_failures: 0,
+            signal: None,
             expected: Outcome::new(CANCELLED, Some(OUT_OF_STOCK), 0),
         },
         Case {
@@ -99,6 +109,7 @@ fn cases() -> Vec<Case> {
             items: &[(4, 3)],
             payment_method: DECLINED_PAYMENT_METHOD,
             charge_failures: 0,
+            signal: None,
             expected: Outcome::new(CANCELLED, Some(PAYMENT_DECLINED), 0),
         },
         Case {
@@ -108,6 +119,7 @@ fn cases() -> Vec<Case> {
             items: &[(6, 1)],
             payment_method: PAYMENT_METHOD,
             charge_failures: INJECTED_CHARGE_FAILURES,
+            signal: None,
             expected: Outcome::new(CONFIRMED, None, INJECTED_CHARGE_FAILURES),
         },
     ]
@@ -146,6 +158,9 @@ impl Outcome {
                     } else if final_error.is_none() {
                         final_error = Some(format!("{} timeout", timeout.as_str()));
                     }
+                }
+                EventKind::WaitTimedOut { .. } if final_error.is_none() => {
+                    final_error = Some(WAIT_TIMEOUT.to_owned());
                 }
                 _ => {}
             }
@@ -300,6 +315,19 @@ async fn scenarios(ctx: &Context) -> Result<Report> {
     }
     burst.sort_by(|a, b| a.id.cmp(&b.id));
     let burst_elapsed = burst_started.elapsed();
+
+    // Last, so that no other order runs on the variant.
+    let version = three_ds::register_variant(ctx).await?;
+    output::note(&format!("registered order v{version}: order v2 with a short 3-D Secure timeout"));
+    for case in three_ds::cases() {
+        output::note(&format!("({}) {}: placing {}", case.label, case.title, case.id));
+        let order = three_ds::run_case(ctx, &case).await.with_context(|| format!("({}) {}", case.label, case.title))?;
+        let id = WorkflowId::parse(order.order_id.as_str())
+            .with_context(|| format!("the engine named order ({}) oddly", case.label))?;
+        let history = workflow::fetch_history(ctx, &id).await?.body.events;
+        output::note(&format!("({}) {} is {}", case.label, id, order.status));
+        results.push(CaseResult { case, order, history });
+    }
 
     Ok(Report {
         cases: results,

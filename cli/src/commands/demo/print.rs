@@ -41,7 +41,7 @@ pub(super) fn print_report(report: &Report, checks: &[Check], elapsed: Duration)
     }
 
     let rest: Vec<&Check> = checks.iter().skip(report.cases.len() + 1).collect();
-    output::line("\n== Stock, payments and notifications")?;
+    output::line("\n== Stock, payments, notifications and 3-D Secure waits")?;
     let mut table = Table::with_header(&["CHECK", "SUBJECT", "EXPECTED", "ACTUAL", "RESULT"]);
     for check in &rest {
         table.row(vec![

@@ -32,7 +32,7 @@ fn outcomes_count_retried_failures_and_keep_the_final_error() {
 
 #[test]
 fn the_expected_outcomes_follow_from_the_inputs() {
-    let cases = cases();
+    let cases: Vec<Case> = cases().into_iter().chain(three_ds::cases()).collect();
     let ids: Vec<&str> = cases.iter().map(|c| c.id).collect();
     for id in &ids {
         assert!(WorkflowId::parse(*id).is_ok(), "{id}");
@@ -67,4 +67,27 @@ fn a_burst_summary_counts_each_status() {
         result(Err("503".into())),
     ];
     assert_eq!(burst_summary(&burst), "2 × CONFIRMED, 1 × ERROR, 1 × PENDING");
+}
+
+#[test]
+fn a_wait_is_summarised_by_its_signals_and_its_end() {
+    let event = |seq, event| HistoryEventView { seq, at_ms: 0, step_name: None, event };
+    let received = event(
+        1,
+        EventKind::SignalReceived {
+            name: three_ds::PAYMENT_CONFIRMED.into(),
+            key: "k".into(),
+            payload: shop_types::JsonText::null(),
+        },
+    );
+    let completed = event(
+        2,
+        EventKind::WaitCompleted { step: StepRef::forward(1), signal: three_ds::PAYMENT_CONFIRMED.into(), seq: 1 },
+    );
+    let timed_out = event(1, EventKind::WaitTimedOut { step: StepRef::forward(1) });
+    let [confirmed, unanswered] = <[Case; 2]>::try_from(three_ds::cases()).ok().expect("two 3-D Secure cases");
+    assert_eq!(three_ds::wait_summary(&[received, completed]), three_ds::expected_wait(&confirmed));
+    assert_eq!(three_ds::wait_summary(std::slice::from_ref(&timed_out)), three_ds::expected_wait(&unanswered));
+    assert_eq!(three_ds::wait_summary(&[]), "no signal received, no wait ended");
+    assert_eq!(Outcome::observe(CANCELLED, &[timed_out]), unanswered.expected);
 }
