@@ -136,10 +136,20 @@ async fn parallel_branches_end_to_end_with_kill_9() {
     let compensating = names.iter().position(|n| *n == "CompensationStarted").expect("compensates");
     assert!(stopped < compensating, "{names:?}");
     let is_comp = |e: &&shop_types::api::HistoryEventView| matches!(e.event, shop_types::history::EventKind::StepCompleted { step, .. } if step.phase == shop_types::StepPhase::Compensation);
+    // Distinct steps: an attempt that timed out (a loaded machine, the kill -9) is retried and
+    // started again, but its step is undone once.
     let handed_out = history
         .iter()
-        .filter(|e| matches!(e.event, shop_types::history::EventKind::StepStarted { step, .. } if step.phase == shop_types::StepPhase::Forward))
-        .count();
+        .filter_map(|e| match e.event {
+            shop_types::history::EventKind::StepStarted { step, .. }
+                if step.phase == shop_types::StepPhase::Forward =>
+            {
+                Some(step)
+            }
+            _ => None,
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     // Every forward step a worker took here has a compensation: each is undone once.
     assert!(handed_out >= 2, "prepare and left_work ran: {names:?}");
     assert_eq!(history.iter().filter(is_comp).count(), handed_out, "every handed-out step undone: {names:?}");
