@@ -43,6 +43,17 @@ pub fn workflows_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("workflows")
 }
 
+/// A workflows folder holding only the order saga v1 (`workflows/order.toml`), for tests of a
+/// mechanism (timeouts, tokens, limits) whose expectations name v1's steps, events and step
+/// references; the latest order version is tested on its own. Keep the folder alive as long
+/// as the engine may restart.
+pub fn order_v1_only() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary workflows dir");
+    std::fs::copy(workflows_dir().join("order.toml"), dir.path().join("order.toml"))
+        .expect("copy workflows/order.toml");
+    dir
+}
+
 /// A loopback address with a port that was free a moment ago: bind port 0, read, drop.
 pub fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");

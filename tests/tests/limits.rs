@@ -17,9 +17,7 @@ const FAILED: &str = "FAILED";
 /// A stack whose engine knows only order v1 (`workflows/order.toml`), whose histories these
 /// counts describe: the limit is what is under test, not the latest version's shape.
 async fn stack_with_limit_on_v1(limit: u64, worker: WorkerOptions) -> (Stack, tempfile::TempDir) {
-    let workflows = tempfile::tempdir().expect("a temporary workflows dir");
-    let v1 = shop_tests::process::workflows_dir().join("order.toml");
-    std::fs::copy(&v1, workflows.path().join("order.toml")).expect("copy workflows/order.toml");
+    let workflows = shop_tests::process::order_v1_only();
     let options = EngineOptions {
         max_history_events: Some(limit),
         workflows: workflows.path().to_owned(),

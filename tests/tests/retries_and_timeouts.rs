@@ -8,7 +8,8 @@
 
 use serde_json::json;
 use shop_tests::{
-    assert_in_order, event_labels, history_violations, order_body, Stack, WorkerOptions, CANCELLED, CONFIRMED,
+    assert_in_order, event_labels, history_violations, order_body, EngineOptions, Stack, WorkerOptions, CANCELLED,
+    CONFIRMED,
 };
 use shop_types::api::{HistoryEventView, WorkflowStatus};
 use shop_types::history::{EventKind, TimeoutKind};
@@ -110,7 +111,10 @@ async fn hung_charge_times_out_is_retried_and_charges_once() {
         env: vec![("RUST_LOG".to_owned(), "info,shop_worker::poller=debug".to_owned())],
         ..WorkerOptions::default()
     };
-    let stack = Stack::start_with(Default::default(), options).await;
+    // Order v1: the tokens below name its steps (`f0` reserve, `f1` charge).
+    let workflows = shop_tests::process::order_v1_only();
+    let engine = EngineOptions { workflows: workflows.path().to_owned(), ..EngineOptions::default() };
+    let stack = Stack::start_with(engine, options).await;
     let id = stack.api.place_order_ok(&order_body(None, &[(1, 1)], "CREDIT_CARD")).await;
 
     // While attempt 1 of the charge hangs, a report for the completed reserve step, or for an

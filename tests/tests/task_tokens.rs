@@ -32,7 +32,10 @@ fn completed_steps(history: &[shop_types::api::HistoryEventView]) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forged_token_is_refused_and_the_real_one_works_after_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut engine = Engine::start(dir.path(), EngineOptions::default()).await;
+    // Order v1: the token below names its first step, `f0`.
+    let workflows = shop_tests::process::order_v1_only();
+    let options = EngineOptions { workflows: workflows.path().to_owned(), ..EngineOptions::default() };
+    let mut engine = Engine::start(dir.path(), options).await;
     let api = Api::new(&engine.url());
     let id = api.place_order_ok(&order_body(Some("signed"), &[(1, 1)], "CREDIT_CARD")).await;
     let task = poll_one(&api, "inventory").await;
