@@ -166,6 +166,9 @@ pub struct Definition {
     nodes: Box<nodes::Nodes>,
     /// The TOML text this was parsed from, kept so a registered version can be compared.
     pub source: String,
+    /// `sha256:<hex>` of `source` (`registry::content_hash`), computed once here: every new
+    /// run records it (`DefinitionPinned`).
+    pub content_hash: String,
 }
 
 impl Definition {
@@ -372,6 +375,7 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         after_compensation,
         nodes,
         source: source.to_owned(),
+        content_hash: crate::registry::content_hash(source),
     })
 }
 
