@@ -99,6 +99,7 @@ fn details(kind: &EventKind) -> String {
         EventKind::ParallelStopped { reason, .. } => format!("stopping: {reason}"),
         EventKind::ForEachStarted { count, .. } => format!("{count} items"),
         EventKind::ForEachStopped { reason, .. } => format!("stopping: {reason}"),
+        EventKind::DefinitionPinned { content_hash } => content_hash.clone(),
     }
 }
 

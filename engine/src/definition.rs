@@ -16,7 +16,10 @@ mod for_each;
 mod language;
 mod nodes;
 mod predicate;
+mod raw;
 mod resolve;
+
+use raw::{RawDefaults, RawDefinition, RawRetry, RawStep, RawTimeouts};
 
 use resolve::{positive_ms, resolve_step, ResolveInput};
 
@@ -163,6 +166,9 @@ pub struct Definition {
     nodes: Box<nodes::Nodes>,
     /// The TOML text this was parsed from, kept so a registered version can be compared.
     pub source: String,
+    /// `sha256:<hex>` of `source` (`registry::content_hash`), computed once here: every new
+    /// run records it (`DefinitionPinned`).
+    pub content_hash: String,
 }
 
 impl Definition {
@@ -180,101 +186,6 @@ impl Definition {
             StepPhase::AfterCompensation => self.after_compensation.get(index),
         }
     }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawRetry {
-    #[serde(default, with = "humantime_serde")]
-    initial_interval: Option<Duration>,
-    backoff_coefficient: Option<f64>,
-    #[serde(default, with = "humantime_serde")]
-    max_interval: Option<Duration>,
-    max_attempts: Option<u32>,
-    jitter: Option<f64>,
-    non_retryable: Option<Vec<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawTimeouts {
-    #[serde(default, with = "humantime_serde")]
-    schedule_to_start: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    start_to_close: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    schedule_to_close: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    heartbeat: Option<Duration>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawDefaults {
-    #[serde(default)]
-    retry: RawRetry,
-    #[serde(default)]
-    timeouts: RawTimeouts,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStep {
-    name: toml::Spanned<String>,
-    activity: Option<String>,
-    queue: Option<toml::Spanned<String>>,
-    sleep: Option<String>,
-    sleep_until: Option<String>,
-    wait_for: Option<Vec<String>>,
-    fail_on: Option<Vec<String>>,
-    timeout: Option<String>,
-    choice: Option<Vec<language::RawCase>>,
-    parallel: Option<Vec<String>>,
-    for_each: Option<for_each::RawForEach>,
-    when: Option<predicate::RawPredicate>,
-    #[serde(default)]
-    retry: RawRetry,
-    #[serde(default)]
-    timeouts: RawTimeouts,
-    on_failure: Option<OnFailure>,
-    #[serde(default)]
-    pivot: bool,
-    params: Option<toml::Table>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCompensation {
-    step: toml::Spanned<String>,
-    activity: String,
-    queue: toml::Spanned<String>,
-    #[serde(default)]
-    retry: RawRetry,
-    #[serde(default)]
-    timeouts: RawTimeouts,
-    params: Option<toml::Table>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDefinition {
-    name: toml::Spanned<String>,
-    version: toml::Spanned<u32>,
-    #[serde(default, with = "humantime_serde")]
-    execution_timeout: Option<Duration>,
-    #[serde(default)]
-    statuses: StatusLabels,
-    #[serde(default)]
-    defaults: RawDefaults,
-    steps: Vec<RawStep>,
-    #[serde(default)]
-    compensations: Vec<RawCompensation>,
-    #[serde(default)]
-    after_compensation: Vec<RawStep>,
-    #[serde(default)]
-    signals: BTreeMap<String, language::RawSignal>,
-    #[serde(default)]
-    branches: BTreeMap<String, Vec<RawStep>>,
 }
 
 /// Parses and validates one definition. `file` names the source in errors.
@@ -464,6 +375,7 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         after_compensation,
         nodes,
         source: source.to_owned(),
+        content_hash: crate::registry::content_hash(source),
     })
 }
 

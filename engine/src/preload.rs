@@ -43,7 +43,7 @@ pub fn preload_completed(store: &Store, definition: &Definition, count: u64, now
             "paymentMethod": "CREDIT_CARD",
         }));
         let mut state = WorkflowState::new(id.clone(), definition, input.clone(), now_ms);
-        batch.append_events(&id, &decider::start(definition, &mut state, &input, ctx).events)?;
+        batch.append_events(&id, &decider::start_pinned(definition, &mut state, &input, ctx).events)?;
         let output = JsonText::parse(r#"{"ok":true}"#).map_err(|e| Error::Decider(e.to_string()))?;
         while let Some(current) = state.current().cloned() {
             let (step, attempt) = (current.step, current.attempt);
@@ -93,7 +93,7 @@ mod tests {
         assert_eq!(preload_completed(&store, &definition, 3, 1_000).expect("preloads"), 0, "existing runs are kept");
         let id = WorkflowId::parse("preload-0000002").expect("valid");
         let history = store.history(&id).expect("reads");
-        assert_eq!(history.len(), 14);
+        assert_eq!(history.len(), 15, "WorkflowStarted, DefinitionPinned, 4 steps of 3 events, the end");
         assert!(history.last().is_some_and(|e| e.kind.is_terminal()));
         assert_eq!(store.run(&id).expect("reads").map(|r| r.status), Some(WorkflowStatus::Completed));
         assert_eq!(store.in_flight(ShardId::SOLE).expect("reads").len(), 0);

@@ -50,7 +50,7 @@ impl Registry {
             }
             return Err(VersionConflict { name: definition.name, version: definition.version });
         }
-        let content_hash = content_hash(&definition.source);
+        let content_hash = definition.content_hash.clone();
         versions.insert(definition.version, Registered { definition: Arc::new(definition), content_hash });
         Ok(true)
     }

@@ -74,6 +74,9 @@ pub struct WorkflowState {
     pub created_at_ms: u64,
     /// The sequence number the next event gets.
     pub next_seq: u64,
+    /// The hash of the definition the run was started on (`DefinitionPinned`); `None` for
+    /// runs started before it was recorded.
+    pub definition_hash: Option<String>,
     /// Outputs of completed forward steps, in completion order.
     pub results: Vec<(String, JsonText)>,
     /// The attempts in flight, by node.
@@ -142,6 +145,7 @@ impl WorkflowState {
             input,
             created_at_ms: at_ms,
             next_seq: 2,
+            definition_hash: None,
             results: Vec::new(),
             attempts: BTreeMap::new(),
             done: BTreeSet::new(),
@@ -229,6 +233,7 @@ impl WorkflowState {
         let node = event.kind.step().and_then(|step| definition.node_id(step));
         match (&event.kind, node) {
             (EventKind::WorkflowStarted { .. }, _) => {}
+            (EventKind::DefinitionPinned { content_hash }, _) => self.definition_hash = Some(content_hash.clone()),
             (EventKind::StepScheduled { step, attempt }, Some(node)) => {
                 // A retry keeps its budget and its base; a first attempt starts both afresh;
                 // a later attempt of a node with none in flight is the one a resume schedules.

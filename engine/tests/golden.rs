@@ -32,7 +32,7 @@ pub const RUN_ID: &str = "golden-1";
 /// The input every golden run starts with.
 pub const INPUT: &str = r#"{"orderId":"golden-1","orderItems":[{"productId":1,"quantity":2}],"shippingAddress":"1 Main St","paymentMethod":"CREDIT_CARD"}"#;
 /// Every event kind a history can hold: each must appear in at least one golden.
-const EVENT_KINDS: [&str; 28] = [
+const EVENT_KINDS: [&str; 29] = [
     "WorkflowStarted",
     "StepScheduled",
     "StepStarted",
@@ -61,6 +61,7 @@ const EVENT_KINDS: [&str; 28] = [
     "ParallelStopped",
     "ForEachStarted",
     "ForEachStopped",
+    "DefinitionPinned",
 ];
 
 fn dir() -> PathBuf {
@@ -408,6 +409,7 @@ fn every_kind_is_listed(kind: &EventKind) -> &'static str {
         | EventKind::BranchCompleted { .. }
         | EventKind::ParallelStopped { .. }
         | EventKind::ForEachStarted { .. }
-        | EventKind::ForEachStopped { .. } => kind.name(),
+        | EventKind::ForEachStopped { .. }
+        | EventKind::DefinitionPinned { .. } => kind.name(),
     }
 }

@@ -161,6 +161,14 @@ async fn registering_v2_names_the_open_v1_runs_which_finish_on_v1() {
     assert_eq!(reply.status, 202, "{}", reply.body);
     let started: WorkflowView = reply.parse();
     assert_eq!(started.definition_version, 2, "new runs start on the latest version");
+    // Each run shows the hash of the source it was started on, recorded as event #2.
+    let running = api.workflow("defs-v1-0").await;
+    assert_eq!(running.definition_hash.as_deref(), Some(v1.definition.content_hash.as_str()));
+    assert_eq!(api.workflow("defs-v2-0").await.definition_hash, Some(v2.definition.content_hash.clone()));
+    let history: serde_json::Value = api.get("/v1/workflows/defs-v1-0/history").await.expect("reads").parse();
+    assert_eq!(history["events"][1]["event"]["DefinitionPinned"]["content_hash"], json!(v1.definition.content_hash));
+    let listed: serde_json::Value = api.get("/v1/workflows").await.expect("lists").parse();
+    assert!(listed["workflows"][0].get("definition_hash").is_none(), "lists do not read histories: {listed}");
 
     let _worker = Worker::start(
         dir.path(),
@@ -173,6 +181,7 @@ async fn registering_v2_names_the_open_v1_runs_which_finish_on_v1() {
         let done = api.wait_workflow(id).await;
         assert_eq!(done.status, WorkflowStatus::Completed, "{id}: {done:?}");
         assert_eq!(done.definition_version, 1, "{id} stays pinned to v1");
+        assert_eq!(done.definition_hash.as_deref(), Some(v1.definition.content_hash.as_str()), "{id}");
     }
     let done = api.wait_workflow("defs-v2-0").await;
     assert_eq!((done.status, done.definition_version), (WorkflowStatus::Completed, 2));

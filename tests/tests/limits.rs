@@ -6,10 +6,11 @@
 use shop_tests::invariants::ORDER_CANCELLED;
 use shop_tests::{history_violations, order_body, EngineOptions, Stack, WorkerOptions, CONFIRMED};
 
-/// Events of the normal order saga v1: started, 4 steps x 3 events, completed.
-const NORMAL_ORDER_EVENTS: u64 = 14;
+/// Events of the normal order saga v1: started, its definition's hash pinned, 4 steps x 3
+/// events, completed.
+const NORMAL_ORDER_EVENTS: u64 = 15;
 /// Events of a declined order: see `order_saga.rs`.
-const DECLINED_ORDER_EVENTS: u64 = 18;
+const DECLINED_ORDER_EVENTS: u64 = 19;
 /// A limit the declined order's history cannot fit in.
 const TIGHT_LIMIT: u64 = 12;
 const FAILED: &str = "FAILED";
@@ -51,7 +52,7 @@ async fn a_run_that_fits_the_limit_exactly_completes() {
     let (stack, _workflows) = stack_with_limit(NORMAL_ORDER_EVENTS).await;
     let id = stack.api.place_order_ok(&order_body(None, &[(1, 1)], "CREDIT_CARD")).await;
     let order = stack.api.wait_order(&id).await;
-    assert_eq!(order.status, CONFIRMED, "a 14-event run under a 14-event limit: {:?}", order.reason);
+    assert_eq!(order.status, CONFIRMED, "a 15-event run under a 15-event limit: {:?}", order.reason);
     assert_eq!(stack.api.history(&id).await.len() as u64, NORMAL_ORDER_EVENTS);
 }
 

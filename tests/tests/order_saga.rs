@@ -70,6 +70,7 @@ async fn normal_order_is_confirmed_charged_once_and_notified() {
     assert_eq!(history_violations(id, &history), Vec::<String>::new());
     let expected = labels(&[
         &one("WorkflowStarted"),
+        &one("DefinitionPinned"),
         // Order v2: the reservation and the fraud check are two parallel branches; a card
         // order skips the fraud check (its branch completes at once), takes the card branch
         // of the payment choice, and passes a zero-length cancel window: the same four
@@ -97,8 +98,9 @@ async fn normal_order_is_confirmed_charged_once_and_notified() {
     assert_eq!(events[0]["seq"], 1);
     assert!(events[0]["at_ms"].as_u64().is_some_and(|ms| ms > 0), "{}", events[0]);
     assert!(events[0]["event"]["WorkflowStarted"].is_object(), "{}", events[0]);
-    assert_eq!(events[2]["step_name"], "reserve_stock");
-    assert_eq!(events[2]["event"]["StepScheduled"]["attempt"], 1);
+    assert!(events[1]["event"]["DefinitionPinned"]["content_hash"].as_str().is_some_and(|h| h.starts_with("sha256:")));
+    assert_eq!(events[3]["step_name"], "reserve_stock");
+    assert_eq!(events[3]["event"]["StepScheduled"]["attempt"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -122,6 +124,7 @@ async fn out_of_stock_order_is_cancelled_and_touches_nothing() {
     assert_eq!(history_violations(id, &history), Vec::<String>::new());
     let expected = labels(&[
         &one("WorkflowStarted"),
+        &one("DefinitionPinned"),
         &one("ParallelStarted(screen_and_reserve)"),
         &one("StepScheduled(reserve_stock)"),
         &one("StepSkipped(fraud_check)"),
@@ -159,6 +162,7 @@ async fn declined_card_is_cancelled_with_stock_released_and_nothing_charged() {
     assert_eq!(history_violations(id, &history), Vec::<String>::new());
     let expected = labels(&[
         &one("WorkflowStarted"),
+        &one("DefinitionPinned"),
         &one("ParallelStarted(screen_and_reserve)"),
         &one("StepScheduled(reserve_stock)"),
         &one("StepSkipped(fraud_check)"),

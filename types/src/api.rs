@@ -130,6 +130,11 @@ pub struct WorkflowView {
     /// and signal names) and sleeps (with their wake time). Empty once it has finished.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<InFlightView>,
+    /// `sha256:<hex>` of the definition source the run was started on (its
+    /// `DefinitionPinned` event). Shown by `GET /v1/workflows/{id}` only; absent for runs
+    /// started before the hash was recorded, and in lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition_hash: Option<String>,
 }
 
 /// One thing a run in flight waits for.

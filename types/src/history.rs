@@ -205,6 +205,14 @@ pub enum EventKind {
         step: StepRef,
         reason: String,
     },
+    // The definition's hash (issue 9). Appended after every older kind.
+    /// The run is pinned to the definition whose TOML source hashes to `content_hash`
+    /// (`sha256:<hex>`, as the registry computes it). Emitted right after `WorkflowStarted`
+    /// by runs started since this kind exists; older runs have none. A new kind rather than a
+    /// field of `WorkflowStarted`, whose stored bincode records could not be read if it grew.
+    DefinitionPinned {
+        content_hash: String,
+    },
 }
 
 impl EventKind {
@@ -239,6 +247,7 @@ impl EventKind {
             EventKind::ParallelStopped { .. } => "ParallelStopped",
             EventKind::ForEachStarted { .. } => "ForEachStarted",
             EventKind::ForEachStopped { .. } => "ForEachStopped",
+            EventKind::DefinitionPinned { .. } => "DefinitionPinned",
         }
     }
 

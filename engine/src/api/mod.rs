@@ -267,11 +267,19 @@ pub(crate) fn workflow_view(state: &AppState, id: &WorkflowId) -> Result<Option<
         // Replaying a history costs a read of all of it: only the one-run read pays it
         // (`with_waiting_for`), never a list of a thousand runs.
         waiting_for: Vec::new(),
+        definition_hash: None,
     }))
 }
 
-/// `view` with what it waits for, when it is in flight (`GET /v1/workflows/{id}` only).
+/// `view` with the hash of the definition it was started on and what it waits for, when it is
+/// in flight (`GET /v1/workflows/{id}` only). The hash is in the run's first record: one read.
 pub(crate) fn with_waiting_for(state: &AppState, mut view: WorkflowView) -> WorkflowView {
+    view.definition_hash = state.store.start_events(&view.id).ok().and_then(|events| {
+        events.into_iter().find_map(|e| match e.kind {
+            EventKind::DefinitionPinned { content_hash } => Some(content_hash),
+            _ => None,
+        })
+    });
     if view.status == WorkflowStatus::Running {
         view.waiting_for = waiting_for(state, &view.id);
     }

@@ -172,6 +172,7 @@ mod tests {
             input: JsonText::parse(input).expect("valid JSON"),
             output: None,
             waiting_for: Vec::new(),
+            definition_hash: None,
         }
     }
 

@@ -79,7 +79,7 @@ impl Core {
                 });
             }
             Command::Register { definition, reply } => {
-                let result = self.register(turn, definition);
+                let result = self.register(turn, *definition);
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
@@ -166,7 +166,7 @@ impl Core {
             .latest(workflow_type.as_str())
             .ok_or_else(|| CoreError::UnknownWorkflowType(workflow_type.to_string()))?;
         let mut state = WorkflowState::new(id.clone(), &definition, input.clone(), now);
-        let decision = decider::start(&definition, &mut state, &input, self.context(now));
+        let decision = decider::start_pinned(&definition, &mut state, &input, self.context(now));
         let summary = RunSummary {
             workflow_type: definition.name.clone(),
             definition_version: definition.version,

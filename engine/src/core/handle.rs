@@ -110,7 +110,7 @@ impl Handle {
 
     /// Registers a definition; `false` when that exact version was registered already.
     pub async fn register(&self, definition: Definition) -> Result<bool, CoreError> {
-        self.call(|reply| Command::Register { definition, reply }).await?
+        self.call(|reply| Command::Register { definition: Box::new(definition), reply }).await?
     }
 
     /// Writes a batch prepared outside the core (API tokens) with the next turn's commit;

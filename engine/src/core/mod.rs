@@ -202,7 +202,8 @@ pub(super) enum Command {
         reply: oneshot::Sender<Result<(), CoreError>>,
     },
     Register {
-        definition: Definition,
+        /// Boxed: the largest command by far, and commands travel by value.
+        definition: Box<Definition>,
         reply: oneshot::Sender<Result<bool, CoreError>>,
     },
     /// Writes a batch prepared outside the core (API tokens) in this turn's commit;

@@ -90,7 +90,11 @@ fn signal_with_start_on_a_run_that_finishes_as_it_starts_is_finished_not_not_fou
     };
     f.turn(vec![command], T0);
     assert!(matches!(answer.try_recv().expect("answered"), Err(CoreError::Finished)));
-    assert_eq!(kinds(&f, "s"), ["WorkflowStarted", "StepSkipped", "WorkflowCompleted"], "the start stands");
+    assert_eq!(
+        kinds(&f, "s"),
+        ["WorkflowStarted", "DefinitionPinned", "StepSkipped", "WorkflowCompleted"],
+        "the start stands"
+    );
 }
 
 #[test]

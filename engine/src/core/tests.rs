@@ -184,10 +184,11 @@ fn a_turn_s_events_are_published_once_after_its_sync() {
     let first = events.try_recv().expect("one message for the first turn");
     assert_eq!(first.number, 1);
     let kinds: Vec<_> = first.events.iter().map(|e| (e.run.as_str().to_owned(), e.seq, e.kind)).collect();
-    assert_eq!(kinds, vec![("a".to_owned(), 1, "WorkflowStarted"), ("a".to_owned(), 2, "StepScheduled")]);
+    let expected = [(1, "WorkflowStarted"), (2, "DefinitionPinned"), (3, "StepScheduled")];
+    assert_eq!(kinds, expected.map(|(seq, kind)| ("a".to_owned(), seq, kind)));
     assert!(first.events.iter().all(|e| e.at_ms == T0 && !e.settles));
     let second = events.try_recv().expect("one message for the second turn");
-    assert_eq!((second.number, second.events_total), (2, 4));
+    assert_eq!((second.number, second.events_total), (2, 6));
     // A turn that writes nothing publishes nothing.
     f.turn(Vec::new(), T0 + 2);
     assert!(events.try_recv().is_err());

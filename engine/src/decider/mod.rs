@@ -157,8 +157,26 @@ impl Decision {
     }
 }
 
-/// The events a new run starts with: `WorkflowStarted` and the first step's schedule.
+/// The events a new run of the engine starts with: `WorkflowStarted`, `DefinitionPinned`
+/// (the hash of the definition's source) and the first step's schedule.
+pub fn start_pinned(definition: &Definition, state: &mut WorkflowState, input: &JsonText, ctx: Context) -> Decision {
+    start_with(definition, state, input, true, ctx)
+}
+
+/// The events a run started before `DefinitionPinned` existed began with: `WorkflowStarted`
+/// and the first step's schedule. Kept so the recorded goldens and the property tests drive
+/// histories of that shape; the engine starts runs with [`start_pinned`].
 pub fn start(definition: &Definition, state: &mut WorkflowState, input: &JsonText, ctx: Context) -> Decision {
+    start_with(definition, state, input, false, ctx)
+}
+
+fn start_with(
+    definition: &Definition,
+    state: &mut WorkflowState,
+    input: &JsonText,
+    pin: bool,
+    ctx: Context,
+) -> Decision {
     let mut out = vec![Event {
         seq: 1,
         at_ms: ctx.now_ms,
@@ -168,6 +186,10 @@ pub fn start(definition: &Definition, state: &mut WorkflowState, input: &JsonTex
             input: input.clone(),
         },
     }];
+    if pin {
+        let kind = EventKind::DefinitionPinned { content_hash: definition.content_hash.clone() };
+        emit(definition, state, &mut out, ctx.now_ms, kind);
+    }
     advance(definition, state, &mut out, ctx.now_ms);
     Decision::events(out)
 }

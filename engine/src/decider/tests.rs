@@ -387,3 +387,30 @@ proptest! {
         check_history(&h);
     }
 }
+
+/// A pinned start is the older start with `DefinitionPinned` (the source's hash) as event #2;
+/// the run then goes on exactly as before, one sequence number later, and replays to the hash.
+#[test]
+fn a_pinned_start_records_the_definition_hash_right_after_workflow_started() {
+    let def = order();
+    let input = JsonText::parse(r#"{"orderId":"o-1"}"#).expect("valid");
+    let id = WorkflowId::parse("o-1").expect("valid");
+    let mut plain = WorkflowState::new(id.clone(), &def, input.clone(), 5);
+    let mut pinned = WorkflowState::new(id.clone(), &def, input.clone(), 5);
+    let old = start(&def, &mut plain, &input, ctx(5)).events;
+    let new = start_pinned(&def, &mut pinned, &input, ctx(5)).events;
+    assert_eq!(new.len(), old.len() + 1);
+    assert_eq!(new[0], old[0]);
+    assert_eq!(
+        new[1],
+        Event { seq: 2, at_ms: 5, kind: EventKind::DefinitionPinned { content_hash: def.content_hash.clone() } }
+    );
+    assert!(def.content_hash.starts_with("sha256:") && def.content_hash.len() == 7 + 64);
+    for (a, b) in old[1..].iter().zip(&new[2..]) {
+        assert_eq!((a.seq + 1, a.at_ms, &a.kind), (b.seq, b.at_ms, &b.kind));
+    }
+    assert_eq!(pinned.definition_hash.as_deref(), Some(def.content_hash.as_str()));
+    assert_eq!(plain.definition_hash, None, "runs from before the pin have none");
+    let replayed = WorkflowState::replay(id, &def, &new).expect("replays");
+    assert_eq!(replayed, pinned);
+}

@@ -90,6 +90,10 @@ pub fn conditional_appends(harness: &mut dyn Harness) {
     assert_eq!(seqs(&*store, &a), vec![1, 2, 3], "refused appends change nothing");
     let first = store.first_event(&a).expect("reads").expect("exists");
     assert_eq!(first, events(1, 1, "a")[0], "nothing was overwritten");
+    let start_events = store.start_events(&a).expect("reads");
+    assert_eq!(start_events.first(), Some(&first), "the start's events begin with the first event");
+    assert!(start_events.iter().all(|e| e.seq <= 3), "only the first transition: {start_events:?}");
+    assert!(store.start_events(&id("nobody")).expect("reads").is_empty(), "no run, no events");
 
     let mut next = WriteBatch::default();
     next.append_events(&a, &events(4, 5, "a")).expect("encodes");

@@ -124,6 +124,14 @@ pub trait HistoryStore: Send + Sync {
     /// The run's `WorkflowStarted` event (it carries the input).
     fn first_event(&self, id: &WorkflowId) -> Result<Option<Event>, Error>;
 
+    /// The events of the run's first transition (its start: `WorkflowStarted`, then for runs
+    /// started since it exists `DefinitionPinned`, then what the start scheduled), without
+    /// reading the rest of its history. A backend that stores one event a record may return
+    /// only the first; the default does.
+    fn start_events(&self, id: &WorkflowId) -> Result<Vec<Event>, Error> {
+        Ok(self.first_event(id)?.into_iter().collect())
+    }
+
     /// The runs of `shard` that are not terminal (parked ones included): what an owner
     /// replays when it starts or takes the shard over.
     fn in_flight(&self, shard: ShardId) -> Result<Vec<WorkflowId>, Error>;

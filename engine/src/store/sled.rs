@@ -191,6 +191,14 @@ impl HistoryStore for SledStore {
         }
     }
 
+    fn start_events(&self, id: &WorkflowId) -> Result<Vec<Event>, Error> {
+        let key = history_key(id, 1);
+        match self.tree.get(&key)? {
+            Some(bytes) => decode_events(&key, &bytes),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn in_flight(&self, shard: ShardId) -> Result<Vec<WorkflowId>, Error> {
         if shard != ShardId::SOLE {
             return Ok(Vec::new());

@@ -20,24 +20,28 @@ pub struct Path {
     pub max_history_events: u64,
     /// The run's input (`INPUT` but for the for_each goldens, which need several items).
     pub input: &'static str,
+    /// Started as the engine starts runs since the hash is recorded (`start_pinned`: a
+    /// `DefinitionPinned` event right after `WorkflowStarted`); the older paths were recorded
+    /// before it and keep their histories.
+    pub pinned: bool,
     walk: fn(&mut Driver),
 }
 
 const fn path(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
-    Path { name, about, definition: "order.toml", max_history_events: LIMIT, input: INPUT, walk }
+    Path { name, about, definition: "order.toml", max_history_events: LIMIT, input: INPUT, pinned: false, walk }
 }
 
 /// A path of the parallel definition (`parallel.toml`): f0 reserve, f1 the parallel step,
 /// f2 confirm, f3 charge (branch "payment"), f4 pick and f5 pack (branch "stock").
 const fn par(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
-    Path { name, about, definition: "parallel.toml", max_history_events: LIMIT, input: INPUT, walk }
+    Path { name, about, definition: "parallel.toml", max_history_events: LIMIT, input: INPUT, pinned: false, walk }
 }
 
 /// A path of the for_each definition (`for_each.toml`), on `FE_INPUT`'s three items:
 /// f0 reserve, f1 ship (for_each, 2 at once; item i's instance is forward ref `FE + i`),
 /// f2 confirm.
 const fn fe(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
-    Path { name, about, definition: "for_each.toml", max_history_events: LIMIT, input: FE_INPUT, walk }
+    Path { name, about, definition: "for_each.toml", max_history_events: LIMIT, input: FE_INPUT, pinned: false, walk }
 }
 
 /// The input of the for_each goldens: three items.
@@ -47,7 +51,7 @@ const FE: u16 = shop_engine::definition::FOR_EACH_REF_BASE;
 
 /// A path of the workflow language's definition (`language.toml`).
 const fn lang(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
-    Path { name, about, definition: "language.toml", max_history_events: LIMIT, input: INPUT, walk }
+    Path { name, about, definition: "language.toml", max_history_events: LIMIT, input: INPUT, pinned: false, walk }
 }
 
 pub const PATHS: &[Path] = &[
@@ -302,6 +306,15 @@ pub const PATHS: &[Path] = &[
         d.complete_step(FE);
         d.finish_ok();
     }),
+    Path {
+        name: "pinned_confirmed",
+        about: "started with the definition's hash pinned (event #2); every step completes: CONFIRMED",
+        definition: "order.toml",
+        max_history_events: LIMIT,
+        input: INPUT,
+        pinned: true,
+        walk: |d| (0..4).for_each(|_| d.step_ok()),
+    },
     fe("fe_cancelled", "a cancel while item 0 is held and item 1 waits: item 1 dropped, item 0 settles, unship", |d| {
         d.step_ok();
         d.wait(1_000);
@@ -327,7 +340,11 @@ pub fn drive<'a>(path: &Path, definition: &'a Definition) -> Driver<'a> {
     let id = WorkflowId::parse(RUN_ID).expect("valid id");
     let mut state = WorkflowState::new(id, definition, input.clone(), T0);
     let ctx = Context { now_ms: T0, max_history_events: path.max_history_events };
-    let first = decider::start(definition, &mut state, &input, ctx).events;
+    let first = if path.pinned {
+        decider::start_pinned(definition, &mut state, &input, ctx).events
+    } else {
+        decider::start(definition, &mut state, &input, ctx).events
+    };
     let mut driver = Driver { definition, state, records: vec![first], now: T0, limit: path.max_history_events };
     (path.walk)(&mut driver);
     driver

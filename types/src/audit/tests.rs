@@ -92,6 +92,7 @@ impl World {
             input: JsonText::from_value(&input),
             output: None,
             waiting_for: Vec::new(),
+            definition_hash: None,
         });
         snapshot.histories.insert(id.to_owned(), history_ending(status));
     }
