@@ -204,6 +204,14 @@ async fn sigterm_with_a_half_sent_request_exits_within_the_shutdown_grace() {
         )
         .await
         .expect("send a head and a byte of the body");
+    // The listener accepts in order: once a later connection is answered, both earlier ones
+    // were accepted; a moment more lets the second one's head be read, so its request is in
+    // flight (only then does shutdown have to wait for the grace).
+    let mut probe = connect(&engine).await;
+    let mut buffer = Vec::new();
+    probe.write_all(b"GET /healthz HTTP/1.1\r\nHost: e\r\n\r\n").await.expect("send a probe");
+    assert!(read_response(&mut probe, &mut buffer).await.is_some(), "the probe is answered");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let status = engine.stop().await;
     assert!(status.success(), "a clean exit: {status}");
