@@ -100,6 +100,10 @@ fn details(kind: &EventKind) -> String {
         EventKind::ForEachStarted { count, .. } => format!("{count} items"),
         EventKind::ForEachStopped { reason, .. } => format!("stopping: {reason}"),
         EventKind::DefinitionPinned { content_hash } => content_hash.clone(),
+        EventKind::ChildStarted { child, version, .. } => format!("child {child} (v{version})"),
+        EventKind::ChildCompleted { output, .. } => payload(output),
+        EventKind::ChildFailed { reason, .. } => reason.clone(),
+        EventKind::ParentLinked { parent, depth, .. } => format!("child of {parent} (depth {depth})"),
     }
 }
 

@@ -17,7 +17,7 @@ const INPUT: &str = r#"{"orderId":"o-1","orderItems":[{"productId":1,"quantity":
 
 /// Runs one confirmed order saga through the decider and returns its history.
 fn run_saga(definition: &Definition, input: &JsonText) -> Vec<Event> {
-    let ctx = Context { now_ms: 1_000, max_history_events: 10_000 };
+    let ctx = Context::new(1_000, 10_000);
     let id = WorkflowId::parse("o-1").expect("valid id");
     let mut state = WorkflowState::new(id, definition, input.clone(), ctx.now_ms);
     let mut history = decider::start(definition, &mut state, input, ctx).events;

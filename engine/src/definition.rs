@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Range;
 use std::time::Duration;
 
+mod child;
 mod for_each;
 mod language;
 mod nodes;
@@ -23,6 +24,7 @@ use raw::{RawDefaults, RawDefinition, RawRetry, RawStep, RawTimeouts};
 
 use resolve::{positive_ms, resolve_step, ResolveInput};
 
+pub use child::{child_id, Child, CHILD_ID_SEPARATOR, MAX_CHILD_DEPTH};
 pub use for_each::{
     decode_instance, instance_index, ForEach, FOR_EACH_REF_BASE, INDEX_PARAM, ITEM_PARAM, MAX_FOR_EACH_CONCURRENCY,
     MAX_FOR_EACH_ITEMS, MAX_FOR_EACH_STEPS,
@@ -334,6 +336,12 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
                 format!("compensation for step {target:?}, which does not exist"),
             ));
         };
+        if matches!(steps[index].construct, Construct::Child(_)) {
+            return Err(fail(
+                Some(comp.step.span()),
+                format!("step {target:?} runs a child workflow: compensating it cancels the child, which compensates itself"),
+            ));
+        }
         if matches!(steps[index].construct, Construct::Sleep(_) | Construct::Choice(_) | Construct::Parallel(_)) {
             return Err(fail(
                 Some(comp.step.span()),
@@ -386,6 +394,21 @@ fn activity_construct(name: &StepName, activity: &str, queue: &toml::Spanned<Str
 }
 
 fn resolve_construct(raw: &RawStep, in_branch: bool, names: &language::Names<'_>) -> Result<Construct, String> {
+    if let Some(child) = &raw.workflow {
+        let others = [
+            raw.activity.is_some() || raw.queue.is_some(),
+            raw.sleep.is_some() || raw.sleep_until.is_some(),
+            raw.wait_for.is_some() || raw.fail_on.is_some() || raw.timeout.is_some(),
+            raw.choice.is_some() || raw.parallel.is_some() || raw.for_each.is_some(),
+        ];
+        if others.iter().any(|o| *o) {
+            return Err(
+                "a child workflow step (workflow = ...) has no activity, sleep, wait, choice, parallel or for_each"
+                    .into(),
+            );
+        }
+        return child.resolve(raw.name.get_ref(), in_branch).map(Construct::Child);
+    }
     let activity = match (&raw.activity, &raw.queue) {
         (Some(activity), Some(queue)) => {
             let name = StepName::parse(raw.name.get_ref().as_str()).map_err(|e| e.to_string())?;

@@ -27,7 +27,7 @@ pub enum Error {
 /// Writes `count` completed runs of `definition` named `preload-0000000`... that do not exist
 /// yet. Returns how many it wrote.
 pub fn preload_completed(store: &Store, definition: &Definition, count: u64, now_ms: u64) -> Result<u64, Error> {
-    let ctx = Context { now_ms, max_history_events: shop_types::limits::DEFAULT_MAX_HISTORY_EVENTS };
+    let ctx = Context::new(now_ms, shop_types::limits::DEFAULT_MAX_HISTORY_EVENTS);
     let mut written = 0;
     let mut batch = WriteBatch::default();
     let preload_worker = shop_types::WorkerId::parse("preload").map_err(|e| Error::Decider(e.to_string()))?;

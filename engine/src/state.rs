@@ -18,10 +18,12 @@ use shop_types::history::{Event, EventKind};
 use shop_types::{JsonText, StepRef, WorkflowId};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod child;
 mod for_each;
 mod language;
 mod parallel;
 
+pub use child::{OpenChild, ParentLink};
 pub use for_each::{for_each_items, OpenForEach};
 pub use language::{signal_digest, OpenSleep, OpenWait, ReceivedSignal};
 pub use parallel::OpenParallel;
@@ -106,6 +108,11 @@ pub struct WorkflowState {
     /// The items of every `for_each` step started, by node (kept after the step completes:
     /// an instance's compensation is given its item).
     pub for_each_items: BTreeMap<NodeId, Vec<JsonText>>,
+    /// Child runs in flight, by the node of the step that started them. Kept when
+    /// compensation starts: it waits for their terminal outcome.
+    pub children: BTreeMap<NodeId, OpenChild>,
+    /// Set in a child run: its parent and depth (`ParentLinked`).
+    pub parent: Option<ParentLink>,
     /// Set when a `parallel` step stopped (a branch failed for good, a cancel, a timeout):
     /// why the run will compensate once the attempts workers hold have settled.
     pub stopping: Option<String>,
@@ -158,6 +165,8 @@ impl WorkflowState {
             parallels: BTreeMap::new(),
             for_eachs: BTreeMap::new(),
             for_each_items: BTreeMap::new(),
+            children: BTreeMap::new(),
+            parent: None,
             stopping: None,
             pivot_passed: false,
             cancel_requested: None,
@@ -360,6 +369,13 @@ impl WorkflowState {
             (EventKind::ForEachStarted { .. } | EventKind::ForEachStopped { .. }, node) => {
                 self.apply_for_each(definition, event, node)
             }
+            (
+                EventKind::ChildStarted { .. }
+                | EventKind::ChildCompleted { .. }
+                | EventKind::ChildFailed { .. }
+                | EventKind::ParentLinked { .. },
+                node,
+            ) => self.apply_child(definition, event, node),
         }
     }
 
@@ -388,6 +404,8 @@ impl WorkflowState {
 
     fn finish(&mut self, status: WorkflowStatus, at_ms: u64, reason: Option<String>, output: Option<JsonText>) {
         self.clear_in_flight();
+        // A finished run waits for nothing; a child still running was told to cancel.
+        self.children.clear();
         self.terminal = Some(Terminal { status, at_ms, reason, output });
     }
 }

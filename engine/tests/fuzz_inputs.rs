@@ -52,8 +52,7 @@ fn valid_record() -> Vec<u8> {
     let id = WorkflowId::parse("o-1").expect("valid id");
     let input = JsonText::parse(r#"{"orderId":"o-1"}"#).expect("valid json");
     let mut state = WorkflowState::new(id, &definition, input.clone(), 1);
-    let events =
-        decider::start(&definition, &mut state, &input, Context { now_ms: 1, max_history_events: 10_000 }).events;
+    let events = decider::start(&definition, &mut state, &input, Context::new(1, 10_000)).events;
     codec::encode_events(&events).expect("encodes")
 }
 

@@ -32,7 +32,7 @@ pub const RUN_ID: &str = "golden-1";
 /// The input every golden run starts with.
 pub const INPUT: &str = r#"{"orderId":"golden-1","orderItems":[{"productId":1,"quantity":2}],"shippingAddress":"1 Main St","paymentMethod":"CREDIT_CARD"}"#;
 /// Every event kind a history can hold: each must appear in at least one golden.
-const EVENT_KINDS: [&str; 29] = [
+const EVENT_KINDS: [&str; 33] = [
     "WorkflowStarted",
     "StepScheduled",
     "StepStarted",
@@ -62,6 +62,10 @@ const EVENT_KINDS: [&str; 29] = [
     "ForEachStarted",
     "ForEachStopped",
     "DefinitionPinned",
+    "ChildStarted",
+    "ChildCompleted",
+    "ChildFailed",
+    "ParentLinked",
 ];
 
 fn dir() -> PathBuf {
@@ -212,7 +216,7 @@ pub fn expectations(path: &Path, definition: &Definition, records: &[Vec<Event>]
     let mut probe_results = serde_json::Map::new();
     for (name, now, input) in probes(definition, &state, last_at_ms) {
         let mut copy = state.clone();
-        let ctx = Context { now_ms: now, max_history_events: path.max_history_events };
+        let ctx = Context::new(now, path.max_history_events);
         let result = match decider::decide(definition, &mut copy, input, ctx) {
             Ok(decision) => json!({
                 "events": decision.events.iter().map(|e| serde_json::to_value(e).expect("events serialize")).collect::<Vec<_>>(),
@@ -410,6 +414,10 @@ fn every_kind_is_listed(kind: &EventKind) -> &'static str {
         | EventKind::ParallelStopped { .. }
         | EventKind::ForEachStarted { .. }
         | EventKind::ForEachStopped { .. }
-        | EventKind::DefinitionPinned { .. } => kind.name(),
+        | EventKind::DefinitionPinned { .. }
+        | EventKind::ChildStarted { .. }
+        | EventKind::ChildCompleted { .. }
+        | EventKind::ChildFailed { .. }
+        | EventKind::ParentLinked { .. } => kind.name(),
     }
 }

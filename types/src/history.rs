@@ -4,7 +4,7 @@
 //! codec and its format version byte) and served as JSON by the history API, so every change
 //! here is a format change.
 
-use crate::ids::{StepRef, WorkerId, WorkflowType};
+use crate::ids::{StepRef, WorkerId, WorkflowId, WorkflowType};
 use crate::json::JsonText;
 use serde::{Deserialize, Serialize};
 
@@ -213,6 +213,35 @@ pub enum EventKind {
     DefinitionPinned {
         content_hash: String,
     },
+    // Child workflows (issue 9, the last construct). Appended after every older kind.
+    /// In the parent: child workflow step `step` started run `child` on version `version`
+    /// of its definition (decided once here; the child's own history begins in the same
+    /// batch).
+    ChildStarted {
+        step: StepRef,
+        child: WorkflowId,
+        version: u32,
+    },
+    /// In the parent: the child of `step` completed; `output` (the child's output) is the
+    /// step's.
+    ChildCompleted {
+        step: StepRef,
+        output: JsonText,
+    },
+    /// In the parent: the child of `step` ended without completing (compensated, failed,
+    /// terminated) or could not start: a permanent failure of the step.
+    ChildFailed {
+        step: StepRef,
+        reason: String,
+    },
+    /// In the child, right after `DefinitionPinned`: the run is the child of step `step` of
+    /// run `parent`, `depth` levels below a run nobody started (1 for a parent's child). Its
+    /// terminal outcome goes back to the parent.
+    ParentLinked {
+        parent: WorkflowId,
+        step: StepRef,
+        depth: u32,
+    },
 }
 
 impl EventKind {
@@ -248,6 +277,10 @@ impl EventKind {
             EventKind::ForEachStarted { .. } => "ForEachStarted",
             EventKind::ForEachStopped { .. } => "ForEachStopped",
             EventKind::DefinitionPinned { .. } => "DefinitionPinned",
+            EventKind::ChildStarted { .. } => "ChildStarted",
+            EventKind::ChildCompleted { .. } => "ChildCompleted",
+            EventKind::ChildFailed { .. } => "ChildFailed",
+            EventKind::ParentLinked { .. } => "ParentLinked",
         }
     }
 
@@ -288,7 +321,10 @@ impl EventKind {
             | EventKind::BranchCompleted { step, .. }
             | EventKind::ParallelStopped { step, .. }
             | EventKind::ForEachStarted { step, .. }
-            | EventKind::ForEachStopped { step, .. } => Some(*step),
+            | EventKind::ForEachStopped { step, .. }
+            | EventKind::ChildStarted { step, .. }
+            | EventKind::ChildCompleted { step, .. }
+            | EventKind::ChildFailed { step, .. } => Some(*step),
             other => other.step_attempt().map(|(step, _)| step),
         }
     }

@@ -220,6 +220,10 @@ fn construct(construct: &Construct) -> Option<String> {
             Some(format!("choice: {}", cases.iter().map(|case| case.branch.as_str()).collect::<Vec<_>>().join(" | ")))
         }
         Construct::Parallel(branches) => Some(format!("parallel: {}", branches.join(" & "))),
+        Construct::Child(child) => Some(match child.version {
+            Some(version) => format!("workflow: {} v{version}", child.name),
+            None => format!("workflow: {} (latest)", child.name),
+        }),
     }
 }
 

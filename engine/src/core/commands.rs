@@ -166,7 +166,12 @@ impl Core {
             .latest(workflow_type.as_str())
             .ok_or_else(|| CoreError::UnknownWorkflowType(workflow_type.to_string()))?;
         let mut state = WorkflowState::new(id.clone(), &definition, input.clone(), now);
-        let decision = decider::start_pinned(&definition, &mut state, &input, self.context(now));
+        let registry = self.registry.clone();
+        let latest = move |name: &shop_types::WorkflowType| {
+            registry.read().ok().and_then(|r| r.latest(name.as_str())).map(|d| d.version)
+        };
+        let context = decider::Context { latest_versions: Some(&latest), ..self.context(now) };
+        let decision = decider::start_pinned(&definition, &mut state, &input, context);
         let summary = RunSummary {
             workflow_type: definition.name.clone(),
             definition_version: definition.version,
@@ -181,7 +186,7 @@ impl Core {
             Run { state, summary_status: WorkflowStatus::Running, definition, timers: Vec::new(), ready: Vec::new() };
         self.runs.insert(id.clone(), run);
         self.record(turn, &id, decision.events).map_err(storage)?;
-        self.apply_effects(turn, &id, decision.effects);
+        self.apply_effects(turn, &id, decision.effects, now);
         Ok(StartOutcome::Created)
     }
 
@@ -329,7 +334,12 @@ impl Core {
         now: u64,
     ) -> Result<usize, CoreError> {
         let is_task_report = matches!(input, Input::Completed { .. } | Input::Failed { .. } | Input::Started { .. });
-        let context = self.context(now);
+        // A child step naming no version takes the latest registered when it starts.
+        let registry = self.registry.clone();
+        let latest = move |name: &shop_types::WorkflowType| {
+            registry.read().ok().and_then(|r| r.latest(name.as_str())).map(|d| d.version)
+        };
+        let context = decider::Context { latest_versions: Some(&latest), ..self.context(now) };
         let Some(run) = self.runs.get_mut(id) else {
             if is_task_report {
                 return Err(CoreError::Stale("the workflow is not in flight".into()));
@@ -357,17 +367,8 @@ impl Core {
         })?;
         let count = decision.events.len();
         self.record(turn, id, decision.events).map_err(|e| CoreError::Storage(e.to_string()))?;
-        self.apply_effects(turn, id, decision.effects);
+        self.apply_effects(turn, id, decision.effects, now);
         Ok(count)
-    }
-
-    /// Applies what a decision asks of other runs, in the same turn's batch as the deciding
-    /// run's events (see `decider::Effect`). No construct emits one yet.
-    pub(super) fn apply_effects(&mut self, _turn: &mut Turn, id: &WorkflowId, effects: Vec<decider::Effect>) {
-        debug_assert!(effects.is_empty(), "no construct emits effects yet");
-        for effect in effects {
-            tracing::error!(workflow_id = %id, ?effect, "effect ignored: this build applies none");
-        }
     }
 
     /// Adds a transition's events to the turn's batch and brings timers, task queues, the

@@ -19,6 +19,7 @@
 
 mod commands;
 mod dispatch;
+mod effects;
 mod handle;
 mod recovery;
 pub mod signer;
@@ -391,8 +392,8 @@ impl Core {
         }
     }
 
-    fn context(&self, now: u64) -> Context {
-        Context { now_ms: now, max_history_events: self.limits.max_history_events }
+    fn context(&self, now: u64) -> Context<'static> {
+        Context::new(now, self.limits.max_history_events)
     }
 }
 

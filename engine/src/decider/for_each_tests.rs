@@ -69,13 +69,13 @@ impl Run {
         let input = JsonText::from_value(&serde_json::json!({ "items": items }));
         let now = 1_000_000;
         let mut state = WorkflowState::new(WorkflowId::parse("fe-1").expect("valid"), &def, input.clone(), now);
-        let ctx = Context { now_ms: now, max_history_events: 10_000 };
+        let ctx = Context::new(now, 10_000);
         let history = start(&def, &mut state, &input, ctx).events;
         Run { def, state, history, now }
     }
 
     fn feed(&mut self, input: Input) -> Result<(), Rejection> {
-        let ctx = Context { now_ms: self.now, max_history_events: 10_000 };
+        let ctx = Context::new(self.now, 10_000);
         let events = decide(&self.def, &mut self.state, input, ctx)?.events;
         self.history.extend(events);
         Ok(())
@@ -184,7 +184,7 @@ fn items_that_are_not_an_array_fail_the_step() {
     let def = definition::parse("fe.toml", &def(2, 0)).expect("valid");
     let input = JsonText::parse(r#"{"items":{"not":"an array"}}"#).expect("valid");
     let mut state = WorkflowState::new(WorkflowId::parse("fe-2").expect("valid"), &def, input.clone(), 0);
-    let ctx = Context { now_ms: 0, max_history_events: 10_000 };
+    let ctx = Context::new(0, 10_000);
     start(&def, &mut state, &input, ctx);
     let mut run = Run { def, state, history: Vec::new(), now: 0 };
     run.take(0);

@@ -85,13 +85,13 @@ impl Run {
         let input = JsonText::parse(input).expect("valid");
         let now = 1_000_000;
         let mut state = WorkflowState::new(WorkflowId::parse("r-1").expect("valid"), &def, input.clone(), now);
-        let ctx = Context { now_ms: now, max_history_events: 10_000 };
+        let ctx = Context::new(now, 10_000);
         let history = start(&def, &mut state, &input, ctx).events;
         Run { def, state, history, now, max_history_events: 10_000 }
     }
 
-    fn ctx(&self) -> Context {
-        Context { now_ms: self.now, max_history_events: self.max_history_events }
+    fn ctx(&self) -> Context<'static> {
+        Context::new(self.now, self.max_history_events)
     }
 
     fn feed(&mut self, input: Input) -> Result<(), Rejection> {
@@ -169,7 +169,7 @@ impl Run {
             return Err("the live timers differ".into());
         }
         for (now, input) in self.probes() {
-            let ctx = Context { now_ms: now, max_history_events: self.max_history_events };
+            let ctx = Context::new(now, self.max_history_events);
             let live = decide(&self.def, &mut self.state.clone(), input.clone(), ctx);
             let replayed = decide(&self.def, &mut other.clone(), input.clone(), ctx);
             if live != replayed {

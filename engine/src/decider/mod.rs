@@ -12,11 +12,13 @@
 //! reports, timeouts, retries), `step` (forward activity steps), `compensation` (undoing
 //! them, parking, resuming), `after` (steps after compensation), and the workflow language:
 //! `sleep`, `wait` (signals and waits), `choice` (and `when`, in `step`), `parallel` and
-//! `for_each`. `timers` derives a
+//! `for_each`, and `child` (child workflows, the one construct with effects on other runs).
+//! `timers` derives a
 //! run's live timers from its attempts, sleeps and waits in flight.
 
 mod after;
 mod attempt;
+mod child;
 mod choice;
 mod compensation;
 mod for_each;
@@ -29,6 +31,7 @@ mod wait;
 #[cfg(test)]
 mod tests;
 
+pub use child::ChildOutcome;
 pub use timers::{retry_delay_ms, timers, Timer, TimerKind};
 pub use wait::MAX_SIGNALS_PER_RUN;
 
@@ -74,6 +77,13 @@ pub enum Input {
     Resume {
         reason: String,
     },
+    /// The child run `child` started by step `step` ended (from the child's terminal
+    /// decision, or from recovery).
+    ChildEnded {
+        step: StepRef,
+        child: WorkflowId,
+        outcome: ChildOutcome,
+    },
     /// A signal for the run, de-duplicated by `key`.
     Signal {
         name: String,
@@ -117,14 +127,41 @@ pub enum Rejection {
     SignalNotAwaited(String),
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct Context {
+/// The latest registered version of a workflow type, if it has one.
+pub type LatestVersion = dyn Fn(&shop_types::WorkflowType) -> Option<u32>;
+
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
     pub now_ms: u64,
     pub max_history_events: u64,
+    /// The latest registered version of a workflow type, for a child step that names no
+    /// version (the core reads its registry; without it such a child fails to start). A
+    /// lookup, not a clock or I/O: its answer is recorded in `ChildStarted`.
+    pub latest_versions: Option<&'a LatestVersion>,
 }
 
-/// Something a decision asks of another run. No construct emits one yet: child workflows
-/// will (a parent starts, signals or cancels its children).
+impl Context<'_> {
+    /// A context with no registry to resolve a child's latest version.
+    pub fn new(now_ms: u64, max_history_events: u64) -> Self {
+        Context { now_ms, max_history_events, latest_versions: None }
+    }
+
+    fn latest_version(&self, name: &shop_types::WorkflowType) -> Option<u32> {
+        self.latest_versions.and_then(|latest| latest(name))
+    }
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("now_ms", &self.now_ms)
+            .field("max_history_events", &self.max_history_events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Something a decision asks of another run: a parent starts or cancels its children, a
+/// child tells its parent it ended.
 ///
 /// How the core applies them: in the same turn, right after appending the deciding run's
 /// events to the turn's batch, the core turns each effect into an input for the run it
@@ -135,12 +172,24 @@ pub struct Context {
 /// its step), never dropped.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// Start a new run of `workflow_type` as `run`.
-    Start { run: WorkflowId, workflow_type: shop_types::WorkflowType, input: JsonText },
+    /// Start a new run of version `version` of `workflow_type` as `run`, the child of step
+    /// `step` of `parent`, `depth` levels deep. If it cannot start, the parent's step fails
+    /// (`ChildFailed`).
+    Start {
+        run: WorkflowId,
+        workflow_type: shop_types::WorkflowType,
+        version: u32,
+        input: JsonText,
+        parent: WorkflowId,
+        step: StepRef,
+        depth: u32,
+    },
     /// Deliver a signal to `run`.
     Signal { run: WorkflowId, name: String, payload: JsonText },
     /// Cancel `run` (compensating a child cancels it).
     Cancel { run: WorkflowId, reason: String },
+    /// Tell `parent` that its child `child`, started by step `step`, ended.
+    ChildEnded { parent: WorkflowId, step: StepRef, child: WorkflowId, outcome: ChildOutcome },
 }
 
 /// The outcome of one decision: the run's new events (already applied to its state), and
@@ -160,21 +209,33 @@ impl Decision {
 /// The events a new run of the engine starts with: `WorkflowStarted`, `DefinitionPinned`
 /// (the hash of the definition's source) and the first step's schedule.
 pub fn start_pinned(definition: &Definition, state: &mut WorkflowState, input: &JsonText, ctx: Context) -> Decision {
-    start_with(definition, state, input, true, ctx)
+    start_with(definition, state, input, Some(None), ctx)
+}
+
+/// The events a child run starts with: those of [`start_pinned`] with `ParentLinked` (its
+/// parent, the step that started it, its depth) right after `DefinitionPinned`.
+pub fn start_child(
+    definition: &Definition,
+    state: &mut WorkflowState,
+    input: &JsonText,
+    link: crate::state::ParentLink,
+    ctx: Context,
+) -> Decision {
+    start_with(definition, state, input, Some(Some(link)), ctx)
 }
 
 /// The events a run started before `DefinitionPinned` existed began with: `WorkflowStarted`
 /// and the first step's schedule. Kept so the recorded goldens and the property tests drive
 /// histories of that shape; the engine starts runs with [`start_pinned`].
 pub fn start(definition: &Definition, state: &mut WorkflowState, input: &JsonText, ctx: Context) -> Decision {
-    start_with(definition, state, input, false, ctx)
+    start_with(definition, state, input, None, ctx)
 }
 
 fn start_with(
     definition: &Definition,
     state: &mut WorkflowState,
     input: &JsonText,
-    pin: bool,
+    pin: Option<Option<crate::state::ParentLink>>,
     ctx: Context,
 ) -> Decision {
     let mut out = vec![Event {
@@ -186,17 +247,33 @@ fn start_with(
             input: input.clone(),
         },
     }];
-    if pin {
+    if let Some(link) = pin {
         let kind = EventKind::DefinitionPinned { content_hash: definition.content_hash.clone() };
         emit(definition, state, &mut out, ctx.now_ms, kind);
+        if let Some(crate::state::ParentLink { parent, step, depth }) = link {
+            emit(definition, state, &mut out, ctx.now_ms, EventKind::ParentLinked { parent, step, depth });
+        }
     }
     advance(definition, state, &mut out, ctx.now_ms);
-    Decision::events(out)
+    let effects = child::effects(definition, &Default::default(), state, &mut out, ctx);
+    Decision { events: out, effects }
 }
 
 /// Decides what `input` does to the run, returning the new events (already applied to
 /// `state`), or why it changes nothing.
 pub fn decide(
+    definition: &Definition,
+    state: &mut WorkflowState,
+    input: Input,
+    ctx: Context,
+) -> Result<Decision, Rejection> {
+    let before = state.children.clone();
+    let mut decision = decide_events(definition, state, input, ctx)?;
+    decision.effects = child::effects(definition, &before, state, &mut decision.events, ctx);
+    Ok(decision)
+}
+
+fn decide_events(
     definition: &Definition,
     state: &mut WorkflowState,
     input: Input,
@@ -243,9 +320,11 @@ fn decide_within_limit(
 ) -> Result<Vec<Event>, Rejection> {
     if state.terminal.is_some() {
         return Err(match input {
-            Input::Cancel { .. } | Input::Terminate { .. } | Input::Resume { .. } | Input::Signal { .. } => {
-                Rejection::Finished
-            }
+            Input::Cancel { .. }
+            | Input::Terminate { .. }
+            | Input::Resume { .. }
+            | Input::Signal { .. }
+            | Input::ChildEnded { .. } => Rejection::Finished,
             _ => Rejection::Stale,
         });
     }
@@ -284,6 +363,10 @@ fn decide_within_limit(
         }
         Input::Resume { reason } => compensation::resume(definition, state, &mut out, now, reason)?,
         Input::Signal { name, key, payload } => wait::signal(definition, state, &mut out, ctx, name, key, payload)?,
+        Input::ChildEnded { step, child, outcome } => {
+            child::ended(definition, state, &mut out, now, step, &child, outcome)?;
+            advance(definition, state, &mut out, now);
+        }
     }
     let soft_limit = soft_limit(ctx.max_history_events);
     let going_forward = state.terminal.is_none()
@@ -358,6 +441,8 @@ fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Eve
     }
 }
 
+#[cfg(test)]
+mod child_tests;
 #[cfg(test)]
 mod for_each_tests;
 #[cfg(test)]

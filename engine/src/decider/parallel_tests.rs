@@ -80,13 +80,13 @@ impl Run {
         let input = JsonText::parse("{}").expect("valid");
         let now = 1_000_000;
         let mut state = WorkflowState::new(WorkflowId::parse("p-1").expect("valid"), &def, input.clone(), now);
-        let ctx = Context { now_ms: now, max_history_events: 10_000 };
+        let ctx = Context::new(now, 10_000);
         let history = start(&def, &mut state, &input, ctx).events;
         Run { def, state, history, now }
     }
 
     fn feed(&mut self, input: Input) -> Result<(), Rejection> {
-        let ctx = Context { now_ms: self.now, max_history_events: 10_000 };
+        let ctx = Context::new(self.now, 10_000);
         let events = decide(&self.def, &mut self.state, input, ctx)?.events;
         self.history.extend(events);
         Ok(())

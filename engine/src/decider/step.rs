@@ -4,7 +4,7 @@
 //! compensation has started, nor evaluate a `when` but once, when the step would start.
 
 use super::attempt::FailedForGood;
-use super::{choice, emit, for_each, parallel, sleep, wait};
+use super::{child, choice, emit, for_each, parallel, sleep, wait};
 use crate::definition::{Construct, Definition, NodeId, OnFailure};
 use crate::state::WorkflowState;
 use shop_types::history::{Event, EventKind};
@@ -47,6 +47,7 @@ pub(super) fn begin(definition: &Definition, state: &mut WorkflowState, out: &mu
         Construct::Wait(spec) => wait::open(definition, state, out, now, node, step, spec),
         Construct::Choice(cases) => choice::take(definition, state, out, now, node, step, cases),
         Construct::Parallel(branches) => parallel::begin(definition, state, out, now, step, branches),
+        Construct::Child(spec) => child::begin(definition, state, out, now, node, step, spec),
     }
 }
 

@@ -14,8 +14,8 @@ fn order() -> Definition {
     definition::parse("order.toml", include_str!("../../../workflows/order.toml")).expect("valid")
 }
 
-fn ctx(now_ms: u64) -> Context {
-    Context { now_ms, max_history_events: MAX_HISTORY }
+fn ctx(now_ms: u64) -> Context<'static> {
+    Context::new(now_ms, MAX_HISTORY)
 }
 
 struct Harness {
@@ -36,7 +36,7 @@ impl Harness {
     }
 
     fn feed(&mut self, input: Input) -> Result<(), Rejection> {
-        let ctx = Context { now_ms: self.now, max_history_events: self.limit };
+        let ctx = Context::new(self.now, self.limit);
         let events = decide(&self.def, &mut self.state, input, ctx)?.events;
         self.history.extend(events);
         Ok(())

@@ -40,6 +40,8 @@ pub enum Construct {
     Choice(Vec<Case>),
     /// Run every named branch at once; the step completes when all have.
     Parallel(Vec<String>),
+    /// Run another workflow as a child run; the step completes with its output.
+    Child(super::Child),
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -4,7 +4,7 @@
 //! never validate or resolve anything: `definition.rs` and its modules do that, with file:line
 //! errors.
 
-use super::{for_each, language, predicate, OnFailure, StatusLabels};
+use super::{child, for_each, language, predicate, OnFailure, StatusLabels};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -58,6 +58,7 @@ pub(super) struct RawStep {
     pub(super) choice: Option<Vec<language::RawCase>>,
     pub(super) parallel: Option<Vec<String>>,
     pub(super) for_each: Option<for_each::RawForEach>,
+    pub(super) workflow: Option<child::RawChild>,
     pub(super) when: Option<predicate::RawPredicate>,
     #[serde(default)]
     pub(super) retry: RawRetry,

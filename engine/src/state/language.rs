@@ -153,6 +153,7 @@ impl WorkflowState {
             && self.waits.is_empty()
             && self.parallels.is_empty()
             && self.for_eachs.is_empty()
+            && self.children.is_empty()
     }
 
     /// The run's context as predicates and pointers read it:

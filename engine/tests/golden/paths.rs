@@ -24,24 +24,54 @@ pub struct Path {
     /// `DefinitionPinned` event right after `WorkflowStarted`); the older paths were recorded
     /// before it and keep their histories.
     pub pinned: bool,
+    /// Started as a child run (`start_child`: `ParentLinked` after `DefinitionPinned`), the
+    /// child of step f1 of run `golden-0`.
+    pub child: bool,
     walk: fn(&mut Driver),
 }
 
 const fn path(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
-    Path { name, about, definition: "order.toml", max_history_events: LIMIT, input: INPUT, pinned: false, walk }
+    Path {
+        name,
+        about,
+        definition: "order.toml",
+        max_history_events: LIMIT,
+        input: INPUT,
+        pinned: false,
+        child: false,
+        walk,
+    }
 }
 
 /// A path of the parallel definition (`parallel.toml`): f0 reserve, f1 the parallel step,
 /// f2 confirm, f3 charge (branch "payment"), f4 pick and f5 pack (branch "stock").
 const fn par(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
-    Path { name, about, definition: "parallel.toml", max_history_events: LIMIT, input: INPUT, pinned: false, walk }
+    Path {
+        name,
+        about,
+        definition: "parallel.toml",
+        max_history_events: LIMIT,
+        input: INPUT,
+        pinned: false,
+        child: false,
+        walk,
+    }
 }
 
 /// A path of the for_each definition (`for_each.toml`), on `FE_INPUT`'s three items:
 /// f0 reserve, f1 ship (for_each, 2 at once; item i's instance is forward ref `FE + i`),
 /// f2 confirm.
 const fn fe(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
-    Path { name, about, definition: "for_each.toml", max_history_events: LIMIT, input: FE_INPUT, pinned: false, walk }
+    Path {
+        name,
+        about,
+        definition: "for_each.toml",
+        max_history_events: LIMIT,
+        input: FE_INPUT,
+        pinned: false,
+        child: false,
+        walk,
+    }
 }
 
 /// The input of the for_each goldens: three items.
@@ -51,10 +81,58 @@ const FE: u16 = shop_engine::definition::FOR_EACH_REF_BASE;
 
 /// A path of the workflow language's definition (`language.toml`).
 const fn lang(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
-    Path { name, about, definition: "language.toml", max_history_events: LIMIT, input: INPUT, pinned: false, walk }
+    Path {
+        name,
+        about,
+        definition: "language.toml",
+        max_history_events: LIMIT,
+        input: INPUT,
+        pinned: false,
+        child: false,
+        walk,
+    }
+}
+
+/// A path of the child workflow definition (`child.toml`, started pinned and itself a child
+/// of `golden-0`): f0 reserve, f1 the child step (`payment` v2, child id `golden-1.pay`),
+/// f2 confirm.
+const fn child(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
+    Path {
+        name,
+        about,
+        definition: "child.toml",
+        max_history_events: LIMIT,
+        input: INPUT,
+        pinned: true,
+        child: true,
+        walk,
+    }
+}
+
+/// The child run of `child.toml`'s step f1.
+fn child_id() -> WorkflowId {
+    WorkflowId::parse("golden-1.pay").expect("valid id")
 }
 
 pub const PATHS: &[Path] = &[
+    child("child_completed", "reserve, the child completes with its output, confirm: CONFIRMED", |d| {
+        d.step_ok();
+        let output = JsonText::parse(r#"{"paid":true}"#).expect("valid json");
+        let step = shop_types::StepRef::forward(1);
+        d.feed(Input::ChildEnded { step, child: child_id(), outcome: Ok(output) }).expect("completes");
+        d.step_ok();
+    }),
+    child("child_failed", "the child ends compensated: the step fails for good, release, COMPENSATED", |d| {
+        d.step_ok();
+        let step = shop_types::StepRef::forward(1);
+        let outcome = Err("child golden-1.pay ended COMPENSATED: declined".to_owned());
+        d.feed(Input::ChildEnded { step, child: child_id(), outcome }).expect("fails");
+        d.finish_ok();
+    }),
+    child("child_cancelled", "a cancel while the child runs: compensation waits for the child", |d| {
+        d.step_ok();
+        d.feed(Input::Cancel { reason: "customer changed their mind".into() }).expect("cancels");
+    }),
     path("confirmed", "every step completes: CONFIRMED", |d| {
         (0..4).for_each(|_| d.step_ok());
     }),
@@ -313,6 +391,7 @@ pub const PATHS: &[Path] = &[
         max_history_events: LIMIT,
         input: INPUT,
         pinned: true,
+        child: false,
         walk: |d| (0..4).for_each(|_| d.step_ok()),
     },
     fe("fe_cancelled", "a cancel while item 0 is held and item 1 waits: item 1 dropped, item 0 settles, unship", |d| {
@@ -339,8 +418,12 @@ pub fn drive<'a>(path: &Path, definition: &'a Definition) -> Driver<'a> {
     let input = JsonText::parse(path.input).expect("valid json");
     let id = WorkflowId::parse(RUN_ID).expect("valid id");
     let mut state = WorkflowState::new(id, definition, input.clone(), T0);
-    let ctx = Context { now_ms: T0, max_history_events: path.max_history_events };
-    let first = if path.pinned {
+    let ctx = Context::new(T0, path.max_history_events);
+    let first = if path.child {
+        let parent = WorkflowId::parse("golden-0").expect("valid id");
+        let link = shop_engine::state::ParentLink { parent, step: shop_types::StepRef::forward(1), depth: 1 };
+        decider::start_child(definition, &mut state, &input, link, ctx).events
+    } else if path.pinned {
         decider::start_pinned(definition, &mut state, &input, ctx).events
     } else {
         decider::start(definition, &mut state, &input, ctx).events
@@ -352,7 +435,7 @@ pub fn drive<'a>(path: &Path, definition: &'a Definition) -> Driver<'a> {
 
 impl Driver<'_> {
     pub fn feed(&mut self, input: Input) -> Result<(), Rejection> {
-        let ctx = Context { now_ms: self.now, max_history_events: self.limit };
+        let ctx = Context::new(self.now, self.limit);
         let events = decider::decide(self.definition, &mut self.state, input, ctx)?.events;
         if !events.is_empty() {
             self.records.push(events);
