@@ -154,6 +154,8 @@ pub enum InFlightView {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         callback: Option<String>,
     },
+    /// A child workflow run in flight (`GET /v1/workflows/{child}` shows it).
+    Child { step: String, child: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -315,7 +315,9 @@ fn waiting_for(state: &AppState, id: &WorkflowId) -> Vec<shop_types::api::InFlig
         deadline_ms: w.deadline_ms,
         callback: callbacks::callback_path(&state.core.signer, id, &events, w.step),
     });
-    attempts.chain(sleeps).chain(waits).collect()
+    let children =
+        run.children.values().map(|c| InFlightView::Child { step: name(c.step), child: c.child.to_string() });
+    attempts.chain(sleeps).chain(waits).chain(children).collect()
 }
 
 /// The run's view, after waiting up to `wait` for it to finish.
