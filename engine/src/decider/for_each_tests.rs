@@ -4,6 +4,7 @@
 //! instances settle, then compensates newest completion first; and a property test with
 //! random hand-outs, reports, timers, cancels and replays.
 
+use super::test_run::Run;
 use super::*;
 use crate::definition::{self, FOR_EACH_REF_BASE, MAX_FOR_EACH_CONCURRENCY, MAX_FOR_EACH_ITEMS, MAX_FOR_EACH_STEPS};
 use crate::state::AttemptStatus;
@@ -55,62 +56,11 @@ queue = "s"
 
 const ITEM: u16 = FOR_EACH_REF_BASE;
 
-struct Run {
-    def: Definition,
-    state: WorkflowState,
-    history: Vec<Event>,
-    now: u64,
-}
-
 impl Run {
-    fn new(max_concurrency: u32, tolerated: u32, items: usize) -> Self {
-        let def = definition::parse("fe.toml", &def(max_concurrency, tolerated)).expect("valid");
+    fn for_each(max_concurrency: u32, tolerated: u32, items: usize) -> Run {
         let items: Vec<serde_json::Value> = (0..items).map(|i| serde_json::json!({ "n": i })).collect();
         let input = JsonText::from_value(&serde_json::json!({ "items": items }));
-        let now = 1_000_000;
-        let mut state = WorkflowState::new(WorkflowId::parse("fe-1").expect("valid"), &def, input.clone(), now);
-        let ctx = Context::new(now, 10_000);
-        let history = start(&def, &mut state, &input, ctx).events;
-        Run { def, state, history, now }
-    }
-
-    fn feed(&mut self, input: Input) -> Result<(), Rejection> {
-        let ctx = Context::new(self.now, 10_000);
-        let events = decide(&self.def, &mut self.state, input, ctx)?.events;
-        self.history.extend(events);
-        Ok(())
-    }
-
-    fn standing(&self, started: bool) -> Vec<(StepRef, u32)> {
-        self.state
-            .attempts
-            .values()
-            .filter(|a| matches!(a.status, AttemptStatus::Started { .. }) == started)
-            .filter(|a| !matches!(a.status, AttemptStatus::BackingOff { .. }))
-            .map(|a| (a.step, a.attempt))
-            .collect()
-    }
-
-    fn take(&mut self, index: u16) {
-        let step = StepRef::forward(index);
-        let (_, attempt) = *self.standing(false).iter().find(|(s, _)| *s == step).expect("scheduled");
-        self.feed(Input::Started { step, attempt, worker: "w".parse().expect("valid") }).expect("starts");
-    }
-
-    fn report(&mut self, index: u16, ok: bool) {
-        let step = StepRef::forward(index);
-        let (_, attempt) = *self.standing(true).iter().find(|(s, _)| *s == step).expect("started");
-        let input = if ok {
-            Input::Completed { step, attempt, output: JsonText::from_value(&serde_json::json!({ "i": index })) }
-        } else {
-            let error = ActivityError { error_type: "NO".into(), message: "no".into(), retryable: false };
-            Input::Failed { step, attempt, error }
-        };
-        self.feed(input).expect("reported");
-    }
-
-    fn names(&self) -> Vec<&'static str> {
-        self.history.iter().map(|e| e.kind.name()).collect()
+        Run::start("fe.toml", &def(max_concurrency, tolerated), "fe-1", input)
     }
 
     fn instances_in_flight(&self) -> usize {
@@ -124,7 +74,7 @@ impl Run {
 
 #[test]
 fn instances_run_at_most_max_concurrency_at_once_and_the_output_is_in_item_order() {
-    let mut run = Run::new(2, 0, 3);
+    let mut run = Run::for_each(2, 0, 3);
     run.take(0);
     run.report(0, true);
     assert!(run.names().contains(&"ForEachStarted"));
@@ -145,7 +95,7 @@ fn instances_run_at_most_max_concurrency_at_once_and_the_output_is_in_item_order
 
 #[test]
 fn tolerated_failures_leave_null_in_the_output_and_the_run_goes_on() {
-    let mut run = Run::new(4, 1, 2);
+    let mut run = Run::for_each(4, 1, 2);
     run.take(0);
     run.report(0, true);
     run.take(ITEM);
@@ -159,19 +109,19 @@ fn tolerated_failures_leave_null_in_the_output_and_the_run_goes_on() {
 
 #[test]
 fn an_empty_array_completes_at_once_and_the_item_limit_is_an_edge() {
-    let mut run = Run::new(4, 0, 0);
+    let mut run = Run::for_each(4, 0, 0);
     run.take(0);
     run.report(0, true);
     assert_eq!(run.ship_output(), Some(serde_json::json!([])));
 
-    let mut run = Run::new(MAX_FOR_EACH_CONCURRENCY, 0, MAX_FOR_EACH_ITEMS);
+    let mut run = Run::for_each(MAX_FOR_EACH_CONCURRENCY, 0, MAX_FOR_EACH_ITEMS);
     run.take(0);
     run.report(0, true);
     let count = MAX_FOR_EACH_ITEMS as u32;
     assert!(run.history.iter().any(|e| e.kind == EventKind::ForEachStarted { step: StepRef::forward(1), count }));
     assert_eq!(run.instances_in_flight(), MAX_FOR_EACH_CONCURRENCY as usize);
 
-    let mut run = Run::new(4, 0, MAX_FOR_EACH_ITEMS + 1);
+    let mut run = Run::for_each(4, 0, MAX_FOR_EACH_ITEMS + 1);
     run.take(0);
     run.report(0, true);
     assert!(!run.names().contains(&"ForEachStarted"));
@@ -195,7 +145,7 @@ fn items_that_are_not_an_array_fail_the_step() {
 
 #[test]
 fn a_failure_past_the_tolerance_stops_lets_held_settle_then_compensates_newest_completion_first() {
-    let mut run = Run::new(2, 0, 3);
+    let mut run = Run::for_each(2, 0, 3);
     run.take(0);
     run.report(0, true);
     run.take(ITEM);
@@ -295,7 +245,7 @@ proptest! {
         tolerated in 0u32..3,
         items in 0usize..6,
     ) {
-        let mut run = Run::new(max_concurrency, tolerated, items);
+        let mut run = Run::for_each(max_concurrency, tolerated, items);
         for op in ops {
             let held_before = run.standing(true);
             let before = run.history.len();

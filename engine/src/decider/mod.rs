@@ -449,3 +449,5 @@ mod for_each_tests;
 mod language_tests;
 #[cfg(test)]
 mod parallel_tests;
+#[cfg(test)]
+mod test_run;

@@ -3,6 +3,7 @@
 //! compensating in reverse order of completion, and a property test with random hand-outs,
 //! completions, failures, timer firings, cancels and replays.
 
+use super::test_run::Run;
 use super::*;
 use crate::definition;
 use crate::state::AttemptStatus;
@@ -67,62 +68,9 @@ activity = "x.refund"
 queue = "p"
 "#;
 
-struct Run {
-    def: Definition,
-    state: WorkflowState,
-    history: Vec<Event>,
-    now: u64,
-}
-
 impl Run {
-    fn new() -> Self {
-        let def = definition::parse("par.toml", DEF).expect("valid");
-        let input = JsonText::parse("{}").expect("valid");
-        let now = 1_000_000;
-        let mut state = WorkflowState::new(WorkflowId::parse("p-1").expect("valid"), &def, input.clone(), now);
-        let ctx = Context::new(now, 10_000);
-        let history = start(&def, &mut state, &input, ctx).events;
-        Run { def, state, history, now }
-    }
-
-    fn feed(&mut self, input: Input) -> Result<(), Rejection> {
-        let ctx = Context::new(self.now, 10_000);
-        let events = decide(&self.def, &mut self.state, input, ctx)?.events;
-        self.history.extend(events);
-        Ok(())
-    }
-
-    /// The attempts in flight standing as `want`, by step index.
-    fn standing(&self, started: bool) -> Vec<(StepRef, u32)> {
-        self.state
-            .attempts
-            .values()
-            .filter(|a| matches!(a.status, AttemptStatus::Started { .. }) == started)
-            .filter(|a| !matches!(a.status, AttemptStatus::BackingOff { .. }))
-            .map(|a| (a.step, a.attempt))
-            .collect()
-    }
-
-    fn take(&mut self, index: u16) {
-        let step = StepRef::forward(index);
-        let (_, attempt) = *self.standing(false).iter().find(|(s, _)| *s == step).expect("scheduled");
-        self.feed(Input::Started { step, attempt, worker: "w".parse().expect("valid") }).expect("starts");
-    }
-
-    fn report(&mut self, index: u16, ok: bool) {
-        let step = StepRef::forward(index);
-        let (_, attempt) = *self.standing(true).iter().find(|(s, _)| *s == step).expect("started");
-        let input = if ok {
-            Input::Completed { step, attempt, output: JsonText::parse("{}").expect("valid") }
-        } else {
-            let error = ActivityError { error_type: "NO".into(), message: "no".into(), retryable: false };
-            Input::Failed { step, attempt, error }
-        };
-        self.feed(input).expect("reported");
-    }
-
-    fn names(&self) -> Vec<&'static str> {
-        self.history.iter().map(|e| e.kind.name()).collect()
+    fn parallel() -> Run {
+        Run::start("par.toml", DEF, "p-1", JsonText::parse("{}").expect("valid"))
     }
 
     fn scheduled_steps(&self) -> Vec<StepRef> {
@@ -138,7 +86,7 @@ impl Run {
 
 #[test]
 fn branches_run_at_once_and_the_step_completes_when_all_have() {
-    let mut run = Run::new();
+    let mut run = Run::parallel();
     run.take(0);
     run.report(0, true);
     assert_eq!(run.standing(false).len(), 2, "pick and charge are both scheduled");
@@ -158,7 +106,7 @@ fn branches_run_at_once_and_the_step_completes_when_all_have() {
 
 #[test]
 fn a_branch_failing_for_good_stops_the_other_lets_it_settle_then_compensates_newest_completion_first() {
-    let mut run = Run::new();
+    let mut run = Run::parallel();
     run.take(0);
     run.report(0, true);
     run.take(4);
@@ -246,7 +194,7 @@ proptest! {
     /// held, and it covers every handed-out step that has a compensation.
     #[test]
     fn parallel_runs_replay_and_never_abandon_a_held_attempt(ops in proptest::collection::vec(op(), 0..60)) {
-        let mut run = Run::new();
+        let mut run = Run::parallel();
         for op in ops {
             let held_before = run.standing(true);
             let before = run.history.len();
