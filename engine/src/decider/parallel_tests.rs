@@ -3,7 +3,7 @@
 //! compensating in reverse order of completion, and a property test with random hand-outs,
 //! completions, failures, timer firings, cancels and replays.
 
-use super::test_run::Run;
+use super::test_run::{op, Run};
 use super::*;
 use crate::definition;
 use crate::state::AttemptStatus;
@@ -166,27 +166,6 @@ fn parallel_is_validated_with_lines() {
 
 use crate::definition::MAX_PARALLEL_BRANCHES;
 
-#[derive(Debug, Clone)]
-enum Op {
-    Take(u8),
-    Complete(u8),
-    FailForGood(u8),
-    FailRetryable(u8),
-    Timer,
-    Cancel,
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        4 => any::<u8>().prop_map(Op::Take),
-        4 => any::<u8>().prop_map(Op::Complete),
-        1 => any::<u8>().prop_map(Op::FailForGood),
-        1 => any::<u8>().prop_map(Op::FailRetryable),
-        1 => Just(Op::Timer),
-        1 => Just(Op::Cancel),
-    ]
-}
-
 proptest! {
     /// Any mix of hand-outs, completions, failures, timer firings and cancels while branches
     /// run: a replay reproduces the state (as a restart would), an attempt a worker holds is
@@ -198,25 +177,7 @@ proptest! {
         for op in ops {
             let held_before = run.standing(true);
             let before = run.history.len();
-            let pick = |list: Vec<(StepRef, u32)>, i: u8| (!list.is_empty()).then(|| list[usize::from(i) % list.len()]);
-            match op {
-                Op::Take(i) => if let Some((step, attempt)) = pick(run.standing(false), i) {
-                    let _ = run.feed(Input::Started { step, attempt, worker: "w".parse().expect("valid") });
-                },
-                Op::Complete(i) => if let Some((step, attempt)) = pick(run.standing(true), i) {
-                    let _ = run.feed(Input::Completed { step, attempt, output: JsonText::parse("{}").expect("valid") });
-                },
-                Op::FailForGood(i) | Op::FailRetryable(i) => if let Some((step, attempt)) = pick(run.standing(true), i) {
-                    let retryable = matches!(op, Op::FailRetryable(_));
-                    let error = ActivityError { error_type: "E".into(), message: "e".into(), retryable };
-                    let _ = run.feed(Input::Failed { step, attempt, error });
-                },
-                Op::Timer => if let Some(timer) = timers(&run.def, &run.state).into_iter().min_by_key(|t| t.due_ms) {
-                    run.now = run.now.max(timer.due_ms);
-                    let _ = run.feed(Input::TimerFired(timer.kind));
-                },
-                Op::Cancel => { let _ = run.feed(Input::Cancel { reason: "c".into() }); }
-            }
+            run.act(&op);
             let replayed = WorkflowState::replay(run.state.id.clone(), &run.def, &run.history).expect("replays");
             prop_assert_eq!(&replayed, &run.state);
             let new = &run.history[before..];

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::state::AttemptStatus;
+use proptest::prelude::*;
 
 pub(super) struct Run {
     pub(super) def: Definition,
@@ -66,5 +67,66 @@ impl Run {
 
     pub(super) fn names(&self) -> Vec<&'static str> {
         self.history.iter().map(|e| e.kind.name()).collect()
+    }
+}
+
+/// One random thing that happens to a run, for the construct's property tests: a worker takes
+/// or reports one of the attempts (picked by the number), the earliest timer fires, or the run
+/// is cancelled.
+#[derive(Debug, Clone)]
+pub(super) enum Op {
+    Take(u8),
+    Complete(u8),
+    FailForGood(u8),
+    FailRetryable(u8),
+    Timer,
+    Cancel,
+}
+
+pub(super) fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => any::<u8>().prop_map(Op::Take),
+        4 => any::<u8>().prop_map(Op::Complete),
+        1 => any::<u8>().prop_map(Op::FailForGood),
+        1 => any::<u8>().prop_map(Op::FailRetryable),
+        1 => Just(Op::Timer),
+        1 => Just(Op::Cancel),
+    ]
+}
+
+impl Run {
+    /// Lets `op` happen; a rejected input (a stale report, a cancel past the pivot) changes
+    /// nothing, as in the engine.
+    pub(super) fn act(&mut self, op: &Op) {
+        let pick = |list: Vec<(StepRef, u32)>, i: u8| (!list.is_empty()).then(|| list[usize::from(i) % list.len()]);
+        match *op {
+            Op::Take(i) => {
+                if let Some((step, attempt)) = pick(self.standing(false), i) {
+                    let _ = self.feed(Input::Started { step, attempt, worker: "w".parse().expect("valid") });
+                }
+            }
+            Op::Complete(i) => {
+                if let Some((step, attempt)) = pick(self.standing(true), i) {
+                    let _ =
+                        self.feed(Input::Completed { step, attempt, output: JsonText::parse("{}").expect("valid") });
+                }
+            }
+            Op::FailForGood(i) | Op::FailRetryable(i) => {
+                if let Some((step, attempt)) = pick(self.standing(true), i) {
+                    let retryable = matches!(op, Op::FailRetryable(_));
+                    let error = ActivityError { error_type: "E".into(), message: "e".into(), retryable };
+                    let _ = self.feed(Input::Failed { step, attempt, error });
+                }
+            }
+            Op::Timer => {
+                if let Some(timer) = timers(&self.def, &self.state).into_iter().min_by_key(|t| t.due_ms) {
+                    self.now = self.now.max(timer.due_ms);
+                    let _ = self.feed(Input::TimerFired(timer.kind));
+                }
+            }
+            Op::Cancel => {
+                let _ = self.feed(Input::Cancel { reason: "c".into() });
+            }
+        }
     }
 }
