@@ -7,7 +7,6 @@
 use super::test_run::{op, Run};
 use super::*;
 use crate::definition::{self, FOR_EACH_REF_BASE, MAX_FOR_EACH_CONCURRENCY, MAX_FOR_EACH_ITEMS, MAX_FOR_EACH_STEPS};
-use crate::state::AttemptStatus;
 use proptest::prelude::*;
 use shop_types::api::WorkflowStatus;
 
@@ -226,42 +225,10 @@ proptest! {
     ) {
         let mut run = Run::for_each(max_concurrency, tolerated, items);
         for op in ops {
-            let held_before = run.standing(true);
-            let before = run.history.len();
-            run.act(&op);
-            let replayed = WorkflowState::replay(run.state.id.clone(), &run.def, &run.history).expect("replays");
-            prop_assert_eq!(&replayed, &run.state);
-            let forward_instances = run.state.attempts.values()
-                .filter(|a| a.step.index >= FOR_EACH_REF_BASE && a.step.phase == shop_types::StepPhase::Forward)
-                .count();
+            let instance = |step: StepRef| step.phase == shop_types::StepPhase::Forward && step.index >= FOR_EACH_REF_BASE;
+            run.act_and_check(&op, instance)?;
+            let forward_instances = run.state.attempts.values().filter(|a| instance(a.step)).count();
             prop_assert!(forward_instances <= max_concurrency as usize);
-            let new = &run.history[before..];
-            for (step, attempt) in held_before {
-                let still = run.state.attempts.values().any(|a| a.step == step);
-                let reported = new.iter().any(|e| matches!(&e.kind,
-                    EventKind::StepCompleted { step: s, attempt: a, .. }
-                    | EventKind::StepFailed { step: s, attempt: a, .. }
-                    | EventKind::StepTimedOut { step: s, attempt: a, .. } if *s == step && *a == attempt));
-                let instance = step.phase == shop_types::StepPhase::Forward && step.index >= FOR_EACH_REF_BASE;
-                prop_assert!(still || reported || !instance, "{:?}#{} was dropped: {:?}", step, attempt, new);
-            }
-            let mut state = WorkflowState::new(run.state.id.clone(), &run.def, run.state.input.clone(), 1_000_000);
-            for event in &run.history[1..] {
-                if matches!(event.kind, EventKind::CompensationStarted { .. }) {
-                    let held = state.attempts.values().any(|a| {
-                        matches!(a.status, AttemptStatus::Started { .. }) && a.step.index >= FOR_EACH_REF_BASE
-                    });
-                    prop_assert!(!held, "compensation started while an instance was held");
-                }
-                state.apply(&run.def, event);
-            }
-            if let Some(plan) = &run.state.compensation_plan {
-                for node in &run.state.handed_out {
-                    if let Some(comp) = run.def.compensation_of(*node) {
-                        prop_assert!(plan.contains(&comp));
-                    }
-                }
-            }
         }
         prop_assert!(run.history.iter().filter(|e| e.kind.is_terminal()).count() <= 1);
         if run.state.status() == WorkflowStatus::Completed {

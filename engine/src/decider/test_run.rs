@@ -130,3 +130,49 @@ impl Run {
         }
     }
 }
+
+impl Run {
+    /// Lets `op` happen, then checks what every construct that settles held attempts must
+    /// keep (`settles` says which steps those are): a replay of the history reproduces the
+    /// state; an attempt of such a step that a worker held is not dropped but by its own
+    /// report or timeout; compensation never starts while one is held; and the compensation
+    /// plan covers every handed-out step that has a compensation.
+    pub(super) fn act_and_check(&mut self, op: &Op, settles: impl Fn(StepRef) -> bool) -> Result<(), TestCaseError> {
+        let held_before = self.standing(true);
+        let before = self.history.len();
+        self.act(op);
+        let replayed = WorkflowState::replay(self.state.id.clone(), &self.def, &self.history).expect("replays");
+        prop_assert_eq!(&replayed, &self.state);
+        let new = &self.history[before..];
+        for (step, attempt) in held_before.into_iter().filter(|(step, _)| settles(*step)) {
+            let still = self.state.attempts.values().any(|a| a.step == step);
+            let reported = new.iter().any(|e| {
+                matches!(&e.kind,
+                    EventKind::StepCompleted { step: s, attempt: a, .. }
+                    | EventKind::StepFailed { step: s, attempt: a, .. }
+                    | EventKind::StepTimedOut { step: s, attempt: a, .. } if *s == step && *a == attempt)
+            });
+            prop_assert!(still || reported, "{:?}#{} was dropped: {:?}", step, attempt, new);
+        }
+        // Replaying event by event: compensation never starts with such an attempt held.
+        let mut state = WorkflowState::new(self.state.id.clone(), &self.def, self.state.input.clone(), 1_000_000);
+        for event in &self.history[1..] {
+            if matches!(event.kind, EventKind::CompensationStarted { .. }) {
+                let held = state
+                    .attempts
+                    .values()
+                    .any(|a| matches!(a.status, AttemptStatus::Started { .. }) && settles(a.step));
+                prop_assert!(!held, "compensation started while an attempt was held");
+            }
+            state.apply(&self.def, event);
+        }
+        if let Some(plan) = &self.state.compensation_plan {
+            for node in &self.state.handed_out {
+                if let Some(comp) = self.def.compensation_of(*node) {
+                    prop_assert!(plan.contains(&comp));
+                }
+            }
+        }
+        Ok(())
+    }
+}
