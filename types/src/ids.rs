@@ -164,6 +164,12 @@ id_type!(
     "workflow id"
 );
 id_type!(
+    /// A shop customer: the `sub` of a client's JWT, or `customerId` given by a trusted client;
+    /// their orders and notifications are theirs.
+    CustomerId,
+    "customer id"
+);
+id_type!(
     /// The name of a task queue that workers poll (e.g. `inventory`).
     QueueName,
     "queue name"

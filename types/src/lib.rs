@@ -17,6 +17,7 @@ pub mod parent;
 pub mod short_order;
 
 pub use ids::{
-    ActivityName, IdError, QueueName, StepName, StepPhase, StepRef, TaskToken, WorkerId, WorkflowId, WorkflowType,
+    ActivityName, CustomerId, IdError, QueueName, StepName, StepPhase, StepRef, TaskToken, WorkerId, WorkflowId,
+    WorkflowType,
 };
 pub use json::JsonText;

@@ -4,12 +4,12 @@
 //! This module must never log a JWT or its key.
 
 use super::{
-    check_scope, digest, hex, rate_key, Denied, Error, Principal, SignalScope, ID_BYTES, JWT_LEEWAY_MS,
+    check_scope, digest, hex, rate_key, Denied, Error, Principal, SignalScope, Subject, ID_BYTES, JWT_LEEWAY_MS,
     MAX_JWT_LIFETIME, MIN_ADMIN_TOKEN_LEN,
 };
 use serde::Deserialize;
 use shop_types::auth::{Role, MAX_TOKEN_QUEUES};
-use shop_types::{QueueName, WorkflowType};
+use shop_types::{CustomerId, QueueName, WorkflowType};
 use std::path::Path;
 
 /// The claims a JWT must carry.
@@ -24,6 +24,9 @@ struct Claims {
     /// The workflow types a signaler may signal runs of (required for `signaler`).
     #[serde(default)]
     workflow_types: Vec<WorkflowType>,
+    /// Who the JWT speaks for: the customer, for a client JWT (an ID, as order ids are).
+    #[serde(default)]
+    sub: Option<CustomerId>,
     /// Seconds since the Unix epoch.
     exp: u64,
     /// Not valid before this (seconds since the Unix epoch), when present.
@@ -67,7 +70,13 @@ impl Jwt {
         // A JWT has no id of its own; its digest names its bucket, so each JWT is limited
         // on its own, as an opaque token is.
         let key = format!("jwt:{}", hex(&digest(jwt)[..ID_BYTES]));
-        Ok(Principal { role: claims.role, queues: claims.queues, scope, rate_key: rate_key(claims.role, key) })
+        Ok(Principal {
+            role: claims.role,
+            queues: claims.queues,
+            scope,
+            rate_key: rate_key(claims.role, key),
+            subject: Subject::Jwt { sub: claims.sub },
+        })
     }
 }
 

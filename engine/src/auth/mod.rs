@@ -35,7 +35,7 @@ use shop_types::auth::{
     CreateTokenRequest, Role, TokenView, MAX_TOKEN_NAME_LEN, MAX_TOKEN_QUEUES, MAX_TOKEN_SIGNALS,
     MAX_TOKEN_WORKFLOW_TYPES,
 };
-use shop_types::{QueueName, WorkflowType};
+use shop_types::{CustomerId, QueueName, WorkflowType};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -127,12 +127,56 @@ pub struct Principal {
     scope: SignalScope,
     /// The key of the caller's rate-limit bucket, or `None` when it is not limited.
     pub rate_key: Option<String>,
+    /// Who the caller is, for audit records and ownership: never a secret.
+    pub subject: Subject,
+}
+
+/// Who a caller is, as far as their credential says: named in audit events (who cancelled a
+/// run) and, for a JWT with a `sub` claim, the customer whose orders and notifications are theirs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// Any caller of an engine running `--open`: nobody in particular.
+    Open,
+    /// The `--admin-token-file` credential.
+    AdminFile,
+    /// An opaque API token, by its id (never its secret).
+    Token { id: String },
+    /// A JWT, by its `sub` claim when it has one.
+    Jwt { sub: Option<CustomerId> },
+}
+
+impl Subject {
+    /// The customer a JWT speaks for (its `sub`), if any.
+    pub fn customer(&self) -> Option<&CustomerId> {
+        match self {
+            Subject::Jwt { sub } => sub.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Open => f.write_str("open"),
+            Subject::AdminFile => f.write_str("admin-file"),
+            Subject::Token { id } => write!(f, "token:{id}"),
+            Subject::Jwt { sub: Some(sub) } => write!(f, "jwt:{sub}"),
+            Subject::Jwt { sub: None } => f.write_str("jwt"),
+        }
+    }
 }
 
 impl Principal {
     /// Everything allowed: what an engine running `--open` grants every request.
     pub fn open(rate_key: Option<String>) -> Principal {
-        Principal { role: Role::Admin, queues: Vec::new(), scope: SignalScope::default(), rate_key }
+        Principal {
+            role: Role::Admin,
+            queues: Vec::new(),
+            scope: SignalScope::default(),
+            rate_key,
+            subject: Subject::Open,
+        }
     }
 
     /// Whether this caller may poll and report tasks of `queue`.
@@ -312,6 +356,7 @@ impl Authenticator {
                     queues: Vec::new(),
                     scope: SignalScope::default(),
                     rate_key: Some("admin-file".into()),
+                    subject: Subject::AdminFile,
                 });
             }
         }
@@ -323,6 +368,7 @@ impl Authenticator {
             queues: record.queues.clone(),
             scope: SignalScope { signals: record.signals.clone(), workflow_types: record.workflow_types.clone() },
             rate_key: rate_key(record.role, format!("token:{}", record.id)),
+            subject: Subject::Token { id: record.id.clone() },
         })
     }
 

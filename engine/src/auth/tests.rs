@@ -188,6 +188,29 @@ fn jwts_are_checked_for_signature_expiry_and_role() {
 }
 
 #[test]
+fn a_jwt_names_its_customer_and_every_credential_its_subject() {
+    let f = fixture(|dir| {
+        let key = dir.join("jwt.key");
+        std::fs::write(&key, [JWT_KEY, b"\n"].concat()).expect("writes");
+        AuthOptions { jwt_secret_file: Some(key), ..AuthOptions::default() }
+    });
+    let now_s = f.clock.now_ms() / 1000;
+    let alice = jwt(serde_json::json!({"role": "client", "sub": "alice", "exp": now_s + 60}), JWT_KEY);
+    let principal = f.auth.authenticate(Some(&bearer(&alice))).expect("accepted");
+    assert_eq!(principal.subject.customer().map(|c| c.as_str()), Some("alice"));
+    assert_eq!(principal.subject.to_string(), "jwt:alice");
+    let anonymous = jwt(serde_json::json!({"role": "client", "exp": now_s + 60}), JWT_KEY);
+    let principal = f.auth.authenticate(Some(&bearer(&anonymous))).expect("accepted");
+    assert_eq!(principal.subject, Subject::Jwt { sub: None });
+    assert_eq!(principal.subject.customer(), None);
+    for bad in ["", "a b", "../x", &"x".repeat(129)] {
+        let token = jwt(serde_json::json!({"role": "client", "sub": bad, "exp": now_s + 60}), JWT_KEY);
+        assert!(matches!(f.auth.authenticate(Some(&bearer(&token))), Err(Denied::BadJwt(_))), "sub {bad:?}");
+    }
+    assert_eq!(Principal::open(None).subject.to_string(), "open");
+}
+
+#[test]
 fn jwts_honour_nbf_and_a_longest_lifetime() {
     let f = fixture(|dir| {
         let key = dir.join("jwt.key");
