@@ -12,6 +12,7 @@ pub mod history;
 pub mod ids;
 pub mod json;
 pub mod limits;
+pub mod notify;
 pub mod order;
 pub mod parent;
 pub mod short_order;

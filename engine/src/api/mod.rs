@@ -17,6 +17,7 @@ mod callbacks;
 mod definitions;
 mod edge;
 mod error;
+mod notifications;
 mod orders;
 mod tasks;
 mod workflows;
@@ -121,6 +122,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/definitions/check", post(definitions::check))
         .route("/api/orders", post(orders::place).get(orders::list))
         .route("/api/orders/:id", get(orders::get_one))
+        .route("/api/notifications/tickets", post(notifications::mint))
         .route_layer(from_fn_with_state(Access::Client, auth::require));
     let worker = Router::new()
         .route("/v1/tasks/poll", post(tasks::poll))
@@ -128,6 +130,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tasks/fail", post(tasks::fail))
         .route("/v1/tasks/heartbeat", post(tasks::heartbeat))
         .route("/v1/tasks/report", post(tasks::report))
+        .route("/v1/notifications/verify", post(notifications::verify))
         .route_layer(from_fn_with_state(Access::Worker, auth::require));
     // A signaler reaches this route only, and only for its signals and workflow types.
     let signal = Router::new()

@@ -83,14 +83,15 @@ fn signal_request(name: String, key: &str, payload: JsonText) -> Result<crate::c
 /// duplicate).
 pub(crate) async fn start(
     State(state): State<AppState>,
-    ApiJson(request): ApiJson<StartWorkflowRequest>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(mut request): ApiJson<StartWorkflowRequest>,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
     let id = match request.id {
         Some(id) => WorkflowId::parse(id)?,
         None => new_id(),
     };
     if request.workflow_type == shop_types::order::ORDER_WORKFLOW_TYPE {
-        super::orders::check_run_input(&id, &request.input)?;
+        request.input = super::orders::check_run_input(&principal, &id, request.input)?;
     }
     let Some(signal) = request.signal else {
         return start_run(&state, id, request.workflow_type, request.input).await;

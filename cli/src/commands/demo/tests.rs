@@ -56,6 +56,7 @@ fn a_burst_summary_counts_each_status() {
         order_items: vec![],
         shipping_address: String::new(),
         payment_method: String::new(),
+        customer_id: None,
         created_at_ms: 0,
         closed_at_ms: None,
     };
