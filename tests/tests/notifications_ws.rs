@@ -167,7 +167,7 @@ async fn each_customer_gets_exactly_their_notifications_in_order_across_reconnec
         connect(&ws_url(&s.worker, &format!("ticket={}", bob_ticket.ticket)), None).await.expect("opens");
 
     // Both place orders at once; some are declined, so both kinds of notification come.
-    let method = |n: usize| if n % 2 == 0 { "CREDIT_CARD" } else { "DECLINED" };
+    let method = |n: usize| if n.is_multiple_of(2) { "CREDIT_CARD" } else { "DECLINED" };
     let ann_orders = (0..ORDERS_EACH).map(|n| {
         let ann = ann.clone();
         async move { place(&ann, &format!("ann-{n}"), None, method(n)).await }
