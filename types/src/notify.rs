@@ -15,6 +15,9 @@ pub const NOTIFICATION_TICKET_TTL_MS: u64 = 60_000;
 /// `MAX_ID_LEN` bytes, a time and a MAC), so anything longer is refused before any work.
 pub const MAX_TICKET_LEN: usize = 512;
 
+/// The WebSocket's path on the notification worker's listener.
+pub const NOTIFICATION_WS_PATH: &str = "/api/notifications/ws";
+
 /// What every ticket starts with, so it is never mistaken for a bearer token or a JWT.
 pub const TICKET_PREFIX: &str = "nt1.";
 

@@ -39,14 +39,12 @@ use axum::response::{IntoResponse, Response};
 use reqwest::Url;
 use serde::Deserialize;
 use shop_types::auth::BearerToken;
-use shop_types::notify::{Verified, VerifyRequest, MAX_TICKET_LEN};
+use shop_types::notify::{Verified, VerifyRequest, MAX_TICKET_LEN, NOTIFICATION_WS_PATH};
 use shop_types::CustomerId;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The path of the WebSocket on the worker's listener.
-pub const WS_PATH: &str = "/api/notifications/ws";
 /// Most sockets open at once on one worker; one more is refused 503 before the upgrade.
 pub const MAX_NOTIFICATION_SOCKETS: usize = 1024;
 /// How often an idle socket is pinged, so proxies keep it open and dead peers are noticed.
@@ -186,7 +184,7 @@ pub(crate) struct WsQuery {
 /// `router` with the WebSocket route added. It has its own gate (above), so it is added
 /// outside the admin API's.
 pub fn with_route(router: axum::Router, sockets: Sockets) -> axum::Router {
-    router.route_service(WS_PATH, axum::routing::get(open).with_state(sockets))
+    router.route_service(NOTIFICATION_WS_PATH, axum::routing::get(open).with_state(sockets))
 }
 
 /// `GET /api/notifications/ws`: every check, then the upgrade.
@@ -329,6 +327,69 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store;
+
+    /// A stand-in for the engine's verify route: `ann`'s ticket is Ann's, `backend` speaks for
+    /// no customer, `refused-worker` gets the answer a refused worker credential gets, anything
+    /// else is unknown.
+    async fn fake_engine() -> Url {
+        use axum::Json;
+        let verify = |Json(request): Json<VerifyRequest>| async move {
+            let error = |status: StatusCode, code: &str| {
+                (status, Json(serde_json::json!({"error": {"code": code, "message": "m"}}))).into_response()
+            };
+            match request.credential.as_str() {
+                "nt1.ann" => Json(serde_json::json!({"customerId": "ann", "validUntilMs": u64::MAX})).into_response(),
+                "backend" => error(StatusCode::FORBIDDEN, NO_CUSTOMER),
+                "refused-worker" => error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+                _ => error(StatusCode::UNAUTHORIZED, BAD_CREDENTIAL),
+            }
+        };
+        let app = axum::Router::new().route("/v1/notifications/verify", axum::routing::post(verify));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}").parse().expect("a URL")
+    }
+
+    async fn sockets() -> Sockets {
+        let outbox = Arc::new(Notification::open(store::temporary()).expect("opens"));
+        let (_trigger, shutdown) = crate::shutdown::channel();
+        Sockets::new(Some(outbox), &fake_engine().await, None, shutdown).expect("valid")
+    }
+
+    async fn admit_with(sockets: &Sockets, ticket: &str) -> Result<OwnedSemaphorePermit, StatusCode> {
+        let query = Ok(Query(WsQuery { after: None, ticket: Some(ticket.to_owned()) }));
+        admit(sockets, query, &HeaderMap::new())
+            .await
+            .map(|(_, _, _, slot)| slot)
+            .map_err(|e| e.into_response().status())
+    }
+
+    #[tokio::test]
+    async fn the_engine_says_whose_stream_a_credential_opens() {
+        let sockets = sockets().await;
+        let query = Ok(Query(WsQuery { after: Some(3), ticket: Some("nt1.ann".to_owned()) }));
+        let (_, customer, after, _) = admit(&sockets, query, &HeaderMap::new()).await.expect("admitted");
+        assert_eq!((customer.as_str(), after), ("ann", 3));
+        assert_eq!(admit_with(&sockets, "nt1.forged").await.err(), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(admit_with(&sockets, "backend").await.err(), Some(StatusCode::FORBIDDEN));
+        // The worker's own credential refused is not the caller's fault: 503, not 401.
+        assert_eq!(admit_with(&sockets, "refused-worker").await.err(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    }
+
+    #[tokio::test]
+    async fn at_most_max_notification_sockets_are_admitted() {
+        let sockets = sockets().await;
+        let held = Arc::clone(&sockets.slots)
+            .try_acquire_many_owned(MAX_NOTIFICATION_SOCKETS as u32 - 1)
+            .expect("all but one slot");
+        let last = admit_with(&sockets, "nt1.ann").await.expect("the last slot");
+        assert_eq!(admit_with(&sockets, "nt1.ann").await.err(), Some(StatusCode::SERVICE_UNAVAILABLE));
+        drop(last);
+        assert!(admit_with(&sockets, "nt1.ann").await.is_ok(), "a closed socket frees its slot");
+        drop(held);
+    }
 
     #[test]
     fn a_ticket_comes_before_a_header_and_one_is_needed() {
