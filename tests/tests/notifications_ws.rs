@@ -8,7 +8,7 @@
 
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
-use shop_tests::{order_body, Api, Engine, EngineOptions, Worker, WorkerOptions};
+use shop_tests::{order_body, Api, Engine, Worker, WorkerOptions};
 use shop_types::auth::CreatedToken;
 use shop_types::notify::{NotificationMessage, NotificationTicket};
 use std::path::Path;
@@ -53,19 +53,7 @@ async fn create_token(admin: &Api, body: Value) -> String {
 }
 
 async fn setup(dir: &Path) -> Setup {
-    let key_file = dir.join("jwt.key");
-    std::fs::write(&key_file, JWT_KEY).expect("write the JWT key");
-    let admin_file = dir.join("admin-token");
-    let args = vec![
-        "--admin-token-file".into(),
-        admin_file.display().to_string(),
-        "--jwt-secret-file".into(),
-        key_file.display().to_string(),
-        "--rate-limit".into(),
-        "off".into(),
-    ];
-    let engine = Engine::start(dir, EngineOptions { open: false, args, ..EngineOptions::default() }).await;
-    let admin_token = std::fs::read_to_string(&admin_file).expect("the admin token file").trim().to_owned();
+    let (engine, admin_token) = shop_tests::process::secured_engine(dir, JWT_KEY, &[]).await;
     let admin = Api::with_token(&engine.url(), &admin_token);
     let worker_token = create_token(
         &admin,

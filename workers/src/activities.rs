@@ -212,8 +212,14 @@ impl Activities {
                 let order = order(task)?;
                 let kind = param_kind(task)?;
                 let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                let customer = order.input.customer_id.as_ref();
-                let message = outbox.send(&order.id, &kind, customer, at_ms, key).await?;
+                let outgoing = notification::Outgoing {
+                    order_id: &order.id,
+                    kind: &kind,
+                    customer: order.input.customer_id.as_ref(),
+                    at_ms,
+                    idempotency_key: key,
+                };
+                let message = outbox.send(&outgoing).await?;
                 Ok(to_json(&serde_json::json!({ "message": message })))
             }
             (other, _, _, _) => Err(Failure::permanent(

@@ -142,6 +142,19 @@ impl State {
     }
 }
 
+/// One message to queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub order_id: &'a WorkflowId,
+    /// e.g. `ORDER_CONFIRMED` (1..=[`MAX_KIND_BYTES`]).
+    pub kind: &'a str,
+    /// The order's customer, whose stream it joins.
+    pub customer: Option<&'a CustomerId>,
+    /// Now, in ms since the Unix epoch (passed in: this module reads no clock).
+    pub at_ms: u64,
+    pub idempotency_key: &'a str,
+}
+
 /// The outbox: cheap to share behind an `Arc`; all calls are safe from many tasks.
 #[derive(Debug)]
 pub struct Notification {
@@ -196,15 +209,8 @@ impl Notification {
 
     /// `notification.send`: queues one message per idempotency key and returns its text. With
     /// a customer, the entry takes that customer's next number, once.
-    pub async fn send(
-        &self,
-        order_id: &WorkflowId,
-        kind: &str,
-        customer: Option<&CustomerId>,
-        at_ms: u64,
-        idempotency_key: &str,
-    ) -> Result<String, Error> {
-        let (position, message) = self.send_now(order_id, kind, customer, at_ms, idempotency_key)?;
+    pub async fn send(&self, outgoing: &Outgoing<'_>) -> Result<String, Error> {
+        let (position, message) = self.send_now(outgoing)?;
         self.flush().await?;
         // The flush covered every write before this one, so everything up to it is durable.
         self.durable.send_if_modified(|durable| {
@@ -217,14 +223,8 @@ impl Notification {
         Ok(message)
     }
 
-    fn send_now(
-        &self,
-        order_id: &WorkflowId,
-        kind: &str,
-        customer: Option<&CustomerId>,
-        at_ms: u64,
-        idempotency_key: &str,
-    ) -> Result<(usize, String), Error> {
+    fn send_now(&self, outgoing: &Outgoing<'_>) -> Result<(usize, String), Error> {
+        let Outgoing { order_id, kind, customer, at_ms, idempotency_key } = *outgoing;
         if kind.is_empty() || kind.len() > MAX_KIND_BYTES {
             return Err(Error::BadInput(format!("the notification kind must be 1..={MAX_KIND_BYTES} bytes")));
         }
@@ -305,6 +305,16 @@ mod tests {
         WorkflowId::parse(id).expect("valid order id")
     }
 
+    fn out<'a>(
+        order_id: &'a WorkflowId,
+        kind: &'a str,
+        customer: Option<&'a CustomerId>,
+        at_ms: u64,
+        idempotency_key: &'a str,
+    ) -> Outgoing<'a> {
+        Outgoing { order_id, kind, customer, at_ms, idempotency_key }
+    }
+
     fn customer(id: &str) -> CustomerId {
         CustomerId::parse(id).expect("valid customer id")
     }
@@ -323,9 +333,9 @@ mod tests {
     async fn one_entry_per_idempotency_key() {
         let outbox = Notification::open(store::temporary()).expect("opens");
         for _ in 0..3 {
-            outbox.send(&order("o-1"), "ORDER_CONFIRMED", None, 1, "o-1/notify").await.expect("sends");
+            outbox.send(&out(&order("o-1"), "ORDER_CONFIRMED", None, 1, "o-1/notify")).await.expect("sends");
         }
-        outbox.send(&order("o-2"), "ORDER_CANCELLED", None, 2, "o-2/notify").await.expect("sends");
+        outbox.send(&out(&order("o-2"), "ORDER_CANCELLED", None, 2, "o-2/notify")).await.expect("sends");
         assert_eq!(
             outbox.entries(),
             vec![
@@ -339,12 +349,12 @@ mod tests {
     async fn each_customer_counts_from_one_and_a_retry_keeps_its_number() {
         let outbox = Notification::open(store::temporary()).expect("opens");
         let (ann, bob) = (customer("ann"), customer("bob"));
-        outbox.send(&order("o-1"), "ORDER_CONFIRMED", Some(&ann), 1, "k1").await.expect("sends");
-        outbox.send(&order("o-2"), "ORDER_CONFIRMED", Some(&bob), 2, "k2").await.expect("sends");
-        outbox.send(&order("o-3"), "ORDER_CONFIRMED", None, 3, "k3").await.expect("sends");
+        outbox.send(&out(&order("o-1"), "ORDER_CONFIRMED", Some(&ann), 1, "k1")).await.expect("sends");
+        outbox.send(&out(&order("o-2"), "ORDER_CONFIRMED", Some(&bob), 2, "k2")).await.expect("sends");
+        outbox.send(&out(&order("o-3"), "ORDER_CONFIRMED", None, 3, "k3")).await.expect("sends");
         // A retry of the first send, even one that names another customer, changes nothing.
-        outbox.send(&order("o-1"), "ORDER_CONFIRMED", Some(&bob), 4, "k1").await.expect("replays");
-        outbox.send(&order("o-4"), "ORDER_CANCELLED", Some(&ann), 5, "k4").await.expect("sends");
+        outbox.send(&out(&order("o-1"), "ORDER_CONFIRMED", Some(&bob), 4, "k1")).await.expect("replays");
+        outbox.send(&out(&order("o-4"), "ORDER_CANCELLED", Some(&ann), 5, "k4")).await.expect("sends");
         let seqs: Vec<_> = outbox.entries().iter().map(|e| (e.order_id.clone(), e.customer_seq)).collect();
         let expected = [("o-1", Some(1)), ("o-2", Some(1)), ("o-3", None), ("o-4", Some(2))];
         assert_eq!(seqs, expected.map(|(o, s)| (o.to_owned(), s)));
@@ -361,11 +371,11 @@ mod tests {
         let db = store::temporary();
         let ann = customer("ann");
         let outbox = Notification::open(db.clone()).expect("opens");
-        outbox.send(&order("o-1"), "ORDER_CONFIRMED", Some(&ann), 1, "k").await.expect("sends");
+        outbox.send(&out(&order("o-1"), "ORDER_CONFIRMED", Some(&ann), 1, "k")).await.expect("sends");
         drop(outbox);
         let reopened = Notification::open(db).expect("reopens");
-        reopened.send(&order("o-1"), "ORDER_CONFIRMED", Some(&ann), 2, "k").await.expect("replays");
-        reopened.send(&order("o-2"), "ORDER_CONFIRMED", Some(&ann), 3, "k2").await.expect("sends");
+        reopened.send(&out(&order("o-1"), "ORDER_CONFIRMED", Some(&ann), 2, "k")).await.expect("replays");
+        reopened.send(&out(&order("o-2"), "ORDER_CONFIRMED", Some(&ann), 3, "k2")).await.expect("sends");
         assert_eq!(reopened.entries().iter().map(|e| e.customer_seq).collect::<Vec<_>>(), vec![Some(1), Some(2)]);
         assert_eq!(reopened.customer_after(&ann, 0).len(), 2, "everything read at open is durable");
     }
@@ -381,8 +391,8 @@ mod tests {
         };
         db.db.insert(store::number_key(LEGACY_ENTRY_PREFIX, 0), store::encode(&old).expect("encodes")).expect("put");
         let outbox = Notification::open(db.clone()).expect("opens");
-        outbox.send(&order("o-0"), "ORDER_CONFIRMED", None, 1, "k0").await.expect("replays");
-        outbox.send(&order("o-1"), "ORDER_CONFIRMED", Some(&customer("ann")), 1, "k1").await.expect("sends");
+        outbox.send(&out(&order("o-0"), "ORDER_CONFIRMED", None, 1, "k0")).await.expect("replays");
+        outbox.send(&out(&order("o-1"), "ORDER_CONFIRMED", Some(&customer("ann")), 1, "k1")).await.expect("sends");
         drop(outbox);
         let reopened = Notification::open(db).expect("reopens");
         assert_eq!(reopened.entries().iter().map(|e| e.order_id.as_str()).collect::<Vec<_>>(), vec!["o-0", "o-1"]);
@@ -394,10 +404,10 @@ mod tests {
         let ann = customer("ann");
         let mut mark = outbox.subscribe();
         // Written but not yet flushed (send_now is the write without the flush): not readable.
-        outbox.send_now(&order("o-1"), "ORDER_CONFIRMED", Some(&ann), 1, "k1").expect("writes");
+        outbox.send_now(&out(&order("o-1"), "ORDER_CONFIRMED", Some(&ann), 1, "k1")).expect("writes");
         assert!(outbox.customer_after(&ann, 0).is_empty());
         assert!(!mark.has_changed().expect("open"));
-        outbox.send(&order("o-2"), "ORDER_CONFIRMED", Some(&ann), 2, "k2").await.expect("sends");
+        outbox.send(&out(&order("o-2"), "ORDER_CONFIRMED", Some(&ann), 2, "k2")).await.expect("sends");
         assert!(mark.has_changed().expect("open"));
         assert_eq!(*mark.borrow_and_update(), 2, "the later flush covers the earlier write");
         assert_eq!(outbox.customer_after(&ann, 0).len(), 2);
@@ -408,9 +418,9 @@ mod tests {
         let outbox = Notification::open(store::temporary()).expect("opens");
         let ann = customer("ann");
         for n in 0..=MAX_MESSAGES_PER_READ {
-            outbox.send_now(&order("o-1"), "ORDER_CONFIRMED", Some(&ann), 1, &format!("k{n}")).expect("writes");
+            outbox.send_now(&out(&order("o-1"), "ORDER_CONFIRMED", Some(&ann), 1, &format!("k{n}"))).expect("writes");
         }
-        outbox.send(&order("o-1"), "ORDER_CONFIRMED", Some(&ann), 1, "last").await.expect("sends");
+        outbox.send(&out(&order("o-1"), "ORDER_CONFIRMED", Some(&ann), 1, "last")).await.expect("sends");
         let first = outbox.customer_after(&ann, 0);
         assert_eq!(first.len(), MAX_MESSAGES_PER_READ);
         let rest = outbox.customer_after(&ann, first.last().expect("some").customer_seq);
@@ -420,7 +430,7 @@ mod tests {
     #[tokio::test]
     async fn an_empty_kind_is_bad_input() {
         let outbox = Notification::open(store::temporary()).expect("opens");
-        let err = outbox.send(&order("o-1"), "", None, 1, "k").await.expect_err("empty");
+        let err = outbox.send(&out(&order("o-1"), "", None, 1, "k")).await.expect_err("empty");
         assert_eq!(err.error_type(), errors::BAD_INPUT);
         assert!(outbox.entries().is_empty());
     }

@@ -34,9 +34,11 @@ pub(crate) enum Access {
     /// Admins only: token management, starting, cancelling and terminating runs,
     /// registering definitions, engine stats.
     Admin,
-    /// Clients and admins: placing and reading orders, reading runs, histories, definitions.
+    /// Clients and admins: placing and reading orders, reading runs, histories, definitions,
+    /// minting notification tickets.
     Client,
-    /// Workers and admins: the task protocol (queues are checked by the handlers).
+    /// Workers and admins: the task protocol (queues are checked by the handlers), and
+    /// verifying the credential a notification WebSocket was opened with.
     Worker,
     /// Signalers and admins: sending a signal to a run (a signaler's signal names and
     /// workflow types are checked by the handler). The only route a signaler reaches.

@@ -74,20 +74,9 @@ impl Ticket {
             customer: CustomerId::parse(customer).ok()?,
             expires_at_ms: expires.parse().ok().filter(|_| expires.bytes().all(|b| b.is_ascii_digit()))?,
         };
-        let given = hex_bytes(mac)?;
+        let given: [u8; TICKET_MAC_LEN] = super::callbacks::parse_hex(mac)?;
         bool::from(ticket.mac(signer).ct_eq(&given)).then_some(ticket)
     }
-}
-
-fn hex_bytes(text: &str) -> Option<[u8; TICKET_MAC_LEN]> {
-    if text.len() != TICKET_MAC_LEN * 2 {
-        return None;
-    }
-    let mut bytes = [0u8; TICKET_MAC_LEN];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(bytes)
 }
 
 /// `POST /api/notifications/tickets`: 201 with a ticket for the caller's customer (a JWT's
