@@ -104,6 +104,8 @@ fn details(kind: &EventKind) -> String {
         EventKind::ChildCompleted { output, .. } => payload(output),
         EventKind::ChildFailed { reason, .. } => reason.clone(),
         EventKind::ParentLinked { parent, depth, .. } => format!("child of {parent} (depth {depth})"),
+        EventKind::HeldByParent { output } => format!("held by its parent: {}", payload(output)),
+        EventKind::ChildCompensating { child, .. } => format!("↩ child {child} compensates itself"),
     }
 }
 

@@ -339,7 +339,7 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         if matches!(steps[index].construct, Construct::Child(_)) {
             return Err(fail(
                 Some(comp.step.span()),
-                format!("step {target:?} runs a child workflow: compensating it cancels the child, which compensates itself"),
+                format!("step {target:?} runs a child workflow: compensating it makes the child compensate itself"),
             ));
         }
         if matches!(steps[index].construct, Construct::Sleep(_) | Construct::Choice(_) | Construct::Parallel(_)) {

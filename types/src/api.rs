@@ -156,6 +156,9 @@ pub enum InFlightView {
     },
     /// A child workflow run in flight (`GET /v1/workflows/{child}` shows it).
     Child { step: String, child: String },
+    /// This run is a child whose forward path completed: it is held by its parent `parent`
+    /// until the parent completes (then it completes) or compensates (then so does it).
+    HeldByParent { parent: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
