@@ -410,6 +410,8 @@ impl Core {
 }
 
 #[cfg(test)]
+mod reconcile_tests;
+#[cfg(test)]
 mod signal_tests;
 #[cfg(test)]
 mod tests;

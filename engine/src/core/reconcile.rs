@@ -92,8 +92,10 @@ impl Core {
                     continue;
                 }
                 Standing::Missing => Err(format!("child {} does not exist", open.child)),
+                // A child told to compensate that completed anyway (under an engine older
+                // than holding) cannot any more: the parent hears that it ended.
                 Standing::Ended(summary) => match (summary.status, summary.output) {
-                    (WorkflowStatus::Completed, Some(output)) => Ok(output),
+                    (WorkflowStatus::Completed, Some(output)) if !open.compensating => Ok(output),
                     (status, _) => Err(decider::ended_reason(&open.child, status, summary.reason.as_deref())),
                 },
                 Standing::InFlight => {
