@@ -465,6 +465,8 @@ fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Eve
 }
 
 #[cfg(test)]
+mod child_prop_tests;
+#[cfg(test)]
 mod child_tests;
 #[cfg(test)]
 mod for_each_tests;
