@@ -176,6 +176,11 @@ pub struct HistoryEventView {
     /// The step's name in the run's definition, for step events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_name: Option<String>,
+    /// The lane a step event runs in, for timelines: its branch (of a `parallel` or a
+    /// `choice`), or `<step>[<item>]` for an instance of a `for_each` step; absent on the
+    /// main line and for events of no step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
     pub event: EventKind,
 }
 
