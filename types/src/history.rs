@@ -242,6 +242,22 @@ pub enum EventKind {
         step: StepRef,
         depth: u32,
     },
+    // A child's completed effects undone with its parent (issue 9). Appended after every
+    // older kind.
+    /// In a child: its forward path completed with `output`, which went to its parent (whose
+    /// step completes with it). The run stays open, held by its parent, until the parent's
+    /// verdict: `WorkflowCompleted` when the parent completes; otherwise it compensates
+    /// itself (`CancelRequested`, `CompensationStarted`, ...) and tells the parent it ended.
+    HeldByParent {
+        output: JsonText,
+    },
+    /// In the parent: compensation reached child step `step`, whose child `child` completed
+    /// and was held: the child was told to compensate itself, and the parent's compensation
+    /// goes on once the child reports its end (`ChildFailed`, with how it ended).
+    ChildCompensating {
+        step: StepRef,
+        child: WorkflowId,
+    },
 }
 
 impl EventKind {
@@ -281,6 +297,8 @@ impl EventKind {
             EventKind::ChildCompleted { .. } => "ChildCompleted",
             EventKind::ChildFailed { .. } => "ChildFailed",
             EventKind::ParentLinked { .. } => "ParentLinked",
+            EventKind::HeldByParent { .. } => "HeldByParent",
+            EventKind::ChildCompensating { .. } => "ChildCompensating",
         }
     }
 
@@ -324,7 +342,8 @@ impl EventKind {
             | EventKind::ForEachStopped { step, .. }
             | EventKind::ChildStarted { step, .. }
             | EventKind::ChildCompleted { step, .. }
-            | EventKind::ChildFailed { step, .. } => Some(*step),
+            | EventKind::ChildFailed { step, .. }
+            | EventKind::ChildCompensating { step, .. } => Some(*step),
             other => other.step_attempt().map(|(step, _)| step),
         }
     }

@@ -320,7 +320,12 @@ fn waiting_for(state: &AppState, id: &WorkflowId) -> Vec<shop_types::api::InFlig
     });
     let children =
         run.children.values().map(|c| InFlightView::Child { step: name(c.step), child: c.child.to_string() });
-    attempts.chain(sleeps).chain(waits).chain(children).collect()
+    let parent = run
+        .parent
+        .as_ref()
+        .filter(|_| run.held())
+        .map(|link| InFlightView::HeldByParent { parent: link.parent.to_string() });
+    attempts.chain(sleeps).chain(waits).chain(children).chain(parent).collect()
 }
 
 /// The run's view, after waiting up to `wait` for it to finish.

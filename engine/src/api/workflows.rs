@@ -225,6 +225,7 @@ pub(crate) async fn history(
             seq: event.seq,
             at_ms: event.at_ms,
             step_name: event.kind.step().and_then(|step| definition.as_ref()?.step(step).map(|s| s.name.to_string())),
+            lane: event.kind.step().and_then(|step| definition.as_ref()?.lane(step)),
             event: event.kind,
         })
         .collect();

@@ -355,6 +355,7 @@ impl Core {
             Rejection::Finished => CoreError::Finished,
             Rejection::PastPivot => CoreError::PastPivot,
             Rejection::NotParked => CoreError::NotParked,
+            Rejection::HeldByParent(parent) => CoreError::HeldByParent(parent),
             Rejection::UnknownSignal(name) => CoreError::UnknownSignal(name),
             // The core answers a duplicate signal before it gets here (`signal`).
             Rejection::DuplicateSignal => CoreError::Stale(r.to_string()),
@@ -404,6 +405,7 @@ impl Core {
                 output: terminal.output,
             };
             turn.batch.put_run(id, &summary, Some(run.summary_status), false)?;
+            turn.finished.insert(id.clone(), summary);
             tracing::debug!(workflow_id = %id, status = terminal.status.as_str(), "run finished");
             return Ok(());
         }

@@ -9,10 +9,15 @@ use crate::definition::{Definition, NodeId};
 use crate::state::WorkflowState;
 use shop_types::history::{Event, EventKind};
 
-/// The next compensation of the plan not yet completed, if any.
-pub(super) fn next(state: &WorkflowState) -> Option<NodeId> {
+/// The next compensation of the plan not yet completed, if any: a compensation node not
+/// done, or a child step whose child is held (its child is told to compensate itself; one
+/// that failed, or was never held, has nothing left to undo).
+pub(super) fn next(definition: &Definition, state: &WorkflowState) -> Option<NodeId> {
     let plan = state.compensation_plan.as_ref()?;
-    plan.iter().copied().find(|node| !state.done.contains(node))
+    plan.iter().copied().find(|node| match definition.child_of(*node) {
+        Some(_) => state.held_children.contains_key(node),
+        None => !state.done.contains(node),
+    })
 }
 
 /// Starts compensation: the state fixes the plan, and the first compensation is scheduled.
@@ -40,6 +45,9 @@ pub(super) fn cancel(
     now: u64,
     reason: String,
 ) -> Result<(), Rejection> {
+    if let Some(link) = state.parent.as_ref().filter(|_| state.held()) {
+        return Err(Rejection::HeldByParent(link.parent.clone()));
+    }
     if state.pivot_passed {
         return Err(Rejection::PastPivot);
     }
@@ -47,9 +55,20 @@ pub(super) fn cancel(
         // Already compensating (or about to): a second cancel is a no-op, not an error.
         return Ok(());
     }
+    cancelled(definition, state, out, now, reason);
+    Ok(())
+}
+
+/// Records a cancel that is to be honoured (`CancelRequested`) and starts compensation.
+pub(super) fn cancelled(
+    definition: &Definition,
+    state: &mut WorkflowState,
+    out: &mut Vec<Event>,
+    now: u64,
+    reason: String,
+) {
     emit(definition, state, out, now, EventKind::CancelRequested { reason: reason.clone() });
     begin(definition, state, out, now, format!("cancelled: {reason}"));
-    Ok(())
 }
 
 pub(super) fn execution_timed_out(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Event>, now: u64) {

@@ -133,6 +133,35 @@ pub const PATHS: &[Path] = &[
         d.step_ok();
         d.feed(Input::Cancel { reason: "customer changed their mind".into() }).expect("cancels");
     }),
+    child(
+        "child_held",
+        "reserve, the child completes (held), confirm: this run, a child itself, is held by golden-0",
+        |d| {
+            d.step_ok();
+            let output = JsonText::parse(r#"{"paid":true}"#).expect("valid json");
+            let step = shop_types::StepRef::forward(1);
+            d.feed(Input::ChildEnded { step, child: child_id(), outcome: Ok(output) }).expect("completes");
+            d.step_ok();
+        },
+    ),
+    child(
+        "child_compensates_held",
+        "the child completes (held), confirm fails for good: the held child compensates itself, then release",
+        |d| {
+            d.step_ok();
+            let output = JsonText::parse(r#"{"paid":true}"#).expect("valid json");
+            let step = shop_types::StepRef::forward(1);
+            d.feed(Input::ChildEnded { step, child: child_id(), outcome: Ok(output) }).expect("completes");
+            d.wait(1_000);
+            d.take();
+            d.wait(500);
+            d.fail("CONFIRM_REFUSED", false);
+            d.wait(2_000);
+            let outcome = Err("child golden-1.pay ended COMPENSATED: cancelled: the parent compensates".to_owned());
+            d.feed(Input::ChildEnded { step, child: child_id(), outcome }).expect("compensated");
+            d.finish_ok();
+        },
+    ),
     path("confirmed", "every step completes: CONFIRMED", |d| {
         (0..4).for_each(|_| d.step_ok());
     }),

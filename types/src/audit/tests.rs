@@ -22,7 +22,7 @@ fn input(id: &str, items: &[(i64, i64)], payment_method: &str) -> OrderInput {
 }
 
 fn event(seq: u64, kind: EventKind) -> HistoryEventView {
-    HistoryEventView { seq, at_ms: seq, step_name: None, event: kind }
+    HistoryEventView { seq, at_ms: seq, step_name: None, lane: None, event: kind }
 }
 
 fn completed(seq: u64, index: u16, attempt: u32) -> HistoryEventView {
