@@ -86,6 +86,10 @@ fn details(kind: &EventKind) -> String {
         EventKind::CompensationStarted { reason } => format!("↩ {reason}"),
         EventKind::RunParked { reason } => format!("⏸ needs attention: {reason}"),
         EventKind::RunResumed { reason } => format!("▶ {reason}"),
+        EventKind::CancelRequestedBy { reason, by } | EventKind::WorkflowTerminatedBy { reason, by } => {
+            format!("{reason} (by {by})")
+        }
+        EventKind::RunResumedBy { reason, by } => format!("▶ {reason} (by {by})"),
         EventKind::SleepStarted { until_ms, .. } => format!("until {until_ms} ms"),
         EventKind::SleepEnded { .. } | EventKind::WaitTimedOut { .. } | EventKind::StepSkipped { .. } => String::new(),
         EventKind::SignalReceived { name, key, payload: body } => format!("{name} (key {key}) {}", payload(body)),
@@ -272,5 +276,17 @@ mod tests {
             event(2, 900, None, EventKind::WorkflowTerminated { reason: "user".into() }),
         ];
         assert!(render(&events).lines().all(|line| line.starts_with("+0ms")));
+    }
+
+    #[test]
+    fn an_operator_action_names_who_asked_for_it() {
+        let by = || "token:tok_1".to_owned();
+        let events = vec![
+            event(1, 0, None, EventKind::CancelRequestedBy { reason: "changed my mind".into(), by: by() }),
+            event(2, 1, None, EventKind::RunResumedBy { reason: "fixed".into(), by: by() }),
+            event(3, 2, None, EventKind::WorkflowTerminatedBy { reason: "stuck".into(), by: by() }),
+        ];
+        let text = render(&events);
+        assert_eq!(text.matches("(by token:tok_1)").count(), 3, "{text}");
     }
 }

@@ -100,6 +100,8 @@ pub enum EventKind {
         attempt: u32,
         delay_ms: u64,
     },
+    /// A cancel was asked for: by an operator through the API before [`EventKind::CancelRequestedBy`]
+    /// existed, or by the engine itself (a parent compensating cancels its child).
     CancelRequested {
         reason: String,
     },
@@ -115,6 +117,8 @@ pub enum EventKind {
     WorkflowFailed {
         reason: String,
     },
+    /// Ended at once, nothing undone: before [`EventKind::WorkflowTerminatedBy`] existed, or
+    /// by the engine itself.
     WorkflowTerminated {
         reason: String,
     },
@@ -123,7 +127,8 @@ pub enum EventKind {
     RunParked {
         reason: String,
     },
-    /// An operator resumed a parked run: the failed compensation runs again.
+    /// An operator resumed a parked run: the failed compensation runs again (recorded before
+    /// [`EventKind::RunResumedBy`] existed).
     RunResumed {
         reason: String,
     },
@@ -242,6 +247,26 @@ pub enum EventKind {
         step: StepRef,
         depth: u32,
     },
+    // Audited operator actions (issue 10). Appended after every older kind, so stored records
+    // still decode: a field added to `CancelRequested`, `WorkflowTerminated` or `RunResumed`
+    // would make their stored bincode records unreadable. Each means what the kind it extends
+    // means, and names who asked: a credential's subject (`token:<id>`, `jwt:<sub>`,
+    // `admin-file`, `open`), never a secret.
+    /// `CancelRequested`, asked for by `by`.
+    CancelRequestedBy {
+        reason: String,
+        by: String,
+    },
+    /// `WorkflowTerminated` (terminal), asked for by `by`.
+    WorkflowTerminatedBy {
+        reason: String,
+        by: String,
+    },
+    /// `RunResumed`, asked for by `by`.
+    RunResumedBy {
+        reason: String,
+        by: String,
+    },
 }
 
 impl EventKind {
@@ -281,6 +306,9 @@ impl EventKind {
             EventKind::ChildCompleted { .. } => "ChildCompleted",
             EventKind::ChildFailed { .. } => "ChildFailed",
             EventKind::ParentLinked { .. } => "ParentLinked",
+            EventKind::CancelRequestedBy { .. } => "CancelRequestedBy",
+            EventKind::WorkflowTerminatedBy { .. } => "WorkflowTerminatedBy",
+            EventKind::RunResumedBy { .. } => "RunResumedBy",
         }
     }
 
@@ -291,7 +319,18 @@ impl EventKind {
                 | EventKind::WorkflowCompensated { .. }
                 | EventKind::WorkflowFailed { .. }
                 | EventKind::WorkflowTerminated { .. }
+                | EventKind::WorkflowTerminatedBy { .. }
         )
+    }
+
+    /// Who asked for an operator action (cancel, terminate, resume), when the event says.
+    pub fn requested_by(&self) -> Option<&str> {
+        match self {
+            EventKind::CancelRequestedBy { by, .. }
+            | EventKind::WorkflowTerminatedBy { by, .. }
+            | EventKind::RunResumedBy { by, .. } => Some(by),
+            _ => None,
+        }
     }
 
     /// The step and attempt this event concerns, where it concerns one.

@@ -3,8 +3,9 @@
 //! orders; it must never hold order logic of its own (that is `workflows/order.toml` and the
 //! workers).
 
-use super::workflows::{list_limit, list_views, new_id, start_run, stop_run, WaitQuery};
+use super::workflows::{act, list_limit, list_views, new_id, start_run, Action, WaitQuery};
 use super::{parse_wait, query, view_after_wait, ApiError, ApiJson, AppState};
+use crate::auth::Principal;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -144,6 +145,7 @@ pub(crate) async fn list(
 
 pub(crate) async fn cancel(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -151,8 +153,8 @@ pub(crate) async fn cancel(
     let id = WorkflowId::parse(id)?;
     let reason =
         super::workflows::optional_reason(&headers, &body)?.unwrap_or_else(|| "cancelled by the customer".into());
-    let (status, Json(view)) = stop_run(&state, id, reason, false).await?;
-    Ok((status, Json(order_view(view)?)))
+    let view = act(&state, &principal, id, Action::Cancel, reason).await?;
+    Ok((StatusCode::ACCEPTED, Json(order_view(view)?)))
 }
 
 #[cfg(test)]

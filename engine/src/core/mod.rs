@@ -193,6 +193,8 @@ pub(super) enum Command {
     Cancel {
         id: WorkflowId,
         reason: String,
+        /// Who asked: the caller's subject, recorded in the run's history.
+        by: String,
         terminate: bool,
         reply: oneshot::Sender<Result<(), CoreError>>,
     },
@@ -200,6 +202,8 @@ pub(super) enum Command {
     Resume {
         id: WorkflowId,
         reason: String,
+        /// Who asked, as for `Cancel`.
+        by: String,
         reply: oneshot::Sender<Result<(), CoreError>>,
     },
     Register {

@@ -102,7 +102,8 @@ fn a_failed_child_fails_the_step_and_the_parent_compensates() {
 #[test]
 fn cancelling_the_parent_cancels_the_child_and_compensation_waits_for_it() {
     let (def, mut state, mut history) = setup();
-    let decision = decide(&def, &mut state, Input::Cancel { reason: "r".into() }, Context::new(2, 1_000)).expect("ok");
+    let decision =
+        decide(&def, &mut state, Input::Cancel { reason: "r".into(), by: None }, Context::new(2, 1_000)).expect("ok");
     let names: Vec<_> = decision.events.iter().map(|e| e.kind.name()).collect();
     assert_eq!(names, ["CancelRequested", "CompensationStarted"], "nothing is undone while the child runs");
     assert!(matches!(decision.effects.as_slice(), [Effect::Cancel { run, .. }] if *run == child()));
@@ -119,8 +120,8 @@ fn cancelling_the_parent_cancels_the_child_and_compensation_waits_for_it() {
 #[test]
 fn terminating_the_parent_cancels_the_child() {
     let (def, mut state, _) = setup();
-    let decision =
-        decide(&def, &mut state, Input::Terminate { reason: "op".into() }, Context::new(2, 1_000)).expect("ok");
+    let decision = decide(&def, &mut state, Input::Terminate { reason: "op".into(), by: None }, Context::new(2, 1_000))
+        .expect("ok");
     assert_eq!(state.status(), WorkflowStatus::Terminated);
     assert!(matches!(decision.effects.as_slice(), [Effect::Cancel { run, .. }] if *run == child()));
 }

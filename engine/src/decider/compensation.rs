@@ -39,6 +39,7 @@ pub(super) fn cancel(
     out: &mut Vec<Event>,
     now: u64,
     reason: String,
+    by: Option<String>,
 ) -> Result<(), Rejection> {
     if state.pivot_passed {
         return Err(Rejection::PastPivot);
@@ -47,7 +48,11 @@ pub(super) fn cancel(
         // Already compensating (or about to): a second cancel is a no-op, not an error.
         return Ok(());
     }
-    emit(definition, state, out, now, EventKind::CancelRequested { reason: reason.clone() });
+    let requested = match by {
+        Some(by) => EventKind::CancelRequestedBy { reason: reason.clone(), by },
+        None => EventKind::CancelRequested { reason: reason.clone() },
+    };
+    emit(definition, state, out, now, requested);
     begin(definition, state, out, now, format!("cancelled: {reason}"));
     Ok(())
 }
@@ -83,12 +88,17 @@ pub(super) fn resume(
     out: &mut Vec<Event>,
     now: u64,
     reason: String,
+    by: Option<String>,
 ) -> Result<(), Rejection> {
     let (Some(_), Some((node, attempt))) = (&state.parked, state.last_failed) else {
         return Err(Rejection::NotParked);
     };
     let step = definition.node(node).ok_or(Rejection::NotParked)?.step;
-    emit(definition, state, out, now, EventKind::RunResumed { reason });
+    let resumed = match by {
+        Some(by) => EventKind::RunResumedBy { reason, by },
+        None => EventKind::RunResumed { reason },
+    };
+    emit(definition, state, out, now, resumed);
     // A fresh attempt number, so a report of an attempt from before the park is stale.
     emit(definition, state, out, now, EventKind::StepScheduled { step, attempt: attempt + 1 });
     Ok(())

@@ -125,7 +125,7 @@ impl Run {
                 }
             }
             Op::Cancel => {
-                let _ = self.feed(Input::Cancel { reason: "c".into() });
+                let _ = self.feed(Input::Cancel { reason: "c".into(), by: None });
             }
         }
     }

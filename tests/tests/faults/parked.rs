@@ -94,14 +94,16 @@ async fn compensation_failing_for_good_parks_the_run_until_an_operator_resumes_i
         &labels,
         &[
             "RunParked",
-            "RunResumed",
+            "RunResumedBy",
             "StepCompleted(charge_payment.compensation)",
             "StepCompleted(reserve_stock.compensation)",
             "StepCompleted(notify_cancelled)",
             "WorkflowCompensated",
         ],
     );
-    let resumed_at = labels.iter().position(|l| l == "RunResumed").expect("the history holds RunResumed");
+    let resumed_at = labels.iter().position(|l| l == "RunResumedBy").expect("the history holds RunResumedBy");
+    // The engine runs --open here: the resume names that caller.
+    assert_eq!(history[resumed_at].event.requested_by(), Some("open"), "who resumed it is recorded");
     let refund_after_resume = failures(&step_events(&history[resumed_at..], "charge_payment.compensation"));
     assert_eq!(
         refund_after_resume.len(),
