@@ -13,8 +13,7 @@
 
 use crate::output::{duration, truncate, Table};
 use shop_types::api::HistoryEventView;
-use shop_types::history::EventKind;
-use shop_types::{JsonText, StepPhase, StepRef};
+use shop_types::{StepPhase, StepRef};
 use std::time::Duration;
 
 /// Longest detail (an error message, a step output) shown on one line; the rest is cut so
@@ -42,7 +41,7 @@ pub fn render(events: &[HistoryEventView]) -> String {
             event.event.name().to_owned(),
             step,
             attempt,
-            truncate(&details(&event.event), MAX_DETAIL_CHARS),
+            truncate(&event.event.details(), MAX_DETAIL_CHARS),
         ]);
     }
     table.render()
@@ -62,75 +61,11 @@ fn step_label(step: StepRef, name: Option<&str>) -> String {
     }
 }
 
-fn details(kind: &EventKind) -> String {
-    match kind {
-        EventKind::WorkflowStarted { workflow_type, definition_version, .. } => {
-            format!("{workflow_type} v{definition_version}")
-        }
-        EventKind::StepScheduled { .. } => String::new(),
-        EventKind::StepStarted { worker, .. } => format!("by {worker}"),
-        EventKind::StepCompleted { output, .. } | EventKind::WorkflowCompleted { output } => payload(output),
-        EventKind::StepFailed { error, will_retry, .. } => {
-            format!("{}: {} {}", error.error_type, error.message, retry_note(*will_retry))
-        }
-        EventKind::StepTimedOut { timeout, will_retry, .. } => {
-            format!("{} timeout {}", timeout.as_str(), retry_note(*will_retry))
-        }
-        EventKind::StepRetryScheduled { delay_ms, .. } => {
-            format!("retry in {}", duration(Duration::from_millis(*delay_ms)))
-        }
-        EventKind::CancelRequested { reason }
-        | EventKind::WorkflowCompensated { reason }
-        | EventKind::WorkflowFailed { reason }
-        | EventKind::WorkflowTerminated { reason } => reason.clone(),
-        EventKind::CompensationStarted { reason } => format!("↩ {reason}"),
-        EventKind::RunParked { reason } => format!("⏸ needs attention: {reason}"),
-        EventKind::RunResumed { reason } => format!("▶ {reason}"),
-        EventKind::CancelRequestedBy { reason, by } | EventKind::WorkflowTerminatedBy { reason, by } => {
-            format!("{reason} (by {by})")
-        }
-        EventKind::RunResumedBy { reason, by } => format!("▶ {reason} (by {by})"),
-        EventKind::SleepStarted { until_ms, .. } => format!("until {until_ms} ms"),
-        EventKind::SleepEnded { .. } | EventKind::WaitTimedOut { .. } | EventKind::StepSkipped { .. } => String::new(),
-        EventKind::SignalReceived { name, key, payload: body } => format!("{name} (key {key}) {}", payload(body)),
-        EventKind::WaitOpened { signals, deadline_ms, .. } => {
-            format!("for {} until {deadline_ms} ms", signals.join(", "))
-        }
-        EventKind::WaitCompleted { signal, seq, .. } => format!("{signal} (#{seq})"),
-        EventKind::ChoiceTaken { branch, .. } => format!("branch {branch}"),
-        EventKind::ParallelStarted { branches, .. } => format!("branches {}", branches.join(", ")),
-        EventKind::BranchCompleted { branch, .. } => format!("branch {branch} done"),
-        EventKind::ParallelStopped { reason, .. } => format!("stopping: {reason}"),
-        EventKind::ForEachStarted { count, .. } => format!("{count} items"),
-        EventKind::ForEachStopped { reason, .. } => format!("stopping: {reason}"),
-        EventKind::DefinitionPinned { content_hash } => content_hash.clone(),
-        EventKind::ChildStarted { child, version, .. } => format!("child {child} (v{version})"),
-        EventKind::ChildCompleted { output, .. } => payload(output),
-        EventKind::ChildFailed { reason, .. } => reason.clone(),
-        EventKind::ParentLinked { parent, depth, .. } => format!("child of {parent} (depth {depth})"),
-    }
-}
-
-fn retry_note(will_retry: bool) -> &'static str {
-    if will_retry {
-        "(will retry)"
-    } else {
-        "(final)"
-    }
-}
-
-/// A step's output in the timeline: nothing for `null`, else the compact JSON.
-fn payload(output: &JsonText) -> String {
-    match output.as_str().trim() {
-        "null" => String::new(),
-        text => text.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shop_types::history::{ActivityError, TimeoutKind};
+    use shop_types::history::{ActivityError, EventKind, TimeoutKind};
+    use shop_types::JsonText;
 
     fn event(seq: u64, at_ms: u64, step_name: Option<&str>, kind: EventKind) -> HistoryEventView {
         HistoryEventView { seq, at_ms, step_name: step_name.map(str::to_owned), event: kind }

@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod codec;
+pub mod console;
 pub mod core;
 pub mod decider;
 pub mod definition;
@@ -61,6 +62,8 @@ pub struct EngineOptions {
     pub min_free_disk_bytes: u64,
     /// Failed credentials per client address per minute before it gets 429; 0 turns it off.
     pub max_auth_failures: u32,
+    /// Mark the console's session cookie `Secure` (served behind TLS).
+    pub console_secure_cookie: bool,
     /// Connection limits and the shutdown deadline.
     pub server: server::ServerOptions,
 }
@@ -189,6 +192,7 @@ pub async fn serve(
         clock,
         stream_stats,
         watch: watch.clone(),
+        sessions: Arc::new(console::Sessions::new(options.console_secure_cookie)),
     });
     let shutdown_handle = handle.clone();
     let shutdown = async move {

@@ -6,12 +6,12 @@
 //! store themselves: every such write goes through the core, which is what makes it durable
 //! before it is acknowledged. (Tokens are not workflow state: `auth` stores them itself.)
 //!
-//! Every route but `/healthz` and `/readyz` sits behind [`auth::authenticate`] (deny by
-//! default, also for unknown paths), and each group of routes behind the [`auth::Access`] it
-//! needs. Everything, those two included, sits behind [`edge::edge`]: head limits, the
+//! Every route but `/healthz`, `/readyz`, callbacks and the web console (`crate::console`,
+//! behind its own session layer) sits behind [`auth::authenticate`] (deny by default, also
+//! for unknown paths), and each group of routes behind the [`auth::Access`] it needs. Everything, those two included, sits behind [`edge::edge`]: head limits, the
 //! early 413, and one JSON error shape for every answer.
 
-mod auth;
+pub(crate) mod auth;
 mod body;
 mod callbacks;
 mod definitions;
@@ -19,7 +19,7 @@ mod edge;
 mod error;
 mod orders;
 mod tasks;
-mod workflows;
+pub(crate) mod workflows;
 
 pub use body::ApiJson;
 pub use edge::{MAX_HEAD_BYTES, MAX_URI_BYTES};
@@ -69,6 +69,8 @@ pub struct AppState {
     pub stream_stats: Arc<StreamStats>,
     /// Waiting reads, woken by the stream of committed events.
     pub watch: Arc<WatchHub>,
+    /// The web console's signed-in sessions (their cookie also authenticates safe API reads).
+    pub sessions: Arc<crate::console::Sessions>,
 }
 
 /// How old the core's last tick may be before `/healthz` calls the core dead: many times its
@@ -143,6 +145,9 @@ pub fn app(state: AppState) -> Router {
         // `/readyz`, added after this layer, do not (load balancers and `shopctl dev` probe
         // them).
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
+        // The console has its own session layer: its login page and files need none, and a
+        // page without a session redirects to the login page instead of answering 401.
+        .merge(crate::console::routes(state.clone()))
         .route("/healthz", get(health))
         // The token in the path is the credential (see `callbacks`).
         .route("/v1/callbacks/:token", post(callbacks::callback))

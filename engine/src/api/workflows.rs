@@ -208,7 +208,14 @@ pub(crate) async fn history(
     Path(id): Path<String>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
     let id = WorkflowId::parse(id)?;
-    let events = state.store.history(&id)?;
+    let events = history_views(&state, &id)?;
+    Ok(Json(HistoryResponse { workflow_id: id, events }))
+}
+
+/// A run's history as the API shows it (each step event with its step's name); 404 when
+/// there is no such run.
+pub(crate) fn history_views(state: &AppState, id: &WorkflowId) -> Result<Vec<HistoryEventView>, ApiError> {
+    let events = state.store.history(id)?;
     let Some(first) = events.first() else {
         return Err(ApiError::not_found(format!("workflow {id} not found")));
     };
@@ -218,7 +225,7 @@ pub(crate) async fn history(
         }
         _ => None,
     };
-    let events = events
+    Ok(events
         .into_iter()
         .map(|event| HistoryEventView {
             seq: event.seq,
@@ -226,8 +233,7 @@ pub(crate) async fn history(
             step_name: event.kind.step().and_then(|step| definition.as_ref()?.step(step).map(|s| s.name.to_string())),
             event: event.kind,
         })
-        .collect();
-    Ok(Json(HistoryResponse { workflow_id: id, events }))
+        .collect())
 }
 
 /// An optional JSON body: absent or empty is the default, anything else must parse.
