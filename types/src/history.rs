@@ -4,6 +4,7 @@
 //! codec and its format version byte) and served as JSON by the history API, so every change
 //! here is a format change.
 
+use crate::api::WorkflowStatus;
 use crate::ids::{StepRef, WorkerId, WorkflowId, WorkflowType};
 use crate::json::JsonText;
 use serde::{Deserialize, Serialize};
@@ -281,6 +282,20 @@ impl EventKind {
             EventKind::ChildCompleted { .. } => "ChildCompleted",
             EventKind::ChildFailed { .. } => "ChildFailed",
             EventKind::ParentLinked { .. } => "ParentLinked",
+        }
+    }
+
+    /// The run's status once this event is applied, given its status before: a terminal
+    /// event ends it, a park makes it FAILED (waiting for an operator), a resume makes it
+    /// RUNNING again; every other event leaves it as it was.
+    pub fn status_after(&self, before: WorkflowStatus) -> WorkflowStatus {
+        match self {
+            EventKind::WorkflowCompleted { .. } => WorkflowStatus::Completed,
+            EventKind::WorkflowCompensated { .. } => WorkflowStatus::Compensated,
+            EventKind::WorkflowFailed { .. } | EventKind::RunParked { .. } => WorkflowStatus::Failed,
+            EventKind::WorkflowTerminated { .. } => WorkflowStatus::Terminated,
+            EventKind::RunResumed { .. } => WorkflowStatus::Running,
+            _ => before,
         }
     }
 

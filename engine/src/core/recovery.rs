@@ -18,6 +18,7 @@ impl Core {
         let stats = Arc::new(Stats::default());
         let signer = Arc::new(TaskSigner::new(store.task_token_key()?));
         let (publisher, stream) = Publisher::new();
+        let last_position = store.last_position(store::ShardId::SOLE)?;
         let mut core = Core {
             store,
             registry,
@@ -35,6 +36,7 @@ impl Core {
             room_to_write: true,
             commands: Some(rx),
             publisher: Some(publisher),
+            last_position,
         };
         let now = core.clock.now_ms();
         let ids: Vec<WorkflowId> = core.store.in_flight(store::ShardId::SOLE)?;

@@ -8,8 +8,9 @@
 //! gets `RecvError::Lagged(n)` and must re-read what it needs from the store). This module
 //! must never decide anything or wait on a subscriber.
 
+use shop_types::api::WorkflowStatus;
 use shop_types::history::Event;
-use shop_types::WorkflowId;
+use shop_types::{WorkflowId, WorkflowType};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -21,7 +22,13 @@ pub const EVENT_STREAM_CAPACITY: usize = 1_024;
 /// One committed event, as the stream carries it (not its payload: read the store for that).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedEvent {
+    /// Its durable position in its shard (see `store::position`), set when the batch is
+    /// numbered at commit.
+    pub position: u64,
     pub run: WorkflowId,
+    pub workflow_type: WorkflowType,
+    /// The run's status once this event is applied.
+    pub status: WorkflowStatus,
     pub seq: u64,
     /// The kind's name (`StepCompleted`, ...).
     pub kind: &'static str,
@@ -31,10 +38,24 @@ pub struct CommittedEvent {
 }
 
 impl CommittedEvent {
-    pub(super) fn new(run: &WorkflowId, event: &Event) -> CommittedEvent {
+    pub(super) fn new(
+        run: &WorkflowId,
+        workflow_type: &WorkflowType,
+        status: WorkflowStatus,
+        event: &Event,
+    ) -> CommittedEvent {
         let settles =
             event.kind.is_terminal() || matches!(event.kind, shop_types::history::EventKind::RunParked { .. });
-        CommittedEvent { run: run.clone(), seq: event.seq, kind: event.kind.name(), at_ms: event.at_ms, settles }
+        CommittedEvent {
+            position: 0,
+            run: run.clone(),
+            workflow_type: workflow_type.clone(),
+            status,
+            seq: event.seq,
+            kind: event.kind.name(),
+            at_ms: event.at_ms,
+            settles,
+        }
     }
 }
 
@@ -76,5 +97,22 @@ impl Publisher {
         self.events += events.len() as u64;
         // An error only means nobody subscribes right now: nothing to do.
         let _ = self.stream.send(Arc::new(Commit { number: self.commits, events_total: self.events, events }));
+    }
+}
+
+#[cfg(test)]
+impl CommittedEvent {
+    /// Event `seq` of run `run` (type `w`, RUNNING, at position `seq`), for followers' tests.
+    pub(crate) fn sample(run: &str, seq: u64, kind: &'static str, settles: bool) -> CommittedEvent {
+        CommittedEvent {
+            position: seq,
+            run: WorkflowId::parse(run).expect("valid id"),
+            workflow_type: WorkflowType::parse("w").expect("valid type"),
+            status: WorkflowStatus::Running,
+            seq,
+            kind,
+            at_ms: 0,
+            settles,
+        }
     }
 }
