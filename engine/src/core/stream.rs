@@ -11,6 +11,7 @@
 use shop_types::api::WorkflowStatus;
 use shop_types::history::Event;
 use shop_types::{WorkflowId, WorkflowType};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -73,17 +74,37 @@ pub struct Commit {
 /// A subscription to the stream.
 pub type Subscription = broadcast::Receiver<Arc<Commit>>;
 
+/// The last event position known durable: set by the publisher BEFORE it sends the commit
+/// that makes it so. A reader that subscribes first and then loads it may read the store up
+/// to it, and gets every later event from its subscription (never an event a crash could
+/// still take back).
+#[derive(Debug, Default)]
+pub struct DurablePosition(AtomicU64);
+
+impl DurablePosition {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// The publishing end, owned by the syncer (or by the core when turns are driven by hand).
 pub(super) struct Publisher {
     stream: broadcast::Sender<Arc<Commit>>,
+    durable: Arc<DurablePosition>,
     commits: u64,
     events: u64,
 }
 
 impl Publisher {
-    pub(super) fn new() -> (Publisher, broadcast::Sender<Arc<Commit>>) {
+    /// A publisher whose store holds events up to `durable` (its last position at start-up).
+    pub(super) fn new(durable: u64) -> (Publisher, broadcast::Sender<Arc<Commit>>) {
         let (stream, _) = broadcast::channel(EVENT_STREAM_CAPACITY);
-        (Publisher { stream: stream.clone(), commits: 0, events: 0 }, stream)
+        let durable = Arc::new(DurablePosition(AtomicU64::new(durable)));
+        (Publisher { stream: stream.clone(), durable, commits: 0, events: 0 }, stream)
+    }
+
+    pub(super) fn durable(&self) -> Arc<DurablePosition> {
+        self.durable.clone()
     }
 
     #[cfg(test)]
@@ -95,6 +116,9 @@ impl Publisher {
     pub(super) fn publish(&mut self, events: Vec<CommittedEvent>) {
         self.commits += 1;
         self.events += events.len() as u64;
+        if let Some(last) = events.last() {
+            self.durable.0.fetch_max(last.position, Ordering::SeqCst);
+        }
         // An error only means nobody subscribes right now: nothing to do.
         let _ = self.stream.send(Arc::new(Commit { number: self.commits, events_total: self.events, events }));
     }
