@@ -26,7 +26,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::Stream;
 use serde::Deserialize;
-use shop_types::api::WorkflowStatus;
+use shop_types::api::{CommittedEventView, StreamEnd, WorkflowStatus};
 use shop_types::{WorkflowId, WorkflowType};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -188,19 +188,19 @@ pub(crate) async fn events(
 }
 
 fn global_message(event: &StreamEvent) -> SseEvent {
-    let data = serde_json::json!({
-        "position": event.position,
-        "workflowId": event.run,
-        "workflowType": event.workflow_type,
-        "seq": event.seq,
-        "kind": event.kind,
-        "atMs": event.at_ms,
-        "status": event.status,
-    });
+    let view = CommittedEventView {
+        position: event.position,
+        workflow_id: event.run.clone(),
+        workflow_type: event.workflow_type.clone(),
+        seq: event.seq,
+        kind: event.kind.to_owned(),
+        at_ms: event.at_ms,
+        status: event.status,
+    };
     SseEvent::default()
         .id(Cursor::at(ShardId::SOLE, event.position).to_string())
         .event(event.kind)
-        .data(data.to_string())
+        .data(serde_json::to_string(&view).unwrap_or_default())
 }
 
 #[derive(Deserialize)]
@@ -241,7 +241,9 @@ pub(crate) async fn run_events(
                 return None;
             }
             if let Some(status) = ended {
-                let end = SseEvent::default().event("end").data(serde_json::json!({ "status": status }).to_string());
+                let end = SseEvent::default()
+                    .event("end")
+                    .data(serde_json::to_string(&StreamEnd { status }).unwrap_or_default());
                 return Some((Ok(end), (feed, stopping, slot, None, true)));
             }
             let next = tokio::select! {
