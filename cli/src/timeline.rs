@@ -29,22 +29,32 @@ pub fn render(events: &[HistoryEventView]) -> String {
     };
     let mut table = Table::without_header();
     for event in events {
-        // A clock step backwards on the engine must not panic or print a huge offset.
-        let offset = Duration::from_millis(event.at_ms.saturating_sub(first.at_ms));
-        let (step, attempt) = match event.event.step_attempt() {
-            Some((step, attempt)) => (step_label(step, event.step_name.as_deref()), format!("attempt {attempt}")),
-            None => (String::new(), String::new()),
-        };
-        table.row(vec![
-            format!("+{}", duration(offset)),
-            format!("#{}", event.seq),
-            event.event.name().to_owned(),
-            step,
-            attempt,
-            truncate(&event.event.details(), MAX_DETAIL_CHARS),
-        ]);
+        table.row(cells(event, first.at_ms));
     }
     table.render()
+}
+
+/// One event's line as the timeline shows it, its offset counted from `start_ms`: for
+/// events that arrive one by one (`shopctl workflow watch`), so columns are not aligned.
+pub fn render_one(event: &HistoryEventView, start_ms: u64) -> String {
+    cells(event, start_ms).into_iter().filter(|cell| !cell.is_empty()).collect::<Vec<_>>().join("  ")
+}
+
+fn cells(event: &HistoryEventView, start_ms: u64) -> Vec<String> {
+    // A clock step backwards on the engine must not panic or print a huge offset.
+    let offset = Duration::from_millis(event.at_ms.saturating_sub(start_ms));
+    let (step, attempt) = match event.event.step_attempt() {
+        Some((step, attempt)) => (step_label(step, event.step_name.as_deref()), format!("attempt {attempt}")),
+        None => (String::new(), String::new()),
+    };
+    vec![
+        format!("+{}", duration(offset)),
+        format!("#{}", event.seq),
+        event.event.name().to_owned(),
+        step,
+        attempt,
+        truncate(&event.event.details(), MAX_DETAIL_CHARS),
+    ]
 }
 
 fn step_label(step: StepRef, name: Option<&str>) -> String {

@@ -31,6 +31,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod stream_stats;
+pub mod streams;
 pub mod watch;
 
 use crate::auth::{AuthOptions, Authenticator};
@@ -66,6 +67,8 @@ pub struct EngineOptions {
     pub console_secure_cookie: bool,
     /// Connection limits and the shutdown deadline.
     pub server: server::ServerOptions,
+    /// Event streams (SSE) open at once at most; beyond it 503 (`streams::MAX_STREAM_SUBSCRIBERS`).
+    pub max_stream_subscribers: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +135,7 @@ pub async fn serve(
     let watch = Arc::new(watch::WatchHub::new(options.limits.max_waits_per_caller, options.limits.max_watchers));
     let (follower, subscription) = (watch.clone(), handle.subscribe());
     tokio::spawn(async move { follower.follow(subscription).await });
+    let streams = Arc::new(streams::StreamHub::new(options.max_stream_subscribers));
     core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
     let lifecycle = Arc::new(api::Lifecycle::default());
     let core_lifecycle = lifecycle.clone();
@@ -193,6 +197,7 @@ pub async fn serve(
         stream_stats,
         watch: watch.clone(),
         sessions: Arc::new(console::Sessions::new(options.console_secure_cookie)),
+        streams: streams.clone(),
     });
     let shutdown_handle = handle.clone();
     let shutdown = async move {
@@ -202,6 +207,7 @@ pub async fn serve(
         // Long polls and waits would otherwise hold the drain open for up to a minute.
         shutdown_handle.shutdown().await;
         watch.shutdown();
+        streams.shutdown();
     };
     server::run(listener, app, options.server, shutdown).await;
     drop(handle);

@@ -55,6 +55,10 @@ struct Args {
     /// beyond it 429 TOO_MANY_WAITS.
     #[arg(long, default_value_t = Limits::default().max_waits_per_caller)]
     max_waits_per_caller: usize,
+    /// Event streams (SSE: `/v1/events`, `/v1/workflows/{id}/events`) open at once at most;
+    /// beyond it 503.
+    #[arg(long, default_value_t = shop_engine::streams::MAX_STREAM_SUBSCRIBERS)]
+    max_stream_subscribers: usize,
     /// Accept every request without a credential. Only on a loopback `--listen`; for
     /// `shopctl dev`, `demo`, `bench` and tests.
     #[arg(long)]
@@ -174,6 +178,7 @@ async fn run() -> anyhow::Result<()> {
         min_free_disk_bytes: args.min_free_disk_mb.saturating_mul(1024 * 1024),
         max_auth_failures: args.max_auth_failures,
         console_secure_cookie: args.console_secure_cookie,
+        max_stream_subscribers: args.max_stream_subscribers,
         server: server::ServerOptions {
             head_timeout: args.head_timeout,
             body_timeout: args.body_timeout,

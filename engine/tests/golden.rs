@@ -32,44 +32,7 @@ pub const RUN_ID: &str = "golden-1";
 /// The input every golden run starts with.
 pub const INPUT: &str = r#"{"orderId":"golden-1","orderItems":[{"productId":1,"quantity":2}],"shippingAddress":"1 Main St","paymentMethod":"CREDIT_CARD"}"#;
 /// Every event kind a history can hold: each must appear in at least one golden.
-const EVENT_KINDS: [&str; 36] = [
-    "WorkflowStarted",
-    "StepScheduled",
-    "StepStarted",
-    "StepCompleted",
-    "StepFailed",
-    "StepTimedOut",
-    "StepRetryScheduled",
-    "CancelRequested",
-    "CompensationStarted",
-    "WorkflowCompleted",
-    "WorkflowCompensated",
-    "WorkflowFailed",
-    "WorkflowTerminated",
-    "RunParked",
-    "RunResumed",
-    "SleepStarted",
-    "SleepEnded",
-    "SignalReceived",
-    "WaitOpened",
-    "WaitCompleted",
-    "WaitTimedOut",
-    "StepSkipped",
-    "ChoiceTaken",
-    "ParallelStarted",
-    "BranchCompleted",
-    "ParallelStopped",
-    "ForEachStarted",
-    "ForEachStopped",
-    "DefinitionPinned",
-    "ChildStarted",
-    "ChildCompleted",
-    "ChildFailed",
-    "ParentLinked",
-    "CancelRequestedBy",
-    "WorkflowTerminatedBy",
-    "RunResumedBy",
-];
+const EVENT_KINDS: &[&str] = &EventKind::NAMES;
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("golden")

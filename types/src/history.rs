@@ -4,6 +4,7 @@
 //! codec and its format version byte) and served as JSON by the history API, so every change
 //! here is a format change.
 
+use crate::api::WorkflowStatus;
 use crate::ids::{StepRef, WorkerId, WorkflowId, WorkflowType};
 use crate::json::JsonText;
 use serde::{Deserialize, Serialize};
@@ -270,6 +271,48 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The name of every kind, in declaration order (what [`EventKind::name`] gives): the
+    /// `event:` field of the SSE streams, which a browser must listen for by name. The
+    /// golden tests check that it lists every variant.
+    pub const NAMES: [&'static str; 36] = [
+        "WorkflowStarted",
+        "StepScheduled",
+        "StepStarted",
+        "StepCompleted",
+        "StepFailed",
+        "StepTimedOut",
+        "StepRetryScheduled",
+        "CancelRequested",
+        "CompensationStarted",
+        "WorkflowCompleted",
+        "WorkflowCompensated",
+        "WorkflowFailed",
+        "WorkflowTerminated",
+        "RunParked",
+        "RunResumed",
+        "SleepStarted",
+        "SleepEnded",
+        "SignalReceived",
+        "WaitOpened",
+        "WaitCompleted",
+        "WaitTimedOut",
+        "StepSkipped",
+        "ChoiceTaken",
+        "ParallelStarted",
+        "BranchCompleted",
+        "ParallelStopped",
+        "ForEachStarted",
+        "ForEachStopped",
+        "DefinitionPinned",
+        "ChildStarted",
+        "ChildCompleted",
+        "ChildFailed",
+        "ParentLinked",
+        "CancelRequestedBy",
+        "WorkflowTerminatedBy",
+        "RunResumedBy",
+    ];
+
     /// The event's name as shown in timelines (`StepScheduled`, ...).
     pub fn name(&self) -> &'static str {
         match self {
@@ -309,6 +352,20 @@ impl EventKind {
             EventKind::CancelRequestedBy { .. } => "CancelRequestedBy",
             EventKind::WorkflowTerminatedBy { .. } => "WorkflowTerminatedBy",
             EventKind::RunResumedBy { .. } => "RunResumedBy",
+        }
+    }
+
+    /// The run's status once this event is applied, given its status before: a terminal
+    /// event ends it, a park makes it FAILED (waiting for an operator), a resume makes it
+    /// RUNNING again; every other event leaves it as it was.
+    pub fn status_after(&self, before: WorkflowStatus) -> WorkflowStatus {
+        match self {
+            EventKind::WorkflowCompleted { .. } => WorkflowStatus::Completed,
+            EventKind::WorkflowCompensated { .. } => WorkflowStatus::Compensated,
+            EventKind::WorkflowFailed { .. } | EventKind::RunParked { .. } => WorkflowStatus::Failed,
+            EventKind::WorkflowTerminated { .. } => WorkflowStatus::Terminated,
+            EventKind::RunResumed { .. } => WorkflowStatus::Running,
+            _ => before,
         }
     }
 

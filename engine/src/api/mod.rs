@@ -18,6 +18,7 @@ mod definitions;
 mod edge;
 mod error;
 mod orders;
+mod streams;
 mod tasks;
 pub(crate) mod workflows;
 
@@ -33,6 +34,7 @@ use crate::rate_limit::{FailureThrottle, RateLimiter};
 use crate::registry::Registry;
 use crate::store::{Durability, Store};
 use crate::stream_stats::StreamStats;
+use crate::streams::StreamHub;
 use crate::watch::{WaitRefused, WatchHub};
 use auth::Access;
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -71,6 +73,8 @@ pub struct AppState {
     pub watch: Arc<WatchHub>,
     /// The web console's signed-in sessions (their cookie also authenticates safe API reads).
     pub sessions: Arc<crate::console::Sessions>,
+    /// Event streams (SSE): their cap and counters.
+    pub streams: Arc<StreamHub>,
 }
 
 /// How old the core's last tick may be before `/healthz` calls the core dead: many times its
@@ -119,6 +123,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/workflows", get(workflows::list))
         .route("/v1/workflows/:id", get(workflows::get_one))
         .route("/v1/workflows/:id/history", get(workflows::history))
+        .route("/v1/workflows/:id/events", get(streams::run_events))
+        .route("/v1/events", get(streams::events))
         .route("/v1/definitions", get(definitions::list))
         .route("/v1/definitions/check", post(definitions::check))
         .route("/api/orders", post(orders::place).get(orders::list))
@@ -203,6 +209,11 @@ async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
         // Counted at the door by the slots' guards, so it is exact at every moment.
         "waiting_reads": state.watch.slots().in_use(),
         "waiting_polls": stats.waiting_polls.load(Relaxed),
+        "stream": {
+            "subscribers": state.streams.subscribers(),
+            "catch_ups": state.streams.catch_ups(),
+            "events_sent": state.streams.events_sent(),
+        },
         "queues": queues,
         "quarantined": stats
             .quarantined
@@ -339,19 +350,7 @@ pub(crate) async fn view_after_wait(
     wait: Option<Duration>,
 ) -> Result<WorkflowView, ApiError> {
     if let Some(wait) = wait {
-        // Only callers that may not be rate limited (workers) have no key; they share one.
-        let caller = principal.rate_key.as_deref().unwrap_or("unidentified");
-        let _slot = state.watch.slots().acquire(caller).map_err(|refused| match refused {
-            WaitRefused::CallerFull => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TOO_MANY_WAITS",
-                format!(
-                    "this caller already waits on {} reads, its limit; retry once one ends",
-                    state.watch.slots().max_per_caller()
-                ),
-            ),
-            WaitRefused::Full => ApiError::from(CoreError::Overloaded("too many waiting reads")),
-        })?;
+        let _slot = wait_slot(state, principal)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before the read: a settling event committed after the read wakes us.
@@ -370,6 +369,24 @@ pub(crate) async fn view_after_wait(
         }
     }
     read_view(state, id)
+}
+
+/// A slot for one waiting read of `principal`: 429 `TOO_MANY_WAITS` over its caller's cap,
+/// 503 `OVERLOADED` over the engine's. Hold it for exactly as long as the wait.
+pub(crate) fn wait_slot(state: &AppState, principal: &Principal) -> Result<crate::watch::WaitSlot, ApiError> {
+    // Only callers that may not be rate limited (workers) have no key; they share one.
+    let caller = principal.rate_key.as_deref().unwrap_or("unidentified");
+    state.watch.slots().acquire(caller).map_err(|refused| match refused {
+        WaitRefused::CallerFull => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_WAITS",
+            format!(
+                "this caller already waits on {} reads, its limit; retry once one ends",
+                state.watch.slots().max_per_caller()
+            ),
+        ),
+        WaitRefused::Full => ApiError::from(CoreError::Overloaded("too many waiting reads")),
+    })
 }
 
 fn read_view(state: &AppState, id: &WorkflowId) -> Result<WorkflowView, ApiError> {

@@ -203,37 +203,111 @@ pub(crate) fn list_views(
     Ok((views, next_cursor))
 }
 
-pub(crate) async fn history(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<HistoryResponse>, ApiError> {
-    let id = WorkflowId::parse(id)?;
-    let events = history_views(&state, &id)?;
-    Ok(Json(HistoryResponse { workflow_id: id, events }))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HistoryQuery {
+    /// Only the events after this sequence number.
+    after: Option<u64>,
+    /// With `after`: wait this long for an event after it (the long-poll twin of
+    /// `/v1/workflows/{id}/events`).
+    wait: Option<String>,
 }
 
-/// A run's history as the API shows it (each step event with its step's name); 404 when
-/// there is no such run.
+/// `GET /v1/workflows/{id}/history[?after=N[&wait=30s]]`: the run's events (after N). With
+/// `wait`, answers at once when events after N exist or the run is terminal, else as soon as
+/// the run commits one, or with none when the wait ends; the wait holds a waiting-read slot
+/// like `GET /v1/workflows/{id}?wait=`.
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    params: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<HistoryResponse>, ApiError> {
+    let id = WorkflowId::parse(id)?;
+    let params = query(params)?;
+    let wait = parse_wait(params.wait.as_deref())?;
+    let after = params.after.unwrap_or(0);
+    let _slot = wait.map(|_| super::wait_slot(&state, &principal)).transpose()?;
+    // Subscribed before the first read: an event committed after it wakes the wait.
+    let mut subscription = wait.map(|_| state.core.subscribe());
+    let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
+    let mut stopping = state.streams.stopping();
+    loop {
+        let events = state.store.history(&id)?;
+        let Some(first) = events.first() else {
+            return Err(ApiError::not_found(format!("workflow {id} not found")));
+        };
+        let definition = definition_of(&state, &first.kind);
+        let ended = events.last().is_some_and(|e| e.kind.is_terminal());
+        let newer: Vec<HistoryEventView> = events
+            .into_iter()
+            .filter(|e| e.seq > after)
+            .map(|event| history_view(definition.as_deref(), event))
+            .collect();
+        let (Some(subscription), Some(deadline)) = (subscription.as_mut(), deadline) else {
+            return Ok(Json(HistoryResponse { workflow_id: id, events: newer }));
+        };
+        if !newer.is_empty() || ended {
+            return Ok(Json(HistoryResponse { workflow_id: id, events: newer }));
+        }
+        // Until the run commits an event (or a lag may have hidden one), the wait ends, or
+        // the engine shuts down: then read again.
+        let committed = async {
+            loop {
+                match subscription.recv().await {
+                    Ok(commit) if commit.events.iter().any(|e| e.run == id) => return,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        tokio::select! {
+            () = committed => {}
+            () = tokio::time::sleep_until(deadline) => {
+                return Ok(Json(HistoryResponse { workflow_id: id, events: Vec::new() }));
+            }
+            _ = stopping.wait_for(|stop| *stop) => {
+                return Ok(Json(HistoryResponse { workflow_id: id, events: Vec::new() }));
+            }
+        }
+    }
+}
+
+/// A run's whole history as the API shows it (each step event with its step's name); 404
+/// when there is no such run.
 pub(crate) fn history_views(state: &AppState, id: &WorkflowId) -> Result<Vec<HistoryEventView>, ApiError> {
     let events = state.store.history(id)?;
     let Some(first) = events.first() else {
         return Err(ApiError::not_found(format!("workflow {id} not found")));
     };
-    let definition = match &first.kind {
+    let definition = definition_of(state, &first.kind);
+    Ok(events.into_iter().map(|event| history_view(definition.as_deref(), event)).collect())
+}
+
+/// The definition a run's first event names, if it is registered.
+fn definition_of(
+    state: &AppState,
+    first: &shop_types::history::EventKind,
+) -> Option<std::sync::Arc<crate::definition::Definition>> {
+    match first {
         shop_types::history::EventKind::WorkflowStarted { workflow_type, definition_version, .. } => {
             state.registry.read().ok().and_then(|r| r.get(workflow_type.as_str(), *definition_version))
         }
         _ => None,
-    };
-    Ok(events
-        .into_iter()
-        .map(|event| HistoryEventView {
-            seq: event.seq,
-            at_ms: event.at_ms,
-            step_name: event.kind.step().and_then(|step| definition.as_ref()?.step(step).map(|s| s.name.to_string())),
-            event: event.kind,
-        })
-        .collect())
+    }
+}
+
+/// One history entry as the API shows it, with its step's name from the run's definition.
+pub(crate) fn history_view(
+    definition: Option<&crate::definition::Definition>,
+    event: shop_types::history::Event,
+) -> HistoryEventView {
+    HistoryEventView {
+        seq: event.seq,
+        at_ms: event.at_ms,
+        step_name: event.kind.step().and_then(|step| definition?.step(step).map(|s| s.name.to_string())),
+        event: event.kind,
+    }
 }
 
 /// An optional JSON body: absent or empty is the default, anything else must parse.

@@ -39,7 +39,7 @@ pub(crate) async fn page(
         let body = html! {
             h1 { "Run " code data-testid="run-id" { (view.id.as_str()) } }
             span.live #live-state data-testid="live-state" {}
-            div #run-live data-id=(view.id.as_str()) { (live_markup(&session, &view, &history)) }
+            div #run-live data-id=(view.id.as_str()) data-kinds=(EventKind::NAMES.join(",")) { (live_markup(&session, &view, &history)) }
         };
         Ok(layout(&format!("Run {}", view.id.as_str()), Some(&session), "/console/runs", body))
     };

@@ -18,6 +18,7 @@ use axum::Extension;
 use maud::{html, Markup};
 use serde::Deserialize;
 use shop_types::api::{WorkflowStatus, WorkflowView};
+use shop_types::history::EventKind;
 use shop_types::WorkflowId;
 
 /// Runs on one page of the list.
@@ -124,7 +125,7 @@ fn render(
             button type="submit" { "Filter" }
             span.live #live-state data-testid="live-state" { "" }
         }
-        table.runs #runs
+        table.runs #runs data-kinds=(EventKind::NAMES.join(","))
             data-status=(filters.status) data-type=(filters.workflow_type) data-q=(filters.q) {
             thead { tr { th { "Run" } th { "Type" } th { "Status" } th { "Started" } th { "Ended" } th { "Reason" } } }
             tbody #run-rows {

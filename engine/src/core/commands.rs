@@ -378,8 +378,20 @@ impl Core {
         if events.is_empty() {
             return Ok(());
         }
-        turn.batch.append_events(id, &events)?;
-        turn.events.extend(events.iter().map(|event| CommittedEvent::new(id, event)));
+        let (workflow_type, before) = match self.runs.get(id) {
+            Some(run) => (run.definition.name.clone(), run.summary_status),
+            // Not in flight: only its stored summary knows (not a path a turn takes today).
+            None => match self.store.run(id)? {
+                Some(summary) => (summary.workflow_type, summary.status),
+                None => return Err(store::Error::Gap { run: id.clone(), seq: 0 }),
+            },
+        };
+        turn.batch.append_transition(id, &events, before)?;
+        let mut status = before;
+        turn.events.extend(events.iter().map(|event| {
+            status = event.kind.status_after(status);
+            CommittedEvent::new(id, &workflow_type, status, event)
+        }));
         let terminal = match self.runs.get(id) {
             Some(run) => run.state.terminal.clone(),
             None => return Ok(()),

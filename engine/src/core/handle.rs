@@ -6,7 +6,7 @@
 //! once as overloaded (503), never waited on, and a core that has stopped is "shutting down".
 
 use super::signer::TaskSigner;
-use super::stream::{Commit, Subscription};
+use super::stream::{Commit, DurablePosition, Subscription};
 use super::{Command, CoreError, SignalOutcome, SignalRequest, StartOutcome, Stats};
 use crate::definition::Definition;
 use shop_types::api::{ActivityTask, TaskReport};
@@ -27,6 +27,7 @@ pub struct Handle {
     pub signer: Arc<TaskSigner>,
     /// Kept only to hand out subscriptions; the syncer publishes on its own clone.
     stream: broadcast::Sender<Arc<Commit>>,
+    durable: Arc<DurablePosition>,
 }
 
 impl Handle {
@@ -35,13 +36,20 @@ impl Handle {
         stats: Arc<Stats>,
         signer: Arc<TaskSigner>,
         stream: broadcast::Sender<Arc<Commit>>,
+        durable: Arc<DurablePosition>,
     ) -> Handle {
-        Handle { tx, stats, signer, stream }
+        Handle { tx, stats, signer, stream, durable }
     }
 
     /// Follows the stream of committed events from now on (see [`super::stream`]).
     pub fn subscribe(&self) -> Subscription {
         self.stream.subscribe()
+    }
+
+    /// The last event position that is durable and published (see [`DurablePosition`]):
+    /// subscribe first, then read the store up to this.
+    pub fn durable_position(&self) -> u64 {
+        self.durable.get()
     }
 
     /// Starts run `id` of the latest version of `workflow_type`, or finds it already there.

@@ -208,4 +208,24 @@ fn a_turn_s_events_are_published_once_after_its_sync() {
     f.turn(vec![Command::Cancel { id, reason: "test".into(), by: "test".into(), terminate: true, reply }], T0 + 3);
     let ended = events.try_recv().expect("published");
     assert!(ended.events.last().is_some_and(|e| e.settles && e.kind == "WorkflowTerminatedBy"));
+    assert_eq!(ended.events.last().map(|e| e.status), Some(WorkflowStatus::Terminated));
+
+    // Every published event carries the position the store reads it back at.
+    let published: Vec<_> =
+        [first, second, ended].iter().flat_map(|c| c.events.clone()).map(|e| (e.position, e.run, e.seq)).collect();
+    let stored: Vec<_> = f
+        .core
+        .store
+        .events_after(store::ShardId::SOLE, 0, 100)
+        .expect("reads")
+        .into_iter()
+        .map(|e| (e.position, e.run, e.event.seq))
+        .collect();
+    assert_eq!(published, stored);
+    assert_eq!(published.iter().map(|e| e.0).collect::<Vec<_>>(), (1..=published.len() as u64).collect::<Vec<_>>());
+    // A core recovered on the same store numbers on from the last position.
+    let (recovered, _handle) =
+        Core::recover(f.core.store.clone(), f.core.registry.clone(), f.clock.clone(), Limits::default())
+            .expect("recovers");
+    assert_eq!(recovered.last_position, published.len() as u64);
 }

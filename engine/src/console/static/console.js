@@ -17,13 +17,18 @@
     }
   }
 
-  function follow(url, onChange, onEnd) {
+  // Each SSE message is named after its event's kind (`event: StepCompleted`), and
+  // EventSource has no wildcard: the page lists the kinds (data-kinds, from the engine).
+  function follow(url, kinds, onChange, onEnd) {
     var source = new EventSource(url);
     source.onopen = function () { setLive('● live', 'on'); };
     source.onerror = function () {
       setLive(source.readyState === EventSource.CLOSED ? '○ not live: reload' : '○ reconnecting…', 'off');
     };
     source.onmessage = onChange;
+    kinds.split(',').forEach(function (kind) {
+      if (kind) source.addEventListener(kind, onChange);
+    });
     source.addEventListener('end', function () {
       source.close();
       setLive('finished', 'done');
@@ -75,7 +80,7 @@
 
     var stream = new URLSearchParams();
     if (table.dataset.type) stream.set('type', table.dataset.type);
-    follow('/v1/events?' + stream.toString(), function (message) {
+    follow('/v1/events?' + stream.toString(), table.dataset.kinds || '', function (message) {
       var data;
       try { data = JSON.parse(message.data); } catch (e) { return; }
       var id = data && data.workflowId;
@@ -97,7 +102,7 @@
         .catch(function () { setLive('○ the run could not be fetched', 'off'); });
     }
     function schedule() { if (!timer) timer = setTimeout(refresh, DEBOUNCE_MS); }
-    follow('/v1/workflows/' + encodeURIComponent(id) + '/events', schedule, schedule);
+    follow('/v1/workflows/' + encodeURIComponent(id) + '/events', container.dataset.kinds || '', schedule, schedule);
   }
 
   document.addEventListener('DOMContentLoaded', function () {
