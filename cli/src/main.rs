@@ -6,6 +6,7 @@
 //! It is a thin client: every fact comes from the engine's HTTP API or a worker's admin API,
 //! and it never reads their data directories. Data goes to stdout, everything else to
 //! stderr; any error ends the process with exit code 1 and one line `shopctl: <reason>`
+//! (`workflow watch` of a run that ends other than COMPLETED: exit 3)
 //! (clap's usage errors exit with 2).
 
 mod client;
@@ -17,9 +18,9 @@ mod timeline;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{
-    bench::BenchArgs, definition::DefinitionCommand, demo::DemoArgs, dev::DevArgs, notifications::NotificationsCommand,
-    order::OrderCommand, payments::PaymentsCommand, stock::StockCommand, token::TokenCommand, verify::VerifyArgs,
-    workflow::WorkflowCommand, Context,
+    bench::BenchArgs, definition::DefinitionCommand, demo::DemoArgs, dev::DevArgs, events::EventsCommand,
+    notifications::NotificationsCommand, order::OrderCommand, payments::PaymentsCommand, stock::StockCommand,
+    token::TokenCommand, verify::VerifyArgs, workflow::WorkflowCommand, Context,
 };
 use shop_types::auth::BearerToken;
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ enum Command {
     /// List, show, start, cancel and terminate workflow runs; show their history.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+    /// Follow every committed event of the engine (`events tail`).
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// List and register workflow definitions.
     #[command(subcommand)]
     Definition(DefinitionCommand),
@@ -93,6 +97,10 @@ async fn main() -> ExitCode {
         .init();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<commands::workflow::NotCompleted>().is_some() => {
+            output::note(&format!("shopctl: {err}"));
+            ExitCode::from(commands::workflow::NOT_COMPLETED_EXIT)
+        }
         Err(err) if is_broken_pipe(&err) => {
             // The reader went away (`shopctl ... | head`): not our failure to report.
             ExitCode::SUCCESS
@@ -116,6 +124,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Order(command) => commands::order::run(command, &ctx()?).await,
         Command::Workflow(command) => commands::workflow::run(command, &ctx()?).await,
         Command::Definition(command) => commands::definition::run(command, &ctx()?).await,
+        Command::Events(command) => commands::events::run(command, &ctx()?).await,
         Command::Stock(command) => commands::stock::run(command, &ctx()?).await,
         Command::Payments(command) => commands::payments::run(command, &ctx()?).await,
         Command::Notifications(command) => commands::notifications::run(command, &ctx()?).await,

@@ -24,7 +24,7 @@ mod open;
 use crate::output::{duration, timestamp, truncate, Table};
 use shop_types::api::HistoryEventView;
 use shop_types::history::EventKind;
-use shop_types::{JsonText, StepPhase, StepRef};
+use shop_types::{StepPhase, StepRef};
 use std::time::Duration;
 
 /// Longest detail (an error message, a step output) shown on one line; the rest is cut so
@@ -45,19 +45,7 @@ pub fn render(events: &[HistoryEventView]) -> String {
     // A run with no lanes keeps the plain layout (no empty lane column).
     let lanes = events.iter().any(|e| e.lane.is_some());
     for event in events {
-        // A clock step backwards on the engine must not panic or print a huge offset.
-        let offset = Duration::from_millis(event.at_ms.saturating_sub(first.at_ms));
-        let (step, attempt) = match (event.event.step_attempt(), event.event.step()) {
-            (Some((step, attempt)), _) => (step_label(step, event.step_name.as_deref()), format!("attempt {attempt}")),
-            (None, Some(step)) => (step_label(step, event.step_name.as_deref()), String::new()),
-            (None, None) => (String::new(), String::new()),
-        };
-        let mut row = vec![format!("+{}", duration(offset)), format!("#{}", event.seq)];
-        if lanes {
-            row.push(event.lane.as_deref().map_or_else(String::new, |lane| format!("{LANE_MARK} {lane}")));
-        }
-        row.extend([event.event.name().to_owned(), step, attempt, truncate(&details(event), MAX_DETAIL_CHARS)]);
-        table.row(row);
+        table.row(cells(event, first.at_ms, lanes));
     }
     let mut text = table.render();
     let open = open::render(events);
@@ -66,6 +54,33 @@ pub fn render(events: &[HistoryEventView]) -> String {
         text.push_str(&open);
     }
     text
+}
+
+/// One event's line as the timeline shows it, its offset counted from `start_ms`: for
+/// events that arrive one by one (`shopctl workflow watch`), so columns are not aligned.
+pub fn render_one(event: &HistoryEventView, start_ms: u64) -> String {
+    cells(event, start_ms, event.lane.is_some())
+        .into_iter()
+        .filter(|cell| !cell.is_empty())
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// One event's cells; with `lanes`, a lane column (empty for events outside any lane).
+fn cells(event: &HistoryEventView, start_ms: u64, lanes: bool) -> Vec<String> {
+    // A clock step backwards on the engine must not panic or print a huge offset.
+    let offset = Duration::from_millis(event.at_ms.saturating_sub(start_ms));
+    let (step, attempt) = match (event.event.step_attempt(), event.event.step()) {
+        (Some((step, attempt)), _) => (step_label(step, event.step_name.as_deref()), format!("attempt {attempt}")),
+        (None, Some(step)) => (step_label(step, event.step_name.as_deref()), String::new()),
+        (None, None) => (String::new(), String::new()),
+    };
+    let mut row = vec![format!("+{}", duration(offset)), format!("#{}", event.seq)];
+    if lanes {
+        row.push(event.lane.as_deref().map_or_else(String::new, |lane| format!("{LANE_MARK} {lane}")));
+    }
+    row.extend([event.event.name().to_owned(), step, attempt, truncate(&details(event), MAX_DETAIL_CHARS)]);
+    row
 }
 
 fn step_label(step: StepRef, name: Option<&str>) -> String {
@@ -87,73 +102,23 @@ fn moment(event: &HistoryEventView, at_ms: u64) -> String {
     format!("{} (in {})", timestamp(at_ms), duration(Duration::from_millis(at_ms.saturating_sub(event.at_ms))))
 }
 
+/// What the event says beyond its name: the shared description, with the wake-ups and
+/// deadlines a terminal reader wants as timestamps.
 fn details(event: &HistoryEventView) -> String {
     match &event.event {
-        EventKind::WorkflowStarted { workflow_type, definition_version, .. } => {
-            format!("{workflow_type} v{definition_version}")
-        }
-        EventKind::StepScheduled { .. } => String::new(),
-        EventKind::StepStarted { worker, .. } => format!("by {worker}"),
-        EventKind::StepCompleted { output, .. } | EventKind::WorkflowCompleted { output } => payload(output),
-        EventKind::StepFailed { error, will_retry, .. } => {
-            format!("{}: {} {}", error.error_type, error.message, retry_note(*will_retry))
-        }
-        EventKind::StepTimedOut { timeout, will_retry, .. } => {
-            format!("{} timeout {}", timeout.as_str(), retry_note(*will_retry))
-        }
-        EventKind::StepRetryScheduled { delay_ms, .. } => {
-            format!("retry in {}", duration(Duration::from_millis(*delay_ms)))
-        }
-        EventKind::CancelRequested { reason }
-        | EventKind::WorkflowCompensated { reason }
-        | EventKind::WorkflowFailed { reason }
-        | EventKind::WorkflowTerminated { reason } => reason.clone(),
-        EventKind::CompensationStarted { reason } => format!("↩ {reason}"),
-        EventKind::RunParked { reason } => format!("⏸ needs attention: {reason}"),
-        EventKind::RunResumed { reason } => format!("▶ {reason}"),
         EventKind::SleepStarted { until_ms, .. } => format!("wakes {}", moment(event, *until_ms)),
-        EventKind::SleepEnded { .. } | EventKind::WaitTimedOut { .. } | EventKind::StepSkipped { .. } => String::new(),
-        EventKind::SignalReceived { name, key, payload: body } => format!("{name} (key {key}) {}", payload(body)),
         EventKind::WaitOpened { signals, deadline_ms, .. } => {
             format!("for {} until {}", signals.join(" | "), moment(event, *deadline_ms))
         }
-        EventKind::WaitCompleted { signal, seq, .. } => format!("{signal} (#{seq})"),
-        EventKind::ChoiceTaken { branch, .. } => format!("branch {branch}"),
-        EventKind::ParallelStarted { branches, .. } => format!("branches {}", branches.join(", ")),
-        EventKind::BranchCompleted { branch, .. } => format!("branch {branch} done"),
-        EventKind::ParallelStopped { reason, .. } => format!("stopping: {reason}"),
-        EventKind::ForEachStarted { count, .. } => format!("{count} items"),
-        EventKind::ForEachStopped { reason, .. } => format!("stopping: {reason}"),
-        EventKind::DefinitionPinned { content_hash } => content_hash.clone(),
-        EventKind::ChildStarted { child, version, .. } => format!("child {child} (v{version})"),
-        EventKind::ChildCompleted { output, .. } => format!("held until this run ends: {}", payload(output)),
-        EventKind::ChildFailed { reason, .. } => reason.clone(),
-        EventKind::ChildCompensating { child, .. } => format!("↩ child {child} compensates itself"),
-        EventKind::ParentLinked { parent, depth, .. } => format!("child of {parent} (depth {depth})"),
-        EventKind::HeldByParent { output } => format!("held by its parent until it ends: {}", payload(output)),
-    }
-}
-
-fn retry_note(will_retry: bool) -> &'static str {
-    if will_retry {
-        "(will retry)"
-    } else {
-        "(final)"
-    }
-}
-
-/// A step's output in the timeline: nothing for `null`, else the compact JSON.
-fn payload(output: &JsonText) -> String {
-    match output.as_str().trim() {
-        "null" => String::new(),
-        text => text.to_owned(),
+        kind => kind.details(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shop_types::history::{ActivityError, TimeoutKind};
+    use shop_types::history::{ActivityError, EventKind, TimeoutKind};
+    use shop_types::JsonText;
 
     fn event(seq: u64, at_ms: u64, step_name: Option<&str>, kind: EventKind) -> HistoryEventView {
         HistoryEventView { seq, at_ms, step_name: step_name.map(str::to_owned), lane: None, event: kind }
@@ -437,5 +402,17 @@ children:
             event(2, 900, None, EventKind::WorkflowTerminated { reason: "user".into() }),
         ];
         assert!(render(&events).lines().all(|line| line.starts_with("+0ms")));
+    }
+
+    #[test]
+    fn an_operator_action_names_who_asked_for_it() {
+        let by = || "token:tok_1".to_owned();
+        let events = vec![
+            event(1, 0, None, EventKind::CancelRequestedBy { reason: "changed my mind".into(), by: by() }),
+            event(2, 1, None, EventKind::RunResumedBy { reason: "fixed".into(), by: by() }),
+            event(3, 2, None, EventKind::WorkflowTerminatedBy { reason: "stuck".into(), by: by() }),
+        ];
+        let text = render(&events);
+        assert_eq!(text.matches("(by token:tok_1)").count(), 3, "{text}");
     }
 }

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod engine;
 mod error;
+pub mod events;
 pub mod retry;
 pub mod tasks;
 
@@ -251,12 +252,21 @@ impl Client {
         outcome.map_err(|err| self.transport(&method, &url, &err))
     }
 
+    /// A GET without a timeout, for a stream that lives as long as its reader wants it
+    /// (`events` watches its silence instead).
+    fn stream_request(&self, url: Url) -> reqwest::RequestBuilder {
+        self.authorized(self.http.get(url))
+    }
+
     fn request(&self, method: Method, url: Url, timeout: Duration) -> reqwest::RequestBuilder {
-        let mut request = self.http.request(method, url).timeout(timeout);
-        if let Some(authorization) = &self.authorization {
-            request = request.header(header::AUTHORIZATION, authorization.clone());
+        self.authorized(self.http.request(method, url).timeout(timeout))
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.authorization {
+            Some(authorization) => request.header(header::AUTHORIZATION, authorization.clone()),
+            None => request,
         }
-        request
     }
 
     /// Sends one request (again after a 429 or 503 when the options retry; see [`retry`])

@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod codec;
+pub mod console;
 pub mod core;
 pub mod decider;
 pub mod definition;
@@ -30,6 +31,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod stream_stats;
+pub mod streams;
 pub mod watch;
 
 use crate::auth::{AuthOptions, Authenticator};
@@ -61,8 +63,12 @@ pub struct EngineOptions {
     pub min_free_disk_bytes: u64,
     /// Failed credentials per client address per minute before it gets 429; 0 turns it off.
     pub max_auth_failures: u32,
+    /// Mark the console's session cookie `Secure` (served behind TLS).
+    pub console_secure_cookie: bool,
     /// Connection limits and the shutdown deadline.
     pub server: server::ServerOptions,
+    /// Event streams (SSE) open at once at most; beyond it 503 (`streams::MAX_STREAM_SUBSCRIBERS`).
+    pub max_stream_subscribers: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +135,7 @@ pub async fn serve(
     let watch = Arc::new(watch::WatchHub::new(options.limits.max_waits_per_caller, options.limits.max_watchers));
     let (follower, subscription) = (watch.clone(), handle.subscribe());
     tokio::spawn(async move { follower.follow(subscription).await });
+    let streams = Arc::new(streams::StreamHub::new(options.max_stream_subscribers));
     core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
     let lifecycle = Arc::new(api::Lifecycle::default());
     let core_lifecycle = lifecycle.clone();
@@ -189,6 +196,8 @@ pub async fn serve(
         clock,
         stream_stats,
         watch: watch.clone(),
+        sessions: Arc::new(console::Sessions::new(options.console_secure_cookie)),
+        streams: streams.clone(),
     });
     let shutdown_handle = handle.clone();
     let shutdown = async move {
@@ -198,6 +207,7 @@ pub async fn serve(
         // Long polls and waits would otherwise hold the drain open for up to a minute.
         shutdown_handle.shutdown().await;
         watch.shutdown();
+        streams.shutdown();
     };
     server::run(listener, app, options.server, shutdown).await;
     drop(handle);

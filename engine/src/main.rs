@@ -55,6 +55,10 @@ struct Args {
     /// beyond it 429 TOO_MANY_WAITS.
     #[arg(long, default_value_t = Limits::default().max_waits_per_caller)]
     max_waits_per_caller: usize,
+    /// Event streams (SSE: `/v1/events`, `/v1/workflows/{id}/events`) open at once at most;
+    /// beyond it 503.
+    #[arg(long, default_value_t = shop_engine::streams::MAX_STREAM_SUBSCRIBERS)]
+    max_stream_subscribers: usize,
     /// Accept every request without a credential. Only on a loopback `--listen`; for
     /// `shopctl dev`, `demo`, `bench` and tests.
     #[arg(long)]
@@ -66,6 +70,10 @@ struct Args {
     /// A file holding the HS256 key of accepted JWTs (claims: `role`, `queues`, `exp`).
     #[arg(long)]
     jwt_secret_file: Option<PathBuf>,
+    /// Mark the console's session cookie `Secure`: set it when the engine is served behind TLS
+    /// (a proxy that terminates https), so the browser never sends the session in clear.
+    #[arg(long)]
+    console_secure_cookie: bool,
     /// Requests per credential (per client IP when open): `N/s`, `N/m`, `N/h` or `off`.
     /// Worker credentials are exempt.
     #[arg(long, default_value = "1000/s")]
@@ -169,6 +177,8 @@ async fn run() -> anyhow::Result<()> {
         preload_completed: args.preload_completed,
         min_free_disk_bytes: args.min_free_disk_mb.saturating_mul(1024 * 1024),
         max_auth_failures: args.max_auth_failures,
+        console_secure_cookie: args.console_secure_cookie,
+        max_stream_subscribers: args.max_stream_subscribers,
         server: server::ServerOptions {
             head_timeout: args.head_timeout,
             body_timeout: args.body_timeout,

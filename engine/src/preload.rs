@@ -70,12 +70,20 @@ pub fn preload_completed(store: &Store, definition: &Definition, count: u64, now
         batch.put_run(&id, &summary, None, false)?;
         written += 1;
         if written % RUNS_PER_COMMIT == 0 {
-            store.commit(std::mem::take(&mut batch))?;
+            commit_numbered(store, std::mem::take(&mut batch))?;
             tracing::info!(written, of = count, "preloading completed runs");
         }
     }
-    store.commit(batch)?;
+    commit_numbered(store, batch)?;
     Ok(written)
+}
+
+/// Commits `batch` with its events numbered after the store's last position, as the core
+/// numbers its own (preloading runs before the core recovers, which then numbers on).
+fn commit_numbered(store: &Store, mut batch: WriteBatch) -> Result<(), Error> {
+    let first = store.last_position(store::ShardId::SOLE)? + 1;
+    batch.number(store::ShardId::SOLE, first)?;
+    Ok(store.commit(batch)?)
 }
 
 #[cfg(test)]
@@ -97,5 +105,6 @@ mod tests {
         assert!(history.last().is_some_and(|e| e.kind.is_terminal()));
         assert_eq!(store.run(&id).expect("reads").map(|r| r.status), Some(WorkflowStatus::Completed));
         assert_eq!(store.in_flight(ShardId::SOLE).expect("reads").len(), 0);
+        assert_eq!(store.last_position(ShardId::SOLE).expect("reads"), 3 * 15, "every event numbered");
     }
 }

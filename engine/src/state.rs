@@ -319,7 +319,9 @@ impl WorkflowState {
                 entry.attempt = *attempt;
                 entry.status = AttemptStatus::BackingOff { until_ms: at.saturating_add(*delay_ms) };
             }
-            (EventKind::CancelRequested { reason }, _) => self.cancel_requested = Some(reason.clone()),
+            (EventKind::CancelRequested { reason } | EventKind::CancelRequestedBy { reason, .. }, _) => {
+                self.cancel_requested = Some(reason.clone())
+            }
             (EventKind::CompensationStarted { reason }, _) => {
                 // Undo, newest first, every forward step that was handed to a worker (or wait
                 // that consumed a signal) and has a compensation, and every child step (its
@@ -347,14 +349,14 @@ impl WorkflowState {
             (EventKind::WorkflowFailed { reason }, _) => {
                 self.finish(WorkflowStatus::Failed, at, Some(reason.clone()), None);
             }
-            (EventKind::WorkflowTerminated { reason }, _) => {
+            (EventKind::WorkflowTerminated { reason } | EventKind::WorkflowTerminatedBy { reason, .. }, _) => {
                 self.finish(WorkflowStatus::Terminated, at, Some(reason.clone()), None);
             }
             (EventKind::RunParked { reason }, _) => {
                 self.clear_in_flight();
                 self.parked = Some(reason.clone());
             }
-            (EventKind::RunResumed { .. }, _) => self.parked = None,
+            (EventKind::RunResumed { .. } | EventKind::RunResumedBy { .. }, _) => self.parked = None,
             // A step the definition does not have: nothing to key it by.
             (
                 EventKind::StepScheduled { .. }

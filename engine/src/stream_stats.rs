@@ -68,17 +68,12 @@ impl StreamStats {
 mod tests {
     use super::*;
     use crate::core::stream::CommittedEvent;
-    use shop_types::WorkflowId;
     use std::sync::Arc;
     use tokio::sync::broadcast;
 
     fn commit(number: u64, events_total: u64, kinds: &[&'static str]) -> Arc<Commit> {
-        let run = WorkflowId::parse("r").expect("valid");
-        let events = kinds
-            .iter()
-            .enumerate()
-            .map(|(i, kind)| CommittedEvent { run: run.clone(), seq: i as u64 + 1, kind, at_ms: 0, settles: false })
-            .collect();
+        let events =
+            kinds.iter().enumerate().map(|(i, kind)| CommittedEvent::sample("r", i as u64 + 1, kind, false)).collect();
         Arc::new(Commit { number, events_total, events })
     }
 

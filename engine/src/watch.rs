@@ -282,7 +282,7 @@ mod tests {
     }
 
     fn event(run: &str, kind: &'static str, settles: bool) -> CommittedEvent {
-        CommittedEvent { run: id(run), seq: 1, kind, at_ms: 0, settles }
+        CommittedEvent::sample(run, 1, kind, settles)
     }
 
     #[tokio::test]

@@ -32,43 +32,7 @@ pub const RUN_ID: &str = "golden-1";
 /// The input every golden run starts with.
 pub const INPUT: &str = r#"{"orderId":"golden-1","orderItems":[{"productId":1,"quantity":2}],"shippingAddress":"1 Main St","paymentMethod":"CREDIT_CARD"}"#;
 /// Every event kind a history can hold: each must appear in at least one golden.
-const EVENT_KINDS: [&str; 35] = [
-    "WorkflowStarted",
-    "StepScheduled",
-    "StepStarted",
-    "StepCompleted",
-    "StepFailed",
-    "StepTimedOut",
-    "StepRetryScheduled",
-    "CancelRequested",
-    "CompensationStarted",
-    "WorkflowCompleted",
-    "WorkflowCompensated",
-    "WorkflowFailed",
-    "WorkflowTerminated",
-    "RunParked",
-    "RunResumed",
-    "SleepStarted",
-    "SleepEnded",
-    "SignalReceived",
-    "WaitOpened",
-    "WaitCompleted",
-    "WaitTimedOut",
-    "StepSkipped",
-    "ChoiceTaken",
-    "ParallelStarted",
-    "BranchCompleted",
-    "ParallelStopped",
-    "ForEachStarted",
-    "ForEachStopped",
-    "DefinitionPinned",
-    "ChildStarted",
-    "ChildCompleted",
-    "ChildFailed",
-    "ParentLinked",
-    "HeldByParent",
-    "ChildCompensating",
-];
+const EVENT_KINDS: &[&str] = &EventKind::NAMES;
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("golden")
@@ -189,9 +153,9 @@ fn probes(definition: &Definition, state: &WorkflowState, last_at_ms: u64) -> Ve
         ("fail in flight, permanent".to_owned(), now, Input::Failed { step, attempt, error: error(false) }),
         ("stale completion".to_owned(), now, Input::Completed { step, attempt: attempt + 1, output }),
         ("execution timeout".to_owned(), now.max(execution_due), Input::TimerFired(TimerKind::ExecutionTimeout)),
-        ("cancel".to_owned(), now, Input::Cancel { reason: "probe cancel".into() }),
-        ("terminate".to_owned(), now, Input::Terminate { reason: "probe terminate".into() }),
-        ("resume".to_owned(), now, Input::Resume { reason: "probe resume".into() }),
+        ("cancel".to_owned(), now, Input::Cancel { reason: "probe cancel".into(), by: None }),
+        ("terminate".to_owned(), now, Input::Terminate { reason: "probe terminate".into(), by: None }),
+        ("resume".to_owned(), now, Input::Resume { reason: "probe resume".into(), by: None }),
     ];
     // Only definitions that declare signals are probed with them (the order saga's goldens
     // were recorded without these probes).
@@ -426,6 +390,9 @@ fn every_kind_is_listed(kind: &EventKind) -> &'static str {
         | EventKind::ChildFailed { .. }
         | EventKind::ParentLinked { .. }
         | EventKind::HeldByParent { .. }
-        | EventKind::ChildCompensating { .. } => kind.name(),
+        | EventKind::ChildCompensating { .. }
+        | EventKind::CancelRequestedBy { .. }
+        | EventKind::WorkflowTerminatedBy { .. }
+        | EventKind::RunResumedBy { .. } => kind.name(),
     }
 }

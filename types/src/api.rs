@@ -169,6 +169,29 @@ pub struct WorkflowList {
     pub next_cursor: Option<String>,
 }
 
+/// One message of `GET /v1/events`: a committed event, without its payload (read the run's
+/// history for that). The message's SSE `id` is the cursor to resume after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommittedEventView {
+    /// The event's durable position in its shard (the cursor is the one to resume from).
+    pub position: u64,
+    pub workflow_id: crate::WorkflowId,
+    pub workflow_type: crate::WorkflowType,
+    pub seq: u64,
+    /// The event kind's name (`StepCompleted`, ...).
+    pub kind: String,
+    pub at_ms: u64,
+    /// The run's status once this event is applied.
+    pub status: WorkflowStatus,
+}
+
+/// The data of the `end` message of `GET /v1/workflows/{id}/events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamEnd {
+    pub status: WorkflowStatus,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryEventView {
     pub seq: u64,

@@ -4,6 +4,7 @@
 //! codec and its format version byte) and served as JSON by the history API, so every change
 //! here is a format change.
 
+use crate::api::WorkflowStatus;
 use crate::ids::{StepRef, WorkerId, WorkflowId, WorkflowType};
 use crate::json::JsonText;
 use serde::{Deserialize, Serialize};
@@ -100,6 +101,8 @@ pub enum EventKind {
         attempt: u32,
         delay_ms: u64,
     },
+    /// A cancel was asked for: by an operator through the API before [`EventKind::CancelRequestedBy`]
+    /// existed, or by the engine itself (a parent compensating cancels its child).
     CancelRequested {
         reason: String,
     },
@@ -115,6 +118,8 @@ pub enum EventKind {
     WorkflowFailed {
         reason: String,
     },
+    /// Ended at once, nothing undone: before [`EventKind::WorkflowTerminatedBy`] existed, or
+    /// by the engine itself.
     WorkflowTerminated {
         reason: String,
     },
@@ -123,7 +128,8 @@ pub enum EventKind {
     RunParked {
         reason: String,
     },
-    /// An operator resumed a parked run: the failed compensation runs again.
+    /// An operator resumed a parked run: the failed compensation runs again (recorded before
+    /// [`EventKind::RunResumedBy`] existed).
     RunResumed {
         reason: String,
     },
@@ -258,9 +264,73 @@ pub enum EventKind {
         step: StepRef,
         child: WorkflowId,
     },
+    // Audited operator actions (issue 10). Appended after every older kind, so stored records
+    // still decode: a field added to `CancelRequested`, `WorkflowTerminated` or `RunResumed`
+    // would make their stored bincode records unreadable. Each means what the kind it extends
+    // means, and names who asked: a credential's subject (`token:<id>`, `jwt:<sub>`,
+    // `admin-file`, `open`), never a secret.
+    /// `CancelRequested`, asked for by `by`.
+    CancelRequestedBy {
+        reason: String,
+        by: String,
+    },
+    /// `WorkflowTerminated` (terminal), asked for by `by`.
+    WorkflowTerminatedBy {
+        reason: String,
+        by: String,
+    },
+    /// `RunResumed`, asked for by `by`.
+    RunResumedBy {
+        reason: String,
+        by: String,
+    },
 }
 
 impl EventKind {
+    /// The name of every kind, in declaration order (what [`EventKind::name`] gives): the
+    /// `event:` field of the SSE streams, which a browser must listen for by name. The
+    /// golden tests check that it lists every variant.
+    pub const NAMES: [&'static str; 38] = [
+        "WorkflowStarted",
+        "StepScheduled",
+        "StepStarted",
+        "StepCompleted",
+        "StepFailed",
+        "StepTimedOut",
+        "StepRetryScheduled",
+        "CancelRequested",
+        "CompensationStarted",
+        "WorkflowCompleted",
+        "WorkflowCompensated",
+        "WorkflowFailed",
+        "WorkflowTerminated",
+        "RunParked",
+        "RunResumed",
+        "SleepStarted",
+        "SleepEnded",
+        "SignalReceived",
+        "WaitOpened",
+        "WaitCompleted",
+        "WaitTimedOut",
+        "StepSkipped",
+        "ChoiceTaken",
+        "ParallelStarted",
+        "BranchCompleted",
+        "ParallelStopped",
+        "ForEachStarted",
+        "ForEachStopped",
+        "DefinitionPinned",
+        "ChildStarted",
+        "ChildCompleted",
+        "ChildFailed",
+        "ParentLinked",
+        "HeldByParent",
+        "ChildCompensating",
+        "CancelRequestedBy",
+        "WorkflowTerminatedBy",
+        "RunResumedBy",
+    ];
+
     /// The event's name as shown in timelines (`StepScheduled`, ...).
     pub fn name(&self) -> &'static str {
         match self {
@@ -299,6 +369,23 @@ impl EventKind {
             EventKind::ParentLinked { .. } => "ParentLinked",
             EventKind::HeldByParent { .. } => "HeldByParent",
             EventKind::ChildCompensating { .. } => "ChildCompensating",
+            EventKind::CancelRequestedBy { .. } => "CancelRequestedBy",
+            EventKind::WorkflowTerminatedBy { .. } => "WorkflowTerminatedBy",
+            EventKind::RunResumedBy { .. } => "RunResumedBy",
+        }
+    }
+
+    /// The run's status once this event is applied, given its status before: a terminal
+    /// event ends it, a park makes it FAILED (waiting for an operator), a resume makes it
+    /// RUNNING again; every other event leaves it as it was.
+    pub fn status_after(&self, before: WorkflowStatus) -> WorkflowStatus {
+        match self {
+            EventKind::WorkflowCompleted { .. } => WorkflowStatus::Completed,
+            EventKind::WorkflowCompensated { .. } => WorkflowStatus::Compensated,
+            EventKind::WorkflowFailed { .. } | EventKind::RunParked { .. } => WorkflowStatus::Failed,
+            EventKind::WorkflowTerminated { .. } | EventKind::WorkflowTerminatedBy { .. } => WorkflowStatus::Terminated,
+            EventKind::RunResumed { .. } | EventKind::RunResumedBy { .. } => WorkflowStatus::Running,
+            _ => before,
         }
     }
 
@@ -309,7 +396,18 @@ impl EventKind {
                 | EventKind::WorkflowCompensated { .. }
                 | EventKind::WorkflowFailed { .. }
                 | EventKind::WorkflowTerminated { .. }
+                | EventKind::WorkflowTerminatedBy { .. }
         )
+    }
+
+    /// Who asked for an operator action (cancel, terminate, resume), when the event says.
+    pub fn requested_by(&self) -> Option<&str> {
+        match self {
+            EventKind::CancelRequestedBy { by, .. }
+            | EventKind::WorkflowTerminatedBy { by, .. }
+            | EventKind::RunResumedBy { by, .. } => Some(by),
+            _ => None,
+        }
     }
 
     /// The step and attempt this event concerns, where it concerns one.

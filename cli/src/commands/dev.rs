@@ -51,6 +51,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let worker = stack.client().worker().base_str().to_owned();
     let mut table = Table::without_header();
     table.row(vec!["engine".into(), engine.clone()]);
+    table.row(vec!["console".into(), format!("{}/console", engine.trim_end_matches('/'))]);
     table.row(vec!["worker admin".into(), worker.clone()]);
     // The browser's stream of a customer's notifications (tickets: POST /api/notifications/tickets).
     let notifications = format!(

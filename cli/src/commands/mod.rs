@@ -8,6 +8,7 @@ pub mod bench;
 pub mod definition;
 pub mod demo;
 pub mod dev;
+pub mod events;
 pub mod notifications;
 pub mod order;
 pub mod payments;

@@ -6,7 +6,7 @@
 use super::{note_next_page, Context};
 use crate::output::{self, or_dash, Table};
 use crate::timeline;
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use shop_client::engine::{ListQuery, RunAction};
 use shop_types::api::{
@@ -35,6 +35,10 @@ pub enum WorkflowCommand {
     Show { id: WorkflowId },
     /// Show a run's history as a timeline.
     History { id: WorkflowId },
+    /// Print a run's events as they happen (its history first), until it ends. Exit 0 when
+    /// it completed, 3 when it ended otherwise (compensated, failed, terminated), 1 on error.
+    /// A dropped connection or an engine restart is ridden out (Last-Event-ID).
+    Watch { id: WorkflowId },
     /// Start a run of a registered workflow type.
     Start {
         #[arg(value_name = "TYPE")]
@@ -116,6 +120,7 @@ pub async fn run(command: WorkflowCommand, ctx: &Context) -> Result<()> {
             let reply = fetch_history(ctx, &id).await?;
             ctx.show(&reply, |history| output::line(timeline::render(&history.events).trim_end()))
         }
+        WorkflowCommand::Watch { id } => watch(ctx, &id).await,
         WorkflowCommand::Start { workflow_type, id, input } => {
             let id = id.map(|id| id.as_str().to_owned());
             let request = StartWorkflowRequest { workflow_type, id, input, signal: None };
@@ -155,6 +160,47 @@ pub async fn fetch_history(ctx: &Context, id: &WorkflowId) -> Result<crate::clie
 async fn post_action(ctx: &Context, id: &WorkflowId, action: RunAction, reason: Option<String>) -> Result<()> {
     let reply = ctx.client.engine().run_action(id.as_str(), action, &ReasonRequest { reason }).await?;
     ctx.show(&reply, show_run)
+}
+
+/// Exit code of `workflow watch` for a run that ended other than COMPLETED.
+pub const NOT_COMPLETED_EXIT: u8 = 3;
+
+/// `workflow watch`'s verdict on a run that ended other than COMPLETED.
+#[derive(Debug)]
+pub struct NotCompleted {
+    id: WorkflowId,
+    status: WorkflowStatus,
+}
+
+impl std::fmt::Display for NotCompleted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "workflow {} ended {}", self.id, self.status.as_str())
+    }
+}
+
+impl std::error::Error for NotCompleted {}
+
+/// Prints the run's events until its `end`; with `--json`, one history entry per line.
+async fn watch(ctx: &Context, id: &WorkflowId) -> Result<()> {
+    let mut stream = ctx.client.engine().workflow_events(id.as_str(), 0)?;
+    let mut start_ms = None;
+    loop {
+        let message = stream.next().await?;
+        if message.event == "end" {
+            let status = message.end().context("the engine sent an end that does not parse")?.status;
+            if status == WorkflowStatus::Completed {
+                return Ok(());
+            }
+            return Err(NotCompleted { id: id.clone(), status }.into());
+        }
+        let event = message.history_event().context("the engine sent an event that does not parse")?;
+        if ctx.json {
+            output::line(&serde_json::to_string(&event)?)?;
+        } else {
+            let start = *start_ms.get_or_insert(event.at_ms);
+            output::line(&timeline::render_one(&event, start))?;
+        }
+    }
 }
 
 fn show_run(run: &WorkflowView) -> Result<()> {

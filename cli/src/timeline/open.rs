@@ -4,9 +4,10 @@
 //! ended). Folded from the events alone, as the engine's state is; it must never guess at
 //! what the events do not say.
 
-use super::{payload, truncate, MAX_DETAIL_CHARS};
+use super::{truncate, MAX_DETAIL_CHARS};
 use crate::output::{timestamp, Table};
 use shop_types::api::HistoryEventView;
+use shop_types::describe::payload;
 use shop_types::history::EventKind;
 use shop_types::StepRef;
 use std::collections::BTreeMap;

@@ -6,12 +6,12 @@
 //! store themselves: every such write goes through the core, which is what makes it durable
 //! before it is acknowledged. (Tokens are not workflow state: `auth` stores them itself.)
 //!
-//! Every route but `/healthz` and `/readyz` sits behind [`auth::authenticate`] (deny by
-//! default, also for unknown paths), and each group of routes behind the [`auth::Access`] it
-//! needs. Everything, those two included, sits behind [`edge::edge`]: head limits, the
+//! Every route but `/healthz`, `/readyz`, callbacks and the web console (`crate::console`,
+//! behind its own session layer) sits behind [`auth::authenticate`] (deny by default, also
+//! for unknown paths), and each group of routes behind the [`auth::Access`] it needs. Everything, those two included, sits behind [`edge::edge`]: head limits, the
 //! early 413, and one JSON error shape for every answer.
 
-mod auth;
+pub(crate) mod auth;
 mod body;
 mod callbacks;
 mod definitions;
@@ -19,8 +19,9 @@ mod edge;
 mod error;
 mod notifications;
 mod orders;
+mod streams;
 mod tasks;
-mod workflows;
+pub(crate) mod workflows;
 
 pub use body::ApiJson;
 pub use edge::{MAX_HEAD_BYTES, MAX_URI_BYTES};
@@ -34,6 +35,7 @@ use crate::rate_limit::{FailureThrottle, RateLimiter};
 use crate::registry::Registry;
 use crate::store::{Durability, Store};
 use crate::stream_stats::StreamStats;
+use crate::streams::StreamHub;
 use crate::watch::{WaitRefused, WatchHub};
 use auth::Access;
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -70,6 +72,10 @@ pub struct AppState {
     pub stream_stats: Arc<StreamStats>,
     /// Waiting reads, woken by the stream of committed events.
     pub watch: Arc<WatchHub>,
+    /// The web console's signed-in sessions (their cookie also authenticates safe API reads).
+    pub sessions: Arc<crate::console::Sessions>,
+    /// Event streams (SSE): their cap and counters.
+    pub streams: Arc<StreamHub>,
 }
 
 /// How old the core's last tick may be before `/healthz` calls the core dead: many times its
@@ -118,6 +124,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/workflows", get(workflows::list))
         .route("/v1/workflows/:id", get(workflows::get_one))
         .route("/v1/workflows/:id/history", get(workflows::history))
+        .route("/v1/workflows/:id/events", get(streams::run_events))
+        .route("/v1/events", get(streams::events))
         .route("/v1/definitions", get(definitions::list))
         .route("/v1/definitions/check", post(definitions::check))
         .route("/api/orders", post(orders::place).get(orders::list))
@@ -146,6 +154,9 @@ pub fn app(state: AppState) -> Router {
         // `/readyz`, added after this layer, do not (load balancers and `shopctl dev` probe
         // them).
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
+        // The console has its own session layer: its login page and files need none, and a
+        // page without a session redirects to the login page instead of answering 401.
+        .merge(crate::console::routes(state.clone()))
         .route("/healthz", get(health))
         // The token in the path is the credential (see `callbacks`).
         .route("/v1/callbacks/:token", post(callbacks::callback))
@@ -201,6 +212,11 @@ async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
         // Counted at the door by the slots' guards, so it is exact at every moment.
         "waiting_reads": state.watch.slots().in_use(),
         "waiting_polls": stats.waiting_polls.load(Relaxed),
+        "stream": {
+            "subscribers": state.streams.subscribers(),
+            "catch_ups": state.streams.catch_ups(),
+            "events_sent": state.streams.events_sent(),
+        },
         "queues": queues,
         "quarantined": stats
             .quarantined
@@ -342,19 +358,7 @@ pub(crate) async fn view_after_wait(
     wait: Option<Duration>,
 ) -> Result<WorkflowView, ApiError> {
     if let Some(wait) = wait {
-        // Only callers that may not be rate limited (workers) have no key; they share one.
-        let caller = principal.rate_key.as_deref().unwrap_or("unidentified");
-        let _slot = state.watch.slots().acquire(caller).map_err(|refused| match refused {
-            WaitRefused::CallerFull => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TOO_MANY_WAITS",
-                format!(
-                    "this caller already waits on {} reads, its limit; retry once one ends",
-                    state.watch.slots().max_per_caller()
-                ),
-            ),
-            WaitRefused::Full => ApiError::from(CoreError::Overloaded("too many waiting reads")),
-        })?;
+        let _slot = wait_slot(state, principal)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before the read: a settling event committed after the read wakes us.
@@ -373,6 +377,24 @@ pub(crate) async fn view_after_wait(
         }
     }
     read_view(state, id)
+}
+
+/// A slot for one waiting read of `principal`: 429 `TOO_MANY_WAITS` over its caller's cap,
+/// 503 `OVERLOADED` over the engine's. Hold it for exactly as long as the wait.
+pub(crate) fn wait_slot(state: &AppState, principal: &Principal) -> Result<crate::watch::WaitSlot, ApiError> {
+    // Only callers that may not be rate limited (workers) have no key; they share one.
+    let caller = principal.rate_key.as_deref().unwrap_or("unidentified");
+    state.watch.slots().acquire(caller).map_err(|refused| match refused {
+        WaitRefused::CallerFull => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_WAITS",
+            format!(
+                "this caller already waits on {} reads, its limit; retry once one ends",
+                state.watch.slots().max_per_caller()
+            ),
+        ),
+        WaitRefused::Full => ApiError::from(CoreError::Overloaded("too many waiting reads")),
+    })
 }
 
 fn read_view(state: &AppState, id: &WorkflowId) -> Result<WorkflowView, ApiError> {

@@ -9,7 +9,7 @@
 //! 404, lists are filtered). A credential without a customer (a client token of a trusted
 //! shop backend, an admin) names the customer in the body, or places an order of nobody's.
 
-use super::workflows::{list_limit, list_views, new_id, start_run, stop_run, WaitQuery};
+use super::workflows::{act, list_limit, list_views, new_id, start_run, Action, WaitQuery};
 use super::{parse_wait, query, view_after_wait, ApiError, ApiJson, AppState};
 use crate::auth::Principal;
 use axum::extract::rejection::QueryRejection;
@@ -187,6 +187,7 @@ pub(crate) async fn list(
 
 pub(crate) async fn cancel(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -194,8 +195,8 @@ pub(crate) async fn cancel(
     let id = WorkflowId::parse(id)?;
     let reason =
         super::workflows::optional_reason(&headers, &body)?.unwrap_or_else(|| "cancelled by the customer".into());
-    let (status, Json(view)) = stop_run(&state, id, reason, false).await?;
-    Ok((status, Json(order_view(view)?)))
+    let view = act(&state, &principal, id, Action::Cancel, reason).await?;
+    Ok((StatusCode::ACCEPTED, Json(order_view(view)?)))
 }
 
 #[cfg(test)]

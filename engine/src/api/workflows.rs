@@ -204,32 +204,112 @@ pub(crate) fn list_views(
     Ok((views, next_cursor))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HistoryQuery {
+    /// Only the events after this sequence number.
+    after: Option<u64>,
+    /// With `after`: wait this long for an event after it (the long-poll twin of
+    /// `/v1/workflows/{id}/events`).
+    wait: Option<String>,
+}
+
+/// `GET /v1/workflows/{id}/history[?after=N[&wait=30s]]`: the run's events (after N). With
+/// `wait`, answers at once when events after N exist or the run is terminal, else as soon as
+/// the run commits one, or with none when the wait ends; the wait holds a waiting-read slot
+/// like `GET /v1/workflows/{id}?wait=`.
 pub(crate) async fn history(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    params: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
     let id = WorkflowId::parse(id)?;
-    let events = state.store.history(&id)?;
+    let params = query(params)?;
+    let wait = parse_wait(params.wait.as_deref())?;
+    let after = params.after.unwrap_or(0);
+    let _slot = wait.map(|_| super::wait_slot(&state, &principal)).transpose()?;
+    // Subscribed before the first read: an event committed after it wakes the wait.
+    let mut subscription = wait.map(|_| state.core.subscribe());
+    let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
+    let mut stopping = state.streams.stopping();
+    loop {
+        let events = state.store.history(&id)?;
+        let Some(first) = events.first() else {
+            return Err(ApiError::not_found(format!("workflow {id} not found")));
+        };
+        let definition = definition_of(&state, &first.kind);
+        let ended = events.last().is_some_and(|e| e.kind.is_terminal());
+        let newer: Vec<HistoryEventView> = events
+            .into_iter()
+            .filter(|e| e.seq > after)
+            .map(|event| history_view(definition.as_deref(), event))
+            .collect();
+        let (Some(subscription), Some(deadline)) = (subscription.as_mut(), deadline) else {
+            return Ok(Json(HistoryResponse { workflow_id: id, events: newer }));
+        };
+        if !newer.is_empty() || ended {
+            return Ok(Json(HistoryResponse { workflow_id: id, events: newer }));
+        }
+        // Until the run commits an event (or a lag may have hidden one), the wait ends, or
+        // the engine shuts down: then read again.
+        let committed = async {
+            loop {
+                match subscription.recv().await {
+                    Ok(commit) if commit.events.iter().any(|e| e.run == id) => return,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        tokio::select! {
+            () = committed => {}
+            () = tokio::time::sleep_until(deadline) => {
+                return Ok(Json(HistoryResponse { workflow_id: id, events: Vec::new() }));
+            }
+            _ = stopping.wait_for(|stop| *stop) => {
+                return Ok(Json(HistoryResponse { workflow_id: id, events: Vec::new() }));
+            }
+        }
+    }
+}
+
+/// A run's whole history as the API shows it (each step event with its step's name); 404
+/// when there is no such run.
+pub(crate) fn history_views(state: &AppState, id: &WorkflowId) -> Result<Vec<HistoryEventView>, ApiError> {
+    let events = state.store.history(id)?;
     let Some(first) = events.first() else {
         return Err(ApiError::not_found(format!("workflow {id} not found")));
     };
-    let definition = match &first.kind {
+    let definition = definition_of(state, &first.kind);
+    Ok(events.into_iter().map(|event| history_view(definition.as_deref(), event)).collect())
+}
+
+/// The definition a run's first event names, if it is registered.
+fn definition_of(
+    state: &AppState,
+    first: &shop_types::history::EventKind,
+) -> Option<std::sync::Arc<crate::definition::Definition>> {
+    match first {
         shop_types::history::EventKind::WorkflowStarted { workflow_type, definition_version, .. } => {
             state.registry.read().ok().and_then(|r| r.get(workflow_type.as_str(), *definition_version))
         }
         _ => None,
-    };
-    let events = events
-        .into_iter()
-        .map(|event| HistoryEventView {
-            seq: event.seq,
-            at_ms: event.at_ms,
-            step_name: event.kind.step().and_then(|step| definition.as_ref()?.step(step).map(|s| s.name.to_string())),
-            lane: event.kind.step().and_then(|step| definition.as_ref()?.lane(step)),
-            event: event.kind,
-        })
-        .collect();
-    Ok(Json(HistoryResponse { workflow_id: id, events }))
+    }
+}
+
+/// One history entry as the API shows it, with its step's name from the run's definition.
+pub(crate) fn history_view(
+    definition: Option<&crate::definition::Definition>,
+    event: shop_types::history::Event,
+) -> HistoryEventView {
+    HistoryEventView {
+        seq: event.seq,
+        at_ms: event.at_ms,
+        step_name: event.kind.step().and_then(|step| definition?.step(step).map(|s| s.name.to_string())),
+        lane: event.kind.step().and_then(|step| definition?.lane(step)),
+        event: event.kind,
+    }
 }
 
 /// An optional JSON body: absent or empty is the default, anything else must parse.
@@ -258,63 +338,88 @@ pub(crate) fn optional_reason(headers: &HeaderMap, body: &Bytes) -> Result<Optio
     Ok(request.reason)
 }
 
-/// The run an action names and the reason given for it (or `default`).
-fn action_target(
+/// An operator's action on one run: what the API's action routes and the console's buttons do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Compensate what the run did (refused past its pivot).
+    Cancel,
+    /// End it at once, compensating nothing.
+    Terminate,
+    /// Run a parked run's failed compensation again.
+    Resume,
+}
+
+impl Action {
+    /// The reason recorded when the caller gives none.
+    pub(crate) fn default_reason(self) -> &'static str {
+        match self {
+            Action::Cancel => "requested by the API",
+            Action::Terminate => "terminated by the API",
+            Action::Resume => "resumed by an operator",
+        }
+    }
+}
+
+/// Does `action` to run `id` for `principal`, whose subject the run's history records, and
+/// returns the run as it is then. The role check is the caller's (the routes' `Access`).
+pub(crate) async fn act(
+    state: &AppState,
+    principal: &Principal,
+    id: WorkflowId,
+    action: Action,
+    reason: String,
+) -> Result<WorkflowView, ApiError> {
+    let by = principal.subject.to_string();
+    match action {
+        Action::Cancel => state.core.cancel(id.clone(), reason, by).await?,
+        Action::Terminate => state.core.terminate(id.clone(), reason, by).await?,
+        Action::Resume => state.core.resume(id.clone(), reason, by).await?,
+    }
+    workflow_view(state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))
+}
+
+/// An action route: the run in the path, the reason in the optional body; 202 with the run.
+async fn act_on_path(
+    state: &AppState,
+    principal: &Principal,
     id: String,
     headers: &HeaderMap,
     body: &Bytes,
-    default: &str,
-) -> Result<(WorkflowId, String), ApiError> {
+    action: Action,
+) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
     let id = WorkflowId::parse(id)?;
-    let reason = optional_reason(headers, body)?.unwrap_or_else(|| default.to_owned());
-    Ok((id, reason))
+    let reason = optional_reason(headers, body)?.unwrap_or_else(|| action.default_reason().to_owned());
+    Ok((StatusCode::ACCEPTED, Json(act(state, principal, id, action, reason).await?)))
 }
 
 pub(crate) async fn cancel(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let (id, reason) = action_target(id, &headers, &body, "requested by the API")?;
-    stop_run(&state, id, reason, false).await
+    act_on_path(&state, &principal, id, &headers, &body, Action::Cancel).await
 }
 
 pub(crate) async fn terminate(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let (id, reason) = action_target(id, &headers, &body, "terminated by the API")?;
-    stop_run(&state, id, reason, true).await
+    act_on_path(&state, &principal, id, &headers, &body, Action::Terminate).await
 }
 
 /// Resumes a parked run (FAILED because a compensation failed for good) once its cause is
 /// fixed: the failed compensation runs again with a fresh attempt budget.
 pub(crate) async fn resume(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let (id, reason) = action_target(id, &headers, &body, "resumed by an operator")?;
-    state.core.resume(id.clone(), reason).await?;
-    let view = workflow_view(&state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
-    Ok((StatusCode::ACCEPTED, Json(view)))
-}
-
-pub(crate) async fn stop_run(
-    state: &AppState,
-    id: WorkflowId,
-    reason: String,
-    terminate: bool,
-) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    if terminate {
-        state.core.terminate(id.clone(), reason).await?;
-    } else {
-        state.core.cancel(id.clone(), reason).await?;
-    }
-    let view = workflow_view(state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
-    Ok((StatusCode::ACCEPTED, Json(view)))
+    act_on_path(&state, &principal, id, &headers, &body, Action::Resume).await
 }

@@ -65,15 +65,16 @@ impl Core {
                     self.waiting_polls.push(queue, WaitingPoll { worker_id, max_tasks, deadline_ms, reply });
                 }
             }
-            Command::Cancel { id, reason, terminate, reply } => {
-                let input = if terminate { Input::Terminate { reason } } else { Input::Cancel { reason } };
+            Command::Cancel { id, reason, by, terminate, reply } => {
+                let by = Some(by);
+                let input = if terminate { Input::Terminate { reason, by } } else { Input::Cancel { reason, by } };
                 let result = self.apply_to_run(turn, &id, input, now).map(|_| ());
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
             }
-            Command::Resume { id, reason, reply } => {
-                let result = self.apply_to_run(turn, &id, Input::Resume { reason }, now).map(|_| ());
+            Command::Resume { id, reason, by, reply } => {
+                let result = self.apply_to_run(turn, &id, Input::Resume { reason, by: Some(by) }, now).map(|_| ());
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
@@ -378,8 +379,20 @@ impl Core {
         if events.is_empty() {
             return Ok(());
         }
-        turn.batch.append_events(id, &events)?;
-        turn.events.extend(events.iter().map(|event| CommittedEvent::new(id, event)));
+        let (workflow_type, before) = match self.runs.get(id) {
+            Some(run) => (run.definition.name.clone(), run.summary_status),
+            // Not in flight: only its stored summary knows (not a path a turn takes today).
+            None => match self.store.run(id)? {
+                Some(summary) => (summary.workflow_type, summary.status),
+                None => return Err(store::Error::Gap { run: id.clone(), seq: 0 }),
+            },
+        };
+        turn.batch.append_transition(id, &events, before)?;
+        let mut status = before;
+        turn.events.extend(events.iter().map(|event| {
+            status = event.kind.status_after(status);
+            CommittedEvent::new(id, &workflow_type, status, event)
+        }));
         let terminal = match self.runs.get(id) {
             Some(run) => run.state.terminal.clone(),
             None => return Ok(()),

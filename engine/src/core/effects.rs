@@ -31,7 +31,7 @@ impl Core {
                     }
                 }
                 decider::Effect::Cancel { run, reason } => {
-                    match self.apply_to_run(turn, &run, Input::Cancel { reason }, now) {
+                    match self.apply_to_run(turn, &run, Input::Cancel { reason, by: None }, now) {
                         Ok(_) | Err(CoreError::Finished) => {}
                         // Past its pivot the child goes on; its parent waits for its outcome.
                         Err(error) => tracing::info!(workflow_id = %run, parent = %id, %error, "child not cancelled"),

@@ -6,7 +6,7 @@
 //! once as overloaded (503), never waited on, and a core that has stopped is "shutting down".
 
 use super::signer::TaskSigner;
-use super::stream::{Commit, Subscription};
+use super::stream::{Commit, DurablePosition, Subscription};
 use super::{Command, CoreError, SignalOutcome, SignalRequest, StartOutcome, Stats};
 use crate::definition::Definition;
 use shop_types::api::{ActivityTask, TaskReport};
@@ -27,6 +27,7 @@ pub struct Handle {
     pub signer: Arc<TaskSigner>,
     /// Kept only to hand out subscriptions; the syncer publishes on its own clone.
     stream: broadcast::Sender<Arc<Commit>>,
+    durable: Arc<DurablePosition>,
 }
 
 impl Handle {
@@ -35,13 +36,20 @@ impl Handle {
         stats: Arc<Stats>,
         signer: Arc<TaskSigner>,
         stream: broadcast::Sender<Arc<Commit>>,
+        durable: Arc<DurablePosition>,
     ) -> Handle {
-        Handle { tx, stats, signer, stream }
+        Handle { tx, stats, signer, stream, durable }
     }
 
     /// Follows the stream of committed events from now on (see [`super::stream`]).
     pub fn subscribe(&self) -> Subscription {
         self.stream.subscribe()
+    }
+
+    /// The last event position that is durable and published (see [`DurablePosition`]):
+    /// subscribe first, then read the store up to this.
+    pub fn durable_position(&self) -> u64 {
+        self.durable.get()
     }
 
     /// Starts run `id` of the latest version of `workflow_type`, or finds it already there.
@@ -93,19 +101,20 @@ impl Handle {
         self.call(|reply| Command::Poll { queue, worker_id, max_tasks, deadline_ms, reply }).await
     }
 
-    /// Asks run `id` to cancel (compensating what it did), unless it is past its pivot.
-    pub async fn cancel(&self, id: WorkflowId, reason: String) -> Result<(), CoreError> {
-        self.call(|reply| Command::Cancel { id, reason, terminate: false, reply }).await?
+    /// Asks run `id` to cancel (compensating what it did), unless it is past its pivot. `by`
+    /// (who asked: a credential's subject, never a secret) is recorded in the run's history.
+    pub async fn cancel(&self, id: WorkflowId, reason: String, by: String) -> Result<(), CoreError> {
+        self.call(|reply| Command::Cancel { id, reason, by, terminate: false, reply }).await?
     }
 
-    /// Ends run `id` at once, compensating nothing.
-    pub async fn terminate(&self, id: WorkflowId, reason: String) -> Result<(), CoreError> {
-        self.call(|reply| Command::Cancel { id, reason, terminate: true, reply }).await?
+    /// Ends run `id` at once, compensating nothing; `by` as for [`Handle::cancel`].
+    pub async fn terminate(&self, id: WorkflowId, reason: String, by: String) -> Result<(), CoreError> {
+        self.call(|reply| Command::Cancel { id, reason, by, terminate: true, reply }).await?
     }
 
-    /// Resumes a parked run: its failed compensation runs again.
-    pub async fn resume(&self, id: WorkflowId, reason: String) -> Result<(), CoreError> {
-        self.call(|reply| Command::Resume { id, reason, reply }).await?
+    /// Resumes a parked run: its failed compensation runs again; `by` as for [`Handle::cancel`].
+    pub async fn resume(&self, id: WorkflowId, reason: String, by: String) -> Result<(), CoreError> {
+        self.call(|reply| Command::Resume { id, reason, by, reply }).await?
     }
 
     /// Registers a definition; `false` when that exact version was registered already.

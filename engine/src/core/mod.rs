@@ -200,6 +200,8 @@ pub(super) enum Command {
     Cancel {
         id: WorkflowId,
         reason: String,
+        /// Who asked: the caller's subject, recorded in the run's history.
+        by: String,
         terminate: bool,
         reply: oneshot::Sender<Result<(), CoreError>>,
     },
@@ -207,6 +209,8 @@ pub(super) enum Command {
     Resume {
         id: WorkflowId,
         reason: String,
+        /// Who asked, as for `Cancel`.
+        by: String,
         reply: oneshot::Sender<Result<(), CoreError>>,
     },
     Register {
@@ -280,6 +284,9 @@ pub struct Core {
     commands: Option<Receiver<Command>>,
     /// Set by recovery: the first turn that may write reconciles parents and children.
     reconcile_pending: bool,
+    /// The last event position numbered in the sole shard (`store::position`): the core is
+    /// its shard's one writer, so it numbers each batch's events as it applies it.
+    last_position: u64,
 }
 
 impl Core {
@@ -362,9 +369,24 @@ impl Core {
         self.commit(turn);
     }
 
-    fn commit(&mut self, turn: Turn) {
+    fn commit(&mut self, mut turn: Turn) {
         let wrote = !turn.batch.is_empty();
         if wrote {
+            let first = self.last_position + 1;
+            let numbered = match turn.batch.number(store::ShardId::SOLE, first) {
+                Ok(numbered) => numbered,
+                Err(error) => {
+                    tracing::error!(%error, "numbering a batch failed; exiting so recovery starts from the durable state");
+                    std::process::exit(70);
+                }
+            };
+            // `record` adds a transition's events to the batch and to the turn in the same
+            // order, so the turn's events take the batch's positions one by one.
+            debug_assert_eq!(numbered, turn.events.len() as u64);
+            for (event, position) in turn.events.iter_mut().zip(first..) {
+                event.position = position;
+            }
+            self.last_position += numbered;
             if let Err(error) = self.store.apply(turn.batch) {
                 // The in-memory state is ahead of what the store holds; serving it would
                 // break "nothing acknowledged is lost". Exit without answering: restart

@@ -134,7 +134,7 @@ impl Core {
                 (open.child.clone(), Input::Verdict(Verdict::Compensate { reason }), "the parent's verdict, again")
             }
             (false, _) if !going_forward && child.cancel_requested.is_none() && child.compensation_plan.is_none() => {
-                let input = Input::Cancel { reason: format!("the parent {id} compensates") };
+                let input = Input::Cancel { reason: format!("the parent {id} compensates"), by: None };
                 (open.child.clone(), input, "the parent's cancel, again")
             }
             (false, _) => return,
@@ -168,7 +168,7 @@ impl Core {
                 let Some(Verdict::Compensate { reason }) = self.orphan_verdict(turn, &parent) else {
                     return;
                 };
-                self.repair(turn, id, Input::Cancel { reason }, "cancel without its parent", now);
+                self.repair(turn, id, Input::Cancel { reason, by: None }, "cancel without its parent", now);
             }
             _ => {}
         }

@@ -200,7 +200,8 @@ fn a_held_child_whose_parent_ended_without_telling_it_follows_the_parent() {
     let (mut undone, mut undone_events) = disk.parent("undone", vec![held_report("undone")]);
     let signal = Input::Signal { name: "go".into(), key: "k".into(), payload: JsonText::null() };
     done_events.extend(decide(&disk.parent, &mut done, signal, T0).events);
-    undone_events.extend(decide(&disk.parent, &mut undone, Input::Terminate { reason: "op".into() }, T0).events);
+    undone_events
+        .extend(decide(&disk.parent, &mut undone, Input::Terminate { reason: "op".into(), by: None }, T0).events);
     assert_eq!((done.status(), undone.status()), (WorkflowStatus::Completed, WorkflowStatus::Terminated));
     let (done_child, done_child_events) = disk.held_child("done");
     let (undone_child, undone_child_events) = disk.held_child("undone");
@@ -221,7 +222,7 @@ fn a_held_child_whose_parent_ended_without_telling_it_follows_the_parent() {
 #[test]
 fn a_compensating_parent_whose_held_child_missed_its_verdict_tells_it_again() {
     let disk = Disk::new();
-    let cancel = Input::Cancel { reason: "customer".into() };
+    let cancel = Input::Cancel { reason: "customer".into(), by: None };
     let (parent_state, parent_events) = disk.parent("p", vec![held_report("p"), cancel]);
     assert_eq!(names(&parent_events).last(), Some(&"ChildCompensating"));
     let (child_state, child_events) = disk.held_child("p");
@@ -236,7 +237,7 @@ fn a_compensating_parent_whose_held_child_missed_its_verdict_tells_it_again() {
 #[test]
 fn a_verdict_a_child_can_no_longer_take_is_answered_to_its_waiting_parent() {
     let disk = Disk::new();
-    let cancel = Input::Cancel { reason: "customer".into() };
+    let cancel = Input::Cancel { reason: "customer".into(), by: None };
     let (parent_state, parent_events) = disk.parent("p", vec![held_report("p"), cancel]);
     // The child ended before it was held (an older engine completed children at once).
     let (_, mut child_events) = disk.held_child("p");
@@ -257,7 +258,8 @@ fn a_verdict_a_child_can_no_longer_take_is_answered_to_its_waiting_parent() {
 fn a_running_child_whose_parent_ended_without_telling_it_is_cancelled() {
     let disk = Disk::new();
     let (mut parent, mut parent_events) = disk.parent("p", Vec::new());
-    parent_events.extend(decide(&disk.parent, &mut parent, Input::Terminate { reason: "op".into() }, T0).events);
+    parent_events
+        .extend(decide(&disk.parent, &mut parent, Input::Terminate { reason: "op".into(), by: None }, T0).events);
     let input = JsonText::parse("{}").expect("json");
     let mut child = WorkflowState::new(child_of("p"), &disk.kid, input.clone(), T0);
     let link = ParentLink { parent: id("p"), step: PAY, depth: 1 };

@@ -18,7 +18,9 @@ impl Core {
         let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_CAPACITY);
         let stats = Arc::new(Stats::default());
         let signer = Arc::new(TaskSigner::new(store.task_token_key()?));
-        let (publisher, stream) = Publisher::new();
+        let last_position = store.last_position(store::ShardId::SOLE)?;
+        let (publisher, stream) = Publisher::new(last_position);
+        let durable = publisher.durable();
         let mut core = Core {
             store,
             registry,
@@ -37,6 +39,7 @@ impl Core {
             commands: Some(rx),
             publisher: Some(publisher),
             reconcile_pending: true,
+            last_position,
         };
         let now = core.clock.now_ms();
         let ids: Vec<WorkflowId> = core.store.in_flight(store::ShardId::SOLE)?;
@@ -57,7 +60,7 @@ impl Core {
         }
         core.stats.active.store(core.runs.len() as u64, Ordering::Relaxed);
         tracing::info!(in_flight = core.runs.len(), "recovered in-flight runs");
-        Ok((core, Handle::new(tx, stats, signer, stream)))
+        Ok((core, Handle::new(tx, stats, signer, stream, durable)))
     }
 
     /// Refuses writes while the store's disk is below the guard's low-water mark.

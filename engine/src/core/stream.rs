@@ -8,8 +8,10 @@
 //! gets `RecvError::Lagged(n)` and must re-read what it needs from the store). This module
 //! must never decide anything or wait on a subscriber.
 
+use shop_types::api::WorkflowStatus;
 use shop_types::history::Event;
-use shop_types::WorkflowId;
+use shop_types::{WorkflowId, WorkflowType};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -21,7 +23,13 @@ pub const EVENT_STREAM_CAPACITY: usize = 1_024;
 /// One committed event, as the stream carries it (not its payload: read the store for that).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedEvent {
+    /// Its durable position in its shard (see `store::position`), set when the batch is
+    /// numbered at commit.
+    pub position: u64,
     pub run: WorkflowId,
+    pub workflow_type: WorkflowType,
+    /// The run's status once this event is applied.
+    pub status: WorkflowStatus,
     pub seq: u64,
     /// The kind's name (`StepCompleted`, ...).
     pub kind: &'static str,
@@ -31,10 +39,24 @@ pub struct CommittedEvent {
 }
 
 impl CommittedEvent {
-    pub(super) fn new(run: &WorkflowId, event: &Event) -> CommittedEvent {
+    pub(super) fn new(
+        run: &WorkflowId,
+        workflow_type: &WorkflowType,
+        status: WorkflowStatus,
+        event: &Event,
+    ) -> CommittedEvent {
         let settles =
             event.kind.is_terminal() || matches!(event.kind, shop_types::history::EventKind::RunParked { .. });
-        CommittedEvent { run: run.clone(), seq: event.seq, kind: event.kind.name(), at_ms: event.at_ms, settles }
+        CommittedEvent {
+            position: 0,
+            run: run.clone(),
+            workflow_type: workflow_type.clone(),
+            status,
+            seq: event.seq,
+            kind: event.kind.name(),
+            at_ms: event.at_ms,
+            settles,
+        }
     }
 }
 
@@ -52,17 +74,37 @@ pub struct Commit {
 /// A subscription to the stream.
 pub type Subscription = broadcast::Receiver<Arc<Commit>>;
 
+/// The last event position known durable: set by the publisher BEFORE it sends the commit
+/// that makes it so. A reader that subscribes first and then loads it may read the store up
+/// to it, and gets every later event from its subscription (never an event a crash could
+/// still take back).
+#[derive(Debug, Default)]
+pub struct DurablePosition(AtomicU64);
+
+impl DurablePosition {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// The publishing end, owned by the syncer (or by the core when turns are driven by hand).
 pub(super) struct Publisher {
     stream: broadcast::Sender<Arc<Commit>>,
+    durable: Arc<DurablePosition>,
     commits: u64,
     events: u64,
 }
 
 impl Publisher {
-    pub(super) fn new() -> (Publisher, broadcast::Sender<Arc<Commit>>) {
+    /// A publisher whose store holds events up to `durable` (its last position at start-up).
+    pub(super) fn new(durable: u64) -> (Publisher, broadcast::Sender<Arc<Commit>>) {
         let (stream, _) = broadcast::channel(EVENT_STREAM_CAPACITY);
-        (Publisher { stream: stream.clone(), commits: 0, events: 0 }, stream)
+        let durable = Arc::new(DurablePosition(AtomicU64::new(durable)));
+        (Publisher { stream: stream.clone(), durable, commits: 0, events: 0 }, stream)
+    }
+
+    pub(super) fn durable(&self) -> Arc<DurablePosition> {
+        self.durable.clone()
     }
 
     #[cfg(test)]
@@ -74,7 +116,27 @@ impl Publisher {
     pub(super) fn publish(&mut self, events: Vec<CommittedEvent>) {
         self.commits += 1;
         self.events += events.len() as u64;
+        if let Some(last) = events.last() {
+            self.durable.0.fetch_max(last.position, Ordering::SeqCst);
+        }
         // An error only means nobody subscribes right now: nothing to do.
         let _ = self.stream.send(Arc::new(Commit { number: self.commits, events_total: self.events, events }));
+    }
+}
+
+#[cfg(test)]
+impl CommittedEvent {
+    /// Event `seq` of run `run` (type `w`, RUNNING, at position `seq`), for followers' tests.
+    pub(crate) fn sample(run: &str, seq: u64, kind: &'static str, settles: bool) -> CommittedEvent {
+        CommittedEvent {
+            position: seq,
+            run: WorkflowId::parse(run).expect("valid id"),
+            workflow_type: WorkflowType::parse("w").expect("valid type"),
+            status: WorkflowStatus::Running,
+            seq,
+            kind,
+            at_ms: 0,
+            settles,
+        }
     }
 }

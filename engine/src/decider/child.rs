@@ -120,7 +120,7 @@ pub(super) fn verdict(
             let reason = format!("{reason}; this run passed its pivot, so its effects stand");
             emit(definition, state, out, now, EventKind::WorkflowFailed { reason });
         }
-        Verdict::Compensate { reason } => super::compensation::cancelled(definition, state, out, now, reason),
+        Verdict::Compensate { reason } => super::compensation::cancelled(definition, state, out, now, reason, None),
     }
     Ok(())
 }

@@ -139,7 +139,7 @@ impl Pair {
                         self.start_child(run, input, ParentLink { parent, step, depth })
                     }
                 }
-                Effect::Cancel { .. } => self.tell_child(Input::Cancel { reason: "the parent".into() }),
+                Effect::Cancel { .. } => self.tell_child(Input::Cancel { reason: "the parent".into(), by: None }),
                 Effect::Verdict { run, step, verdict, .. } => {
                     let compensate = matches!(verdict, Verdict::Compensate { .. });
                     match self.child.as_mut().map(|c| c.feed_for_effects(Input::Verdict(verdict))) {
@@ -206,9 +206,9 @@ impl Pair {
                 }
                 None => Vec::new(),
             },
-            PairOp::TerminateParent => self.tell_parent(Input::Terminate { reason: "op".into() }),
+            PairOp::TerminateParent => self.tell_parent(Input::Terminate { reason: "op".into(), by: None }),
             PairOp::TerminateChild => {
-                let effects = self.tell_child(Input::Terminate { reason: "op".into() });
+                let effects = self.tell_child(Input::Terminate { reason: "op".into(), by: None });
                 let terminated = |c: &Run| c.state.status() == WorkflowStatus::Terminated;
                 self.child_terminated |= self.child.as_ref().is_some_and(terminated);
                 effects
@@ -267,10 +267,10 @@ impl Pair {
             }
             let parked = |run: &Run| run.state.parked.is_some();
             if parked(&self.parent) {
-                let effects = self.tell_parent(Input::Resume { reason: "r".into() });
+                let effects = self.tell_parent(Input::Resume { reason: "r".into(), by: None });
                 self.apply(effects);
             } else if self.child.as_ref().is_some_and(parked) {
-                let effects = self.tell_child(Input::Resume { reason: "r".into() });
+                let effects = self.tell_child(Input::Resume { reason: "r".into(), by: None });
                 self.apply(effects);
             }
             for op in [Op::Take(0), Op::Complete(0), Op::Timer] {

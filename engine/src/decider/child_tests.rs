@@ -105,7 +105,8 @@ fn a_failed_child_fails_the_step_and_the_parent_compensates() {
 #[test]
 fn cancelling_the_parent_cancels_the_child_and_compensation_waits_for_it() {
     let (def, mut state, mut history) = setup();
-    let decision = decide(&def, &mut state, Input::Cancel { reason: "r".into() }, Context::new(2, 1_000)).expect("ok");
+    let decision =
+        decide(&def, &mut state, Input::Cancel { reason: "r".into(), by: None }, Context::new(2, 1_000)).expect("ok");
     let names: Vec<_> = decision.events.iter().map(|e| e.kind.name()).collect();
     assert_eq!(names, ["CancelRequested", "CompensationStarted"], "nothing is undone while the child runs");
     assert!(matches!(decision.effects.as_slice(), [Effect::Cancel { run, .. }] if *run == child()));
@@ -122,8 +123,8 @@ fn cancelling_the_parent_cancels_the_child_and_compensation_waits_for_it() {
 #[test]
 fn terminating_the_parent_cancels_the_child() {
     let (def, mut state, _) = setup();
-    let decision =
-        decide(&def, &mut state, Input::Terminate { reason: "op".into() }, Context::new(2, 1_000)).expect("ok");
+    let decision = decide(&def, &mut state, Input::Terminate { reason: "op".into(), by: None }, Context::new(2, 1_000))
+        .expect("ok");
     assert_eq!(state.status(), WorkflowStatus::Terminated);
     assert!(matches!(decision.effects.as_slice(), [Effect::Cancel { run, .. }] if *run == child()));
 }
@@ -186,7 +187,7 @@ fn a_child_whose_forward_path_completes_is_held_and_completes_with_its_parent() 
     let (def, mut state) = held_child(false);
     assert_eq!(state.status(), WorkflowStatus::Running);
     assert!(timers(&def, &state).is_empty(), "no execution timeout while held");
-    let cancel = Input::Cancel { reason: "by hand".into() };
+    let cancel = Input::Cancel { reason: "by hand".into(), by: None };
     let parent = WorkflowId::parse("p-1").expect("valid");
     assert_eq!(decide(&def, &mut state, cancel, Context::new(2, 1_000)), Err(Rejection::HeldByParent(parent)));
     let decision = decide(&def, &mut state, Input::Verdict(Verdict::Complete), Context::new(2, 1_000)).expect("ok");
@@ -286,8 +287,8 @@ fn compensation_reaches_the_held_child_in_reverse_order_and_waits_for_it() {
 #[test]
 fn a_parent_that_ends_otherwise_tells_its_held_child_to_compensate() {
     let (def, mut state, _) = parent_with_held_child();
-    let decision =
-        decide(&def, &mut state, Input::Terminate { reason: "op".into() }, Context::new(3, 1_000)).expect("ok");
+    let decision = decide(&def, &mut state, Input::Terminate { reason: "op".into(), by: None }, Context::new(3, 1_000))
+        .expect("ok");
     assert!(matches!(decision.effects.as_slice(),
         [Effect::Verdict { run, verdict: Verdict::Compensate { .. }, .. }] if *run == child()));
 }
@@ -304,7 +305,8 @@ fn a_held_child_that_ends_on_its_own_is_recorded_and_not_compensated_again() {
         .map(|e| e.kind.name())
         .collect();
     assert_eq!(names, ["ChildFailed"], "the step stays completed; the run goes on");
-    let decision = decide(&def, &mut state, Input::Cancel { reason: "c".into() }, Context::new(4, 1_000)).expect("ok");
+    let decision =
+        decide(&def, &mut state, Input::Cancel { reason: "c".into(), by: None }, Context::new(4, 1_000)).expect("ok");
     let names: Vec<_> = decision.events.iter().map(|e| e.kind.name()).collect();
     assert_eq!(names, ["CancelRequested", "CompensationStarted", "StepScheduled"], "straight to the release");
     assert!(decision.effects.is_empty());

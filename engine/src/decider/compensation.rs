@@ -44,6 +44,7 @@ pub(super) fn cancel(
     out: &mut Vec<Event>,
     now: u64,
     reason: String,
+    by: Option<String>,
 ) -> Result<(), Rejection> {
     if let Some(link) = state.parent.as_ref().filter(|_| state.held()) {
         return Err(Rejection::HeldByParent(link.parent.clone()));
@@ -55,19 +56,25 @@ pub(super) fn cancel(
         // Already compensating (or about to): a second cancel is a no-op, not an error.
         return Ok(());
     }
-    cancelled(definition, state, out, now, reason);
+    cancelled(definition, state, out, now, reason, by);
     Ok(())
 }
 
-/// Records a cancel that is to be honoured (`CancelRequested`) and starts compensation.
+/// Records a cancel that is to be honoured (`CancelRequested`, or `CancelRequestedBy` when an
+/// operator named by `by` asked) and starts compensation.
 pub(super) fn cancelled(
     definition: &Definition,
     state: &mut WorkflowState,
     out: &mut Vec<Event>,
     now: u64,
     reason: String,
+    by: Option<String>,
 ) {
-    emit(definition, state, out, now, EventKind::CancelRequested { reason: reason.clone() });
+    let requested = match by {
+        Some(by) => EventKind::CancelRequestedBy { reason: reason.clone(), by },
+        None => EventKind::CancelRequested { reason: reason.clone() },
+    };
+    emit(definition, state, out, now, requested);
     begin(definition, state, out, now, format!("cancelled: {reason}"));
 }
 
@@ -102,12 +109,17 @@ pub(super) fn resume(
     out: &mut Vec<Event>,
     now: u64,
     reason: String,
+    by: Option<String>,
 ) -> Result<(), Rejection> {
     let (Some(_), Some((node, attempt))) = (&state.parked, state.last_failed) else {
         return Err(Rejection::NotParked);
     };
     let step = definition.node(node).ok_or(Rejection::NotParked)?.step;
-    emit(definition, state, out, now, EventKind::RunResumed { reason });
+    let resumed = match by {
+        Some(by) => EventKind::RunResumedBy { reason, by },
+        None => EventKind::RunResumed { reason },
+    };
+    emit(definition, state, out, now, resumed);
     // A fresh attempt number, so a report of an attempt from before the park is stale.
     emit(definition, state, out, now, EventKind::StepScheduled { step, attempt: attempt + 1 });
     Ok(())

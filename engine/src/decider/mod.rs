@@ -67,15 +67,21 @@ pub enum Input {
         error: ActivityError,
     },
     TimerFired(TimerKind),
+    /// Cancel the run (compensating). `by` names who asked (a credential's subject, recorded
+    /// as `CancelRequestedBy`); `None` when the engine itself asks (a parent cancelling its child).
     Cancel {
         reason: String,
+        by: Option<String>,
     },
+    /// End the run at once; `by` as for `Cancel`.
     Terminate {
         reason: String,
+        by: Option<String>,
     },
-    /// An operator resumes a parked run.
+    /// An operator resumes a parked run; `by` as for `Cancel`.
     Resume {
         reason: String,
+        by: Option<String>,
     },
     /// The child run `child` started by step `step` ended (from the child's terminal
     /// decision, or from recovery).
@@ -369,11 +375,15 @@ fn decide_within_limit(
                 kind => attempt::timer_fired(definition, state, &mut out, now, kind),
             }
         }
-        Input::Cancel { reason } => compensation::cancel(definition, state, &mut out, now, reason)?,
-        Input::Terminate { reason } => {
-            emit(definition, state, &mut out, now, EventKind::WorkflowTerminated { reason });
+        Input::Cancel { reason, by } => compensation::cancel(definition, state, &mut out, now, reason, by)?,
+        Input::Terminate { reason, by } => {
+            let event = match by {
+                Some(by) => EventKind::WorkflowTerminatedBy { reason, by },
+                None => EventKind::WorkflowTerminated { reason },
+            };
+            emit(definition, state, &mut out, now, event);
         }
-        Input::Resume { reason } => compensation::resume(definition, state, &mut out, now, reason)?,
+        Input::Resume { reason, by } => compensation::resume(definition, state, &mut out, now, reason, by)?,
         Input::Signal { name, key, payload } => wait::signal(definition, state, &mut out, ctx, name, key, payload)?,
         Input::Verdict(verdict) => child::verdict(definition, state, &mut out, now, verdict)?,
         Input::ChildEnded { step, child, outcome } => {

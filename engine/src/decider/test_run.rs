@@ -124,7 +124,7 @@ impl Run {
                 self.now = self.now.max(timer.due_ms);
                 Input::TimerFired(timer.kind)
             }),
-            Op::Cancel => Some(Input::Cancel { reason: "c".into() }),
+            Op::Cancel => Some(Input::Cancel { reason: "c".into(), by: None }),
         };
         input.and_then(|input| self.feed_for_effects(input).ok()).unwrap_or_default()
     }

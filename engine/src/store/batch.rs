@@ -7,6 +7,7 @@
 //! the backend checks; the batch carries the epochs it was decided under. This module must
 //! never read or write a store.
 
+use super::position::IndexedAppend;
 use super::{Epoch, Error, RunSummary, ShardId, TokenRecord, TOKEN_DIGEST_LEN};
 use crate::codec;
 use shop_types::api::WorkflowStatus;
@@ -23,6 +24,8 @@ pub struct Append {
     pub last: u64,
     /// The events, encoded as one record (`codec::encode_events`).
     pub record: Vec<u8>,
+    /// The run's status before these events (for the position index).
+    pub status_before: WorkflowStatus,
 }
 
 /// A run's new summary, and how the indexes move with it.
@@ -47,6 +50,9 @@ pub struct WriteBatch {
     definitions: Vec<(String, u32, Vec<u8>)>,
     /// History events among the appends.
     events: usize,
+    /// The position index record: the shard, the position of the batch's first event, and
+    /// the record listing its appends (see [`super::position`]).
+    index: Option<(ShardId, u64, Vec<u8>)>,
 }
 
 impl WriteBatch {
@@ -90,6 +96,33 @@ impl WriteBatch {
         &self.definitions
     }
 
+    /// The position index record, once [`Self::number`] has numbered the events.
+    pub fn index(&self) -> Option<(ShardId, u64, &[u8])> {
+        self.index.as_ref().map(|(shard, first, record)| (*shard, *first, record.as_slice()))
+    }
+
+    /// Numbers the batch's events in `shard` from `first_position` on, in the order of its
+    /// appends, as one index record; returns how many were numbered (none: no record).
+    /// Call it once, when the batch is complete: the writer of the shard owns the numbering.
+    pub fn number(&mut self, shard: ShardId, first_position: u64) -> Result<u64, Error> {
+        if self.events == 0 {
+            return Ok(0);
+        }
+        let appends: Vec<IndexedAppend> = self
+            .appends
+            .iter()
+            .map(|append| IndexedAppend {
+                run: append.run.clone(),
+                first_seq: append.after + 1,
+                count: (append.last - append.after) as u32,
+                status_before: append.status_before,
+            })
+            .collect();
+        let record = codec::encode(&appends).map_err(Error::Encode)?;
+        self.index = Some((shard, first_position, record));
+        Ok(self.events as u64)
+    }
+
     /// Adds every write of `other` after this batch's own, so both apply as one.
     pub fn extend(&mut self, other: WriteBatch) {
         self.fences.extend(other.fences);
@@ -98,11 +131,25 @@ impl WriteBatch {
         self.tokens.extend(other.tokens);
         self.definitions.extend(other.definitions);
         self.events += other.events;
+        // Numbering is done once the batch is whole; an extended batch is numbered again.
+        self.index = None;
+    }
+
+    /// Appends one transition's events of a run that is RUNNING before them (see
+    /// [`Self::append_transition`]).
+    pub fn append_events(&mut self, id: &WorkflowId, events: &[Event]) -> Result<(), Error> {
+        self.append_transition(id, events, WorkflowStatus::Running)
     }
 
     /// Appends one transition's events as one record. They must be numbered one after the
     /// other; the first one's number minus one is what the run's history must end at.
-    pub fn append_events(&mut self, id: &WorkflowId, events: &[Event]) -> Result<(), Error> {
+    /// `status_before` is the run's status before them, which the position index keeps.
+    pub fn append_transition(
+        &mut self,
+        id: &WorkflowId,
+        events: &[Event],
+        status_before: WorkflowStatus,
+    ) -> Result<(), Error> {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(());
         };
@@ -111,7 +158,7 @@ impl WriteBatch {
         }
         let record = codec::encode_events(events).map_err(Error::Encode)?;
         let after = first.seq.checked_sub(1).ok_or(Error::Gap { run: id.clone(), seq: 0 })?;
-        self.appends.push(Append { run: id.clone(), after, last: last.seq, record });
+        self.appends.push(Append { run: id.clone(), after, last: last.seq, record, status_before });
         self.events += events.len();
         Ok(())
     }

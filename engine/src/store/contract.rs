@@ -5,7 +5,8 @@
 //! It checks: conditional appends (a wrong expectation is refused and changes nothing),
 //! atomicity across runs, ordering (history in sequence order over many turns), cursors
 //! (pages cover every run once), the in-flight index across a reopen, tokens, definitions,
-//! the task-token key, and the epochs a batch carries. This is test code: it panics on the
+//! the task-token key, the epochs a batch carries, and event positions (every event numbered
+//! once, read back after any position, across a reopen). This is test code: it panics on the
 //! first broken promise, naming it. It must never depend on a backend.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -34,6 +35,7 @@ pub fn run_all(harness: &mut dyn Harness) {
     definitions_round_trip(harness);
     the_task_token_key_is_made_once(harness);
     epochs_are_carried(harness);
+    positions_number_every_event_once(harness);
 }
 
 fn id(text: &str) -> WorkflowId {
@@ -314,4 +316,55 @@ pub fn epochs_are_carried(harness: &mut dyn Harness) {
         assert!(matches!(store.commit(stale), Err(Error::Fenced { .. })), "a stale epoch is refused");
         assert!(store.run(&id("b")).expect("reads").is_none());
     }
+}
+
+pub fn positions_number_every_event_once(harness: &mut dyn Harness) {
+    let store = harness.fresh();
+    let shard = store.shards().first().map(|(shard, _)| *shard).expect("a store owns a shard");
+    assert_eq!(store.last_position(shard).expect("reads"), 0, "no event, no position");
+    assert!(store.events_after(shard, 0, 10).expect("reads").is_empty());
+    let (a, b) = (id("a"), id("b"));
+    let mut first = WriteBatch::default();
+    start(&mut first, &a, 3);
+    start(&mut first, &b, 2);
+    assert_eq!(first.number(shard, 1).expect("encodes"), 5);
+    store.commit(first).expect("commits");
+    let mut second = WriteBatch::default();
+    second.append_transition(&b, &events(3, 4, "b"), WorkflowStatus::Failed).expect("encodes");
+    let end = Event { seq: 4, at_ms: 4, kind: EventKind::WorkflowTerminated { reason: "end".into() } };
+    second.append_events(&a, &[end]).expect("encodes");
+    second.put_token(&[2; TOKEN_DIGEST_LEN], &token(false)).expect("encodes");
+    assert_eq!(second.number(shard, 6).expect("encodes"), 3);
+    store.commit(second).expect("commits");
+    let mut no_events = WriteBatch::default();
+    no_events.put_definition("d", 1, "d").expect("encodes");
+    assert_eq!(no_events.number(shard, 9).expect("encodes"), 0, "nothing to number");
+    assert!(no_events.index().is_none());
+    store.commit(no_events).expect("commits");
+
+    let expected: Vec<(u64, &WorkflowId, u64, WorkflowStatus)> = vec![
+        (1, &a, 1, WorkflowStatus::Running),
+        (2, &a, 2, WorkflowStatus::Running),
+        (3, &a, 3, WorkflowStatus::Running),
+        (4, &b, 1, WorkflowStatus::Running),
+        (5, &b, 2, WorkflowStatus::Running),
+        (6, &b, 3, WorkflowStatus::Failed),
+        (7, &b, 4, WorkflowStatus::Failed),
+        (8, &a, 4, WorkflowStatus::Terminated),
+    ];
+    let store = harness.reopen(store);
+    assert_eq!(store.last_position(shard).expect("reads"), 8, "learned again after a reopen");
+    for after in 0..=8u64 {
+        for limit in [1, 2, 3, 100] {
+            let read = store.events_after(shard, after, limit).expect("reads");
+            let want: Vec<_> = expected.iter().filter(|e| e.0 > after).take(limit).collect();
+            assert_eq!(read.len(), want.len(), "after {after}, limit {limit}");
+            for (got, want) in read.iter().zip(want) {
+                assert_eq!((got.position, &got.run, got.event.seq, got.status), (want.0, want.1, want.2, want.3));
+                let stored = store.history(&got.run).expect("reads");
+                assert_eq!(Some(&got.event), stored.iter().find(|e| e.seq == got.event.seq), "the stored event");
+            }
+        }
+    }
+    assert!(store.events_after(shard, u64::MAX, 10).expect("reads").is_empty(), "nothing after the end");
 }

@@ -16,11 +16,13 @@
 
 pub mod batch;
 pub mod contract;
+pub mod position;
 mod sled;
 mod token;
 
 pub use self::sled::SledStore;
 pub use batch::{Append, PutRun, WriteBatch};
+pub use position::{IndexedAppend, PositionedEvent};
 pub use shop_durable::Durability;
 pub use token::{decode_token, TokenRecord};
 
@@ -157,4 +159,12 @@ pub trait HistoryStore: Send + Sync {
     fn task_token_key(&self) -> Result<[u8; TASK_TOKEN_KEY_LEN], Error>;
 
     fn size_on_disk(&self) -> Result<u64, Error>;
+
+    /// The last position numbered in `shard` (0 before its first event): where the writer's
+    /// numbering resumes after a restart (see [`position`]).
+    fn last_position(&self, shard: ShardId) -> Result<u64, Error>;
+
+    /// Up to `limit` committed events of `shard` after position `after` (0: from the first),
+    /// in position order, each with its run and the run's status once it is applied.
+    fn events_after(&self, shard: ShardId, after: u64, limit: usize) -> Result<Vec<PositionedEvent>, Error>;
 }

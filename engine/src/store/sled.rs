@@ -9,6 +9,9 @@
 //! - `d` name 0x00 version -> a registered definition's TOML source
 //! - `k` digest           -> a [`TokenRecord`]: an API token, keyed by the SHA-256 digest of
 //!   its secret (the secret itself is never stored)
+//! - `p` shard position    -> the position index: one record per batch, keyed by its first
+//!   event's position (shard as u32, position as u64), listing its appends
+//!   ([`super::position`])
 //! - `m` name             -> the engine's own settings, e.g. `m task-token-key`: the secret
 //!   key that signs task tokens, created once (see [`HistoryStore::task_token_key`])
 //!
@@ -27,7 +30,8 @@
 //! (`shop_durable`). This module must never decide anything about workflows.
 
 use super::{
-    Epoch, Error, HistoryStore, RunSummary, ShardId, TokenRecord, WriteBatch, TASK_TOKEN_KEY_LEN, TOKEN_DIGEST_LEN,
+    Epoch, Error, HistoryStore, IndexedAppend, PositionedEvent, RunSummary, ShardId, TokenRecord, WriteBatch,
+    TASK_TOKEN_KEY_LEN, TOKEN_DIGEST_LEN,
 };
 use crate::codec;
 use shop_durable::{Durability, OpenOptions, Opened};
@@ -46,6 +50,7 @@ const BY_STATUS: u8 = b's';
 const DEFINITION: u8 = b'd';
 const TOKEN: u8 = b'k';
 const META: u8 = b'm';
+const POSITION: u8 = b'p';
 /// The meta record holding the key that signs task tokens.
 const TASK_TOKEN_KEY: &[u8] = b"task-token-key";
 
@@ -96,6 +101,9 @@ impl SledStore {
             } else {
                 out.remove(key(ACTIVE, raw, &[]));
             }
+        }
+        if let Some((shard, first, record)) = batch.index() {
+            out.insert(position_key(shard, first), record);
         }
         for (digest, record) in batch.tokens() {
             out.insert(key(TOKEN, digest, &[]), record.as_slice());
@@ -167,6 +175,49 @@ impl HistoryStore for SledStore {
 
     fn size_on_disk(&self) -> Result<u64, Error> {
         Ok(self.opened.db.size_on_disk()?)
+    }
+
+    fn last_position(&self, shard: ShardId) -> Result<u64, Error> {
+        let Some(entry) = self.tree.scan_prefix(position_prefix(shard)).next_back() else {
+            return Ok(0);
+        };
+        let (key, bytes) = entry?;
+        let appends: Vec<IndexedAppend> = decode(&key, &bytes)?;
+        let count: u64 = appends.iter().map(|append| u64::from(append.count)).sum();
+        Ok((position_of(&key)? + count).saturating_sub(1))
+    }
+
+    fn events_after(&self, shard: ShardId, after: u64, limit: usize) -> Result<Vec<PositionedEvent>, Error> {
+        let prefix = position_prefix(shard);
+        let from = position_key(shard, after.saturating_add(1));
+        // The record holding `after + 1` is keyed at or before it: start there.
+        let start = match self.tree.range(prefix.clone()..=from.clone()).next_back() {
+            Some(entry) => entry?.0.to_vec(),
+            None => from,
+        };
+        let mut out = Vec::new();
+        for entry in self.tree.range(start..) {
+            if out.len() == limit {
+                break;
+            }
+            let (key, bytes) = entry?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let appends: Vec<IndexedAppend> = decode(&key, &bytes)?;
+            let events_of = |append: &IndexedAppend| {
+                let key = history_key(&append.run, append.first_seq);
+                match self.tree.get(&key)? {
+                    Some(bytes) => decode_events(&key, &bytes),
+                    None => Err(Error::Corrupt {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        source: codec::Error::Empty,
+                    }),
+                }
+            };
+            super::position::positioned(position_of(&key)?, &appends, after, events_of, &mut out, limit)?;
+        }
+        Ok(out)
     }
 
     fn run(&self, id: &WorkflowId) -> Result<Option<RunSummary>, Error> {
@@ -299,6 +350,22 @@ fn key(prefix: u8, a: &[u8], b: &[u8]) -> Vec<u8> {
 
 fn history_prefix(id: &WorkflowId) -> Vec<u8> {
     key(HISTORY, id.as_str().as_bytes(), &[0])
+}
+
+fn position_prefix(shard: ShardId) -> Vec<u8> {
+    key(POSITION, &shard.0.to_be_bytes(), &[])
+}
+
+fn position_key(shard: ShardId, position: u64) -> Vec<u8> {
+    key(POSITION, &shard.0.to_be_bytes(), &position.to_be_bytes())
+}
+
+/// The position an index record's key names.
+fn position_of(key: &[u8]) -> Result<u64, Error> {
+    key.get(5..)
+        .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| Error::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source: codec::Error::Empty })
 }
 
 fn history_key(id: &WorkflowId, seq: u64) -> Vec<u8> {
