@@ -128,10 +128,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/events", get(streams::events))
         .route("/v1/definitions", get(definitions::list))
         .route("/v1/definitions/check", post(definitions::check))
+        .route_layer(from_fn_with_state(Access::Client, auth::require));
+    let shop = Router::new()
         .route("/api/orders", post(orders::place).get(orders::list))
         .route("/api/orders/:id", get(orders::get_one))
         .route("/api/notifications/tickets", post(notifications::mint))
-        .route_layer(from_fn_with_state(Access::Client, auth::require));
+        .route_layer(from_fn_with_state(Access::Shop, auth::require));
     let worker = Router::new()
         .route("/v1/tasks/poll", post(tasks::poll))
         .route("/v1/tasks/complete", post(tasks::complete))
@@ -147,6 +149,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(admin)
         .merge(client)
+        .merge(shop)
         .merge(worker)
         .merge(signal)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
