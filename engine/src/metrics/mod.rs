@@ -321,3 +321,18 @@ pub async fn track_http(State(metrics): State<Arc<Metrics>>, request: Request<Bo
     metrics.http_requests.get_or_create(&HttpLabels { route, method, status }).inc();
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_past_the_cap_are_counted_as_other() {
+        let metrics = Metrics::new(&CoreMetrics::default());
+        for i in 0..MAX_ERROR_CODE_LABELS {
+            assert_eq!(metrics.error_code(&format!("E{i}")), format!("E{i}"));
+        }
+        assert_eq!(metrics.error_code("ONE_TOO_MANY"), OTHER_LABEL);
+        assert_eq!(metrics.error_code("E0"), "E0", "a code seen before keeps its label");
+    }
+}
