@@ -76,6 +76,8 @@ pub struct AppState {
     pub sessions: Arc<crate::console::Sessions>,
     /// Event streams (SSE): their cap and counters.
     pub streams: Arc<StreamHub>,
+    /// What `/metrics` exports.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How old the core's last tick may be before `/healthz` calls the core dead: many times its
@@ -111,6 +113,7 @@ pub fn core_liveness(lifecycle: &Lifecycle, last_tick_ms: u64, now_ms: u64) -> R
 pub fn app(state: AppState) -> Router {
     let admin = Router::new()
         .route("/v1/stats", get(stats))
+        .route("/metrics", get(crate::metrics::serve))
         .route("/v1/workflows", post(workflows::start))
         .route("/v1/workflows/:id/cancel", post(workflows::cancel))
         .route("/v1/workflows/:id/terminate", post(workflows::terminate))
@@ -166,6 +169,8 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(edge::edge))
+        // Outermost: it sees every answer, the edge's refusals included.
+        .layer(from_fn_with_state(state.metrics.clone(), crate::metrics::track_http))
         .with_state(state)
 }
 

@@ -73,6 +73,11 @@ impl ReadyQueues {
     pub(super) fn depths(&self) -> impl Iterator<Item = (&QueueName, usize)> {
         self.queues.iter().map(|(queue, tasks)| (queue, tasks.len()))
     }
+
+    /// Every queue that ever had a task, with its oldest waiting task (if any).
+    fn fronts(&self) -> impl Iterator<Item = (&QueueName, Option<&ReadyTask>)> {
+        self.queues.iter().map(|(queue, tasks)| (queue, tasks.first_key_value().map(|(_, task)| task)))
+    }
 }
 
 /// A worker's long poll that found nothing and waits for a task (until `deadline_ms`).
@@ -105,6 +110,11 @@ impl WaitingPolls {
         let poll = self.by_queue.get_mut(queue)?.pop_front()?;
         self.count -= 1;
         Some(poll)
+    }
+
+    /// Polls waiting on `queue` now.
+    fn on(&self, queue: &QueueName) -> usize {
+        self.by_queue.get(queue).map_or(0, VecDeque::len)
     }
 
     /// Queues with at least one waiting poll.
@@ -180,6 +190,30 @@ impl Core {
             queues.push(queue);
         }
         queues
+    }
+
+    /// Publishes each queue's pollers and the schedule time of its oldest task for `/metrics`
+    /// and `why`. A queue stays once it is known (a drained one shows no task, not nothing).
+    pub(super) fn publish_queue_gauges(&self) {
+        let Ok(mut gauges) = self.stats.queues.lock() else {
+            return;
+        };
+        for gauge in gauges.values_mut() {
+            *gauge = super::QueueGauges::default();
+        }
+        for queue in self.waiting_polls.queues() {
+            gauges.entry(queue.to_string()).or_default().pollers = self.waiting_polls.on(queue);
+        }
+        for (queue, front) in self.ready.fronts() {
+            let scheduled = front.and_then(|task| {
+                let attempt = self.runs.get(&task.id)?.state.attempts.values().find(|a| a.step == task.step)?;
+                match attempt.status {
+                    AttemptStatus::Scheduled { at_ms } => Some(at_ms),
+                    _ => None,
+                }
+            });
+            gauges.entry(queue.to_string()).or_default().oldest_scheduled_ms = scheduled;
+        }
     }
 
     /// Hands up to `max_tasks` ready attempts of `queue` to a worker, recording their start.

@@ -228,7 +228,7 @@ pub(super) enum Command {
     Shutdown,
 }
 
-/// Counters the core keeps for `/v1/stats` and benchmarks.
+/// Counters the core keeps for `/v1/stats`, `/metrics` and benchmarks.
 #[derive(Default)]
 pub struct Stats {
     pub commands: AtomicU64,
@@ -238,6 +238,11 @@ pub struct Stats {
     /// Tasks waiting for a worker, per queue: the backlog an operator watches. Exact: an
     /// entry leaves when its attempt starts, times out, or its run moves on or ends.
     pub queue_depths: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    /// Per queue that ever had a task: workers long-polling it now, and when its oldest
+    /// waiting task was scheduled (clock ms; `None` when it is empty). A drained queue stays.
+    pub queues: std::sync::Mutex<std::collections::BTreeMap<String, QueueGauges>>,
+    /// The core's histograms (commit batch sizes, sync latency) for `/metrics`.
+    pub metrics: crate::metrics::CoreMetrics,
     /// Runs whose history could not be replayed at start-up, with why: left on disk as they
     /// are and not served, while every other run is.
     pub quarantined: std::sync::Mutex<std::collections::BTreeMap<WorkflowId, String>>,
@@ -246,6 +251,13 @@ pub struct Stats {
     pub last_tick_ms: AtomicU64,
     /// The disk guard refuses writes: `/readyz` answers 503.
     pub disk_full: std::sync::atomic::AtomicBool,
+}
+
+/// What `/metrics` and `why` show of one queue, as of the core's last turn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueGauges {
+    pub pollers: usize,
+    pub oldest_scheduled_ms: Option<u64>,
 }
 
 struct Run {
@@ -297,12 +309,13 @@ impl Core {
         };
         let (to_syncer, synced) = std::sync::mpsc::sync_channel::<AppliedTurn>(SYNC_QUEUE_CAPACITY);
         let store = self.store.clone();
+        let sync_seconds = self.stats.metrics.sync_seconds.clone();
         let Some(mut publisher) = self.publisher.take() else {
             return;
         };
         let syncer = std::thread::Builder::new()
             .name("syncer".into())
-            .spawn(move || sync_loop(store.as_ref(), &mut publisher, &synced));
+            .spawn(move || sync_loop(store.as_ref(), &mut publisher, &synced, &sync_seconds));
         let syncer = match syncer {
             Ok(handle) => handle,
             Err(error) => {
@@ -387,6 +400,7 @@ impl Core {
                 event.position = position;
             }
             self.last_position += numbered;
+            self.stats.metrics.commit_batch_events.observe(numbered as f64);
             if let Err(error) = self.store.apply(turn.batch) {
                 // The in-memory state is ahead of what the store holds; serving it would
                 // break "nothing acknowledged is lost". Exit without answering: restart
@@ -402,6 +416,7 @@ impl Core {
                 depths.insert(queue.to_string(), tasks);
             }
         }
+        self.publish_queue_gauges();
         // A turn that wrote goes to the syncer even with nobody to answer, so its write is
         // synced at once; a turn that only answers waits its turn there, as its answers may
         // rest on state an earlier turn applied and has not yet made durable.
