@@ -127,6 +127,9 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error("the stream of committed events has closed")]
     Closed,
+    /// An event of a run whose summary is not in the store: the store is damaged.
+    #[error("run {0} has events but no summary")]
+    NoSummary(WorkflowId),
 }
 
 /// Every committed event after a position: the store first, then live.
@@ -242,7 +245,7 @@ impl GlobalFeed {
         }
         let workflow_type = match self.store.run(run)? {
             Some(summary) => summary.workflow_type,
-            None => return Err(Error::Store(store::Error::Gap { run: run.clone(), seq: 0 })),
+            None => return Err(Error::NoSummary(run.clone())),
         };
         self.types.insert(run.clone(), workflow_type.clone());
         Ok(workflow_type)

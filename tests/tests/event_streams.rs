@@ -319,6 +319,15 @@ async fn a_run_stream_and_the_long_poll_follow_one_run_to_its_end() {
     let last = history.last().expect("events").seq;
 
     api.get("/v1/workflows/nobody/events").await.expect("answers").assert_error(404, "NOT_FOUND");
+    for (path, status, code) in [
+        ("/v1/events?after=zz", 400, "BAD_CURSOR"),
+        ("/v1/events?after=0:999999", 400, "BAD_CURSOR"),
+        ("/v1/events?status=DONE", 422, "INVALID_VALUE"),
+        ("/v1/events?kind=Step%20Completed", 422, "INVALID_VALUE"),
+        ("/v1/events?colour=red", 400, "BAD_QUERY"),
+    ] {
+        api.get(path).await.expect("answers").assert_error(status, code);
+    }
     api.get(&format!("/v1/workflows/{id}/history?after=0&wait=2m"))
         .await
         .expect("answers")

@@ -154,7 +154,15 @@ pub(crate) async fn events(
         status: params.status.as_deref().map(str::parse::<WorkflowStatus>).transpose().map_err(ApiError::invalid)?,
     };
     let after = match last_event_id(&headers)?.or(params.after.as_deref()) {
-        Some(text) => Some(Cursor::parse(text)?.position(ShardId::SOLE)),
+        Some(text) => {
+            let after = Cursor::parse(text)?.position(ShardId::SOLE);
+            // Only a cursor this engine gave out is accepted: one past what it has made durable
+            // would silently skip every event up to it.
+            if after > state.core.durable_position() {
+                return Err(ApiError::bad_request("BAD_CURSOR", format!("{text:?} is ahead of this engine's events")));
+            }
+            Some(after)
+        }
         None => None,
     };
     let filter = Arc::new(filter);
