@@ -99,15 +99,7 @@ pub fn verdict(ok: bool, text: &str, colour: bool) -> String {
 
 /// `12ms`, `1.204s`, `2m03.500s`: short enough for a column, precise to the millisecond.
 pub fn duration(elapsed: Duration) -> String {
-    let millis = elapsed.as_millis();
-    if millis < 1000 {
-        format!("{millis}ms")
-    } else if millis < 60_000 {
-        format!("{}.{:03}s", millis / 1000, millis % 1000)
-    } else {
-        let seconds = millis / 1000;
-        format!("{}m{:02}.{:03}s", seconds / 60, seconds % 60, millis % 1000)
-    }
+    shop_types::describe::millis(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A Unix-epoch millisecond timestamp as RFC 3339 UTC, to the second.

@@ -1,20 +1,30 @@
-//! Renders a workflow's history as a readable timeline, one line per event:
+//! Renders a workflow's history as a readable timeline, one line per event, then what the
+//! run still waits for and its children:
 //!
 //! ```text
-//! +0ms     #1  WorkflowStarted     order v1
-//! +3ms     #2  StepScheduled       reserve_stock    attempt 1
-//! +1.204s  #9  StepFailed          charge_payment   attempt 1  PAYMENT_UNAVAILABLE: ... (will retry)
-//! +1.210s  #12 StepScheduled       ↩ reserve_stock  attempt 1
+//! +0ms     #1   WorkflowStarted                             order v2
+//! +3ms     #3   ParallelStarted          screen_and_reserve  branches reserve, screen
+//! +4ms     #4   ┃ reserve  StepScheduled   reserve_stock    attempt 1
+//! +1.204s  #9   ┃ reserve  StepFailed      reserve_stock    attempt 1  OUT_OF_STOCK: ... (final)
+//! +1.210s  #12  CompensationStarted                         ↩ reserve_stock failed: ...
+//!
+//! waiting for:
+//!   wait   await_3ds  payment_confirmed | payment_failed  until 2023-11-14T22:28:20Z
 //! ```
 //!
-//! Offsets count from the first event. Compensation steps carry `↩` and the steps run after
-//! compensation carry `↪`, so the undo path reads at a glance. This module is pure: it
-//! formats what it is given and never fetches or prints.
+//! Offsets count from the first event. A step of a parallel or choice branch, or an
+//! instance of a `for_each`, runs in a lane (the history's `lane`): its events are indented
+//! under `┃ <lane>`, so each branch's attempts, errors and compensations read down their own
+//! lane. Compensation steps carry `↩` and the steps run after compensation carry `↪`, so the
+//! undo path reads at a glance. This module is pure: it formats what it is given and never
+//! fetches or prints.
 
-use crate::output::{duration, truncate, Table};
+mod open;
+
+use crate::output::{duration, timestamp, truncate, Table};
 use shop_types::api::HistoryEventView;
 use shop_types::history::EventKind;
-use shop_types::{JsonText, StepPhase, StepRef};
+use shop_types::{StepPhase, StepRef};
 use std::time::Duration;
 
 /// Longest detail (an error message, a step output) shown on one line; the rest is cut so
@@ -22,40 +32,55 @@ use std::time::Duration;
 const MAX_DETAIL_CHARS: usize = 100;
 /// How the engine suffixes a compensation step's name.
 const COMPENSATION_SUFFIX: &str = ".compensation";
+/// What marks a lane: its events are indented under it.
+const LANE_MARK: &str = "┃";
 
-/// The timeline of `events` (in history order), one line per event, each ending in `\n`.
+/// The timeline of `events` (in history order), one line per event, each ending in `\n`,
+/// then (after a blank line) what the run waits for and its children, if anything.
 pub fn render(events: &[HistoryEventView]) -> String {
     let Some(first) = events.first() else {
         return String::new();
     };
     let mut table = Table::without_header();
+    // A run with no lanes keeps the plain layout (no empty lane column).
+    let lanes = events.iter().any(|e| e.lane.is_some());
     for event in events {
-        table.row(cells(event, first.at_ms));
+        table.row(cells(event, first.at_ms, lanes));
     }
-    table.render()
+    let mut text = table.render();
+    let open = open::render(events);
+    if !open.is_empty() {
+        text.push('\n');
+        text.push_str(&open);
+    }
+    text
 }
 
 /// One event's line as the timeline shows it, its offset counted from `start_ms`: for
 /// events that arrive one by one (`shopctl workflow watch`), so columns are not aligned.
 pub fn render_one(event: &HistoryEventView, start_ms: u64) -> String {
-    cells(event, start_ms).into_iter().filter(|cell| !cell.is_empty()).collect::<Vec<_>>().join("  ")
+    cells(event, start_ms, event.lane.is_some())
+        .into_iter()
+        .filter(|cell| !cell.is_empty())
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
-fn cells(event: &HistoryEventView, start_ms: u64) -> Vec<String> {
+/// One event's cells; with `lanes`, a lane column (empty for events outside any lane).
+fn cells(event: &HistoryEventView, start_ms: u64, lanes: bool) -> Vec<String> {
     // A clock step backwards on the engine must not panic or print a huge offset.
     let offset = Duration::from_millis(event.at_ms.saturating_sub(start_ms));
-    let (step, attempt) = match event.event.step_attempt() {
-        Some((step, attempt)) => (step_label(step, event.step_name.as_deref()), format!("attempt {attempt}")),
-        None => (String::new(), String::new()),
+    let (step, attempt) = match (event.event.step_attempt(), event.event.step()) {
+        (Some((step, attempt)), _) => (step_label(step, event.step_name.as_deref()), format!("attempt {attempt}")),
+        (None, Some(step)) => (step_label(step, event.step_name.as_deref()), String::new()),
+        (None, None) => (String::new(), String::new()),
     };
-    vec![
-        format!("+{}", duration(offset)),
-        format!("#{}", event.seq),
-        event.event.name().to_owned(),
-        step,
-        attempt,
-        truncate(&details(&event.event), MAX_DETAIL_CHARS),
-    ]
+    let mut row = vec![format!("+{}", duration(offset)), format!("#{}", event.seq)];
+    if lanes {
+        row.push(event.lane.as_deref().map_or_else(String::new, |lane| format!("{LANE_MARK} {lane}")));
+    }
+    row.extend([event.event.name().to_owned(), step, attempt, truncate(&details(event), MAX_DETAIL_CHARS)]);
+    row
 }
 
 fn step_label(step: StepRef, name: Option<&str>) -> String {
@@ -72,74 +97,36 @@ fn step_label(step: StepRef, name: Option<&str>) -> String {
     }
 }
 
-fn details(kind: &EventKind) -> String {
-    match kind {
-        EventKind::WorkflowStarted { workflow_type, definition_version, .. } => {
-            format!("{workflow_type} v{definition_version}")
-        }
-        EventKind::StepScheduled { .. } => String::new(),
-        EventKind::StepStarted { worker, .. } => format!("by {worker}"),
-        EventKind::StepCompleted { output, .. } | EventKind::WorkflowCompleted { output } => payload(output),
-        EventKind::StepFailed { error, will_retry, .. } => {
-            format!("{}: {} {}", error.error_type, error.message, retry_note(*will_retry))
-        }
-        EventKind::StepTimedOut { timeout, will_retry, .. } => {
-            format!("{} timeout {}", timeout.as_str(), retry_note(*will_retry))
-        }
-        EventKind::StepRetryScheduled { delay_ms, .. } => {
-            format!("retry in {}", duration(Duration::from_millis(*delay_ms)))
-        }
-        EventKind::CancelRequested { reason }
-        | EventKind::WorkflowCompensated { reason }
-        | EventKind::WorkflowFailed { reason }
-        | EventKind::WorkflowTerminated { reason } => reason.clone(),
-        EventKind::CompensationStarted { reason } => format!("↩ {reason}"),
-        EventKind::RunParked { reason } => format!("⏸ needs attention: {reason}"),
-        EventKind::RunResumed { reason } => format!("▶ {reason}"),
-        EventKind::SleepStarted { until_ms, .. } => format!("until {until_ms} ms"),
-        EventKind::SleepEnded { .. } | EventKind::WaitTimedOut { .. } | EventKind::StepSkipped { .. } => String::new(),
-        EventKind::SignalReceived { name, key, payload: body } => format!("{name} (key {key}) {}", payload(body)),
+/// A moment after `event` as a timestamp and how long after the event it is.
+fn moment(event: &HistoryEventView, at_ms: u64) -> String {
+    format!("{} (in {})", timestamp(at_ms), duration(Duration::from_millis(at_ms.saturating_sub(event.at_ms))))
+}
+
+/// What the event says beyond its name: the shared description, with the wake-ups and
+/// deadlines a terminal reader wants as timestamps.
+fn details(event: &HistoryEventView) -> String {
+    match &event.event {
+        EventKind::SleepStarted { until_ms, .. } => format!("wakes {}", moment(event, *until_ms)),
         EventKind::WaitOpened { signals, deadline_ms, .. } => {
-            format!("for {} until {deadline_ms} ms", signals.join(", "))
+            format!("for {} until {}", signals.join(" | "), moment(event, *deadline_ms))
         }
-        EventKind::WaitCompleted { signal, seq, .. } => format!("{signal} (#{seq})"),
-        EventKind::ChoiceTaken { branch, .. } => format!("branch {branch}"),
-        EventKind::ParallelStarted { branches, .. } => format!("branches {}", branches.join(", ")),
-        EventKind::BranchCompleted { branch, .. } => format!("branch {branch} done"),
-        EventKind::ParallelStopped { reason, .. } => format!("stopping: {reason}"),
-        EventKind::ForEachStarted { count, .. } => format!("{count} items"),
-        EventKind::ForEachStopped { reason, .. } => format!("stopping: {reason}"),
-        EventKind::DefinitionPinned { content_hash } => content_hash.clone(),
-        EventKind::ChildStarted { child, version, .. } => format!("child {child} (v{version})"),
-        EventKind::ChildCompleted { output, .. } => payload(output),
-        EventKind::ChildFailed { reason, .. } => reason.clone(),
-        EventKind::ParentLinked { parent, depth, .. } => format!("child of {parent} (depth {depth})"),
-    }
-}
-
-fn retry_note(will_retry: bool) -> &'static str {
-    if will_retry {
-        "(will retry)"
-    } else {
-        "(final)"
-    }
-}
-
-/// A step's output in the timeline: nothing for `null`, else the compact JSON.
-fn payload(output: &JsonText) -> String {
-    match output.as_str().trim() {
-        "null" => String::new(),
-        text => text.to_owned(),
+        kind => kind.details(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shop_types::history::{ActivityError, TimeoutKind};
+    use shop_types::history::{ActivityError, EventKind, TimeoutKind};
+    use shop_types::JsonText;
 
     fn event(seq: u64, at_ms: u64, step_name: Option<&str>, kind: EventKind) -> HistoryEventView {
-        HistoryEventView { seq, at_ms, step_name: step_name.map(str::to_owned), event: kind }
+        HistoryEventView { seq, at_ms, step_name: step_name.map(str::to_owned), lane: None, event: kind }
+    }
+
+    /// An event of a step in `lane`.
+    fn in_lane(seq: u64, at_ms: u64, step_name: &str, lane: &str, kind: EventKind) -> HistoryEventView {
+        HistoryEventView { lane: Some(lane.to_owned()), ..event(seq, at_ms, Some(step_name), kind) }
     }
 
     fn json(text: &str) -> JsonText {
@@ -262,6 +249,139 @@ mod tests {
         assert_eq!(render(&declined_order()), expected);
     }
 
+    const T0: u64 = 1_700_000_000_000;
+
+    fn started() -> HistoryEventView {
+        let kind = EventKind::WorkflowStarted {
+            workflow_type: "order".parse().expect("valid"),
+            definition_version: 2,
+            input: json("{}"),
+        };
+        event(1, T0, None, kind)
+    }
+
+    #[test]
+    fn parallel_branches_read_down_their_own_lanes_with_attempts_errors_and_compensations() {
+        let par = StepRef::forward(0);
+        let (reserve, screen) = (StepRef::forward(3), StepRef::forward(4));
+        let undo = StepRef { phase: StepPhase::Compensation, index: 3 };
+        let declined = ActivityError { error_type: "FRAUD_SUSPECTED".into(), message: "no".into(), retryable: false };
+        let events = vec![
+            started(),
+            event(
+                2,
+                T0,
+                Some("screen_and_reserve"),
+                EventKind::ParallelStarted { step: par, branches: vec!["reserve".into(), "screen".into()] },
+            ),
+            in_lane(3, T0, "reserve_stock", "reserve", EventKind::StepScheduled { step: reserve, attempt: 1 }),
+            in_lane(4, T0, "fraud_check", "screen", EventKind::StepScheduled { step: screen, attempt: 1 }),
+            in_lane(
+                5,
+                T0 + 5,
+                "fraud_check",
+                "screen",
+                EventKind::StepStarted { step: screen, attempt: 1, worker: "w".parse().expect("valid") },
+            ),
+            in_lane(
+                6,
+                T0 + 9,
+                "reserve_stock",
+                "reserve",
+                EventKind::StepCompleted { step: reserve, attempt: 1, output: json(r#"{"totalCents":5}"#) },
+            ),
+            in_lane(
+                7,
+                T0 + 12,
+                "fraud_check",
+                "screen",
+                EventKind::StepFailed { step: screen, attempt: 1, error: declined, will_retry: false },
+            ),
+            event(
+                8,
+                T0 + 12,
+                Some("screen_and_reserve"),
+                EventKind::ParallelStopped { step: par, reason: "fraud".into() },
+            ),
+            event(9, T0 + 12, None, EventKind::CompensationStarted { reason: "fraud".into() }),
+            in_lane(
+                10,
+                T0 + 12,
+                "reserve_stock.compensation",
+                "reserve",
+                EventKind::StepScheduled { step: undo, attempt: 1 },
+            ),
+        ];
+        let expected = "\
++0ms   #1              WorkflowStarted                                     order v2
++0ms   #2              ParallelStarted      screen_and_reserve             branches reserve, screen
++0ms   #3   ┃ reserve  StepScheduled        reserve_stock       attempt 1
++0ms   #4   ┃ screen   StepScheduled        fraud_check         attempt 1
++5ms   #5   ┃ screen   StepStarted          fraud_check         attempt 1  by w
++9ms   #6   ┃ reserve  StepCompleted        reserve_stock       attempt 1  {\"totalCents\":5}
++12ms  #7   ┃ screen   StepFailed           fraud_check         attempt 1  FRAUD_SUSPECTED: no (final)
++12ms  #8              ParallelStopped      screen_and_reserve             stopping: fraud
++12ms  #9              CompensationStarted                                 ↩ fraud
++12ms  #10  ┃ reserve  StepScheduled        ↩ reserve_stock     attempt 1
+";
+        assert_eq!(render(&events), expected);
+    }
+
+    #[test]
+    fn open_waits_sleeps_and_children_are_listed_after_the_timeline() {
+        let wait = StepRef::forward(2);
+        let events = vec![
+            started(),
+            event(
+                2,
+                T0 + 1,
+                Some("pay"),
+                EventKind::ChildStarted {
+                    step: StepRef::forward(0),
+                    child: "o-1.pay".parse().expect("valid"),
+                    version: 1,
+                },
+            ),
+            event(
+                3,
+                T0 + 2,
+                Some("pay"),
+                EventKind::ChildCompleted { step: StepRef::forward(0), output: json(r#"{"paid":true}"#) },
+            ),
+            event(
+                4,
+                T0 + 2,
+                Some("cool_off"),
+                EventKind::SleepStarted { step: StepRef::forward(1), until_ms: T0 + 60_002 },
+            ),
+            event(5, T0 + 60_002, Some("cool_off"), EventKind::SleepEnded { step: StepRef::forward(1) }),
+            event(
+                6,
+                T0 + 60_002,
+                Some("await_3ds"),
+                EventKind::WaitOpened {
+                    step: wait,
+                    signals: vec!["payment_confirmed".into(), "payment_failed".into()],
+                    deadline_ms: T0 + 960_002,
+                },
+            ),
+        ];
+        let expected = "\
++0ms        #1  WorkflowStarted               order v2
++1ms        #2  ChildStarted     pay          child o-1.pay (v1)
++2ms        #3  ChildCompleted   pay          held until this run ends: {\"paid\":true}
++2ms        #4  SleepStarted     cool_off     wakes 2023-11-14T22:14:20Z (in 1m00.000s)
++1m00.002s  #5  SleepEnded       cool_off
++1m00.002s  #6  WaitOpened       await_3ds    for payment_confirmed | payment_failed until 2023-11-14T22:29:20Z (in 15m00.000s)
+
+waiting for:
+  wait  await_3ds  payment_confirmed | payment_failed  until 2023-11-14T22:29:20Z
+children:
+  pay  o-1.pay  completed, held until this run ends
+";
+        assert_eq!(render(&events), expected);
+    }
+
     #[test]
     fn empty_history_renders_nothing() {
         assert_eq!(render(&[]), "");
@@ -282,5 +402,17 @@ mod tests {
             event(2, 900, None, EventKind::WorkflowTerminated { reason: "user".into() }),
         ];
         assert!(render(&events).lines().all(|line| line.starts_with("+0ms")));
+    }
+
+    #[test]
+    fn an_operator_action_names_who_asked_for_it() {
+        let by = || "token:tok_1".to_owned();
+        let events = vec![
+            event(1, 0, None, EventKind::CancelRequestedBy { reason: "changed my mind".into(), by: by() }),
+            event(2, 1, None, EventKind::RunResumedBy { reason: "fixed".into(), by: by() }),
+            event(3, 2, None, EventKind::WorkflowTerminatedBy { reason: "stuck".into(), by: by() }),
+        ];
+        let text = render(&events);
+        assert_eq!(text.matches("(by token:tok_1)").count(), 3, "{text}");
     }
 }

@@ -188,6 +188,21 @@ impl Definition {
             StepPhase::AfterCompensation => self.after_compensation.get(index),
         }
     }
+
+    /// The lane a stored step ref runs in, as timelines show it: a `for_each` instance's
+    /// `<step>[<item>]`, a branch step's branch (its compensation's too); `None` on the main
+    /// line and after compensation.
+    pub fn lane(&self, step: StepRef) -> Option<String> {
+        if step.phase == StepPhase::AfterCompensation {
+            return None;
+        }
+        if let Some((_, item)) = decode_instance(step.index) {
+            let name = &self.step(StepRef::forward(step.index))?.name;
+            return Some(format!("{name}[{item}]"));
+        }
+        let index = usize::from(step.index);
+        self.branches.iter().find(|(_, range)| range.contains(&index)).map(|(name, _)| name.clone())
+    }
 }
 
 /// Parses and validates one definition. `file` names the source in errors.
@@ -339,7 +354,7 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         if matches!(steps[index].construct, Construct::Child(_)) {
             return Err(fail(
                 Some(comp.step.span()),
-                format!("step {target:?} runs a child workflow: compensating it cancels the child, which compensates itself"),
+                format!("step {target:?} runs a child workflow: compensating it makes the child compensate itself"),
             ));
         }
         if matches!(steps[index].construct, Construct::Sleep(_) | Construct::Choice(_) | Construct::Parallel(_)) {

@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod codec;
+pub mod console;
 pub mod core;
 pub mod decider;
 pub mod definition;
@@ -62,6 +63,8 @@ pub struct EngineOptions {
     pub min_free_disk_bytes: u64,
     /// Failed credentials per client address per minute before it gets 429; 0 turns it off.
     pub max_auth_failures: u32,
+    /// Mark the console's session cookie `Secure` (served behind TLS).
+    pub console_secure_cookie: bool,
     /// Connection limits and the shutdown deadline.
     pub server: server::ServerOptions,
     /// Event streams (SSE) open at once at most; beyond it 503 (`streams::MAX_STREAM_SUBSCRIBERS`).
@@ -193,6 +196,7 @@ pub async fn serve(
         clock,
         stream_stats,
         watch: watch.clone(),
+        sessions: Arc::new(console::Sessions::new(options.console_secure_cookie)),
         streams: streams.clone(),
     });
     let shutdown_handle = handle.clone();

@@ -70,6 +70,10 @@ struct Args {
     /// A file holding the HS256 key of accepted JWTs (claims: `role`, `queues`, `exp`).
     #[arg(long)]
     jwt_secret_file: Option<PathBuf>,
+    /// Mark the console's session cookie `Secure`: set it when the engine is served behind TLS
+    /// (a proxy that terminates https), so the browser never sends the session in clear.
+    #[arg(long)]
+    console_secure_cookie: bool,
     /// Requests per credential (per client IP when open): `N/s`, `N/m`, `N/h` or `off`.
     /// Worker credentials are exempt.
     #[arg(long, default_value = "1000/s")]
@@ -173,6 +177,7 @@ async fn run() -> anyhow::Result<()> {
         preload_completed: args.preload_completed,
         min_free_disk_bytes: args.min_free_disk_mb.saturating_mul(1024 * 1024),
         max_auth_failures: args.max_auth_failures,
+        console_secure_cookie: args.console_secure_cookie,
         max_stream_subscribers: args.max_stream_subscribers,
         server: server::ServerOptions {
             head_timeout: args.head_timeout,

@@ -111,15 +111,22 @@ pub struct WorkflowState {
     /// Child runs in flight, by the node of the step that started them. Kept when
     /// compensation starts: it waits for their terminal outcome.
     pub children: BTreeMap<NodeId, OpenChild>,
+    /// Child runs that completed (their step did) and are held until this run's verdict:
+    /// completed with it, or told to compensate when its compensation reaches their step.
+    pub held_children: BTreeMap<NodeId, OpenChild>,
     /// Set in a child run: its parent and depth (`ParentLinked`).
     pub parent: Option<ParentLink>,
+    /// Set in a child run whose forward path completed (`HeldByParent`): the output it went
+    /// to its parent with, and completes with if the parent does.
+    pub held_by_parent: Option<JsonText>,
     /// Set when a `parallel` step stopped (a branch failed for good, a cancel, a timeout):
     /// why the run will compensate once the attempts workers hold have settled.
     pub stopping: Option<String>,
     /// The pivot step has completed: from here on nothing is compensated.
     pub pivot_passed: bool,
     pub cancel_requested: Option<String>,
-    /// Set once compensation starts: the compensation nodes to run, in the order to run them.
+    /// Set once compensation starts: the compensation nodes to run, in the order to run them
+    /// (a child step's own forward node stands for its child compensating itself).
     pub compensation_plan: Option<Vec<NodeId>>,
     pub compensation_reason: Option<String>,
     /// The node that last failed for good, and its last attempt: what a resume retries.
@@ -166,7 +173,9 @@ impl WorkflowState {
             for_eachs: BTreeMap::new(),
             for_each_items: BTreeMap::new(),
             children: BTreeMap::new(),
+            held_children: BTreeMap::new(),
             parent: None,
+            held_by_parent: None,
             stopping: None,
             pivot_passed: false,
             cancel_requested: None,
@@ -310,13 +319,22 @@ impl WorkflowState {
                 entry.attempt = *attempt;
                 entry.status = AttemptStatus::BackingOff { until_ms: at.saturating_add(*delay_ms) };
             }
-            (EventKind::CancelRequested { reason }, _) => self.cancel_requested = Some(reason.clone()),
+            (EventKind::CancelRequested { reason } | EventKind::CancelRequestedBy { reason, .. }, _) => {
+                self.cancel_requested = Some(reason.clone())
+            }
             (EventKind::CompensationStarted { reason }, _) => {
                 // Undo, newest first, every forward step that was handed to a worker (or wait
-                // that consumed a signal) and has a compensation. The steps in flight are
+                // that consumed a signal) and has a compensation, and every child step (its
+                // child compensates itself, if it is held then). The steps in flight are
                 // abandoned: a late report is stale; a sleep or wait in flight just ends.
-                let plan =
-                    self.handed_out_order.iter().rev().filter_map(|&node| definition.compensation_of(node)).collect();
+                let plan = self
+                    .handed_out_order
+                    .iter()
+                    .rev()
+                    .filter_map(|&node| {
+                        definition.compensation_of(node).or_else(|| definition.child_of(node).map(|_| node))
+                    })
+                    .collect();
                 self.compensation_plan = Some(plan);
                 self.compensation_reason = Some(reason.clone());
                 self.stopping = None;
@@ -331,14 +349,14 @@ impl WorkflowState {
             (EventKind::WorkflowFailed { reason }, _) => {
                 self.finish(WorkflowStatus::Failed, at, Some(reason.clone()), None);
             }
-            (EventKind::WorkflowTerminated { reason }, _) => {
+            (EventKind::WorkflowTerminated { reason } | EventKind::WorkflowTerminatedBy { reason, .. }, _) => {
                 self.finish(WorkflowStatus::Terminated, at, Some(reason.clone()), None);
             }
             (EventKind::RunParked { reason }, _) => {
                 self.clear_in_flight();
                 self.parked = Some(reason.clone());
             }
-            (EventKind::RunResumed { .. }, _) => self.parked = None,
+            (EventKind::RunResumed { .. } | EventKind::RunResumedBy { .. }, _) => self.parked = None,
             // A step the definition does not have: nothing to key it by.
             (
                 EventKind::StepScheduled { .. }
@@ -373,7 +391,9 @@ impl WorkflowState {
                 EventKind::ChildStarted { .. }
                 | EventKind::ChildCompleted { .. }
                 | EventKind::ChildFailed { .. }
-                | EventKind::ParentLinked { .. },
+                | EventKind::ParentLinked { .. }
+                | EventKind::HeldByParent { .. }
+                | EventKind::ChildCompensating { .. },
                 node,
             ) => self.apply_child(definition, event, node),
         }
@@ -404,8 +424,10 @@ impl WorkflowState {
 
     fn finish(&mut self, status: WorkflowStatus, at_ms: u64, reason: Option<String>, output: Option<JsonText>) {
         self.clear_in_flight();
-        // A finished run waits for nothing; a child still running was told to cancel.
+        // A finished run waits for nothing: a child still running was told to cancel, and
+        // a held one was given the run's verdict.
         self.children.clear();
+        self.held_children.clear();
         self.terminal = Some(Terminal { status, at_ms, reason, output });
     }
 }

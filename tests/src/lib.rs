@@ -2,6 +2,7 @@
 //! loopback ports, each stack in its own temporary directory with real sled stores, driven
 //! over real HTTP.
 //!
+//! - [`browser`]: headless Chromium over WebDriver, for the console's tests;
 //! - [`process`]: finding the binaries, process guards that kill on drop, kill -9 and restart;
 //! - [`client`]: the engine API and the worker admin API, typed with `shop-types`;
 //! - [`invariants`]: the checks of design.md section 7, reusable by any test.
@@ -10,9 +11,11 @@
 //! bounded deadline, and tests assert behaviour, never timings. Binaries come from the
 //! cargo target dir; `cargo build --workspace` must have run first.
 
+pub mod browser;
 pub mod client;
 pub mod invariants;
 pub mod process;
+pub mod variants;
 
 pub use client::{order_body, Admin, Api, Reply, CANCELLED, CONFIRMED, PENDING};
 pub use invariants::{

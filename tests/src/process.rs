@@ -185,6 +185,26 @@ impl Default for EngineOptions {
     }
 }
 
+/// An engine without `--open`: an admin token file it creates, JWTs signed with `jwt_key`,
+/// rate limits off, then `extra` flags. Returns it and its admin token.
+pub async fn secured_engine(dir: &Path, jwt_key: &str, extra: &[&str]) -> (Engine, String) {
+    let key_file = dir.join("jwt.key");
+    std::fs::write(&key_file, jwt_key).expect("write the JWT key");
+    let admin_file = dir.join("admin-token");
+    let mut args: Vec<String> = vec![
+        "--admin-token-file".into(),
+        admin_file.display().to_string(),
+        "--jwt-secret-file".into(),
+        key_file.display().to_string(),
+        "--rate-limit".into(),
+        "off".into(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let engine = Engine::start(dir, EngineOptions { open: false, args, ..EngineOptions::default() }).await;
+    let admin_token = std::fs::read_to_string(&admin_file).expect("the engine created the admin token file");
+    (engine, admin_token.trim().to_owned())
+}
+
 /// A `shop-engine` process on a fixed address and data dir, which survive restarts.
 pub struct Engine {
     server: Supervised,

@@ -24,21 +24,8 @@ const EXIT_DEADLINE: Duration = Duration::from_secs(30);
 /// An engine without `--open`, with an admin token file, a JWT key and the given extra flags
 /// (rate limits off unless they say otherwise); returns it and its admin API client.
 async fn secured_engine(dir: &Path, extra: &[&str]) -> (Engine, Api) {
-    let key_file = dir.join("jwt.key");
-    std::fs::write(&key_file, JWT_KEY).expect("write the JWT key");
-    let admin_file = dir.join("admin-token");
-    let mut args: Vec<String> = vec![
-        "--admin-token-file".into(),
-        admin_file.display().to_string(),
-        "--jwt-secret-file".into(),
-        key_file.display().to_string(),
-        "--rate-limit".into(),
-        "off".into(),
-    ];
-    args.extend(extra.iter().map(|a| (*a).to_owned()));
-    let engine = Engine::start(dir, EngineOptions { open: false, args, ..EngineOptions::default() }).await;
-    let admin_token = std::fs::read_to_string(&admin_file).expect("the engine created the admin token file");
-    let admin = Api::with_token(&engine.url(), admin_token.trim());
+    let (engine, admin_token) = shop_tests::process::secured_engine(dir, JWT_KEY, extra).await;
+    let admin = Api::with_token(&engine.url(), &admin_token);
     (engine, admin)
 }
 

@@ -104,6 +104,8 @@ async fn dev_children_end_with_it_and_a_busy_data_dir_is_never_ready() {
 
     let mut third = start_dev(&data_dir, &ports, &dir.path().join("dev-3.log")).await;
     let new_pids = stack_pids(&ports).await;
+    let console = format!("http://{}/console", ports.engine);
+    assert!(third.log_tail().contains(&console), "dev prints the console's URL {console}:\n{}", third.log_tail());
     third.signal("TERM");
     let deadline = Instant::now() + EXIT_DEADLINE;
     let status = loop {

@@ -11,7 +11,7 @@
 
 use serde_json::{json, Value};
 use shop_tests::process::{binary, run_to_end};
-use shop_tests::{Api, Engine, EngineOptions, Reply};
+use shop_tests::{Api, Engine, Reply};
 use shop_types::auth::CreatedToken;
 use std::path::Path;
 use std::process::Command;
@@ -48,21 +48,9 @@ const ALLOWED_TYPE: &str = "psp_checkout";
 const OTHER_TYPE: &str = "refund_checkout";
 
 async fn secured_engine(dir: &Path) -> (Engine, Api, String) {
-    let key_file = dir.join("jwt.key");
-    std::fs::write(&key_file, JWT_KEY).expect("write the JWT key");
-    let admin_file = dir.join("admin-token");
-    let args = vec![
-        "--admin-token-file".into(),
-        admin_file.display().to_string(),
-        "--jwt-secret-file".into(),
-        key_file.display().to_string(),
-        "--rate-limit".into(),
-        "off".into(),
-    ];
-    let engine = Engine::start(dir, EngineOptions { open: false, args, ..EngineOptions::default() }).await;
-    let admin_token = std::fs::read_to_string(&admin_file).expect("the engine created the admin token file");
-    let admin = Api::with_token(&engine.url(), admin_token.trim());
-    (engine, admin, admin_token.trim().to_owned())
+    let (engine, admin_token) = shop_tests::process::secured_engine(dir, JWT_KEY, &[]).await;
+    let admin = Api::with_token(&engine.url(), &admin_token);
+    (engine, admin, admin_token)
 }
 
 async fn signal(api: &Api, id: &str, name: &str, key: &str) -> Reply {

@@ -146,6 +146,7 @@ fn plan(rng: &mut Rng, count: usize, initial: &BTreeMap<i64, i64>) -> Vec<(Order
                     .collect(),
                 shipping_address: "1 Torture Lane".to_owned(),
                 payment_method: payment_method.to_owned(),
+                customer_id: None,
             };
             let expected = match expected_outcome(&input, initial) {
                 Expected::Confirmed => Expected::ConfirmedOrPaymentUnavailable,

@@ -156,6 +156,9 @@ pub enum InFlightView {
     },
     /// A child workflow run in flight (`GET /v1/workflows/{child}` shows it).
     Child { step: String, child: String },
+    /// This run is a child whose forward path completed: it is held by its parent `parent`
+    /// until the parent completes (then it completes) or compensates (then so does it).
+    HeldByParent { parent: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -196,6 +199,11 @@ pub struct HistoryEventView {
     /// The step's name in the run's definition, for step events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_name: Option<String>,
+    /// The lane a step event runs in, for timelines: its branch (of a `parallel` or a
+    /// `choice`), or `<step>[<item>]` for an instance of a `for_each` step; absent on the
+    /// main line and for events of no step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
     pub event: EventKind,
 }
 

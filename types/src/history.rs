@@ -101,6 +101,8 @@ pub enum EventKind {
         attempt: u32,
         delay_ms: u64,
     },
+    /// A cancel was asked for: by an operator through the API before [`EventKind::CancelRequestedBy`]
+    /// existed, or by the engine itself (a parent compensating cancels its child).
     CancelRequested {
         reason: String,
     },
@@ -116,6 +118,8 @@ pub enum EventKind {
     WorkflowFailed {
         reason: String,
     },
+    /// Ended at once, nothing undone: before [`EventKind::WorkflowTerminatedBy`] existed, or
+    /// by the engine itself.
     WorkflowTerminated {
         reason: String,
     },
@@ -124,7 +128,8 @@ pub enum EventKind {
     RunParked {
         reason: String,
     },
-    /// An operator resumed a parked run: the failed compensation runs again.
+    /// An operator resumed a parked run: the failed compensation runs again (recorded before
+    /// [`EventKind::RunResumedBy`] existed).
     RunResumed {
         reason: String,
     },
@@ -243,9 +248,89 @@ pub enum EventKind {
         step: StepRef,
         depth: u32,
     },
+    // A child's completed effects undone with its parent (issue 9). Appended after every
+    // older kind.
+    /// In a child: its forward path completed with `output`, which went to its parent (whose
+    /// step completes with it). The run stays open, held by its parent, until the parent's
+    /// verdict: `WorkflowCompleted` when the parent completes; otherwise it compensates
+    /// itself (`CancelRequested`, `CompensationStarted`, ...) and tells the parent it ended.
+    HeldByParent {
+        output: JsonText,
+    },
+    /// In the parent: compensation reached child step `step`, whose child `child` completed
+    /// and was held: the child was told to compensate itself, and the parent's compensation
+    /// goes on once the child reports its end (`ChildFailed`, with how it ended).
+    ChildCompensating {
+        step: StepRef,
+        child: WorkflowId,
+    },
+    // Audited operator actions (issue 10). Appended after every older kind, so stored records
+    // still decode: a field added to `CancelRequested`, `WorkflowTerminated` or `RunResumed`
+    // would make their stored bincode records unreadable. Each means what the kind it extends
+    // means, and names who asked: a credential's subject (`token:<id>`, `jwt:<sub>`,
+    // `admin-file`, `open`), never a secret.
+    /// `CancelRequested`, asked for by `by`.
+    CancelRequestedBy {
+        reason: String,
+        by: String,
+    },
+    /// `WorkflowTerminated` (terminal), asked for by `by`.
+    WorkflowTerminatedBy {
+        reason: String,
+        by: String,
+    },
+    /// `RunResumed`, asked for by `by`.
+    RunResumedBy {
+        reason: String,
+        by: String,
+    },
 }
 
 impl EventKind {
+    /// The name of every kind, in declaration order (what [`EventKind::name`] gives): the
+    /// `event:` field of the SSE streams, which a browser must listen for by name. The
+    /// golden tests check that it lists every variant.
+    pub const NAMES: [&'static str; 38] = [
+        "WorkflowStarted",
+        "StepScheduled",
+        "StepStarted",
+        "StepCompleted",
+        "StepFailed",
+        "StepTimedOut",
+        "StepRetryScheduled",
+        "CancelRequested",
+        "CompensationStarted",
+        "WorkflowCompleted",
+        "WorkflowCompensated",
+        "WorkflowFailed",
+        "WorkflowTerminated",
+        "RunParked",
+        "RunResumed",
+        "SleepStarted",
+        "SleepEnded",
+        "SignalReceived",
+        "WaitOpened",
+        "WaitCompleted",
+        "WaitTimedOut",
+        "StepSkipped",
+        "ChoiceTaken",
+        "ParallelStarted",
+        "BranchCompleted",
+        "ParallelStopped",
+        "ForEachStarted",
+        "ForEachStopped",
+        "DefinitionPinned",
+        "ChildStarted",
+        "ChildCompleted",
+        "ChildFailed",
+        "ParentLinked",
+        "HeldByParent",
+        "ChildCompensating",
+        "CancelRequestedBy",
+        "WorkflowTerminatedBy",
+        "RunResumedBy",
+    ];
+
     /// The event's name as shown in timelines (`StepScheduled`, ...).
     pub fn name(&self) -> &'static str {
         match self {
@@ -282,6 +367,11 @@ impl EventKind {
             EventKind::ChildCompleted { .. } => "ChildCompleted",
             EventKind::ChildFailed { .. } => "ChildFailed",
             EventKind::ParentLinked { .. } => "ParentLinked",
+            EventKind::HeldByParent { .. } => "HeldByParent",
+            EventKind::ChildCompensating { .. } => "ChildCompensating",
+            EventKind::CancelRequestedBy { .. } => "CancelRequestedBy",
+            EventKind::WorkflowTerminatedBy { .. } => "WorkflowTerminatedBy",
+            EventKind::RunResumedBy { .. } => "RunResumedBy",
         }
     }
 
@@ -293,8 +383,8 @@ impl EventKind {
             EventKind::WorkflowCompleted { .. } => WorkflowStatus::Completed,
             EventKind::WorkflowCompensated { .. } => WorkflowStatus::Compensated,
             EventKind::WorkflowFailed { .. } | EventKind::RunParked { .. } => WorkflowStatus::Failed,
-            EventKind::WorkflowTerminated { .. } => WorkflowStatus::Terminated,
-            EventKind::RunResumed { .. } => WorkflowStatus::Running,
+            EventKind::WorkflowTerminated { .. } | EventKind::WorkflowTerminatedBy { .. } => WorkflowStatus::Terminated,
+            EventKind::RunResumed { .. } | EventKind::RunResumedBy { .. } => WorkflowStatus::Running,
             _ => before,
         }
     }
@@ -306,7 +396,18 @@ impl EventKind {
                 | EventKind::WorkflowCompensated { .. }
                 | EventKind::WorkflowFailed { .. }
                 | EventKind::WorkflowTerminated { .. }
+                | EventKind::WorkflowTerminatedBy { .. }
         )
+    }
+
+    /// Who asked for an operator action (cancel, terminate, resume), when the event says.
+    pub fn requested_by(&self) -> Option<&str> {
+        match self {
+            EventKind::CancelRequestedBy { by, .. }
+            | EventKind::WorkflowTerminatedBy { by, .. }
+            | EventKind::RunResumedBy { by, .. } => Some(by),
+            _ => None,
+        }
     }
 
     /// The step and attempt this event concerns, where it concerns one.
@@ -339,7 +440,8 @@ impl EventKind {
             | EventKind::ForEachStopped { step, .. }
             | EventKind::ChildStarted { step, .. }
             | EventKind::ChildCompleted { step, .. }
-            | EventKind::ChildFailed { step, .. } => Some(*step),
+            | EventKind::ChildFailed { step, .. }
+            | EventKind::ChildCompensating { step, .. } => Some(*step),
             other => other.step_attempt().map(|(step, _)| step),
         }
     }

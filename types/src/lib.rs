@@ -8,10 +8,12 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod describe;
 pub mod history;
 pub mod ids;
 pub mod json;
 pub mod limits;
+pub mod notify;
 pub mod order;
 pub mod parent;
 pub mod short_order;

@@ -2,6 +2,7 @@
 //! exchange. The engine's generic core never reads these; only its thin order API, the
 //! workers and the CLI do.
 
+use crate::ids::CustomerId;
 use crate::limits::{MAX_LINE_QUANTITY, MAX_ORDER_LINES, MAX_SHIPPING_ADDRESS_BYTES};
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +95,10 @@ pub struct PlaceOrderRequest {
     pub order_items: Vec<OrderItem>,
     pub shipping_address: String,
     pub payment_method: String,
+    /// The customer the order is for, given by a client token or admin acting for its
+    /// customers; a JWT with a `sub` may name only itself (see `api/orders.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<CustomerId>,
 }
 
 /// The order workflow's input, as the order API builds it. Every path that starts an `order`
@@ -105,6 +110,10 @@ pub struct OrderInput {
     pub order_items: Vec<OrderItem>,
     pub shipping_address: String,
     pub payment_method: String,
+    /// Whose order it is: the notifications of its outcome go to this customer's stream.
+    /// Absent on orders without a customer (and on every order placed before customers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<CustomerId>,
 }
 
 /// Why an order is refused; the message names the field.
@@ -167,6 +176,8 @@ pub struct OrderView {
     pub order_items: Vec<OrderItem>,
     pub shipping_address: String,
     pub payment_method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<CustomerId>,
     pub created_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at_ms: Option<u64>,
@@ -236,6 +247,12 @@ pub struct NotificationEntry {
     /// e.g. `ORDER_CONFIRMED`, `ORDER_CANCELLED`.
     pub kind: String,
     pub message: String,
+    /// The order's customer, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<CustomerId>,
+    /// The entry's place in its customer's stream: 1, 2, 3, ... per customer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_seq: Option<u64>,
 }
 
 /// Faults the worker injects, for tests and demos (`PUT /faults` on its admin API).
@@ -285,6 +302,7 @@ mod tests {
             order_items: vec![OrderItem { product_id: 1, quantity: 2 }],
             shipping_address: "1 Main St".into(),
             payment_method: "CREDIT_CARD".into(),
+            customer_id: None,
         }
     }
 

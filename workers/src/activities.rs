@@ -19,6 +19,7 @@ use shop_types::{JsonText, QueueName, WorkflowId};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A store failed: the attempt may succeed later, so it is retryable.
 pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
@@ -210,7 +211,15 @@ impl Activities {
             ("notification.send", _, _, Some(outbox)) => {
                 let order = order(task)?;
                 let kind = param_kind(task)?;
-                let message = outbox.send(&order.id, &kind, key).await?;
+                let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                let outgoing = notification::Outgoing {
+                    order_id: &order.id,
+                    kind: &kind,
+                    customer: order.input.customer_id.as_ref(),
+                    at_ms,
+                    idempotency_key: key,
+                };
+                let message = outbox.send(&outgoing).await?;
                 Ok(to_json(&serde_json::json!({ "message": message })))
             }
             (other, _, _, _) => Err(Failure::permanent(

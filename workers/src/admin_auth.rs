@@ -9,7 +9,8 @@
 //! admin, 401 an unknown credential and 403 a client or worker one. An engine running
 //! `--open` answers 200 to anybody and so cannot vouch for anyone: a 200 is only believed
 //! when the same request without a credential is refused. Answers are cached by the SHA-256
-//! digest of the token (never the token itself) in a bounded map: an admin for
+//! digest of the token (never the token itself) in the bounded map of `credential_cache`
+//! (which also limits the checks in flight): an admin for
 //! [`ADMIN_CACHE_TTL`] (so a revoked admin token still opens this API for up to that long),
 //! a refusal for [`REFUSAL_CACHE_TTL`]; an engine that cannot be asked (down, overloaded,
 //! rate limiting) caches nothing and gets 503/429 with `Retry-After`.
@@ -18,17 +19,15 @@
 //! the engine did not vouch for.
 
 use crate::admin::ApiError;
+use crate::credential_cache::{unavailable, Checked, CHECK_TIMEOUT, RETRY_AFTER_S};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use reqwest::Url;
-use sha2::{Digest as _, Sha256};
 use shop_types::auth::BearerToken;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How long the engine's "this is an admin" is believed without asking again. It is also how
 /// long a revoked or expired admin credential may still use this API.
@@ -37,18 +36,6 @@ pub const ADMIN_CACHE_TTL: Duration = Duration::from_secs(30);
 /// that a client retrying a bad token does not become a flood of checks, short enough that
 /// fixing the engine's configuration shows at once.
 pub const REFUSAL_CACHE_TTL: Duration = Duration::from_secs(2);
-/// Most credentials remembered at once; beyond it the entry closest to expiry goes first, so
-/// a stream of made-up tokens cannot grow the map.
-pub const MAX_CACHED_CREDENTIALS: usize = 1024;
-/// Most checks in flight to the engine at once: requests with unknown tokens wait for a
-/// permit (at most [`CHECK_TIMEOUT`], then 503), so this API never sends the engine more than
-/// this many checks at a time.
-pub const MAX_CONCURRENT_CHECKS: usize = 8;
-/// How long one check may take end to end.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-/// `Retry-After` of a 503 when the engine cannot be asked, and of a 429 whose engine answer
-/// carried none.
-const RETRY_AFTER_S: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -96,8 +83,7 @@ impl Verdict {
 pub struct EngineCheck {
     /// The engine, without a credential of its own: each check sends the caller's.
     engine: shop_client::Client,
-    cache: Mutex<Cache>,
-    permits: Semaphore,
+    checked: Checked<Verdict>,
 }
 
 impl EngineCheck {
@@ -106,40 +92,23 @@ impl EngineCheck {
         let options = shop_client::Options { request_timeout: CHECK_TIMEOUT, ..shop_client::Options::default() };
         let engine =
             shop_client::Client::new(shop_client::Service::Engine, engine.as_str(), options).map_err(Error::Client)?;
-        Ok(EngineCheck { engine, cache: Mutex::new(Cache::default()), permits: Semaphore::new(MAX_CONCURRENT_CHECKS) })
+        Ok(EngineCheck { engine, checked: Checked::new() })
     }
 
     async fn verdict(&self, token: &BearerToken) -> Result<Verdict, ApiError> {
-        let digest: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
-        if let Some(verdict) = self.cached(&digest) {
-            return Ok(verdict);
-        }
-        // Waiting for a permit is bounded too: a crowd of unknown tokens gets 503s, not a
-        // queue that grows with every connection. The semaphore is never closed.
-        let _permit = match tokio::time::timeout(CHECK_TIMEOUT, self.permits.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) | Err(_) => return Err(unavailable("too many credential checks in flight; try again")),
-        };
-        // Another request may have asked while this one waited for its permit.
-        if let Some(verdict) = self.cached(&digest) {
-            return Ok(verdict);
-        }
-        let verdict = match self.ask(Some(token)).await? {
-            StatusCode::OK => match self.ask(None).await? {
-                StatusCode::OK => Verdict::EngineOpen,
-                _ => Verdict::Admin,
-            },
-            StatusCode::FORBIDDEN => Verdict::NotAdmin,
-            _ => Verdict::Unknown,
-        };
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(digest, verdict, Instant::now());
-        }
-        Ok(verdict)
-    }
-
-    fn cached(&self, digest: &[u8; 32]) -> Option<Verdict> {
-        self.cache.lock().ok().and_then(|cache| cache.get(digest, Instant::now()))
+        self.checked
+            .get_or_check(token.expose(), || async {
+                let verdict = match self.ask(Some(token)).await? {
+                    StatusCode::OK => match self.ask(None).await? {
+                        StatusCode::OK => Verdict::EngineOpen,
+                        _ => Verdict::Admin,
+                    },
+                    StatusCode::FORBIDDEN => Verdict::NotAdmin,
+                    _ => Verdict::Unknown,
+                };
+                Ok((verdict, verdict.ttl()))
+            })
+            .await
     }
 
     /// `GET /v1/stats` with `token`; answers 200, 401 or 403, and turns anything else into
@@ -174,35 +143,6 @@ impl EngineCheck {
                 Err(unavailable(format!("the engine answered {other} to the credential check; try again")))
             }
         }
-    }
-}
-
-fn unavailable(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "AUTH_UNAVAILABLE", message).retry_after(RETRY_AFTER_S)
-}
-
-/// Verdicts by token digest, each with its expiry; at most [`MAX_CACHED_CREDENTIALS`].
-#[derive(Default)]
-struct Cache {
-    entries: HashMap<[u8; 32], (Verdict, Instant)>,
-}
-
-impl Cache {
-    fn get(&self, digest: &[u8; 32], now: Instant) -> Option<Verdict> {
-        self.entries.get(digest).filter(|(_, expires)| *expires > now).map(|(verdict, _)| *verdict)
-    }
-
-    fn insert(&mut self, digest: [u8; 32], verdict: Verdict, now: Instant) {
-        if self.entries.len() >= MAX_CACHED_CREDENTIALS && !self.entries.contains_key(&digest) {
-            self.entries.retain(|_, (_, expires)| *expires > now);
-            if self.entries.len() >= MAX_CACHED_CREDENTIALS {
-                let soonest = self.entries.iter().min_by_key(|(_, (_, expires))| *expires).map(|(key, _)| *key);
-                if let Some(key) = soonest {
-                    self.entries.remove(&key);
-                }
-            }
-        }
-        self.entries.insert(digest, (verdict, now + verdict.ttl()));
     }
 }
 
@@ -259,43 +199,6 @@ fn bearer(header: Option<&[u8]>) -> Result<BearerToken, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn digest(n: usize) -> [u8; 32] {
-        Sha256::digest(n.to_be_bytes()).into()
-    }
-
-    #[test]
-    fn verdicts_expire_after_their_ttl() {
-        let now = Instant::now();
-        let mut cache = Cache::default();
-        cache.insert(digest(1), Verdict::Admin, now);
-        cache.insert(digest(2), Verdict::Unknown, now);
-        assert_eq!(cache.get(&digest(1), now + ADMIN_CACHE_TTL - Duration::from_millis(1)), Some(Verdict::Admin));
-        assert_eq!(cache.get(&digest(1), now + ADMIN_CACHE_TTL), None);
-        assert_eq!(cache.get(&digest(2), now + REFUSAL_CACHE_TTL - Duration::from_millis(1)), Some(Verdict::Unknown));
-        assert_eq!(cache.get(&digest(2), now + REFUSAL_CACHE_TTL), None);
-    }
-
-    #[test]
-    fn the_cache_holds_at_most_its_bound_and_drops_the_soonest_to_expire() {
-        let now = Instant::now();
-        let mut cache = Cache::default();
-        cache.insert(digest(0), Verdict::Unknown, now);
-        for n in 1..MAX_CACHED_CREDENTIALS {
-            cache.insert(digest(n), Verdict::Admin, now);
-        }
-        assert_eq!(cache.entries.len(), MAX_CACHED_CREDENTIALS);
-        cache.insert(digest(MAX_CACHED_CREDENTIALS), Verdict::Admin, now);
-        assert_eq!(cache.entries.len(), MAX_CACHED_CREDENTIALS);
-        assert_eq!(cache.get(&digest(0), now), None, "the refusal expires first, so it went");
-        assert_eq!(cache.get(&digest(MAX_CACHED_CREDENTIALS), now), Some(Verdict::Admin));
-        // Expired entries make room before live ones are dropped.
-        let later = now + REFUSAL_CACHE_TTL;
-        cache.insert(digest(0), Verdict::Unknown, later);
-        let later = now + ADMIN_CACHE_TTL;
-        cache.insert(digest(MAX_CACHED_CREDENTIALS + 1), Verdict::Admin, later);
-        assert_eq!(cache.entries.len(), 1);
-    }
 
     /// A stand-in for the engine's `GET /v1/stats`: `admin` is an admin, `client` another
     /// role, `limited` is rate limited, anything else unknown; `open` answers 200 to all.
@@ -379,7 +282,7 @@ mod tests {
         tokio::spawn(async move { axum::serve(listener, app).await });
         let auth = AdminAuth::engine(&format!("http://{addr}").parse().expect("a URL")).expect("valid");
         let mut calls = tokio::task::JoinSet::new();
-        for n in 0..MAX_CONCURRENT_CHECKS * 2 {
+        for n in 0..crate::credential_cache::MAX_CONCURRENT_CHECKS * 2 {
             let auth = auth.clone();
             calls.spawn(async move { call(&auth, Some(&format!("token-{n}"))).await.0 });
         }
@@ -387,7 +290,7 @@ mod tests {
             assert_eq!(status.expect("no panic"), StatusCode::UNAUTHORIZED);
         }
         let most = most.load(SeqCst);
-        assert!((2..=MAX_CONCURRENT_CHECKS).contains(&most), "{most} checks at once");
+        assert!((2..=crate::credential_cache::MAX_CONCURRENT_CHECKS).contains(&most), "{most} checks at once");
     }
 
     #[tokio::test]
@@ -410,7 +313,7 @@ mod tests {
         );
         assert_eq!(retry_after.as_deref(), Some("1"));
         let AdminAuth::Engine(check) = &auth else { panic!("an engine check") };
-        assert!(check.cache.lock().expect("not poisoned").entries.is_empty());
+        assert_eq!(check.checked.cached_count(), 0);
         assert_eq!(call(&AdminAuth::Open, None).await.0, StatusCode::OK);
     }
 

@@ -20,10 +20,12 @@
 pub mod activities;
 pub mod admin;
 pub mod admin_auth;
+pub mod credential_cache;
 pub mod engine_client;
 pub mod faults;
 pub mod inventory;
 pub mod notification;
+pub mod notify_ws;
 pub mod payment;
 pub mod poller;
 pub mod risk;
@@ -102,6 +104,8 @@ pub enum Error {
     OpenNotLoopback(SocketAddr),
     #[error("cannot set up the admin API's authentication")]
     AdminAuth(#[from] admin_auth::Error),
+    #[error("cannot set up the notification WebSocket")]
+    NotifyWs(#[from] notify_ws::Error),
 }
 
 /// Displays an error with its whole `source()` chain on one line, for logs.
@@ -155,11 +159,15 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
     let admin_addr = listener.local_addr().unwrap_or(options.listen);
 
     let (trigger, shutdown) = shutdown::channel();
-    let mut server = tokio::spawn(
-        axum::serve(listener, admin::router(Arc::clone(&activities), admin_auth))
-            .with_graceful_shutdown(shutdown.clone().wait_owned())
-            .into_future(),
-    );
+    let sockets = notify_ws::Sockets::new(
+        activities.notification.clone(),
+        &options.engine,
+        options.token.as_ref(),
+        shutdown.clone(),
+    )?;
+    let app = notify_ws::with_route(admin::router(Arc::clone(&activities), admin_auth), sockets);
+    let mut server =
+        tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().wait_owned()).into_future());
 
     let worker_id = worker_id().map_err(|e| Error::Options(format!("worker id: {e}")))?;
     let mut pollers = JoinSet::new();

@@ -76,6 +76,7 @@ mod tests {
                 .collect(),
             shipping_address: address.to_owned(),
             payment_method: "CREDIT_CARD".to_owned(),
+            customer_id: None,
         }
     }
 

@@ -51,7 +51,15 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let worker = stack.client().worker().base_str().to_owned();
     let mut table = Table::without_header();
     table.row(vec!["engine".into(), engine.clone()]);
+    table.row(vec!["console".into(), format!("{}/console", engine.trim_end_matches('/'))]);
     table.row(vec!["worker admin".into(), worker.clone()]);
+    // The browser's stream of a customer's notifications (tickets: POST /api/notifications/tickets).
+    let notifications = format!(
+        "{}{}?ticket=<ticket>",
+        worker.replacen("http", "ws", 1).trim_end_matches('/'),
+        shop_types::notify::NOTIFICATION_WS_PATH
+    );
+    table.row(vec!["notifications".into(), notifications]);
     table.row(vec!["data".into(), options.data_dir.display().to_string()]);
     table.print()?;
     output::note(&format!(

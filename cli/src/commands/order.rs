@@ -66,6 +66,10 @@ pub struct PlaceArgs {
     /// The order's ID; placing the same ID again returns the existing order.
     #[arg(long)]
     id: Option<WorkflowId>,
+    /// The customer the order is for (a client token or admin acting for its customers; a
+    /// JWT with a `sub` is that customer already).
+    #[arg(long)]
+    customer: Option<shop_types::CustomerId>,
     /// Wait up to this long for the final status (e.g. 30s).
     #[arg(long, value_parser = parse_wait)]
     wait: Option<Duration>,
@@ -152,6 +156,7 @@ async fn place(args: PlaceArgs, ctx: &Context) -> Result<()> {
         order_items: args.items,
         shipping_address: args.address,
         payment_method: args.payment_method,
+        customer_id: args.customer,
     };
     let placed = place_order(ctx, &request).await?;
     if placed.status == shop_client::StatusCode::OK {

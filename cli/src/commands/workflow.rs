@@ -9,7 +9,9 @@ use crate::timeline;
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use shop_client::engine::{ListQuery, RunAction};
-use shop_types::api::{HistoryResponse, ReasonRequest, StartWorkflowRequest, WorkflowStatus, WorkflowView};
+use shop_types::api::{
+    HistoryResponse, InFlightView, ReasonRequest, StartWorkflowRequest, WorkflowStatus, WorkflowView,
+};
 use shop_types::limits::MAX_LIST_LIMIT;
 use shop_types::{JsonText, WorkflowId};
 
@@ -220,7 +222,24 @@ fn show_run(run: &WorkflowView) -> Result<()> {
     if let Some(result) = &run.output {
         table.row(vec!["output".into(), result.to_string()]);
     }
+    for waiting in &run.waiting_for {
+        table.row(vec!["waiting for".into(), waiting_text(waiting)]);
+    }
     table.print()
+}
+
+/// One thing a run in flight waits for, on one line: waits with their signals and deadline,
+/// sleeps with their wake time, children with their ids.
+fn waiting_text(waiting: &InFlightView) -> String {
+    match waiting {
+        InFlightView::Activity { step, attempt } => format!("{step} (attempt {attempt})"),
+        InFlightView::Sleep { step, until_ms } => format!("{step}: sleep until {}", output::timestamp(*until_ms)),
+        InFlightView::Wait { step, signals, deadline_ms, .. } => {
+            format!("{step}: signal {} until {}", signals.join(" | "), output::timestamp(*deadline_ms))
+        }
+        InFlightView::Child { step, child } => format!("{step}: child {child}"),
+        InFlightView::HeldByParent { parent } => format!("its parent {parent} (held until it ends)"),
+    }
 }
 
 fn parse_json(text: &str) -> Result<JsonText, String> {

@@ -2,7 +2,10 @@
 //!
 //! [`authenticate`] runs before every route but `/healthz` and `/readyz`: it refuses a client
 //! address with too many recent failures (429 `TOO_MANY_AUTH_FAILURES`), turns the
-//! `Authorization` header into a [`Principal`] (401 `UNAUTHENTICATED` otherwise), takes one request from the
+//! `Authorization` header into a [`Principal`] — or, for a safe method (`GET`, `HEAD`) sent
+//! without one, a console session's cookie, so the console's `EventSource` can follow the
+//! SSE streams (a session never authorizes a state-changing API request: those need the
+//! header, so a forged cross-site form cannot use it) — (401 `UNAUTHENTICATED` otherwise), takes one request from the
 //! caller's rate-limit bucket (429 `RATE_LIMITED` with `Retry-After`), and hands the
 //! principal to the route. [`require`] then checks the route's [`Access`] against the role
 //! (403 `FORBIDDEN`); task routes also check the queue with [`check_queue`] and
@@ -34,9 +37,14 @@ pub(crate) enum Access {
     /// Admins only: token management, starting, cancelling and terminating runs,
     /// registering definitions, engine stats.
     Admin,
-    /// Clients and admins: placing and reading orders, reading runs, histories, definitions.
+    /// Clients and admins, but not a customer's own credential (a client JWT with a `sub`):
+    /// reading any run, its history, the engine-wide streams, definitions.
     Client,
-    /// Workers and admins: the task protocol (queues are checked by the handlers).
+    /// Clients and admins, customers included: placing and reading orders (a customer sees
+    /// only their own), minting their notification tickets.
+    Shop,
+    /// Workers and admins: the task protocol (queues are checked by the handlers), and
+    /// verifying the credential a notification WebSocket was opened with.
     Worker,
     /// Signalers and admins: sending a signal to a run (a signaler's signal names and
     /// workflow types are checked by the handler). The only route a signaler reaches.
@@ -44,10 +52,10 @@ pub(crate) enum Access {
 }
 
 impl Access {
-    fn allows(self, role: Role) -> bool {
+    pub(crate) fn allows(self, role: Role) -> bool {
         match self {
             Access::Admin => role == Role::Admin,
-            Access::Client => matches!(role, Role::Admin | Role::Client),
+            Access::Client | Access::Shop => matches!(role, Role::Admin | Role::Client),
             Access::Worker => matches!(role, Role::Admin | Role::Worker),
             Access::Signal => matches!(role, Role::Admin | Role::Signaler),
         }
@@ -62,38 +70,84 @@ pub(crate) async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let client = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(addr)| addr.ip());
+    let client = client_ip(peer);
     let principal = if state.auth.is_open() {
         // Open: nobody is identified, so the client's IP names the bucket.
         let is_task = request.uri().path().starts_with(TASKS_PREFIX);
         Principal::open((!is_task).then(|| format!("ip:{client}")))
     } else {
-        let now = state.clock.now_ms();
         let header = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
-        // The credential is checked first (a digest and a lookup, or an HMAC): a valid one is
-        // never throttled, so failures from a shared address (a NAT, a proxy, a worker that
-        // relays its admin API's bad tokens) cannot lock out the clients that hold one.
-        match state.auth.authenticate(header) {
-            Ok(principal) => principal,
-            Err(denied) => {
-                if let Err(retry_after_s) = state.auth_failures.check(client, now) {
-                    return refuse(request, too_many_failures(retry_after_s)).await;
-                }
-                // No credential at all is not a guess: refused, not counted.
-                if denied != Denied::Missing {
-                    state.auth_failures.record_failure(client, now);
-                }
-                return refuse(request, unauthenticated(&denied)).await;
-            }
+        let session = match header {
+            None if request.method().is_safe() => crate::console::session_principal(&state, request.headers()),
+            _ => None,
+        };
+        match session {
+            Some(principal) => principal,
+            None => match verify(&state, client, header) {
+                Ok(principal) => principal,
+                Err(refusal) => return refuse(request, refusal.into_response()).await,
+            },
         }
     };
-    if let (Some(limiter), Some(key)) = (&state.rate_limiter, &principal.rate_key) {
-        if let Err(retry_after_s) = limiter.check(key, state.clock.now_ms()) {
-            return refuse(request, rate_limited(retry_after_s)).await;
-        }
+    if let Err(refusal) = check_rate(&state, &principal) {
+        return refuse(request, refusal.into_response()).await;
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
+}
+
+/// Who `authorization` (an `Authorization` header's value) names, or the refusal: 401, or 429
+/// when `client` presented too many bad credentials lately. Shared by the API and the
+/// console's login, so both count the same failures.
+pub(crate) fn verify(state: &AppState, client: IpAddr, authorization: Option<&[u8]>) -> Result<Principal, Refusal> {
+    let now = state.clock.now_ms();
+    // The credential is checked first (a digest and a lookup, or an HMAC): a valid one is
+    // never throttled, so failures from a shared address (a NAT, a proxy, a worker that
+    // relays its admin API's bad tokens) cannot lock out the clients that hold one.
+    state.auth.authenticate(authorization).map_err(|denied| {
+        if let Err(retry_after_s) = state.auth_failures.check(client, now) {
+            return Refusal::TooManyFailures { retry_after_s };
+        }
+        // No credential at all is not a guess: refused, not counted.
+        if denied != Denied::Missing {
+            state.auth_failures.record_failure(client, now);
+        }
+        Refusal::Unauthenticated(denied)
+    })
+}
+
+/// Why a request was refused before any route saw it.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// 401: no credential, or one that is not accepted.
+    Unauthenticated(Denied),
+    /// 429 `TOO_MANY_AUTH_FAILURES`: this address presented too many bad credentials lately.
+    TooManyFailures { retry_after_s: u64 },
+    /// 429 `RATE_LIMITED`: the credential's bucket is empty.
+    RateLimited { retry_after_s: u64 },
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Unauthenticated(denied) => unauthenticated(&denied),
+            Refusal::TooManyFailures { retry_after_s } => too_many_failures(retry_after_s),
+            Refusal::RateLimited { retry_after_s } => rate_limited(retry_after_s),
+        }
+    }
+}
+
+/// Takes one request from `principal`'s rate-limit bucket: 429 `RATE_LIMITED` when empty.
+pub(crate) fn check_rate(state: &AppState, principal: &Principal) -> Result<(), Refusal> {
+    if let (Some(limiter), Some(key)) = (&state.rate_limiter, &principal.rate_key) {
+        limiter.check(key, state.clock.now_ms()).map_err(|retry_after_s| Refusal::RateLimited { retry_after_s })?;
+    }
+    Ok(())
+}
+
+/// The client address of a request, as the server saw it.
+pub(crate) fn client_ip(peer: Option<ConnectInfo<SocketAddr>>) -> IpAddr {
+    peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(addr)| addr.ip())
 }
 
 /// How long a refusal waits for the rest of the request's body before answering. A refused
@@ -116,20 +170,29 @@ pub(crate) async fn require(State(access): State<Access>, request: Request, next
         // Only reachable if a route were mounted outside `authenticate`: deny, never allow.
         return unauthenticated(&Denied::Missing);
     };
-    if !access.allows(principal.role) {
-        let needed = match access {
-            Access::Admin => "an admin",
-            Access::Client => "a client or admin",
-            Access::Worker => "a worker or admin",
-            Access::Signal => "a signaler or admin",
-        };
-        return ApiError::forbidden(format!(
-            "the role {} cannot do this; it needs {needed} credential",
-            principal.role
-        ))
-        .into_response();
+    if let Err(refused) = check_access(principal, access) {
+        return refused.into_response();
     }
     next.run(request).await
+}
+
+/// 403 unless `principal`'s role has `access`: the one role check of the API and the console.
+pub(crate) fn check_access(principal: &Principal, access: Access) -> Result<(), ApiError> {
+    if access == Access::Client && principal.role == Role::Client && principal.subject.customer().is_some() {
+        return Err(ApiError::forbidden(
+            "a customer's credential reaches only their orders (/api/orders) and notification tickets",
+        ));
+    }
+    if access.allows(principal.role) {
+        return Ok(());
+    }
+    let needed = match access {
+        Access::Admin => "an admin",
+        Access::Client | Access::Shop => "a client or admin",
+        Access::Worker => "a worker or admin",
+        Access::Signal => "a signaler or admin",
+    };
+    Err(ApiError::forbidden(format!("the role {} cannot do this; it needs {needed} credential", principal.role)))
 }
 
 fn unauthenticated(denied: &Denied) -> Response {

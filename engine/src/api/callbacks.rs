@@ -80,16 +80,18 @@ impl CallbackToken {
             seq: seq.parse().ok()?,
             deadline_ms: deadline.parse().ok()?,
         };
-        let given = parse_hex(mac)?;
+        let given: [u8; CALLBACK_MAC_LEN] = parse_hex(mac)?;
         bool::from(token.mac(signer).ct_eq(&given)).then_some(token)
     }
 }
 
-fn parse_hex(text: &str) -> Option<[u8; CALLBACK_MAC_LEN]> {
-    if text.len() != CALLBACK_MAC_LEN * 2 {
+/// The `N` bytes `text` spells in lowercase or uppercase hex, if it spells exactly that many
+/// (also for notification tickets' MACs).
+pub(crate) fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != N * 2 {
         return None;
     }
-    let mut out = [0u8; CALLBACK_MAC_LEN];
+    let mut out = [0u8; N];
     for (i, byte) in out.iter_mut().enumerate() {
         *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
     }

@@ -4,7 +4,7 @@
 //! It owns [`MAX_URI_BYTES`] and [`MAX_HEAD_BYTES`], the early 413 for a declared
 //! `Content-Length` over `MAX_BODY_BYTES`, the rewriting of any error answer that is not
 //! `{"error":{"code","message"}}` JSON (axum's own rejections, 405 from the router) into that
-//! shape, and the logging of 401/403/429 (at a bounded rate) and of 500s. It must never put
+//! shape (but the console's HTML error pages), and the logging of 401/403/429 (at a bounded rate) and of 500s. It must never put
 //! a header value (a credential) into a log line or an answer.
 
 use super::ApiError;
@@ -49,7 +49,7 @@ pub(crate) async fn edge(request: Request, next: Next) -> Response {
             tracing::warn!(%status, %method, %path, peer = ?peer, suppressed, "request refused");
         }
     }
-    if !status.is_client_error() && !status.is_server_error() || is_json(&response) {
+    if !status.is_client_error() && !status.is_server_error() || is_json(&response) || is_html(&response) {
         return response;
     }
     let rewritten = rewrite(response).await;
@@ -89,6 +89,15 @@ fn check_head(request: &Request) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// An HTML error is the console's error page, meant for a person: kept as it is.
+fn is_html(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"))
 }
 
 fn is_json(response: &Response) -> bool {

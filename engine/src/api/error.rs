@@ -78,6 +78,7 @@ impl From<CoreError> for ApiError {
             CoreError::Finished => ApiError::new(StatusCode::CONFLICT, "ALREADY_FINISHED", message),
             CoreError::PastPivot => ApiError::new(StatusCode::CONFLICT, "PAST_PIVOT", message),
             CoreError::NotParked => ApiError::new(StatusCode::CONFLICT, "NOT_PARKED", message),
+            CoreError::HeldByParent(_) => ApiError::new(StatusCode::CONFLICT, "HELD_BY_PARENT", message),
             CoreError::UnknownSignal(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_SIGNAL", message),
             CoreError::KeyReused => ApiError::new(StatusCode::CONFLICT, "IDEMPOTENCY_KEY_REUSED", message),
             CoreError::TooManySignals => ApiError::new(StatusCode::CONFLICT, "TOO_MANY_SIGNALS", message),

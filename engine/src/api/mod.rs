@@ -6,21 +6,22 @@
 //! store themselves: every such write goes through the core, which is what makes it durable
 //! before it is acknowledged. (Tokens are not workflow state: `auth` stores them itself.)
 //!
-//! Every route but `/healthz` and `/readyz` sits behind [`auth::authenticate`] (deny by
-//! default, also for unknown paths), and each group of routes behind the [`auth::Access`] it
-//! needs. Everything, those two included, sits behind [`edge::edge`]: head limits, the
+//! Every route but `/healthz`, `/readyz`, callbacks and the web console (`crate::console`,
+//! behind its own session layer) sits behind [`auth::authenticate`] (deny by default, also
+//! for unknown paths), and each group of routes behind the [`auth::Access`] it needs. Everything, those two included, sits behind [`edge::edge`]: head limits, the
 //! early 413, and one JSON error shape for every answer.
 
-mod auth;
+pub(crate) mod auth;
 mod body;
 mod callbacks;
 mod definitions;
 mod edge;
 mod error;
+mod notifications;
 mod orders;
 mod streams;
 mod tasks;
-mod workflows;
+pub(crate) mod workflows;
 
 pub use body::ApiJson;
 pub use edge::{MAX_HEAD_BYTES, MAX_URI_BYTES};
@@ -71,6 +72,8 @@ pub struct AppState {
     pub stream_stats: Arc<StreamStats>,
     /// Waiting reads, woken by the stream of committed events.
     pub watch: Arc<WatchHub>,
+    /// The web console's signed-in sessions (their cookie also authenticates safe API reads).
+    pub sessions: Arc<crate::console::Sessions>,
     /// Event streams (SSE): their cap and counters.
     pub streams: Arc<StreamHub>,
 }
@@ -125,15 +128,19 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/events", get(streams::events))
         .route("/v1/definitions", get(definitions::list))
         .route("/v1/definitions/check", post(definitions::check))
+        .route_layer(from_fn_with_state(Access::Client, auth::require));
+    let shop = Router::new()
         .route("/api/orders", post(orders::place).get(orders::list))
         .route("/api/orders/:id", get(orders::get_one))
-        .route_layer(from_fn_with_state(Access::Client, auth::require));
+        .route("/api/notifications/tickets", post(notifications::mint))
+        .route_layer(from_fn_with_state(Access::Shop, auth::require));
     let worker = Router::new()
         .route("/v1/tasks/poll", post(tasks::poll))
         .route("/v1/tasks/complete", post(tasks::complete))
         .route("/v1/tasks/fail", post(tasks::fail))
         .route("/v1/tasks/heartbeat", post(tasks::heartbeat))
         .route("/v1/tasks/report", post(tasks::report))
+        .route("/v1/notifications/verify", post(notifications::verify))
         .route_layer(from_fn_with_state(Access::Worker, auth::require));
     // A signaler reaches this route only, and only for its signals and workflow types.
     let signal = Router::new()
@@ -142,6 +149,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(admin)
         .merge(client)
+        .merge(shop)
         .merge(worker)
         .merge(signal)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -149,6 +157,9 @@ pub fn app(state: AppState) -> Router {
         // `/readyz`, added after this layer, do not (load balancers and `shopctl dev` probe
         // them).
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
+        // The console has its own session layer: its login page and files need none, and a
+        // page without a session redirects to the login page instead of answering 401.
+        .merge(crate::console::routes(state.clone()))
         .route("/healthz", get(health))
         // The token in the path is the credential (see `callbacks`).
         .route("/v1/callbacks/:token", post(callbacks::callback))
@@ -328,7 +339,12 @@ fn waiting_for(state: &AppState, id: &WorkflowId) -> Vec<shop_types::api::InFlig
     });
     let children =
         run.children.values().map(|c| InFlightView::Child { step: name(c.step), child: c.child.to_string() });
-    attempts.chain(sleeps).chain(waits).chain(children).collect()
+    let parent = run
+        .parent
+        .as_ref()
+        .filter(|_| run.held())
+        .map(|link| InFlightView::HeldByParent { parent: link.parent.to_string() });
+    attempts.chain(sleeps).chain(waits).chain(children).chain(parent).collect()
 }
 
 /// The run's view, after waiting up to `wait` for it to finish.

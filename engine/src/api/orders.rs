@@ -2,9 +2,16 @@
 //! with the `order` workflow type. It validates the shop's input limits and shows runs as
 //! orders; it must never hold order logic of its own (that is `workflows/order.toml` and the
 //! workers).
+//!
+//! An order carries its customer (`customerId` in its input). A credential that speaks for a
+//! customer (a JWT with a `sub`) places orders for that customer only: naming another in the
+//! body is 403, naming none means itself; it sees only its own orders (another customer's is
+//! 404, lists are filtered). A credential without a customer (a client token of a trusted
+//! shop backend, an admin) names the customer in the body, or places an order of nobody's.
 
-use super::workflows::{list_limit, list_views, new_id, start_run, stop_run, WaitQuery};
+use super::workflows::{act, list_limit, list_views, new_id, start_run, Action, WaitQuery};
 use super::{parse_wait, query, view_after_wait, ApiError, ApiJson, AppState};
+use crate::auth::Principal;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -12,12 +19,13 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use shop_types::api::{WorkflowStatus, WorkflowView};
 use shop_types::order::{OrderInput, OrderList, OrderView, PlaceOrderRequest, ORDER_WORKFLOW_TYPE};
-use shop_types::{JsonText, WorkflowId};
+use shop_types::{CustomerId, JsonText, WorkflowId};
 
 const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 pub(crate) async fn place(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<PlaceOrderRequest>,
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
@@ -39,6 +47,7 @@ pub(crate) async fn place(
         order_items: request.order_items,
         shipping_address: request.shipping_address,
         payment_method: request.payment_method,
+        customer_id: order_customer(&principal, request.customer_id)?,
     };
     input.check().map_err(|e| ApiError::invalid(e.to_string()))?;
     let input =
@@ -47,17 +56,43 @@ pub(crate) async fn place(
     Ok((status, Json(order_view(view)?)))
 }
 
+/// The customer an order placed by `principal` is for. A credential that speaks for a
+/// customer may name only itself (403 otherwise: the body is well-formed, the caller just
+/// may not act for someone else); any other credential's choice stands.
+fn order_customer(principal: &Principal, requested: Option<CustomerId>) -> Result<Option<CustomerId>, ApiError> {
+    match (principal.subject.customer(), requested) {
+        (Some(own), Some(named)) if *own != named => Err(ApiError::forbidden(format!(
+            "this credential speaks for customer {own} and may not place an order for customer {named}"
+        ))),
+        (Some(own), _) => Ok(Some(own.clone())),
+        (None, requested) => Ok(requested),
+    }
+}
+
+/// Whether `principal` may see `order`: a credential that speaks for a customer sees its own
+/// orders only; every other client or admin sees all.
+fn visible_to(principal: &Principal, order: &OrderView) -> bool {
+    principal.subject.customer().is_none_or(|own| order.customer_id.as_ref() == Some(own))
+}
+
 /// Checks the input of an `order` run started through the generic API: it must be an order
 /// (the shape the order API builds, every limit the order API checks) for the run's own id,
-/// or the order views could not show it.
-pub(crate) fn check_run_input(id: &WorkflowId, input: &JsonText) -> Result<(), ApiError> {
-    let order: OrderInput = input
+/// or the order views could not show it. Its customer follows the order API's rule; the input
+/// comes back with the caller's own customer filled in when it named none.
+pub(crate) fn check_run_input(principal: &Principal, id: &WorkflowId, input: JsonText) -> Result<JsonText, ApiError> {
+    let mut order: OrderInput = input
         .deserialize_as()
         .map_err(|e| ApiError::invalid(format!("input: an {ORDER_WORKFLOW_TYPE} run's input must be an order: {e}")))?;
     if order.order_id != id.as_str() {
         return Err(ApiError::invalid(format!("input.orderId must be the workflow id {id}, got {:?}", order.order_id)));
     }
-    order.check().map_err(|e| ApiError::invalid(format!("input.{e}")))
+    order.check().map_err(|e| ApiError::invalid(format!("input.{e}")))?;
+    let customer = order_customer(principal, order.customer_id.clone())?;
+    if customer == order.customer_id {
+        return Ok(input);
+    }
+    order.customer_id = customer;
+    serde_json::to_value(&order).map(|v| JsonText::from_value(&v)).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 fn order_view(view: WorkflowView) -> Result<OrderView, ApiError> {
@@ -76,6 +111,7 @@ fn order_view(view: WorkflowView) -> Result<OrderView, ApiError> {
                 order_items: Vec::new(),
                 shipping_address: String::new(),
                 payment_method: String::new(),
+                customer_id: None,
             };
             (unreadable, Some(format!("INVALID_ORDER_INPUT: the stored input is not an order: {error}")))
         }
@@ -87,6 +123,7 @@ fn order_view(view: WorkflowView) -> Result<OrderView, ApiError> {
         order_items: input.order_items,
         shipping_address: input.shipping_address,
         payment_method: input.payment_method,
+        customer_id: input.customer_id,
         created_at_ms: view.created_at_ms,
         closed_at_ms: view.closed_at_ms,
     })
@@ -104,14 +141,19 @@ fn default_label(status: WorkflowStatus) -> &'static str {
 
 pub(crate) async fn get_one(
     State(state): State<AppState>,
-    Extension(principal): Extension<crate::auth::Principal>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     wait: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Json<OrderView>, ApiError> {
     let id = WorkflowId::parse(id)?;
     let wait = parse_wait(query(wait)?.wait.as_deref())?;
     let view = view_after_wait(&state, &principal, &id, wait).await?;
-    Ok(Json(order_view(view)?))
+    let order = order_view(view)?;
+    if !visible_to(&principal, &order) {
+        // 404, not 403: another customer's order ids are not confirmed to exist.
+        return Err(ApiError::not_found(format!("order {id} not found")));
+    }
+    Ok(Json(order))
 }
 
 #[derive(Deserialize)]
@@ -124,6 +166,7 @@ pub(crate) struct OrderListQuery {
 
 pub(crate) async fn list(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     params: Result<Query<OrderListQuery>, QueryRejection>,
 ) -> Result<Json<OrderList>, ApiError> {
     let params = query(params)?;
@@ -135,7 +178,7 @@ pub(crate) async fn list(
     let mut orders = Vec::with_capacity(views.len());
     for view in views {
         let order = order_view(view)?;
-        if wanted.as_deref().is_none_or(|w| order.status == w) {
+        if wanted.as_deref().is_none_or(|w| order.status == w) && visible_to(&principal, &order) {
             orders.push(order);
         }
     }
@@ -144,6 +187,7 @@ pub(crate) async fn list(
 
 pub(crate) async fn cancel(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -151,8 +195,8 @@ pub(crate) async fn cancel(
     let id = WorkflowId::parse(id)?;
     let reason =
         super::workflows::optional_reason(&headers, &body)?.unwrap_or_else(|| "cancelled by the customer".into());
-    let (status, Json(view)) = stop_run(&state, id, reason, false).await?;
-    Ok((status, Json(order_view(view)?)))
+    let view = act(&state, &principal, id, Action::Cancel, reason).await?;
+    Ok((StatusCode::ACCEPTED, Json(order_view(view)?)))
 }
 
 #[cfg(test)]

@@ -83,14 +83,15 @@ fn signal_request(name: String, key: &str, payload: JsonText) -> Result<crate::c
 /// duplicate).
 pub(crate) async fn start(
     State(state): State<AppState>,
-    ApiJson(request): ApiJson<StartWorkflowRequest>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(mut request): ApiJson<StartWorkflowRequest>,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
     let id = match request.id {
         Some(id) => WorkflowId::parse(id)?,
         None => new_id(),
     };
     if request.workflow_type == shop_types::order::ORDER_WORKFLOW_TYPE {
-        super::orders::check_run_input(&id, &request.input)?;
+        request.input = super::orders::check_run_input(&principal, &id, request.input)?;
     }
     let Some(signal) = request.signal else {
         return start_run(&state, id, request.workflow_type, request.input).await;
@@ -273,6 +274,17 @@ pub(crate) async fn history(
     }
 }
 
+/// A run's whole history as the API shows it (each step event with its step's name); 404
+/// when there is no such run.
+pub(crate) fn history_views(state: &AppState, id: &WorkflowId) -> Result<Vec<HistoryEventView>, ApiError> {
+    let events = state.store.history(id)?;
+    let Some(first) = events.first() else {
+        return Err(ApiError::not_found(format!("workflow {id} not found")));
+    };
+    let definition = definition_of(state, &first.kind);
+    Ok(events.into_iter().map(|event| history_view(definition.as_deref(), event)).collect())
+}
+
 /// The definition a run's first event names, if it is registered.
 fn definition_of(
     state: &AppState,
@@ -295,6 +307,7 @@ pub(crate) fn history_view(
         seq: event.seq,
         at_ms: event.at_ms,
         step_name: event.kind.step().and_then(|step| definition?.step(step).map(|s| s.name.to_string())),
+        lane: event.kind.step().and_then(|step| definition?.lane(step)),
         event: event.kind,
     }
 }
@@ -325,63 +338,88 @@ pub(crate) fn optional_reason(headers: &HeaderMap, body: &Bytes) -> Result<Optio
     Ok(request.reason)
 }
 
-/// The run an action names and the reason given for it (or `default`).
-fn action_target(
+/// An operator's action on one run: what the API's action routes and the console's buttons do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Compensate what the run did (refused past its pivot).
+    Cancel,
+    /// End it at once, compensating nothing.
+    Terminate,
+    /// Run a parked run's failed compensation again.
+    Resume,
+}
+
+impl Action {
+    /// The reason recorded when the caller gives none.
+    pub(crate) fn default_reason(self) -> &'static str {
+        match self {
+            Action::Cancel => "requested by the API",
+            Action::Terminate => "terminated by the API",
+            Action::Resume => "resumed by an operator",
+        }
+    }
+}
+
+/// Does `action` to run `id` for `principal`, whose subject the run's history records, and
+/// returns the run as it is then. The role check is the caller's (the routes' `Access`).
+pub(crate) async fn act(
+    state: &AppState,
+    principal: &Principal,
+    id: WorkflowId,
+    action: Action,
+    reason: String,
+) -> Result<WorkflowView, ApiError> {
+    let by = principal.subject.to_string();
+    match action {
+        Action::Cancel => state.core.cancel(id.clone(), reason, by).await?,
+        Action::Terminate => state.core.terminate(id.clone(), reason, by).await?,
+        Action::Resume => state.core.resume(id.clone(), reason, by).await?,
+    }
+    workflow_view(state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))
+}
+
+/// An action route: the run in the path, the reason in the optional body; 202 with the run.
+async fn act_on_path(
+    state: &AppState,
+    principal: &Principal,
     id: String,
     headers: &HeaderMap,
     body: &Bytes,
-    default: &str,
-) -> Result<(WorkflowId, String), ApiError> {
+    action: Action,
+) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
     let id = WorkflowId::parse(id)?;
-    let reason = optional_reason(headers, body)?.unwrap_or_else(|| default.to_owned());
-    Ok((id, reason))
+    let reason = optional_reason(headers, body)?.unwrap_or_else(|| action.default_reason().to_owned());
+    Ok((StatusCode::ACCEPTED, Json(act(state, principal, id, action, reason).await?)))
 }
 
 pub(crate) async fn cancel(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let (id, reason) = action_target(id, &headers, &body, "requested by the API")?;
-    stop_run(&state, id, reason, false).await
+    act_on_path(&state, &principal, id, &headers, &body, Action::Cancel).await
 }
 
 pub(crate) async fn terminate(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let (id, reason) = action_target(id, &headers, &body, "terminated by the API")?;
-    stop_run(&state, id, reason, true).await
+    act_on_path(&state, &principal, id, &headers, &body, Action::Terminate).await
 }
 
 /// Resumes a parked run (FAILED because a compensation failed for good) once its cause is
 /// fixed: the failed compensation runs again with a fresh attempt budget.
 pub(crate) async fn resume(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let (id, reason) = action_target(id, &headers, &body, "resumed by an operator")?;
-    state.core.resume(id.clone(), reason).await?;
-    let view = workflow_view(&state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
-    Ok((StatusCode::ACCEPTED, Json(view)))
-}
-
-pub(crate) async fn stop_run(
-    state: &AppState,
-    id: WorkflowId,
-    reason: String,
-    terminate: bool,
-) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    if terminate {
-        state.core.terminate(id.clone(), reason).await?;
-    } else {
-        state.core.cancel(id.clone(), reason).await?;
-    }
-    let view = workflow_view(state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
-    Ok((StatusCode::ACCEPTED, Json(view)))
+    act_on_path(&state, &principal, id, &headers, &body, Action::Resume).await
 }

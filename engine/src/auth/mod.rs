@@ -372,6 +372,18 @@ impl Authenticator {
         })
     }
 
+    /// Whether the opaque token (or admin-file credential) whose secret hashes to `digest` may
+    /// still be used: a console session made with it ends when it is revoked or expires.
+    pub fn still_valid(&self, digest: &Digest) -> bool {
+        if self.admin_file_digest.is_some_and(|admin| bool::from(admin.ct_eq(digest))) {
+            return true;
+        }
+        let Ok(index) = self.index.read() else {
+            return false;
+        };
+        lookup(&index, digest).is_some_and(|record| check_record(record, self.clock.now_ms()).is_ok())
+    }
+
     fn verify_jwt(&self, jwt: &str) -> Result<Principal, Denied> {
         self.jwt.as_ref().ok_or(Denied::JwtDisabled)?.verify(jwt, self.clock.now_ms())
     }
@@ -492,13 +504,13 @@ fn view(record: &TokenRecord) -> TokenView {
     }
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0; N];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     bytes
 }
 
-fn base64_url(bytes: &[u8]) -> String {
+pub(crate) fn base64_url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 

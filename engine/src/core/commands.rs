@@ -65,15 +65,16 @@ impl Core {
                     self.waiting_polls.push(queue, WaitingPoll { worker_id, max_tasks, deadline_ms, reply });
                 }
             }
-            Command::Cancel { id, reason, terminate, reply } => {
-                let input = if terminate { Input::Terminate { reason } } else { Input::Cancel { reason } };
+            Command::Cancel { id, reason, by, terminate, reply } => {
+                let by = Some(by);
+                let input = if terminate { Input::Terminate { reason, by } } else { Input::Cancel { reason, by } };
                 let result = self.apply_to_run(turn, &id, input, now).map(|_| ());
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
             }
-            Command::Resume { id, reason, reply } => {
-                let result = self.apply_to_run(turn, &id, Input::Resume { reason }, now).map(|_| ());
+            Command::Resume { id, reason, by, reply } => {
+                let result = self.apply_to_run(turn, &id, Input::Resume { reason, by: Some(by) }, now).map(|_| ());
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
@@ -355,6 +356,7 @@ impl Core {
             Rejection::Finished => CoreError::Finished,
             Rejection::PastPivot => CoreError::PastPivot,
             Rejection::NotParked => CoreError::NotParked,
+            Rejection::HeldByParent(parent) => CoreError::HeldByParent(parent),
             Rejection::UnknownSignal(name) => CoreError::UnknownSignal(name),
             // The core answers a duplicate signal before it gets here (`signal`).
             Rejection::DuplicateSignal => CoreError::Stale(r.to_string()),
@@ -416,6 +418,7 @@ impl Core {
                 output: terminal.output,
             };
             turn.batch.put_run(id, &summary, Some(run.summary_status), false)?;
+            turn.finished.insert(id.clone(), summary);
             tracing::debug!(workflow_id = %id, status = terminal.status.as_str(), "run finished");
             return Ok(());
         }

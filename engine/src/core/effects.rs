@@ -1,10 +1,12 @@
 //! Effects: what one run's decision asks of other runs (child workflows), applied in the
 //! same turn's batch as that decision, so a parent and its child change together or not at
 //! all. It must never drop an effect silently: a child that cannot start fails its parent's
-//! step, and an effect on a run no longer in flight is logged.
+//! step; a verdict a child can no longer take is answered to its parent; a held child whose
+//! parent will never give it a verdict (unknown, ended, not waiting for it) is given one
+//! here; any other effect on a run no longer in flight is logged.
 
 use super::*;
-use crate::decider::{self, Input};
+use crate::decider::{self, Input, Verdict};
 use crate::state::WorkflowState;
 use crate::store::RunSummary;
 use shop_types::api::WorkflowStatus;
@@ -12,9 +14,9 @@ use shop_types::{JsonText, WorkflowId};
 
 impl Core {
     /// Applies what a decision asks of other runs, in the same turn's batch as the deciding
-    /// run's events (see `decider::Effect`): starting a child, cancelling one, telling a
-    /// parent its child ended. A child that cannot start fails its parent's step; an effect
-    /// on a run no longer in flight (a parent that ended first) changes nothing.
+    /// run's events (see `decider::Effect`): starting a child, cancelling one, giving a held
+    /// one its verdict, telling a parent its child is held or ended. A child that cannot
+    /// start fails its parent's step; see the module's doc for the rest.
     pub(super) fn apply_effects(&mut self, turn: &mut Turn, id: &WorkflowId, effects: Vec<decider::Effect>, now: u64) {
         for effect in effects {
             match effect {
@@ -29,16 +31,38 @@ impl Core {
                     }
                 }
                 decider::Effect::Cancel { run, reason } => {
-                    match self.apply_to_run(turn, &run, Input::Cancel { reason }, now) {
+                    match self.apply_to_run(turn, &run, Input::Cancel { reason, by: None }, now) {
                         Ok(_) | Err(CoreError::Finished) => {}
                         // Past its pivot the child goes on; its parent waits for its outcome.
                         Err(error) => tracing::info!(workflow_id = %run, parent = %id, %error, "child not cancelled"),
                     }
                 }
+                decider::Effect::Verdict { run, parent, step, verdict } => {
+                    let compensate = matches!(verdict, Verdict::Compensate { .. });
+                    match self.apply_to_run(turn, &run, Input::Verdict(verdict), now) {
+                        Ok(_) => {}
+                        // Its parent waits for it to compensate: tell the parent it cannot.
+                        Err(error) if compensate => {
+                            let outcome = Err(format!("child {run} could not compensate: {error}"));
+                            let input = Input::ChildEnded { step, child: run.clone(), outcome };
+                            if let Err(error) = self.apply_to_run(turn, &parent, input, now) {
+                                tracing::debug!(workflow_id = %parent, child = %run, %error, "the parent no longer waits for its child");
+                            }
+                        }
+                        Err(error) => {
+                            tracing::info!(workflow_id = %run, parent = %parent, %error, "child not completed with its parent")
+                        }
+                    }
+                }
                 decider::Effect::ChildEnded { parent, step, child, outcome } => {
-                    let input = Input::ChildEnded { step, child, outcome };
+                    let held = outcome.is_ok();
+                    let input = Input::ChildEnded { step, child: child.clone(), outcome };
                     match self.apply_to_run(turn, &parent, input, now) {
                         Ok(_) => {}
+                        // Held, it would wait for a verdict that will never come: decide it now.
+                        Err(CoreError::NotFound(_) | CoreError::Finished | CoreError::Stale(_)) if held => {
+                            self.judge_orphan(turn, &child, &parent, now)
+                        }
                         Err(error) => {
                             tracing::info!(workflow_id = %parent, child = %id, %error, "child's end not recorded: the parent no longer waits for it")
                         }
@@ -53,7 +77,7 @@ impl Core {
 
     /// Starts child run `id` of `workflow_type` v`version` for its parent, in the turn's batch.
     #[allow(clippy::too_many_arguments)]
-    fn start_child(
+    pub(super) fn start_child(
         &mut self,
         turn: &mut Turn,
         id: &WorkflowId,

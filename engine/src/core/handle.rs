@@ -101,19 +101,20 @@ impl Handle {
         self.call(|reply| Command::Poll { queue, worker_id, max_tasks, deadline_ms, reply }).await
     }
 
-    /// Asks run `id` to cancel (compensating what it did), unless it is past its pivot.
-    pub async fn cancel(&self, id: WorkflowId, reason: String) -> Result<(), CoreError> {
-        self.call(|reply| Command::Cancel { id, reason, terminate: false, reply }).await?
+    /// Asks run `id` to cancel (compensating what it did), unless it is past its pivot. `by`
+    /// (who asked: a credential's subject, never a secret) is recorded in the run's history.
+    pub async fn cancel(&self, id: WorkflowId, reason: String, by: String) -> Result<(), CoreError> {
+        self.call(|reply| Command::Cancel { id, reason, by, terminate: false, reply }).await?
     }
 
-    /// Ends run `id` at once, compensating nothing.
-    pub async fn terminate(&self, id: WorkflowId, reason: String) -> Result<(), CoreError> {
-        self.call(|reply| Command::Cancel { id, reason, terminate: true, reply }).await?
+    /// Ends run `id` at once, compensating nothing; `by` as for [`Handle::cancel`].
+    pub async fn terminate(&self, id: WorkflowId, reason: String, by: String) -> Result<(), CoreError> {
+        self.call(|reply| Command::Cancel { id, reason, by, terminate: true, reply }).await?
     }
 
-    /// Resumes a parked run: its failed compensation runs again.
-    pub async fn resume(&self, id: WorkflowId, reason: String) -> Result<(), CoreError> {
-        self.call(|reply| Command::Resume { id, reason, reply }).await?
+    /// Resumes a parked run: its failed compensation runs again; `by` as for [`Handle::cancel`].
+    pub async fn resume(&self, id: WorkflowId, reason: String, by: String) -> Result<(), CoreError> {
+        self.call(|reply| Command::Resume { id, reason, by, reply }).await?
     }
 
     /// Registers a definition; `false` when that exact version was registered already.

@@ -12,7 +12,9 @@
 //! stored on their own, so a finished run cannot leave one behind. If a commit fails the
 //! process exits rather than serve state that may not be on disk; restart recovers.
 //!
-//! Submodules: `recovery` (replaying in-flight runs at start, quarantine), `commands`
+//! Submodules: `recovery` (replaying in-flight runs at start, quarantine), `reconcile`
+//! (repairing parent-child links once, at the first turn), `effects` (a decision's effects
+//! on other runs, in the same batch), `commands`
 //! (commands into events), `timers` (the timer wheel), `dispatch` (ready queues and waiting
 //! polls), `signer` (the MACs that bind a task token to its
 //! hand-out), `syncer` (group commit).
@@ -21,6 +23,7 @@ mod commands;
 mod dispatch;
 mod effects;
 mod handle;
+mod reconcile;
 mod recovery;
 pub mod signer;
 pub mod stream;
@@ -104,6 +107,10 @@ pub enum CoreError {
     PastPivot,
     #[error("workflow is not parked: only a parked run can be resumed")]
     NotParked,
+    /// A child whose forward path completed is held by its parent until the parent's
+    /// outcome: it is cancelled by cancelling the parent.
+    #[error("workflow is a child held by its parent {0}: cancel the parent instead")]
+    HeldByParent(WorkflowId),
     #[error("engine is overloaded: {0}")]
     Overloaded(&'static str),
     #[error("engine is shutting down")]
@@ -193,6 +200,8 @@ pub(super) enum Command {
     Cancel {
         id: WorkflowId,
         reason: String,
+        /// Who asked: the caller's subject, recorded in the run's history.
+        by: String,
         terminate: bool,
         reply: oneshot::Sender<Result<(), CoreError>>,
     },
@@ -200,6 +209,8 @@ pub(super) enum Command {
     Resume {
         id: WorkflowId,
         reason: String,
+        /// Who asked, as for `Cancel`.
+        by: String,
         reply: oneshot::Sender<Result<(), CoreError>>,
     },
     Register {
@@ -271,6 +282,8 @@ pub struct Core {
     publisher: Option<Publisher>,
     /// The core's own channel, taken by `run`; callers reach it only through a [`Handle`].
     commands: Option<Receiver<Command>>,
+    /// Set by recovery: the first turn that may write reconciles parents and children.
+    reconcile_pending: bool,
     /// The last event position numbered in the sole shard (`store::position`): the core is
     /// its shard's one writer, so it numbers each batch's events as it applies it.
     last_position: u64,
@@ -340,6 +353,9 @@ impl Core {
         }
         self.stats.last_tick_ms.store(now, Ordering::Relaxed);
         self.stats.disk_full.store(!self.room_to_write, Ordering::Relaxed);
+        if self.room_to_write && std::mem::take(&mut self.reconcile_pending) {
+            self.reconcile(&mut turn, now);
+        }
         if self.room_to_write {
             self.fire_due_timers(&mut turn, now);
         }
@@ -415,6 +431,8 @@ impl Core {
     }
 }
 
+#[cfg(test)]
+mod reconcile_tests;
 #[cfg(test)]
 mod signal_tests;
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Recovery: rebuilding every in-flight run from its history when the engine starts, and
 //! quarantining a run whose history cannot be replayed (left on disk, not served).
 //!
-//! It must never write: a run it cannot read is reported, not repaired.
+//! It must never write: a run it cannot read is reported, not repaired; what links runs
+//! together is repaired by the first turn (`reconcile`).
 
 use super::*;
 
@@ -37,6 +38,7 @@ impl Core {
             room_to_write: true,
             commands: Some(rx),
             publisher: Some(publisher),
+            reconcile_pending: true,
             last_position,
         };
         let now = core.clock.now_ms();

@@ -7,7 +7,7 @@
 
 use super::stream::{CommittedEvent, Publisher};
 use crate::state::ReceivedSignal;
-use crate::store::{Store, WriteBatch};
+use crate::store::{RunSummary, Store, WriteBatch};
 use shop_durable::commit::{group_commit, Job};
 use shop_types::{QueueName, WorkflowId};
 use std::collections::{HashMap, HashSet};
@@ -30,6 +30,9 @@ pub(super) struct Turn {
     /// The signals of runs that finished in this turn: not in flight any more, and not in
     /// the store until the turn is applied, yet a retried signal must find its key.
     pub(super) finished_signals: HashMap<WorkflowId, Vec<ReceivedSignal>>,
+    /// The summaries of runs that finished in this turn, for the same reason: a child held
+    /// by one of them learns its parent's outcome from here.
+    pub(super) finished: HashMap<WorkflowId, RunSummary>,
 }
 
 /// A turn as the syncer sees it: whether it wrote, and whom to answer.

@@ -99,8 +99,13 @@ fn ready_entries_leave_when_started_timed_out_or_their_run_ends() {
 
     // Terminated: the run ends, and its entry goes with it.
     let (reply, _answer) = oneshot::channel();
-    let terminate =
-        Command::Cancel { id: WorkflowId::parse("c").expect("valid"), reason: "test".into(), terminate: true, reply };
+    let terminate = Command::Cancel {
+        id: WorkflowId::parse("c").expect("valid"),
+        reason: "test".into(),
+        by: "test".into(),
+        terminate: true,
+        reply,
+    };
     f.turn(vec![terminate], T0 + 1);
     assert_eq!(f.backlog(), 2, "a terminated run leaves its queue at once");
 
@@ -123,8 +128,13 @@ fn ready_entries_leave_when_started_timed_out_or_their_run_ends() {
     f.turn(vec![Command::Report { reports: vec![report], reply }], T0 + 3_001);
     assert_eq!(f.backlog(), 1, "the second step waits for a worker");
     let (reply, _answer) = oneshot::channel();
-    let cancel =
-        Command::Cancel { id: WorkflowId::parse("d").expect("valid"), reason: "test".into(), terminate: true, reply };
+    let cancel = Command::Cancel {
+        id: WorkflowId::parse("d").expect("valid"),
+        reason: "test".into(),
+        by: "test".into(),
+        terminate: true,
+        reply,
+    };
     f.turn(vec![cancel], T0 + 3_002);
     assert_eq!(f.backlog(), 0);
     assert_eq!(f.core.stats.queue_depths.lock().expect("lock").get("q"), Some(&0), "/v1/stats shows 0");
@@ -195,9 +205,9 @@ fn a_turn_s_events_are_published_once_after_its_sync() {
     // A run's end settles it.
     let (reply, _answer) = oneshot::channel();
     let id = WorkflowId::parse("a").expect("valid");
-    f.turn(vec![Command::Cancel { id, reason: "test".into(), terminate: true, reply }], T0 + 3);
+    f.turn(vec![Command::Cancel { id, reason: "test".into(), by: "test".into(), terminate: true, reply }], T0 + 3);
     let ended = events.try_recv().expect("published");
-    assert!(ended.events.last().is_some_and(|e| e.settles && e.kind == "WorkflowTerminated"));
+    assert!(ended.events.last().is_some_and(|e| e.settles && e.kind == "WorkflowTerminatedBy"));
     assert_eq!(ended.events.last().map(|e| e.status), Some(WorkflowStatus::Terminated));
 
     // Every published event carries the position the store reads it back at.

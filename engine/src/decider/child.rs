@@ -3,13 +3,19 @@
 //! Starting the step records `ChildStarted { step, child, version }` and asks the core
 //! (`Effect::Start`) to start the child in the same batch: id `<parent>.<step>`, input the
 //! parent's context `{"input": ..., "steps": ...}`, one level deeper than the parent (at most
-//! `MAX_CHILD_DEPTH`). When the child ends, its own terminal decision carries
-//! `Effect::ChildEnded` back, which becomes `ChildCompleted` (the step completes with the
-//! child's output) or `ChildFailed` (a permanent failure: the parent compensates). A parent
-//! that compensates, is cancelled or is terminated while a child runs asks it to cancel
-//! (`Effect::Cancel`); the parent's compensation waits for the child's terminal outcome
-//! (a child in flight keeps the run from being idle). It must never start a child twice for
-//! one step, nor let a compensation go on while a child is in flight.
+//! `MAX_CHILD_DEPTH`). When the child's forward path completes it does not end: it records
+//! `HeldByParent { output }` and reports the output (`Effect::ChildEnded`), which completes
+//! the parent's step at once (`ChildCompleted`); the child stays open, held, until the
+//! parent's verdict (`Effect::Verdict`): the parent completed, so the child completes; or
+//! the parent's compensation reached the step (`ChildCompensating`), or the parent ended any
+//! other way, so the child compensates itself and reports how it ended, which the parent
+//! records as `ChildFailed` before its compensation goes on. A child that ends without
+//! completing (compensated, failed, terminated) reports that too: `ChildFailed`, a permanent
+//! failure of the step. A parent that compensates, is cancelled or is terminated while a
+//! child runs forward asks it to cancel (`Effect::Cancel`); its compensation waits for the
+//! child's outcome (a child in flight keeps the run from being idle). It must never start a
+//! child twice for one step, let a compensation go on while a child is in flight, nor leave
+//! a completed child's effects in place when its parent does not complete.
 
 use super::attempt::FailedForGood;
 use super::{emit, step, Context, Effect, Rejection};
@@ -24,8 +30,19 @@ use std::collections::BTreeMap;
 /// never 0 otherwise; one that stays 0 names no definition, and the child fails to start).
 pub(super) const LATEST_UNRESOLVED: u32 = 0;
 
-/// How a child ended, as its parent hears it.
+/// How a child ended, as its parent hears it: `Ok` with its output when its forward path
+/// completed (it is then held), `Err` with why it ended otherwise.
 pub type ChildOutcome = Result<JsonText, String>;
+
+/// What a parent tells a child it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The parent completed: so does the child, with the output it held.
+    Complete,
+    /// The parent undoes the child's step (or ended without completing): the child
+    /// compensates itself, then reports how it ended.
+    Compensate { reason: String },
+}
 
 /// Starts child step `node`, or fails it for good when the child would be too deep or its
 /// derived id does not fit.
@@ -54,8 +71,11 @@ pub(super) fn begin(
     }
 }
 
-/// The child of step `step` ended with `outcome` (the core delivers it from the child's
-/// terminal decision, or from recovery). Stale unless that child is in flight for the step.
+/// The child of step `step` reported `outcome` (the core delivers it from the child's
+/// decision, or from recovery): its forward path completed (`Ok`: the step completes, the
+/// child is held) or it ended otherwise. Stale unless that child is in flight for the step,
+/// or held when it ended on its own (an operator terminated it: nothing of it is left to
+/// compensate, and the step stays completed).
 pub(super) fn ended(
     definition: &Definition,
     state: &mut WorkflowState,
@@ -66,12 +86,41 @@ pub(super) fn ended(
     outcome: ChildOutcome,
 ) -> Result<(), Rejection> {
     let node = definition.node_id(step).ok_or(Rejection::Stale)?;
-    if state.children.get(&node).is_none_or(|open| open.child != *child) {
-        return Err(Rejection::Stale);
-    }
+    let ours = |open: Option<&crate::state::OpenChild>| open.is_some_and(|open| open.child == *child);
     match outcome {
-        Ok(output) => emit(definition, state, out, now, EventKind::ChildCompleted { step, output }),
-        Err(reason) => fail(definition, state, out, now, node, step, reason),
+        Ok(output) if ours(state.children.get(&node)) => {
+            emit(definition, state, out, now, EventKind::ChildCompleted { step, output })
+        }
+        Err(reason) if ours(state.children.get(&node)) => fail(definition, state, out, now, node, step, reason),
+        Err(reason) if ours(state.held_children.get(&node)) => {
+            emit(definition, state, out, now, EventKind::ChildFailed { step, reason })
+        }
+        _ => return Err(Rejection::Stale),
+    }
+    Ok(())
+}
+
+/// A held child hears its parent's verdict: it completes with the output it held, or
+/// compensates itself (past its own pivot it cannot: it fails, and its effects stand). Stale
+/// unless the run is a child that is held.
+pub(super) fn verdict(
+    definition: &Definition,
+    state: &mut WorkflowState,
+    out: &mut Vec<Event>,
+    now: u64,
+    verdict: Verdict,
+) -> Result<(), Rejection> {
+    let output = match (&state.held_by_parent, state.held()) {
+        (Some(output), true) => output.clone(),
+        _ => return Err(Rejection::Stale),
+    };
+    match verdict {
+        Verdict::Complete => emit(definition, state, out, now, EventKind::WorkflowCompleted { output }),
+        Verdict::Compensate { reason } if state.pivot_passed => {
+            let reason = format!("{reason}; this run passed its pivot, so its effects stand");
+            emit(definition, state, out, now, EventKind::WorkflowFailed { reason });
+        }
+        Verdict::Compensate { reason } => super::compensation::cancelled(definition, state, out, now, reason, None),
     }
     Ok(())
 }
@@ -99,34 +148,57 @@ fn fail(
     step::failed_for_good(definition, state, out, now, &failed);
 }
 
-/// What a decision's events ask of other runs, given the children in flight before it:
-/// start the children it started (resolving "the latest" version through the context, and
-/// recording it in the event), cancel those in flight when the run compensates or ends, and
-/// tell the parent when this run, a child, ends.
+/// The children a run has business with, as a decision found them: in flight (running
+/// forward, or told to compensate) and held.
+#[derive(Default)]
+pub(super) struct Children {
+    /// By node: the child, and whether it was told to compensate (it is not cancelled again).
+    in_flight: BTreeMap<NodeId, (WorkflowId, bool)>,
+    held: BTreeMap<NodeId, (StepRef, WorkflowId)>,
+}
+
+impl Children {
+    pub(super) fn of(state: &WorkflowState) -> Self {
+        Children {
+            in_flight: state.children.iter().map(|(n, c)| (*n, (c.child.clone(), c.compensating))).collect(),
+            held: state.held_children.iter().map(|(n, c)| (*n, (c.step, c.child.clone()))).collect(),
+        }
+    }
+}
+
+/// What a decision's events ask of other runs, given the children before it: start the
+/// children it started (resolving "the latest" version through the context, and recording
+/// it in the event), cancel those running forward when the run compensates or ends, give
+/// held children their verdict (when compensation reaches their step, or the run ends), and
+/// when this run is a child, report to its parent that it is held, or how it ended (not when
+/// it completes: only its parent's verdict completes a child).
 pub(super) fn effects(
     definition: &Definition,
-    before: &BTreeMap<NodeId, crate::state::OpenChild>,
+    before: Children,
     state: &WorkflowState,
     events: &mut [Event],
     ctx: Context<'_>,
 ) -> Vec<Effect> {
+    let Children { mut in_flight, mut held } = before;
     let mut effects = Vec::new();
-    let mut in_flight: BTreeMap<NodeId, WorkflowId> = before.iter().map(|(n, c)| (*n, c.child.clone())).collect();
     let mut stopping = None;
+    let verdict = |run: WorkflowId, step: StepRef, verdict: Verdict| Effect::Verdict {
+        run,
+        parent: state.id.clone(),
+        step,
+        verdict,
+    };
     for event in events.iter_mut() {
         let node = event.kind.step().and_then(|s| definition.node_id(s));
         match (&mut event.kind, node) {
             (EventKind::ChildStarted { step, child, version }, Some(node)) => {
-                let Some(Child { name, version: _ }) = definition.node_def(node).and_then(|d| match &d.construct {
-                    crate::definition::Construct::Child(spec) => Some(spec),
-                    _ => None,
-                }) else {
+                let Some(Child { name, version: _ }) = definition.child_of(node) else {
                     continue;
                 };
                 if *version == LATEST_UNRESOLVED {
                     *version = ctx.latest_version(name).unwrap_or(LATEST_UNRESOLVED);
                 }
-                in_flight.insert(node, child.clone());
+                in_flight.insert(node, (child.clone(), false));
                 effects.push(Effect::Start {
                     run: child.clone(),
                     workflow_type: name.clone(),
@@ -137,36 +209,61 @@ pub(super) fn effects(
                     depth: state.depth().saturating_add(1),
                 });
             }
-            (EventKind::ChildCompleted { .. } | EventKind::ChildFailed { .. }, Some(node)) => {
+            (EventKind::ChildCompleted { step, .. }, Some(node)) => {
+                if let Some((child, _)) = in_flight.remove(&node) {
+                    held.insert(node, (*step, child));
+                }
+            }
+            (EventKind::ChildFailed { .. }, Some(node)) => {
                 in_flight.remove(&node);
+                held.remove(&node);
+            }
+            (EventKind::ChildCompensating { step, child }, Some(node)) => {
+                held.remove(&node);
+                in_flight.insert(node, (child.clone(), true));
+                let reason = state.compensation_reason.clone().unwrap_or_default();
+                let reason = format!("the parent {} compensates: {reason}", state.id);
+                effects.push(verdict(child.clone(), *step, Verdict::Compensate { reason }));
             }
             (EventKind::CompensationStarted { reason }, _) => {
                 stopping = Some(format!("the parent compensates: {reason}"))
             }
-            (kind, _) if kind.is_terminal() => stopping = Some(format!("the parent ended ({})", kind.name())),
+            (EventKind::WorkflowCompleted { .. }, _) => {
+                let held = std::mem::take(&mut held);
+                effects.extend(held.into_values().map(|(step, run)| verdict(run, step, Verdict::Complete)));
+            }
+            (kind, _) if kind.is_terminal() => {
+                let why = format!("the parent {} ended ({})", state.id, kind.name());
+                let held = std::mem::take(&mut held);
+                let compensate = || Verdict::Compensate { reason: why.clone() };
+                effects.extend(held.into_values().map(|(step, run)| verdict(run, step, compensate())));
+                stopping = Some(format!("the parent ended ({})", kind.name()));
+            }
             _ => {}
         }
     }
     if let Some(reason) = stopping {
-        effects.extend(in_flight.into_values().map(|run| Effect::Cancel { run, reason: reason.clone() }));
+        let running = in_flight.into_values().filter(|(_, told)| !told);
+        effects.extend(running.map(|(run, _)| Effect::Cancel { run, reason: reason.clone() }));
     }
-    let ended_now = events.iter().any(|e| e.kind.is_terminal());
-    if let (true, Some(link), Some(terminal)) = (ended_now, &state.parent, &state.terminal) {
-        let outcome = match (&terminal.status, &terminal.output) {
-            (WorkflowStatus::Completed, Some(output)) => Ok(output.clone()),
-            (status, _) => Err(format!(
-                "child {} ended {}: {}",
-                state.id,
-                status.as_str(),
-                terminal.reason.clone().unwrap_or_default()
-            )),
-        };
-        effects.push(Effect::ChildEnded {
-            parent: link.parent.clone(),
-            step: link.step,
-            child: state.id.clone(),
-            outcome,
-        });
+    if let Some(link) = &state.parent {
+        effects.extend(events.iter().filter_map(|event| {
+            let outcome = match (&event.kind, &state.terminal) {
+                (EventKind::HeldByParent { output }, _) => Ok(output.clone()),
+                (EventKind::WorkflowCompleted { .. }, _) => return None,
+                (kind, Some(terminal)) if kind.is_terminal() => {
+                    Err(ended_reason(&state.id, terminal.status, terminal.reason.as_deref()))
+                }
+                _ => return None,
+            };
+            Some(Effect::ChildEnded { parent: link.parent.clone(), step: link.step, child: state.id.clone(), outcome })
+        }));
     }
     effects
+}
+
+/// What a child that ended `status` (for `reason`) tells its parent, which records it in
+/// `ChildFailed`.
+pub fn ended_reason(child: &WorkflowId, status: WorkflowStatus, reason: Option<&str>) -> String {
+    format!("child {child} ended {}: {}", status.as_str(), reason.unwrap_or_default())
 }

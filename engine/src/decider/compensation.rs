@@ -9,10 +9,15 @@ use crate::definition::{Definition, NodeId};
 use crate::state::WorkflowState;
 use shop_types::history::{Event, EventKind};
 
-/// The next compensation of the plan not yet completed, if any.
-pub(super) fn next(state: &WorkflowState) -> Option<NodeId> {
+/// The next compensation of the plan not yet completed, if any: a compensation node not
+/// done, or a child step whose child is held (its child is told to compensate itself; one
+/// that failed, or was never held, has nothing left to undo).
+pub(super) fn next(definition: &Definition, state: &WorkflowState) -> Option<NodeId> {
     let plan = state.compensation_plan.as_ref()?;
-    plan.iter().copied().find(|node| !state.done.contains(node))
+    plan.iter().copied().find(|node| match definition.child_of(*node) {
+        Some(_) => state.held_children.contains_key(node),
+        None => !state.done.contains(node),
+    })
 }
 
 /// Starts compensation: the state fixes the plan, and the first compensation is scheduled.
@@ -39,7 +44,11 @@ pub(super) fn cancel(
     out: &mut Vec<Event>,
     now: u64,
     reason: String,
+    by: Option<String>,
 ) -> Result<(), Rejection> {
+    if let Some(link) = state.parent.as_ref().filter(|_| state.held()) {
+        return Err(Rejection::HeldByParent(link.parent.clone()));
+    }
     if state.pivot_passed {
         return Err(Rejection::PastPivot);
     }
@@ -47,9 +56,26 @@ pub(super) fn cancel(
         // Already compensating (or about to): a second cancel is a no-op, not an error.
         return Ok(());
     }
-    emit(definition, state, out, now, EventKind::CancelRequested { reason: reason.clone() });
-    begin(definition, state, out, now, format!("cancelled: {reason}"));
+    cancelled(definition, state, out, now, reason, by);
     Ok(())
+}
+
+/// Records a cancel that is to be honoured (`CancelRequested`, or `CancelRequestedBy` when an
+/// operator named by `by` asked) and starts compensation.
+pub(super) fn cancelled(
+    definition: &Definition,
+    state: &mut WorkflowState,
+    out: &mut Vec<Event>,
+    now: u64,
+    reason: String,
+    by: Option<String>,
+) {
+    let requested = match by {
+        Some(by) => EventKind::CancelRequestedBy { reason: reason.clone(), by },
+        None => EventKind::CancelRequested { reason: reason.clone() },
+    };
+    emit(definition, state, out, now, requested);
+    begin(definition, state, out, now, format!("cancelled: {reason}"));
 }
 
 pub(super) fn execution_timed_out(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Event>, now: u64) {
@@ -83,12 +109,17 @@ pub(super) fn resume(
     out: &mut Vec<Event>,
     now: u64,
     reason: String,
+    by: Option<String>,
 ) -> Result<(), Rejection> {
     let (Some(_), Some((node, attempt))) = (&state.parked, state.last_failed) else {
         return Err(Rejection::NotParked);
     };
     let step = definition.node(node).ok_or(Rejection::NotParked)?.step;
-    emit(definition, state, out, now, EventKind::RunResumed { reason });
+    let resumed = match by {
+        Some(by) => EventKind::RunResumedBy { reason, by },
+        None => EventKind::RunResumed { reason },
+    };
+    emit(definition, state, out, now, resumed);
     // A fresh attempt number, so a report of an attempt from before the park is stale.
     emit(definition, state, out, now, EventKind::StepScheduled { step, attempt: attempt + 1 });
     Ok(())

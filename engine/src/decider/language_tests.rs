@@ -157,7 +157,7 @@ impl Run {
             let payload = JsonText::parse("{}").expect("valid");
             probes.push((self.now, Input::Signal { name: name.into(), key: "probe".into(), payload }));
         }
-        probes.push((self.now, Input::Cancel { reason: "probe".into() }));
+        probes.push((self.now, Input::Cancel { reason: "probe".into(), by: None }));
         probes
     }
 
@@ -263,7 +263,7 @@ fn a_cancel_during_a_sleep_compensates_what_came_before() {
     let mut run = Run::new(r#"{"method":"CARD"}"#);
     assert!(run.complete_current());
     assert!(!run.state.sleeps.is_empty());
-    run.feed(Input::Cancel { reason: "user".into() }).expect("cancels");
+    run.feed(Input::Cancel { reason: "user".into(), by: None }).expect("cancels");
     assert!(run.state.sleeps.is_empty() && run.state.compensation_plan.as_ref().is_some_and(|p| p.len() == 1));
     assert!(timers(&run.def, &run.state).iter().all(|t| !matches!(t.kind, TimerKind::SleepDue { .. })));
 }
@@ -271,7 +271,7 @@ fn a_cancel_during_a_sleep_compensates_what_came_before() {
 #[test]
 fn a_finished_run_refuses_signals() {
     let mut run = Run::new(r#"{"method":"CARD"}"#);
-    run.feed(Input::Terminate { reason: "t".into() }).expect("terminates");
+    run.feed(Input::Terminate { reason: "t".into(), by: None }).expect("terminates");
     assert_eq!(run.signal("confirmed", "k"), Err(Rejection::Finished));
 }
 
@@ -356,7 +356,7 @@ fn a_signal_no_wait_can_take_is_refused() {
 fn signals_are_refused_while_compensating_and_past_the_soft_limit() {
     let mut run = Run::new(r#"{"method":"CARD"}"#);
     assert!(run.complete_current(), "reserve");
-    run.feed(Input::Cancel { reason: "user".into() }).expect("compensates");
+    run.feed(Input::Cancel { reason: "user".into(), by: None }).expect("compensates");
     assert!(run.state.terminal.is_none(), "release is to run");
     assert!(matches!(run.signal("confirmed", "c"), Err(Rejection::SignalsClosed(_))));
     // Past the soft limit the rest of the history is kept for compensation.
@@ -459,7 +459,7 @@ proptest! {
                     let name = ["confirmed", "failed", "other", "unknown"][usize::from(n)];
                     let _ = run.signal(name, &format!("k{k}"));
                 }
-                Op::Cancel => { let _ = run.feed(Input::Cancel { reason: "c".into() }); }
+                Op::Cancel => { let _ = run.feed(Input::Cancel { reason: "c".into(), by: None }); }
             }
             let replayed = run.replayed();
             prop_assert_eq!(&replayed, &run.state);

@@ -31,7 +31,7 @@ mod wait;
 #[cfg(test)]
 mod tests;
 
-pub use child::ChildOutcome;
+pub use child::{ended_reason, ChildOutcome, Verdict};
 pub use timers::{retry_delay_ms, timers, Timer, TimerKind};
 pub use wait::MAX_SIGNALS_PER_RUN;
 
@@ -67,15 +67,21 @@ pub enum Input {
         error: ActivityError,
     },
     TimerFired(TimerKind),
+    /// Cancel the run (compensating). `by` names who asked (a credential's subject, recorded
+    /// as `CancelRequestedBy`); `None` when the engine itself asks (a parent cancelling its child).
     Cancel {
         reason: String,
+        by: Option<String>,
     },
+    /// End the run at once; `by` as for `Cancel`.
     Terminate {
         reason: String,
+        by: Option<String>,
     },
-    /// An operator resumes a parked run.
+    /// An operator resumes a parked run; `by` as for `Cancel`.
     Resume {
         reason: String,
+        by: Option<String>,
     },
     /// The child run `child` started by step `step` ended (from the child's terminal
     /// decision, or from recovery).
@@ -84,6 +90,9 @@ pub enum Input {
         child: WorkflowId,
         outcome: ChildOutcome,
     },
+    /// A child held by its parent (`HeldByParent`) hears the parent's verdict: complete, or
+    /// compensate itself.
+    Verdict(Verdict),
     /// A signal for the run, de-duplicated by `key`.
     Signal {
         name: String,
@@ -103,6 +112,10 @@ pub enum Rejection {
     PastPivot,
     #[error("the workflow is not parked: only a parked run (its compensation failed for good) can be resumed")]
     NotParked,
+    /// A child whose forward path completed belongs to its parent's outcome: cancelling the
+    /// parent compensates it.
+    #[error("the workflow is a child held by its parent {0}: cancel the parent instead")]
+    HeldByParent(WorkflowId),
     #[error("the workflow's definition does not declare signal {0:?}")]
     UnknownSignal(String),
     /// The same key with the same name and payload: already recorded, nothing to do.
@@ -188,6 +201,10 @@ pub enum Effect {
     Signal { run: WorkflowId, name: String, payload: JsonText },
     /// Cancel `run` (compensating a child cancels it).
     Cancel { run: WorkflowId, reason: String },
+    /// Give held child `run` (of step `step` of `parent`) its parent's verdict. A child that
+    /// is not held any more (it ended on its own) is answered for: told to compensate, the
+    /// parent hears that it ended.
+    Verdict { run: WorkflowId, parent: WorkflowId, step: StepRef, verdict: Verdict },
     /// Tell `parent` that its child `child`, started by step `step`, ended.
     ChildEnded { parent: WorkflowId, step: StepRef, child: WorkflowId, outcome: ChildOutcome },
 }
@@ -255,7 +272,7 @@ fn start_with(
         }
     }
     advance(definition, state, &mut out, ctx.now_ms);
-    let effects = child::effects(definition, &Default::default(), state, &mut out, ctx);
+    let effects = child::effects(definition, child::Children::default(), state, &mut out, ctx);
     Decision { events: out, effects }
 }
 
@@ -267,9 +284,9 @@ pub fn decide(
     input: Input,
     ctx: Context,
 ) -> Result<Decision, Rejection> {
-    let before = state.children.clone();
+    let before = child::Children::of(state);
     let mut decision = decide_events(definition, state, input, ctx)?;
-    decision.effects = child::effects(definition, &before, state, &mut decision.events, ctx);
+    decision.effects = child::effects(definition, before, state, &mut decision.events, ctx);
     Ok(decision)
 }
 
@@ -324,6 +341,7 @@ fn decide_within_limit(
             | Input::Terminate { .. }
             | Input::Resume { .. }
             | Input::Signal { .. }
+            | Input::Verdict(_)
             | Input::ChildEnded { .. } => Rejection::Finished,
             _ => Rejection::Stale,
         });
@@ -357,19 +375,26 @@ fn decide_within_limit(
                 kind => attempt::timer_fired(definition, state, &mut out, now, kind),
             }
         }
-        Input::Cancel { reason } => compensation::cancel(definition, state, &mut out, now, reason)?,
-        Input::Terminate { reason } => {
-            emit(definition, state, &mut out, now, EventKind::WorkflowTerminated { reason });
+        Input::Cancel { reason, by } => compensation::cancel(definition, state, &mut out, now, reason, by)?,
+        Input::Terminate { reason, by } => {
+            let event = match by {
+                Some(by) => EventKind::WorkflowTerminatedBy { reason, by },
+                None => EventKind::WorkflowTerminated { reason },
+            };
+            emit(definition, state, &mut out, now, event);
         }
-        Input::Resume { reason } => compensation::resume(definition, state, &mut out, now, reason)?,
+        Input::Resume { reason, by } => compensation::resume(definition, state, &mut out, now, reason, by)?,
         Input::Signal { name, key, payload } => wait::signal(definition, state, &mut out, ctx, name, key, payload)?,
+        Input::Verdict(verdict) => child::verdict(definition, state, &mut out, now, verdict)?,
         Input::ChildEnded { step, child, outcome } => {
             child::ended(definition, state, &mut out, now, step, &child, outcome)?;
             advance(definition, state, &mut out, now);
         }
     }
     let soft_limit = soft_limit(ctx.max_history_events);
+    // A held child has finished going forward: only its parent's verdict moves it on.
     let going_forward = state.terminal.is_none()
+        && state.held_by_parent.is_none()
         && state.compensation_plan.is_none()
         && state.stopping.is_none()
         && !state.pivot_passed;
@@ -397,8 +422,9 @@ fn emit(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Event>
 
 /// Moves the run on: the branches of an open parallel step; a stopped parallel step, once
 /// the attempts workers hold have settled, to compensation; and with nothing in flight, the
-/// next forward step, or once compensating, the next compensation, then the steps after it;
-/// or finishes the run.
+/// next forward step, or once compensating, the next compensation (a held child told to
+/// compensate itself), then the steps after it; or finishes the run (a child, whose parent
+/// decides its end, is held instead).
 fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Event>, now: u64) {
     while state.terminal.is_none() && state.parked.is_none() {
         if let (Some(reason), None) = (&state.stopping, &state.compensation_plan) {
@@ -422,7 +448,7 @@ fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Eve
         }
         let compensating = state.compensation_plan.is_some();
         let next = if compensating {
-            compensation::next(state).or_else(|| after::next(definition, state))
+            compensation::next(definition, state).or_else(|| after::next(definition, state))
         } else {
             step::next(definition, state)
         };
@@ -431,16 +457,25 @@ fn advance(definition: &Definition, state: &mut WorkflowState, out: &mut Vec<Eve
                 step::begin(definition, state, out, now, node.id);
                 continue;
             }
-            Some(node) => EventKind::StepScheduled { step: node.step, attempt: 1 },
+            Some(node) => match state.held_children.get(&node.id) {
+                Some(held) => EventKind::ChildCompensating { step: held.step, child: held.child.clone() },
+                None => EventKind::StepScheduled { step: node.step, attempt: 1 },
+            },
             None if compensating => {
                 EventKind::WorkflowCompensated { reason: state.compensation_reason.clone().unwrap_or_default() }
             }
+            None if state.parent.is_some() => match state.held_by_parent {
+                Some(_) => return,
+                None => EventKind::HeldByParent { output: state.results_json() },
+            },
             None => EventKind::WorkflowCompleted { output: state.results_json() },
         };
         emit(definition, state, out, now, kind);
     }
 }
 
+#[cfg(test)]
+mod child_prop_tests;
 #[cfg(test)]
 mod child_tests;
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! A run driven through the decider by the construct tests (`parallel_tests`,
-//! `for_each_tests`): a definition, the run's state, its history so far and the time the test
+//! `for_each_tests`, `child_prop_tests`): a definition, the run's state, its history so far and the time the test
 //! sets. Each test module adds, in its own `impl Run`, only what is particular to its
 //! construct (how to build its run, what to look at).
 
@@ -28,9 +28,14 @@ impl Run {
     }
 
     pub(super) fn feed(&mut self, input: Input) -> Result<(), Rejection> {
-        let events = decide(&self.def, &mut self.state, input, Context::new(self.now, MAX_HISTORY))?.events;
-        self.history.extend(events);
-        Ok(())
+        self.feed_for_effects(input).map(drop)
+    }
+
+    /// [`feed`](Self::feed), returning what the decision asks of other runs.
+    pub(super) fn feed_for_effects(&mut self, input: Input) -> Result<Vec<Effect>, Rejection> {
+        let decision = decide(&self.def, &mut self.state, input, Context::new(self.now, MAX_HISTORY))?;
+        self.history.extend(decision.events);
+        Ok(decision.effects)
     }
 
     /// The attempts in flight that a worker holds (`started`) or that wait for one, by step.
@@ -95,39 +100,33 @@ pub(super) fn op() -> impl Strategy<Value = Op> {
 }
 
 impl Run {
-    /// Lets `op` happen; a rejected input (a stale report, a cancel past the pivot) changes
-    /// nothing, as in the engine.
-    pub(super) fn act(&mut self, op: &Op) {
+    /// Lets `op` happen and returns what it asks of other runs; a rejected input (a stale
+    /// report, a cancel past the pivot) changes nothing, as in the engine.
+    pub(super) fn act(&mut self, op: &Op) -> Vec<Effect> {
         let pick = |list: Vec<(StepRef, u32)>, i: u8| (!list.is_empty()).then(|| list[usize::from(i) % list.len()]);
-        match *op {
-            Op::Take(i) => {
-                if let Some((step, attempt)) = pick(self.standing(false), i) {
-                    let _ = self.feed(Input::Started { step, attempt, worker: "w".parse().expect("valid") });
-                }
-            }
-            Op::Complete(i) => {
-                if let Some((step, attempt)) = pick(self.standing(true), i) {
-                    let _ =
-                        self.feed(Input::Completed { step, attempt, output: JsonText::parse("{}").expect("valid") });
-                }
-            }
-            Op::FailForGood(i) | Op::FailRetryable(i) => {
-                if let Some((step, attempt)) = pick(self.standing(true), i) {
-                    let retryable = matches!(op, Op::FailRetryable(_));
-                    let error = ActivityError { error_type: "E".into(), message: "e".into(), retryable };
-                    let _ = self.feed(Input::Failed { step, attempt, error });
-                }
-            }
-            Op::Timer => {
-                if let Some(timer) = timers(&self.def, &self.state).into_iter().min_by_key(|t| t.due_ms) {
-                    self.now = self.now.max(timer.due_ms);
-                    let _ = self.feed(Input::TimerFired(timer.kind));
-                }
-            }
-            Op::Cancel => {
-                let _ = self.feed(Input::Cancel { reason: "c".into() });
-            }
-        }
+        let input = match *op {
+            Op::Take(i) => pick(self.standing(false), i).map(|(step, attempt)| Input::Started {
+                step,
+                attempt,
+                worker: "w".parse().expect("valid"),
+            }),
+            Op::Complete(i) => pick(self.standing(true), i).map(|(step, attempt)| Input::Completed {
+                step,
+                attempt,
+                output: JsonText::parse("{}").expect("valid"),
+            }),
+            Op::FailForGood(i) | Op::FailRetryable(i) => pick(self.standing(true), i).map(|(step, attempt)| {
+                let retryable = matches!(op, Op::FailRetryable(_));
+                let error = ActivityError { error_type: "E".into(), message: "e".into(), retryable };
+                Input::Failed { step, attempt, error }
+            }),
+            Op::Timer => timers(&self.def, &self.state).into_iter().min_by_key(|t| t.due_ms).map(|timer| {
+                self.now = self.now.max(timer.due_ms);
+                Input::TimerFired(timer.kind)
+            }),
+            Op::Cancel => Some(Input::Cancel { reason: "c".into(), by: None }),
+        };
+        input.and_then(|input| self.feed_for_effects(input).ok()).unwrap_or_default()
     }
 }
 
@@ -136,11 +135,16 @@ impl Run {
     /// keep (`settles` says which steps those are): a replay of the history reproduces the
     /// state; an attempt of such a step that a worker held is not dropped but by its own
     /// report or timeout; compensation never starts while one is held; and the compensation
-    /// plan covers every handed-out step that has a compensation.
-    pub(super) fn act_and_check(&mut self, op: &Op, settles: impl Fn(StepRef) -> bool) -> Result<(), TestCaseError> {
+    /// plan covers every handed-out step that has a compensation. Returns what `op` asks of
+    /// other runs.
+    pub(super) fn act_and_check(
+        &mut self,
+        op: &Op,
+        settles: impl Fn(StepRef) -> bool,
+    ) -> Result<Vec<Effect>, TestCaseError> {
         let held_before = self.standing(true);
         let before = self.history.len();
-        self.act(op);
+        let effects = self.act(op);
         let replayed = WorkflowState::replay(self.state.id.clone(), &self.def, &self.history).expect("replays");
         prop_assert_eq!(&replayed, &self.state);
         let new = &self.history[before..];
@@ -173,6 +177,6 @@ impl Run {
                 }
             }
         }
-        Ok(())
+        Ok(effects)
     }
 }

@@ -182,7 +182,7 @@ fn a_failing_compensation_parks_the_run_until_an_operator_resumes_it() {
     let late = Input::Completed { step: refund, attempt: last_attempt, output: JsonText::null() };
     assert_eq!(h.feed(late), Err(Rejection::Stale));
 
-    h.feed(Input::Resume { reason: "provider is back".into() }).expect("resumes");
+    h.feed(Input::Resume { reason: "provider is back".into(), by: None }).expect("resumes");
     let (step, attempt) = h.current().expect("the refund is scheduled again");
     assert_eq!((step, attempt), (refund, last_attempt + 1));
     // The policy counts from the resume: one failure is retried again.
@@ -193,13 +193,13 @@ fn a_failing_compensation_parks_the_run_until_an_operator_resumes_it() {
         h.complete();
     }
     assert_eq!(h.state.status(), WorkflowStatus::Compensated);
-    assert_eq!(h.feed(Input::Resume { reason: "again".into() }), Err(Rejection::Finished));
+    assert_eq!(h.feed(Input::Resume { reason: "again".into(), by: None }), Err(Rejection::Finished));
 }
 
 #[test]
 fn only_a_parked_run_can_be_resumed() {
     let mut h = Harness::new(order());
-    assert_eq!(h.feed(Input::Resume { reason: "x".into() }), Err(Rejection::NotParked));
+    assert_eq!(h.feed(Input::Resume { reason: "x".into(), by: None }), Err(Rejection::NotParked));
 }
 
 #[test]
@@ -208,7 +208,7 @@ fn cancel_after_the_pivot_is_refused() {
     for _ in 0..3 {
         h.complete();
     }
-    assert_eq!(h.feed(Input::Cancel { reason: "changed my mind".into() }), Err(Rejection::PastPivot));
+    assert_eq!(h.feed(Input::Cancel { reason: "changed my mind".into(), by: None }), Err(Rejection::PastPivot));
 }
 
 #[test]
@@ -344,13 +344,13 @@ proptest! {
                     h.fire_next_timer();
                 }
                 Action::Cancel => {
-                    let _ = h.feed(Input::Cancel { reason: "test".into() });
+                    let _ = h.feed(Input::Cancel { reason: "test".into(), by: None });
                 }
                 Action::Terminate => {
-                    let _ = h.feed(Input::Terminate { reason: "test".into() });
+                    let _ = h.feed(Input::Terminate { reason: "test".into(), by: None });
                 }
                 Action::Resume => {
-                    let _ = h.feed(Input::Resume { reason: "test".into() });
+                    let _ = h.feed(Input::Resume { reason: "test".into(), by: None });
                 }
                 Action::Restart => {
                     h.state = WorkflowState::replay(h.state.id.clone(), &h.def, &h.history).expect("replays");
@@ -365,7 +365,7 @@ proptest! {
             let current = h.state.current().map(|c| (c.step, c.attempt, c.status.clone()));
             match current {
                 _ if h.state.parked.is_some() => {
-                    h.feed(Input::Resume { reason: "operator".into() }).expect("a parked run resumes");
+                    h.feed(Input::Resume { reason: "operator".into(), by: None }).expect("a parked run resumes");
                 }
                 Some((_, _, AttemptStatus::Scheduled { .. })) => {
                     // Near a small history limit the start itself may end or redirect

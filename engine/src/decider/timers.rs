@@ -55,8 +55,13 @@ pub fn timers(definition: &Definition, state: &WorkflowState) -> Vec<Timer> {
         return out;
     }
     if let Some(limit) = definition.execution_timeout_ms {
-        // A stopped parallel step is already on its way to compensation.
-        if state.compensation_plan.is_none() && state.stopping.is_none() && !state.pivot_passed {
+        // A stopped parallel step is already on its way to compensation; a held child has
+        // finished its work and waits for its parent's verdict, however long that takes.
+        if state.compensation_plan.is_none()
+            && state.stopping.is_none()
+            && !state.pivot_passed
+            && state.held_by_parent.is_none()
+        {
             out.push(Timer { due_ms: state.created_at_ms.saturating_add(limit), kind: TimerKind::ExecutionTimeout });
         }
     }

@@ -195,6 +195,15 @@ impl Definition {
         }
     }
 
+    /// The child workflow a forward step's node runs, if it is a child workflow step. Such a
+    /// step has no compensation node: compensating it means its child compensates itself.
+    pub fn child_of(&self, node: NodeId) -> Option<&super::Child> {
+        match (self.node_kind(node)?, &self.node_def(node)?.construct) {
+            (NodeKind::Step, super::Construct::Child(spec)) => Some(spec),
+            _ => None,
+        }
+    }
+
     /// The `for_each` step node an instance node belongs to, and the instance's item.
     pub fn instance_of(&self, node: NodeId) -> Option<(NodeId, usize)> {
         let (ordinal, item) = decode_instance(self.node(node)?.step.index)?;

@@ -128,3 +128,40 @@ fn the_language_is_validated_with_lines() {
     let bad_signal = "name = \"w\"\nversion = 1\n[signals]\n\"a b\" = {}\n[[steps]]\nname = \"a\"\nactivity = \"x.y\"\nqueue = \"q\"\n";
     assert!(error_of(bad_signal).reason.contains("signal name"));
 }
+
+#[test]
+fn a_step_s_lane_is_its_branch_or_its_for_each_item() {
+    let source = r#"
+name = "lanes"
+version = 1
+[[steps]]
+name = "both"
+parallel = ["a", "b"]
+[[steps]]
+name = "ship"
+activity = "x.ship"
+queue = "q"
+for_each = { items = "/input/items" }
+[[branches.a]]
+name = "a1"
+activity = "x.a"
+queue = "q"
+[[branches.b]]
+name = "b1"
+activity = "x.b"
+queue = "q"
+[[compensations]]
+step = "a1"
+activity = "x.undo"
+queue = "q"
+"#;
+    let def = parse("lanes.toml", source).expect("valid");
+    let index = |name: &str| def.steps.iter().position(|s| s.name == name).map(|i| i as u16).expect("a step");
+    assert_eq!(def.lane(StepRef::forward(index("both"))), None, "the main line");
+    assert_eq!(def.lane(StepRef::forward(index("a1"))).as_deref(), Some("a"));
+    assert_eq!(def.lane(StepRef::forward(index("b1"))).as_deref(), Some("b"));
+    let undo = StepRef { phase: StepPhase::Compensation, index: index("a1") };
+    assert_eq!(def.lane(undo).as_deref(), Some("a"), "a compensation runs in its step's lane");
+    let item = StepRef::forward(FOR_EACH_REF_BASE + 2);
+    assert_eq!(def.lane(item).as_deref(), Some("ship[2]"));
+}

@@ -131,8 +131,37 @@ pub const PATHS: &[Path] = &[
     }),
     child("child_cancelled", "a cancel while the child runs: compensation waits for the child", |d| {
         d.step_ok();
-        d.feed(Input::Cancel { reason: "customer changed their mind".into() }).expect("cancels");
+        d.feed(Input::Cancel { reason: "customer changed their mind".into(), by: None }).expect("cancels");
     }),
+    child(
+        "child_held",
+        "reserve, the child completes (held), confirm: this run, a child itself, is held by golden-0",
+        |d| {
+            d.step_ok();
+            let output = JsonText::parse(r#"{"paid":true}"#).expect("valid json");
+            let step = shop_types::StepRef::forward(1);
+            d.feed(Input::ChildEnded { step, child: child_id(), outcome: Ok(output) }).expect("completes");
+            d.step_ok();
+        },
+    ),
+    child(
+        "child_compensates_held",
+        "the child completes (held), confirm fails for good: the held child compensates itself, then release",
+        |d| {
+            d.step_ok();
+            let output = JsonText::parse(r#"{"paid":true}"#).expect("valid json");
+            let step = shop_types::StepRef::forward(1);
+            d.feed(Input::ChildEnded { step, child: child_id(), outcome: Ok(output) }).expect("completes");
+            d.wait(1_000);
+            d.take();
+            d.wait(500);
+            d.fail("CONFIRM_REFUSED", false);
+            d.wait(2_000);
+            let outcome = Err("child golden-1.pay ended COMPENSATED: cancelled: the parent compensates".to_owned());
+            d.feed(Input::ChildEnded { step, child: child_id(), outcome }).expect("compensated");
+            d.finish_ok();
+        },
+    ),
     path("confirmed", "every step completes: CONFIRMED", |d| {
         (0..4).for_each(|_| d.step_ok());
     }),
@@ -194,19 +223,19 @@ pub const PATHS: &[Path] = &[
     path("cancelled_mid_run", "cancel while charging: refund, release, notify; the late charge is stale", |d| {
         d.step_ok();
         let (step, attempt) = d.take();
-        d.feed(Input::Cancel { reason: "customer changed their mind".into() }).expect("cancels");
+        d.feed(Input::Cancel { reason: "customer changed their mind".into(), by: None }).expect("cancels");
         let late = Input::Completed { step, attempt, output: JsonText::null() };
         assert_eq!(d.feed(late), Err(Rejection::Stale));
         d.finish_ok();
     }),
     path("cancel_past_pivot", "confirmed, then a cancel is refused; notify_confirmed in flight", |d| {
         (0..3).for_each(|_| d.step_ok());
-        assert_eq!(d.feed(Input::Cancel { reason: "too late".into() }), Err(Rejection::PastPivot));
+        assert_eq!(d.feed(Input::Cancel { reason: "too late".into(), by: None }), Err(Rejection::PastPivot));
     }),
     path("terminated", "an operator terminates the run while it charges", |d| {
         d.step_ok();
         d.take();
-        d.feed(Input::Terminate { reason: "operator says stop".into() }).expect("terminates");
+        d.feed(Input::Terminate { reason: "operator says stop".into(), by: None }).expect("terminates");
     }),
     path("compensation_parked", "the refund fails for good: the run is parked for an operator", |d| {
         d.step_ok();
@@ -222,8 +251,8 @@ pub const PATHS: &[Path] = &[
         d.take();
         d.fail("REFUND_REJECTED", false);
         d.wait(1_000);
-        assert_eq!(d.feed(Input::Cancel { reason: "no-op".into() }), Ok(()));
-        d.feed(Input::Resume { reason: "provider fixed".into() }).expect("resumes");
+        assert_eq!(d.feed(Input::Cancel { reason: "no-op".into(), by: None }), Ok(()));
+        d.feed(Input::Resume { reason: "provider fixed".into(), by: None }).expect("resumes");
         d.finish_ok();
     }),
     Path {
@@ -336,7 +365,7 @@ pub const PATHS: &[Path] = &[
         d.wait(500);
         d.fail_step(3, "PAYMENT_DECLINED");
         d.wait(500);
-        assert_eq!(d.feed(Input::Cancel { reason: "no-op while stopping".into() }), Ok(()));
+        assert_eq!(d.feed(Input::Cancel { reason: "no-op while stopping".into(), by: None }), Ok(()));
         d.complete_step(4);
         d.finish_ok();
     }),
@@ -344,7 +373,7 @@ pub const PATHS: &[Path] = &[
         d.step_ok();
         d.wait(1_000);
         let (step, attempt) = d.take_step(3);
-        d.feed(Input::Cancel { reason: "customer changed their mind".into() }).expect("cancels");
+        d.feed(Input::Cancel { reason: "customer changed their mind".into(), by: None }).expect("cancels");
         let late =
             Input::Started { step: shop_types::StepRef::forward(4), attempt: 1, worker: "w".parse().expect("valid") };
         assert_eq!(d.feed(late), Err(Rejection::Stale));
@@ -380,7 +409,7 @@ pub const PATHS: &[Path] = &[
         d.wait(500);
         d.fail_step(FE + 1, "ADDRESS_INVALID");
         d.wait(500);
-        assert_eq!(d.feed(Input::Cancel { reason: "no-op while stopping".into() }), Ok(()));
+        assert_eq!(d.feed(Input::Cancel { reason: "no-op while stopping".into(), by: None }), Ok(()));
         d.complete_step(FE);
         d.finish_ok();
     }),
@@ -398,12 +427,45 @@ pub const PATHS: &[Path] = &[
         d.step_ok();
         d.wait(1_000);
         d.take_step(FE);
-        d.feed(Input::Cancel { reason: "customer changed their mind".into() }).expect("cancels");
+        d.feed(Input::Cancel { reason: "customer changed their mind".into(), by: None }).expect("cancels");
         d.wait(500);
         d.complete_step(FE);
         d.finish_ok();
     }),
+    audited("audited_cancelled", "an operator's cancel names who asked (CancelRequestedBy), then compensates", |d| {
+        d.step_ok();
+        d.take();
+        let by = Some(AUDITED_BY.to_owned());
+        d.feed(Input::Cancel { reason: "customer changed their mind".into(), by }).expect("cancels");
+        d.finish_ok();
+    }),
+    audited("audited_terminated", "an operator's terminate names who asked (WorkflowTerminatedBy)", |d| {
+        d.step_ok();
+        d.take();
+        let by = Some(AUDITED_BY.to_owned());
+        d.feed(Input::Terminate { reason: "operator says stop".into(), by }).expect("terminates");
+    }),
+    audited("audited_resumed", "parked, resumed by a named operator (RunResumedBy), then COMPENSATED", |d| {
+        d.step_ok();
+        d.take();
+        d.fail("PAYMENT_DECLINED", false);
+        d.take();
+        d.fail("REFUND_REJECTED", false);
+        d.wait(1_000);
+        let by = Some(AUDITED_BY.to_owned());
+        d.feed(Input::Resume { reason: "provider fixed".into(), by }).expect("resumes");
+        d.finish_ok();
+    }),
 ];
+
+/// Who asks for the audited goldens' actions: a token's subject as the API records it.
+const AUDITED_BY: &str = "token:tok_golden";
+
+/// A path of the order saga started as the engine starts runs today (pinned), whose operator
+/// actions name who asked for them.
+const fn audited(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> Path {
+    Path { pinned: true, ..path(name, about, walk) }
+}
 
 /// A run being driven: the state, and the history as records (one per transition).
 pub struct Driver<'a> {

@@ -2,9 +2,8 @@
 //! Like every test here it starts its own stack and must never leave a process running.
 
 use super::*;
+use shop_tests::variants::{order_with_quick_refund, QUICK_REFUND_MAX_ATTEMPTS as REFUND_MAX_ATTEMPTS};
 
-/// `max_attempts` of the refund compensation in the version-2 definition.
-const REFUND_MAX_ATTEMPTS: u32 = 3;
 /// Refund failures injected at first: far more than any attempt budget.
 const REFUND_FAILURES: &str = "1000";
 /// Refund failures left when the operator resumes the run: one less than a whole attempt budget, so
@@ -16,24 +15,6 @@ const PARKED_QUANTITY: i64 = 2;
 /// The version this test registers its variant as: above every version in `workflows/`, so
 /// new orders run it.
 const TEST_VERSION: u32 = 99;
-/// The refund compensation as `workflows/order.toml` declares it, and as the variant does.
-const REFUND_COMPENSATION_V1: &str =
-    "activity = \"payment.refund\"\nqueue = \"payment\"\nretry = { max_attempts = 20, max_interval = \"10s\" }";
-const REFUND_COMPENSATION_V2: &str = "activity = \"payment.refund\"\nqueue = \"payment\"\nretry = { max_attempts = 3, initial_interval = \"10ms\", max_interval = \"20ms\" }";
-
-/// The repository's order saga v1 as [`TEST_VERSION`], with a refund that gives up after
-/// [`REFUND_MAX_ATTEMPTS`] quick attempts; everything else as in version 1.
-fn order_definition_variant() -> String {
-    let path = shop_tests::process::workflows_dir().join("order.toml");
-    let v1 = std::fs::read_to_string(&path).expect("read workflows/order.toml");
-    assert!(v1.contains("\nversion = 1\n"), "workflows/order.toml declares version 1");
-    assert!(v1.contains(REFUND_COMPENSATION_V1), "workflows/order.toml declares the refund as this test expects");
-    v1.replacen("\nversion = 1\n", &format!("\nversion = {TEST_VERSION}\n"), 1).replacen(
-        REFUND_COMPENSATION_V1,
-        REFUND_COMPENSATION_V2,
-        1,
-    )
-}
 
 /// A compensation that fails past its `max_attempts` parks the run: status FAILED (in the
 /// order API, the `status=FAILED` list and `shopctl workflow list`), history ending with
@@ -46,7 +27,7 @@ async fn compensation_failing_for_good_parks_the_run_until_an_operator_resumes_i
     let stack =
         Stack::start_with(EngineOptions::default(), WorkerOptions::with_args(["--refund-fail-next", REFUND_FAILURES]))
             .await;
-    let reply = stack.api.register_definition(&order_definition_variant()).await;
+    let reply = stack.api.register_definition(&order_with_quick_refund(TEST_VERSION)).await;
     assert_eq!(reply.status, 201, "version {TEST_VERSION} is registered: {}", reply.text);
     let before = stack.admin.product(PARKED_PRODUCT).await;
 
@@ -94,14 +75,16 @@ async fn compensation_failing_for_good_parks_the_run_until_an_operator_resumes_i
         &labels,
         &[
             "RunParked",
-            "RunResumed",
+            "RunResumedBy",
             "StepCompleted(charge_payment.compensation)",
             "StepCompleted(reserve_stock.compensation)",
             "StepCompleted(notify_cancelled)",
             "WorkflowCompensated",
         ],
     );
-    let resumed_at = labels.iter().position(|l| l == "RunResumed").expect("the history holds RunResumed");
+    let resumed_at = labels.iter().position(|l| l == "RunResumedBy").expect("the history holds RunResumedBy");
+    // The engine runs --open here: the resume names that caller.
+    assert_eq!(history[resumed_at].event.requested_by(), Some("open"), "who resumed it is recorded");
     let refund_after_resume = failures(&step_events(&history[resumed_at..], "charge_payment.compensation"));
     assert_eq!(
         refund_after_resume.len(),

@@ -19,7 +19,9 @@ pub(super) fn run_history_violations(id: &str, events: &[HistoryEventView], stat
         Some(EventKind::WorkflowCompleted { .. }) => Some(WorkflowStatus::Completed),
         Some(EventKind::WorkflowCompensated { .. }) => Some(WorkflowStatus::Compensated),
         Some(EventKind::WorkflowFailed { .. }) => Some(WorkflowStatus::Failed),
-        Some(EventKind::WorkflowTerminated { .. }) => Some(WorkflowStatus::Terminated),
+        Some(EventKind::WorkflowTerminated { .. } | EventKind::WorkflowTerminatedBy { .. }) => {
+            Some(WorkflowStatus::Terminated)
+        }
         _ => None,
     };
     if let Some(ending) = ending.filter(|ending| *ending != status) {

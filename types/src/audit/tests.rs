@@ -17,11 +17,12 @@ fn input(id: &str, items: &[(i64, i64)], payment_method: &str) -> OrderInput {
         order_items: items.iter().map(|&(product_id, quantity)| OrderItem { product_id, quantity }).collect(),
         shipping_address: "1 Test Street".to_owned(),
         payment_method: payment_method.to_owned(),
+        customer_id: None,
     }
 }
 
 fn event(seq: u64, kind: EventKind) -> HistoryEventView {
-    HistoryEventView { seq, at_ms: seq, step_name: None, event: kind }
+    HistoryEventView { seq, at_ms: seq, step_name: None, lane: None, event: kind }
 }
 
 fn completed(seq: u64, index: u16, attempt: u32) -> HistoryEventView {
@@ -141,7 +142,13 @@ fn payment(order_id: &str, kind: &str, amount_cents: i64) -> PaymentEntry {
 }
 
 fn notification(order_id: &str, kind: &str) -> NotificationEntry {
-    NotificationEntry { order_id: order_id.to_owned(), kind: kind.to_owned(), message: String::new() }
+    NotificationEntry {
+        order_id: order_id.to_owned(),
+        kind: kind.to_owned(),
+        message: String::new(),
+        customer_id: None,
+        customer_seq: None,
+    }
 }
 
 fn kinds(audit: &Audit) -> Vec<ViolationKind> {

@@ -350,6 +350,7 @@ async fn place_and_wait(ctx: &Context, id: &str, items: &[(i64, i64)], payment_m
         order_items: order_items(items),
         shipping_address: ADDRESS.to_owned(),
         payment_method: payment_method.to_owned(),
+        customer_id: None,
     };
     order::place_order(ctx, &request).await?;
     let reply = ctx.client.engine().order(id, Some(FINAL_WAIT)).await?;

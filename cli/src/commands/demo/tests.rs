@@ -9,6 +9,7 @@ fn failed(seq: u64, error_type: &str, will_retry: bool) -> HistoryEventView {
         seq,
         at_ms: seq,
         step_name: Some("charge_payment".into()),
+        lane: None,
         event: EventKind::StepFailed {
             step: StepRef::forward(1),
             attempt: 1,
@@ -56,6 +57,7 @@ fn a_burst_summary_counts_each_status() {
         order_items: vec![],
         shipping_address: String::new(),
         payment_method: String::new(),
+        customer_id: None,
         created_at_ms: 0,
         closed_at_ms: None,
     };
@@ -71,7 +73,7 @@ fn a_burst_summary_counts_each_status() {
 
 #[test]
 fn a_wait_is_summarised_by_its_signals_and_its_end() {
-    let event = |seq, event| HistoryEventView { seq, at_ms: 0, step_name: None, event };
+    let event = |seq, event| HistoryEventView { seq, at_ms: 0, step_name: None, lane: None, event };
     let received = event(
         1,
         EventKind::SignalReceived {

@@ -67,6 +67,7 @@ pub(super) async fn run_case(ctx: &Context, case: &Case) -> Result<OrderView> {
         order_items: order_items(case.items),
         shipping_address: ADDRESS.to_owned(),
         payment_method: case.payment_method.to_owned(),
+        customer_id: None,
     };
     order::place_order(ctx, &request).await?;
     if let Some(signal) = case.signal {
