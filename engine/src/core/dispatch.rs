@@ -26,6 +26,8 @@ pub(super) struct ReadyTask {
     pub(super) id: WorkflowId,
     pub(super) step: StepRef,
     pub(super) attempt: u32,
+    /// When the attempt was scheduled (clock ms): the queue's oldest shows how long work waits.
+    pub(super) ready_since_ms: u64,
 }
 
 /// Where a run's ready entry sits, so it can be removed in O(log n).
@@ -69,9 +71,10 @@ impl ReadyQueues {
         self.queues.get(queue).is_some_and(|tasks| !tasks.is_empty())
     }
 
-    /// The backlog of every queue that ever had a task (an empty one shows 0).
-    pub(super) fn depths(&self) -> impl Iterator<Item = (&QueueName, usize)> {
-        self.queues.iter().map(|(queue, tasks)| (queue, tasks.len()))
+    /// The backlog of every queue that ever had a task (an empty one shows 0), with when its
+    /// oldest entry became ready (entries are in queueing order, so the first is the oldest).
+    pub(super) fn depths(&self) -> impl Iterator<Item = (&QueueName, usize, Option<u64>)> {
+        self.queues.iter().map(|(queue, tasks)| (queue, tasks.len(), tasks.values().next().map(|t| t.ready_since_ms)))
     }
 }
 
@@ -83,14 +86,56 @@ pub(super) struct WaitingPoll {
     pub(super) reply: oneshot::Sender<Vec<ActivityTask>>,
 }
 
-/// Waiting polls per queue, in arrival order, with their count.
+/// How long a worker counts as a queue's poller after its last poll: longer than the
+/// longest poll wait a worker asks for, so a worker in a long poll is never counted out.
+pub const POLLER_WINDOW_MS: u64 = 120_000;
+/// Most (queue, worker) pairs remembered as recent pollers; past it, the oldest is forgotten,
+/// so a flood of made-up worker ids cannot grow the core's memory.
+pub const MAX_TRACKED_POLLERS: usize = 4_096;
+
+/// Waiting polls per queue, in arrival order, with their count; and which workers polled
+/// each queue lately (the queues page's "pollers").
 #[derive(Default)]
 pub(super) struct WaitingPolls {
     by_queue: HashMap<QueueName, VecDeque<WaitingPoll>>,
     count: usize,
+    /// (queue, worker) -> when it last polled; at most [`MAX_TRACKED_POLLERS`] entries.
+    last_polls: HashMap<(QueueName, shop_types::WorkerId), u64>,
 }
 
 impl WaitingPolls {
+    /// Notes that `worker` polled `queue` at `now_ms`.
+    pub(super) fn note_poll(&mut self, queue: &QueueName, worker: &shop_types::WorkerId, now_ms: u64) {
+        let key = (queue.clone(), worker.clone());
+        if !self.last_polls.contains_key(&key) && self.last_polls.len() >= MAX_TRACKED_POLLERS {
+            self.forget_pollers(now_ms);
+            if self.last_polls.len() >= MAX_TRACKED_POLLERS {
+                let oldest = self.last_polls.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    self.last_polls.remove(&oldest);
+                }
+            }
+        }
+        self.last_polls.insert(key, now_ms);
+    }
+
+    fn forget_pollers(&mut self, now_ms: u64) {
+        self.last_polls.retain(|_, at| now_ms.saturating_sub(*at) <= POLLER_WINDOW_MS);
+    }
+
+    /// Per queue: polls waiting now, and workers that polled within [`POLLER_WINDOW_MS`].
+    pub(super) fn per_queue(&mut self, now_ms: u64) -> HashMap<QueueName, (usize, usize)> {
+        self.forget_pollers(now_ms);
+        let mut counts: HashMap<QueueName, (usize, usize)> = HashMap::new();
+        for (queue, polls) in &self.by_queue {
+            counts.entry(queue.clone()).or_default().0 = polls.len();
+        }
+        for (queue, _) in self.last_polls.keys() {
+            counts.entry(queue.clone()).or_default().1 += 1;
+        }
+        counts
+    }
+
     pub(super) fn count(&self) -> usize {
         self.count
     }
@@ -153,30 +198,32 @@ impl Core {
         let Some(run) = self.runs.get_mut(id) else {
             return Vec::new();
         };
-        let waiting: Vec<(StepRef, u32)> = run
+        let waiting: Vec<(StepRef, u32, u64)> = run
             .state
             .attempts
             .values()
-            .filter(|current| matches!(current.status, AttemptStatus::Scheduled { .. }))
-            .map(|current| (current.step, current.attempt))
+            .filter_map(|current| match current.status {
+                AttemptStatus::Scheduled { at_ms } => Some((current.step, current.attempt, at_ms)),
+                _ => None,
+            })
             .collect();
         let ready = &mut self.ready;
         run.ready.retain(|key| {
-            let keep = waiting.contains(&(key.step, key.attempt));
+            let keep = waiting.iter().any(|(step, attempt, _)| (*step, *attempt) == (key.step, key.attempt));
             if !keep {
                 ready.remove(key);
             }
             keep
         });
         let mut queues = Vec::new();
-        for (step, attempt) in waiting {
+        for (step, attempt, ready_since_ms) in waiting {
             if run.ready.iter().any(|key| (key.step, key.attempt) == (step, attempt)) {
                 continue;
             }
             let Some(queue) = run.definition.step(step).and_then(|d| d.queue()).cloned() else {
                 continue;
             };
-            run.ready.push(ready.push(queue.clone(), ReadyTask { id: id.clone(), step, attempt }));
+            run.ready.push(ready.push(queue.clone(), ReadyTask { id: id.clone(), step, attempt, ready_since_ms }));
             queues.push(queue);
         }
         queues
@@ -193,7 +240,7 @@ impl Core {
     ) -> Vec<ActivityTask> {
         let mut tasks = Vec::new();
         while tasks.len() < max_tasks {
-            let Some(ReadyTask { id, step, attempt }) = self.ready.pop(queue) else {
+            let Some(ReadyTask { id, step, attempt, .. }) = self.ready.pop(queue) else {
                 break;
             };
             if let Some(run) = self.runs.get_mut(&id) {
@@ -284,7 +331,12 @@ mod tests {
     use super::*;
 
     fn task(id: &str) -> ReadyTask {
-        ReadyTask { id: WorkflowId::parse(id).expect("valid"), step: StepRef::forward(0), attempt: 1 }
+        ReadyTask {
+            id: WorkflowId::parse(id).expect("valid"),
+            step: StepRef::forward(0),
+            attempt: 1,
+            ready_since_ms: 7,
+        }
     }
 
     #[test]
@@ -296,11 +348,11 @@ mod tests {
         ready.push(queue.clone(), task("c"));
         ready.remove(&a);
         ready.remove(&a);
-        assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 2)]);
+        assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 2, Some(7))]);
         assert_eq!(ready.pop(&queue), Some(task("b")));
         assert_eq!(ready.pop(&queue), Some(task("c")));
         assert_eq!(ready.pop(&queue), None);
         assert!(!ready.has_ready(&queue));
-        assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 0)], "an emptied queue shows 0");
+        assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 0, None)], "an emptied queue shows 0");
     }
 }

@@ -27,6 +27,7 @@ mod reconcile;
 mod recovery;
 pub mod signer;
 pub mod stream;
+pub use dispatch::{MAX_TRACKED_POLLERS, POLLER_WINDOW_MS};
 mod syncer;
 mod timers;
 
@@ -235,9 +236,9 @@ pub struct Stats {
     pub active: AtomicU64,
     /// Worker polls waiting for a task.
     pub waiting_polls: AtomicU64,
-    /// Tasks waiting for a worker, per queue: the backlog an operator watches. Exact: an
-    /// entry leaves when its attempt starts, times out, or its run moves on or ends.
-    pub queue_depths: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    /// Per queue: its backlog and who polls it, as of the last turn. A queue once seen stays
+    /// (with zeros when drained), so an operator's gauge never vanishes.
+    pub queues: std::sync::Mutex<std::collections::BTreeMap<String, QueueGauge>>,
     /// Runs whose history could not be replayed at start-up, with why: left on disk as they
     /// are and not served, while every other run is.
     pub quarantined: std::sync::Mutex<std::collections::BTreeMap<WorkflowId, String>>,
@@ -246,6 +247,21 @@ pub struct Stats {
     pub last_tick_ms: AtomicU64,
     /// The disk guard refuses writes: `/readyz` answers 503.
     pub disk_full: std::sync::atomic::AtomicBool,
+}
+
+/// One queue's gauges (`/v1/stats`' `queue_gauges`, the console's queues page).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueGauge {
+    /// Tasks waiting for a worker: the backlog. Exact: an entry leaves when its attempt
+    /// starts, times out, or its run moves on or ends.
+    pub ready: usize,
+    /// When the oldest waiting task became ready (clock ms); none when the queue is empty.
+    pub oldest_ready_since_ms: Option<u64>,
+    /// Worker polls waiting on this queue now.
+    pub waiting_polls: usize,
+    /// Workers that polled this queue within `dispatch::POLLER_WINDOW_MS`.
+    pub pollers: usize,
 }
 
 struct Run {
@@ -367,6 +383,28 @@ impl Core {
         self.serve_waiting_polls(&mut turn, now);
         self.stats.commands.fetch_add(handled as u64, Ordering::Relaxed);
         self.commit(turn);
+        self.publish_queue_gauges(now);
+    }
+
+    /// Copies every queue's gauges into [`Stats::queues`]; a queue seen once keeps its entry.
+    fn publish_queue_gauges(&mut self, now: u64) {
+        let polls = self.waiting_polls.per_queue(now);
+        let Ok(mut queues) = self.stats.queues.lock() else {
+            return;
+        };
+        for gauge in queues.values_mut() {
+            *gauge = QueueGauge::default();
+        }
+        for (queue, ready, oldest) in self.ready.depths() {
+            let gauge = queues.entry(queue.to_string()).or_default();
+            gauge.ready = ready;
+            gauge.oldest_ready_since_ms = oldest;
+        }
+        for (queue, (waiting, pollers)) in polls {
+            let gauge = queues.entry(queue.to_string()).or_default();
+            gauge.waiting_polls = waiting;
+            gauge.pollers = pollers;
+        }
     }
 
     fn commit(&mut self, mut turn: Turn) {
@@ -397,11 +435,6 @@ impl Core {
         }
         self.stats.active.store(self.runs.len() as u64, Ordering::Relaxed);
         self.stats.waiting_polls.store(self.waiting_polls.count() as u64, Ordering::Relaxed);
-        if let Ok(mut depths) = self.stats.queue_depths.lock() {
-            for (queue, tasks) in self.ready.depths() {
-                depths.insert(queue.to_string(), tasks);
-            }
-        }
         // A turn that wrote goes to the syncer even with nobody to answer, so its write is
         // synced at once; a turn that only answers waits its turn there, as its answers may
         // rest on state an earlier turn applied and has not yet made durable.

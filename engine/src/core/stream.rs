@@ -36,6 +36,8 @@ pub struct CommittedEvent {
     pub at_ms: u64,
     /// Whether the event settles its run: terminal, or parked (waiting for an operator).
     pub settles: bool,
+    /// Whether the event ends its run for good (completed, failed, cancelled, terminated).
+    pub terminal: bool,
 }
 
 impl CommittedEvent {
@@ -45,8 +47,8 @@ impl CommittedEvent {
         status: WorkflowStatus,
         event: &Event,
     ) -> CommittedEvent {
-        let settles =
-            event.kind.is_terminal() || matches!(event.kind, shop_types::history::EventKind::RunParked { .. });
+        let terminal = event.kind.is_terminal();
+        let settles = terminal || matches!(event.kind, shop_types::history::EventKind::RunParked { .. });
         CommittedEvent {
             position: 0,
             run: run.clone(),
@@ -56,6 +58,7 @@ impl CommittedEvent {
             kind: event.kind.name(),
             at_ms: event.at_ms,
             settles,
+            terminal,
         }
     }
 }
@@ -137,6 +140,7 @@ impl CommittedEvent {
             kind,
             at_ms: 0,
             settles,
+            terminal: settles,
         }
     }
 }
