@@ -37,14 +37,16 @@ pub(crate) async fn page(State(state): State<AppState>, Extension(session): Exte
                 div.counter { span.label { "Finished / s" } span.value #finished-rate { "0" } }
             }
             h2 { "Runs per second (last " (CHART_SECONDS) " s)" span.legend { span.started { "■ started" } " " span.finished { "■ finished" } } }
+            p.hint #rate-scale {}
             svg #rate-chart.chart viewBox="0 0 600 160" preserveAspectRatio="none" role="img" aria-label="runs started and finished per second" {}
-            h2 { "End-to-end latency of recent finished runs" }
+            h2 { "End-to-end latency of recent finished runs" span.legend { span.p50 { "■ p50" } " " span.p90 { "■ p90" } " " span.p99 { "■ p99" } } }
             div.counters #latency data-testid="latency" {
                 div.counter { span.label { "p50" } span.value #p50 { (latency.p50) " ms" } }
                 div.counter { span.label { "p90" } span.value #p90 { (latency.p90) " ms" } }
                 div.counter { span.label { "p99" } span.value #p99 { (latency.p99) " ms" } }
                 div.counter { span.label { "runs measured" } span.value #samples { (latency.samples) } }
             }
+            p.hint #latency-scale {}
             svg #latency-chart.chart viewBox="0 0 600 160" preserveAspectRatio="none" role="img" aria-label="latency percentiles" {}
             h2 { "Backlog per queue" }
             svg #backlog-chart.chart.bars viewBox="0 0 600 160" preserveAspectRatio="none" role="img" aria-label="backlog per queue" {}

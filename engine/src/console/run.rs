@@ -40,10 +40,12 @@ pub(crate) async fn page(
         let body = html! {
             h1 { "Run " code data-testid="run-id" { (view.id.as_str()) } }
             span.live #live-state data-testid="live-state" {}
-            div #run-live data-id=(view.id.as_str()) data-kinds=(EventKind::NAMES.join(",")) { (live_markup(&session, &view, &history)) }
-            section.shop #shop data-id=(view.id.as_str()) data-testid="shop" {
-                h2 { "The shop beside this run" }
-                div #shop-panel { p.hint { "Reading the workers' admin APIs…" } }
+            div.run-grid {
+                div #run-live data-id=(view.id.as_str()) data-kinds=(EventKind::NAMES.join(",")) { (live_markup(&session, &view, &history)) }
+                section.shop #shop data-id=(view.id.as_str()) data-testid="shop" {
+                    h2 { "The shop beside this run" }
+                    div #shop-panel { p.hint { "Reading the workers' admin APIs…" } }
+                }
             }
         };
         Ok(layout(&format!("Run {}", view.id.as_str()), Some(&session), "/console/runs", body))

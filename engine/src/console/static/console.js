@@ -121,8 +121,9 @@
 
   function clear(el) { while (el.firstChild) el.removeChild(el.firstChild); }
 
-  // Lines of `series` ({cls, values}) over the last `seconds` points, scaled to their maximum.
-  function drawLines(svg, series, seconds, unit) {
+  // Lines of `series` ({cls, values}) over the last `seconds` points, scaled to their maximum,
+  // which `scale` (an HTML element: SVG text would stretch with the chart) shows.
+  function drawLines(svg, scale, series, seconds, unit) {
     clear(svg);
     var max = 1;
     series.forEach(function (s) { s.values.forEach(function (v) { if (v > max) max = v; }); });
@@ -136,12 +137,10 @@
       });
       if (points.length) svg.appendChild(svgEl('polyline', { 'class': s.cls, points: points.join(' ') }));
     });
-    var label = svgEl('text', { x: CHART_PAD, y: CHART_PAD - 2 });
-    label.textContent = 'max ' + max + unit;
-    svg.appendChild(label);
+    if (scale) scale.textContent = 'top of the chart: ' + max + unit;
   }
 
-  // One bar per queue of `backlog` ({queue: tasks}).
+  // One bar per queue of `backlog` ({queue: tasks}), in the table's order (the table names them).
   function drawBars(svg, backlog) {
     clear(svg);
     var names = Object.keys(backlog);
@@ -149,12 +148,10 @@
     names.forEach(function (n) { if (backlog[n] > max) max = backlog[n]; });
     var width = (CHART_W - 2 * CHART_PAD) / Math.max(names.length, 1);
     names.forEach(function (n, i) {
-      var h = (backlog[n] / max) * (CHART_H - 3 * CHART_PAD);
+      // A drained queue keeps a sliver of a bar: it is there, with nothing waiting.
+      var h = Math.max((backlog[n] / max) * (CHART_H - 2 * CHART_PAD), 1);
       var x = CHART_PAD + i * width;
-      svg.appendChild(svgEl('rect', { 'class': 'bar', x: x + 4, y: CHART_H - 2 * CHART_PAD - h, width: Math.max(width - 8, 1), height: h }));
-      var text = svgEl('text', { x: x + 4, y: CHART_H - CHART_PAD });
-      text.textContent = n + ': ' + backlog[n];
-      svg.appendChild(text);
+      svg.appendChild(svgEl('rect', { 'class': 'bar', x: x + 4, y: CHART_H - CHART_PAD - h, width: Math.max(width - 8, 1), height: h }));
     });
   }
 
@@ -186,11 +183,11 @@
       setText('p99', tick.latencyP99Ms + ' ms');
       setText('samples', tick.latencySamples);
       var pick = function (key) { return history.map(function (t) { return t[key]; }); };
-      drawLines(document.getElementById('rate-chart'), [
+      drawLines(document.getElementById('rate-chart'), document.getElementById('rate-scale'), [
         { cls: 'started', values: pick('startedPerSec') },
         { cls: 'finished', values: pick('finishedPerSec') }
       ], seconds, '/s');
-      drawLines(document.getElementById('latency-chart'), [
+      drawLines(document.getElementById('latency-chart'), document.getElementById('latency-scale'), [
         { cls: 'p50', values: pick('latencyP50Ms') },
         { cls: 'p90', values: pick('latencyP90Ms') },
         { cls: 'p99', values: pick('latencyP99Ms') }
