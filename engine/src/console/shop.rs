@@ -162,3 +162,16 @@ fn render(order: &OrderInput, panels: &[WorkerPanel]) -> Markup {
 fn unreadable(why: &str) -> Markup {
     html! { p.problem data-testid="shop-down" { "Cannot be read from this worker now: " (why) } }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_the_limit_of_workers_is_taken() {
+        let urls = |n: usize| (0..n).map(|i| format!("http://127.0.0.1:{}", 9_000 + i)).collect::<Vec<_>>();
+        assert_eq!(WorkerAdmins::new(&urls(MAX_WORKER_ADMINS), None).expect("at the limit").clients.len(), 16);
+        assert!(matches!(WorkerAdmins::new(&urls(MAX_WORKER_ADMINS + 1), None), Err(WorkerAdminError::TooMany(17))));
+        assert!(matches!(WorkerAdmins::new(&["not a url".into()], None), Err(WorkerAdminError::Url { .. })));
+    }
+}

@@ -355,4 +355,19 @@ mod tests {
         assert!(!ready.has_ready(&queue));
         assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 0, None)], "an emptied queue shows 0");
     }
+
+    #[test]
+    fn pollers_count_within_their_window_and_the_table_is_bounded() {
+        let mut polls = WaitingPolls::default();
+        let queue = QueueName::parse("q").expect("valid");
+        let worker = |i: usize| shop_types::WorkerId::parse(format!("w{i}")).expect("valid");
+        polls.note_poll(&queue, &worker(0), 0);
+        polls.note_poll(&queue, &worker(1), 10);
+        assert_eq!(polls.per_queue(POLLER_WINDOW_MS).get(&queue), Some(&(0, 2)), "both within the window");
+        assert_eq!(polls.per_queue(POLLER_WINDOW_MS + 1).get(&queue), Some(&(0, 1)), "w0 is past it");
+        for i in 0..MAX_TRACKED_POLLERS + 1 {
+            polls.note_poll(&queue, &worker(i), POLLER_WINDOW_MS + 2);
+        }
+        assert_eq!(polls.last_polls.len(), MAX_TRACKED_POLLERS, "at the cap the oldest is forgotten");
+    }
 }

@@ -382,8 +382,10 @@ impl Core {
         }
         self.serve_waiting_polls(&mut turn, now);
         self.stats.commands.fetch_add(handled as u64, Ordering::Relaxed);
-        self.commit(turn);
+        // Before the commit hands the turn's answers to the syncer: whoever is answered then
+        // reads gauges that already include this turn.
         self.publish_queue_gauges(now);
+        self.commit(turn);
     }
 
     /// Copies every queue's gauges into [`Stats::queues`]; a queue seen once keeps its entry.
