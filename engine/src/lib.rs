@@ -24,6 +24,7 @@ pub mod decider;
 pub mod definition;
 pub mod disk;
 pub mod log_rate;
+pub mod metrics;
 pub mod preload;
 pub mod rate_limit;
 pub mod registry;
@@ -146,6 +147,11 @@ pub async fn serve(
     let watch = Arc::new(watch::WatchHub::new(options.limits.max_waits_per_caller, options.limits.max_watchers));
     let (follower, subscription) = (watch.clone(), handle.subscribe());
     tokio::spawn(async move { follower.follow(subscription).await });
+    // And the metrics follower, for the same reason.
+    let metrics = Arc::new(metrics::Metrics::new(&handle.stats.metrics));
+    let follower = metrics::follower::MetricsFollower::new(metrics.clone());
+    let subscription = handle.subscribe();
+    tokio::spawn(follower.follow(subscription));
     let streams = Arc::new(streams::StreamHub::new(options.max_stream_subscribers));
     core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
     let lifecycle = Arc::new(api::Lifecycle::default());
@@ -209,6 +215,7 @@ pub async fn serve(
         watch: watch.clone(),
         sessions: Arc::new(console::Sessions::new(options.console_secure_cookie)),
         streams: streams.clone(),
+        metrics,
         worker_admins,
     });
     let shutdown_handle = handle.clone();

@@ -187,7 +187,7 @@ async fn queue_gauges_stay_when_a_queue_drains_and_the_overview_streams_ticks() 
     let stats: serde_json::Value = api.get("/v1/stats").await.expect("GET /v1/stats").parse();
     let gauge = &stats["queue_gauges"]["inventory"];
     assert_eq!(gauge["ready"], json!(1), "{stats}");
-    assert!(gauge["oldestReadySinceMs"].is_u64(), "{stats}");
+    assert!(gauge["oldestScheduledMs"].is_u64(), "{stats}");
     let (status, page) = console.get("/console/queues", &cookie).await;
     assert_eq!(status, 200);
     assert!(page.contains("data-queue=\"inventory\""), "{page}");
@@ -197,7 +197,7 @@ async fn queue_gauges_stay_when_a_queue_drains_and_the_overview_streams_ticks() 
     assert_eq!(cancelled.status, 202, "{}", cancelled.text);
     let stats: serde_json::Value = api.get("/v1/stats").await.expect("GET /v1/stats").parse();
     let gauge = &stats["queue_gauges"]["inventory"];
-    assert_eq!((gauge["ready"].clone(), gauge["oldestReadySinceMs"].clone()), (json!(0), json!(null)), "{stats}");
+    assert_eq!((gauge["ready"].clone(), gauge["oldestScheduledMs"].clone()), (json!(0), json!(null)), "{stats}");
 
     // The overview stream: a credential (here the session) is needed, then ticks come.
     let url = format!("{}/v1/overview/events", engine.url());

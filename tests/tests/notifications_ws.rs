@@ -247,7 +247,7 @@ async fn a_socket_without_a_valid_credential_is_refused_before_the_upgrade() {
 }
 
 #[tokio::test]
-async fn a_customer_may_neither_place_nor_read_another_customers_orders() {
+async fn a_customer_may_neither_place_nor_read_another_customers_orders_nor_other_runs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = setup(dir.path()).await;
     let engine = s.engine.url();
@@ -262,6 +262,10 @@ async fn a_customer_may_neither_place_nor_read_another_customers_orders() {
     let ids: Vec<&str> =
         listed["orders"].as_array().expect("orders").iter().filter_map(|o| o["orderId"].as_str()).collect();
     assert_eq!(ids, vec![anns.as_str()]);
+    // Nor through the generic API, which serves operators and backends, not customers.
+    for path in [format!("/v1/workflows/{bobs}"), format!("/v1/workflows/{anns}/history"), "/v1/workflows".into()] {
+        ann.get(&path).await.expect("answers").assert_error(403, "FORBIDDEN");
+    }
     // The backend, a client without a customer, sees both.
     let all: Value = Api::with_token(&engine, &s.backend).get("/api/orders").await.expect("answers").parse();
     assert_eq!(all["orders"].as_array().map(Vec::len), Some(2));

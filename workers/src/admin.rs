@@ -132,6 +132,7 @@ pub fn router(activities: Arc<Activities>, auth: AdminAuth) -> Router {
         .route("/payments", get(list_payments))
         .route("/notifications", get(list_notifications))
         .route("/faults", get(get_faults).put(put_faults))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         // Everything above, the fallback included, needs an admin; `/healthz`, added after
         // this layer, does not (supervisors and load balancers probe it).
@@ -139,6 +140,13 @@ pub fn router(activities: Arc<Activities>, auth: AdminAuth) -> Router {
         .route("/healthz", get(health))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(activities)
+}
+
+/// `GET /metrics`: this process's metrics in the Prometheus text format.
+async fn metrics() -> Result<Response, ApiError> {
+    let text = crate::metrics::encode()
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "could not encode the metrics"))?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE_TEXT)], text).into_response())
 }
 
 async fn health(State(activities): State<Arc<Activities>>) -> Json<HealthBody> {

@@ -24,6 +24,7 @@ pub mod credential_cache;
 pub mod engine_client;
 pub mod faults;
 pub mod inventory;
+pub mod metrics;
 pub mod notification;
 pub mod notify_ws;
 pub mod payment;

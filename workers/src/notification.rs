@@ -281,7 +281,7 @@ impl Notification {
     }
 
     pub async fn flush(&self) -> Result<(), store::Error> {
-        Ok(self.flusher.flush().await?)
+        store::flush(&self.flusher, crate::activities::Domain::Notification.as_str()).await
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -210,7 +210,7 @@ impl Payment {
     }
 
     pub async fn flush(&self) -> Result<(), store::Error> {
-        Ok(self.flusher.flush().await?)
+        store::flush(&self.flusher, crate::activities::Domain::Payment.as_str()).await
     }
 
     /// Writes the order's payment record and its ledger entry in one batch, then mirrors

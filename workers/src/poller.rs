@@ -269,10 +269,16 @@ async fn execute_one(activities: Arc<Activities>, client: EngineClient, task: Ac
             let period = (Duration::from_millis(heartbeat_ms) / 3).max(MIN_HEARTBEAT_PERIOD);
             tokio::spawn(heartbeat_loop(client, task.token.clone(), period).in_current_span())
         });
+        let started = std::time::Instant::now();
         let outcome = activities.execute(&task).await;
         if let Some(heartbeats) = heartbeats {
             heartbeats.abort();
         }
+        let error = match &outcome {
+            TaskOutcome::Completed { .. } => None,
+            TaskOutcome::Failed { error } => Some(error.error_type.as_str()),
+        };
+        crate::metrics::executed(task.activity.as_str(), error, started.elapsed());
         match &outcome {
             TaskOutcome::Completed { .. } => tracing::debug!("completed"),
             TaskOutcome::Failed { error } => tracing::info!(

@@ -52,6 +52,14 @@ pub fn flusher(store: &Opened, name: &str) -> Result<Flusher, Error> {
     Flusher::start(store, name).map_err(Error::FlusherThread)
 }
 
+/// Waits for `flusher` to make `domain`'s writes durable, timing it for `/metrics`.
+pub async fn flush(flusher: &Flusher, domain: &str) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    let flushed = flusher.flush().await;
+    crate::metrics::flushed(domain, started.elapsed());
+    Ok(flushed?)
+}
+
 /// A store that lives only as long as the process, for tests.
 #[cfg(test)]
 pub fn temporary() -> Opened {

@@ -37,9 +37,12 @@ pub(crate) enum Access {
     /// Admins only: token management, starting, cancelling and terminating runs,
     /// registering definitions, engine stats.
     Admin,
-    /// Clients and admins: placing and reading orders, reading runs, histories, definitions,
-    /// minting notification tickets.
+    /// Clients and admins, but not a customer's own credential (a client JWT with a `sub`):
+    /// reading any run, its history, the engine-wide streams, definitions.
     Client,
+    /// Clients and admins, customers included: placing and reading orders (a customer sees
+    /// only their own), minting their notification tickets.
+    Shop,
     /// Workers and admins: the task protocol (queues are checked by the handlers), and
     /// verifying the credential a notification WebSocket was opened with.
     Worker,
@@ -52,7 +55,7 @@ impl Access {
     pub(crate) fn allows(self, role: Role) -> bool {
         match self {
             Access::Admin => role == Role::Admin,
-            Access::Client => matches!(role, Role::Admin | Role::Client),
+            Access::Client | Access::Shop => matches!(role, Role::Admin | Role::Client),
             Access::Worker => matches!(role, Role::Admin | Role::Worker),
             Access::Signal => matches!(role, Role::Admin | Role::Signaler),
         }
@@ -175,12 +178,17 @@ pub(crate) async fn require(State(access): State<Access>, request: Request, next
 
 /// 403 unless `principal`'s role has `access`: the one role check of the API and the console.
 pub(crate) fn check_access(principal: &Principal, access: Access) -> Result<(), ApiError> {
+    if access == Access::Client && principal.role == Role::Client && principal.subject.customer().is_some() {
+        return Err(ApiError::forbidden(
+            "a customer's credential reaches only their orders (/api/orders) and notification tickets",
+        ));
+    }
     if access.allows(principal.role) {
         return Ok(());
     }
     let needed = match access {
         Access::Admin => "an admin",
-        Access::Client => "a client or admin",
+        Access::Client | Access::Shop => "a client or admin",
         Access::Worker => "a worker or admin",
         Access::Signal => "a signaler or admin",
     };

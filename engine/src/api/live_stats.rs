@@ -23,13 +23,7 @@ fn tick(state: &AppState, previous: Option<&LiveStatsTick>) -> LiveStatsTick {
     let stats = &state.stream_stats;
     let (started, finished) = (stats.started(), stats.finished());
     let latency = stats.latency();
-    let backlog = state
-        .core
-        .stats
-        .queues
-        .lock()
-        .map(|queues| queues.iter().map(|(queue, gauge)| (queue.clone(), gauge.ready)).collect())
-        .unwrap_or_default();
+    let backlog = state.core.stats.queue_views().into_iter().map(|(queue, view)| (queue, view.ready)).collect();
     LiveStatsTick {
         at_ms: state.clock.now_ms(),
         started,

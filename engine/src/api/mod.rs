@@ -77,6 +77,8 @@ pub struct AppState {
     pub sessions: Arc<crate::console::Sessions>,
     /// Event streams (SSE): their cap and counters.
     pub streams: Arc<StreamHub>,
+    /// What `/metrics` exports.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The workers' admin APIs the console reads beside a run (none configured: it says so).
     pub worker_admins: Arc<crate::console::WorkerAdmins>,
 }
@@ -114,6 +116,7 @@ pub fn core_liveness(lifecycle: &Lifecycle, last_tick_ms: u64, now_ms: u64) -> R
 pub fn app(state: AppState) -> Router {
     let admin = Router::new()
         .route("/v1/stats", get(stats))
+        .route("/metrics", get(crate::metrics::serve))
         .route("/v1/workflows", post(workflows::start))
         .route("/v1/workflows/:id/cancel", post(workflows::cancel))
         .route("/v1/workflows/:id/terminate", post(workflows::terminate))
@@ -132,10 +135,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/overview/events", get(live_stats::events))
         .route("/v1/definitions", get(definitions::list))
         .route("/v1/definitions/check", post(definitions::check))
+        .route_layer(from_fn_with_state(Access::Client, auth::require));
+    let shop = Router::new()
         .route("/api/orders", post(orders::place).get(orders::list))
         .route("/api/orders/:id", get(orders::get_one))
         .route("/api/notifications/tickets", post(notifications::mint))
-        .route_layer(from_fn_with_state(Access::Client, auth::require));
+        .route_layer(from_fn_with_state(Access::Shop, auth::require));
     let worker = Router::new()
         .route("/v1/tasks/poll", post(tasks::poll))
         .route("/v1/tasks/complete", post(tasks::complete))
@@ -151,6 +156,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(admin)
         .merge(client)
+        .merge(shop)
         .merge(worker)
         .merge(signal)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -167,6 +173,8 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(edge::edge))
+        // Outermost: it sees every answer, the edge's refusals included.
+        .layer(from_fn_with_state(state.metrics.clone(), crate::metrics::track_http))
         .with_state(state)
 }
 
@@ -204,7 +212,7 @@ fn health_body(state: &AppState, status: &str) -> Health {
 
 async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let stats = &state.core.stats;
-    let gauges = stats.queues.lock().map(|queues| queues.clone()).unwrap_or_default();
+    let gauges = stats.queue_views();
     let queues: std::collections::BTreeMap<&String, usize> = gauges.iter().map(|(q, g)| (q, g.ready)).collect();
     Ok(Json(serde_json::json!({
         // Counted from the stream of committed events: only what is durable.
@@ -223,7 +231,7 @@ async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
             "events_sent": state.streams.events_sent(),
         },
         "queues": queues,
-        // Per queue: backlog, when its oldest task became ready, waiting polls, recent pollers.
+        // Per queue: backlog, when its oldest task was scheduled, waiting polls, recent pollers.
         "queue_gauges": gauges,
         "quarantined": stats
             .quarantined

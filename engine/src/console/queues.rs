@@ -10,7 +10,7 @@ use super::page::{error_page, html_response, layout};
 use super::session::Session;
 use crate::api::auth::{check_access, Access};
 use crate::api::AppState;
-use crate::core::{QueueGauge, POLLER_WINDOW_MS};
+use crate::core::POLLER_WINDOW_MS;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -18,13 +18,9 @@ use axum::Extension;
 use maud::{html, Markup};
 use shop_types::describe::millis;
 
-fn gauges(state: &AppState) -> Vec<(String, QueueGauge)> {
-    state.core.stats.queues.lock().map(|q| q.iter().map(|(n, g)| (n.clone(), *g)).collect()).unwrap_or_default()
-}
-
 fn table(state: &AppState) -> Markup {
     let now = state.clock.now_ms();
-    let queues = gauges(state);
+    let queues = state.core.stats.queue_views();
     html! {
         @if queues.is_empty() { p.empty { "No queue has had a task or a poll yet." } }
         @else {
@@ -35,9 +31,9 @@ fn table(state: &AppState) -> Markup {
                     tr data-queue=(name) {
                         td { (name) }
                         td.backlog { (gauge.ready) }
-                        td { @match gauge.oldest_ready_since_ms { Some(since) => (millis(now.saturating_sub(since))), None => "-" } }
+                        td { @match gauge.oldest_scheduled_ms { Some(since) => (millis(now.saturating_sub(since))), None => "-" } }
                         td { (gauge.waiting_polls) }
-                        td.pollers class=[(gauge.pollers == 0).then_some("failed")] { (gauge.pollers) }
+                        td.pollers class=[(gauge.recent_pollers == 0).then_some("failed")] { (gauge.recent_pollers) }
                     }
                 } }
             }

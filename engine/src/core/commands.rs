@@ -7,6 +7,7 @@
 use super::*;
 use crate::state::signal_digest;
 use shop_types::history::EventKind;
+use stream::TaskEvent;
 
 impl Core {
     pub(super) fn handle(&mut self, turn: &mut Turn, command: Command, now: u64) {
@@ -390,9 +391,14 @@ impl Core {
         };
         turn.batch.append_transition(id, &events, before)?;
         let mut status = before;
+        let definition = self.runs.get(id).map(|run| run.definition.clone());
         turn.events.extend(events.iter().map(|event| {
             status = event.kind.status_after(status);
-            CommittedEvent::new(id, &workflow_type, status, event)
+            let task = TaskEvent::of(&event.kind, |step| {
+                let step = definition.as_ref()?.step(step)?;
+                Some((step.queue()?.clone(), step.activity()?.clone()))
+            });
+            CommittedEvent::new(id, &workflow_type, status, event, task)
         }));
         let terminal = match self.runs.get(id) {
             Some(run) => run.state.terminal.clone(),

@@ -26,8 +26,6 @@ pub(super) struct ReadyTask {
     pub(super) id: WorkflowId,
     pub(super) step: StepRef,
     pub(super) attempt: u32,
-    /// When the attempt was scheduled (clock ms): the queue's oldest shows how long work waits.
-    pub(super) ready_since_ms: u64,
 }
 
 /// Where a run's ready entry sits, so it can be removed in O(log n).
@@ -71,10 +69,14 @@ impl ReadyQueues {
         self.queues.get(queue).is_some_and(|tasks| !tasks.is_empty())
     }
 
-    /// The backlog of every queue that ever had a task (an empty one shows 0), with when its
-    /// oldest entry became ready (entries are in queueing order, so the first is the oldest).
-    pub(super) fn depths(&self) -> impl Iterator<Item = (&QueueName, usize, Option<u64>)> {
-        self.queues.iter().map(|(queue, tasks)| (queue, tasks.len(), tasks.values().next().map(|t| t.ready_since_ms)))
+    /// The backlog of every queue that ever had a task (an empty one shows 0).
+    pub(super) fn depths(&self) -> impl Iterator<Item = (&QueueName, usize)> {
+        self.queues.iter().map(|(queue, tasks)| (queue, tasks.len()))
+    }
+
+    /// Every queue that ever had a task, with its oldest waiting task (if any).
+    fn fronts(&self) -> impl Iterator<Item = (&QueueName, Option<&ReadyTask>)> {
+        self.queues.iter().map(|(queue, tasks)| (queue, tasks.first_key_value().map(|(_, task)| task)))
     }
 }
 
@@ -86,7 +88,7 @@ pub(super) struct WaitingPoll {
     pub(super) reply: oneshot::Sender<Vec<ActivityTask>>,
 }
 
-/// How long a worker counts as a queue's poller after its last poll: longer than the
+/// How long a worker counts as a queue's recent poller after its last poll: longer than the
 /// longest poll wait a worker asks for, so a worker in a long poll is never counted out.
 pub const POLLER_WINDOW_MS: u64 = 120_000;
 /// Most (queue, worker) pairs remembered as recent pollers; past it, the oldest is forgotten,
@@ -94,7 +96,7 @@ pub const POLLER_WINDOW_MS: u64 = 120_000;
 pub const MAX_TRACKED_POLLERS: usize = 4_096;
 
 /// Waiting polls per queue, in arrival order, with their count; and which workers polled
-/// each queue lately (the queues page's "pollers").
+/// each queue lately (`QueueGauges::recent_pollers`).
 #[derive(Default)]
 pub(super) struct WaitingPolls {
     by_queue: HashMap<QueueName, VecDeque<WaitingPoll>>,
@@ -119,19 +121,16 @@ impl WaitingPolls {
         self.last_polls.insert(key, now_ms);
     }
 
-    fn forget_pollers(&mut self, now_ms: u64) {
+    /// Forgets the workers that have not polled within [`POLLER_WINDOW_MS`] of `now_ms`.
+    pub(super) fn forget_pollers(&mut self, now_ms: u64) {
         self.last_polls.retain(|_, at| now_ms.saturating_sub(*at) <= POLLER_WINDOW_MS);
     }
 
-    /// Per queue: polls waiting now, and workers that polled within [`POLLER_WINDOW_MS`].
-    pub(super) fn per_queue(&mut self, now_ms: u64) -> HashMap<QueueName, (usize, usize)> {
-        self.forget_pollers(now_ms);
-        let mut counts: HashMap<QueueName, (usize, usize)> = HashMap::new();
-        for (queue, polls) in &self.by_queue {
-            counts.entry(queue.clone()).or_default().0 = polls.len();
-        }
+    /// Workers remembered as recent pollers, per queue.
+    fn recent_pollers(&self) -> HashMap<&QueueName, usize> {
+        let mut counts = HashMap::new();
         for (queue, _) in self.last_polls.keys() {
-            counts.entry(queue.clone()).or_default().1 += 1;
+            *counts.entry(queue).or_default() += 1;
         }
         counts
     }
@@ -150,6 +149,11 @@ impl WaitingPolls {
         let poll = self.by_queue.get_mut(queue)?.pop_front()?;
         self.count -= 1;
         Some(poll)
+    }
+
+    /// Polls waiting on `queue` now.
+    fn on(&self, queue: &QueueName) -> usize {
+        self.by_queue.get(queue).map_or(0, VecDeque::len)
     }
 
     /// Queues with at least one waiting poll.
@@ -198,35 +202,60 @@ impl Core {
         let Some(run) = self.runs.get_mut(id) else {
             return Vec::new();
         };
-        let waiting: Vec<(StepRef, u32, u64)> = run
+        let waiting: Vec<(StepRef, u32)> = run
             .state
             .attempts
             .values()
-            .filter_map(|current| match current.status {
-                AttemptStatus::Scheduled { at_ms } => Some((current.step, current.attempt, at_ms)),
-                _ => None,
-            })
+            .filter(|current| matches!(current.status, AttemptStatus::Scheduled { .. }))
+            .map(|current| (current.step, current.attempt))
             .collect();
         let ready = &mut self.ready;
         run.ready.retain(|key| {
-            let keep = waiting.iter().any(|(step, attempt, _)| (*step, *attempt) == (key.step, key.attempt));
+            let keep = waiting.contains(&(key.step, key.attempt));
             if !keep {
                 ready.remove(key);
             }
             keep
         });
         let mut queues = Vec::new();
-        for (step, attempt, ready_since_ms) in waiting {
+        for (step, attempt) in waiting {
             if run.ready.iter().any(|key| (key.step, key.attempt) == (step, attempt)) {
                 continue;
             }
             let Some(queue) = run.definition.step(step).and_then(|d| d.queue()).cloned() else {
                 continue;
             };
-            run.ready.push(ready.push(queue.clone(), ReadyTask { id: id.clone(), step, attempt, ready_since_ms }));
+            run.ready.push(ready.push(queue.clone(), ReadyTask { id: id.clone(), step, attempt }));
             queues.push(queue);
         }
         queues
+    }
+
+    /// Publishes each queue's pollers and the schedule time of its oldest task for `/metrics`
+    /// and `why`. A queue stays once it is known (a drained one shows no task, not nothing).
+    pub(super) fn publish_queue_gauges(&self) {
+        let Ok(mut gauges) = self.stats.queues.lock() else {
+            return;
+        };
+        for gauge in gauges.values_mut() {
+            *gauge = super::QueueGauges::default();
+        }
+        for queue in self.waiting_polls.queues() {
+            gauges.entry(queue.to_string()).or_default().pollers = self.waiting_polls.on(queue);
+        }
+        for (queue, workers) in self.waiting_polls.recent_pollers() {
+            gauges.entry(queue.to_string()).or_default().recent_pollers = workers;
+        }
+        for (queue, front) in self.ready.fronts() {
+            let scheduled = front.and_then(|task| {
+                let attempt = self.runs.get(&task.id)?.state.attempts.values().find(|a| a.step == task.step)?;
+                match attempt.status {
+                    AttemptStatus::Scheduled { at_ms } => Some(at_ms),
+                    _ => None,
+                }
+            });
+            gauges.entry(queue.to_string()).or_default().oldest_scheduled_ms = scheduled;
+        }
     }
 
     /// Hands up to `max_tasks` ready attempts of `queue` to a worker, recording their start.
@@ -240,7 +269,7 @@ impl Core {
     ) -> Vec<ActivityTask> {
         let mut tasks = Vec::new();
         while tasks.len() < max_tasks {
-            let Some(ReadyTask { id, step, attempt, .. }) = self.ready.pop(queue) else {
+            let Some(ReadyTask { id, step, attempt }) = self.ready.pop(queue) else {
                 break;
             };
             if let Some(run) = self.runs.get_mut(&id) {
@@ -331,12 +360,7 @@ mod tests {
     use super::*;
 
     fn task(id: &str) -> ReadyTask {
-        ReadyTask {
-            id: WorkflowId::parse(id).expect("valid"),
-            step: StepRef::forward(0),
-            attempt: 1,
-            ready_since_ms: 7,
-        }
+        ReadyTask { id: WorkflowId::parse(id).expect("valid"), step: StepRef::forward(0), attempt: 1 }
     }
 
     #[test]
@@ -348,23 +372,25 @@ mod tests {
         ready.push(queue.clone(), task("c"));
         ready.remove(&a);
         ready.remove(&a);
-        assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 2, Some(7))]);
+        assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 2)]);
         assert_eq!(ready.pop(&queue), Some(task("b")));
         assert_eq!(ready.pop(&queue), Some(task("c")));
         assert_eq!(ready.pop(&queue), None);
         assert!(!ready.has_ready(&queue));
-        assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 0, None)], "an emptied queue shows 0");
+        assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 0)], "an emptied queue shows 0");
     }
 
     #[test]
-    fn pollers_count_within_their_window_and_the_table_is_bounded() {
+    fn recent_pollers_count_within_their_window_and_the_table_is_bounded() {
         let mut polls = WaitingPolls::default();
         let queue = QueueName::parse("q").expect("valid");
         let worker = |i: usize| shop_types::WorkerId::parse(format!("w{i}")).expect("valid");
         polls.note_poll(&queue, &worker(0), 0);
         polls.note_poll(&queue, &worker(1), 10);
-        assert_eq!(polls.per_queue(POLLER_WINDOW_MS).get(&queue), Some(&(0, 2)), "both within the window");
-        assert_eq!(polls.per_queue(POLLER_WINDOW_MS + 1).get(&queue), Some(&(0, 1)), "w0 is past it");
+        polls.forget_pollers(POLLER_WINDOW_MS);
+        assert_eq!(polls.recent_pollers().get(&queue), Some(&2), "both within the window");
+        polls.forget_pollers(POLLER_WINDOW_MS + 1);
+        assert_eq!(polls.recent_pollers().get(&queue), Some(&1), "w0 is past it");
         for i in 0..MAX_TRACKED_POLLERS + 1 {
             polls.note_poll(&queue, &worker(i), POLLER_WINDOW_MS + 2);
         }

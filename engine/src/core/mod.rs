@@ -229,16 +229,21 @@ pub(super) enum Command {
     Shutdown,
 }
 
-/// Counters the core keeps for `/v1/stats` and benchmarks.
+/// Counters the core keeps for `/v1/stats`, `/metrics` and benchmarks.
 #[derive(Default)]
 pub struct Stats {
     pub commands: AtomicU64,
     pub active: AtomicU64,
     /// Worker polls waiting for a task.
     pub waiting_polls: AtomicU64,
-    /// Per queue: its backlog and who polls it, as of the last turn. A queue once seen stays
-    /// (with zeros when drained), so an operator's gauge never vanishes.
-    pub queues: std::sync::Mutex<std::collections::BTreeMap<String, QueueGauge>>,
+    /// Tasks waiting for a worker, per queue: the backlog an operator watches. Exact: an
+    /// entry leaves when its attempt starts, times out, or its run moves on or ends.
+    pub queue_depths: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    /// Per queue that ever had a task: workers long-polling it now, and when its oldest
+    /// waiting task was scheduled (clock ms; `None` when it is empty). A drained queue stays.
+    pub queues: std::sync::Mutex<std::collections::BTreeMap<String, QueueGauges>>,
+    /// The core's histograms (commit batch sizes, sync latency) for `/metrics`.
+    pub metrics: crate::metrics::CoreMetrics,
     /// Runs whose history could not be replayed at start-up, with why: left on disk as they
     /// are and not served, while every other run is.
     pub quarantined: std::sync::Mutex<std::collections::BTreeMap<WorkflowId, String>>,
@@ -249,19 +254,52 @@ pub struct Stats {
     pub disk_full: std::sync::atomic::AtomicBool,
 }
 
-/// One queue's gauges (`/v1/stats`' `queue_gauges`, the console's queues page).
+/// One queue as `/v1/stats`' `queue_gauges` and the console show it: its backlog with its
+/// gauges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct QueueGauge {
-    /// Tasks waiting for a worker: the backlog. Exact: an entry leaves when its attempt
-    /// starts, times out, or its run moves on or ends.
+pub struct QueueView {
+    /// Tasks waiting for a worker.
     pub ready: usize,
-    /// When the oldest waiting task became ready (clock ms); none when the queue is empty.
-    pub oldest_ready_since_ms: Option<u64>,
-    /// Worker polls waiting on this queue now.
+    /// When its oldest waiting task was scheduled (clock ms); none when it is empty.
+    pub oldest_scheduled_ms: Option<u64>,
+    /// Worker polls waiting on it now.
     pub waiting_polls: usize,
-    /// Workers that polled this queue within `dispatch::POLLER_WINDOW_MS`.
+    /// Workers that polled it within `dispatch::POLLER_WINDOW_MS`.
+    pub recent_pollers: usize,
+}
+
+impl Stats {
+    /// Every queue known (a drained one stays, with zeros): backlog and gauges together.
+    pub fn queue_views(&self) -> std::collections::BTreeMap<String, QueueView> {
+        let mut views: std::collections::BTreeMap<String, QueueView> = std::collections::BTreeMap::new();
+        if let Ok(depths) = self.queue_depths.lock() {
+            for (queue, ready) in depths.iter() {
+                views.entry(queue.clone()).or_default().ready = *ready;
+            }
+        }
+        if let Ok(gauges) = self.queues.lock() {
+            for (queue, gauge) in gauges.iter() {
+                let view = views.entry(queue.clone()).or_default();
+                view.oldest_scheduled_ms = gauge.oldest_scheduled_ms;
+                view.waiting_polls = gauge.pollers;
+                view.recent_pollers = gauge.recent_pollers;
+            }
+        }
+        views
+    }
+}
+
+/// What `/metrics`, `why`, `/v1/stats` and the console's queues page show of one queue, as
+/// of the core's last turn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueGauges {
+    /// Worker polls waiting on the queue now.
     pub pollers: usize,
+    pub oldest_scheduled_ms: Option<u64>,
+    /// Workers that polled the queue within `dispatch::POLLER_WINDOW_MS` (a busy worker is
+    /// between polls, not gone).
+    pub recent_pollers: usize,
 }
 
 struct Run {
@@ -313,12 +351,13 @@ impl Core {
         };
         let (to_syncer, synced) = std::sync::mpsc::sync_channel::<AppliedTurn>(SYNC_QUEUE_CAPACITY);
         let store = self.store.clone();
+        let sync_seconds = self.stats.metrics.sync_seconds.clone();
         let Some(mut publisher) = self.publisher.take() else {
             return;
         };
         let syncer = std::thread::Builder::new()
             .name("syncer".into())
-            .spawn(move || sync_loop(store.as_ref(), &mut publisher, &synced));
+            .spawn(move || sync_loop(store.as_ref(), &mut publisher, &synced, &sync_seconds));
         let syncer = match syncer {
             Ok(handle) => handle,
             Err(error) => {
@@ -382,31 +421,9 @@ impl Core {
         }
         self.serve_waiting_polls(&mut turn, now);
         self.stats.commands.fetch_add(handled as u64, Ordering::Relaxed);
-        // Before the commit hands the turn's answers to the syncer: whoever is answered then
-        // reads gauges that already include this turn.
-        self.publish_queue_gauges(now);
+        // Pollers silent for longer than the window no longer count (published at commit).
+        self.waiting_polls.forget_pollers(now);
         self.commit(turn);
-    }
-
-    /// Copies every queue's gauges into [`Stats::queues`]; a queue seen once keeps its entry.
-    fn publish_queue_gauges(&mut self, now: u64) {
-        let polls = self.waiting_polls.per_queue(now);
-        let Ok(mut queues) = self.stats.queues.lock() else {
-            return;
-        };
-        for gauge in queues.values_mut() {
-            *gauge = QueueGauge::default();
-        }
-        for (queue, ready, oldest) in self.ready.depths() {
-            let gauge = queues.entry(queue.to_string()).or_default();
-            gauge.ready = ready;
-            gauge.oldest_ready_since_ms = oldest;
-        }
-        for (queue, (waiting, pollers)) in polls {
-            let gauge = queues.entry(queue.to_string()).or_default();
-            gauge.waiting_polls = waiting;
-            gauge.pollers = pollers;
-        }
     }
 
     fn commit(&mut self, mut turn: Turn) {
@@ -427,6 +444,7 @@ impl Core {
                 event.position = position;
             }
             self.last_position += numbered;
+            self.stats.metrics.commit_batch_events.observe(numbered as f64);
             if let Err(error) = self.store.apply(turn.batch) {
                 // The in-memory state is ahead of what the store holds; serving it would
                 // break "nothing acknowledged is lost". Exit without answering: restart
@@ -437,6 +455,12 @@ impl Core {
         }
         self.stats.active.store(self.runs.len() as u64, Ordering::Relaxed);
         self.stats.waiting_polls.store(self.waiting_polls.count() as u64, Ordering::Relaxed);
+        if let Ok(mut depths) = self.stats.queue_depths.lock() {
+            for (queue, tasks) in self.ready.depths() {
+                depths.insert(queue.to_string(), tasks);
+            }
+        }
+        self.publish_queue_gauges();
         // A turn that wrote goes to the syncer even with nobody to answer, so its write is
         // synced at once; a turn that only answers waits its turn there, as its answers may
         // rest on state an earlier turn applied and has not yet made durable.

@@ -9,8 +9,8 @@
 //! must never decide anything or wait on a subscriber.
 
 use shop_types::api::WorkflowStatus;
-use shop_types::history::Event;
-use shop_types::{WorkflowId, WorkflowType};
+use shop_types::history::{Event, EventKind};
+use shop_types::{ActivityName, QueueName, StepRef, WorkflowId, WorkflowType};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -38,6 +38,42 @@ pub struct CommittedEvent {
     pub settles: bool,
     /// Whether the event ends its run for good (completed, failed, cancelled, terminated).
     pub terminal: bool,
+    /// For an activity attempt's event: its queue, activity and outcome (what the metrics
+    /// follower counts by, without reading the store).
+    pub task: Option<TaskEvent>,
+}
+
+/// What an activity attempt's event says, for the followers that count by queue and activity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEvent {
+    pub step: StepRef,
+    pub attempt: u32,
+    pub queue: QueueName,
+    pub activity: ActivityName,
+    /// A failure's error type, or `timeout_<kind>` for a timeout; `None` otherwise.
+    pub error: Option<String>,
+}
+
+impl TaskEvent {
+    /// The attempt the event names, when it is one of an activity's (scheduled, started,
+    /// completed, failed, timed out); `labels` finds the step's queue and activity.
+    pub(super) fn of(
+        kind: &EventKind,
+        labels: impl FnOnce(StepRef) -> Option<(QueueName, ActivityName)>,
+    ) -> Option<TaskEvent> {
+        let (step, attempt, error) = match kind {
+            EventKind::StepScheduled { step, attempt }
+            | EventKind::StepStarted { step, attempt, .. }
+            | EventKind::StepCompleted { step, attempt, .. } => (*step, *attempt, None),
+            EventKind::StepFailed { step, attempt, error, .. } => (*step, *attempt, Some(error.error_type.clone())),
+            EventKind::StepTimedOut { step, attempt, timeout, .. } => {
+                (*step, *attempt, Some(format!("timeout_{}", timeout.as_str())))
+            }
+            _ => return None,
+        };
+        let (queue, activity) = labels(step)?;
+        Some(TaskEvent { step, attempt, queue, activity, error })
+    }
 }
 
 impl CommittedEvent {
@@ -46,9 +82,10 @@ impl CommittedEvent {
         workflow_type: &WorkflowType,
         status: WorkflowStatus,
         event: &Event,
+        task: Option<TaskEvent>,
     ) -> CommittedEvent {
         let terminal = event.kind.is_terminal();
-        let settles = terminal || matches!(event.kind, shop_types::history::EventKind::RunParked { .. });
+        let settles = terminal || matches!(event.kind, EventKind::RunParked { .. });
         CommittedEvent {
             position: 0,
             run: run.clone(),
@@ -59,6 +96,7 @@ impl CommittedEvent {
             at_ms: event.at_ms,
             settles,
             terminal,
+            task,
         }
     }
 }
@@ -141,6 +179,7 @@ impl CommittedEvent {
             at_ms: 0,
             settles,
             terminal: settles,
+            task: None,
         }
     }
 }

@@ -46,8 +46,20 @@ pub(super) struct AppliedTurn {
 /// with one sync, then sends them. Turns arrive in order, so when no turn of a group wrote,
 /// every earlier write is already synced and the group is answered without a sync (an empty
 /// poll, a heartbeat, a read of a finished run). Ends when the core drops its sender.
-pub(super) fn sync_loop(store: &Store, publisher: &mut Publisher, turns: &Receiver<AppliedTurn>) {
-    group_commit(turns, || store.sync(), |group, synced| answer(publisher, group, synced));
+/// Each sync's latency goes to `sync_seconds`.
+pub(super) fn sync_loop(
+    store: &Store,
+    publisher: &mut Publisher,
+    turns: &Receiver<AppliedTurn>,
+    sync_seconds: &prometheus_client::metrics::histogram::Histogram,
+) {
+    let sync = || {
+        let started = std::time::Instant::now();
+        let synced = store.sync();
+        sync_seconds.observe(started.elapsed().as_secs_f64());
+        synced
+    };
+    group_commit(turns, sync, |group, synced| answer(publisher, group, synced));
 }
 
 /// Makes one group of turns durable (one sync, if any of them wrote), publishes its events,

@@ -71,7 +71,7 @@ impl Fixture {
     }
 
     pub(super) fn backlog(&self) -> usize {
-        self.core.ready.depths().map(|(_, tasks, _)| tasks).sum()
+        self.core.ready.depths().map(|(_, tasks)| tasks).sum()
     }
 
     pub(super) fn poll(&mut self, now: u64, wait_ms: u64) -> oneshot::Receiver<Vec<ActivityTask>> {
@@ -137,7 +137,7 @@ fn ready_entries_leave_when_started_timed_out_or_their_run_ends() {
     };
     f.turn(vec![cancel], T0 + 3_002);
     assert_eq!(f.backlog(), 0);
-    assert_eq!(f.core.stats.queues.lock().expect("lock").get("q").map(|g| g.ready), Some(0), "/v1/stats shows 0");
+    assert_eq!(f.core.stats.queue_depths.lock().expect("lock").get("q"), Some(&0), "/v1/stats shows 0");
 }
 
 #[test]

@@ -326,7 +326,7 @@ impl Inventory {
     }
 
     pub async fn flush(&self) -> Result<(), store::Error> {
-        Ok(self.flusher.flush().await?)
+        store::flush(&self.flusher, crate::activities::Domain::Inventory.as_str()).await
     }
 
     /// Writes the changed products and the reservation in one batch, then mirrors them in
