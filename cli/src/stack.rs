@@ -93,15 +93,19 @@ impl StackOptions {
     }
 
     /// The engine of a local stack: its data under the stack's folder, open on loopback
-    /// and without rate limits (the caller's `engine_args` come last and win).
-    fn engine(&self, binary: &Path, listen: SocketAddr, workflows: &Path) -> EngineSpec {
+    /// and without rate limits, its console reading the workers' admin APIs at
+    /// `worker_admins` (the caller's `engine_args` come last and win).
+    fn engine(&self, binary: &Path, listen: SocketAddr, workflows: &Path, worker_admins: &[String]) -> EngineSpec {
+        let mut args: Vec<String> =
+            worker_admins.iter().flat_map(|url| ["--worker-admin".to_owned(), url.clone()]).collect();
+        args.extend(self.engine_args.iter().cloned());
         EngineSpec {
             binary: binary.to_owned(),
             data_dir: self.data_dir.join("engine"),
             listen,
             workflows: workflows.to_owned(),
             open: true,
-            args: self.engine_args.clone(),
+            args,
             output: self.output_of(ENGINE_BINARY),
         }
     }
@@ -141,15 +145,7 @@ impl Stack {
 
         output::note(&format!("starting {ENGINE_BINARY} on {engine_url} (workflows from {})", workflows.display()));
         output::note("the engine and the worker admin API run open: no authentication, no rate limit, loopback only");
-        let engine_spawned = tokio::time::Instant::now();
-        let spec = options.engine(&engine_binary, options.engine_listen, &workflows).spec();
-        let mut engine = Process::spawn(ENGINE_BINARY, &mut spec.command(), &spec.output)?;
-        if let Err(err) = ready(&mut engine, client.engine(), STARTUP_TIMEOUT).await {
-            stop(&mut engine).await;
-            return Err(err);
-        }
-        let engine_ready_after = engine_spawned.elapsed();
-
+        // The workers' addresses are chosen first: the engine's console reads their admin APIs.
         let plan: Vec<(&'static str, SocketAddr)> = match options.layout {
             WorkerLayout::Combined => vec![(ALL_ACTIVITIES, options.worker_listen)],
             WorkerLayout::PerDomain => {
@@ -161,6 +157,16 @@ impl Stack {
                 plan
             }
         };
+        let worker_admins: Vec<String> = plan.iter().map(|(_, listen)| connect_url(*listen)).collect();
+        let engine_spawned = tokio::time::Instant::now();
+        let spec = options.engine(&engine_binary, options.engine_listen, &workflows, &worker_admins).spec();
+        let mut engine = Process::spawn(ENGINE_BINARY, &mut spec.command(), &spec.output)?;
+        if let Err(err) = ready(&mut engine, client.engine(), STARTUP_TIMEOUT).await {
+            stop(&mut engine).await;
+            return Err(err);
+        }
+        let engine_ready_after = engine_spawned.elapsed();
+
         let mut workers = Vec::with_capacity(plan.len());
         for (activities, listen) in plan {
             let admin_url = connect_url(listen);
@@ -230,7 +236,7 @@ impl Stack {
         let client = Client::new(&connect_url(listen), &connect_url(options.worker_listen))?;
         output::note(&format!("preloading {runs} completed runs"));
         let started = tokio::time::Instant::now();
-        let mut spec = options.engine(&engine_binary, listen, &workflows);
+        let mut spec = options.engine(&engine_binary, listen, &workflows, &[]);
         spec.args.extend(["--preload-completed".to_owned(), runs.to_string()]);
         let spec = spec.spec();
         let mut engine = Process::spawn(ENGINE_BINARY, &mut spec.command(), &spec.output)?;

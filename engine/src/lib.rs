@@ -70,6 +70,8 @@ pub struct EngineOptions {
     pub server: server::ServerOptions,
     /// Event streams (SSE) open at once at most; beyond it 503 (`streams::MAX_STREAM_SUBSCRIBERS`).
     pub max_stream_subscribers: usize,
+    /// Base URLs of the workers' admin APIs the console reads beside a run (`--worker-admin`).
+    pub worker_admin: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,8 @@ pub enum Error {
     OpenNotLoopback(SocketAddr),
     #[error("authentication setup failed: {0}")]
     Auth(#[from] auth::Error),
+    #[error(transparent)]
+    WorkerAdmin(#[from] console::WorkerAdminError),
 }
 
 /// Runs the engine until `shutdown` resolves.
@@ -128,6 +132,13 @@ pub async fn serve(
     }
     let (mut core, handle) = Core::recover(store.clone(), registry.clone(), clock.clone(), options.limits)?;
     let auth = Arc::new(Authenticator::new(&options.auth, store.as_ref(), handle.clone(), clock.clone())?);
+    // The console reads the workers' admin APIs with the engine's own admin credential (its
+    // admin token file's token), the one credential the workers accept for them.
+    let admin_token = match (&options.auth.admin_token_file, options.worker_admin.is_empty()) {
+        (Some(path), false) => Some(auth::admin_file_token(path)?),
+        _ => None,
+    };
+    let worker_admins = Arc::new(console::WorkerAdmins::new(&options.worker_admin, admin_token.as_ref())?);
     // The stats follower subscribes before the core's first turn (overdue timers fire there), so it misses nothing.
     let stream_stats = Arc::new(stream_stats::StreamStats::default());
     let (follower, subscription) = (stream_stats.clone(), handle.subscribe());
@@ -205,6 +216,7 @@ pub async fn serve(
         sessions: Arc::new(console::Sessions::new(options.console_secure_cookie)),
         streams: streams.clone(),
         metrics,
+        worker_admins,
     });
     let shutdown_handle = handle.clone();
     let shutdown = async move {

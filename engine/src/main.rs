@@ -74,6 +74,10 @@ struct Args {
     /// (a proxy that terminates https), so the browser never sends the session in clear.
     #[arg(long)]
     console_secure_cookie: bool,
+    /// A worker's admin API (its base URL), read by the console to show an order's stock,
+    /// payments and notifications beside its run, with the engine's admin token. Repeatable.
+    #[arg(long, value_name = "URL")]
+    worker_admin: Vec<String>,
     /// Requests per credential (per client IP when open): `N/s`, `N/m`, `N/h` or `off`.
     /// Worker credentials are exempt.
     #[arg(long, default_value = "1000/s")]
@@ -179,6 +183,7 @@ async fn run() -> anyhow::Result<()> {
         max_auth_failures: args.max_auth_failures,
         console_secure_cookie: args.console_secure_cookie,
         max_stream_subscribers: args.max_stream_subscribers,
+        worker_admin: args.worker_admin,
         server: server::ServerOptions {
             head_timeout: args.head_timeout,
             body_timeout: args.body_timeout,

@@ -19,6 +19,9 @@ pub struct Registry {
 struct Registered {
     definition: Arc<Definition>,
     content_hash: String,
+    /// When this engine process registered it (clock ms); `None` for a version loaded at
+    /// start-up (the store keeps no registration time).
+    registered_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,8 +54,23 @@ impl Registry {
             return Err(VersionConflict { name: definition.name, version: definition.version });
         }
         let content_hash = definition.content_hash.clone();
-        versions.insert(definition.version, Registered { definition: Arc::new(definition), content_hash });
+        versions.insert(
+            definition.version,
+            Registered { definition: Arc::new(definition), content_hash, registered_at_ms: None },
+        );
         Ok(true)
+    }
+
+    /// Records that `(name, version)` was registered at `at_ms` (through the API).
+    pub fn mark_registered(&mut self, name: &str, version: u32, at_ms: u64) {
+        if let Some(registered) = self.by_name.get_mut(name).and_then(|versions| versions.get_mut(&version)) {
+            registered.registered_at_ms = Some(at_ms);
+        }
+    }
+
+    /// When this engine process registered `(name, version)`, if it did (not at start-up).
+    pub fn registered_at_ms(&self, name: &str, version: u32) -> Option<u64> {
+        self.by_name.get(name)?.get(&version)?.registered_at_ms
     }
 
     pub fn contains(&self, name: &str, version: u32) -> bool {

@@ -268,6 +268,9 @@ pub struct WorkerOptions {
     /// `--open` (the default): the admin API needs no credential. Tests of its
     /// authentication turn it off.
     pub open: bool,
+    /// Its admin API's address; a free loopback port when `None`. Chosen up front when the
+    /// engine must know it (`--worker-admin`).
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for WorkerOptions {
@@ -277,6 +280,7 @@ impl Default for WorkerOptions {
             args: Vec::new(),
             env: Vec::new(),
             open: true,
+            listen: None,
         }
     }
 }
@@ -302,7 +306,7 @@ impl Worker {
             binary: binary("shop-worker"),
             engine_url: engine_url.to_owned(),
             data_dir: dir.join(name),
-            listen: free_addr(),
+            listen: options.listen.unwrap_or_else(free_addr),
             activities: options.activities,
             open: options.open,
             args: options.args,

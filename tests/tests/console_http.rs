@@ -138,3 +138,82 @@ async fn a_session_reads_the_api_but_acts_only_through_the_console_with_its_csrf
         console.http.get(format!("{}/console/runs", console.base)).header(COOKIE, &cookie).send().await.expect("GET");
     assert_eq!(reply.status().as_u16(), 303, "and its pages send it to the login page");
 }
+
+/// Signs in to a fresh engine started with `args` (authentication on); returns it, its
+/// admin API client, the console and the session cookie.
+async fn signed_in(dir: &std::path::Path, mut args: Vec<String>) -> (Engine, Api, Console, String) {
+    let token_file = dir.join("admin.token");
+    args.extend(["--admin-token-file".to_owned(), token_file.display().to_string()]);
+    let engine = Engine::start(dir, EngineOptions { open: false, args, ..EngineOptions::default() }).await;
+    let admin_token = std::fs::read_to_string(&token_file).expect("the admin token").trim().to_owned();
+    let api = Api::with_token(&engine.url(), &admin_token);
+    let console = Console::new(&engine.url());
+    let (status, cookie) = console.sign_in(&admin_token).await;
+    assert_eq!(status, 303);
+    (engine, api, console, cookie.expect("a session cookie"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shop_panel_says_plainly_when_no_worker_is_configured_or_one_is_down() {
+    // No --worker-admin: the panel says how to get one.
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let (_engine, api, console, cookie) = signed_in(dir.path(), Vec::new()).await;
+    let id = api.place_order_ok(&order_body(None, &[(1, 1)], "CREDIT_CARD")).await;
+    let (status, panel) = console.get(&format!("/console/runs/{id}/shop"), &cookie).await;
+    assert_eq!(status, 200, "{panel}");
+    assert!(panel.contains("data-testid=\"shop-none\"") && panel.contains("--worker-admin"), "{panel}");
+
+    // A worker admin API where nothing listens: each part of the panel says it cannot be read.
+    let dead = shop_tests::process::free_addr();
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let args = vec!["--worker-admin".to_owned(), format!("http://{dead}")];
+    let (_engine, api, console, cookie) = signed_in(dir.path(), args).await;
+    let id = api.place_order_ok(&order_body(None, &[(1, 1)], "CREDIT_CARD")).await;
+    let (status, page) = console.get(&format!("/console/runs/{id}"), &cookie).await;
+    assert_eq!(status, 200, "the run page never fails for the shop");
+    assert!(page.contains("data-testid=\"shop\""), "the page has the panel's place");
+    let (status, panel) = console.get(&format!("/console/runs/{id}/shop"), &cookie).await;
+    assert_eq!(status, 200, "{panel}");
+    assert_eq!(panel.matches("data-testid=\"shop-down\"").count(), 3, "stock, payments, notifications:\n{panel}");
+    assert!(panel.contains(&dead.to_string()), "the panel names the worker: {panel}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_gauges_stay_when_a_queue_drains_and_the_overview_streams_ticks() {
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let (engine, api, console, cookie) = signed_in(dir.path(), Vec::new()).await;
+    // No worker serves the queues: the order's first task waits on `inventory`.
+    let id = api.place_order_ok(&order_body(None, &[(1, 1)], "CREDIT_CARD")).await;
+    let stats: serde_json::Value = api.get("/v1/stats").await.expect("GET /v1/stats").parse();
+    let gauge = &stats["queue_gauges"]["inventory"];
+    assert_eq!(gauge["ready"], json!(1), "{stats}");
+    assert!(gauge["oldestScheduledMs"].is_u64(), "{stats}");
+    let (status, page) = console.get("/console/queues", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("data-queue=\"inventory\""), "{page}");
+
+    // Cancelled, the run leaves the queue: its gauge stays, at zero.
+    let cancelled = api.post_json(&format!("/v1/workflows/{id}/terminate"), &json!({})).await.expect("POST");
+    assert_eq!(cancelled.status, 202, "{}", cancelled.text);
+    let stats: serde_json::Value = api.get("/v1/stats").await.expect("GET /v1/stats").parse();
+    let gauge = &stats["queue_gauges"]["inventory"];
+    assert_eq!((gauge["ready"].clone(), gauge["oldestScheduledMs"].clone()), (json!(0), json!(null)), "{stats}");
+
+    // The overview stream: a credential (here the session) is needed, then ticks come.
+    let url = format!("{}/v1/overview/events", engine.url());
+    let reply = console.http.get(&url).send().await.expect("GET");
+    assert_eq!(reply.status().as_u16(), 401, "no credential, no stream");
+    let mut reply = console.http.get(&url).header(COOKIE, &cookie).send().await.expect("GET");
+    assert_eq!(reply.status().as_u16(), 200);
+    let mut seen = String::new();
+    while !seen.contains("\n\n") {
+        let chunk = reply.chunk().await.expect("the stream").expect("a tick before the stream ends");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.starts_with("event: tick\ndata: {"), "{seen}");
+    let data: serde_json::Value =
+        serde_json::from_str(seen.lines().nth(1).and_then(|l| l.strip_prefix("data: ")).expect("data")).expect("JSON");
+    assert_eq!(data["started"], json!(1), "{data}");
+    assert_eq!(data["finished"], json!(1), "the terminated run ended: {data}");
+    assert_eq!(data["backlog"]["inventory"], json!(0), "{data}");
+}

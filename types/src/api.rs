@@ -186,6 +186,28 @@ pub struct CommittedEventView {
     pub status: WorkflowStatus,
 }
 
+/// One second of the engine's activity: the data of each `tick` message of
+/// `GET /v1/overview/events` (the console's overview draws its charts from these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveStatsTick {
+    pub at_ms: u64,
+    /// Runs started and finished (ended for good) since the engine started.
+    pub started: u64,
+    pub finished: u64,
+    /// Of those, since the stream's previous tick (0 in the first).
+    pub started_per_sec: u64,
+    pub finished_per_sec: u64,
+    /// End-to-end latency (start to end) percentiles of recent finished runs, in ms.
+    pub latency_p50_ms: u64,
+    pub latency_p90_ms: u64,
+    pub latency_p99_ms: u64,
+    /// How many finished runs the percentiles are taken over (0: none yet).
+    pub latency_samples: usize,
+    /// Backlog (tasks waiting for a worker) per queue; a drained queue shows 0.
+    pub backlog: std::collections::BTreeMap<String, usize>,
+}
+
 /// The data of the `end` message of `GET /v1/workflows/{id}/events`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamEnd {
@@ -306,6 +328,39 @@ pub struct PlannedStep {
     /// The step's static parameters (`{}` when none).
     #[serde(default = "JsonText::null")]
     pub params: JsonText,
+}
+
+impl PlannedStep {
+    /// Its retry policy in one line, as `shopctl definition check` and the console show it:
+    /// `5x 200ms..10s x2 final:A,B`, durations written by `duration`.
+    pub fn retry_text(&self, duration: impl Fn(u64) -> String) -> String {
+        let retry = &self.retry;
+        let mut text = format!(
+            "{}x {}..{} x{}",
+            retry.max_attempts,
+            duration(retry.initial_interval_ms),
+            duration(retry.max_interval_ms),
+            retry.backoff_coefficient
+        );
+        if !retry.non_retryable.is_empty() {
+            text.push_str(&format!(" final:{}", retry.non_retryable.join(",")));
+        }
+        text
+    }
+
+    /// Its timeouts in one line: `start_to_close=30s heartbeat=5s`, durations written by
+    /// `duration`.
+    pub fn timeouts_text(&self, duration: impl Fn(u64) -> String) -> String {
+        let t = &self.timeouts;
+        let mut parts = vec![format!("start_to_close={}", duration(t.start_to_close_ms))];
+        let optional = [
+            ("schedule_to_start", t.schedule_to_start_ms),
+            ("schedule_to_close", t.schedule_to_close_ms),
+            ("heartbeat", t.heartbeat_ms),
+        ];
+        parts.extend(optional.into_iter().filter_map(|(name, value)| Some(format!("{name}={}", duration(value?)))));
+        parts.join(" ")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

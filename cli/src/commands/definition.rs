@@ -122,8 +122,8 @@ fn print_plan(plan: &DefinitionPlan) -> Result<()> {
                 step.name.clone(),
                 step.activity.clone(),
                 step.queue.clone(),
-                retry(step),
-                timeouts(step),
+                step.retry_text(ms),
+                step.timeouts_text(ms),
             ]);
         }
         table.print()?;
@@ -149,7 +149,14 @@ fn steps_table(steps: &[PlannedStep], forward: bool) -> Table {
             Some(construct) => (construct.clone(), "-".to_owned()),
             None => (step.activity.clone(), step.queue.clone()),
         };
-        let mut row = vec![step.name.clone(), activity, queue, retry(step), timeouts(step), step.on_failure.clone()];
+        let mut row = vec![
+            step.name.clone(),
+            activity,
+            queue,
+            step.retry_text(ms),
+            step.timeouts_text(ms),
+            step.on_failure.clone(),
+        ];
         if forward {
             row.push(if step.pivot { "yes" } else { "-" }.to_owned());
             row.push(output::or_dash(step.compensated_by.as_deref()));
@@ -157,33 +164,6 @@ fn steps_table(steps: &[PlannedStep], forward: bool) -> Table {
         table.row(row);
     }
     table
-}
-
-fn retry(step: &PlannedStep) -> String {
-    let retry = &step.retry;
-    let mut text = format!(
-        "{}x {}..{} x{}",
-        retry.max_attempts,
-        ms(retry.initial_interval_ms),
-        ms(retry.max_interval_ms),
-        retry.backoff_coefficient
-    );
-    if !retry.non_retryable.is_empty() {
-        text.push_str(&format!(" final:{}", retry.non_retryable.join(",")));
-    }
-    text
-}
-
-fn timeouts(step: &PlannedStep) -> String {
-    let t = &step.timeouts;
-    let mut parts = vec![format!("start_to_close={}", ms(t.start_to_close_ms))];
-    let optional = [
-        ("schedule_to_start", t.schedule_to_start_ms),
-        ("schedule_to_close", t.schedule_to_close_ms),
-        ("heartbeat", t.heartbeat_ms),
-    ];
-    parts.extend(optional.into_iter().filter_map(|(name, value)| Some(format!("{name}={}", ms(value?)))));
-    parts.join(" ")
 }
 
 /// As a definition writes durations (`200ms`, `1m 30s`), not as a measured time.

@@ -88,24 +88,28 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Definition, ApiError>
 }
 
 /// The open runs (not terminal, parked included) of versions of `name` below `version`: an
-/// exact count per version and a sample of at most `OPEN_RUNS_SAMPLE` ids each. Reads the
-/// in-flight index and one summary per run in it, off the async threads: registering is
-/// rare, and the in-flight index is what recovery replays, so it stays small.
+/// exact count per version and a sample of at most `OPEN_RUNS_SAMPLE` ids each.
 async fn open_runs_before(state: &AppState, name: &str, version: u32) -> Result<Vec<OpenRuns>, ApiError> {
+    let open = open_runs(state).await?;
+    Ok(open.into_iter().filter(|((n, v), _)| n == name && *v < version).map(|(_, runs)| runs).collect())
+}
+
+/// The open runs (not terminal, parked included) of every `(name, version)`: an exact count
+/// and a sample of at most `OPEN_RUNS_SAMPLE` ids each. Reads the in-flight index and one
+/// summary per run in it, off the async threads: the in-flight index is what recovery
+/// replays, so it stays small.
+pub(crate) async fn open_runs(state: &AppState) -> Result<BTreeMap<(String, u32), OpenRuns>, ApiError> {
     let store = state.store.clone();
-    let name = name.to_owned();
-    let scan = tokio::task::spawn_blocking(move || -> Result<Vec<OpenRuns>, crate::store::Error> {
-        let mut by_version: BTreeMap<u32, OpenRuns> = BTreeMap::new();
+    let scan = tokio::task::spawn_blocking(move || -> Result<_, crate::store::Error> {
+        let mut by_version: BTreeMap<(String, u32), OpenRuns> = BTreeMap::new();
         for (shard, _) in store.shards() {
             for id in store.in_flight(shard)? {
                 let Some(run) = store.run(&id)? else { continue };
-                if run.workflow_type != name.as_str()
-                    || run.definition_version >= version
-                    || (run.status.is_terminal() && run.status != WorkflowStatus::Failed)
-                {
+                if run.status.is_terminal() && run.status != WorkflowStatus::Failed {
                     continue;
                 }
-                let entry = by_version.entry(run.definition_version).or_insert_with(|| OpenRuns {
+                let key = (run.workflow_type.to_string(), run.definition_version);
+                let entry = by_version.entry(key).or_insert_with(|| OpenRuns {
                     version: run.definition_version,
                     count: 0,
                     sample: Vec::new(),
@@ -114,14 +118,11 @@ async fn open_runs_before(state: &AppState, name: &str, version: u32) -> Result<
                 entry.sample.push(id);
             }
         }
-        Ok(by_version
-            .into_values()
-            .map(|mut runs| {
-                runs.sample.sort();
-                runs.sample.truncate(OPEN_RUNS_SAMPLE);
-                runs
-            })
-            .collect())
+        for runs in by_version.values_mut() {
+            runs.sample.sort();
+            runs.sample.truncate(OPEN_RUNS_SAMPLE);
+        }
+        Ok(by_version)
     });
     let scanned = scan
         .await

@@ -14,9 +14,10 @@
 pub(crate) mod auth;
 mod body;
 mod callbacks;
-mod definitions;
+pub(crate) mod definitions;
 mod edge;
 mod error;
+pub(crate) mod live_stats;
 mod notifications;
 mod orders;
 mod streams;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub streams: Arc<StreamHub>,
     /// What `/metrics` exports.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The workers' admin APIs the console reads beside a run (none configured: it says so).
+    pub worker_admins: Arc<crate::console::WorkerAdmins>,
 }
 
 /// How old the core's last tick may be before `/healthz` calls the core dead: many times its
@@ -129,6 +132,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/workflows/:id/history", get(workflows::history))
         .route("/v1/workflows/:id/events", get(streams::run_events))
         .route("/v1/events", get(streams::events))
+        .route("/v1/overview/events", get(live_stats::events))
         .route("/v1/definitions", get(definitions::list))
         .route("/v1/definitions/check", post(definitions::check))
         .route_layer(from_fn_with_state(Access::Client, auth::require));
@@ -208,7 +212,8 @@ fn health_body(state: &AppState, status: &str) -> Health {
 
 async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let stats = &state.core.stats;
-    let queues = stats.queue_depths.lock().map(|depths| depths.clone()).unwrap_or_default();
+    let gauges = stats.queue_views();
+    let queues: std::collections::BTreeMap<&String, usize> = gauges.iter().map(|(q, g)| (q, g.ready)).collect();
     Ok(Json(serde_json::json!({
         // Counted from the stream of committed events: only what is durable.
         "commits": state.stream_stats.commits(),
@@ -226,6 +231,8 @@ async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
             "events_sent": state.streams.events_sent(),
         },
         "queues": queues,
+        // Per queue: backlog, when its oldest task was scheduled, waiting polls, recent pollers.
+        "queue_gauges": gauges,
         "quarantined": stats
             .quarantined
             .lock()

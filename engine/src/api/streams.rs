@@ -117,7 +117,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 }
 
 /// One of the engine's stream places, or 503 `OVERLOADED` when all are taken.
-fn take_slot(state: &AppState) -> Result<StreamSlot, ApiError> {
+pub(super) fn take_slot(state: &AppState) -> Result<StreamSlot, ApiError> {
     state.streams.acquire().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -130,7 +130,7 @@ fn take_slot(state: &AppState) -> Result<StreamSlot, ApiError> {
     })
 }
 
-fn sse(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static) -> Response {
+pub(super) fn sse(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static) -> Response {
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(KEEP_ALIVE_SECS))).into_response()
 }
 

@@ -45,6 +45,13 @@ use subtle::ConstantTimeEq as _;
 /// What every opaque token starts with, so a leaked one is recognisable (secret scanners,
 /// logs) and cannot be mistaken for a JWT.
 pub const TOKEN_PREFIX: &str = "shop_";
+
+/// The admin token file's token (created if the file does not exist yet), for the engine's
+/// own calls that need its admin credential (the console reading the workers' admin APIs).
+pub fn admin_file_token(path: &std::path::Path) -> Result<shop_types::auth::BearerToken, Error> {
+    let token = load_or_create_admin_token(path)?;
+    token.parse().map_err(|_| Error::BadFile { path: path.to_owned(), reason: "not a token".into() })
+}
 /// Random bytes in a token's secret: 256 bits, beyond guessing.
 const SECRET_BYTES: usize = 32;
 /// Random bytes in a token's public id.

@@ -12,13 +12,19 @@
 //! API's SSE streams and fetch one fragment per change they are told of.
 
 mod assets;
+mod definitions;
+mod failures;
 mod login;
+mod overview;
 mod page;
+mod queues;
 mod run;
 mod runs;
 pub mod session;
+mod shop;
 
 pub use session::Sessions;
+pub use shop::{WorkerAdminError, WorkerAdmins, MAX_WORKER_ADMINS, WORKER_ADMIN_TIMEOUT_MS};
 
 use crate::api::AppState;
 use crate::auth::Principal;
@@ -37,9 +43,15 @@ pub const CONSOLE_PATH: &str = "/console";
 /// Most bytes a console form may have (a reason and a CSRF token; a pasted JWT at login).
 pub const MAX_CONSOLE_FORM_BYTES: usize = 16 * 1024;
 
-/// The pages of the navigation bar, in order: (path, label). Part 2's pages (overview,
-/// failures, queues and workers, definitions, the shop) are added here and in [`routes`].
-pub(crate) const NAV: &[(&str, &str)] = &[("/console/runs", "Runs")];
+/// The pages of the navigation bar, in order: (path, label); each has a module and its
+/// routes in [`routes`].
+pub(crate) const NAV: &[(&str, &str)] = &[
+    ("/console/overview", "Overview"),
+    ("/console/runs", "Runs"),
+    ("/console/failures", "Failures"),
+    ("/console/queues", "Queues"),
+    ("/console/definitions", "Definitions"),
+];
 
 /// The console's routes, with their own session layer; mounted by `api::app` outside the
 /// API's bearer-token layer (an unauthenticated page redirects to the login page instead of
@@ -55,6 +67,14 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .route("/console/runs/:id/live", get(run::live))
         .route("/console/runs/:id/confirm/:action", get(run::confirm))
         .route("/console/runs/:id/actions/:action", post(run::act))
+        .route("/console/runs/:id/shop", get(shop::panel))
+        .route("/console/overview", get(overview::page))
+        .route("/console/failures", get(failures::page))
+        .route("/console/failures/retry", get(failures::confirm).post(failures::retry))
+        .route("/console/queues", get(queues::page))
+        .route("/console/queues/live", get(queues::live))
+        .route("/console/definitions", get(definitions::page))
+        .route("/console/definitions/:name/:version", get(definitions::version))
         .route_layer(from_fn_with_state(state, require_session));
     Router::new()
         .route("/console/login", get(login::page).post(login::submit))

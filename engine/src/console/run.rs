@@ -3,7 +3,8 @@
 //! before the next), the full timeline, and the operator's actions (cancel, terminate,
 //! retry a parked run), each behind a confirm step. Live: the page's script follows
 //! `GET /v1/workflows/{id}/events` and, for each change, fetches `/console/runs/{id}/live`
-//! (everything below the title) once.
+//! (everything below the title) once. Below it, the shop beside the run (`shop.rs`), fetched
+//! once the page shows and again when the run ends.
 //!
 //! It must never offer an action its reader's role may not take, and never take one without
 //! the API's own role check and the session's CSRF token (checked by `require_session`);
@@ -39,7 +40,13 @@ pub(crate) async fn page(
         let body = html! {
             h1 { "Run " code data-testid="run-id" { (view.id.as_str()) } }
             span.live #live-state data-testid="live-state" {}
-            div #run-live data-id=(view.id.as_str()) data-kinds=(EventKind::NAMES.join(",")) { (live_markup(&session, &view, &history)) }
+            div.run-grid {
+                div #run-live data-id=(view.id.as_str()) data-kinds=(EventKind::NAMES.join(",")) { (live_markup(&session, &view, &history)) }
+                section.shop #shop data-id=(view.id.as_str()) data-testid="shop" {
+                    h2 { "The shop beside this run" }
+                    div #shop-panel { p.hint { "Reading the workers' admin APIs…" } }
+                }
+            }
         };
         Ok(layout(&format!("Run {}", view.id.as_str()), Some(&session), "/console/runs", body))
     };

@@ -47,6 +47,7 @@ impl Core {
                 });
             }
             Command::Poll { queue, worker_id, max_tasks, deadline_ms, reply } => {
+                self.waiting_polls.note_poll(&queue, &worker_id, now);
                 // Handing a task out writes its start: with the disk full the poll waits.
                 let tasks = if self.room_to_write {
                     self.take_ready(turn, &queue, &worker_id, max_tasks, now)
@@ -81,7 +82,7 @@ impl Core {
                 });
             }
             Command::Register { definition, reply } => {
-                let result = self.register(turn, *definition);
+                let result = self.register(turn, *definition, now);
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
@@ -450,11 +451,12 @@ impl Core {
         Ok(())
     }
 
-    pub(super) fn register(&mut self, turn: &mut Turn, definition: Definition) -> Result<bool, CoreError> {
+    pub(super) fn register(&mut self, turn: &mut Turn, definition: Definition, now: u64) -> Result<bool, CoreError> {
         let (name, version, source) = (definition.name.clone(), definition.version, definition.source.clone());
         let mut registry = self.registry.write().map_err(|_| CoreError::Storage("registry lock poisoned".into()))?;
         let added = registry.insert(definition).map_err(|e| CoreError::DefinitionConflict(e.to_string()))?;
         if added {
+            registry.mark_registered(name.as_str(), version, now);
             turn.batch
                 .put_definition(name.as_str(), version, &source)
                 .map_err(|e| CoreError::Storage(e.to_string()))?;

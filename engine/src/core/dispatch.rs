@@ -88,14 +88,53 @@ pub(super) struct WaitingPoll {
     pub(super) reply: oneshot::Sender<Vec<ActivityTask>>,
 }
 
-/// Waiting polls per queue, in arrival order, with their count.
+/// How long a worker counts as a queue's recent poller after its last poll: longer than the
+/// longest poll wait a worker asks for, so a worker in a long poll is never counted out.
+pub const POLLER_WINDOW_MS: u64 = 120_000;
+/// Most (queue, worker) pairs remembered as recent pollers; past it, the oldest is forgotten,
+/// so a flood of made-up worker ids cannot grow the core's memory.
+pub const MAX_TRACKED_POLLERS: usize = 4_096;
+
+/// Waiting polls per queue, in arrival order, with their count; and which workers polled
+/// each queue lately (`QueueGauges::recent_pollers`).
 #[derive(Default)]
 pub(super) struct WaitingPolls {
     by_queue: HashMap<QueueName, VecDeque<WaitingPoll>>,
     count: usize,
+    /// (queue, worker) -> when it last polled; at most [`MAX_TRACKED_POLLERS`] entries.
+    last_polls: HashMap<(QueueName, shop_types::WorkerId), u64>,
 }
 
 impl WaitingPolls {
+    /// Notes that `worker` polled `queue` at `now_ms`.
+    pub(super) fn note_poll(&mut self, queue: &QueueName, worker: &shop_types::WorkerId, now_ms: u64) {
+        let key = (queue.clone(), worker.clone());
+        if !self.last_polls.contains_key(&key) && self.last_polls.len() >= MAX_TRACKED_POLLERS {
+            self.forget_pollers(now_ms);
+            if self.last_polls.len() >= MAX_TRACKED_POLLERS {
+                let oldest = self.last_polls.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    self.last_polls.remove(&oldest);
+                }
+            }
+        }
+        self.last_polls.insert(key, now_ms);
+    }
+
+    /// Forgets the workers that have not polled within [`POLLER_WINDOW_MS`] of `now_ms`.
+    pub(super) fn forget_pollers(&mut self, now_ms: u64) {
+        self.last_polls.retain(|_, at| now_ms.saturating_sub(*at) <= POLLER_WINDOW_MS);
+    }
+
+    /// Workers remembered as recent pollers, per queue.
+    fn recent_pollers(&self) -> HashMap<&QueueName, usize> {
+        let mut counts = HashMap::new();
+        for (queue, _) in self.last_polls.keys() {
+            *counts.entry(queue).or_default() += 1;
+        }
+        counts
+    }
+
     pub(super) fn count(&self) -> usize {
         self.count
     }
@@ -203,6 +242,9 @@ impl Core {
         }
         for queue in self.waiting_polls.queues() {
             gauges.entry(queue.to_string()).or_default().pollers = self.waiting_polls.on(queue);
+        }
+        for (queue, workers) in self.waiting_polls.recent_pollers() {
+            gauges.entry(queue.to_string()).or_default().recent_pollers = workers;
         }
         for (queue, front) in self.ready.fronts() {
             let scheduled = front.and_then(|task| {
@@ -336,5 +378,22 @@ mod tests {
         assert_eq!(ready.pop(&queue), None);
         assert!(!ready.has_ready(&queue));
         assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 0)], "an emptied queue shows 0");
+    }
+
+    #[test]
+    fn recent_pollers_count_within_their_window_and_the_table_is_bounded() {
+        let mut polls = WaitingPolls::default();
+        let queue = QueueName::parse("q").expect("valid");
+        let worker = |i: usize| shop_types::WorkerId::parse(format!("w{i}")).expect("valid");
+        polls.note_poll(&queue, &worker(0), 0);
+        polls.note_poll(&queue, &worker(1), 10);
+        polls.forget_pollers(POLLER_WINDOW_MS);
+        assert_eq!(polls.recent_pollers().get(&queue), Some(&2), "both within the window");
+        polls.forget_pollers(POLLER_WINDOW_MS + 1);
+        assert_eq!(polls.recent_pollers().get(&queue), Some(&1), "w0 is past it");
+        for i in 0..MAX_TRACKED_POLLERS + 1 {
+            polls.note_poll(&queue, &worker(i), POLLER_WINDOW_MS + 2);
+        }
+        assert_eq!(polls.last_polls.len(), MAX_TRACKED_POLLERS, "at the cap the oldest is forgotten");
     }
 }

@@ -27,6 +27,7 @@ mod reconcile;
 mod recovery;
 pub mod signer;
 pub mod stream;
+pub use dispatch::{MAX_TRACKED_POLLERS, POLLER_WINDOW_MS};
 mod syncer;
 mod timers;
 
@@ -253,11 +254,52 @@ pub struct Stats {
     pub disk_full: std::sync::atomic::AtomicBool,
 }
 
-/// What `/metrics` and `why` show of one queue, as of the core's last turn.
+/// One queue as `/v1/stats`' `queue_gauges` and the console show it: its backlog with its
+/// gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueView {
+    /// Tasks waiting for a worker.
+    pub ready: usize,
+    /// When its oldest waiting task was scheduled (clock ms); none when it is empty.
+    pub oldest_scheduled_ms: Option<u64>,
+    /// Worker polls waiting on it now.
+    pub waiting_polls: usize,
+    /// Workers that polled it within `dispatch::POLLER_WINDOW_MS`.
+    pub recent_pollers: usize,
+}
+
+impl Stats {
+    /// Every queue known (a drained one stays, with zeros): backlog and gauges together.
+    pub fn queue_views(&self) -> std::collections::BTreeMap<String, QueueView> {
+        let mut views: std::collections::BTreeMap<String, QueueView> = std::collections::BTreeMap::new();
+        if let Ok(depths) = self.queue_depths.lock() {
+            for (queue, ready) in depths.iter() {
+                views.entry(queue.clone()).or_default().ready = *ready;
+            }
+        }
+        if let Ok(gauges) = self.queues.lock() {
+            for (queue, gauge) in gauges.iter() {
+                let view = views.entry(queue.clone()).or_default();
+                view.oldest_scheduled_ms = gauge.oldest_scheduled_ms;
+                view.waiting_polls = gauge.pollers;
+                view.recent_pollers = gauge.recent_pollers;
+            }
+        }
+        views
+    }
+}
+
+/// What `/metrics`, `why`, `/v1/stats` and the console's queues page show of one queue, as
+/// of the core's last turn.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueGauges {
+    /// Worker polls waiting on the queue now.
     pub pollers: usize,
     pub oldest_scheduled_ms: Option<u64>,
+    /// Workers that polled the queue within `dispatch::POLLER_WINDOW_MS` (a busy worker is
+    /// between polls, not gone).
+    pub recent_pollers: usize,
 }
 
 struct Run {
@@ -379,6 +421,8 @@ impl Core {
         }
         self.serve_waiting_polls(&mut turn, now);
         self.stats.commands.fetch_add(handled as u64, Ordering::Relaxed);
+        // Pollers silent for longer than the window no longer count (published at commit).
+        self.waiting_polls.forget_pollers(now);
         self.commit(turn);
     }
 

@@ -36,6 +36,8 @@ pub struct CommittedEvent {
     pub at_ms: u64,
     /// Whether the event settles its run: terminal, or parked (waiting for an operator).
     pub settles: bool,
+    /// Whether the event ends its run for good (completed, failed, cancelled, terminated).
+    pub terminal: bool,
     /// For an activity attempt's event: its queue, activity and outcome (what the metrics
     /// follower counts by, without reading the store).
     pub task: Option<TaskEvent>,
@@ -82,7 +84,8 @@ impl CommittedEvent {
         event: &Event,
         task: Option<TaskEvent>,
     ) -> CommittedEvent {
-        let settles = event.kind.is_terminal() || matches!(event.kind, EventKind::RunParked { .. });
+        let terminal = event.kind.is_terminal();
+        let settles = terminal || matches!(event.kind, EventKind::RunParked { .. });
         CommittedEvent {
             position: 0,
             run: run.clone(),
@@ -92,6 +95,7 @@ impl CommittedEvent {
             kind: event.kind.name(),
             at_ms: event.at_ms,
             settles,
+            terminal,
             task,
         }
     }
@@ -174,6 +178,7 @@ impl CommittedEvent {
             kind,
             at_ms: 0,
             settles,
+            terminal: settles,
             task: None,
         }
     }
