@@ -37,7 +37,8 @@ use crate::disk::DiskGuard;
 use crate::registry::Registry;
 use crate::state::{AttemptStatus, WorkflowState};
 use crate::store::{self, RunSummary, Store};
-use dispatch::{ReadyKey, ReadyQueues, WaitingPoll, WaitingPolls};
+use dispatch::{PollerSightings, ReadyKey, ReadyQueues, WaitingPoll, WaitingPolls};
+pub use dispatch::{MAX_POLLER_SIGHTINGS, POLLER_RECENT_MS};
 pub use handle::Handle;
 use shop_types::api::{ActivityTask, TaskOutcome, TaskReport, WorkflowStatus};
 use shop_types::history::Event;
@@ -224,6 +225,12 @@ pub(super) enum Command {
         batch: store::WriteBatch,
         reply: oneshot::Sender<Result<(), CoreError>>,
     },
+    /// The last sign of life of each started attempt of run `id` (kept in memory only, so
+    /// `why` asks the core for it); empty when the run is not in flight.
+    Heartbeats {
+        id: WorkflowId,
+        reply: oneshot::Sender<Vec<(shop_types::StepRef, u32, u64)>>,
+    },
     /// Answers every waiting poll and waiting read now, so the HTTP server can drain.
     Shutdown,
 }
@@ -256,7 +263,11 @@ pub struct Stats {
 /// What `/metrics` and `why` show of one queue, as of the core's last turn.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueGauges {
+    /// Worker polls waiting on the queue now.
     pub pollers: usize,
+    /// Distinct workers that polled it within [`dispatch::POLLER_RECENT_MS`] (those waiting
+    /// now included): a worker busy with a task does not poll, yet still serves the queue.
+    pub recent_pollers: usize,
     pub oldest_scheduled_ms: Option<u64>,
 }
 
@@ -281,6 +292,8 @@ pub struct Core {
     timers: BTreeSet<(u64, WorkflowId, TimerKind)>,
     ready: ReadyQueues,
     waiting_polls: WaitingPolls,
+    /// Which workers polled which queue lately, for `why`.
+    sightings: PollerSightings,
     signer: Arc<TaskSigner>,
     shutting_down: bool,
     /// Where applied turns go to be made durable and answered; set while `run` runs.
@@ -379,10 +392,10 @@ impl Core {
         }
         self.serve_waiting_polls(&mut turn, now);
         self.stats.commands.fetch_add(handled as u64, Ordering::Relaxed);
-        self.commit(turn);
+        self.commit(turn, now);
     }
 
-    fn commit(&mut self, mut turn: Turn) {
+    fn commit(&mut self, mut turn: Turn, now: u64) {
         let wrote = !turn.batch.is_empty();
         if wrote {
             let first = self.last_position + 1;
@@ -416,7 +429,7 @@ impl Core {
                 depths.insert(queue.to_string(), tasks);
             }
         }
-        self.publish_queue_gauges();
+        self.publish_queue_gauges(now);
         // A turn that wrote goes to the syncer even with nobody to answer, so its write is
         // synced at once; a turn that only answers waits its turn there, as its answers may
         // rest on state an earlier turn applied and has not yet made durable.
