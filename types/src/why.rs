@@ -63,7 +63,7 @@ pub struct WhyStep {
     pub activity: String,
     pub queue: String,
     pub state: WhyStepState,
-    /// The attempt as the history numbers it.
+    /// The attempt as the history numbers it (backing off: the one due next).
     pub attempt: u32,
     /// The attempt as the retry policy counts it (from the run's last resume): "n of N".
     pub policy_attempt: u32,
