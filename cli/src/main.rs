@@ -57,6 +57,9 @@ enum Command {
     /// List, show, start, cancel and terminate workflow runs; show their history.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+    /// Why a run is where it is: its steps in flight, what it waits for, its timeouts, and
+    /// what would move it on (`--json`: the `why` object of `GET /v1/workflows/{id}`).
+    Why { id: shop_types::WorkflowId },
     /// Follow every committed event of the engine (`events tail`).
     #[command(subcommand)]
     Events(EventsCommand),
@@ -123,6 +126,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Order(command) => commands::order::run(command, &ctx()?).await,
         Command::Workflow(command) => commands::workflow::run(command, &ctx()?).await,
+        Command::Why { id } => commands::why::run(id, &ctx()?).await,
         Command::Definition(command) => commands::definition::run(command, &ctx()?).await,
         Command::Events(command) => commands::events::run(command, &ctx()?).await,
         Command::Stock(command) => commands::stock::run(command, &ctx()?).await,

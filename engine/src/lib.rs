@@ -34,6 +34,7 @@ pub mod store;
 pub mod stream_stats;
 pub mod streams;
 pub mod watch;
+pub mod why;
 
 use crate::auth::{AuthOptions, Authenticator};
 use crate::core::{Core, Limits};

@@ -135,6 +135,10 @@ pub struct WorkflowView {
     /// started before the hash was recorded, and in lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub definition_hash: Option<String>,
+    /// What the run is doing and why (see [`crate::why`]). Shown by `GET /v1/workflows/{id}`
+    /// only; absent in lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<Box<crate::why::WhyView>>,
 }
 
 /// One thing a run in flight waits for.

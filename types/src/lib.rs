@@ -17,6 +17,7 @@ pub mod notify;
 pub mod order;
 pub mod parent;
 pub mod short_order;
+pub mod why;
 
 pub use ids::{
     ActivityName, CustomerId, IdError, QueueName, StepName, StepPhase, StepRef, TaskToken, WorkerId, WorkflowId,

@@ -15,6 +15,7 @@ pub mod payments;
 pub mod stock;
 pub mod token;
 pub mod verify;
+pub mod why;
 pub mod workflow;
 
 use crate::client::{Client, Reply};

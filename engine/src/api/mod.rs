@@ -22,6 +22,7 @@ mod notifications;
 mod orders;
 mod streams;
 mod tasks;
+pub(crate) mod why;
 pub(crate) mod workflows;
 
 pub use body::ApiJson;
@@ -302,6 +303,7 @@ pub(crate) fn workflow_view(state: &AppState, id: &WorkflowId) -> Result<Option<
         // (`with_waiting_for`), never a list of a thousand runs.
         waiting_for: Vec::new(),
         definition_hash: None,
+        why: None,
     }))
 }
 
@@ -320,24 +322,23 @@ pub(crate) fn with_waiting_for(state: &AppState, mut view: WorkflowView) -> Work
     view
 }
 
-/// What a run in flight waits for, from its history replayed here (a pure fold; the core's
-/// copy is not shared with handlers). Empty when the history or definition cannot be read:
-/// the view then shows what the summary says, as before.
+/// A run's definition, history and state replayed from it (a pure fold; the core's copy is
+/// not shared with handlers); `None` when the history or its definition cannot be read.
+pub(crate) fn replayed(
+    state: &AppState,
+    id: &WorkflowId,
+) -> Option<(Arc<crate::definition::Definition>, Vec<shop_types::history::Event>, crate::state::WorkflowState)> {
+    let events = state.store.history(id).ok()?;
+    let definition = workflows::definition_of(state, &events.first()?.kind)?;
+    let run = crate::state::WorkflowState::replay(id.clone(), &definition, &events).ok()?;
+    Some((definition, events, run))
+}
+
+/// What a run in flight waits for. Empty when the history or definition cannot be read: the
+/// view then shows what the summary says, as before.
 fn waiting_for(state: &AppState, id: &WorkflowId) -> Vec<shop_types::api::InFlightView> {
     use shop_types::api::InFlightView;
-    let Ok(events) = state.store.history(id) else {
-        return Vec::new();
-    };
-    let definition = match events.first().map(|e| &e.kind) {
-        Some(EventKind::WorkflowStarted { workflow_type, definition_version, .. }) => {
-            state.registry.read().ok().and_then(|r| r.get(workflow_type.as_str(), *definition_version))
-        }
-        _ => None,
-    };
-    let Some(definition) = definition else {
-        return Vec::new();
-    };
-    let Ok(run) = crate::state::WorkflowState::replay(id.clone(), &definition, &events) else {
+    let Some((definition, events, run)) = replayed(state, id) else {
         return Vec::new();
     };
     let name = |step| definition.step(step).map(|s| s.name.to_string()).unwrap_or_default();

@@ -217,6 +217,7 @@ mod tests {
             output: None,
             waiting_for: Vec::new(),
             definition_hash: None,
+            why: None,
         }
     }
 

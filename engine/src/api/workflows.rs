@@ -145,7 +145,8 @@ pub(crate) async fn get_one(
     let id = WorkflowId::parse(id)?;
     let wait = parse_wait(query(wait)?.wait.as_deref())?;
     let view = view_after_wait(&state, &principal, &id, wait).await?;
-    Ok(Json(super::with_waiting_for(&state, view)))
+    let view = super::with_waiting_for(&state, view);
+    Ok(Json(super::why::with_why(&state, view).await))
 }
 
 #[derive(Deserialize)]
@@ -286,7 +287,7 @@ pub(crate) fn history_views(state: &AppState, id: &WorkflowId) -> Result<Vec<His
 }
 
 /// The definition a run's first event names, if it is registered.
-fn definition_of(
+pub(crate) fn definition_of(
     state: &AppState,
     first: &shop_types::history::EventKind,
 ) -> Option<std::sync::Arc<crate::definition::Definition>> {

@@ -10,7 +10,7 @@ use super::page::{error_page, html_response, layout};
 use super::session::Session;
 use crate::api::auth::{check_access, Access};
 use crate::api::AppState;
-use crate::core::POLLER_WINDOW_MS;
+use crate::core::POLLER_RECENT_MS;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -26,7 +26,7 @@ fn table(state: &AppState) -> Markup {
         @else {
             table #queues data-testid="queues" {
                 thead { tr { th { "Queue" } th { "Backlog" } th { "Oldest task waiting" } th { "Polls waiting" }
-                    th { "Workers polling (last " (millis(POLLER_WINDOW_MS)) ")" } } }
+                    th { "Workers polling (last " (millis(POLLER_RECENT_MS)) ")" } } }
                 tbody { @for (name, gauge) in &queues {
                     tr data-queue=(name) {
                         td { (name) }

@@ -47,7 +47,7 @@ impl Core {
                 });
             }
             Command::Poll { queue, worker_id, max_tasks, deadline_ms, reply } => {
-                self.waiting_polls.note_poll(&queue, &worker_id, now);
+                self.sightings.saw(&queue, &worker_id, now);
                 // Handing a task out writes its start: with the disk full the poll waits.
                 let tasks = if self.room_to_write {
                     self.take_ready(turn, &queue, &worker_id, max_tasks, now)
@@ -66,6 +66,23 @@ impl Core {
                 } else {
                     self.waiting_polls.push(queue, WaitingPoll { worker_id, max_tasks, deadline_ms, reply });
                 }
+            }
+            Command::Heartbeats { id, reply } => {
+                let heartbeats = self.runs.get(&id).map_or_else(Vec::new, |run| {
+                    run.state
+                        .attempts
+                        .values()
+                        .filter_map(|a| match a.status {
+                            AttemptStatus::Started { last_heartbeat_ms, .. } => {
+                                Some((a.step, a.attempt, last_heartbeat_ms))
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                });
+                turn.after_commit(move || {
+                    let _ = reply.send(heartbeats);
+                });
             }
             Command::Cancel { id, reason, by, terminate, reply } => {
                 let by = Some(by);

@@ -80,6 +80,52 @@ impl ReadyQueues {
     }
 }
 
+/// How long a worker counts as serving a queue after its last poll of it. Three times the
+/// workers' long-poll wait (20 s), so an idle worker never drops out between two polls,
+/// while one that is gone (or busy with one task for this long) stops counting.
+pub const POLLER_RECENT_MS: u64 = 60_000;
+/// Workers remembered over all queues at most: a poll names any queue its credential allows,
+/// so the map is bounded; beyond it the least recently seen worker is forgotten first.
+pub const MAX_POLLER_SIGHTINGS: usize = 4_096;
+
+/// When each worker last polled each queue, for `why`'s "how many workers poll it".
+#[derive(Default)]
+pub(super) struct PollerSightings {
+    last_seen: HashMap<(QueueName, shop_types::WorkerId), u64>,
+}
+
+impl PollerSightings {
+    /// Records that `worker` polled `queue` at `now_ms`.
+    pub(super) fn saw(&mut self, queue: &QueueName, worker: &shop_types::WorkerId, now_ms: u64) {
+        let key = (queue.clone(), worker.clone());
+        if !self.last_seen.contains_key(&key) && self.last_seen.len() >= MAX_POLLER_SIGHTINGS {
+            self.forget_before(now_ms.saturating_sub(POLLER_RECENT_MS));
+            if self.last_seen.len() >= MAX_POLLER_SIGHTINGS {
+                let oldest = self.last_seen.iter().min_by_key(|(_, at)| **at).map(|(key, _)| key.clone());
+                if let Some(oldest) = oldest {
+                    self.last_seen.remove(&oldest);
+                }
+            }
+        }
+        self.last_seen.insert(key, now_ms);
+    }
+
+    fn forget_before(&mut self, cutoff_ms: u64) {
+        self.last_seen.retain(|_, at| *at >= cutoff_ms);
+    }
+
+    /// Distinct workers per queue seen within [`POLLER_RECENT_MS`] of `now_ms`; older
+    /// sightings are forgotten.
+    fn recent(&mut self, now_ms: u64) -> HashMap<QueueName, usize> {
+        self.forget_before(now_ms.saturating_sub(POLLER_RECENT_MS));
+        let mut counts = HashMap::new();
+        for (queue, _) in self.last_seen.keys() {
+            *counts.entry(queue.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
 /// A worker's long poll that found nothing and waits for a task (until `deadline_ms`).
 pub(super) struct WaitingPoll {
     pub(super) worker_id: shop_types::WorkerId,
@@ -88,53 +134,14 @@ pub(super) struct WaitingPoll {
     pub(super) reply: oneshot::Sender<Vec<ActivityTask>>,
 }
 
-/// How long a worker counts as a queue's recent poller after its last poll: longer than the
-/// longest poll wait a worker asks for, so a worker in a long poll is never counted out.
-pub const POLLER_WINDOW_MS: u64 = 120_000;
-/// Most (queue, worker) pairs remembered as recent pollers; past it, the oldest is forgotten,
-/// so a flood of made-up worker ids cannot grow the core's memory.
-pub const MAX_TRACKED_POLLERS: usize = 4_096;
-
-/// Waiting polls per queue, in arrival order, with their count; and which workers polled
-/// each queue lately (`QueueGauges::recent_pollers`).
+/// Waiting polls per queue, in arrival order, with their count.
 #[derive(Default)]
 pub(super) struct WaitingPolls {
     by_queue: HashMap<QueueName, VecDeque<WaitingPoll>>,
     count: usize,
-    /// (queue, worker) -> when it last polled; at most [`MAX_TRACKED_POLLERS`] entries.
-    last_polls: HashMap<(QueueName, shop_types::WorkerId), u64>,
 }
 
 impl WaitingPolls {
-    /// Notes that `worker` polled `queue` at `now_ms`.
-    pub(super) fn note_poll(&mut self, queue: &QueueName, worker: &shop_types::WorkerId, now_ms: u64) {
-        let key = (queue.clone(), worker.clone());
-        if !self.last_polls.contains_key(&key) && self.last_polls.len() >= MAX_TRACKED_POLLERS {
-            self.forget_pollers(now_ms);
-            if self.last_polls.len() >= MAX_TRACKED_POLLERS {
-                let oldest = self.last_polls.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone());
-                if let Some(oldest) = oldest {
-                    self.last_polls.remove(&oldest);
-                }
-            }
-        }
-        self.last_polls.insert(key, now_ms);
-    }
-
-    /// Forgets the workers that have not polled within [`POLLER_WINDOW_MS`] of `now_ms`.
-    pub(super) fn forget_pollers(&mut self, now_ms: u64) {
-        self.last_polls.retain(|_, at| now_ms.saturating_sub(*at) <= POLLER_WINDOW_MS);
-    }
-
-    /// Workers remembered as recent pollers, per queue.
-    fn recent_pollers(&self) -> HashMap<&QueueName, usize> {
-        let mut counts = HashMap::new();
-        for (queue, _) in self.last_polls.keys() {
-            *counts.entry(queue).or_default() += 1;
-        }
-        counts
-    }
-
     pub(super) fn count(&self) -> usize {
         self.count
     }
@@ -231,9 +238,11 @@ impl Core {
         queues
     }
 
-    /// Publishes each queue's pollers and the schedule time of its oldest task for `/metrics`
-    /// and `why`. A queue stays once it is known (a drained one shows no task, not nothing).
-    pub(super) fn publish_queue_gauges(&self) {
+    /// Publishes each queue's pollers (waiting now, and seen lately) and the schedule time of
+    /// its oldest task for `/metrics` and `why`. A queue stays once it is known (a drained one
+    /// shows no task, not nothing).
+    pub(super) fn publish_queue_gauges(&mut self, now: u64) {
+        let recent = self.sightings.recent(now);
         let Ok(mut gauges) = self.stats.queues.lock() else {
             return;
         };
@@ -243,7 +252,7 @@ impl Core {
         for queue in self.waiting_polls.queues() {
             gauges.entry(queue.to_string()).or_default().pollers = self.waiting_polls.on(queue);
         }
-        for (queue, workers) in self.waiting_polls.recent_pollers() {
+        for (queue, workers) in recent {
             gauges.entry(queue.to_string()).or_default().recent_pollers = workers;
         }
         for (queue, front) in self.ready.fronts() {
@@ -381,19 +390,20 @@ mod tests {
     }
 
     #[test]
-    fn recent_pollers_count_within_their_window_and_the_table_is_bounded() {
-        let mut polls = WaitingPolls::default();
-        let queue = QueueName::parse("q").expect("valid");
-        let worker = |i: usize| shop_types::WorkerId::parse(format!("w{i}")).expect("valid");
-        polls.note_poll(&queue, &worker(0), 0);
-        polls.note_poll(&queue, &worker(1), 10);
-        polls.forget_pollers(POLLER_WINDOW_MS);
-        assert_eq!(polls.recent_pollers().get(&queue), Some(&2), "both within the window");
-        polls.forget_pollers(POLLER_WINDOW_MS + 1);
-        assert_eq!(polls.recent_pollers().get(&queue), Some(&1), "w0 is past it");
-        for i in 0..MAX_TRACKED_POLLERS + 1 {
-            polls.note_poll(&queue, &worker(i), POLLER_WINDOW_MS + 2);
+    fn sightings_count_distinct_recent_workers_and_stay_bounded() {
+        let queue = QueueName::parse("payment").expect("valid");
+        let worker = |n: usize| shop_types::WorkerId::parse(format!("w{n}")).expect("valid");
+        let mut sightings = PollerSightings::default();
+        sightings.saw(&queue, &worker(1), 1_000);
+        sightings.saw(&queue, &worker(1), 2_000);
+        sightings.saw(&queue, &worker(2), 2_000);
+        assert_eq!(sightings.recent(2_000).get(&queue), Some(&2), "one worker polling twice counts once");
+        assert_eq!(sightings.recent(2_000 + POLLER_RECENT_MS).get(&queue), Some(&2), "at the edge: still recent");
+        assert_eq!(sightings.recent(2_001 + POLLER_RECENT_MS).get(&queue), None, "past it: forgotten");
+        for n in 0..=MAX_POLLER_SIGHTINGS {
+            sightings.saw(&queue, &worker(n), 10_000 + n as u64);
         }
-        assert_eq!(polls.last_polls.len(), MAX_TRACKED_POLLERS, "at the cap the oldest is forgotten");
+        assert_eq!(sightings.last_seen.len(), MAX_POLLER_SIGHTINGS, "one past the bound evicts one");
+        assert!(!sightings.last_seen.contains_key(&(queue.clone(), worker(0))), "the least recent goes first");
     }
 }

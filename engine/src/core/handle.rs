@@ -117,6 +117,12 @@ impl Handle {
         self.call(|reply| Command::Resume { id, reason, by, reply }).await?
     }
 
+    /// The last sign of life of each started attempt of run `id`, as (step, attempt, clock
+    /// ms): heartbeats live in the core's memory only. Empty when the run is not in flight.
+    pub async fn heartbeats(&self, id: WorkflowId) -> Result<Vec<(shop_types::StepRef, u32, u64)>, CoreError> {
+        self.call(|reply| Command::Heartbeats { id, reply }).await
+    }
+
     /// Registers a definition; `false` when that exact version was registered already.
     pub async fn register(&self, definition: Definition) -> Result<bool, CoreError> {
         self.call(|reply| Command::Register { definition: Box::new(definition), reply }).await?

@@ -27,7 +27,6 @@ mod reconcile;
 mod recovery;
 pub mod signer;
 pub mod stream;
-pub use dispatch::{MAX_TRACKED_POLLERS, POLLER_WINDOW_MS};
 mod syncer;
 mod timers;
 
@@ -38,7 +37,8 @@ use crate::disk::DiskGuard;
 use crate::registry::Registry;
 use crate::state::{AttemptStatus, WorkflowState};
 use crate::store::{self, RunSummary, Store};
-use dispatch::{ReadyKey, ReadyQueues, WaitingPoll, WaitingPolls};
+use dispatch::{PollerSightings, ReadyKey, ReadyQueues, WaitingPoll, WaitingPolls};
+pub use dispatch::{MAX_POLLER_SIGHTINGS, POLLER_RECENT_MS};
 pub use handle::Handle;
 use shop_types::api::{ActivityTask, TaskOutcome, TaskReport, WorkflowStatus};
 use shop_types::history::Event;
@@ -225,6 +225,12 @@ pub(super) enum Command {
         batch: store::WriteBatch,
         reply: oneshot::Sender<Result<(), CoreError>>,
     },
+    /// The last sign of life of each started attempt of run `id` (kept in memory only, so
+    /// `why` asks the core for it); empty when the run is not in flight.
+    Heartbeats {
+        id: WorkflowId,
+        reply: oneshot::Sender<Vec<(shop_types::StepRef, u32, u64)>>,
+    },
     /// Answers every waiting poll and waiting read now, so the HTTP server can drain.
     Shutdown,
 }
@@ -265,7 +271,7 @@ pub struct QueueView {
     pub oldest_scheduled_ms: Option<u64>,
     /// Worker polls waiting on it now.
     pub waiting_polls: usize,
-    /// Workers that polled it within `dispatch::POLLER_WINDOW_MS`.
+    /// Distinct workers that polled it within [`POLLER_RECENT_MS`].
     pub recent_pollers: usize,
 }
 
@@ -296,10 +302,10 @@ impl Stats {
 pub struct QueueGauges {
     /// Worker polls waiting on the queue now.
     pub pollers: usize,
-    pub oldest_scheduled_ms: Option<u64>,
-    /// Workers that polled the queue within `dispatch::POLLER_WINDOW_MS` (a busy worker is
-    /// between polls, not gone).
+    /// Distinct workers that polled it within [`dispatch::POLLER_RECENT_MS`] (those waiting
+    /// now included): a worker busy with a task does not poll, yet still serves the queue.
     pub recent_pollers: usize,
+    pub oldest_scheduled_ms: Option<u64>,
 }
 
 struct Run {
@@ -323,6 +329,8 @@ pub struct Core {
     timers: BTreeSet<(u64, WorkflowId, TimerKind)>,
     ready: ReadyQueues,
     waiting_polls: WaitingPolls,
+    /// Which workers polled which queue lately, for `why`.
+    sightings: PollerSightings,
     signer: Arc<TaskSigner>,
     shutting_down: bool,
     /// Where applied turns go to be made durable and answered; set while `run` runs.
@@ -421,12 +429,10 @@ impl Core {
         }
         self.serve_waiting_polls(&mut turn, now);
         self.stats.commands.fetch_add(handled as u64, Ordering::Relaxed);
-        // Pollers silent for longer than the window no longer count (published at commit).
-        self.waiting_polls.forget_pollers(now);
-        self.commit(turn);
+        self.commit(turn, now);
     }
 
-    fn commit(&mut self, mut turn: Turn) {
+    fn commit(&mut self, mut turn: Turn, now: u64) {
         let wrote = !turn.batch.is_empty();
         if wrote {
             let first = self.last_position + 1;
@@ -460,7 +466,7 @@ impl Core {
                 depths.insert(queue.to_string(), tasks);
             }
         }
-        self.publish_queue_gauges();
+        self.publish_queue_gauges(now);
         // A turn that wrote goes to the syncer even with nobody to answer, so its write is
         // synced at once; a turn that only answers waits its turn there, as its answers may
         // rest on state an earlier turn applied and has not yet made durable.

@@ -31,6 +31,7 @@ impl Core {
             timers: BTreeSet::new(),
             ready: ReadyQueues::default(),
             waiting_polls: WaitingPolls::default(),
+            sightings: PollerSightings::default(),
             signer: signer.clone(),
             shutting_down: false,
             syncer: None,

@@ -94,6 +94,7 @@ impl World {
             output: None,
             waiting_for: Vec::new(),
             definition_hash: None,
+            why: None,
         });
         snapshot.histories.insert(id.to_owned(), history_ending(status));
     }
