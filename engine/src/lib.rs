@@ -27,6 +27,7 @@ pub mod log_rate;
 pub mod metrics;
 pub mod preload;
 pub mod rate_limit;
+pub mod redrive;
 pub mod registry;
 pub mod server;
 pub mod state;
@@ -190,6 +191,7 @@ pub async fn serve(
         None => tracing::info!("rate limits are off"),
     }
 
+    let redrives = redrive::Redrives::load(handle.clone(), store.clone(), clock.clone()).map_err(Error::Store)?;
     let app = api::app(api::AppState {
         core: handle.clone(),
         store,
@@ -205,6 +207,7 @@ pub async fn serve(
         sessions: Arc::new(console::Sessions::new(options.console_secure_cookie)),
         streams: streams.clone(),
         metrics,
+        redrives,
     });
     let shutdown_handle = handle.clone();
     let shutdown = async move {
