@@ -15,6 +15,7 @@ use shop_types::api::{
 };
 use shop_types::auth::{CreateTokenRequest, CreatedToken, TokenList, TokenView};
 use shop_types::order::{OrderList, OrderView};
+use shop_types::redrive::{ParkedGroups, RedriveJob, RedriveRequest};
 use std::time::Duration;
 
 /// The filters and page of a list (`GET /api/orders`, `GET /v1/workflows`).
@@ -155,6 +156,33 @@ impl Client {
             reason: err.to_string(),
         })?;
         self.post(&["v1", "workflows", id, "signals", name], Body::KeyedJson { json: &json, idempotency_key }).await
+    }
+
+    /// `GET /v1/parked?group_by=fingerprint`: failed and parked runs grouped by error.
+    pub async fn parked(&self) -> Result<Reply<ParkedGroups>, Error> {
+        self.get(&["v1", "parked"], &[("group_by", "fingerprint".to_owned())]).await
+    }
+
+    /// `POST /v1/redrives`: starts a redrive job, once per `idempotency_key` (the same key
+    /// again returns the job it started).
+    pub async fn start_redrive(
+        &self,
+        request: &RedriveRequest,
+        idempotency_key: &str,
+    ) -> Result<Reply<RedriveJob>, Error> {
+        let json = serde_json::to_vec(request)
+            .map_err(|err| Error::Encode { path: "v1/redrives".to_owned(), reason: err.to_string() })?;
+        self.post(&["v1", "redrives"], Body::KeyedJson { json: &json, idempotency_key }).await
+    }
+
+    /// `GET /v1/redrives/{id}`: the job with its per-run results.
+    pub async fn redrive(&self, id: &str) -> Result<Reply<RedriveJob>, Error> {
+        self.get(&["v1", "redrives", id], &[]).await
+    }
+
+    /// `DELETE /v1/redrives/{id}`: stops the job.
+    pub async fn stop_redrive(&self, id: &str) -> Result<Reply<RedriveJob>, Error> {
+        self.call_within(Method::DELETE, &["v1", "redrives", id], Body::Empty, self.request_timeout()).await
     }
 
     /// `POST` of a callback path (`/v1/callbacks/{token}`, as a wait's view names it): the

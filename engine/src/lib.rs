@@ -27,6 +27,7 @@ pub mod log_rate;
 pub mod metrics;
 pub mod preload;
 pub mod rate_limit;
+pub mod redrive;
 pub mod registry;
 pub mod server;
 pub mod state;
@@ -202,6 +203,7 @@ pub async fn serve(
         None => tracing::info!("rate limits are off"),
     }
 
+    let redrives = redrive::Redrives::load(handle.clone(), store.clone(), clock.clone()).map_err(Error::Store)?;
     let app = api::app(api::AppState {
         core: handle.clone(),
         store,
@@ -218,6 +220,7 @@ pub async fn serve(
         streams: streams.clone(),
         metrics,
         worker_admins,
+        redrives,
     });
     let shutdown_handle = handle.clone();
     let shutdown = async move {

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod notify;
 pub mod order;
 pub mod parent;
+pub mod redrive;
 pub mod short_order;
 pub mod why;
 

@@ -20,6 +20,7 @@ mod error;
 pub(crate) mod live_stats;
 mod notifications;
 mod orders;
+mod redrive;
 mod streams;
 mod tasks;
 pub(crate) mod why;
@@ -43,7 +44,7 @@ use auth::Access;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use shop_types::api::{Health, WorkflowStatus, WorkflowView};
@@ -82,6 +83,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The workers' admin APIs the console reads beside a run (none configured: it says so).
     pub worker_admins: Arc<crate::console::WorkerAdmins>,
+    /// Redrive jobs over parked runs.
+    pub redrives: Arc<crate::redrive::Redrives>,
 }
 
 /// How old the core's last tick may be before `/healthz` calls the core dead: many times its
@@ -123,6 +126,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/workflows/:id/terminate", post(workflows::terminate))
         .route("/v1/workflows/:id/resume", post(workflows::resume))
         .route("/v1/definitions", post(definitions::register))
+        .route("/v1/redrives", post(redrive::start))
+        .route("/v1/redrives/:id", delete(redrive::stop))
         .route("/api/orders/:id/cancel", post(orders::cancel))
         .route("/v1/tokens", post(auth::create_token).get(auth::list_tokens))
         .route("/v1/tokens/:id/revoke", post(auth::revoke_token))
@@ -136,6 +141,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/overview/events", get(live_stats::events))
         .route("/v1/definitions", get(definitions::list))
         .route("/v1/definitions/check", post(definitions::check))
+        .route("/v1/parked", get(redrive::parked))
+        .route("/v1/redrives/:id", get(redrive::get_one))
         .route_layer(from_fn_with_state(Access::Client, auth::require));
     let shop = Router::new()
         .route("/api/orders", post(orders::place).get(orders::list))

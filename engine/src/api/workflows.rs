@@ -46,13 +46,8 @@ pub(crate) async fn signal(
         let summary = state.store.run(&id)?.ok_or_else(|| ApiError::not_found(format!("no workflow {id}")))?;
         super::auth::check_signal_type(&principal, &summary.workflow_type)?;
     }
-    let bad_key = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "BAD_IDEMPOTENCY_KEY", message);
-    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
-        None => return Err(bad_key("a signal needs an Idempotency-Key header".into())),
-        Some(Err(_)) => return Err(bad_key("the Idempotency-Key header must be visible ASCII".into())),
-        Some(Ok(key)) => key,
-    };
-    let request = signal_request(name, key, payload)?;
+    let key = idempotency_key(&headers)?;
+    let request = signal_request(name, &key, payload)?;
     let outcome = match state.core.signal(id, request).await? {
         crate::core::SignalOutcome::Recorded => "recorded",
         crate::core::SignalOutcome::Duplicate => "duplicate",
@@ -60,17 +55,23 @@ pub(crate) async fn signal(
     Ok(Json(SignalReply { outcome: outcome.to_owned() }))
 }
 
-/// Checks a signal's idempotency key (1 to [`MAX_IDEMPOTENCY_KEY_BYTES`] bytes once trimmed)
-/// and name before it reaches the core.
-fn signal_request(name: String, key: &str, payload: JsonText) -> Result<crate::core::SignalRequest, ApiError> {
-    let key = key.trim();
+/// The request's required `Idempotency-Key` (1 to [`MAX_IDEMPOTENCY_KEY_BYTES`] bytes of
+/// visible ASCII once trimmed), or 400 `BAD_IDEMPOTENCY_KEY`.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let bad_key = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "BAD_IDEMPOTENCY_KEY", message);
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => return Err(bad_key("this request needs an Idempotency-Key header".into())),
+        Some(Err(_)) => return Err(bad_key("the Idempotency-Key header must be visible ASCII".into())),
+        Some(Ok(key)) => key.trim(),
+    };
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "BAD_IDEMPOTENCY_KEY",
-            format!("the Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
-        ));
+        return Err(bad_key(format!("the Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes")));
     }
+    Ok(key.to_owned())
+}
+
+/// Checks a signal's name before it reaches the core (its key is checked by [`idempotency_key`]).
+fn signal_request(name: String, key: &str, payload: JsonText) -> Result<crate::core::SignalRequest, ApiError> {
     if let Err(reason) = definition::check_signal_name(&name) {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_SIGNAL", reason));
     }

@@ -48,6 +48,8 @@ pub struct WriteBatch {
     runs: Vec<PutRun>,
     tokens: Vec<([u8; TOKEN_DIGEST_LEN], Vec<u8>)>,
     definitions: Vec<(String, u32, Vec<u8>)>,
+    /// Redrive jobs by id (`crate::redrive`).
+    redrives: Vec<(String, Vec<u8>)>,
     /// History events among the appends.
     events: usize,
     /// The position index record: the shard, the position of the batch's first event, and
@@ -62,7 +64,7 @@ impl WriteBatch {
 
     /// Records written.
     pub fn len(&self) -> usize {
-        self.appends.len() + self.runs.len() + self.tokens.len() + self.definitions.len()
+        self.appends.len() + self.runs.len() + self.tokens.len() + self.definitions.len() + self.redrives.len()
     }
 
     /// History events written.
@@ -130,6 +132,7 @@ impl WriteBatch {
         self.runs.extend(other.runs);
         self.tokens.extend(other.tokens);
         self.definitions.extend(other.definitions);
+        self.redrives.extend(other.redrives);
         self.events += other.events;
         // Numbering is done once the batch is whole; an extended batch is numbered again.
         self.index = None;
@@ -181,6 +184,16 @@ impl WriteBatch {
     pub fn put_token(&mut self, digest: &[u8; TOKEN_DIGEST_LEN], record: &TokenRecord) -> Result<(), Error> {
         self.tokens.push((*digest, codec::encode(record).map_err(Error::Encode)?));
         Ok(())
+    }
+
+    /// Writes redrive job `job` whole (a later write of the same id replaces it).
+    pub fn put_redrive(&mut self, job: &shop_types::redrive::RedriveJob) -> Result<(), Error> {
+        self.redrives.push((job.id.clone(), codec::encode(job).map_err(Error::Encode)?));
+        Ok(())
+    }
+
+    pub fn redrives(&self) -> &[(String, Vec<u8>)] {
+        &self.redrives
     }
 
     pub fn put_definition(&mut self, name: &str, version: u32, source: &str) -> Result<(), Error> {

@@ -147,6 +147,9 @@ pub trait HistoryStore: Send + Sync {
         limit: usize,
     ) -> Result<(Vec<WorkflowId>, bool), Error>;
 
+    /// Every stored redrive job (`crate::redrive`), as last written.
+    fn redrives(&self) -> Result<Vec<shop_types::redrive::RedriveJob>, Error>;
+
     /// Every stored token with the digest of its secret.
     fn tokens(&self) -> Result<Vec<([u8; TOKEN_DIGEST_LEN], TokenRecord)>, Error>;
 

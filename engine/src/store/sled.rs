@@ -12,6 +12,8 @@
 //! - `p` shard position    -> the position index: one record per batch, keyed by its first
 //!   event's position (shard as u32, position as u64), listing its appends
 //!   ([`super::position`])
+//! - `j` job id           -> a redrive job (`shop_types::redrive::RedriveJob`), rewritten
+//!   whole as it progresses
 //! - `m` name             -> the engine's own settings, e.g. `m task-token-key`: the secret
 //!   key that signs task tokens, created once (see [`HistoryStore::task_token_key`])
 //!
@@ -51,6 +53,7 @@ const DEFINITION: u8 = b'd';
 const TOKEN: u8 = b'k';
 const META: u8 = b'm';
 const POSITION: u8 = b'p';
+const REDRIVE: u8 = b'j';
 /// The meta record holding the key that signs task tokens.
 const TASK_TOKEN_KEY: &[u8] = b"task-token-key";
 
@@ -107,6 +110,9 @@ impl SledStore {
         }
         for (digest, record) in batch.tokens() {
             out.insert(key(TOKEN, digest, &[]), record.as_slice());
+        }
+        for (id, record) in batch.redrives() {
+            out.insert(key(REDRIVE, id.as_bytes(), &[]), record.as_slice());
         }
         for (name, version, record) in batch.definitions() {
             let mut k = key(DEFINITION, name.as_bytes(), &[0]);
@@ -294,6 +300,17 @@ impl HistoryStore for SledStore {
             ids.push(id_from(&key, &key[prefix.len()..])?);
         }
         Ok((ids, false))
+    }
+
+    fn redrives(&self) -> Result<Vec<shop_types::redrive::RedriveJob>, Error> {
+        self.tree
+            .scan_prefix([REDRIVE])
+            .map(|entry| {
+                let (key, bytes) = entry?;
+                codec::decode(&bytes)
+                    .map_err(|source| Error::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), source })
+            })
+            .collect()
     }
 
     fn tokens(&self) -> Result<Vec<([u8; TOKEN_DIGEST_LEN], TokenRecord)>, Error> {
