@@ -249,6 +249,14 @@ impl GlobalFeed {
     }
 }
 
+/// What a run's feed gives: its next event, or that it has ended (after its last event, or
+/// at once when the feed started after it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunItem {
+    Event(Event),
+    End(WorkflowStatus),
+}
+
 /// One run's events after a sequence number: its stored history, then each event as it is
 /// committed, until the run ends.
 pub struct RunFeed {
@@ -261,20 +269,25 @@ pub struct RunFeed {
     ready: VecDeque<Event>,
     /// Whether the store must be read (at first, after a lag, and when a commit names the run).
     stale: bool,
+    /// The run's final status, once a read found its terminal event: given after `ready`.
+    end: Option<WorkflowStatus>,
 }
 
 impl RunFeed {
     pub fn new(store: Arc<Store>, core: &Handle, hub: Arc<StreamHub>, run: WorkflowId, after: u64) -> RunFeed {
         // Subscribed before the first read: nothing the run commits can fall between them.
         let subscription = core.subscribe();
-        RunFeed { store, hub, subscription, run, last: after, ready: VecDeque::new(), stale: true }
+        RunFeed { store, hub, subscription, run, last: after, ready: VecDeque::new(), stale: true, end: None }
     }
 
-    /// The run's next event, waiting for one to be committed if need be.
-    pub async fn next(&mut self) -> Result<Event, Error> {
+    /// The run's next event, waiting for one to be committed if need be; then its end.
+    pub async fn next(&mut self) -> Result<RunItem, Error> {
         loop {
             if let Some(event) = self.ready.pop_front() {
-                return Ok(event);
+                return Ok(RunItem::Event(event));
+            }
+            if let Some(status) = self.end {
+                return Ok(RunItem::End(status));
             }
             if self.stale {
                 self.stale = false;
@@ -282,6 +295,10 @@ impl RunFeed {
                 let run = self.run.clone();
                 let history =
                     tokio::task::spawn_blocking(move || store.history(&run)).await.map_err(|_| Error::Closed)??;
+                self.end = history
+                    .last()
+                    .filter(|e| e.kind.is_terminal())
+                    .map(|e| e.kind.status_after(WorkflowStatus::Running));
                 let after = self.last;
                 self.ready.extend(history.into_iter().filter(|e| e.seq > after));
                 if let Some(last) = self.ready.back() {

@@ -143,3 +143,58 @@ async fn shopctl_confirms_and_fails_3ds_payments() {
     let signals = stack.api.history(&confirmed).await.iter().filter(|e| e.event.name() == "SignalReceived").count();
     assert_eq!(signals, 1, "the repeated confirmation changed nothing");
 }
+
+/// Longest wait for `events tail` to print a line the test waits for.
+const TAIL_DEADLINE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shopctl_watches_a_run_to_its_end_and_tails_events() {
+    let stack = Stack::start().await;
+    // Watched while it runs: its history first, then each event live, then exit 0.
+    succeeded(&shopctl(&stack, &["order", "place", "--item", "1:1", "--id", "watch-ok"]), "order place");
+    let watched = shopctl(&stack, &["workflow", "watch", "watch-ok"]);
+    succeeded(&watched, "workflow watch");
+    for event in ["WorkflowStarted", "StepCompleted", "WorkflowCompleted"] {
+        assert!(watched.stdout.contains(event), "watch prints {event}:\n{}", watched.stdout);
+    }
+    // A declined card compensates: exit 3 and one line saying how it ended.
+    let placed =
+        ["order", "place", "--item", "1:1", "--id", "watch-no", "--payment-method", "DECLINED", "--wait", "30s"];
+    succeeded(&shopctl(&stack, &placed), "order place");
+    let declined = shopctl(&stack, &["workflow", "watch", "watch-no", "--json"]);
+    assert_eq!(declined.status.code(), Some(3), "{}", declined.stderr);
+    failed_with_one_line(&declined, "workflow watch of a compensated run");
+    assert!(declined.stderr.contains("ended COMPENSATED"), "{}", declined.stderr);
+    for line in declined.stdout.lines() {
+        let entry: Value = serde_json::from_str(line).expect("--json prints one history entry per line");
+        assert!(entry["seq"].is_u64(), "{entry}");
+    }
+    failed_with_one_line(&shopctl(&stack, &["workflow", "watch", "nobody"]), "workflow watch of an unknown run");
+
+    // `events tail` from the beginning: every event, with its cursor, until it is stopped.
+    let mut command = Command::new(binary("shopctl"));
+    command
+        .env_remove("SHOP_ENGINE")
+        .args(["--engine", &stack.engine.url(), "events", "tail", "--after", "0", "--kind", "WorkflowCompleted"])
+        .arg("--json")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = command.spawn().expect("spawn shopctl events tail");
+    let stdout = child.stdout.take().expect("piped");
+    let (lines, got) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let line = got.recv_timeout(TAIL_DEADLINE).expect("events tail prints the completed run");
+    let _ = child.kill();
+    let _ = child.wait();
+    let event: Value = serde_json::from_str(&line).expect("--json prints one event per line");
+    assert_eq!((event["workflowId"].as_str(), event["kind"].as_str()), (Some("watch-ok"), Some("WorkflowCompleted")));
+    assert_eq!(event["status"], "COMPLETED");
+    assert!(event["cursor"].as_str().is_some_and(|c| c.starts_with("0:")), "{event}");
+}

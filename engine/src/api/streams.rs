@@ -18,7 +18,7 @@
 
 use super::{query, ApiError, AppState};
 use crate::store::ShardId;
-use crate::streams::{GlobalFeed, RunFeed, StreamEvent, StreamSlot};
+use crate::streams::{GlobalFeed, RunFeed, RunItem, StreamEvent, StreamSlot};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -232,33 +232,32 @@ pub(crate) async fn run_events(
     let feed = RunFeed::new(state.store.clone(), &state.core, state.streams.clone(), id, after);
     let stopping = state.streams.stopping();
     let hub = state.streams.clone();
-    // `ended` holds the run's final status once its terminal event went out: `end` follows.
-    let start = (feed, stopping, slot, None::<WorkflowStatus>, false);
-    let stream = futures_util::stream::unfold(start, move |(mut feed, mut stopping, slot, ended, done)| {
+    // `done` once `end` went out: the stream then closes.
+    let start = (feed, stopping, slot, false);
+    let stream = futures_util::stream::unfold(start, move |(mut feed, mut stopping, slot, done)| {
         let (hub, definition) = (hub.clone(), definition.clone());
         async move {
             if done {
                 return None;
-            }
-            if let Some(status) = ended {
-                let end = SseEvent::default()
-                    .event("end")
-                    .data(serde_json::to_string(&StreamEnd { status }).unwrap_or_default());
-                return Some((Ok(end), (feed, stopping, slot, None, true)));
             }
             let next = tokio::select! {
                 _ = stopping.wait_for(|stop| *stop) => return None,
                 next = feed.next() => next,
             };
             match next {
-                Ok(event) => {
+                Ok(RunItem::Event(event)) => {
                     hub.count_sent(1);
-                    let ended = event.kind.is_terminal().then(|| event.kind.status_after(WorkflowStatus::Running));
                     let (seq, kind) = (event.seq, event.kind.name());
                     let view = super::workflows::history_view(definition.as_deref(), event);
                     let data = serde_json::to_string(&view).unwrap_or_default();
                     let message = SseEvent::default().id(seq.to_string()).event(kind).data(data);
-                    Some((Ok(message), (feed, stopping, slot, ended, false)))
+                    Some((Ok(message), (feed, stopping, slot, false)))
+                }
+                Ok(RunItem::End(status)) => {
+                    let end = SseEvent::default()
+                        .event("end")
+                        .data(serde_json::to_string(&StreamEnd { status }).unwrap_or_default());
+                    Some((Ok(end), (feed, stopping, slot, true)))
                 }
                 Err(error) => {
                     tracing::warn!(%error, "an event stream ends");

@@ -87,6 +87,10 @@ pub(super) async fn measure(
     };
     let http = shop_client::Client::new(shop_client::Service::Engine, engine_url, options)
         .context("cannot create the HTTP client")?;
+    let subscribers = match args.subscribers {
+        0 => None,
+        n => Some(Subscribers::start(engine.engine(), usize::from(n)).await?),
+    };
     let before: EngineStats = engine.engine().stats().await?.body;
     output::note(&format!(
         "bench: {count} orders, {concurrency} in flight, {} durability, workers {:?}",
@@ -129,6 +133,12 @@ pub(super) async fn measure(
     progress.abort();
     eprintln!();
     let after: EngineStats = engine.engine().stats().await?.body;
+    let subscribed = match subscribers {
+        Some(subscribers) => {
+            Some(subscribers.finish(engine.engine(), after.events.saturating_sub(before.events), elapsed).await?)
+        }
+        None => None,
+    };
     let engine_cpu = engine_pid.and_then(cpu_ms).zip(engine_cpu_before).map(|(after, before)| after - before);
     let workers_cpu_after: Option<u64> = worker_pids.iter().map(|&pid| cpu_ms(pid)).sum();
     let workers_cpu = workers_cpu_after.zip(workers_cpu_before).map(|(after, before)| after - before);
@@ -149,7 +159,7 @@ pub(super) async fn measure(
     let commits = after.commits.saturating_sub(before.commits).max(1);
     let ms = |h: &Histogram<u64>, q: f64| round(h.value_at_quantile(q) as f64 / 1000.0, 3);
     let confirmed = samples.iter().filter(|s| s.status == "CONFIRMED").count();
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "orders": count,
         "concurrency": concurrency,
         "rate_per_sec": args.rate,
@@ -177,6 +187,9 @@ pub(super) async fn measure(
         "engine_start_to_serving_s": round(start_up.ready_after.as_secs_f64(), 3),
         "engine_rss_at_start_mb": start_up.rss_at_start_kib.map(|kib| round(kib as f64 / 1024.0, 1)),
     });
+    if let (Some(serde_json::Value::Object(subscribed)), Some(report)) = (subscribed, json.as_object_mut()) {
+        report.extend(subscribed);
+    }
     Ok(Report { json, violations })
 }
 

@@ -31,10 +31,12 @@ use std::time::{Duration, Instant};
 mod check;
 mod drive;
 mod proc_stats;
+mod subscribers;
 
 use check::*;
 use drive::*;
 use proc_stats::*;
+use subscribers::*;
 
 /// Products the normal orders draw from, and their stock: the peers' catalog.
 const CATALOG_PRODUCTS: i64 = 50;
@@ -113,6 +115,10 @@ pub struct BenchArgs {
     /// measure start-up time and memory with them in the store.
     #[arg(long, default_value_t = 0)]
     preload: u64,
+    /// SSE subscribers of `/v1/events` following the engine during the run: the report says
+    /// how many events per second each kept up with and whether it fell behind.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=MAX_BENCH_SUBSCRIBERS as i64))]
+    subscribers: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
