@@ -96,23 +96,21 @@ async fn open_runs_before(state: &AppState, name: &str, version: u32) -> Result<
     let name = name.to_owned();
     let scan = tokio::task::spawn_blocking(move || -> Result<Vec<OpenRuns>, crate::store::Error> {
         let mut by_version: BTreeMap<u32, OpenRuns> = BTreeMap::new();
-        for (shard, _) in store.shards() {
-            for id in store.in_flight(shard)? {
-                let Some(run) = store.run(&id)? else { continue };
-                if run.workflow_type != name.as_str()
-                    || run.definition_version >= version
-                    || (run.status.is_terminal() && run.status != WorkflowStatus::Failed)
-                {
-                    continue;
-                }
-                let entry = by_version.entry(run.definition_version).or_insert_with(|| OpenRuns {
-                    version: run.definition_version,
-                    count: 0,
-                    sample: Vec::new(),
-                });
-                entry.count += 1;
-                entry.sample.push(id);
+        for id in store.in_flight_held()? {
+            let Some(run) = store.run(&id)? else { continue };
+            if run.workflow_type != name.as_str()
+                || run.definition_version >= version
+                || (run.status.is_terminal() && run.status != WorkflowStatus::Failed)
+            {
+                continue;
             }
+            let entry = by_version.entry(run.definition_version).or_insert_with(|| OpenRuns {
+                version: run.definition_version,
+                count: 0,
+                sample: Vec::new(),
+            });
+            entry.count += 1;
+            entry.sample.push(id);
         }
         Ok(by_version
             .into_values()

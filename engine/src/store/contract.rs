@@ -11,7 +11,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use super::{Epoch, Error, HistoryStore, RunSummary, ShardId, TokenRecord, WriteBatch, TOKEN_DIGEST_LEN};
+use super::{Epoch, Error, HistoryStore, RunSummary, TokenRecord, WriteBatch, TOKEN_DIGEST_LEN};
 use shop_types::api::WorkflowStatus;
 use shop_types::auth::Role;
 use shop_types::history::{Event, EventKind};
@@ -127,7 +127,7 @@ pub fn batches_are_all_or_nothing(harness: &mut dyn Harness) {
     assert!(store.run(&b).expect("reads").is_none(), "no summary of a refused batch");
     assert!(store.history(&b).expect("reads").is_empty() && store.history(&c).expect("reads").is_empty());
     assert!(store.definitions().expect("reads").is_empty() && store.tokens().expect("reads").is_empty());
-    assert_eq!(store.in_flight(ShardId::SOLE).expect("reads"), vec![a.clone()]);
+    assert_eq!(store.in_flight_held().expect("reads"), vec![a.clone()]);
     assert_eq!(seqs(&*store, &a), vec![1, 2]);
 
     let mut good = WriteBatch::default();
@@ -223,9 +223,7 @@ pub fn in_flight_runs_survive_a_reopen(harness: &mut dyn Harness) {
     batch.put_run(&parked, &summary(WorkflowStatus::Failed), Some(WorkflowStatus::Running), true).expect("encodes");
     store.commit(batch).expect("commits");
     let store = harness.reopen(store);
-    let shard = store.shards().first().map(|(shard, _)| *shard).expect("a store owns a shard");
-    let mut in_flight = store.in_flight(shard).expect("reads");
-    in_flight.sort();
+    let in_flight = store.in_flight_held().expect("reads");
     assert_eq!(in_flight, vec![live.clone(), parked.clone()], "finished runs are not replayed; parked ones are");
     assert_eq!(store.run(&done).expect("reads").map(|s| s.status), Some(WorkflowStatus::Completed));
     let mut stale = WriteBatch::default();
