@@ -83,7 +83,14 @@ impl From<tokio_postgres::Error> for Failure {
     /// they mean.
     fn from(error: tokio_postgres::Error) -> Failure {
         let Some(db) = error.as_db_error() else {
-            return Failure::Db(error.to_string());
+            // tokio-postgres says only "error connecting to server"; the cause follows it.
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
+            }
+            return Failure::Db(message);
         };
         let numbers: Vec<u64> = db.detail().unwrap_or_default().split(' ').filter_map(|n| n.parse().ok()).collect();
         match (db.code().code(), numbers.as_slice()) {
@@ -123,9 +130,7 @@ pub fn shard_of(run: &WorkflowId, shards: u32) -> ShardId {
 }
 
 pub struct PostgresStore {
-    /// Taken on drop, to stop it without waiting (dropping a runtime inside another one is
-    /// refused by tokio).
-    runtime: Option<tokio::runtime::Runtime>,
+    _runtime: OwnedRuntime,
     handle: tokio::runtime::Handle,
     pool: deadpool_postgres::Pool,
     writer: Writer,
@@ -159,12 +164,36 @@ fn blocking<T>(wait: impl FnOnce() -> T) -> T {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+/// The store's runtime, stopped without waiting when dropped: tokio refuses to drop a
+/// runtime the ordinary way inside another one (the engine's), which is where a store (or a
+/// failed open) is dropped.
+struct OwnedRuntime {
+    /// Taken only on drop.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl OwnedRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn runtime() -> Result<OwnedRuntime, Error> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(RUNTIME_THREADS)
         .thread_name("postgres")
         .enable_all()
         .build()
+        .map(|runtime| OwnedRuntime { handle: runtime.handle().clone(), runtime: Some(runtime) })
         .map_err(|error| Error::Postgres(format!("cannot start the store's runtime: {error}")))
 }
 
@@ -186,9 +215,7 @@ async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Clie
 pub fn migrate(url: &str) -> Result<i32, Error> {
     let config = config(url)?;
     let runtime = runtime()?;
-    let version = run_on(runtime.handle(), async move { schema::migrate(&mut connect(&config).await?).await });
-    runtime.shutdown_background();
-    version
+    run_on(&runtime.handle(), async move { schema::migrate(&mut connect(&config).await?).await })
 }
 
 impl PostgresStore {
@@ -197,7 +224,7 @@ impl PostgresStore {
     pub fn open(options: &PostgresOptions) -> Result<PostgresStore, Error> {
         let config = config(&options.url)?;
         let runtime = runtime()?;
-        let handle = runtime.handle().clone();
+        let handle = runtime.handle();
         let asked = options.shards;
         let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7());
         let writer_config = config.clone();
@@ -222,7 +249,7 @@ impl PostgresStore {
         let writer = Writer::start(&handle, client, statements);
         let held = held.into_iter().map(|(shard, epoch)| (ShardId(shard), Epoch(epoch))).collect();
         Ok(PostgresStore {
-            runtime: Some(runtime),
+            _runtime: runtime,
             handle,
             pool,
             writer,
@@ -314,14 +341,6 @@ impl PostgresStore {
             rows.fence_epochs.push(int(epoch)?);
         }
         Ok(rows)
-    }
-}
-
-impl Drop for PostgresStore {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }
 

@@ -30,12 +30,11 @@ fn admin_url() -> String {
 fn on_admin(admin: &str, sql: String) -> Result<(), String> {
     let config: tokio_postgres::Config = admin.parse().map_err(|e| format!("{e}"))?;
     let runtime = runtime().map_err(|e| e.to_string())?;
-    let done = run_on(runtime.handle(), async move {
+    run_on(&runtime.handle(), async move {
         let client = connect(&config).await?;
         Ok(client.batch_execute(&sql).await?)
-    });
-    runtime.shutdown_background();
-    done.map_err(|e| e.to_string())
+    })
+    .map_err(|e| e.to_string())
 }
 
 impl TestDatabase {
