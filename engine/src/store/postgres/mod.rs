@@ -9,8 +9,8 @@
 //! ([`Error::Fenced`] otherwise), so an engine started later on the same database fences the
 //! earlier one. History rows are keyed `(shard, run, seq)`.
 //!
-//! Bridging: the trait is synchronous (the core calls it from its own thread), and the
-//! backend is async. The store owns a small runtime of its own; each call runs there and the
+//! Bridging (`bridge.rs`): the trait is synchronous (the core calls it from its own thread),
+//! and the backend is async. The store owns a small runtime of its own; each call runs there and the
 //! caller waits on a channel. A caller on a worker thread of the API's (multi-threaded) tokio
 //! runtime waits inside `block_in_place`, which hands that worker's other tasks to another
 //! thread first, so a slow query never stalls unrelated requests.
@@ -21,6 +21,7 @@
 //!
 //! This module must never decide anything about workflows.
 
+mod bridge;
 mod schema;
 pub mod test_db;
 mod writer;
@@ -35,6 +36,7 @@ use super::{
     TASK_TOKEN_KEY_LEN, TOKEN_DIGEST_LEN,
 };
 use crate::codec;
+use bridge::{blocking, config, connect, run_on, runtime, Failure, OwnedRuntime};
 use shop_types::api::WorkflowStatus;
 use shop_types::history::Event;
 use shop_types::WorkflowId;
@@ -45,8 +47,6 @@ use writer::{Rows, Writer};
 
 /// Connections of the read pool at most (the writer has its own).
 pub const MAX_READ_CONNECTIONS: usize = 8;
-/// Threads of the store's own runtime, which runs every query.
-const RUNTIME_THREADS: usize = 2;
 
 /// How to reach and set up the database.
 #[derive(Debug, Clone)]
@@ -56,67 +56,6 @@ pub struct PostgresOptions {
     /// The cluster's shard count: chosen when the first engine creates it; `None` accepts
     /// what is stored (or [`DEFAULT_SHARD_COUNT`] for a new cluster).
     pub shards: Option<u32>,
-}
-
-/// Why a write transaction failed, in a form every later caller can be told again.
-#[derive(Debug, Clone)]
-pub(super) enum Failure {
-    Conflict { run: WorkflowId, expected: u64, found: u64 },
-    Fenced { shard: ShardId, epoch: Epoch },
-    Db(String),
-}
-
-impl Failure {
-    fn error(&self) -> Error {
-        match self {
-            Failure::Conflict { run, expected, found } => {
-                Error::Conflict { run: run.clone(), expected: *expected, found: *found }
-            }
-            Failure::Fenced { shard, epoch } => Error::Fenced { shard: *shard, epoch: *epoch },
-            Failure::Db(message) => Error::Postgres(message.clone()),
-        }
-    }
-}
-
-impl From<tokio_postgres::Error> for Failure {
-    /// Reads the errors `shop_append` (SH001) and `shop_fence` (SH002) raise back into what
-    /// they mean.
-    fn from(error: tokio_postgres::Error) -> Failure {
-        let Some(db) = error.as_db_error() else {
-            // tokio-postgres says only "error connecting to server"; the cause follows it.
-            let mut message = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                message = format!("{message}: {cause}");
-                source = cause.source();
-            }
-            return Failure::Db(message);
-        };
-        let numbers: Vec<u64> = db.detail().unwrap_or_default().split(' ').filter_map(|n| n.parse().ok()).collect();
-        match (db.code().code(), numbers.as_slice()) {
-            ("SH001", [expected, found]) => match WorkflowId::parse(db.message()) {
-                Ok(run) => Failure::Conflict { run, expected: *expected, found: *found },
-                Err(_) => Failure::Db(error.to_string()),
-            },
-            ("SH002", [epoch]) => match db.message().parse() {
-                Ok(shard) => Failure::Fenced { shard: ShardId(shard), epoch: Epoch(*epoch) },
-                Err(_) => Failure::Db(error.to_string()),
-            },
-            _ => Failure::Db(format!("{}: {}", db.code().code(), db.message())),
-        }
-    }
-}
-
-impl From<tokio_postgres::Error> for Error {
-    fn from(error: tokio_postgres::Error) -> Error {
-        Failure::from(error).error()
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for Error {
-    fn from(error: deadpool_postgres::PoolError) -> Error {
-        Error::Postgres(format!("no read connection: {error}"))
-    }
 }
 
 /// The shard a run belongs to: FNV-1a of its id, modulo the cluster's shard count. Stable
@@ -138,77 +77,6 @@ pub struct PostgresStore {
     held: Vec<(ShardId, Epoch)>,
     /// Write transactions refused because another engine took a shard over.
     fenced_writes: AtomicU64,
-}
-
-/// Runs `future` on `handle` and waits for it (see the module's doc on bridging).
-fn run_on<T: Send + 'static>(
-    handle: &tokio::runtime::Handle,
-    future: impl Future<Output = Result<T, Error>> + Send + 'static,
-) -> Result<T, Error> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    handle.spawn(async move {
-        // The caller may have gone; nothing else to tell.
-        let _ = tx.send(future.await);
-    });
-    blocking(|| rx.recv().unwrap_or_else(|_| Err(Error::Postgres("the store's runtime stopped".into()))))
-}
-
-/// Runs `wait` where blocking is allowed: inside `block_in_place` on a worker of a
-/// multi-threaded tokio runtime, else as it is.
-fn blocking<T>(wait: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(wait)
-        }
-        _ => wait(),
-    }
-}
-
-/// The store's runtime, stopped without waiting when dropped: tokio refuses to drop a
-/// runtime the ordinary way inside another one (the engine's), which is where a store (or a
-/// failed open) is dropped.
-struct OwnedRuntime {
-    /// Taken only on drop.
-    runtime: Option<tokio::runtime::Runtime>,
-    handle: tokio::runtime::Handle,
-}
-
-impl OwnedRuntime {
-    fn handle(&self) -> tokio::runtime::Handle {
-        self.handle.clone()
-    }
-}
-
-impl Drop for OwnedRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-fn runtime() -> Result<OwnedRuntime, Error> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(RUNTIME_THREADS)
-        .thread_name("postgres")
-        .enable_all()
-        .build()
-        .map(|runtime| OwnedRuntime { handle: runtime.handle().clone(), runtime: Some(runtime) })
-        .map_err(|error| Error::Postgres(format!("cannot start the store's runtime: {error}")))
-}
-
-fn config(url: &str) -> Result<tokio_postgres::Config, Error> {
-    url.parse().map_err(|error| Error::Postgres(format!("bad --store URL: {error}")))
-}
-
-async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, Error> {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::error!(%error, "a PostgreSQL connection ended");
-        }
-    });
-    Ok(client)
 }
 
 /// Applies the schema's migrations (what `shop-engine migrate` runs); returns its version.
@@ -605,5 +473,23 @@ impl PostgresStore {
                 .await?)
         })?;
         Ok(rows.into_iter().map(|row| ((row.get(0), row.get(1)), row.get(2))).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> WorkflowId {
+        WorkflowId::parse(text).expect("valid")
+    }
+
+    #[test]
+    fn a_runs_shard_never_changes() {
+        // Stored rows are keyed by these: a change to the hash would strand every run.
+        let shards: Vec<u32> = ["order-1", "a", "b", "pg-0001"].iter().map(|run| shard_of(&id(run), 16).0).collect();
+        assert_eq!(shards, vec![13, 12, 5, 12]);
+        assert_eq!(shard_of(&id("order-1"), MAX_SHARD_COUNT), ShardId(109));
+        assert_eq!(shard_of(&id("order-1"), 1), ShardId(0));
     }
 }

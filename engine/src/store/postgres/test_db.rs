@@ -5,7 +5,7 @@
 //! `SHOP_REQUIRE_POSTGRES=1` (CI), where it fails. This module is test support: it must never
 //! be used by the engine itself.
 
-use super::{connect, run_on, runtime};
+use super::bridge::{connect, run_on, runtime};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The server and maintenance database test databases are created from.
