@@ -41,7 +41,7 @@ use crate::auth::{AuthOptions, Authenticator};
 use crate::core::{Core, Limits};
 use crate::rate_limit::{FailureThrottle, RateLimit, RateLimiter};
 use crate::registry::Registry;
-use crate::store::{Durability, SledStore, Store, WriteBatch};
+use crate::store::{Durability, PostgresOptions, PostgresStore, SledStore, Store, WriteBatch};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -50,6 +50,8 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub data_dir: PathBuf,
+    /// PostgreSQL to keep histories in; sled in `data_dir` when `None`.
+    pub store: Option<PostgresOptions>,
     pub listen: SocketAddr,
     /// Definitions to load (every `*.toml`), if any.
     pub workflows_dir: Option<PathBuf>,
@@ -82,6 +84,8 @@ pub enum Error {
     CreateDataDir { dir: PathBuf, source: std::io::Error },
     #[error("cannot open the store in {dir}: {source}")]
     OpenStore { dir: PathBuf, source: store::Error },
+    #[error("cannot open the PostgreSQL store: {0}")]
+    OpenPostgres(store::Error),
     #[error(transparent)]
     Preload(#[from] preload::Error),
     #[error(transparent)]
@@ -120,10 +124,13 @@ pub async fn serve(
     std::fs::create_dir_all(&options.data_dir)
         .map_err(|source| Error::CreateDataDir { dir: options.data_dir.clone(), source })?;
     // The one place that names a backend: everything else holds the trait.
-    let store: Arc<Store> = Arc::new(
-        SledStore::open(&options.data_dir, options.durability, options.cache_bytes)
-            .map_err(|source| Error::OpenStore { dir: options.data_dir.clone(), source })?,
-    );
+    let store: Arc<Store> = match &options.store {
+        Some(postgres) => Arc::new(PostgresStore::open(postgres).map_err(Error::OpenPostgres)?),
+        None => Arc::new(
+            SledStore::open(&options.data_dir, options.durability, options.cache_bytes)
+                .map_err(|source| Error::OpenStore { dir: options.data_dir.clone(), source })?,
+        ),
+    };
     let registry = Arc::new(RwLock::new(load_definitions(store.as_ref(), options.workflows_dir.as_deref())?));
     let clock: Arc<dyn clock::Clock> = Arc::new(clock::SystemClock);
     if options.preload_completed > 0 {
@@ -180,7 +187,7 @@ pub async fn serve(
         .await
         .map_err(|source| Error::Listen { addr: options.listen, source })?;
     let local = listener.local_addr().map_err(|source| Error::Listen { addr: options.listen, source })?;
-    tracing::info!(listen = %local, data_dir = %options.data_dir.display(), durability = options.durability.as_str(), "engine serving");
+    tracing::info!(listen = %local, data_dir = %options.data_dir.display(), postgres = options.store.is_some(), durability = options.durability.as_str(), "engine serving");
     if !options.auth.open && options.auth.admin_token_file.is_none() && options.auth.jwt_secret_file.is_none() {
         tracing::warn!(
             "no --admin-token-file or --jwt-secret-file: only tokens created before are accepted; \

@@ -7,7 +7,7 @@ use shop_engine::auth::AuthOptions;
 use shop_engine::core::Limits;
 use shop_engine::rate_limit::{RateLimit, RateSetting};
 use shop_engine::server;
-use shop_engine::store::Durability;
+use shop_engine::store::{Durability, PostgresOptions};
 use shop_engine::EngineOptions;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,9 +29,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     args_override_self = true
 )]
 struct Args {
-    /// Where the history store lives (created if missing).
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Where the history store lives (created if missing), with the engine's local files
+    /// (such as the admin token) when `--store` names PostgreSQL.
     #[arg(long, default_value = "./shop-data/engine")]
     data_dir: PathBuf,
+    /// Keep histories in PostgreSQL (`postgres://user@host:port/db`) instead of sled in
+    /// `--data-dir`. The schema is migrated at start; this engine takes every shard over.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// The cluster's shard count, fixed when the first engine creates it (default 16); a
+    /// count other than the stored one is refused. PostgreSQL only.
+    #[arg(long, requires = "store")]
+    shards: Option<u32>,
     /// Address of the HTTP API. Binds to loopback unless told otherwise; any other address
     /// requires authentication (`--open` is refused there).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -121,6 +132,16 @@ struct Args {
     exit_with_parent: bool,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Apply the PostgreSQL schema's migrations and exit (the engine also does at start).
+    Migrate {
+        /// The database: `postgres://user@host:port/db`.
+        #[arg(long, value_name = "URL")]
+        store: String,
+    },
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run().await {
@@ -140,6 +161,11 @@ async fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(Command::Migrate { store }) = &args.command {
+        let version = shop_engine::store::postgres::migrate(store).context("migrate")?;
+        println!("schema at version {version}");
+        return Ok(());
+    }
     let open_files = server::raise_open_files_limit();
     let max_connections = server::effective_max_connections(args.max_connections, open_files);
     if max_connections < args.max_connections {
@@ -156,6 +182,7 @@ async fn run() -> anyhow::Result<()> {
     });
     let options = EngineOptions {
         data_dir: args.data_dir,
+        store: args.store.map(|url| PostgresOptions { url, shards: args.shards }),
         listen: args.listen,
         workflows_dir: workflows,
         durability: args.durability,

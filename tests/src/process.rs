@@ -400,6 +400,14 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The engine's exit status if it has exited by itself (e.g. fenced), `None` while it
+    /// runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.server.process_mut().and_then(|process| process.try_exit().ok().flatten())
+    }
+}
+
 impl Worker {
     /// The worker's exit status if it has exited by itself (e.g. it crashed), `None` while it
     /// runs. A worker the test killed has no process left and answers `None` too.

@@ -26,6 +26,10 @@ pub struct DevArgs {
     /// built-in order definition).
     #[arg(long)]
     workflows: Option<PathBuf>,
+    /// Keep the engine's histories in PostgreSQL (`postgres://user@host:port/db`) instead of
+    /// sled under `--data-dir` (passed to `shop-engine --store`).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
@@ -36,7 +40,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         workflows: args.workflows,
         output: ChildOutput::Inherit,
         layout: WorkerLayout::Combined,
-        engine_args: Vec::new(),
+        engine_args: super::bench::store_args(&args.store),
         worker_args: Vec::new(),
     };
     // A signal during start-up drops the half-started stack, which kills its children.

@@ -102,21 +102,19 @@ pub(crate) async fn open_runs(state: &AppState) -> Result<BTreeMap<(String, u32)
     let store = state.store.clone();
     let scan = tokio::task::spawn_blocking(move || -> Result<_, crate::store::Error> {
         let mut by_version: BTreeMap<(String, u32), OpenRuns> = BTreeMap::new();
-        for (shard, _) in store.shards() {
-            for id in store.in_flight(shard)? {
-                let Some(run) = store.run(&id)? else { continue };
-                if run.status.is_terminal() && run.status != WorkflowStatus::Failed {
-                    continue;
-                }
-                let key = (run.workflow_type.to_string(), run.definition_version);
-                let entry = by_version.entry(key).or_insert_with(|| OpenRuns {
-                    version: run.definition_version,
-                    count: 0,
-                    sample: Vec::new(),
-                });
-                entry.count += 1;
-                entry.sample.push(id);
+        for id in store.in_flight_held()? {
+            let Some(run) = store.run(&id)? else { continue };
+            if run.status.is_terminal() && run.status != WorkflowStatus::Failed {
+                continue;
             }
+            let key = (run.workflow_type.to_string(), run.definition_version);
+            let entry = by_version.entry(key).or_insert_with(|| OpenRuns {
+                version: run.definition_version,
+                count: 0,
+                sample: Vec::new(),
+            });
+            entry.count += 1;
+            entry.sample.push(id);
         }
         for runs in by_version.values_mut() {
             runs.sample.sort();

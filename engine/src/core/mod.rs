@@ -50,6 +50,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use stream::{CommittedEvent, Publisher};
+pub use syncer::EXIT_FENCED;
 use syncer::{sync_loop, AppliedTurn, Turn, SYNC_QUEUE_CAPACITY};
 use tokio::sync::oneshot;
 

@@ -43,7 +43,7 @@ impl Core {
             last_position,
         };
         let now = core.clock.now_ms();
-        let ids: Vec<WorkflowId> = core.store.in_flight(store::ShardId::SOLE)?;
+        let ids: Vec<WorkflowId> = core.store.in_flight_held()?;
         for id in ids {
             match core.replay(&id, now) {
                 Ok(run) => {

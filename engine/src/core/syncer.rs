@@ -16,6 +16,10 @@ use std::sync::mpsc::Receiver;
 /// An answer to send once what its turn applied is durable.
 pub(super) type Reply = Box<dyn FnOnce() + Send>;
 
+/// The engine's exit status when a write is refused because another engine took its shards
+/// over (PostgreSQL): EX_TEMPFAIL, distinct from a crash's 70, so a supervisor can tell.
+pub const EXIT_FENCED: i32 = 75;
+
 /// Turns waiting for the syncer at most; the core blocks beyond it (the disk is the limit).
 pub(super) const SYNC_QUEUE_CAPACITY: usize = 64;
 
@@ -76,6 +80,12 @@ fn answer(publisher: &mut Publisher, mut group: Vec<AppliedTurn>, synced: Result
     match synced {
         Ok(true) => publisher.publish(group.iter_mut().flat_map(|turn| std::mem::take(&mut turn.events)).collect()),
         Ok(false) => {}
+        Err(error @ crate::store::Error::Fenced { .. }) => {
+            // Another engine took a shard over: this one must not serve another write. Its
+            // answers are dropped (not sent), and the new owner recovers from the store.
+            tracing::error!(%error, "fenced: another engine owns this engine's shards now; exiting ({EXIT_FENCED})");
+            std::process::exit(EXIT_FENCED);
+        }
         Err(error) => {
             tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
             std::process::exit(70);

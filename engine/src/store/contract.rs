@@ -11,7 +11,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use super::{Epoch, Error, HistoryStore, RunSummary, ShardId, TokenRecord, WriteBatch, TOKEN_DIGEST_LEN};
+use super::{Epoch, Error, HistoryStore, RunSummary, TokenRecord, WriteBatch, TOKEN_DIGEST_LEN};
 use shop_types::api::WorkflowStatus;
 use shop_types::auth::Role;
 use shop_types::history::{Event, EventKind};
@@ -33,6 +33,7 @@ pub fn run_all(harness: &mut dyn Harness) {
     in_flight_runs_survive_a_reopen(harness);
     tokens_round_trip(harness);
     definitions_round_trip(harness);
+    redrive_jobs_round_trip(harness);
     the_task_token_key_is_made_once(harness);
     epochs_are_carried(harness);
     positions_number_every_event_once(harness);
@@ -127,7 +128,7 @@ pub fn batches_are_all_or_nothing(harness: &mut dyn Harness) {
     assert!(store.run(&b).expect("reads").is_none(), "no summary of a refused batch");
     assert!(store.history(&b).expect("reads").is_empty() && store.history(&c).expect("reads").is_empty());
     assert!(store.definitions().expect("reads").is_empty() && store.tokens().expect("reads").is_empty());
-    assert_eq!(store.in_flight(ShardId::SOLE).expect("reads"), vec![a.clone()]);
+    assert_eq!(store.in_flight_held().expect("reads"), vec![a.clone()]);
     assert_eq!(seqs(&*store, &a), vec![1, 2]);
 
     let mut good = WriteBatch::default();
@@ -223,9 +224,7 @@ pub fn in_flight_runs_survive_a_reopen(harness: &mut dyn Harness) {
     batch.put_run(&parked, &summary(WorkflowStatus::Failed), Some(WorkflowStatus::Running), true).expect("encodes");
     store.commit(batch).expect("commits");
     let store = harness.reopen(store);
-    let shard = store.shards().first().map(|(shard, _)| *shard).expect("a store owns a shard");
-    let mut in_flight = store.in_flight(shard).expect("reads");
-    in_flight.sort();
+    let in_flight = store.in_flight_held().expect("reads");
     assert_eq!(in_flight, vec![live.clone(), parked.clone()], "finished runs are not replayed; parked ones are");
     assert_eq!(store.run(&done).expect("reads").map(|s| s.status), Some(WorkflowStatus::Completed));
     let mut stale = WriteBatch::default();
@@ -266,6 +265,37 @@ pub fn tokens_round_trip(harness: &mut dyn Harness) {
     store.commit(batch).expect("commits");
     let store = harness.reopen(store);
     assert_eq!(store.tokens().expect("reads"), vec![([7; TOKEN_DIGEST_LEN], token(true))], "revocation replaces");
+}
+
+/// A redrive job is rewritten whole as it goes: the last write of an id wins, in one batch or
+/// across batches.
+pub fn redrive_jobs_round_trip(harness: &mut dyn Harness) {
+    use shop_types::redrive::{RedriveJob, RedriveState};
+    let job = |id: &str, state: RedriveState| RedriveJob {
+        id: id.into(),
+        state,
+        reason: "refund fixed".into(),
+        by: "admin-file".into(),
+        dry_run: false,
+        rate: 50,
+        created_at_ms: 1,
+        ended_at_ms: None,
+        request_digest: "d".into(),
+        targets: Vec::new(),
+    };
+    let store = harness.fresh();
+    let mut batch = WriteBatch::default();
+    batch.put_redrive(&job("a", RedriveState::Running)).expect("encodes");
+    batch.put_redrive(&job("a", RedriveState::Stopped)).expect("encodes");
+    batch.put_redrive(&job("b", RedriveState::Running)).expect("encodes");
+    store.commit(batch).expect("commits");
+    let mut batch = WriteBatch::default();
+    batch.put_redrive(&job("b", RedriveState::Completed)).expect("encodes");
+    store.commit(batch).expect("commits");
+    let store = harness.reopen(store);
+    let mut stored = store.redrives().expect("reads");
+    stored.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(stored, vec![job("a", RedriveState::Stopped), job("b", RedriveState::Completed)]);
 }
 
 pub fn definitions_round_trip(harness: &mut dyn Harness) {

@@ -2,8 +2,8 @@
 //! keeps (a run's history and [`RunSummary`], definitions, [`TokenRecord`]s, the task-token
 //! key) and the backend-neutral [`WriteBatch`] one turn writes. Every caller holds the trait
 //! (`Arc<`[`Store`]`>`), never a backend: sled ([`SledStore`], `sled.rs`) is the embedded
-//! default, and PostgreSQL (design.md section 10) will be a second backend passing the same
-//! [`contract`] suite.
+//! default, and PostgreSQL ([`PostgresStore`], `postgres/`, design.md section 10) is a second
+//! backend passing the same [`contract`] suite.
 //!
 //! Writes are **conditional** and **pipelined**: a batch's appends carry the sequence number
 //! each run's new events follow, and a backend refuses the whole batch, before applying any
@@ -17,12 +17,14 @@
 pub mod batch;
 pub mod contract;
 pub mod position;
+pub mod postgres;
 mod sled;
 mod token;
 
 pub use self::sled::SledStore;
 pub use batch::{Append, PutRun, WriteBatch};
 pub use position::{IndexedAppend, PositionedEvent};
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use shop_durable::Durability;
 pub use token::{decode_token, TokenRecord};
 
@@ -76,6 +78,19 @@ pub enum Error {
     /// The batch was decided under an epoch that no longer owns `shard`: nothing was written.
     #[error("store: shard {} is no longer owned at epoch {}; nothing was written", shard.0, epoch.0)]
     Fenced { shard: ShardId, epoch: Epoch },
+    /// PostgreSQL refused a query, or could not be reached.
+    #[error("store: postgres: {0}")]
+    Postgres(String),
+    /// The database was migrated by a newer engine: this one does not know its schema.
+    #[error("store: the database's schema is at version {found}; this engine knows up to {known}: upgrade the engine")]
+    NewerSchema { found: i32, known: i32 },
+    /// The shard count asked for is not the cluster's (fixed when it was created), or is out
+    /// of range.
+    #[error("store: {asked} shards asked for; {}", match stored {
+        Some(stored) => format!("the cluster was created with {stored} and that never changes (drop --shards or give {stored})"),
+        None => format!("a cluster has 1 to {} shards", postgres::MAX_SHARD_COUNT),
+    })]
+    ShardCount { stored: Option<u32>, asked: u32 },
 }
 
 /// What the API shows of a run without reading its history.
@@ -137,6 +152,17 @@ pub trait HistoryStore: Send + Sync {
     /// The runs of `shard` that are not terminal (parked ones included): what an owner
     /// replays when it starts or takes the shard over.
     fn in_flight(&self, shard: ShardId) -> Result<Vec<WorkflowId>, Error>;
+
+    /// The runs that are not terminal in every shard this process holds, in ID order: what
+    /// the core replays at start.
+    fn in_flight_held(&self) -> Result<Vec<WorkflowId>, Error> {
+        let mut ids = Vec::new();
+        for (shard, _) in self.shards() {
+            ids.extend(self.in_flight(shard)?);
+        }
+        ids.sort();
+        Ok(ids)
+    }
 
     /// Up to `limit` run IDs after `cursor` (exclusive), in ID order, optionally only those
     /// with `status`; and whether more may follow.

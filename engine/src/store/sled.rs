@@ -347,7 +347,8 @@ impl HistoryStore for SledStore {
     }
 }
 
-fn status_byte(status: WorkflowStatus) -> u8 {
+/// A status's one-byte code, in keys (sled) and columns (PostgreSQL).
+pub(super) fn status_byte(status: WorkflowStatus) -> u8 {
     match status {
         WorkflowStatus::Running => b'R',
         WorkflowStatus::Completed => b'C',

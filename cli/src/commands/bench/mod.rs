@@ -111,6 +111,10 @@ pub struct BenchArgs {
     /// Keep the data here instead of a temporary directory (must not exist yet).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Run the engine on PostgreSQL (`postgres://user@host:port/db`, an empty database: the
+    /// seed's orders would be duplicates of an earlier run's) instead of sled.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Store this many completed order runs first (written by the engine itself), then
     /// measure start-up time and memory with them in the store.
     #[arg(long, default_value_t = 0)]
@@ -125,6 +129,11 @@ pub struct BenchArgs {
 pub struct Mix {
     confirmed: u32,
     out_of_stock: u32,
+}
+
+/// The engine's flags for `--store`, if given.
+pub(crate) fn store_args(store: &Option<String>) -> Vec<String> {
+    store.iter().flat_map(|url| ["--store".to_owned(), url.clone()]).collect()
 }
 
 fn parse_mix(text: &str) -> Result<Mix, String> {
@@ -224,7 +233,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         workflows: None,
         output: ChildOutput::LogFiles,
         layout: args.workers,
-        engine_args: vec!["--durability".to_owned(), args.durability.as_str().to_owned()],
+        engine_args: [vec!["--durability".to_owned(), args.durability.as_str().to_owned()], store_args(&args.store)]
+            .concat(),
         worker_args: vec![
             "--durability".to_owned(),
             args.durability.as_str().to_owned(),
