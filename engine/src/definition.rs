@@ -13,6 +13,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 mod child;
+mod circuit;
 mod for_each;
 mod language;
 mod nodes;
@@ -25,6 +26,10 @@ use raw::{RawDefaults, RawDefinition, RawRetry, RawStep, RawTimeouts};
 use resolve::{positive_ms, resolve_step, ResolveInput};
 
 pub use child::{child_id, Child, CHILD_ID_SEPARATOR, MAX_CHILD_DEPTH};
+pub use circuit::{
+    CircuitConfig, MAX_CIRCUITS_DECLARED, MAX_CIRCUIT_MIN_CALLS, MAX_CIRCUIT_OPEN_FOR, MAX_CIRCUIT_WINDOW,
+    MAX_HALF_OPEN_PROBES,
+};
 pub use for_each::{
     decode_instance, instance_index, ForEach, FOR_EACH_REF_BASE, INDEX_PARAM, ITEM_PARAM, MAX_FOR_EACH_CONCURRENCY,
     MAX_FOR_EACH_ITEMS, MAX_FOR_EACH_STEPS,
@@ -168,6 +173,8 @@ pub struct Definition {
     nodes: Box<nodes::Nodes>,
     /// The TOML text this was parsed from, kept so a registered version can be compared.
     pub source: String,
+    /// The circuit breakers it declares, per activity (`[activities."<name>".circuit]`).
+    pub circuits: BTreeMap<ActivityName, CircuitConfig>,
     /// `sha256:<hex>` of `source` (`registry::content_hash`), computed once here: every new
     /// run records it (`DefinitionPinned`).
     pub content_hash: String,
@@ -384,6 +391,13 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         compensations[index] = Some(resolved);
     }
 
+    let used: BTreeSet<ActivityName> = steps
+        .iter()
+        .chain(compensations.iter().flatten())
+        .chain(&after_compensation)
+        .filter_map(|step| step.activity().cloned())
+        .collect();
+    let circuits = circuit::resolve(&raw.activities, &used).map_err(|reason| fail(None, reason))?;
     let nodes = Box::new(nodes::Nodes::resolve(&steps, &compensations, &after_compensation));
     Ok(Definition {
         name,
@@ -397,6 +411,7 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionError> {
         compensations,
         after_compensation,
         nodes,
+        circuits,
         source: source.to_owned(),
         content_hash: crate::registry::content_hash(source),
     })

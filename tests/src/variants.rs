@@ -24,3 +24,27 @@ pub fn order_with_quick_refund(version: u32) -> String {
         1,
     )
 }
+
+/// The charge step as `workflows/order-v2.toml` declares it (card branch).
+const CHARGE_V2: &str = "name = \"charge_payment\"\nactivity = \"payment.charge\"\nqueue = \"payment\"\nretry = { non_retryable = [\"PAYMENT_DECLINED\", \"BAD_INPUT\"] }\n";
+/// The charge step in [`order_with_circuit`]: quick retries, enough attempts and budget to
+/// outlast a provider outage while the breaker holds its tasks.
+const CHARGE_CIRCUIT: &str = "name = \"charge_payment\"\nactivity = \"payment.charge\"\nqueue = \"payment\"\nretry = { max_attempts = 100, initial_interval = \"50ms\", max_interval = \"200ms\", non_retryable = [\"PAYMENT_DECLINED\", \"BAD_INPUT\"] }\ntimeouts = { schedule_to_close = \"10m\" }\n";
+/// The breaker [`order_with_circuit`] declares for `payment.charge`.
+pub const CHARGE_CIRCUIT_TABLE: &str = "\n[activities.\"payment.charge\".circuit]\nfailure_ratio = 0.5\nwindow = \"1m\"\nmin_calls = 5\nopen_for = \"1s\"\nhalf_open_probes = 1\n";
+
+/// The repository's order saga v2 as `version`, with a circuit breaker on `payment.charge`
+/// (opens at half of at least 5 calls failing within a minute, open for 1 s, one probe) and
+/// a charge that retries quickly for long. A test variant, not a version 3 of the file: a
+/// breaker's settings are a deployment's choice about its provider, and the production
+/// definition's content hash (pinned by every run) should not change for a test's.
+pub fn order_with_circuit(version: u32) -> String {
+    let path = workflows_dir().join("order-v2.toml");
+    let v2 = std::fs::read_to_string(&path).expect("read workflows/order-v2.toml");
+    assert!(v2.contains("\nversion = 2\n"), "workflows/order-v2.toml declares version 2");
+    assert!(v2.contains(CHARGE_V2), "workflows/order-v2.toml declares charge_payment as this helper expects");
+    let mut variant =
+        v2.replacen("\nversion = 2\n", &format!("\nversion = {version}\n"), 1).replacen(CHARGE_V2, CHARGE_CIRCUIT, 1);
+    variant.push_str(CHARGE_CIRCUIT_TABLE);
+    variant
+}

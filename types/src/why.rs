@@ -87,6 +87,22 @@ pub struct WhyStep {
     /// The timeouts that can still fire for this attempt, soonest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timeouts: Vec<WhyTimeout>,
+    /// Waiting for a worker: its activity's circuit breaker, when it holds the task back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<WhyCircuit>,
+}
+
+/// An activity's circuit breaker that holds a task back (open, or half-open with its probes
+/// out): the engine hands none of the activity's tasks out until it lets them through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhyCircuit {
+    /// `open` or `half_open`.
+    pub state: String,
+    /// Open: when it turns half-open and lets probes through (clock ms), and how long that is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_until_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_ms: Option<u64>,
 }
 
 /// A step's failure as the history records it.

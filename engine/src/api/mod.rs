@@ -241,6 +241,8 @@ async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
         "queues": queues,
         // Per queue: backlog, when its oldest task was scheduled, waiting polls, recent pollers.
         "queue_gauges": gauges,
+        // Per activity with a circuit breaker: its state, window, transitions and hand-outs.
+        "circuits": stats.circuits.lock().map(|c| c.clone()).unwrap_or_default(),
         "quarantined": stats
             .quarantined
             .lock()

@@ -24,7 +24,9 @@ pub(crate) async fn with_why(state: &AppState, mut view: WorkflowView) -> Workfl
     let queues = state.core.stats.queues.lock().map(|q| q.clone()).unwrap_or_default();
     let store = state.store.clone();
     let status_of = move |id: &shop_types::WorkflowId| store.run(id).ok().flatten().map(|summary| summary.status);
+    let circuits = state.core.stats.circuits.lock().map(|c| c.clone()).unwrap_or_default();
     let live = crate::why::Live {
+        circuits: &circuits,
         now_ms: state.clock.now_ms(),
         queues: &queues,
         heartbeats: &heartbeats,

@@ -1,16 +1,18 @@
 //! The queues and workers page: per task queue, its backlog, how long its oldest task has
-//! waited, the polls waiting on it now and the workers that polled it lately. Live: the
+//! waited, the polls waiting on it now and the workers that polled it lately; then each
+//! activity's circuit breaker (state, until when it is open, its window). Live: the
 //! page's script follows the overview stream (`GET /v1/overview/events`, one tick a second)
 //! and fetches the table (`/console/queues/live`) on each tick.
 //!
 //! It must never read the store: the numbers are the core's gauges (`core::Stats::queues`),
-//! which keep a queue once seen, so a drained queue shows zeros instead of vanishing.
+//! which keep a queue once seen, so a drained queue shows zeros instead of vanishing, and
+//! the breakers' views (`core::Stats::circuits`).
 
 use super::page::{error_page, html_response, layout};
 use super::session::Session;
 use crate::api::auth::{check_access, Access};
 use crate::api::AppState;
-use crate::core::POLLER_RECENT_MS;
+use crate::core::{CircuitState, POLLER_RECENT_MS};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -21,6 +23,7 @@ use shop_types::describe::millis;
 fn table(state: &AppState) -> Markup {
     let now = state.clock.now_ms();
     let queues = state.core.stats.queue_views();
+    let circuits = state.core.stats.circuits.lock().map(|c| c.clone()).unwrap_or_default();
     html! {
         @if queues.is_empty() { p.empty { "No queue has had a task or a poll yet." } }
         @else {
@@ -34,6 +37,24 @@ fn table(state: &AppState) -> Markup {
                         td { @match gauge.oldest_scheduled_ms { Some(since) => (millis(now.saturating_sub(since))), None => "-" } }
                         td { (gauge.waiting_polls) }
                         td.pollers class=[(gauge.recent_pollers == 0).then_some("failed")] { (gauge.recent_pollers) }
+                    }
+                } }
+            }
+        }
+        @if !circuits.is_empty() {
+            h2 { "Circuit breakers" }
+            table #circuits data-testid="circuits" {
+                thead { tr { th { "Activity" } th { "State" } th { "Open for" } th { "Failures / calls in window" } th { "Settings" } } }
+                tbody { @for (activity, circuit) in &circuits {
+                    tr data-activity=(activity) {
+                        td { (activity) }
+                        td.state class=[(circuit.state != CircuitState::Closed).then_some("failed")] {
+                            (circuit.state.as_str())
+                            @if circuit.state != CircuitState::Closed { ": its tasks wait" }
+                        }
+                        td { @match circuit.open_until_ms { Some(until) => (millis(until.saturating_sub(now))), None => "-" } }
+                        td { (circuit.failures) " / " (circuit.calls) }
+                        td { (circuit.config) }
                     }
                 } }
             }

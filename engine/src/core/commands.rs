@@ -281,6 +281,9 @@ impl Core {
             if let Some(run) = self.runs.get_mut(id) {
                 run.timers.retain(|t| *t != timer);
             }
+            if self.hold_schedule_to_start(id, timer.kind, now) {
+                continue;
+            }
             match self.apply_to_run(turn, id, Input::TimerFired(timer.kind), now) {
                 Ok(_) | Err(CoreError::Stale(_)) | Err(CoreError::Finished) | Err(CoreError::NotFound(_)) => {}
                 Err(error) => tracing::warn!(workflow_id = %id, kind = ?timer.kind, %error, "timer could not fire"),
@@ -360,6 +363,7 @@ impl Core {
             registry.read().ok().and_then(|r| r.latest(name.as_str())).map(|d| d.version)
         };
         let context = decider::Context { latest_versions: Some(&latest), ..self.context(now) };
+        let circuit = self.circuit_input(id, &input);
         let Some(run) = self.runs.get_mut(id) else {
             if is_task_report {
                 return Err(CoreError::Stale("the workflow is not in flight".into()));
@@ -387,6 +391,9 @@ impl Core {
             Rejection::SignalNotAwaited(name) => CoreError::SignalNotAwaited(name),
         })?;
         let count = decision.events.len();
+        if let Some((activity, key, outcome)) = circuit.filter(|_| count > 0) {
+            self.circuit_outcome(turn, &activity, &key, outcome, now);
+        }
         self.record(turn, id, decision.events).map_err(|e| CoreError::Storage(e.to_string()))?;
         self.apply_effects(turn, id, decision.effects, now);
         Ok(count)
@@ -473,6 +480,9 @@ impl Core {
         let mut registry = self.registry.write().map_err(|_| CoreError::Storage("registry lock poisoned".into()))?;
         let added = registry.insert(definition).map_err(|e| CoreError::DefinitionConflict(e.to_string()))?;
         if added {
+            if let Some(definition) = registry.get(name.as_str(), version) {
+                self.circuits.configure(&definition);
+            }
             registry.mark_registered(name.as_str(), version, now);
             turn.batch
                 .put_definition(name.as_str(), version, &source)

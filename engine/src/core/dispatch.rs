@@ -5,7 +5,8 @@
 //! core removes that entry the moment the attempt is started, times out, or its run moves
 //! on, finishes or is cancelled. So a queue never holds a stale entry, its length is the
 //! backlog `/v1/stats` shows, and it is bounded by the runs in flight. Entries are served in
-//! the order they were queued (a sequence number per entry).
+//! the order they were queued (a sequence number per entry), except that a task whose
+//! activity's circuit breaker holds it (`circuit`) is passed over and stays where it is.
 //!
 //! This module only keeps order and counts; it must never decide anything about a run (the
 //! core asks the decider) and never answer a caller itself (the core answers after commit).
@@ -16,7 +17,7 @@ use crate::decider::Input;
 use crate::definition::{INDEX_PARAM, ITEM_PARAM};
 use crate::state::AttemptStatus;
 use shop_types::api::ActivityTask;
-use shop_types::{JsonText, QueueName, StepRef, TaskToken, WorkflowId};
+use shop_types::{ActivityName, JsonText, QueueName, StepRef, TaskToken, WorkflowId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use tokio::sync::oneshot;
 
@@ -26,6 +27,8 @@ pub(super) struct ReadyTask {
     pub(super) id: WorkflowId,
     pub(super) step: StepRef,
     pub(super) attempt: u32,
+    /// Its step's activity, for the circuit breakers.
+    pub(super) activity: ActivityName,
 }
 
 /// Where a run's ready entry sits, so it can be removed in O(log n).
@@ -60,13 +63,18 @@ impl ReadyQueues {
         }
     }
 
-    /// The oldest ready attempt of `queue`, removed.
-    pub(super) fn pop(&mut self, queue: &QueueName) -> Option<ReadyTask> {
-        self.queues.get_mut(queue)?.pop_first().map(|(_, task)| task)
+    /// The oldest ready attempt of `queue` that `allowed` lets through, removed. Held tasks
+    /// are passed over: a scan, bounded by the queue's backlog, paid only while a breaker
+    /// holds some of its tasks.
+    pub(super) fn pop(&mut self, queue: &QueueName, allowed: impl Fn(&ReadyTask) -> bool) -> Option<ReadyTask> {
+        let tasks = self.queues.get_mut(queue)?;
+        let seq = tasks.iter().find(|(_, task)| allowed(task)).map(|(seq, _)| *seq)?;
+        tasks.remove(&seq)
     }
 
-    pub(super) fn has_ready(&self, queue: &QueueName) -> bool {
-        self.queues.get(queue).is_some_and(|tasks| !tasks.is_empty())
+    /// Whether `queue` has a ready attempt that `allowed` lets through.
+    pub(super) fn has_ready(&self, queue: &QueueName, allowed: impl Fn(&ReadyTask) -> bool) -> bool {
+        self.queues.get(queue).is_some_and(|tasks| tasks.values().any(allowed))
     }
 
     /// The backlog of every queue that ever had a task (an empty one shows 0).
@@ -229,10 +237,12 @@ impl Core {
             if run.ready.iter().any(|key| (key.step, key.attempt) == (step, attempt)) {
                 continue;
             }
-            let Some(queue) = run.definition.step(step).and_then(|d| d.queue()).cloned() else {
+            let Some((queue, activity)) =
+                run.definition.step(step).and_then(|d| Some((d.queue()?.clone(), d.activity()?.clone())))
+            else {
                 continue;
             };
-            run.ready.push(ready.push(queue.clone(), ReadyTask { id: id.clone(), step, attempt }));
+            run.ready.push(ready.push(queue.clone(), ReadyTask { id: id.clone(), step, attempt, activity }));
             queues.push(queue);
         }
         queues
@@ -267,7 +277,8 @@ impl Core {
         }
     }
 
-    /// Hands up to `max_tasks` ready attempts of `queue` to a worker, recording their start.
+    /// Hands up to `max_tasks` ready attempts of `queue` to a worker, recording their start;
+    /// a task whose activity's circuit does not let it through stays queued.
     pub(super) fn take_ready(
         &mut self,
         turn: &mut Turn,
@@ -278,7 +289,10 @@ impl Core {
     ) -> Vec<ActivityTask> {
         let mut tasks = Vec::new();
         while tasks.len() < max_tasks {
-            let Some(ReadyTask { id, step, attempt }) = self.ready.pop(queue) else {
+            let circuits = &self.circuits;
+            let Some(ReadyTask { id, step, attempt, activity }) =
+                self.ready.pop(queue, |t| circuits.allows(&t.activity))
+            else {
                 break;
             };
             if let Some(run) = self.runs.get_mut(&id) {
@@ -290,6 +304,9 @@ impl Core {
             if let Err(error) = self.apply_to_run(turn, &id, input, now) {
                 tracing::warn!(workflow_id = %id, %error, "a ready entry could not be started; dropped");
                 continue;
+            }
+            if let Some(breaker) = self.circuits.get_mut(&activity) {
+                breaker.handed_out((id.clone(), step, attempt));
             }
             if let Some(task) = self.runs.get(&id).and_then(|run| activity_task(run, &self.signer, step, attempt)) {
                 tasks.push(task);
@@ -305,7 +322,7 @@ impl Core {
         // A hand-out writes its start: with the disk full, polls keep waiting.
         let queues = if self.room_to_write { queues } else { Vec::new() };
         for queue in queues {
-            while self.ready.has_ready(&queue) {
+            while self.ready.has_ready(&queue, |t| self.circuits.allows(&t.activity)) {
                 let Some(poll) = self.waiting_polls.pop(&queue) else {
                     break;
                 };
@@ -369,7 +386,8 @@ mod tests {
     use super::*;
 
     fn task(id: &str) -> ReadyTask {
-        ReadyTask { id: WorkflowId::parse(id).expect("valid"), step: StepRef::forward(0), attempt: 1 }
+        let activity = ActivityName::parse("payment.charge").expect("valid");
+        ReadyTask { id: WorkflowId::parse(id).expect("valid"), step: StepRef::forward(0), attempt: 1, activity }
     }
 
     #[test]
@@ -382,10 +400,11 @@ mod tests {
         ready.remove(&a);
         ready.remove(&a);
         assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 2)]);
-        assert_eq!(ready.pop(&queue), Some(task("b")));
-        assert_eq!(ready.pop(&queue), Some(task("c")));
-        assert_eq!(ready.pop(&queue), None);
-        assert!(!ready.has_ready(&queue));
+        assert_eq!(ready.pop(&queue, |t| t.id.as_str() != "b"), Some(task("c")), "a held task is passed over");
+        assert!(!ready.has_ready(&queue, |t| t.id.as_str() != "b"));
+        assert_eq!(ready.pop(&queue, |_| true), Some(task("b")), "and served once let through");
+        assert_eq!(ready.pop(&queue, |_| true), None);
+        assert!(!ready.has_ready(&queue, |_| true));
         assert_eq!(ready.depths().collect::<Vec<_>>(), vec![(&queue, 0)], "an emptied queue shows 0");
     }
 

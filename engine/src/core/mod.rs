@@ -16,9 +16,10 @@
 //! (repairing parent-child links once, at the first turn), `effects` (a decision's effects
 //! on other runs, in the same batch), `commands`
 //! (commands into events), `timers` (the timer wheel), `dispatch` (ready queues and waiting
-//! polls), `signer` (the MACs that bind a task token to its
+//! polls), `circuit` (a circuit breaker per activity), `signer` (the MACs that bind a task token to its
 //! hand-out), `syncer` (group commit).
 
+mod circuit;
 mod commands;
 mod dispatch;
 mod effects;
@@ -37,6 +38,7 @@ use crate::disk::DiskGuard;
 use crate::registry::Registry;
 use crate::state::{AttemptStatus, WorkflowState};
 use crate::store::{self, RunSummary, Store};
+pub use circuit::{CircuitState, CircuitView, MAX_CIRCUIT_WINDOW_CALLS};
 use dispatch::{PollerSightings, ReadyKey, ReadyQueues, WaitingPoll, WaitingPolls};
 pub use dispatch::{MAX_POLLER_SIGHTINGS, POLLER_RECENT_MS};
 pub use handle::Handle;
@@ -249,6 +251,8 @@ pub struct Stats {
     /// Per queue that ever had a task: workers long-polling it now, and when its oldest
     /// waiting task was scheduled (clock ms; `None` when it is empty). A drained queue stays.
     pub queues: std::sync::Mutex<std::collections::BTreeMap<String, QueueGauges>>,
+    /// Every activity's circuit breaker as of the last turn, by activity name.
+    pub circuits: std::sync::Mutex<std::collections::BTreeMap<String, CircuitView>>,
     /// The core's histograms (commit batch sizes, sync latency) for `/metrics`.
     pub metrics: crate::metrics::CoreMetrics,
     /// Runs whose history could not be replayed at start-up, with why: left on disk as they
@@ -332,6 +336,8 @@ pub struct Core {
     waiting_polls: WaitingPolls,
     /// Which workers polled which queue lately, for `why`.
     sightings: PollerSightings,
+    /// A circuit breaker per activity that declares one (in memory; closed at start).
+    circuits: circuit::Circuits,
     signer: Arc<TaskSigner>,
     shutting_down: bool,
     /// Where applied turns go to be made durable and answered; set while `run` runs.
@@ -420,6 +426,7 @@ impl Core {
         if self.room_to_write && std::mem::take(&mut self.reconcile_pending) {
             self.reconcile(&mut turn, now);
         }
+        self.tick_circuits(&mut turn, now);
         if self.room_to_write {
             self.fire_due_timers(&mut turn, now);
         }
@@ -468,6 +475,9 @@ impl Core {
             }
         }
         self.publish_queue_gauges(now);
+        if let Ok(mut circuits) = self.stats.circuits.lock() {
+            *circuits = self.circuits.views(now);
+        }
         // A turn that wrote goes to the syncer even with nobody to answer, so its write is
         // synced at once; a turn that only answers waits its turn there, as its answers may
         // rest on state an earlier turn applied and has not yet made durable.
@@ -497,6 +507,8 @@ impl Core {
     }
 }
 
+#[cfg(test)]
+mod circuit_tests;
 #[cfg(test)]
 mod reconcile_tests;
 #[cfg(test)]

@@ -32,6 +32,7 @@ impl Core {
             ready: ReadyQueues::default(),
             waiting_polls: WaitingPolls::default(),
             sightings: PollerSightings::default(),
+            circuits: circuit::Circuits::default(),
             signer: signer.clone(),
             shutting_down: false,
             syncer: None,
@@ -42,6 +43,20 @@ impl Core {
             reconcile_pending: true,
             last_position,
         };
+        // Every breaker starts closed: see `circuit` for why its state is not kept.
+        // In name and version order, so a later version's declaration wins.
+        let definitions = core
+            .registry
+            .read()
+            .map(|registry| {
+                let mut all = registry.all();
+                all.sort_by(|a, b| (a.name.as_str(), a.version).cmp(&(b.name.as_str(), b.version)));
+                all
+            })
+            .unwrap_or_default();
+        for definition in &definitions {
+            core.circuits.configure(definition);
+        }
         let now = core.clock.now_ms();
         let ids: Vec<WorkflowId> = core.store.in_flight_held()?;
         for id in ids {

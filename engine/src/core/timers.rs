@@ -13,17 +13,21 @@ impl Core {
     pub(super) fn next_wake_ms(&self) -> Option<u64> {
         let timer = self.timers.first().map(|(due, _, _)| *due);
         let poll = self.waiting_polls.next_deadline_ms();
-        match (timer, poll) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let circuit = self.circuits.next_wake_ms();
+        [timer, poll, circuit].into_iter().flatten().min()
     }
 
     pub(super) fn refresh_timers(&mut self, id: &WorkflowId) {
         let Some(run) = self.runs.get_mut(id) else {
             return;
         };
-        let new = decider::timers(&run.definition, &run.state);
+        let mut new = decider::timers(&run.definition, &run.state);
+        // A schedule-to-start timer the circuit put off keeps its later time (`circuit`).
+        for timer in new.iter_mut().filter(|t| matches!(t.kind, TimerKind::ScheduleToStart { .. })) {
+            if let Some(held) = run.timers.iter().find(|t| t.kind == timer.kind && t.due_ms > timer.due_ms) {
+                timer.due_ms = held.due_ms;
+            }
+        }
         for timer in run.timers.iter().filter(|t| !new.contains(t)) {
             self.timers.remove(&(timer.due_ms, id.clone(), timer.kind));
         }
@@ -49,6 +53,9 @@ impl Core {
             };
             if let Some(run) = self.runs.get_mut(&id) {
                 run.timers.retain(|t| !(t.due_ms == due && t.kind == kind));
+            }
+            if self.hold_schedule_to_start(&id, kind, now) {
+                continue;
             }
             match self.apply_to_run(turn, &id, Input::TimerFired(kind), now) {
                 Ok(_) | Err(CoreError::Stale(_)) => {}

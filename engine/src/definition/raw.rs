@@ -4,7 +4,7 @@
 //! never validate or resolve anything: `definition.rs` and its modules do that, with file:line
 //! errors.
 
-use super::{child, for_each, language, predicate, OnFailure, StatusLabels};
+use super::{child, circuit, for_each, language, predicate, OnFailure, StatusLabels};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -103,4 +103,7 @@ pub(super) struct RawDefinition {
     pub(super) signals: BTreeMap<String, language::RawSignal>,
     #[serde(default)]
     pub(super) branches: BTreeMap<String, Vec<RawStep>>,
+    /// Per-activity settings, keyed by activity name (today: its circuit breaker).
+    #[serde(default)]
+    pub(super) activities: BTreeMap<String, circuit::RawActivity>,
 }

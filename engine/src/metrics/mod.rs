@@ -118,6 +118,17 @@ pub struct QueueLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActivityLabels {
+    pub activity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CircuitLabels {
+    pub activity: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub route: String,
     pub method: String,
@@ -149,6 +160,9 @@ pub struct Metrics {
     backlog: Family<QueueLabels, Gauge>,
     oldest_age: Family<QueueLabels, Gauge<f64, AtomicU64>>,
     pollers: Family<QueueLabels, Gauge>,
+    circuit_state: Family<ActivityLabels, Gauge>,
+    circuit_transitions: Family<CircuitLabels, Counter>,
+    circuit_handed_out: Family<CircuitLabels, Counter>,
     runs_active: Gauge,
     waiting_reads: Gauge,
     stream_subscribers: Gauge,
@@ -178,6 +192,9 @@ impl Metrics {
             backlog: Family::default(),
             oldest_age: Family::default(),
             pollers: Family::default(),
+            circuit_state: Family::default(),
+            circuit_transitions: Family::default(),
+            circuit_handed_out: Family::default(),
             runs_active: Gauge::default(),
             waiting_reads: Gauge::default(),
             stream_subscribers: Gauge::default(),
@@ -231,6 +248,21 @@ impl Metrics {
             m.oldest_age.clone(),
         );
         r.register("shop_queue_pollers", "Worker polls waiting on the queue now", m.pollers.clone());
+        r.register(
+            "shop_circuit_state",
+            "An activity's circuit breaker: 0 closed, 1 open (its tasks wait), 2 half-open (probing)",
+            m.circuit_state.clone(),
+        );
+        r.register(
+            "shop_circuit_transitions",
+            "State changes of an activity's circuit breaker, by the state entered",
+            m.circuit_transitions.clone(),
+        );
+        r.register(
+            "shop_circuit_handed_out",
+            "Attempts of an activity with a breaker handed out, by the breaker's state then (never open)",
+            m.circuit_handed_out.clone(),
+        );
         r.register("shop_runs_active", "Runs in flight (parked ones included)", m.runs_active.clone());
         r.register("shop_waiting_reads", "Clients waiting for runs to finish", m.waiting_reads.clone());
         r.register("shop_stream_subscribers", "Event streams (SSE) open now", m.stream_subscribers.clone());
@@ -274,6 +306,21 @@ impl Metrics {
             let age_ms = gauges.oldest_scheduled_ms.map_or(0, |at| now_ms.saturating_sub(at));
             self.oldest_age.get_or_create(&labels).set(age_ms as f64 / 1_000.0);
             let _ = self.backlog.get_or_create(&labels);
+        }
+        let circuits = stats.circuits.lock().map(|c| c.clone()).unwrap_or_default();
+        for (activity, view) in &circuits {
+            let labels = ActivityLabels { activity: activity.clone() };
+            self.circuit_state.get_or_create(&labels).set(view.state.gauge());
+            let by_state = |state: &crate::core::CircuitState| CircuitLabels {
+                activity: activity.clone(),
+                state: state.as_str().to_owned(),
+            };
+            for (state, count) in &view.transitions {
+                catch_up(&self.circuit_transitions.get_or_create(&by_state(state)), *count);
+            }
+            for (state, count) in &view.handed_out {
+                catch_up(&self.circuit_handed_out.get_or_create(&by_state(state)), *count);
+            }
         }
         self.runs_active.set(i64::try_from(stats.active.load(Relaxed)).unwrap_or(i64::MAX));
         self.waiting_reads.set(i64::try_from(state.watch.slots().in_use()).unwrap_or(i64::MAX));

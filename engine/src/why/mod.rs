@@ -7,13 +7,14 @@
 //! run but this one and the runs it names (through `Live::status_of`). It must never decide
 //! anything: it only describes what the decider and the core will do.
 
+use crate::core::CircuitState;
 use crate::decider::{self, TimerKind};
 use crate::definition::Definition;
 use crate::state::{AttemptStatus, WorkflowState};
 use shop_types::api::WorkflowStatus;
 use shop_types::history::{Event, EventKind, TimeoutKind};
 use shop_types::why::{
-    WhyEnded, WhyError, WhyParked, WhyStep, WhyStepState, WhyTimeout, WhyTimeoutKind, WhyView, WhyWait,
+    WhyCircuit, WhyEnded, WhyError, WhyParked, WhyStep, WhyStepState, WhyTimeout, WhyTimeoutKind, WhyView, WhyWait,
 };
 use shop_types::{StepPhase, StepRef, WorkflowId};
 use std::collections::BTreeMap;
@@ -28,6 +29,8 @@ pub struct Live<'a> {
     pub now_ms: u64,
     /// The core's queue gauges (`Stats::queues`), by queue name.
     pub queues: &'a BTreeMap<String, crate::core::QueueGauges>,
+    /// The core's circuit breakers (`Stats::circuits`), by activity name.
+    pub circuits: &'a BTreeMap<String, crate::core::CircuitView>,
     /// The last heartbeat of each started attempt (`Handle::heartbeats`): (step, attempt, ms).
     pub heartbeats: &'a [(StepRef, u32, u64)],
     /// The status of another run (a child, a parent), if it can be read.
@@ -139,12 +142,21 @@ fn step_view(
         retry_due_ms: None,
         last_error: last_failure(definition, events, Some(attempt.step), false),
         timeouts: Vec::new(),
+        circuit: None,
     };
     match attempt.status {
         AttemptStatus::Scheduled { at_ms } => {
             view.waited_ms = Some(now.saturating_sub(at_ms));
             let gauges = live.queues.get(&queue).copied().unwrap_or_default();
             view.pollers = Some(gauges.pollers.max(gauges.recent_pollers));
+            view.circuit = live.circuits.get(&view.activity).and_then(|circuit| {
+                // Half-open lets its probes through and holds the rest.
+                (circuit.state != CircuitState::Closed).then(|| WhyCircuit {
+                    state: circuit.state.as_str().to_owned(),
+                    open_until_ms: circuit.open_until_ms,
+                    left_ms: circuit.open_until_ms.map(|until| until.saturating_sub(now)),
+                })
+            });
         }
         AttemptStatus::Started { .. } => {
             view.state = WhyStepState::Running;

@@ -78,6 +78,16 @@ fn step_clause(step: &WhyStep, now_ms: u64) -> String {
     match step.state {
         WhyStepState::WaitingForWorker => {
             let waited = millis(step.waited_ms.unwrap_or(0));
+            if let Some(circuit) = &step.circuit {
+                let state = match (circuit.open_until_ms, circuit.left_ms) {
+                    (Some(until), Some(left)) => format!("is open until {until} ({} left)", millis(left)),
+                    _ => "is half-open (its probes are out)".to_owned(),
+                };
+                return format!(
+                    "{what} `{}` ({attempt}) has waited {waited}: activity {}'s circuit {state}; tasks wait",
+                    step.step, step.activity
+                );
+            }
             match step.pollers {
                 Some(0) | None => format!(
                     "{what} `{}` ({attempt}) has waited {waited} for a worker: no worker polls queue `{}`",

@@ -68,7 +68,8 @@ impl Run {
 
     fn explain(&self, queues: &BTreeMap<String, QueueGauges>, heartbeats: &[(StepRef, u32, u64)]) -> WhyView {
         let status_of = |_: &WorkflowId| None;
-        let live = Live { now_ms: self.now, queues, heartbeats, status_of: &status_of };
+        let circuits = BTreeMap::new();
+        let live = Live { now_ms: self.now, queues, circuits: &circuits, heartbeats, status_of: &status_of };
         explain(&self.def, self.state.clone(), &self.history, &live)
     }
 }
