@@ -12,6 +12,7 @@ pub mod events;
 pub mod notifications;
 pub mod order;
 pub mod payments;
+pub mod redrive;
 pub mod stock;
 pub mod token;
 pub mod verify;
