@@ -79,7 +79,7 @@ pub struct NotCompleted {
 
 impl std::fmt::Display for NotCompleted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "redrive {} ended {}", self.job, state(self.state))
+        write!(f, "redrive {} ended {}", self.job, self.state.as_str())
     }
 }
 
@@ -146,15 +146,6 @@ fn random_key() -> String {
     format!("shopctl-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
-fn state(state: RedriveState) -> &'static str {
-    match state {
-        RedriveState::Running => "running",
-        RedriveState::Completed => "completed",
-        RedriveState::Stopped => "stopped",
-        RedriveState::Interrupted => "interrupted",
-    }
-}
-
 /// `rd-…  running  12/200 done: 11 resumed, 1 skipped`.
 fn progress(job: &RedriveJob) -> String {
     let resumed = job.count(|o| *o == TargetOutcome::Resumed);
@@ -163,7 +154,7 @@ fn progress(job: &RedriveJob) -> String {
     let mut text = format!(
         "{}  {}  {}/{} done: {resumed} resumed, {skipped} skipped",
         job.id,
-        state(job.state),
+        job.state.as_str(),
         resumed + skipped + would,
         job.targets.len()
     );
@@ -173,21 +164,12 @@ fn progress(job: &RedriveJob) -> String {
     text
 }
 
-fn outcome(outcome: &TargetOutcome) -> String {
-    match outcome {
-        TargetOutcome::Pending => "pending".into(),
-        TargetOutcome::WouldResume => "would resume".into(),
-        TargetOutcome::Resumed => "resumed".into(),
-        TargetOutcome::Skipped { code } => format!("skipped: {code}"),
-    }
-}
-
 fn show_job(job: &RedriveJob) -> Result<()> {
     output::line(&progress(job))?;
     output::line(&format!("reason: {}  by: {}  rate: {}/s", job.reason, job.by, job.rate))?;
     let mut table = Table::with_header(&["RUN", "OUTCOME"]);
     for target in &job.targets {
-        table.row(vec![target.id.to_string(), outcome(&target.outcome)]);
+        table.row(vec![target.id.to_string(), target.outcome.describe()]);
     }
     table.print()
 }

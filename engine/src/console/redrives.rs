@@ -20,21 +20,12 @@ use shop_types::redrive::{RedriveJob, RedriveState, TargetOutcome};
 /// Seconds between reloads of a running job's page.
 pub const RELOAD_SECONDS: u32 = 1;
 
-fn state_name(state: RedriveState) -> &'static str {
-    match state {
-        RedriveState::Running => "running",
-        RedriveState::Completed => "completed",
-        RedriveState::Stopped => "stopped",
-        RedriveState::Interrupted => "interrupted",
-    }
-}
-
-fn outcome(outcome: &TargetOutcome) -> (&'static str, String) {
+/// The CSS class of an outcome's cell.
+fn outcome_class(outcome: &TargetOutcome) -> &'static str {
     match outcome {
-        TargetOutcome::Pending => ("pending", "not reached".into()),
-        TargetOutcome::WouldResume => ("pending", "would be resumed".into()),
-        TargetOutcome::Resumed => ("ok", "resumed".into()),
-        TargetOutcome::Skipped { code } => ("failed", format!("skipped: {code}")),
+        TargetOutcome::Pending | TargetOutcome::WouldResume => "pending",
+        TargetOutcome::Resumed => "ok",
+        TargetOutcome::Skipped { .. } => "failed",
     }
 }
 
@@ -43,8 +34,8 @@ fn render(job: &RedriveJob) -> Markup {
     let skipped = job.count(|o| matches!(o, TargetOutcome::Skipped { .. }));
     html! {
         @if job.state == RedriveState::Running { meta http-equiv="refresh" content=(RELOAD_SECONDS); }
-        section.redrive data-testid="redrive-job" data-id=(job.id) data-state=(state_name(job.state)) {
-            h1 { "Redrive " (job.id) ": " (state_name(job.state)) }
+        section.redrive data-testid="redrive-job" data-id=(job.id) data-state=(job.state.as_str()) {
+            h1 { "Redrive " (job.id) ": " (job.state.as_str()) }
             p.progress data-testid="redrive-progress" {
                 (resumed) " resumed, " (skipped) " skipped, of " (job.targets.len()) " runs"
             }
@@ -58,10 +49,9 @@ fn render(job: &RedriveJob) -> Markup {
             table #redrive-targets data-testid="redrive-targets" {
                 thead { tr { th { "Run" } th { "Outcome" } } }
                 tbody { @for target in &job.targets {
-                    @let (class, text) = outcome(&target.outcome);
                     tr data-id=(target.id.as_str()) {
                         td { a href={"/console/runs/" (target.id.as_str())} { (target.id.as_str()) } }
-                        td class=(class) { (text) }
+                        td class=(outcome_class(&target.outcome)) { (target.outcome.describe()) }
                     }
                 } }
             }
