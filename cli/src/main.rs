@@ -108,13 +108,9 @@ async fn main() -> ExitCode {
         .init();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.downcast_ref::<commands::workflow::NotCompleted>().is_some() => {
+        Err(err) if err.downcast_ref::<commands::NotCompleted>().is_some() => {
             output::note(&format!("shopctl: {err}"));
-            ExitCode::from(commands::workflow::NOT_COMPLETED_EXIT)
-        }
-        Err(err) if err.downcast_ref::<commands::redrive::NotCompleted>().is_some() => {
-            output::note(&format!("shopctl: {err}"));
-            ExitCode::from(commands::redrive::NOT_COMPLETED_EXIT)
+            ExitCode::from(commands::NOT_COMPLETED_EXIT)
         }
         Err(err) if is_broken_pipe(&err) => {
             // The reader went away (`shopctl ... | head`): not our failure to report.

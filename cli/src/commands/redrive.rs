@@ -3,7 +3,7 @@
 //! `/v1/redrives`.
 //!
 //! Exit codes: 0 when the job completed (its skipped runs are counted, not an error), 1 on any
-//! error, [`NOT_COMPLETED_EXIT`] when a followed job ended stopped or interrupted. It decides
+//! error, [`super::NOT_COMPLETED_EXIT`] when a followed job ended stopped or interrupted. It decides
 //! nothing: which runs a job resumes, and what it does to each, is the engine's.
 
 use super::Context;
@@ -14,8 +14,6 @@ use shop_types::redrive::{FailurePhase, ParkedGroups, RedriveJob, RedriveRequest
 use shop_types::WorkflowId;
 use std::time::Duration;
 
-/// The exit code of `redrive` when the job it followed ended other than completed.
-pub const NOT_COMPLETED_EXIT: u8 = 3;
 /// How often a followed job is read again.
 pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
 /// Random bytes of the Idempotency-Key `redrive` makes when none is given.
@@ -70,21 +68,6 @@ struct StartArgs {
     detach: bool,
 }
 
-/// A followed job that ended stopped or interrupted.
-#[derive(Debug)]
-pub struct NotCompleted {
-    job: String,
-    state: RedriveState,
-}
-
-impl std::fmt::Display for NotCompleted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "redrive {} ended {}", self.job, self.state.as_str())
-    }
-}
-
-impl std::error::Error for NotCompleted {}
-
 /// `shopctl parked`.
 pub async fn parked(ctx: &Context) -> Result<()> {
     let reply = ctx.client.engine().parked().await?;
@@ -136,7 +119,7 @@ async fn start(args: StartArgs, ctx: &Context) -> Result<()> {
     }
     ctx.show(&job, show_job)?;
     if job.body.state != RedriveState::Completed {
-        return Err(NotCompleted { job: job.body.id, state: job.body.state }.into());
+        return Err(super::NotCompleted(format!("redrive {} ended {}", job.body.id, job.body.state.as_str())).into());
     }
     Ok(())
 }
