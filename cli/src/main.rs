@@ -6,7 +6,8 @@
 //! It is a thin client: every fact comes from the engine's HTTP API or a worker's admin API,
 //! and it never reads their data directories. Data goes to stdout, everything else to
 //! stderr; any error ends the process with exit code 1 and one line `shopctl: <reason>`
-//! (`workflow watch` of a run that ends other than COMPLETED: exit 3)
+//! (`workflow watch` of a run that ends other than COMPLETED, `redrive` of a job that ends
+//! stopped or interrupted: exit 3)
 //! (clap's usage errors exit with 2).
 
 mod client;
@@ -19,8 +20,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{
     bench::BenchArgs, definition::DefinitionCommand, demo::DemoArgs, dev::DevArgs, events::EventsCommand,
-    notifications::NotificationsCommand, order::OrderCommand, payments::PaymentsCommand, stock::StockCommand,
-    token::TokenCommand, verify::VerifyArgs, workflow::WorkflowCommand, Context,
+    notifications::NotificationsCommand, order::OrderCommand, payments::PaymentsCommand, redrive::RedriveArgs,
+    stock::StockCommand, token::TokenCommand, verify::VerifyArgs, workflow::WorkflowCommand, Context,
 };
 use shop_types::auth::BearerToken;
 use std::process::ExitCode;
@@ -60,6 +61,13 @@ enum Command {
     /// Why a run is where it is: its steps in flight, what it waits for, its timeouts, and
     /// what would move it on (`--json`: the `why` object of `GET /v1/workflows/{id}`).
     Why { id: shop_types::WorkflowId },
+    /// Failed and parked runs grouped by error fingerprint: count, first and last seen, a
+    /// sample run and its reason.
+    Parked,
+    /// Resume parked runs in bulk (a group, a type or a list of ids) and follow the job to
+    /// its end; `redrive status JOB`, `redrive stop JOB`. Exit 3 when the job ends stopped
+    /// or interrupted.
+    Redrive(RedriveArgs),
     /// Follow every committed event of the engine (`events tail`).
     #[command(subcommand)]
     Events(EventsCommand),
@@ -100,9 +108,9 @@ async fn main() -> ExitCode {
         .init();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.downcast_ref::<commands::workflow::NotCompleted>().is_some() => {
+        Err(err) if err.downcast_ref::<commands::NotCompleted>().is_some() => {
             output::note(&format!("shopctl: {err}"));
-            ExitCode::from(commands::workflow::NOT_COMPLETED_EXIT)
+            ExitCode::from(commands::NOT_COMPLETED_EXIT)
         }
         Err(err) if is_broken_pipe(&err) => {
             // The reader went away (`shopctl ... | head`): not our failure to report.
@@ -127,6 +135,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Order(command) => commands::order::run(command, &ctx()?).await,
         Command::Workflow(command) => commands::workflow::run(command, &ctx()?).await,
         Command::Why { id } => commands::why::run(id, &ctx()?).await,
+        Command::Parked => commands::redrive::parked(&ctx()?).await,
+        Command::Redrive(args) => commands::redrive::run(args, &ctx()?).await,
         Command::Definition(command) => commands::definition::run(command, &ctx()?).await,
         Command::Events(command) => commands::events::run(command, &ctx()?).await,
         Command::Stock(command) => commands::stock::run(command, &ctx()?).await,

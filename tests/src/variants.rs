@@ -48,3 +48,17 @@ pub fn order_with_circuit(version: u32) -> String {
     variant.push_str(CHARGE_CIRCUIT_TABLE);
     variant
 }
+
+/// The confirm step as `workflows/order.toml` declares it.
+const CONFIRM_ACTIVITY: &str = "activity = \"inventory.commit\"";
+/// An activity no worker serves: the inventory worker fails it for good (`UNKNOWN_ACTIVITY`).
+const CONFIRM_UNSERVED: &str = "activity = \"inventory.unserved\"";
+
+/// [`order_with_quick_refund`] whose confirm step fails for good after the payment was
+/// charged, so every order compensates a real charge: a refund that keeps failing parks it
+/// with money to give back.
+pub fn order_failing_after_charge(version: u32) -> String {
+    let quick = order_with_quick_refund(version);
+    assert!(quick.contains(CONFIRM_ACTIVITY), "workflows/order.toml declares the confirm as this helper expects");
+    quick.replacen(CONFIRM_ACTIVITY, CONFIRM_UNSERVED, 1)
+}

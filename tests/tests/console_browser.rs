@@ -11,8 +11,9 @@
 //! 4. the overview's counters of runs started and finished move while 50 orders are placed,
 //!    without a reload (one tick a second over SSE);
 //! 5. two runs parked by the same refund fault form one group on the failures page; once the
-//!    fault is fixed, the group's bulk retry (behind a confirm step) resumes both, they
-//!    finish, and each history says who retried it;
+//!    fault is fixed, the group's bulk retry (behind a confirm step) starts a redrive job
+//!    whose page follows it to its end (both resumed, started by the admin), they finish,
+//!    and each history names the job;
 //! 6. the queues page shows each queue's backlog and pollers; the definitions page lists the
 //!    versions and a version's compensation plan;
 //! 7. an order's run page shows the shop beside it (its payment and notification, read from
@@ -215,13 +216,21 @@ async fn a_group_of_parked_runs_is_retried_at_once(browser: &Browser, stack: &Se
     browser.click(&format!("{group} [data-testid=retry-group]")).await;
     browser.wait_for("[data-testid=confirm]", |t| t.contains("2 parked") && t.contains(ADMIN_SUBJECT)).await;
     browser.click("[data-testid=confirm-action]").await;
-    browser.wait_for("h1", |t| t == "Retried 2 of 2 runs").await;
+    // The retry is a redrive job of the group; its page follows it to its end.
+    browser.wait_for("[data-testid=redrive-job] h1", |t| t.ends_with(": completed")).await;
+    let progress = browser.text_of("[data-testid=redrive-progress]").await.unwrap_or_default();
+    assert_eq!(progress, "2 resumed, 0 skipped, of 2 runs");
+    let by = browser.text_of("[data-testid=redrive-by]").await.unwrap_or_default();
+    assert_eq!(by, ADMIN_SUBJECT, "the job records who started it");
+    let job = browser.execute("return document.querySelector('[data-testid=redrive-job]').dataset.id;").await;
+    let job = job.as_str().expect("the job's id").to_owned();
     browser.screenshot("failures_retried").await;
     for id in [&first, &second] {
         assert_eq!(stack.api.wait_order(id).await.status, CANCELLED, "{id} finished after the bulk retry");
         let history = stack.api.history(id).await;
         let resumed = history.iter().find(|e| e.event.name() == "RunResumedBy").expect("RunResumedBy");
-        assert_eq!(resumed.event.requested_by(), Some(ADMIN_SUBJECT), "{id}: audited with who retried it");
+        let expected = format!("redrive:{job}");
+        assert_eq!(resumed.event.requested_by(), Some(expected.as_str()), "{id}: audited with the job that retried it");
     }
 }
 
@@ -303,6 +312,6 @@ async fn a_client_sees_runs_but_is_refused_actions(browser: &Browser, stack: &Se
     let script = "const csrf = document.querySelector('input[name=csrf]').value;
          return fetch('/console/failures/retry', {method: 'POST',
              headers: {'content-type': 'application/x-www-form-urlencoded'},
-             body: 'csrf=' + encodeURIComponent(csrf) + '&type=order&step=x&code=y'}).then(r => r.status);";
+             body: 'csrf=' + encodeURIComponent(csrf) + '&group=x&key=y'}).then(r => r.status);";
     assert_eq!(browser.execute(script).await, json!(403), "a client's bulk retry is refused");
 }

@@ -217,3 +217,45 @@ async fn queue_gauges_stay_when_a_queue_drains_and_the_overview_streams_ticks() 
     assert_eq!(data["finished"], json!(1), "the terminated run ended: {data}");
     assert_eq!(data["backlog"]["inventory"], json!(0), "{data}");
 }
+
+/// The failures page's bulk retry starts a redrive job and leads to its page: the same form
+/// sent twice is one job; a key past `MAX_IDEMPOTENCY_KEY_BYTES` is refused; an unknown job
+/// is a 404 page; without a session the job page sends to the login page.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bulk_retry_is_one_redrive_job_with_its_own_page() {
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let token_file = dir.path().join("admin.token");
+    let args = vec!["--admin-token-file".to_owned(), token_file.display().to_string()];
+    let engine = Engine::start(dir.path(), EngineOptions { open: false, args, ..EngineOptions::default() }).await;
+    let admin_token = std::fs::read_to_string(&token_file).expect("the admin token").trim().to_owned();
+    let console = Console::new(&engine.url());
+    let (status, cookie) = console.sign_in(&admin_token).await;
+    assert_eq!(status, 303);
+    let cookie = cookie.expect("a session cookie");
+
+    // No failed run has this fingerprint: the confirm page offers nothing to retry.
+    let (status, page) = console.get("/console/failures/retry?group=0000000000000000", &cookie).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Yes, retry 0 runs"), "{page}");
+    let form =
+        |key: &str| format!("{}&group=0000000000000000&{}", form_pair("csrf", &csrf_of(&page)), form_pair("key", key));
+    let first = console.post_form("/console/failures/retry", &cookie, form("k1")).await;
+    assert_eq!(first.status().as_u16(), 303);
+    let location = first.headers().get(LOCATION).and_then(|v| v.to_str().ok()).expect("a location").to_owned();
+    assert!(location.starts_with("/console/redrives/rd-"), "{location}");
+    let again = console.post_form("/console/failures/retry", &cookie, form("k1")).await;
+    let again = again.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(again.as_deref(), Some(location.as_str()), "the same form twice is one job");
+
+    let (status, job) = console.get(&location, &cookie).await;
+    assert_eq!(status, 200);
+    assert!(job.contains("data-testid=\"redrive-job\"") && job.contains("0 resumed, 0 skipped, of 0 runs"), "{job}");
+    let too_long = "k".repeat(129);
+    let reply = console.post_form("/console/failures/retry", &cookie, form(&too_long)).await;
+    assert_eq!(reply.status().as_u16(), 400, "a key past MAX_IDEMPOTENCY_KEY_BYTES");
+
+    let (status, _) = console.get("/console/redrives/rd-none", &cookie).await;
+    assert_eq!(status, 404);
+    let reply = console.http.get(format!("{}{location}", console.base)).send().await.expect("GET");
+    assert_eq!(reply.status().as_u16(), 303, "no session: the login page");
+}

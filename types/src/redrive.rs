@@ -95,6 +95,18 @@ pub enum RedriveState {
     Interrupted,
 }
 
+impl RedriveState {
+    /// The state as the API spells it (`running`, `completed`, `stopped`, `interrupted`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedriveState::Running => "running",
+            RedriveState::Completed => "completed",
+            RedriveState::Stopped => "stopped",
+            RedriveState::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// What the job did to one run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +120,18 @@ pub enum TargetOutcome {
     Skipped {
         code: String,
     },
+}
+
+impl TargetOutcome {
+    /// How a person reads it: `pending`, `would resume`, `resumed`, `skipped: CODE`.
+    pub fn describe(&self) -> String {
+        match self {
+            TargetOutcome::Pending => "pending".into(),
+            TargetOutcome::WouldResume => "would resume".into(),
+            TargetOutcome::Resumed => "resumed".into(),
+            TargetOutcome::Skipped { code } => format!("skipped: {code}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

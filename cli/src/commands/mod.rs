@@ -12,6 +12,7 @@ pub mod events;
 pub mod notifications;
 pub mod order;
 pub mod payments;
+pub mod redrive;
 pub mod stock;
 pub mod token;
 pub mod verify;
@@ -43,6 +44,24 @@ impl Context {
         }
     }
 }
+
+/// The exit code of a command that followed something to an end other than the one hoped
+/// for: `workflow watch` of a run that ended other than COMPLETED, `redrive` of a job that
+/// ended stopped or interrupted.
+pub const NOT_COMPLETED_EXIT: u8 = 3;
+
+/// What such a command ends with: the sentence `main` prints before exiting with
+/// [`NOT_COMPLETED_EXIT`].
+#[derive(Debug)]
+pub struct NotCompleted(pub String);
+
+impl std::fmt::Display for NotCompleted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotCompleted {}
 
 /// Parses a `--wait` duration (`30s`, `1500ms`), refusing more than the server will block,
 /// so the user learns the bound instead of getting a shorter wait than asked for.

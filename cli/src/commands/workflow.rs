@@ -162,24 +162,6 @@ async fn post_action(ctx: &Context, id: &WorkflowId, action: RunAction, reason: 
     ctx.show(&reply, show_run)
 }
 
-/// Exit code of `workflow watch` for a run that ended other than COMPLETED.
-pub const NOT_COMPLETED_EXIT: u8 = 3;
-
-/// `workflow watch`'s verdict on a run that ended other than COMPLETED.
-#[derive(Debug)]
-pub struct NotCompleted {
-    id: WorkflowId,
-    status: WorkflowStatus,
-}
-
-impl std::fmt::Display for NotCompleted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "workflow {} ended {}", self.id, self.status.as_str())
-    }
-}
-
-impl std::error::Error for NotCompleted {}
-
 /// Prints the run's events until its `end`; with `--json`, one history entry per line.
 async fn watch(ctx: &Context, id: &WorkflowId) -> Result<()> {
     let mut stream = ctx.client.engine().workflow_events(id.as_str(), 0)?;
@@ -191,7 +173,7 @@ async fn watch(ctx: &Context, id: &WorkflowId) -> Result<()> {
             if status == WorkflowStatus::Completed {
                 return Ok(());
             }
-            return Err(NotCompleted { id: id.clone(), status }.into());
+            return Err(super::NotCompleted(format!("workflow {id} ended {}", status.as_str())).into());
         }
         let event = message.history_event().context("the engine sent an event that does not parse")?;
         if ctx.json {

@@ -29,6 +29,7 @@ pub(crate) mod workflows;
 pub use body::ApiJson;
 pub use edge::{MAX_HEAD_BYTES, MAX_URI_BYTES};
 pub use error::ApiError;
+pub(crate) use redrive::api_error as redrive_error;
 
 use crate::auth::Authenticator;
 use crate::auth::Principal;

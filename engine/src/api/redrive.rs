@@ -59,7 +59,8 @@ pub(crate) async fn stop(State(state): State<AppState>, Path(id): Path<String>) 
     state.redrives.stop(&id).await.map(Json).map_err(api_error)
 }
 
-fn api_error(error: Error) -> ApiError {
+/// How the API answers a redrive error (the console's bulk retry answers the same).
+pub(crate) fn api_error(error: Error) -> ApiError {
     let message = error.to_string();
     match error {
         Error::Invalid(_) => ApiError::invalid(message),

@@ -1,144 +1,78 @@
-//! The failures page: failed and parked runs grouped by what failed them (workflow type, the
-//! step whose last attempt failed for good, its error code), each group with its count, how
-//! many are parked, when it was first and last seen and a sample run; and the bulk retry of a
-//! group's parked runs, behind a confirm step.
+//! The failures page: failed and parked runs grouped by their error fingerprint (the one
+//! grouping of the product, `redrive::scan::groups`, which `GET /v1/parked` answers too), each
+//! group with its count, when it was first and last seen and a sample run; and the bulk retry
+//! of a parked group, behind a confirm step, which starts a redrive job for the group and
+//! leads to its page (`/console/redrives/{id}`).
 //!
-//! It must never retry a run the API would not (each retry is `api::workflows::act` with the
-//! session's principal, so every run's history records who retried it, and the API's role
-//! check applies), never retry more than [`MAX_BULK_RETRY`] runs per request and never read
-//! more than [`MAX_FAILED_SCANNED`] failed runs per page.
+//! It must never resume a run itself (the redrive job does, through the core, and each run's
+//! history names the job, whose record names who started it), never start a job the API would
+//! refuse (the API's role check, limits and Idempotency-Key apply) and never read more than
+//! [`MAX_PARKED_SCANNED`] failed runs per page.
 
 use super::page::{csrf_field, error_page, html_response, layout, may_act, timestamp};
 use super::session::Session;
 use crate::api::auth::{check_access, Access};
-use crate::api::workflows::{act, history_views, list_views, Action};
 use crate::api::{ApiError, AppState};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use maud::{html, Markup};
 use serde::Deserialize;
-use shop_types::api::{HistoryEventView, WorkflowStatus, WorkflowView};
-use shop_types::history::EventKind;
-use shop_types::WorkflowId;
-use std::collections::BTreeMap;
+use shop_types::redrive::{FailurePhase, ParkedGroup, RedriveRequest, MAX_PARKED_SCANNED, MAX_REDRIVE_TARGETS};
 
-/// Failed runs read to build the groups; past it the page says the groups are partial.
-pub const MAX_FAILED_SCANNED: usize = 1_000;
-/// Parked runs one bulk retry resumes; a bigger group is retried in several rounds.
-pub const MAX_BULK_RETRY: usize = 200;
+/// Random bytes of the Idempotency-Key a confirm page puts in its form, so a form sent twice
+/// (a double click, a reload) starts one job.
+const FORM_KEY_BYTES: usize = 16;
 
-/// What failed a run: the key its group is known by (the query string of the retry pages).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+/// A group's key in the query string of the retry pages.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct GroupKey {
-    #[serde(rename = "type")]
-    workflow_type: String,
-    step: String,
-    code: String,
+pub(crate) struct GroupQuery {
+    group: String,
 }
 
-/// One group of failed runs.
-#[derive(Debug, Default)]
-struct Group {
-    count: usize,
-    first_seen_ms: u64,
-    last_seen_ms: u64,
-    sample: Option<WorkflowId>,
-    /// The group's parked runs (the ones a retry resumes), oldest failure first.
-    parked: Vec<WorkflowId>,
+fn read_groups(state: &AppState) -> Result<shop_types::redrive::ParkedGroups, ApiError> {
+    Ok(crate::redrive::scan::groups(state.store.as_ref())?)
 }
 
-/// Where the last attempt that failed for good is, and its code; `None` when no step failed
-/// for good (the run failed otherwise, e.g. its execution timeout): then the reason stands in.
-fn cause(view: &WorkflowView, history: &[HistoryEventView]) -> (String, String, u64) {
-    let last = history.iter().rev().find_map(|event| match &event.event {
-        EventKind::StepFailed { error, will_retry: false, .. } => Some((event, error.error_type.clone())),
-        EventKind::StepTimedOut { timeout, will_retry: false, .. } => {
-            Some((event, format!("TIMEOUT_{}", timeout.as_str().to_ascii_uppercase())))
-        }
-        _ => None,
-    });
-    match last {
-        Some((event, code)) => (event.step_name.clone().unwrap_or_else(|| "-".into()), code, event.at_ms),
-        None => {
-            let reason = view.reason.as_deref().unwrap_or("no reason recorded");
-            let code: String = reason.chars().take_while(|c| !c.is_whitespace() && *c != ':').collect();
-            ("-".into(), code, view.closed_at_ms.or(history.last().map(|e| e.at_ms)).unwrap_or(0))
-        }
+/// The runs of a group the bulk retry resumes: all of a parked group, none of a failed one.
+fn parked_count(group: &ParkedGroup) -> u64 {
+    if group.phase == FailurePhase::Parked {
+        group.count
+    } else {
+        0
     }
-}
-
-fn parked(view: &WorkflowView) -> bool {
-    view.status == WorkflowStatus::Failed && view.closed_at_ms.is_none()
-}
-
-/// The failed runs (at most [`MAX_FAILED_SCANNED`]) by group, and whether there were more.
-fn groups(state: &AppState) -> Result<(BTreeMap<GroupKey, Group>, bool), ApiError> {
-    let mut groups: BTreeMap<GroupKey, Group> = BTreeMap::new();
-    let (mut cursor, mut scanned) = (None, 0);
-    loop {
-        let limit = (MAX_FAILED_SCANNED - scanned).min(shop_types::limits::MAX_LIST_LIMIT);
-        let (views, next) = list_views(state, Some(WorkflowStatus::Failed), cursor, limit, |_| true)?;
-        scanned += views.len();
-        for view in views {
-            let history = history_views(state, &view.id)?;
-            let (step, code, at_ms) = cause(&view, &history);
-            let key = GroupKey { workflow_type: view.workflow_type.to_string(), step, code };
-            let group = groups.entry(key).or_default();
-            group.first_seen_ms = if group.count == 0 { at_ms } else { group.first_seen_ms.min(at_ms) };
-            group.last_seen_ms = group.last_seen_ms.max(at_ms);
-            group.count += 1;
-            if parked(&view) {
-                group.parked.push(view.id.clone());
-            }
-            group.sample.get_or_insert(view.id);
-        }
-        let Some(next) = next else {
-            return Ok((groups, false));
-        };
-        if scanned >= MAX_FAILED_SCANNED {
-            return Ok((groups, true));
-        }
-        cursor = Some(WorkflowId::parse(next)?);
-    }
-}
-
-fn group_query(key: &GroupKey) -> String {
-    serde_urlencoded::to_string([
-        ("type", key.workflow_type.as_str()),
-        ("step", key.step.as_str()),
-        ("code", key.code.as_str()),
-    ])
-    .unwrap_or_default()
 }
 
 /// `GET /console/failures`.
 pub(crate) async fn page(State(state): State<AppState>, Extension(session): Extension<Session>) -> Response {
     let render = || -> Result<Markup, ApiError> {
         check_access(&session.principal, Access::Client)?;
-        let (groups, partial) = groups(&state)?;
+        let groups = read_groups(&state)?;
         let act = may_act(&session);
         Ok(html! {
             h1 { "Failures" }
-            p.hint { "Failed and parked runs, grouped by the step that failed them for good and its error code. "
+            p.hint { "Failed and parked runs, grouped by their error fingerprint: the workflow type, whether the run "
+                "is parked or failed for good, and its reason with ids and numbers left out. "
                 "A parked run waits for an operator: fix the cause, then retry its group." }
-            @if partial { p.problem { "Only the first " (MAX_FAILED_SCANNED) " failed runs are grouped here." } }
-            @if groups.is_empty() { p.empty #no-failures { "No failed runs." } }
+            @if groups.truncated { p.problem { "Only part of the failed runs are grouped here (at most "
+                (MAX_PARKED_SCANNED) " are read)." } }
+            @if groups.groups.is_empty() { p.empty #no-failures { "No failed runs." } }
             @else {
                 table.failures #failures {
-                    thead { tr { th { "Workflow" } th { "Step" } th { "Error" } th { "Runs" } th { "Parked" }
+                    thead { tr { th { "Workflow" } th { "Failure" } th { "Fingerprint" } th { "Runs" } th { "Parked" }
                         th { "First seen" } th { "Last seen" } th { "Sample" } th {} } }
                     tbody {
-                        @for (key, group) in &groups {
-                            tr data-testid="failure-group" data-type=(key.workflow_type) data-step=(key.step) data-code=(key.code) {
-                                td { (key.workflow_type) } td { (key.step) } td.reason { (key.code) }
-                                td.count { (group.count) } td.parked { (group.parked.len()) }
+                        @for group in &groups.groups {
+                            tr data-testid="failure-group" data-fingerprint=(group.fingerprint) data-type=(group.workflow_type) {
+                                td { (group.workflow_type) } td.reason title=(group.sample_reason) { (group.pattern) }
+                                td { code { (group.fingerprint) } }
+                                td.count { (group.count) } td.parked { (parked_count(group)) }
                                 td { (timestamp(group.first_seen_ms)) } td { (timestamp(group.last_seen_ms)) }
-                                td { @if let Some(id) = &group.sample { a href={"/console/runs/" (id.as_str())} { (id.as_str()) } } }
-                                td { @if act && !group.parked.is_empty() {
-                                    a.button href={"/console/failures/retry?" (group_query(key))} data-testid="retry-group" { "Retry the parked runs" }
+                                td { a href={"/console/runs/" (group.sample.as_str())} { (group.sample.as_str()) } }
+                                td { @if act && parked_count(group) > 0 {
+                                    a.button href={"/console/failures/retry?group=" (group.fingerprint)} data-testid="retry-group" { "Retry the parked runs" }
                                 } }
                             }
                         }
@@ -153,31 +87,34 @@ pub(crate) async fn page(State(state): State<AppState>, Extension(session): Exte
     }
 }
 
-/// `GET /console/failures/retry?type=&step=&code=`: what the bulk retry will do, and its button.
+/// `GET /console/failures/retry?group=FP`: what the bulk retry will do, and its button.
 pub(crate) async fn confirm(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
-    key: Result<Query<GroupKey>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<GroupQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let render = || -> Result<Markup, ApiError> {
         check_access(&session.principal, Access::Admin)?;
-        let key = crate::api::query(key)?;
-        let (mut groups, _) = groups(&state)?;
-        let parked = groups.remove(&key).map(|g| g.parked).unwrap_or_default();
-        let now = parked.len().min(MAX_BULK_RETRY);
+        let GroupQuery { group } = crate::api::query(query)?;
+        let groups = read_groups(&state)?;
+        let found = groups.groups.iter().find(|g| g.fingerprint == group);
+        let parked = found.map_or(0, parked_count);
+        let key = crate::auth::hex(&crate::auth::random_bytes::<FORM_KEY_BYTES>());
         Ok(html! {
             section.confirm data-testid="confirm" {
                 h1 { "Retry a group of parked runs" }
-                p { (parked.len()) " parked " (key.workflow_type) " runs failed at " code { (key.step) } " with " code { (key.code) } "." }
-                @if parked.len() > MAX_BULK_RETRY { p.problem { "This retries the first " (MAX_BULK_RETRY) "; retry again for the rest." } }
-                p { "Each run's failed compensation is retried with a fresh attempt budget; each run's history records that you ("
-                    (session.principal.subject.to_string()) ") asked. Fix the cause first." }
+                @if let Some(found) = found {
+                    p { (parked) " parked " (found.workflow_type) " runs failed with " code { (found.pattern) } "." }
+                } @else { p { "No failed runs have the fingerprint " code { (group) } " now." } }
+                @if parked > MAX_REDRIVE_TARGETS as u64 { p.problem { "One job retries the first " (MAX_REDRIVE_TARGETS) "; retry again for the rest." } }
+                p { "A redrive job retries each run's failed compensation with a fresh attempt budget, "
+                    (shop_types::redrive::DEFAULT_REDRIVE_RATE) " runs a second; each run's history names the job, "
+                    "and the job records that you (" (session.principal.subject.to_string()) ") started it. Fix the cause first." }
                 form method="post" action="/console/failures/retry" {
                     (csrf_field(&session))
-                    input type="hidden" name="type" value=(key.workflow_type);
-                    input type="hidden" name="step" value=(key.step);
-                    input type="hidden" name="code" value=(key.code);
-                    button.danger type="submit" data-testid="confirm-action" disabled[now == 0] { "Yes, retry " (now) " runs" }
+                    input type="hidden" name="group" value=(group);
+                    input type="hidden" name="key" value=(key);
+                    button.danger type="submit" data-testid="confirm-action" disabled[parked == 0] { "Yes, retry " (parked) " runs" }
                     " " a href="/console/failures" { "No, go back" }
                 }
             }
@@ -189,87 +126,38 @@ pub(crate) async fn confirm(
     }
 }
 
-/// The bulk retry's form: the group's key and the CSRF token (checked by `require_session`).
+/// The bulk retry's form: the group, the confirm page's Idempotency-Key and the CSRF token
+/// (checked by `require_session`).
 #[derive(Deserialize)]
 pub(crate) struct RetryForm {
-    #[serde(rename = "type")]
-    workflow_type: String,
-    step: String,
-    code: String,
+    group: String,
+    key: String,
 }
 
-/// `POST /console/failures/retry`: resumes the group's parked runs (at most
-/// [`MAX_BULK_RETRY`]) one by one as this session's principal, then lists what happened.
+/// `POST /console/failures/retry`: starts a redrive job for the group as this session's
+/// principal and shows its page.
 pub(crate) async fn retry(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
     Form(form): Form<RetryForm>,
 ) -> Response {
-    let run = async {
+    let start = async {
         check_access(&session.principal, Access::Admin)?;
-        let key = GroupKey { workflow_type: form.workflow_type, step: form.step, code: form.code };
-        let (mut groups, _) = groups(&state)?;
-        let parked = groups.remove(&key).map(|g| g.parked).unwrap_or_default();
-        let mut outcomes = Vec::new();
-        for id in parked.into_iter().take(MAX_BULK_RETRY) {
-            let reason = format!("bulk retry of {} / {} / {}", key.workflow_type, key.step, key.code);
-            let outcome = act(&state, &session.principal, id.clone(), Action::Resume, reason).await;
-            outcomes.push((id, outcome.map(|_| ()).map_err(|e| e.message)));
+        if form.key.is_empty() || form.key.len() > crate::api::workflows::MAX_IDEMPOTENCY_KEY_BYTES {
+            return Err(ApiError::bad_request("BAD_IDEMPOTENCY_KEY", "reload the confirm page and try again"));
         }
-        Ok::<_, ApiError>(outcomes)
+        let reason = format!("bulk retry of failure group {} from the console", form.group);
+        let request = RedriveRequest { group: Some(form.group), reason, ..RedriveRequest::default() };
+        let key = format!("console:{}", form.key);
+        let (job, _) = state
+            .redrives
+            .start(&key, request, session.principal.subject.to_string())
+            .await
+            .map_err(crate::api::redrive_error)?;
+        Ok::<_, ApiError>(job)
     };
-    match run.await {
-        Ok(outcomes) => {
-            let body = html! {
-                h1 { "Retried " (outcomes.iter().filter(|(_, o)| o.is_ok()).count()) " of " (outcomes.len()) " runs" }
-                table #retried data-testid="retried" {
-                    thead { tr { th { "Run" } th { "Outcome" } } }
-                    tbody { @for (id, outcome) in &outcomes {
-                        tr data-id=(id.as_str()) {
-                            td { a href={"/console/runs/" (id.as_str())} { (id.as_str()) } }
-                            @match outcome { Ok(()) => td.ok { "retried" }, Err(why) => td.failed { (why) } }
-                        }
-                    } }
-                }
-                p { a href="/console/failures" { "Back to the failures" } }
-            };
-            html_response(StatusCode::OK, layout("Retried", Some(&session), "/console/failures", body))
-        }
+    match start.await {
+        Ok(job) => Redirect::to(&format!("/console/redrives/{}", job.id)).into_response(),
         Err(error) => error_page(Some(&session), error.status, &error.message),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shop_types::history::ActivityError;
-    use shop_types::StepRef;
-
-    fn view(reason: Option<&str>) -> WorkflowView {
-        serde_json::from_value(serde_json::json!({
-            "id": "r1", "type": "order", "definition_version": 1, "status": "FAILED",
-            "input": {}, "created_at_ms": 1, "reason": reason
-        }))
-        .expect("a view")
-    }
-
-    #[test]
-    fn the_last_final_failure_names_the_group() {
-        let charge = StepRef::forward(1);
-        let failed = |seq, code: &str, will_retry| HistoryEventView {
-            seq,
-            at_ms: seq * 10,
-            step_name: Some(format!("step{seq}")),
-            lane: None,
-            event: EventKind::StepFailed {
-                step: charge,
-                attempt: 1,
-                error: ActivityError { error_type: code.into(), message: "m".into(), retryable: will_retry },
-                will_retry,
-            },
-        };
-        let history = vec![failed(1, "DECLINED", false), failed(2, "REFUND_DOWN", false), failed(3, "FLAKY", true)];
-        assert_eq!(cause(&view(None), &history), ("step2".into(), "REFUND_DOWN".into(), 20));
-        assert_eq!(cause(&view(Some("EXECUTION_TIMEOUT: too long")), &[]).1, "EXECUTION_TIMEOUT");
     }
 }

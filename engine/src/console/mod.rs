@@ -18,6 +18,7 @@ mod login;
 mod overview;
 mod page;
 mod queues;
+mod redrives;
 mod run;
 mod runs;
 pub mod session;
@@ -71,6 +72,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .route("/console/overview", get(overview::page))
         .route("/console/failures", get(failures::page))
         .route("/console/failures/retry", get(failures::confirm).post(failures::retry))
+        .route("/console/redrives/:id", get(redrives::page))
         .route("/console/queues", get(queues::page))
         .route("/console/queues/live", get(queues::live))
         .route("/console/definitions", get(definitions::page))
