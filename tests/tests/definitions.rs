@@ -110,6 +110,13 @@ async fn check_shows_the_plan_and_registers_nothing_and_a_bad_file_names_its_lin
     assert!(shown.status.success(), "definition check --json failed: {}", shown.stderr);
     let plan_json: serde_json::Value = serde_json::from_str(&shown.stdout).expect("--json prints JSON");
     assert_eq!(plan_json["content_hash"], json!(plan.content_hash));
+    // A declared circuit breaker is part of the plan.
+    let breaker = dir.path().join("breaker.toml");
+    std::fs::write(&breaker, shop_tests::variants::order_with_circuit(96)).expect("write the variant");
+    let shown = shopctl(&["definition", "check", breaker.to_str().expect("a UTF-8 path")]);
+    assert!(shown.status.success(), "definition check failed: {}", shown.stderr);
+    assert!(shown.stdout.contains("circuit breakers:"), "breakers shown:\n{}", shown.stdout);
+    assert!(shown.stdout.contains("payment.charge") && shown.stdout.contains("half-open"), "{}", shown.stdout);
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, BAD_DEFINITION).expect("write the bad definition");
     let refused = shopctl(&["definition", "check", bad.to_str().expect("a UTF-8 path")]);

@@ -304,6 +304,9 @@ pub struct DefinitionPlan {
     /// The steps that run once compensation has finished, in order.
     #[serde(default)]
     pub after_compensation: Vec<PlannedStep>,
+    /// The circuit breakers the definition declares: activity -> how it opens and recovers.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub circuits: std::collections::BTreeMap<String, String>,
 }
 
 /// One resolved activity step of a plan.

@@ -133,6 +133,15 @@ fn print_plan(plan: &DefinitionPlan) -> Result<()> {
         output::line("after compensation:")?;
         steps_table(&plan.after_compensation, false).print()?;
     }
+    if !plan.circuits.is_empty() {
+        output::line("")?;
+        output::line("circuit breakers:")?;
+        let mut table = Table::with_header(&["ACTIVITY", "BREAKER"]);
+        for (activity, circuit) in &plan.circuits {
+            table.row(vec![activity.clone(), circuit.clone()]);
+        }
+        table.print()?;
+    }
     Ok(())
 }
 

@@ -165,6 +165,11 @@ pub(crate) fn plan_of(definition: &Definition) -> DefinitionPlan {
         steps,
         compensation,
         after_compensation: definition.after_compensation.iter().map(planned).collect(),
+        circuits: definition
+            .circuits
+            .iter()
+            .map(|(activity, circuit)| (activity.to_string(), circuit.describe()))
+            .collect(),
     }
 }
 
