@@ -387,6 +387,10 @@ pub struct PlannedTimeouts {
     pub schedule_to_close_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_ms: Option<u64>,
+    /// The W3C `traceparent` of this attempt's engine span (`Schedule:<step>`), when the run
+    /// is traced: the worker's span for the attempt is its child. Absent from older engines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// One compensation of a plan: which step it undoes, and in which position it runs.
@@ -454,6 +458,9 @@ pub struct CompleteRequest {
     pub token: TaskToken,
     #[serde(default = "JsonText::null")]
     pub output: JsonText,
+    /// The worker's span of the attempt (W3C `traceparent`), when the task carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -461,6 +468,9 @@ pub struct CompleteRequest {
 pub struct FailRequest {
     pub token: TaskToken,
     pub error: ActivityError,
+    /// The worker's span of the attempt (W3C `traceparent`), when the task carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -482,6 +492,9 @@ pub enum TaskOutcome {
 pub struct TaskReport {
     pub token: TaskToken,
     pub outcome: TaskOutcome,
+    /// The worker's span of the attempt (W3C `traceparent`), when the task carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
