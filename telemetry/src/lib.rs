@@ -12,11 +12,13 @@
 //! its caller on the network (spans go to a bounded batch queue; a full queue drops), or
 //! panic on a bad `traceparent` (it is input: [`TraceParent::parse`] says why it is refused).
 
+pub use opentelemetry::trace::SpanKind;
 use opentelemetry::trace::{
-    Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
+    Link, SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
     TracerProvider as _,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::Context;
+pub use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
@@ -303,15 +305,12 @@ mod tests {
             TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             Err(ParseError::Version("01".into()))
         );
+        assert_eq!(TraceParent::parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), Err(ParseError::Ids));
+        assert_eq!(TraceParent::parse("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"), Err(ParseError::Ids));
         assert_eq!(
-            TraceParent::parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-            Err(ParseError::Ids)
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0é"),
+            Err(ParseError::Shape)
         );
-        assert_eq!(
-            TraceParent::parse("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
-            Err(ParseError::Ids)
-        );
-        assert_eq!(TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0é"), Err(ParseError::Shape));
     }
 
     #[test]

@@ -387,10 +387,6 @@ pub struct PlannedTimeouts {
     pub schedule_to_close_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_ms: Option<u64>,
-    /// The W3C `traceparent` of this attempt's engine span (`Schedule:<step>`), when the run
-    /// is traced: the worker's span for the attempt is its child. Absent from older engines.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traceparent: Option<String>,
 }
 
 /// One compensation of a plan: which step it undoes, and in which position it runs.
@@ -445,6 +441,10 @@ pub struct ActivityTask {
     pub start_to_close_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_ms: Option<u64>,
+    /// The W3C `traceparent` of this attempt's engine span (`Schedule:<step>`), when the run
+    /// is traced: the worker's span for the attempt is its child. Absent from older engines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
