@@ -26,6 +26,15 @@ pub struct DevArgs {
     /// built-in order definition).
     #[arg(long)]
     workflows: Option<PathBuf>,
+    /// Export traces of the engine and the worker over OTLP/HTTP to this collector (e.g.
+    /// Jaeger or Tempo at `http://127.0.0.1:4318`); passed to both as `--otlp-endpoint`.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+}
+
+/// `--otlp-endpoint URL` for a child, when tracing is asked for.
+pub fn otlp_args(endpoint: Option<&str>) -> Vec<String> {
+    endpoint.map(|url| vec!["--otlp-endpoint".to_owned(), url.to_owned()]).unwrap_or_default()
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
@@ -36,8 +45,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         workflows: args.workflows,
         output: ChildOutput::Inherit,
         layout: WorkerLayout::Combined,
-        engine_args: Vec::new(),
-        worker_args: Vec::new(),
+        engine_args: otlp_args(args.otlp_endpoint.as_deref()),
+        worker_args: otlp_args(args.otlp_endpoint.as_deref()),
     };
     // A signal during start-up drops the half-started stack, which kills its children.
     let mut stack = tokio::select! {
