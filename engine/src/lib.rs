@@ -34,6 +34,7 @@ pub mod state;
 pub mod store;
 pub mod stream_stats;
 pub mod streams;
+pub mod trace;
 pub mod watch;
 pub mod why;
 
@@ -76,6 +77,8 @@ pub struct EngineOptions {
     pub max_stream_subscribers: usize,
     /// Base URLs of the workers' admin APIs the console reads beside a run (`--worker-admin`).
     pub worker_admin: Vec<String>,
+    /// Where spans go (OTLP/HTTP, `--otlp-endpoint`); without it nothing is exported.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +112,8 @@ pub enum Error {
     Auth(#[from] auth::Error),
     #[error(transparent)]
     WorkerAdmin(#[from] console::WorkerAdminError),
+    #[error("tracing: {0}")]
+    Tracing(#[from] shop_telemetry::Error),
 }
 
 /// Runs the engine until `shutdown` resolves.
@@ -161,6 +166,11 @@ pub async fn serve(
     let follower = metrics::follower::MetricsFollower::new(metrics.clone());
     let subscription = handle.subscribe();
     tokio::spawn(follower.follow(subscription));
+    // And, with tracing on, the trace follower (attempt spans end when their report commits).
+    let tracer = shop_telemetry::Tracer::from_endpoint(options.otlp_endpoint.as_deref(), "shop-engine")?;
+    if tracer.is_on() {
+        tokio::spawn(trace::follow(tracer.clone(), store.clone(), handle.subscribe()));
+    }
     let streams = Arc::new(streams::StreamHub::new(options.max_stream_subscribers));
     core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
     let lifecycle = Arc::new(api::Lifecycle::default());
@@ -228,6 +238,7 @@ pub async fn serve(
         metrics,
         worker_admins,
         redrives,
+        tracer: tracer.clone(),
     });
     let shutdown_handle = handle.clone();
     let shutdown = async move {
@@ -245,6 +256,8 @@ pub async fn serve(
     // handle), is gone once `run` returns; the core then sees its channel close, finishes its
     // turn and stops.
     tokio::task::spawn_blocking(move || core_thread.join()).await.ok();
+    // The spans still queued go out before the process ends (bounded by the export timeout).
+    tokio::task::spawn_blocking(move || tracer.shutdown()).await.ok();
     tracing::info!("engine stopped");
     Ok(())
 }

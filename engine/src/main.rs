@@ -89,6 +89,10 @@ struct Args {
     /// payments and notifications beside its run, with the engine's admin token. Repeatable.
     #[arg(long, value_name = "URL")]
     worker_admin: Vec<String>,
+    /// Export traces over OTLP/HTTP (protobuf) to this collector, e.g. `http://127.0.0.1:4318`
+    /// (`/v1/traces` is appended when missing). Without it no span is exported.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Requests per credential (per client IP when open): `N/s`, `N/m`, `N/h` or `off`.
     /// Worker credentials are exempt.
     #[arg(long, default_value = "1000/s")]
@@ -211,6 +215,7 @@ async fn run() -> anyhow::Result<()> {
         console_secure_cookie: args.console_secure_cookie,
         max_stream_subscribers: args.max_stream_subscribers,
         worker_admin: args.worker_admin,
+        otlp_endpoint: args.otlp_endpoint,
         server: server::ServerOptions {
             head_timeout: args.head_timeout,
             body_timeout: args.body_timeout,

@@ -79,6 +79,9 @@ pub struct WorkflowState {
     /// The hash of the definition the run was started on (`DefinitionPinned`); `None` for
     /// runs started before it was recorded.
     pub definition_hash: Option<String>,
+    /// The run's trace (`TraceLinked`): the `traceparent` of the request span that started
+    /// it; its attempts' spans are derived from it.
+    pub trace: Option<String>,
     /// Outputs of completed forward steps, in completion order.
     pub results: Vec<(String, JsonText)>,
     /// The attempts in flight, by node.
@@ -160,6 +163,7 @@ impl WorkflowState {
             created_at_ms: at_ms,
             next_seq: 2,
             definition_hash: None,
+            trace: None,
             results: Vec::new(),
             attempts: BTreeMap::new(),
             done: BTreeSet::new(),
@@ -252,6 +256,7 @@ impl WorkflowState {
         match (&event.kind, node) {
             (EventKind::WorkflowStarted { .. }, _) => {}
             (EventKind::DefinitionPinned { content_hash }, _) => self.definition_hash = Some(content_hash.clone()),
+            (EventKind::TraceLinked { traceparent }, _) => self.trace = Some(traceparent.clone()),
             (EventKind::StepScheduled { step, attempt }, Some(node)) => {
                 // A retry keeps its budget and its base; a first attempt starts both afresh;
                 // a later attempt of a node with none in flight is the one a resume schedules.

@@ -393,6 +393,7 @@ fn every_kind_is_listed(kind: &EventKind) -> &'static str {
         | EventKind::ChildCompensating { .. }
         | EventKind::CancelRequestedBy { .. }
         | EventKind::WorkflowTerminatedBy { .. }
-        | EventKind::RunResumedBy { .. } => kind.name(),
+        | EventKind::RunResumedBy { .. }
+        | EventKind::TraceLinked { .. } => kind.name(),
     }
 }

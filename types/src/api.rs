@@ -444,6 +444,10 @@ pub struct ActivityTask {
     pub start_to_close_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_ms: Option<u64>,
+    /// The W3C `traceparent` of this attempt's engine span (`Schedule:<step>`), when the run
+    /// is traced: the worker's span for the attempt is its child. Absent from older engines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -457,6 +461,9 @@ pub struct CompleteRequest {
     pub token: TaskToken,
     #[serde(default = "JsonText::null")]
     pub output: JsonText,
+    /// The worker's span of the attempt (W3C `traceparent`), when the task carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -464,6 +471,9 @@ pub struct CompleteRequest {
 pub struct FailRequest {
     pub token: TaskToken,
     pub error: ActivityError,
+    /// The worker's span of the attempt (W3C `traceparent`), when the task carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -485,6 +495,9 @@ pub enum TaskOutcome {
 pub struct TaskReport {
     pub token: TaskToken,
     pub outcome: TaskOutcome,
+    /// The worker's span of the attempt (W3C `traceparent`), when the task carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

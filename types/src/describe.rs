@@ -47,6 +47,7 @@ impl EventKind {
                 format!("{reason} (by {by})")
             }
             EventKind::RunResumedBy { reason, by } => format!("▶ {reason} (by {by})"),
+            EventKind::TraceLinked { traceparent } => format!("trace {traceparent}"),
             EventKind::SleepStarted { until_ms, .. } => format!("until {until_ms} ms"),
             EventKind::SleepEnded { .. } | EventKind::WaitTimedOut { .. } | EventKind::StepSkipped { .. } => {
                 String::new()

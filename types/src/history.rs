@@ -284,13 +284,19 @@ pub enum EventKind {
         reason: String,
         by: String,
     },
+    /// The run's distributed trace: the W3C `traceparent` of the request span that started
+    /// it (written in the start batch when tracing is on). A kind of its own, appended,
+    /// because a stored kind cannot take a new field; a history is what survives a restart.
+    TraceLinked {
+        traceparent: String,
+    },
 }
 
 impl EventKind {
     /// The name of every kind, in declaration order (what [`EventKind::name`] gives): the
     /// `event:` field of the SSE streams, which a browser must listen for by name. The
     /// golden tests check that it lists every variant.
-    pub const NAMES: [&'static str; 38] = [
+    pub const NAMES: [&'static str; 39] = [
         "WorkflowStarted",
         "StepScheduled",
         "StepStarted",
@@ -329,6 +335,7 @@ impl EventKind {
         "CancelRequestedBy",
         "WorkflowTerminatedBy",
         "RunResumedBy",
+        "TraceLinked",
     ];
 
     /// The event's name as shown in timelines (`StepScheduled`, ...).
@@ -372,6 +379,7 @@ impl EventKind {
             EventKind::CancelRequestedBy { .. } => "CancelRequestedBy",
             EventKind::WorkflowTerminatedBy { .. } => "WorkflowTerminatedBy",
             EventKind::RunResumedBy { .. } => "RunResumedBy",
+            EventKind::TraceLinked { .. } => "TraceLinked",
         }
     }
 

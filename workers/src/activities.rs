@@ -336,6 +336,7 @@ mod tests {
             params: JsonText::parse(params).expect("valid json"),
             start_to_close_ms: 10_000,
             heartbeat_ms: None,
+            traceparent: None,
         }
     }
 

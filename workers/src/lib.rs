@@ -32,6 +32,7 @@ pub mod poller;
 pub mod risk;
 pub mod shutdown;
 pub mod store;
+pub mod trace;
 
 use activities::{Activities, Domain};
 use inventory::Inventory;
@@ -71,6 +72,8 @@ pub struct Options {
     pub token: Option<shop_types::auth::BearerToken>,
     /// Serve the admin API without authentication; refused unless `listen` is loopback.
     pub open: bool,
+    /// Where attempt spans go (OTLP/HTTP, `--otlp-endpoint`); without it nothing is exported.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,8 @@ pub enum Error {
     AdminAuth(#[from] admin_auth::Error),
     #[error("cannot set up the notification WebSocket")]
     NotifyWs(#[from] notify_ws::Error),
+    #[error("cannot set up tracing")]
+    Tracing(#[from] shop_telemetry::Error),
 }
 
 /// Displays an error with its whole `source()` chain on one line, for logs.
@@ -170,6 +175,7 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
     let mut server =
         tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().wait_owned()).into_future());
 
+    let tracer = shop_telemetry::Tracer::from_endpoint(options.otlp_endpoint.as_deref(), "shop-worker")?;
     let worker_id = worker_id().map_err(|e| Error::Options(format!("worker id: {e}")))?;
     let mut pollers = JoinSet::new();
     for domain in activities.domains() {
@@ -181,6 +187,7 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
                     queue: domain.queue(),
                     worker_id: worker_id.clone(),
                     shutdown: shutdown.clone(),
+                    tracer: tracer.clone(),
                 }
                 .run(),
             );
@@ -220,6 +227,8 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
         None => server.await,
     };
     let flushed = flush_all(&activities).await;
+    // The spans still queued go out before the process ends (bounded by the export timeout).
+    tokio::task::spawn_blocking(move || tracer.shutdown()).await.ok();
     match server_result {
         Ok(Ok(())) => {}
         Ok(Err(err)) => return Err(Error::Serve(err)),

@@ -78,6 +78,11 @@ struct Args {
     /// Make inventory.reserve panic for orders shipped to this address (a poison pill).
     #[arg(long)]
     poison_address: Option<String>,
+    /// Export each attempt's span over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// `http://127.0.0.1:4318` (`/v1/traces` is appended when missing). Without it no span
+    /// is exported.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 fn millis(duration: Option<humantime::Duration>) -> anyhow::Result<u64> {
@@ -107,6 +112,7 @@ impl Args {
             faults,
             token: self.token,
             open: self.open,
+            otlp_endpoint: self.otlp_endpoint,
         })
     }
 }

@@ -83,6 +83,8 @@ pub struct Poller {
     pub queue: QueueName,
     pub worker_id: shop_types::WorkerId,
     pub shutdown: Shutdown,
+    /// Records each attempt's span (off: nothing).
+    pub tracer: shop_telemetry::Tracer,
 }
 
 impl Poller {
@@ -140,7 +142,12 @@ impl Poller {
         let mut tokens = std::collections::HashMap::with_capacity(count);
         for task in tasks {
             let token = task.token.clone();
-            let handle = running.spawn(execute_one(Arc::clone(&self.activities), self.client.clone(), task));
+            let handle = running.spawn(execute_one(
+                Arc::clone(&self.activities),
+                self.client.clone(),
+                self.tracer.clone(),
+                task,
+            ));
             tokens.insert(handle.id(), token);
         }
         let mut shutdown = self.shutdown.clone();
@@ -166,7 +173,7 @@ impl Poller {
                                 message: panic_message(err),
                                 retryable: true,
                             };
-                            reports.push(TaskReport { token, outcome: TaskOutcome::Failed { error } });
+                            reports.push(TaskReport { token, outcome: TaskOutcome::Failed { error }, traceparent: None });
                         }
                     }
                 },
@@ -255,7 +262,12 @@ fn panic_message(err: tokio::task::JoinError) -> String {
         .map_or_else(|| "the activity panicked".to_owned(), |message| format!("the activity panicked: {message}"))
 }
 
-async fn execute_one(activities: Arc<Activities>, client: EngineClient, task: ActivityTask) -> TaskReport {
+async fn execute_one(
+    activities: Arc<Activities>,
+    client: EngineClient,
+    tracer: shop_telemetry::Tracer,
+    task: ActivityTask,
+) -> TaskReport {
     // A debug span: at the default info level it costs nothing per task.
     let span = tracing::debug_span!(
         "task",
@@ -270,6 +282,7 @@ async fn execute_one(activities: Arc<Activities>, client: EngineClient, task: Ac
             tokio::spawn(heartbeat_loop(client, task.token.clone(), period).in_current_span())
         });
         let started = std::time::Instant::now();
+        let started_at = std::time::SystemTime::now();
         let outcome = activities.execute(&task).await;
         if let Some(heartbeats) = heartbeats {
             heartbeats.abort();
@@ -288,7 +301,8 @@ async fn execute_one(activities: Arc<Activities>, client: EngineClient, task: Ac
                 "failed"
             ),
         }
-        TaskReport { token: task.token, outcome }
+        let traceparent = crate::trace::record_attempt(&tracer, &task, started_at, &outcome);
+        TaskReport { token: task.token, outcome, traceparent }
     }
     .instrument(span)
     .await

@@ -101,6 +101,7 @@ fn task(index: u16, activity: &str, results: serde_json::Value, params: serde_js
         params: JsonText::from_value(&params),
         start_to_close_ms: 10_000,
         heartbeat_ms: None,
+        traceparent: None,
     }
 }
 
@@ -147,6 +148,7 @@ async fn a_worker_runs_reports_heartbeats_and_shuts_down_cleanly() {
         faults: FaultConfig { payment_hang_next: 1, payment_hang_ms: 500, ..FaultConfig::default() },
         token: None,
         open: true,
+        otlp_endpoint: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(shop_worker::run(options, async move {

@@ -30,6 +30,15 @@ pub struct DevArgs {
     /// sled under `--data-dir` (passed to `shop-engine --store`).
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// Export traces of the engine and the worker over OTLP/HTTP to this collector (e.g.
+    /// Jaeger or Tempo at `http://127.0.0.1:4318`); passed to both as `--otlp-endpoint`.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+}
+
+/// `--otlp-endpoint URL` for a child, when tracing is asked for.
+pub fn otlp_args(endpoint: Option<&str>) -> Vec<String> {
+    endpoint.map(|url| vec!["--otlp-endpoint".to_owned(), url.to_owned()]).unwrap_or_default()
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
@@ -40,8 +49,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         workflows: args.workflows,
         output: ChildOutput::Inherit,
         layout: WorkerLayout::Combined,
-        engine_args: super::bench::store_args(&args.store),
-        worker_args: Vec::new(),
+        engine_args: [super::bench::store_args(&args.store), otlp_args(args.otlp_endpoint.as_deref())].concat(),
+        worker_args: otlp_args(args.otlp_endpoint.as_deref()),
     };
     // A signal during start-up drops the half-started stack, which kills its children.
     let mut stack = tokio::select! {

@@ -86,6 +86,8 @@ pub struct AppState {
     pub worker_admins: Arc<crate::console::WorkerAdmins>,
     /// Redrive jobs over parked runs.
     pub redrives: Arc<crate::redrive::Redrives>,
+    /// Spans of requests that start runs (off: records nothing).
+    pub tracer: shop_telemetry::Tracer,
 }
 
 /// How old the core's last tick may be before `/healthz` calls the core dead: many times its

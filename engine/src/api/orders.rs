@@ -52,7 +52,8 @@ pub(crate) async fn place(
     input.check().map_err(|e| ApiError::invalid(e.to_string()))?;
     let input =
         serde_json::to_value(&input).map(|v| JsonText::from_value(&v)).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let (status, Json(view)) = start_run(&state, id, shop_types::order::order_workflow_type(), input).await?;
+    let trace = crate::trace::incoming(&headers)?;
+    let (status, Json(view)) = start_run(&state, id, shop_types::order::order_workflow_type(), input, trace).await?;
     Ok((status, Json(order_view(view)?)))
 }
 

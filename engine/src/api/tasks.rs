@@ -78,7 +78,11 @@ pub(crate) async fn complete(
     // The MAC first: a forged token learns nothing, not even whether its run exists.
     check_mac(&state, &request.token)?;
     check_task_queues(&state, &principal, [&request.token])?;
-    let report = TaskReport { token: request.token, outcome: TaskOutcome::Completed { output: request.output } };
+    let report = TaskReport {
+        token: request.token,
+        outcome: TaskOutcome::Completed { output: request.output },
+        traceparent: request.traceparent,
+    };
     report_one(&state, report).await
 }
 
@@ -90,7 +94,11 @@ pub(crate) async fn fail(
     // The MAC first: a forged token learns nothing, not even whether its run exists.
     check_mac(&state, &request.token)?;
     check_task_queues(&state, &principal, [&request.token])?;
-    let report = TaskReport { token: request.token, outcome: TaskOutcome::Failed { error: request.error } };
+    let report = TaskReport {
+        token: request.token,
+        outcome: TaskOutcome::Failed { error: request.error },
+        traceparent: request.traceparent,
+    };
     report_one(&state, report).await
 }
 

@@ -85,6 +85,7 @@ fn signal_request(name: String, key: &str, payload: JsonText) -> Result<crate::c
 pub(crate) async fn start(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     ApiJson(mut request): ApiJson<StartWorkflowRequest>,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
     let id = match request.id {
@@ -95,7 +96,8 @@ pub(crate) async fn start(
         request.input = super::orders::check_run_input(&principal, &id, request.input)?;
     }
     let Some(signal) = request.signal else {
-        return start_run(&state, id, request.workflow_type, request.input).await;
+        let trace = crate::trace::incoming(&headers)?;
+        return start_run(&state, id, request.workflow_type, request.input, trace).await;
     };
     let signal = signal_request(signal.name, &signal.idempotency_key, signal.payload)?;
     let (outcome, _) = state.core.start_with_signal(id.clone(), request.workflow_type, request.input, signal).await?;
@@ -112,9 +114,21 @@ pub(crate) async fn start_run(
     id: WorkflowId,
     workflow_type: shop_types::WorkflowType,
     input: JsonText,
+    incoming: Option<shop_telemetry::TraceParent>,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let outcome = state.core.start(id.clone(), workflow_type, input).await?;
-    started_view(state, &id, outcome)
+    let started_ms = state.clock.now_ms();
+    let span = crate::trace::request_span(&state.tracer, incoming);
+    let name = format!("Start:{workflow_type}");
+    let outcome = state.core.start(id.clone(), workflow_type, input, span.map(|s| s.to_string())).await;
+    if let Some(span) = span {
+        let mut record = shop_telemetry::SpanRecord::new(name, span, incoming)
+            .between_ms(started_ms, state.clock.now_ms())
+            .attribute("workflow.id", id.as_str());
+        record.kind = shop_telemetry::SpanKind::Server;
+        record.error = outcome.as_ref().err().map(|e| e.to_string());
+        state.tracer.record(record);
+    }
+    started_view(state, &id, outcome?)
 }
 
 /// 202 with the view of a new run, 200 with an existing one.

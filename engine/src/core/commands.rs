@@ -16,8 +16,8 @@ impl Core {
             return;
         };
         match command {
-            Command::Start { id, workflow_type, input, reply } => {
-                let result = self.start(turn, id, &workflow_type, input, now);
+            Command::Start { id, workflow_type, input, trace, reply } => {
+                let result = self.start(turn, id, &workflow_type, input, trace.as_deref(), now);
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
@@ -153,6 +153,7 @@ impl Core {
         id: WorkflowId,
         workflow_type: &shop_types::WorkflowType,
         input: JsonText,
+        trace: Option<&str>,
         now: u64,
     ) -> Result<StartOutcome, CoreError> {
         if let Some(run) = self.runs.get(&id) {
@@ -190,7 +191,7 @@ impl Core {
         let latest = move |name: &shop_types::WorkflowType| {
             registry.read().ok().and_then(|r| r.latest(name.as_str())).map(|d| d.version)
         };
-        let context = decider::Context { latest_versions: Some(&latest), ..self.context(now) };
+        let context = decider::Context { latest_versions: Some(&latest), trace, ..self.context(now) };
         let decision = decider::start_pinned(&definition, &mut state, &input, context);
         let summary = RunSummary {
             workflow_type: definition.name.clone(),
@@ -316,7 +317,7 @@ impl Core {
                 return Err(CoreError::UnknownSignal(signal.name));
             }
         }
-        let started = self.start(turn, id.clone(), workflow_type, input, now)?;
+        let started = self.start(turn, id.clone(), workflow_type, input, None, now)?;
         let signalled = self.signal(turn, &id, signal, now)?;
         Ok((started, signalled))
     }
@@ -420,7 +421,7 @@ impl Core {
             status = event.kind.status_after(status);
             let task = TaskEvent::of(&event.kind, |step| {
                 let step = definition.as_ref()?.step(step)?;
-                Some((step.queue()?.clone(), step.activity()?.clone()))
+                Some((step.queue()?.clone(), step.activity()?.clone(), step.name.clone()))
             });
             CommittedEvent::new(id, &workflow_type, status, event, task)
         }));

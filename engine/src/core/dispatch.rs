@@ -378,6 +378,7 @@ fn activity_task(run: &Run, signer: &TaskSigner, step: StepRef, attempt: u32) ->
         params,
         start_to_close_ms: step_def.timeouts.start_to_close_ms,
         heartbeat_ms: step_def.timeouts.heartbeat_ms,
+        traceparent: crate::trace::task_traceparent(run.state.trace.as_deref(), id, step, attempt),
     })
 }
 

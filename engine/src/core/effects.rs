@@ -105,7 +105,9 @@ impl Core {
         let latest = move |name: &shop_types::WorkflowType| {
             registry.read().ok().and_then(|r| r.latest(name.as_str())).map(|d| d.version)
         };
-        let context = decider::Context { latest_versions: Some(&latest), ..self.context(now) };
+        // A child continues its parent's trace.
+        let trace = self.runs.get(&link.parent).and_then(|parent| parent.state.trace.clone());
+        let context = decider::Context { latest_versions: Some(&latest), trace: trace.as_deref(), ..self.context(now) };
         let decision = decider::start_child(&definition, &mut state, &input, link, context);
         let summary = RunSummary {
             workflow_type: definition.name.clone(),

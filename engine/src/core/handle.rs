@@ -58,8 +58,9 @@ impl Handle {
         id: WorkflowId,
         workflow_type: shop_types::WorkflowType,
         input: JsonText,
+        trace: Option<String>,
     ) -> Result<StartOutcome, CoreError> {
-        self.call(|reply| Command::Start { id, workflow_type, input, reply }).await?
+        self.call(|reply| Command::Start { id, workflow_type, input, trace, reply }).await?
     }
 
     /// Signal-with-start: starts run `id` (or finds it there) and records `signal` for it in

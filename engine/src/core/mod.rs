@@ -171,6 +171,8 @@ pub(super) enum Command {
         id: WorkflowId,
         workflow_type: shop_types::WorkflowType,
         input: JsonText,
+        /// The `traceparent` the run is traced under, recorded as `TraceLinked`.
+        trace: Option<String>,
         reply: oneshot::Sender<Result<StartOutcome, CoreError>>,
     },
     /// Signal-with-start: the start and the signal recorded in the same batch.

@@ -10,7 +10,7 @@
 
 use shop_types::api::WorkflowStatus;
 use shop_types::history::{Event, EventKind};
-use shop_types::{ActivityName, QueueName, StepRef, WorkflowId, WorkflowType};
+use shop_types::{ActivityName, QueueName, StepName, StepRef, WorkflowId, WorkflowType};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -50,6 +50,8 @@ pub struct TaskEvent {
     pub attempt: u32,
     pub queue: QueueName,
     pub activity: ActivityName,
+    /// The step's name in its definition (a compensation's own name).
+    pub step_name: StepName,
     /// A failure's error type, or `timeout_<kind>` for a timeout; `None` otherwise.
     pub error: Option<String>,
 }
@@ -59,7 +61,7 @@ impl TaskEvent {
     /// completed, failed, timed out); `labels` finds the step's queue and activity.
     pub(super) fn of(
         kind: &EventKind,
-        labels: impl FnOnce(StepRef) -> Option<(QueueName, ActivityName)>,
+        labels: impl FnOnce(StepRef) -> Option<(QueueName, ActivityName, StepName)>,
     ) -> Option<TaskEvent> {
         let (step, attempt, error) = match kind {
             EventKind::StepScheduled { step, attempt }
@@ -71,8 +73,8 @@ impl TaskEvent {
             }
             _ => return None,
         };
-        let (queue, activity) = labels(step)?;
-        Some(TaskEvent { step, attempt, queue, activity, error })
+        let (queue, activity, step_name) = labels(step)?;
+        Some(TaskEvent { step, attempt, queue, activity, step_name, error })
     }
 }
 

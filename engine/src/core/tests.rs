@@ -64,7 +64,13 @@ impl Fixture {
         let input = JsonText::parse(input).expect("valid JSON");
         let id = WorkflowId::parse(id).expect("valid");
         self.turn(
-            vec![Command::Start { id, workflow_type: self.workflow_type.parse().expect("valid"), input, reply }],
+            vec![Command::Start {
+                id,
+                workflow_type: self.workflow_type.parse().expect("valid"),
+                input,
+                trace: None,
+                reply,
+            }],
             now,
         );
         answer.try_recv().expect("answered")
@@ -124,6 +130,7 @@ fn ready_entries_leave_when_started_timed_out_or_their_run_ends() {
     let report = TaskReport {
         token: tasks[0].token.clone(),
         outcome: TaskOutcome::Completed { output: JsonText::parse("{}").expect("valid") },
+        traceparent: None,
     };
     f.turn(vec![Command::Report { reports: vec![report], reply }], T0 + 3_001);
     assert_eq!(f.backlog(), 1, "the second step waits for a worker");

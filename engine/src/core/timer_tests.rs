@@ -52,7 +52,8 @@ fn a_retry_waits_out_its_backoff_on_the_clock() {
     let tasks = f.poll(T0, 0).try_recv().expect("answered");
     assert_eq!(tasks.len(), 1);
     let error = ActivityError { error_type: "BOOM".into(), message: "try again".into(), retryable: true };
-    let report = TaskReport { token: tasks[0].token.clone(), outcome: TaskOutcome::Failed { error } };
+    let report =
+        TaskReport { token: tasks[0].token.clone(), outcome: TaskOutcome::Failed { error }, traceparent: None };
     let (reply, _answer) = oneshot::channel();
     f.turn(vec![Command::Report { reports: vec![report], reply }], T0 + 10);
     assert_eq!(history(&f).last(), Some(&"StepRetryScheduled"));

@@ -151,12 +151,14 @@ pub struct Context<'a> {
     /// version (the core reads its registry; without it such a child fails to start). A
     /// lookup, not a clock or I/O: its answer is recorded in `ChildStarted`.
     pub latest_versions: Option<&'a LatestVersion>,
+    /// The `traceparent` a new run is traced under (`TraceLinked` in its start batch), if any.
+    pub trace: Option<&'a str>,
 }
 
 impl Context<'_> {
     /// A context with no registry to resolve a child's latest version.
     pub fn new(now_ms: u64, max_history_events: u64) -> Self {
-        Context { now_ms, max_history_events, latest_versions: None }
+        Context { now_ms, max_history_events, latest_versions: None, trace: None }
     }
 
     fn latest_version(&self, name: &shop_types::WorkflowType) -> Option<u32> {
@@ -270,6 +272,9 @@ fn start_with(
         if let Some(crate::state::ParentLink { parent, step, depth }) = link {
             emit(definition, state, &mut out, ctx.now_ms, EventKind::ParentLinked { parent, step, depth });
         }
+    }
+    if let Some(traceparent) = ctx.trace {
+        emit(definition, state, &mut out, ctx.now_ms, EventKind::TraceLinked { traceparent: traceparent.to_owned() });
     }
     advance(definition, state, &mut out, ctx.now_ms);
     let effects = child::effects(definition, child::Children::default(), state, &mut out, ctx);

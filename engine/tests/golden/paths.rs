@@ -27,6 +27,8 @@ pub struct Path {
     /// Started as a child run (`start_child`: `ParentLinked` after `DefinitionPinned`), the
     /// child of step f1 of run `golden-0`.
     pub child: bool,
+    /// Started traced (`TraceLinked` with this `traceparent` in the start batch).
+    pub trace: Option<&'static str>,
     walk: fn(&mut Driver),
 }
 
@@ -39,6 +41,7 @@ const fn path(name: &'static str, about: &'static str, walk: fn(&mut Driver)) ->
         input: INPUT,
         pinned: false,
         child: false,
+        trace: None,
         walk,
     }
 }
@@ -54,6 +57,7 @@ const fn par(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> 
         input: INPUT,
         pinned: false,
         child: false,
+        trace: None,
         walk,
     }
 }
@@ -70,6 +74,7 @@ const fn fe(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -> P
         input: FE_INPUT,
         pinned: false,
         child: false,
+        trace: None,
         walk,
     }
 }
@@ -89,6 +94,7 @@ const fn lang(name: &'static str, about: &'static str, walk: fn(&mut Driver)) ->
         input: INPUT,
         pinned: false,
         child: false,
+        trace: None,
         walk,
     }
 }
@@ -105,6 +111,7 @@ const fn child(name: &'static str, about: &'static str, walk: fn(&mut Driver)) -
         input: INPUT,
         pinned: true,
         child: true,
+        trace: None,
         walk,
     }
 }
@@ -421,6 +428,7 @@ pub const PATHS: &[Path] = &[
         input: INPUT,
         pinned: true,
         child: false,
+        trace: None,
         walk: |d| (0..4).for_each(|_| d.step_ok()),
     },
     fe("fe_cancelled", "a cancel while item 0 is held and item 1 waits: item 1 dropped, item 0 settles, unship", |d| {
@@ -456,7 +464,19 @@ pub const PATHS: &[Path] = &[
         d.feed(Input::Resume { reason: "provider fixed".into(), by }).expect("resumes");
         d.finish_ok();
     }),
+    Path {
+        trace: Some(TRACEPARENT),
+        ..audited("traced_declined", "started traced (TraceLinked in the start batch), declined, COMPENSATED", |d| {
+            d.step_ok();
+            d.take();
+            d.fail("PAYMENT_DECLINED", false);
+            d.finish_ok();
+        })
+    },
 ];
+
+/// The `traceparent` of the traced golden's request span.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// Who asks for the audited goldens' actions: a token's subject as the API records it.
 const AUDITED_BY: &str = "token:tok_golden";
@@ -480,7 +500,7 @@ pub fn drive<'a>(path: &Path, definition: &'a Definition) -> Driver<'a> {
     let input = JsonText::parse(path.input).expect("valid json");
     let id = WorkflowId::parse(RUN_ID).expect("valid id");
     let mut state = WorkflowState::new(id, definition, input.clone(), T0);
-    let ctx = Context::new(T0, path.max_history_events);
+    let ctx = Context { trace: path.trace, ..Context::new(T0, path.max_history_events) };
     let first = if path.child {
         let parent = WorkflowId::parse("golden-0").expect("valid id");
         let link = shop_engine::state::ParentLink { parent, step: shop_types::StepRef::forward(1), depth: 1 };

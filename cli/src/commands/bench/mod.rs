@@ -123,6 +123,10 @@ pub struct BenchArgs {
     /// how many events per second each kept up with and whether it fell behind.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=MAX_BENCH_SUBSCRIBERS as i64))]
     subscribers: u16,
+    /// Export traces of the engine and the workers to this OTLP/HTTP collector while
+    /// measuring (`--otlp-endpoint` of each), to measure what tracing costs.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +230,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             temp.path().to_owned()
         }
     };
+    let otlp = crate::commands::dev::otlp_args(args.otlp_endpoint.as_deref());
     let options = StackOptions {
         data_dir: data_dir.clone(),
         engine_listen: free_loopback_addr()?,
@@ -233,14 +238,22 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         workflows: None,
         output: ChildOutput::LogFiles,
         layout: args.workers,
-        engine_args: [vec!["--durability".to_owned(), args.durability.as_str().to_owned()], store_args(&args.store)]
-            .concat(),
-        worker_args: vec![
-            "--durability".to_owned(),
-            args.durability.as_str().to_owned(),
-            "--concurrency".to_owned(),
-            args.worker_concurrency.to_string(),
-        ],
+        engine_args: [
+            vec!["--durability".to_owned(), args.durability.as_str().to_owned()],
+            store_args(&args.store),
+            otlp.clone(),
+        ]
+        .concat(),
+        worker_args: [
+            vec![
+                "--durability".to_owned(),
+                args.durability.as_str().to_owned(),
+                "--concurrency".to_owned(),
+                args.worker_concurrency.to_string(),
+            ],
+            otlp,
+        ]
+        .concat(),
     };
     let preload_took = match args.preload {
         0 => None,
