@@ -1,12 +1,12 @@
 //! The engine's HTTP API (axum): the generic `/v1` API, the seed-compatible `/api/orders`,
-//! `/healthz` (liveness) and `/readyz` (readiness).
+//! `/healthz` (liveness), `/readyz` (readiness) and the OpenAPI document (`openapi`).
 //!
 //! Handlers validate input, then either read the store (views, histories, lists) or send one
 //! command to the core and wait for its answer. They must never write workflow state to the
 //! store themselves: every such write goes through the core, which is what makes it durable
 //! before it is acknowledged. (Tokens are not workflow state: `auth` stores them itself.)
 //!
-//! Every route but `/healthz`, `/readyz`, callbacks and the web console (`crate::console`,
+//! Every route but `/healthz`, `/readyz`, `/v1/openapi.json`, callbacks and the web console (`crate::console`,
 //! behind its own session layer) sits behind [`auth::authenticate`] (deny by default, also
 //! for unknown paths), and each group of routes behind the [`auth::Access`] it needs. Everything, those two included, sits behind [`edge::edge`]: head limits, the
 //! early 413, and one JSON error shape for every answer.
@@ -19,6 +19,7 @@ mod edge;
 mod error;
 pub(crate) mod live_stats;
 mod notifications;
+pub mod openapi;
 mod orders;
 mod redrive;
 mod streams;
@@ -182,6 +183,9 @@ pub fn app(state: AppState) -> Router {
         // The token in the path is the credential (see `callbacks`).
         .route("/v1/callbacks/:token", post(callbacks::callback))
         .route("/readyz", get(ready))
+        // Public: it describes shapes, never data, and a client reads it before it has a
+        // credential (see `openapi`).
+        .route(openapi::OPENAPI_PATH, get(openapi::serve))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(edge::edge))
         // Outermost: it sees every answer, the edge's refusals included.
