@@ -72,8 +72,20 @@ impl Disk {
         Disk { dir: tempfile::tempdir().expect("tempdir"), parent, kid }
     }
 
+    /// Opens the store; a store just dropped may still hold sled's folder lock for a moment
+    /// (its flusher thread lets go of it last), so a busy lock is tried again, boundedly.
     fn store(&self) -> Arc<Store> {
-        Arc::new(SledStore::open(self.dir.path(), Durability::ProcessCrash, None).expect("opens"))
+        let mut tries = 0;
+        loop {
+            match SledStore::open(self.dir.path(), Durability::ProcessCrash, None) {
+                Ok(store) => return Arc::new(store),
+                Err(error) if tries < 250 && error.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(error) => panic!("opens: {error}"),
+            }
+        }
     }
 
     /// Writes runs as a store would hold them: each id with its events, in flight or ended.
