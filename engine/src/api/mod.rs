@@ -325,38 +325,47 @@ pub(crate) fn workflow_view(state: &AppState, id: &WorkflowId) -> Result<Option<
 
 /// `view` with the hash of the definition it was started on and what it waits for, when it is
 /// in flight (`GET /v1/workflows/{id}` only). The hash is in the run's first record: one read.
-pub(crate) fn with_waiting_for(state: &AppState, mut view: WorkflowView) -> WorkflowView {
+pub(crate) fn with_waiting_for(state: &AppState, view: WorkflowView) -> WorkflowView {
+    let replay = (view.status == WorkflowStatus::Running).then(|| replayed(state, &view.id)).flatten();
+    with_waiting_for_replayed(state, view, replay.as_ref())
+}
+
+/// [`with_waiting_for`] from a replay the caller already made (`GET /v1/workflows/{id}` replays
+/// once for this and for `why`).
+pub(crate) fn with_waiting_for_replayed(
+    state: &AppState,
+    mut view: WorkflowView,
+    replay: Option<&Replay>,
+) -> WorkflowView {
     view.definition_hash = state.store.start_events(&view.id).ok().and_then(|events| {
         events.into_iter().find_map(|e| match e.kind {
             EventKind::DefinitionPinned { content_hash } => Some(content_hash),
             _ => None,
         })
     });
-    if view.status == WorkflowStatus::Running {
-        view.waiting_for = waiting_for(state, &view.id);
+    if let Some(replay) = replay.filter(|_| view.status == WorkflowStatus::Running) {
+        view.waiting_for = waiting_for(state, &view.id, replay);
     }
     view
 }
 
+/// A run's definition, history and the state replayed from it.
+pub(crate) type Replay =
+    (Arc<crate::definition::Definition>, Vec<shop_types::history::Event>, crate::state::WorkflowState);
+
 /// A run's definition, history and state replayed from it (a pure fold; the core's copy is
 /// not shared with handlers); `None` when the history or its definition cannot be read.
-pub(crate) fn replayed(
-    state: &AppState,
-    id: &WorkflowId,
-) -> Option<(Arc<crate::definition::Definition>, Vec<shop_types::history::Event>, crate::state::WorkflowState)> {
+pub(crate) fn replayed(state: &AppState, id: &WorkflowId) -> Option<Replay> {
     let events = state.store.history(id).ok()?;
     let definition = workflows::definition_of(state, &events.first()?.kind)?;
     let run = crate::state::WorkflowState::replay(id.clone(), &definition, &events).ok()?;
     Some((definition, events, run))
 }
 
-/// What a run in flight waits for. Empty when the history or definition cannot be read: the
-/// view then shows what the summary says, as before.
-fn waiting_for(state: &AppState, id: &WorkflowId) -> Vec<shop_types::api::InFlightView> {
+/// What a run in flight waits for, from its replay.
+fn waiting_for(state: &AppState, id: &WorkflowId, replay: &Replay) -> Vec<shop_types::api::InFlightView> {
     use shop_types::api::InFlightView;
-    let Some((definition, events, run)) = replayed(state, id) else {
-        return Vec::new();
-    };
+    let (definition, events, run) = replay;
     let name = |step| definition.step(step).map(|s| s.name.to_string()).unwrap_or_default();
     let attempts = run.attempts.values().map(|a| InFlightView::Activity { step: name(a.step), attempt: a.attempt });
     let sleeps = run.sleeps.values().map(|s| InFlightView::Sleep { step: name(s.step), until_ms: s.until_ms });
@@ -364,7 +373,7 @@ fn waiting_for(state: &AppState, id: &WorkflowId) -> Vec<shop_types::api::InFlig
         step: name(w.step),
         signals: w.signals.clone(),
         deadline_ms: w.deadline_ms,
-        callback: callbacks::callback_path(&state.core.signer, id, &events, w.step),
+        callback: callbacks::callback_path(&state.core.signer, id, events, w.step),
     });
     let children =
         run.children.values().map(|c| InFlightView::Child { step: name(c.step), child: c.child.to_string() });

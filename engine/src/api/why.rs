@@ -8,10 +8,10 @@
 use super::AppState;
 use shop_types::api::WorkflowView;
 
-/// `view` with its `why`. Left without one when the run cannot be replayed (its definition
+/// `view` with its `why`, from the run's `replay`. Left without one when the run could not be replayed (its definition
 /// is not registered, its history does not read): the rest of the view still answers.
-pub(crate) async fn with_why(state: &AppState, mut view: WorkflowView) -> WorkflowView {
-    let Some((definition, events, run)) = super::replayed(state, &view.id) else {
+pub(crate) async fn with_why(state: &AppState, mut view: WorkflowView, replay: Option<super::Replay>) -> WorkflowView {
+    let Some((definition, events, run)) = replay else {
         return view;
     };
     // Only a run in flight has heartbeats; a core that does not answer leaves the replayed

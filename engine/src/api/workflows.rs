@@ -160,8 +160,10 @@ pub(crate) async fn get_one(
     let id = WorkflowId::parse(id)?;
     let wait = parse_wait(query(wait)?.wait.as_deref())?;
     let view = view_after_wait(&state, &principal, &id, wait).await?;
-    let view = super::with_waiting_for(&state, view);
-    Ok(Json(super::why::with_why(&state, view).await))
+    // One replay serves both what the run waits for and its `why`.
+    let replay = super::replayed(&state, &id);
+    let view = super::with_waiting_for_replayed(&state, view, replay.as_ref());
+    Ok(Json(super::why::with_why(&state, view, replay).await))
 }
 
 #[derive(Deserialize)]
