@@ -17,6 +17,7 @@
 pub mod api;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod codec;
 pub mod console;
 pub mod core;
@@ -221,8 +222,11 @@ pub async fn serve(
     }
 
     let redrives = redrive::Redrives::load(handle.clone(), store.clone(), clock.clone()).map_err(Error::Store)?;
+    // One engine on sled is a cluster of one node owning its one shard.
+    let cluster = Arc::new(cluster::Cluster::single("local".to_owned(), format!("http://{local}")));
     let app = api::app(api::AppState {
         core: handle.clone(),
+        cluster,
         store,
         registry,
         durability: options.durability,

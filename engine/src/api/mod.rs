@@ -62,6 +62,8 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct AppState {
     pub core: Handle,
+    /// Which node owns which run's shard: handlers forward what is not theirs.
+    pub cluster: Arc<crate::cluster::Cluster>,
     pub store: Arc<Store>,
     pub registry: Arc<RwLock<Registry>>,
     pub durability: Durability,

@@ -58,15 +58,8 @@ pub struct PostgresOptions {
     pub shards: Option<u32>,
 }
 
-/// The shard a run belongs to: FNV-1a of its id, modulo the cluster's shard count. Stable
-/// across versions and machines: changing it would move every stored run.
-pub fn shard_of(run: &WorkflowId, shards: u32) -> ShardId {
-    let hash = run
-        .as_str()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3));
-    ShardId((hash % u64::from(shards.max(1))) as u32)
-}
+/// The shard a run belongs to (`crate::cluster::shard_of`: a hash of its root id).
+pub use crate::cluster::shard_of;
 
 pub struct PostgresStore {
     _runtime: OwnedRuntime,
