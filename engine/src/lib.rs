@@ -115,6 +115,8 @@ pub enum Error {
     WorkerAdmin(#[from] console::WorkerAdminError),
     #[error("tracing: {0}")]
     Tracing(#[from] shop_telemetry::Error),
+    #[error("cannot create the client that forwards requests to other nodes: {0}")]
+    Forwarder(reqwest::Error),
 }
 
 /// Runs the engine until `shutdown` resolves.
@@ -224,9 +226,11 @@ pub async fn serve(
     let redrives = redrive::Redrives::load(handle.clone(), store.clone(), clock.clone()).map_err(Error::Store)?;
     // One engine on sled is a cluster of one node owning its one shard.
     let cluster = Arc::new(cluster::Cluster::single("local".to_owned(), format!("http://{local}")));
+    let forwarder = Arc::new(api::forward::http::Forwarder::new(cluster.node()).map_err(Error::Forwarder)?);
     let app = api::app(api::AppState {
         core: handle.clone(),
         cluster,
+        forwarder,
         store,
         registry,
         durability: options.durability,

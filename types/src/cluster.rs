@@ -48,3 +48,17 @@ pub struct ShardStatus {
     /// Milliseconds until the lease expires (negative: expired), by the database's clock.
     pub lease_expires_in_ms: i64,
 }
+
+/// What `GET /v1/tasks/nodes` answers a worker: the live engine nodes, each of which hands
+/// out the tasks of the shards it owns, so a worker long-polls every one of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeList {
+    pub nodes: Vec<NodeAddress>,
+}
+
+/// One live engine node as a worker reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddress {
+    pub id: String,
+    pub url: String,
+}

@@ -17,6 +17,7 @@ mod callbacks;
 pub(crate) mod definitions;
 mod edge;
 mod error;
+pub mod forward;
 pub(crate) mod live_stats;
 mod notifications;
 pub mod openapi;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub core: Handle,
     /// Which node owns which run's shard: handlers forward what is not theirs.
     pub cluster: Arc<crate::cluster::Cluster>,
+    /// The client that passes requests on to the node owning their run (`forward`).
+    pub forwarder: Arc<forward::http::Forwarder>,
     pub store: Arc<Store>,
     pub registry: Arc<RwLock<Registry>>,
     pub durability: Durability,
@@ -161,6 +164,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tasks/fail", post(tasks::fail))
         .route("/v1/tasks/heartbeat", post(tasks::heartbeat))
         .route("/v1/tasks/report", post(tasks::report))
+        .route("/v1/tasks/nodes", get(tasks::nodes))
         .route("/v1/notifications/verify", post(notifications::verify))
         .route_layer(from_fn_with_state(Access::Worker, auth::require));
     // A signaler reaches this route only, and only for its signals and workflow types.
@@ -174,6 +178,9 @@ pub fn app(state: AppState) -> Router {
         .merge(worker)
         .merge(signal)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        // Inside authentication: only an authenticated request about another node's run is
+        // passed on (the owner authenticates it again from the same headers).
+        .layer(forward::ForwardLayer::new(state.clone()))
         // Everything above, the fallback included, needs a credential; `/healthz` and
         // `/readyz`, added after this layer, do not (load balancers and `shopctl dev` probe
         // them).
@@ -183,7 +190,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::console::routes(state.clone()))
         .route("/healthz", get(health))
         // The token in the path is the credential (see `callbacks`).
-        .route("/v1/callbacks/:token", post(callbacks::callback))
+        .route("/v1/callbacks/:token", post(callbacks::callback).layer(forward::ForwardLayer::new(state.clone())))
         .route("/readyz", get(ready))
         // Public: it describes shapes, never data, and a client reads it before it has a
         // credential (see `openapi`).
@@ -413,8 +420,13 @@ pub(crate) async fn view_after_wait(
             };
             // Running out of time is not an error: the caller gets the current state. Dropping
             // the receiver frees the hub's entry at its next prune.
-            if tokio::time::timeout_at(deadline, woken).await.is_err() {
-                break;
+            tokio::select! {
+                woken = tokio::time::timeout_at(deadline, woken) => if woken.is_err() {
+                    break;
+                },
+                // The shard moved mid-wait: events for this run will commit elsewhere now, so
+                // say "moved" and let the waiting node ask the new owner (`forward`).
+                () = forward::moved_away(&state.cluster, id) => return Err(forward::shard_moved(None)),
             }
             // Woken: the run settled, or the hub lagged; read again and wait on if it did not.
         }

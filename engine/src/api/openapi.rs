@@ -159,6 +159,7 @@ pub(crate) fn operations() -> Vec<Operation> {
         op("post", "/v1/tasks/fail", Some(Worker), "Fail a task's attempt.", vec![], Body::Json(object()), vec![(200, any())], &[404, 409, 415]),
         op("post", "/v1/tasks/heartbeat", Some(Worker), "Heartbeat a task.", vec![], Body::Json(object()), vec![(200, any())], &[404, 409, 415]),
         op("post", "/v1/tasks/report", Some(Worker), "Report a batch of outcomes.", vec![], Body::Json(object()), vec![(200, any())], &[415]),
+        op("get", "/v1/tasks/nodes", Some(Worker), "The live engine nodes a worker long-polls (each hands out its own shards' tasks).", vec![], Body::None, vec![(200, any())], &[]),
         op("post", "/v1/notifications/verify", Some(Worker), "Verify a notification WebSocket's credential.", vec![], Body::Json(object()), vec![(200, any())], &[415]),
     ]
 }

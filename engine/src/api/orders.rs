@@ -9,7 +9,7 @@
 //! 404, lists are filtered). A credential without a customer (a client token of a trusted
 //! shop backend, an admin) names the customer in the body, or places an order of nobody's.
 
-use super::workflows::{act, list_limit, list_views, new_id, start_run, Action, WaitQuery};
+use super::workflows::{act, list_limit, list_views, start_run, Action, WaitQuery};
 use super::{parse_wait, query, view_after_wait, ApiError, ApiJson, AppState};
 use crate::auth::Principal;
 use axum::extract::rejection::QueryRejection;
@@ -40,7 +40,8 @@ pub(crate) async fn place(
             return Err(ApiError::invalid("orderId and the Idempotency-Key header differ"));
         }
         (Some(id), _) | (None, Some(id)) => WorkflowId::parse(id)?,
-        (None, None) => new_id(),
+        // The server chooses: one whose shard this node owns, so the start needs no hop.
+        (None, None) => super::forward::local_id(&state.cluster),
     };
     let input = OrderInput {
         order_id: id.to_string(),

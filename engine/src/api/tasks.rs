@@ -8,18 +8,22 @@
 //! happens); a report's queue is the one its task was dispatched on.
 
 use super::auth::{check_queue, check_task_queues};
-use super::{ApiError, ApiJson, AppState};
+use super::{forward, ApiError, ApiJson, AppState};
 use crate::auth::Principal;
+use crate::cluster::Route;
 use crate::core::CoreError;
 use axum::extract::State;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::Extension;
 use axum::Json;
 use shop_types::api::{
-    ActivityTask, CompleteRequest, ErrorDetail, FailRequest, HeartbeatRequest, PollRequest, PollResponse,
+    ActivityTask, CompleteRequest, ErrorBody, ErrorDetail, FailRequest, HeartbeatRequest, PollRequest, PollResponse,
     ReportBatchRequest, ReportBatchResponse, TaskOutcome, TaskReport,
 };
+use shop_types::cluster::{NodeAddress, NodeList};
 use shop_types::limits::{MAX_REPORTS_PER_BATCH, MAX_TASKS_PER_POLL, MAX_WAIT_MS};
 use shop_types::TaskToken;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Refuses a token this engine did not hand out for its attempt, like a stale one: to its
@@ -115,10 +119,18 @@ pub(crate) async fn heartbeat(
 }
 
 /// Many reports in one request and one commit; each gets its own verdict. With `then_poll`
-/// the same request then long-polls for the next tasks.
+/// the same request then long-polls for the next tasks (of this node's shards).
+///
+/// A batch may span owners (a worker reports to the node that handed each task out, and a
+/// shard may have moved since): the reports of runs this node owns are recorded here, the
+/// others are sent on to their owners in one batch per owner (`forward`), and every verdict
+/// comes back in the batch's order. A report whose shard has no owner, or one this node got
+/// forwarded but no longer owns, is refused 503-style (`SHARD_UNAVAILABLE`/`SHARD_MOVED`), and
+/// the worker sends it again.
 pub(crate) async fn report(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<ReportBatchRequest>,
 ) -> Result<Json<ReportBatchResponse>, ApiError> {
     if request.reports.len() > MAX_REPORTS_PER_BATCH {
@@ -137,29 +149,164 @@ pub(crate) async fn report(
         check_poll(poll)?;
         check_queue(&principal, &poll.queue)?;
     }
-    let genuine: Vec<TaskReport> =
-        request.reports.into_iter().zip(&verdicts).filter(|(_, v)| v.is_ok()).map(|(r, _)| r).collect();
-    let mut recorded = if genuine.is_empty() { Vec::new() } else { state.core.report(genuine).await? }.into_iter();
-    let results: Vec<Result<(), CoreError>> = verdicts
-        .into_iter()
-        .map(|verdict| verdict.and_then(|()| recorded.next().unwrap_or(Err(CoreError::ShuttingDown))))
-        .collect();
-    // A batch refused for want of disk is refused whole, so the worker retries all of it.
-    if results.iter().any(|result| matches!(result, Err(CoreError::DiskFull))) {
+    let forwarded = headers.contains_key(forward::FORWARDED_HEADER);
+    let mut results: Vec<Option<ErrorDetail>> = Vec::with_capacity(verdicts.len());
+    let mut local: Vec<(usize, TaskReport)> = Vec::new();
+    let mut remote: BTreeMap<(String, String), Vec<(usize, TaskReport)>> = BTreeMap::new();
+    for (index, (report, verdict)) in request.reports.into_iter().zip(verdicts).enumerate() {
+        results.push(verdict.err().map(detail));
+        if results[index].is_some() {
+            continue;
+        }
+        match state.cluster.route(&report.token.workflow_id) {
+            Route::Local => local.push((index, report)),
+            Route::Remote { node, url } if !forwarded => remote.entry((node, url)).or_default().push((index, report)),
+            Route::Remote { node, .. } => results[index] = Some(api_detail(forward::shard_moved(Some(&node)))),
+            Route::Unowned => results[index] = Some(api_detail(forward::shard_unavailable())),
+        }
+    }
+    let (indexes, reports): (Vec<usize>, Vec<TaskReport>) = local.into_iter().unzip();
+    let mut recorded = if reports.is_empty() { Vec::new() } else { state.core.report(reports).await? };
+    recorded.resize_with(indexes.len(), || Err(CoreError::ShuttingDown));
+    // A batch refused for want of disk is refused whole (before anything is sent on), so the
+    // worker retries all of it.
+    if recorded.iter().any(|result| matches!(result, Err(CoreError::DiskFull))) {
         return Err(CoreError::DiskFull.into());
+    }
+    for (index, result) in indexes.into_iter().zip(recorded) {
+        results[index] = result.err().map(detail);
+    }
+    let sent = remote.into_iter().map(|((node, url), group)| report_elsewhere(&state, &headers, node, url, group));
+    for (index, result) in futures_util::future::join_all(sent).await.into_iter().flatten() {
+        results[index] = result;
     }
     let tasks = match request.then_poll {
         Some(poll) => poll_tasks(&state, poll).await?,
         None => Vec::new(),
     };
-    let results = results
-        .into_iter()
-        .map(|result| {
-            result.err().map(|error| {
-                let error = ApiError::from(error);
-                ErrorDetail { code: error.code.to_owned(), message: error.message }
-            })
-        })
-        .collect();
     Ok(Json(ReportBatchResponse { results, tasks }))
+}
+
+/// Most bytes of an owner's answer to a forwarded report batch: one verdict per report, each
+/// a code and a short message, for at most `MAX_REPORTS_PER_BATCH` reports.
+const MAX_FORWARDED_REPORT_ANSWER_BYTES: usize = 1 << 20;
+
+/// Sends `group` (reports of runs `node` owns, with their places in the batch) to `node` as
+/// one batch with the caller's credential and trace headers, and gives back each verdict.
+/// A batch the owner refuses whole, or that cannot be delivered, refuses each of its reports
+/// with that answer.
+async fn report_elsewhere(
+    state: &AppState,
+    headers: &HeaderMap,
+    node: String,
+    url: String,
+    group: Vec<(usize, TaskReport)>,
+) -> Vec<(usize, Option<ErrorDetail>)> {
+    let (indexes, reports): (Vec<usize>, Vec<TaskReport>) = group.into_iter().unzip();
+    let batch = ReportBatchRequest { reports, then_poll: None };
+    let verdicts = match serde_json::to_vec(&batch) {
+        Ok(body) => forward_batch(state, headers, &node, &url, body, indexes.len()).await,
+        Err(error) => Err(ApiError::invalid(format!("cannot encode a report batch: {error}"))),
+    };
+    match verdicts {
+        Ok(verdicts) => indexes.into_iter().zip(verdicts).collect(),
+        Err(refusal) => {
+            let refusal = api_detail(refusal);
+            indexes.into_iter().map(|index| (index, Some(refusal.clone()))).collect()
+        }
+    }
+}
+
+async fn forward_batch(
+    state: &AppState,
+    headers: &HeaderMap,
+    node: &str,
+    url: &str,
+    body: Vec<u8>,
+    count: usize,
+) -> Result<Vec<Option<ErrorDetail>>, ApiError> {
+    let mut sent = HeaderMap::new();
+    for name in [header::AUTHORIZATION, header::HeaderName::from_static(crate::trace::TRACEPARENT_HEADER)] {
+        if let Some(value) = headers.get(&name) {
+            sent.insert(name, value.clone());
+        }
+    }
+    sent.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    let outgoing = forward::http::Outgoing {
+        method: Method::POST,
+        uri: Uri::from_static("/v1/tasks/report"),
+        headers: sent,
+        body: body.into(),
+    };
+    let answer = state
+        .forwarder
+        .send(node, url, outgoing, Some(forward::http::FORWARD_TIMEOUT))
+        .await
+        .map_err(forward::http::ForwardError::api_error)?;
+    let status = answer.status();
+    let bytes = axum::body::to_bytes(answer.into_body(), MAX_FORWARDED_REPORT_ANSWER_BYTES).await.map_err(|error| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "FORWARD_FAILED", format!("node {node}'s answer broke off: {error}"))
+    })?;
+    if !status.is_success() {
+        let error = serde_json::from_slice::<ErrorBody>(&bytes).map(|body| body.error).unwrap_or_else(|_| {
+            ErrorDetail { code: "FORWARD_FAILED".into(), message: format!("node {node} answered {status}") }
+        });
+        return Err(ApiError::new(status, leak_code(&error.code), error.message));
+    }
+    let answer: ReportBatchResponse = serde_json::from_slice(&bytes).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "FORWARD_FAILED",
+            format!("node {node}'s answer is not a report batch: {error}"),
+        )
+    })?;
+    if answer.results.len() != count {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "FORWARD_FAILED",
+            format!("node {node} answered {} verdicts for {count} reports", answer.results.len()),
+        ));
+    }
+    Ok(answer.results)
+}
+
+/// The owner's error code as one of ours (the codes an engine answers are a fixed set; an
+/// unknown one is reported as a failed forward rather than invented).
+fn leak_code(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        forward::SHARD_MOVED,
+        forward::SHARD_UNAVAILABLE,
+        "OVERLOADED",
+        "SHUTTING_DOWN",
+        "DISK_FULL",
+        "STORAGE_UNAVAILABLE",
+        "RATE_LIMITED",
+        "UNAUTHENTICATED",
+        "FORBIDDEN",
+        "INVALID_VALUE",
+    ];
+    KNOWN.iter().find(|known| **known == code).copied().unwrap_or("FORWARD_FAILED")
+}
+
+fn detail(error: CoreError) -> ErrorDetail {
+    api_detail(ApiError::from(error))
+}
+
+fn api_detail(error: ApiError) -> ErrorDetail {
+    ErrorDetail { code: error.code.to_owned(), message: error.message }
+}
+
+/// `GET /v1/tasks/nodes`: the live engine nodes, for a worker given one engine URL to find
+/// the others (each hands out the tasks of its own shards). Worker credentials may read it,
+/// unlike `GET /v1/cluster`, which shows leases and is for operators.
+pub(crate) async fn nodes(State(state): State<AppState>) -> Json<NodeList> {
+    let nodes = state
+        .cluster
+        .status()
+        .nodes
+        .into_iter()
+        .filter(|node| node.live && !node.url.is_empty())
+        .map(|node| NodeAddress { id: node.id, url: node.url })
+        .collect();
+    Json(NodeList { nodes })
 }

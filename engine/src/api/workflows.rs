@@ -90,7 +90,8 @@ pub(crate) async fn start(
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
     let id = match request.id {
         Some(id) => WorkflowId::parse(id)?,
-        None => new_id(),
+        // One whose shard this node owns, so the start needs no hop.
+        None => super::forward::local_id(&state.cluster),
     };
     if request.workflow_type == shop_types::order::ORDER_WORKFLOW_TYPE {
         request.input = super::orders::check_run_input(&principal, &id, request.input)?;
@@ -288,6 +289,8 @@ pub(crate) async fn history(
             _ = stopping.wait_for(|stop| *stop) => {
                 return Ok(Json(HistoryResponse { workflow_id: id, events: Vec::new() }));
             }
+            // Its events commit elsewhere now: the waiting node asks the new owner (`forward`).
+            () = super::forward::moved_away(&state.cluster, &id) => return Err(super::forward::shard_moved(None)),
         }
     }
 }
