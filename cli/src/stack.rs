@@ -1,5 +1,7 @@
-//! A local stack: one `shop-engine` and `shop-worker` processes (one serving every domain,
-//! or one per domain), run as child processes for `shopctl dev`, `demo` and `bench`.
+//! A local stack: `shop-engine` processes (one, or several nodes of one cluster on one
+//! PostgreSQL database, on consecutive ports) and `shop-worker` processes (one serving every
+//! domain, or one per domain), run as child processes for `shopctl dev`, `demo` and `bench`.
+//! A worker is given the first node's URL and polls every live node it lists.
 //!
 //! Owns finding the binaries, laying out the data directory, starting the children in order
 //! (the worker needs the engine up), waiting until both answer `/healthz`, noticing when one
@@ -53,6 +55,9 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const LOG_TAIL_LINES: usize = 20;
 /// Bytes read from the end of a log to find those lines; a log can be large.
 const LOG_TAIL_BYTES: u64 = 16 * 1024;
+/// Most engine nodes a local stack runs: each is a process with its own connections to the
+/// database, and a laptop's cluster is for trying failover, not for scale.
+pub const MAX_LOCAL_NODES: u16 = 9;
 
 /// Where the children's output goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,35 +83,72 @@ pub struct StackOptions {
     pub engine_args: Vec<String>,
     /// Extra flags for every worker (e.g. `--durability process-crash`).
     pub worker_args: Vec<String>,
+    /// Engine nodes, 1..=[`MAX_LOCAL_NODES`]; more than one needs a shared store
+    /// (`--store postgres://...` in `engine_args`). Node `i` (from 0) listens on
+    /// `engine_listen`'s port + `i` and keeps its local files in `engine-<i+1>` (node 1 in
+    /// `engine`, as a one-node stack does).
+    pub nodes: u16,
 }
 
 impl StackOptions {
     /// Where `binary`'s output goes.
     fn output_of(&self, binary: &str) -> Output {
+        self.output_named(binary.trim_start_matches("shop-"))
+    }
+
+    fn output_named(&self, name: &str) -> Output {
         match self.output {
             ChildOutput::Inherit => Output::Inherit,
-            ChildOutput::LogFiles => Output::LogFile {
-                path: self.data_dir.join(format!("{}.log", binary.trim_start_matches("shop-"))),
-                append: false,
-            },
+            ChildOutput::LogFiles => Output::LogFile { path: self.data_dir.join(format!("{name}.log")), append: false },
         }
+    }
+
+    /// The listen addresses of the engine nodes: consecutive ports from `engine_listen`.
+    pub fn node_addrs(&self) -> Result<Vec<SocketAddr>> {
+        if !(1..=MAX_LOCAL_NODES).contains(&self.nodes) {
+            return Err(anyhow!("--nodes must be 1 to {MAX_LOCAL_NODES}, got {}", self.nodes));
+        }
+        (0..self.nodes)
+            .map(|i| {
+                let port = self.engine_listen.port().checked_add(i).filter(|port| *port != 0 || i == 0);
+                port.map(|port| SocketAddr::new(self.engine_listen.ip(), port)).ok_or_else(|| {
+                    anyhow!("--listen {}: no room for {} consecutive ports", self.engine_listen, self.nodes)
+                })
+            })
+            .collect()
     }
 
     /// The engine of a local stack: its data under the stack's folder, open on loopback
     /// and without rate limits, its console reading the workers' admin APIs at
     /// `worker_admins` (the caller's `engine_args` come last and win).
     fn engine(&self, binary: &Path, listen: SocketAddr, workflows: &Path, worker_admins: &[String]) -> EngineSpec {
+        self.node(0, binary, listen, workflows, worker_admins)
+    }
+
+    /// Engine node `index` (from 0) of the stack; node 0 is the one-node stack's engine.
+    fn node(
+        &self,
+        index: u16,
+        binary: &Path,
+        listen: SocketAddr,
+        workflows: &Path,
+        worker_admins: &[String],
+    ) -> EngineSpec {
         let mut args: Vec<String> =
             worker_admins.iter().flat_map(|url| ["--worker-admin".to_owned(), url.clone()]).collect();
         args.extend(self.engine_args.iter().cloned());
+        let (dir, log) = match index {
+            0 => ("engine".to_owned(), "engine".to_owned()),
+            n => (format!("engine-{}", n + 1), format!("engine-{}", n + 1)),
+        };
         EngineSpec {
             binary: binary.to_owned(),
-            data_dir: self.data_dir.join("engine"),
+            data_dir: self.data_dir.join(dir),
             listen,
             workflows: workflows.to_owned(),
             open: true,
             args,
-            output: self.output_of(ENGINE_BINARY),
+            output: self.output_named(&log),
         }
     }
 }
@@ -123,7 +165,10 @@ pub enum WorkerLayout {
 
 /// A running engine and its workers. Stop it with [`Stack::stop`]; dropping it kills all.
 pub struct Stack {
-    engine: Process,
+    /// Node 1 first.
+    engines: Vec<Process>,
+    /// The nodes' base URLs, in the same order.
+    engine_urls: Vec<String>,
     /// With the admin URL each serves and the domains it serves.
     workers: Vec<(Process, String, &'static str)>,
     client: Client,
@@ -139,11 +184,17 @@ impl Stack {
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("cannot create {}", options.data_dir.display()))?;
         let workflows = workflows_dir(options.workflows.as_deref(), &options.data_dir)?;
+        let addrs = options.node_addrs()?;
         let engine_url = connect_url(options.engine_listen);
         let worker_url = connect_url(options.worker_listen);
         let client = Client::new(&engine_url, &worker_url)?;
 
-        output::note(&format!("starting {ENGINE_BINARY} on {engine_url} (workflows from {})", workflows.display()));
+        let engine_urls: Vec<String> = addrs.iter().map(|addr| connect_url(*addr)).collect();
+        output::note(&format!(
+            "starting {ENGINE_BINARY} on {} (workflows from {})",
+            engine_urls.join(", "),
+            workflows.display()
+        ));
         output::note("the engine and the worker admin API run open: no authentication, no rate limit, loopback only");
         // The workers' addresses are chosen first: the engine's console reads their admin APIs.
         let plan: Vec<(&'static str, SocketAddr)> = match options.layout {
@@ -159,11 +210,25 @@ impl Stack {
         };
         let worker_admins: Vec<String> = plan.iter().map(|(_, listen)| connect_url(*listen)).collect();
         let engine_spawned = tokio::time::Instant::now();
-        let spec = options.engine(&engine_binary, options.engine_listen, &workflows, &worker_admins).spec();
-        let mut engine = Process::spawn(ENGINE_BINARY, &mut spec.command(), &spec.output)?;
-        if let Err(err) = ready(&mut engine, client.engine(), STARTUP_TIMEOUT).await {
-            stop(&mut engine).await;
-            return Err(err);
+        let mut engines: Vec<Process> = Vec::with_capacity(addrs.len());
+        for (index, (addr, url)) in (0u16..).zip(addrs.iter().zip(&engine_urls)) {
+            let spec = options.node(index, &engine_binary, *addr, &workflows, &worker_admins).spec();
+            let started = Process::spawn(ENGINE_BINARY, &mut spec.command(), &spec.output)
+                .map_err(anyhow::Error::from)
+                .and_then(|process| Ok((process, Client::new(url, &worker_url)?)));
+            let (mut engine, node_client) = match started {
+                Ok(started) => started,
+                Err(err) => {
+                    stop_all(&mut engines, &mut []).await;
+                    return Err(err);
+                }
+            };
+            let outcome = ready(&mut engine, node_client.engine(), STARTUP_TIMEOUT).await;
+            engines.push(engine);
+            if let Err(err) = outcome {
+                stop_all(&mut engines, &mut []).await;
+                return Err(err);
+            }
         }
         let engine_ready_after = engine_spawned.elapsed();
 
@@ -193,18 +258,23 @@ impl Stack {
             let (mut worker, worker_client) = match spawned {
                 Ok(spawned) => spawned,
                 Err(err) => {
-                    stop_all(&mut engine, &mut workers).await;
+                    stop_all(&mut engines, &mut workers).await;
                     return Err(err);
                 }
             };
             if let Err(err) = ready(&mut worker, worker_client.worker(), STARTUP_TIMEOUT).await {
                 stop(&mut worker).await;
-                stop_all(&mut engine, &mut workers).await;
+                stop_all(&mut engines, &mut workers).await;
                 return Err(err);
             }
             workers.push((worker, admin_url, activities));
         }
-        Ok(Stack { engine, workers, client, engine_ready_after })
+        Ok(Stack { engines, engine_urls, workers, client, engine_ready_after })
+    }
+
+    /// The engine nodes' base URLs, node 1 first.
+    pub fn engine_urls(&self) -> &[String] {
+        &self.engine_urls
     }
 
     /// A client pointed at this stack's engine and worker.
@@ -220,7 +290,7 @@ impl Stack {
             .map(|(_, url, _)| url.as_str())
     }
 
-    /// How long the engine took from spawn to serving.
+    /// How long the engine (every node, one after the other) took from spawn to serving.
     pub fn engine_ready_after(&self) -> Duration {
         self.engine_ready_after
     }
@@ -246,9 +316,14 @@ impl Stack {
         ready.map(|()| took)
     }
 
-    /// The engine's process ID, to read its resource use.
+    /// The first engine node's process ID, to read its resource use.
     pub fn engine_pid(&self) -> Option<u32> {
-        self.engine.pid()
+        self.engines.first().and_then(Process::pid)
+    }
+
+    /// Every engine node's process ID.
+    pub fn engine_pids(&self) -> Vec<u32> {
+        self.engines.iter().filter_map(Process::pid).collect()
     }
 
     /// The worker processes' IDs, to read their resource use.
@@ -260,7 +335,7 @@ impl Stack {
     /// in a `select!` beside the real work.
     pub async fn died(&mut self) -> String {
         loop {
-            let processes = std::iter::once(&mut self.engine).chain(self.workers.iter_mut().map(|(p, _, _)| p));
+            let processes = self.engines.iter_mut().chain(self.workers.iter_mut().map(|(p, _, _)| p));
             for process in processes {
                 let exited = match process.try_exit() {
                     Ok(Some(status)) => Ok(status),
@@ -275,9 +350,9 @@ impl Stack {
         }
     }
 
-    /// Stops the workers first (so they can report what they are finishing), then the engine.
+    /// Stops the workers first (so they can report what they are finishing), then the engines.
     pub async fn stop(mut self) {
-        stop_all(&mut self.engine, &mut self.workers).await;
+        stop_all(&mut self.engines, &mut self.workers).await;
     }
 }
 
@@ -303,11 +378,13 @@ async fn stop(process: &mut Process) {
     }
 }
 
-async fn stop_all(engine: &mut Process, workers: &mut [(Process, String, &'static str)]) {
+async fn stop_all(engines: &mut [Process], workers: &mut [(Process, String, &'static str)]) {
     for (worker, _, _) in workers.iter_mut() {
         stop(worker).await;
     }
-    stop(engine).await;
+    for engine in engines.iter_mut().rev() {
+        stop(engine).await;
+    }
 }
 
 /// Shows the last lines of a child's log on stderr, when its output went to a file.

@@ -1,6 +1,6 @@
-//! The engine's task protocol, as workers (and tests that play a worker) speak it: poll,
-//! report a batch (optionally polling again in the same round trip), complete, fail,
-//! heartbeat.
+//! The engine's task protocol, as workers (and tests that play a worker) speak it: the
+//! engine nodes to poll, poll, report a batch (optionally polling again in the same round
+//! trip), complete, fail, heartbeat.
 //!
 //! One request per call; it never retries or sleeps (the worker's poller owns backoff, and
 //! [`Error::is_retryable`] tells it what is worth another try) and never interprets a task.
@@ -10,6 +10,7 @@ use reqwest::{Method, StatusCode};
 use shop_types::api::{
     CompleteRequest, FailRequest, HeartbeatRequest, PollRequest, PollResponse, ReportBatchRequest, ReportBatchResponse,
 };
+use shop_types::cluster::NodeList;
 use shop_types::TaskToken;
 use std::time::Duration;
 
@@ -45,6 +46,12 @@ impl Client {
             return Err(Error::ResultCount { sent: batch.reports.len(), answered: reply.body.results.len() });
         }
         Ok(reply)
+    }
+
+    /// `GET /v1/tasks/nodes`: the live engine nodes, each of which hands out the tasks of
+    /// its own shards (one engine on sled: itself).
+    pub async fn nodes(&self) -> Result<Reply<NodeList>, Error> {
+        self.get(&["v1", "tasks", "nodes"], &[]).await
     }
 
     /// `POST /v1/tasks/complete`.

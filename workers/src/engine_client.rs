@@ -56,6 +56,21 @@ impl EngineClient {
         Ok(self.client.report(batch).await?.body)
     }
 
+    /// The live engine nodes (`GET /v1/tasks/nodes`).
+    pub async fn nodes(&self) -> Result<Vec<shop_types::cluster::NodeAddress>, Error> {
+        Ok(self.client.nodes().await?.body.nodes)
+    }
+
+    /// The same client (its credential and timeouts) at another engine node's URL.
+    pub fn at(&self, url: &str) -> Result<Self, Error> {
+        Ok(EngineClient { client: self.client.at(shop_client::Service::Engine, url)? })
+    }
+
+    /// The engine URL this client talks to.
+    pub fn url(&self) -> &str {
+        self.client.base_str()
+    }
+
     pub async fn heartbeat(&self, token: &TaskToken) -> Result<Heartbeat, Error> {
         self.client.heartbeat(token).await
     }

@@ -25,6 +25,7 @@ pub mod engine_client;
 pub mod faults;
 pub mod inventory;
 pub mod metrics;
+pub mod nodes;
 pub mod notification;
 pub mod notify_ws;
 pub mod payment;
@@ -44,7 +45,6 @@ use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::task::JoinSet;
 
 /// Most poll loops per queue: each holds up to `TASKS_PER_POLL` tasks in flight.
 pub const MAX_CONCURRENCY: usize = 64;
@@ -177,22 +177,16 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
 
     let tracer = shop_telemetry::Tracer::from_endpoint(options.otlp_endpoint.as_deref(), "shop-worker")?;
     let worker_id = worker_id().map_err(|e| Error::Options(format!("worker id: {e}")))?;
-    let mut pollers = JoinSet::new();
-    for domain in activities.domains() {
-        for _ in 0..options.concurrency {
-            pollers.spawn(
-                poller::Poller {
-                    client: client.clone(),
-                    activities: Arc::clone(&activities),
-                    queue: domain.queue(),
-                    worker_id: worker_id.clone(),
-                    shutdown: shutdown.clone(),
-                    tracer: tracer.clone(),
-                }
-                .run(),
-            );
-        }
-    }
+    // One set of poll loops per live engine node (one node on sled), refreshed as nodes come
+    // and go (`nodes`).
+    let loops = nodes::Loops {
+        activities: Arc::clone(&activities),
+        queues: activities.domains().iter().map(|domain| domain.queue()).collect(),
+        concurrency: options.concurrency,
+        worker_id: worker_id.clone(),
+        tracer: tracer.clone(),
+    };
+    let pollers = tokio::spawn(nodes::run(client, loops, shutdown.clone()));
     tracing::info!(
         engine = %options.engine,
         admin = %admin_addr,
@@ -217,10 +211,8 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
         ended = &mut server => Some(ended),
     };
     trigger.fire();
-    while let Some(joined) = pollers.join_next().await {
-        if let Err(err) = joined {
-            tracing::error!(error = %err, "a poll loop panicked");
-        }
+    if let Err(err) = pollers.await {
+        tracing::error!(error = %err, "the poll loops' supervisor panicked");
     }
     let server_result = match server_result {
         Some(ended) => ended,

@@ -31,6 +31,9 @@ pub const POLL_WAIT: Duration = Duration::from_secs(20);
 pub const REPORT_POLL_WAIT: Duration = Duration::from_secs(1);
 /// The engine's code for a report or heartbeat on an attempt that is no longer current.
 pub const STALE_TASK: &str = "STALE_TASK";
+/// The engine's codes for a report refused because its run's shard is moving between nodes
+/// (nothing was recorded): sent again within the report budget.
+pub const MOVING_SHARD: &[&str] = &["SHARD_MOVED", "SHARD_UNAVAILABLE"];
 /// The error type reported for an activity that panicked.
 pub const ACTIVITY_PANICKED: &str = "ACTIVITY_PANICKED";
 
@@ -209,17 +212,26 @@ impl Poller {
     async fn report_batch(&self, batch: &ReportBatchRequest) -> Vec<ActivityTask> {
         let mut deadline = Instant::now() + REPORT_BUDGET;
         let mut backoff = Backoff::new();
+        let mut tasks = Vec::new();
+        // What is left to deliver: the whole batch, then only reports refused for a shard
+        // that is moving (sent again without a poll).
+        let mut left = std::borrow::Cow::Borrowed(batch);
         loop {
             if self.shutdown.is_triggered() {
                 deadline = deadline.min(Instant::now() + SHUTDOWN_REPORT_BUDGET);
             }
-            match self.client.report(batch).await {
+            let refused_for_now = match self.client.report(&left).await {
                 Ok(answer) => {
-                    for (report, result) in batch.reports.iter().zip(answer.results) {
+                    let mut again = Vec::new();
+                    for (report, result) in left.reports.iter().zip(answer.results) {
                         match result {
                             None => tracing::debug!(token = %report.token, "report accepted"),
                             Some(refusal) if refusal.code == STALE_TASK => {
                                 tracing::debug!(token = %report.token, "report refused: the attempt is no longer current")
+                            }
+                            Some(refusal) if MOVING_SHARD.contains(&refusal.code.as_str()) => {
+                                tracing::debug!(token = %report.token, code = %refusal.code, "report refused for now; sending it again");
+                                again.push(report.clone());
                             }
                             Some(refusal) => tracing::warn!(
                                 token = %report.token,
@@ -229,22 +241,29 @@ impl Poller {
                             ),
                         }
                     }
-                    return answer.tasks;
-                }
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    if !err.is_retryable() || Instant::now() + delay > deadline {
-                        tracing::warn!(
-                            error = %ErrorChain(&err),
-                            reports = batch.reports.len(),
-                            "dropping undeliverable reports; the engine will time those attempts out and retry them"
-                        );
-                        return Vec::new();
+                    tasks.extend(answer.tasks);
+                    if again.is_empty() {
+                        return tasks;
                     }
-                    tracing::debug!(error = %ErrorChain(&err), ?delay, "report failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    left = std::borrow::Cow::Owned(ReportBatchRequest { reports: again, then_poll: None });
+                    None
                 }
+                Err(err) => Some(err),
+            };
+            let delay = backoff.next_delay();
+            let retryable = refused_for_now.as_ref().is_none_or(shop_client::Error::is_retryable);
+            if !retryable || Instant::now() + delay > deadline {
+                tracing::warn!(
+                    error = refused_for_now.as_ref().map(|err| ErrorChain(err).to_string()),
+                    reports = left.reports.len(),
+                    "dropping undeliverable reports; the engine will time those attempts out and retry them"
+                );
+                return tasks;
             }
+            if let Some(err) = &refused_for_now {
+                tracing::debug!(error = %ErrorChain(err), ?delay, "report failed; retrying");
+            }
+            tokio::time::sleep(delay).await;
         }
     }
 }

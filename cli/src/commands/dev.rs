@@ -1,11 +1,12 @@
-//! `shopctl dev`: runs an engine and one worker serving every domain until Ctrl-C.
+//! `shopctl dev`: runs an engine (or `--nodes N` engine nodes of one cluster on one
+//! PostgreSQL database) and one worker serving every domain until Ctrl-C.
 //!
 //! Owns only the command's arguments and its lifetime: start, report where the stack
 //! listens, wait for a signal or a death, stop. Starting and stopping processes is
 //! [`crate::stack`]'s job.
 
 use crate::output::{self, Table};
-use crate::stack::{interrupted, ChildOutput, Stack, StackOptions, WorkerLayout};
+use crate::stack::{interrupted, ChildOutput, Stack, StackOptions, WorkerLayout, MAX_LOCAL_NODES};
 use anyhow::{anyhow, Result};
 use clap::Args;
 use std::net::SocketAddr;
@@ -34,6 +35,11 @@ pub struct DevArgs {
     /// Jaeger or Tempo at `http://127.0.0.1:4318`); passed to both as `--otlp-endpoint`.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Engine nodes to run, on consecutive ports from `--listen`, sharing the shards of one
+    /// PostgreSQL database (`--store`, required for more than one). The worker is given the
+    /// first node's URL and polls every live node.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_LOCAL_NODES)))]
+    nodes: u16,
 }
 
 /// `--otlp-endpoint URL` for a child, when tracing is asked for.
@@ -42,6 +48,12 @@ pub fn otlp_args(endpoint: Option<&str>) -> Vec<String> {
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
+    if args.nodes > 1 && args.store.is_none() {
+        return Err(anyhow!(
+            "--nodes {} needs --store postgres://...: sled is owned by one process, so a cluster shares a database",
+            args.nodes
+        ));
+    }
     let options = StackOptions {
         data_dir: args.data_dir,
         engine_listen: args.listen,
@@ -51,6 +63,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         layout: WorkerLayout::Combined,
         engine_args: [super::bench::store_args(&args.store), otlp_args(args.otlp_endpoint.as_deref())].concat(),
         worker_args: otlp_args(args.otlp_endpoint.as_deref()),
+        nodes: args.nodes,
     };
     // A signal during start-up drops the half-started stack, which kills its children.
     let mut stack = tokio::select! {
@@ -63,8 +76,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let engine = stack.client().engine().base_str().to_owned();
     let worker = stack.client().worker().base_str().to_owned();
     let mut table = Table::without_header();
-    table.row(vec!["engine".into(), engine.clone()]);
-    table.row(vec!["console".into(), format!("{}/console", engine.trim_end_matches('/'))]);
+    let several = stack.engine_urls().len() > 1;
+    for (index, url) in stack.engine_urls().iter().enumerate() {
+        // Any node serves any request (it forwards what another node owns).
+        let suffix = if several { format!(" (node {})", index + 1) } else { String::new() };
+        table.row(vec![format!("engine{suffix}"), url.clone()]);
+        table.row(vec![format!("console{suffix}"), format!("{}/console", url.trim_end_matches('/'))]);
+    }
     table.row(vec!["worker admin".into(), worker.clone()]);
     // The browser's stream of a customer's notifications (tickets: POST /api/notifications/tickets).
     let notifications = format!(
@@ -83,7 +101,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         signal = interrupted() => signal.map(|signal| {
             output::note(&format!("{signal}: stopping the worker and the engine"));
         }),
-        died = stack.died() => Err(anyhow!("{died}; stopping the other")),
+        died = stack.died() => Err(anyhow!("{died}; stopping the others")),
     };
     stack.stop().await;
     outcome

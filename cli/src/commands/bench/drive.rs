@@ -28,11 +28,16 @@ pub(super) struct EngineStats {
     pub(super) events: u64,
 }
 
-/// What the measurement talks to: the engine, and the admin API of each domain's worker.
+/// What the measurement talks to: the engine (every node of a cluster), and the admin API of
+/// each domain's worker.
 pub(super) struct Target {
     pub(super) engine: Client,
-    pub(super) engine_url: String,
-    pub(super) engine_pid: Option<u32>,
+    /// Node 1 first. Benchmark client `i` talks to node `i % nodes`: the requests are spread
+    /// over the nodes, and each order is placed and waited for on one node, which drew its id
+    /// among its own shards, so the order needs no forwarding.
+    pub(super) engine_urls: Vec<String>,
+    /// Every node's, node 1 first.
+    pub(super) engine_pids: Vec<u32>,
     pub(super) worker_pids: Vec<u32>,
     pub(super) inventory: Client,
     pub(super) payments: Client,
@@ -41,19 +46,18 @@ pub(super) struct Target {
 
 impl Target {
     pub(super) fn of(stack: &Stack) -> Result<Target> {
-        let engine_url = stack.client().engine().base_str().to_owned();
         let admin = |domain: &str| -> Result<Client> {
             let url = stack.admin_url(domain).ok_or_else(|| anyhow!("no worker serves {domain}"))?;
             stack.client().with_worker(url)
         };
         Ok(Target {
             engine: stack.client().clone(),
-            engine_pid: stack.engine_pid(),
+            engine_pids: stack.engine_pids(),
             worker_pids: stack.worker_pids(),
             inventory: admin("inventory")?,
             payments: admin("payment")?,
             notifications: admin("notification")?,
-            engine_url,
+            engine_urls: stack.engine_urls().to_vec(),
         })
     }
 }
@@ -74,7 +78,7 @@ pub(super) async fn measure(
     data_dir: &Path,
     start_up: &StartUp,
 ) -> Result<Report> {
-    let Target { engine, engine_url, engine_pid, worker_pids, inventory, payments, notifications } = target;
+    let Target { engine, engine_urls, engine_pids, worker_pids, inventory, payments, notifications } = target;
     stock_catalog(inventory).await?;
 
     let planned = Arc::new(plan_orders(count, args.mix, args.seed)?);
@@ -85,20 +89,23 @@ pub(super) async fn measure(
         pool_max_idle_per_host: Some(concurrency),
         ..shop_client::Options::default()
     };
-    let http = shop_client::Client::new(shop_client::Service::Engine, engine_url, options)
+    let https = engine_urls
+        .iter()
+        .map(|url| shop_client::Client::new(shop_client::Service::Engine, url, options.clone()))
+        .collect::<Result<Vec<_>, _>>()
         .context("cannot create the HTTP client")?;
     let subscribers = match args.subscribers {
         0 => None,
         n => Some(Subscribers::start(engine.engine(), usize::from(n)).await?),
     };
-    let before: EngineStats = engine.engine().stats().await?.body;
+    let before = cluster_stats(&https).await?;
     output::note(&format!(
         "bench: {count} orders, {concurrency} in flight, {} durability, workers {:?}",
         args.durability.as_str(),
         args.workers
     ));
 
-    let engine_cpu_before = engine_pid.and_then(cpu_ms);
+    let engine_cpu_before: Option<u64> = engine_pids.iter().map(|&pid| cpu_ms(pid)).sum();
     let workers_cpu_before: Option<u64> = worker_pids.iter().map(|&pid| cpu_ms(pid)).sum();
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
@@ -107,8 +114,9 @@ pub(super) async fn measure(
     // is busy.
     let interval = args.rate.map(|rate| Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
     let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let (http, planned, next, done) = (http.clone(), planned.clone(), next.clone(), done.clone());
+    for client in 0..concurrency {
+        let http = https[client % https.len()].clone();
+        let (planned, next, done) = (planned.clone(), next.clone(), done.clone());
         clients.spawn(async move {
             let mut samples = Vec::new();
             loop {
@@ -132,14 +140,15 @@ pub(super) async fn measure(
     let elapsed = started.elapsed();
     progress.abort();
     eprintln!();
-    let after: EngineStats = engine.engine().stats().await?.body;
+    let after = cluster_stats(&https).await?;
     let subscribed = match subscribers {
         Some(subscribers) => {
             Some(subscribers.finish(engine.engine(), after.events.saturating_sub(before.events), elapsed).await?)
         }
         None => None,
     };
-    let engine_cpu = engine_pid.and_then(cpu_ms).zip(engine_cpu_before).map(|(after, before)| after - before);
+    let engine_cpu_after: Option<u64> = engine_pids.iter().map(|&pid| cpu_ms(pid)).sum();
+    let engine_cpu = engine_cpu_after.zip(engine_cpu_before).map(|(after, before)| after - before);
     let workers_cpu_after: Option<u64> = worker_pids.iter().map(|&pid| cpu_ms(pid)).sum();
     let workers_cpu = workers_cpu_after.zip(workers_cpu_before).map(|(after, before)| after - before);
     let per_saga = |cpu_ms: Option<u64>| cpu_ms.map(|ms| round(ms as f64 / count as f64, 3));
@@ -153,7 +162,9 @@ pub(super) async fn measure(
     let domains =
         Domains { inventory: inventory.clone(), payment: payments.clone(), notification: notifications.clone() };
     let violations = verify(&planned, &samples, engine, &domains).await?;
-    let engine_peak_rss_mb = engine_pid.and_then(|pid| proc_status_kib(pid, "VmHWM:")).map(|kib| kib as f64 / 1024.0);
+    // Node 1's: every node holds about the same share.
+    let engine_peak_rss_mb =
+        engine_pids.first().and_then(|&pid| proc_status_kib(pid, "VmHWM:")).map(|kib| kib as f64 / 1024.0);
     let disk_bytes = disk_usage(&data_dir.join("engine"));
     let seconds = elapsed.as_secs_f64();
     let commits = after.commits.saturating_sub(before.commits).max(1);
@@ -165,6 +176,7 @@ pub(super) async fn measure(
         "rate_per_sec": args.rate,
         "durability": args.durability.as_str(),
         "workers": format!("{:?}", args.workers),
+        "engine_nodes": engine_urls.len(),
         "elapsed_s": round(seconds, 3),
         "sagas_per_sec": round(count as f64 / seconds, 1),
         "start_p50_ms": ms(&start_us, 0.50),
@@ -191,6 +203,18 @@ pub(super) async fn measure(
         report.extend(subscribed);
     }
     Ok(Report { json, violations })
+}
+
+/// The engine's counters summed over its nodes (each counts what it committed itself).
+async fn cluster_stats(nodes: &[shop_client::Client]) -> Result<EngineStats> {
+    let mut sum = EngineStats::default();
+    for node in nodes {
+        let stats: EngineStats = node.stats().await?.body;
+        sum.commits += stats.commits;
+        sum.commands += stats.commands;
+        sum.events += stats.events;
+    }
+    Ok(sum)
 }
 
 pub(super) fn round(value: f64, places: i32) -> f64 {

@@ -115,6 +115,10 @@ pub struct BenchArgs {
     /// seed's orders would be duplicates of an earlier run's) instead of sled.
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// Engine nodes sharing one PostgreSQL database (`--store`, required for more than one),
+    /// on consecutive loopback ports; the benchmark's clients are spread over them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::stack::MAX_LOCAL_NODES)))]
+    nodes: u16,
     /// Store this many completed order runs first (written by the engine itself), then
     /// measure start-up time and memory with them in the store.
     #[arg(long, default_value_t = 0)]
@@ -217,6 +221,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if orders == 0 {
         bail!("--orders must be at least 1");
     }
+    if args.nodes > 1 && args.store.is_none() {
+        bail!("--nodes {} needs --store postgres://...: the nodes of a cluster share one database", args.nodes);
+    }
     let temp;
     let data_dir = match &args.data_dir {
         Some(dir) => {
@@ -254,6 +261,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             otlp,
         ]
         .concat(),
+        nodes: args.nodes,
     };
     let preload_took = match args.preload {
         0 => None,

@@ -233,6 +233,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         layout: WorkerLayout::Combined,
         engine_args: Vec::new(),
         worker_args: Vec::new(),
+        nodes: 1,
     };
     let gathered = run_stack(&options).await;
     if args.keep {
