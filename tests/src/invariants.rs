@@ -105,6 +105,16 @@ pub async fn check_invariants(
     initial_stock: &[Product],
     orders: &[PlacedOrder],
 ) -> Vec<String> {
+    check_invariants_with(api, &Admins::combined(admin), initial_stock, orders).await
+}
+
+/// [`check_invariants`] for workers spread over processes (one per domain).
+pub async fn check_invariants_with(
+    api: &Api,
+    admins: &Admins,
+    initial_stock: &[Product],
+    orders: &[PlacedOrder],
+) -> Vec<String> {
     let mut expected = HashMap::with_capacity(orders.len());
     let mut violations = Vec::new();
     for order in orders {
@@ -118,7 +128,7 @@ pub async fn check_invariants(
         expected: Some(expected),
         allow_running: false,
     };
-    match audit_stack(api, &Admins::combined(admin), &options).await {
+    match audit_stack(api, admins, &options).await {
         Ok(found) => violations.extend(found.violations.iter().map(ToString::to_string)),
         Err(unreadable) => violations.push(unreadable),
     }

@@ -13,13 +13,15 @@
 
 pub mod browser;
 pub mod client;
+pub mod cluster;
 pub mod invariants;
 pub mod process;
 pub mod variants;
 
 pub use client::{order_body, Admin, Api, Reply, CANCELLED, CONFIRMED, PENDING};
 pub use invariants::{
-    assert_invariants, assert_no_violations, audit_stack, check_invariants, history_violations, Admins, PlacedOrder,
+    assert_invariants, assert_no_violations, audit_stack, check_invariants, check_invariants_with, history_violations,
+    Admins, PlacedOrder,
 };
 pub use process::{Engine, EngineOptions, Worker, WorkerOptions};
 

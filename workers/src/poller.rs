@@ -33,7 +33,7 @@ pub const REPORT_POLL_WAIT: Duration = Duration::from_secs(1);
 pub const STALE_TASK: &str = "STALE_TASK";
 /// The engine's codes for a report refused because its run's shard is moving between nodes
 /// (nothing was recorded): sent again within the report budget.
-pub const MOVING_SHARD: &[&str] = &["SHARD_MOVED", "SHARD_UNAVAILABLE"];
+pub const MOVING_SHARD: &[&str] = &["SHARD_MOVED", "SHARD_UNAVAILABLE", "NOT_OWNER"];
 /// The error type reported for an activity that panicked.
 pub const ACTIVITY_PANICKED: &str = "ACTIVITY_PANICKED";
 

@@ -56,7 +56,7 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         }
-        if self.code == super::forward::SHARD_MOVED || self.code == super::forward::SHARD_UNAVAILABLE {
+        if super::forward::REROUTED_CODES.contains(&self.code) {
             // Says "nothing was done, the shard is elsewhere": the forwarding node routes again.
             response.headers_mut().insert(
                 axum::http::HeaderName::from_static(super::forward::REROUTE_HEADER),

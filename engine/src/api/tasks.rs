@@ -276,6 +276,7 @@ fn leak_code(code: &str) -> &'static str {
     const KNOWN: &[&str] = &[
         forward::SHARD_MOVED,
         forward::SHARD_UNAVAILABLE,
+        forward::NOT_OWNER,
         "OVERLOADED",
         "SHUTTING_DOWN",
         "DISK_FULL",

@@ -62,6 +62,12 @@ pub const REROUTE_HEADER: &str = "x-shop-reroute";
 pub const SHARD_MOVED: &str = "SHARD_MOVED";
 /// 503: no live node owns the run's shard right now (a takeover is under way).
 pub const SHARD_UNAVAILABLE: &str = "SHARD_UNAVAILABLE";
+/// 503 from the core: the command's run is in a shard this node does not hold (it was
+/// dropped between routing and the command).
+pub const NOT_OWNER: &str = "NOT_OWNER";
+/// The 503s that promise nothing was done because the run's shard is elsewhere: answered with
+/// [`REROUTE_HEADER`], routed again by the node that forwarded them.
+pub const REROUTED_CODES: &[&str] = &[SHARD_MOVED, SHARD_UNAVAILABLE, NOT_OWNER];
 /// Most times a request that does not wait is routed again after "moved" or an unreachable
 /// owner, before its caller hears 503: a shard moves once per takeover, so one or two
 /// re-routes find the new owner; more would only hold the caller during an outage.
@@ -188,6 +194,12 @@ where
     };
     if held.parts.headers.contains_key(FORWARDED_HEADER) {
         return serve_forwarded(&state.cluster, inner, held, &run).await;
+    }
+    // A console session (a cookie, no `Authorization`) lives in this node's memory only, so
+    // the owner could not authenticate its request: a session's read is served here, from
+    // the shared store (a wait or a run's stream then sees only what this node commits).
+    if !state.auth.is_open() && !held.parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
+        return call(inner, held.request()).await;
     }
     match key {
         Key::Waiting(_) => match wait_of(&query) {
