@@ -80,6 +80,8 @@ pub struct EngineOptions {
     pub worker_admin: Vec<String>,
     /// Where spans go (OTLP/HTTP, `--otlp-endpoint`); without it nothing is exported.
     pub otlp_endpoint: Option<String>,
+    /// This node's identity and leases in a cluster (PostgreSQL).
+    pub cluster: cluster::ClusterOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,8 @@ pub enum Error {
     Tracing(#[from] shop_telemetry::Error),
     #[error("cannot create the client that forwards requests to other nodes: {0}")]
     Forwarder(reqwest::Error),
+    #[error(transparent)]
+    Cluster(#[from] cluster::OptionsError),
 }
 
 /// Runs the engine until `shutdown` resolves.
@@ -129,14 +133,23 @@ pub async fn serve(
     if options.auth.open && !options.listen.ip().is_loopback() {
         return Err(Error::OpenNotLoopback(options.listen));
     }
+    options.cluster.check()?;
     std::fs::create_dir_all(&options.data_dir)
         .map_err(|source| Error::CreateDataDir { dir: options.data_dir.clone(), source })?;
     // The one place that names a backend: everything else holds the trait.
-    let store: Arc<Store> = match &options.store {
-        Some(postgres) => Arc::new(PostgresStore::open(postgres).map_err(Error::OpenPostgres)?),
-        None => Arc::new(
-            SledStore::open(&options.data_dir, options.durability, options.cache_bytes)
-                .map_err(|source| Error::OpenStore { dir: options.data_dir.clone(), source })?,
+    // On PostgreSQL the store holds no shard until the lease manager claims one.
+    let (store, leases): (Arc<Store>, Option<store::PostgresLeases>) = match &options.store {
+        Some(postgres) => {
+            let store = Arc::new(PostgresStore::open(postgres).map_err(Error::OpenPostgres)?);
+            let leases = store.leases();
+            (store, Some(leases))
+        }
+        None => (
+            Arc::new(
+                SledStore::open(&options.data_dir, options.durability, options.cache_bytes)
+                    .map_err(|source| Error::OpenStore { dir: options.data_dir.clone(), source })?,
+            ),
+            None,
         ),
     };
     let registry = Arc::new(RwLock::new(load_definitions(store.as_ref(), options.workflows_dir.as_deref())?));
@@ -176,6 +189,10 @@ pub async fn serve(
     }
     let streams = Arc::new(streams::StreamHub::new(options.max_stream_subscribers));
     core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
+    let lease_guard = Arc::new(cluster::lease::LeaseGuard::new(options.cluster.lease));
+    if leases.is_some() {
+        core.guard_leases(lease_guard.clone());
+    }
     let lifecycle = Arc::new(api::Lifecycle::default());
     let core_lifecycle = lifecycle.clone();
     let core_thread = std::thread::Builder::new()
@@ -224,8 +241,25 @@ pub async fn serve(
     }
 
     let redrives = redrive::Redrives::load(handle.clone(), store.clone(), clock.clone()).map_err(Error::Store)?;
-    // One engine on sled is a cluster of one node owning its one shard.
-    let cluster = Arc::new(cluster::Cluster::single("local".to_owned(), format!("http://{local}")));
+    let node = options.cluster.node_id.clone().unwrap_or_else(cluster::default_node_id);
+    let url = options.cluster.advertise_url.clone().unwrap_or_else(|| format!("http://{local}"));
+    // One engine on sled is a cluster of one node owning its one shard; on PostgreSQL the
+    // lease manager claims shards and keeps the map.
+    let (cluster, leaving) = match leases {
+        Some(db) => {
+            let cluster = Arc::new(cluster::Cluster::leased(node.clone(), "postgres", store.shard_count()));
+            let options = cluster::lease::LeaseOptions { node: node.clone(), url, lease: options.cluster.lease };
+            let manager = cluster::lease::LeaseManager::new(db, handle.clone(), cluster.clone(), lease_guard, options);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(manager.run(async move {
+                // A dropped sender (serve returning early) stops it too.
+                let _ = stopped.await;
+            }));
+            tracing::info!(%node, "joined the cluster; claiming shards as placement gives them");
+            (cluster, Some((stop, task)))
+        }
+        None => (Arc::new(cluster::Cluster::single(node, url)), None),
+    };
     let forwarder = Arc::new(api::forward::http::Forwarder::new(cluster.node()).map_err(Error::Forwarder)?);
     let app = api::app(api::AppState {
         core: handle.clone(),
@@ -252,6 +286,12 @@ pub async fn serve(
     let shutdown = async move {
         shutdown.await;
         lifecycle.shutting_down.store(true, Ordering::Relaxed);
+        // Hand every shard off first (each made durable, then released), so other nodes
+        // take them over at once rather than after the lease expires.
+        if let Some((stop, task)) = leaving {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         tracing::info!(grace = ?options.server.shutdown_grace, "shutting down: releasing long polls and draining requests");
         // Long polls and waits would otherwise hold the drain open for up to a minute.
         shutdown_handle.shutdown().await;

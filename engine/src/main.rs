@@ -36,13 +36,25 @@ struct Args {
     #[arg(long, default_value = "./shop-data/engine")]
     data_dir: PathBuf,
     /// Keep histories in PostgreSQL (`postgres://user@host:port/db`) instead of sled in
-    /// `--data-dir`. The schema is migrated at start; this engine takes every shard over.
+    /// `--data-dir`. The schema is migrated at start; this engine joins the cluster of every
+    /// engine on that database and owns the shards placement gives it, under leases.
     #[arg(long, value_name = "URL")]
     store: Option<String>,
     /// The cluster's shard count, fixed when the first engine creates it (default 16); a
     /// count other than the stored one is refused. PostgreSQL only.
     #[arg(long, requires = "store")]
     shards: Option<u32>,
+    /// This node's id in the cluster (letters, digits, `-_.`; default
+    /// `<hostname>-<pid>-<random>`). PostgreSQL only.
+    #[arg(long, requires = "store")]
+    node_id: Option<String>,
+    /// Where other nodes and workers reach this node's API (default `http://<--listen>`).
+    #[arg(long, requires = "store")]
+    advertise_url: Option<String>,
+    /// How long a shard lease lasts without renewal (renewed every second): a dead node's
+    /// shards move after about this long. PostgreSQL only.
+    #[arg(long, requires = "store", default_value_t = shop_engine::cluster::lease::DEFAULT_LEASE_DURATION.as_millis() as u64)]
+    lease_ms: u64,
     /// Address of the HTTP API. Binds to loopback unless told otherwise; any other address
     /// requires authentication (`--open` is refused there).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -216,6 +228,11 @@ async fn run() -> anyhow::Result<()> {
         max_stream_subscribers: args.max_stream_subscribers,
         worker_admin: args.worker_admin,
         otlp_endpoint: args.otlp_endpoint,
+        cluster: shop_engine::cluster::ClusterOptions {
+            node_id: args.node_id,
+            advertise_url: args.advertise_url,
+            lease: Duration::from_millis(args.lease_ms),
+        },
         server: server::ServerOptions {
             head_timeout: args.head_timeout,
             body_timeout: args.body_timeout,

@@ -91,6 +91,10 @@ async fn three_nodes_serve_the_seed_scenarios_through_any_node() {
     });
     cluster.clients.wait_order(1, "again").await;
 
+    let api = cluster.clients.any_api().await;
+    let violations = check_invariants_with(&api, &cluster.admins, &initial_stock, &orders).await;
+    assert_no_violations("invariants of design.md section 7 on three nodes", &violations);
+
     // `shopctl cluster status` through any node shows the three of them.
     let shopctl = shop_tests::process::binary("shopctl");
     let mut command = std::process::Command::new(shopctl);
@@ -99,8 +103,4 @@ async fn three_nodes_serve_the_seed_scenarios_through_any_node() {
     assert!(done.status.success(), "shopctl cluster status: {}", done.stderr);
     let shown: ClusterStatus = serde_json::from_str(&done.stdout).expect("shopctl cluster status --json is the status");
     assert_eq!(shown.nodes.iter().filter(|n| n.live).count(), NODES, "{}", done.stdout);
-
-    let api = cluster.clients.any_api().await;
-    let violations = check_invariants_with(&api, &cluster.admins, &initial_stock, &orders).await;
-    assert_no_violations("invariants of design.md section 7 on three nodes", &violations);
 }

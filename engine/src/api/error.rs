@@ -97,6 +97,10 @@ impl From<CoreError> for ApiError {
             CoreError::DiskFull => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "DISK_FULL", message),
             CoreError::Overloaded(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", message),
             CoreError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN", message),
+            // Forwarding (the API's routing) answers most of these first; what reaches here
+            // is a shard moving under the request: retry, it settles within a lease.
+            CoreError::NotOwner(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NOT_OWNER", message),
+            CoreError::ShardMoved => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SHARD_MOVED", message),
             CoreError::DefinitionConflict(_) => ApiError::new(StatusCode::CONFLICT, "VERSION_CONFLICT", message),
             CoreError::Storage(_) => {
                 tracing::error!(%message, "storage error");

@@ -129,6 +129,7 @@ pub fn core_liveness(lifecycle: &Lifecycle, last_tick_ms: u64, now_ms: u64) -> R
 pub fn app(state: AppState) -> Router {
     let admin = Router::new()
         .route("/v1/stats", get(stats))
+        .route("/v1/cluster", get(cluster))
         .route("/metrics", get(crate::metrics::serve))
         .route("/v1/workflows", post(workflows::start))
         .route("/v1/workflows/:id/cancel", post(workflows::cancel))
@@ -232,6 +233,14 @@ fn health_body(state: &AppState, status: &str) -> Health {
         active_workflows: state.core.stats.active.load(Relaxed),
         pid: Some(std::process::id()),
     }
+}
+
+/// `GET /v1/cluster`: the nodes, the shards and their leases as this node sees them, with
+/// the writes it had refused because it no longer held a shard's epoch.
+async fn cluster(State(state): State<AppState>) -> Json<shop_types::cluster::ClusterStatus> {
+    let mut status = state.cluster.status();
+    status.fence_rejections = state.core.stats.fence_rejections.load(Relaxed);
+    Json(status)
 }
 
 async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -127,6 +127,7 @@ pub(crate) fn operations() -> Vec<Operation> {
         op("get", OPENAPI_PATH, None, "This document.", vec![], Body::None, vec![(200, any())], &[]),
         op("post", "/v1/callbacks/{token}", None, "Send the signal an open wait's callback URL names; the token is the credential.", vec![path_param("token", "The callback token.")], Body::Json(object()), vec![(200, Reply::Json(schema("SignalReply")))], &[404, 409, 410, 415, 422]),
         op("get", "/v1/stats", Some(Admin), "The engine's counters.", vec![], Body::None, vec![(200, any())], &[]),
+        op("get", "/v1/cluster", Some(Admin), "The cluster's nodes, shards and leases as this node sees them.", vec![], Body::None, vec![(200, any())], &[]),
         op("get", "/metrics", Some(Admin), "Prometheus metrics.", vec![], Body::None, vec![(200, Reply::Metrics)], &[]),
         op("post", "/v1/workflows", Some(Admin), "Start a run (202), or find the same one started (200).", vec![], Body::Json(object()), vec![(200, view()), (202, view())], &[409, 415]),
         op("get", "/v1/workflows", Some(Client), "A page of runs in ID order.", list_params(true), Body::None, vec![(200, Reply::Json(schema("WorkflowList")))], &[]),

@@ -17,31 +17,36 @@ impl Core {
         };
         match command {
             Command::Start { id, workflow_type, input, trace, reply } => {
-                let result = self.start(turn, id, &workflow_type, input, trace.as_deref(), now);
+                let result =
+                    self.owns(&id).and_then(|()| self.start(turn, id, &workflow_type, input, trace.as_deref(), now));
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
             }
             Command::StartWithSignal { id, workflow_type, input, signal, reply } => {
-                let result = self.start_with_signal(turn, id, &workflow_type, input, signal, now);
+                let result =
+                    self.owns(&id).and_then(|()| self.start_with_signal(turn, id, &workflow_type, input, signal, now));
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
             }
             Command::Signal { id, signal, reply } => {
-                let result = self.signal(turn, &id, signal, now);
+                let result = self.owns(&id).and_then(|()| self.signal(turn, &id, signal, now));
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
             }
             Command::Report { reports, reply } => {
-                let results: Vec<_> = reports.into_iter().map(|r| self.report(turn, r, now)).collect();
+                let results: Vec<_> = reports
+                    .into_iter()
+                    .map(|r| self.owns(&r.token.workflow_id).and_then(|()| self.report(turn, r, now)))
+                    .collect();
                 turn.after_commit(move || {
                     let _ = reply.send(results);
                 });
             }
             Command::Heartbeat { token, reply } => {
-                let result = self.heartbeat(&token, now);
+                let result = self.owns(&token.workflow_id).and_then(|()| self.heartbeat(&token, now));
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
@@ -87,13 +92,14 @@ impl Core {
             Command::Cancel { id, reason, by, terminate, reply } => {
                 let by = Some(by);
                 let input = if terminate { Input::Terminate { reason, by } } else { Input::Cancel { reason, by } };
-                let result = self.apply_to_run(turn, &id, input, now).map(|_| ());
+                let result = self.owns(&id).and_then(|()| self.apply_to_run(turn, &id, input, now).map(|_| ()));
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
             }
             Command::Resume { id, reason, by, reply } => {
-                let result = self.apply_to_run(turn, &id, Input::Resume { reason, by: Some(by) }, now).map(|_| ());
+                let input = Input::Resume { reason, by: Some(by) };
+                let result = self.owns(&id).and_then(|()| self.apply_to_run(turn, &id, input, now).map(|_| ()));
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
@@ -110,7 +116,28 @@ impl Core {
                     let _ = reply.send(Ok(()));
                 });
             }
+            Command::TakeShard { shard, epoch, reply } => {
+                self.reload_definitions();
+                let result = self.take_shard(shard, epoch, now).map(|recovered| {
+                    tracing::info!(shard = shard.0, epoch = epoch.0, recovered, "took a shard");
+                });
+                let result = result.map_err(|error| CoreError::Storage(error.to_string()));
+                turn.after_commit(move || {
+                    let _ = reply.send(result);
+                });
+            }
+            Command::DropShard { shard, reply } => {
+                if self.held.contains_key(&shard) {
+                    self.drop_shard(shard);
+                }
+                // Answered after every earlier turn is synced (or refused): the shard's last
+                // batch is settled before its lease is released.
+                turn.after_commit(move || {
+                    let _ = reply.send(Ok(()));
+                });
+            }
             Command::Shutdown => {
+                self.stats.stopping.store(true, Ordering::SeqCst);
                 self.shutting_down = true;
                 for poll in self.waiting_polls.take_all() {
                     turn.after_commit(move || {
@@ -147,6 +174,25 @@ impl Core {
         None
     }
 
+    /// The latest version of `workflow_type`, read from the store on a miss (another node may
+    /// have registered it).
+    pub(super) fn latest_definition(
+        &mut self,
+        workflow_type: &shop_types::WorkflowType,
+    ) -> Result<Arc<Definition>, CoreError> {
+        let latest = |core: &Core| {
+            core.registry
+                .read()
+                .map_err(|_| CoreError::Storage("registry lock poisoned".into()))
+                .map(|registry| registry.latest(workflow_type.as_str()))
+        };
+        if let Some(definition) = latest(self)? {
+            return Ok(definition);
+        }
+        self.reload_definitions();
+        latest(self)?.ok_or_else(|| CoreError::UnknownWorkflowType(workflow_type.to_string()))
+    }
+
     pub(super) fn start(
         &mut self,
         turn: &mut Turn,
@@ -180,12 +226,7 @@ impl Core {
         if self.runs.len() >= self.limits.max_active_workflows {
             return Err(CoreError::Overloaded("too many workflows in flight"));
         }
-        let definition = self
-            .registry
-            .read()
-            .map_err(|_| CoreError::Storage("registry lock poisoned".into()))?
-            .latest(workflow_type.as_str())
-            .ok_or_else(|| CoreError::UnknownWorkflowType(workflow_type.to_string()))?;
+        let definition = self.latest_definition(workflow_type)?;
         let mut state = WorkflowState::new(id.clone(), &definition, input.clone(), now);
         let registry = self.registry.clone();
         let latest = move |name: &shop_types::WorkflowType| {
@@ -307,12 +348,7 @@ impl Core {
         now: u64,
     ) -> Result<(StartOutcome, SignalOutcome), CoreError> {
         if !self.runs.contains_key(&id) {
-            let definition = self
-                .registry
-                .read()
-                .map_err(|_| CoreError::Storage("registry lock poisoned".into()))?
-                .latest(workflow_type.as_str())
-                .ok_or_else(|| CoreError::UnknownWorkflowType(workflow_type.to_string()))?;
+            let definition = self.latest_definition(workflow_type)?;
             if !definition.signals.contains(&signal.name) {
                 return Err(CoreError::UnknownSignal(signal.name));
             }
@@ -417,13 +453,14 @@ impl Core {
         turn.batch.append_transition(id, &events, before)?;
         let mut status = before;
         let definition = self.runs.get(id).map(|run| run.definition.clone());
+        let shard = self.shard(id);
         turn.events.extend(events.iter().map(|event| {
             status = event.kind.status_after(status);
             let task = TaskEvent::of(&event.kind, |step| {
                 let step = definition.as_ref()?.step(step)?;
                 Some((step.queue()?.clone(), step.activity()?.clone(), step.name.clone()))
             });
-            CommittedEvent::new(id, &workflow_type, status, event, task)
+            CommittedEvent::new(shard, id, &workflow_type, status, event, task)
         }));
         let terminal = match self.runs.get(id) {
             Some(run) => run.state.terminal.clone(),

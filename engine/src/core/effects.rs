@@ -94,12 +94,14 @@ impl Core {
         if self.runs.len() >= self.limits.max_active_workflows {
             return Err(CoreError::Overloaded("too many workflows in flight"));
         }
-        let definition = self
-            .registry
-            .read()
-            .map_err(|_| CoreError::Storage("registry lock poisoned".into()))?
-            .get(workflow_type.as_str(), version)
-            .ok_or_else(|| CoreError::UnknownWorkflowType(format!("{workflow_type} v{version}")))?;
+        let get = |core: &Core| core.registry.read().ok().and_then(|r| r.get(workflow_type.as_str(), version));
+        let definition = match get(self) {
+            Some(definition) => Some(definition),
+            // Registered on another node, perhaps.
+            None => self.reload_definitions().then(|| get(self)).flatten(),
+        };
+        let definition =
+            definition.ok_or_else(|| CoreError::UnknownWorkflowType(format!("{workflow_type} v{version}")))?;
         let mut state = WorkflowState::new(id.clone(), &definition, input.clone(), now);
         let registry = self.registry.clone();
         let latest = move |name: &shop_types::WorkflowType| {

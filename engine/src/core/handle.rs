@@ -46,10 +46,27 @@ impl Handle {
         self.stream.subscribe()
     }
 
-    /// The last event position that is durable and published (see [`DurablePosition`]):
-    /// subscribe first, then read the store up to this.
+    /// The last event position that is durable and published (see [`DurablePosition`]) in
+    /// the first shard (sled's only one): subscribe first, then read the store up to this.
     pub fn durable_position(&self) -> u64 {
         self.durable.get()
+    }
+
+    /// The same, in `shard`.
+    pub fn durable_position_of(&self, shard: crate::store::ShardId) -> u64 {
+        self.durable.of(shard)
+    }
+
+    /// Recovers `shard`'s in-flight runs and serves them, its writes fenced at `epoch` (the
+    /// lease manager, once it claimed the shard).
+    pub async fn take_shard(&self, shard: crate::store::ShardId, epoch: crate::store::Epoch) -> Result<(), CoreError> {
+        self.call(|reply| Command::TakeShard { shard, epoch, reply }).await?
+    }
+
+    /// Forgets `shard`'s runs; returns once every batch applied before is settled (durable
+    /// or refused), so its lease can be released.
+    pub async fn drop_shard(&self, shard: crate::store::ShardId) -> Result<(), CoreError> {
+        self.call(|reply| Command::DropShard { shard, reply }).await?
     }
 
     /// Starts run `id` of the latest version of `workflow_type`, or finds it already there.
@@ -147,11 +164,19 @@ impl Handle {
         }
     }
 
-    /// Sends a command built around a fresh reply channel and waits for the answer.
+    /// Sends a command built around a fresh reply channel and waits for the answer. An
+    /// answer dropped unsent means the core stopped, or (while it runs) that the write it
+    /// rested on was refused because its shard moved (`core::syncer`).
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, CoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(make(reply))?;
-        answer.await.map_err(|_| CoreError::ShuttingDown)
+        answer.await.map_err(|_| {
+            if self.stats.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                CoreError::ShuttingDown
+            } else {
+                CoreError::ShardMoved
+            }
+        })
     }
 
     fn send(&self, command: Command) -> Result<(), CoreError> {

@@ -10,14 +10,16 @@
 //! Architecture invariants: nothing is acknowledged before its write is durable; no other
 //! task writes workflow state; timers and ready tasks are derived from run states, never
 //! stored on their own, so a finished run cannot leave one behind. If a commit fails the
-//! process exits rather than serve state that may not be on disk; restart recovers.
+//! process exits rather than serve state that may not be on disk; restart recovers. The one
+//! exception is a write a fencing store refused (a shard moved): see `shards`.
 //!
 //! Submodules: `recovery` (replaying in-flight runs at start, quarantine), `reconcile`
 //! (repairing parent-child links once, at the first turn), `effects` (a decision's effects
 //! on other runs, in the same batch), `commands`
 //! (commands into events), `timers` (the timer wheel), `dispatch` (ready queues and waiting
 //! polls), `circuit` (a circuit breaker per activity), `signer` (the MACs that bind a task token to its
-//! hand-out), `syncer` (group commit).
+//! hand-out), `syncer` (group commit), `shards` (the changing set of shards the core owns:
+//! taking, dropping, the lease guard, rebuilding after a refused write).
 
 mod circuit;
 mod commands;
@@ -26,6 +28,7 @@ mod effects;
 mod handle;
 mod reconcile;
 mod recovery;
+mod shards;
 pub mod signer;
 pub mod stream;
 mod syncer;
@@ -52,8 +55,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use stream::{CommittedEvent, Publisher};
-pub use syncer::EXIT_FENCED;
-use syncer::{sync_loop, AppliedTurn, Turn, SYNC_QUEUE_CAPACITY};
+use syncer::{sync_loop, AppliedTurn, Suspect, Turn, SYNC_QUEUE_CAPACITY};
 use tokio::sync::oneshot;
 
 /// Commands waiting for the core at most; beyond it callers get 503 (overloaded).
@@ -139,6 +141,13 @@ pub enum CoreError {
     DefinitionConflict(String),
     #[error("{0}")]
     Storage(String),
+    /// The run's shard is not this node's now: ask its owner (`cluster::Cluster::route`).
+    #[error("shard {} of this run is not owned by this node", .0.0)]
+    NotOwner(store::ShardId),
+    /// The write was refused because the run's shard moved to another node while it was
+    /// being made durable: nothing of it was acknowledged; retry (at the new owner).
+    #[error("the run's shard moved to another node; nothing was written; retry")]
+    ShardMoved,
 }
 
 /// Whether a start created the run or found it already there.
@@ -238,6 +247,17 @@ pub(super) enum Command {
     },
     /// Answers every waiting poll and waiting read now, so the HTTP server can drain.
     Shutdown,
+    /// Recovers `shard`'s in-flight runs and serves them, writing at `epoch`.
+    TakeShard {
+        shard: store::ShardId,
+        epoch: store::Epoch,
+        reply: oneshot::Sender<Result<(), CoreError>>,
+    },
+    /// Forgets `shard`'s runs; answered once every batch applied before is durable.
+    DropShard {
+        shard: store::ShardId,
+        reply: oneshot::Sender<Result<(), CoreError>>,
+    },
 }
 
 /// Counters the core keeps for `/v1/stats`, `/metrics` and benchmarks.
@@ -265,6 +285,12 @@ pub struct Stats {
     pub last_tick_ms: AtomicU64,
     /// The disk guard refuses writes: `/readyz` answers 503.
     pub disk_full: std::sync::atomic::AtomicBool,
+    /// Write transactions refused because a shard's epoch moved on (another node took it):
+    /// `shop_fence_rejections_total`, `GET /v1/cluster`.
+    pub fence_rejections: AtomicU64,
+    /// Set once the core is shutting down: a caller whose answer was dropped hears
+    /// `ShuttingDown` rather than `ShardMoved`.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 /// One queue as `/v1/stats`' `queue_gauges` and the console show it: its backlog with its
@@ -355,9 +381,19 @@ pub struct Core {
     commands: Option<Receiver<Command>>,
     /// Set by recovery: the first turn that may write reconciles parents and children.
     reconcile_pending: bool,
-    /// The last event position numbered in the sole shard (`store::position`): the core is
-    /// its shard's one writer, so it numbers each batch's events as it applies it.
-    last_position: u64,
+    /// The cluster's shard count (1 on sled), and the shards the core owns now with the epoch
+    /// its batches are fenced at.
+    shard_count: u32,
+    held: std::collections::BTreeMap<store::ShardId, store::Epoch>,
+    /// The last event position numbered in each held shard (`store::position`): the core is
+    /// its shards' one writer, so it numbers each batch's events as it applies it.
+    last_position: HashMap<store::ShardId, u64>,
+    /// Where the durable positions are published (raised when a shard is taken).
+    durable: Arc<stream::DurablePosition>,
+    /// When each leased shard stops being usable by this node's clock (none on sled).
+    guard: Option<Arc<crate::cluster::lease::LeaseGuard>>,
+    /// Set by the syncer when a write was refused: the core rebuilds at its next turn.
+    suspect: Arc<Suspect>,
 }
 
 impl Core {
@@ -368,13 +404,13 @@ impl Core {
         };
         let (to_syncer, synced) = std::sync::mpsc::sync_channel::<AppliedTurn>(SYNC_QUEUE_CAPACITY);
         let store = self.store.clone();
-        let sync_seconds = self.stats.metrics.sync_seconds.clone();
+        let (stats, suspect) = (self.stats.clone(), self.suspect.clone());
         let Some(mut publisher) = self.publisher.take() else {
             return;
         };
         let syncer = std::thread::Builder::new()
             .name("syncer".into())
-            .spawn(move || sync_loop(store.as_ref(), &mut publisher, &synced, &sync_seconds));
+            .spawn(move || sync_loop(store.as_ref(), &mut publisher, &synced, &stats, &suspect));
         let syncer = match syncer {
             Ok(handle) => handle,
             Err(error) => {
@@ -404,6 +440,7 @@ impl Core {
             let batch = first.into_iter().chain(more).take(MAX_COMMANDS_PER_COMMIT);
             self.turn(batch, self.clock.now_ms());
         }
+        self.stats.stopping.store(true, Ordering::SeqCst);
         // Closing the channel lets the syncer make the last batches durable and answer them.
         self.syncer = None;
         let _ = syncer.join();
@@ -425,6 +462,8 @@ impl Core {
         }
         self.stats.last_tick_ms.store(now, Ordering::Relaxed);
         self.stats.disk_full.store(!self.room_to_write, Ordering::Relaxed);
+        // Before anything is dispatched or written: shards this node may no longer own go.
+        self.check_shards();
         if self.room_to_write && std::mem::take(&mut self.reconcile_pending) {
             self.reconcile(&mut turn, now);
         }
@@ -443,10 +482,12 @@ impl Core {
     }
 
     fn commit(&mut self, mut turn: Turn, now: u64) {
-        let wrote = !turn.batch.is_empty();
+        let mut wrote = !turn.batch.is_empty();
         if wrote {
-            let first = self.last_position + 1;
-            let numbered = match turn.batch.number(store::ShardId::SOLE, first) {
+            let (shard_count, held) = (self.shard_count, &self.held);
+            let shard_of = |run: &WorkflowId| shard_in(run, shard_count);
+            let mut last = self.last_position.clone();
+            let numbered = match turn.batch.number_shards(shard_of, &mut last) {
                 Ok(numbered) => numbered,
                 Err(error) => {
                     tracing::error!(%error, "numbering a batch failed; exiting so recovery starts from the durable state");
@@ -454,19 +495,44 @@ impl Core {
                 }
             };
             // `record` adds a transition's events to the batch and to the turn in the same
-            // order, so the turn's events take the batch's positions one by one.
+            // order, so each shard's events take that shard's positions one by one.
             debug_assert_eq!(numbered, turn.events.len() as u64);
-            for (event, position) in turn.events.iter_mut().zip(first..) {
-                event.position = position;
+            for event in turn.events.iter_mut() {
+                let position = self.last_position.entry(event.shard).or_insert(0);
+                *position += 1;
+                event.position = *position;
             }
-            self.last_position += numbered;
+            // The batch is decided under the epochs held now: a store that fences refuses it
+            // once any of them moved on, even if it has learned a newer one since.
+            let written: Vec<store::ShardId> = turn.batch.index().map(|(shard, ..)| shard).collect();
+            for shard in written {
+                if let Some(epoch) = held.get(&shard) {
+                    turn.batch.fence(shard, *epoch);
+                }
+            }
             self.stats.metrics.commit_batch_events.observe(numbered as f64);
             if let Err(error) = self.store.apply(turn.batch) {
-                // The in-memory state is ahead of what the store holds; serving it would
-                // break "nothing acknowledged is lost". Exit without answering: restart
-                // recovers from what is on disk.
-                tracing::error!(%error, "applying a batch failed; exiting so recovery starts from the durable state");
-                std::process::exit(70);
+                match syncer::survivable(self.store.as_ref(), &error) {
+                    Some(fenced) => {
+                        // Refused before it was sent: nothing of it is answered, and the
+                        // core's memory is rebuilt at its next turn (see `shards`).
+                        if fenced.is_some() {
+                            self.stats.fence_rejections.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::warn!(%error, "a batch was refused; its callers are told to retry");
+                        self.suspect.flag(fenced);
+                        turn.replies.clear();
+                        turn.events.clear();
+                        wrote = false;
+                    }
+                    None => {
+                        // The in-memory state is ahead of what the store holds; serving it
+                        // would break "nothing acknowledged is lost". Exit without answering:
+                        // restart recovers from what is on disk.
+                        tracing::error!(%error, "applying a batch failed; exiting so recovery starts from the durable state");
+                        std::process::exit(70);
+                    }
+                }
             }
         }
         self.stats.active.store(self.runs.len() as u64, Ordering::Relaxed);
@@ -494,6 +560,8 @@ impl Core {
                     self.store.as_ref(),
                     publisher,
                     AppliedTurn { wrote, replies: turn.replies, events: turn.events },
+                    &self.stats,
+                    &self.suspect,
                 );
             }
             return;
@@ -509,10 +577,21 @@ impl Core {
     }
 }
 
+/// The shard of `run` among `shard_count` (no hashing with one shard: sled's path).
+fn shard_in(run: &WorkflowId, shard_count: u32) -> store::ShardId {
+    if shard_count <= 1 {
+        store::ShardId::SOLE
+    } else {
+        crate::cluster::shard_of(run, shard_count)
+    }
+}
+
 #[cfg(test)]
 mod circuit_tests;
 #[cfg(test)]
 mod reconcile_tests;
+#[cfg(test)]
+mod shard_tests;
 #[cfg(test)]
 mod signal_tests;
 #[cfg(test)]

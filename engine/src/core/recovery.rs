@@ -1,5 +1,7 @@
-//! Recovery: rebuilding every in-flight run from its history when the engine starts, and
-//! quarantining a run whose history cannot be replayed (left on disk, not served).
+//! Recovery: rebuilding every in-flight run of the shards the store holds at start (sled: its
+//! one shard; PostgreSQL: none, the lease manager hands them over one by one, through
+//! `shards`), and quarantining a run whose history cannot be replayed (left on disk, not
+//! served).
 //!
 //! It must never write: a run it cannot read is reported, not repaired; what links runs
 //! together is repaired by the first turn (`reconcile`).
@@ -7,8 +9,9 @@
 use super::*;
 
 impl Core {
-    /// Rebuilds every in-flight run from its history (only those: the `a` index names them)
-    /// and returns the core with a handle to it. Overdue timers fire on the first turn.
+    /// Rebuilds every in-flight run of the shards the store holds from its history (only
+    /// those: the in-flight index names them) and returns the core with a handle to it.
+    /// Overdue timers fire on the first turn.
     pub fn recover(
         store: Arc<Store>,
         registry: Arc<RwLock<Registry>>,
@@ -18,8 +21,14 @@ impl Core {
         let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_CAPACITY);
         let stats = Arc::new(Stats::default());
         let signer = Arc::new(TaskSigner::new(store.task_token_key()?));
-        let last_position = store.last_position(store::ShardId::SOLE)?;
-        let (publisher, stream) = Publisher::new(last_position);
+        let shard_count = store.shard_count();
+        let held: std::collections::BTreeMap<store::ShardId, store::Epoch> = store.shards().into_iter().collect();
+        let mut last_position = HashMap::new();
+        for shard in held.keys() {
+            last_position.insert(*shard, store.last_position(*shard)?);
+        }
+        let positions: Vec<(store::ShardId, u64)> = last_position.iter().map(|(s, p)| (*s, *p)).collect();
+        let (publisher, stream) = Publisher::new(shard_count, &positions);
         let durable = publisher.durable();
         let mut core = Core {
             store,
@@ -41,7 +50,12 @@ impl Core {
             commands: Some(rx),
             publisher: Some(publisher),
             reconcile_pending: true,
+            shard_count,
+            held,
             last_position,
+            durable: durable.clone(),
+            guard: None,
+            suspect: Arc::new(Suspect::default()),
         };
         // Every breaker starts closed: see `circuit` for why its state is not kept.
         // In name and version order, so a later version's declaration wins.
@@ -77,6 +91,11 @@ impl Core {
         core.stats.active.store(core.runs.len() as u64, Ordering::Relaxed);
         tracing::info!(in_flight = core.runs.len(), "recovered in-flight runs");
         Ok((core, Handle::new(tx, stats, signer, stream, durable)))
+    }
+
+    /// Drops each leased shard as soon as `guard` says its lease may have lapsed.
+    pub fn guard_leases(&mut self, guard: Arc<crate::cluster::lease::LeaseGuard>) {
+        self.guard = Some(guard);
     }
 
     /// Refuses writes while the store's disk is below the guard's low-water mark.

@@ -8,6 +8,7 @@
 //! gets `RecvError::Lagged(n)` and must re-read what it needs from the store). This module
 //! must never decide anything or wait on a subscriber.
 
+use crate::store::ShardId;
 use shop_types::api::WorkflowStatus;
 use shop_types::history::{Event, EventKind};
 use shop_types::{ActivityName, QueueName, StepName, StepRef, WorkflowId, WorkflowType};
@@ -23,6 +24,8 @@ pub const EVENT_STREAM_CAPACITY: usize = 1_024;
 /// One committed event, as the stream carries it (not its payload: read the store for that).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedEvent {
+    /// The shard of its run: its position counts in that shard.
+    pub shard: ShardId,
     /// Its durable position in its shard (see `store::position`), set when the batch is
     /// numbered at commit.
     pub position: u64,
@@ -80,6 +83,7 @@ impl TaskEvent {
 
 impl CommittedEvent {
     pub(super) fn new(
+        shard: ShardId,
         run: &WorkflowId,
         workflow_type: &WorkflowType,
         status: WorkflowStatus,
@@ -89,6 +93,7 @@ impl CommittedEvent {
         let terminal = event.kind.is_terminal();
         let settles = terminal || matches!(event.kind, EventKind::RunParked { .. });
         CommittedEvent {
+            shard,
             position: 0,
             run: run.clone(),
             workflow_type: workflow_type.clone(),
@@ -117,16 +122,27 @@ pub struct Commit {
 /// A subscription to the stream.
 pub type Subscription = broadcast::Receiver<Arc<Commit>>;
 
-/// The last event position known durable: set by the publisher BEFORE it sends the commit
-/// that makes it so. A reader that subscribes first and then loads it may read the store up
-/// to it, and gets every later event from its subscription (never an event a crash could
-/// still take back).
+/// The last event position known durable, per shard: set by the publisher BEFORE it sends
+/// the commit that makes it so (and by the core when it takes a shard, to the store's last).
+/// A reader that subscribes first and then loads it may read the store up to it, and gets
+/// every later event from its subscription (never an event a crash could still take back).
 #[derive(Debug, Default)]
-pub struct DurablePosition(AtomicU64);
+pub struct DurablePosition(Vec<AtomicU64>);
 
 impl DurablePosition {
+    /// Of the first shard (the only one of a store with one owner).
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+        self.of(ShardId::SOLE)
+    }
+
+    pub fn of(&self, shard: ShardId) -> u64 {
+        self.0.get(shard.0 as usize).map_or(0, |position| position.load(Ordering::SeqCst))
+    }
+
+    pub(super) fn raise(&self, shard: ShardId, position: u64) {
+        if let Some(durable) = self.0.get(shard.0 as usize) {
+            durable.fetch_max(position, Ordering::SeqCst);
+        }
     }
 }
 
@@ -139,10 +155,14 @@ pub(super) struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher whose store holds events up to `durable` (its last position at start-up).
-    pub(super) fn new(durable: u64) -> (Publisher, broadcast::Sender<Arc<Commit>>) {
+    /// A publisher of `shards` shards whose store holds events up to `durable` in each (its
+    /// last positions at start-up; a shard taken later is raised when it is taken).
+    pub(super) fn new(shards: u32, durable_at: &[(ShardId, u64)]) -> (Publisher, broadcast::Sender<Arc<Commit>>) {
         let (stream, _) = broadcast::channel(EVENT_STREAM_CAPACITY);
-        let durable = Arc::new(DurablePosition(AtomicU64::new(durable)));
+        let durable = Arc::new(DurablePosition((0..shards.max(1)).map(|_| AtomicU64::new(0)).collect()));
+        for (shard, position) in durable_at {
+            durable.raise(*shard, *position);
+        }
         (Publisher { stream: stream.clone(), durable, commits: 0, events: 0 }, stream)
     }
 
@@ -159,8 +179,8 @@ impl Publisher {
     pub(super) fn publish(&mut self, events: Vec<CommittedEvent>) {
         self.commits += 1;
         self.events += events.len() as u64;
-        if let Some(last) = events.last() {
-            self.durable.0.fetch_max(last.position, Ordering::SeqCst);
+        for event in &events {
+            self.durable.raise(event.shard, event.position);
         }
         // An error only means nobody subscribes right now: nothing to do.
         let _ = self.stream.send(Arc::new(Commit { number: self.commits, events_total: self.events, events }));
@@ -172,6 +192,7 @@ impl CommittedEvent {
     /// Event `seq` of run `run` (type `w`, RUNNING, at position `seq`), for followers' tests.
     pub(crate) fn sample(run: &str, seq: u64, kind: &'static str, settles: bool) -> CommittedEvent {
         CommittedEvent {
+            shard: ShardId::SOLE,
             position: seq,
             run: WorkflowId::parse(run).expect("valid id"),
             workflow_type: WorkflowType::parse("w").expect("valid type"),

@@ -2,23 +2,64 @@
 //! (group commit) and only then publishes their events and sends their answers; and [`Turn`], what one turn of the core
 //! writes and whom it answers.
 //!
+//! A group whose sync is refused on a store that fences (PostgreSQL: a shard's epoch moved
+//! on, or an append's expectation failed because an earlier refused batch never landed) is
+//! not answered: its replies are dropped (callers get [`super::CoreError::ShardMoved`]), its
+//! events are not published, and the core is told ([`Suspect`]) to drop the fenced shards
+//! and rebuild the others from the store at its next turn. Any other failed sync ends the
+//! process (exit 70), as on sled.
+//!
 //! Architecture invariant: nothing is answered before the sync that covers its write. This
 //! module must never decide anything or touch a run; it only syncs and answers, in order.
 
 use super::stream::{CommittedEvent, Publisher};
+use super::Stats;
 use crate::state::ReceivedSignal;
-use crate::store::{RunSummary, Store, WriteBatch};
+use crate::store::{self, RunSummary, ShardId, Store, WriteBatch};
 use shop_durable::commit::{group_commit, Job};
 use shop_types::{QueueName, WorkflowId};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::Mutex;
 
 /// An answer to send once what its turn applied is durable.
 pub(super) type Reply = Box<dyn FnOnce() + Send>;
 
-/// The engine's exit status when a write is refused because another engine took its shards
-/// over (PostgreSQL): EX_TEMPFAIL, distinct from a crash's 70, so a supervisor can tell.
-pub const EXIT_FENCED: i32 = 75;
+/// A refused write the core must act on: the shards fenced, and that its memory of every
+/// other shard is suspect (a refused transaction may have covered them too).
+#[derive(Default)]
+pub(super) struct Suspect {
+    flagged: AtomicBool,
+    fenced: Mutex<BTreeSet<ShardId>>,
+}
+
+impl Suspect {
+    pub(super) fn flag(&self, fenced: Option<ShardId>) {
+        if let Some(shard) = fenced {
+            self.fenced.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(shard);
+        }
+        self.flagged.store(true, Ordering::SeqCst);
+    }
+
+    /// The fenced shards, once per flag; `None` when nothing was refused since the last take.
+    pub(super) fn take(&self) -> Option<BTreeSet<ShardId>> {
+        if !self.flagged.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        Some(std::mem::take(&mut *self.fenced.lock().unwrap_or_else(|poisoned| poisoned.into_inner())))
+    }
+}
+
+/// Whether a failed write on `store` is one the core survives by rebuilding (see the
+/// module's doc), and the shard it fenced, if any.
+pub(super) fn survivable(store: &Store, error: &store::Error) -> Option<Option<ShardId>> {
+    match error {
+        store::Error::Fenced { shard, .. } if store.fences_epochs() => Some(Some(*shard)),
+        store::Error::Conflict { .. } if store.fences_epochs() => Some(None),
+        _ => None,
+    }
+}
 
 /// Turns waiting for the syncer at most; the core blocks beyond it (the disk is the limit).
 pub(super) const SYNC_QUEUE_CAPACITY: usize = 64;
@@ -55,36 +96,50 @@ pub(super) fn sync_loop(
     store: &Store,
     publisher: &mut Publisher,
     turns: &Receiver<AppliedTurn>,
-    sync_seconds: &prometheus_client::metrics::histogram::Histogram,
+    stats: &Stats,
+    suspect: &Suspect,
 ) {
     let sync = || {
         let started = std::time::Instant::now();
         let synced = store.sync();
-        sync_seconds.observe(started.elapsed().as_secs_f64());
+        stats.metrics.sync_seconds.observe(started.elapsed().as_secs_f64());
         synced
     };
-    group_commit(turns, sync, |group, synced| answer(publisher, group, synced));
+    group_commit(turns, sync, |group, synced| answer(store, publisher, group, synced, stats, suspect));
 }
 
 /// Makes one group of turns durable (one sync, if any of them wrote), publishes its events,
 /// then answers it: what the syncer thread does per group, for a core run without one.
-pub(super) fn finish(store: &Store, publisher: &mut Publisher, group: AppliedTurn) {
+pub(super) fn finish(store: &Store, publisher: &mut Publisher, group: AppliedTurn, stats: &Stats, suspect: &Suspect) {
     let synced = if group.wrote { store.sync().map(|()| true) } else { Ok(false) };
-    answer(publisher, vec![group], synced);
+    answer(store, publisher, vec![group], synced, stats, suspect);
 }
 
 /// After the sync that covers `group` (or none, when nothing in it wrote): its events are
-/// published (one message per sync), then its callers are answered. A failed sync ends the
+/// published (one message per sync), then its callers are answered. A refused sync on a
+/// fencing store drops the group (see the module's doc); any other failed sync ends the
 /// process: what was applied may not be on disk, and restart recovers from what is.
-fn answer(publisher: &mut Publisher, mut group: Vec<AppliedTurn>, synced: Result<bool, crate::store::Error>) {
+fn answer(
+    store: &Store,
+    publisher: &mut Publisher,
+    mut group: Vec<AppliedTurn>,
+    synced: Result<bool, store::Error>,
+    stats: &Stats,
+    suspect: &Suspect,
+) {
     match synced {
         Ok(true) => publisher.publish(group.iter_mut().flat_map(|turn| std::mem::take(&mut turn.events)).collect()),
         Ok(false) => {}
-        Err(error @ crate::store::Error::Fenced { .. }) => {
-            // Another engine took a shard over: this one must not serve another write. Its
-            // answers are dropped (not sent), and the new owner recovers from the store.
-            tracing::error!(%error, "fenced: another engine owns this engine's shards now; exiting ({EXIT_FENCED})");
-            std::process::exit(EXIT_FENCED);
+        Err(error) if survivable(store, &error).is_some() => {
+            let fenced = survivable(store, &error).flatten();
+            if fenced.is_some() {
+                stats.fence_rejections.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(%error, turns = group.len(), "a write was refused; its callers are told to retry and the core rebuilds from the store");
+            suspect.flag(fenced);
+            // Dropping the replies drops their senders: each caller hears `ShardMoved`.
+            drop(group);
+            return;
         }
         Err(error) => {
             tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");

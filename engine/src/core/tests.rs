@@ -234,5 +234,5 @@ fn a_turn_s_events_are_published_once_after_its_sync() {
     let (recovered, _handle) =
         Core::recover(f.core.store.clone(), f.core.registry.clone(), f.clock.clone(), Limits::default())
             .expect("recovers");
-    assert_eq!(recovered.last_position, published.len() as u64);
+    assert_eq!(recovered.last_position[&store::ShardId::SOLE], published.len() as u64);
 }

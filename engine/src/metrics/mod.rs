@@ -168,6 +168,7 @@ pub struct Metrics {
     stream_subscribers: Gauge,
     stream_events_sent: Counter,
     stream_catch_ups: Counter,
+    fence_rejections: Counter,
     error_codes: Mutex<HashSet<String>>,
 }
 
@@ -198,6 +199,7 @@ impl Metrics {
             runs_active: Gauge::default(),
             waiting_reads: Gauge::default(),
             stream_subscribers: Gauge::default(),
+            fence_rejections: Counter::default(),
             stream_events_sent: Counter::default(),
             stream_catch_ups: Counter::default(),
             error_codes: Mutex::new(HashSet::new()),
@@ -272,6 +274,11 @@ impl Metrics {
             "Times an event stream lagged or saw a gap and re-read the store",
             m.stream_catch_ups.clone(),
         );
+        r.register(
+            "shop_fence_rejections",
+            "Write transactions refused because this node no longer held a shard's epoch",
+            m.fence_rejections.clone(),
+        );
         r.register("shop_commit_batch_events", "Events per applied batch", core.commit_batch_events.clone());
         r.register("shop_sync_duration_seconds", "Latency of each group-commit sync", core.sync_seconds.clone());
         Metrics { registry, ..m }
@@ -327,6 +334,7 @@ impl Metrics {
         self.stream_subscribers.set(i64::try_from(state.streams.subscribers()).unwrap_or(i64::MAX));
         catch_up(&self.stream_events_sent, state.streams.events_sent());
         catch_up(&self.stream_catch_ups, state.streams.catch_ups());
+        catch_up(&self.fence_rejections, stats.fence_rejections.load(Relaxed));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)

@@ -52,9 +52,10 @@ pub struct WriteBatch {
     redrives: Vec<(String, Vec<u8>)>,
     /// History events among the appends.
     events: usize,
-    /// The position index record: the shard, the position of the batch's first event, and
-    /// the record listing its appends (see [`super::position`]).
-    index: Option<(ShardId, u64, Vec<u8>)>,
+    /// The position index records, one per shard the batch writes: the shard, the position
+    /// of the batch's first event in it, and the record listing its appends there (see
+    /// [`super::position`]).
+    index: Vec<(ShardId, u64, u64, Vec<u8>)>,
 }
 
 impl WriteBatch {
@@ -98,30 +99,60 @@ impl WriteBatch {
         &self.definitions
     }
 
-    /// The position index record, once [`Self::number`] has numbered the events.
-    pub fn index(&self) -> Option<(ShardId, u64, &[u8])> {
-        self.index.as_ref().map(|(shard, first, record)| (*shard, *first, record.as_slice()))
+    /// The position index records, once [`Self::number_shards`] has numbered the events: one
+    /// per shard written, with the position of the batch's first event there and how many
+    /// events it numbers.
+    pub fn index(&self) -> impl Iterator<Item = (ShardId, u64, u64, &[u8])> {
+        self.index.iter().map(|(shard, first, count, record)| (*shard, *first, *count, record.as_slice()))
     }
 
     /// Numbers the batch's events in `shard` from `first_position` on, in the order of its
-    /// appends, as one index record; returns how many were numbered (none: no record).
-    /// Call it once, when the batch is complete: the writer of the shard owns the numbering.
+    /// appends, as one index record; returns how many were numbered (none: no record). For a
+    /// store with one shard; see [`Self::number_shards`].
     pub fn number(&mut self, shard: ShardId, first_position: u64) -> Result<u64, Error> {
+        let mut last = std::collections::HashMap::from([(shard, first_position.saturating_sub(1))]);
+        self.number_shards(|_| shard, &mut last)
+    }
+
+    /// Numbers the batch's events per shard (`shard_of` each append's run), in the order of
+    /// its appends, each shard's after `last[shard]` (0 when absent), which moves on: one index
+    /// record per shard written. Returns how many events were numbered. Call it once, when
+    /// the batch is complete: the writer of each shard owns its numbering.
+    pub fn number_shards(
+        &mut self,
+        shard_of: impl Fn(&WorkflowId) -> ShardId,
+        last: &mut std::collections::HashMap<ShardId, u64>,
+    ) -> Result<u64, Error> {
+        self.index.clear();
         if self.events == 0 {
             return Ok(0);
         }
-        let appends: Vec<IndexedAppend> = self
-            .appends
-            .iter()
-            .map(|append| IndexedAppend {
+        // Few shards per batch (one on sled): a short list beats a map.
+        let mut per_shard: Vec<(ShardId, u64, u64, Vec<IndexedAppend>)> = Vec::new();
+        for append in &self.appends {
+            let shard = shard_of(&append.run);
+            let count = append.last - append.after;
+            let index = match per_shard.iter().position(|(s, ..)| *s == shard) {
+                Some(index) => index,
+                None => {
+                    let first = last.get(&shard).copied().unwrap_or(0) + 1;
+                    per_shard.push((shard, first, 0, Vec::new()));
+                    per_shard.len() - 1
+                }
+            };
+            per_shard[index].2 += count;
+            per_shard[index].3.push(IndexedAppend {
                 run: append.run.clone(),
                 first_seq: append.after + 1,
-                count: (append.last - append.after) as u32,
+                count: count as u32,
                 status_before: append.status_before,
-            })
-            .collect();
-        let record = codec::encode(&appends).map_err(Error::Encode)?;
-        self.index = Some((shard, first_position, record));
+            });
+            *last.entry(shard).or_insert(0) += count;
+        }
+        for (shard, first, count, appends) in per_shard {
+            let record = codec::encode(&appends).map_err(Error::Encode)?;
+            self.index.push((shard, first, count, record));
+        }
         Ok(self.events as u64)
     }
 
@@ -135,7 +166,7 @@ impl WriteBatch {
         self.redrives.extend(other.redrives);
         self.events += other.events;
         // Numbering is done once the batch is whole; an extended batch is numbered again.
-        self.index = None;
+        self.index.clear();
     }
 
     /// Appends one transition's events of a run that is RUNNING before them (see

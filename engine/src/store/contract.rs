@@ -369,7 +369,7 @@ pub fn positions_number_every_event_once(harness: &mut dyn Harness) {
     let mut no_events = WriteBatch::default();
     no_events.put_definition("d", 1, "d").expect("encodes");
     assert_eq!(no_events.number(shard, 9).expect("encodes"), 0, "nothing to number");
-    assert!(no_events.index().is_none());
+    assert!(no_events.index().next().is_none());
     store.commit(no_events).expect("commits");
 
     let expected: Vec<(u64, &WorkflowId, u64, WorkflowStatus)> = vec![

@@ -24,7 +24,7 @@ mod token;
 pub use self::sled::SledStore;
 pub use batch::{Append, PutRun, WriteBatch};
 pub use position::{IndexedAppend, PositionedEvent};
-pub use postgres::{PostgresOptions, PostgresStore};
+pub use postgres::{PostgresLeases, PostgresOptions, PostgresStore};
 pub use shop_durable::Durability;
 pub use token::{decode_token, TokenRecord};
 
@@ -114,6 +114,10 @@ pub struct RunSummary {
 pub trait HistoryStore: Send + Sync {
     /// The shards this store lets this process write, with the epoch it holds each at.
     fn shards(&self) -> Vec<(ShardId, Epoch)>;
+
+    /// The cluster's fixed number of shards (1 for a store with one owner): a run's shard is
+    /// `crate::cluster::shard_of(run, shard_count)`.
+    fn shard_count(&self) -> u32;
 
     /// Whether the backend refuses a batch whose epochs are stale ([`Error::Fenced`]). sled
     /// has one owner, so it does not; PostgreSQL must.

@@ -105,7 +105,7 @@ impl SledStore {
                 out.remove(key(ACTIVE, raw, &[]));
             }
         }
-        if let Some((shard, first, record)) = batch.index() {
+        for (shard, first, _, record) in batch.index() {
             out.insert(position_key(shard, first), record);
         }
         for (digest, record) in batch.tokens() {
@@ -126,6 +126,10 @@ impl SledStore {
 impl HistoryStore for SledStore {
     fn shards(&self) -> Vec<(ShardId, Epoch)> {
         vec![(ShardId::SOLE, Epoch(0))]
+    }
+
+    fn shard_count(&self) -> u32 {
+        1
     }
 
     fn fences_epochs(&self) -> bool {

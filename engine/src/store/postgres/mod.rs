@@ -3,11 +3,14 @@
 //! one pipelined writer connection (`writer.rs`) and read through a small pool.
 //!
 //! Runs are split into a fixed number of shards by a hash of their id ([`shard_of`]); each
-//! shard has a lease row `(shard, owner, epoch, expires_at)`. For now one engine claims every
-//! shard when it opens the store (each epoch + 1: a takeover), and every write transaction
-//! first checks, under the lease rows' locks, that it still holds the shards it writes
-//! ([`Error::Fenced`] otherwise), so an engine started later on the same database fences the
-//! earlier one. History rows are keyed `(shard, run, seq)`.
+//! shard has a lease row `(shard, owner, epoch, expires_at)`. The store claims nothing when it
+//! opens: the engine's lease manager (`crate::cluster::lease`, through [`PostgresLeases`],
+//! `leases.rs`) claims and renews shards and tells the store what it holds
+//! ([`PostgresStore::set_held`]); [`PostgresStore::claim_all`] takes every shard at once for a
+//! stand-alone store (tests, tools). Every write transaction first checks, under the lease
+//! rows' locks, that it still holds the shards it writes ([`Error::Fenced`] otherwise), so a
+//! node that lost a shard cannot commit anything for it. History rows are keyed
+//! `(shard, run, seq)`.
 //!
 //! Bridging (`bridge.rs`): the trait is synchronous (the core calls it from its own thread),
 //! and the backend is async. The store owns a small runtime of its own; each call runs there and the
@@ -22,10 +25,12 @@
 //! This module must never decide anything about workflows.
 
 mod bridge;
+mod leases;
 mod schema;
 pub mod test_db;
 mod writer;
 
+pub use leases::PostgresLeases;
 pub use schema::{DEFAULT_SHARD_COUNT, MAX_SHARD_COUNT};
 pub use writer::MAX_PIPELINED_TRANSACTIONS;
 
@@ -43,6 +48,7 @@ use shop_types::WorkflowId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
 use writer::{Rows, Writer};
 
 /// Connections of the read pool at most (the writer has its own).
@@ -66,8 +72,12 @@ pub struct PostgresStore {
     handle: tokio::runtime::Handle,
     pool: deadpool_postgres::Pool,
     writer: Writer,
+    /// Kept for the lease manager's own connection.
+    config: tokio_postgres::Config,
     shard_count: u32,
-    held: Vec<(ShardId, Epoch)>,
+    /// The shards this process may write and the epoch of each, as the lease manager last
+    /// said ([`PostgresStore::set_held`]); empty until it claims one.
+    held: RwLock<BTreeMap<ShardId, Epoch>>,
     /// Write transactions refused because another engine took a shard over.
     fenced_writes: AtomicU64,
 }
@@ -80,25 +90,24 @@ pub fn migrate(url: &str) -> Result<i32, Error> {
 }
 
 impl PostgresStore {
-    /// Connects, migrates the schema, fixes the shard count and claims every shard (fencing
-    /// any engine that held them), then starts the writer.
+    /// Connects, migrates the schema, fixes the shard count and makes sure every shard has
+    /// its lease row, then starts the writer. It holds no shard yet: see the module's doc.
     pub fn open(options: &PostgresOptions) -> Result<PostgresStore, Error> {
         let config = config(&options.url)?;
         let runtime = runtime()?;
         let handle = runtime.handle();
         let asked = options.shards;
-        let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7());
         let writer_config = config.clone();
-        let (client, statements, shard_count, held) = run_on(&handle, async move {
+        let (client, statements, shard_count) = run_on(&handle, async move {
             let mut client = connect(&writer_config).await?;
             schema::migrate(&mut client).await?;
             let shard_count = schema::shard_count(&client, asked).await?;
-            let held = schema::claim_all(&client, &owner, shard_count).await?;
+            schema::ensure_shards(&client, shard_count).await?;
             let statements = writer::Statements::prepare(&client).await?;
-            Ok((client, statements, shard_count, held))
+            Ok((client, statements, shard_count))
         })?;
         let manager = deadpool_postgres::Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
         );
@@ -108,16 +117,48 @@ impl PostgresStore {
             .build()
             .map_err(|error| Error::Postgres(format!("cannot build the read pool: {error}")))?;
         let writer = Writer::start(&handle, client, statements);
-        let held = held.into_iter().map(|(shard, epoch)| (ShardId(shard), Epoch(epoch))).collect();
         Ok(PostgresStore {
             _runtime: runtime,
             handle,
             pool,
             writer,
+            config,
             shard_count,
-            held,
+            held: RwLock::new(BTreeMap::new()),
             fenced_writes: AtomicU64::new(0),
         })
+    }
+
+    /// Takes every shard of the cluster at once (each epoch + 1, fencing whoever held it) and
+    /// holds them for `lease`: a stand-alone store (tests, tools), never the engine's path.
+    pub fn claim_all(&self, lease: std::time::Duration) -> Result<Vec<(ShardId, Epoch)>, Error> {
+        let config = self.config.clone();
+        let (owner, shards) = (format!("store-{}-{}", std::process::id(), uuid::Uuid::now_v7()), self.shard_count);
+        let claimed = run_on(&self.handle, async move {
+            let client = connect(&config).await?;
+            schema::claim_all(&client, &owner, shards, lease).await
+        })?;
+        let held: BTreeMap<ShardId, Epoch> =
+            claimed.into_iter().map(|(shard, epoch)| (ShardId(shard), Epoch(epoch))).collect();
+        self.set_held(held.clone());
+        Ok(held.into_iter().collect())
+    }
+
+    /// What this process holds now, by shard: the lease manager's word. A batch writing a
+    /// shard not in it is refused before it is sent ([`Error::Fenced`]).
+    pub fn set_held(&self, held: BTreeMap<ShardId, Epoch>) {
+        // A poisoned lock only means a panic elsewhere; the map is replaced whole.
+        *self.held.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = held;
+    }
+
+    fn held(&self) -> BTreeMap<ShardId, Epoch> {
+        self.held.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// The lease manager's side of this store: its own connection (never the writer's or the
+    /// pool's, so a busy writer cannot delay a renewal), and [`Self::set_held`].
+    pub fn leases(self: &std::sync::Arc<Self>) -> PostgresLeases {
+        PostgresLeases::new(self.clone(), self.config.clone())
     }
 
     /// Write transactions refused so far because another engine took a shard over.
@@ -146,8 +187,9 @@ impl PostgresStore {
         shard_of(run, self.shard_count).0 as i32
     }
 
-    /// The batch as the writer's arrays, fenced by the epochs of every shard it writes (of
-    /// every shard held, when it writes none: definitions and tokens are the cluster's).
+    /// The batch as the writer's arrays, fenced by the epochs of every shard it writes (none
+    /// when it writes no shard: definitions, tokens and redrive jobs are the cluster's, and
+    /// any node may upsert them).
     fn rows(&self, batch: &WriteBatch) -> Result<Rows, Error> {
         let mut rows = Rows::default();
         let mut touched: HashSet<ShardId> = HashSet::new();
@@ -171,10 +213,12 @@ impl PostgresStore {
             rows.run_in_flight.push(put.in_flight);
             rows.run_records.push(put.record.clone());
         }
-        if let Some((shard, first, record)) = batch.index() {
+        for (shard, first, count, record) in batch.index() {
             touched.insert(shard);
-            let last = first + batch.events() as u64 - 1;
-            rows.position = Some((shard.0 as i32, int(first)?, int(last)?, record.to_vec()));
+            rows.position_shards.push(shard.0 as i32);
+            rows.position_firsts.push(int(first)?);
+            rows.position_lasts.push(int(first + count - 1)?);
+            rows.position_records.push(record.to_vec());
         }
         let mut seen = HashSet::new();
         for (digest, record) in batch.tokens().iter().rev().filter(|(digest, _)| seen.insert(digest)) {
@@ -194,12 +238,10 @@ impl PostgresStore {
             rows.definition_records.push(record.clone());
         }
         // Sorted, so concurrent writers lock lease rows in one order.
-        let mut fences: BTreeMap<ShardId, Epoch> = self.held.iter().copied().collect();
-        if !touched.is_empty() {
-            fences.retain(|shard, _| touched.contains(shard));
-            if let Some(shard) = touched.iter().find(|shard| !fences.contains_key(shard)) {
-                return Err(self.failed(Failure::Fenced { shard: *shard, epoch: Epoch(0) }));
-            }
+        let mut fences: BTreeMap<ShardId, Epoch> = self.held();
+        fences.retain(|shard, _| touched.contains(shard));
+        if let Some(shard) = touched.iter().find(|shard| !fences.contains_key(shard)) {
+            return Err(self.failed(Failure::Fenced { shard: *shard, epoch: Epoch(0) }));
         }
         // A batch decided under an older epoch is checked at that epoch.
         fences.extend(batch.fences().iter().copied());
@@ -230,7 +272,11 @@ fn parse_id(text: &str) -> Result<WorkflowId, Error> {
 
 impl HistoryStore for PostgresStore {
     fn shards(&self) -> Vec<(ShardId, Epoch)> {
-        self.held.clone()
+        self.held().into_iter().collect()
+    }
+
+    fn shard_count(&self) -> u32 {
+        self.shard_count
     }
 
     fn fences_epochs(&self) -> bool {

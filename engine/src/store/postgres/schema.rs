@@ -1,5 +1,5 @@
-//! The PostgreSQL schema and its migrations, the cluster's fixed shard count, and claiming
-//! shards (the epoch bump that fences any earlier owner).
+//! The PostgreSQL schema and its migrations, the cluster's fixed shard count, the lease rows
+//! and the node registry (what `leases.rs` reads and claims).
 //!
 //! Migrations are numbered SQL scripts applied in order, each once, recorded in
 //! `shop_schema_migrations`. One transaction holds a transaction-level advisory lock while it
@@ -25,7 +25,7 @@ use tokio_postgres::Client;
 const MIGRATION_LOCK: i64 = 0x7368_6f70_6d69_6772;
 
 /// Every migration, in order: `(version, SQL)`. Append only; never edit one that shipped.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 /// Shards a cluster is created with when `--shards` is not given.
 pub const DEFAULT_SHARD_COUNT: u32 = 16;
@@ -124,6 +124,19 @@ const V2: &str = r#"
 CREATE TABLE shop_redrives (id text PRIMARY KEY, record bytea NOT NULL);
 "#;
 
+/// The node registry (`cluster::lease`): one row per engine node, its advertised URL and its
+/// last heartbeat by the database's clock. A node's row is upserted every renewal and deleted
+/// when it stops; a dead node's row stays until a node with its id comes back (a handful of
+/// rows, updated in place: HOT, as `shop_shards`).
+const V3: &str = r#"
+CREATE TABLE shop_nodes (
+    node text COLLATE "C" PRIMARY KEY,
+    url text NOT NULL,
+    heartbeat_at timestamptz NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 50);
+"#;
+
 /// Applies every migration the database lacks, once, whoever else starts at the same time.
 /// Returns the schema version the database is at.
 pub(super) async fn migrate(client: &mut Client) -> Result<i32, Error> {
@@ -169,10 +182,9 @@ pub(super) async fn shard_count(client: &Client, asked: Option<u32>) -> Result<u
     Ok(stored)
 }
 
-/// Takes every shard of the cluster for `owner`: each epoch goes up by one, which fences
-/// whoever held it before (their next write transaction is refused). Returns the epochs now
-/// held, by shard.
-pub(super) async fn claim_all(client: &Client, owner: &str, shards: u32) -> Result<Vec<(u32, u64)>, Error> {
+/// Makes sure every shard of the cluster has its lease row (released, epoch 0, when new), so
+/// a claim is one conditional `UPDATE`. Nobody owns a shard until a lease manager claims it.
+pub(super) async fn ensure_shards(client: &Client, shards: u32) -> Result<(), Error> {
     let all: Vec<i32> = (0..shards as i32).collect();
     client
         .execute(
@@ -181,11 +193,27 @@ pub(super) async fn claim_all(client: &Client, owner: &str, shards: u32) -> Resu
             &[&all],
         )
         .await?;
+    Ok(())
+}
+
+/// Takes every shard of the cluster for `owner` at once, whoever holds it: each epoch goes up
+/// by one, which fences the earlier holder. Not the engine's path (its lease manager claims
+/// shards one by one as placement says); for stand-alone stores: tests, tools.
+pub(super) async fn claim_all(
+    client: &Client,
+    owner: &str,
+    shards: u32,
+    lease: std::time::Duration,
+) -> Result<Vec<(u32, u64)>, Error> {
+    ensure_shards(client, shards).await?;
+    let all: Vec<i32> = (0..shards as i32).collect();
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let rows = client
         .query(
-            "UPDATE shop_shards SET owner = $1, epoch = epoch + 1, expires_at = now() + interval '30 seconds'
+            "UPDATE shop_shards SET owner = $1, epoch = epoch + 1,
+                 expires_at = now() + $3::bigint * interval '1 millisecond'
              WHERE shard = ANY($2) RETURNING shard, epoch",
-            &[&owner, &all],
+            &[&owner, &all, &lease_ms],
         )
         .await?;
     let mut held: Vec<(u32, u64)> =

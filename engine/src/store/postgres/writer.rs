@@ -5,10 +5,10 @@
 //! Each transaction is `BEGIN`, `shop_fence` (the epochs), `shop_append` (the conditional
 //! appends), the upserts, the position row, `COMMIT`. A failing statement aborts the
 //! transaction on the server, so every later statement of it fails and its `COMMIT` rolls it
-//! back: the batch is all or nothing, and its first error says why. The next `sync` reports
-//! the first failure among the transactions it covers (the core exits on it and recovers from
-//! what PostgreSQL holds; later transactions that built on the failed one fail their own
-//! checks on the server).
+//! back: the batch is all or nothing, and its first error says why. A `sync` reports the
+//! first failure among the transactions sent since the previous `sync` (every failed
+//! transaction is reported by the sync that covers it, so none is taken for durable; later
+//! transactions that built on a failed one fail their own checks on the server).
 //!
 //! Order matters: a transaction's statements must reach the connection in order, and before
 //! those of the next batch. tokio-postgres sends a request on its future's first poll, so each
@@ -44,8 +44,11 @@ pub(super) struct Rows {
     pub run_statuses: Vec<i16>,
     pub run_in_flight: Vec<bool>,
     pub run_records: Vec<Vec<u8>>,
-    /// `(shard, first, last, record)` of the batch's position row.
-    pub position: Option<(i32, i64, i64, Vec<u8>)>,
+    /// The batch's position rows, one per shard it writes.
+    pub position_shards: Vec<i32>,
+    pub position_firsts: Vec<i64>,
+    pub position_lasts: Vec<i64>,
+    pub position_records: Vec<Vec<u8>>,
     pub token_digests: Vec<Vec<u8>>,
     pub token_records: Vec<Vec<u8>>,
     pub definition_names: Vec<String>,
@@ -80,7 +83,10 @@ impl Statements {
                 )
                 .await?,
             position: client
-                .prepare("INSERT INTO shop_positions (shard, first, last, record) VALUES ($1, $2, $3, $4)")
+                .prepare(
+                    "INSERT INTO shop_positions (shard, first, last, record)
+                     SELECT * FROM unnest($1::integer[], $2::bigint[], $3::bigint[], $4::bytea[])",
+                )
                 .await?,
             tokens: client
                 .prepare(
@@ -105,13 +111,13 @@ impl Statements {
     }
 }
 
-/// How far the writer got: transactions handed to it, answered, and the first failure not
-/// yet reported by a `sync`.
+/// How far the writer got: transactions handed to it and answered (numbered from 1 in the
+/// order sent), and the failed ones not yet reported by a `sync`.
 #[derive(Default)]
 struct Progress {
     sent: u64,
     done: u64,
-    failure: Option<Failure>,
+    failures: std::collections::BTreeMap<u64, Failure>,
 }
 
 /// The handle the store holds: hands batches to the writer task and waits for them.
@@ -142,21 +148,24 @@ impl Writer {
         Ok(())
     }
 
-    /// Waits until every transaction sent before the call is answered. With `report`, takes
-    /// the first failure since the last report (`Err`); without, leaves it for the next sync
-    /// (a read waiting for the writes before it only needs them settled).
+    /// Waits until every transaction sent before the call is answered. With `report`, says
+    /// whether any of those sent since the last report failed (`Err`: the first such); without,
+    /// leaves that to the next sync (a read waiting for the writes before it only needs them
+    /// settled).
     pub(super) fn wait(&self, report: bool) -> Result<(), Failure> {
         let mut progress = self.lock();
         let target = progress.sent;
         while progress.done < target {
             progress = self.progress.1.wait(progress).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-        match progress.failure.take() {
-            Some(failure) if report => Err(failure),
-            kept => {
-                progress.failure = kept;
-                Ok(())
-            }
+        if !report {
+            return Ok(());
+        }
+        let later = progress.failures.split_off(&(target + 1));
+        let covered = std::mem::replace(&mut progress.failures, later);
+        match covered.into_values().next() {
+            Some(failure) => Err(failure),
+            None => Ok(()),
         }
     }
 }
@@ -178,8 +187,9 @@ async fn run(
                 let (lock, changed) = &*progress;
                 let mut progress = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 progress.done += 1;
-                if let (Err(error), None) = (result, &progress.failure) {
-                    progress.failure = Some(Failure::from(error));
+                if let Err(error) = result {
+                    let number = progress.done;
+                    progress.failures.insert(number, Failure::from(error));
                 }
                 changed.notify_all();
             }
@@ -221,8 +231,12 @@ async fn transaction(client: &Client, statements: &Statements, rows: Rows) -> Re
             [&rows.run_ids, &rows.run_shards, &rows.run_statuses, &rows.run_in_flight, &rows.run_records],
         )));
     }
-    if let Some((shard, first, last, record)) = &rows.position {
-        steps.push(Box::pin(execute(client, &statements.position, [shard, first, last, record])));
+    if !rows.position_shards.is_empty() {
+        steps.push(Box::pin(execute(
+            client,
+            &statements.position,
+            [&rows.position_shards, &rows.position_firsts, &rows.position_lasts, &rows.position_records],
+        )));
     }
     if !rows.token_digests.is_empty() {
         steps.push(Box::pin(execute(client, &statements.tokens, [&rows.token_digests, &rows.token_records])));

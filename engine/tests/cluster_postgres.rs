@@ -1,0 +1,146 @@
+//! Shard leases on PostgreSQL: two nodes' lease managers (each with its own `PostgresStore`)
+//! in one process on a throwaway database, driven round by round. They split the shards; when
+//! one stops renewing, the other takes its shards at higher epochs, and a write the stale one
+//! still tries is refused (`Fenced`). The core is stood in for by a holder that records what
+//! it is told (the core's own take/drop is unit-tested in `core::shard_tests`). SKIPPED
+//! (loudly) where PostgreSQL is unreachable, unless `SHOP_REQUIRE_POSTGRES=1`.
+
+use shop_engine::cluster::lease::{LeaseGuard, LeaseManager, LeaseOptions, ShardHolder, LEASE_RENEW_INTERVAL};
+use shop_engine::cluster::{shard_of, Cluster, Route};
+use shop_engine::store::postgres::test_db::TestDatabase;
+use shop_engine::store::{
+    Epoch, Error, HistoryStore, PostgresLeases, PostgresOptions, PostgresStore, ShardId, WriteBatch,
+};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SHARDS: u32 = 8;
+/// The shortest lease allowed, so the takeover below comes soon.
+const LEASE: Duration = Duration::from_secs(2);
+/// Rounds the survivor gets to take a silent node's shards: its heartbeat must age past
+/// `NODE_LIVENESS` (5 s) first. Generous, never a timing assertion.
+const TAKEOVER_ROUNDS: usize = 30;
+
+/// What the core would hold: shards taken and not dropped since.
+#[derive(Clone, Default)]
+struct Holder(Arc<Mutex<BTreeMap<ShardId, Epoch>>>);
+
+impl Holder {
+    fn held(&self) -> BTreeMap<ShardId, Epoch> {
+        self.0.lock().expect("not poisoned").clone()
+    }
+}
+
+impl ShardHolder for Holder {
+    async fn take(&self, shard: ShardId, epoch: Epoch) -> Result<(), String> {
+        self.0.lock().expect("not poisoned").insert(shard, epoch);
+        Ok(())
+    }
+
+    async fn release(&self, shard: ShardId) -> Result<(), String> {
+        self.0.lock().expect("not poisoned").remove(&shard);
+        Ok(())
+    }
+}
+
+struct Node {
+    store: Arc<PostgresStore>,
+    holder: Holder,
+    cluster: Arc<Cluster>,
+    manager: LeaseManager<PostgresLeases, Holder>,
+}
+
+fn node(url: &str, name: &str) -> Node {
+    let store =
+        Arc::new(PostgresStore::open(&PostgresOptions { url: url.to_owned(), shards: Some(SHARDS) }).expect("opens"));
+    let holder = Holder::default();
+    let cluster = Arc::new(Cluster::leased(name.to_owned(), "postgres", SHARDS));
+    let options = LeaseOptions { node: name.to_owned(), url: format!("http://{name}.invalid"), lease: LEASE };
+    let guard = Arc::new(LeaseGuard::new(LEASE));
+    let manager = LeaseManager::new(store.leases(), holder.clone(), cluster.clone(), guard, options);
+    Node { store, holder, cluster, manager }
+}
+
+/// A run id whose shard is `shard`.
+fn run_in(shard: ShardId) -> shop_types::WorkflowId {
+    (0..10_000)
+        .map(|n| shop_types::WorkflowId::parse(format!("run-{n}")).expect("valid"))
+        .find(|id| shard_of(id, SHARDS) == shard)
+        .expect("some id hashes to every shard")
+}
+
+fn start(id: &shop_types::WorkflowId) -> WriteBatch {
+    let event = shop_types::history::Event {
+        seq: 1,
+        at_ms: 1,
+        kind: shop_types::history::EventKind::CancelRequested { reason: "test".into() },
+    };
+    let mut batch = WriteBatch::default();
+    batch.append_events(id, &[event]).expect("encodes");
+    batch
+}
+
+/// Event 2 of `id`.
+fn next(id: &shop_types::WorkflowId, reason: &str) -> WriteBatch {
+    let event = shop_types::history::Event {
+        seq: 2,
+        at_ms: 2,
+        kind: shop_types::history::EventKind::CancelRequested { reason: reason.into() },
+    };
+    let mut batch = WriteBatch::default();
+    batch.append_events(id, &[event]).expect("encodes");
+    batch
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_split_the_shards_and_a_silent_one_is_taken_over_and_fenced() {
+    let Some(database) = TestDatabase::create("two_nodes_split_the_shards") else { return };
+    let (mut a, mut b) = (node(&database.url, "node-a"), node(&database.url, "node-b"));
+
+    // Alone, a takes every shard.
+    a.manager.tick().await.expect("a's round");
+    assert_eq!(a.holder.held().len(), SHARDS as usize, "the only live node owns every shard");
+    assert_eq!(a.store.shards().len(), SHARDS as usize, "and its store may write them");
+    // b joins: a hands off what placement gives b (durable, then released), and b claims it.
+    b.manager.tick().await.expect("b's round");
+    a.manager.tick().await.expect("a's round");
+    b.manager.tick().await.expect("b's round");
+    let (held_a, held_b) = (a.holder.held(), b.holder.held());
+    assert!(!held_a.is_empty() && !held_b.is_empty(), "both own shards: {held_a:?} {held_b:?}");
+    assert_eq!(held_a.len() + held_b.len(), SHARDS as usize, "every shard has one owner");
+    assert!(held_a.keys().all(|shard| !held_b.contains_key(shard)), "no shard has two");
+    assert!(held_b.values().all(|Epoch(epoch)| *epoch == 2), "a hand-off is a takeover: epoch 2");
+    let a_shard = *held_a.keys().next().expect("a owns one");
+    let b_shard = *held_b.keys().next().expect("b owns one");
+    a.manager.tick().await.expect("a's round");
+    assert_eq!(a.cluster.route(&run_in(a_shard)), Route::Local);
+    assert!(matches!(a.cluster.route(&run_in(b_shard)), Route::Remote { node, .. } if node == "node-b"));
+    let status = a.cluster.status();
+    assert_eq!(status.nodes.len(), 2);
+    assert_eq!(status.nodes.iter().map(|n| n.shards_owned).sum::<u32>(), SHARDS);
+
+    // Each writes its own shard; neither can write the other's.
+    a.store.commit(start(&run_in(a_shard))).expect("the owner writes");
+    assert!(matches!(a.store.commit(start(&run_in(b_shard))), Err(Error::Fenced { .. })), "not a's shard");
+
+    // a goes silent (paused, partitioned): b takes its shards once a's heartbeat is stale and
+    // its leases expired, each at a higher epoch.
+    let mut rounds = 0;
+    while b.holder.held().len() < SHARDS as usize {
+        rounds += 1;
+        assert!(rounds <= TAKEOVER_ROUNDS, "b never took a's shards: {:?}", b.holder.held());
+        tokio::time::sleep(LEASE_RENEW_INTERVAL).await;
+        b.manager.tick().await.expect("b's round");
+    }
+    let taken = b.holder.held();
+    for (shard, epoch) in &held_a {
+        assert!(taken[shard] > *epoch, "shard {} taken at {:?}, after a's {:?}", shard.0, taken[shard], epoch);
+    }
+    // a's store still believes it holds its shards: its next write is refused by the database.
+    let id = run_in(a_shard);
+    assert!(matches!(a.store.commit(next(&id, "late")), Err(Error::Fenced { .. })), "a stale owner's write is fenced");
+    assert!(a.store.fenced_writes() >= 1, "the refusal is counted");
+    // b, the new owner, writes on from what the old one made durable.
+    b.store.commit(next(&id, "new owner")).expect("the new owner writes");
+}
