@@ -19,6 +19,7 @@ use crate::client::Client;
 use crate::output;
 use anyhow::{anyhow, Context as _, Result};
 use shop_supervisor::{connect_url, EngineSpec, Output, Process, Stopped, WorkerSpec};
+use shop_types::cluster::ClusterStatus;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,6 +48,8 @@ const STARTUP_TIMEOUT: Duration = shop_supervisor::STARTUP_TIMEOUT;
 /// How long an engine may take to preload completed runs for a benchmark (a million takes
 /// minutes).
 const PRELOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long the nodes of a local cluster may take to register and share the shards out.
+const CLUSTER_FORM_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often `died` looks at the children.
 const CHILD_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a child has to finish in-flight work after SIGTERM before it is killed.
@@ -230,6 +233,12 @@ impl Stack {
                 return Err(err);
             }
         }
+        if engines.len() > 1 {
+            if let Err(err) = wait_formed(client.engine(), engines.len()).await {
+                stop_all(&mut engines, &mut []).await;
+                return Err(err);
+            }
+        }
         let engine_ready_after = engine_spawned.elapsed();
 
         let mut workers = Vec::with_capacity(plan.len());
@@ -353,6 +362,29 @@ impl Stack {
     /// Stops the workers first (so they can report what they are finishing), then the engines.
     pub async fn stop(mut self) {
         stop_all(&mut self.engines, &mut self.workers).await;
+    }
+}
+
+/// Waits until the cluster has formed as `engine` sees it: `nodes` live nodes and every shard
+/// owned by one, so work starts on the shards' final owners rather than while they move.
+async fn wait_formed(engine: &shop_client::Client, nodes: usize) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + CLUSTER_FORM_TIMEOUT;
+    loop {
+        let formed = engine.get::<ClusterStatus>(&["v1", "cluster"], &[]).await.is_ok_and(|reply| {
+            let status = reply.body;
+            status.nodes.iter().filter(|node| node.live).count() == nodes
+                && status.shards.iter().all(|shard| shard.owner.is_some())
+        });
+        if formed {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(anyhow!(
+                "the {nodes} engine nodes did not form a cluster within {}",
+                output::duration(CLUSTER_FORM_TIMEOUT)
+            ));
+        }
+        tokio::time::sleep(CHILD_CHECK_INTERVAL).await;
     }
 }
 
