@@ -44,8 +44,51 @@ async fn three_nodes_serve_the_seed_scenarios_through_any_node() {
     let listed: NodeList = cluster.clients.apis[1].get("/v1/tasks/nodes").await.expect("GET /v1/tasks/nodes").parse();
     assert_eq!(listed.nodes.len(), NODES, "{listed:?}");
 
-    // The three scenarios: placed through node i, waited for through node i + 1.
     let mut orders = Vec::new();
+    // An order of node 3's shards placed through node 1 is forwarded there (acknowledged at
+    // once, no retry), and a wait for it through node 2 is forwarded too and sees it final.
+    let owner_of = |index: usize| {
+        let url = cluster.clients.apis[index].base().to_owned();
+        status.nodes.iter().find(|n| n.url.trim_end_matches('/') == url).map(|n| n.id.clone()).expect("a node")
+    };
+    let third = owner_of(2);
+    let id_owned_by = |owner: &str, prefix: &str| {
+        (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|id| {
+                let run = shop_types::WorkflowId::parse(id.clone()).expect("valid");
+                let shard = shop_engine::cluster::shard_of(&run, status.shard_count).0;
+                status.shards.iter().any(|s| s.shard == shard && s.owner.as_deref() == Some(owner))
+            })
+            .expect("an id in that node's shards")
+    };
+    let forwarded = id_owned_by(&third, "forwarded");
+    let body = order_body(Some(&forwarded), &[(1, 1)], "CREDIT_CARD");
+    let placed = cluster.clients.apis[0].place_order(&body).await.expect("POST through node 1");
+    assert_eq!(placed.status, 202, "forwarded to node 3 and accepted: {}", placed.text);
+    let waited = cluster.clients.apis[1].get(&format!("/api/orders/{forwarded}?wait=60s")).await.expect("GET");
+    assert_eq!(waited.status, 200, "{}", waited.text);
+    assert_eq!(waited.body["status"], CONFIRMED, "the wait, forwarded to the owner, saw it final: {}", waited.text);
+    // A request that was forwarded once is never forwarded again: a node that does not own
+    // the run answers 503 SHARD_MOVED with Retry-After, and changes nothing.
+    let hop = cluster.clients.apis[0]
+        .post_raw(
+            &format!("/v1/workflows/{}/cancel", id_owned_by(&third, "hop")),
+            "application/json",
+            b"{}".to_vec(),
+            &[("x-shop-forwarded", "a-test")],
+        )
+        .await
+        .expect("POST with the hop header");
+    hop.assert_error(503, "SHARD_MOVED");
+    orders.push(PlacedOrder {
+        order_id: forwarded,
+        items: vec![(1, 1)],
+        payment_method: "CREDIT_CARD".into(),
+        expected_status: CONFIRMED,
+    });
+
+    // The three scenarios: placed through node i, waited for through node i + 1.
     for i in 0..3 {
         let placed = scenario(i, "seed");
         let body = order_body(Some(&placed.order_id), &placed.items, &placed.payment_method);
