@@ -19,9 +19,10 @@ mod timeline;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{
-    bench::BenchArgs, definition::DefinitionCommand, demo::DemoArgs, dev::DevArgs, events::EventsCommand,
-    notifications::NotificationsCommand, order::OrderCommand, payments::PaymentsCommand, redrive::RedriveArgs,
-    stock::StockCommand, token::TokenCommand, verify::VerifyArgs, workflow::WorkflowCommand, Context,
+    bench::BenchArgs, cluster::ClusterCommand, definition::DefinitionCommand, demo::DemoArgs, dev::DevArgs,
+    events::EventsCommand, notifications::NotificationsCommand, order::OrderCommand, payments::PaymentsCommand,
+    redrive::RedriveArgs, stock::StockCommand, token::TokenCommand, verify::VerifyArgs, workflow::WorkflowCommand,
+    Context,
 };
 use shop_types::auth::BearerToken;
 use std::process::ExitCode;
@@ -94,6 +95,9 @@ enum Command {
     Bench(BenchArgs),
     /// Audit a running system against the invariants: nothing lost, nothing doubled.
     Verify(VerifyArgs),
+    /// The engine nodes of a cluster: shards per node, lease ages, epochs (admin).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
 }
 
 #[tokio::main]
@@ -147,6 +151,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Bench(args) => commands::bench::run(args).await,
         Command::Verify(args) => commands::verify::run(args, &ctx()?).await,
+        Command::Cluster(command) => commands::cluster::run(command, &ctx()?).await,
     }
 }
 

@@ -228,4 +228,9 @@ impl Client {
     pub async fn stats<T: DeserializeOwned>(&self) -> Result<Reply<T>, Error> {
         self.get(&["v1", "stats"], &[]).await
     }
+
+    /// `GET /v1/cluster` (admin): nodes, shards and leases as the answering node sees them.
+    pub async fn cluster(&self) -> Result<Reply<shop_types::cluster::ClusterStatus>, Error> {
+        self.get(&["v1", "cluster"], &[]).await
+    }
 }

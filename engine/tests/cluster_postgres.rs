@@ -144,3 +144,50 @@ async fn two_nodes_split_the_shards_and_a_silent_one_is_taken_over_and_fenced() 
     // b, the new owner, writes on from what the old one made durable.
     b.store.commit(next(&id, "new owner")).expect("the new owner writes");
 }
+
+/// One activity on a queue nobody polls: a started run stays in flight.
+const DEFINITION: &str = r#"
+name = "solo"
+version = 1
+
+[[steps]]
+name = "only"
+activity = "q.only"
+queue = "q"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_whose_shard_was_taken_over_answers_shard_moved_and_drops_it() {
+    use shop_engine::core::{Core, CoreError, Limits, StartOutcome};
+    let Some(database) = TestDatabase::create("a_core_whose_shard_was_taken_over") else { return };
+    let open = || PostgresStore::open(&PostgresOptions { url: database.url.clone(), shards: Some(SHARDS) });
+    let old = open().expect("opens");
+    old.claim_all(LEASE).expect("claims");
+    let store: Arc<dyn HistoryStore> = Arc::new(old);
+    let mut registry = shop_engine::registry::Registry::default();
+    registry.insert(shop_engine::definition::parse("solo", DEFINITION).expect("parses")).expect("registers");
+    let registry = Arc::new(std::sync::RwLock::new(registry));
+    let clock: Arc<dyn shop_engine::clock::Clock> = Arc::new(shop_engine::clock::SystemClock);
+    let (core, handle) = Core::recover(store.clone(), registry, clock, Limits::default()).expect("recovers");
+    let core_thread = std::thread::spawn(move || core.run());
+    let solo: shop_types::WorkflowType = "solo".parse().expect("valid");
+    let input = || shop_types::JsonText::parse("{}").expect("valid");
+
+    let first = run_in(ShardId(0));
+    assert_eq!(handle.start(first.clone(), solo.clone(), input(), None).await, Ok(StartOutcome::Created));
+    // Another node takes every shard over (each epoch + 1) while this core still serves.
+    let new_owner = open().expect("opens");
+    new_owner.claim_all(LEASE).expect("takes over");
+
+    let second = run_in(ShardId(1));
+    let refused = handle.start(second.clone(), solo.clone(), input(), None).await;
+    assert_eq!(refused, Err(CoreError::ShardMoved), "a fenced write is never acknowledged");
+    assert_eq!(handle.stats.fence_rejections.load(std::sync::atomic::Ordering::Relaxed), 1, "and is counted");
+    assert_eq!(new_owner.run(&second).expect("reads"), None, "nothing of it was written");
+    // The core dropped the fenced shard at its next turn and rebuilt the rest from the store.
+    let again = handle.start(second.clone(), solo.clone(), input(), None).await;
+    assert_eq!(again, Err(CoreError::NotOwner(ShardId(1))), "the fenced shard is no longer served here");
+    assert!(new_owner.run(&first).expect("reads").is_some(), "what was durable before stays");
+    drop(handle);
+    core_thread.join().expect("the core stops when its handles are gone");
+}

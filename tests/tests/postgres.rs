@@ -116,7 +116,8 @@ async fn a_second_engine_on_the_database_shares_the_shards() {
 
     // Each node starts runs in its own shards, and refuses the other's (the API forwards
     // those when forwarding is on; a refusal is 503 with Retry-After, never a lost write).
-    let status = cluster(&first_api).await;
+    // The first node's map too (each node reads the leases once a second).
+    let status = settled(&first_api, 2).await;
     for (api, node, other) in [(&first_api, &one, &two), (&second_api, &two, &one)] {
         let mine = order_owned_by(&status, node, "mine");
         api.place_order_ok(&order_body(Some(&mine), &[(1, 1)], "CREDIT_CARD")).await;

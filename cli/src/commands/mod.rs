@@ -5,6 +5,7 @@
 //! builds HTTP requests or writes to stdout by hand.
 
 pub mod bench;
+pub mod cluster;
 pub mod definition;
 pub mod demo;
 pub mod dev;

@@ -243,15 +243,7 @@ impl<D: LeaseDb, H: ShardHolder> LeaseManager<D, H> {
         // Shards the core dropped on its own (its guard lapsed): lost, whatever the database says.
         let dropped: Vec<ShardId> = self.held.keys().copied().filter(|shard| !self.guard.holds(*shard)).collect();
         self.lose(&dropped, "its lease lapsed by this node's clock").await;
-        if !self.held.is_empty() {
-            let held: Vec<(ShardId, Epoch)> = self.held.iter().map(|(s, e)| (*s, *e)).collect();
-            let renewed = self.db.renew(&node, &held, self.options.lease).await?;
-            for shard in &renewed {
-                self.guard.renewed(*shard, sent);
-            }
-            let lost: Vec<ShardId> = self.held.keys().copied().filter(|shard| !renewed.contains(shard)).collect();
-            self.lose(&lost, "another node took it over").await;
-        }
+        self.renew(sent).await?;
         let nodes = self.db.nodes().await?;
         let live: Vec<&str> = nodes
             .iter()
@@ -285,7 +277,12 @@ impl<D: LeaseDb, H: ShardHolder> LeaseManager<D, H> {
                 self.held.insert(shard, epoch);
                 self.db.set_held(&self.held);
                 match self.holder.take(shard, epoch).await {
-                    Ok(()) => tracing::info!(shard = shard.0, epoch = epoch.0, "took a shard"),
+                    Ok(()) => {
+                        tracing::info!(shard = shard.0, epoch = epoch.0, "took a shard");
+                        // Replaying a big shard takes a while: renew at once, so no shard's
+                        // guard lapses while the next one is taken.
+                        self.renew(Instant::now()).await?;
+                    }
                     Err(error) => {
                         // Not served here: give it back so a healthy node takes it.
                         tracing::error!(shard = shard.0, %error, "the core could not take the shard; releasing it");
@@ -299,6 +296,21 @@ impl<D: LeaseDb, H: ShardHolder> LeaseManager<D, H> {
         }
         let leases = self.db.leases().await?;
         self.publish(&nodes, &leases);
+        Ok(())
+    }
+
+    /// Renews every held lease with a request sent at `sent`; a shard not renewed is lost.
+    async fn renew(&mut self, sent: Instant) -> Result<(), store::Error> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let held: Vec<(ShardId, Epoch)> = self.held.iter().map(|(s, e)| (*s, *e)).collect();
+        let renewed = self.db.renew(&self.options.node, &held, self.options.lease).await?;
+        for shard in &renewed {
+            self.guard.renewed(*shard, sent);
+        }
+        let lost: Vec<ShardId> = self.held.keys().copied().filter(|shard| !renewed.contains(shard)).collect();
+        self.lose(&lost, "another node took it over").await;
         Ok(())
     }
 

@@ -117,9 +117,17 @@ impl Core {
                 });
             }
             Command::TakeShard { shard, epoch, reply } => {
+                let started = std::time::Instant::now();
                 self.reload_definitions();
                 let result = self.take_shard(shard, epoch, now).map(|recovered| {
-                    tracing::info!(shard = shard.0, epoch = epoch.0, recovered, "took a shard");
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(
+                        shard = shard.0,
+                        epoch = epoch.0,
+                        recovered,
+                        elapsed_ms,
+                        "recovered a shard's in-flight runs"
+                    );
                 });
                 let result = result.map_err(|error| CoreError::Storage(error.to_string()));
                 turn.after_commit(move || {

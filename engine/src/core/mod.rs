@@ -18,11 +18,13 @@
 //! on other runs, in the same batch), `commands`
 //! (commands into events), `timers` (the timer wheel), `dispatch` (ready queues and waiting
 //! polls), `circuit` (a circuit breaker per activity), `signer` (the MACs that bind a task token to its
-//! hand-out), `syncer` (group commit), `shards` (the changing set of shards the core owns:
+//! hand-out), `commit` (the end of a turn: numbering, fencing, applying), `syncer` (group
+//! commit), `shards` (the changing set of shards the core owns:
 //! taking, dropping, the lease guard, rebuilding after a refused write).
 
 mod circuit;
 mod commands;
+mod commit;
 mod dispatch;
 mod effects;
 mod handle;
@@ -42,6 +44,7 @@ use crate::registry::Registry;
 use crate::state::{AttemptStatus, WorkflowState};
 use crate::store::{self, RunSummary, Store};
 pub use circuit::{CircuitState, CircuitView, MAX_CIRCUIT_WINDOW_CALLS};
+use commit::shard_in;
 use dispatch::{PollerSightings, ReadyKey, ReadyQueues, WaitingPoll, WaitingPolls};
 pub use dispatch::{MAX_POLLER_SIGHTINGS, POLLER_RECENT_MS};
 pub use handle::Handle;
@@ -481,108 +484,8 @@ impl Core {
         self.commit(turn, now);
     }
 
-    fn commit(&mut self, mut turn: Turn, now: u64) {
-        let mut wrote = !turn.batch.is_empty();
-        if wrote {
-            let (shard_count, held) = (self.shard_count, &self.held);
-            let shard_of = |run: &WorkflowId| shard_in(run, shard_count);
-            let mut last = self.last_position.clone();
-            let numbered = match turn.batch.number_shards(shard_of, &mut last) {
-                Ok(numbered) => numbered,
-                Err(error) => {
-                    tracing::error!(%error, "numbering a batch failed; exiting so recovery starts from the durable state");
-                    std::process::exit(70);
-                }
-            };
-            // `record` adds a transition's events to the batch and to the turn in the same
-            // order, so each shard's events take that shard's positions one by one.
-            debug_assert_eq!(numbered, turn.events.len() as u64);
-            for event in turn.events.iter_mut() {
-                let position = self.last_position.entry(event.shard).or_insert(0);
-                *position += 1;
-                event.position = *position;
-            }
-            // The batch is decided under the epochs held now: a store that fences refuses it
-            // once any of them moved on, even if it has learned a newer one since.
-            let written: Vec<store::ShardId> = turn.batch.index().map(|(shard, ..)| shard).collect();
-            for shard in written {
-                if let Some(epoch) = held.get(&shard) {
-                    turn.batch.fence(shard, *epoch);
-                }
-            }
-            self.stats.metrics.commit_batch_events.observe(numbered as f64);
-            if let Err(error) = self.store.apply(turn.batch) {
-                match syncer::survivable(self.store.as_ref(), &error) {
-                    Some(fenced) => {
-                        // Refused before it was sent: nothing of it is answered, and the
-                        // core's memory is rebuilt at its next turn (see `shards`).
-                        if fenced.is_some() {
-                            self.stats.fence_rejections.fetch_add(1, Ordering::Relaxed);
-                        }
-                        tracing::warn!(%error, "a batch was refused; its callers are told to retry");
-                        self.suspect.flag(fenced);
-                        turn.replies.clear();
-                        turn.events.clear();
-                        wrote = false;
-                    }
-                    None => {
-                        // The in-memory state is ahead of what the store holds; serving it
-                        // would break "nothing acknowledged is lost". Exit without answering:
-                        // restart recovers from what is on disk.
-                        tracing::error!(%error, "applying a batch failed; exiting so recovery starts from the durable state");
-                        std::process::exit(70);
-                    }
-                }
-            }
-        }
-        self.stats.active.store(self.runs.len() as u64, Ordering::Relaxed);
-        self.stats.waiting_polls.store(self.waiting_polls.count() as u64, Ordering::Relaxed);
-        if let Ok(mut depths) = self.stats.queue_depths.lock() {
-            for (queue, tasks) in self.ready.depths() {
-                depths.insert(queue.to_string(), tasks);
-            }
-        }
-        self.publish_queue_gauges(now);
-        if let Ok(mut circuits) = self.stats.circuits.lock() {
-            *circuits = self.circuits.views(now);
-        }
-        // A turn that wrote goes to the syncer even with nobody to answer, so its write is
-        // synced at once; a turn that only answers waits its turn there, as its answers may
-        // rest on state an earlier turn applied and has not yet made durable.
-        if !wrote && turn.replies.is_empty() {
-            return;
-        }
-        let Some(syncer) = &self.syncer else {
-            // No syncer thread (a test driving turns by hand): sync and answer right here,
-            // in the same order the thread would.
-            if let Some(publisher) = &mut self.publisher {
-                syncer::finish(
-                    self.store.as_ref(),
-                    publisher,
-                    AppliedTurn { wrote, replies: turn.replies, events: turn.events },
-                    &self.stats,
-                    &self.suspect,
-                );
-            }
-            return;
-        };
-        if syncer.send(AppliedTurn { wrote, replies: turn.replies, events: turn.events }).is_err() {
-            tracing::error!("the syncer has stopped; exiting so recovery starts from the durable state");
-            std::process::exit(70);
-        }
-    }
-
     fn context(&self, now: u64) -> Context<'static> {
         Context::new(now, self.limits.max_history_events)
-    }
-}
-
-/// The shard of `run` among `shard_count` (no hashing with one shard: sled's path).
-fn shard_in(run: &WorkflowId, shard_count: u32) -> store::ShardId {
-    if shard_count <= 1 {
-        store::ShardId::SOLE
-    } else {
-        crate::cluster::shard_of(run, shard_count)
     }
 }
 
