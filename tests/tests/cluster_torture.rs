@@ -62,14 +62,14 @@ async fn torture(name: &str, count: usize) {
     }
     cluster.admins.inventory.set_stock(2, 10).await;
     let initial_stock = cluster.admins.inventory.stock().await;
-    let orders: Arc<Vec<PlacedOrder>> = Arc::new((0..count).map(order).collect());
+    let placed: Arc<Vec<PlacedOrder>> = Arc::new((0..count).map(order).collect());
 
     // The placers: each order through the next node, sent again (to the next node) while
     // refused for now, until acknowledged; ids make a retried start the same order.
     let next = Arc::new(AtomicUsize::new(0));
     let mut placers = tokio::task::JoinSet::new();
     for _ in 0..PLACERS {
-        let (clients, orders, next) = (cluster.clients.clone(), orders.clone(), next.clone());
+        let (clients, orders, next) = (cluster.clients.clone(), placed.clone(), next.clone());
         placers.spawn(async move {
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
@@ -84,6 +84,8 @@ async fn torture(name: &str, count: usize) {
     while let Some(joined) = placers.join_next().await {
         joined.expect("a placer panicked");
     }
+    // The probe the failover was measured with is an order too.
+    let orders: Vec<PlacedOrder> = placed.iter().cloned().chain(std::iter::once(failover.probe.clone())).collect();
 
     // Drained: every order final, waited for through a node other than the one it went to.
     let clients = &cluster.clients;
@@ -113,6 +115,8 @@ async fn torture(name: &str, count: usize) {
 
 /// From a node's SIGKILL to a run of one of its shards making progress on another node.
 struct Failover {
+    /// The order placed in one of the killed node's shards.
+    probe: PlacedOrder,
     /// Until a new run in one of its shards was acknowledged (committed by the new owner).
     first_write: Duration,
     /// Until that run was complete (its activities ran through the new owner).
@@ -172,5 +176,11 @@ async fn chaos(cluster: &mut Cluster, next: &AtomicUsize, count: usize) -> Failo
     cluster.nodes[0].kill9();
     cluster.nodes[0].restart().await;
     cluster.clients.wait_formed(NODES).await;
-    Failover { first_write, completed }
+    let probe = PlacedOrder {
+        order_id: probe,
+        items: vec![(4, 1)],
+        payment_method: "CREDIT_CARD".into(),
+        expected_status: CONFIRMED,
+    };
+    Failover { probe, first_write, completed }
 }
