@@ -2,8 +2,8 @@
 //! the seed's three order scenarios end as they do on sled; orders placed while the engine is
 //! killed with SIGKILL and restarted are all there afterwards (nothing acknowledged lost, every
 //! invariant of design.md section 7 holds); and a second engine started on the same database
-//! shares the shards with the first (each serves its own, refuses the other's with 503
-//! `NOT_OWNER`, and takes them back when the other stops). SKIPPED (loudly) where PostgreSQL
+//! shares the shards with the first (each serves its own, forwards the other's to it, and
+//! takes them back when the other stops). SKIPPED (loudly) where PostgreSQL
 //! is unreachable, unless `SHOP_REQUIRE_POSTGRES=1`.
 
 use shop_engine::store::postgres::test_db::TestDatabase;
@@ -114,17 +114,16 @@ async fn a_second_engine_on_the_database_shares_the_shards() {
     // Reads reach the one database from any node.
     assert_eq!(second_api.order(&before).await.order_id, before, "the order is readable from the second node");
 
-    // Each node starts runs in its own shards, and refuses the other's (the API forwards
-    // those when forwarding is on; a refusal is 503 with Retry-After, never a lost write).
-    // The first node's map too (each node reads the leases once a second).
+    // Each node starts runs in its own shards, and forwards the other's to their owner
+    // (`api/forward`), so either node accepts both. The first node's map too (each node
+    // reads the leases once a second).
     let status = settled(&first_api, 2).await;
     for (api, node, other) in [(&first_api, &one, &two), (&second_api, &two, &one)] {
         let mine = order_owned_by(&status, node, "mine");
         api.place_order_ok(&order_body(Some(&mine), &[(1, 1)], "CREDIT_CARD")).await;
         let theirs = order_owned_by(&status, other, "theirs");
-        let refused = api.place_order(&order_body(Some(&theirs), &[(1, 1)], "CREDIT_CARD")).await.expect("answered");
-        assert_eq!(refused.status, 503, "{}", refused.text);
-        assert!(refused.text.contains("NOT_OWNER"), "{}", refused.text);
+        let forwarded = api.place_order(&order_body(Some(&theirs), &[(1, 1)], "CREDIT_CARD")).await.expect("answered");
+        assert_eq!(forwarded.status, 202, "forwarded to its owner and accepted: {}", forwarded.text);
     }
 
     // The second stops gracefully: its shards are handed back, and the first serves them.
