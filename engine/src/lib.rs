@@ -247,7 +247,13 @@ pub async fn serve(
         Some(db) => {
             let cluster = Arc::new(cluster::Cluster::leased(node.clone(), "postgres", store.shard_count()));
             let options = cluster::lease::LeaseOptions { node: node.clone(), url, lease: options.cluster.lease };
-            let manager = cluster::lease::LeaseManager::new(db, handle.clone(), cluster.clone(), lease_guard, options);
+            let mut manager =
+                cluster::lease::LeaseManager::new(db, handle.clone(), cluster.clone(), lease_guard, options);
+            // One round before serving: a node alone (or the first of a cluster) takes its
+            // shards before its first request, instead of refusing it as not owned.
+            if let Err(error) = manager.tick().await {
+                tracing::warn!(%error, "the first lease round failed; retrying in the background");
+            }
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(manager.run(async move {
                 // A dropped sender (serve returning early) stops it too.

@@ -168,3 +168,63 @@ fn migrate_is_idempotent_and_bad_flags_are_one_line_refusals() {
         assert!(last.starts_with("shop-engine: ") && last.contains(reason), "{args:?}: {}", done.stderr);
     }
 }
+
+/// The next `/v1/events` message's data and cursor (bounded wait: a broken stream fails the
+/// test instead of hanging it).
+async fn next_event(stream: &mut shop_client::events::EventStream) -> (shop_types::api::CommittedEventView, String) {
+    let message = tokio::time::timeout(Duration::from_secs(120), stream.next())
+        .await
+        .expect("a message within the deadline")
+        .expect("the stream goes on");
+    (message.committed_event().expect("its data parses"), message.id.expect("every message has an id"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_event_stream_follows_every_shard_and_resumes_from_its_cursor() {
+    use shop_client::events::EventsQuery;
+    let Some(database) = TestDatabase::create("the_event_stream_follows_every_shard") else { return };
+    let stack = Stack::start_with(on(&database), WorkerOptions::default()).await;
+    stack.admin.set_stock(1, 10_000).await;
+    let ids: Vec<String> = (0..24).map(|n| format!("ev-{n:02}")).collect();
+    for id in &ids {
+        stack.api.place_order_ok(&order_body(Some(id), &[(1, 1)], "CREDIT_CARD")).await;
+    }
+    for id in &ids {
+        stack.api.wait_order(id).await;
+    }
+    let shards: std::collections::BTreeSet<u32> = ids
+        .iter()
+        .map(|id| shop_engine::cluster::shard_of(&shop_types::WorkflowId::parse(id).expect("valid"), 16).0)
+        .collect();
+    assert!(shards.len() > 4, "the orders spread over shards: {shards:?}");
+    let total: usize = {
+        let mut total = 0;
+        for id in &ids {
+            total += stack.api.history(id).await.len();
+        }
+        total
+    };
+    // Half the events from the beginning, then resume from the last cursor for the rest.
+    let events = |after: String| {
+        stack.api.client().events(&EventsQuery { after: Some(after), ..EventsQuery::default() }).expect("a stream")
+    };
+    let mut stream = events("0".into());
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..total / 2 {
+        let (event, id) = next_event(&mut stream).await;
+        seen.push(event);
+        cursor = id;
+    }
+    drop(stream);
+    assert!(cursor.contains(','), "the cursor holds a position per shard: {cursor}");
+    let mut stream = events(cursor);
+    while seen.len() < total {
+        seen.push(next_event(&mut stream).await.0);
+    }
+    for id in &ids {
+        let expected: Vec<u64> = stack.api.history(id).await.iter().map(|e| e.seq).collect();
+        let got: Vec<u64> = seen.iter().filter(|e| e.workflow_id.as_str() == id).map(|e| e.seq).collect();
+        assert_eq!(got, expected, "run {id}: every event once, in order, across the resume");
+    }
+}
