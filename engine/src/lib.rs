@@ -94,6 +94,8 @@ pub enum Error {
     OpenPostgres(store::Error),
     #[error(transparent)]
     Preload(#[from] preload::Error),
+    #[error("--preload-completed works on sled only: a PostgreSQL node holds no shard before it claims one")]
+    PreloadNeedsSled,
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error("cannot read workflow definitions in {dir}: {source}")]
@@ -152,6 +154,11 @@ pub async fn serve(
     };
     let registry = Arc::new(RwLock::new(load_definitions(store.as_ref(), options.workflows_dir.as_deref())?));
     let clock: Arc<dyn clock::Clock> = Arc::new(clock::SystemClock);
+    if options.preload_completed > 0 && options.store.is_some() {
+        // Preloading numbers every run in one shard, as sled's one writer; a PostgreSQL node
+        // holds no shard before its lease manager claims one.
+        return Err(Error::PreloadNeedsSled);
+    }
     if options.preload_completed > 0 {
         let order = registry.read().ok().and_then(|r| r.latest(shop_types::order::ORDER_WORKFLOW_TYPE));
         let order = order.ok_or(Error::Preload(preload::Error::Decider("no order definition is registered".into())))?;

@@ -127,6 +127,14 @@ async fn a_second_engine_on_the_database_shares_the_shards() {
         assert!(refused.text.contains("NOT_OWNER"), "{}", refused.text);
     }
 
+    // shopctl shows the same cluster, as a table and as JSON.
+    let mut command = std::process::Command::new(shop_tests::process::binary("shopctl"));
+    command.env_remove("SHOP_ENGINE").env("NO_COLOR", "1").args(["--engine", &first.url(), "cluster", "status"]);
+    let table = shop_tests::process::run_to_end(command, Duration::from_secs(60));
+    assert!(table.status.success(), "{}", table.stderr);
+    assert!(table.stdout.contains(&one) && table.stdout.contains(&two), "both nodes: {}", table.stdout);
+    assert!(table.stdout.contains("EPOCH"), "{}", table.stdout);
+
     // The second stops gracefully: its shards are handed back, and the first serves them.
     assert!(second.stop().await.success(), "a graceful stop");
     let alone_again = settled(&first_api, 1).await;
@@ -152,12 +160,13 @@ fn migrate_is_idempotent_and_bad_flags_are_one_line_refusals() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().display().to_string();
-    let refusals: [(&[&str], &str); 5] = [
+    let refusals: [(&[&str], &str); 6] = [
         (&["--store", "postgres://postgres@127.0.0.1:1/nowhere"], "cannot open the PostgreSQL store"),
         (&["--store", "postgres://host:notaport/db"], "bad --store URL"),
         (&["--store", &database.url, "--shards", "0"], "a cluster has 1 to"),
         (&["--store", &database.url, "--lease-ms", "100"], "--lease-ms must be"),
         (&["--store", &database.url, "--node-id", "a b"], "--node-id must be"),
+        (&["--store", &database.url, "--preload-completed", "10"], "works on sled only"),
     ];
     for (args, reason) in refusals {
         let mut start = engine();
