@@ -3,8 +3,10 @@
 //! killed with SIGKILL and restarted are all there afterwards (nothing acknowledged lost, every
 //! invariant of design.md section 7 holds); and a second engine started on the same database
 //! shares the shards with the first (each serves its own, refuses the other's with 503
-//! `NOT_OWNER`, and takes them back when the other stops). SKIPPED (loudly) where PostgreSQL
-//! is unreachable, unless `SHOP_REQUIRE_POSTGRES=1`.
+//! `NOT_OWNER`, and takes them back when the other stops); a node paused (SIGSTOP) past its
+//! leases wakes up serving and writing nothing of the shards it lost, then rejoins; and the
+//! event stream spans shards. SKIPPED (loudly) where PostgreSQL is unreachable, unless
+//! `SHOP_REQUIRE_POSTGRES=1`.
 
 use shop_engine::store::postgres::test_db::TestDatabase;
 use shop_tests::{
@@ -236,4 +238,37 @@ async fn the_event_stream_follows_every_shard_and_resumes_from_its_cursor() {
         let got: Vec<u64> = seen.iter().filter(|e| e.workflow_id.as_str() == id).map(|e| e.seq).collect();
         assert_eq!(got, expected, "run {id}: every event once, in order, across the resume");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_node_wakes_up_serving_nothing_of_the_shards_it_lost() {
+    use shop_tests::process::send;
+    let Some(database) = TestDatabase::create("a_paused_node_wakes_up_serving_nothing") else { return };
+    let (first_dir, second_dir) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let first = Engine::start(first_dir.path(), on(&database)).await;
+    let second = Engine::start(second_dir.path(), on(&database)).await;
+    let (first_api, second_api) = (shop_tests::Api::new(&first.url()), shop_tests::Api::new(&second.url()));
+    settled(&second_api, 2).await;
+    let status = settled(&first_api, 2).await;
+    let zombie = order_owned_by(&status, &status.node, "zombie");
+
+    // Paused for longer than its leases and its liveness: the other node takes every shard.
+    send(first.proc().expect("running"), "STOP");
+    let body = order_body(Some(&zombie), &[(1, 1)], "CREDIT_CARD");
+    let queued = {
+        let api = first_api.clone();
+        tokio::spawn(async move { api.place_order(&body).await })
+    };
+    settled(&second_api, 1).await;
+    // It wakes: the order it had queued is refused, because its own clock says the lease
+    // may have lapsed, before anything of the shard is served or written.
+    send(first.proc().expect("running"), "CONT");
+    let reply = queued.await.expect("the request task").expect("an answer");
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    let missing = second_api.get(&format!("/api/orders/{zombie}")).await.expect("GET");
+    assert_eq!(missing.status, 404, "nothing of the refused order is stored: {}", missing.text);
+    let log = std::fs::read_to_string(first_dir.path().join("engine.log")).unwrap_or_default();
+    assert!(log.contains("lapsed"), "the node says why it dropped its shards");
+    // And it rejoins: placement gives it shards again.
+    settled(&first_api, 2).await;
 }
