@@ -94,6 +94,8 @@ pub enum Error {
     OpenPostgres(store::Error),
     #[error(transparent)]
     Preload(#[from] preload::Error),
+    #[error("--preload-completed works on sled only: a PostgreSQL node holds no shard before it claims one")]
+    PreloadNeedsSled,
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error("cannot read workflow definitions in {dir}: {source}")]
@@ -154,6 +156,11 @@ pub async fn serve(
     };
     let registry = Arc::new(RwLock::new(load_definitions(store.as_ref(), options.workflows_dir.as_deref())?));
     let clock: Arc<dyn clock::Clock> = Arc::new(clock::SystemClock);
+    if options.preload_completed > 0 && options.store.is_some() {
+        // Preloading numbers every run in one shard, as sled's one writer; a PostgreSQL node
+        // holds no shard before its lease manager claims one.
+        return Err(Error::PreloadNeedsSled);
+    }
     if options.preload_completed > 0 {
         let order = registry.read().ok().and_then(|r| r.latest(shop_types::order::ORDER_WORKFLOW_TYPE));
         let order = order.ok_or(Error::Preload(preload::Error::Decider("no order definition is registered".into())))?;
@@ -249,7 +256,13 @@ pub async fn serve(
         Some(db) => {
             let cluster = Arc::new(cluster::Cluster::leased(node.clone(), "postgres", store.shard_count()));
             let options = cluster::lease::LeaseOptions { node: node.clone(), url, lease: options.cluster.lease };
-            let manager = cluster::lease::LeaseManager::new(db, handle.clone(), cluster.clone(), lease_guard, options);
+            let mut manager =
+                cluster::lease::LeaseManager::new(db, handle.clone(), cluster.clone(), lease_guard, options);
+            // One round before serving: a node alone (or the first of a cluster) takes its
+            // shards before its first request, instead of refusing it as not owned.
+            if let Err(error) = manager.tick().await {
+                tracing::warn!(%error, "the first lease round failed; retrying in the background");
+            }
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(manager.run(async move {
                 // A dropped sender (serve returning early) stops it too.

@@ -5,6 +5,9 @@
 //! A feed is a follower of the stream of committed events that can start in the past: it
 //! subscribes FIRST, then reads the store (up to the durable position, see
 //! `core::stream::DurablePosition`), then takes live events, skipping what it already gave.
+//! Positions count per shard, so the global feed keeps one per shard (sled has one shard;
+//! a PostgreSQL node follows the shards it holds or held) and each event carries the cursor
+//! of everything given up to it.
 //! A feed that lags (`RecvError::Lagged`) or sees a gap catches up by reading the store from
 //! its own position again; it never slows the core or the syncer, which only overwrite the
 //! oldest message of the bounded broadcast.
@@ -18,7 +21,7 @@ use crate::store::{self, ShardId, Store};
 use shop_types::api::WorkflowStatus;
 use shop_types::history::Event;
 use shop_types::{WorkflowId, WorkflowType};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
@@ -110,7 +113,11 @@ impl StreamHub {
 /// A committed event as `/v1/events` shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamEvent {
+    /// Its position in its run's shard.
     pub position: u64,
+    /// Where a feed resumes to give every event after this one: the last position given in
+    /// each shard (shards with none left out).
+    pub cursor: BTreeMap<ShardId, u64>,
     pub run: WorkflowId,
     pub workflow_type: WorkflowType,
     pub seq: u64,
@@ -138,8 +145,10 @@ pub struct GlobalFeed {
     core: Handle,
     hub: Arc<StreamHub>,
     subscription: Subscription,
-    /// The last position put into `ready`.
-    last: u64,
+    /// The store's shard count.
+    shards: u32,
+    /// The last position put into `ready`, per shard (absent: 0).
+    last: BTreeMap<ShardId, u64>,
     ready: VecDeque<StreamEvent>,
     catching_up: bool,
     /// Runs' types, read once per run from their summaries while catching up.
@@ -147,16 +156,29 @@ pub struct GlobalFeed {
 }
 
 impl GlobalFeed {
-    /// A feed of the events after `after`, or of those committed from now on (`None`).
-    pub fn new(store: Arc<Store>, core: Handle, hub: Arc<StreamHub>, after: Option<u64>) -> GlobalFeed {
-        // Subscribed before the durable position is read: nothing can fall between them.
+    /// A feed of the events after `after` (a position per shard; a shard left out: from its
+    /// beginning), or of those committed from now on (`None`).
+    pub fn new(
+        store: Arc<Store>,
+        core: Handle,
+        hub: Arc<StreamHub>,
+        after: Option<BTreeMap<ShardId, u64>>,
+    ) -> GlobalFeed {
+        // Subscribed before the durable positions are read: nothing can fall between them.
         let subscription = core.subscribe();
-        let last = after.unwrap_or_else(|| core.durable_position());
+        let shards = store.shard_count();
+        let last = after.unwrap_or_else(|| {
+            (0..shards)
+                .map(|shard| (ShardId(shard), core.durable_position_of(ShardId(shard))))
+                .filter(|(_, position)| *position > 0)
+                .collect()
+        });
         GlobalFeed {
             store,
             core,
             hub,
             subscription,
+            shards,
             last,
             ready: VecDeque::new(),
             catching_up: true,
@@ -171,26 +193,32 @@ impl GlobalFeed {
                 return Ok(event);
             }
             if self.catching_up {
-                let durable = self.core.durable_position();
-                let page = if self.last < durable {
-                    let store = self.store.clone();
-                    let last = self.last;
-                    let limit = usize::try_from(durable - last).unwrap_or(usize::MAX).min(CATCH_UP_PAGE);
-                    tokio::task::spawn_blocking(move || store.events_after(ShardId::SOLE, last, limit))
-                        .await
-                        .map_err(|_| Error::Closed)??
-                } else {
-                    Vec::new()
-                };
-                if page.is_empty() {
+                // One page of the first shard behind its durable position; round after round
+                // until none is behind.
+                let behind = (0..self.shards).map(ShardId).find_map(|shard| {
+                    let (last, durable) = (self.position(shard), self.core.durable_position_of(shard));
+                    (last < durable).then_some((shard, last, durable))
+                });
+                let Some((shard, last, durable)) = behind else {
                     self.catching_up = false;
+                    continue;
+                };
+                let store = self.store.clone();
+                let limit = usize::try_from(durable - last).unwrap_or(usize::MAX).min(CATCH_UP_PAGE);
+                let page = tokio::task::spawn_blocking(move || store.events_after(shard, last, limit))
+                    .await
+                    .map_err(|_| Error::Closed)??;
+                if page.is_empty() {
+                    // Numbered but never written (a refused batch): nothing more to read there.
+                    self.last.insert(shard, durable);
                     continue;
                 }
                 for stored in page {
                     let workflow_type = self.type_of(&stored.run)?;
-                    self.last = stored.position;
+                    self.last.insert(shard, stored.position);
                     self.ready.push_back(StreamEvent {
                         position: stored.position,
+                        cursor: self.last.clone(),
                         run: stored.run,
                         workflow_type,
                         seq: stored.event.seq,
@@ -204,17 +232,19 @@ impl GlobalFeed {
             match self.subscription.recv().await {
                 Ok(commit) => {
                     for event in &commit.events {
-                        if event.position <= self.last {
+                        let last = self.position(event.shard);
+                        if event.position <= last {
                             continue;
                         }
-                        if event.position != self.last + 1 {
+                        if event.position != last + 1 {
                             // A gap: some events went by unseen. Read them from the store.
                             self.start_catch_up();
                             break;
                         }
-                        self.last = event.position;
+                        self.last.insert(event.shard, event.position);
                         self.ready.push_back(StreamEvent {
                             position: event.position,
+                            cursor: self.last.clone(),
                             run: event.run.clone(),
                             workflow_type: event.workflow_type.clone(),
                             seq: event.seq,
@@ -228,6 +258,11 @@ impl GlobalFeed {
                 Err(RecvError::Closed) => return Err(Error::Closed),
             }
         }
+    }
+
+    /// The last position given in `shard`.
+    fn position(&self, shard: ShardId) -> u64 {
+        self.last.get(&shard).copied().unwrap_or(0)
     }
 
     fn start_catch_up(&mut self) {

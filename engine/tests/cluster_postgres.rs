@@ -191,3 +191,49 @@ async fn a_core_whose_shard_was_taken_over_answers_shard_moved_and_drops_it() {
     drop(handle);
     core_thread.join().expect("the core stops when its handles are gone");
 }
+
+/// The deadlock we saw under load: a write transaction holds one lease row (`shop_fence`,
+/// FOR SHARE) and wants another while a renewal holds that other one and wants the first.
+/// A renewal holds at most one lease row at a time, so a writer holding shard 1 and then
+/// asking for shard 0 gets it while the renewal of shard 1 waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_never_holds_one_lease_row_while_waiting_for_another() {
+    use shop_engine::cluster::lease::LeaseDb;
+    let Some(database) = TestDatabase::create("a_renewal_never_holds_one_lease_row") else { return };
+    let store = Arc::new(
+        PostgresStore::open(&PostgresOptions { url: database.url.clone(), shards: Some(SHARDS) }).expect("opens"),
+    );
+    let mut leases = store.leases();
+    let won = leases.claim("node-a", &[ShardId(0), ShardId(1), ShardId(2)], LEASE).await.expect("claims");
+    assert_eq!(won.len(), 3);
+
+    let (writer, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.expect("connects");
+    tokio::spawn(connection);
+    writer.batch_execute("BEGIN; SET LOCAL lock_timeout = '20s'").await.expect("begins");
+    writer.execute("SELECT 1 FROM shop_shards WHERE shard = 1 FOR SHARE", &[]).await.expect("locks shard 1");
+    let expiry = |shard: i32| {
+        let url = database.url.clone();
+        async move {
+            let (reader, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connects");
+            tokio::spawn(connection);
+            let row = reader.query_one("SELECT expires_at FROM shop_shards WHERE shard = $1", &[&shard]).await;
+            row.expect("reads").get::<_, std::time::SystemTime>(0)
+        }
+    };
+    let before = expiry(0).await;
+    let renewal = tokio::spawn(async move { leases.renew("node-a", &won, LEASE).await.expect("renews") });
+    // Shard 0's renewal commits on its own, while shard 1's waits for the writer.
+    let mut rounds = 0;
+    while expiry(0).await == before {
+        rounds += 1;
+        assert!(rounds < 200, "shard 0 was never renewed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer
+        .execute("SELECT 1 FROM shop_shards WHERE shard = 0 FOR SHARE", &[])
+        .await
+        .expect("the writer gets shard 0: the renewal does not hold it");
+    writer.batch_execute("COMMIT").await.expect("commits");
+    let renewed = renewal.await.expect("the renewal task");
+    assert_eq!(renewed.len(), 3, "every lease renewed once the writer let go: {renewed:?}");
+}

@@ -198,3 +198,19 @@ async fn shopctl_watches_a_run_to_its_end_and_tails_events() {
     assert_eq!(event["status"], "COMPLETED");
     assert!(event["cursor"].as_str().is_some_and(|c| c.starts_with("0:")), "{event}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shopctl_cluster_status_shows_one_node_owning_sleds_one_shard() {
+    let stack = Stack::start().await;
+    let status = json_of(&shopctl(&stack, &["--json", "cluster", "status"]), "cluster status --json");
+    assert_eq!(status["store"], "sled");
+    assert_eq!(status["shardCount"], 1);
+    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(status["nodes"][0]["shardsOwned"], 1);
+    assert_eq!(status["shards"][0]["owner"], status["node"], "{status}");
+    let table = shopctl(&stack, &["cluster", "status"]);
+    succeeded(&table, "cluster status");
+    assert!(table.stdout.contains("NODE") && table.stdout.contains("SHARD"), "{}", table.stdout);
+    assert!(table.stdout.contains(&stack.engine.url()), "the node's URL: {}", table.stdout);
+    failed_with_one_line(&shopctl_at(UNREACHABLE_ENGINE, UNREACHABLE_ENGINE, &["cluster", "status"]), "unreachable");
+}

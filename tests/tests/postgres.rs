@@ -3,8 +3,10 @@
 //! killed with SIGKILL and restarted are all there afterwards (nothing acknowledged lost, every
 //! invariant of design.md section 7 holds); and a second engine started on the same database
 //! shares the shards with the first (each serves its own, forwards the other's to it, and
-//! takes them back when the other stops). SKIPPED (loudly) where PostgreSQL
-//! is unreachable, unless `SHOP_REQUIRE_POSTGRES=1`.
+//! takes them back when the other stops); a node paused (SIGSTOP) past its leases wakes up
+//! serving and writing nothing of the shards it lost, then rejoins; and the event stream
+//! spans shards. SKIPPED (loudly) where PostgreSQL is unreachable, unless
+//! `SHOP_REQUIRE_POSTGRES=1`.
 
 use shop_engine::store::postgres::test_db::TestDatabase;
 use shop_tests::{
@@ -126,6 +128,14 @@ async fn a_second_engine_on_the_database_shares_the_shards() {
         assert_eq!(forwarded.status, 202, "forwarded to its owner and accepted: {}", forwarded.text);
     }
 
+    // shopctl shows the same cluster, as a table and as JSON.
+    let mut command = std::process::Command::new(shop_tests::process::binary("shopctl"));
+    command.env_remove("SHOP_ENGINE").env("NO_COLOR", "1").args(["--engine", &first.url(), "cluster", "status"]);
+    let table = shop_tests::process::run_to_end(command, Duration::from_secs(60));
+    assert!(table.status.success(), "{}", table.stderr);
+    assert!(table.stdout.contains(&one) && table.stdout.contains(&two), "both nodes: {}", table.stdout);
+    assert!(table.stdout.contains("EPOCH"), "{}", table.stdout);
+
     // The second stops gracefully: its shards are handed back, and the first serves them.
     assert!(second.stop().await.success(), "a graceful stop");
     let alone_again = settled(&first_api, 1).await;
@@ -151,12 +161,13 @@ fn migrate_is_idempotent_and_bad_flags_are_one_line_refusals() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().display().to_string();
-    let refusals: [(&[&str], &str); 5] = [
+    let refusals: [(&[&str], &str); 6] = [
         (&["--store", "postgres://postgres@127.0.0.1:1/nowhere"], "cannot open the PostgreSQL store"),
         (&["--store", "postgres://host:notaport/db"], "bad --store URL"),
         (&["--store", &database.url, "--shards", "0"], "a cluster has 1 to"),
         (&["--store", &database.url, "--lease-ms", "100"], "--lease-ms must be"),
         (&["--store", &database.url, "--node-id", "a b"], "--node-id must be"),
+        (&["--store", &database.url, "--preload-completed", "10"], "works on sled only"),
     ];
     for (args, reason) in refusals {
         let mut start = engine();
@@ -166,4 +177,97 @@ fn migrate_is_idempotent_and_bad_flags_are_one_line_refusals() {
         let last = done.stderr.trim().lines().last().unwrap_or_default();
         assert!(last.starts_with("shop-engine: ") && last.contains(reason), "{args:?}: {}", done.stderr);
     }
+}
+
+/// The next `/v1/events` message's data and cursor (bounded wait: a broken stream fails the
+/// test instead of hanging it).
+async fn next_event(stream: &mut shop_client::events::EventStream) -> (shop_types::api::CommittedEventView, String) {
+    let message = tokio::time::timeout(Duration::from_secs(120), stream.next())
+        .await
+        .expect("a message within the deadline")
+        .expect("the stream goes on");
+    (message.committed_event().expect("its data parses"), message.id.expect("every message has an id"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_event_stream_follows_every_shard_and_resumes_from_its_cursor() {
+    use shop_client::events::EventsQuery;
+    let Some(database) = TestDatabase::create("the_event_stream_follows_every_shard") else { return };
+    let stack = Stack::start_with(on(&database), WorkerOptions::default()).await;
+    stack.admin.set_stock(1, 10_000).await;
+    let ids: Vec<String> = (0..24).map(|n| format!("ev-{n:02}")).collect();
+    for id in &ids {
+        stack.api.place_order_ok(&order_body(Some(id), &[(1, 1)], "CREDIT_CARD")).await;
+    }
+    for id in &ids {
+        stack.api.wait_order(id).await;
+    }
+    let shards: std::collections::BTreeSet<u32> = ids
+        .iter()
+        .map(|id| shop_engine::cluster::shard_of(&shop_types::WorkflowId::parse(id).expect("valid"), 16).0)
+        .collect();
+    assert!(shards.len() > 4, "the orders spread over shards: {shards:?}");
+    let total: usize = {
+        let mut total = 0;
+        for id in &ids {
+            total += stack.api.history(id).await.len();
+        }
+        total
+    };
+    // Half the events from the beginning, then resume from the last cursor for the rest.
+    let events = |after: String| {
+        stack.api.client().events(&EventsQuery { after: Some(after), ..EventsQuery::default() }).expect("a stream")
+    };
+    let mut stream = events("0".into());
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..total / 2 {
+        let (event, id) = next_event(&mut stream).await;
+        seen.push(event);
+        cursor = id;
+    }
+    drop(stream);
+    assert!(cursor.contains(','), "the cursor holds a position per shard: {cursor}");
+    let mut stream = events(cursor);
+    while seen.len() < total {
+        seen.push(next_event(&mut stream).await.0);
+    }
+    for id in &ids {
+        let expected: Vec<u64> = stack.api.history(id).await.iter().map(|e| e.seq).collect();
+        let got: Vec<u64> = seen.iter().filter(|e| e.workflow_id.as_str() == id).map(|e| e.seq).collect();
+        assert_eq!(got, expected, "run {id}: every event once, in order, across the resume");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_node_wakes_up_serving_nothing_of_the_shards_it_lost() {
+    use shop_tests::process::send;
+    let Some(database) = TestDatabase::create("a_paused_node_wakes_up_serving_nothing") else { return };
+    let (first_dir, second_dir) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let first = Engine::start(first_dir.path(), on(&database)).await;
+    let second = Engine::start(second_dir.path(), on(&database)).await;
+    let (first_api, second_api) = (shop_tests::Api::new(&first.url()), shop_tests::Api::new(&second.url()));
+    settled(&second_api, 2).await;
+    let status = settled(&first_api, 2).await;
+    let zombie = order_owned_by(&status, &status.node, "zombie");
+
+    // Paused for longer than its leases and its liveness: the other node takes every shard.
+    send(first.proc().expect("running"), "STOP");
+    let body = order_body(Some(&zombie), &[(1, 1)], "CREDIT_CARD");
+    let queued = {
+        let api = first_api.clone();
+        tokio::spawn(async move { api.place_order(&body).await })
+    };
+    settled(&second_api, 1).await;
+    // It wakes: the order it had queued is refused, because its own clock says the lease
+    // may have lapsed, before anything of the shard is served or written.
+    send(first.proc().expect("running"), "CONT");
+    let reply = queued.await.expect("the request task").expect("an answer");
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    let missing = second_api.get(&format!("/api/orders/{zombie}")).await.expect("GET");
+    assert_eq!(missing.status, 404, "nothing of the refused order is stored: {}", missing.text);
+    let log = std::fs::read_to_string(first_dir.path().join("engine.log")).unwrap_or_default();
+    assert!(log.contains("lapsed"), "the node says why it dropped its shards");
+    // And it rejoins: placement gives it shards again.
+    settled(&first_api, 2).await;
 }

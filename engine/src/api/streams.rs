@@ -12,9 +12,8 @@
 //! reconnects to the same URL with it), send a keep-alive comment every
 //! [`KEEP_ALIVE_SECS`], and take one of `--max-stream-subscribers` places (503 past it).
 //!
-//! The cursor is opaque to clients: today `<shard>:<position>` for the one shard of sled;
-//! with several shards (PostgreSQL) it will list one `<shard>:<position>` per shard, comma
-//! separated, which this parser already reads. This module never writes.
+//! The cursor is opaque to clients: one `<shard>:<position>` per shard that has events, comma
+//! separated (`0:<position>` for the one shard of sled). This module never writes.
 
 use super::{query, ApiError, AppState};
 use crate::store::ShardId;
@@ -63,11 +62,12 @@ impl Cursor {
         Ok(Cursor(positions))
     }
 
-    /// The cursor of one shard at `position`.
+    #[cfg(test)]
     fn at(shard: ShardId, position: u64) -> Cursor {
         Cursor(BTreeMap::from([(shard, position)]))
     }
 
+    #[cfg(test)]
     fn position(&self, shard: ShardId) -> u64 {
         self.0.get(&shard).copied().unwrap_or(0)
     }
@@ -155,10 +155,14 @@ pub(crate) async fn events(
     };
     let after = match last_event_id(&headers)?.or(params.after.as_deref()) {
         Some(text) => {
-            let after = Cursor::parse(text)?.position(ShardId::SOLE);
+            let after = Cursor::parse(text)?.0;
             // Only a cursor this engine gave out is accepted: one past what it has made durable
             // would silently skip every event up to it.
-            if after > state.core.durable_position() {
+            let shards = state.store.shard_count();
+            let ahead = after
+                .iter()
+                .any(|(shard, position)| shard.0 >= shards || *position > state.core.durable_position_of(*shard));
+            if ahead {
                 return Err(ApiError::bad_request("BAD_CURSOR", format!("{text:?} is ahead of this engine's events")));
             }
             Some(after)
@@ -206,7 +210,7 @@ fn global_message(event: &StreamEvent) -> SseEvent {
         status: event.status,
     };
     SseEvent::default()
-        .id(Cursor::at(ShardId::SOLE, event.position).to_string())
+        .id(Cursor(event.cursor.clone()).to_string())
         .event(event.kind)
         .data(serde_json::to_string(&view).unwrap_or_default())
 }

@@ -256,10 +256,13 @@ impl<D: LeaseDb, H: ShardHolder> LeaseManager<D, H> {
         let handoff: Vec<(ShardId, Epoch)> =
             self.held.iter().filter(|(shard, _)| !mine(**shard)).map(|(s, e)| (*s, *e)).collect();
         for (shard, epoch) in handoff {
-            self.guard.forget(shard);
             if let Err(error) = self.holder.release(shard).await {
-                tracing::warn!(shard = shard.0, %error, "the core could not hand the shard off cleanly");
+                // Kept (and renewed) until the core has let go of it: a lease released while
+                // the core still serves the shard would only be caught by the fence.
+                tracing::warn!(shard = shard.0, %error, "the core could not drop the shard yet; handing it off later");
+                continue;
             }
+            self.guard.forget(shard);
             self.held.remove(&shard);
             self.db.set_held(&self.held);
             self.db.release(&node, shard, epoch).await?;

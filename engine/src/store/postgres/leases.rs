@@ -7,6 +7,14 @@
 //! COMMITTED a second node's `UPDATE` of the same row waits for the first and re-checks the
 //! condition on the new row, so two nodes racing for a shard cannot both win.
 //!
+//! One row at a time: a renewal or a claim updates each lease row in a statement (and so an
+//! implicit transaction) of its own, sent together on the connection. A write transaction
+//! of the writer locks the lease rows of its shards (`shop_fence`, `FOR SHARE`, in shard
+//! order) until it commits; an `UPDATE` of several lease rows could hold one of them while
+//! waiting for another, and the two would deadlock (PostgreSQL then aborts one: we saw it
+//! abort the writer's). Holding at most one lease row's lock, the lease manager never waits
+//! while holding one, so no cycle can form.
+//!
 //! This module must never write a run's records.
 
 use super::super::{Epoch, Error, ShardId};
@@ -91,37 +99,51 @@ impl LeaseDb for PostgresLeases {
     }
 
     async fn renew(&mut self, node: &str, held: &[(ShardId, Epoch)], lease: Duration) -> Result<Vec<ShardId>, Error> {
-        let shards: Vec<i32> = held.iter().map(|(shard, _)| shard.0 as i32).collect();
-        let epochs: Vec<i64> = held.iter().map(|(_, epoch)| epoch.0 as i64).collect();
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "UPDATE shop_shards s SET expires_at = now() + $4::bigint * interval '1 millisecond'
-                 FROM unnest($2::integer[], $3::bigint[]) AS h(shard, epoch)
-                 WHERE s.shard = h.shard AND s.epoch = h.epoch AND s.owner = $1
-                 RETURNING s.shard",
-                &[&node, &shards, &epochs, &millis(lease)],
+        let client = self.client().await?;
+        let statement = client
+            .prepare(
+                "UPDATE shop_shards SET expires_at = now() + $4::bigint * interval '1 millisecond'
+                 WHERE shard = $2 AND epoch = $3 AND owner = $1 RETURNING shard",
             )
             .await?;
-        Ok(rows.iter().map(|row| ShardId(row.get::<_, i32>(0) as u32)).collect())
+        let lease_ms = millis(lease);
+        // One row per statement (see `one_row_at_a_time`), sent together.
+        let updates = held.iter().map(|(shard, epoch)| {
+            let (shard, epoch) = (shard.0 as i32, epoch.0 as i64);
+            let statement = &statement;
+            async move { client.query_opt(statement, &[&node, &shard, &epoch, &lease_ms]).await }
+        });
+        let mut renewed = Vec::new();
+        for row in futures_util::future::join_all(updates).await {
+            if let Some(row) = row? {
+                renewed.push(ShardId(row.get::<_, i32>(0) as u32));
+            }
+        }
+        Ok(renewed)
     }
 
     async fn claim(&mut self, node: &str, shards: &[ShardId], lease: Duration) -> Result<Vec<(ShardId, Epoch)>, Error> {
-        let shards: Vec<i32> = shards.iter().map(|shard| shard.0 as i32).collect();
-        let rows = self
-            .client()
-            .await?
-            .query(
+        let client = self.client().await?;
+        let statement = client
+            .prepare(
                 "UPDATE shop_shards SET owner = $1, epoch = epoch + 1,
                      expires_at = now() + $3::bigint * interval '1 millisecond'
-                 WHERE shard = ANY($2) AND (owner = '' OR owner = $1 OR expires_at < now())
+                 WHERE shard = $2 AND (owner = '' OR owner = $1 OR expires_at < now())
                  RETURNING shard, epoch",
-                &[&node, &shards, &millis(lease)],
             )
             .await?;
-        let mut won: Vec<(ShardId, Epoch)> =
-            rows.iter().map(|row| (ShardId(row.get::<_, i32>(0) as u32), Epoch(row.get::<_, i64>(1) as u64))).collect();
+        let lease_ms = millis(lease);
+        let claims = shards.iter().map(|shard| {
+            let shard = shard.0 as i32;
+            let statement = &statement;
+            async move { client.query_opt(statement, &[&node, &shard, &lease_ms]).await }
+        });
+        let mut won = Vec::new();
+        for row in futures_util::future::join_all(claims).await {
+            if let Some(row) = row? {
+                won.push((ShardId(row.get::<_, i32>(0) as u32), Epoch(row.get::<_, i64>(1) as u64)));
+            }
+        }
         won.sort_unstable();
         Ok(won)
     }
