@@ -221,7 +221,8 @@ pub async fn serve(
         None => tracing::info!("rate limits are off"),
     }
 
-    let redrives = redrive::Redrives::load(handle.clone(), store.clone(), clock.clone()).map_err(Error::Store)?;
+    let redrives =
+        redrive::Redrives::load(handle.clone(), store.clone(), clock.clone(), tracer.clone()).map_err(Error::Store)?;
     // One engine on sled is a cluster of one node owning its one shard.
     let cluster = Arc::new(cluster::Cluster::single("local".to_owned(), format!("http://{local}")));
     let app = api::app(api::AppState {
