@@ -6,8 +6,8 @@
 //! compensations are `Compensate:<step>` spans. A run parked by a failing refund and resumed
 //! through the API (with the operator's own `traceparent`) gets a `Resume:order` span in its
 //! original trace, linked to the operator's span, and its later attempts are children of
-//! that resume, each linked to the run's original request span. Without `--otlp-endpoint`
-//! nothing connects.
+//! that resume, each linked to the run's original request span. A signal-with-start is
+//! traced like a start. Without `--otlp-endpoint` nothing connects.
 
 use axum::body::Bytes;
 use axum::routing::post;
@@ -273,6 +273,38 @@ async fn a_parked_run_resumed_through_the_api_links_its_later_attempts_to_its_or
     }
     drop(worker);
     drop(engine);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signal_with_start_is_traced_like_a_start() {
+    let (url, received) = receiver().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let args = vec!["--otlp-endpoint".to_owned(), url];
+    let engine = Engine::start(dir.path(), EngineOptions { args, ..EngineOptions::default() }).await;
+    let api = Api::new(&engine.url());
+    // Order v2 (from `workflows/`, loaded at start) waits for `payment_confirmed` on 3-D Secure.
+    let start = serde_json::json!({
+        "type": "order",
+        "id": "traced-sws",
+        "input": {"orderId": "traced-sws", "orderItems": [{"productId": 1, "quantity": 1}],
+                  "shippingAddress": "1 Main St", "paymentMethod": "CARD_3DS"},
+        "signal": {"name": "payment_confirmed", "payload": {}, "idempotency_key": "sws-1"},
+    });
+    let traceparent = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let body = serde_json::to_vec(&start).expect("json");
+    let reply = api
+        .post_raw("/v1/workflows", "application/json", body, &[("traceparent", &traceparent)])
+        .await
+        .expect("POST /v1/workflows");
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let spans = spans_named(&received, &["Start:order"]).await;
+    assert_eq!(one(&spans, "Start:order").parent, CALLER_SPAN, "the request span continues the caller's");
+    let history = api.get("/v1/workflows/traced-sws/history").await.expect("history");
+    assert!(
+        history.text.contains("TraceLinked") && history.text.contains(TRACE),
+        "the run keeps the trace: {}",
+        history.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
