@@ -177,7 +177,9 @@ pub async fn serve(
     };
     let worker_admins = Arc::new(console::WorkerAdmins::new(&options.worker_admin, admin_token.as_ref())?);
     // The stats follower subscribes before the core's first turn (overdue timers fire there), so it misses nothing.
-    let stream_stats = Arc::new(stream_stats::StreamStats::default());
+    // It is also the one tracker of run start times: it observes run durations in `/metrics`.
+    let metrics = Arc::new(metrics::Metrics::new(&handle.stats.metrics));
+    let stream_stats = Arc::new(stream_stats::StreamStats::with_metrics(metrics.clone()));
     let (follower, subscription) = (stream_stats.clone(), handle.subscribe());
     tokio::spawn(async move { follower.follow(subscription).await });
     // So does the watch hub: waits are woken by what the stream says is committed.
@@ -185,7 +187,6 @@ pub async fn serve(
     let (follower, subscription) = (watch.clone(), handle.subscribe());
     tokio::spawn(async move { follower.follow(subscription).await });
     // And the metrics follower, for the same reason.
-    let metrics = Arc::new(metrics::Metrics::new(&handle.stats.metrics));
     let follower = metrics::follower::MetricsFollower::new(metrics.clone());
     let subscription = handle.subscribe();
     tokio::spawn(follower.follow(subscription));
@@ -247,7 +248,8 @@ pub async fn serve(
         None => tracing::info!("rate limits are off"),
     }
 
-    let redrives = redrive::Redrives::load(handle.clone(), store.clone(), clock.clone()).map_err(Error::Store)?;
+    let redrives =
+        redrive::Redrives::load(handle.clone(), store.clone(), clock.clone(), tracer.clone()).map_err(Error::Store)?;
     let node = options.cluster.node_id.clone().unwrap_or_else(cluster::default_node_id);
     let url = options.cluster.advertise_url.clone().unwrap_or_else(|| format!("http://{local}"));
     // One engine on sled is a cluster of one node owning its one shard; on PostgreSQL the

@@ -3,16 +3,22 @@
 //! runs) for `/v1/stats` and the console's live overview, from one subscription, on its own
 //! task.
 //!
+//! It is the engine's one tracker of when runs in flight started: besides the overview's
+//! latencies, it observes each settled run's duration in `/metrics`
+//! (`shop_run_duration_seconds`, through [`StreamStats::with_metrics`]), so the metrics
+//! follower remembers no start times of its own.
+//!
 //! It must never block the core or hold a lock across an await. Totals are exact even after a
 //! lag, as every message carries its commit number and the running event total; the counts by
 //! kind, of runs started and finished and the latencies skip the messages a lag dropped
 //! (`lagged_commits` says how many).
 
 use crate::core::stream::{Commit, Subscription};
+use crate::metrics::Metrics;
 use shop_types::WorkflowId;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast::error::RecvError;
 
 /// Finished runs whose end-to-end latency the percentiles are taken over (the most recent).
@@ -28,7 +34,7 @@ pub const MAX_TRACKED_START_AGE_MS: u64 = 3_600_000;
 const STARTED_KIND: &str = "WorkflowStarted";
 
 /// Counts of committed work, as the stream tells them.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct StreamStats {
     commits: AtomicU64,
     events: AtomicU64,
@@ -37,6 +43,8 @@ pub struct StreamStats {
     finished: AtomicU64,
     by_kind: Mutex<BTreeMap<&'static str, u64>>,
     latency: Mutex<Latency>,
+    /// Where settled runs' durations go (none in unit tests).
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Start times of runs in flight and the latencies of the last finished ones.
@@ -58,14 +66,18 @@ impl Latency {
         self.starts.insert(run.clone(), at_ms);
     }
 
-    fn finished(&mut self, run: &WorkflowId, at_ms: u64) {
-        let Some(started) = self.starts.remove(run) else {
-            return;
-        };
+    /// A run settled at `at_ms`: when it started, if that is known. A run that ended for
+    /// good is forgotten and its latency kept; a parked one is remembered (it may resume).
+    fn settled(&mut self, run: &WorkflowId, at_ms: u64, terminal: bool) -> Option<u64> {
+        if !terminal {
+            return self.starts.get(run).copied();
+        }
+        let started = self.starts.remove(run)?;
         if self.recent.len() >= RECENT_LATENCIES {
             self.recent.pop_front();
         }
         self.recent.push_back(at_ms.saturating_sub(started));
+        Some(started)
     }
 }
 
@@ -89,6 +101,11 @@ fn nearest_rank(sorted: &[u64], p: usize) -> u64 {
 }
 
 impl StreamStats {
+    /// Counts for `/v1/stats` and the overview, and settled runs' durations for `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> StreamStats {
+        StreamStats { metrics: Some(metrics), ..StreamStats::default() }
+    }
+
     /// Follows `subscription` until the stream closes.
     pub async fn follow(&self, mut subscription: Subscription) {
         loop {
@@ -112,9 +129,15 @@ impl StreamStats {
             if event.kind == STARTED_KIND {
                 self.started.fetch_add(1, Relaxed);
                 latency.started(&event.run, event.at_ms);
-            } else if event.terminal {
-                self.finished.fetch_add(1, Relaxed);
-                latency.finished(&event.run, event.at_ms);
+            } else if event.settles || event.terminal {
+                if event.terminal {
+                    self.finished.fetch_add(1, Relaxed);
+                }
+                let started = latency.settled(&event.run, event.at_ms, event.terminal);
+                if let (Some(started), Some(metrics)) = (started, &self.metrics) {
+                    let seconds = event.at_ms.saturating_sub(started) as f64 / 1_000.0;
+                    metrics.observe_run_duration(event.workflow_type.as_str(), event.status, seconds);
+                }
             }
         }
     }
@@ -220,12 +243,24 @@ mod tests {
     }
 
     #[test]
+    fn a_parked_run_keeps_its_start_until_it_ends_for_good() {
+        let mut latency = Latency::default();
+        let run = WorkflowId::parse("p").expect("valid");
+        latency.started(&run, 100);
+        assert_eq!(latency.settled(&run, 300, false), Some(100), "parked: timed and remembered");
+        assert!(latency.recent.is_empty(), "a park is not an end");
+        assert_eq!(latency.settled(&run, 900, true), Some(100), "resumed, then ended");
+        assert_eq!(latency.recent.back(), Some(&800));
+        assert_eq!(latency.settled(&run, 950, true), None, "forgotten once ended");
+    }
+
+    #[test]
     fn only_the_most_recent_latencies_are_kept() {
         let mut latency = Latency::default();
         for i in 0..(RECENT_LATENCIES as u64 + 1) {
             let run = WorkflowId::parse(format!("r{i}")).expect("valid");
             latency.started(&run, 0);
-            latency.finished(&run, i);
+            latency.settled(&run, i, true);
         }
         assert_eq!(latency.recent.len(), RECENT_LATENCIES);
         assert_eq!(latency.recent.front(), Some(&1), "the oldest went");

@@ -185,7 +185,7 @@ async fn queue_gauges_stay_when_a_queue_drains_and_the_overview_streams_ticks() 
     // No worker serves the queues: the order's first task waits on `inventory`.
     let id = api.place_order_ok(&order_body(None, &[(1, 1)], "CREDIT_CARD")).await;
     let stats: serde_json::Value = api.get("/v1/stats").await.expect("GET /v1/stats").parse();
-    let gauge = &stats["queue_gauges"]["inventory"];
+    let gauge = &stats["queueGauges"]["inventory"];
     assert_eq!(gauge["ready"], json!(1), "{stats}");
     assert!(gauge["oldestScheduledMs"].is_u64(), "{stats}");
     let (status, page) = console.get("/console/queues", &cookie).await;
@@ -196,7 +196,7 @@ async fn queue_gauges_stay_when_a_queue_drains_and_the_overview_streams_ticks() 
     let cancelled = api.post_json(&format!("/v1/workflows/{id}/terminate"), &json!({})).await.expect("POST");
     assert_eq!(cancelled.status, 202, "{}", cancelled.text);
     let stats: serde_json::Value = api.get("/v1/stats").await.expect("GET /v1/stats").parse();
-    let gauge = &stats["queue_gauges"]["inventory"];
+    let gauge = &stats["queueGauges"]["inventory"];
     assert_eq!((gauge["ready"].clone(), gauge["oldestScheduledMs"].clone()), (json!(0), json!(null)), "{stats}");
 
     // The overview stream: a credential (here the session) is needed, then ticks come.

@@ -139,7 +139,7 @@ async fn a_poll_that_waited_through_a_full_disk_gets_its_task_when_space_is_free
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let stats = api.get("/v1/stats").await.expect("GET /v1/stats");
-        if stats.body["waiting_polls"] == serde_json::json!(1) {
+        if stats.body["waitingPolls"] == serde_json::json!(1) {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the poll never waited: {}", stats.text);

@@ -164,7 +164,7 @@ async fn a_subscriber_sees_every_event_of_1000_concurrent_orders_exactly_once() 
         assert_eq!(&next_event(&mut compensated).await.0, want);
     }
     let counted = stats(&stack.api).await;
-    assert!(counted["stream"]["events_sent"].as_u64().expect("a count") >= 2 * seen.len() as u64);
+    assert!(counted["stream"]["eventsSent"].as_u64().expect("a count") >= 2 * seen.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -277,7 +277,7 @@ async fn a_stalled_subscriber_does_not_hold_the_engine_back_and_then_catches_up(
     }
     assert_eq!(positions, (1..=total).collect::<Vec<_>>(), "every event once, in order");
     let after = stats(&stack.api).await;
-    assert!(after["stream"]["catch_ups"].as_u64().expect("a count") >= 1, "it lagged and read the store: {after}");
+    assert!(after["stream"]["catchUps"].as_u64().expect("a count") >= 1, "it lagged and read the store: {after}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

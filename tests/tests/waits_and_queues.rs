@@ -95,7 +95,7 @@ async fn waits_that_end_free_their_slots_and_each_caller_has_a_cap() {
         let path = format!("/api/orders/{id}?wait=3s");
         held.spawn(async move { api.get(&path).await.expect("GET with wait") });
     }
-    until_stats(&api, "the held waits reach the core", |s| s["waiting_reads"] == json!(MAX_WAITS_PER_CALLER)).await;
+    until_stats(&api, "the held waits reach the core", |s| s["waitingReads"] == json!(MAX_WAITS_PER_CALLER)).await;
     // ...so one more is refused with a precise answer, and changes nothing.
     let response = reqwest::get(format!("{}/v1/workflows/{id}?wait=3s", engine.url())).await.expect("GET");
     assert_eq!(response.status(), 429);
@@ -108,7 +108,7 @@ async fn waits_that_end_free_their_slots_and_each_caller_has_a_cap() {
         assert_eq!(reply.expect("the wait task ran").status, 200);
     }
 
-    until_stats(&api, "the held waits ended", |s| s["waiting_reads"] == json!(0)).await;
+    until_stats(&api, "the held waits ended", |s| s["waitingReads"] == json!(0)).await;
 
     // A caller that hangs up mid-wait gives its slot back at once: more hang-ups than the cap.
     for _ in 0..2 * MAX_WAITS_PER_CALLER {
@@ -116,9 +116,9 @@ async fn waits_that_end_free_their_slots_and_each_caller_has_a_cap() {
             tokio::net::TcpStream::connect(engine.url().trim_start_matches("http://")).await.expect("connect");
         let request = format!("GET /api/orders/{id}?wait=30s HTTP/1.1\r\nHost: engine\r\n\r\n");
         socket.write_all(request.as_bytes()).await.expect("send a request");
-        until_stats(&api, "the wait is in progress", |s| s["waiting_reads"] == json!(1)).await;
+        until_stats(&api, "the wait is in progress", |s| s["waitingReads"] == json!(1)).await;
         drop(socket);
-        until_stats(&api, "the hung-up wait gave its slot back", |s| s["waiting_reads"] == json!(0)).await;
+        until_stats(&api, "the hung-up wait gave its slot back", |s| s["waitingReads"] == json!(0)).await;
     }
     let reply = api.get(&format!("/v1/workflows/{id}?wait=100ms")).await.expect("GET with wait");
     assert_eq!(reply.status, 200, "this caller may wait again: {}", reply.text);
@@ -161,7 +161,7 @@ async fn the_backlog_is_exact_when_attempts_time_out_or_runs_are_terminated() {
     }
     let before = stats(&api).await;
     assert_eq!(before["queues"]["inventory"], json!(RUNS), "{before}");
-    assert_eq!(before["ready_tasks"].as_u64(), Some(2 * RUNS as u64), "{before}");
+    assert_eq!(before["readyTasks"].as_u64(), Some(2 * RUNS as u64), "{before}");
 
     // Terminated orders leave the inventory queue at once.
     for id in &orders {
@@ -175,5 +175,5 @@ async fn the_backlog_is_exact_when_attempts_time_out_or_runs_are_terminated() {
     }
     let after = stats(&api).await;
     assert_eq!(after["queues"]["nobody"], json!(0), "no stale entry is left behind: {after}");
-    assert_eq!(after["ready_tasks"], json!(0), "{after}");
+    assert_eq!(after["readyTasks"], json!(0), "{after}");
 }

@@ -9,11 +9,13 @@ use crate::json::JsonText;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -22,6 +24,7 @@ pub struct ErrorDetail {
 /// `POST /v1/workflows`. Starting an ID that exists with the same type and input returns
 /// the existing run (200); with a different one it is a conflict (409).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StartWorkflowRequest {
     #[serde(rename = "type")]
@@ -38,6 +41,7 @@ pub struct StartWorkflowRequest {
 
 /// What `POST /v1/workflows/{id}/signals/{name}` and `POST /v1/callbacks/{token}` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignalReply {
     /// `recorded`, or `duplicate` when its key was recorded already (same name and payload).
     pub outcome: String,
@@ -45,6 +49,7 @@ pub struct SignalReply {
 
 /// `POST /v1/callbacks/{token}`'s body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CallbackRequest {
     /// One of the signals of the wait the token was minted for.
@@ -55,6 +60,7 @@ pub struct CallbackRequest {
 
 /// The signal of a signal-with-start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StartSignal {
     pub name: String,
@@ -64,6 +70,7 @@ pub struct StartSignal {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum WorkflowStatus {
     Running,
@@ -108,6 +115,7 @@ impl std::str::FromStr for WorkflowStatus {
 
 /// A workflow run as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkflowView {
     pub id: WorkflowId,
     #[serde(rename = "type")]
@@ -143,6 +151,7 @@ pub struct WorkflowView {
 
 /// One thing a run in flight waits for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum InFlightView {
     /// An activity attempt: waiting for a worker, running, or backing off.
@@ -166,6 +175,7 @@ pub enum InFlightView {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkflowList {
     pub workflows: Vec<WorkflowView>,
     /// Pass as `cursor` to get the next page; absent on the last page.
@@ -176,6 +186,7 @@ pub struct WorkflowList {
 /// One message of `GET /v1/events`: a committed event, without its payload (read the run's
 /// history for that). The message's SSE `id` is the cursor to resume after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CommittedEventView {
     /// The event's durable position in its shard (the cursor is the one to resume from).
@@ -193,6 +204,7 @@ pub struct CommittedEventView {
 /// One second of the engine's activity: the data of each `tick` message of
 /// `GET /v1/overview/events` (the console's overview draws its charts from these).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LiveStatsTick {
     pub at_ms: u64,
@@ -214,11 +226,13 @@ pub struct LiveStatsTick {
 
 /// The data of the `end` message of `GET /v1/workflows/{id}/events`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamEnd {
     pub status: WorkflowStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryEventView {
     pub seq: u64,
     pub at_ms: u64,
@@ -234,6 +248,7 @@ pub struct HistoryEventView {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryResponse {
     pub workflow_id: WorkflowId,
     pub events: Vec<HistoryEventView>,
@@ -241,6 +256,7 @@ pub struct HistoryResponse {
 
 /// Body of `POST /v1/workflows/{id}/cancel` and `/terminate` (optional).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
     #[serde(default)]
@@ -248,6 +264,7 @@ pub struct ReasonRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DefinitionSummary {
     pub name: String,
     pub version: u32,
@@ -264,6 +281,7 @@ pub struct DefinitionSummary {
 /// versions of the same workflow type that are still open. Those runs stay pinned to their
 /// version; registering never migrates a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisteredDefinition {
     #[serde(flatten)]
     pub definition: DefinitionSummary,
@@ -274,6 +292,7 @@ pub struct RegisteredDefinition {
 
 /// The open (not terminal, parked included) runs of one definition version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OpenRuns {
     pub version: u32,
     pub count: u64,
@@ -285,6 +304,7 @@ pub struct OpenRuns {
 /// without registering it. New constructs add optional fields (absent when unused), so an
 /// older reader still understands a plan that does not use them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DefinitionPlan {
     pub name: String,
     pub version: u32,
@@ -311,6 +331,7 @@ pub struct DefinitionPlan {
 
 /// One resolved activity step of a plan.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedStep {
     pub name: String,
     /// What the step does when it is not an activity: `sleep 30s`, `wait for a, b (15m)`,
@@ -371,6 +392,7 @@ impl PlannedStep {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedRetry {
     pub initial_interval_ms: u64,
     pub backoff_coefficient: f64,
@@ -382,6 +404,7 @@ pub struct PlannedRetry {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedTimeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_to_start_ms: Option<u64>,
@@ -394,6 +417,7 @@ pub struct PlannedTimeouts {
 
 /// One compensation of a plan: which step it undoes, and in which position it runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedCompensation {
     /// 1 for the first compensation to run.
     pub order: u32,
@@ -403,12 +427,14 @@ pub struct PlannedCompensation {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DefinitionList {
     pub definitions: Vec<DefinitionSummary>,
 }
 
 /// `POST /v1/tasks/poll`: returns as soon as a task is ready, or empty after `wait_ms`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PollRequest {
     pub queue: QueueName,
@@ -425,6 +451,7 @@ fn one() -> u32 {
 
 /// One activity attempt handed to a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActivityTask {
     pub token: TaskToken,
     pub workflow_id: WorkflowId,
@@ -451,11 +478,13 @@ pub struct ActivityTask {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PollResponse {
     pub tasks: Vec<ActivityTask>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     pub token: TaskToken,
@@ -467,6 +496,7 @@ pub struct CompleteRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FailRequest {
     pub token: TaskToken,
@@ -477,13 +507,21 @@ pub struct FailRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     pub token: TaskToken,
 }
 
+/// What `POST /v1/tasks/complete`, `/fail` and `/heartbeat` answer once the report or the
+/// heartbeat is recorded: an empty object (room for fields an older worker ignores).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TaskAck {}
+
 /// One outcome in `POST /v1/tasks/report` (a batch of completions and failures).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TaskOutcome {
     Completed { output: JsonText },
@@ -491,6 +529,7 @@ pub enum TaskOutcome {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TaskReport {
     pub token: TaskToken,
@@ -501,6 +540,7 @@ pub struct TaskReport {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReportBatchRequest {
     pub reports: Vec<TaskReport>,
@@ -513,6 +553,7 @@ pub struct ReportBatchRequest {
 /// Results in the order of the reports: `None` accepted, `Some(error)` refused; and the
 /// tasks of `then_poll`, if it was asked for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportBatchResponse {
     pub results: Vec<Option<ErrorDetail>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -520,6 +561,7 @@ pub struct ReportBatchResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub status: String,
     pub active_workflows: u64,

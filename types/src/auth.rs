@@ -20,6 +20,7 @@ pub const MAX_TOKEN_WORKFLOW_TYPES: usize = 16;
 
 /// What a credential may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything, including token management.
@@ -104,6 +105,7 @@ impl fmt::Debug for BearerToken {
 
 /// `POST /v1/tokens`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     pub name: String,
@@ -126,6 +128,7 @@ pub struct CreateTokenRequest {
 
 /// A token as `GET /v1/tokens` shows it: never its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenView {
     pub id: String,
     pub name: String,
@@ -143,6 +146,7 @@ pub struct TokenView {
 
 /// The answer to `POST /v1/tokens`: the token, and its secret, shown this once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedToken {
     #[serde(flatten)]
     pub view: TokenView,
@@ -152,6 +156,7 @@ pub struct CreatedToken {
 
 /// The answer to `GET /v1/tokens`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenList {
     pub tokens: Vec<TokenView>,
 }

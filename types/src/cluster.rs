@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// The cluster as the answering node sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {
     /// The node that answered.
@@ -24,6 +25,7 @@ pub struct ClusterStatus {
 
 /// One registered engine node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
     pub id: String,
@@ -39,6 +41,7 @@ pub struct NodeStatus {
 
 /// One shard's lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ShardStatus {
     pub shard: u32,
@@ -52,12 +55,14 @@ pub struct ShardStatus {
 /// What `GET /v1/tasks/nodes` answers a worker: the live engine nodes, each of which hands
 /// out the tasks of the shards it owns, so a worker long-polls every one of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeList {
     pub nodes: Vec<NodeAddress>,
 }
 
 /// One live engine node as a worker reaches it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeAddress {
     pub id: String,
     pub url: String,

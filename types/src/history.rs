@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// One entry of a run's history. `seq` is contiguous from 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     pub seq: u64,
     /// Wall-clock milliseconds since the Unix epoch when the engine decided this event.
@@ -20,6 +21,7 @@ pub struct Event {
 
 /// Why an attempt timed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TimeoutKind {
     /// No worker took the task in time.
     ScheduleToStart,
@@ -46,6 +48,7 @@ impl TimeoutKind {
 /// Unknown fields are refused on the wire like every request body's (bincode, the store's
 /// format, has no field names, so this changes nothing for stored histories).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ActivityError {
     /// A stable error type, matched against a retry policy's `non_retryable` list
@@ -62,6 +65,7 @@ fn default_true() -> bool {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EventKind {
     WorkflowStarted {
         workflow_type: WorkflowType,

@@ -76,6 +76,16 @@ fn validate_label(kind: &'static str, text: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// The longest text a name of `kind` may be, as its rule checks it (for its OpenAPI schema).
+#[cfg(feature = "openapi")]
+fn max_len(kind: &str) -> usize {
+    if kind == "step name" {
+        MAX_STEP_NAME_LEN
+    } else {
+        MAX_ID_LEN
+    }
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         id_type!($(#[$doc])* $name, $kind, validate);
@@ -155,6 +165,9 @@ macro_rules! id_type {
                 $name::parse(text).map_err(serde::de::Error::custom)
             }
         }
+
+        #[cfg(feature = "openapi")]
+        crate::openapi::string_schema!($name, concat!("A ", $kind, "."), Some(max_len($kind)));
     };
 }
 
@@ -202,6 +215,7 @@ id_type!(
 
 /// Which list of a definition a step belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum StepPhase {
     /// The forward steps, in order.
     Forward,
@@ -232,6 +246,7 @@ impl StepPhase {
 
 /// One step of a definition: its phase and its index in that phase's list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StepRef {
     pub phase: StepPhase,
     pub index: u16,

@@ -15,10 +15,13 @@ pub mod ids;
 pub mod json;
 pub mod limits;
 pub mod notify;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod order;
 pub mod parent;
 pub mod redrive;
 pub mod short_order;
+pub mod stats;
 pub mod why;
 
 pub use ids::{

@@ -23,6 +23,7 @@ pub const TICKET_PREFIX: &str = "nt1.";
 
 /// One notification as the customer's WebSocket pushes it, in `customer_seq` order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationMessage {
     /// 1, 2, 3, ... per customer, with no gap: a reconnect asks for what follows the last one
@@ -38,6 +39,7 @@ pub struct NotificationMessage {
 /// `POST /api/notifications/tickets` body. A JWT with a `sub` may leave it empty (the ticket
 /// is for that customer); a client token or admin names the customer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TicketRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,6 +48,7 @@ pub struct TicketRequest {
 
 /// A minted ticket: pass it as `?ticket=` when opening the WebSocket before `expires_at_ms`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationTicket {
     pub ticket: String,
@@ -57,6 +60,7 @@ pub struct NotificationTicket {
 /// `POST /v1/notifications/verify` body: what a WebSocket was opened with, a ticket or a
 /// bearer credential (a JWT with a `sub`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VerifyRequest {
     pub credential: String,
@@ -65,6 +69,7 @@ pub struct VerifyRequest {
 /// The engine's answer: whose notifications the credential may read, and until when the
 /// answer may be believed (a ticket's expiry, or the JWT's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Verified {
     pub customer_id: CustomerId,

@@ -80,6 +80,7 @@ pub fn fraud_rule_hit(order: &OrderInput) -> Option<(i64, &'static str)> {
 /// One order line, as the seed API spells it. Unknown fields are refused (a `priceCents` a
 /// client sends would otherwise be silently ignored, and the client might think it counted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrderItem {
     pub product_id: i64,
@@ -88,6 +89,7 @@ pub struct OrderItem {
 
 /// `POST /api/orders` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlaceOrderRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,6 +106,7 @@ pub struct PlaceOrderRequest {
 /// The order workflow's input, as the order API builds it. Every path that starts an `order`
 /// run checks it with [`OrderInput::check`], so a stored order is always readable as one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrderInput {
     pub order_id: String,
@@ -166,6 +169,7 @@ impl OrderInput {
 
 /// An order as `GET /api/orders/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct OrderView {
     pub order_id: String,
@@ -184,6 +188,7 @@ pub struct OrderView {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderList {
     pub orders: Vec<OrderView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +197,7 @@ pub struct OrderList {
 
 /// Output of `inventory.reserve`: what was reserved and what it costs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ReserveOutput {
     pub total_cents: i64,
@@ -199,6 +205,7 @@ pub struct ReserveOutput {
 
 /// Output of `payment.charge`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ChargeOutput {
     pub amount_cents: i64,
@@ -206,6 +213,7 @@ pub struct ChargeOutput {
 
 /// A product as the inventory worker's admin API and `shopctl stock list --json` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Product {
     pub product_id: i64,
@@ -219,6 +227,7 @@ pub struct Product {
 
 /// `PUT /stock/{productId}` on the worker's admin API.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetStockRequest {
     pub units: i64,
@@ -230,6 +239,7 @@ pub struct SetStockRequest {
 
 /// One entry of the payment ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentEntry {
     pub order_id: String,
@@ -241,6 +251,7 @@ pub struct PaymentEntry {
 
 /// One entry of the notification outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationEntry {
     pub order_id: String,
@@ -257,6 +268,7 @@ pub struct NotificationEntry {
 
 /// Faults the worker injects, for tests and demos (`PUT /faults` on its admin API).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FaultConfig {
     /// Fail this many `payment.charge` calls with a retryable error before letting one through.

@@ -27,6 +27,7 @@ pub const MAX_REDRIVE_REASON_BYTES: usize = 512;
 /// Where a run failed: parked while compensating (it can be redriven) or failed for good
 /// (terminal: it is listed, never redriven).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePhase {
     Parked,
@@ -35,6 +36,7 @@ pub enum FailurePhase {
 
 /// Runs that failed the same way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParkedGroup {
     /// 16 hex digits: a digest of the workflow type, the phase and the normalized reason.
     pub fingerprint: String,
@@ -51,6 +53,7 @@ pub struct ParkedGroup {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParkedGroups {
     pub groups: Vec<ParkedGroup>,
     /// FAILED runs read.
@@ -61,6 +64,7 @@ pub struct ParkedGroups {
 
 /// What a redrive targets: exactly one of a group, a filter or a list of ids.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RedriveRequest {
     /// A fingerprint from `GET /v1/parked`: its parked runs.
@@ -84,6 +88,7 @@ pub struct RedriveRequest {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RedriveState {
     Running,
@@ -109,6 +114,7 @@ impl RedriveState {
 
 /// What the job did to one run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TargetOutcome {
     /// Not reached (yet, or ever: the job was stopped or interrupted).
@@ -135,6 +141,7 @@ impl TargetOutcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RedriveTarget {
     pub id: WorkflowId,
     pub outcome: TargetOutcome,
@@ -142,6 +149,7 @@ pub struct RedriveTarget {
 
 /// A redrive job: its targets were frozen when it started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RedriveJob {
     pub id: String,
     pub state: RedriveState,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 /// its timeouts; for a parked run: the failure that parked it and how to resume; for a
 /// finished run: how it ended and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WhyView {
     /// The engine's clock when this was computed.
     pub as_of_ms: u64,
@@ -40,6 +41,7 @@ pub struct WhyView {
 
 /// Where an activity attempt in flight stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum WhyStepState {
     /// In its task queue, not yet picked up by a worker.
@@ -52,6 +54,7 @@ pub enum WhyStepState {
 
 /// One activity attempt in flight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WhyStep {
     pub step: String,
     /// Its branch, or `<step>[<item>]` for a `for_each` instance; absent on the main line.
@@ -95,6 +98,7 @@ pub struct WhyStep {
 /// An activity's circuit breaker that holds a task back (open, or half-open with its probes
 /// out): the engine hands none of the activity's tasks out until it lets them through.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WhyCircuit {
     /// `open` or `half_open`.
     pub state: String,
@@ -107,6 +111,7 @@ pub struct WhyCircuit {
 
 /// A step's failure as the history records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WhyError {
     pub step: String,
     pub attempt: u32,
@@ -118,6 +123,7 @@ pub struct WhyError {
 
 /// Which timeout a [`WhyTimeout`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum WhyTimeoutKind {
     ScheduleToStart,
@@ -142,6 +148,7 @@ impl WhyTimeoutKind {
 
 /// A timeout that can still fire: when, and how long from `as_of_ms` (0 once overdue).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WhyTimeout {
     pub kind: WhyTimeoutKind,
     pub due_ms: u64,
@@ -150,6 +157,7 @@ pub struct WhyTimeout {
 
 /// Something other than an activity the run waits for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WhyWait {
     /// One of `signals`, until `deadline_ms`.
@@ -173,6 +181,7 @@ pub enum WhyWait {
 
 /// A parked run: its compensation failed for good; it waits for an operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WhyParked {
     pub reason: String,
     /// The failure that parked it, when the history has one.
@@ -184,6 +193,7 @@ pub struct WhyParked {
 
 /// How a finished run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WhyEnded {
     pub status: WorkflowStatus,
     pub at_ms: u64,

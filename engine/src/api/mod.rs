@@ -23,6 +23,7 @@ mod notifications;
 pub mod openapi;
 mod orders;
 mod redrive;
+mod stats;
 mod streams;
 mod tasks;
 pub(crate) mod why;
@@ -128,7 +129,7 @@ pub fn core_liveness(lifecycle: &Lifecycle, last_tick_ms: u64, now_ms: u64) -> R
 /// The whole API as one router, so tests can drive it without a socket.
 pub fn app(state: AppState) -> Router {
     let admin = Router::new()
-        .route("/v1/stats", get(stats))
+        .route("/v1/stats", get(stats::stats))
         .route("/v1/cluster", get(cluster))
         .route("/metrics", get(crate::metrics::serve))
         .route("/v1/workflows", post(workflows::start))
@@ -241,41 +242,6 @@ async fn cluster(State(state): State<AppState>) -> Json<shop_types::cluster::Clu
     let mut status = state.cluster.status();
     status.fence_rejections = state.core.stats.fence_rejections.load(Relaxed);
     Json(status)
-}
-
-async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let stats = &state.core.stats;
-    let gauges = stats.queue_views();
-    let queues: std::collections::BTreeMap<&String, usize> = gauges.iter().map(|(q, g)| (q, g.ready)).collect();
-    Ok(Json(serde_json::json!({
-        // Counted from the stream of committed events: only what is durable.
-        "commits": state.stream_stats.commits(),
-        "commands": stats.commands.load(Relaxed),
-        "events": state.stream_stats.events(),
-        "events_by_kind": state.stream_stats.by_kind(),
-        "active_workflows": stats.active.load(Relaxed),
-        "ready_tasks": queues.values().sum::<usize>(),
-        // Counted at the door by the slots' guards, so it is exact at every moment.
-        "waiting_reads": state.watch.slots().in_use(),
-        "waiting_polls": stats.waiting_polls.load(Relaxed),
-        "stream": {
-            "subscribers": state.streams.subscribers(),
-            "catch_ups": state.streams.catch_ups(),
-            "events_sent": state.streams.events_sent(),
-        },
-        "queues": queues,
-        // Per queue: backlog, when its oldest task was scheduled, waiting polls, recent pollers.
-        "queue_gauges": gauges,
-        // Per activity with a circuit breaker: its state, window, transitions and hand-outs.
-        "circuits": stats.circuits.lock().map(|c| c.clone()).unwrap_or_default(),
-        "quarantined": stats
-            .quarantined
-            .lock()
-            .map(|runs| runs.iter().map(|(id, reason)| serde_json::json!({"id": id, "reason": reason})).collect::<Vec<_>>())
-            .unwrap_or_default(),
-        "durability": state.durability.as_str(),
-        "disk_bytes": state.store.size_on_disk()?,
-    })))
 }
 
 /// Parses a query string, turning a malformed one into a 400 with our error shape.

@@ -2,8 +2,10 @@
 //!
 //! It owns one table, [`operations`]: every route of [`super::app`] with the role it needs,
 //! its parameters, its body, its answers and the error statuses its handlers and the layers
-//! around them (`edge`, `auth`) can give. The document is built from that table once per
-//! process. A unit test holds the table to the router (no route missing, none invented), and
+//! around them (`edge`, `auth`) can give. Bodies are named by their Rust types (`shop-types`,
+//! whose `openapi` feature derives `utoipa::ToSchema` for them), so every request and answer
+//! schema in the document is the shape serde reads and writes: required fields, enums,
+//! optional ones. The document is built from that table once per process. A unit test holds the table to the router (no route missing, none invented), and
 //! the end-to-end fuzz test (`tests/tests/openapi_fuzz.rs`) holds the running engine to the
 //! document (no 5xx, every answer's status, content type and body as documented).
 //!
@@ -15,8 +17,23 @@ use super::auth::Access;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
+use shop_types::api::{
+    CallbackRequest, CompleteRequest, DefinitionList, DefinitionPlan, ErrorBody, FailRequest, Health, HeartbeatRequest,
+    HistoryResponse, PollRequest, PollResponse, ReasonRequest, RegisteredDefinition, ReportBatchRequest,
+    ReportBatchResponse, SignalReply, StartWorkflowRequest, TaskAck, WorkflowList, WorkflowStatus, WorkflowView,
+};
+use shop_types::cluster::{ClusterStatus, NodeList};
+use shop_types::auth::{CreateTokenRequest, CreatedToken, TokenList, TokenView};
 use shop_types::limits::{MAX_LIST_LIMIT, MAX_TASKS_PER_POLL, MAX_WAIT_MS};
+use shop_types::notify::{NotificationTicket, TicketRequest, Verified, VerifyRequest};
+use shop_types::order::{OrderList, OrderView, PlaceOrderRequest};
+use shop_types::redrive::{ParkedGroups, RedriveJob, RedriveRequest};
+use shop_types::stats::StatsView;
+use shop_types::JsonText;
 use std::sync::OnceLock;
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::RefOr;
+use utoipa::ToSchema;
 
 /// Where the document is served.
 pub const OPENAPI_PATH: &str = "/v1/openapi.json";
@@ -49,13 +66,15 @@ pub(crate) struct Operation {
 
 enum Body {
     None,
-    Json(Value),
+    Json(Shape),
     /// A workflow definition in TOML (`application/toml`, or `text/plain`).
     Toml,
 }
 
 enum Reply {
-    Json(Value),
+    Json(Shape),
+    /// This document: an OpenAPI 3.1 object (its own schema is OpenAPI's, not repeated here).
+    Document,
     /// `text/event-stream`: Server-Sent Events.
     EventStream,
     /// Prometheus' text exposition format.
@@ -80,7 +99,7 @@ fn wait_param() -> Value {
 
 fn list_params(with_type: bool) -> Vec<Value> {
     let mut params = vec![
-        query_param("status", "Only runs in this status.", json!({"$ref": "#/components/schemas/WorkflowStatus"})),
+        query_param("status", "Only runs in this status.", shape::<WorkflowStatus>().reference()),
         query_param("cursor", "The `next_cursor` of the previous page.", json!({"type": "string"})),
         query_param("limit", "Page size.", json!({"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT})),
     ];
@@ -90,13 +109,34 @@ fn list_params(with_type: bool) -> Vec<Value> {
     params
 }
 
-fn schema(name: &str) -> Value {
-    json!({"$ref": format!("#/components/schemas/{name}")})
+/// The schemas named in the document: a type's own and those it refers to.
+type Schemas = Vec<(String, RefOr<Schema>)>;
+
+/// A body named by its Rust type: its name in `components/schemas`, and how to collect its
+/// schema with every schema it refers to.
+pub(crate) struct Shape {
+    name: String,
+    collect: fn(&mut Schemas),
 }
 
-/// A JSON object whose fields the engine checks itself (strictly: unknown fields are 400).
-fn object() -> Value {
-    json!({"type": "object"})
+fn shape<T: ToSchema>() -> Shape {
+    Shape {
+        name: T::name().into_owned(),
+        collect: |schemas| {
+            schemas.push((T::name().into_owned(), T::schema()));
+            T::schemas(schemas);
+        },
+    }
+}
+
+impl Shape {
+    fn reference(&self) -> Value {
+        schema(&self.name)
+    }
+}
+
+fn schema(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
 fn id(what: &str) -> Vec<Value> {
@@ -118,50 +158,52 @@ pub(crate) fn operations() -> Vec<Operation> {
         ok,
         errors,
     };
-    let view = || Reply::Json(schema("WorkflowView"));
-    let any = || Reply::Json(object());
-    let health = || vec![(200, Reply::Json(schema("Health")))];
+    let json = |shape: Shape| Reply::Json(shape);
+    let view = || json(shape::<WorkflowView>());
+    let order = || json(shape::<OrderView>());
+    let body = |shape: Shape| Body::Json(shape);
+    let health = || vec![(200, json(shape::<Health>()))];
     vec![
         op("get", "/healthz", None, "Liveness: 503 when the core is not alive.", vec![], Body::None, health(), &[]),
         op("get", "/readyz", None, "Readiness: 503 while shutting down, the disk is full or the core is not alive.", vec![], Body::None, health(), &[]),
-        op("get", OPENAPI_PATH, None, "This document.", vec![], Body::None, vec![(200, any())], &[]),
-        op("post", "/v1/callbacks/{token}", None, "Send the signal an open wait's callback URL names; the token is the credential.", vec![path_param("token", "The callback token.")], Body::Json(object()), vec![(200, Reply::Json(schema("SignalReply")))], &[404, 409, 410, 415, 422]),
-        op("get", "/v1/stats", Some(Admin), "The engine's counters.", vec![], Body::None, vec![(200, any())], &[]),
-        op("get", "/v1/cluster", Some(Admin), "The cluster's nodes, shards and leases as this node sees them.", vec![], Body::None, vec![(200, any())], &[]),
+        op("get", OPENAPI_PATH, None, "This document.", vec![], Body::None, vec![(200, Reply::Document)], &[]),
+        op("post", "/v1/callbacks/{token}", None, "Send the signal an open wait's callback URL names; the token is the credential.", vec![path_param("token", "The callback token.")], body(shape::<CallbackRequest>()), vec![(200, json(shape::<SignalReply>()))], &[404, 409, 410, 415, 422]),
+        op("get", "/v1/stats", Some(Admin), "The engine's counters.", vec![], Body::None, vec![(200, json(shape::<StatsView>()))], &[]),
+        op("get", "/v1/cluster", Some(Admin), "The cluster's nodes, shards and leases as this node sees them.", vec![], Body::None, vec![(200, json(shape::<ClusterStatus>()))], &[]),
         op("get", "/metrics", Some(Admin), "Prometheus metrics.", vec![], Body::None, vec![(200, Reply::Metrics)], &[]),
-        op("post", "/v1/workflows", Some(Admin), "Start a run (202), or find the same one started (200).", vec![], Body::Json(object()), vec![(200, view()), (202, view())], &[409, 415]),
-        op("get", "/v1/workflows", Some(Client), "A page of runs in ID order.", list_params(true), Body::None, vec![(200, Reply::Json(schema("WorkflowList")))], &[]),
+        op("post", "/v1/workflows", Some(Admin), "Start a run (202), or find the same one started (200).", vec![], body(shape::<StartWorkflowRequest>()), vec![(200, view()), (202, view())], &[409, 415]),
+        op("get", "/v1/workflows", Some(Client), "A page of runs in ID order.", list_params(true), Body::None, vec![(200, json(shape::<WorkflowList>()))], &[]),
         op("get", "/v1/workflows/{id}", Some(Client), "One run, after waiting for it to settle.", [id("The run."), vec![wait_param()]].concat(), Body::None, vec![(200, view())], &[404, 500]),
-        op("get", "/v1/workflows/{id}/history", Some(Client), "A run's events (after a sequence number).", [id("The run."), vec![query_param("after", "Only events after this sequence number.", json!({"type": "integer", "minimum": 0})), wait_param(),],] .concat(), Body::None, vec![(200, any())], &[404]),
+        op("get", "/v1/workflows/{id}/history", Some(Client), "A run's events (after a sequence number).", [id("The run."), vec![query_param("after", "Only events after this sequence number.", json!({"type": "integer", "minimum": 0})), wait_param(),],] .concat(), Body::None, vec![(200, json(shape::<HistoryResponse>()))], &[404]),
         op("get", "/v1/workflows/{id}/events", Some(Client), "A run's history, then its live events, then its end (SSE).", [id("The run."), vec![query_param("after", "Only events after this sequence number.", json!({"type": "integer", "minimum": 0}))],] .concat(), Body::None, vec![(200, Reply::EventStream)], &[404]),
-        op("post", "/v1/workflows/{id}/cancel", Some(Admin), "Cancel a run: it compensates.", id("The run."), Body::Json(schema("ReasonRequest")), vec![(202, view())], &[404, 409, 415]),
-        op("post", "/v1/workflows/{id}/terminate", Some(Admin), "Terminate a run: it ends at once.", id("The run."), Body::Json(schema("ReasonRequest")), vec![(202, view())], &[404, 409, 415]),
-        op("post", "/v1/workflows/{id}/resume", Some(Admin), "Resume a parked run.", id("The run."), Body::Json(schema("ReasonRequest")), vec![(202, view())], &[404, 409, 415]),
-        op("post", "/v1/workflows/{id}/signals/{name}", Some(Signal), "Send a signal to a run.", vec![path_param("id", "The run."), path_param("name", "The signal.")], Body::Json(object()), vec![(200, Reply::Json(schema("SignalReply")))], &[404, 409, 415]),
-        op("get", "/v1/events", Some(Client), "Every committed event after a position, then live (SSE).", vec![query_param("type", "Only runs of this type.", json!({"type": "string"})), query_param("kind", "Only events of this kind.", json!({"type": "string"})), query_param("status", "Only events leaving the run in this status.", schema("WorkflowStatus")), query_param("after", "A cursor this engine gave out.", json!({"type": "string"})),], Body::None, vec![(200, Reply::EventStream)], &[]),
+        op("post", "/v1/workflows/{id}/cancel", Some(Admin), "Cancel a run: it compensates.", id("The run."), body(shape::<ReasonRequest>()), vec![(202, view())], &[404, 409, 415]),
+        op("post", "/v1/workflows/{id}/terminate", Some(Admin), "Terminate a run: it ends at once.", id("The run."), body(shape::<ReasonRequest>()), vec![(202, view())], &[404, 409, 415]),
+        op("post", "/v1/workflows/{id}/resume", Some(Admin), "Resume a parked run.", id("The run."), body(shape::<ReasonRequest>()), vec![(202, view())], &[404, 409, 415]),
+        op("post", "/v1/workflows/{id}/signals/{name}", Some(Signal), "Send a signal to a run.", vec![path_param("id", "The run."), path_param("name", "The signal.")], body(shape::<JsonText>()), vec![(200, json(shape::<SignalReply>()))], &[404, 409, 415]),
+        op("get", "/v1/events", Some(Client), "Every committed event after a position, then live (SSE).", vec![query_param("type", "Only runs of this type.", json!({"type": "string"})), query_param("kind", "Only events of this kind.", json!({"type": "string"})), query_param("status", "Only events leaving the run in this status.", shape::<WorkflowStatus>().reference()), query_param("after", "A cursor this engine gave out.", json!({"type": "string"})),], Body::None, vec![(200, Reply::EventStream)], &[]),
         op("get", "/v1/overview/events", Some(Client), "One tick of live statistics a second (SSE).", vec![], Body::None, vec![(200, Reply::EventStream)], &[]),
-        op("get", "/v1/definitions", Some(Client), "Registered definitions.", vec![], Body::None, vec![(200, any())], &[]),
-        op("post", "/v1/definitions", Some(Admin), "Register a definition (201), or find it registered (200).", vec![], Body::Toml, vec![(200, any()), (201, any())], &[409, 415]),
-        op("post", "/v1/definitions/check", Some(Client), "Check a definition without registering it.", vec![], Body::Toml, vec![(200, any())], &[415]),
-        op("get", "/v1/parked", Some(Client), "Parked runs grouped by error fingerprint.", vec![query_param("group_by", "Only `fingerprint`.", json!({"type": "string"}))], Body::None, vec![(200, any())], &[]),
-        op("post", "/v1/redrives", Some(Admin), "Start a redrive job (201), or find the same one (200).", vec![], Body::Json(object()), vec![(200, any()), (201, any())], &[409, 415]),
-        op("get", "/v1/redrives/{id}", Some(Client), "A redrive job.", id("The job."), Body::None, vec![(200, any())], &[404]),
-        op("delete", "/v1/redrives/{id}", Some(Admin), "Stop a redrive job.", id("The job."), Body::None, vec![(200, any())], &[404]),
-        op("post", "/v1/tokens", Some(Admin), "Create an API token; its secret is in this answer only.", vec![], Body::Json(object()), vec![(201, any())], &[409, 415]),
-        op("get", "/v1/tokens", Some(Admin), "API tokens, without their secrets.", vec![], Body::None, vec![(200, any())], &[]),
-        op("post", "/v1/tokens/{id}/revoke", Some(Admin), "Revoke an API token.", id("The token."), Body::None, vec![(200, any())], &[404]),
-        op("post", "/api/orders", Some(Shop), "Place an order (seed API).", vec![], Body::Json(object()), vec![(200, any()), (202, any())], &[409, 415]),
-        op("get", "/api/orders", Some(Shop), "A page of orders.", list_params(false), Body::None, vec![(200, any())], &[]),
-        op("get", "/api/orders/{id}", Some(Shop), "One order, after waiting for it to settle.", [id("The order."), vec![wait_param()]].concat(), Body::None, vec![(200, any())], &[404]),
-        op("post", "/api/orders/{id}/cancel", Some(Admin), "Cancel an order.", id("The order."), Body::None, vec![(202, any())], &[404, 409]),
-        op("post", "/api/notifications/tickets", Some(Shop), "Mint a ticket for a customer's notification WebSocket.", vec![], Body::Json(object()), vec![(201, any())], &[415]),
-        op("post", "/v1/tasks/poll", Some(Worker), TASKS_POLL_SUMMARY.as_str(), vec![], Body::Json(object()), vec![(200, any())], &[415]),
-        op("post", "/v1/tasks/complete", Some(Worker), "Complete a task.", vec![], Body::Json(object()), vec![(200, any())], &[404, 409, 415]),
-        op("post", "/v1/tasks/fail", Some(Worker), "Fail a task's attempt.", vec![], Body::Json(object()), vec![(200, any())], &[404, 409, 415]),
-        op("post", "/v1/tasks/heartbeat", Some(Worker), "Heartbeat a task.", vec![], Body::Json(object()), vec![(200, any())], &[404, 409, 415]),
-        op("post", "/v1/tasks/report", Some(Worker), "Report a batch of outcomes.", vec![], Body::Json(object()), vec![(200, any())], &[415]),
-        op("get", "/v1/tasks/nodes", Some(Worker), "The live engine nodes a worker long-polls (each hands out its own shards' tasks).", vec![], Body::None, vec![(200, any())], &[]),
-        op("post", "/v1/notifications/verify", Some(Worker), "Verify a notification WebSocket's credential.", vec![], Body::Json(object()), vec![(200, any())], &[415]),
+        op("get", "/v1/definitions", Some(Client), "Registered definitions.", vec![], Body::None, vec![(200, json(shape::<DefinitionList>()))], &[]),
+        op("post", "/v1/definitions", Some(Admin), "Register a definition (201), or find it registered (200).", vec![], Body::Toml, vec![(200, json(shape::<RegisteredDefinition>())), (201, json(shape::<RegisteredDefinition>()))], &[409, 415]),
+        op("post", "/v1/definitions/check", Some(Client), "Check a definition without registering it.", vec![], Body::Toml, vec![(200, json(shape::<DefinitionPlan>()))], &[415]),
+        op("get", "/v1/parked", Some(Client), "Parked runs grouped by error fingerprint.", vec![query_param("group_by", "Only `fingerprint`.", json!({"type": "string", "enum": ["fingerprint"]}))], Body::None, vec![(200, json(shape::<ParkedGroups>()))], &[]),
+        op("post", "/v1/redrives", Some(Admin), "Start a redrive job (201), or find the same one (200).", vec![], body(shape::<RedriveRequest>()), vec![(200, json(shape::<RedriveJob>())), (201, json(shape::<RedriveJob>()))], &[409, 415]),
+        op("get", "/v1/redrives/{id}", Some(Client), "A redrive job.", id("The job."), Body::None, vec![(200, json(shape::<RedriveJob>()))], &[404]),
+        op("delete", "/v1/redrives/{id}", Some(Admin), "Stop a redrive job.", id("The job."), Body::None, vec![(200, json(shape::<RedriveJob>()))], &[404]),
+        op("post", "/v1/tokens", Some(Admin), "Create an API token; its secret is in this answer only.", vec![], body(shape::<CreateTokenRequest>()), vec![(201, json(shape::<CreatedToken>()))], &[409, 415]),
+        op("get", "/v1/tokens", Some(Admin), "API tokens, without their secrets.", vec![], Body::None, vec![(200, json(shape::<TokenList>()))], &[]),
+        op("post", "/v1/tokens/{id}/revoke", Some(Admin), "Revoke an API token.", id("The token."), Body::None, vec![(200, json(shape::<TokenView>()))], &[404]),
+        op("post", "/api/orders", Some(Shop), "Place an order (seed API).", vec![], body(shape::<PlaceOrderRequest>()), vec![(200, order()), (202, order())], &[409, 415]),
+        op("get", "/api/orders", Some(Shop), "A page of orders.", list_params(false), Body::None, vec![(200, json(shape::<OrderList>()))], &[]),
+        op("get", "/api/orders/{id}", Some(Shop), "One order, after waiting for it to settle.", [id("The order."), vec![wait_param()]].concat(), Body::None, vec![(200, order())], &[404]),
+        op("post", "/api/orders/{id}/cancel", Some(Admin), "Cancel an order.", id("The order."), Body::None, vec![(202, order())], &[404, 409]),
+        op("post", "/api/notifications/tickets", Some(Shop), "Mint a ticket for a customer's notification WebSocket.", vec![], body(shape::<TicketRequest>()), vec![(201, json(shape::<NotificationTicket>()))], &[415]),
+        op("post", "/v1/tasks/poll", Some(Worker), TASKS_POLL_SUMMARY.as_str(), vec![], body(shape::<PollRequest>()), vec![(200, json(shape::<PollResponse>()))], &[415]),
+        op("post", "/v1/tasks/complete", Some(Worker), "Complete a task.", vec![], body(shape::<CompleteRequest>()), vec![(200, json(shape::<TaskAck>()))], &[404, 409, 415]),
+        op("post", "/v1/tasks/fail", Some(Worker), "Fail a task's attempt.", vec![], body(shape::<FailRequest>()), vec![(200, json(shape::<TaskAck>()))], &[404, 409, 415]),
+        op("post", "/v1/tasks/heartbeat", Some(Worker), "Heartbeat a task.", vec![], body(shape::<HeartbeatRequest>()), vec![(200, json(shape::<TaskAck>()))], &[404, 409, 415]),
+        op("post", "/v1/tasks/report", Some(Worker), "Report a batch of outcomes.", vec![], body(shape::<ReportBatchRequest>()), vec![(200, json(shape::<ReportBatchResponse>()))], &[415]),
+        op("get", "/v1/tasks/nodes", Some(Worker), "The live engine nodes a worker long-polls (each hands out its own shards' tasks).", vec![], Body::None, vec![(200, json(shape::<NodeList>()))], &[]),
+        op("post", "/v1/notifications/verify", Some(Worker), "Verify a notification WebSocket's credential.", vec![], body(shape::<VerifyRequest>()), vec![(200, json(shape::<Verified>()))], &[415]),
     ]
 }
 
@@ -182,7 +224,10 @@ fn access_name(access: Access) -> &'static str {
 
 fn reply(reply: &Reply) -> Value {
     match reply {
-        Reply::Json(schema) => json!({"application/json": {"schema": schema}}),
+        Reply::Json(shape) => json!({"application/json": {"schema": shape.reference()}}),
+        Reply::Document => {
+            json!({"application/json": {"schema": {"type": "object", "required": ["openapi", "paths"]}}})
+        }
         Reply::EventStream => json!({"text/event-stream": {"schema": {"type": "string"}}}),
         Reply::Metrics => json!({"text/plain": {"schema": {"type": "string"}}}),
     }
@@ -212,7 +257,8 @@ fn operation(op: &Operation) -> Value {
     }
     match &op.body {
         Body::None => {}
-        Body::Json(schema) => {
+        Body::Json(shape) => {
+            let schema = shape.reference();
             value["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
         }
         Body::Toml => {
@@ -225,8 +271,32 @@ fn operation(op: &Operation) -> Value {
     value
 }
 
-fn components() -> Value {
-    let status = json!({"type": "string", "enum": ["RUNNING", "COMPLETED", "COMPENSATED", "FAILED", "TERMINATED"]});
+/// `components`: the credential scheme, the one error answer, and the schema of every body
+/// the operations name (with the schemas those refer to), each derived from its Rust type.
+fn components(operations: &[Operation]) -> Value {
+    let mut collected = Schemas::new();
+    // Named by the error answer and the list parameters, not by a body.
+    for always in [shape::<ErrorBody>(), shape::<WorkflowStatus>()] {
+        (always.collect)(&mut collected);
+    }
+    for op in operations {
+        if let Body::Json(shape) = &op.body {
+            (shape.collect)(&mut collected);
+        }
+        for (_, reply) in &op.ok {
+            if let Reply::Json(shape) = reply {
+                (shape.collect)(&mut collected);
+            }
+        }
+    }
+    let mut schemas = Map::new();
+    for (name, schema) in collected {
+        // A schema that is not serializable cannot happen (utoipa's are plain data); were it
+        // to, the document would name a missing schema, which its unit test catches.
+        if let Ok(value) = serde_json::to_value(&schema) {
+            schemas.insert(name, value);
+        }
+    }
     json!({
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer", "description": "An API token, the admin token file's token or an HS256 JWT."}
@@ -234,86 +304,31 @@ fn components() -> Value {
         "responses": {
             "Error": {
                 "description": "A refusal: its code is stable, its message says why.",
-                "content": {"application/json": {"schema": schema("Error")}}
+                "content": {"application/json": {"schema": shape::<ErrorBody>().reference()}}
             }
         },
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}
-                }}
-            },
-            "Health": {
-                "type": "object",
-                "required": ["status", "active_workflows"],
-                "properties": {
-                    "status": {"type": "string"},
-                    "active_workflows": {"type": "integer", "minimum": 0},
-                    "pid": {"type": "integer", "minimum": 0}
-                }
-            },
-            "WorkflowStatus": status,
-            "WorkflowView": {
-                "type": "object",
-                "required": ["id", "type", "definition_version", "status", "created_at_ms", "input"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "type": {"type": "string"},
-                    "definition_version": {"type": "integer", "minimum": 0},
-                    "status": schema("WorkflowStatus"),
-                    "domain_status": {"type": "string"},
-                    "created_at_ms": {"type": "integer", "minimum": 0},
-                    "closed_at_ms": {"type": "integer", "minimum": 0},
-                    "reason": {"type": "string"},
-                    "input": {},
-                    "output": {},
-                    "waiting_for": {"type": "array"},
-                    "definition_hash": {"type": "string"},
-                    "why": {"type": "object"}
-                }
-            },
-            "WorkflowList": {
-                "type": "object",
-                "required": ["workflows"],
-                "properties": {
-                    "workflows": {"type": "array", "items": schema("WorkflowView")},
-                    "next_cursor": {"type": "string"}
-                }
-            },
-            "SignalReply": {
-                "type": "object",
-                "required": ["outcome"],
-                "properties": {"outcome": {"type": "string"}}
-            },
-            "ReasonRequest": {
-                "type": "object",
-                "additionalProperties": false,
-                "properties": {"reason": {"type": "string"}}
-            }
-        }
+        "schemas": schemas,
     })
 }
 
 /// The document, built from [`operations`].
 pub(crate) fn document() -> Value {
+    let operations = operations();
     let mut paths = Map::new();
-    for op in operations() {
+    for op in &operations {
         let item = paths.entry(op.path).or_insert_with(|| json!({}));
-        item[op.method] = operation(&op);
+        item[op.method] = operation(op);
     }
     json!({
-        "openapi": "3.0.3",
+        // 3.1: utoipa's schemas are JSON Schema 2020-12 (`"type": ["integer", "null"]`).
+        "openapi": "3.1.0",
         "info": {
             "title": "shop-engine",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "The durable workflow engine's HTTP API. Every error is `{\"error\":{\"code\",\"message\"}}`."
         },
         "paths": paths,
-        "components": components(),
+        "components": components(&operations),
     })
 }
 
@@ -369,7 +384,7 @@ mod tests {
     #[test]
     fn the_document_is_openapi_3_with_every_error_in_the_one_shape() {
         let doc = document();
-        assert_eq!(doc["openapi"], "3.0.3");
+        assert_eq!(doc["openapi"], "3.1.0");
         let paths = doc["paths"].as_object().expect("paths");
         for (path, item) in paths {
             for (method, op) in item.as_object().expect("a path item") {
@@ -385,5 +400,65 @@ mod tests {
         }
         let public: Vec<_> = operations().into_iter().filter(|op| op.access.is_none()).map(|op| op.path).collect();
         assert_eq!(public, ["/healthz", "/readyz", OPENAPI_PATH, "/v1/callbacks/{token}"]);
+    }
+
+    /// Every `$ref` in `value`, recursively.
+    fn references(value: &Value, found: &mut BTreeSet<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(target)) = map.get("$ref") {
+                    found.insert(target.clone());
+                }
+                map.values().for_each(|v| references(v, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| references(v, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_names_a_schema_of_the_document() {
+        let doc = document();
+        let mut found = BTreeSet::new();
+        references(&doc, &mut found);
+        for target in &found {
+            let path = target.strip_prefix("#/").expect("a local reference");
+            let resolved = path.split('/').fold(&doc, |v, key| &v[key]);
+            assert!(resolved.is_object(), "{target} is named but not in the document");
+        }
+        assert!(found.len() > 40, "bodies are named by their types: {found:?}");
+    }
+
+    #[test]
+    fn bodies_are_the_shapes_serde_reads_and_writes() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let required = |name: &str| -> BTreeSet<String> {
+            let list = schemas[name]["required"].as_array().unwrap_or_else(|| panic!("{name} has required fields"));
+            list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+        };
+        // Renamed fields under their wire names; optional (skipped when absent) ones not required.
+        let view = required("WorkflowView");
+        assert!(view.contains("type") && view.contains("created_at_ms") && !view.contains("why"), "{view:?}");
+        assert_eq!(
+            schemas["WorkflowStatus"]["enum"],
+            json!(["RUNNING", "COMPLETED", "COMPENSATED", "FAILED", "TERMINATED"])
+        );
+        // camelCase where serde says so; strict request bodies refuse unknown fields.
+        assert!(required("StatsView").contains("activeWorkflows"));
+        assert!(required("PlaceOrderRequest").contains("orderItems"));
+        assert_eq!(schemas["PollRequest"]["additionalProperties"], json!(false));
+        // IDs are bounded strings; payloads are any JSON.
+        assert_eq!(schemas["WorkflowId"]["maxLength"], json!(shop_types::limits::MAX_ID_LEN));
+        assert!(schemas["JsonText"].get("type").is_none(), "any JSON: {}", schemas["JsonText"]);
+        let start = &doc["paths"]["/v1/workflows"]["post"];
+        assert_eq!(
+            start["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/StartWorkflowRequest"
+        );
+        assert_eq!(
+            start["responses"]["202"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/WorkflowView"
+        );
     }
 }

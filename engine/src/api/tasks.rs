@@ -18,7 +18,7 @@ use axum::Extension;
 use axum::Json;
 use shop_types::api::{
     ActivityTask, CompleteRequest, ErrorBody, ErrorDetail, FailRequest, HeartbeatRequest, PollRequest, PollResponse,
-    ReportBatchRequest, ReportBatchResponse, TaskOutcome, TaskReport,
+    ReportBatchRequest, ReportBatchResponse, TaskAck, TaskOutcome, TaskReport,
 };
 use shop_types::cluster::{NodeAddress, NodeList};
 use shop_types::limits::{MAX_REPORTS_PER_BATCH, MAX_TASKS_PER_POLL, MAX_WAIT_MS};
@@ -68,17 +68,17 @@ async fn poll_tasks(state: &AppState, request: PollRequest) -> Result<Vec<Activi
     }
 }
 
-async fn report_one(state: &AppState, report: TaskReport) -> Result<Json<serde_json::Value>, ApiError> {
+async fn report_one(state: &AppState, report: TaskReport) -> Result<Json<TaskAck>, ApiError> {
     let mut results = state.core.report(vec![report]).await?;
     results.pop().unwrap_or(Err(CoreError::ShuttingDown))?;
-    Ok(Json(serde_json::json!({})))
+    Ok(Json(TaskAck {}))
 }
 
 pub(crate) async fn complete(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<CompleteRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TaskAck>, ApiError> {
     // The MAC first: a forged token learns nothing, not even whether its run exists.
     check_mac(&state, &request.token)?;
     check_task_queues(&state, &principal, [&request.token])?;
@@ -94,7 +94,7 @@ pub(crate) async fn fail(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<FailRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TaskAck>, ApiError> {
     // The MAC first: a forged token learns nothing, not even whether its run exists.
     check_mac(&state, &request.token)?;
     check_task_queues(&state, &principal, [&request.token])?;
@@ -110,12 +110,12 @@ pub(crate) async fn heartbeat(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<HeartbeatRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TaskAck>, ApiError> {
     // The MAC first: a forged token learns nothing, not even whether its run exists.
     check_mac(&state, &request.token)?;
     check_task_queues(&state, &principal, [&request.token])?;
     state.core.heartbeat(request.token).await?;
-    Ok(Json(serde_json::json!({})))
+    Ok(Json(TaskAck {}))
 }
 
 /// Many reports in one request and one commit; each gets its own verdict. With `then_poll`

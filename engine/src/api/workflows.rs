@@ -96,13 +96,43 @@ pub(crate) async fn start(
     if request.workflow_type == shop_types::order::ORDER_WORKFLOW_TYPE {
         request.input = super::orders::check_run_input(&principal, &id, request.input)?;
     }
+    let trace = crate::trace::incoming(&headers)?;
     let Some(signal) = request.signal else {
-        let trace = crate::trace::incoming(&headers)?;
         return start_run(&state, id, request.workflow_type, request.input, trace).await;
     };
+    // Traced like a plain start: the run keeps the request span's context.
     let signal = signal_request(signal.name, &signal.idempotency_key, signal.payload)?;
-    let (outcome, _) = state.core.start_with_signal(id.clone(), request.workflow_type, request.input, signal).await?;
-    started_view(&state, &id, outcome)
+    let started_ms = state.clock.now_ms();
+    let span = crate::trace::request_span(&state.tracer, trace);
+    let name = format!("Start:{}", request.workflow_type);
+    let outcome = state
+        .core
+        .start_with_signal(id.clone(), request.workflow_type, request.input, signal, span.map(|s| s.to_string()))
+        .await;
+    record_start_span(&state, name, &id, span, trace, started_ms, outcome.as_ref().err());
+    started_view(&state, &id, outcome?.0)
+}
+
+/// Records the request span of a start (`Start:<type>`, a child of the caller's span), if
+/// the start is traced.
+fn record_start_span(
+    state: &AppState,
+    name: String,
+    id: &WorkflowId,
+    span: Option<shop_telemetry::TraceParent>,
+    incoming: Option<shop_telemetry::TraceParent>,
+    started_ms: u64,
+    error: Option<&crate::core::CoreError>,
+) {
+    let Some(span) = span else {
+        return;
+    };
+    let mut record = shop_telemetry::SpanRecord::new(name, span, incoming)
+        .between_ms(started_ms, state.clock.now_ms())
+        .attribute("workflow.id", id.as_str());
+    record.kind = shop_telemetry::SpanKind::Server;
+    record.error = error.map(|e| e.to_string());
+    state.tracer.record(record);
 }
 
 pub(crate) fn new_id() -> WorkflowId {
@@ -121,14 +151,7 @@ pub(crate) async fn start_run(
     let span = crate::trace::request_span(&state.tracer, incoming);
     let name = format!("Start:{workflow_type}");
     let outcome = state.core.start(id.clone(), workflow_type, input, span.map(|s| s.to_string())).await;
-    if let Some(span) = span {
-        let mut record = shop_telemetry::SpanRecord::new(name, span, incoming)
-            .between_ms(started_ms, state.clock.now_ms())
-            .attribute("workflow.id", id.as_str());
-        record.kind = shop_telemetry::SpanKind::Server;
-        record.error = outcome.as_ref().err().map(|e| e.to_string());
-        state.tracer.record(record);
-    }
+    record_start_span(state, name, &id, span, incoming, started_ms, outcome.as_ref().err());
     started_view(state, &id, outcome?)
 }
 
@@ -390,11 +413,35 @@ pub(crate) async fn act(
     action: Action,
     reason: String,
 ) -> Result<WorkflowView, ApiError> {
+    act_traced(state, principal, id, action, reason, None).await
+}
+
+/// [`act`] for a request that may carry a `traceparent` (`caller`): a resume records its
+/// span in the run's trace, linked to the caller's (see `crate::trace`).
+async fn act_traced(
+    state: &AppState,
+    principal: &Principal,
+    id: WorkflowId,
+    action: Action,
+    reason: String,
+    caller: Option<shop_telemetry::TraceParent>,
+) -> Result<WorkflowView, ApiError> {
     let by = principal.subject.to_string();
     match action {
         Action::Cancel => state.core.cancel(id.clone(), reason, by).await?,
         Action::Terminate => state.core.terminate(id.clone(), reason, by).await?,
-        Action::Resume => state.core.resume(id.clone(), reason, by).await?,
+        Action::Resume => {
+            let started_ms = state.clock.now_ms();
+            state.core.resume(id.clone(), reason, by).await?;
+            crate::trace::record_resume(
+                &state.tracer,
+                state.store.as_ref(),
+                &id,
+                started_ms,
+                state.clock.now_ms(),
+                caller,
+            );
+        }
     }
     workflow_view(state, &id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))
 }
@@ -410,7 +457,8 @@ async fn act_on_path(
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
     let id = WorkflowId::parse(id)?;
     let reason = optional_reason(headers, body)?.unwrap_or_else(|| action.default_reason().to_owned());
-    Ok((StatusCode::ACCEPTED, Json(act(state, principal, id, action, reason).await?)))
+    let caller = crate::trace::incoming(headers)?;
+    Ok((StatusCode::ACCEPTED, Json(act_traced(state, principal, id, action, reason, caller).await?)))
 }
 
 pub(crate) async fn cancel(

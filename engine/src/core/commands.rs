@@ -23,9 +23,10 @@ impl Core {
                     let _ = reply.send(result);
                 });
             }
-            Command::StartWithSignal { id, workflow_type, input, signal, reply } => {
-                let result =
-                    self.owns(&id).and_then(|()| self.start_with_signal(turn, id, &workflow_type, input, signal, now));
+            Command::StartWithSignal { id, workflow_type, input, signal, trace, reply } => {
+                let result = self
+                    .owns(&id)
+                    .and_then(|()| self.start_with_signal(turn, id, &workflow_type, input, signal, trace.as_deref(), now));
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });
@@ -346,6 +347,8 @@ impl Core {
     /// one batch. A run that finishes as it starts (every step skipped, say) is not in the
     /// store before the turn is applied: `signal` finds it among the turn's finished runs
     /// and answers `Finished` (409), not `NotFound`, while the start itself stands.
+    /// (The start's arguments, the signal and the trace, as `start` takes them.)
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start_with_signal(
         &mut self,
         turn: &mut Turn,
@@ -353,6 +356,7 @@ impl Core {
         workflow_type: &shop_types::WorkflowType,
         input: JsonText,
         signal: SignalRequest,
+        trace: Option<&str>,
         now: u64,
     ) -> Result<(StartOutcome, SignalOutcome), CoreError> {
         if !self.runs.contains_key(&id) {
@@ -361,7 +365,7 @@ impl Core {
                 return Err(CoreError::UnknownSignal(signal.name));
             }
         }
-        let started = self.start(turn, id.clone(), workflow_type, input, None, now)?;
+        let started = self.start(turn, id.clone(), workflow_type, input, trace, now)?;
         let signalled = self.signal(turn, &id, signal, now)?;
         Ok((started, signalled))
     }

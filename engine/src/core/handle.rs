@@ -88,8 +88,9 @@ impl Handle {
         workflow_type: shop_types::WorkflowType,
         input: JsonText,
         signal: SignalRequest,
+        trace: Option<String>,
     ) -> Result<(StartOutcome, SignalOutcome), CoreError> {
-        self.call(|reply| Command::StartWithSignal { id, workflow_type, input, signal, reply }).await?
+        self.call(|reply| Command::StartWithSignal { id, workflow_type, input, signal, trace, reply }).await?
     }
 
     /// Records a signal for run `id`: `Recorded`, or `Duplicate` when its key was already

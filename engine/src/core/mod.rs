@@ -193,6 +193,8 @@ pub(super) enum Command {
         workflow_type: shop_types::WorkflowType,
         input: JsonText,
         signal: SignalRequest,
+        /// As for `Start`.
+        trace: Option<String>,
         reply: oneshot::Sender<Result<(StartOutcome, SignalOutcome), CoreError>>,
     },
     Signal {

@@ -86,6 +86,7 @@ fn signal_with_start_on_a_run_that_finishes_as_it_starts_is_finished_not_not_fou
         workflow_type: "last_wait".parse().expect("valid"),
         input: JsonText::parse(r#"{"skip":true}"#).expect("JSON"),
         signal: request("k", "{}"),
+        trace: None,
         reply,
     };
     f.turn(vec![command], T0);

@@ -2,9 +2,11 @@
 //! (runs started, ended, parked, compensating; attempts scheduled, their wait and run time,
 //! failures by error code), from one subscription, on its own task.
 //!
-//! It counts only what is durable (the stream publishes after the sync). To time attempts and
-//! runs it remembers, per run in flight, when it started and when each attempt was scheduled
-//! and started: at most [`MAX_TRACKED_RUNS`] runs, forgotten when a run ends. A lag
+//! It counts only what is durable (the stream publishes after the sync). To time attempts it
+//! remembers, per run in flight, when each attempt was scheduled and started: at most
+//! [`MAX_TRACKED_RUNS`] runs, forgotten when a run settles. Runs' durations are not its
+//! business: the stats follower (`crate::stream_stats`), the engine's one tracker of run
+//! start times, observes them. A lag
 //! (`RecvError::Lagged`) drops the lost commits' events from the counts and says so in
 //! `shop_metrics_lagged_commits_total`; it never re-reads the store. It must never block the
 //! core, hold a lock across an await, or label anything with a run id.
@@ -23,8 +25,6 @@ pub const MAX_TRACKED_RUNS: usize = 200_000;
 /// What the follower remembers of one run in flight.
 #[derive(Default)]
 struct Tracked {
-    /// When it started, if this follower saw it start.
-    started_ms: Option<u64>,
     /// The error code of its last failed attempt: why it parks, when it does.
     last_error: Option<String>,
     /// Per step: the attempt, when it was scheduled and when it started.
@@ -68,8 +68,7 @@ impl MetricsFollower {
             "WorkflowStarted" => {
                 m.runs_started.get_or_create(&TypeLabels { workflow_type }).inc();
                 if self.runs.len() < MAX_TRACKED_RUNS {
-                    self.runs
-                        .insert(event.run.clone(), Tracked { started_ms: Some(event.at_ms), ..Tracked::default() });
+                    self.runs.insert(event.run.clone(), Tracked::default());
                 } else {
                     m.follower_untracked_runs.inc();
                 }
@@ -91,9 +90,7 @@ impl MetricsFollower {
             let outcome = event.status.as_str().to_ascii_lowercase();
             let labels = OutcomeLabels { workflow_type, outcome };
             m.runs_finished.get_or_create(&labels).inc();
-            if let Some(started) = self.runs.remove(&event.run).and_then(|run| run.started_ms) {
-                m.run_duration.get_or_create(&labels).observe(seconds(event.at_ms, started));
-            }
+            self.runs.remove(&event.run);
             return;
         }
         if let Some(task) = &event.task {

@@ -173,6 +173,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Observes the duration of a run that settled with `status` (ended, or parked): called
+    /// by the stats follower, which remembers when runs started.
+    pub fn observe_run_duration(&self, workflow_type: &str, status: shop_types::api::WorkflowStatus, seconds: f64) {
+        let labels =
+            OutcomeLabels { workflow_type: workflow_type.to_owned(), outcome: status.as_str().to_ascii_lowercase() };
+        self.run_duration.get_or_create(&labels).observe(seconds);
+    }
+
     /// The families, registered; `core` holds the core's histograms.
     pub fn new(core: &CoreMetrics) -> Metrics {
         let mut registry = Registry::default();

@@ -69,12 +69,19 @@ pub struct Redrives {
     core: Handle,
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
+    /// Records each resume's span in its run's trace (off: nothing).
+    tracer: shop_telemetry::Tracer,
     jobs: Mutex<BTreeMap<String, Entry>>,
 }
 
 impl Redrives {
     /// Loads the stored jobs; one that was running is reported as interrupted.
-    pub fn load(core: Handle, store: Arc<Store>, clock: Arc<dyn Clock>) -> Result<Arc<Redrives>, crate::store::Error> {
+    pub fn load(
+        core: Handle,
+        store: Arc<Store>,
+        clock: Arc<dyn Clock>,
+        tracer: shop_telemetry::Tracer,
+    ) -> Result<Arc<Redrives>, crate::store::Error> {
         let mut jobs = BTreeMap::new();
         for mut job in store.redrives()? {
             if job.state == RedriveState::Running {
@@ -84,7 +91,7 @@ impl Redrives {
             let (_, done) = watch::channel(true);
             jobs.insert(job.id.clone(), Entry { job, stop, done });
         }
-        Ok(Arc::new(Redrives { core, store, clock, jobs: Mutex::new(jobs) }))
+        Ok(Arc::new(Redrives { core, store, clock, tracer, jobs: Mutex::new(jobs) }))
     }
 
     pub fn get(&self, id: &str) -> Option<RedriveJob> {
@@ -186,8 +193,20 @@ impl Redrives {
                 stopped = true;
                 break;
             }
+            let started_ms = self.clock.now_ms();
             let outcome = match self.core.resume(target.id.clone(), job.reason.clone(), by.clone()).await {
-                Ok(()) => TargetOutcome::Resumed,
+                Ok(()) => {
+                    let ended_ms = self.clock.now_ms();
+                    crate::trace::record_resume(
+                        &self.tracer,
+                        self.store.as_ref(),
+                        &target.id,
+                        started_ms,
+                        ended_ms,
+                        None,
+                    );
+                    TargetOutcome::Resumed
+                }
                 Err(error) => TargetOutcome::Skipped { code: ApiError::from(error).code.to_owned() },
             };
             let snapshot = self.update(&id, |job| job.targets[i].outcome = outcome);

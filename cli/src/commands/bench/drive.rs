@@ -98,6 +98,7 @@ pub(super) async fn measure(
         0 => None,
         n => Some(Subscribers::start(engine.engine(), usize::from(n)).await?),
     };
+    let scraper = args.scrape_metrics.map(|interval| scrape::Scraper::start(scrape_targets(target), interval));
     let before = cluster_stats(&https).await?;
     output::note(&format!(
         "bench: {count} orders, {concurrency} in flight, {} durability, workers {:?}",
@@ -140,6 +141,10 @@ pub(super) async fn measure(
     let elapsed = started.elapsed();
     progress.abort();
     eprintln!();
+    let scraped = match scraper {
+        Some(scraper) => Some(scraper.finish().await?),
+        None => None,
+    };
     let after = cluster_stats(&https).await?;
     let subscribed = match subscribers {
         Some(subscribers) => {
@@ -199,8 +204,10 @@ pub(super) async fn measure(
         "engine_start_to_serving_s": round(start_up.ready_after.as_secs_f64(), 3),
         "engine_rss_at_start_mb": start_up.rss_at_start_kib.map(|kib| round(kib as f64 / 1024.0, 1)),
     });
-    if let (Some(serde_json::Value::Object(subscribed)), Some(report)) = (subscribed, json.as_object_mut()) {
-        report.extend(subscribed);
+    for extra in [subscribed, scraped] {
+        if let (Some(serde_json::Value::Object(extra)), Some(report)) = (extra, json.as_object_mut()) {
+            report.extend(extra);
+        }
     }
     Ok(Report { json, violations })
 }
@@ -215,6 +222,22 @@ async fn cluster_stats(nodes: &[shop_client::Client]) -> Result<EngineStats> {
         sum.events += stats.events;
     }
     Ok(sum)
+}
+
+/// The engine and each worker process once (a worker serving several domains is one target),
+/// each named for the report.
+fn scrape_targets(target: &Target) -> Vec<scrape::ScrapeTarget> {
+    let mut targets = vec![scrape::ScrapeTarget { name: "engine".to_owned(), client: target.engine.engine().clone() }];
+    let workers =
+        [("inventory", &target.inventory), ("payment", &target.payments), ("notification", &target.notifications)];
+    for (domain, client) in workers {
+        let client = client.worker();
+        match targets.iter_mut().find(|t| t.client.base_str() == client.base_str()) {
+            Some(same) => same.name.push_str(&format!("+{domain}")),
+            None => targets.push(scrape::ScrapeTarget { name: format!("worker:{domain}"), client: client.clone() }),
+        }
+    }
+    targets
 }
 
 pub(super) fn round(value: f64, places: i32) -> f64 {

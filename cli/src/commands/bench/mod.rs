@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 mod check;
 mod drive;
 mod proc_stats;
+mod scrape;
 mod subscribers;
 
 use check::*;
@@ -131,6 +132,11 @@ pub struct BenchArgs {
     /// measuring (`--otlp-endpoint` of each), to measure what tracing costs.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Scrape `GET /metrics` of the engine and of every worker this often while measuring
+    /// (e.g. `1s`, at least 100ms), as Prometheus would, to measure what being scraped costs;
+    /// the report gives each target's scrapes, size and time per scrape.
+    #[arg(long, value_name = "INTERVAL", value_parser = scrape::parse_interval)]
+    scrape_metrics: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

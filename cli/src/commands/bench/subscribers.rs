@@ -81,7 +81,7 @@ impl Subscribers {
             "subscribers_behind_at_end": at_end.iter().filter(|&&n| n < expected).count(),
             "subscribers_missing_events": finals.iter().filter(|&&n| n != expected).count(),
             "subscriber_drain_s": super::round(drained.as_secs_f64(), 3),
-            "subscriber_catch_ups": stats["stream"]["catch_ups"],
+            "subscriber_catch_ups": stats["stream"]["catchUps"],
         }))
     }
 }
