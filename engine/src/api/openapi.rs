@@ -97,9 +97,19 @@ fn wait_param() -> Value {
     )
 }
 
+/// What a page of runs (`with_type`) or of orders takes: for runs, `status` is a
+/// [`WorkflowStatus`] (422 otherwise); for orders, an order's status as it shows it (`PENDING`,
+/// `CONFIRMED`, `CANCELLED`, `FAILED`, or a label the order definition declares), which is
+/// compared, not parsed.
 fn list_params(with_type: bool) -> Vec<Value> {
+    let status = if with_type {
+        query_param("status", "Only runs in this status.", shape::<WorkflowStatus>().reference())
+    } else {
+        let description = "Only orders in this status (`PENDING`, `CONFIRMED`, `CANCELLED`, `FAILED`, or a label the order definition declares; any other matches none).";
+        query_param("status", description, json!({"type": "string"}))
+    };
     let mut params = vec![
-        query_param("status", "Only runs in this status.", shape::<WorkflowStatus>().reference()),
+        status,
         query_param("cursor", "The `next_cursor` of the previous page.", json!({"type": "string"})),
         query_param("limit", "Page size.", json!({"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT})),
     ];
