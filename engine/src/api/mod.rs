@@ -400,26 +400,38 @@ pub(crate) async fn view_after_wait(
     id: &WorkflowId,
     wait: Option<Duration>,
 ) -> Result<WorkflowView, ApiError> {
-    if let Some(wait) = wait {
-        let _slot = wait_slot(state, principal)?;
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // Registered before the read: a settling event committed after the read wakes us.
-            let woken = state.watch.register(id);
-            let view = read_view(state, id)?;
-            // Settled (terminal, or parked as FAILED for an operator), or no room to wait.
-            let Some(woken) = woken.filter(|_| view.status == WorkflowStatus::Running) else {
-                return Ok(view);
-            };
-            // Running out of time is not an error: the caller gets the current state. Dropping
-            // the receiver frees the hub's entry at its next prune.
-            if tokio::time::timeout_at(deadline, woken).await.is_err() {
-                break;
-            }
-            // Woken: the run settled, or the hub lagged; read again and wait on if it did not.
+    match wait {
+        Some(wait) => {
+            let slot = wait_slot(state, principal)?;
+            wait_until_settled(state, id, tokio::time::Instant::now() + wait, &slot).await
         }
+        None => read_view(state, id),
     }
-    read_view(state, id)
+}
+
+/// Run `id` once it settles (terminal, or parked as FAILED for an operator) or at
+/// `deadline`, whichever comes first; the caller holds `_slot` for the whole wait.
+pub(crate) async fn wait_until_settled(
+    state: &AppState,
+    id: &WorkflowId,
+    deadline: tokio::time::Instant,
+    _slot: &crate::watch::WaitSlot,
+) -> Result<WorkflowView, ApiError> {
+    loop {
+        // Registered before the read: a settling event committed after the read wakes us.
+        let woken = state.watch.register(id);
+        let view = read_view(state, id)?;
+        // Settled, or no room to wait.
+        let Some(woken) = woken.filter(|_| view.status == WorkflowStatus::Running) else {
+            return Ok(view);
+        };
+        // Running out of time is not an error: the caller gets the current state. Dropping
+        // the receiver frees the hub's entry at its next prune.
+        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+            return read_view(state, id);
+        }
+        // Woken: the run settled, or the hub lagged; read again and wait on if it did not.
+    }
 }
 
 /// A slot for one waiting read of `principal`: 429 `TOO_MANY_WAITS` over its caller's cap,

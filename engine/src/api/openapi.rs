@@ -149,7 +149,7 @@ pub(crate) fn operations() -> Vec<Operation> {
         op("post", "/v1/tokens", Some(Admin), "Create an API token; its secret is in this answer only.", vec![], Body::Json(object()), vec![(201, any())], &[409, 415]),
         op("get", "/v1/tokens", Some(Admin), "API tokens, without their secrets.", vec![], Body::None, vec![(200, any())], &[]),
         op("post", "/v1/tokens/{id}/revoke", Some(Admin), "Revoke an API token.", id("The token."), Body::None, vec![(200, any())], &[404]),
-        op("post", "/api/orders", Some(Shop), "Place an order (seed API).", vec![], Body::Json(object()), vec![(200, any()), (202, any())], &[409, 415]),
+        op("post", "/api/orders", Some(Shop), "Place an order (seed API). With `wait`: 200 once the order is final, 202 (with `Location`) when the wait runs out.", vec![wait_param()], Body::Json(object()), vec![(200, any()), (202, any())], &[409, 415]),
         op("get", "/api/orders", Some(Shop), "A page of orders.", list_params(false), Body::None, vec![(200, any())], &[]),
         op("get", "/api/orders/{id}", Some(Shop), "One order, after waiting for it to settle.", [id("The order."), vec![wait_param()]].concat(), Body::None, vec![(200, any())], &[404]),
         op("post", "/api/orders/{id}/cancel", Some(Admin), "Cancel an order.", id("The order."), Body::None, vec![(202, any())], &[404, 409]),
