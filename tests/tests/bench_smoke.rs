@@ -40,3 +40,18 @@ fn a_tiny_bench_completes_and_finds_no_violation() {
         assert!(!report[field].is_null(), "the report has {field}: {report}");
     }
 }
+
+/// The default deployment's shape (one worker process for every domain) driven through the
+/// start-and-wait (`POST /api/orders?wait=`): every order still ends audited and whole.
+#[test]
+fn a_tiny_bench_with_start_and_wait_on_one_worker_process_finds_no_violation() {
+    let output = Command::new(binary("shopctl"))
+        .args(["bench", "--orders", ORDERS, "--concurrency", CONCURRENCY, "--start-wait", "--workers", "combined"])
+        .output()
+        .expect("run shopctl bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "shopctl bench failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
+    assert_eq!((report["violations"].as_u64(), report["start_wait"].as_bool()), (Some(0), Some(true)), "{report}");
+    assert_eq!(report["workers"], "Combined");
+}

@@ -57,6 +57,11 @@ impl Domain {
         }
     }
 
+    /// Whether the domain keeps data (a tree of the worker's store); risk and echo do not.
+    pub fn has_store(self) -> bool {
+        matches!(self, Domain::Inventory | Domain::Payment | Domain::Notification)
+    }
+
     /// The task queue this domain polls, named after it.
     pub fn queue(self) -> QueueName {
         QueueName::parse(self.as_str()).expect("domain names are valid queue names")

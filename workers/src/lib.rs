@@ -1,5 +1,6 @@
 //! shop-worker: the shop's activity workers. Inventory, payment and notification each own
-//! their data in their own sled store under the data dir; risk and echo are stateless. The process
+//! their data in their own tree of the process's one sled store under the data dir (one log,
+//! one sync for all of them); risk and echo are stateless. The process
 //! long-polls the engine for tasks on the queues of the domains it serves, runs them, and
 //! reports their outcomes; it also serves a small admin API to inspect and seed its data and
 //! to inject faults, which only the engine's admins may use (see [`admin_auth`]) unless the
@@ -88,6 +89,8 @@ pub enum Error {
         #[source]
         source: store::Error,
     },
+    #[error("the worker's store failed")]
+    WorkerStore(#[source] store::Error),
     #[error("cannot set up the engine client")]
     Client(#[from] engine_client::Error),
     #[error("cannot listen on {addr}")]
@@ -131,7 +134,7 @@ impl fmt::Display for ErrorChain<'_> {
 
 /// Runs the worker until `signal` completes, then shuts down gracefully: stops polling,
 /// lets in-flight tasks finish (or abandons them after a grace period), stops the admin
-/// API, and flushes every store.
+/// API, and flushes the store.
 pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(), Error> {
     // Checked before anything is opened: an admin API reachable from other hosts must never
     // answer without authentication, not even for a moment.
@@ -145,9 +148,13 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
         return Err(Error::Options("no activities to serve".to_owned()));
     }
     let faults = Arc::new(faults::Faults::new(options.faults.clone())?);
-    let inventory = open_domain(&options, Domain::Inventory, Inventory::open)?;
-    let payment = open_domain(&options, Domain::Payment, Payment::open)?;
-    let notification = open_domain(&options, Domain::Notification, Notification::open)?;
+    let worker_store = open_store(&options)?;
+    let inventory = open_domain(&options, worker_store.as_ref(), Domain::Inventory, Inventory::open)?;
+    let payment = open_domain(&options, worker_store.as_ref(), Domain::Payment, Payment::open)?;
+    let notification = open_domain(&options, worker_store.as_ref(), Domain::Notification, Notification::open)?;
+    // Each domain holds its tree and the shared flusher; the store itself is closed when
+    // the last of them is dropped.
+    drop(worker_store);
     let activities = Arc::new(Activities {
         inventory,
         payment,
@@ -231,16 +238,27 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// Opens `domain`'s store under the data dir and loads it, when the domain is served.
-fn open_domain<T>(
-    options: &Options,
-    domain: Domain,
-    load: impl FnOnce(store::Opened) -> Result<T, store::Error>,
-) -> Result<Option<Arc<T>>, Error> {
-    if !options.domains.contains(&domain) {
+/// Opens the process's one store under the data dir, when a domain with data is served
+/// (risk and echo keep none).
+fn open_store(options: &Options) -> Result<Option<store::WorkerStore>, Error> {
+    if !options.domains.iter().any(|domain| domain.has_store()) {
         return Ok(None);
     }
-    store::open(&options.data_dir.join(domain.as_str()), options.durability)
+    store::WorkerStore::open(&options.data_dir, options.durability).map(Some).map_err(Error::WorkerStore)
+}
+
+/// Opens `domain`'s tree of the process's store and loads it, when the domain is served.
+fn open_domain<T>(
+    options: &Options,
+    worker_store: Option<&store::WorkerStore>,
+    domain: Domain,
+    load: impl FnOnce(store::DomainStore) -> Result<T, store::Error>,
+) -> Result<Option<Arc<T>>, Error> {
+    let Some(worker_store) = worker_store.filter(|_| options.domains.contains(&domain)) else {
+        return Ok(None);
+    };
+    worker_store
+        .domain(domain.as_str())
         .and_then(load)
         .map(|loaded| Some(Arc::new(loaded)))
         .map_err(|source| Error::Store { domain, source })

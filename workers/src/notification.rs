@@ -158,17 +158,16 @@ pub struct Outgoing<'a> {
 /// The outbox: cheap to share behind an `Arc`; all calls are safe from many tasks.
 #[derive(Debug)]
 pub struct Notification {
-    db: sled::Db,
-    flusher: store::Flusher,
+    db: sled::Tree,
+    flusher: std::sync::Arc<store::Flusher>,
     state: Mutex<State>,
     /// How many entries (a prefix of the outbox) are flushed: what readers may see.
     durable: watch::Sender<usize>,
 }
 
 impl Notification {
-    pub fn open(opened: store::Opened) -> Result<Self, store::Error> {
-        let flusher = store::flusher(&opened, "notification")?;
-        let db = opened.db;
+    pub fn open(opened: store::DomainStore) -> Result<Self, store::Error> {
+        let store::DomainStore { tree: db, flusher } = opened;
         let mut numbered: Vec<(Vec<u8>, OutboxRecord)> = Vec::new();
         for (prefix, legacy) in [(LEGACY_ENTRY_PREFIX, true), (ENTRY_PREFIX, false)] {
             for entry in db.scan_prefix([prefix]) {
@@ -389,7 +388,7 @@ mod tests {
             message: "Order o-0 confirmed".into(),
             idempotency_key: "k0".into(),
         };
-        db.db.insert(store::number_key(LEGACY_ENTRY_PREFIX, 0), store::encode(&old).expect("encodes")).expect("put");
+        db.tree.insert(store::number_key(LEGACY_ENTRY_PREFIX, 0), store::encode(&old).expect("encodes")).expect("put");
         let outbox = Notification::open(db.clone()).expect("opens");
         outbox.send(&out(&order("o-0"), "ORDER_CONFIRMED", None, 1, "k0")).await.expect("replays");
         outbox.send(&out(&order("o-1"), "ORDER_CONFIRMED", Some(&customer("ann")), 1, "k1")).await.expect("sends");

@@ -107,15 +107,14 @@ struct State {
 /// The payment provider: cheap to share behind an `Arc`; all calls are safe from many tasks.
 #[derive(Debug)]
 pub struct Payment {
-    db: sled::Db,
-    flusher: store::Flusher,
+    db: sled::Tree,
+    flusher: std::sync::Arc<store::Flusher>,
     state: Mutex<State>,
 }
 
 impl Payment {
-    pub fn open(opened: store::Opened) -> Result<Self, store::Error> {
-        let flusher = store::flusher(&opened, "payment")?;
-        let db = opened.db;
+    pub fn open(opened: store::DomainStore) -> Result<Self, store::Error> {
+        let store::DomainStore { tree: db, flusher } = opened;
         let mut state = State::default();
         for payment in store::scan::<OrderPayment>(&db, &[ORDER_PREFIX])? {
             state.orders.insert(payment.order_id.clone(), payment);

@@ -181,8 +181,7 @@ async fn a_worker_runs_reports_heartbeats_and_shuts_down_cleanly() {
     assert_eq!(completed(3)["params"], serde_json::json!({"n": 1}));
 
     // The worker released its stores and flushed them: they reopen with the charge in them.
-    let payment =
-        Payment::open(store::open(&data_dir.path().join("payment"), store::Durability::PowerSafe).expect("reopens"))
-            .expect("loads");
+    let store = store::WorkerStore::open(data_dir.path(), store::Durability::PowerSafe).expect("reopens");
+    let payment = Payment::open(store.domain("payment").expect("opens its tree")).expect("loads");
     assert_eq!(payment.ledger().len(), 1);
 }

@@ -382,31 +382,43 @@ pub(crate) async fn view_after_wait(
     id: &WorkflowId,
     wait: Option<Duration>,
 ) -> Result<WorkflowView, ApiError> {
-    if let Some(wait) = wait {
-        let _slot = wait_slot(state, principal)?;
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // Registered before the read: a settling event committed after the read wakes us.
-            let woken = state.watch.register(id);
-            let view = read_view(state, id)?;
-            // Settled (terminal, or parked as FAILED for an operator), or no room to wait.
-            let Some(woken) = woken.filter(|_| view.status == WorkflowStatus::Running) else {
-                return Ok(view);
-            };
-            // Running out of time is not an error: the caller gets the current state. Dropping
-            // the receiver frees the hub's entry at its next prune.
-            tokio::select! {
-                woken = tokio::time::timeout_at(deadline, woken) => if woken.is_err() {
-                    break;
-                },
-                // The shard moved mid-wait: events for this run will commit elsewhere now, so
-                // say "moved" and let the waiting node ask the new owner (`forward`).
-                () = forward::moved_away(&state.cluster, id) => return Err(forward::shard_moved(None)),
-            }
-            // Woken: the run settled, or the hub lagged; read again and wait on if it did not.
+    match wait {
+        Some(wait) => {
+            let slot = wait_slot(state, principal)?;
+            wait_until_settled(state, id, tokio::time::Instant::now() + wait, &slot).await
         }
+        None => read_view(state, id),
     }
-    read_view(state, id)
+}
+
+/// Run `id` once it settles (terminal, or parked as FAILED for an operator) or at
+/// `deadline`, whichever comes first; the caller holds `_slot` for the whole wait.
+pub(crate) async fn wait_until_settled(
+    state: &AppState,
+    id: &WorkflowId,
+    deadline: tokio::time::Instant,
+    _slot: &crate::watch::WaitSlot,
+) -> Result<WorkflowView, ApiError> {
+    loop {
+        // Registered before the read: a settling event committed after the read wakes us.
+        let woken = state.watch.register(id);
+        let view = read_view(state, id)?;
+        // Settled, or no room to wait.
+        let Some(woken) = woken.filter(|_| view.status == WorkflowStatus::Running) else {
+            return Ok(view);
+        };
+        // Running out of time is not an error: the caller gets the current state. Dropping
+        // the receiver frees the hub's entry at its next prune.
+        tokio::select! {
+            woken = tokio::time::timeout_at(deadline, woken) => if woken.is_err() {
+                return read_view(state, id);
+            },
+            // The shard moved mid-wait: events for this run will commit elsewhere now, so
+            // say "moved" and let the waiting node ask the new owner (`forward`).
+            () = forward::moved_away(&state.cluster, id) => return Err(forward::shard_moved(None)),
+        }
+        // Woken: the run settled, or the hub lagged; read again and wait on if it did not.
+    }
 }
 
 /// A slot for one waiting read of `principal`: 429 `TOO_MANY_WAITS` over its caller's cap,

@@ -22,8 +22,8 @@ use shop_types::api::{
     HistoryResponse, PollRequest, PollResponse, ReasonRequest, RegisteredDefinition, ReportBatchRequest,
     ReportBatchResponse, SignalReply, StartWorkflowRequest, TaskAck, WorkflowList, WorkflowStatus, WorkflowView,
 };
-use shop_types::cluster::{ClusterStatus, NodeList};
 use shop_types::auth::{CreateTokenRequest, CreatedToken, TokenList, TokenView};
+use shop_types::cluster::{ClusterStatus, NodeList};
 use shop_types::limits::{MAX_LIST_LIMIT, MAX_TASKS_PER_POLL, MAX_WAIT_MS};
 use shop_types::notify::{NotificationTicket, TicketRequest, Verified, VerifyRequest};
 use shop_types::order::{OrderList, OrderView, PlaceOrderRequest};
@@ -202,7 +202,7 @@ pub(crate) fn operations() -> Vec<Operation> {
         op("post", "/v1/tokens", Some(Admin), "Create an API token; its secret is in this answer only.", vec![], body(shape::<CreateTokenRequest>()), vec![(201, json(shape::<CreatedToken>()))], &[409, 415]),
         op("get", "/v1/tokens", Some(Admin), "API tokens, without their secrets.", vec![], Body::None, vec![(200, json(shape::<TokenList>()))], &[]),
         op("post", "/v1/tokens/{id}/revoke", Some(Admin), "Revoke an API token.", id("The token."), Body::None, vec![(200, json(shape::<TokenView>()))], &[404]),
-        op("post", "/api/orders", Some(Shop), "Place an order (seed API).", vec![], body(shape::<PlaceOrderRequest>()), vec![(200, order()), (202, order())], &[409, 415]),
+        op("post", "/api/orders", Some(Shop), "Place an order (seed API). With `wait`: 200 once the order is final, 202 (with `Location`) when the wait runs out.", vec![wait_param()], body(shape::<PlaceOrderRequest>()), vec![(200, order()), (202, order())], &[409, 415]),
         op("get", "/api/orders", Some(Shop), "A page of orders.", list_params(false), Body::None, vec![(200, json(shape::<OrderList>()))], &[]),
         op("get", "/api/orders/{id}", Some(Shop), "One order, after waiting for it to settle.", [id("The order."), vec![wait_param()]].concat(), Body::None, vec![(200, order())], &[404]),
         op("post", "/api/orders/{id}/cancel", Some(Admin), "Cancel an order.", id("The order."), Body::None, vec![(202, order())], &[404, 409]),

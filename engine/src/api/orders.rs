@@ -10,11 +10,13 @@
 //! shop backend, an admin) names the customer in the body, or places an order of nobody's.
 
 use super::workflows::{act, list_limit, list_views, start_run, Action, WaitQuery};
-use super::{parse_wait, query, view_after_wait, ApiError, ApiJson, AppState};
+use super::{parse_wait, query, view_after_wait, wait_slot, wait_until_settled, ApiError, ApiJson, AppState};
 use crate::auth::Principal;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::LOCATION;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use shop_types::api::{WorkflowStatus, WorkflowView};
@@ -23,12 +25,21 @@ use shop_types::{CustomerId, JsonText, WorkflowId};
 
 const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
+/// `POST /api/orders[?wait=30s]`. Without `wait`: 202 for a new order, 200 for an existing
+/// one (the seed's contract). With `wait` (at most `MAX_WAIT_MS`, holding a waiting-read
+/// slot like `GET /api/orders/{id}?wait=`, taken before the order is placed so that a refused
+/// wait places nothing): 200 once the order is final, else 202 when the wait runs out. Every
+/// 202 names the order's URL in `Location`, where the caller waits on.
 pub(crate) async fn place(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
+    wait: Result<Query<WaitQuery>, QueryRejection>,
     ApiJson(request): ApiJson<PlaceOrderRequest>,
-) -> Result<(StatusCode, Json<OrderView>), ApiError> {
+) -> Result<Response, ApiError> {
+    let wait = parse_wait(query(wait)?.wait.as_deref())?;
+    let slot = wait.map(|_| wait_slot(&state, &principal)).transpose()?;
+    let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
     let header_key = match headers.get(IDEMPOTENCY_KEY_HEADER) {
         Some(value) => Some(
             value.to_str().map_err(|_| ApiError::bad_request("INVALID_ID", "Idempotency-Key is not text"))?.to_owned(),
@@ -54,8 +65,20 @@ pub(crate) async fn place(
     let input =
         serde_json::to_value(&input).map(|v| JsonText::from_value(&v)).map_err(|e| ApiError::invalid(e.to_string()))?;
     let trace = crate::trace::incoming(&headers)?;
-    let (status, Json(view)) = start_run(&state, id, shop_types::order::order_workflow_type(), input, trace).await?;
-    Ok((status, Json(order_view(view)?)))
+    let (mut status, Json(mut view)) =
+        start_run(&state, id.clone(), shop_types::order::order_workflow_type(), input, trace).await?;
+    if let (Some(deadline), Some(slot)) = (deadline, &slot) {
+        view = wait_until_settled(&state, &id, deadline, slot).await?;
+        status = if view.status == WorkflowStatus::Running { StatusCode::ACCEPTED } else { StatusCode::OK };
+    }
+    let mut response = (status, Json(order_view(view)?)).into_response();
+    if status == StatusCode::ACCEPTED {
+        // An order id is URL-safe (ID characters only), so the path needs no escaping.
+        if let Ok(location) = HeaderValue::from_str(&format!("/api/orders/{id}")) {
+            response.headers_mut().insert(LOCATION, location);
+        }
+    }
+    Ok(response)
 }
 
 /// The customer an order placed by `principal` is for. A credential that speaks for a

@@ -24,9 +24,9 @@ impl Core {
                 });
             }
             Command::StartWithSignal { id, workflow_type, input, signal, trace, reply } => {
-                let result = self
-                    .owns(&id)
-                    .and_then(|()| self.start_with_signal(turn, id, &workflow_type, input, signal, trace.as_deref(), now));
+                let result = self.owns(&id).and_then(|()| {
+                    self.start_with_signal(turn, id, &workflow_type, input, signal, trace.as_deref(), now)
+                });
                 turn.after_commit(move || {
                     let _ = reply.send(result);
                 });

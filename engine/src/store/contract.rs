@@ -5,8 +5,9 @@
 //! It checks: conditional appends (a wrong expectation is refused and changes nothing),
 //! atomicity across runs, ordering (history in sequence order over many turns), cursors
 //! (pages cover every run once), the in-flight index across a reopen, tokens, definitions,
-//! the task-token key, the epochs a batch carries, and event positions (every event numbered
-//! once, read back after any position, across a reopen). This is test code: it panics on the
+//! the task-token key, the epochs a batch carries, event positions (every event numbered
+//! once, read back after any position, across a reopen), and that a run taken out of flight
+//! reads the same as before, however the backend keeps it (sled packs it). This is test code: it panics on the
 //! first broken promise, naming it. It must never depend on a backend.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -37,6 +38,7 @@ pub fn run_all(harness: &mut dyn Harness) {
     the_task_token_key_is_made_once(harness);
     epochs_are_carried(harness);
     positions_number_every_event_once(harness);
+    finished_runs_read_the_same(harness);
 }
 
 fn id(text: &str) -> WorkflowId {
@@ -397,4 +399,74 @@ pub fn positions_number_every_event_once(harness: &mut dyn Harness) {
         }
     }
     assert!(store.events_after(shard, u64::MAX, 10).expect("reads").is_empty(), "nothing after the end");
+}
+
+/// A run taken out of flight (which sled packs into one record) reads as it did in flight:
+/// history, first and start events, summary, lists, events by position; its expectation
+/// still holds; and a later append (the seam allows one) and a second finish keep it whole.
+pub fn finished_runs_read_the_same(harness: &mut dyn Harness) {
+    let store = harness.fresh();
+    let shard = store.shards().first().map(|(shard, _)| *shard).expect("a store owns a shard");
+    let (run, other) = (id("finished"), id("other"));
+    let mut first = WriteBatch::default();
+    start(&mut first, &run, 2);
+    start(&mut first, &other, 1);
+    first.number(shard, 1).expect("encodes");
+    store.commit(first).expect("commits");
+    let mut middle = WriteBatch::default();
+    middle.append_events(&run, &events(3, 5, "mid")).expect("encodes");
+    middle.number(shard, 4).expect("encodes");
+    store.commit(middle).expect("commits");
+    let in_flight = (store.history(&run).expect("reads"), store.first_event(&run).expect("reads"));
+    let mut finish = WriteBatch::default();
+    finish.append_events(&run, &events(6, 6, "end")).expect("encodes");
+    finish.append_events(&other, &events(2, 2, "other")).expect("encodes");
+    let mut done = summary(WorkflowStatus::Completed);
+    done.closed_at_ms = Some(6);
+    finish.put_run(&run, &done, Some(WorkflowStatus::Running), false).expect("encodes");
+    finish.number(shard, 7).expect("encodes");
+    store.commit(finish).expect("commits");
+
+    let store = harness.reopen(store);
+    let history = store.history(&run).expect("reads");
+    assert_eq!(history.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(history[..5], in_flight.0[..], "the events it had in flight, unchanged");
+    assert_eq!(store.first_event(&run).expect("reads"), in_flight.1);
+    let start_events = store.start_events(&run).expect("reads");
+    assert_eq!(start_events.first(), in_flight.1.as_ref());
+    assert!(start_events.iter().all(|e| e.seq <= 2), "only the start's transition");
+    assert_eq!(store.run(&run).expect("reads"), Some(done.clone()));
+    assert_eq!(store.list_ids(Some(WorkflowStatus::Completed), None, 10).expect("lists"), (vec![run.clone()], false));
+    assert_eq!(store.list_ids(None, None, 10).expect("lists"), (vec![run.clone(), other.clone()], false));
+    assert_eq!(store.in_flight_held().expect("reads"), vec![other.clone()]);
+    let positioned = store.events_after(shard, 0, 100).expect("reads");
+    let of_run: Vec<(u64, u64)> =
+        positioned.iter().filter(|p| p.run == run).map(|p| (p.position, p.event.seq)).collect();
+    assert_eq!(of_run, vec![(1, 1), (2, 2), (4, 3), (5, 4), (6, 5), (7, 6)]);
+    for positioned in &positioned {
+        let stored = store.history(&positioned.run).expect("reads");
+        assert_eq!(Some(&positioned.event), stored.iter().find(|e| e.seq == positioned.event.seq));
+    }
+    assert_eq!(store.events_after(shard, 6, 1).expect("reads")[0].event, history[5], "read from the middle");
+
+    let mut stale = WriteBatch::default();
+    stale.append_events(&run, &events(3, 3, "stale")).expect("encodes");
+    assert!(matches!(store.commit(stale), Err(Error::Conflict { expected: 2, found: 6, .. })));
+    let mut more = WriteBatch::default();
+    more.append_events(&run, &events(7, 7, "again")).expect("encodes");
+    store.commit(more).expect("the expectation of a finished run is its last event");
+    assert_eq!(seqs(&*store, &run), vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(store.run(&run).expect("reads"), Some(done.clone()), "its summary stays");
+    let mut resumed = WriteBatch::default();
+    resumed.append_events(&run, &events(8, 8, "resumed")).expect("encodes");
+    resumed.put_run(&run, &summary(WorkflowStatus::Running), Some(WorkflowStatus::Completed), true).expect("encodes");
+    store.commit(resumed).expect("commits");
+    let mut again = WriteBatch::default();
+    again.append_events(&run, &events(9, 9, "end")).expect("encodes");
+    again.put_run(&run, &done, Some(WorkflowStatus::Running), false).expect("encodes");
+    store.commit(again).expect("commits");
+    let store = harness.reopen(store);
+    assert_eq!(seqs(&*store, &run), (1..=9).collect::<Vec<_>>());
+    assert_eq!(store.history(&run).expect("reads")[..6], history[..], "nothing lost to packing twice");
+    assert_eq!(store.list_ids(Some(WorkflowStatus::Running), None, 10).expect("lists"), (vec![other], false));
 }

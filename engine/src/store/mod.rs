@@ -1,7 +1,7 @@
 //! The storage seam: what the engine needs from a store ([`HistoryStore`]), the records it
 //! keeps (a run's history and [`RunSummary`], definitions, [`TokenRecord`]s, the task-token
 //! key) and the backend-neutral [`WriteBatch`] one turn writes. Every caller holds the trait
-//! (`Arc<`[`Store`]`>`), never a backend: sled ([`SledStore`], `sled.rs`) is the embedded
+//! (`Arc<`[`Store`]`>`), never a backend: sled ([`SledStore`], `sled/`) is the embedded
 //! default, and PostgreSQL ([`PostgresStore`], `postgres/`, design.md section 10) is a second
 //! backend passing the same [`contract`] suite.
 //!
@@ -16,6 +16,7 @@
 
 pub mod batch;
 pub mod contract;
+mod packed;
 pub mod position;
 pub mod postgres;
 mod sled;

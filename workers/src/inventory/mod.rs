@@ -99,17 +99,16 @@ impl Error {
 /// The inventory: cheap to share behind an `Arc`; all calls are safe from many tasks.
 #[derive(Debug)]
 pub struct Inventory {
-    db: sled::Db,
-    flusher: store::Flusher,
+    db: sled::Tree,
+    flusher: std::sync::Arc<store::Flusher>,
     state: Mutex<State>,
 }
 
 impl Inventory {
     /// Loads the products and reservations of `db`, seeding the default catalog into a store
     /// that has never been seeded.
-    pub fn open(opened: store::Opened) -> Result<Self, store::Error> {
-        let flusher = store::flusher(&opened, "inventory")?;
-        let db = opened.db;
+    pub fn open(opened: store::DomainStore) -> Result<Self, store::Error> {
+        let store::DomainStore { tree: db, flusher } = opened;
         if db.get(SEEDED_KEY)?.is_none() {
             let mut batch = sled::Batch::default();
             for (index, (name, price_cents)) in (1..).zip(CATALOG) {

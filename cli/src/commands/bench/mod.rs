@@ -97,6 +97,10 @@ pub struct BenchArgs {
     /// Poll loops per queue in each worker (its `--concurrency`).
     #[arg(long, default_value_t = 8)]
     worker_concurrency: u16,
+    /// Place each order with `POST /api/orders?wait=60s`, which answers once the order is
+    /// final: one round trip instead of a start and a wait (start latency is then the whole).
+    #[arg(long)]
+    start_wait: bool,
     /// How the domains are spread over worker processes.
     #[arg(long, value_enum, default_value_t = WorkerLayout::PerDomain)]
     workers: WorkerLayout,

@@ -2,8 +2,11 @@
 //! indexes in one sled tree with key prefixes, so that one batch is one atomic `apply_batch`.
 //!
 //! Key layout (IDs never contain a NUL byte, numbers are big-endian so keys sort by them):
-//! - `h` id 0x00 seq      -> the events of one transition, the first numbered `seq`
-//! - `r` id               -> the run's [`RunSummary`]
+//! - `h` id 0x00 seq      -> the events of one transition, the first numbered `seq`, while the
+//!   run is in flight
+//! - `r` id               -> the run's [`RunSummary`]; once the run is out of flight, its packed
+//!   record instead: the summary and every transition's record in one value (`pack.rs`), the
+//!   run's `h` keys removed in the same batch
 //! - `a` id               -> () while the run is in flight (what start-up replays)
 //! - `s` status id        -> () an index of runs by status
 //! - `d` name 0x00 version -> a registered definition's TOML source
@@ -44,6 +47,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
+mod pack;
+
 const TREE: &str = "engine";
 const HISTORY: u8 = b'h';
 const RUN: u8 = b'r';
@@ -76,14 +81,17 @@ impl SledStore {
         Ok(SledStore { opened, tree, last_seq: Mutex::new(HashMap::new()) })
     }
 
-    /// The sequence number `id`'s history ends at, from its last record (0 when it has none).
-    fn stored_last_seq(&self, id: &WorkflowId) -> Result<u64, Error> {
-        match self.tree.scan_prefix(history_prefix(id)).next_back() {
-            Some(entry) => {
-                let (key, bytes) = entry?;
-                Ok(decode_events(&key, &bytes)?.last().map_or(0, |event| event.seq))
-            }
-            None => Ok(0),
+    /// The sequence number `id`'s history ends at, from its last record or its packed record
+    /// (0 when it has none), and the packed record when it is packed.
+    fn stored_last_seq(&self, id: &WorkflowId) -> Result<(u64, pack::Stored), Error> {
+        if let Some(entry) = self.tree.scan_prefix(history_prefix(id)).next_back() {
+            let (key, bytes) = entry?;
+            let last = decode_events(&key, &bytes)?.last().map_or(0, |event| event.seq);
+            return Ok((last, pack::Stored { packed: None }));
+        }
+        match pack::packed_record(&self.tree, id)? {
+            Some(bytes) => Ok((pack::last_seq_of_packed(id, &bytes)?, pack::Stored { packed: Some(bytes) })),
+            None => Ok((0, pack::Stored { packed: None })),
         }
     }
 
@@ -142,17 +150,31 @@ impl HistoryStore for SledStore {
         let mut last_seq = self.last_seq.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Check every expectation first, chaining appends to one run within the batch.
         let mut pending: HashMap<&WorkflowId, u64> = HashMap::new();
+        // Runs not in flight in the map: whether the store holds them packed.
+        let mut stored: HashMap<&WorkflowId, pack::Stored> = HashMap::new();
         for append in batch.appends() {
             let found = match pending.get(&append.run).or_else(|| last_seq.get(&append.run)) {
                 Some(&seq) => seq,
-                None => self.stored_last_seq(&append.run)?,
+                None => {
+                    let (seq, packed) = self.stored_last_seq(&append.run)?;
+                    stored.insert(&append.run, packed);
+                    seq
+                }
             };
             if found != append.after {
                 return Err(Error::Conflict { run: append.run.clone(), expected: append.after, found });
             }
             pending.insert(&append.run, append.last);
         }
-        self.tree.apply_batch(Self::sled_batch(&batch))?;
+        for put in batch.runs() {
+            // A run in the map is in flight, so not packed; any other one may be.
+            if !last_seq.contains_key(&put.run) && !stored.contains_key(&put.run) {
+                stored.insert(&put.run, pack::Stored { packed: pack::packed_record(&self.tree, &put.run)? });
+            }
+        }
+        let mut out = Self::sled_batch(&batch);
+        pack::pack_and_unpack(&self.tree, &batch, &stored, &mut out)?;
+        self.tree.apply_batch(out)?;
         for (run, seq) in pending {
             last_seq.insert(run.clone(), seq);
         }
@@ -206,6 +228,8 @@ impl HistoryStore for SledStore {
             None => from,
         };
         let mut out = Vec::new();
+        // Packed runs read once for all of their transitions in this page.
+        let mut packed_runs = HashMap::new();
         for entry in self.tree.range(start..) {
             if out.len() == limit {
                 break;
@@ -217,7 +241,7 @@ impl HistoryStore for SledStore {
             let appends: Vec<IndexedAppend> = decode(&key, &bytes)?;
             let events_of = |append: &IndexedAppend| {
                 let key = history_key(&append.run, append.first_seq);
-                match self.tree.get(&key)? {
+                match pack::transition_record(&self.tree, &append.run, append.first_seq, &mut packed_runs)? {
                     Some(bytes) => decode_events(&key, &bytes),
                     None => Err(Error::Corrupt {
                         key: String::from_utf8_lossy(&key).into_owned(),
@@ -231,30 +255,25 @@ impl HistoryStore for SledStore {
     }
 
     fn run(&self, id: &WorkflowId) -> Result<Option<RunSummary>, Error> {
-        let key = key(RUN, id.as_str().as_bytes(), &[]);
-        self.tree.get(&key)?.map(|bytes| decode(&key, &bytes)).transpose()
+        let key = pack::run_key(id);
+        self.tree.get(&key)?.map(|bytes| decode(&key, pack::summary_bytes(id, &bytes)?)).transpose()
     }
 
     fn history(&self, id: &WorkflowId) -> Result<Vec<Event>, Error> {
         let mut events = Vec::new();
-        for entry in self.tree.scan_prefix(history_prefix(id)) {
-            let (key, bytes) = entry?;
-            events.extend(decode_events(&key, &bytes)?);
+        for transition in pack::transitions(&self.tree, id)? {
+            events.extend(decode_events(&history_key(id, transition.first_seq), &transition.record)?);
         }
         Ok(events)
     }
 
     fn first_event(&self, id: &WorkflowId) -> Result<Option<Event>, Error> {
-        let key = history_key(id, 1);
-        match self.tree.get(&key)? {
-            Some(bytes) => Ok(decode_events(&key, &bytes)?.into_iter().next()),
-            None => Ok(None),
-        }
+        Ok(self.start_events(id)?.into_iter().next())
     }
 
     fn start_events(&self, id: &WorkflowId) -> Result<Vec<Event>, Error> {
         let key = history_key(id, 1);
-        match self.tree.get(&key)? {
+        match pack::transition_record(&self.tree, id, 1, &mut HashMap::new())? {
             Some(bytes) => decode_events(&key, &bytes),
             None => Ok(Vec::new()),
         }

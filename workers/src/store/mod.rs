@@ -1,6 +1,11 @@
-//! A domain's sled store as the workers see it: opening it, their key layout helpers, and
-//! their errors. Durability, the group-commit [`Flusher`] and the codec are the shared
-//! toolkit's (`shop-durable`), the same the engine uses.
+//! The worker process's one sled store as its domains see it: opening it (and moving a data
+//! dir of the older per-domain layout into it, `migrate.rs`), a tree per domain sharing one
+//! group-commit [`Flusher`], their key layout helpers, and their errors. Durability, the
+//! flusher and the codec are the shared toolkit's (`shop-durable`), the same the engine uses.
+//!
+//! Why one store: a process serving inventory, payment and notification used to sync three
+//! sled logs, one per domain, for the same saga; with one log, one sync covers every domain's
+//! writes since the last one (design: group commit across domains).
 //!
 //! A record is a format-version byte followed by its bincode 1.3 encoding; numeric keys are
 //! big-endian so sled's byte order is numeric order. New records are written at the shared
@@ -12,8 +17,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shop_durable::codec::{self, Family};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+mod migrate;
 
 pub use shop_durable::{Durability, Flusher, Opened};
+
+/// The folder of the process's store under the data dir (one sled log for every domain).
+pub const STORE_DIR: &str = "store";
 
 /// The format version written in front of every new record (the shared codec's).
 pub const FORMAT_VERSION: u8 = codec::FORMAT_VERSION;
@@ -37,6 +48,8 @@ pub enum Error {
     Encode(#[source] codec::Error),
     #[error("record {key} has format version {found}; this worker reads versions 1 and {FORMAT_VERSION}")]
     UnknownVersion { key: String, found: u8 },
+    #[error("cannot move the store of the older layout at {} into the worker's store: {reason}", path.display())]
+    Migration { path: PathBuf, reason: String },
     #[error("record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -47,9 +60,36 @@ pub fn open(path: &Path, durability: Durability) -> Result<Opened, Error> {
         .map_err(|source| Error::Open { path: path.to_owned(), source })
 }
 
-/// Starts the group-commit flusher of a domain's store.
-pub fn flusher(store: &Opened, name: &str) -> Result<Flusher, Error> {
-    Flusher::start(store, name).map_err(Error::FlusherThread)
+/// The worker process's store: one sled log and one flusher for every domain it serves.
+#[derive(Debug)]
+pub struct WorkerStore {
+    data_dir: PathBuf,
+    opened: Opened,
+    flusher: Arc<Flusher>,
+}
+
+impl WorkerStore {
+    /// Opens (creating when missing) the store under `data_dir` and starts its flusher.
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<WorkerStore, Error> {
+        let opened = open(&data_dir.join(STORE_DIR), durability)?;
+        let flusher = Arc::new(Flusher::start(&opened, "worker").map_err(Error::FlusherThread)?);
+        Ok(WorkerStore { data_dir: data_dir.to_owned(), opened, flusher })
+    }
+
+    /// The tree of `domain`, with any data of the older per-domain layout moved into it first.
+    pub fn domain(&self, domain: &str) -> Result<DomainStore, Error> {
+        let tree = self.opened.db.open_tree(domain)?;
+        migrate::from_per_domain_dir(&self.data_dir, domain, &tree, &self.opened)?;
+        Ok(DomainStore { tree, flusher: Arc::clone(&self.flusher) })
+    }
+}
+
+/// One domain's part of the worker's store: its own tree (its own key space) and the flusher
+/// it shares with every other domain of the process.
+#[derive(Debug, Clone)]
+pub struct DomainStore {
+    pub tree: sled::Tree,
+    pub flusher: Arc<Flusher>,
 }
 
 /// Waits for `flusher` to make `domain`'s writes durable, timing it for `/metrics`.
@@ -60,10 +100,12 @@ pub async fn flush(flusher: &Flusher, domain: &str) -> Result<(), Error> {
     Ok(flushed?)
 }
 
-/// A store that lives only as long as the process, for tests.
+/// A domain store that lives only as long as the process, for tests.
 #[cfg(test)]
-pub fn temporary() -> Opened {
-    Opened::temporary().expect("a temporary sled store opens unless the machine is out of disk")
+pub fn temporary() -> DomainStore {
+    let opened = Opened::temporary().expect("a temporary sled store opens unless the machine is out of disk");
+    let flusher = Arc::new(Flusher::start(&opened, "test").expect("the flusher thread starts"));
+    DomainStore { tree: opened.db.open_tree("test").expect("a temporary tree opens"), flusher }
 }
 
 pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, Error> {
@@ -81,7 +123,7 @@ pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Error>
 }
 
 /// Every record under `prefix`, decoded, in key order.
-pub fn scan<T: DeserializeOwned>(db: &sled::Db, prefix: &[u8]) -> Result<Vec<T>, Error> {
+pub fn scan<T: DeserializeOwned>(db: &sled::Tree, prefix: &[u8]) -> Result<Vec<T>, Error> {
     db.scan_prefix(prefix)
         .map(|entry| {
             let (key, value) = entry?;
@@ -154,6 +196,21 @@ mod tests {
     fn number_keys_sort_numerically() {
         assert!(number_key(b'p', 2) < number_key(b'p', 10));
         assert!(number_key(b'p', 255) < number_key(b'p', 256));
+    }
+
+    #[test]
+    fn every_domain_is_a_tree_of_one_store_with_one_flusher() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = WorkerStore::open(dir.path(), Durability::PowerSafe).expect("opens");
+        let (inventory, payment) = (store.domain("inventory").expect("opens"), store.domain("payment").expect("opens"));
+        assert!(Arc::ptr_eq(&inventory.flusher, &payment.flusher), "one flusher, so one sync, for both");
+        inventory.tree.insert(b"k", b"inventory").expect("writes");
+        assert_eq!(payment.tree.get(b"k").expect("reads"), None, "each domain has its own key space");
+        let folders: Vec<_> =
+            std::fs::read_dir(dir.path()).expect("lists").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(folders, vec![std::ffi::OsString::from(STORE_DIR)]);
+        let again = WorkerStore::open(dir.path(), Durability::PowerSafe);
+        assert!(matches!(again, Err(Error::Open { .. })), "one process per data dir: {again:?}");
     }
 
     #[test]
