@@ -34,7 +34,7 @@ impl Core {
                     shard = shard.0,
                     "a batch wrote a shard this node no longer holds; refused, its callers are told to retry"
                 );
-                self.suspect.flag(Some(shard));
+                self.suspect.flag(Some(shard), self.generation);
                 turn.replies.clear();
                 turn.events.clear();
                 drop(std::mem::take(&mut turn.batch));
@@ -67,7 +67,7 @@ impl Core {
                             self.stats.fence_rejections.fetch_add(1, Ordering::Relaxed);
                         }
                         tracing::warn!(%error, "a batch was refused; its callers are told to retry");
-                        self.suspect.flag(fenced);
+                        self.suspect.flag(fenced, self.generation);
                         turn.replies.clear();
                         turn.events.clear();
                         wrote = false;
@@ -106,14 +106,17 @@ impl Core {
                 syncer::finish(
                     self.store.as_ref(),
                     publisher,
-                    AppliedTurn { wrote, replies: turn.replies, events: turn.events },
+                    AppliedTurn { wrote, generation: self.generation, replies: turn.replies, events: turn.events },
                     &self.stats,
                     &self.suspect,
                 );
             }
             return;
         };
-        if syncer.send(AppliedTurn { wrote, replies: turn.replies, events: turn.events }).is_err() {
+        if syncer
+            .send(AppliedTurn { wrote, generation: self.generation, replies: turn.replies, events: turn.events })
+            .is_err()
+        {
             tracing::error!("the syncer has stopped; exiting so recovery starts from the durable state");
             std::process::exit(70);
         }

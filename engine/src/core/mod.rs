@@ -398,6 +398,9 @@ pub struct Core {
     /// When each leased shard stops being usable by this node's clock (none on sled).
     guard: Option<Arc<crate::cluster::lease::LeaseGuard>>,
     /// Set by the syncer when a write was refused: the core rebuilds at its next turn.
+    /// How many times the core rebuilt its memory after a refused write; each turn carries
+    /// it to the syncer, which drops the answers of turns decided before a rebuild.
+    generation: u64,
     suspect: Arc<Suspect>,
 }
 

@@ -56,6 +56,7 @@ impl Core {
             durable: durable.clone(),
             guard: None,
             suspect: Arc::new(Suspect::default()),
+            generation: 0,
         };
         // Every breaker starts closed: see `circuit` for why its state is not kept.
         // In name and version order, so a later version's declaration wins.

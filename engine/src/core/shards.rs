@@ -45,7 +45,9 @@ impl Core {
                 }
             }
         }
-        if let Some(fenced) = self.suspect.take() {
+        if let Some((fenced, generation)) = self.suspect.take() {
+            // Turns decided from here on are answered again (see `syncer::Suspect`).
+            self.generation = self.generation.max(generation);
             self.rebuild(&fenced);
         }
     }

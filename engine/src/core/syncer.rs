@@ -19,7 +19,7 @@ use crate::store::{self, RunSummary, ShardId, Store, WriteBatch};
 use shop_durable::commit::{group_commit, Job};
 use shop_types::{QueueName, WorkflowId};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Mutex;
 
@@ -28,26 +28,43 @@ pub(super) type Reply = Box<dyn FnOnce() + Send>;
 
 /// A refused write the core must act on: the shards fenced, and that its memory of every
 /// other shard is suspect (a refused transaction may have covered them too).
+///
+/// Turns are numbered by the core's **generation** (how many times it rebuilt its memory).
+/// When a write is refused, every turn of that generation or an earlier one that the syncer
+/// has not answered yet was decided on the suspect memory (the core goes on deciding while
+/// the syncer syncs): none of them is answered or published, even one whose own write
+/// committed (its callers retry and read the truth), until the core has rebuilt.
 #[derive(Default)]
 pub(super) struct Suspect {
     flagged: AtomicBool,
     fenced: Mutex<BTreeSet<ShardId>>,
+    /// Turns of a generation below this one are not answered.
+    poisoned_below: AtomicU64,
 }
 
 impl Suspect {
-    pub(super) fn flag(&self, fenced: Option<ShardId>) {
+    /// A write of a turn of `generation` was refused (fencing `fenced`, if it says which).
+    pub(super) fn flag(&self, fenced: Option<ShardId>, generation: u64) {
         if let Some(shard) = fenced {
             self.fenced.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(shard);
         }
+        self.poisoned_below.fetch_max(generation + 1, Ordering::SeqCst);
         self.flagged.store(true, Ordering::SeqCst);
     }
 
-    /// The fenced shards, once per flag; `None` when nothing was refused since the last take.
-    pub(super) fn take(&self) -> Option<BTreeSet<ShardId>> {
+    /// The fenced shards and the generation the core rebuilds into, once per flag; `None`
+    /// when nothing was refused since the last take.
+    pub(super) fn take(&self) -> Option<(BTreeSet<ShardId>, u64)> {
         if !self.flagged.swap(false, Ordering::SeqCst) {
             return None;
         }
-        Some(std::mem::take(&mut *self.fenced.lock().unwrap_or_else(|poisoned| poisoned.into_inner())))
+        let fenced = std::mem::take(&mut *self.fenced.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        Some((fenced, self.poisoned_below.load(Ordering::SeqCst)))
+    }
+
+    /// Whether a turn of `generation` may be answered.
+    fn answerable(&self, generation: u64) -> bool {
+        generation >= self.poisoned_below.load(Ordering::SeqCst)
     }
 }
 
@@ -83,6 +100,8 @@ pub(super) struct Turn {
 /// A turn as the syncer sees it: whether it wrote, and whom to answer.
 pub(super) struct AppliedTurn {
     pub(super) wrote: bool,
+    /// The core's generation when it decided the turn (see [`Suspect`]).
+    pub(super) generation: u64,
     pub(super) replies: Vec<Reply>,
     pub(super) events: Vec<CommittedEvent>,
 }
@@ -127,20 +146,24 @@ fn answer(
     stats: &Stats,
     suspect: &Suspect,
 ) {
-    match synced {
-        Ok(true) => publisher.publish(group.iter_mut().flat_map(|turn| std::mem::take(&mut turn.events)).collect()),
-        Ok(false) => {}
-        Err(error) if survivable(store, &error).is_some() => {
-            let fenced = survivable(store, &error).flatten();
+    if let Err(error) = &synced {
+        if let Some(fenced) = survivable(store, error) {
             if fenced.is_some() {
                 stats.fence_rejections.fetch_add(1, Ordering::Relaxed);
             }
             tracing::warn!(%error, turns = group.len(), "a write was refused; its callers are told to retry and the core rebuilds from the store");
-            suspect.flag(fenced);
+            let generation = group.iter().map(|turn| turn.generation).max().unwrap_or_default();
+            suspect.flag(fenced, generation);
             // Dropping the replies drops their senders: each caller hears `ShardMoved`.
             drop(group);
             return;
         }
+    }
+    // Turns decided on a memory a refused write made suspect are dropped, synced or not.
+    group.retain(|turn| suspect.answerable(turn.generation));
+    match synced {
+        Ok(true) => publisher.publish(group.iter_mut().flat_map(|turn| std::mem::take(&mut turn.events)).collect()),
+        Ok(false) => {}
         Err(error) => {
             tracing::error!(%error, "sync failed; exiting so recovery starts from the durable state");
             std::process::exit(70);
