@@ -14,14 +14,14 @@ impl Core {
             // Never numbered nor written: a shard not held has no position here. A bug if it
             // happens; the turn is refused like a fenced one rather than written wrongly.
             tracing::error!(shard = event.shard.0, run = %event.run, "a turn wrote a shard this core does not hold; refusing it");
-            self.suspect.flag(None);
+            self.suspect.flag(None, self.generation);
             turn.replies.clear();
             turn.events.clear();
             turn.batch = store::WriteBatch::default();
             wrote = false;
         }
         if wrote {
-            let (shard_count, held) = (self.shard_count, &self.held);
+            let shard_count = self.shard_count;
             let shard_of = |run: &WorkflowId| shard_in(run, shard_count);
             let mut last = self.last_position.clone();
             let numbered = match turn.batch.number_shards(shard_of, &mut last) {
@@ -34,22 +34,6 @@ impl Core {
             // `record` adds a transition's events to the batch and to the turn in the same
             // order, so each shard's events take that shard's positions one by one (below).
             debug_assert_eq!(numbered, turn.events.len() as u64);
-            // A shard dropped during this turn (handed off, or its lease lapsed by our clock)
-            // may still have events in the batch, decided on state this node no longer owns:
-            // refuse the batch as if fenced (nothing answered, memory rebuilt) rather than
-            // write it unfenced at positions counted from zero.
-            let unheld = turn.batch.index().map(|(shard, ..)| shard).find(|shard| !held.contains_key(shard));
-            if let Some(shard) = unheld.filter(|_| self.store.fences_epochs()) {
-                tracing::warn!(
-                    shard = shard.0,
-                    "a batch wrote a shard this node no longer holds; refused, its callers are told to retry"
-                );
-                self.suspect.flag(Some(shard), self.generation);
-                turn.replies.clear();
-                turn.events.clear();
-                drop(std::mem::take(&mut turn.batch));
-                wrote = false;
-            }
         }
         if wrote {
             let held = &self.held;
