@@ -147,3 +147,71 @@ async fn three_nodes_serve_the_seed_scenarios_through_any_node() {
     let shown: ClusterStatus = serde_json::from_str(&done.stdout).expect("shopctl cluster status --json is the status");
     assert_eq!(shown.nodes.iter().filter(|n| n.live).count(), NODES, "{}", done.stdout);
 }
+
+/// Three consecutive free loopback ports (the first of them as an address).
+fn three_free_ports() -> std::net::SocketAddr {
+    for _ in 0..50 {
+        let first = shop_tests::process::free_addr();
+        let free = (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", first.port().saturating_add(i))).is_ok());
+        if free && first.port() < u16::MAX - 2 {
+            return first;
+        }
+    }
+    panic!("no three consecutive free loopback ports");
+}
+
+/// `shopctl dev --nodes 3 --store ...` runs three nodes on consecutive ports and one worker
+/// that polls all of them: an order placed through node 3 and waited for through node 2 is
+/// confirmed; SIGTERM stops everything. Without `--store` it is a one-line refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn shopctl_dev_runs_three_nodes_on_one_database() {
+    use shop_tests::process::{binary, run_to_end, workflows_dir, Proc};
+    let refused = {
+        let mut command = std::process::Command::new(binary("shopctl"));
+        command.args(["dev", "--nodes", "3"]);
+        run_to_end(command, Duration::from_secs(30))
+    };
+    assert!(!refused.status.success(), "--nodes 3 without --store is refused");
+    assert!(refused.stderr.trim().lines().count() == 1 && refused.stderr.contains("--store"), "{}", refused.stderr);
+
+    let Some(database) = TestDatabase::create("shopctl_dev_runs_three_nodes_on_one_database") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = three_free_ports();
+    let worker = shop_tests::process::free_addr();
+    let mut command = std::process::Command::new(binary("shopctl"));
+    command
+        .args(["dev", "--nodes", "3", "--store", &database.url, "--listen", &first.to_string()])
+        .args(["--worker-listen", &worker.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--workflows")
+        .arg(workflows_dir());
+    let log = dir.path().join("dev.log");
+    let dev = Proc::spawn("shopctl dev --nodes 3", command, &log);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("ready:") {
+        assert!(std::time::Instant::now() < deadline, "not ready:\n{}", dev.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let printed = std::fs::read_to_string(&log).unwrap_or_default();
+    let urls: Vec<String> = (0..3).map(|i| format!("http://127.0.0.1:{}", first.port() + i)).collect();
+    for (i, url) in urls.iter().enumerate() {
+        assert!(printed.contains(&format!("{url}/console")), "node {}'s console is printed:\n{printed}", i + 1);
+    }
+    let apis: Vec<shop_tests::Api> = urls.iter().map(|url| shop_tests::Api::new(url)).collect();
+    let listed: NodeList = apis[0].get("/v1/tasks/nodes").await.expect("GET /v1/tasks/nodes").parse();
+    assert_eq!(listed.nodes.len(), 3, "{listed:?}");
+    let clients = shop_tests::cluster::Clients { apis };
+    for i in 0..6 {
+        let id = format!("dev-{i}");
+        clients.place_acknowledged(2, &order_body(Some(&id), &[(1, 1)], "CREDIT_CARD")).await;
+        let done = clients.wait_order(1, &id).await;
+        assert_eq!(done.status, CONFIRMED, "{id}: {:?}", done.reason);
+    }
+    dev.signal("TERM");
+    let mut dev = dev;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while dev.exited().is_none() {
+        assert!(std::time::Instant::now() < deadline, "shopctl dev did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
