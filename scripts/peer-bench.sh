@@ -6,6 +6,8 @@
 #   bash scripts/peer-bench.sh                     # N=20000 CONCURRENCY=64 MAX_SECONDS=20
 #   PEERS="" bash scripts/peer-bench.sh            # ours only
 #   DURABILITY=process-crash bash scripts/peer-bench.sh
+#   STORE=postgres PEERS=dbos-pg bash scripts/peer-bench.sh   # ours on PostgreSQL (a fresh database
+#                                                             # on PG_URL, default 127.0.0.1:5432) vs DBOS
 #
 # The peers' folder is read-only shared material: it is copied to a scratch folder first, and
 # the peers' scripts install what they need in that copy (npm, cargo, pip), as their README says.
@@ -40,8 +42,16 @@ trap cleanup EXIT
 wait_for() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 
 ENGINE="http://127.0.0.1:$ENGINE_PORT"
+STORE_ARGS=()
+if [[ "${STORE:-sled}" == postgres ]]; then
+  # A database of its own for this run, on the machine's PostgreSQL (trust auth).
+  PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432}"
+  DB="shop_peer_$(date +%s)"
+  psql "$PG_URL/postgres" -qc "CREATE DATABASE $DB" >&2
+  STORE_ARGS=(--store "$PG_URL/$DB")
+fi
 "$OURS/shop-engine" --data-dir "$RUN/engine" --listen "127.0.0.1:$ENGINE_PORT" --workflows "$ROOT/workflows" \
-  --open --rate-limit off --durability "$DURABILITY" 2> "$RUN/engine.log" &
+  --open --rate-limit off --durability "$DURABILITY" "${STORE_ARGS[@]}" 2> "$RUN/engine.log" &
 ENGINE_PID=$!; PIDS+=("$ENGINE_PID")
 wait_for "$ENGINE/healthz"
 declare -A ADMIN
@@ -71,10 +81,10 @@ python3 "$WORK/common/rss_sampler.py" "$RUN/rss.json" "shop-engine=$ENGINE_PID" 
 SAMPLER_PID=$!
 wait "$DRIVER_PID"
 kill -TERM "$SAMPLER_PID"; wait "$SAMPLER_PID" || true
-python3 - "$RUN/driver.json" "$RUN/rss.json" "$DURABILITY" > "$ROOT/target/peer-results/shop-engine.json" <<'PY'
+python3 - "$RUN/driver.json" "$RUN/rss.json" "$DURABILITY" "${STORE:-sled}" > "$ROOT/target/peer-results/shop-engine.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); rss = json.load(open(sys.argv[2]))
-d.update({"peer": "shop-engine", "durability": sys.argv[3],
+d.update({"peer": "shop-engine", "durability": sys.argv[3], "store": sys.argv[4],
           "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in rss.items()}})
 print(json.dumps(d))
 PY
