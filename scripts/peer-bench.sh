@@ -58,7 +58,7 @@ declare -A ADMIN
 port=$((ENGINE_PORT + 1))
 for domain in inventory payment notification; do
   "$OURS/shop-worker" --engine "$ENGINE" --data-dir "$RUN/$domain" --listen "127.0.0.1:$port" \
-    --activities "$domain" 2> "$RUN/$domain.log" &
+    --activities "$domain" --open 2> "$RUN/$domain.log" &
   PIDS+=("$!")
   ADMIN[$domain]="http://127.0.0.1:$port"
   wait_for "${ADMIN[$domain]}/healthz"

@@ -87,7 +87,7 @@ async fn a_wait_that_runs_out_is_202_with_location_and_bad_waits_place_nothing()
     let mut polls = 0;
     loop {
         let stats = api.get("/v1/stats").await.expect("GET /v1/stats");
-        if stats.body["waiting_reads"] == serde_json::json!(MAX_WAITS_PER_CALLER) {
+        if stats.body["waitingReads"] == serde_json::json!(MAX_WAITS_PER_CALLER) {
             break;
         }
         polls += 1;
