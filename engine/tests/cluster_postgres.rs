@@ -5,7 +5,7 @@
 //! it is told (the core's own take/drop is unit-tested in `core::shard_tests`). SKIPPED
 //! (loudly) where PostgreSQL is unreachable, unless `SHOP_REQUIRE_POSTGRES=1`.
 
-use shop_engine::cluster::lease::{LeaseGuard, LeaseManager, LeaseOptions, ShardHolder, LEASE_RENEW_INTERVAL};
+use shop_engine::cluster::lease::{LeaseGuard, LeaseManager, LeaseOptions, ShardHolder, Taking, LEASE_RENEW_INTERVAL};
 use shop_engine::cluster::{shard_of, Cluster, Route};
 use shop_engine::store::postgres::test_db::TestDatabase;
 use shop_engine::store::{
@@ -33,9 +33,9 @@ impl Holder {
 }
 
 impl ShardHolder for Holder {
-    async fn take(&self, shard: ShardId, epoch: Epoch) -> Result<(), String> {
+    fn take(&self, shard: ShardId, epoch: Epoch) -> Taking {
         self.0.lock().expect("not poisoned").insert(shard, epoch);
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
 
     async fn release(&self, shard: ShardId) -> Result<(), String> {

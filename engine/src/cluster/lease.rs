@@ -107,10 +107,16 @@ pub trait LeaseDb: Send {
     fn set_held(&self, held: &BTreeMap<ShardId, Epoch>);
 }
 
+/// A take under way: resolves once the core has recovered the shard (or could not).
+pub type Taking = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
 /// The core as the lease manager sees it (`core::Handle`).
 pub trait ShardHolder: Send + Sync {
-    /// Recovers the shard's in-flight runs and serves them, fencing its writes at `epoch`.
-    fn take(&self, shard: ShardId, epoch: Epoch) -> impl Future<Output = Result<(), String>> + Send;
+    /// Asks the core to recover the shard's in-flight runs and serve them, fencing its
+    /// writes at `epoch`. The request is queued before this returns (so a later `release`
+    /// comes after it); the answer is awaited apart, because replaying a big shard takes a
+    /// while and leases must be renewed meanwhile.
+    fn take(&self, shard: ShardId, epoch: Epoch) -> Taking;
     /// Forgets the shard's runs; answers once its last batch for the shard is durable (or
     /// refused).
     fn release(&self, shard: ShardId) -> impl Future<Output = Result<(), String>> + Send;
@@ -203,6 +209,8 @@ pub struct LeaseManager<D: LeaseDb, H: ShardHolder> {
     guard: std::sync::Arc<LeaseGuard>,
     options: LeaseOptions,
     held: BTreeMap<ShardId, Epoch>,
+    /// Shards claimed whose take the core has not answered yet.
+    taking: Vec<(ShardId, Epoch, Taking)>,
 }
 
 impl<D: LeaseDb, H: ShardHolder> LeaseManager<D, H> {
@@ -213,7 +221,7 @@ impl<D: LeaseDb, H: ShardHolder> LeaseManager<D, H> {
         guard: std::sync::Arc<LeaseGuard>,
         options: LeaseOptions,
     ) -> Self {
-        LeaseManager { db, holder, cluster, guard, options, held: BTreeMap::new() }
+        LeaseManager { db, holder, cluster, guard, options, held: BTreeMap::new(), taking: Vec::new() }
     }
 
     /// Keeps the leases until `stop` resolves, then hands every shard off and leaves.
@@ -240,6 +248,7 @@ impl<D: LeaseDb, H: ShardHolder> LeaseManager<D, H> {
         let sent = Instant::now();
         let node = self.options.node.clone();
         self.db.heartbeat(&node, &self.options.url).await?;
+        self.settle_takes().await?;
         // Shards the core dropped on its own (its guard lapsed): lost, whatever the database says.
         let dropped: Vec<ShardId> = self.held.keys().copied().filter(|shard| !self.guard.holds(*shard)).collect();
         self.lose(&dropped, "its lease lapsed by this node's clock").await;
@@ -264,6 +273,7 @@ impl<D: LeaseDb, H: ShardHolder> LeaseManager<D, H> {
             }
             self.guard.forget(shard);
             self.held.remove(&shard);
+            self.taking.retain(|(taken, ..)| *taken != shard);
             self.db.set_held(&self.held);
             self.db.release(&node, shard, epoch).await?;
             tracing::info!(shard = shard.0, epoch = epoch.0, "handed a shard off");
@@ -279,26 +289,40 @@ impl<D: LeaseDb, H: ShardHolder> LeaseManager<D, H> {
                 self.guard.claimed(shard, sent);
                 self.held.insert(shard, epoch);
                 self.db.set_held(&self.held);
-                match self.holder.take(shard, epoch).await {
-                    Ok(()) => {
-                        tracing::info!(shard = shard.0, epoch = epoch.0, "took a shard");
-                        // Replaying a big shard takes a while: renew at once, so no shard's
-                        // guard lapses while the next one is taken.
-                        self.renew(Instant::now()).await?;
-                    }
-                    Err(error) => {
-                        // Not served here: give it back so a healthy node takes it.
-                        tracing::error!(shard = shard.0, %error, "the core could not take the shard; releasing it");
-                        self.guard.forget(shard);
-                        self.held.remove(&shard);
-                        self.db.set_held(&self.held);
-                        self.db.release(&node, shard, epoch).await?;
-                    }
-                }
+                let taking = self.holder.take(shard, epoch);
+                self.taking.push((shard, epoch, taking));
             }
         }
         let leases = self.db.leases().await?;
         self.publish(&nodes, &leases);
+        Ok(())
+    }
+
+    /// Looks at the takes the core has answered since: a shard it could not take is dropped
+    /// there and released here, so a healthy node takes it.
+    async fn settle_takes(&mut self) -> Result<(), store::Error> {
+        let mut failed = Vec::new();
+        let taking = std::mem::take(&mut self.taking);
+        for (shard, epoch, mut answer) in taking {
+            match futures_util::FutureExt::now_or_never(&mut answer) {
+                None => self.taking.push((shard, epoch, answer)),
+                Some(Ok(())) => tracing::info!(shard = shard.0, epoch = epoch.0, "took a shard"),
+                Some(Err(error)) => {
+                    tracing::error!(shard = shard.0, %error, "the core could not take the shard; releasing it");
+                    failed.push((shard, epoch));
+                }
+            }
+        }
+        for (shard, epoch) in failed {
+            if self.holder.release(shard).await.is_err() {
+                // Kept: released once the core has dropped it (a later hand-off or loss).
+                continue;
+            }
+            self.guard.forget(shard);
+            self.held.remove(&shard);
+            self.db.set_held(&self.held);
+            self.db.release(&self.options.node, shard, epoch).await?;
+        }
         Ok(())
     }
 
@@ -325,6 +349,7 @@ impl<D: LeaseDb, H: ShardHolder> LeaseManager<D, H> {
                 tracing::warn!(shard = shard.0, %error, "the core could not drop a lost shard cleanly");
             }
             self.held.remove(shard);
+            self.taking.retain(|(taken, ..)| taken != shard);
             self.db.set_held(&self.held);
             tracing::warn!(shard = shard.0, why, "lost a shard");
         }

@@ -168,9 +168,9 @@ struct Holder {
 }
 
 impl ShardHolder for Holder {
-    async fn take(&self, shard: ShardId, epoch: Epoch) -> Result<(), String> {
+    fn take(&self, shard: ShardId, epoch: Epoch) -> Taking {
         self.held.lock().expect("not poisoned").insert(shard, epoch);
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
     async fn release(&self, shard: ShardId) -> Result<(), String> {
         if self.refuse_drops.load(std::sync::atomic::Ordering::SeqCst) {

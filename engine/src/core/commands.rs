@@ -130,9 +130,9 @@ impl Core {
                     );
                 });
                 let result = result.map_err(|error| CoreError::Storage(error.to_string()));
-                turn.after_commit(move || {
-                    let _ = reply.send(result);
-                });
+                // At once: a take writes nothing, and its answer must not be lost with a
+                // refused group's.
+                let _ = reply.send(result);
             }
             Command::DropShard { shard, reply } => {
                 if self.held.contains_key(&shard) {

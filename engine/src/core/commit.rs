@@ -10,6 +10,16 @@ use super::*;
 impl Core {
     pub(super) fn commit(&mut self, mut turn: Turn, now: u64) {
         let mut wrote = !turn.batch.is_empty();
+        if let Some(event) = turn.events.iter().find(|event| !self.held.contains_key(&event.shard)) {
+            // Never numbered nor written: a shard not held has no position here. A bug if it
+            // happens; the turn is refused like a fenced one rather than written wrongly.
+            tracing::error!(shard = event.shard.0, run = %event.run, "a turn wrote a shard this core does not hold; refusing it");
+            self.suspect.flag(None);
+            turn.replies.clear();
+            turn.events.clear();
+            turn.batch = store::WriteBatch::default();
+            wrote = false;
+        }
         if wrote {
             let (shard_count, held) = (self.shard_count, &self.held);
             let shard_of = |run: &WorkflowId| shard_in(run, shard_count);

@@ -57,10 +57,17 @@ impl Handle {
         self.durable.of(shard)
     }
 
-    /// Recovers `shard`'s in-flight runs and serves them, its writes fenced at `epoch` (the
-    /// lease manager, once it claimed the shard).
-    pub async fn take_shard(&self, shard: crate::store::ShardId, epoch: crate::store::Epoch) -> Result<(), CoreError> {
-        self.call(|reply| Command::TakeShard { shard, epoch, reply }).await?
+    /// Queues the recovery of `shard`'s in-flight runs, to be served with its writes fenced
+    /// at `epoch` (the lease manager, once it claimed the shard); the answer says when the
+    /// core has done it. Queued at once, so a later [`Handle::drop_shard`] comes after it.
+    pub fn take_shard(
+        &self,
+        shard: crate::store::ShardId,
+        epoch: crate::store::Epoch,
+    ) -> Result<oneshot::Receiver<Result<(), CoreError>>, CoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::TakeShard { shard, epoch, reply })?;
+        Ok(answer)
     }
 
     /// Forgets `shard`'s runs; returns once every batch applied before is settled (durable

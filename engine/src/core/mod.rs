@@ -465,8 +465,15 @@ impl Core {
         }
         self.stats.last_tick_ms.store(now, Ordering::Relaxed);
         self.stats.disk_full.store(!self.room_to_write, Ordering::Relaxed);
-        // Before anything is dispatched or written: shards this node may no longer own go.
+        // Before anything is dispatched or written: shards this node may no longer own go,
+        // and shards are taken or dropped, so no event of the turn is for a shard dropped
+        // after it was recorded (its positions would be numbered from nothing).
         self.check_shards();
+        let (shard_commands, commands): (Vec<Command>, Vec<Command>) =
+            commands.partition(|command| matches!(command, Command::TakeShard { .. } | Command::DropShard { .. }));
+        for command in shard_commands {
+            self.handle(&mut turn, command, now);
+        }
         if self.room_to_write && std::mem::take(&mut self.reconcile_pending) {
             self.reconcile(&mut turn, now);
         }

@@ -48,14 +48,17 @@ fn a_dropped_shard_is_not_served_and_a_taken_one_is_recovered() {
     // Past the schedule-to-start timeout: no timer of a dropped shard fires here.
     f.turn(Vec::new(), T0 + 5_000);
 
+    let id = WorkflowId::parse("a").expect("valid");
+    let ended = |f: &super::tests::Fixture| {
+        f.core.store.history(&id).expect("reads").last().is_some_and(|e| e.kind.is_terminal())
+    };
+    assert!(!ended(&f), "still in flight in the store");
     assert_eq!(take(&mut f, ShardId::SOLE, Epoch(2), T0 + 5_001), Ok(()));
-    assert_eq!(f.core.runs.len(), 1, "its in-flight run is recovered from the store");
-    assert_eq!(f.core.held.get(&ShardId::SOLE), Some(&Epoch(2)), "at the new epoch");
-    // The recovered run's overdue timer fires now, as after a restart.
-    f.turn(Vec::new(), T0 + 5_002);
-    assert!(f.core.runs.is_empty(), "its attempt timed out and the run ended");
-    let history = f.core.store.history(&WorkflowId::parse("a").expect("valid")).expect("reads");
-    assert!(history.last().is_some_and(|e| e.kind.is_terminal()), "ended in the store: {history:?}");
+    assert_eq!(f.core.held.get(&ShardId::SOLE), Some(&Epoch(2)), "held at the new epoch");
+    // Recovered from the store in the turn that took the shard, its overdue timer fired
+    // there, as after a restart: the attempt timed out and the run ended.
+    assert!(ended(&f), "the recovered run was served again");
+    assert!(f.core.runs.is_empty());
 }
 
 #[test]
@@ -84,4 +87,28 @@ fn a_lapsed_lease_drops_the_shard_before_anything_is_dispatched() {
     assert!(polled.try_recv().expect("answered").is_empty(), "no task of a lapsed shard is handed out");
     assert!(f.core.runs.is_empty());
     assert!(!f.core.held.contains_key(&ShardId::SOLE));
+}
+
+#[test]
+fn a_drop_in_the_same_turn_as_a_start_goes_first() {
+    let mut f = fixture_with(DEFINITION);
+    assert_eq!(f.start("a", "{}", T0), Ok(StartOutcome::Created));
+    let before = f.core.last_position[&ShardId::SOLE];
+    // A start, then a drop of its shard, arriving together: the drop is handled first, so
+    // nothing is recorded for a shard whose position the core has just forgotten.
+    let (start_reply, mut started) = oneshot::channel();
+    let (drop_reply, mut dropped) = oneshot::channel();
+    let start = Command::Start {
+        id: WorkflowId::parse("b").expect("valid"),
+        workflow_type: "pair".parse().expect("valid"),
+        input: JsonText::parse("{}").expect("valid"),
+        trace: None,
+        reply: start_reply,
+    };
+    f.turn(vec![start, Command::DropShard { shard: ShardId::SOLE, reply: drop_reply }], T0 + 1);
+    assert_eq!(dropped.try_recv().expect("answered"), Ok(()));
+    assert_eq!(started.try_recv().expect("answered"), Err(CoreError::NotOwner(ShardId::SOLE)));
+    assert_eq!(take(&mut f, ShardId::SOLE, Epoch(1), T0 + 2), Ok(()));
+    assert_eq!(f.core.last_position[&ShardId::SOLE], before, "nothing was numbered meanwhile");
+    assert_eq!(f.start("b", "{}", T0 + 3), Ok(StartOutcome::Created));
 }

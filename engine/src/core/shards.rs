@@ -163,8 +163,16 @@ impl Core {
 }
 
 impl ShardHolder for Handle {
-    async fn take(&self, shard: ShardId, epoch: Epoch) -> Result<(), String> {
-        self.take_shard(shard, epoch).await.map_err(|error| error.to_string())
+    fn take(&self, shard: ShardId, epoch: Epoch) -> crate::cluster::lease::Taking {
+        match self.take_shard(shard, epoch) {
+            Ok(answer) => Box::pin(async move {
+                match answer.await {
+                    Ok(taken) => taken.map_err(|error| error.to_string()),
+                    Err(_) => Err("the core stopped".to_owned()),
+                }
+            }),
+            Err(error) => Box::pin(std::future::ready(Err(error.to_string()))),
+        }
     }
 
     async fn release(&self, shard: ShardId) -> Result<(), String> {
