@@ -32,28 +32,8 @@ impl Core {
                 }
             };
             // `record` adds a transition's events to the batch and to the turn in the same
-            // order, so each shard's events take that shard's positions one by one (below).
+            // order, so each shard's events take that shard's positions one by one.
             debug_assert_eq!(numbered, turn.events.len() as u64);
-            // A shard dropped during this turn (handed off, or its lease lapsed by our clock)
-            // may still have events in the batch, decided on state this node no longer owns:
-            // refuse the batch as if fenced (nothing answered, memory rebuilt) rather than
-            // write it unfenced at positions counted from zero.
-            let unheld = turn.batch.index().map(|(shard, ..)| shard).find(|shard| !held.contains_key(shard));
-            if let Some(shard) = unheld.filter(|_| self.store.fences_epochs()) {
-                tracing::warn!(
-                    shard = shard.0,
-                    "a batch wrote a shard this node no longer holds; refused, its callers are told to retry"
-                );
-                self.suspect.flag(Some(shard));
-                turn.replies.clear();
-                turn.events.clear();
-                drop(std::mem::take(&mut turn.batch));
-                wrote = false;
-            }
-        }
-        if wrote {
-            let held = &self.held;
-            let numbered = turn.events.len() as u64;
             for event in turn.events.iter_mut() {
                 let position = self.last_position.entry(event.shard).or_insert(0);
                 *position += 1;
