@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 const NODES: usize = 3;
 /// Orders of the default run: enough that every chaos step lands among orders in flight,
 /// few enough for a debug build on a shared machine to finish in about three minutes.
-const ORDERS: usize = 1_500;
+const ORDERS: usize = 3_000;
 /// Orders of the `#[ignore]`d long run.
 const LONG_ORDERS: usize = 6_000;
 /// Clients placing orders at once.

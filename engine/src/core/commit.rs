@@ -32,7 +32,7 @@ impl Core {
                 }
             };
             // `record` adds a transition's events to the batch and to the turn in the same
-            // order, so each shard's events take that shard's positions one by one (below).
+            // order, so each shard's events take that shard's positions one by one.
             debug_assert_eq!(numbered, turn.events.len() as u64);
         }
         if wrote {
