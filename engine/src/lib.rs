@@ -169,6 +169,20 @@ pub async fn serve(
     }
     let (mut core, handle) = Core::recover(store.clone(), registry.clone(), clock.clone(), options.limits)?;
     let auth = Arc::new(Authenticator::new(&options.auth, store.as_ref(), handle.clone(), clock.clone())?);
+    if options.store.is_some() {
+        // Other nodes create and revoke tokens in the same database: read them again often.
+        let (auth, store) = (auth.clone(), store.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(auth::TOKEN_RELOAD_INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if let Err(error) = auth.reload(store.clone()).await {
+                    tracing::warn!(%error, "cannot read the stored tokens again; keeping the ones known");
+                }
+            }
+        });
+    }
     // The console reads the workers' admin APIs with the engine's own admin credential (its
     // admin token file's token), the one credential the workers accept for them.
     let admin_token = match (&options.auth.admin_token_file, options.worker_admin.is_empty()) {

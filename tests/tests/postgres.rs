@@ -276,3 +276,45 @@ async fn a_paused_node_wakes_up_serving_nothing_of_the_shards_it_lost() {
     // And it rejoins: placement gives it shards again.
     settled(&first_api, 2).await;
 }
+
+/// Polls `api`'s `GET /v1/workflows` until it answers `status`, for at most `SETTLE_DEADLINE`
+/// (a node reads the stored tokens again every `TOKEN_RELOAD_INTERVAL`); nothing is timed.
+async fn until_answers(api: &shop_tests::Api, status: u16, what: &str) {
+    let started = Instant::now();
+    loop {
+        let reply = api.get("/v1/workflows?limit=1").await.expect("GET /v1/workflows");
+        if reply.status == status {
+            return;
+        }
+        assert!(started.elapsed() < SETTLE_DEADLINE, "{what}: still {} ({})", reply.status, reply.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_created_or_revoked_through_one_node_holds_on_the_other() {
+    let Some(database) = TestDatabase::create("a_token_created_or_revoked_through_one_node_holds_on_the_other") else {
+        return;
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let store = ["--store", database.url.as_str()];
+    let (a, admin_a) = shop_tests::process::secured_engine(dir_a.path(), "a-cluster-jwt-key", &store).await;
+    let (b, admin_b) = shop_tests::process::secured_engine(dir_b.path(), "a-cluster-jwt-key", &store).await;
+    let admin_a = shop_tests::Api::with_token(&a.url(), &admin_a);
+    let admin_b = shop_tests::Api::with_token(&b.url(), &admin_b);
+
+    let body = serde_json::json!({"name": "shared", "role": "client"});
+    let reply = admin_a.post_json("/v1/tokens", &body).await.expect("POST /v1/tokens through node a");
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let created: shop_types::auth::CreatedToken = reply.parse();
+    let on_a = shop_tests::Api::with_token(&a.url(), &created.token);
+    let on_b = shop_tests::Api::with_token(&b.url(), &created.token);
+    until_answers(&on_a, 200, "node a accepts the token it created").await;
+    until_answers(&on_b, 200, "node b accepts a token created through node a").await;
+
+    let revoke = format!("/v1/tokens/{}/revoke", created.view.id);
+    let reply = admin_b.post_json(&revoke, &serde_json::json!({})).await.expect("revoke through node b");
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    until_answers(&on_b, 401, "node b refuses the token it revoked").await;
+    until_answers(&on_a, 401, "node a refuses a token revoked through node b").await;
+}

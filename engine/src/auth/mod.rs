@@ -72,6 +72,11 @@ const JWT_LEEWAY_MS: u64 = 5_000;
 /// cannot be revoked (only its key can be changed), so a leaked one must expire soon; long-lived
 /// credentials are opaque tokens, which can be revoked.
 pub const MAX_JWT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often a node sharing its database with others reads the stored tokens again
+/// ([`Authenticator::reload`]): the longest a token revoked through another node is still
+/// accepted here, and a new one refused.
+pub const TOKEN_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The digest-prefix length the in-memory index is keyed by (see [`Authenticator::lookup`]).
 const INDEX_KEY_LEN: usize = 16;
 
@@ -329,6 +334,22 @@ impl Authenticator {
             index: RwLock::new(index),
             manage: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Reads every stored token again and replaces the index with them: with several nodes
+    /// on one database, a token created or revoked through another node is seen here within
+    /// one [`TOKEN_RELOAD_INTERVAL`]. Holds the management lock, so a token this node is
+    /// creating is in the store before the read or in the index after it, never lost between.
+    pub async fn reload(&self, store: Arc<Store>) -> Result<usize, Error> {
+        let _manage = self.manage.lock().await;
+        let tokens = tokio::task::spawn_blocking(move || store.tokens())
+            .await
+            .map_err(|error| Error::Invalid(format!("reading the stored tokens stopped: {error}")))??;
+        let index: HashMap<[u8; INDEX_KEY_LEN], Entry> =
+            tokens.into_iter().map(|(digest, record)| (index_key(&digest), Entry { digest, record })).collect();
+        let count = index.len();
+        *self.index.write().map_err(|_| Error::Invalid("the token index is unusable".into()))? = index;
+        Ok(count)
     }
 
     pub fn is_open(&self) -> bool {
