@@ -171,13 +171,15 @@ pub async fn serve(
     let auth = Arc::new(Authenticator::new(&options.auth, store.as_ref(), handle.clone(), clock.clone())?);
     if options.store.is_some() {
         // Other nodes create and revoke tokens in the same database: read them again often.
-        let (auth, store) = (auth.clone(), store.clone());
+        let (auth, store) = (Arc::downgrade(&auth), Arc::downgrade(&store));
         tokio::spawn(async move {
             let mut every = tokio::time::interval(auth::TOKEN_RELOAD_INTERVAL);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                if let Err(error) = auth.reload(store.clone()).await {
+                // Weak: the task never keeps the store (and its connections) alive past shutdown.
+                let (Some(auth), Some(store)) = (auth.upgrade(), store.upgrade()) else { break };
+                if let Err(error) = auth.reload(store.as_ref()).await {
                     tracing::warn!(%error, "cannot read the stored tokens again; keeping the ones known");
                 }
             }

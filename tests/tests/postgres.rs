@@ -298,8 +298,12 @@ async fn a_token_created_or_revoked_through_one_node_holds_on_the_other() {
     };
     let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
     let store = ["--store", database.url.as_str()];
-    let (a, admin_a) = shop_tests::process::secured_engine(dir_a.path(), "a-cluster-jwt-key", &store).await;
-    let (b, admin_b) = shop_tests::process::secured_engine(dir_b.path(), "a-cluster-jwt-key", &store).await;
+    let (a, admin_a) =
+        shop_tests::process::secured_engine(dir_a.path(), "a-jwt-key-the-two-nodes-share-32-bytes-or-more", &store)
+            .await;
+    let (b, admin_b) =
+        shop_tests::process::secured_engine(dir_b.path(), "a-jwt-key-the-two-nodes-share-32-bytes-or-more", &store)
+            .await;
     let admin_a = shop_tests::Api::with_token(&a.url(), &admin_a);
     let admin_b = shop_tests::Api::with_token(&b.url(), &admin_b);
 

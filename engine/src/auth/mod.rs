@@ -340,11 +340,10 @@ impl Authenticator {
     /// on one database, a token created or revoked through another node is seen here within
     /// one [`TOKEN_RELOAD_INTERVAL`]. Holds the management lock, so a token this node is
     /// creating is in the store before the read or in the index after it, never lost between.
-    pub async fn reload(&self, store: Arc<Store>) -> Result<usize, Error> {
+    pub async fn reload(&self, store: &Store) -> Result<usize, Error> {
         let _manage = self.manage.lock().await;
-        let tokens = tokio::task::spawn_blocking(move || store.tokens())
-            .await
-            .map_err(|error| Error::Invalid(format!("reading the stored tokens stopped: {error}")))??;
+        // Read as handlers read: the PostgreSQL store waits inside `block_in_place` itself.
+        let tokens = store.tokens()?;
         let index: HashMap<[u8; INDEX_KEY_LEN], Entry> =
             tokens.into_iter().map(|(digest, record)| (index_key(&digest), Entry { digest, record })).collect();
         let count = index.len();
