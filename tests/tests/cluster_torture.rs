@@ -28,10 +28,19 @@ const ORDERS: usize = 3_000;
 const LONG_ORDERS: usize = 6_000;
 /// Clients placing orders at once.
 const PLACERS: usize = 12;
-/// The lease the nodes run with: short, so a takeover (and the test) is quick.
+/// The lease the nodes run with: short, so a takeover (and the test) is quick. Set
+/// `SHOP_TORTURE_LEASE_MS` to measure the failover with another lease (the engine's default is
+/// `shop_engine::cluster::lease::DEFAULT_LEASE_DURATION`, 4 s).
 const LEASE_MS: u64 = 3_000;
+
+fn lease_ms() -> u64 {
+    std::env::var("SHOP_TORTURE_LEASE_MS").ok().and_then(|ms| ms.parse().ok()).unwrap_or(LEASE_MS)
+}
+
 /// How long the zombie is paused: well past its lease, so its shards are taken over.
-const PAUSE: Duration = Duration::from_millis(3 * LEASE_MS);
+fn pause() -> Duration {
+    Duration::from_millis(3 * lease_ms())
+}
 
 fn order(i: usize) -> PlacedOrder {
     let (items, payment_method, expected_status) = match i % 10 {
@@ -55,7 +64,7 @@ async fn cluster_torture_long() {
 
 async fn torture(name: &str, count: usize) {
     let Some(database) = TestDatabase::create(name) else { return };
-    let lease = LEASE_MS.to_string();
+    let lease = lease_ms().to_string();
     let mut cluster = Cluster::start(&database.url, NODES, &["--lease-ms", &lease], &["--latency", "2ms"]).await;
     for product in [1, 3, 4] {
         cluster.admins.inventory.set_stock(product, 1_000_000).await;
@@ -103,10 +112,10 @@ async fn torture(name: &str, count: usize) {
         }
     }
     println!(
-        "cluster torture: {count} orders on {NODES} nodes (lease {LEASE_MS} ms), zombie paused {:.1} s; \
+        "cluster torture: {count} orders on {NODES} nodes (lease {lease} ms), zombie paused {:.1} s; \
          fence rejections {fence_rejections}; failover after SIGKILL: first write of its shard on another node \
          {:.2} s, probe run completed {:.2} s",
-        PAUSE.as_secs_f64(),
+        pause().as_secs_f64(),
         failover.first_write.as_secs_f64(),
         failover.completed.as_secs_f64(),
     );
@@ -167,7 +176,7 @@ async fn chaos(cluster: &mut Cluster, next: &AtomicUsize, count: usize) -> Failo
     until_placed(next, count, 0.45).await;
     let zombie = cluster.nodes[2].proc().expect("node 3 runs");
     shop_tests::process::send(zombie, "STOP");
-    tokio::time::sleep(PAUSE).await;
+    tokio::time::sleep(pause()).await;
     shop_tests::process::send(zombie, "CONT");
     cluster.clients.wait_formed(NODES).await;
 
