@@ -157,8 +157,9 @@ pub(crate) fn from_status(
     Error::Status { service, method: method.clone(), path: path.to_owned(), status, error, text, retry_after }
 }
 
-/// reqwest's top-level message is often just "error sending request"; the cause is below.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+/// An error with its sources on one line: reqwest's top-level message is often just "error
+/// sending request"; the cause is below.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -21,7 +21,7 @@ pub mod events;
 pub mod retry;
 pub mod tasks;
 
-pub use error::{Error, Transport, MAX_ERROR_TEXT};
+pub use error::{error_chain, Error, Transport, MAX_ERROR_TEXT};
 pub use reqwest::{header, Method, StatusCode, Url};
 pub use retry::{Retry, Retrying};
 

@@ -169,12 +169,16 @@ impl Forwarder {
 
     fn failed(&self, node: &str, url: &str, timeout: Option<Duration>, err: &reqwest::Error) -> ForwardError {
         if err.is_connect() {
-            return ForwardError::Unreachable { node: node.to_owned(), url: url.to_owned(), reason: chain(err) };
+            return ForwardError::Unreachable {
+                node: node.to_owned(),
+                url: url.to_owned(),
+                reason: shop_client::error_chain(err),
+            };
         }
         if err.is_timeout() {
             return ForwardError::Timeout { node: node.to_owned(), timeout: timeout.unwrap_or(FORWARD_TIMEOUT) };
         }
-        ForwardError::Broken { node: node.to_owned(), reason: chain(err) }
+        ForwardError::Broken { node: node.to_owned(), reason: shop_client::error_chain(err) }
     }
 
     /// The forwarding slots in use now (for tests and stats).
@@ -206,16 +210,4 @@ fn streamed(response: reqwest::Response, permit: OwnedSemaphorePermit) -> Respon
     *answer.status_mut() = status;
     *answer.headers_mut() = headers;
     answer
-}
-
-/// An error with its sources on one line.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
