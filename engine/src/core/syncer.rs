@@ -185,3 +185,29 @@ impl Turn {
         self.replies.push(Box::new(reply));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turns_decided_before_a_rebuild_are_not_answered_and_later_ones_are() {
+        let suspect = Suspect::default();
+        assert!(suspect.take().is_none(), "nothing refused yet");
+        assert!(suspect.answerable(0));
+        // A write of a generation-2 turn is refused, fencing shard 5.
+        suspect.flag(Some(ShardId(5)), 2);
+        for generation in 0..=2 {
+            assert!(!suspect.answerable(generation), "generation {generation} was decided on the suspect memory");
+        }
+        let (fenced, rebuilt_into) = suspect.take().expect("the core is told once");
+        assert_eq!(fenced, BTreeSet::from([ShardId(5)]));
+        assert_eq!(rebuilt_into, 3, "the core rebuilds into the first generation answered again");
+        assert!(suspect.answerable(3));
+        assert!(suspect.take().is_none(), "told once per flag");
+        // A refusal of an older turn arriving late never lowers the bar.
+        suspect.flag(None, 1);
+        assert!(suspect.answerable(3));
+        assert_eq!(suspect.take().map(|(_, generation)| generation), Some(3));
+    }
+}
