@@ -54,21 +54,18 @@ fi
   --open --rate-limit off --durability "$DURABILITY" "${STORE_ARGS[@]}" 2> "$RUN/engine.log" &
 ENGINE_PID=$!; PIDS+=("$ENGINE_PID")
 wait_for "$ENGINE/healthz"
-declare -A ADMIN
-port=$((ENGINE_PORT + 1))
-for domain in inventory payment notification; do
-  "$OURS/shop-worker" --engine "$ENGINE" --data-dir "$RUN/$domain" --listen "127.0.0.1:$port" \
-    --activities "$domain" --open 2> "$RUN/$domain.log" &
-  PIDS+=("$!")
-  ADMIN[$domain]="http://127.0.0.1:$port"
-  wait_for "${ADMIN[$domain]}/healthz"
-  port=$((port + 1))
-done
+# The default deployment (what the README and `shopctl dev` run): one worker process serving
+# every domain, its admin API on the next port.
+WORKER_ADMIN="http://127.0.0.1:$((ENGINE_PORT + 1))"
+"$OURS/shop-worker" --engine "$ENGINE" --data-dir "$RUN/worker" --listen "127.0.0.1:$((ENGINE_PORT + 1))" \
+  --activities "${WORKER_ACTIVITIES:-inventory,payment,notification,risk}" --open 2> "$RUN/worker.log" &
+WORKER_PID=$!; PIDS+=("$WORKER_PID")
+wait_for "$WORKER_ADMIN/healthz"
 # The peers' catalog: products 1..50 with 1,000,000 units; product 51 with none.
 for p in $(seq 1 50); do
-  curl -sf -X PUT "${ADMIN[inventory]}/stock/$p" -H 'content-type: application/json' -d '{"units":1000000}' >/dev/null
+  curl -sf -X PUT "$WORKER_ADMIN/stock/$p" -H 'content-type: application/json' -d '{"units":1000000}' >/dev/null
 done
-curl -sf -X PUT "${ADMIN[inventory]}/stock/51" -H 'content-type: application/json' -d '{"units":0}' >/dev/null
+curl -sf -X PUT "$WORKER_ADMIN/stock/51" -H 'content-type: application/json' -d '{"units":0}' >/dev/null
 
 # The workload pays by "VISA" (or "DECLINED"); the shop's API takes the seed's payment methods,
 # and a card is CREDIT_CARD there (an unknown method is refused with 422).
@@ -76,10 +73,10 @@ python3 "$WORK/common/gen_orders.py" $((N + WARMUP)) --prefix "ours$(date +%s)" 
 python3 "$WORK/common/wait_quiet.py" "${QUIET_MAX_WAIT:-300}" 15 || echo "[peer-bench] machine not quiet; measuring anyway" >&2
 ORDERS="$RUN/orders.json" BODY=seed STATUS_POINTER=/status \
   START_URL="$ENGINE/api/orders" WAIT_URL="$ENGINE/api/orders/{id}?wait=60s" \
-  STATS_CMD="python3 $ROOT/scripts/peer_stats.py $ENGINE ${ADMIN[inventory]} ${ADMIN[notification]}" \
+  STATS_CMD="python3 $ROOT/scripts/peer_stats.py $ENGINE $WORKER_ADMIN $WORKER_ADMIN" \
   "$WORK/rust/target/release/saga_driver" > "$RUN/driver.json" &
 DRIVER_PID=$!
-python3 "$WORK/common/rss_sampler.py" "$RUN/rss.json" "shop-engine=$ENGINE_PID" "~driver=$DRIVER_PID" &
+python3 "$WORK/common/rss_sampler.py" "$RUN/rss.json" "shop-engine=$ENGINE_PID" "shop-worker=$WORKER_PID" "~driver=$DRIVER_PID" &
 SAMPLER_PID=$!
 wait "$DRIVER_PID"
 kill -TERM "$SAMPLER_PID"; wait "$SAMPLER_PID" || true
