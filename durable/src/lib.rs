@@ -4,8 +4,9 @@
 //! sled store with it ([`open`], keeping sled's log file at hand to `fdatasync`), making
 //! everything applied so far durable ([`Opened::sync`]), group commit (one sync for every
 //! writer that asked meanwhile: [`commit::group_commit`] and the async [`Flusher`] built on
-//! it), and the one codec of persisted records ([`codec`]), which still reads every format
-//! either program ever wrote.
+//! it), the one codec of persisted records ([`codec`]), which still reads every format
+//! either program ever wrote, and the binaries' async runtime sized around the threads that
+//! sync ([`runtime`]).
 //!
 //! It must never know what is stored: no key layout, no engine or shop type. The wire and
 //! domain types live in `shop-types`, which never depends on this crate (it stays free of
@@ -14,6 +15,7 @@
 pub mod codec;
 pub mod commit;
 mod open;
+pub mod runtime;
 
 pub use commit::Flusher;
 pub use open::{open, Durability, Error, OpenOptions, Opened};

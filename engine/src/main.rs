@@ -139,6 +139,10 @@ struct Args {
     /// connections are closed and the engine exits.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     shutdown_grace: Duration,
+    /// Threads of the async runtime that serves HTTP (default: the cores less one, at least
+    /// one; the core and the syncer run on threads of their own).
+    #[arg(long, env = "SHOP_ASYNC_THREADS")]
+    async_threads: Option<std::num::NonZeroUsize>,
     /// Benchmarks only: write this many completed order runs into the store before serving.
     #[arg(long, default_value_t = 0)]
     preload_completed: u64,
@@ -158,9 +162,12 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    match run().await {
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let result = shop_durable::runtime::build(args.async_threads)
+        .context("cannot start the async runtime")
+        .and_then(|runtime| runtime.block_on(run(args)));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             // The one line a script or a person reads (every cause, outermost first), not a
@@ -171,12 +178,11 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
+async fn run(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
     if let Some(Command::Migrate { store }) = &args.command {
         let version = shop_engine::store::postgres::migrate(store).context("migrate")?;
         println!("schema at version {version}");

@@ -46,6 +46,10 @@ struct Args {
     /// Comma-separated activity groups to serve: inventory, payment, notification, risk, echo.
     #[arg(long, value_delimiter = ',', default_value = "inventory,payment,notification,risk")]
     activities: Vec<Domain>,
+    /// Threads of the async runtime that runs activities and the admin API (default: the
+    /// cores less one, at least one; the store's flusher runs on a thread of its own).
+    #[arg(long, env = "SHOP_ASYNC_THREADS")]
+    async_threads: Option<std::num::NonZeroUsize>,
     /// Poll loops per queue; each runs up to 16 tasks at once.
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16,
           value_parser = clap::value_parser!(u16).range(1..=MAX_CONCURRENCY as i64))]
@@ -172,13 +176,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("shop-worker (data dir {data_dir})"))
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    match run(args).await {
+    let result = shop_durable::runtime::build(args.async_threads)
+        .context("cannot start the async runtime")
+        .and_then(|runtime| runtime.block_on(run(args)));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // The one line a script or a person reads: every cause, outermost first.
