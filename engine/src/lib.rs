@@ -292,7 +292,7 @@ pub async fn serve(
         None => (Arc::new(cluster::Cluster::single(node, url)), None),
     };
     let forwarder = Arc::new(api::forward::http::Forwarder::new(cluster.node()).map_err(Error::Forwarder)?);
-    let app = api::app(api::AppState {
+    let app = api::app(api::AppState::new(api::AppParts {
         core: handle.clone(),
         cluster,
         forwarder,
@@ -312,7 +312,7 @@ pub async fn serve(
         worker_admins,
         redrives,
         tracer: tracer.clone(),
-    });
+    }));
     let shutdown_handle = handle.clone();
     let shutdown = async move {
         shutdown.await;
