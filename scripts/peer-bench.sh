@@ -84,7 +84,12 @@ python3 - "$RUN/driver.json" "$RUN/rss.json" "$DURABILITY" "${STORE:-sled}" > "$
 import json, sys
 d = json.load(open(sys.argv[1])); rss = json.load(open(sys.argv[2]))
 d.update({"peer": "shop-engine", "durability": sys.argv[3], "store": sys.argv[4],
-          "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in rss.items()}})
+          "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in rss.items()},
+          # CPU seconds each process tree used while the driver ran, and the whole machine's
+          # busy share: with them a figure says where the two cores went.
+          "cpu_s": {k: v.get("cpu_s") for k, v in rss.items() if k != "_total"},
+          "machine_cpu_busy_pct": rss.get("_total", {}).get("machine_cpu_busy_pct"),
+          "foreign_cpu_s": rss.get("_total", {}).get("foreign_cpu_s")})
 print(json.dumps(d))
 PY
 cleanup; PIDS=(); RUN="$(mktemp -d)"
@@ -109,4 +114,10 @@ for r in sorted(runs, key=lambda r: -r["sagas_per_s"]):
     print(f"{r['peer']:<14}{r['sagas_per_s']:>9.1f}{r['sagas_per_s'] / ours['sagas_per_s']:>8.2f}"
           f"{r['e2e_p50_ms']:>9.1f}{r['e2e_p99_ms']:>9.1f}{r['start_p50_ms']:>10.2f}{r['start_p99_ms']:>10.2f}"
           f"{server if server is not None else float('nan'):>14.1f}  {r.get('verify_ok')}")
+cpu = ours.get("cpu_s") or {}
+if cpu:
+    sagas = ours["sagas_per_s"] * ours["wall_s"]
+    per_saga = ", ".join(f"{k} {1000 * v / sagas:.3f}" for k, v in cpu.items() if v is not None)
+    print(f"shop-engine CPU ms per saga: {per_saga}; machine busy {ours.get('machine_cpu_busy_pct')}%, "
+          f"CPU of other processes {ours.get('foreign_cpu_s')} s")
 PY
