@@ -187,7 +187,7 @@ async fn the_engine_sends_no_more_tasks_than_the_credit_and_judges_reports() {
     .await;
     // Five orders and no worker: five reservations wait on the inventory queue.
     for n in 0..5 {
-        admin.place_order_ok(&order_body(Some(&format!("credit-{n}")), &[(1, 1)], "card")).await;
+        admin.place_order_ok(&order_body(Some(&format!("credit-{n}")), &[(1, 1)], "CREDIT_CARD")).await;
     }
     let mut socket = connect(&engine.url(), Some(&worker)).await.expect("upgraded");
     send(&mut socket, &hello(&[("inventory", 2), ("payment", 0)])).await;
@@ -267,11 +267,11 @@ async fn orders_complete_with_a_worker_on_either_protocol() {
         let mut placed = Vec::new();
         for n in 0..20 {
             let order_id = format!("{protocol}-{n}");
-            stack.api.place_order_ok(&order_body(Some(&order_id), &[(1, 1)], "card")).await;
+            stack.api.place_order_ok(&order_body(Some(&order_id), &[(1, 1)], "CREDIT_CARD")).await;
             placed.push(PlacedOrder {
                 order_id,
                 items: vec![(1, 1)],
-                payment_method: "card".to_owned(),
+                payment_method: "CREDIT_CARD".to_owned(),
                 expected_status: CONFIRMED,
             });
         }

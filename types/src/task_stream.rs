@@ -1,5 +1,7 @@
 //! The streaming worker protocol (`GET /v1/tasks/stream`, a WebSocket): the frames both sides
-//! send, as JSON text frames of one tagged enum per direction. A worker process opens one
+//! send, as JSON text frames of one enum per direction, externally tagged (`{"hello":{...}}`,
+//! `"drain"`): serde reads such a frame without buffering it, which payloads kept as raw JSON
+//! text (`JsonText`) need, where an internally tagged enum would buffer them. A worker process opens one
 //! stream per engine node and carries every queue it serves on it: tasks flow to the worker
 //! as its credit allows, reports and heartbeats flow back in batches.
 //!
@@ -29,7 +31,7 @@ pub struct QueueCredit {
 /// What a worker sends. The first frame must be `Hello`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum WorkerFrame {
     /// The queues this stream serves and the free slots of each.
     Hello { worker_id: WorkerId, queues: Vec<QueueCredit> },
@@ -53,7 +55,7 @@ pub enum WorkerFrame {
 /// What the engine sends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum EngineFrame {
     /// Tasks of one queue, within the credit the worker gave it.
     Tasks { queue: QueueName, tasks: Vec<ActivityTask> },
@@ -73,19 +75,26 @@ mod tests {
     #[test]
     fn frames_are_tagged_json() {
         let hello: WorkerFrame =
-            serde_json::from_str(r#"{"type":"hello","worker_id":"w-1","queues":[{"queue":"payment","credit":2}]}"#)
+            serde_json::from_str(r#"{"hello":{"worker_id":"w-1","queues":[{"queue":"payment","credit":2}]}}"#)
                 .expect("a hello");
         assert!(matches!(hello, WorkerFrame::Hello { ref queues, .. } if queues[0].credit == 2));
         let credit: WorkerFrame =
-            serde_json::from_str(r#"{"type":"credit","queue":"payment","credit":3}"#).expect("a credit");
+            serde_json::from_str(r#"{"credit":{"queue":"payment","credit":3}}"#).expect("a credit");
         assert!(matches!(credit, WorkerFrame::Credit(QueueCredit { credit: 3, .. })));
-        let drain: WorkerFrame = serde_json::from_str(r#"{"type":"drain"}"#).expect("a drain");
+        let drain: WorkerFrame = serde_json::from_str(r#""drain""#).expect("a drain");
         assert!(matches!(drain, WorkerFrame::Drain));
-        assert!(serde_json::from_str::<WorkerFrame>(r#"{"type":"hello","worker_id":"w","queues":[],"x":1}"#).is_err());
+        assert!(serde_json::from_str::<WorkerFrame>(r#"{"hello":{"worker_id":"w","queues":[],"x":1}}"#).is_err());
         let error = EngineFrame::Error(ErrorDetail { code: "FORBIDDEN".into(), message: "no".into() });
-        assert_eq!(
-            serde_json::to_string(&error).expect("encodes"),
-            r#"{"type":"error","code":"FORBIDDEN","message":"no"}"#
-        );
+        assert_eq!(serde_json::to_string(&error).expect("encodes"), r#"{"error":{"code":"FORBIDDEN","message":"no"}}"#);
+    }
+
+    #[test]
+    fn payloads_of_raw_json_text_round_trip() {
+        let report =
+            r#"{"report":{"id":1,"reports":[{"token":"o-1~f0~1","outcome":{"completed":{"output":{"a":[1,2]}}}}]}}"#;
+        let frame: WorkerFrame = serde_json::from_str(report).expect("a report");
+        let WorkerFrame::Report { reports, .. } = frame else { panic!("a report") };
+        let crate::api::TaskOutcome::Completed { output } = &reports[0].outcome else { panic!("completed") };
+        assert_eq!(output.to_value(), serde_json::json!({"a": [1, 2]}));
     }
 }
