@@ -282,3 +282,31 @@ async fn orders_complete_with_a_worker_on_either_protocol() {
         assert_invariants(&stack.api, &stack.admin, &initial, &placed).await;
     }
 }
+
+/// One echo step that runs longer than its heartbeat timeout: it completes on its first
+/// attempt only if its heartbeats reach the engine (over the stream).
+const HEARTBEAT_DEFINITION: &str = r#"
+name = "beat_e2e"
+version = 1
+
+[[steps]]
+name = "slow"
+activity = "echo.run"
+queue = "echo"
+retry = { max_attempts = 1 }
+timeouts = { start_to_close = "60s", heartbeat = "3s" }
+"#;
+
+#[tokio::test]
+async fn heartbeats_over_the_stream_keep_a_long_attempt_alive() {
+    let worker = WorkerOptions { activities: "echo".into(), ..WorkerOptions::with_args(["--latency", "7s"]) };
+    let stack = Stack::start_with(Default::default(), worker).await;
+    let reply = stack.api.register_definition(HEARTBEAT_DEFINITION).await;
+    assert!(reply.is_success(), "registers: {} {:?}", reply.status, reply.body);
+    let reply = stack.api.start_workflow("beat_e2e", Some("beat-1"), json!({})).await;
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+    let view = stack.api.wait_workflow("beat-1").await;
+    assert_eq!(view.status, shop_types::api::WorkflowStatus::Completed, "{view:?}");
+    let names: Vec<&str> = stack.api.history("beat-1").await.iter().map(|e| e.event.name()).collect();
+    assert_eq!(names.iter().filter(|n| **n == "StepStarted").count(), 1, "one attempt: {names:?}");
+}
