@@ -1,10 +1,11 @@
 //! `GET /v1/tasks/stream`: the streaming worker protocol, one WebSocket per worker process
 //! and engine node carrying every queue it serves (frames: `shop_types::task_stream`).
 //!
-//! It owns the stream's session: the credit of each queue, one outstanding core poll per
-//! queue with credit (its tasks are sent at once, never more than the credit), the reports
-//! received and not yet recorded (recorded together: while one batch is being committed, the
-//! next frames wait and then go as one core call), heartbeats, pings and the limits below.
+//! It owns the stream's session: the credit of each queue, a few outstanding core polls per
+//! queue sharing its credit (each asks for the credit it reserved, so the tasks sent never
+//! exceed the credit; several, so a hand-out waiting for its commit does not hold up the
+//! next), the reports received and not yet recorded (a few batches in flight; the frames that
+//! arrive meanwhile wait and then go as one core call), heartbeats, pings and the limits below.
 //! The upgrade is authenticated like every `/v1/tasks` route (worker role, deny by default);
 //! the queues of the `Hello` are checked with `check_queue`, reports with `check_reports`
 //! and `route_reports`, the same functions as `POST /v1/tasks/report`.
@@ -33,7 +34,7 @@ use shop_types::limits::{
 };
 use shop_types::task_stream::{EngineFrame, QueueCredit, WorkerFrame};
 use shop_types::{QueueName, TaskToken, WorkerId};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -54,6 +55,15 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PENDING_REPORTS: usize = 4 * MAX_REPORTS_PER_BATCH;
 /// Heartbeat frames being answered at once, at most (the socket waits beyond it).
 const MAX_PENDING_HEARTBEATS: usize = 16;
+/// Core polls outstanding per queue at most. A poll's tasks are sent after the commit that
+/// starts them, so with one poll the tasks that become ready meanwhile would wait for the
+/// next commit after it; a few polls keep hand-outs flowing across commits, as the
+/// `concurrency` loops of a long-polling worker do. They share the queue's credit.
+const POLLS_PER_QUEUE: u32 = 4;
+/// Report batches being recorded at once at most: a few, so a batch need not wait for the
+/// commit of the one before (the core groups them into its turns anyway); the frames that
+/// arrive while all are busy are recorded together as the next one.
+const MAX_RECORDING: usize = 4;
 /// Pause before a queue's poll is armed again after the core refused one (not a shutdown).
 const POLL_RETRY: Duration = Duration::from_secs(1);
 /// WebSocket close codes (RFC 6455): going away (shutdown), policy violation, unsupported
@@ -129,7 +139,16 @@ fn violation(message: impl Into<String>) -> End {
     End::Close(CLOSE_POLICY, ApiError::invalid(message))
 }
 
-type PollDone = (QueueName, Result<Vec<ActivityTask>, ApiError>);
+/// A poll's answer: its queue, the credit it reserved, and its tasks.
+type PollDone = (QueueName, u32, Result<Vec<ActivityTask>, ApiError>);
+
+/// One queue's credit: free, and reserved by the polls outstanding.
+#[derive(Debug, Default)]
+struct Credit {
+    free: u32,
+    reserved: u32,
+    polls: u32,
+}
 /// Reports being recorded: each frame's id, its first verdicts, and the verdicts of all.
 type Recorded = (Vec<(u64, Vec<Option<ErrorDetail>>)>, Result<Vec<Option<ErrorDetail>>, ApiError>);
 
@@ -139,14 +158,13 @@ struct Session {
     principal: Principal,
     headers: HeaderMap,
     worker_id: WorkerId,
-    credit: HashMap<QueueName, u32>,
-    /// Queues with a poll outstanding (at most one each).
-    polling: HashSet<QueueName>,
+    credit: HashMap<QueueName, Credit>,
     polls: FuturesUnordered<BoxFuture<'static, PollDone>>,
     /// Checked `Report` frames waiting to be recorded: id, reports, first verdicts.
     pending: VecDeque<(u64, Vec<TaskReport>, Vec<Option<ErrorDetail>>)>,
     pending_reports: usize,
-    /// The batch being recorded (one at a time, so the frames behind it coalesce).
+    /// The batches being recorded (at most [`MAX_RECORDING`], so the frames behind them
+    /// coalesce).
     recording: FuturesUnordered<BoxFuture<'static, Recorded>>,
     heartbeats: FuturesUnordered<BoxFuture<'static, Result<EngineFrame, ApiError>>>,
     draining: bool,
@@ -168,7 +186,6 @@ async fn serve(
                 headers,
                 worker_id,
                 credit: HashMap::new(),
-                polling: HashSet::new(),
                 polls: FuturesUnordered::new(),
                 pending: VecDeque::new(),
                 pending_reports: 0,
@@ -267,7 +284,7 @@ impl Session {
             if self.credit.contains_key(&queue) {
                 return Err(violation(format!("queue {queue} is named twice")));
             }
-            self.credit.insert(queue.clone(), 0);
+            self.credit.insert(queue.clone(), Credit::default());
             self.add_credit(&queue, credit)?;
         }
         tracing::debug!(worker_id = %self.worker_id, queues = self.credit.len(), "task stream opened");
@@ -290,8 +307,8 @@ impl Session {
                         Err(end) => Err(end),
                     }
                 }
-                Some((queue, polled)) = self.polls.next(), if !self.polls.is_empty() => {
-                    self.on_polled(socket, queue, polled).await
+                Some((queue, asked, polled)) = self.polls.next(), if !self.polls.is_empty() => {
+                    self.on_polled(socket, queue, asked, polled).await
                 }
                 Some(recorded) = self.recording.next(), if !self.recording.is_empty() => {
                     answer_recorded(socket, recorded).await
@@ -315,9 +332,9 @@ impl Session {
                 break end;
             }
         };
-        // The batch being recorded is answered (it commits whatever happens to the socket),
-        // so its worker need not send it again.
-        if let Some(recorded) = self.recording.next().await {
+        // The batches being recorded are answered (they commit whatever happens to the
+        // socket), so the worker need not send them again.
+        while let Some(recorded) = self.recording.next().await {
             let _ = answer_recorded(socket, recorded).await;
         }
         end
@@ -354,15 +371,14 @@ impl Session {
                 self.draining = true;
                 // A poll dropped is skipped by the core (its answer channel is closed).
                 self.polls = FuturesUnordered::new();
-                self.polling.clear();
-                self.credit.values_mut().for_each(|credit| *credit = 0);
+                self.credit.values_mut().for_each(|credit| *credit = Credit::default());
                 Ok(())
             }
         }
     }
 
-    /// Adds credit to a queue of the `Hello` (at most [`MAX_STREAM_CREDIT`] held) and arms
-    /// its poll if none is outstanding.
+    /// Adds credit to a queue of the `Hello` (at most [`MAX_STREAM_CREDIT`] held, reserved
+    /// included) and arms its polls.
     fn add_credit(&mut self, queue: &QueueName, more: u32) -> Result<(), End> {
         if self.draining {
             return Ok(());
@@ -370,50 +386,60 @@ impl Session {
         let Some(credit) = self.credit.get_mut(queue) else {
             return Err(violation(format!("queue {queue} is not one of this stream's")));
         };
-        *credit = credit.saturating_add(more);
-        if *credit > MAX_STREAM_CREDIT {
+        credit.free = credit.free.saturating_add(more);
+        if credit.free.saturating_add(credit.reserved) > MAX_STREAM_CREDIT {
             return Err(violation(format!("a queue's credit may reach at most {MAX_STREAM_CREDIT}")));
         }
         self.arm(queue, Duration::ZERO);
         Ok(())
     }
 
-    /// One poll of `queue` for at most its credit, unless one is outstanding or it has none.
+    /// Polls `queue` (after `after`) until [`POLLS_PER_QUEUE`] are outstanding or its free
+    /// credit is all reserved, each for its share of the free credit.
     fn arm(&mut self, queue: &QueueName, after: Duration) {
-        let credit = self.credit.get(queue).copied().unwrap_or(0);
-        if self.draining || credit == 0 || self.polling.contains(queue) {
+        let Some(credit) = self.credit.get_mut(queue).filter(|_| !self.draining) else {
             return;
-        }
-        self.polling.insert(queue.clone());
-        let request = PollRequest {
-            queue: queue.clone(),
-            worker_id: self.worker_id.clone(),
-            max_tasks: credit.min(MAX_TASKS_PER_POLL),
-            wait_ms: MAX_WAIT_MS,
         };
-        let state = self.state.clone();
-        self.polls.push(Box::pin(async move {
-            tokio::time::sleep(after).await;
-            let queue = request.queue.clone();
-            (queue, poll_tasks(&state, request).await)
-        }));
+        while credit.free > 0 && credit.polls < POLLS_PER_QUEUE {
+            let asked = credit.free.div_ceil(POLLS_PER_QUEUE - credit.polls).min(MAX_TASKS_PER_POLL);
+            credit.free -= asked;
+            credit.reserved += asked;
+            credit.polls += 1;
+            let request = PollRequest {
+                queue: queue.clone(),
+                worker_id: self.worker_id.clone(),
+                max_tasks: asked,
+                wait_ms: MAX_WAIT_MS,
+            };
+            let state = self.state.clone();
+            self.polls.push(Box::pin(async move {
+                tokio::time::sleep(after).await;
+                let queue = request.queue.clone();
+                (queue, asked, poll_tasks(&state, request).await)
+            }));
+        }
     }
 
-    /// Sends the tasks a poll got (within the credit it was armed with) and arms the next.
+    /// Sends the tasks a poll got (at most the credit it reserved; the rest is free again)
+    /// and arms the next.
     async fn on_polled(
         &mut self,
         socket: &mut WebSocket,
         queue: QueueName,
+        asked: u32,
         polled: Result<Vec<ActivityTask>, ApiError>,
     ) -> Result<(), End> {
-        self.polling.remove(&queue);
+        let delivered = polled.as_ref().map_or(0, |tasks| u32::try_from(tasks.len()).unwrap_or(u32::MAX));
+        if let Some(credit) = self.credit.get_mut(&queue) {
+            credit.polls = credit.polls.saturating_sub(1);
+            credit.reserved = credit.reserved.saturating_sub(asked);
+            if !self.draining {
+                credit.free = credit.free.saturating_add(asked.saturating_sub(delivered));
+            }
+        }
         match polled {
             Ok(tasks) if tasks.is_empty() => self.arm(&queue, Duration::ZERO),
             Ok(tasks) => {
-                if let Some(credit) = self.credit.get_mut(&queue) {
-                    let count = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
-                    *credit = credit.saturating_sub(count);
-                }
                 send_frame(socket, &EngineFrame::Tasks { queue: queue.clone(), tasks }).await?;
                 self.arm(&queue, Duration::ZERO);
             }
@@ -427,9 +453,9 @@ impl Session {
     }
 
     /// Starts recording the frames waiting, as one batch of at most
-    /// [`MAX_REPORTS_PER_BATCH`] reports, unless a batch is being recorded.
+    /// [`MAX_REPORTS_PER_BATCH`] reports, unless [`MAX_RECORDING`] batches are in flight.
     fn record_next(&mut self) {
-        if !self.recording.is_empty() || self.pending.is_empty() {
+        if self.recording.len() >= MAX_RECORDING || self.pending.is_empty() {
             return;
         }
         let mut frames = Vec::new();
