@@ -289,6 +289,8 @@ impl TaskStream {
         let idle = Duration::from_millis(STREAM_IDLE_TIMEOUT_MS);
         let mut heard = Instant::now();
         let mut drained = self.stopping.is_some();
+        // Frames fed since the last flush (the hello was sent, flushed).
+        let mut unflushed = false;
         loop {
             self.note_shutdown();
             if self.stopping.is_some() && !drained {
@@ -311,18 +313,24 @@ impl TaskStream {
             }
             let next_beat = self.beats.values().map(|beat| beat.due).min();
             let held = !self.ready.is_empty() && self.hold_until > Instant::now();
+            let flushing = unflushed;
+            unflushed = true;
+            // Biased: finished tasks first (all of them go in one frame), then the engine's
+            // frames; the frames fed meanwhile are flushed in one write once nothing else is
+            // ready (the last branch).
             tokio::select! {
-                received = socket.next() => {
-                    heard = Instant::now();
-                    if !self.on_message(received) {
-                        return Ended::Lost;
-                    }
-                }
+                biased;
                 Some(joined) = self.running.join_next_with_id(), if !self.running.is_empty() => {
                     self.finished(joined);
                     // Every report ready now goes in the same frame.
                     while let Some(joined) = self.running.try_join_next_with_id() {
                         self.finished(joined);
+                    }
+                }
+                received = socket.next() => {
+                    heard = Instant::now();
+                    if !self.on_message(received) {
+                        return Ended::Lost;
                     }
                 }
                 () = sleep_until(next_beat), if next_beat.is_some() => {
@@ -338,6 +346,12 @@ impl TaskStream {
                 () = self.shutdown.wait(), if self.stopping.is_none() => self.note_shutdown(),
                 () = grace_over(self.stopping), if !self.running.is_empty() && !self.abandoned => self.abandon(),
                 () = shutdown_budget_over(self.stopping) => {}
+                () = std::future::ready(()), if flushing => {
+                    unflushed = false;
+                    if flush_socket(&mut socket).await.is_err() {
+                        return Ended::Lost;
+                    }
+                }
             }
         }
     }
@@ -530,7 +544,7 @@ impl TaskStream {
             self.next_id += 1;
             let sent: Vec<Outgoing> = self.ready.drain(..take).collect();
             self.unacked.insert(id, sent);
-            send_text(socket, text).await?;
+            feed_text(socket, text).await?;
         }
         Ok(())
     }
@@ -550,7 +564,9 @@ impl TaskStream {
         }
         let id = self.next_id;
         self.next_id += 1;
-        send(socket, &WorkerFrame::Heartbeat { id, tokens }).await
+        let frame = WorkerFrame::Heartbeat { id, tokens };
+        let text = serde_json::to_string(&frame).map_err(|error| tracing::error!(%error, "cannot encode a frame"))?;
+        feed_text(socket, text).await
     }
 }
 
@@ -573,8 +589,24 @@ async fn send(socket: &mut Socket, frame: &WorkerFrame) -> Result<(), ()> {
     send_text(socket, text).await
 }
 
+/// Queues a frame; the session flushes when nothing else is ready (or a send flushes it).
+async fn feed_text(socket: &mut Socket, text: String) -> Result<(), ()> {
+    written(tokio::time::timeout(SEND_TIMEOUT, socket.feed(Message::Text(text))).await)
+}
+
+async fn flush_socket(socket: &mut Socket) -> Result<(), ()> {
+    written(tokio::time::timeout(SEND_TIMEOUT, socket.flush()).await)
+}
+
 async fn send_text(socket: &mut Socket, text: String) -> Result<(), ()> {
-    match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await {
+    written(tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await)
+}
+
+/// A write's outcome, logged when it failed (the connection is then taken for lost).
+fn written(
+    outcome: Result<Result<(), tokio_tungstenite::tungstenite::Error>, tokio::time::error::Elapsed>,
+) -> Result<(), ()> {
+    match outcome {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => {
             tracing::info!(error = %ErrorChain(&error), "the task stream broke while sending");

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use shop_types::api::{ActivityTask, ErrorDetail, PollRequest, TaskReport};
 use shop_types::limits::{
     MAX_REPORTS_PER_BATCH, MAX_STREAM_CREDIT, MAX_STREAM_FRAME_BYTES, MAX_STREAM_QUEUES, MAX_TASKS_PER_POLL,
@@ -266,10 +266,22 @@ async fn send(socket: &mut WebSocket, message: Message) -> Result<(), End> {
     }
 }
 
-async fn send_frame(socket: &mut WebSocket, frame: &EngineFrame) -> Result<(), End> {
+/// Queues a frame without flushing: the session flushes when it has nothing else ready, so
+/// frames that are ready together go out in one write.
+async fn feed_frame(socket: &mut WebSocket, frame: &EngineFrame) -> Result<(), End> {
     let text = serde_json::to_string(frame)
         .map_err(|error| End::Close(CLOSE_GOING_AWAY, ApiError::invalid(format!("cannot encode a frame: {error}"))))?;
-    send(socket, Message::Text(text)).await
+    match tokio::time::timeout(SEND_TIMEOUT, socket.feed(Message::Text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(End::Gone),
+    }
+}
+
+async fn flush(socket: &mut WebSocket) -> Result<(), End> {
+    match tokio::time::timeout(SEND_TIMEOUT, socket.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(End::Gone),
+    }
 }
 
 impl Session {
@@ -295,10 +307,28 @@ impl Session {
         let ping_every = Duration::from_millis(STREAM_PING_INTERVAL_MS);
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut heard = Instant::now();
+        // Frames fed since the last flush.
+        let mut unflushed = false;
         let end = loop {
             self.record_next();
             let readable = self.pending_reports < MAX_PENDING_REPORTS && self.heartbeats.len() < MAX_PENDING_HEARTBEATS;
+            let flushing = unflushed;
+            unflushed = true;
+            // Biased: whatever is ready is handled first, and the frames it fed are flushed
+            // in one write once nothing is (the last branch). Polls, batches and heartbeats
+            // are bounded in number, so they cannot keep the socket from being read.
             let step = tokio::select! {
+                biased;
+                Some((queue, asked, polled)) = self.polls.next(), if !self.polls.is_empty() => {
+                    self.on_polled(socket, queue, asked, polled).await
+                }
+                Some(recorded) = self.recording.next(), if !self.recording.is_empty() => {
+                    answer_recorded(socket, recorded).await
+                }
+                Some(answer) = self.heartbeats.next(), if !self.heartbeats.is_empty() => match answer {
+                    Ok(frame) => feed_frame(socket, &frame).await,
+                    Err(error) => Err(End::Close(CLOSE_POLICY, error)),
+                },
                 received = socket.recv(), if readable => {
                     heard = Instant::now();
                     match read(received) {
@@ -307,16 +337,6 @@ impl Session {
                         Err(end) => Err(end),
                     }
                 }
-                Some((queue, asked, polled)) = self.polls.next(), if !self.polls.is_empty() => {
-                    self.on_polled(socket, queue, asked, polled).await
-                }
-                Some(recorded) = self.recording.next(), if !self.recording.is_empty() => {
-                    answer_recorded(socket, recorded).await
-                }
-                Some(answer) = self.heartbeats.next(), if !self.heartbeats.is_empty() => match answer {
-                    Ok(frame) => send_frame(socket, &frame).await,
-                    Err(error) => Err(End::Close(CLOSE_POLICY, error)),
-                },
                 _ = ping.tick() => {
                     if heard.elapsed() >= Duration::from_millis(STREAM_IDLE_TIMEOUT_MS) {
                         Err(violation("the worker has been silent too long"))
@@ -326,6 +346,10 @@ impl Session {
                 }
                 () = stopping(shutdown) => {
                     Err(End::Close(CLOSE_GOING_AWAY, ApiError::from(CoreError::ShuttingDown)))
+                }
+                () = std::future::ready(()), if flushing => {
+                    unflushed = false;
+                    flush(socket).await
                 }
             };
             if let Err(end) = step {
@@ -440,7 +464,7 @@ impl Session {
         match polled {
             Ok(tasks) if tasks.is_empty() => self.arm(&queue, Duration::ZERO),
             Ok(tasks) => {
-                send_frame(socket, &EngineFrame::Tasks { queue: queue.clone(), tasks }).await?;
+                feed_frame(socket, &EngineFrame::Tasks { queue: queue.clone(), tasks }).await?;
                 self.arm(&queue, Duration::ZERO);
             }
             Err(error) if error.code == "SHUTTING_DOWN" => return Err(End::Close(CLOSE_GOING_AWAY, error)),
@@ -507,7 +531,7 @@ async fn answer_recorded(socket: &mut WebSocket, (frames, results): Recorded) ->
     };
     for (id, first) in frames {
         let results: Vec<_> = results.by_ref().take(first.len()).collect();
-        send_frame(socket, &EngineFrame::Reported { id, results }).await?;
+        feed_frame(socket, &EngineFrame::Reported { id, results }).await?;
     }
     Ok(())
 }
