@@ -12,7 +12,7 @@ use shop_tests::process::secured_engine;
 use shop_tests::{assert_invariants, order_body, Api, PlacedOrder, Stack, WorkerOptions, CONFIRMED};
 use shop_types::api::{ActivityTask, TaskOutcome, TaskReport};
 use shop_types::auth::CreatedToken;
-use shop_types::limits::MAX_STREAM_FRAME_BYTES;
+use shop_types::limits::{MAX_STREAM_FRAME_BYTES, MAX_STREAM_QUEUES};
 use shop_types::task_stream::{EngineFrame, QueueCredit, WorkerFrame};
 use shop_types::JsonText;
 use std::time::Duration;
@@ -153,8 +153,24 @@ async fn the_stream_refuses_what_the_http_protocol_refuses() {
         }
     }
 
+    // A hello may name MAX_STREAM_QUEUES queues (an admin serves every queue), not one more.
+    let queues: Vec<String> = (0..=MAX_STREAM_QUEUES).map(|n| format!("queue-{n}")).collect();
+    let named = |count: usize| -> Vec<(&str, u32)> { queues[..count].iter().map(|q| (q.as_str(), 0)).collect() };
+    let mut socket = connect(&engine.url(), Some(&admin_token)).await.expect("upgraded");
+    send(&mut socket, &hello(&named(MAX_STREAM_QUEUES + 1))).await;
+    assert_closed(&mut socket, "INVALID_VALUE", CloseCode::Policy).await;
+    let mut socket = connect(&engine.url(), Some(&admin_token)).await.expect("upgraded");
+    send(&mut socket, &hello(&named(MAX_STREAM_QUEUES))).await;
+    send(&mut socket, &WorkerFrame::Heartbeat { id: 1, tokens: Vec::new() }).await;
+    match next(&mut socket).await {
+        Ok(EngineFrame::HeartbeatAck { id: 1, stale }) => assert!(stale.is_empty()),
+        other => panic!("the stream serves {MAX_STREAM_QUEUES} queues: {other:?}"),
+    }
+    socket.close(None).await.expect("closed");
+    drop(socket);
+
     // Two streams open (the cap): a third is refused before the upgrade.
-    let mut first = connect(&engine.url(), Some(&payment_only)).await.expect("the first stream");
+    let mut first = reconnect(&engine.url(), &payment_only).await.expect("the first stream");
     send(&mut first, &hello(&[("payment", 1)])).await;
     let mut second = connect(&engine.url(), Some(&payment_only)).await.expect("the second stream");
     send(&mut second, &hello(&[("payment", 1)])).await;
@@ -164,15 +180,19 @@ async fn the_stream_refuses_what_the_http_protocol_refuses() {
     // Once one closes, its slot is free again.
     first.close(None).await.expect("closed");
     drop(first);
-    let mut third = None;
+    assert!(reconnect(&engine.url(), &payment_only).await.is_some(), "a closed stream gives its slot back");
+}
+
+/// A stream, once a slot is free: a stream the client closed frees its slot when the engine
+/// has seen the close, a moment later.
+async fn reconnect(engine: &str, token: &str) -> Option<Socket> {
     for _ in 0..100 {
-        if let Ok(socket) = connect(&engine.url(), Some(&payment_only)).await {
-            third = Some(socket);
-            break;
+        if let Ok(socket) = connect(engine, Some(token)).await {
+            return Some(socket);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(third.is_some(), "a closed stream gives its slot back");
+    None
 }
 
 #[tokio::test]
