@@ -13,8 +13,8 @@
 //! It must never send a queue more tasks than its credit, never record a report the HTTP
 //! path would refuse, and never outlive the engine's shutdown (it holds the core's handle).
 
-use super::auth::{check_queue, check_task_queues};
-use super::tasks::{api_detail, check_mac, check_reports, poll_tasks, route_reports};
+use super::auth::check_queue;
+use super::tasks::{check_reports, poll_tasks};
 use super::{ApiError, AppState};
 use crate::auth::Principal;
 use crate::core::CoreError;
@@ -33,12 +33,15 @@ use shop_types::limits::{
     MAX_WAIT_MS, STREAM_IDLE_TIMEOUT_MS, STREAM_PING_INTERVAL_MS,
 };
 use shop_types::task_stream::{EngineFrame, QueueCredit, WorkerFrame};
-use shop_types::{QueueName, TaskToken, WorkerId};
+use shop_types::{QueueName, WorkerId};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+mod reports;
+use reports::{answer_recorded, heartbeat};
 
 /// Default for `--max-task-streams`: task streams open at once on this engine. A worker
 /// process opens one per node, so this is the number of worker processes an engine serves
@@ -475,31 +478,6 @@ impl Session {
         }
         Ok(())
     }
-
-    /// Starts recording the frames waiting, as one batch of at most
-    /// [`MAX_REPORTS_PER_BATCH`] reports, unless [`MAX_RECORDING`] batches are in flight.
-    fn record_next(&mut self) {
-        if self.recording.len() >= MAX_RECORDING || self.pending.is_empty() {
-            return;
-        }
-        let mut frames = Vec::new();
-        let (mut reports, mut verdicts) = (Vec::new(), Vec::new());
-        while let Some((_, next, _)) = self.pending.front() {
-            if !frames.is_empty() && reports.len() + next.len() > MAX_REPORTS_PER_BATCH {
-                break;
-            }
-            let Some((id, next, first)) = self.pending.pop_front() else { break };
-            self.pending_reports -= next.len();
-            reports.extend(next);
-            verdicts.extend(first.iter().cloned());
-            frames.push((id, first));
-        }
-        let (state, headers) = (self.state.clone(), self.headers.clone());
-        self.recording.push(Box::pin(async move {
-            let results = route_reports(&state, &headers, reports, verdicts).await;
-            (frames, results)
-        }));
-    }
 }
 
 /// Resolves once the engine shuts down (at once if it already does).
@@ -513,49 +491,4 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
             return std::future::pending().await;
         }
     }
-}
-
-/// One `Reported` per frame of a recorded batch. A batch refused whole (no disk) gives each
-/// report not refused before the batch's refusal, so the worker sends it again.
-async fn answer_recorded(socket: &mut WebSocket, (frames, results): Recorded) -> Result<(), End> {
-    let mut results = match results {
-        Ok(results) => results.into_iter(),
-        Err(refusal) => {
-            let refusal = api_detail(refusal);
-            let all: Vec<_> = frames
-                .iter()
-                .flat_map(|(_, first)| first.iter().map(|v| v.clone().or_else(|| Some(refusal.clone()))))
-                .collect();
-            all.into_iter()
-        }
-    };
-    for (id, first) in frames {
-        let results: Vec<_> = results.by_ref().take(first.len()).collect();
-        feed_frame(socket, &EngineFrame::Reported { id, results }).await?;
-    }
-    Ok(())
-}
-
-/// Extends each attempt's lease; answers the tokens whose attempts are no longer current.
-/// A refusal that is not about the attempt (shard moving, overload) is not "stale": the
-/// worker heartbeats again at its next period.
-async fn heartbeat(
-    state: AppState,
-    principal: Principal,
-    id: u64,
-    tokens: Vec<TaskToken>,
-) -> Result<EngineFrame, ApiError> {
-    let (signed, mut stale): (Vec<TaskToken>, Vec<TaskToken>) =
-        tokens.into_iter().partition(|token| check_mac(&state, token).is_ok());
-    check_task_queues(&state, &principal, &signed)?;
-    let beats = signed.iter().map(|token| state.core.heartbeat(token.clone()));
-    for (token, beat) in signed.iter().zip(futures_util::future::join_all(beats).await) {
-        if let Err(error) = beat {
-            let status = ApiError::from(error).status;
-            if status == StatusCode::CONFLICT || status == StatusCode::NOT_FOUND {
-                stale.push(token.clone());
-            }
-        }
-    }
-    Ok(EngineFrame::HeartbeatAck { id, stale })
 }
