@@ -76,6 +76,8 @@ pub struct EngineOptions {
     pub server: server::ServerOptions,
     /// Event streams (SSE) open at once at most; beyond it 503 (`streams::MAX_STREAM_SUBSCRIBERS`).
     pub max_stream_subscribers: usize,
+    /// Workers' task streams open at once at most (`--max-task-streams`); beyond it 503.
+    pub max_task_streams: usize,
     /// Base URLs of the workers' admin APIs the console reads beside a run (`--worker-admin`).
     pub worker_admin: Vec<String>,
     /// Where spans go (OTLP/HTTP, `--otlp-endpoint`); without it nothing is exported.
@@ -212,6 +214,7 @@ pub async fn serve(
         tokio::spawn(trace::follow(tracer.clone(), store.clone(), handle.subscribe()));
     }
     let streams = Arc::new(streams::StreamHub::new(options.max_stream_subscribers));
+    let task_streams = Arc::new(api::task_stream::TaskStreams::new(options.max_task_streams));
     core.guard_disk(disk::DiskGuard::new(options.data_dir.clone(), options.min_free_disk_bytes));
     let lease_guard = Arc::new(cluster::lease::LeaseGuard::new(options.cluster.lease));
     if leases.is_some() {
@@ -312,6 +315,7 @@ pub async fn serve(
         worker_admins,
         redrives,
         tracer: tracer.clone(),
+        task_streams: task_streams.clone(),
     }));
     let shutdown_handle = handle.clone();
     let shutdown = async move {
@@ -328,6 +332,7 @@ pub async fn serve(
         shutdown_handle.shutdown().await;
         watch.shutdown();
         streams.shutdown();
+        task_streams.shutdown();
     };
     server::run(listener, app, options.server, shutdown).await;
     drop(handle);

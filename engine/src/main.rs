@@ -82,6 +82,10 @@ struct Args {
     /// beyond it 503.
     #[arg(long, default_value_t = shop_engine::streams::MAX_STREAM_SUBSCRIBERS)]
     max_stream_subscribers: usize,
+    /// Workers' task streams (`GET /v1/tasks/stream`, one per worker process) open at once
+    /// at most; beyond it the upgrade is refused with 503 OVERLOADED.
+    #[arg(long, default_value_t = shop_engine::api::task_stream::MAX_TASK_STREAMS)]
+    max_task_streams: usize,
     /// Accept every request without a credential. Only on a loopback `--listen`; for
     /// `shopctl dev`, `demo`, `bench` and tests.
     #[arg(long)]
@@ -232,6 +236,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_auth_failures: args.max_auth_failures,
         console_secure_cookie: args.console_secure_cookie,
         max_stream_subscribers: args.max_stream_subscribers,
+        max_task_streams: args.max_task_streams,
         worker_admin: args.worker_admin,
         otlp_endpoint: args.otlp_endpoint,
         cluster: shop_engine::cluster::ClusterOptions {

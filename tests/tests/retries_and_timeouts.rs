@@ -108,7 +108,7 @@ async fn hung_charge_times_out_is_retried_and_charges_once() {
     let options = WorkerOptions {
         args: ["--payment-hang-next", "1", "--payment-hang", HANG].map(str::to_owned).to_vec(),
         // The worker logs refused stale reports at debug level.
-        env: vec![("RUST_LOG".to_owned(), "info,shop_worker::poller=debug".to_owned())],
+        env: vec![("RUST_LOG".to_owned(), "info,shop_worker::poller=debug,shop_worker::stream=debug".to_owned())],
         ..WorkerOptions::default()
     };
     // Order v1: the tokens below name its steps (`f0` reserve, `f1` charge).

@@ -22,6 +22,7 @@ pub mod parent;
 pub mod redrive;
 pub mod short_order;
 pub mod stats;
+pub mod task_stream;
 pub mod why;
 
 pub use ids::{

@@ -22,6 +22,23 @@ pub const MAX_LINE_QUANTITY: i64 = 1000;
 pub const MAX_TASKS_PER_POLL: u32 = 256;
 /// Reports one batch report may carry.
 pub const MAX_REPORTS_PER_BATCH: usize = 256;
+/// Largest frame a worker may send on the task stream (`/v1/tasks/stream`): a `Report` of
+/// several reports, each with a step's output of at most [`MAX_BODY_BYTES`]. The engine
+/// closes a stream that sends a larger one (WebSocket close 1009); a worker splits its
+/// reports into frames under it.
+pub const MAX_STREAM_FRAME_BYTES: usize = 4 * MAX_BODY_BYTES;
+/// Most credit one task stream may hold on one queue (free slots announced and not yet
+/// filled): far above any worker's capacity (`concurrency` × tasks per poll), so only a
+/// broken or hostile client reaches it, and the engine closes its stream.
+pub const MAX_STREAM_CREDIT: u32 = 16_384;
+/// Most queues one task stream's `Hello` may name.
+pub const MAX_STREAM_QUEUES: usize = 32;
+/// How often the engine pings a task stream; a worker that hears nothing (frame or ping) for
+/// [`STREAM_IDLE_TIMEOUT_MS`] takes the connection for dead and opens another.
+pub const STREAM_PING_INTERVAL_MS: u64 = 5_000;
+/// How long either side of a task stream waits without receiving anything (a pong counts)
+/// before it drops the stream: three pings missed.
+pub const STREAM_IDLE_TIMEOUT_MS: u64 = 3 * STREAM_PING_INTERVAL_MS;
 /// Longest a long-poll (`wait`) may block, for task polls and workflow waits alike.
 pub const MAX_WAIT_MS: u64 = 60_000;
 /// Workflows listed per page at most.

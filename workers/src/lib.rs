@@ -1,7 +1,8 @@
 //! shop-worker: the shop's activity workers. Inventory, payment and notification each own
 //! their data in their own tree of the process's one sled store under the data dir (one log,
 //! one sync for all of them); risk and echo are stateless. The process
-//! long-polls the engine for tasks on the queues of the domains it serves, runs them, and
+//! takes tasks from the engine on the queues of the domains it serves (one task stream per
+//! engine node, or long-poll loops with `--protocol poll`), runs them, and
 //! reports their outcomes; it also serves a small admin API to inspect and seed its data and
 //! to inject faults, which only the engine's admins may use (see [`admin_auth`]) unless the
 //! worker runs `--open` on loopback.
@@ -34,6 +35,7 @@ pub mod poller;
 pub mod risk;
 pub mod shutdown;
 pub mod store;
+pub mod stream;
 pub mod trace;
 
 use activities::{Activities, Domain};
@@ -56,6 +58,38 @@ const _: () = assert!(MAX_HOST_CHARS + 11 <= shop_types::limits::MAX_ID_LEN);
 /// Poll loops per queue when not told otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 
+/// How the worker takes tasks from each engine node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// One task stream (`GET /v1/tasks/stream`, a WebSocket) per node: tasks by credit,
+    /// reports and heartbeats batched back ([`stream`]).
+    #[default]
+    Stream,
+    /// `concurrency` long-poll loops per queue per node ([`poller`]): for engines without
+    /// the stream, and as a fallback.
+    Poll,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "stream" => Ok(Protocol::Stream),
+            "poll" => Ok(Protocol::Poll),
+            other => Err(format!("unknown protocol {other:?}: stream or poll")),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Stream => "stream",
+            Protocol::Poll => "poll",
+        })
+    }
+}
+
 /// What `run` needs to start a worker.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -64,8 +98,11 @@ pub struct Options {
     pub listen: SocketAddr,
     /// The domains to serve; duplicates are ignored.
     pub domains: Vec<Domain>,
-    /// Poll loops per queue, 1..=`MAX_CONCURRENCY`.
+    /// Poll loops per queue, 1..=`MAX_CONCURRENCY` (with the stream: its slots per queue
+    /// are as many as those loops would hold).
     pub concurrency: usize,
+    /// How tasks are taken from the engine.
+    pub protocol: Protocol,
     pub faults: FaultConfig,
     /// What each store flush must survive before an effect is reported.
     pub durability: store::Durability,
@@ -192,6 +229,8 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
         concurrency: options.concurrency,
         worker_id: worker_id.clone(),
         tracer: tracer.clone(),
+        protocol: options.protocol,
+        token: options.token.clone(),
     };
     let pollers = tokio::spawn(nodes::run(client, loops, shutdown.clone()));
     tracing::info!(
@@ -200,6 +239,7 @@ pub async fn run(options: Options, signal: impl Future<Output = ()>) -> Result<(
         worker_id = %worker_id,
         activities = ?activities.domains(),
         concurrency = options.concurrency,
+        protocol = %options.protocol,
         "shop-worker started"
     );
     if options.open {

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use shop_types::order::FaultConfig;
 use shop_worker::activities::Domain;
-use shop_worker::{Options, DEFAULT_CONCURRENCY, MAX_CONCURRENCY};
+use shop_worker::{Options, Protocol, DEFAULT_CONCURRENCY, MAX_CONCURRENCY};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +54,10 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16,
           value_parser = clap::value_parser!(u16).range(1..=MAX_CONCURRENCY as i64))]
     concurrency: u16,
+    /// How tasks are taken from each engine node: `stream` (one WebSocket per node, tasks
+    /// by credit, batched reports) or `poll` (`--concurrency` long-poll loops per queue).
+    #[arg(long, default_value_t = Protocol::Stream)]
+    protocol: Protocol,
     /// What each flush of a domain's store must survive before its effect is reported.
     #[arg(long, value_enum, default_value_t = shop_worker::store::Durability::PowerSafe)]
     durability: shop_worker::store::Durability,
@@ -112,6 +116,7 @@ impl Args {
             listen: self.listen,
             domains: self.activities,
             concurrency: usize::from(self.concurrency),
+            protocol: self.protocol,
             durability: self.durability,
             faults,
             token: self.token,

@@ -1,17 +1,19 @@
-//! Polling every engine node. Each node of a cluster hands out only the tasks of the shards it
+//! Serving every engine node. Each node of a cluster hands out only the tasks of the shards it
 //! owns, so a worker given one engine URL asks it for the live nodes (`GET /v1/tasks/nodes`)
-//! and runs one set of poll loops per node, each reporting to the node that handed its
+//! and serves each node: with one task stream (`stream`, the default protocol) or one set
+//! of poll loops (`poller`, `--protocol poll`), each reporting to the node that handed its
 //! tasks out (which forwards a report whose shard moved since). The list is refreshed every
-//! [`NODE_REFRESH`]: a node that joins gets poll loops, one that leaves (or is no longer live)
-//! has its loops stopped, which finish and report what they hold, as at shutdown.
+//! [`NODE_REFRESH`]: a node that joins is served, one that leaves (or is no longer live) has
+//! its stream or loops stopped, which finish and report what they hold, as at shutdown.
 //!
-//! One engine on sled lists itself: one set of loops, as before. An engine that cannot be
-//! asked (down at start, or one without the route) is polled at the URL given until a node
-//! answers. This module only starts and stops poll loops; it never runs a task itself.
+//! One engine on sled lists itself: one stream (or set of loops), as before. An engine that
+//! cannot be asked (down at start, or one without the route) is served at the URL given until
+//! a node answers. This module only starts and stops streams and loops; it never runs a task.
 
 use crate::engine_client::EngineClient;
 use crate::poller::Poller;
 use crate::shutdown::{self, Shutdown, Trigger};
+use crate::stream::{self, StreamOptions, TaskStream};
 use crate::ErrorChain;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,15 +28,18 @@ pub const NODE_REFRESH: Duration = Duration::from_secs(3);
 /// answer cannot make a worker open thousands of poll loops.
 pub const MAX_NODES: usize = 32;
 
-/// What each node's poll loops are made of.
+/// What serves each node.
 #[derive(Debug, Clone)]
 pub struct Loops {
     pub activities: Arc<crate::activities::Activities>,
     pub queues: Vec<shop_types::QueueName>,
-    /// Poll loops per queue and node.
+    /// Poll loops per queue and node; a stream holds as many tasks per queue as they would.
     pub concurrency: usize,
     pub worker_id: shop_types::WorkerId,
     pub tracer: shop_telemetry::Tracer,
+    pub protocol: crate::Protocol,
+    /// The stream's credential (the poll loops' is in their `EngineClient`).
+    pub token: Option<shop_types::auth::BearerToken>,
 }
 
 /// One node's poll loops and the trigger that stops them.
@@ -91,10 +96,24 @@ pub async fn run(engine: EngineClient, loops: Loops, mut shutdown: Shutdown) {
     }
 }
 
-/// Starts `loops` against the node `client` talks to.
+/// Starts a stream, or `loops`, against the node `client` talks to.
 fn start(polled: &mut BTreeMap<String, NodeLoops>, client: &EngineClient, loops: &Loops) {
     let (trigger, node_shutdown) = shutdown::channel();
     let mut set = JoinSet::new();
+    if loops.protocol == crate::Protocol::Stream {
+        let options = StreamOptions {
+            activities: Arc::clone(&loops.activities),
+            queues: loops.queues.clone(),
+            slots: stream::slots(loops.concurrency),
+            worker_id: loops.worker_id.clone(),
+            tracer: loops.tracer.clone(),
+            token: loops.token.clone(),
+        };
+        set.spawn(TaskStream::new(client.clone(), options, node_shutdown).run());
+        tracing::info!(url = client.url(), "streaming tasks from an engine node");
+        polled.insert(client.url().to_owned(), NodeLoops { trigger, loops: set });
+        return;
+    }
     for queue in &loops.queues {
         for _ in 0..loops.concurrency {
             set.spawn(

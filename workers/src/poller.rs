@@ -41,12 +41,12 @@ pub const ACTIVITY_PANICKED: &str = "ACTIVITY_PANICKED";
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long a batch of reports is retried before it is dropped.
-const REPORT_BUDGET: Duration = Duration::from_secs(30);
+pub(crate) const REPORT_BUDGET: Duration = Duration::from_secs(30);
 /// The same budget once shutdown has begun, so a dead engine cannot hold up the exit.
-const SHUTDOWN_REPORT_BUDGET: Duration = Duration::from_secs(3);
+pub(crate) const SHUTDOWN_REPORT_BUDGET: Duration = Duration::from_secs(3);
 /// How long in-flight tasks may still run after shutdown before they are abandoned (the
 /// engine times abandoned attempts out and retries them elsewhere).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Floor of the heartbeat period, so a tiny `heartbeat_ms` cannot flood the engine.
 const MIN_HEARTBEAT_PERIOD: Duration = Duration::from_millis(50);
 
@@ -54,17 +54,17 @@ const _: () = assert!(TASKS_PER_POLL as usize <= MAX_REPORTS_PER_BATCH);
 
 /// Capped exponential backoff: 100 ms, 200 ms, ... 2 s, 2 s.
 #[derive(Debug)]
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
-    failures: u32,
+    pub(crate) failures: u32,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Backoff { next: BACKOFF_INITIAL, failures: 0 }
     }
 
-    fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(BACKOFF_MAX);
         self.failures = self.failures.saturating_add(1);
@@ -72,7 +72,7 @@ impl Backoff {
     }
 
     /// Resets after a success; returns how many failures in a row it ends.
-    fn reset(&mut self) -> u32 {
+    pub(crate) fn reset(&mut self) -> u32 {
         self.next = BACKOFF_INITIAL;
         std::mem::take(&mut self.failures)
     }
@@ -171,12 +171,7 @@ impl Poller {
                         // retry policy, not a lease timeout, decides how long to keep trying.
                         tracing::error!(error = %err, "an activity task panicked");
                         if let Some(token) = tokens.remove(&err.id()) {
-                            let error = ActivityError {
-                                error_type: ACTIVITY_PANICKED.to_owned(),
-                                message: panic_message(err),
-                                retryable: true,
-                            };
-                            reports.push(TaskReport { token, outcome: TaskOutcome::Failed { error }, traceparent: None });
+                            reports.push(panicked(token, err));
                         }
                     }
                 },
@@ -268,6 +263,13 @@ impl Poller {
     }
 }
 
+/// The report of an attempt whose task panicked (or was cancelled): a retryable failure.
+pub(crate) fn panicked(token: TaskToken, err: tokio::task::JoinError) -> TaskReport {
+    let error =
+        ActivityError { error_type: ACTIVITY_PANICKED.to_owned(), message: panic_message(err), retryable: true };
+    TaskReport { token, outcome: TaskOutcome::Failed { error }, traceparent: None }
+}
+
 /// The panic's message, when it has one.
 fn panic_message(err: tokio::task::JoinError) -> String {
     if !err.is_panic() {
@@ -287,6 +289,29 @@ async fn execute_one(
     tracer: shop_telemetry::Tracer,
     task: ActivityTask,
 ) -> TaskReport {
+    let heartbeats = task
+        .heartbeat_ms
+        .map(|heartbeat_ms| tokio::spawn(heartbeat_loop(client, task.token.clone(), heartbeat_period(heartbeat_ms))));
+    let report = run_task(activities, tracer, task).await;
+    if let Some(heartbeats) = heartbeats {
+        heartbeats.abort();
+    }
+    report
+}
+
+/// How often a task that asks for heartbeats every `heartbeat_ms` sends one: three times
+/// per period, at most every [`MIN_HEARTBEAT_PERIOD`].
+pub(crate) fn heartbeat_period(heartbeat_ms: u64) -> Duration {
+    (Duration::from_millis(heartbeat_ms) / 3).max(MIN_HEARTBEAT_PERIOD)
+}
+
+/// Runs one task to its report (its metrics, log line and span recorded), whichever
+/// protocol brought it: the poll loops and the task stream both run tasks through it.
+pub(crate) async fn run_task(
+    activities: Arc<Activities>,
+    tracer: shop_telemetry::Tracer,
+    task: ActivityTask,
+) -> TaskReport {
     // A debug span: at the default info level it costs nothing per task.
     let span = tracing::debug_span!(
         "task",
@@ -296,16 +321,9 @@ async fn execute_one(
         attempt = task.attempt,
     );
     async move {
-        let heartbeats = task.heartbeat_ms.map(|heartbeat_ms| {
-            let period = (Duration::from_millis(heartbeat_ms) / 3).max(MIN_HEARTBEAT_PERIOD);
-            tokio::spawn(heartbeat_loop(client, task.token.clone(), period).in_current_span())
-        });
         let started = std::time::Instant::now();
         let started_at = std::time::SystemTime::now();
         let outcome = activities.execute(&task).await;
-        if let Some(heartbeats) = heartbeats {
-            heartbeats.abort();
-        }
         let error = match &outcome {
             TaskOutcome::Completed { .. } => None,
             TaskOutcome::Failed { error } => Some(error.error_type.as_str()),

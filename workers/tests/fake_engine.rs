@@ -144,6 +144,8 @@ async fn a_worker_runs_reports_heartbeats_and_shuts_down_cleanly() {
         listen: "127.0.0.1:0".parse().expect("valid addr"),
         domains: Domain::ALL.to_vec(),
         concurrency: 2,
+        // This fake speaks the long-poll protocol only.
+        protocol: shop_worker::Protocol::Poll,
         durability: store::Durability::PowerSafe,
         faults: FaultConfig { payment_hang_next: 1, payment_hang_ms: 500, ..FaultConfig::default() },
         token: None,

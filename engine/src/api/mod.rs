@@ -25,6 +25,7 @@ mod orders;
 mod redrive;
 mod stats;
 mod streams;
+pub mod task_stream;
 mod tasks;
 pub(crate) mod why;
 pub(crate) mod workflows;
@@ -114,6 +115,8 @@ pub struct AppParts {
     pub redrives: Arc<crate::redrive::Redrives>,
     /// Spans of requests that start runs (off: records nothing).
     pub tracer: shop_telemetry::Tracer,
+    /// The workers' task streams (`task_stream`): their cap and their shutdown.
+    pub task_streams: Arc<task_stream::TaskStreams>,
 }
 
 /// How old the core's last tick may be before `/healthz` calls the core dead: many times its
@@ -186,6 +189,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tasks/heartbeat", post(tasks::heartbeat))
         .route("/v1/tasks/report", post(tasks::report))
         .route("/v1/tasks/nodes", get(tasks::nodes))
+        .route("/v1/tasks/stream", get(task_stream::open))
         .route("/v1/notifications/verify", post(notifications::verify))
         .route_layer(from_fn_with_state(Access::Worker, auth::require));
     // A signaler reaches this route only, and only for its signals and workflow types.

@@ -24,11 +24,14 @@ use shop_types::api::{
 };
 use shop_types::auth::{CreateTokenRequest, CreatedToken, TokenList, TokenView};
 use shop_types::cluster::{ClusterStatus, NodeList};
-use shop_types::limits::{MAX_LIST_LIMIT, MAX_TASKS_PER_POLL, MAX_WAIT_MS};
+use shop_types::limits::{
+    MAX_LIST_LIMIT, MAX_STREAM_CREDIT, MAX_STREAM_FRAME_BYTES, MAX_STREAM_QUEUES, MAX_TASKS_PER_POLL, MAX_WAIT_MS,
+};
 use shop_types::notify::{NotificationTicket, TicketRequest, Verified, VerifyRequest};
 use shop_types::order::{OrderList, OrderView, PlaceOrderRequest};
 use shop_types::redrive::{ParkedGroups, RedriveJob, RedriveRequest};
 use shop_types::stats::StatsView;
+use shop_types::task_stream::{EngineFrame, WorkerFrame};
 use shop_types::JsonText;
 use std::sync::OnceLock;
 use utoipa::openapi::schema::Schema;
@@ -79,6 +82,9 @@ enum Reply {
     EventStream,
     /// Prometheus' text exposition format.
     Metrics,
+    /// 101 Switching Protocols: a WebSocket of JSON text frames (`WorkerFrame` up,
+    /// `EngineFrame` down, in `components/schemas`), no body.
+    WebSocket,
 }
 
 fn path_param(name: &str, description: &str) -> Value {
@@ -212,10 +218,20 @@ pub(crate) fn operations() -> Vec<Operation> {
         op("post", "/v1/tasks/fail", Some(Worker), "Fail a task's attempt.", vec![], body(shape::<FailRequest>()), vec![(200, json(shape::<TaskAck>()))], &[404, 409, 415]),
         op("post", "/v1/tasks/heartbeat", Some(Worker), "Heartbeat a task.", vec![], body(shape::<HeartbeatRequest>()), vec![(200, json(shape::<TaskAck>()))], &[404, 409, 415]),
         op("post", "/v1/tasks/report", Some(Worker), "Report a batch of outcomes.", vec![], body(shape::<ReportBatchRequest>()), vec![(200, json(shape::<ReportBatchResponse>()))], &[415]),
+        op("get", "/v1/tasks/stream", Some(Worker), TASKS_STREAM_SUMMARY.as_str(), vec![], Body::None, vec![(101, Reply::WebSocket)], &[426]),
         op("get", "/v1/tasks/nodes", Some(Worker), "The live engine nodes a worker long-polls (each hands out its own shards' tasks).", vec![], Body::None, vec![(200, json(shape::<NodeList>()))], &[]),
         op("post", "/v1/notifications/verify", Some(Worker), "Verify a notification WebSocket's credential.", vec![], body(shape::<VerifyRequest>()), vec![(200, json(shape::<Verified>()))], &[415]),
     ]
 }
+
+/// The task stream's limits, said where a client reads it.
+static TASKS_STREAM_SUMMARY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "The streaming worker protocol: a WebSocket of JSON text frames (WorkerFrame up, EngineFrame down), \
+         the first a hello; frames of at most {MAX_STREAM_FRAME_BYTES} bytes, at most {MAX_STREAM_CREDIT} credit \
+         per queue and {MAX_STREAM_QUEUES} queues; 503 OVERLOADED when the engine serves all the streams it may."
+    )
+});
 
 /// Why `max_tasks` and `wait_ms` are bounded, said where a client reads it.
 static TASKS_POLL_SUMMARY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -240,13 +256,20 @@ fn reply(reply: &Reply) -> Value {
         }
         Reply::EventStream => json!({"text/event-stream": {"schema": {"type": "string"}}}),
         Reply::Metrics => json!({"text/plain": {"schema": {"type": "string"}}}),
+        Reply::WebSocket => json!({}),
     }
 }
 
 fn operation(op: &Operation) -> Value {
     let mut responses = Map::new();
     for (status, body) in &op.ok {
-        responses.insert(status.to_string(), json!({"description": "Success.", "content": reply(body)}));
+        let answer = match body {
+            Reply::WebSocket => {
+                json!({"description": "Switching Protocols: the task stream's WebSocket (frames: WorkerFrame, EngineFrame)."})
+            }
+            body => json!({"description": "Success.", "content": reply(body)}),
+        };
+        responses.insert(status.to_string(), answer);
     }
     let common = if op.access.is_some() { AUTHENTICATED_ERRORS } else { PUBLIC_ERRORS };
     for status in common.iter().chain(op.errors) {
@@ -285,8 +308,8 @@ fn operation(op: &Operation) -> Value {
 /// the operations name (with the schemas those refer to), each derived from its Rust type.
 fn components(operations: &[Operation]) -> Value {
     let mut collected = Schemas::new();
-    // Named by the error answer and the list parameters, not by a body.
-    for always in [shape::<ErrorBody>(), shape::<WorkflowStatus>()] {
+    // Named by the error answer, the list parameters and the task stream, not by a body.
+    for always in [shape::<ErrorBody>(), shape::<WorkflowStatus>(), shape::<WorkerFrame>(), shape::<EngineFrame>()] {
         (always.collect)(&mut collected);
     }
     for op in operations {

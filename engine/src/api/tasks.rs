@@ -28,7 +28,7 @@ use std::time::Duration;
 
 /// Refuses a token this engine did not hand out for its attempt, like a stale one: to its
 /// sender, a forged token and one for an attempt long gone are the same thing.
-fn check_mac(state: &AppState, token: &TaskToken) -> Result<(), CoreError> {
+pub(crate) fn check_mac(state: &AppState, token: &TaskToken) -> Result<(), CoreError> {
     if state.core.signer.verify(token) {
         return Ok(());
     }
@@ -58,7 +58,7 @@ fn check_poll(request: &PollRequest) -> Result<(), ApiError> {
 }
 
 /// Long-polls one queue: answers as soon as a task is ready, or empty after `wait_ms`.
-async fn poll_tasks(state: &AppState, request: PollRequest) -> Result<Vec<ActivityTask>, ApiError> {
+pub(crate) async fn poll_tasks(state: &AppState, request: PollRequest) -> Result<Vec<ActivityTask>, ApiError> {
     check_poll(&request)?;
     let deadline_ms = state.clock.now_ms() + request.wait_ms;
     let call = state.core.poll(request.queue, request.worker_id, request.max_tasks as usize, deadline_ms);
@@ -119,14 +119,8 @@ pub(crate) async fn heartbeat(
 }
 
 /// Many reports in one request and one commit; each gets its own verdict. With `then_poll`
-/// the same request then long-polls for the next tasks (of this node's shards).
-///
-/// A batch may span owners (a worker reports to the node that handed each task out, and a
-/// shard may have moved since): the reports of runs this node owns are recorded here, the
-/// others are sent on to their owners in one batch per owner (`forward`), and every verdict
-/// comes back in the batch's order. A report whose shard has no owner, or one this node got
-/// forwarded but no longer owns, is refused 503-style (`SHARD_UNAVAILABLE`/`SHARD_MOVED`), and
-/// the worker sends it again.
+/// the same request then long-polls for the next tasks (of this node's shards). The reports
+/// go through [`check_reports`] and [`route_reports`], as the task stream's do.
 pub(crate) async fn report(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -136,25 +130,59 @@ pub(crate) async fn report(
     if request.reports.len() > MAX_REPORTS_PER_BATCH {
         return Err(ApiError::invalid(format!("at most {MAX_REPORTS_PER_BATCH} reports per batch")));
     }
-    // Reports whose MAC fails are refused first, each with its own verdict (and without a
-    // look at the store, so a forged token learns nothing); only the others go further, and
-    // their verdicts are put back in the batch's order.
-    let verdicts: Vec<Result<(), CoreError>> = request.reports.iter().map(|r| check_mac(&state, &r.token)).collect();
-    // One credential sends the whole batch: if it may not report one of its genuine reports,
-    // none is recorded, so a 403 means nothing happened.
-    let signed = request.reports.iter().zip(&verdicts).filter(|(_, v)| v.is_ok()).map(|(r, _)| &r.token);
-    check_task_queues(&state, &principal, signed)?;
+    let verdicts = check_reports(&state, &principal, &request.reports)?;
     // Refuse a bad poll before recording anything, so a 422 means nothing happened.
     if let Some(poll) = &request.then_poll {
         check_poll(poll)?;
         check_queue(&principal, &poll.queue)?;
     }
+    let results = route_reports(&state, &headers, request.reports, verdicts).await?;
+    let tasks = match request.then_poll {
+        Some(poll) => poll_tasks(&state, poll).await?,
+        None => Vec::new(),
+    };
+    Ok(Json(ReportBatchResponse { results, tasks }))
+}
+
+/// The first verdict of each report, before anything reaches the core: a report whose MAC
+/// fails is refused (as stale, and without a look at the store, so a forged token learns
+/// nothing); `None` for the others. One credential sends the whole batch: if it may not
+/// report one of its genuine reports, the batch is refused (403) and nothing is recorded.
+pub(crate) fn check_reports(
+    state: &AppState,
+    principal: &Principal,
+    reports: &[TaskReport],
+) -> Result<Vec<Option<ErrorDetail>>, ApiError> {
+    let verdicts: Vec<Option<ErrorDetail>> =
+        reports.iter().map(|r| check_mac(state, &r.token).err().map(detail)).collect();
+    let signed = reports.iter().zip(&verdicts).filter(|(_, v)| v.is_none()).map(|(r, _)| &r.token);
+    check_task_queues(state, principal, signed)?;
+    Ok(verdicts)
+}
+
+/// Records `reports` (checked by [`check_reports`], whose `verdicts` they keep: a report
+/// already refused goes nowhere) and gives every verdict back in their order: the one place
+/// that routes reports, for `POST /v1/tasks/report` and the task stream alike.
+///
+/// A batch may span owners (a worker reports to the node that handed each task out, and a
+/// shard may have moved since): the reports of runs this node owns are recorded here in one
+/// core call (one commit), the others are sent on to their owners in one batch per owner
+/// (`forward`, with the caller's credential from `headers`). A report whose shard has no
+/// owner, or one this node got forwarded but no longer owns, is refused 503-style
+/// (`SHARD_UNAVAILABLE`/`SHARD_MOVED`), and the worker sends it again. A batch refused for
+/// want of disk is refused whole (`Err`, before anything is sent on), so the worker retries
+/// all of it.
+pub(crate) async fn route_reports(
+    state: &AppState,
+    headers: &HeaderMap,
+    reports: Vec<TaskReport>,
+    mut results: Vec<Option<ErrorDetail>>,
+) -> Result<Vec<Option<ErrorDetail>>, ApiError> {
+    results.resize_with(reports.len(), || None);
     let forwarded = headers.contains_key(forward::FORWARDED_HEADER);
-    let mut results: Vec<Option<ErrorDetail>> = Vec::with_capacity(verdicts.len());
     let mut local: Vec<(usize, TaskReport)> = Vec::new();
     let mut remote: BTreeMap<(String, String), Vec<(usize, TaskReport)>> = BTreeMap::new();
-    for (index, (report, verdict)) in request.reports.into_iter().zip(verdicts).enumerate() {
-        results.push(verdict.err().map(detail));
+    for (index, report) in reports.into_iter().enumerate() {
         if results[index].is_some() {
             continue;
         }
@@ -168,23 +196,17 @@ pub(crate) async fn report(
     let (indexes, reports): (Vec<usize>, Vec<TaskReport>) = local.into_iter().unzip();
     let mut recorded = if reports.is_empty() { Vec::new() } else { state.core.report(reports).await? };
     recorded.resize_with(indexes.len(), || Err(CoreError::ShuttingDown));
-    // A batch refused for want of disk is refused whole (before anything is sent on), so the
-    // worker retries all of it.
     if recorded.iter().any(|result| matches!(result, Err(CoreError::DiskFull))) {
         return Err(CoreError::DiskFull.into());
     }
     for (index, result) in indexes.into_iter().zip(recorded) {
         results[index] = result.err().map(detail);
     }
-    let sent = remote.into_iter().map(|((node, url), group)| report_elsewhere(&state, &headers, node, url, group));
+    let sent = remote.into_iter().map(|((node, url), group)| report_elsewhere(state, headers, node, url, group));
     for (index, result) in futures_util::future::join_all(sent).await.into_iter().flatten() {
         results[index] = result;
     }
-    let tasks = match request.then_poll {
-        Some(poll) => poll_tasks(&state, poll).await?,
-        None => Vec::new(),
-    };
-    Ok(Json(ReportBatchResponse { results, tasks }))
+    Ok(results)
 }
 
 /// Most bytes of an owner's answer to a forwarded report batch: one verdict per report, each
@@ -289,11 +311,11 @@ fn leak_code(code: &str) -> &'static str {
     KNOWN.iter().find(|known| **known == code).copied().unwrap_or("FORWARD_FAILED")
 }
 
-fn detail(error: CoreError) -> ErrorDetail {
+pub(crate) fn detail(error: CoreError) -> ErrorDetail {
     api_detail(ApiError::from(error))
 }
 
-fn api_detail(error: ApiError) -> ErrorDetail {
+pub(crate) fn api_detail(error: ApiError) -> ErrorDetail {
     ErrorDetail { code: error.code.to_owned(), message: error.message }
 }
 

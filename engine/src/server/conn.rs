@@ -174,7 +174,9 @@ pub(super) async fn serve(
         .header_read_timeout(options.head_timeout)
         .max_header_size(HYPER_MAX_HEAD_BYTES)
         .keep_alive(true);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    // With upgrades: a task stream (`GET /v1/tasks/stream`) takes the connection over; its
+    // session then lives on its own task (`api::task_stream`, which ends it at shutdown).
+    let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
     tokio::pin!(connection);
     let mut draining = false;
     // Set once the connection is evicted: it closes gracefully (an answer being written is

@@ -159,6 +159,12 @@ pub async fn run(listener: TcpListener, app: Router, options: ServerOptions, shu
                 tracing::warn!(%peer, cap, suppressed, "connection cap reached; closed the idlest connection for this one");
             }
         }
+        // No Nagle delay: an answer goes out in one write anyway, and the small frames a
+        // task stream (or an SSE stream) sends back to back must not wait for the previous
+        // one's ACK, which the peer may delay by 40 ms.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "cannot turn Nagle's algorithm off");
+        }
         tokio::spawn(conn::serve(admitted, stream, peer, shared.clone(), permit));
     }
     drop(listener);

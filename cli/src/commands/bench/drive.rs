@@ -182,6 +182,7 @@ pub(super) async fn measure(
         "rate_per_sec": args.rate,
         "durability": args.durability.as_str(),
         "workers": format!("{:?}", args.workers),
+        "worker_protocol": args.worker_protocol.as_str(),
         "engine_nodes": engine_urls.len(),
         // With it, the start's latency is that of the start-and-wait (until final or its wait's end).
         "start_wait": args.start_wait,

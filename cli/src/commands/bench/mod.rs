@@ -97,6 +97,10 @@ pub struct BenchArgs {
     /// Poll loops per queue in each worker (its `--concurrency`).
     #[arg(long, default_value_t = 8)]
     worker_concurrency: u16,
+    /// How each worker takes tasks (its `--protocol`): `stream` (one WebSocket per engine
+    /// node) or `poll` (long-poll loops), to compare the two.
+    #[arg(long, value_enum, default_value_t = WorkerProtocol::Stream)]
+    worker_protocol: WorkerProtocol,
     /// Place each order with `POST /api/orders?wait=60s`, which answers once the order is
     /// final: one round trip instead of a start and a wait (start latency is then the whole).
     #[arg(long)]
@@ -267,6 +271,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 args.durability.as_str().to_owned(),
                 "--concurrency".to_owned(),
                 args.worker_concurrency.to_string(),
+                "--protocol".to_owned(),
+                args.worker_protocol.as_str().to_owned(),
             ],
             otlp,
         ]
@@ -296,6 +302,22 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         bail!("{} invariant violation(s): the run lost or doubled something", report.violations);
     }
     Ok(())
+}
+
+/// A worker's `--protocol` (the CLI does not depend on the worker crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WorkerProtocol {
+    Stream,
+    Poll,
+}
+
+impl WorkerProtocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            WorkerProtocol::Stream => "stream",
+            WorkerProtocol::Poll => "poll",
+        }
+    }
 }
 
 #[cfg(test)]
