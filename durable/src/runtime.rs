@@ -1,19 +1,19 @@
-//! The async runtime of the engine and worker binaries, sized for a machine they share with
-//! their own dedicated threads.
+//! The async runtime of the engine and worker binaries, with a thread count an operator can
+//! set (`--async-threads`).
 //!
-//! Each server keeps a thread busy outside the runtime (the engine's core and syncer, a
-//! worker's group-commit flusher), so a runtime with one thread per core oversubscribes the
-//! machine: threads hand work back and forth and the kernel's context switches and futex
-//! wake-ups become a large share of the CPU (`docs/performance.md`, "Fewer threads"). By
-//! default the runtime gets one thread fewer than the cores, at least one. This module only
-//! builds runtimes; it never spawns work on them.
+//! By default one thread per core, as tokio's own default. Each server also keeps threads
+//! outside the runtime (the engine's core and syncer, a worker's group-commit flusher), so on
+//! a small machine shared by an engine and a worker, fewer runtime threads cost less CPU per
+//! saga (fewer context switches and futex wake-ups) but lengthen each saga, and at a fixed
+//! number in flight throughput follows latency: on 2 cores one thread saved about 6% of the
+//! engine's CPU and lost 3-6% of throughput (`docs/performance.md`, "Issue 13, part two").
+//! This module only builds runtimes; it never spawns work on them.
 
 use std::num::NonZeroUsize;
 
-/// The runtime's worker threads when none are asked for: the cores less one, at least one.
+/// The runtime's worker threads when none are asked for: one per core.
 pub fn default_threads() -> NonZeroUsize {
-    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    NonZeroUsize::new(cores.saturating_sub(1)).unwrap_or(NonZeroUsize::MIN)
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
 
 /// A multi-thread runtime with `threads` workers (default [`default_threads`]), I/O and time.
@@ -29,9 +29,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_leaves_a_core_but_never_goes_below_one() {
+    fn the_default_is_one_thread_per_core() {
         let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-        assert_eq!(default_threads().get(), cores.saturating_sub(1).max(1));
+        assert_eq!(default_threads().get(), cores);
     }
 
     #[test]
