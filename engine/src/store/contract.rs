@@ -45,13 +45,16 @@ fn id(text: &str) -> WorkflowId {
     WorkflowId::parse(text).expect("valid id")
 }
 
-fn events(from: u64, to: u64, tag: &str) -> Vec<Event> {
+/// Events `from..=to` of one kind, each reason `<tag><seq>`: a history to write and compare
+/// (the backends' own tests use it too).
+pub fn events(from: u64, to: u64, tag: &str) -> Vec<Event> {
     (from..=to)
         .map(|seq| Event { seq, at_ms: seq, kind: EventKind::CancelRequested { reason: format!("{tag}{seq}") } })
         .collect()
 }
 
-fn summary(status: WorkflowStatus) -> RunSummary {
+/// A run's summary with `status` and fixed other fields.
+pub fn summary(status: WorkflowStatus) -> RunSummary {
     RunSummary {
         workflow_type: shop_types::WorkflowType::parse("w").expect("valid"),
         definition_version: 1,

@@ -172,27 +172,9 @@ mod tests {
     use super::super::super::{HistoryStore, RunSummary};
     use super::super::SledStore;
     use super::*;
+    use crate::store::contract::{events, summary};
     use shop_durable::Durability;
     use shop_types::api::WorkflowStatus;
-    use shop_types::history::{Event, EventKind};
-
-    fn events(from: u64, to: u64) -> Vec<Event> {
-        (from..=to)
-            .map(|seq| Event { seq, at_ms: seq, kind: EventKind::CancelRequested { reason: format!("r{seq}") } })
-            .collect()
-    }
-
-    fn summary(status: WorkflowStatus) -> RunSummary {
-        RunSummary {
-            workflow_type: shop_types::WorkflowType::parse("w").expect("valid"),
-            definition_version: 1,
-            status,
-            created_at_ms: 1,
-            closed_at_ms: None,
-            reason: None,
-            output: None,
-        }
-    }
 
     /// Every key that names `id`, by its prefix byte.
     fn keys_of(store: &SledStore, id: &WorkflowId) -> Vec<u8> {
@@ -212,24 +194,24 @@ mod tests {
         let store = SledStore::open(dir.path(), Durability::ProcessCrash, None).expect("opens");
         let id = WorkflowId::parse("packed-1").expect("valid");
         let mut start = WriteBatch::default();
-        start.append_events(&id, &events(1, 2)).expect("encodes");
+        start.append_events(&id, &events(1, 2, "r")).expect("encodes");
         start.put_run(&id, &summary(WorkflowStatus::Running), None, true).expect("encodes");
         store.commit(start).expect("commits");
         for seq in [3, 5] {
             let mut step = WriteBatch::default();
-            step.append_events(&id, &events(seq, seq + 1)).expect("encodes");
+            step.append_events(&id, &events(seq, seq + 1, "r")).expect("encodes");
             store.commit(step).expect("commits");
         }
         assert_eq!(keys_of(&store, &id), b"ahhhrs".to_vec(), "in flight: a record per transition");
         let mut end = WriteBatch::default();
-        end.append_events(&id, &events(7, 7)).expect("encodes");
+        end.append_events(&id, &events(7, 7, "r")).expect("encodes");
         end.put_run(&id, &summary(WorkflowStatus::Completed), Some(WorkflowStatus::Running), false).expect("encodes");
         store.commit(end).expect("commits");
         assert_eq!(keys_of(&store, &id), b"rs".to_vec(), "finished: the packed record and the status index");
         let packed = packed_record(&store.tree, &id).expect("reads").expect("packed");
         assert_eq!(transitions_of(&id, &packed).expect("decodes").len(), 4);
-        assert_eq!(store.history(&id).expect("reads"), events(1, 7));
-        assert_eq!(store.start_events(&id).expect("reads"), events(1, 2));
+        assert_eq!(store.history(&id).expect("reads"), events(1, 7, "r"));
+        assert_eq!(store.start_events(&id).expect("reads"), events(1, 2, "r"));
     }
 
     #[test]
