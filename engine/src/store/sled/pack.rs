@@ -169,7 +169,7 @@ pub(super) fn pack_and_unpack(
 
 #[cfg(test)]
 mod tests {
-    use super::super::super::{HistoryStore, RunSummary};
+    use super::super::super::HistoryStore;
     use super::super::SledStore;
     use super::*;
     use crate::store::contract::{events, summary};
