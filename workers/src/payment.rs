@@ -212,8 +212,9 @@ impl Payment {
         store::flush(&self.flusher, crate::activities::Domain::Payment.as_str()).await
     }
 
-    /// Writes the order's payment record and its ledger entry in one batch, then mirrors
-    /// them in memory. Called with the lock held so the ledger's sequence is sled's.
+    /// Hands the order's payment record and its ledger entry to the flusher as one batch,
+    /// then mirrors them in memory. Called with the lock held so the ledger's sequence is
+    /// sled's; the caller flushes before it answers.
     fn write(&self, state: &mut State, payment: OrderPayment, entry: Option<LedgerRecord>) -> Result<(), Error> {
         let mut batch = sled::Batch::default();
         batch.insert(store::text_key(ORDER_PREFIX, &payment.order_id), store::encode(&payment)?);
@@ -221,7 +222,7 @@ impl Payment {
             let seq = u64::try_from(state.ledger.len()).expect("a ledger length fits in u64");
             batch.insert(&store::number_key(LEDGER_PREFIX, seq), store::encode(entry)?);
         }
-        self.db.apply_batch(batch).map_err(store::Error::from)?;
+        self.flusher.write(&self.db, batch).map_err(store::Error::from)?;
         state.orders.insert(payment.order_id.clone(), payment);
         state.ledger.extend(entry);
         Ok(())

@@ -1,11 +1,12 @@
 //! The inventory domain: products (price, available and reserved units) and one reservation
 //! per order, owned in memory and persisted in the inventory's own sled store.
 //!
-//! Every change is one atomic `apply_batch` holding the products it touches together with the
+//! Every change is one atomic batch holding the products it touches together with the
 //! order's reservation record, which doubles as the idempotency record: a retried reserve,
-//! release or commit finds it and changes nothing. The memory is updated only after the batch
-//! is written, and every call flushes before it returns, so nothing is reported that a crash
-//! could take back. This module must never let available or reserved units go negative,
+//! release or commit finds it and changes nothing. The batch is handed to the store's flusher
+//! (which applies every batch of a group in one write before its sync) under the lock that
+//! orders the memory, and every call flushes before it returns, so nothing is reported that a
+//! crash could take back. This module must never let available or reserved units go negative,
 //! and never speaks HTTP.
 
 use crate::store;
@@ -318,7 +319,7 @@ impl Inventory {
         }
         let mut batch = sled::Batch::default();
         batch.insert(&product.key(), store::encode(&product)?);
-        self.db.apply_batch(batch).map_err(store::Error::from)?;
+        self.flusher.write(&self.db, batch).map_err(store::Error::from)?;
         let view = product.view();
         state.products.insert(product_id, product);
         Ok(view)
@@ -328,8 +329,9 @@ impl Inventory {
         store::flush(&self.flusher, crate::activities::Domain::Inventory.as_str()).await
     }
 
-    /// Writes the changed products and the reservation in one batch, then mirrors them in
-    /// memory. Called with the lock held so sled and memory see changes in the same order.
+    /// Hands the changed products and the reservation to the flusher as one batch, then
+    /// mirrors them in memory. Called with the lock held so sled and memory see changes in the
+    /// same order; the caller flushes before it answers.
     fn write(&self, state: &mut State, products: Vec<ProductRecord>, reservation: Reservation) -> Result<(), Error> {
         let mut batch = sled::Batch::default();
         for product in &products {
@@ -337,7 +339,7 @@ impl Inventory {
             batch.insert(&product.key(), store::encode(product)?);
         }
         batch.insert(reservation.key(), store::encode(&reservation)?);
-        self.db.apply_batch(batch).map_err(store::Error::from)?;
+        self.flusher.write(&self.db, batch).map_err(store::Error::from)?;
         for product in products {
             state.products.insert(product.product_id, product);
         }
