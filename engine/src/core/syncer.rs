@@ -124,7 +124,11 @@ pub(super) fn sync_loop(
         stats.metrics.sync_seconds.observe(started.elapsed().as_secs_f64());
         synced
     };
-    group_commit(turns, sync, |group, synced| answer(store, publisher, group, synced, stats, suspect));
+    group_commit(turns, sync, |group, synced| {
+        let answered = group.len();
+        answer(store, publisher, group, synced, stats, suspect);
+        stats.unsynced_turns.fetch_sub(answered, Ordering::Release);
+    });
 }
 
 /// Makes one group of turns durable (one sync, if any of them wrote), publishes its events,
