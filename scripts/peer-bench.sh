@@ -8,6 +8,7 @@
 #   DURABILITY=process-crash bash scripts/peer-bench.sh
 #   STORE=postgres PEERS=dbos-pg bash scripts/peer-bench.sh   # ours on PostgreSQL (a fresh database
 #                                                             # on PG_URL, default 127.0.0.1:5432) vs DBOS
+#   OURS_BIN=/tmp/old-build bash scripts/peer-bench.sh         # another build's shop-engine and shop-worker
 #
 # The peers' folder is read-only shared material: it is copied to a scratch folder first, and
 # the peers' scripts install what they need in that copy (npm, cargo, pip), as their README says.
@@ -26,10 +27,14 @@ ENGINE_PORT="${ENGINE_PORT:-18480}"
 mkdir -p "$WORK" "$ROOT/target/peer-results"
 cp -r --no-preserve=mode "$PEERS_SRC"/. "$WORK"/
 chmod +x "$WORK"/*.sh
-(cd "$ROOT" && cargo build --release --workspace -q)
+# OURS_BIN: a folder of prebuilt shop-engine and shop-worker binaries to measure instead of
+# this checkout's (an A/B of two builds on the same machine); this checkout is built otherwise.
+if [[ -z "${OURS_BIN:-}" ]]; then
+  (cd "$ROOT" && cargo build --release --workspace -q)
+fi
 (cd "$WORK/rust" && cargo build --release -q --bin saga_driver)
 
-OURS="$ROOT/target/release"
+OURS="${OURS_BIN:-$ROOT/target/release}"
 RUN="$(mktemp -d)"
 PIDS=()
 cleanup() {
