@@ -5,7 +5,9 @@
 //! into events, and applies all of that turn's events in ONE atomic sled batch. A second
 //! thread, the syncer, makes applied batches durable (one flush for every batch applied
 //! since its last one: group commit) and only then answers the callers and hands tasks to
-//! workers. So the core decides the next turn while the disk syncs the last.
+//! workers. So the core decides the next turn while the disk syncs the last; and while the
+//! syncer is still busy, the turn stays open for commands arriving meanwhile (`linger`), so
+//! one batch serves them all.
 //!
 //! Architecture invariants: nothing is acknowledged before its write is durable; no other
 //! task writes workflow state; timers and ready tasks are derived from run states, never
