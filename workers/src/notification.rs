@@ -245,8 +245,11 @@ impl Notification {
             at_ms,
         };
         let number = state.entries.len() as u64;
-        // Written under the lock, so outbox numbers and customer numbers follow write order.
-        self.db.insert(store::number_key(ENTRY_PREFIX, number), store::encode(&record)?).map_err(store::Error::from)?;
+        // Handed over under the lock, so outbox numbers and customer numbers follow write
+        // order; the flusher writes it with the other domains' batches of its group.
+        let mut batch = sled::Batch::default();
+        batch.insert(&store::number_key(ENTRY_PREFIX, number), store::encode(&record)?);
+        self.flusher.write(&self.db, batch).map_err(store::Error::from)?;
         Ok((state.push(record), message))
     }
 
