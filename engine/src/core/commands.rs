@@ -218,6 +218,14 @@ impl Core {
                 Err(CoreError::AlreadyExists(id))
             };
         }
+        if let Some(finished) = turn.finished.get(&id) {
+            // Finished earlier in this very turn: not in the store until the turn is applied.
+            return if finished.summary.workflow_type == *workflow_type && same_json(&finished.input, &input) {
+                Ok(StartOutcome::Existing)
+            } else {
+                Err(CoreError::AlreadyExists(id))
+            };
+        }
         let storage = |e: store::Error| CoreError::Storage(e.to_string());
         if let Some(summary) = self.store.run(&id).map_err(storage)? {
             let same_input = match self.store.first_event(&id).map_err(storage)?.map(|e| e.kind) {
@@ -417,6 +425,9 @@ impl Core {
             if is_task_report {
                 return Err(CoreError::Stale("the workflow is not in flight".into()));
             }
+            if turn.finished.contains_key(id) {
+                return Err(CoreError::Finished);
+            }
             return match self.store.run(id) {
                 Ok(Some(_)) => Err(CoreError::Finished),
                 Ok(None) => Err(CoreError::NotFound(id.clone())),
@@ -499,7 +510,7 @@ impl Core {
                 output: terminal.output,
             };
             turn.batch.put_run(id, &summary, Some(run.summary_status), false)?;
-            turn.finished.insert(id.clone(), summary);
+            turn.finished.insert(id.clone(), FinishedRun { summary, input: run.state.input.clone() });
             tracing::debug!(workflow_id = %id, status = terminal.status.as_str(), "run finished");
             return Ok(());
         }

@@ -88,7 +88,10 @@ impl Core {
         now: u64,
     ) -> Result<(), CoreError> {
         let storage = |e: store::Error| CoreError::Storage(e.to_string());
-        if self.runs.contains_key(id) || self.store.run(id).map_err(storage)?.is_some() {
+        if self.runs.contains_key(id)
+            || turn.finished.contains_key(id)
+            || self.store.run(id).map_err(storage)?.is_some()
+        {
             return Err(CoreError::AlreadyExists(id.clone()));
         }
         if self.runs.len() >= self.limits.max_active_workflows {

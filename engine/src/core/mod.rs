@@ -62,7 +62,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use stream::{CommittedEvent, Publisher};
-use syncer::{sync_loop, AppliedTurn, Suspect, Turn, SYNC_QUEUE_CAPACITY};
+use syncer::{sync_loop, AppliedTurn, FinishedRun, Suspect, Turn, SYNC_QUEUE_CAPACITY};
 use tokio::sync::oneshot;
 
 /// Commands waiting for the core at most; beyond it callers get 503 (overloaded).

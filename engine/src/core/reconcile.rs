@@ -43,8 +43,8 @@ impl Core {
         if self.runs.contains_key(id) {
             return Standing::InFlight;
         }
-        if let Some(summary) = turn.finished.get(id) {
-            return Standing::Ended(summary.clone());
+        if let Some(finished) = turn.finished.get(id) {
+            return Standing::Ended(finished.summary.clone());
         }
         match self.store.run(id) {
             Ok(Some(summary)) if summary.closed_at_ms.is_some() => Standing::Ended(summary),

@@ -92,9 +92,16 @@ pub(super) struct Turn {
     /// The signals of runs that finished in this turn: not in flight any more, and not in
     /// the store until the turn is applied, yet a retried signal must find its key.
     pub(super) finished_signals: HashMap<WorkflowId, Vec<ReceivedSignal>>,
-    /// The summaries of runs that finished in this turn, for the same reason: a child held
-    /// by one of them learns its parent's outcome from here.
-    pub(super) finished: HashMap<WorkflowId, RunSummary>,
+    /// The runs that finished in this turn, for the same reason: a child held by one of them
+    /// learns its parent's outcome from here, a repeated start its input, a command its end.
+    pub(super) finished: HashMap<WorkflowId, FinishedRun>,
+}
+
+/// A run that finished in this turn: its summary, and its input (which a repeated start of
+/// the same id is compared with).
+pub(super) struct FinishedRun {
+    pub(super) summary: RunSummary,
+    pub(super) input: shop_types::JsonText,
 }
 
 /// A turn as the syncer sees it: whether it wrote, and whom to answer.

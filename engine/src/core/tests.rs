@@ -236,3 +236,40 @@ fn a_turn_s_events_are_published_once_after_its_sync() {
             .expect("recovers");
     assert_eq!(recovered.last_position[&store::ShardId::SOLE], published.len() as u64);
 }
+
+#[test]
+fn a_start_or_a_command_in_the_turn_that_started_and_finished_the_run_meets_the_finished_run() {
+    // A run started and ended in one turn is in neither the core's memory nor the store
+    // until the turn is applied: the core looks at the turn's finished runs first. Without
+    // that, a repeated start made a second run under the same id, and the turn's write was
+    // refused (a conflicting append), which ends the process. Any turn may hold this; one
+    // that lingers (`Core::linger`) holds more commands.
+    let mut f = fixture();
+    let id = || WorkflowId::parse("a").expect("valid");
+    let start = |input: &str| {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Start {
+            id: id(),
+            workflow_type: f.workflow_type.parse().expect("valid"),
+            input: JsonText::parse(input).expect("valid JSON"),
+            trace: None,
+            reply,
+        };
+        (command, answer)
+    };
+    let (first, mut first_answer) = start(r#"{"x":1}"#);
+    let (terminate_reply, _terminated) = oneshot::channel();
+    let terminate =
+        Command::Cancel { id: id(), reason: "test".into(), by: "test".into(), terminate: true, reply: terminate_reply };
+    let (same, mut same_answer) = start(r#"{ "x": 1 }"#);
+    let (other, mut other_answer) = start(r#"{"x":2}"#);
+    let (cancel_reply, mut cancel_answer) = oneshot::channel();
+    let cancel =
+        Command::Cancel { id: id(), reason: "again".into(), by: "test".into(), terminate: false, reply: cancel_reply };
+    f.turn(vec![first, terminate, same, other, cancel], T0);
+    assert_eq!(first_answer.try_recv().expect("answered"), Ok(StartOutcome::Created));
+    assert_eq!(same_answer.try_recv().expect("answered"), Ok(StartOutcome::Existing), "a repeated start");
+    assert_eq!(other_answer.try_recv().expect("answered"), Err(CoreError::AlreadyExists(id())));
+    assert!(matches!(cancel_answer.try_recv().expect("answered"), Err(CoreError::Finished)), "not NotFound");
+    assert!(f.core.runs.is_empty(), "no second run under the same id");
+}
