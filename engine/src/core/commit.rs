@@ -107,7 +107,6 @@ impl Core {
             }
             return;
         };
-        self.stats.unsynced_turns.fetch_add(1, Ordering::Release);
         if syncer
             .send(AppliedTurn { wrote, generation: self.generation, replies: turn.replies, events: turn.events })
             .is_err()

@@ -5,9 +5,7 @@
 //! into events, and applies all of that turn's events in ONE atomic sled batch. A second
 //! thread, the syncer, makes applied batches durable (one flush for every batch applied
 //! since its last one: group commit) and only then answers the callers and hands tasks to
-//! workers. So the core decides the next turn while the disk syncs the last; and while the
-//! syncer is still busy, the turn stays open for commands arriving meanwhile (`linger`), so
-//! one batch serves them all.
+//! workers. So the core decides the next turn while the disk syncs the last.
 //!
 //! Architecture invariants: nothing is acknowledged before its write is durable; no other
 //! task writes workflow state; timers and ready tasks are derived from run states, never
@@ -73,10 +71,6 @@ pub const MAX_COMMANDS_PER_COMMIT: usize = 1_024;
 const IDLE_WAKE: Duration = Duration::from_millis(500);
 /// Shortest sleep while the disk is full and timers are due but cannot fire.
 const DISK_FULL_PAUSE: Duration = Duration::from_millis(100);
-/// Longest a turn stays open for commands arriving while the syncer is busy (`Core::linger`).
-const MAX_LINGER: Duration = Duration::from_millis(2);
-/// How long a lingering turn waits for a command before it looks at the syncer again.
-const LINGER_POLL: Duration = Duration::from_micros(100);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -355,8 +349,6 @@ impl Core {
         };
         self.syncer = Some(to_syncer);
         let injected_panic_at = injected_panic_at(self.clock.now_ms());
-        // A shard command that arrived while a turn lingered: it opens the next turn.
-        let mut carried: Option<Command> = None;
         loop {
             if injected_panic_at.is_some_and(|at| self.clock.now_ms() >= at) {
                 panic!("{INJECTED_PANIC_ENV} says the core thread dies now");
@@ -367,7 +359,7 @@ impl Core {
                 .map_or(IDLE_WAKE, |at| Duration::from_millis(at.saturating_sub(now)).min(IDLE_WAKE));
             // With the disk full, due timers cannot fire: look again after a pause, not at once.
             let wait = if self.room_to_write { wait } else { wait.max(DISK_FULL_PAUSE) };
-            let first = match carried.take().map(Ok).unwrap_or_else(|| commands.recv_timeout(wait)) {
+            let first = match commands.recv_timeout(wait) {
                 Ok(command) => Some(command),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -375,7 +367,7 @@ impl Core {
             // The first command and whatever else is queued, up to one commit's worth.
             let more = std::iter::from_fn(|| commands.try_recv().ok());
             let batch = first.into_iter().chain(more).take(MAX_COMMANDS_PER_COMMIT);
-            carried = self.turn_lingering(batch, self.clock.now_ms(), Some(&commands));
+            self.turn(batch, self.clock.now_ms());
         }
         self.stats.stopping.store(true, Ordering::SeqCst);
         // Closing the channel lets the syncer make the last batches durable and answer them.
@@ -384,23 +376,10 @@ impl Core {
         tracing::info!("core stopped");
     }
 
-    /// One turn at `now`, as tests drive it: directly, at a chosen time, on their own thread,
-    /// never lingering.
-    #[cfg(test)]
+    /// One turn at `now`: looks at the disk, fires due timers, handles `commands`, serves
+    /// waiting polls, and commits. The loop calls it with what its channel holds; tests call
+    /// it directly at a chosen time, on their own thread.
     fn turn(&mut self, commands: impl Iterator<Item = Command>, now: u64) {
-        self.turn_lingering(commands, now, None);
-    }
-
-    /// One turn at `now`: looks at the disk, fires due timers, handles `commands` (and, with
-    /// the core's `channel`, those arriving while it lingers: [`Self::linger`]), serves
-    /// waiting polls, and commits. Returns a shard command that arrived while it lingered,
-    /// for the next turn.
-    fn turn_lingering(
-        &mut self,
-        commands: impl Iterator<Item = Command>,
-        now: u64,
-        channel: Option<&Receiver<Command>>,
-    ) -> Option<Command> {
         let mut turn = Turn::default();
         let had_room = self.room_to_write;
         self.room_to_write = self.disk.as_mut().is_none_or(|disk| disk.has_room(now));
@@ -433,37 +412,9 @@ impl Core {
             self.handle(&mut turn, command, now);
             handled += 1;
         }
-        let carried = channel.and_then(|channel| self.linger(&mut turn, channel, &mut handled));
         self.serve_waiting_polls(&mut turn, now);
         self.stats.commands.fetch_add(handled as u64, Ordering::Relaxed);
         self.commit(turn, now);
-        carried
-    }
-
-    /// While the syncer is still making earlier turns durable, this turn could not be synced
-    /// before it is done anyway: the turn stays open and handles commands as they arrive, so
-    /// that one batch, one store write, serves them all. Why: sled seals its log buffer twice
-    /// per batch, and each sealed buffer is a write and a waited `sync_file_range` on its I/O
-    /// pool. Ends once the syncer has answered every turn handed to it, at
-    /// [`MAX_COMMANDS_PER_COMMIT`], after [`MAX_LINGER`], or at a shard command, which must
-    /// open a turn (see `turn`) and is returned for the next one.
-    fn linger(&mut self, turn: &mut Turn, channel: &Receiver<Command>, handled: &mut usize) -> Option<Command> {
-        let started = std::time::Instant::now();
-        while *handled < MAX_COMMANDS_PER_COMMIT
-            && self.stats.unsynced_turns.load(Ordering::Acquire) > 0
-            && started.elapsed() < MAX_LINGER
-        {
-            match channel.recv_timeout(LINGER_POLL) {
-                Ok(command @ (Command::TakeShard { .. } | Command::DropShard { .. })) => return Some(command),
-                Ok(command) => {
-                    self.handle(turn, command, self.clock.now_ms());
-                    *handled += 1;
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        None
     }
 
     fn context(&self, now: u64) -> Context<'static> {

@@ -40,9 +40,6 @@ pub struct Stats {
     /// Set once the core is shutting down: a caller whose answer was dropped hears
     /// `ShuttingDown` rather than `ShardMoved`.
     pub stopping: std::sync::atomic::AtomicBool,
-    /// Turns handed to the syncer and not answered yet: while there are any, the core keeps
-    /// its turn open for commands arriving meanwhile (`Core::linger`).
-    pub unsynced_turns: std::sync::atomic::AtomicUsize,
 }
 
 /// One queue as `/v1/stats`' `queue_gauges` and the console show it: its backlog with its

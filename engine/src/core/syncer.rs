@@ -131,11 +131,7 @@ pub(super) fn sync_loop(
         stats.metrics.sync_seconds.observe(started.elapsed().as_secs_f64());
         synced
     };
-    group_commit(turns, sync, |group, synced| {
-        let answered = group.len();
-        answer(store, publisher, group, synced, stats, suspect);
-        stats.unsynced_turns.fetch_sub(answered, Ordering::Release);
-    });
+    group_commit(turns, sync, |group, synced| answer(store, publisher, group, synced, stats, suspect));
 }
 
 /// Makes one group of turns durable (one sync, if any of them wrote), publishes its events,

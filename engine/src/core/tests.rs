@@ -242,8 +242,7 @@ fn a_start_or_a_command_in_the_turn_that_started_and_finished_the_run_meets_the_
     // A run started and ended in one turn is in neither the core's memory nor the store
     // until the turn is applied: the core looks at the turn's finished runs first. Without
     // that, a repeated start made a second run under the same id, and the turn's write was
-    // refused (a conflicting append), which ends the process. Any turn may hold this; one
-    // that lingers (`Core::linger`) holds more commands.
+    // refused (a conflicting append), which ends the process.
     let mut f = fixture();
     let id = || WorkflowId::parse("a").expect("valid");
     let start = |input: &str| {
