@@ -145,11 +145,20 @@ async fn until_placed(next: &AtomicUsize, count: usize, fraction: f64) {
 async fn chaos(cluster: &mut Cluster, next: &AtomicUsize, count: usize) -> Failover {
     until_placed(next, count, 0.15).await;
 
-    // Node 2's shards, as node 1 sees them, then SIGKILL.
-    let status = cluster.clients.status(0).await.expect("node 1 answers");
-    let victim = status.nodes.iter().find(|n| n.url == cluster.nodes[1].url()).map(|n| n.id.clone());
-    let shards: BTreeSet<u32> =
-        status.shards.iter().filter(|s| s.owner.is_some() && s.owner == victim).map(|s| s.shard).collect();
+    // Node 2's shards, as node 1 sees them, then SIGKILL. A node takes its share of the
+    // shards over a few lease rounds after it starts, and on a busy machine the placers can
+    // reach this point first: wait for node 2 to own some (a condition, not a timing).
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (status, shards) = loop {
+        let status = cluster.clients.status(0).await.expect("node 1 answers");
+        let victim = status.nodes.iter().find(|n| n.url == cluster.nodes[1].url()).map(|n| n.id.clone());
+        let shards: BTreeSet<u32> =
+            status.shards.iter().filter(|s| s.owner.is_some() && s.owner == victim).map(|s| s.shard).collect();
+        if !shards.is_empty() || tokio::time::Instant::now() >= give_up {
+            break (status, shards);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(!shards.is_empty(), "node 2 owns shards before it is killed: {status:?}");
     let probe = (0..)
         .map(|i| format!("probe-{i}"))
