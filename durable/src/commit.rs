@@ -250,7 +250,8 @@ mod tests {
             let store = crate::open(&path, options).expect("opens");
             let (a, b) = (store.db.open_tree("a").expect("tree a"), store.db.open_tree("b").expect("tree b"));
             let flusher = Flusher::start(&store, "test").expect("starts");
-            // Batches over two trees, handed before one flush (one group: one transaction).
+            // Batches over two trees, handed before one flush: one group (one transaction) when
+            // the flusher takes them together, several otherwise; the outcome is the same.
             flusher.write(&a, batch(&[(b"k", b"1"), (b"only-first", b"x")])).expect("hands over");
             flusher.write(&b, batch(&[(b"k", b"b")])).expect("hands over");
             flusher.write(&a, batch(&[(b"k", b"2")])).expect("hands over");
@@ -258,7 +259,7 @@ mod tests {
             assert_eq!(a.get(b"k").expect("reads").as_deref(), Some(&b"2"[..]), "the later write wins");
             assert_eq!(a.get(b"only-first").expect("reads").as_deref(), Some(&b"x"[..]));
             assert_eq!(b.get(b"k").expect("reads").as_deref(), Some(&b"b"[..]));
-            // A batch alone (one group of one: one apply_batch).
+            // A batch alone: one apply_batch.
             flusher.write(&b, batch(&[(b"k", b"b2")])).expect("hands over");
             flusher.flush().await.expect("flushes");
         }
