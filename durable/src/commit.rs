@@ -36,13 +36,13 @@ pub trait Job {
 /// sync) or the sync's error. Nothing is answered before the sync that covers it.
 pub fn group_commit<J: Job, E>(
     jobs: &Receiver<J>,
-    mut sync: impl FnMut(&[J]) -> Result<(), E>,
+    mut sync: impl FnMut(&mut [J]) -> Result<(), E>,
     mut answer: impl FnMut(Vec<J>, Result<bool, E>),
 ) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         group.extend(jobs.try_iter());
-        let outcome = if group.iter().any(Job::needs_sync) { sync(&group).map(|()| true) } else { Ok(false) };
+        let outcome = if group.iter().any(Job::needs_sync) { sync(&mut group).map(|()| true) } else { Ok(false) };
         answer(group, outcome);
     }
 }
@@ -59,19 +59,20 @@ enum Handed {
 impl Job for Handed {}
 
 /// Applies the group's batches as one atomic write: one `apply_batch` when there is one
-/// batch, one transaction over the trees written otherwise (several batches of one tree
-/// apply in the order handed, so a later write of a key wins, as if applied one by one).
-fn apply_handed(group: &[Handed]) -> Result<(), String> {
-    let writes: Vec<(&sled::Tree, &sled::Batch)> = group
-        .iter()
+/// batch (taken out of the group, not copied), one transaction over the trees written
+/// otherwise (several batches of one tree apply in the order handed, so a later write of a
+/// key wins, as if applied one by one).
+fn apply_handed(group: &mut [Handed]) -> Result<(), String> {
+    let mut writes: Vec<(&sled::Tree, &mut sled::Batch)> = group
+        .iter_mut()
         .filter_map(|handed| match handed {
-            Handed::Write(tree, batch) => Some((tree, batch)),
+            Handed::Write(tree, batch) => Some((&*tree, batch)),
             Handed::Flush(_) => None,
         })
         .collect();
-    match writes.as_slice() {
+    match writes.as_mut_slice() {
         [] => Ok(()),
-        [(tree, batch)] => tree.apply_batch((*batch).clone()).map_err(|e| e.to_string()),
+        [(tree, batch)] => tree.apply_batch(std::mem::take(*batch)).map_err(|e| e.to_string()),
         _ => {
             let mut trees: Vec<&sled::Tree> = Vec::new();
             let mut order = Vec::with_capacity(writes.len());
@@ -83,7 +84,7 @@ fn apply_handed(group: &[Handed]) -> Result<(), String> {
                         trees.len() - 1
                     }
                 };
-                order.push((index, *batch));
+                order.push((index, &**batch));
             }
             trees
                 .as_slice()
@@ -218,11 +219,16 @@ mod tests {
         assert_eq!(outcomes, vec![Ok(false)]);
     }
 
-    #[tokio::test]
-    async fn the_flusher_makes_writes_durable_and_closes_the_store_when_dropped() {
+    /// A power-safe store's path in a fresh temporary dir (kept alive by the returned dir).
+    fn power_safe_path() -> (tempfile::TempDir, std::path::PathBuf, crate::OpenOptions) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("s");
-        let options = crate::OpenOptions::new(crate::Durability::PowerSafe);
+        (dir, path, crate::OpenOptions::new(crate::Durability::PowerSafe))
+    }
+
+    #[tokio::test]
+    async fn the_flusher_makes_writes_durable_and_closes_the_store_when_dropped() {
+        let (_dir, path, options) = power_safe_path();
         {
             let store = crate::open(&path, options).expect("opens");
             let flusher = Flusher::start(&store, "test").expect("starts");
@@ -243,9 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn handed_batches_apply_in_order_across_trees_before_the_flush_answers() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("s");
-        let options = crate::OpenOptions::new(crate::Durability::PowerSafe);
+        let (_dir, path, options) = power_safe_path();
         {
             let store = crate::open(&path, options).expect("opens");
             let (a, b) = (store.db.open_tree("a").expect("tree a"), store.db.open_tree("b").expect("tree b"));

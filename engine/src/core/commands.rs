@@ -510,7 +510,8 @@ impl Core {
                 output: terminal.output,
             };
             turn.batch.put_run(id, &summary, Some(run.summary_status), false)?;
-            turn.finished.insert(id.clone(), FinishedRun { summary, input: run.state.input.clone() });
+            // Moved, not copied: the run is gone from memory, and the turn is the last to need it.
+            turn.finished.insert(id.clone(), FinishedRun { summary, input: run.state.input });
             tracing::debug!(workflow_id = %id, status = terminal.status.as_str(), "run finished");
             return Ok(());
         }

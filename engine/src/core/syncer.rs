@@ -125,7 +125,7 @@ pub(super) fn sync_loop(
     stats: &Stats,
     suspect: &Suspect,
 ) {
-    let sync = |_: &[AppliedTurn]| {
+    let sync = |_: &mut [AppliedTurn]| {
         let started = std::time::Instant::now();
         let synced = store.sync();
         stats.metrics.sync_seconds.observe(started.elapsed().as_secs_f64());
