@@ -55,7 +55,7 @@ use serde::de::DeserializeOwned;
 use shop_types::api::{Health, WorkflowStatus, WorkflowView};
 use shop_types::history::EventKind;
 use shop_types::limits::{MAX_BODY_BYTES, MAX_WAIT_MS};
-use shop_types::WorkflowId;
+use shop_types::{JsonText, WorkflowId};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
@@ -289,6 +289,17 @@ pub(crate) fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>, ApiErro
 
 /// A run as the API shows it, or `None` if there is no such run.
 pub(crate) fn workflow_view(state: &AppState, id: &WorkflowId) -> Result<Option<WorkflowView>, ApiError> {
+    workflow_view_with_input(state, id, None)
+}
+
+/// [`workflow_view`] for a caller that already holds the run's input (a run's input never
+/// changes): the store is read for the summary only, never for the run's first record,
+/// which for a finished run means decoding its packed history.
+pub(crate) fn workflow_view_with_input(
+    state: &AppState,
+    id: &WorkflowId,
+    known_input: Option<JsonText>,
+) -> Result<Option<WorkflowView>, ApiError> {
     let quarantined = state.core.stats.quarantined.lock().ok().and_then(|runs| runs.get(id).cloned());
     if let Some(reason) = quarantined {
         // Its summary may read fine, but its state is unknown: show it nowhere as if it ran.
@@ -301,9 +312,12 @@ pub(crate) fn workflow_view(state: &AppState, id: &WorkflowId) -> Result<Option<
     let Some(summary) = state.store.run(id)? else {
         return Ok(None);
     };
-    let input = match state.store.first_event(id)?.map(|e| e.kind) {
-        Some(EventKind::WorkflowStarted { input, .. }) => input,
-        _ => shop_types::JsonText::null(),
+    let input = match known_input {
+        Some(input) => input,
+        None => match state.store.first_event(id)?.map(|e| e.kind) {
+            Some(EventKind::WorkflowStarted { input, .. }) => input,
+            _ => JsonText::null(),
+        },
     };
     let domain_status = state
         .registry
@@ -410,7 +424,7 @@ pub(crate) async fn view_after_wait(
             let slot = wait_slot(state, principal)?;
             wait_until_settled(state, id, tokio::time::Instant::now() + wait, &slot).await
         }
-        None => read_view(state, id),
+        None => read_view(state, id, None),
     }
 }
 
@@ -422,10 +436,13 @@ pub(crate) async fn wait_until_settled(
     deadline: tokio::time::Instant,
     _slot: &crate::watch::WaitSlot,
 ) -> Result<WorkflowView, ApiError> {
+    // The input read first serves every later read of the same run.
+    let mut input = None;
     loop {
         // Registered before the read: a settling event committed after the read wakes us.
         let woken = state.watch.register(id);
-        let view = read_view(state, id)?;
+        let view = read_view(state, id, input.take())?;
+        input = Some(view.input.clone());
         // Settled, or no room to wait.
         let Some(woken) = woken.filter(|_| view.status == WorkflowStatus::Running) else {
             return Ok(view);
@@ -434,7 +451,7 @@ pub(crate) async fn wait_until_settled(
         // the receiver frees the hub's entry at its next prune.
         tokio::select! {
             woken = tokio::time::timeout_at(deadline, woken) => if woken.is_err() {
-                return read_view(state, id);
+                return read_view(state, id, input);
             },
             // The shard moved mid-wait: events for this run will commit elsewhere now, so
             // say "moved" and let the waiting node ask the new owner (`forward`).
@@ -462,8 +479,9 @@ pub(crate) fn wait_slot(state: &AppState, principal: &Principal) -> Result<crate
     })
 }
 
-fn read_view(state: &AppState, id: &WorkflowId) -> Result<WorkflowView, ApiError> {
-    workflow_view(state, id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))
+fn read_view(state: &AppState, id: &WorkflowId, known_input: Option<JsonText>) -> Result<WorkflowView, ApiError> {
+    workflow_view_with_input(state, id, known_input)?
+        .ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))
 }
 
 #[cfg(test)]

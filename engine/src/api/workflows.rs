@@ -107,10 +107,16 @@ pub(crate) async fn start(
     let name = format!("Start:{}", request.workflow_type);
     let outcome = state
         .core
-        .start_with_signal(id.clone(), request.workflow_type, request.input, signal, span.map(|s| s.to_string()))
+        .start_with_signal(
+            id.clone(),
+            request.workflow_type,
+            request.input.clone(),
+            signal,
+            span.map(|s| s.to_string()),
+        )
         .await;
     record_start_span(&state, name, &id, span, trace, started_ms, outcome.as_ref().err());
-    started_view(&state, &id, outcome?.0)
+    started_view(&state, &id, outcome?.0, request.input)
 }
 
 /// Records the request span of a start (`Start:<type>`, a child of the caller's span), if
@@ -150,22 +156,26 @@ pub(crate) async fn start_run(
     let started_ms = state.clock.now_ms();
     let span = crate::trace::request_span(&state.tracer, incoming);
     let name = format!("Start:{workflow_type}");
-    let outcome = state.core.start(id.clone(), workflow_type, input, span.map(|s| s.to_string())).await;
+    let outcome = state.core.start(id.clone(), workflow_type, input.clone(), span.map(|s| s.to_string())).await;
     record_start_span(state, name, &id, span, incoming, started_ms, outcome.as_ref().err());
-    started_view(state, &id, outcome?)
+    started_view(state, &id, outcome?, input)
 }
 
-/// 202 with the view of a new run, 200 with an existing one.
+/// 202 with the view of a new run, 200 with an existing one. A new run's input is `input`
+/// as given, so only its summary is read; an existing run shows the input it was started
+/// with (the same JSON, perhaps written differently).
 fn started_view(
     state: &AppState,
     id: &WorkflowId,
     outcome: StartOutcome,
+    input: JsonText,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let view = workflow_view(state, id)?.ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
-    let status = match outcome {
-        StartOutcome::Created => StatusCode::ACCEPTED,
-        StartOutcome::Existing => StatusCode::OK,
+    let (status, known_input) = match outcome {
+        StartOutcome::Created => (StatusCode::ACCEPTED, Some(input)),
+        StartOutcome::Existing => (StatusCode::OK, None),
     };
+    let view = super::workflow_view_with_input(state, id, known_input)?
+        .ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
     Ok((status, Json(view)))
 }
 
