@@ -78,6 +78,27 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
+/// Appends `more` to `record`, a record of the current version holding one sequence (a
+/// length, then its elements): the result is what [`encode`] writes for the sequence with
+/// `more` after its elements, without decoding them.
+pub fn extend_sequence<T: Serialize>(record: &mut Vec<u8>, more: &[T]) -> Result<(), Error> {
+    let (&version, body) = record.split_first().ok_or(Error::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(Error::UnknownVersion { version, family: Family::Engine });
+    }
+    let mut rest = body;
+    let len: u64 = current().deserialize_from(&mut rest)?;
+    let mut extended = Vec::with_capacity(record.len() + 64 * more.len());
+    extended.push(FORMAT_VERSION);
+    current().serialize_into(&mut extended, &(len + more.len() as u64))?;
+    extended.extend_from_slice(rest);
+    for item in more {
+        current().serialize_into(&mut extended, item)?;
+    }
+    *record = extended;
+    Ok(())
+}
+
 /// The version byte of a record, if it has one.
 pub fn version(bytes: &[u8]) -> Option<u8> {
     bytes.first().copied()
@@ -109,6 +130,22 @@ mod tests {
 
     fn sample() -> Sample {
         Sample { name: "beans".into(), count: -3, seq: 1_700_000_000_000 }
+    }
+
+    #[test]
+    fn an_extended_sequence_is_the_sequence_encoded_whole() {
+        // 250 is the last length bincode's varint writes in one byte: cross it.
+        for (first, more) in [(1, 1), (3, 2), (249, 1), (250, 1), (200, 120), (0, 4)] {
+            let all: Vec<Sample> =
+                (0..first + more).map(|i| Sample { name: format!("s{i}"), count: -i, seq: i as u64 }).collect();
+            let mut record = encode(&all[..first as usize]).expect("encodes");
+            extend_sequence(&mut record, &all[first as usize..]).expect("extends");
+            assert_eq!(record, encode(&all).expect("encodes"), "{first} + {more}");
+            assert_eq!(decode::<Vec<Sample>>(Family::Engine, &record).expect("decodes"), all);
+        }
+        let mut old = vec![LEGACY_FIXINT, 0];
+        assert!(matches!(extend_sequence(&mut old, &[sample()]), Err(Error::UnknownVersion { .. })));
+        assert!(matches!(extend_sequence(&mut Vec::new(), &[sample()]), Err(Error::Empty)));
     }
 
     #[test]

@@ -20,6 +20,14 @@ impl Core {
             turn.batch = store::WriteBatch::default();
             wrote = false;
         }
+        if wrote && turn.batch.joined_appends() {
+            // A run's later transition joined its first one's append: its events move up to
+            // stand with that append's, so the turn's events keep the order the batch numbers
+            // them in (a run's own events keep theirs).
+            let order: HashMap<&WorkflowId, usize> =
+                turn.batch.appends().iter().enumerate().rev().map(|(index, append)| (&append.run, index)).collect();
+            turn.events.sort_by_key(|event| order.get(&event.run).copied().unwrap_or(usize::MAX));
+        }
         if wrote {
             let shard_count = self.shard_count;
             let shard_of = |run: &WorkflowId| shard_in(run, shard_count);

@@ -238,6 +238,53 @@ fn a_turn_s_events_are_published_once_after_its_sync() {
 }
 
 #[test]
+fn a_hand_out_joins_its_run_s_transition_of_the_same_turn_and_positions_still_match_the_store() {
+    let mut f = fixture();
+    let mut events =
+        f.core.publisher.as_ref().map(Publisher::subscribe).expect("the core publishes until `run` starts");
+    // A poll waits on the empty queue; then two runs start in one turn, and the end of that
+    // turn hands the first one's step to the poll: the hand-out joins the first run's
+    // record, ahead of the second run's events.
+    let mut answer = f.poll(T0, 30_000);
+    let start = |id: &str| {
+        let (reply, _answer) = oneshot::channel();
+        Command::Start {
+            id: WorkflowId::parse(id).expect("valid"),
+            workflow_type: f.workflow_type.parse().expect("valid"),
+            input: JsonText::parse("{}").expect("valid JSON"),
+            trace: None,
+            reply,
+        }
+    };
+    let commands = vec![start("a"), start("b")];
+    f.turn(commands, T0 + 1);
+    assert_eq!(answer.try_recv().expect("answered").len(), 2, "both runs' first steps handed out");
+    let published = events.try_recv().expect("one message for the turn");
+    let order: Vec<_> = published.events.iter().map(|e| (e.run.as_str().to_owned(), e.seq, e.kind)).collect();
+    let run = |id: &str| {
+        [(1, "WorkflowStarted"), (2, "DefinitionPinned"), (3, "StepScheduled"), (4, "StepStarted")]
+            .map(|(seq, kind)| (id.to_owned(), seq, kind))
+    };
+    let expected: Vec<_> = run("a").into_iter().chain(run("b")).collect();
+    assert_eq!(order, expected, "each run's events together, in the order of its append");
+    let published: Vec<_> = published.events.iter().map(|e| (e.position, e.run.clone(), e.seq)).collect();
+    let stored: Vec<_> = f
+        .core
+        .store
+        .events_after(store::ShardId::SOLE, 0, 100)
+        .expect("reads")
+        .into_iter()
+        .map(|e| (e.position, e.run, e.event.seq))
+        .collect();
+    assert_eq!(published, stored, "every published event carries the position the store reads it back at");
+    for id in ["a", "b"] {
+        let id = WorkflowId::parse(id).expect("valid");
+        let seqs: Vec<u64> = f.core.store.history(&id).expect("reads").iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+    }
+}
+
+#[test]
 fn a_start_or_a_command_in_the_turn_that_started_and_finished_the_run_meets_the_finished_run() {
     // A run started and ended in one turn is in neither the core's memory nor the store
     // until the turn is applied: the core looks at the turn's finished runs first. Without

@@ -52,6 +52,10 @@ pub struct WriteBatch {
     redrives: Vec<(String, Vec<u8>)>,
     /// History events among the appends.
     events: usize,
+    /// Whether a transition joined an earlier append of its run (see
+    /// [`Self::append_transition`]): the batch's events are then no longer in the order
+    /// they were added.
+    joined: bool,
     /// The position index records, one per shard the batch writes: the shard, the position
     /// of the batch's first event in it, and the record listing its appends there (see
     /// [`super::position`]).
@@ -71,6 +75,13 @@ impl WriteBatch {
     /// History events written.
     pub fn events(&self) -> usize {
         self.events
+    }
+
+    /// Whether a run's transition joined an earlier one of the same run in this batch. When
+    /// it did, the events are numbered in the order of the appends (each run's together),
+    /// not in the order they were added.
+    pub fn joined_appends(&self) -> bool {
+        self.joined
     }
 
     /// Records that the batch was decided while owning `shard` at `epoch`. A backend that
@@ -165,6 +176,7 @@ impl WriteBatch {
         self.definitions.extend(other.definitions);
         self.redrives.extend(other.redrives);
         self.events += other.events;
+        self.joined |= other.joined;
         // Numbering is done once the batch is whole; an extended batch is numbered again.
         self.index.clear();
     }
@@ -190,8 +202,20 @@ impl WriteBatch {
         if let Some((_, event)) = events.iter().enumerate().find(|(i, e)| e.seq != first.seq + *i as u64) {
             return Err(Error::Gap { run: id.clone(), seq: event.seq });
         }
-        let record = codec::encode_events(events).map_err(Error::Encode)?;
         let after = first.seq.checked_sub(1).ok_or(Error::Gap { run: id.clone(), seq: 0 })?;
+        // A run's next transition in the same batch (a step completed, then the next one
+        // handed out at the end of the turn) joins its record: one history key, one index
+        // entry. Batches hold a few appends, so the search is short.
+        if let Some(previous) = self.appends.iter_mut().rev().find(|append| append.run == *id) {
+            if previous.last == after {
+                codec::extend_events(&mut previous.record, events).map_err(Error::Encode)?;
+                previous.last = last.seq;
+                self.events += events.len();
+                self.joined = true;
+                return Ok(());
+            }
+        }
+        let record = codec::encode_events(events).map_err(Error::Encode)?;
         self.appends.push(Append { run: id.clone(), after, last: last.seq, record, status_before });
         self.events += events.len();
         Ok(())

@@ -38,6 +38,7 @@ pub fn run_all(harness: &mut dyn Harness) {
     the_task_token_key_is_made_once(harness);
     epochs_are_carried(harness);
     positions_number_every_event_once(harness);
+    a_run_s_transitions_in_one_batch_join(harness);
     finished_runs_read_the_same(harness);
 }
 
@@ -402,6 +403,43 @@ pub fn positions_number_every_event_once(harness: &mut dyn Harness) {
         }
     }
     assert!(store.events_after(shard, u64::MAX, 10).expect("reads").is_empty(), "nothing after the end");
+}
+
+/// A run's next transition in the same batch joins its first one's append: the batch numbers
+/// each run's events together, in the order of the appends, and the store reads back what it
+/// numbered. A transition that does not follow its run's last one stays an append of its own
+/// (and the store refuses it).
+pub fn a_run_s_transitions_in_one_batch_join(harness: &mut dyn Harness) {
+    let store = harness.fresh();
+    let shard = store.shards().first().map(|(shard, _)| *shard).expect("a store owns a shard");
+    let (a, b) = (id("a"), id("b"));
+    let mut batch = WriteBatch::default();
+    start(&mut batch, &a, 2);
+    start(&mut batch, &b, 1);
+    assert!(!batch.joined_appends());
+    batch.append_events(&a, &events(3, 4, "a")).expect("encodes");
+    assert!(batch.joined_appends());
+    assert_eq!(batch.appends().len(), 2, "a's second transition joined its first");
+    assert_eq!(batch.events(), 5);
+    assert_eq!(batch.number(shard, 1).expect("encodes"), 5);
+    store.commit(batch).expect("commits");
+    let read: Vec<_> = store
+        .events_after(shard, 0, 10)
+        .expect("reads")
+        .into_iter()
+        .map(|e| (e.position, e.run, e.event.seq))
+        .collect();
+    let expected = [(1, &a, 1), (2, &a, 2), (3, &a, 3), (4, &a, 4), (5, &b, 1)];
+    assert_eq!(read, expected.map(|(position, run, seq)| (position, run.clone(), seq)));
+    assert_eq!(store.history(&a).expect("reads"), events(1, 4, "a"));
+    assert_eq!(store.events_after(shard, 3, 1).expect("reads")[0].event, events(4, 4, "a")[0], "from the middle");
+
+    let mut gap = WriteBatch::default();
+    gap.append_events(&b, &events(2, 2, "b")).expect("encodes");
+    gap.append_events(&b, &events(4, 4, "b")).expect("encodes");
+    assert!(!gap.joined_appends(), "not the next event: an append of its own");
+    assert!(store.commit(gap).is_err(), "and refused");
+    assert_eq!(store.history(&b).expect("reads"), events(1, 1, "b"), "nothing of it applied");
 }
 
 /// A run taken out of flight (which sled packs into one record) reads as it did in flight:

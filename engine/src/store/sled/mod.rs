@@ -2,8 +2,8 @@
 //! indexes in one sled tree with key prefixes, so that one batch is one atomic `apply_batch`.
 //!
 //! Key layout (IDs never contain a NUL byte, numbers are big-endian so keys sort by them):
-//! - `h` id 0x00 seq      -> the events of one transition, the first numbered `seq`, while the
-//!   run is in flight
+//! - `h` id 0x00 seq      -> the events of one transition (all of the run's in one batch), the
+//!   first numbered `seq`, while the run is in flight
 //! - `r` id               -> the run's [`RunSummary`]; once the run is out of flight, its packed
 //!   record instead: the summary and every transition's record in one value (`pack.rs`), the
 //!   run's `h` keys removed in the same batch
