@@ -117,6 +117,8 @@ pub struct Cluster {
     /// By shard: its owner's node id and URL, `None` while unowned.
     owners: RwLock<Vec<Option<(String, String)>>>,
     status: RwLock<Option<ClusterStatus>>,
+    /// Made by [`Cluster::single`]: no other node can own a shard.
+    single: bool,
 }
 
 impl Cluster {
@@ -128,6 +130,7 @@ impl Cluster {
             store: "sled",
             shard_count: 1,
             status: RwLock::new(None),
+            single: true,
         }
     }
 
@@ -140,6 +143,7 @@ impl Cluster {
             shard_count,
             owners: RwLock::new(vec![None; shard_count as usize]),
             status: RwLock::new(None),
+            single: false,
         }
     }
 
@@ -186,6 +190,12 @@ impl Cluster {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Whether this node is the only one there can be (a store with one owner, sled): every
+    /// run is local, so nothing is ever routed elsewhere.
+    pub fn is_single(&self) -> bool {
+        self.single
     }
 
     pub fn shard_count(&self) -> u32 {

@@ -8,6 +8,8 @@
 //! sits right after authentication, so only an authenticated request is ever passed on, and
 //! the owner authenticates it again from the same headers.
 //!
+//! - One node only (sled, [`Cluster::is_single`]): every request is served here as it came,
+//!   with nothing read or copied to route it.
 //! - Local: served here, as on one node.
 //! - Remote: the request is sent on ([`http::Forwarder`]) with the hop header
 //!   [`FORWARDED_HEADER`]; a request that carries it is never forwarded again: if it is not
@@ -176,6 +178,10 @@ where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
+    // One node owns every run (sled): each request is this node's, as it came.
+    if state.cluster.is_single() {
+        return call(inner, request).await;
+    }
     let template = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let query = query_pairs(request.uri());
     let has_wait = query.iter().any(|(name, _)| name == "wait");
