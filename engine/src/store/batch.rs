@@ -14,7 +14,8 @@ use shop_types::api::WorkflowStatus;
 use shop_types::history::Event;
 use shop_types::WorkflowId;
 
-/// One transition's events for one run, encoded as one history record.
+/// One run's events in this batch (one transition, or several joined: see
+/// [`WriteBatch::append_transition`]), encoded as one history record.
 #[derive(Debug, Clone)]
 pub struct Append {
     pub run: WorkflowId,
@@ -188,7 +189,9 @@ impl WriteBatch {
     }
 
     /// Appends one transition's events as one record. They must be numbered one after the
-    /// other; the first one's number minus one is what the run's history must end at.
+    /// other; the first one's number minus one is what the run's history must end at. When
+    /// the batch already appends this run's events up to right before them, they join that
+    /// record instead (its status before stays the first transition's).
     /// `status_before` is the run's status before them, which the position index keeps.
     pub fn append_transition(
         &mut self,
