@@ -79,12 +79,13 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
 }
 
 /// Appends `more` to `record`, a record of the current version holding one sequence (a
-/// length, then its elements): the result is what [`encode`] writes for the sequence with
-/// `more` after its elements, without decoding them.
-pub fn extend_sequence<T: Serialize>(record: &mut Vec<u8>, more: &[T]) -> Result<(), Error> {
+/// length, then its elements) that `family` wrote: the result is what [`encode`] writes for
+/// the sequence with `more` after its elements, without decoding them. A record of an older
+/// version is refused, not rewritten.
+pub fn extend_sequence<T: Serialize>(family: Family, record: &mut Vec<u8>, more: &[T]) -> Result<(), Error> {
     let (&version, body) = record.split_first().ok_or(Error::Empty)?;
     if version != FORMAT_VERSION {
-        return Err(Error::UnknownVersion { version, family: Family::Engine });
+        return Err(Error::UnknownVersion { version, family });
     }
     let mut rest = body;
     let len: u64 = current().deserialize_from(&mut rest)?;
@@ -139,13 +140,13 @@ mod tests {
             let all: Vec<Sample> =
                 (0..first + more).map(|i| Sample { name: format!("s{i}"), count: -i, seq: i as u64 }).collect();
             let mut record = encode(&all[..first as usize]).expect("encodes");
-            extend_sequence(&mut record, &all[first as usize..]).expect("extends");
+            extend_sequence(Family::Engine, &mut record, &all[first as usize..]).expect("extends");
             assert_eq!(record, encode(&all).expect("encodes"), "{first} + {more}");
             assert_eq!(decode::<Vec<Sample>>(Family::Engine, &record).expect("decodes"), all);
         }
         let mut old = vec![LEGACY_FIXINT, 0];
-        assert!(matches!(extend_sequence(&mut old, &[sample()]), Err(Error::UnknownVersion { .. })));
-        assert!(matches!(extend_sequence(&mut Vec::new(), &[sample()]), Err(Error::Empty)));
+        assert!(matches!(extend_sequence(Family::Workers, &mut old, &[sample()]), Err(Error::UnknownVersion { .. })));
+        assert!(matches!(extend_sequence(Family::Engine, &mut Vec::new(), &[sample()]), Err(Error::Empty)));
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //!
 //! Every record is a format version byte followed by its bincode 1.3 encoding (see
 //! `shop_durable::codec`). For history records the version also says their shape: version 3
-//! (written now) holds every event of one transition (a run's transitions in one batch
-//! join: [`extend_events`]), so a saga is a few records; versions 1 (fixed-width integers) and 2 (varints) hold one event each. All three
-//! are read. This module must never know where a record is kept.
+//! (written now) holds every event of one transition (a run's transitions in one batch join
+//! one record: [`extend_events`]), so a saga is a few records; versions 1 (fixed-width
+//! integers) and 2 (varints) hold one event each. All three are read. This module must never
+//! know where a record is kept.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -30,7 +31,7 @@ pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, Error> {
 /// Adds `more` (numbered right after them) to the events a history record of the current
 /// version holds: a run's second transition in one batch joins its first.
 pub fn extend_events(record: &mut Vec<u8>, more: &[Event]) -> Result<(), Error> {
-    durable::extend_sequence(record, more)
+    durable::extend_sequence(Family::Engine, record, more)
 }
 
 /// Decodes a history record: the events of one transition (version 3), or one event (the
