@@ -176,22 +176,39 @@ async fn shopctl_dev_runs_three_nodes_on_one_database() {
 
     let Some(database) = TestDatabase::create("shopctl_dev_runs_three_nodes_on_one_database") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let first = three_free_ports();
-    let worker = shop_tests::process::free_addr();
-    let mut command = std::process::Command::new(binary("shopctl"));
-    command
-        .args(["dev", "--nodes", "3", "--store", &database.url, "--listen", &first.to_string()])
-        .args(["--worker-listen", &worker.to_string(), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .arg("--workflows")
-        .arg(workflows_dir());
-    let log = dir.path().join("dev.log");
-    let dev = Proc::spawn("shopctl dev --nodes 3", command, &log);
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("ready:") {
-        assert!(std::time::Instant::now() < deadline, "not ready:\n{}", dev.log_tail());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Ports found free can be taken by a test running alongside before the nodes bind them:
+    // then the stack is started again on other ports (the nodes say so and stop).
+    let mut attempt = 0;
+    let (dev, first, log) = loop {
+        attempt += 1;
+        let first = three_free_ports();
+        let worker = shop_tests::process::free_addr();
+        let mut command = std::process::Command::new(binary("shopctl"));
+        command
+            .args(["dev", "--nodes", "3", "--store", &database.url, "--listen", &first.to_string()])
+            .args(["--worker-listen", &worker.to_string(), "--data-dir"])
+            .arg(dir.path().join(format!("data-{attempt}")))
+            .arg("--workflows")
+            .arg(workflows_dir());
+        let log = dir.path().join(format!("dev-{attempt}.log"));
+        let mut dev = Proc::spawn("shopctl dev --nodes 3", command, &log);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let ready = loop {
+            let printed = std::fs::read_to_string(&log).unwrap_or_default();
+            if printed.contains("ready:") {
+                break true;
+            }
+            if printed.contains("Address already in use") && attempt < 3 {
+                break false;
+            }
+            assert!(std::time::Instant::now() < deadline, "not ready:\n{}", dev.log_tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if ready {
+            break (dev, first, log);
+        }
+        dev.kill9();
+    };
     let printed = std::fs::read_to_string(&log).unwrap_or_default();
     let urls: Vec<String> = (0..3).map(|i| format!("http://127.0.0.1:{}", first.port() + i)).collect();
     for (i, url) in urls.iter().enumerate() {
