@@ -191,6 +191,12 @@ fn waiting_polls_are_served_when_the_disk_guard_clears() {
     assert_eq!(f.backlog(), 0);
 }
 
+/// Every event the store holds, in position order: (position, run, sequence number).
+fn stored_positions(f: &Fixture) -> Vec<(u64, WorkflowId, u64)> {
+    let events = f.core.store.events_after(store::ShardId::SOLE, 0, 100).expect("reads");
+    events.into_iter().map(|e| (e.position, e.run, e.event.seq)).collect()
+}
+
 #[test]
 fn a_turn_s_events_are_published_once_after_its_sync() {
     let mut f = fixture();
@@ -220,14 +226,7 @@ fn a_turn_s_events_are_published_once_after_its_sync() {
     // Every published event carries the position the store reads it back at.
     let published: Vec<_> =
         [first, second, ended].iter().flat_map(|c| c.events.clone()).map(|e| (e.position, e.run, e.seq)).collect();
-    let stored: Vec<_> = f
-        .core
-        .store
-        .events_after(store::ShardId::SOLE, 0, 100)
-        .expect("reads")
-        .into_iter()
-        .map(|e| (e.position, e.run, e.event.seq))
-        .collect();
+    let stored = stored_positions(&f);
     assert_eq!(published, stored);
     assert_eq!(published.iter().map(|e| e.0).collect::<Vec<_>>(), (1..=published.len() as u64).collect::<Vec<_>>());
     // A core recovered on the same store numbers on from the last position.
@@ -268,14 +267,7 @@ fn a_hand_out_joins_its_run_s_transition_of_the_same_turn_and_positions_still_ma
     let expected: Vec<_> = run("a").into_iter().chain(run("b")).collect();
     assert_eq!(order, expected, "each run's events together, in the order of its append");
     let published: Vec<_> = published.events.iter().map(|e| (e.position, e.run.clone(), e.seq)).collect();
-    let stored: Vec<_> = f
-        .core
-        .store
-        .events_after(store::ShardId::SOLE, 0, 100)
-        .expect("reads")
-        .into_iter()
-        .map(|e| (e.position, e.run, e.event.seq))
-        .collect();
+    let stored = stored_positions(&f);
     assert_eq!(published, stored, "every published event carries the position the store reads it back at");
     for id in ["a", "b"] {
         let id = WorkflowId::parse(id).expect("valid");
