@@ -265,7 +265,8 @@ impl Pair {
             if settled(&self.parent) && self.child.as_ref().is_none_or(settled) {
                 return Ok(());
             }
-            let parked = |run: &Run| run.state.parked.is_some();
+            // A run that ended while parked (terminated) stays marked parked, but is settled.
+            let parked = |run: &Run| run.state.parked.is_some() && run.state.terminal.is_none();
             if parked(&self.parent) {
                 let effects = self.tell_parent(Input::Resume { reason: "r".into(), by: None });
                 self.apply(effects);
