@@ -12,7 +12,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use super::{Epoch, Error, HistoryStore, RunSummary, TokenRecord, WriteBatch, TOKEN_DIGEST_LEN};
+use super::{Epoch, Error, HistoryStore, RunSummary, ShardId, TokenRecord, WriteBatch, TOKEN_DIGEST_LEN};
 use shop_types::api::WorkflowStatus;
 use shop_types::auth::Role;
 use shop_types::history::{Event, EventKind};
@@ -40,6 +40,11 @@ pub fn run_all(harness: &mut dyn Harness) {
     positions_number_every_event_once(harness);
     a_run_s_transitions_in_one_batch_join(harness);
     finished_runs_read_the_same(harness);
+}
+
+/// The first shard `store` owns (sled's only one).
+fn first_shard(store: &dyn HistoryStore) -> ShardId {
+    store.shards().first().map(|(shard, _)| *shard).expect("a store owns a shard")
 }
 
 fn id(text: &str) -> WorkflowId {
@@ -356,7 +361,7 @@ pub fn epochs_are_carried(harness: &mut dyn Harness) {
 
 pub fn positions_number_every_event_once(harness: &mut dyn Harness) {
     let store = harness.fresh();
-    let shard = store.shards().first().map(|(shard, _)| *shard).expect("a store owns a shard");
+    let shard = first_shard(store.as_ref());
     assert_eq!(store.last_position(shard).expect("reads"), 0, "no event, no position");
     assert!(store.events_after(shard, 0, 10).expect("reads").is_empty());
     let (a, b) = (id("a"), id("b"));
@@ -411,7 +416,7 @@ pub fn positions_number_every_event_once(harness: &mut dyn Harness) {
 /// (and the store refuses it).
 pub fn a_run_s_transitions_in_one_batch_join(harness: &mut dyn Harness) {
     let store = harness.fresh();
-    let shard = store.shards().first().map(|(shard, _)| *shard).expect("a store owns a shard");
+    let shard = first_shard(store.as_ref());
     let (a, b) = (id("a"), id("b"));
     let mut batch = WriteBatch::default();
     start(&mut batch, &a, 2);
@@ -447,7 +452,7 @@ pub fn a_run_s_transitions_in_one_batch_join(harness: &mut dyn Harness) {
 /// still holds; and a later append (the seam allows one) and a second finish keep it whole.
 pub fn finished_runs_read_the_same(harness: &mut dyn Harness) {
     let store = harness.fresh();
-    let shard = store.shards().first().map(|(shard, _)| *shard).expect("a store owns a shard");
+    let shard = first_shard(store.as_ref());
     let (run, other) = (id("finished"), id("other"));
     let mut first = WriteBatch::default();
     start(&mut first, &run, 2);
