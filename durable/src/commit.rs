@@ -220,22 +220,6 @@ mod tests {
         assert_eq!(outcomes, vec![Ok(false)]);
     }
 
-    /// Opens the store at `path` again after its last handle was dropped. sled's own
-    /// background threads may hold its file (and so its lock) a moment longer (a CI run saw
-    /// the lock still taken), so a refusal is retried, for at most 10 s.
-    fn reopen(path: &std::path::Path, options: crate::OpenOptions) -> crate::Opened {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match crate::open(path, options) {
-                Ok(store) => return store,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(error) => panic!("the store does not open again: {error}"),
-            }
-        }
-    }
-
     /// A power-safe store's path in a fresh temporary dir (kept alive by the returned dir).
     fn power_safe_path() -> (tempfile::TempDir, std::path::PathBuf, crate::OpenOptions) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -252,7 +236,7 @@ mod tests {
             store.db.insert(b"k", b"v").expect("writes");
             flusher.flush().await.expect("flushes");
         }
-        let again = reopen(&path, options);
+        let again = crate::test_support::reopen(&path, options);
         assert_eq!(again.db.get(b"k").expect("reads").as_deref(), Some(&b"v"[..]));
     }
 
@@ -284,7 +268,7 @@ mod tests {
             flusher.write(&b, batch(&[(b"k", b"b2")])).expect("hands over");
             flusher.flush().await.expect("flushes");
         }
-        let again = reopen(&path, options);
+        let again = crate::test_support::reopen(&path, options);
         let (a, b) = (again.db.open_tree("a").expect("tree a"), again.db.open_tree("b").expect("tree b"));
         assert_eq!(a.get(b"k").expect("reads").as_deref(), Some(&b"2"[..]), "durable once flushed");
         assert_eq!(b.get(b"k").expect("reads").as_deref(), Some(&b"b2"[..]));

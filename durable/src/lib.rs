@@ -16,6 +16,11 @@ pub mod codec;
 pub mod commit;
 mod open;
 pub mod runtime;
+pub mod wal;
+
+#[cfg(test)]
+mod test_support;
 
 pub use commit::Flusher;
 pub use open::{open, Durability, Error, OpenOptions, Opened};
+pub use wal::{LogBatch, LoggedTree, WalOptions};

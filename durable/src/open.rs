@@ -41,6 +41,10 @@ pub enum Error {
     Flush(#[source] sled::Error),
     #[error("fdatasync of the store's log failed: {0}")]
     Sync(#[source] std::io::Error),
+    #[error("the write-ahead log {}: {source}", path.display())]
+    Log { path: PathBuf, source: std::io::Error },
+    #[error("the write-ahead log is corrupt: {0}")]
+    Corrupt(String),
     #[error("the flusher has stopped")]
     Stopped,
     /// A flush that failed for every caller of its group; the text is the cause's.

@@ -379,6 +379,33 @@ impl Tree {
         self.apply_batch_inner(batch, &mut guard)
     }
 
+    /// shop-engine patch: applies `batches` in order, then sets `marker` to `marker_value`,
+    /// atomically for readers (under the same write lock as `apply_batch`) but **not** for
+    /// recovery: unlike `apply_batch` it does not pin the log, which seals the log buffer
+    /// before and after every batch. For a caller that logs every batch durably itself
+    /// before applying it (a write-ahead log): sled recovers a prefix of its log, so after a
+    /// crash the tree holds every write before the last `marker` it recovered, and possibly
+    /// part of the writes after it, which the caller's log applies again.
+    pub fn apply_logged_batches(
+        &self,
+        batches: Vec<Batch>,
+        marker: &[u8],
+        marker_value: &[u8],
+    ) -> Result<()> {
+        let _cc = concurrency_control::write();
+        let mut guard = pin();
+        let writes = batches.into_iter().flat_map(|batch| batch.writes);
+        let last = std::iter::once((IVec::from(marker), Some(IVec::from(marker_value))));
+        for (k, v_opt) in writes.chain(last) {
+            loop {
+                if self.insert_inner(&k, v_opt.clone(), &mut guard)?.is_ok() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn apply_batch_inner(
         &self,
         batch: Batch,

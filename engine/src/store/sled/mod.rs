@@ -18,7 +18,8 @@
 //! - `j` job id           -> a redrive job (`shop_types::redrive::RedriveJob`), rewritten
 //!   whole as it progresses
 //! - `m` name             -> the engine's own settings, e.g. `m task-token-key`: the secret
-//!   key that signs task tokens, created once (see [`HistoryStore::task_token_key`])
+//!   key that signs task tokens, created once (see [`HistoryStore::task_token_key`]), and
+//!   `m wal-applied`, the number of the last write-ahead log record the tree holds
 //!
 //! Ownership: a sled store has one owner (the process that opened it: sled locks it) and one
 //! shard, [`ShardId::SOLE`], at epoch 0; it ignores the epochs a batch carries.
@@ -30,16 +31,18 @@
 //! no longer in flight. A batch is checked against these numbers, under the same lock that
 //! applies it, before anything is applied.
 //!
-//! Durability: `apply` is sled's `apply_batch` (in memory and in sled's log buffer, visible
-//! to readers); `sync` is sled's flush plus, power-safe, `fdatasync` of its log
-//! (`shop_durable`). This module must never decide anything about workflows.
+//! Durability: `apply` is one atomic `apply_batch` (in memory, visible to readers) through
+//! the store's write-ahead log (`shop_durable::wal`, folder `wal` in the store's), which
+//! appends the batch's record; `sync` writes those records and, power-safe, `fdatasync`s
+//! them. Every write to the tree goes through the log. This module must never decide
+//! anything about workflows.
 
 use super::{
     Epoch, Error, HistoryStore, IndexedAppend, PositionedEvent, RunSummary, ShardId, TokenRecord, WriteBatch,
     TASK_TOKEN_KEY_LEN, TOKEN_DIGEST_LEN,
 };
 use crate::codec;
-use shop_durable::{Durability, OpenOptions, Opened};
+use shop_durable::{Durability, LogBatch, LoggedTree, OpenOptions, Opened, WalOptions};
 use shop_types::api::WorkflowStatus;
 use shop_types::history::Event;
 use shop_types::WorkflowId;
@@ -61,10 +64,15 @@ const POSITION: u8 = b'p';
 const REDRIVE: u8 = b'j';
 /// The meta record holding the key that signs task tokens.
 const TASK_TOKEN_KEY: &[u8] = b"task-token-key";
+/// The meta record holding the number of the last write-ahead log record the tree holds.
+const WAL_APPLIED: &[u8] = b"wal-applied";
+/// The write-ahead log's folder inside the store's.
+const WAL_DIR: &str = "wal";
 
 pub struct SledStore {
     opened: Opened,
-    tree: sled::Tree,
+    /// The one tree, every write logged first; its sync is the store's.
+    log: LoggedTree,
     /// The last sequence number of each in-flight run touched since the store was opened.
     /// Its lock also serializes applies, so a check and its apply are one step.
     last_seq: Mutex<HashMap<WorkflowId, u64>>,
@@ -78,25 +86,26 @@ impl SledStore {
         let options = OpenOptions { durability, cache_bytes, high_throughput: true };
         let opened = shop_durable::open(dir, options)?;
         let tree = opened.db.open_tree(TREE)?;
-        Ok(SledStore { opened, tree, last_seq: Mutex::new(HashMap::new()) })
+        let applied_key = key(META, WAL_APPLIED, &[]);
+        let log = LoggedTree::open(&dir.join(WAL_DIR), &opened, tree, &applied_key, durability, WalOptions::default())?;
+        Ok(SledStore { opened, log, last_seq: Mutex::new(HashMap::new()) })
     }
 
     /// The sequence number `id`'s history ends at, from its last record or its packed record
     /// (0 when it has none), and the packed record when it is packed.
     fn stored_last_seq(&self, id: &WorkflowId) -> Result<(u64, pack::Stored), Error> {
-        if let Some(entry) = self.tree.scan_prefix(history_prefix(id)).next_back() {
-            let (key, bytes) = entry?;
+        if let Some((key, bytes)) = self.log.last_with_prefix(history_prefix(id))? {
             let last = decode_events(&key, &bytes)?.last().map_or(0, |event| event.seq);
             return Ok((last, pack::Stored { packed: None }));
         }
-        match pack::packed_record(&self.tree, id)? {
+        match pack::packed_record(&self.log, id)? {
             Some(bytes) => Ok((pack::last_seq_of_packed(id, &bytes)?, pack::Stored { packed: Some(bytes) })),
             None => Ok((0, pack::Stored { packed: None })),
         }
     }
 
-    fn sled_batch(batch: &WriteBatch) -> sled::Batch {
-        let mut out = sled::Batch::default();
+    fn log_batch(batch: &WriteBatch) -> LogBatch {
+        let mut out = LogBatch::default();
         for append in batch.appends() {
             out.insert(history_key(&append.run, append.after + 1), append.record.as_slice());
         }
@@ -106,9 +115,9 @@ impl SledStore {
             if let Some(previous) = put.previous {
                 out.remove(key(BY_STATUS, &[status_byte(previous)], raw));
             }
-            out.insert(key(BY_STATUS, &[status_byte(put.status)], raw), &[]);
+            out.insert(key(BY_STATUS, &[status_byte(put.status)], raw), []);
             if put.in_flight {
-                out.insert(key(ACTIVE, raw, &[]), &[]);
+                out.insert(key(ACTIVE, raw, &[]), []);
             } else {
                 out.remove(key(ACTIVE, raw, &[]));
             }
@@ -169,12 +178,12 @@ impl HistoryStore for SledStore {
         for put in batch.runs() {
             // A run in the map is in flight, so not packed; any other one may be.
             if !last_seq.contains_key(&put.run) && !stored.contains_key(&put.run) {
-                stored.insert(&put.run, pack::Stored { packed: pack::packed_record(&self.tree, &put.run)? });
+                stored.insert(&put.run, pack::Stored { packed: pack::packed_record(&self.log, &put.run)? });
             }
         }
-        let mut out = Self::sled_batch(&batch);
-        pack::pack_and_unpack(&self.tree, &batch, &stored, &mut out)?;
-        self.tree.apply_batch(out)?;
+        let mut out = Self::log_batch(&batch);
+        pack::pack_and_unpack(&self.log, &batch, &stored, &mut out)?;
+        self.log.apply(out);
         for (run, seq) in pending {
             last_seq.insert(run.clone(), seq);
         }
@@ -185,12 +194,12 @@ impl HistoryStore for SledStore {
     }
 
     fn sync(&self) -> Result<(), Error> {
-        Ok(self.opened.sync()?)
+        Ok(self.log.sync()?)
     }
 
     fn task_token_key(&self) -> Result<[u8; TASK_TOKEN_KEY_LEN], Error> {
         let key = key(META, TASK_TOKEN_KEY, &[]);
-        if let Some(stored) = self.tree.get(&key)? {
+        if let Some(stored) = self.log.get(&key)? {
             return <[u8; TASK_TOKEN_KEY_LEN]>::try_from(stored.as_ref()).map_err(|_| Error::BadLength {
                 key: "m task-token-key".into(),
                 len: stored.len(),
@@ -200,20 +209,21 @@ impl HistoryStore for SledStore {
         // Written once, at start-up, before the core takes the store: not a turn's write.
         let mut fresh = [0u8; TASK_TOKEN_KEY_LEN];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
-        self.tree.insert(key, fresh.as_slice())?;
+        let mut write = LogBatch::default();
+        write.insert(key, fresh);
+        self.log.apply(write);
         self.sync()?;
         Ok(fresh)
     }
 
     fn size_on_disk(&self) -> Result<u64, Error> {
-        Ok(self.opened.db.size_on_disk()?)
+        Ok(self.opened.db.size_on_disk()? + self.log.size_on_disk()?)
     }
 
     fn last_position(&self, shard: ShardId) -> Result<u64, Error> {
-        let Some(entry) = self.tree.scan_prefix(position_prefix(shard)).next_back() else {
+        let Some((key, bytes)) = self.log.last_with_prefix(position_prefix(shard))? else {
             return Ok(0);
         };
-        let (key, bytes) = entry?;
         let appends: Vec<IndexedAppend> = decode(&key, &bytes)?;
         let count: u64 = appends.iter().map(|append| u64::from(append.count)).sum();
         Ok((position_of(&key)? + count).saturating_sub(1))
@@ -223,14 +233,14 @@ impl HistoryStore for SledStore {
         let prefix = position_prefix(shard);
         let from = position_key(shard, after.saturating_add(1));
         // The record holding `after + 1` is keyed at or before it: start there.
-        let start = match self.tree.range(prefix.clone()..=from.clone()).next_back() {
-            Some(entry) => entry?.0.to_vec(),
+        let start = match self.log.last_between(&prefix, &from)? {
+            Some((key, _)) => key.to_vec(),
             None => from,
         };
         let mut out = Vec::new();
         // Packed runs read once for all of their transitions in this page.
         let mut packed_runs = HashMap::new();
-        for entry in self.tree.range(start..) {
+        for entry in self.log.range_from(&start) {
             if out.len() == limit {
                 break;
             }
@@ -241,7 +251,7 @@ impl HistoryStore for SledStore {
             let appends: Vec<IndexedAppend> = decode(&key, &bytes)?;
             let events_of = |append: &IndexedAppend| {
                 let key = history_key(&append.run, append.first_seq);
-                match pack::transition_record(&self.tree, &append.run, append.first_seq, &mut packed_runs)? {
+                match pack::transition_record(&self.log, &append.run, append.first_seq, &mut packed_runs)? {
                     Some(bytes) => decode_events(&key, &bytes),
                     None => Err(Error::Corrupt {
                         key: String::from_utf8_lossy(&key).into_owned(),
@@ -256,12 +266,12 @@ impl HistoryStore for SledStore {
 
     fn run(&self, id: &WorkflowId) -> Result<Option<RunSummary>, Error> {
         let key = pack::run_key(id);
-        self.tree.get(&key)?.map(|bytes| decode(&key, pack::summary_bytes(id, &bytes)?)).transpose()
+        self.log.get(&key)?.map(|bytes| decode(&key, pack::summary_bytes(id, &bytes)?)).transpose()
     }
 
     fn history(&self, id: &WorkflowId) -> Result<Vec<Event>, Error> {
         let mut events = Vec::new();
-        for transition in pack::transitions(&self.tree, id)? {
+        for transition in pack::transitions(&self.log, id)? {
             events.extend(decode_events(&history_key(id, transition.first_seq), &transition.record)?);
         }
         Ok(events)
@@ -273,7 +283,7 @@ impl HistoryStore for SledStore {
 
     fn start_events(&self, id: &WorkflowId) -> Result<Vec<Event>, Error> {
         let key = history_key(id, 1);
-        match pack::transition_record(&self.tree, id, 1, &mut HashMap::new())? {
+        match pack::transition_record(&self.log, id, 1, &mut HashMap::new())? {
             Some(bytes) => decode_events(&key, &bytes),
             None => Ok(Vec::new()),
         }
@@ -283,7 +293,7 @@ impl HistoryStore for SledStore {
         if shard != ShardId::SOLE {
             return Ok(Vec::new());
         }
-        self.tree
+        self.log
             .scan_prefix([ACTIVE])
             .map(|entry| {
                 let (key, _) = entry?;
@@ -312,7 +322,7 @@ impl HistoryStore for SledStore {
             None => prefix.clone(),
         };
         let mut ids = Vec::new();
-        for entry in self.tree.range(start..) {
+        for entry in self.log.range_from(&start) {
             let (key, _) = entry?;
             if !key.starts_with(&prefix) {
                 return Ok((ids, false));
@@ -326,7 +336,7 @@ impl HistoryStore for SledStore {
     }
 
     fn redrives(&self) -> Result<Vec<shop_types::redrive::RedriveJob>, Error> {
-        self.tree
+        self.log
             .scan_prefix([REDRIVE])
             .map(|entry| {
                 let (key, bytes) = entry?;
@@ -337,7 +347,7 @@ impl HistoryStore for SledStore {
     }
 
     fn tokens(&self) -> Result<Vec<([u8; TOKEN_DIGEST_LEN], TokenRecord)>, Error> {
-        self.tree
+        self.log
             .scan_prefix([TOKEN])
             .map(|entry| {
                 let (key, bytes) = entry?;
@@ -353,7 +363,7 @@ impl HistoryStore for SledStore {
     }
 
     fn definitions(&self) -> Result<Vec<(String, u32, String)>, Error> {
-        self.tree
+        self.log
             .scan_prefix([DEFINITION])
             .map(|entry| {
                 let (key, bytes) = entry?;
@@ -419,7 +429,9 @@ fn history_key(id: &WorkflowId, seq: u64) -> Vec<u8> {
 impl SledStore {
     /// Puts raw bytes under a token digest, as an older engine may have left them.
     pub(crate) fn put_raw_token(&self, digest: &[u8; TOKEN_DIGEST_LEN], bytes: &[u8]) -> Result<(), Error> {
-        self.tree.insert(key(TOKEN, digest, &[]), bytes)?;
+        let mut write = LogBatch::default();
+        write.insert(key(TOKEN, digest, &[]), bytes);
+        self.log.apply(write);
         Ok(())
     }
 }

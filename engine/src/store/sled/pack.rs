@@ -14,6 +14,7 @@ use super::super::packed::{self, Transition};
 use super::super::{Append, Error, WriteBatch};
 use super::{decode_events, history_key, history_prefix, key, RUN};
 use crate::codec;
+use shop_durable::LoggedTree;
 use shop_types::WorkflowId;
 use std::collections::{HashMap, HashSet};
 
@@ -24,7 +25,7 @@ pub(super) struct Stored {
 }
 
 /// The run's packed record, if its key holds one.
-pub(super) fn packed_record(tree: &sled::Tree, id: &WorkflowId) -> Result<Option<Vec<u8>>, Error> {
+pub(super) fn packed_record(tree: &LoggedTree, id: &WorkflowId) -> Result<Option<Vec<u8>>, Error> {
     Ok(tree.get(run_key(id))?.filter(|bytes| packed::is_packed(bytes)).map(|bytes| bytes.to_vec()))
 }
 
@@ -51,7 +52,7 @@ pub(super) fn summary_bytes<'a>(id: &WorkflowId, bytes: &'a [u8]) -> Result<&'a 
 }
 
 /// The run's history records, with their keys, in sequence order (none for a packed run).
-fn history_records(tree: &sled::Tree, id: &WorkflowId) -> Result<Vec<(sled::IVec, Transition)>, Error> {
+fn history_records(tree: &LoggedTree, id: &WorkflowId) -> Result<Vec<(sled::IVec, Transition)>, Error> {
     tree.scan_prefix(history_prefix(id))
         .map(|entry| {
             let (key, record) = entry?;
@@ -68,7 +69,7 @@ fn history_records(tree: &sled::Tree, id: &WorkflowId) -> Result<Vec<(sled::IVec
 
 /// The run's transitions wherever they are stored: its history records, or, when its key
 /// holds a packed record (read after the scan, so a pack racing the scan is seen), that.
-pub(super) fn transitions(tree: &sled::Tree, id: &WorkflowId) -> Result<Vec<Transition>, Error> {
+pub(super) fn transitions(tree: &LoggedTree, id: &WorkflowId) -> Result<Vec<Transition>, Error> {
     let scanned = history_records(tree, id)?;
     match packed_record(tree, id)? {
         Some(bytes) => transitions_of(id, &bytes),
@@ -79,7 +80,7 @@ pub(super) fn transitions(tree: &sled::Tree, id: &WorkflowId) -> Result<Vec<Tran
 /// One transition of the run by its first sequence number: its history record, or from the
 /// run's packed record (kept in `cache` for the other transitions of the same read).
 pub(super) fn transition_record(
-    tree: &sled::Tree,
+    tree: &LoggedTree,
     id: &WorkflowId,
     first_seq: u64,
     cache: &mut HashMap<WorkflowId, Vec<Transition>>,
@@ -109,10 +110,10 @@ pub(super) fn last_seq_of_packed(id: &WorkflowId, bytes: &[u8]) -> Result<u64, E
 /// batch takes out of flight is packed with its stored transitions and the batch's; every
 /// packed run the batch touches without finishing it again is unpacked.
 pub(super) fn pack_and_unpack(
-    tree: &sled::Tree,
+    tree: &LoggedTree,
     batch: &WriteBatch,
     stored: &HashMap<&WorkflowId, Stored>,
-    out: &mut sled::Batch,
+    out: &mut shop_durable::LogBatch,
 ) -> Result<(), Error> {
     // A run's last summary in the batch decides whether it ends the batch finished.
     let mut last_put = HashMap::new();
@@ -179,10 +180,9 @@ mod tests {
     /// Every key that names `id`, by its prefix byte.
     fn keys_of(store: &SledStore, id: &WorkflowId) -> Vec<u8> {
         store
-            .tree
-            .iter()
-            .keys()
-            .map(|key| key.expect("reads"))
+            .log
+            .scan_prefix([])
+            .map(|entry| entry.expect("reads").0)
             .filter(|key| key.windows(id.as_str().len()).any(|w| w == id.as_str().as_bytes()))
             .map(|key| key[0])
             .collect()
@@ -208,7 +208,7 @@ mod tests {
         end.put_run(&id, &summary(WorkflowStatus::Completed), Some(WorkflowStatus::Running), false).expect("encodes");
         store.commit(end).expect("commits");
         assert_eq!(keys_of(&store, &id), b"rs".to_vec(), "finished: the packed record and the status index");
-        let packed = packed_record(&store.tree, &id).expect("reads").expect("packed");
+        let packed = packed_record(&store.log, &id).expect("reads").expect("packed");
         assert_eq!(transitions_of(&id, &packed).expect("decodes").len(), 4);
         assert_eq!(store.history(&id).expect("reads"), events(1, 7, "r"));
         assert_eq!(store.start_events(&id).expect("reads"), events(1, 2, "r"));
@@ -222,7 +222,7 @@ mod tests {
             crate::definition::parse("order.toml", include_str!("../../../../workflows/order.toml")).expect("valid");
         crate::preload::preload_completed(&store, &definition, 1, 1_000).expect("preloads");
         let id = WorkflowId::parse("preload-0000000").expect("valid");
-        let packed = packed_record(&store.tree, &id).expect("reads").expect("a completed run is packed");
+        let packed = packed_record(&store.log, &id).expect("reads").expect("a completed run is packed");
         let transitions = transitions_of(&id, &packed).expect("decodes");
         let summary = summary_bytes(&id, &packed).expect("decodes").len();
         let raw: usize = summary + transitions.iter().map(|t| t.record.len()).sum::<usize>();

@@ -1,0 +1,555 @@
+//! A write-ahead log in front of one sled tree ([`LoggedTree`]): a batch is logged first,
+//! and reaches sled only once its record is durable.
+//!
+//! Why: sled 0.34's atomic `apply_batch` pins its log, sealing the log buffer before and
+//! after every batch, and each sealed buffer is a `pwrite` and a waited `sync_file_range`
+//! on sled's I/O pool; a flush seals and waits once more. At the engine's commit rate those
+//! were the largest fixed cost of a turn (`docs/performance.md`, "Issue 13, part five").
+//! Here [`LoggedTree::apply`] stages a batch: its record is appended to a buffer and its
+//! writes to an overlay that every read of this type consults first, so the writer and
+//! readers see it at once, as they saw an applied sled batch before. [`LoggedTree::sync`]
+//! writes the staged records to the current segment file, `fdatasync`s it (power-safe;
+//! process-crash only writes), and only then hands the staged batches to the log's applier
+//! thread, which applies them to sled without pinning its log (`Tree::apply_logged_batches`,
+//! a patch of ours) and then drops them from the overlay: off the path of the caller's
+//! acknowledgements, which need only the sync. sled writes its own log in the background,
+//! as full buffers and in its periodic flush.
+//!
+//! Recovery: each sync also sets `applied_key` to the number of its last record, written
+//! after the batches' own writes. sled recovers a prefix of its log, so the tree holds
+//! every batch up to the number stored there, maybe part of later ones, and nothing that
+//! was not logged durably first; opening applies every record after that number again,
+//! in order, which completes any partial one.
+//!
+//! Segments: the log is a folder of numbered files. A segment that reaches
+//! [`WalOptions::segment_bytes`] is closed and a new one opened; the applier, once it has
+//! applied every batch handed to it before, flushes sled and deletes the closed segments. So the log holds about two segments at most, and recovery reads no more.
+//!
+//! Record: `len u32 | crc32 u32 | ops | seq u64` (little-endian; `len` counts `ops` and
+//! `seq`, the CRC covers both); an op is `1 | key_len u32 | key | value_len u32 | value`
+//! (insert) or `0 | key_len u32 | key` (remove). A short record or one failing its CRC ends
+//! the last segment (a write the crash tore, never acknowledged); in an earlier segment it
+//! is corruption, and opening fails.
+//!
+//! Reads merge the overlay with the tree, the overlay first; a read spanning many keys is
+//! not a snapshot (nor was sled's iteration). This module must never know what the keys
+//! mean, and nothing may write the tree except through [`LoggedTree::apply`].
+
+use crate::open::{Durability, Error, Opened};
+use sled::IVec;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions as FileOptions};
+use std::io::{Read, Write};
+use std::iter::Peekable;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The segment size at which the log moves to a new file (64 MiB): about ten seconds of the
+/// engine at full load, and the most recovery reads beyond the segment being written.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// How a log is kept beyond the store's durability.
+#[derive(Debug, Clone, Copy)]
+pub struct WalOptions {
+    /// Close a segment and start the next once it holds at least this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> WalOptions {
+        WalOptions { segment_bytes: SEGMENT_BYTES }
+    }
+}
+
+/// One atomic write to the tree: its sled batch, its record, and its overlay entries.
+#[derive(Default)]
+pub struct LogBatch {
+    batch: sled::Batch,
+    ops: Vec<u8>,
+    writes: Vec<(Vec<u8>, Option<IVec>)>,
+}
+
+impl LogBatch {
+    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.ops.push(1);
+        push_bytes(&mut self.ops, key);
+        push_bytes(&mut self.ops, value);
+        let value = IVec::from(value);
+        self.batch.insert(key, value.clone());
+        self.writes.push((key.to_vec(), Some(value)));
+    }
+
+    pub fn remove(&mut self, key: impl AsRef<[u8]>) {
+        let key = key.as_ref();
+        self.ops.push(0);
+        push_bytes(&mut self.ops, key);
+        self.batch.remove(key);
+        self.writes.push((key.to_vec(), None));
+    }
+}
+
+fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Keys and values are bounded far below 4 GiB by the callers' own limits (sled's too).
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Batches applied to the overlay since the last sync: their records and sled batches.
+struct Staged {
+    next_seq: u64,
+    records: Vec<u8>,
+    batches: Vec<sled::Batch>,
+}
+
+/// The segment being written.
+struct Segment {
+    number: u64,
+    file: File,
+    len: u64,
+}
+
+/// Staged writes not yet in the tree: the latest per key, with its record's number.
+type Overlay = BTreeMap<Vec<u8>, (u64, Option<IVec>)>;
+
+/// What the sync hands the applier thread, in order.
+enum Handed {
+    /// Durable batches, the last numbered `last_seq`: apply them, then drop them from the overlay.
+    Apply(Vec<sled::Batch>, u64),
+    /// Every segment up to this number is closed: flush sled, then delete them.
+    Checkpoint(u64),
+}
+
+/// A sled tree whose every write is logged first (see the module's doc). Dropping it lets
+/// its applier thread apply every synced batch and waits for it; what was staged and not
+/// synced is lost, as it was never acknowledged.
+pub struct LoggedTree {
+    dir: PathBuf,
+    durability: Durability,
+    options: WalOptions,
+    tree: sled::Tree,
+    staged: Mutex<Staged>,
+    overlay: Arc<Mutex<Overlay>>,
+    /// Held for a whole sync: syncs write records in order.
+    segment: Mutex<Segment>,
+    applier: Option<Sender<Handed>>,
+    applier_thread: Option<std::thread::JoinHandle<()>>,
+    /// Set when the applier failed: every later sync fails, as the tree no longer follows
+    /// the log (a restart replays it).
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for LoggedTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoggedTree").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl LoggedTree {
+    /// Opens the log in `dir` for `tree` of `store`, first applying every record the tree
+    /// does not hold yet (then flushing the store and starting a fresh segment).
+    pub fn open(
+        dir: &Path,
+        store: &Opened,
+        tree: sled::Tree,
+        applied_key: &[u8],
+        durability: Durability,
+        options: WalOptions,
+    ) -> Result<LoggedTree, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
+        let applied = stored_seq(&tree, applied_key)?;
+        let segments = list_segments(dir)?;
+        let mut last_seq = applied;
+        for (index, (number, path)) in segments.iter().enumerate() {
+            let is_last = index + 1 == segments.len();
+            for record in read_segment(path, is_last)? {
+                if record.seq <= applied {
+                    continue;
+                }
+                if record.seq != last_seq + 1 {
+                    return Err(Error::Corrupt(format!(
+                        "{}: record {} follows {last_seq} (segment {number})",
+                        path.display(),
+                        record.seq
+                    )));
+                }
+                let batch = decode_ops(path, &record.ops)?;
+                tree.apply_logged_batches(vec![batch], applied_key, &record.seq.to_be_bytes()).map_err(Error::Flush)?;
+                last_seq = record.seq;
+            }
+        }
+        let next_number = segments.last().map_or(1, |(number, _)| number + 1);
+        if !segments.is_empty() {
+            store.sync()?;
+            for (_, path) in &segments {
+                std::fs::remove_file(path).map_err(|source| io(path, source))?;
+            }
+        }
+        let segment = create_segment(dir, next_number, durability)?;
+        let failed = Arc::new(Mutex::new(None));
+        let overlay = Arc::new(Mutex::new(BTreeMap::new()));
+        let (applier, handed) = std::sync::mpsc::channel();
+        let applier_thread = {
+            let applier = Applier {
+                store: store.clone(),
+                tree: tree.clone(),
+                applied_key: applied_key.to_vec(),
+                dir: dir.to_owned(),
+                durability,
+                overlay: overlay.clone(),
+            };
+            let failed = failed.clone();
+            std::thread::Builder::new()
+                .name("wal-applier".into())
+                .spawn(move || applier.run(&handed, &failed))
+                .map_err(|source| io(dir, source))?
+        };
+        Ok(LoggedTree {
+            dir: dir.to_owned(),
+            durability,
+            options,
+            tree,
+            staged: Mutex::new(Staged { next_seq: last_seq + 1, records: Vec::new(), batches: Vec::new() }),
+            overlay,
+            segment: Mutex::new(segment),
+            applier: Some(applier),
+            applier_thread: Some(applier_thread),
+            failed,
+        })
+    }
+
+    /// Stages `batch`: every read sees it at once; durable (and in sled) after the next
+    /// [`LoggedTree::sync`].
+    pub fn apply(&self, batch: LogBatch) {
+        let LogBatch { batch, ops, writes } = batch;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&ops);
+        let mut staged = lock(&self.staged);
+        let seq = staged.next_seq;
+        staged.next_seq += 1;
+        crc.update(&seq.to_le_bytes());
+        let records = &mut staged.records;
+        records.extend_from_slice(&((ops.len() + 8) as u32).to_le_bytes());
+        records.extend_from_slice(&crc.finalize().to_le_bytes());
+        records.extend_from_slice(&ops);
+        records.extend_from_slice(&seq.to_le_bytes());
+        staged.batches.push(batch);
+        // Under the staged lock, so the overlay holds each key's latest staged write.
+        let mut overlay = lock(&self.overlay);
+        for (key, value) in writes {
+            overlay.insert(key, (seq, value));
+        }
+    }
+
+    /// Makes every staged batch durable: writes their records and, power-safe, `fdatasync`s
+    /// the segment; then hands them to the applier. A full segment is closed here and
+    /// handed to the applier to checkpoint.
+    pub fn sync(&self) -> Result<(), Error> {
+        if let Some(failure) = lock(&self.failed).as_ref() {
+            return Err(Error::Group(failure.clone()));
+        }
+        let mut segment = lock(&self.segment);
+        let (records, batches, last_seq) = {
+            let mut staged = lock(&self.staged);
+            let last_seq = staged.next_seq - 1;
+            (std::mem::take(&mut staged.records), std::mem::take(&mut staged.batches), last_seq)
+        };
+        if batches.is_empty() {
+            return Ok(());
+        }
+        segment.file.write_all(&records).map_err(Error::Sync)?;
+        if self.durability == Durability::PowerSafe {
+            segment.file.sync_data().map_err(Error::Sync)?;
+        }
+        segment.len += records.len() as u64;
+        let applier = self.applier.as_ref().ok_or(Error::Stopped)?;
+        applier.send(Handed::Apply(batches, last_seq)).map_err(|_| Error::Stopped)?;
+        if segment.len >= self.options.segment_bytes {
+            let closed = segment.number;
+            *segment = create_segment(&self.dir, closed + 1, self.durability)?;
+            applier.send(Handed::Checkpoint(closed)).map_err(|_| Error::Stopped)?;
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
+        if let Some((_, value)) = lock(&self.overlay).get(key.as_ref()) {
+            return Ok(value.clone());
+        }
+        self.tree.get(key)
+    }
+
+    /// Every entry whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Merged<sled::Iter> {
+        let prefix = prefix.as_ref();
+        let staged = self.staged_in(Bound::Included(prefix), Bound::Unbounded, |key| key.starts_with(prefix));
+        Merged::new(self.tree.scan_prefix(prefix), staged, false)
+    }
+
+    /// The last entry whose key starts with `prefix`.
+    pub fn last_with_prefix(&self, prefix: impl AsRef<[u8]>) -> sled::Result<Option<(IVec, IVec)>> {
+        let prefix = prefix.as_ref();
+        let staged = self.staged_in(Bound::Included(prefix), Bound::Unbounded, |key| key.starts_with(prefix));
+        Merged::new(self.tree.scan_prefix(prefix).rev(), staged, true).next().transpose()
+    }
+
+    /// The last entry with a key from `low` to `high`, both included.
+    pub fn last_between(&self, low: &[u8], high: &[u8]) -> sled::Result<Option<(IVec, IVec)>> {
+        let staged = self.staged_in(Bound::Included(low), Bound::Included(high), |_| true);
+        Merged::new(self.tree.range(low.to_vec()..=high.to_vec()).rev(), staged, true).next().transpose()
+    }
+
+    /// Every entry from `start` on, in key order.
+    pub fn range_from(&self, start: &[u8]) -> Merged<sled::Iter> {
+        let staged = self.staged_in(Bound::Included(start), Bound::Unbounded, |_| true);
+        Merged::new(self.tree.range(start.to_vec()..), staged, false)
+    }
+
+    /// The overlay's entries in a range (taken before the tree is read: see the module's
+    /// doc), in key order.
+    fn staged_in(
+        &self,
+        low: Bound<&[u8]>,
+        high: Bound<&[u8]>,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Vec<(Vec<u8>, Option<IVec>)> {
+        lock(&self.overlay)
+            .range::<[u8], _>((low, high))
+            .take_while(|(key, _)| keep(key))
+            .map(|(key, (_, value))| (key.clone(), value.clone()))
+            .collect()
+    }
+
+    /// Bytes the log's segments hold on disk.
+    pub fn size_on_disk(&self) -> Result<u64, Error> {
+        list_segments(&self.dir)?
+            .iter()
+            .map(|(_, path)| std::fs::metadata(path).map(|meta| meta.len()).map_err(|source| io(path, source)))
+            .sum()
+    }
+}
+
+impl Drop for LoggedTree {
+    fn drop(&mut self) {
+        self.applier.take();
+        if let Some(thread) = self.applier_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The applier thread's state: it applies durable batches to sled and checkpoints.
+struct Applier {
+    store: Opened,
+    tree: sled::Tree,
+    applied_key: Vec<u8>,
+    dir: PathBuf,
+    durability: Durability,
+    overlay: Arc<Mutex<Overlay>>,
+}
+
+impl Applier {
+    fn run(&self, handed: &Receiver<Handed>, failed: &Mutex<Option<String>>) {
+        while let Ok(next) = handed.recv() {
+            let outcome = match next {
+                Handed::Apply(batches, last_seq) => self.apply(batches, last_seq),
+                Handed::Checkpoint(closed) => self.checkpoint(closed),
+            };
+            if let Err(error) = outcome {
+                tracing::error!(%error, "the write-ahead log's applier failed; every later sync fails");
+                *lock(failed) = Some(format!("the write-ahead log's applier failed: {error}"));
+                return;
+            }
+        }
+    }
+
+    fn apply(&self, batches: Vec<sled::Batch>, last_seq: u64) -> Result<(), Error> {
+        self.tree.apply_logged_batches(batches, &self.applied_key, &last_seq.to_be_bytes()).map_err(Error::Flush)?;
+        lock(&self.overlay).retain(|_, (seq, _)| *seq > last_seq);
+        Ok(())
+    }
+
+    /// Every batch of the segments up to `closed` was handed (and so applied) before this:
+    /// once sled is durable they are no longer needed.
+    fn checkpoint(&self, closed: u64) -> Result<(), Error> {
+        self.store.sync()?;
+        for (segment, path) in list_segments(&self.dir)? {
+            if segment <= closed {
+                std::fs::remove_file(&path).map_err(|source| io(&path, source))?;
+            }
+        }
+        sync_dir(&self.dir, self.durability)
+    }
+}
+
+/// The tree's entries merged with the overlay's (which win, and hide removed keys), in key
+/// order or, `reverse`, backwards.
+pub struct Merged<I: Iterator<Item = sled::Result<(IVec, IVec)>>> {
+    tree: Peekable<I>,
+    staged: Peekable<std::vec::IntoIter<(Vec<u8>, Option<IVec>)>>,
+    reverse: bool,
+}
+
+impl<I: Iterator<Item = sled::Result<(IVec, IVec)>>> Merged<I> {
+    fn new(tree: I, mut staged: Vec<(Vec<u8>, Option<IVec>)>, reverse: bool) -> Merged<I> {
+        if reverse {
+            staged.reverse();
+        }
+        Merged { tree: tree.peekable(), staged: staged.into_iter().peekable(), reverse }
+    }
+}
+
+impl<I: Iterator<Item = sled::Result<(IVec, IVec)>>> Iterator for Merged<I> {
+    type Item = sled::Result<(IVec, IVec)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let order = match (self.tree.peek(), self.staged.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) | (Some(_), None) => return self.tree.next(),
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(Ok((tree_key, _))), Some((staged_key, _))) => {
+                    let order = tree_key.as_ref().cmp(staged_key.as_slice());
+                    if self.reverse {
+                        order.reverse()
+                    } else {
+                        order
+                    }
+                }
+            };
+            match order {
+                std::cmp::Ordering::Less => return self.tree.next(),
+                std::cmp::Ordering::Equal => {
+                    self.tree.next();
+                }
+                std::cmp::Ordering::Greater => {}
+            }
+            if let Some((key, Some(value))) = self.staged.next() {
+                return Some(Ok((IVec::from(key), value)));
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a panic mid-append; the bytes appended are whole records or
+    // none, as each is pushed after its batch applied.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn io(path: &Path, source: std::io::Error) -> Error {
+    Error::Log { path: path.to_owned(), source }
+}
+
+fn stored_seq(tree: &sled::Tree, key: &[u8]) -> Result<u64, Error> {
+    match tree.get(key).map_err(Error::Flush)? {
+        None => Ok(0),
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| Error::Corrupt(format!("the log's applied number has {} bytes, not 8", bytes.len()))),
+    }
+}
+
+const SUFFIX: &str = ".wal";
+
+fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:020}{SUFFIX}"))
+}
+
+/// The folder's segments, oldest first.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, Error> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|source| io(dir, source))? {
+        let path = entry.map_err(|source| io(dir, source))?.path();
+        let number = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(SUFFIX))
+            .and_then(|digits| digits.parse::<u64>().ok());
+        if let Some(number) = number {
+            segments.push((number, path));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+fn create_segment(dir: &Path, number: u64, durability: Durability) -> Result<Segment, Error> {
+    let path = segment_path(dir, number);
+    let file = FileOptions::new().create(true).append(true).open(&path).map_err(|source| io(&path, source))?;
+    // The new file's name must survive a power loss before any record in it is acknowledged.
+    sync_dir(dir, durability)?;
+    Ok(Segment { number, file, len: 0 })
+}
+
+fn sync_dir(dir: &Path, durability: Durability) -> Result<(), Error> {
+    if durability == Durability::PowerSafe {
+        File::open(dir).and_then(|folder| folder.sync_all()).map_err(|source| io(dir, source))?;
+    }
+    Ok(())
+}
+
+struct Record {
+    seq: u64,
+    ops: Vec<u8>,
+}
+
+/// The whole records of one segment. A torn or corrupt record ends the last segment (see
+/// the module's doc) and is an error in any other.
+fn read_segment(path: &Path, is_last: bool) -> Result<Vec<Record>, Error> {
+    let mut bytes = Vec::new();
+    File::open(path).and_then(|mut file| file.read_to_end(&mut bytes)).map_err(|source| io(path, source))?;
+    let mut records = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        match parse_record(&bytes[at..]) {
+            Some((record, used)) => {
+                records.push(record);
+                at += used;
+            }
+            None if is_last => break,
+            None => {
+                return Err(Error::Corrupt(format!("{}: a torn or corrupt record at byte {at}", path.display())));
+            }
+        }
+    }
+    Ok(records)
+}
+
+fn parse_record(bytes: &[u8]) -> Option<(Record, usize)> {
+    let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    let body = bytes.get(8..8 + len)?;
+    let (ops, seq) = body.split_at(len.checked_sub(8)?);
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    Some((Record { seq: u64::from_le_bytes(seq.try_into().ok()?), ops: ops.to_vec() }, 8 + len))
+}
+
+fn decode_ops(path: &Path, mut ops: &[u8]) -> Result<sled::Batch, Error> {
+    let corrupt = || Error::Corrupt(format!("{}: a record's operations do not parse", path.display()));
+    let take = |ops: &mut &[u8]| -> Option<Vec<u8>> {
+        let len = u32::from_le_bytes(ops.get(0..4)?.try_into().ok()?) as usize;
+        let bytes = ops.get(4..4 + len)?.to_vec();
+        *ops = &ops[4 + len..];
+        Some(bytes)
+    };
+    let mut batch = sled::Batch::default();
+    while let Some((&tag, rest)) = ops.split_first() {
+        ops = rest;
+        let key = take(&mut ops).ok_or_else(corrupt)?;
+        match tag {
+            1 => batch.insert(key, take(&mut ops).ok_or_else(corrupt)?),
+            0 => batch.remove(key),
+            _ => return Err(corrupt()),
+        }
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+#[path = "wal_tests.rs"]
+mod tests;
