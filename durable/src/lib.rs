@@ -4,7 +4,8 @@
 //! sled store with it ([`open`], keeping sled's log file at hand to `fdatasync`), making
 //! everything applied so far durable ([`Opened::sync`]), group commit (one sync for every
 //! writer that asked meanwhile: [`commit::group_commit`] and the async [`Flusher`] built on
-//! it), the one codec of persisted records ([`codec`]), which still reads every format
+//! it), a write-ahead log in front of a tree ([`wal::LoggedTree`]: logged and synced first,
+//! applied to sled after), the one codec of persisted records ([`codec`]), which still reads every format
 //! either program ever wrote, and the binaries' async runtime sized around the threads that
 //! sync ([`runtime`]).
 //!

@@ -1,5 +1,5 @@
 //! The sled backend of the storage seam: every run's events, its summary and the engine's
-//! indexes in one sled tree with key prefixes, so that one batch is one atomic `apply_batch`.
+//! indexes in one sled tree with key prefixes, so that one batch is one atomic write.
 //!
 //! Key layout (IDs never contain a NUL byte, numbers are big-endian so keys sort by them):
 //! - `h` id 0x00 seq      -> the events of one transition (all of the run's in one batch), the
