@@ -136,8 +136,8 @@ pub struct LoggedTree {
     segment: Mutex<Segment>,
     applier: Option<Sender<Handed>>,
     applier_thread: Option<std::thread::JoinHandle<()>>,
-    /// Set when the applier failed: every later sync fails, as the tree no longer follows
-    /// the log (a restart replays it).
+    /// Set when writing the log or the applier failed: every later sync fails, as the log
+    /// or the tree can no longer be trusted (a restart replays the log).
     failed: Arc<Mutex<Option<String>>>,
 }
 
@@ -259,9 +259,15 @@ impl LoggedTree {
         if batches.is_empty() {
             return Ok(());
         }
-        segment.file.write_all(&records).map_err(Error::Sync)?;
-        if self.durability == Durability::PowerSafe {
-            segment.file.sync_data().map_err(Error::Sync)?;
+        let written = segment.file.write_all(&records).and_then(|()| match self.durability {
+            Durability::PowerSafe => segment.file.sync_data(),
+            Durability::ProcessCrash => Ok(()),
+        });
+        if let Err(error) = written {
+            // Part of a record may be in the file: a record written after it would be past
+            // a torn one, which recovery never reads. So no sync may succeed after this.
+            *lock(&self.failed) = Some(format!("writing the write-ahead log failed: {error}"));
+            return Err(Error::Sync(error));
         }
         segment.len += records.len() as u64;
         let applier = self.applier.as_ref().ok_or(Error::Stopped)?;

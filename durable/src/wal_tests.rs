@@ -179,3 +179,16 @@ fn merged_entries_go_backwards_too() {
     assert_eq!(keys(Merged::new(tree.clone().into_iter(), staged.clone(), false)), ["a", "b", "d", "e"]);
     assert_eq!(keys(Merged::new(tree.into_iter().rev(), staged, true)), ["e", "d", "b", "a"]);
 }
+
+#[test]
+fn after_a_failed_write_no_sync_succeeds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_store, log) = open_logged(dir.path(), WalOptions::default());
+    let (_, path) = list_segments(&dir.path().join("wal")).expect("lists").pop().expect("one segment");
+    // A segment that refuses writes, as a failing disk does.
+    lock(&log.segment).file = File::open(&path).expect("opens read-only");
+    put(&log, &[("k", "v")]);
+    assert!(matches!(log.sync(), Err(Error::Sync(_))));
+    put(&log, &[("k2", "v2")]);
+    assert!(matches!(log.sync(), Err(Error::Group(_))), "a record after a torn one would never be read");
+}
