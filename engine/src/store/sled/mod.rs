@@ -31,11 +31,11 @@
 //! no longer in flight. A batch is checked against these numbers, under the same lock that
 //! applies it, before anything is applied.
 //!
-//! Durability: `apply` is one atomic `apply_batch` (in memory, visible to readers) through
-//! the store's write-ahead log (`shop_durable::wal`, folder `wal` in the store's), which
-//! appends the batch's record; `sync` writes those records and, power-safe, `fdatasync`s
-//! them. Every write to the tree goes through the log. This module must never decide
-//! anything about workflows.
+//! Durability: every write goes through the store's write-ahead log (`shop_durable::wal`,
+//! folder `wal` in the store's). `apply` stages the batch there (every read of this store
+//! sees it at once); `sync` writes its record and, power-safe, `fdatasync`s it; sled gets
+//! the batch after that, on the log's applier thread. A store an older engine wrote has no
+//! log and opens as it is. This module must never decide anything about workflows.
 
 use super::{
     Epoch, Error, HistoryStore, IndexedAppend, PositionedEvent, RunSummary, ShardId, TokenRecord, WriteBatch,
