@@ -35,12 +35,16 @@
 //! not a snapshot (nor was sled's iteration). This module must never know what the keys
 //! mean, and nothing may write the tree except through [`LoggedTree::apply`].
 
+mod merged;
+mod segment;
+
+pub use merged::Merged;
+
 use crate::open::{Durability, Error, Opened};
+use segment::{create_segment, decode_ops, list_segments, read_segment, sync_dir, Segment};
 use sled::IVec;
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions as FileOptions};
-use std::io::{Read, Write};
-use std::iter::Peekable;
+use std::io::Write;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender};
@@ -102,13 +106,6 @@ struct Staged {
     next_seq: u64,
     records: Vec<u8>,
     batches: Vec<sled::Batch>,
-}
-
-/// The segment being written.
-struct Segment {
-    number: u64,
-    file: File,
-    len: u64,
 }
 
 /// Staged writes not yet in the tree: the latest per key, with its record's number.
@@ -390,55 +387,6 @@ impl Applier {
     }
 }
 
-/// The tree's entries merged with the overlay's (which win, and hide removed keys), in key
-/// order or, `reverse`, backwards.
-pub struct Merged<I: Iterator<Item = sled::Result<(IVec, IVec)>>> {
-    tree: Peekable<I>,
-    staged: Peekable<std::vec::IntoIter<(Vec<u8>, Option<IVec>)>>,
-    reverse: bool,
-}
-
-impl<I: Iterator<Item = sled::Result<(IVec, IVec)>>> Merged<I> {
-    fn new(tree: I, mut staged: Vec<(Vec<u8>, Option<IVec>)>, reverse: bool) -> Merged<I> {
-        if reverse {
-            staged.reverse();
-        }
-        Merged { tree: tree.peekable(), staged: staged.into_iter().peekable(), reverse }
-    }
-}
-
-impl<I: Iterator<Item = sled::Result<(IVec, IVec)>>> Iterator for Merged<I> {
-    type Item = sled::Result<(IVec, IVec)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let order = match (self.tree.peek(), self.staged.peek()) {
-                (None, None) => return None,
-                (Some(Err(_)), _) | (Some(_), None) => return self.tree.next(),
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some(Ok((tree_key, _))), Some((staged_key, _))) => {
-                    let order = tree_key.as_ref().cmp(staged_key.as_slice());
-                    if self.reverse {
-                        order.reverse()
-                    } else {
-                        order
-                    }
-                }
-            };
-            match order {
-                std::cmp::Ordering::Less => return self.tree.next(),
-                std::cmp::Ordering::Equal => {
-                    self.tree.next();
-                }
-                std::cmp::Ordering::Greater => {}
-            }
-            if let Some((key, Some(value))) = self.staged.next() {
-                return Some(Ok((IVec::from(key), value)));
-            }
-        }
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock means a panic mid-append; the bytes appended are whole records or
     // none, as each is pushed after its batch applied.
@@ -458,104 +406,5 @@ fn stored_seq(tree: &sled::Tree, key: &[u8]) -> Result<u64, Error> {
     }
 }
 
-const SUFFIX: &str = ".wal";
-
-fn segment_path(dir: &Path, number: u64) -> PathBuf {
-    dir.join(format!("{number:020}{SUFFIX}"))
-}
-
-/// The folder's segments, oldest first.
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, Error> {
-    let mut segments = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|source| io(dir, source))? {
-        let path = entry.map_err(|source| io(dir, source))?.path();
-        let number = path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .and_then(|name| name.strip_suffix(SUFFIX))
-            .and_then(|digits| digits.parse::<u64>().ok());
-        if let Some(number) = number {
-            segments.push((number, path));
-        }
-    }
-    segments.sort();
-    Ok(segments)
-}
-
-fn create_segment(dir: &Path, number: u64, durability: Durability) -> Result<Segment, Error> {
-    let path = segment_path(dir, number);
-    let file = FileOptions::new().create(true).append(true).open(&path).map_err(|source| io(&path, source))?;
-    // The new file's name must survive a power loss before any record in it is acknowledged.
-    sync_dir(dir, durability)?;
-    Ok(Segment { number, file, len: 0 })
-}
-
-fn sync_dir(dir: &Path, durability: Durability) -> Result<(), Error> {
-    if durability == Durability::PowerSafe {
-        File::open(dir).and_then(|folder| folder.sync_all()).map_err(|source| io(dir, source))?;
-    }
-    Ok(())
-}
-
-struct Record {
-    seq: u64,
-    ops: Vec<u8>,
-}
-
-/// The whole records of one segment. A torn or corrupt record ends the last segment (see
-/// the module's doc) and is an error in any other.
-fn read_segment(path: &Path, is_last: bool) -> Result<Vec<Record>, Error> {
-    let mut bytes = Vec::new();
-    File::open(path).and_then(|mut file| file.read_to_end(&mut bytes)).map_err(|source| io(path, source))?;
-    let mut records = Vec::new();
-    let mut at = 0usize;
-    while at < bytes.len() {
-        match parse_record(&bytes[at..]) {
-            Some((record, used)) => {
-                records.push(record);
-                at += used;
-            }
-            None if is_last => break,
-            None => {
-                return Err(Error::Corrupt(format!("{}: a torn or corrupt record at byte {at}", path.display())));
-            }
-        }
-    }
-    Ok(records)
-}
-
-fn parse_record(bytes: &[u8]) -> Option<(Record, usize)> {
-    let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
-    let body = bytes.get(8..8 + len)?;
-    let (ops, seq) = body.split_at(len.checked_sub(8)?);
-    if crc32fast::hash(body) != crc {
-        return None;
-    }
-    Some((Record { seq: u64::from_le_bytes(seq.try_into().ok()?), ops: ops.to_vec() }, 8 + len))
-}
-
-fn decode_ops(path: &Path, mut ops: &[u8]) -> Result<sled::Batch, Error> {
-    let corrupt = || Error::Corrupt(format!("{}: a record's operations do not parse", path.display()));
-    let take = |ops: &mut &[u8]| -> Option<Vec<u8>> {
-        let len = u32::from_le_bytes(ops.get(0..4)?.try_into().ok()?) as usize;
-        let bytes = ops.get(4..4 + len)?.to_vec();
-        *ops = &ops[4 + len..];
-        Some(bytes)
-    };
-    let mut batch = sled::Batch::default();
-    while let Some((&tag, rest)) = ops.split_first() {
-        ops = rest;
-        let key = take(&mut ops).ok_or_else(corrupt)?;
-        match tag {
-            1 => batch.insert(key, take(&mut ops).ok_or_else(corrupt)?),
-            0 => batch.remove(key),
-            _ => return Err(corrupt()),
-        }
-    }
-    Ok(batch)
-}
-
 #[cfg(test)]
-#[path = "wal_tests.rs"]
 mod tests;

@@ -1,6 +1,8 @@
+use super::segment::segment_path;
 use super::*;
 use crate::test_support::reopen;
 use crate::{Durability, OpenOptions};
+use std::fs::File;
 use std::time::{Duration, Instant};
 
 const MARK: &[u8] = b"m applied";
