@@ -41,10 +41,9 @@ mod segment;
 pub use merged::Merged;
 
 use crate::open::{Durability, Error, Opened};
-use segment::{create_segment, decode_ops, list_segments, read_segment, sync_dir, Segment};
+use segment::{decode_ops, encode_record, push_bytes, Log, INSERT, REMOVE};
 use sled::IVec;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender};
@@ -78,7 +77,7 @@ pub struct LogBatch {
 impl LogBatch {
     pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let (key, value) = (key.as_ref(), value.as_ref());
-        self.ops.push(1);
+        self.ops.push(INSERT);
         push_bytes(&mut self.ops, key);
         push_bytes(&mut self.ops, value);
         let value = IVec::from(value);
@@ -88,17 +87,11 @@ impl LogBatch {
 
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
         let key = key.as_ref();
-        self.ops.push(0);
+        self.ops.push(REMOVE);
         push_bytes(&mut self.ops, key);
         self.batch.remove(key);
         self.writes.push((key.to_vec(), None));
     }
-}
-
-fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    // Keys and values are bounded far below 4 GiB by the callers' own limits (sled's too).
-    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(bytes);
 }
 
 /// Batches applied to the overlay since the last sync: their records and sled batches.
@@ -124,13 +117,11 @@ enum Handed {
 /// synced is lost, as it was never acknowledged.
 pub struct LoggedTree {
     dir: PathBuf,
-    durability: Durability,
-    options: WalOptions,
     tree: sled::Tree,
     staged: Mutex<Staged>,
     overlay: Arc<Mutex<Overlay>>,
     /// Held for a whole sync: syncs write records in order.
-    segment: Mutex<Segment>,
+    log: Mutex<Log>,
     applier: Option<Sender<Handed>>,
     applier_thread: Option<std::thread::JoinHandle<()>>,
     /// Set when writing the log or the applier failed: every later sync fails, as the log
@@ -155,36 +146,11 @@ impl LoggedTree {
         durability: Durability,
         options: WalOptions,
     ) -> Result<LoggedTree, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
         let applied = stored_seq(&tree, applied_key)?;
-        let segments = list_segments(dir)?;
-        let mut last_seq = applied;
-        for (index, (number, path)) in segments.iter().enumerate() {
-            let is_last = index + 1 == segments.len();
-            for record in read_segment(path, is_last)? {
-                if record.seq <= applied {
-                    continue;
-                }
-                if record.seq != last_seq + 1 {
-                    return Err(Error::Corrupt(format!(
-                        "{}: record {} follows {last_seq} (segment {number})",
-                        path.display(),
-                        record.seq
-                    )));
-                }
-                let batch = decode_ops(path, &record.ops)?;
-                tree.apply_logged_batches(vec![batch], applied_key, &record.seq.to_be_bytes()).map_err(Error::Flush)?;
-                last_seq = record.seq;
-            }
-        }
-        let next_number = segments.last().map_or(1, |(number, _)| number + 1);
-        if !segments.is_empty() {
-            store.sync()?;
-            for (_, path) in &segments {
-                std::fs::remove_file(path).map_err(|source| io(path, source))?;
-            }
-        }
-        let segment = create_segment(dir, next_number, durability)?;
+        let (log, last_seq) = Log::open(dir, store, durability, options.segment_bytes, applied, |path, record| {
+            let sections = decode_ops(path, &record.ops, &store.db, &tree)?;
+            apply_record(&tree, sections, applied_key, record.seq)
+        })?;
         let failed = Arc::new(Mutex::new(None));
         let overlay = Arc::new(Mutex::new(BTreeMap::new()));
         let (applier, handed) = std::sync::mpsc::channel();
@@ -205,12 +171,10 @@ impl LoggedTree {
         };
         Ok(LoggedTree {
             dir: dir.to_owned(),
-            durability,
-            options,
             tree,
             staged: Mutex::new(Staged { next_seq: last_seq + 1, records: Vec::new(), batches: Vec::new() }),
             overlay,
-            segment: Mutex::new(segment),
+            log: Mutex::new(log),
             applier: Some(applier),
             applier_thread: Some(applier_thread),
             failed,
@@ -221,17 +185,10 @@ impl LoggedTree {
     /// [`LoggedTree::sync`].
     pub fn apply(&self, batch: LogBatch) {
         let LogBatch { batch, ops, writes } = batch;
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&ops);
         let mut staged = lock(&self.staged);
         let seq = staged.next_seq;
         staged.next_seq += 1;
-        crc.update(&seq.to_le_bytes());
-        let records = &mut staged.records;
-        records.extend_from_slice(&((ops.len() + 8) as u32).to_le_bytes());
-        records.extend_from_slice(&crc.finalize().to_le_bytes());
-        records.extend_from_slice(&ops);
-        records.extend_from_slice(&seq.to_le_bytes());
+        encode_record(&mut staged.records, &ops, seq);
         staged.batches.push(batch);
         // Under the staged lock, so the overlay holds each key's latest staged write.
         let mut overlay = lock(&self.overlay);
@@ -247,7 +204,7 @@ impl LoggedTree {
         if let Some(failure) = lock(&self.failed).as_ref() {
             return Err(Error::Group(failure.clone()));
         }
-        let mut segment = lock(&self.segment);
+        let mut log = lock(&self.log);
         let (records, batches, last_seq) = {
             let mut staged = lock(&self.staged);
             let last_seq = staged.next_seq - 1;
@@ -256,22 +213,18 @@ impl LoggedTree {
         if batches.is_empty() {
             return Ok(());
         }
-        let written = segment.file.write_all(&records).and_then(|()| match self.durability {
-            Durability::PowerSafe => segment.file.sync_data(),
-            Durability::ProcessCrash => Ok(()),
-        });
-        if let Err(error) = written {
-            // Part of a record may be in the file: a record written after it would be past
-            // a torn one, which recovery never reads. So no sync may succeed after this.
-            *lock(&self.failed) = Some(format!("writing the write-ahead log failed: {error}"));
-            return Err(Error::Sync(error));
-        }
-        segment.len += records.len() as u64;
+        let closed = match log.write(&records) {
+            Ok(closed) => closed,
+            Err(error) => {
+                // Part of a record may be in the file: a record written after it would be
+                // past a torn one, which recovery never reads. So no sync may succeed after.
+                *lock(&self.failed) = Some(format!("writing the write-ahead log failed: {error}"));
+                return Err(Error::Sync(error));
+            }
+        };
         let applier = self.applier.as_ref().ok_or(Error::Stopped)?;
         applier.send(Handed::Apply(batches, last_seq)).map_err(|_| Error::Stopped)?;
-        if segment.len >= self.options.segment_bytes {
-            let closed = segment.number;
-            *segment = create_segment(&self.dir, closed + 1, self.durability)?;
+        if let Some(closed) = closed {
             applier.send(Handed::Checkpoint(closed)).map_err(|_| Error::Stopped)?;
         }
         Ok(())
@@ -327,10 +280,7 @@ impl LoggedTree {
 
     /// Bytes the log's segments hold on disk.
     pub fn size_on_disk(&self) -> Result<u64, Error> {
-        list_segments(&self.dir)?
-            .iter()
-            .map(|(_, path)| std::fs::metadata(path).map(|meta| meta.len()).map_err(|source| io(path, source)))
-            .sum()
+        segment::size_on_disk(&self.dir)
     }
 }
 
@@ -369,22 +319,30 @@ impl Applier {
     }
 
     fn apply(&self, batches: Vec<sled::Batch>, last_seq: u64) -> Result<(), Error> {
-        self.tree.apply_logged_batches(batches, &self.applied_key, &last_seq.to_be_bytes()).map_err(Error::Flush)?;
+        let marker = Some((self.applied_key.as_slice(), &last_seq.to_be_bytes()[..]));
+        self.tree.apply_logged_batches(batches, marker).map_err(Error::Flush)?;
         lock(&self.overlay).retain(|_, (seq, _)| *seq > last_seq);
         Ok(())
     }
 
-    /// Every batch of the segments up to `closed` was handed (and so applied) before this:
-    /// once sled is durable they are no longer needed.
+    /// Every batch of the segments up to `closed` was handed (and so applied) before this.
     fn checkpoint(&self, closed: u64) -> Result<(), Error> {
-        self.store.sync()?;
-        for (segment, path) in list_segments(&self.dir)? {
-            if segment <= closed {
-                std::fs::remove_file(&path).map_err(|source| io(&path, source))?;
-            }
-        }
-        sync_dir(&self.dir, self.durability)
+        segment::checkpoint(&self.store, &self.dir, self.durability, closed)
     }
+}
+
+/// Applies one replayed record's writes (by tree), then sets `applied_key` in `marked` to
+/// its number: after every write of the record, as the log's recovery needs.
+fn apply_record(
+    marked: &sled::Tree,
+    sections: Vec<(sled::Tree, sled::Batch)>,
+    applied_key: &[u8],
+    seq: u64,
+) -> Result<(), Error> {
+    for (tree, batch) in sections {
+        tree.apply_logged_batches(vec![batch], None).map_err(Error::Flush)?;
+    }
+    marked.apply_logged_batches(Vec::new(), Some((applied_key, &seq.to_be_bytes()[..]))).map_err(Error::Flush)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

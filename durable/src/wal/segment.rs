@@ -2,16 +2,16 @@
 //! and reading them back. It must never touch the tree.
 
 use super::io;
-use crate::open::{Durability, Error};
+use crate::open::{Durability, Error, Opened};
 use std::fs::{File, OpenOptions as FileOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// The segment being written.
-pub(super) struct Segment {
-    pub(super) number: u64,
-    pub(super) file: File,
-    pub(super) len: u64,
+struct Segment {
+    number: u64,
+    file: File,
+    len: u64,
 }
 
 const SUFFIX: &str = ".wal";
@@ -38,7 +38,7 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, Error> {
     Ok(segments)
 }
 
-pub(super) fn create_segment(dir: &Path, number: u64, durability: Durability) -> Result<Segment, Error> {
+fn create_segment(dir: &Path, number: u64, durability: Durability) -> Result<Segment, Error> {
     let path = segment_path(dir, number);
     let file = FileOptions::new().create(true).append(true).open(&path).map_err(|source| io(&path, source))?;
     // The new file's name must survive a power loss before any record in it is acknowledged.
@@ -46,7 +46,7 @@ pub(super) fn create_segment(dir: &Path, number: u64, durability: Durability) ->
     Ok(Segment { number, file, len: 0 })
 }
 
-pub(super) fn sync_dir(dir: &Path, durability: Durability) -> Result<(), Error> {
+fn sync_dir(dir: &Path, durability: Durability) -> Result<(), Error> {
     if durability == Durability::PowerSafe {
         File::open(dir).and_then(|folder| folder.sync_all()).map_err(|source| io(dir, source))?;
     }
@@ -60,7 +60,7 @@ pub(super) struct Record {
 
 /// The whole records of one segment. A torn or corrupt record ends the last segment (see
 /// the module's doc) and is an error in any other.
-pub(super) fn read_segment(path: &Path, is_last: bool) -> Result<Vec<Record>, Error> {
+fn read_segment(path: &Path, is_last: bool) -> Result<Vec<Record>, Error> {
     let mut bytes = Vec::new();
     File::open(path).and_then(|mut file| file.read_to_end(&mut bytes)).map_err(|source| io(path, source))?;
     let mut records = Vec::new();
@@ -91,7 +91,14 @@ fn parse_record(bytes: &[u8]) -> Option<(Record, usize)> {
     Some((Record { seq: u64::from_le_bytes(seq.try_into().ok()?), ops: ops.to_vec() }, 8 + len))
 }
 
-pub(super) fn decode_ops(path: &Path, mut ops: &[u8]) -> Result<sled::Batch, Error> {
+/// A record's writes, by tree: `tree` until an op names another (`2 | name_len u32 | name`,
+/// written by a log that serves several trees).
+pub(super) fn decode_ops(
+    path: &Path,
+    mut ops: &[u8],
+    db: &sled::Db,
+    tree: &sled::Tree,
+) -> Result<Vec<(sled::Tree, sled::Batch)>, Error> {
     let corrupt = || Error::Corrupt(format!("{}: a record's operations do not parse", path.display()));
     let take = |ops: &mut &[u8]| -> Option<Vec<u8>> {
         let len = u32::from_le_bytes(ops.get(0..4)?.try_into().ok()?) as usize;
@@ -99,15 +106,135 @@ pub(super) fn decode_ops(path: &Path, mut ops: &[u8]) -> Result<sled::Batch, Err
         *ops = &ops[4 + len..];
         Some(bytes)
     };
-    let mut batch = sled::Batch::default();
+    let mut sections = vec![(tree.clone(), sled::Batch::default())];
     while let Some((&tag, rest)) = ops.split_first() {
         ops = rest;
-        let key = take(&mut ops).ok_or_else(corrupt)?;
+        let bytes = take(&mut ops).ok_or_else(corrupt)?;
+        let batch = match sections.last_mut() {
+            Some((_, batch)) => batch,
+            None => return Err(corrupt()),
+        };
         match tag {
-            1 => batch.insert(key, take(&mut ops).ok_or_else(corrupt)?),
-            0 => batch.remove(key),
+            INSERT => batch.insert(bytes, take(&mut ops).ok_or_else(corrupt)?),
+            REMOVE => batch.remove(bytes),
+            TREE => sections.push((db.open_tree(bytes).map_err(Error::Flush)?, sled::Batch::default())),
             _ => return Err(corrupt()),
         }
     }
-    Ok(batch)
+    Ok(sections)
+}
+
+/// An op's first byte.
+pub(super) const REMOVE: u8 = 0;
+pub(super) const INSERT: u8 = 1;
+pub(super) const TREE: u8 = 2;
+
+pub(super) fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Keys and values are bounded far below 4 GiB by the callers' own limits (sled's too).
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Appends one record of `ops`, numbered `seq`, to `out`.
+pub(super) fn encode_record(out: &mut Vec<u8>, ops: &[u8], seq: u64) {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(ops);
+    crc.update(&seq.to_le_bytes());
+    out.extend_from_slice(&((ops.len() + 8) as u32).to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(ops);
+    out.extend_from_slice(&seq.to_le_bytes());
+}
+
+/// The log's folder and the segment being written.
+pub(super) struct Log {
+    dir: PathBuf,
+    durability: Durability,
+    segment_bytes: u64,
+    segment: Segment,
+}
+
+impl Log {
+    /// Opens the log in `dir`: hands every record numbered after `applied` to `replay`, in
+    /// order, then, when there were segments, syncs `store` and deletes them, and starts a
+    /// fresh segment. Returns the log and the last record number (at least `applied`).
+    pub(super) fn open(
+        dir: &Path,
+        store: &Opened,
+        durability: Durability,
+        segment_bytes: u64,
+        applied: u64,
+        mut replay: impl FnMut(&Path, &Record) -> Result<(), Error>,
+    ) -> Result<(Log, u64), Error> {
+        std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
+        let segments = list_segments(dir)?;
+        let mut last_seq = applied;
+        for (index, (number, path)) in segments.iter().enumerate() {
+            for record in read_segment(path, index + 1 == segments.len())? {
+                if record.seq <= applied {
+                    continue;
+                }
+                if record.seq != last_seq + 1 {
+                    return Err(Error::Corrupt(format!(
+                        "{}: record {} follows {last_seq} (segment {number})",
+                        path.display(),
+                        record.seq
+                    )));
+                }
+                replay(path, &record)?;
+                last_seq = record.seq;
+            }
+        }
+        let next_number = segments.last().map_or(1, |(number, _)| number + 1);
+        if !segments.is_empty() {
+            store.sync()?;
+            for (_, path) in &segments {
+                std::fs::remove_file(path).map_err(|source| io(path, source))?;
+            }
+        }
+        let segment = create_segment(dir, next_number, durability)?;
+        Ok((Log { dir: dir.to_owned(), durability, segment_bytes, segment }, last_seq))
+    }
+
+    /// Writes `records` and, power-safe, `fdatasync`s them. Returns the number of the segment
+    /// closed when this one filled it (a new one is open then), for [`checkpoint`].
+    pub(super) fn write(&mut self, records: &[u8]) -> Result<Option<u64>, std::io::Error> {
+        self.segment.file.write_all(records)?;
+        if self.durability == Durability::PowerSafe {
+            self.segment.file.sync_data()?;
+        }
+        self.segment.len += records.len() as u64;
+        if self.segment.len < self.segment_bytes {
+            return Ok(None);
+        }
+        let closed = self.segment.number;
+        self.segment = create_segment(&self.dir, closed + 1, self.durability).map_err(std::io::Error::other)?;
+        Ok(Some(closed))
+    }
+
+    #[cfg(test)]
+    pub(super) fn refuse_writes(&mut self) {
+        let path = segment_path(&self.dir, self.segment.number);
+        self.segment.file = File::open(path).expect("opens read-only");
+    }
+}
+
+/// Bytes the segments in `dir` hold on disk.
+pub(super) fn size_on_disk(dir: &Path) -> Result<u64, Error> {
+    list_segments(dir)?
+        .iter()
+        .map(|(_, path)| std::fs::metadata(path).map(|meta| meta.len()).map_err(|source| io(path, source)))
+        .sum()
+}
+
+/// Once every batch of the segments up to `closed` was applied to the store's trees: makes
+/// the store durable, then deletes those segments.
+pub(super) fn checkpoint(store: &Opened, dir: &Path, durability: Durability, closed: u64) -> Result<(), Error> {
+    store.sync()?;
+    for (segment, path) in list_segments(dir)? {
+        if segment <= closed {
+            std::fs::remove_file(&path).map_err(|source| io(&path, source))?;
+        }
+    }
+    sync_dir(dir, durability)
 }

@@ -1,8 +1,7 @@
-use super::segment::segment_path;
+use super::segment::{list_segments, segment_path};
 use super::*;
 use crate::test_support::reopen;
 use crate::{Durability, OpenOptions};
-use std::fs::File;
 use std::time::{Duration, Instant};
 
 const MARK: &[u8] = b"m applied";
@@ -186,9 +185,8 @@ fn merged_entries_go_backwards_too() {
 fn after_a_failed_write_no_sync_succeeds() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_store, log) = open_logged(dir.path(), WalOptions::default());
-    let (_, path) = list_segments(&dir.path().join("wal")).expect("lists").pop().expect("one segment");
     // A segment that refuses writes, as a failing disk does.
-    lock(&log.segment).file = File::open(&path).expect("opens read-only");
+    lock(&log.log).refuse_writes();
     put(&log, &[("k", "v")]);
     assert!(matches!(log.sync(), Err(Error::Sync(_))));
     put(&log, &[("k2", "v2")]);

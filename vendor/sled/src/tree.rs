@@ -379,7 +379,7 @@ impl Tree {
         self.apply_batch_inner(batch, &mut guard)
     }
 
-    /// shop-engine patch: applies `batches` in order, then sets `marker` to `marker_value`,
+    /// shop-engine patch: applies `batches` in order, then sets `marker` (key, value) if given,
     /// atomically for readers (under the same write lock as `apply_batch`) but **not** for
     /// recovery: unlike `apply_batch` it does not pin the log, which seals the log buffer
     /// before and after every batch. For a caller that logs every batch durably itself
@@ -389,13 +389,13 @@ impl Tree {
     pub fn apply_logged_batches(
         &self,
         batches: Vec<Batch>,
-        marker: &[u8],
-        marker_value: &[u8],
+        marker: Option<(&[u8], &[u8])>,
     ) -> Result<()> {
         let _cc = concurrency_control::write();
         let mut guard = pin();
         let writes = batches.into_iter().flat_map(|batch| batch.writes);
-        let last = std::iter::once((IVec::from(marker), Some(IVec::from(marker_value))));
+        let last = marker
+            .map(|(key, value)| (IVec::from(key), Some(IVec::from(value))));
         for (k, v_opt) in writes.chain(last) {
             loop {
                 if self.insert_inner(&k, v_opt.clone(), &mut guard)?.is_ok() {
