@@ -167,7 +167,7 @@ pub struct Notification {
 
 impl Notification {
     pub fn open(opened: store::DomainStore) -> Result<Self, store::Error> {
-        let store::DomainStore { tree: db, flusher } = opened;
+        let store::DomainStore { tree: db, flusher, .. } = opened;
         let mut numbered: Vec<(Vec<u8>, OutboxRecord)> = Vec::new();
         for (prefix, legacy) in [(LEGACY_ENTRY_PREFIX, true), (ENTRY_PREFIX, false)] {
             for entry in db.scan_prefix([prefix]) {
@@ -247,8 +247,8 @@ impl Notification {
         let number = state.entries.len() as u64;
         // Handed over under the lock, so outbox numbers and customer numbers follow write
         // order; the flusher writes it with the other domains' batches of its group.
-        let mut batch = sled::Batch::default();
-        batch.insert(&store::number_key(ENTRY_PREFIX, number), store::encode(&record)?);
+        let mut batch = shop_durable::LogBatch::default();
+        batch.insert(store::number_key(ENTRY_PREFIX, number), store::encode(&record)?);
         self.flusher.write(&self.db, batch).map_err(store::Error::from)?;
         Ok((state.push(record), message))
     }

@@ -114,7 +114,7 @@ pub struct Payment {
 
 impl Payment {
     pub fn open(opened: store::DomainStore) -> Result<Self, store::Error> {
-        let store::DomainStore { tree: db, flusher } = opened;
+        let store::DomainStore { tree: db, flusher, .. } = opened;
         let mut state = State::default();
         for payment in store::scan::<OrderPayment>(&db, &[ORDER_PREFIX])? {
             state.orders.insert(payment.order_id.clone(), payment);
@@ -216,11 +216,11 @@ impl Payment {
     /// then mirrors them in memory. Called with the lock held so the ledger's sequence is
     /// sled's; the caller flushes before it answers.
     fn write(&self, state: &mut State, payment: OrderPayment, entry: Option<LedgerRecord>) -> Result<(), Error> {
-        let mut batch = sled::Batch::default();
+        let mut batch = shop_durable::LogBatch::default();
         batch.insert(store::text_key(ORDER_PREFIX, &payment.order_id), store::encode(&payment)?);
         if let Some(entry) = &entry {
             let seq = u64::try_from(state.ledger.len()).expect("a ledger length fits in u64");
-            batch.insert(&store::number_key(LEDGER_PREFIX, seq), store::encode(entry)?);
+            batch.insert(store::number_key(LEDGER_PREFIX, seq), store::encode(entry)?);
         }
         self.flusher.write(&self.db, batch).map_err(store::Error::from)?;
         state.orders.insert(payment.order_id.clone(), payment);

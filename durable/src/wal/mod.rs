@@ -35,6 +35,7 @@
 //! not a snapshot (nor was sled's iteration). This module must never know what the keys
 //! mean, and nothing may write the tree except through [`LoggedTree::apply`].
 
+pub(crate) mod db_log;
 mod merged;
 mod segment;
 
@@ -83,6 +84,11 @@ impl LogBatch {
         let value = IVec::from(value);
         self.batch.insert(key, value.clone());
         self.writes.push((key.to_vec(), Some(value)));
+    }
+
+    /// The sled batch alone, for a writer that applies it without logging it.
+    pub(crate) fn into_batch(self) -> sled::Batch {
+        self.batch
     }
 
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {

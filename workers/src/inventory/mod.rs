@@ -109,8 +109,9 @@ impl Inventory {
     /// Loads the products and reservations of `db`, seeding the default catalog into a store
     /// that has never been seeded.
     pub fn open(opened: store::DomainStore) -> Result<Self, store::Error> {
-        let store::DomainStore { tree: db, flusher } = opened;
+        let store::DomainStore { tree: db, flusher, store } = opened;
         if db.get(SEEDED_KEY)?.is_none() {
+            // Written directly, so synced here: before anything the flusher logs after it.
             let mut batch = sled::Batch::default();
             for (index, (name, price_cents)) in (1..).zip(CATALOG) {
                 let product = ProductRecord {
@@ -124,6 +125,7 @@ impl Inventory {
             }
             batch.insert(SEEDED_KEY, store::encode(&())?);
             db.apply_batch(batch)?;
+            store.sync()?;
         }
         let mut state = State::default();
         for product in store::scan::<ProductRecord>(&db, &[PRODUCT_PREFIX])? {
@@ -317,8 +319,8 @@ impl Inventory {
         if let Some(price) = request.price_cents {
             product.price_cents = price;
         }
-        let mut batch = sled::Batch::default();
-        batch.insert(&product.key(), store::encode(&product)?);
+        let mut batch = shop_durable::LogBatch::default();
+        batch.insert(product.key(), store::encode(&product)?);
         self.flusher.write(&self.db, batch).map_err(store::Error::from)?;
         let view = product.view();
         state.products.insert(product_id, product);
@@ -333,10 +335,10 @@ impl Inventory {
     /// mirrors them in memory. Called with the lock held so sled and memory see changes in the
     /// same order; the caller flushes before it answers.
     fn write(&self, state: &mut State, products: Vec<ProductRecord>, reservation: Reservation) -> Result<(), Error> {
-        let mut batch = sled::Batch::default();
+        let mut batch = shop_durable::LogBatch::default();
         for product in &products {
             check_product(product)?;
-            batch.insert(&product.key(), store::encode(product)?);
+            batch.insert(product.key(), store::encode(product)?);
         }
         batch.insert(reservation.key(), store::encode(&reservation)?);
         self.flusher.write(&self.db, batch).map_err(store::Error::from)?;

@@ -86,7 +86,8 @@ mod tests {
     async fn old_inventory(data_dir: &Path) {
         let old = open(&data_dir.join("inventory"), Durability::PowerSafe).expect("opens the old layout");
         let flusher = Arc::new(shop_durable::Flusher::start(&old, "old").expect("starts"));
-        let inventory = Inventory::open(DomainStore { tree: (*old.db).clone(), flusher }).expect("loads");
+        let inventory =
+            Inventory::open(DomainStore { tree: (*old.db).clone(), flusher, store: old.clone() }).expect("loads");
         inventory.set_stock(1, &SetStockRequest { units: 7, name: None, price_cents: None }).await.expect("sets");
         let items = [OrderItem { product_id: 2, quantity: 3 }];
         inventory.reserve(&order("o-1"), &items, "res-1").await.expect("reserves");

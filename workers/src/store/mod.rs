@@ -26,6 +26,9 @@ pub use shop_durable::{Durability, Flusher, Opened};
 /// The folder of the process's store under the data dir (one sled log for every domain).
 pub const STORE_DIR: &str = "store";
 
+/// The folder of the store's write-ahead log, inside the store's (`shop_durable::wal`).
+pub const WAL_DIR: &str = "wal";
+
 /// The format version written in front of every new record (the shared codec's).
 pub const FORMAT_VERSION: u8 = codec::FORMAT_VERSION;
 
@@ -71,8 +74,9 @@ pub struct WorkerStore {
 impl WorkerStore {
     /// Opens (creating when missing) the store under `data_dir` and starts its flusher.
     pub fn open(data_dir: &Path, durability: Durability) -> Result<WorkerStore, Error> {
-        let opened = open(&data_dir.join(STORE_DIR), durability)?;
-        let flusher = Arc::new(Flusher::start(&opened, "worker").map_err(Error::FlusherThread)?);
+        let path = data_dir.join(STORE_DIR);
+        let opened = open(&path, durability)?;
+        let flusher = Arc::new(Flusher::start_logged(&opened, &path.join(WAL_DIR), durability, "worker")?);
         Ok(WorkerStore { data_dir: data_dir.to_owned(), opened, flusher })
     }
 
@@ -80,7 +84,7 @@ impl WorkerStore {
     pub fn domain(&self, domain: &str) -> Result<DomainStore, Error> {
         let tree = self.opened.db.open_tree(domain)?;
         migrate::from_per_domain_dir(&self.data_dir, domain, &tree, &self.opened)?;
-        Ok(DomainStore { tree, flusher: Arc::clone(&self.flusher) })
+        Ok(DomainStore { tree, flusher: Arc::clone(&self.flusher), store: self.opened.clone() })
     }
 }
 
@@ -90,6 +94,9 @@ impl WorkerStore {
 pub struct DomainStore {
     pub tree: sled::Tree,
     pub flusher: Arc<Flusher>,
+    /// The whole store, to sync a write made to the tree directly (not through the flusher,
+    /// whose flushes cover only what it was handed).
+    pub store: Opened,
 }
 
 /// Waits for `flusher` to make `domain`'s writes durable, timing it for `/metrics`.
@@ -105,7 +112,7 @@ pub async fn flush(flusher: &Flusher, domain: &str) -> Result<(), Error> {
 pub fn temporary() -> DomainStore {
     let opened = Opened::temporary().expect("a temporary sled store opens unless the machine is out of disk");
     let flusher = Arc::new(Flusher::start(&opened, "test").expect("the flusher thread starts"));
-    DomainStore { tree: opened.db.open_tree("test").expect("a temporary tree opens"), flusher }
+    DomainStore { tree: opened.db.open_tree("test").expect("a temporary tree opens"), flusher, store: opened }
 }
 
 pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, Error> {
