@@ -10,8 +10,8 @@
 //!
 //! The flusher also applies the batches handed to it ([`Flusher::write`]). With a log
 //! ([`Flusher::start_logged`], what the workers run): all of one group as one record of the
-//! store's write-ahead log, `fdatasync`ed, then applied to sled without pinning its log
-//! (`wal::db_log`). Without one ([`Flusher::start`], temporary stores): in one atomic sled
+//! store's write-ahead log, `fdatasync`ed, and once the group is answered applied to sled
+//! without pinning its log (`wal::db_log`). Without one ([`Flusher::start`], temporary stores): in one atomic sled
 //! write just before the group's sync. Why either: sled 0.34 seals its log buffer twice per
 //! atomic `apply_batch` (before and after the batch's manifest), and each sealed buffer is a
 //! `pwrite` plus a waited `sync_file_range` on sled's I/O pool; one batch per activity paid
@@ -111,7 +111,15 @@ impl Sink {
                 apply_handed(writes.into_iter().map(|(tree, batch)| (tree, batch.into_batch())).collect())?;
                 store.sync().map_err(|e| e.to_string())
             }
-            Sink::Logged(log) => log.commit(writes).map_err(|e| e.to_string()),
+            Sink::Logged(log) => log.write(writes).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// After a group's answers: a logged sink applies what it made durable.
+    fn settle(&mut self) -> Result<(), String> {
+        match self {
+            Sink::Unlogged(_) => Ok(()),
+            Sink::Logged(log) => log.apply().map_err(|e| e.to_string()),
         }
     }
 }
@@ -153,14 +161,18 @@ impl Flusher {
         Flusher::spawn(Sink::Logged(log), name).map_err(|source| Error::Log { path: dir.to_owned(), source })
     }
 
-    fn spawn(mut sink: Sink, name: &str) -> Result<Flusher, std::io::Error> {
+    fn spawn(sink: Sink, name: &str) -> Result<Flusher, std::io::Error> {
         let (requests, pending) = std::sync::mpsc::channel::<Handed>();
         let thread = std::thread::Builder::new().name(format!("{name}-flusher")).spawn(move || {
-            let mut failed: Option<String> = None;
+            // Both steps of a group use the sink: the sync makes it durable, and after the
+            // answers it is applied (a logged sink's apply is off the answers' path).
+            let sink = std::cell::RefCell::new(sink);
+            let failed: std::cell::RefCell<Option<String>> = std::cell::RefCell::new(None);
+            let fail = |failure: &String| *failed.borrow_mut() = Some(failure.clone());
             group_commit(
                 &pending,
                 |group| {
-                    if let Some(failure) = &failed {
+                    if let Some(failure) = failed.borrow().as_ref() {
                         return Err(failure.clone());
                     }
                     let writes = group
@@ -170,10 +182,8 @@ impl Flusher {
                             Handed::Flush(_) => None,
                         })
                         .collect();
-                    let outcome = sink.commit(writes);
-                    if let Err(failure) = &outcome {
-                        failed = Some(failure.clone());
-                    }
+                    let outcome = sink.borrow_mut().commit(writes);
+                    outcome.as_ref().map_err(fail).ok();
                     outcome
                 },
                 |group, outcome| {
@@ -183,6 +193,9 @@ impl Flusher {
                             // A caller that stopped waiting is no one's concern.
                             let _ = waiter.send(result.clone());
                         }
+                    }
+                    if result.is_ok() {
+                        sink.borrow_mut().settle().as_ref().map_err(fail).ok();
                     }
                 },
             )
@@ -298,11 +311,9 @@ mod tests {
         flusher.write(&b, batch(&[(b"k", b"b")])).expect("hands over");
         flusher.write(&a, batch(&[(b"k", b"2")])).expect("hands over");
         flusher.flush().await.expect("flushes");
-        assert_eq!(
-            a.get(b"k").expect("reads").as_deref(),
-            Some(&b"2"[..]),
-            "applied once flushed, the later write winning"
-        );
+        // Applied after the flush answers; dropping the flusher waits for its thread.
+        drop(flusher);
+        assert_eq!(a.get(b"k").expect("reads").as_deref(), Some(&b"2"[..]), "applied, the later write winning");
         assert_eq!(b.get(b"k").expect("reads").as_deref(), Some(&b"b"[..]));
         // What a crash leaves when sled lost everything since the flush: the log alone.
         std::fs::create_dir_all(second.join("wal")).expect("folder");

@@ -1,7 +1,7 @@
 //! One log for every tree of a store, for a single writer that applies what it logs itself:
 //! the workers' [`crate::Flusher`], which logs a whole group of batches (every domain's) as
-//! one record, `fdatasync`s it, and then applies the batches to their trees without pinning
-//! sled's log. There is no overlay: the flusher's callers keep what they wrote in memory and
+//! one record, `fdatasync`s it, answers the group, and then applies the batches to their
+//! trees without pinning sled's log. There is no overlay: the flusher's callers keep what they wrote in memory and
 //! read the store only at start-up.
 //!
 //! The record's number is kept under [`APPLIED_KEY`] in the store's default tree, written
@@ -27,6 +27,10 @@ pub(crate) struct DbLog {
     dir: PathBuf,
     durability: Durability,
     last_seq: u64,
+    /// Batches written and durable, not yet applied to their trees.
+    unapplied: Vec<(sled::Tree, sled::Batch)>,
+    /// A segment closed since the last apply, to checkpoint once that apply is done.
+    closed: Option<u64>,
 }
 
 impl DbLog {
@@ -42,31 +46,49 @@ impl DbLog {
         let (log, last_seq) = Log::open(dir, store, durability, options.segment_bytes, applied, |path, record| {
             apply_record(&marked, decode_ops(path, &record.ops, &store.db, &marked)?, APPLIED_KEY, record.seq)
         })?;
-        Ok(DbLog { store: store.clone(), marked, log, dir: dir.to_owned(), durability, last_seq })
+        Ok(DbLog {
+            store: store.clone(),
+            marked,
+            log,
+            dir: dir.to_owned(),
+            durability,
+            last_seq,
+            unapplied: Vec::new(),
+            closed: None,
+        })
     }
 
-    /// Logs `writes` as one record and makes it durable, then applies each batch to its tree
-    /// in order, then marks the record applied; a full segment is checkpointed here. A
-    /// failure leaves the log unusable: the caller must fail every later commit.
-    pub(crate) fn commit(&mut self, writes: Vec<(sled::Tree, LogBatch)>) -> Result<(), Error> {
+    /// Logs `writes` as one record and makes it durable; [`DbLog::apply`] then applies it.
+    /// A failure leaves the log unusable: the caller must fail every later write.
+    pub(crate) fn write(&mut self, writes: Vec<(sled::Tree, LogBatch)>) -> Result<(), Error> {
         if writes.is_empty() {
             return Ok(());
         }
         let mut ops = Vec::new();
-        let mut batches = Vec::with_capacity(writes.len());
         for (tree, batch) in writes {
             ops.push(TREE);
             push_bytes(&mut ops, &tree.name());
             ops.extend_from_slice(&batch.ops);
-            batches.push((tree, batch.batch));
+            self.unapplied.push((tree, batch.batch));
         }
         let seq = self.last_seq + 1;
         let mut record = Vec::with_capacity(ops.len() + 16);
         encode_record(&mut record, &ops, seq);
-        let closed = self.log.write(&record).map_err(Error::Sync)?;
+        if let Some(closed) = self.log.write(&record).map_err(Error::Sync)? {
+            self.closed = Some(closed);
+        }
         self.last_seq = seq;
-        apply_record(&self.marked, batches, APPLIED_KEY, seq)?;
-        if let Some(closed) = closed {
+        Ok(())
+    }
+
+    /// Applies every batch written since the last call to its tree, in order, then marks the
+    /// last record applied; a closed segment is checkpointed here.
+    pub(crate) fn apply(&mut self) -> Result<(), Error> {
+        if self.unapplied.is_empty() {
+            return Ok(());
+        }
+        apply_record(&self.marked, std::mem::take(&mut self.unapplied), APPLIED_KEY, self.last_seq)?;
+        if let Some(closed) = self.closed.take() {
             checkpoint(&self.store, &self.dir, self.durability, closed)?;
         }
         Ok(())
