@@ -27,7 +27,9 @@
 //!
 //! Record: `len u32 | crc32 u32 | ops | seq u64` (little-endian; `len` counts `ops` and
 //! `seq`, the CRC covers both); an op is `1 | key_len u32 | key | value_len u32 | value`
-//! (insert) or `0 | key_len u32 | key` (remove). A short record or one failing its CRC ends
+//! (insert), `0 | key_len u32 | key` (remove), or `2 | name_len u32 | name`: the later ops
+//! of the record go to that tree (a log serving several trees, `db_log.rs`; until one, ops
+//! go to the log's own tree). A short record or one failing its CRC ends
 //! the last segment (a write the crash tore, never acknowledged); in an earlier segment it
 //! is corruption, and opening fails.
 //!
