@@ -108,7 +108,7 @@ impl Sink {
     fn commit(&mut self, writes: Vec<(sled::Tree, LogBatch)>) -> Result<(), String> {
         match self {
             Sink::Unlogged(store) => {
-                apply_handed(writes.into_iter().map(|(tree, batch)| (tree, batch.into_batch())).collect())?;
+                apply_handed(writes.into_iter().map(|(tree, batch)| (tree, batch.to_batch())).collect())?;
                 store.sync().map_err(|e| e.to_string())
             }
             Sink::Logged(log) => log.write(writes).map_err(|e| e.to_string()),

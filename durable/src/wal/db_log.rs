@@ -11,7 +11,7 @@
 //!
 //! This module must never decide when to commit (the flusher's group commit does).
 
-use super::segment::{checkpoint, decode_ops, encode_record, push_bytes, Log, TREE};
+use super::segment::{checkpoint, decode_ops, decode_records, encode_record, push_bytes, Log, TREE};
 use super::{apply_record, stored_seq, LogBatch, WalOptions};
 use crate::open::{Durability, Error, Opened};
 use std::path::{Path, PathBuf};
@@ -27,8 +27,8 @@ pub(crate) struct DbLog {
     dir: PathBuf,
     durability: Durability,
     last_seq: u64,
-    /// Batches written and durable, not yet applied to their trees.
-    unapplied: Vec<(sled::Tree, sled::Batch)>,
+    /// Records written and durable, not yet applied to their trees.
+    unapplied: Vec<u8>,
     /// A segment closed since the last apply, to checkpoint once that apply is done.
     closed: Option<u64>,
 }
@@ -69,12 +69,11 @@ impl DbLog {
             ops.push(TREE);
             push_bytes(&mut ops, &tree.name());
             ops.extend_from_slice(&batch.ops);
-            self.unapplied.push((tree, batch.batch));
         }
         let seq = self.last_seq + 1;
-        let mut record = Vec::with_capacity(ops.len() + 16);
-        encode_record(&mut record, &ops, seq);
-        if let Some(closed) = self.log.write(&record).map_err(Error::Sync)? {
+        let start = self.unapplied.len();
+        encode_record(&mut self.unapplied, &ops, seq);
+        if let Some(closed) = self.log.write(&self.unapplied[start..]).map_err(Error::Sync)? {
             self.closed = Some(closed);
         }
         self.last_seq = seq;
@@ -87,7 +86,9 @@ impl DbLog {
         if self.unapplied.is_empty() {
             return Ok(());
         }
-        apply_record(&self.marked, std::mem::take(&mut self.unapplied), APPLIED_KEY, self.last_seq)?;
+        let records = std::mem::take(&mut self.unapplied);
+        let sections = decode_records(&self.dir, &records, &self.store.db, &self.marked)?;
+        apply_record(&self.marked, sections, APPLIED_KEY, self.last_seq)?;
         if let Some(closed) = self.closed.take() {
             checkpoint(&self.store, &self.dir, self.durability, closed)?;
         }

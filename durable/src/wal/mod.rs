@@ -9,9 +9,11 @@
 //! writes to an overlay that every read of this type consults first, so the writer and
 //! readers see it at once, as they saw an applied sled batch before. [`LoggedTree::sync`]
 //! writes the staged records to the current segment file, `fdatasync`s it (power-safe;
-//! process-crash only writes), and only then hands the staged batches to the log's applier
-//! thread, which applies them to sled without pinning its log (`Tree::apply_logged_batches`,
-//! a patch of ours) and then drops them from the overlay: off the path of the caller's
+//! process-crash only writes), and only then hands the written records to the log's applier
+//! thread, which decodes and applies them to sled exactly as recovery does, without pinning
+//! its log (`Tree::apply_logged_batches`, a patch of ours), and then drops them from the
+//! overlay. A batch exists in one form, its record's ops; the overlay's entries and sled's
+//! writes are both decoded from it. The applier works off the path of the caller's
 //! acknowledgements, which need only the sync. sled writes its own log in the background,
 //! as full buffers and in its periodic flush.
 //!
@@ -44,7 +46,7 @@ mod segment;
 pub use merged::Merged;
 
 use crate::open::{Durability, Error, Opened};
-use segment::{decode_ops, encode_record, push_bytes, Log, INSERT, REMOVE};
+use segment::{decode_ops, decode_records, encode_record, parse_ops, push_bytes, Log, Op, INSERT, REMOVE};
 use sled::IVec;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -69,12 +71,11 @@ impl Default for WalOptions {
     }
 }
 
-/// One atomic write to the tree: its sled batch, its record, and its overlay entries.
+/// One atomic write, as its record's ops: the one form of it, from which the overlay's
+/// entries and sled's batch are both decoded.
 #[derive(Default)]
 pub struct LogBatch {
-    batch: sled::Batch,
     ops: Vec<u8>,
-    writes: Vec<(Vec<u8>, Option<IVec>)>,
 }
 
 impl LogBatch {
@@ -83,30 +84,33 @@ impl LogBatch {
         self.ops.push(INSERT);
         push_bytes(&mut self.ops, key);
         push_bytes(&mut self.ops, value);
-        let value = IVec::from(value);
-        self.batch.insert(key, value.clone());
-        self.writes.push((key.to_vec(), Some(value)));
     }
 
-    /// The sled batch alone, for a writer that applies it without logging it.
-    pub(crate) fn into_batch(self) -> sled::Batch {
-        self.batch
+    /// The sled batch of these writes, for a writer that applies it without logging it.
+    pub(crate) fn to_batch(&self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for op in parse_ops(&self.ops).unwrap_or_default() {
+            match op {
+                Op::Insert(key, value) => batch.insert(key, value),
+                Op::Remove(key) => batch.remove(key),
+                // Only a log serving several trees writes these, never a batch.
+                Op::Tree(_) => {}
+            }
+        }
+        batch
     }
 
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
         let key = key.as_ref();
         self.ops.push(REMOVE);
         push_bytes(&mut self.ops, key);
-        self.batch.remove(key);
-        self.writes.push((key.to_vec(), None));
     }
 }
 
-/// Batches applied to the overlay since the last sync: their records and sled batches.
+/// Batches in the overlay since the last sync: their records.
 struct Staged {
     next_seq: u64,
     records: Vec<u8>,
-    batches: Vec<sled::Batch>,
 }
 
 /// Staged writes not yet in the tree: the latest per key, with its record's number.
@@ -114,8 +118,9 @@ type Overlay = BTreeMap<Vec<u8>, (u64, Option<IVec>)>;
 
 /// What the sync hands the applier thread, in order.
 enum Handed {
-    /// Durable batches, the last numbered `last_seq`: apply them, then drop them from the overlay.
-    Apply(Vec<sled::Batch>, u64),
+    /// Durable records, the last numbered `last_seq`: apply them, then drop them from the
+    /// overlay.
+    Apply(Vec<u8>, u64),
     /// Every segment up to this number is closed: flush sled, then delete them.
     Checkpoint(u64),
 }
@@ -180,7 +185,7 @@ impl LoggedTree {
         Ok(LoggedTree {
             dir: dir.to_owned(),
             tree,
-            staged: Mutex::new(Staged { next_seq: last_seq + 1, records: Vec::new(), batches: Vec::new() }),
+            staged: Mutex::new(Staged { next_seq: last_seq + 1, records: Vec::new() }),
             overlay,
             log: Mutex::new(log),
             applier: Some(applier),
@@ -192,16 +197,19 @@ impl LoggedTree {
     /// Stages `batch`: every read sees it at once; durable (and in sled) after the next
     /// [`LoggedTree::sync`].
     pub fn apply(&self, batch: LogBatch) {
-        let LogBatch { batch, ops, writes } = batch;
         let mut staged = lock(&self.staged);
         let seq = staged.next_seq;
         staged.next_seq += 1;
-        encode_record(&mut staged.records, &ops, seq);
-        staged.batches.push(batch);
-        // Under the staged lock, so the overlay holds each key's latest staged write.
+        encode_record(&mut staged.records, &batch.ops, seq);
+        // Under the staged lock, so the overlay holds each key's latest staged write. A
+        // batch's own ops always parse, and hold no tree op.
         let mut overlay = lock(&self.overlay);
-        for (key, value) in writes {
-            overlay.insert(key, (seq, value));
+        for op in parse_ops(&batch.ops).unwrap_or_default() {
+            match op {
+                Op::Insert(key, value) => overlay.insert(key.to_vec(), (seq, Some(IVec::from(value)))),
+                Op::Remove(key) => overlay.insert(key.to_vec(), (seq, None)),
+                Op::Tree(_) => None,
+            };
         }
     }
 
@@ -213,12 +221,11 @@ impl LoggedTree {
             return Err(Error::Group(failure.clone()));
         }
         let mut log = lock(&self.log);
-        let (records, batches, last_seq) = {
+        let (records, last_seq) = {
             let mut staged = lock(&self.staged);
-            let last_seq = staged.next_seq - 1;
-            (std::mem::take(&mut staged.records), std::mem::take(&mut staged.batches), last_seq)
+            (std::mem::take(&mut staged.records), staged.next_seq - 1)
         };
-        if batches.is_empty() {
+        if records.is_empty() {
             return Ok(());
         }
         let closed = match log.write(&records) {
@@ -231,7 +238,7 @@ impl LoggedTree {
             }
         };
         let applier = self.applier.as_ref().ok_or(Error::Stopped)?;
-        applier.send(Handed::Apply(batches, last_seq)).map_err(|_| Error::Stopped)?;
+        applier.send(Handed::Apply(records, last_seq)).map_err(|_| Error::Stopped)?;
         if let Some(closed) = closed {
             applier.send(Handed::Checkpoint(closed)).map_err(|_| Error::Stopped)?;
         }
@@ -326,9 +333,10 @@ impl Applier {
         }
     }
 
-    fn apply(&self, batches: Vec<sled::Batch>, last_seq: u64) -> Result<(), Error> {
-        let marker = Some((self.applied_key.as_slice(), &last_seq.to_be_bytes()[..]));
-        self.tree.apply_logged_batches(batches, marker).map_err(Error::Flush)?;
+    /// Applies the records as recovery would (the same decoding, the same order).
+    fn apply(&self, records: Vec<u8>, last_seq: u64) -> Result<(), Error> {
+        let sections = decode_records(&self.dir, &records, &self.store.db, &self.tree)?;
+        apply_record(&self.tree, sections, &self.applied_key, last_seq)?;
         lock(&self.overlay).retain(|_, (seq, _)| *seq > last_seq);
         Ok(())
     }
@@ -339,23 +347,37 @@ impl Applier {
     }
 }
 
-/// Applies one replayed record's writes (by tree), then sets `applied_key` in `marked` to
-/// its number: after every write of the record, as the log's recovery needs.
+/// Applies records' writes (by tree, in order), then sets `applied_key` in `marked` to
+/// `seq`, the last record's number: after every write, as the log's recovery needs. A run
+/// of writes to one tree is one `apply_logged_batches` (one write lock), the mark in the last.
 fn apply_record(
     marked: &sled::Tree,
     sections: Vec<(sled::Tree, sled::Batch)>,
     applied_key: &[u8],
     seq: u64,
 ) -> Result<(), Error> {
+    let mut runs: Vec<(sled::Tree, Vec<sled::Batch>)> = Vec::new();
     for (tree, batch) in sections {
-        tree.apply_logged_batches(vec![batch], None).map_err(Error::Flush)?;
+        match runs.last_mut() {
+            Some((last, batches)) if last.name() == tree.name() => batches.push(batch),
+            _ => runs.push((tree, vec![batch])),
+        }
     }
-    marked.apply_logged_batches(Vec::new(), Some((applied_key, &seq.to_be_bytes()[..]))).map_err(Error::Flush)
+    if runs.last().is_none_or(|(last, _)| last.name() != marked.name()) {
+        runs.push((marked.clone(), Vec::new()));
+    }
+    let mark = seq.to_be_bytes();
+    let count = runs.len();
+    for (index, (tree, batches)) in runs.into_iter().enumerate() {
+        let marker = (index + 1 == count).then_some((applied_key, &mark[..]));
+        tree.apply_logged_batches(batches, marker).map_err(Error::Flush)?;
+    }
+    Ok(())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock means a panic mid-append; the bytes appended are whole records or
-    // none, as each is pushed after its batch applied.
+    // A poisoned lock means a panic while it was held; a record is pushed whole under the
+    // staged lock, and the overlay's entries each say what a staged record wrote.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

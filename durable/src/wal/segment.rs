@@ -67,8 +67,8 @@ fn read_segment(path: &Path, is_last: bool) -> Result<Vec<Record>, Error> {
     let mut at = 0usize;
     while at < bytes.len() {
         match parse_record(&bytes[at..]) {
-            Some((record, used)) => {
-                records.push(record);
+            Some((seq, ops, used)) => {
+                records.push(Record { seq, ops: ops.to_vec() });
                 at += used;
             }
             None if is_last => break,
@@ -80,7 +80,9 @@ fn read_segment(path: &Path, is_last: bool) -> Result<Vec<Record>, Error> {
     Ok(records)
 }
 
-fn parse_record(bytes: &[u8]) -> Option<(Record, usize)> {
+/// The whole record at the start of `bytes`: its number, its ops and its length in bytes;
+/// `None` when it is short or fails its CRC.
+fn parse_record(bytes: &[u8]) -> Option<(u64, &[u8], usize)> {
     let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
     let body = bytes.get(8..8 + len)?;
@@ -88,38 +90,78 @@ fn parse_record(bytes: &[u8]) -> Option<(Record, usize)> {
     if crc32fast::hash(body) != crc {
         return None;
     }
-    Some((Record { seq: u64::from_le_bytes(seq.try_into().ok()?), ops: ops.to_vec() }, 8 + len))
+    Some((u64::from_le_bytes(seq.try_into().ok()?), ops, 8 + len))
 }
 
-/// A record's writes, by tree: `tree` until an op names another (`2 | name_len u32 | name`,
-/// written by a log that serves several trees).
+/// One op of a record.
+pub(super) enum Op<'a> {
+    Insert(&'a [u8], &'a [u8]),
+    Remove(&'a [u8]),
+    /// The record's later ops go to this tree.
+    Tree(&'a [u8]),
+}
+
+/// A record's ops in order; `None` when they do not parse.
+pub(super) fn parse_ops(mut ops: &[u8]) -> Option<Vec<Op<'_>>> {
+    fn take<'a>(ops: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(ops.get(0..4)?.try_into().ok()?) as usize;
+        let bytes = ops.get(4..4 + len)?;
+        *ops = &ops[4 + len..];
+        Some(bytes)
+    }
+    let mut parsed = Vec::new();
+    while let Some((&tag, rest)) = ops.split_first() {
+        ops = rest;
+        let bytes = take(&mut ops)?;
+        parsed.push(match tag {
+            INSERT => Op::Insert(bytes, take(&mut ops)?),
+            REMOVE => Op::Remove(bytes),
+            TREE => Op::Tree(bytes),
+            _ => return None,
+        });
+    }
+    Some(parsed)
+}
+
+/// A record's writes, by tree: `tree` until an op names another (written by a log that
+/// serves several trees).
 pub(super) fn decode_ops(
     path: &Path,
-    mut ops: &[u8],
+    ops: &[u8],
     db: &sled::Db,
     tree: &sled::Tree,
 ) -> Result<Vec<(sled::Tree, sled::Batch)>, Error> {
-    let corrupt = || Error::Corrupt(format!("{}: a record's operations do not parse", path.display()));
-    let take = |ops: &mut &[u8]| -> Option<Vec<u8>> {
-        let len = u32::from_le_bytes(ops.get(0..4)?.try_into().ok()?) as usize;
-        let bytes = ops.get(4..4 + len)?.to_vec();
-        *ops = &ops[4 + len..];
-        Some(bytes)
-    };
+    let ops = parse_ops(ops)
+        .ok_or_else(|| Error::Corrupt(format!("{}: a record's operations do not parse", path.display())))?;
     let mut sections = vec![(tree.clone(), sled::Batch::default())];
-    while let Some((&tag, rest)) = ops.split_first() {
-        ops = rest;
-        let bytes = take(&mut ops).ok_or_else(corrupt)?;
-        let batch = match sections.last_mut() {
-            Some((_, batch)) => batch,
-            None => return Err(corrupt()),
-        };
-        match tag {
-            INSERT => batch.insert(bytes, take(&mut ops).ok_or_else(corrupt)?),
-            REMOVE => batch.remove(bytes),
-            TREE => sections.push((db.open_tree(bytes).map_err(Error::Flush)?, sled::Batch::default())),
-            _ => return Err(corrupt()),
+    for op in ops {
+        if let Op::Tree(name) = op {
+            sections.push((db.open_tree(name).map_err(Error::Flush)?, sled::Batch::default()));
+        } else if let Some((_, batch)) = sections.last_mut() {
+            match op {
+                Op::Insert(key, value) => batch.insert(key, value),
+                Op::Remove(key) => batch.remove(key),
+                Op::Tree(_) => {}
+            }
         }
+    }
+    Ok(sections)
+}
+
+/// The writes of whole records this process wrote to `dir`'s log, in order.
+pub(super) fn decode_records(
+    dir: &Path,
+    mut records: &[u8],
+    db: &sled::Db,
+    tree: &sled::Tree,
+) -> Result<Vec<(sled::Tree, sled::Batch)>, Error> {
+    let mut sections = Vec::new();
+    while !records.is_empty() {
+        let (_, ops, used) = parse_record(records).ok_or_else(|| {
+            Error::Corrupt(format!("{}: a record written by this process does not parse", dir.display()))
+        })?;
+        sections.extend(decode_ops(dir, ops, db, tree)?);
+        records = &records[used..];
     }
     Ok(sections)
 }
