@@ -24,4 +24,4 @@ mod test_support;
 
 pub use commit::Flusher;
 pub use open::{open, Durability, Error, OpenOptions, Opened};
-pub use wal::{LogBatch, LoggedTree, WalOptions};
+pub use wal::{ApplyWindow, LogBatch, LoggedTree, WalOptions};

@@ -10,22 +10,28 @@
 //! readers see it at once, as they saw an applied sled batch before. [`LoggedTree::sync`]
 //! writes the staged records to the current segment file, `fdatasync`s it (power-safe;
 //! process-crash only writes), and only then hands the written records to the log's applier
-//! thread, which decodes and applies them to sled exactly as recovery does, without pinning
-//! its log (`Tree::apply_logged_batches`, a patch of ours), and then drops them from the
-//! overlay. A batch exists in one form, its record's ops; the overlay's entries and sled's
-//! writes are both decoded from it. The applier works off the path of the caller's
-//! acknowledgements, which need only the sync. sled writes its own log in the background,
-//! as full buffers and in its periodic flush.
+//! thread. The applier holds them for [`APPLY_DELAY`] (or until they reach [`APPLY_BYTES`],
+//! a checkpoint, or the log's drop), then decodes and applies them to sled as recovery
+//! does, coalesced (of the writes to one key only the last reaches sled: most of a short
+//! run's keys are written and removed within that time and never cost sled anything),
+//! without pinning its log and one write at a time (`Tree::apply_logged_batches`, a patch
+//! of ours), and then drops them from the overlay. sled's readers need no atomicity from
+//! it: until the overlay drops them, every key being applied is read from the overlay. A
+//! batch exists in one form, its record's ops; the overlay's entries and sled's writes are
+//! both decoded from it. The applier works off the path of the caller's acknowledgements,
+//! which need only the sync. sled writes its own log in the background, as full buffers and
+//! in its periodic flush.
 //!
-//! Recovery: each sync also sets `applied_key` to the number of its last record, written
-//! after the batches' own writes. sled recovers a prefix of its log, so the tree holds
+//! Recovery: each apply also sets `applied_key` to the number of its last record, written
+//! after the records' own writes. sled recovers a prefix of its log, so the tree holds
 //! every batch up to the number stored there, maybe part of later ones, and nothing that
 //! was not logged durably first; opening applies every record after that number again,
 //! in order, which completes any partial one.
 //!
 //! Segments: the log is a folder of numbered files. A segment that reaches
 //! [`WalOptions::segment_bytes`] is closed and a new one opened; the applier, once it has
-//! applied every batch handed to it before, flushes sled and deletes the closed segments. So the log holds about two segments at most, and recovery reads no more.
+//! applied every batch handed to it before, flushes sled and deletes the closed segments. So
+//! the log holds about two segments at most, and recovery reads no more.
 //!
 //! Record: `len u32 | crc32 u32 | ops | seq u64` (little-endian; `len` counts `ops` and
 //! `seq`, the CRC covers both); an op is `1 | key_len u32 | key | value_len u32 | value`
@@ -51,24 +57,46 @@ use sled::IVec;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The segment size at which the log moves to a new file (64 MiB): about ten seconds of the
 /// engine at full load, and the most recovery reads beyond the segment being written.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// How long the applier holds durable records before applying them to sled (250 ms): a
+/// key written and removed again within that time (most of a short run's history and index
+/// entries, packed or dropped when it ends) never reaches sled at all, and a key rewritten
+/// reaches it once. What it costs is memory (the overlay keeps those writes for as long) and
+/// replay at start-up (at most that much more of the log).
+pub const APPLY_DELAY: Duration = Duration::from_millis(250);
+
+/// The most bytes of records the applier holds before applying them, whatever their age
+/// (16 MiB): bounds the overlay under a burst of large writes.
+pub const APPLY_BYTES: usize = 16 << 20;
 
 /// How a log is kept beyond the store's durability.
 #[derive(Debug, Clone, Copy)]
 pub struct WalOptions {
     /// Close a segment and start the next once it holds at least this many bytes.
     pub segment_bytes: u64,
+    /// When durable records are applied to sled.
+    pub apply: ApplyWindow,
 }
 
 impl Default for WalOptions {
     fn default() -> WalOptions {
-        WalOptions { segment_bytes: SEGMENT_BYTES }
+        WalOptions { segment_bytes: SEGMENT_BYTES, apply: ApplyWindow { delay: APPLY_DELAY, bytes: APPLY_BYTES } }
     }
+}
+
+/// The applier applies the records it holds once the oldest is `delay` old or they reach
+/// `bytes`, and always before a checkpoint and when the log is dropped.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyWindow {
+    pub delay: Duration,
+    pub bytes: usize,
 }
 
 /// One atomic write, as its record's ops: the one form of it, from which the overlay's
@@ -175,6 +203,7 @@ impl LoggedTree {
                 dir: dir.to_owned(),
                 durability,
                 overlay: overlay.clone(),
+                window: options.apply,
             };
             let failed = failed.clone();
             std::thread::Builder::new()
@@ -272,9 +301,9 @@ impl LoggedTree {
         Merged::new(self.tree.range(low.to_vec()..=high.to_vec()).rev(), staged, true).next().transpose()
     }
 
-    /// Every entry from `start` on, in key order.
-    pub fn range_from(&self, start: &[u8]) -> Merged<sled::Iter> {
-        let staged = self.staged_in(Bound::Included(start), Bound::Unbounded, |_| true);
+    /// Every entry from `start` on whose key starts with `prefix`, in key order.
+    pub fn range_within(&self, prefix: &[u8], start: &[u8]) -> Merged<sled::Iter> {
+        let staged = self.staged_in(Bound::Included(start), Bound::Unbounded, |key| key.starts_with(prefix));
         Merged::new(self.tree.range(start.to_vec()..), staged, false)
     }
 
@@ -316,27 +345,71 @@ struct Applier {
     dir: PathBuf,
     durability: Durability,
     overlay: Arc<Mutex<Overlay>>,
+    window: ApplyWindow,
+}
+
+/// Durable records handed to the applier and not applied yet.
+#[derive(Default)]
+struct Pending {
+    records: Vec<u8>,
+    last_seq: u64,
+    /// When the oldest of them was handed.
+    since: Option<Instant>,
 }
 
 impl Applier {
     fn run(&self, handed: &Receiver<Handed>, failed: &Mutex<Option<String>>) {
-        while let Ok(next) = handed.recv() {
+        let mut pending = Pending::default();
+        loop {
+            let next = match pending.since {
+                None => handed.recv().ok(),
+                Some(since) => match handed.recv_timeout(self.window.delay.saturating_sub(since.elapsed())) {
+                    Ok(next) => Some(next),
+                    Err(RecvTimeoutError::Timeout) => {
+                        if let Err(error) = self.apply(&mut pending) {
+                            return fail(failed, &error);
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => None,
+                },
+            };
             let outcome = match next {
-                Handed::Apply(batches, last_seq) => self.apply(batches, last_seq),
-                Handed::Checkpoint(closed) => self.checkpoint(closed),
+                Some(Handed::Apply(records, last_seq)) => {
+                    pending.records.extend_from_slice(&records);
+                    pending.last_seq = last_seq;
+                    pending.since.get_or_insert_with(Instant::now);
+                    if pending.records.len() >= self.window.bytes {
+                        self.apply(&mut pending)
+                    } else {
+                        Ok(())
+                    }
+                }
+                Some(Handed::Checkpoint(closed)) => self.apply(&mut pending).and_then(|()| self.checkpoint(closed)),
+                // The log is dropped: apply what it synced, and stop.
+                None => {
+                    if let Err(error) = self.apply(&mut pending) {
+                        fail(failed, &error);
+                    }
+                    return;
+                }
             };
             if let Err(error) = outcome {
-                tracing::error!(%error, "the write-ahead log's applier failed; every later sync fails");
-                *lock(failed) = Some(format!("the write-ahead log's applier failed: {error}"));
-                return;
+                return fail(failed, &error);
             }
         }
     }
 
-    /// Applies the records as recovery would (the same decoding, the same order).
-    fn apply(&self, records: Vec<u8>, last_seq: u64) -> Result<(), Error> {
+    /// Applies the pending records as recovery would (the same decoding, the same order),
+    /// coalesced: of the writes to one key only the last reaches sled.
+    fn apply(&self, pending: &mut Pending) -> Result<(), Error> {
+        let Some(_) = pending.since.take() else {
+            return Ok(());
+        };
+        let records = std::mem::take(&mut pending.records);
         let sections = decode_records(&self.dir, &records, &self.store.db, &self.tree)?;
-        apply_record(&self.tree, sections, &self.applied_key, last_seq)?;
+        apply_record(&self.tree, sections, &self.applied_key, pending.last_seq)?;
+        let last_seq = pending.last_seq;
         lock(&self.overlay).retain(|_, (seq, _)| *seq > last_seq);
         Ok(())
     }
@@ -345,6 +418,11 @@ impl Applier {
     fn checkpoint(&self, closed: u64) -> Result<(), Error> {
         segment::checkpoint(&self.store, &self.dir, self.durability, closed)
     }
+}
+
+fn fail(failed: &Mutex<Option<String>>, error: &Error) {
+    tracing::error!(%error, "the write-ahead log's applier failed; every later sync fails");
+    *lock(failed) = Some(format!("the write-ahead log's applier failed: {error}"));
 }
 
 /// Applies records' writes (by tree, in order), then sets `applied_key` in `marked` to

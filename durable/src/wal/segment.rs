@@ -131,24 +131,45 @@ pub(super) fn decode_ops(
     db: &sled::Db,
     tree: &sled::Tree,
 ) -> Result<Vec<(sled::Tree, sled::Batch)>, Error> {
-    let ops = parse_ops(ops)
-        .ok_or_else(|| Error::Corrupt(format!("{}: a record's operations do not parse", path.display())))?;
-    let mut sections = vec![(tree.clone(), sled::Batch::default())];
-    for op in ops {
-        if let Op::Tree(name) = op {
-            sections.push((db.open_tree(name).map_err(Error::Flush)?, sled::Batch::default()));
-        } else if let Some((_, batch)) = sections.last_mut() {
-            match op {
-                Op::Insert(key, value) => batch.insert(key, value),
-                Op::Remove(key) => batch.remove(key),
-                Op::Tree(_) => {}
-            }
-        }
-    }
+    let mut sections = Vec::new();
+    decode_ops_into(path, ops, db, tree, &mut sections)?;
     Ok(sections)
 }
 
-/// The writes of whole records this process wrote to `dir`'s log, in order.
+/// Adds a record's writes to `sections`, continuing the last section when it is the same
+/// tree: a batch keeps one write per key, the latest, so consecutive records coalesce (a
+/// key written and removed again within them costs sled nothing).
+fn decode_ops_into(
+    path: &Path,
+    ops: &[u8],
+    db: &sled::Db,
+    tree: &sled::Tree,
+    sections: &mut Vec<(sled::Tree, sled::Batch)>,
+) -> Result<(), Error> {
+    let ops = parse_ops(ops)
+        .ok_or_else(|| Error::Corrupt(format!("{}: a record's operations do not parse", path.display())))?;
+    let mut batch = continue_with(sections, tree.clone());
+    for op in ops {
+        match op {
+            Op::Tree(name) => batch = continue_with(sections, db.open_tree(name).map_err(Error::Flush)?),
+            Op::Insert(key, value) => batch.insert(key, value),
+            Op::Remove(key) => batch.remove(key),
+        }
+    }
+    Ok(())
+}
+
+/// The batch of `tree`'s writes: the last section's if it is that tree's, else a new one.
+fn continue_with(sections: &mut Vec<(sled::Tree, sled::Batch)>, tree: sled::Tree) -> &mut sled::Batch {
+    if sections.last().is_none_or(|(last, _)| last.name() != tree.name()) {
+        sections.push((tree, sled::Batch::default()));
+    }
+    let last = sections.len() - 1;
+    &mut sections[last].1
+}
+
+/// The writes of whole records this process wrote to `dir`'s log, in order, coalesced by
+/// tree and key (see [`decode_ops_into`]).
 pub(super) fn decode_records(
     dir: &Path,
     mut records: &[u8],
@@ -160,7 +181,7 @@ pub(super) fn decode_records(
         let (_, ops, used) = parse_record(records).ok_or_else(|| {
             Error::Corrupt(format!("{}: a record written by this process does not parse", dir.display()))
         })?;
-        sections.extend(decode_ops(dir, ops, db, tree)?);
+        decode_ops_into(dir, ops, db, tree, &mut sections)?;
         records = &records[used..];
     }
     Ok(sections)

@@ -56,7 +56,14 @@ fn staged_writes_are_read_at_once_merged_with_the_tree_and_removals_hide_keys() 
     assert_eq!(value(&log, "a1"), None);
     assert_eq!(value(&log, "a3").as_deref(), Some("y"));
     assert_eq!(keys(log.scan_prefix("a")), ["a2", "a3"]);
-    assert_eq!(keys(log.range_from(b"a25").take(2)), ["a3", "b1"]);
+    assert_eq!(keys(log.range_within(b"", b"a25").take(2)), ["a3", "b1"]);
+    assert_eq!(
+        keys(
+            log.range_within(b"a", b"a25")
+                .take_while(|entry| entry.as_ref().is_ok_and(|(key, _)| key.starts_with(b"a")))
+        ),
+        ["a3"]
+    );
     let last = |entry: Option<(IVec, IVec)>| entry.map(|(key, _)| String::from_utf8(key.to_vec()).expect("utf-8"));
     assert_eq!(last(log.last_with_prefix("a").expect("reads")).as_deref(), Some("a3"));
     assert_eq!(last(log.last_between(b"a", b"a2").expect("reads")).as_deref(), Some("a2"));
@@ -153,7 +160,7 @@ fn a_torn_last_record_ends_the_log_and_a_bad_record_in_an_earlier_segment_fails_
 #[test]
 fn a_full_segment_is_closed_and_deleted_once_the_tree_is_flushed() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let small = WalOptions { segment_bytes: 256 };
+    let small = WalOptions { segment_bytes: 256, ..WalOptions::default() };
     let (store, log) = open_logged(dir.path(), small);
     for round in 0..40 {
         put(&log, &[(&format!("k{round:02}"), "a value of some length")]);
@@ -191,4 +198,39 @@ fn after_a_failed_write_no_sync_succeeds() {
     assert!(matches!(log.sync(), Err(Error::Sync(_))));
     put(&log, &[("k2", "v2")]);
     assert!(matches!(log.sync(), Err(Error::Group(_))), "a record after a torn one would never be read");
+}
+
+#[test]
+fn writes_within_the_apply_window_reach_the_tree_coalesced() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let held =
+        WalOptions { apply: ApplyWindow { delay: Duration::from_secs(3600), bytes: 1 << 20 }, ..WalOptions::default() };
+    let (store, log) = open_logged(dir.path(), held);
+    let tree = store.db.open_tree("t").expect("tree");
+    // sled tells a subscriber every write it applies to a watched key.
+    let (mut rewritten, mut short_lived) = (tree.watch_prefix(b"rewritten"), tree.watch_prefix(b"short-lived"));
+    put(&log, &[("rewritten", "1"), ("short-lived", "x")]);
+    log.sync().expect("syncs");
+    put(&log, &[("rewritten", "2")]);
+    let mut batch = LogBatch::default();
+    batch.remove("short-lived");
+    log.apply(batch);
+    log.sync().expect("syncs");
+    assert_eq!(tree.get("rewritten").expect("reads"), None, "held by the applier, not in sled yet");
+    assert_eq!(value(&log, "rewritten").as_deref(), Some("2"), "readers see it meanwhile");
+
+    // Dropping the log applies what it holds: each key's last write, once.
+    drop(log);
+    let wait = Duration::from_millis(200);
+    match rewritten.next_timeout(wait) {
+        Ok(sled::Event::Insert { value, .. }) => assert_eq!(&value[..], b"2", "the first write sled saw is the last"),
+        other => panic!("expected the rewritten key's last value, got {other:?}"),
+    }
+    assert!(rewritten.next_timeout(wait).is_err(), "and only that one");
+    assert!(
+        !matches!(short_lived.next_timeout(wait), Ok(sled::Event::Insert { .. })),
+        "a key written and removed within the window never reached sled"
+    );
+    assert_eq!(tree.get("short-lived").expect("reads"), None);
+    assert_eq!(stored_seq(&tree, MARK).expect("reads"), 3, "marked at the last record");
 }

@@ -380,23 +380,29 @@ impl Tree {
     }
 
     /// shop-engine patch: applies `batches` in order, then sets `marker` (key, value) if given,
-    /// atomically for readers (under the same write lock as `apply_batch`) but **not** for
-    /// recovery: unlike `apply_batch` it does not pin the log, which seals the log buffer
-    /// before and after every batch. For a caller that logs every batch durably itself
-    /// before applying it (a write-ahead log): sled recovers a prefix of its log, so after a
-    /// crash the tree holds every write before the last `marker` it recovered, and possibly
-    /// part of the writes after it, which the caller's log applies again.
+    /// atomic neither for readers nor for recovery: each write is applied as `insert` applies
+    /// one (under the shared side of the concurrency control, so readers and other writers
+    /// go on meanwhile), and unlike `apply_batch` it does not pin the log, which seals the
+    /// log buffer before and after every batch. For a caller that logs every batch durably
+    /// itself before applying it (a write-ahead log) and serves its readers the writes being
+    /// applied from its own memory until they are: sled recovers a prefix of its log, so
+    /// after a crash the tree holds every write before the last `marker` it recovered, and
+    /// possibly part of the writes after it, which the caller's log applies again.
     pub fn apply_logged_batches(
         &self,
         batches: Vec<Batch>,
         marker: Option<(&[u8], &[u8])>,
     ) -> Result<()> {
-        let _cc = concurrency_control::write();
         let mut guard = pin();
         let writes = batches.into_iter().flat_map(|batch| batch.writes);
         let last = marker
             .map(|(key, value)| (IVec::from(key), Some(IVec::from(value))));
-        for (k, v_opt) in writes.chain(last) {
+        for (applied, (k, v_opt)) in writes.chain(last).enumerate() {
+            // A long batch must not hold back the epoch's garbage collection throughout.
+            if applied % 128 == 127 {
+                guard = pin();
+            }
+            let _cc = concurrency_control::read();
             loop {
                 if self.insert_inner(&k, v_opt.clone(), &mut guard)?.is_ok() {
                     break;

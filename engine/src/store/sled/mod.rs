@@ -240,7 +240,7 @@ impl HistoryStore for SledStore {
         let mut out = Vec::new();
         // Packed runs read once for all of their transitions in this page.
         let mut packed_runs = HashMap::new();
-        for entry in self.log.range_from(&start) {
+        for entry in self.log.range_within(&prefix, &start) {
             if out.len() == limit {
                 break;
             }
@@ -322,7 +322,7 @@ impl HistoryStore for SledStore {
             None => prefix.clone(),
         };
         let mut ids = Vec::new();
-        for entry in self.log.range_from(&start) {
+        for entry in self.log.range_within(&prefix, &start) {
             let (key, _) = entry?;
             if !key.starts_with(&prefix) {
                 return Ok((ids, false));
