@@ -10,8 +10,9 @@
 //!
 //! The flusher also applies the batches handed to it ([`Flusher::write`]). With a log
 //! ([`Flusher::start_logged`], what the workers run): all of one group as one record of the
-//! store's write-ahead log, `fdatasync`ed, and once the group is answered applied to sled
-//! without pinning its log (`wal::db_log`). Without one ([`Flusher::start`], temporary stores): in one atomic sled
+//! store's write-ahead log, `fdatasync`ed, and applied to sled afterwards by the log's
+//! applier thread, a quarter of a second's records at a time coalesced by key, without
+//! pinning its log (`wal::db_log`). Without one ([`Flusher::start`], temporary stores): in one atomic sled
 //! write just before the group's sync. Why either: sled 0.34 seals its log buffer twice per
 //! atomic `apply_batch` (before and after the batch's manifest), and each sealed buffer is a
 //! `pwrite` plus a waited `sync_file_range` on sled's I/O pool; one batch per activity paid
@@ -114,14 +115,6 @@ impl Sink {
             Sink::Logged(log) => log.write(writes).map_err(|e| e.to_string()),
         }
     }
-
-    /// After a group's answers: a logged sink applies what it made durable.
-    fn settle(&mut self) -> Result<(), String> {
-        match self {
-            Sink::Unlogged(_) => Ok(()),
-            Sink::Logged(log) => log.apply().map_err(|e| e.to_string()),
-        }
-    }
 }
 
 /// The durability point of one store for async callers: nothing is acknowledged before
@@ -154,7 +147,7 @@ impl Flusher {
 
     /// Starts the flusher's thread, named after `name`, with the store's write-ahead log in
     /// `dir` (applying every record the trees do not hold yet first): each group is one
-    /// record, made durable, then applied. Writes made to the trees directly are not covered
+    /// record, made durable, then applied by the log's applier thread. Writes made to the trees directly are not covered
     /// by its flushes: their writer syncs the store itself.
     pub fn start_logged(store: &Opened, dir: &Path, durability: Durability, name: &str) -> Result<Flusher, Error> {
         let log = DbLog::open(dir, store, durability, WalOptions::default())?;
@@ -164,15 +157,12 @@ impl Flusher {
     fn spawn(sink: Sink, name: &str) -> Result<Flusher, std::io::Error> {
         let (requests, pending) = std::sync::mpsc::channel::<Handed>();
         let thread = std::thread::Builder::new().name(format!("{name}-flusher")).spawn(move || {
-            // Both steps of a group use the sink: the sync makes it durable, and after the
-            // answers it is applied (a logged sink's apply is off the answers' path).
-            let sink = std::cell::RefCell::new(sink);
-            let failed: std::cell::RefCell<Option<String>> = std::cell::RefCell::new(None);
-            let fail = |failure: &String| *failed.borrow_mut() = Some(failure.clone());
+            let mut sink = sink;
+            let mut failed: Option<String> = None;
             group_commit(
                 &pending,
                 |group| {
-                    if let Some(failure) = failed.borrow().as_ref() {
+                    if let Some(failure) = &failed {
                         return Err(failure.clone());
                     }
                     let writes = group
@@ -182,8 +172,10 @@ impl Flusher {
                             Handed::Flush(_) => None,
                         })
                         .collect();
-                    let outcome = sink.borrow_mut().commit(writes);
-                    outcome.as_ref().map_err(fail).ok();
+                    let outcome = sink.commit(writes);
+                    if let Err(failure) = &outcome {
+                        failed = Some(failure.clone());
+                    }
                     outcome
                 },
                 |group, outcome| {
@@ -193,9 +185,6 @@ impl Flusher {
                             // A caller that stopped waiting is no one's concern.
                             let _ = waiter.send(result.clone());
                         }
-                    }
-                    if result.is_ok() {
-                        sink.borrow_mut().settle().as_ref().map_err(fail).ok();
                     }
                 },
             )

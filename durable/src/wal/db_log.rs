@@ -1,36 +1,31 @@
-//! One log for every tree of a store, for a single writer that applies what it logs itself:
-//! the workers' [`crate::Flusher`], which logs a whole group of batches (every domain's) as
-//! one record, `fdatasync`s it, answers the group, and then applies the batches to their
-//! trees without pinning sled's log. There is no overlay: the flusher's callers keep what they wrote in memory and
-//! read the store only at start-up.
+//! One log for every tree of a store, for a single writer: the workers' [`crate::Flusher`],
+//! which logs a whole group of batches (every domain's) as one record and `fdatasync`s it
+//! before it answers the group. The log's applier thread (`applier.rs`, the same as
+//! [`super::LoggedTree`]'s) applies the records to their trees afterwards, a window's worth
+//! at a time, coalesced by key (a product's stock record, rewritten by every order for it,
+//! reaches sled once per window), without pinning sled's log. There is no overlay: the
+//! flusher's callers keep what they wrote in memory and read the store only at start-up.
 //!
 //! The record's number is kept under [`APPLIED_KEY`] in the store's default tree, written
-//! after the record's batches; recovery is the same as [`super::LoggedTree`]'s. Writes made
-//! to the trees directly, not through [`DbLog::commit`], are not logged: their writer makes
+//! after the records' writes; recovery is the same as [`super::LoggedTree`]'s. Writes made
+//! to the trees directly, not through [`DbLog::write`], are not logged: their writer makes
 //! them durable with [`Opened::sync`] before anything is logged after them.
 //!
 //! This module must never decide when to commit (the flusher's group commit does).
 
-use super::segment::{checkpoint, decode_ops, decode_records, encode_record, push_bytes, Log, TREE};
+use super::applier::{Applier, ApplierThread, Handed};
+use super::segment::{decode_ops, encode_record, push_bytes, Log, TREE};
 use super::{apply_record, stored_seq, LogBatch, WalOptions};
 use crate::open::{Durability, Error, Opened};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The key, in the store's default tree, of the last record the trees hold.
 pub const APPLIED_KEY: &[u8] = b"wal-applied";
 
 pub(crate) struct DbLog {
-    store: Opened,
-    /// The store's default tree, which holds [`APPLIED_KEY`].
-    marked: sled::Tree,
     log: Log,
-    dir: PathBuf,
-    durability: Durability,
     last_seq: u64,
-    /// Records written and durable, not yet applied to their trees.
-    unapplied: Vec<u8>,
-    /// A segment closed since the last apply, to checkpoint once that apply is done.
-    closed: Option<u64>,
+    applier: ApplierThread,
 }
 
 impl DbLog {
@@ -46,21 +41,24 @@ impl DbLog {
         let (log, last_seq) = Log::open(dir, store, durability, options.segment_bytes, applied, |path, record| {
             apply_record(&marked, decode_ops(path, &record.ops, &store.db, &marked)?, APPLIED_KEY, record.seq)
         })?;
-        Ok(DbLog {
+        let applier = ApplierThread::spawn(Applier {
             store: store.clone(),
             marked,
-            log,
+            applied_key: APPLIED_KEY.to_vec(),
             dir: dir.to_owned(),
             durability,
-            last_seq,
-            unapplied: Vec::new(),
-            closed: None,
-        })
+            overlay: None,
+            window: options.apply,
+        })?;
+        Ok(DbLog { log, last_seq, applier })
     }
 
-    /// Logs `writes` as one record and makes it durable; [`DbLog::apply`] then applies it.
-    /// A failure leaves the log unusable: the caller must fail every later write.
+    /// Logs `writes` as one record and makes it durable, then hands it to the applier. A
+    /// failure here or in the applier leaves the log unusable: every later write fails.
     pub(crate) fn write(&mut self, writes: Vec<(sled::Tree, LogBatch)>) -> Result<(), Error> {
+        if let Some(failure) = self.applier.failure() {
+            return Err(Error::Group(failure));
+        }
         if writes.is_empty() {
             return Ok(());
         }
@@ -71,26 +69,20 @@ impl DbLog {
             ops.extend_from_slice(&batch.ops);
         }
         let seq = self.last_seq + 1;
-        let start = self.unapplied.len();
-        encode_record(&mut self.unapplied, &ops, seq);
-        if let Some(closed) = self.log.write(&self.unapplied[start..]).map_err(Error::Sync)? {
-            self.closed = Some(closed);
-        }
+        let mut record = Vec::with_capacity(ops.len() + 16);
+        encode_record(&mut record, &ops, seq);
+        let closed = match self.log.write(&record) {
+            Ok(closed) => closed,
+            Err(error) => {
+                // A record after a torn one would never be read (see `LoggedTree::sync`).
+                self.applier.fail(format!("writing the write-ahead log failed: {error}"));
+                return Err(Error::Sync(error));
+            }
+        };
         self.last_seq = seq;
-        Ok(())
-    }
-
-    /// Applies every batch written since the last call to its tree, in order, then marks the
-    /// last record applied; a closed segment is checkpointed here.
-    pub(crate) fn apply(&mut self) -> Result<(), Error> {
-        if self.unapplied.is_empty() {
-            return Ok(());
-        }
-        let records = std::mem::take(&mut self.unapplied);
-        let sections = decode_records(&self.dir, &records, &self.store.db, &self.marked)?;
-        apply_record(&self.marked, sections, APPLIED_KEY, self.last_seq)?;
-        if let Some(closed) = self.closed.take() {
-            checkpoint(&self.store, &self.dir, self.durability, closed)?;
+        self.applier.hand(Handed::Apply(record, seq))?;
+        if let Some(closed) = closed {
+            self.applier.hand(Handed::Checkpoint(closed))?;
         }
         Ok(())
     }

@@ -45,6 +45,7 @@
 //! not a snapshot (nor was sled's iteration). This module must never know what the keys
 //! mean, and nothing may write the tree except through [`LoggedTree::apply`].
 
+mod applier;
 pub(crate) mod db_log;
 mod merged;
 mod segment;
@@ -52,14 +53,14 @@ mod segment;
 pub use merged::Merged;
 
 use crate::open::{Durability, Error, Opened};
-use segment::{decode_ops, decode_records, encode_record, parse_ops, push_bytes, Log, Op, INSERT, REMOVE};
+use applier::{Applier, ApplierThread, Handed};
+use segment::{decode_ops, encode_record, parse_ops, push_bytes, Log, Op, INSERT, REMOVE};
 use sled::IVec;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The segment size at which the log moves to a new file (64 MiB): about ten seconds of the
 /// engine at full load, and the most recovery reads beyond the segment being written.
@@ -142,16 +143,7 @@ struct Staged {
 }
 
 /// Staged writes not yet in the tree: the latest per key, with its record's number.
-type Overlay = BTreeMap<Vec<u8>, (u64, Option<IVec>)>;
-
-/// What the sync hands the applier thread, in order.
-enum Handed {
-    /// Durable records, the last numbered `last_seq`: apply them, then drop them from the
-    /// overlay.
-    Apply(Vec<u8>, u64),
-    /// Every segment up to this number is closed: flush sled, then delete them.
-    Checkpoint(u64),
-}
+pub(super) type Overlay = BTreeMap<Vec<u8>, (u64, Option<IVec>)>;
 
 /// A sled tree whose every write is logged first (see the module's doc). Dropping it lets
 /// its applier thread apply every synced batch and waits for it; what was staged and not
@@ -163,11 +155,10 @@ pub struct LoggedTree {
     overlay: Arc<Mutex<Overlay>>,
     /// Held for a whole sync: syncs write records in order.
     log: Mutex<Log>,
-    applier: Option<Sender<Handed>>,
-    applier_thread: Option<std::thread::JoinHandle<()>>,
-    /// Set when writing the log or the applier failed: every later sync fails, as the log
-    /// or the tree can no longer be trusted (a restart replays the log).
-    failed: Arc<Mutex<Option<String>>>,
+    /// Applies synced records to the tree; once writing the log or applying failed, every
+    /// later sync fails, as the log or the tree can no longer be trusted (a restart replays
+    /// the log).
+    applier: ApplierThread,
 }
 
 impl std::fmt::Debug for LoggedTree {
@@ -192,34 +183,23 @@ impl LoggedTree {
             let sections = decode_ops(path, &record.ops, &store.db, &tree)?;
             apply_record(&tree, sections, applied_key, record.seq)
         })?;
-        let failed = Arc::new(Mutex::new(None));
         let overlay = Arc::new(Mutex::new(BTreeMap::new()));
-        let (applier, handed) = std::sync::mpsc::channel();
-        let applier_thread = {
-            let applier = Applier {
-                store: store.clone(),
-                tree: tree.clone(),
-                applied_key: applied_key.to_vec(),
-                dir: dir.to_owned(),
-                durability,
-                overlay: overlay.clone(),
-                window: options.apply,
-            };
-            let failed = failed.clone();
-            std::thread::Builder::new()
-                .name("wal-applier".into())
-                .spawn(move || applier.run(&handed, &failed))
-                .map_err(|source| io(dir, source))?
-        };
+        let applier = ApplierThread::spawn(Applier {
+            store: store.clone(),
+            marked: tree.clone(),
+            applied_key: applied_key.to_vec(),
+            dir: dir.to_owned(),
+            durability,
+            overlay: Some(overlay.clone()),
+            window: options.apply,
+        })?;
         Ok(LoggedTree {
             dir: dir.to_owned(),
             tree,
             staged: Mutex::new(Staged { next_seq: last_seq + 1, records: Vec::new() }),
             overlay,
             log: Mutex::new(log),
-            applier: Some(applier),
-            applier_thread: Some(applier_thread),
-            failed,
+            applier,
         })
     }
 
@@ -246,8 +226,8 @@ impl LoggedTree {
     /// the segment; then hands them to the applier. A full segment is closed here and
     /// handed to the applier to checkpoint.
     pub fn sync(&self) -> Result<(), Error> {
-        if let Some(failure) = lock(&self.failed).as_ref() {
-            return Err(Error::Group(failure.clone()));
+        if let Some(failure) = self.applier.failure() {
+            return Err(Error::Group(failure));
         }
         let mut log = lock(&self.log);
         let (records, last_seq) = {
@@ -262,14 +242,13 @@ impl LoggedTree {
             Err(error) => {
                 // Part of a record may be in the file: a record written after it would be
                 // past a torn one, which recovery never reads. So no sync may succeed after.
-                *lock(&self.failed) = Some(format!("writing the write-ahead log failed: {error}"));
+                self.applier.fail(format!("writing the write-ahead log failed: {error}"));
                 return Err(Error::Sync(error));
             }
         };
-        let applier = self.applier.as_ref().ok_or(Error::Stopped)?;
-        applier.send(Handed::Apply(records, last_seq)).map_err(|_| Error::Stopped)?;
+        self.applier.hand(Handed::Apply(records, last_seq))?;
         if let Some(closed) = closed {
-            applier.send(Handed::Checkpoint(closed)).map_err(|_| Error::Stopped)?;
+            self.applier.hand(Handed::Checkpoint(closed))?;
         }
         Ok(())
     }
@@ -326,103 +305,6 @@ impl LoggedTree {
     pub fn size_on_disk(&self) -> Result<u64, Error> {
         segment::size_on_disk(&self.dir)
     }
-}
-
-impl Drop for LoggedTree {
-    fn drop(&mut self) {
-        self.applier.take();
-        if let Some(thread) = self.applier_thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The applier thread's state: it applies durable batches to sled and checkpoints.
-struct Applier {
-    store: Opened,
-    tree: sled::Tree,
-    applied_key: Vec<u8>,
-    dir: PathBuf,
-    durability: Durability,
-    overlay: Arc<Mutex<Overlay>>,
-    window: ApplyWindow,
-}
-
-/// Durable records handed to the applier and not applied yet.
-#[derive(Default)]
-struct Pending {
-    records: Vec<u8>,
-    last_seq: u64,
-    /// When the oldest of them was handed.
-    since: Option<Instant>,
-}
-
-impl Applier {
-    fn run(&self, handed: &Receiver<Handed>, failed: &Mutex<Option<String>>) {
-        let mut pending = Pending::default();
-        loop {
-            let next = match pending.since {
-                None => handed.recv().ok(),
-                Some(since) => match handed.recv_timeout(self.window.delay.saturating_sub(since.elapsed())) {
-                    Ok(next) => Some(next),
-                    Err(RecvTimeoutError::Timeout) => {
-                        if let Err(error) = self.apply(&mut pending) {
-                            return fail(failed, &error);
-                        }
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => None,
-                },
-            };
-            let outcome = match next {
-                Some(Handed::Apply(records, last_seq)) => {
-                    pending.records.extend_from_slice(&records);
-                    pending.last_seq = last_seq;
-                    pending.since.get_or_insert_with(Instant::now);
-                    if pending.records.len() >= self.window.bytes {
-                        self.apply(&mut pending)
-                    } else {
-                        Ok(())
-                    }
-                }
-                Some(Handed::Checkpoint(closed)) => self.apply(&mut pending).and_then(|()| self.checkpoint(closed)),
-                // The log is dropped: apply what it synced, and stop.
-                None => {
-                    if let Err(error) = self.apply(&mut pending) {
-                        fail(failed, &error);
-                    }
-                    return;
-                }
-            };
-            if let Err(error) = outcome {
-                return fail(failed, &error);
-            }
-        }
-    }
-
-    /// Applies the pending records as recovery would (the same decoding, the same order),
-    /// coalesced: of the writes to one key only the last reaches sled.
-    fn apply(&self, pending: &mut Pending) -> Result<(), Error> {
-        let Some(_) = pending.since.take() else {
-            return Ok(());
-        };
-        let records = std::mem::take(&mut pending.records);
-        let sections = decode_records(&self.dir, &records, &self.store.db, &self.tree)?;
-        apply_record(&self.tree, sections, &self.applied_key, pending.last_seq)?;
-        let last_seq = pending.last_seq;
-        lock(&self.overlay).retain(|_, (seq, _)| *seq > last_seq);
-        Ok(())
-    }
-
-    /// Every batch of the segments up to `closed` was handed (and so applied) before this.
-    fn checkpoint(&self, closed: u64) -> Result<(), Error> {
-        segment::checkpoint(&self.store, &self.dir, self.durability, closed)
-    }
-}
-
-fn fail(failed: &Mutex<Option<String>>, error: &Error) {
-    tracing::error!(%error, "the write-ahead log's applier failed; every later sync fails");
-    *lock(failed) = Some(format!("the write-ahead log's applier failed: {error}"));
 }
 
 /// Applies records' writes (by tree, in order), then sets `applied_key` in `marked` to
