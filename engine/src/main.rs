@@ -143,9 +143,9 @@ struct Args {
     /// connections are closed and the engine exits.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     shutdown_grace: Duration,
-    /// Threads of the async runtime that serves HTTP (default: one per core). Fewer cost
-    /// less CPU per saga on a machine shared with workers, at some latency; the core and the
-    /// syncer run on threads of their own.
+    /// Threads of the async runtime that serves HTTP (default: one per two cores, at least
+    /// one): the core, the syncer and the log's applier run on threads of their own, and the
+    /// default deployment shares the machine with a worker.
     #[arg(long, env = "SHOP_ASYNC_THREADS")]
     async_threads: Option<std::num::NonZeroUsize>,
     /// Benchmarks only: write this many completed order runs into the store before serving.

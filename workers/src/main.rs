@@ -47,7 +47,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "inventory,payment,notification,risk")]
     activities: Vec<Domain>,
     /// Threads of the async runtime that runs activities and the admin API (default: one per
-    /// core; the store's flusher runs on a thread of its own).
+    /// two cores, at least one; the store's flusher and log applier run on threads of their
+    /// own).
     #[arg(long, env = "SHOP_ASYNC_THREADS")]
     async_threads: Option<std::num::NonZeroUsize>,
     /// Poll loops per queue; each runs up to 16 tasks at once.
