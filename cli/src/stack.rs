@@ -54,6 +54,9 @@ const CLUSTER_FORM_TIMEOUT: Duration = Duration::from_secs(60);
 const CHILD_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a child has to finish in-flight work after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How many times [`Stack::start_on_free_ports`] starts a stack before a port taken by
+/// another process fails it.
+const PORT_ATTEMPTS: u32 = 3;
 /// Lines of a child's log shown when it fails while its output goes to a file.
 const LOG_TAIL_LINES: usize = 20;
 /// Bytes read from the end of a log to find those lines; a log can be large.
@@ -181,6 +184,26 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// Starts a stack whose ports were chosen free for it ([`free_loopback_addr`]),
+    /// choosing fresh ones and starting again, up to [`PORT_ATTEMPTS`] times, when a child
+    /// finds its port taken: a port is free a moment before the child binds it, and another
+    /// process may take it in between (two stacks started side by side, as tests do). Not
+    /// for ports a user chose.
+    pub async fn start_on_free_ports(options: &mut StackOptions) -> Result<Stack> {
+        let mut attempt = 1;
+        loop {
+            match Stack::start(options).await {
+                Err(err) if attempt < PORT_ATTEMPTS && port_taken(&err) => {
+                    output::note("a port chosen for the stack was taken meanwhile; starting again on fresh ports");
+                    options.engine_listen = free_loopback_addr()?;
+                    options.worker_listen = free_loopback_addr()?;
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
     pub async fn start(options: &StackOptions) -> Result<Stack> {
         let engine_binary = sibling_binary(ENGINE_BINARY)?;
         let worker_binary = sibling_binary(WORKER_BINARY)?;
@@ -389,6 +412,12 @@ async fn wait_formed(engine: &shop_client::Client, nodes: usize) -> Result<()> {
 }
 
 /// Waits until `process` is ready, showing the end of its log when it is not.
+/// Whether a stack failed to start because a child's port was taken (see
+/// [`Stack::start_on_free_ports`]).
+fn port_taken(err: &anyhow::Error) -> bool {
+    matches!(err.downcast_ref::<shop_supervisor::Error>(), Some(shop_supervisor::Error::AddressTaken(_)))
+}
+
 async fn ready(process: &mut Process, health: &shop_client::Client, timeout: Duration) -> Result<()> {
     let outcome = process.wait_ready(health, timeout).await;
     if outcome.is_err() {

@@ -50,6 +50,11 @@ pub enum Error {
     /// The child exited, or did not become ready in time; the message is one line.
     #[error("{0}")]
     NotReady(String),
+    /// The child exited during start-up while another process answered on its address:
+    /// the port was taken between being chosen and the child binding it, or an earlier
+    /// server still runs there. The message is one line.
+    #[error("{0}")]
+    AddressTaken(String),
     #[error("cannot send {signal:?} to {name}: {reason}")]
     Signal { name: String, signal: Signal, reason: String },
     #[error("{name} did not exit within {} of SIGTERM", human(*waited))]

@@ -129,10 +129,12 @@ impl Process {
         loop {
             if let Some(status) = self.try_exit()? {
                 let exited = self.describe_exit(Ok(status));
-                return Err(Error::NotReady(match other {
-                    Some(pid) => format!("{exited} during start-up; {}", self.impostor(health, pid)),
-                    None => format!("{exited} during start-up"),
-                }));
+                return Err(match other {
+                    Some(pid) => {
+                        Error::AddressTaken(format!("{exited} during start-up; {}", self.impostor(health, pid)))
+                    }
+                    None => Error::NotReady(format!("{exited} during start-up")),
+                });
             }
             match health.health_pid().await {
                 Some(Some(pid)) if Some(pid) == self.child.id() => return Ok(()),
@@ -293,6 +295,34 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("shop-engine exited (exit status: 1); its log is "), "{text}");
         assert!(text.ends_with("during start-up") && !text.contains('\n'), "{text}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_child_that_exits_while_another_process_answers_its_address_found_it_taken(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Another server on the child's address, naming a pid that is not the child's.
+        let impostor = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = impostor.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((mut connection, _)) = impostor.accept().await {
+                let mut request = [0u8; 1024];
+                let _ = connection.read(&mut request).await;
+                let body = r#"{"pid":1}"#;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = connection.write_all(format!("{head}{body}").as_bytes()).await;
+            }
+        });
+        let dir = tempfile::tempdir()?;
+        let output = Output::LogFile { path: dir.path().join("worker.log"), append: false };
+        // A child that fails to start after the health probe saw the impostor.
+        let mut process = Process::spawn("shop-worker", Command::new("sh").args(["-c", "sleep 1; exit 1"]), &output)?;
+        let health = Client::new(shop_client::Service::Engine, &address.to_string(), shop_client::Options::default())?;
+        let err = process.wait_ready(&health, Duration::from_secs(10)).await.err().ok_or("ready?")?;
+        assert!(matches!(err, Error::AddressTaken(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("another process (pid 1) answers") && !text.contains('\n'), "{text}");
         Ok(())
     }
 

@@ -252,7 +252,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
     };
     let otlp = crate::commands::dev::otlp_args(args.otlp_endpoint.as_deref());
-    let options = StackOptions {
+    let mut options = StackOptions {
         data_dir: data_dir.clone(),
         engine_listen: free_loopback_addr()?,
         worker_listen: free_loopback_addr()?,
@@ -283,7 +283,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         0 => None,
         runs => Some(Stack::preload(&options, runs).await?),
     };
-    let mut stack = Stack::start(&options).await?;
+    let mut stack = Stack::start_on_free_ports(&mut options).await?;
     let start_up = StartUp {
         preloaded: args.preload,
         preload_took,

@@ -224,7 +224,7 @@ impl Check {
 pub async fn run(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("shop-demo-").tempdir().context("cannot create a temporary directory")?;
-    let options = StackOptions {
+    let mut options = StackOptions {
         data_dir: dir.path().to_owned(),
         engine_listen: free_loopback_addr()?,
         worker_listen: free_loopback_addr()?,
@@ -235,7 +235,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         worker_args: Vec::new(),
         nodes: 1,
     };
-    let gathered = run_stack(&options).await;
+    let gathered = run_stack(&mut options).await;
     if args.keep {
         let kept = dir.keep();
         output::note(&format!("kept the demo's data and logs in {}", kept.display()));
@@ -259,9 +259,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
 /// Starts the stack, runs the scenarios, and stops the stack whatever happened: a failed
 /// scenario, a child's death, or Ctrl-C.
-async fn run_stack(options: &StackOptions) -> Result<Report> {
+async fn run_stack(options: &mut StackOptions) -> Result<Report> {
     let mut stack = tokio::select! {
-        stack = Stack::start(options) => stack?,
+        stack = Stack::start_on_free_ports(options) => stack?,
         signal = interrupted() => return Err(anyhow!("interrupted by {} during start-up", signal?)),
     };
     let ctx = Context { client: stack.client().clone(), json: false };
