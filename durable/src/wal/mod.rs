@@ -309,7 +309,7 @@ impl LoggedTree {
 
 /// Applies records' writes (by tree, in order), then sets `applied_key` in `marked` to
 /// `seq`, the last record's number: after every write, as the log's recovery needs. A run
-/// of writes to one tree is one `apply_logged_batches` (one write lock), the mark in the last.
+/// of writes to one tree is one `apply_logged_batches` call, the mark in the last.
 fn apply_record(
     marked: &sled::Tree,
     sections: Vec<(sled::Tree, sled::Batch)>,

@@ -136,9 +136,11 @@ pub(super) fn decode_ops(
     Ok(sections)
 }
 
-/// Adds a record's writes to `sections`, continuing the last section when it is the same
-/// tree: a batch keeps one write per key, the latest, so consecutive records coalesce (a
-/// key written and removed again within them costs sled nothing).
+/// Adds a record's writes to `sections`, one section per tree: a batch keeps one write per
+/// key, the latest, so the records coalesce (a key written and removed again within them
+/// costs sled nothing). Trees have key spaces of their own, so the order between two
+/// trees' writes changes nothing; the mark is written after all of them, and recovery
+/// applies every record after the last mark again, in order.
 fn decode_ops_into(
     path: &Path,
     ops: &[u8],
@@ -148,10 +150,10 @@ fn decode_ops_into(
 ) -> Result<(), Error> {
     let ops = parse_ops(ops)
         .ok_or_else(|| Error::Corrupt(format!("{}: a record's operations do not parse", path.display())))?;
-    let mut batch = continue_with(sections, tree.clone());
+    let mut batch = batch_of(sections, tree.clone());
     for op in ops {
         match op {
-            Op::Tree(name) => batch = continue_with(sections, db.open_tree(name).map_err(Error::Flush)?),
+            Op::Tree(name) => batch = batch_of(sections, db.open_tree(name).map_err(Error::Flush)?),
             Op::Insert(key, value) => batch.insert(key, value),
             Op::Remove(key) => batch.remove(key),
         }
@@ -159,13 +161,16 @@ fn decode_ops_into(
     Ok(())
 }
 
-/// The batch of `tree`'s writes: the last section's if it is that tree's, else a new one.
-fn continue_with(sections: &mut Vec<(sled::Tree, sled::Batch)>, tree: sled::Tree) -> &mut sled::Batch {
-    if sections.last().is_none_or(|(last, _)| last.name() != tree.name()) {
-        sections.push((tree, sled::Batch::default()));
-    }
-    let last = sections.len() - 1;
-    &mut sections[last].1
+/// The batch of `tree`'s writes in `sections`, in a new section if it has none yet.
+fn batch_of(sections: &mut Vec<(sled::Tree, sled::Batch)>, tree: sled::Tree) -> &mut sled::Batch {
+    let index = match sections.iter().position(|(known, _)| known.name() == tree.name()) {
+        Some(index) => index,
+        None => {
+            sections.push((tree, sled::Batch::default()));
+            sections.len() - 1
+        }
+    };
+    &mut sections[index].1
 }
 
 /// The writes of whole records this process wrote to `dir`'s log, in order, coalesced by

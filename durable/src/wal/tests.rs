@@ -234,3 +234,29 @@ fn writes_within_the_apply_window_reach_the_tree_coalesced() {
     assert_eq!(tree.get("short-lived").expect("reads"), None);
     assert_eq!(stored_seq(&tree, MARK).expect("reads"), 3, "marked at the last record");
 }
+
+#[test]
+fn records_alternating_between_trees_decode_to_one_batch_per_tree() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = reopen(dir.path(), options());
+    let (a, b) = (store.db.open_tree("a").expect("tree a"), store.db.open_tree("b").expect("tree b"));
+    let mut records = Vec::new();
+    for (seq, value) in [(1u64, "1"), (2, "2")] {
+        let mut ops = Vec::new();
+        for tree in ["a", "b"] {
+            ops.push(segment::TREE);
+            segment::push_bytes(&mut ops, tree.as_bytes());
+            let mut batch = LogBatch::default();
+            batch.insert("k", value);
+            ops.extend_from_slice(&batch.ops);
+        }
+        segment::encode_record(&mut records, &ops, seq);
+    }
+    let sections = segment::decode_records(dir.path(), &records, &store.db, &a).expect("decodes");
+    let trees: Vec<_> = sections.iter().map(|(tree, _)| tree.name()).collect();
+    assert_eq!(trees, [a.name(), b.name()], "one section per tree, not one per tree switch");
+    apply_record(&a, sections, MARK, 2).expect("applies");
+    assert_eq!(a.get("k").expect("reads").as_deref(), Some(&b"2"[..]), "the later record's write wins");
+    assert_eq!(b.get("k").expect("reads").as_deref(), Some(&b"2"[..]));
+    assert_eq!(stored_seq(&a, MARK).expect("reads"), 2);
+}
