@@ -7,7 +7,7 @@
 //! It must never apply a record that is not durable (the log hands it only written,
 //! synced records), and never mark a record applied before its writes.
 
-use super::segment::{self, decode_records};
+use super::segment::{self, decode_records, Log};
 use super::{apply_record, lock, ApplyWindow, Overlay};
 use crate::open::{Durability, Error, Opened};
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// What a log hands its applier, in order.
-pub(super) enum Handed {
+enum Handed {
     /// Durable records, the last numbered `last_seq`.
     Apply(Vec<u8>, u64),
     /// Every segment up to this number is closed: apply what is held, flush sled, then
@@ -38,10 +38,11 @@ pub(super) struct Applier {
     pub(super) window: ApplyWindow,
 }
 
-/// Durable records handed to the applier and not applied yet.
+/// Durable records handed to the applier and not applied yet, as handed (not copied).
 #[derive(Default)]
 struct Pending {
-    records: Vec<u8>,
+    records: Vec<Vec<u8>>,
+    bytes: usize,
     last_seq: u64,
     /// When the oldest of them was handed.
     since: Option<Instant>,
@@ -71,17 +72,42 @@ impl ApplierThread {
         Ok(ApplierThread { handed: Some(handed), thread: Some(thread), failed })
     }
 
-    pub(super) fn hand(&self, handed: Handed) -> Result<(), Error> {
-        self.handed.as_ref().ok_or(Error::Stopped)?.send(handed).map_err(|_| Error::Stopped)
+    /// Writes `records` (the last numbered `last_seq`) to `log` and makes them durable, then
+    /// hands them over to be applied, and a segment the write closed to be checkpointed.
+    /// Fails, and so does every later call, once the applier failed or a write did: part of
+    /// a record may be in the file, and a record written after it would be past a torn one,
+    /// which recovery never reads.
+    pub(super) fn write(&self, log: &mut Log, records: Vec<u8>, last_seq: u64) -> Result<(), Error> {
+        self.check()?;
+        let closed = log.write(&records).map_err(|error| {
+            *lock(&self.failed) = Some(format!("writing the write-ahead log failed: {error}"));
+            Error::Sync(error)
+        })?;
+        self.hand(Handed::Apply(records, last_seq))?;
+        if let Some(closed) = closed {
+            self.hand(Handed::Checkpoint(closed))?;
+        }
+        Ok(())
     }
 
-    /// Why the log can no longer be trusted, if it cannot.
-    pub(super) fn failure(&self) -> Option<String> {
-        lock(&self.failed).clone()
+    /// Fails once the applier or a write failed: nothing the log is asked to sync after that
+    /// may be acknowledged.
+    pub(super) fn check(&self) -> Result<(), Error> {
+        match lock(&self.failed).clone() {
+            Some(failure) => Err(Error::Group(failure)),
+            None => Ok(()),
+        }
     }
 
-    pub(super) fn fail(&self, failure: String) {
-        *lock(&self.failed) = Some(failure);
+    /// A record written but not handed over would never be applied nor marked: no write
+    /// may succeed after one.
+    fn hand(&self, handed: Handed) -> Result<(), Error> {
+        let sent = self.handed.as_ref().is_some_and(|sender| sender.send(handed).is_ok());
+        if !sent {
+            *lock(&self.failed) = Some("the write-ahead log's applier has stopped".to_owned());
+            return Err(Error::Stopped);
+        }
+        Ok(())
     }
 }
 
@@ -113,10 +139,13 @@ impl Applier {
             };
             let outcome = match next {
                 Some(Handed::Apply(records, last_seq)) => {
-                    pending.records.extend_from_slice(&records);
+                    pending.bytes += records.len();
+                    pending.records.push(records);
                     pending.last_seq = last_seq;
-                    pending.since.get_or_insert_with(Instant::now);
-                    if pending.records.len() >= self.window.bytes {
+                    let since = *pending.since.get_or_insert_with(Instant::now);
+                    // Checked here too: under steady load a record is always waiting, and
+                    // the wait above may never time out.
+                    if pending.bytes >= self.window.bytes || since.elapsed() >= self.window.delay {
                         self.apply(&mut pending)
                     } else {
                         Ok(())
@@ -144,6 +173,7 @@ impl Applier {
             return Ok(());
         }
         let records = std::mem::take(&mut pending.records);
+        pending.bytes = 0;
         let sections = decode_records(&self.dir, &records, &self.store.db, &self.marked)?;
         apply_record(&self.marked, sections, &self.applied_key, pending.last_seq)?;
         if let Some(overlay) = &self.overlay {

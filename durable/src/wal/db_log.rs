@@ -13,7 +13,7 @@
 //!
 //! This module must never decide when to commit (the flusher's group commit does).
 
-use super::applier::{Applier, ApplierThread, Handed};
+use super::applier::{Applier, ApplierThread};
 use super::segment::{decode_ops, encode_record, push_bytes, Log, TREE};
 use super::{apply_record, stored_seq, LogBatch, WalOptions};
 use crate::open::{Durability, Error, Opened};
@@ -56,9 +56,7 @@ impl DbLog {
     /// Logs `writes` as one record and makes it durable, then hands it to the applier. A
     /// failure here or in the applier leaves the log unusable: every later write fails.
     pub(crate) fn write(&mut self, writes: Vec<(sled::Tree, LogBatch)>) -> Result<(), Error> {
-        if let Some(failure) = self.applier.failure() {
-            return Err(Error::Group(failure));
-        }
+        self.applier.check()?;
         if writes.is_empty() {
             return Ok(());
         }
@@ -71,19 +69,8 @@ impl DbLog {
         let seq = self.last_seq + 1;
         let mut record = Vec::with_capacity(ops.len() + 16);
         encode_record(&mut record, &ops, seq);
-        let closed = match self.log.write(&record) {
-            Ok(closed) => closed,
-            Err(error) => {
-                // A record after a torn one would never be read (see `LoggedTree::sync`).
-                self.applier.fail(format!("writing the write-ahead log failed: {error}"));
-                return Err(Error::Sync(error));
-            }
-        };
+        self.applier.write(&mut self.log, record, seq)?;
         self.last_seq = seq;
-        self.applier.hand(Handed::Apply(record, seq))?;
-        if let Some(closed) = closed {
-            self.applier.hand(Handed::Checkpoint(closed))?;
-        }
         Ok(())
     }
 }

@@ -53,7 +53,7 @@ mod segment;
 pub use merged::Merged;
 
 use crate::open::{Durability, Error, Opened};
-use applier::{Applier, ApplierThread, Handed};
+use applier::{Applier, ApplierThread};
 use segment::{decode_ops, encode_record, parse_ops, push_bytes, Log, Op, INSERT, REMOVE};
 use sled::IVec;
 use std::collections::BTreeMap;
@@ -226,9 +226,7 @@ impl LoggedTree {
     /// the segment; then hands them to the applier. A full segment is closed here and
     /// handed to the applier to checkpoint.
     pub fn sync(&self) -> Result<(), Error> {
-        if let Some(failure) = self.applier.failure() {
-            return Err(Error::Group(failure));
-        }
+        self.applier.check()?;
         let mut log = lock(&self.log);
         let (records, last_seq) = {
             let mut staged = lock(&self.staged);
@@ -237,20 +235,7 @@ impl LoggedTree {
         if records.is_empty() {
             return Ok(());
         }
-        let closed = match log.write(&records) {
-            Ok(closed) => closed,
-            Err(error) => {
-                // Part of a record may be in the file: a record written after it would be
-                // past a torn one, which recovery never reads. So no sync may succeed after.
-                self.applier.fail(format!("writing the write-ahead log failed: {error}"));
-                return Err(Error::Sync(error));
-            }
-        };
-        self.applier.hand(Handed::Apply(records, last_seq))?;
-        if let Some(closed) = closed {
-            self.applier.hand(Handed::Checkpoint(closed))?;
-        }
-        Ok(())
+        self.applier.write(&mut log, records, last_seq)
     }
 
     pub fn get(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {

@@ -173,21 +173,24 @@ fn batch_of(sections: &mut Vec<(sled::Tree, sled::Batch)>, tree: sled::Tree) -> 
     &mut sections[index].1
 }
 
-/// The writes of whole records this process wrote to `dir`'s log, in order, coalesced by
-/// tree and key (see [`decode_ops_into`]).
+/// The writes of whole records this process wrote to `dir`'s log (buffers of them, in
+/// order), coalesced by tree and key (see [`decode_ops_into`]).
 pub(super) fn decode_records(
     dir: &Path,
-    mut records: &[u8],
+    buffers: &[Vec<u8>],
     db: &sled::Db,
     tree: &sled::Tree,
 ) -> Result<Vec<(sled::Tree, sled::Batch)>, Error> {
     let mut sections = Vec::new();
-    while !records.is_empty() {
-        let (_, ops, used) = parse_record(records).ok_or_else(|| {
-            Error::Corrupt(format!("{}: a record written by this process does not parse", dir.display()))
-        })?;
-        decode_ops_into(dir, ops, db, tree, &mut sections)?;
-        records = &records[used..];
+    for buffer in buffers {
+        let mut records = buffer.as_slice();
+        while !records.is_empty() {
+            let (_, ops, used) = parse_record(records).ok_or_else(|| {
+                Error::Corrupt(format!("{}: a record written by this process does not parse", dir.display()))
+            })?;
+            decode_ops_into(dir, ops, db, tree, &mut sections)?;
+            records = &records[used..];
+        }
     }
     Ok(sections)
 }

@@ -252,7 +252,7 @@ fn records_alternating_between_trees_decode_to_one_batch_per_tree() {
         }
         segment::encode_record(&mut records, &ops, seq);
     }
-    let sections = segment::decode_records(dir.path(), &records, &store.db, &a).expect("decodes");
+    let sections = segment::decode_records(dir.path(), &[records], &store.db, &a).expect("decodes");
     let trees: Vec<_> = sections.iter().map(|(tree, _)| tree.name()).collect();
     assert_eq!(trees, [a.name(), b.name()], "one section per tree, not one per tree switch");
     apply_record(&a, sections, MARK, 2).expect("applies");
