@@ -11,7 +11,7 @@
 //! The flusher also applies the batches handed to it ([`Flusher::write`]). With a log
 //! ([`Flusher::start_logged`], what the workers run): all of one group as one record of the
 //! store's write-ahead log, `fdatasync`ed, and applied to sled afterwards by the log's
-//! applier thread, a quarter of a second's records at a time coalesced by key, without
+//! applier thread, `wal::APPLY_DELAY` of records at a time coalesced by key, without
 //! pinning its log (`wal::db_log`). Without one ([`Flusher::start`], temporary stores): in one atomic sled
 //! write just before the group's sync. Why either: sled 0.34 seals its log buffer twice per
 //! atomic `apply_batch` (before and after the batch's manifest), and each sealed buffer is a
