@@ -31,7 +31,9 @@
 //! Segments: the log is a folder of numbered files. A segment that reaches
 //! [`WalOptions::segment_bytes`] is closed and a new one opened; the applier, once it has
 //! applied every batch handed to it before, flushes sled and deletes the closed segments. So
-//! the log holds about two segments at most, and recovery reads no more.
+//! the log holds about two segments at most, and recovery reads no more. Power-safe, a
+//! segment is written in place into a file of zeros made before it is used, so a sync writes
+//! no file metadata (`segment.rs`).
 //!
 //! Record: `len u32 | crc32 u32 | ops | seq u64` (little-endian; `len` counts `ops` and
 //! `seq`, the CRC covers both); an op is `1 | key_len u32 | key | value_len u32 | value`
@@ -84,7 +86,9 @@ pub const APPLY_BYTES: usize = 16 << 20;
 /// How a log is kept beyond the store's durability.
 #[derive(Debug, Clone, Copy)]
 pub struct WalOptions {
-    /// Close a segment and start the next once it holds at least this many bytes.
+    /// Close a segment and start the next once it holds at least this many bytes (the first
+    /// segment a log opens: at most `FIRST_SEGMENT_BYTES`, 8 MiB). Power-safe, each segment is
+    /// this many zeros on disk before it is written (see `segment`'s doc).
     pub segment_bytes: u64,
     /// When durable records are applied to sled.
     pub apply: ApplyWindow,

@@ -1,4 +1,4 @@
-use super::segment::{list_segments, segment_path};
+use super::segment::{list_segments, records_end, segment_path, FIRST_SEGMENT_BYTES};
 use super::*;
 use crate::test_support::reopen;
 use crate::{Durability, OpenOptions};
@@ -139,6 +139,7 @@ fn a_torn_last_record_ends_the_log_and_a_bad_record_in_an_earlier_segment_fails_
     log.sync().expect("syncs");
     let (_, path) = list_segments(&source.join("wal")).expect("lists").pop().expect("one segment");
     let bytes = std::fs::read(&path).expect("reads");
+    let bytes = &bytes[..records_end(&bytes)];
 
     // The second record cut short, as a crash mid-write leaves it.
     std::fs::create_dir_all(torn.join("wal")).expect("folder");
@@ -176,6 +177,58 @@ fn a_full_segment_is_closed_and_deleted_once_the_tree_is_flushed() {
     drop((store, log));
     let (_store, log) = open_logged(dir.path(), small);
     assert_eq!(log.scan_prefix("k").count(), 40, "nothing lost across the checkpoints");
+}
+
+#[test]
+fn power_safe_segments_are_zeros_before_they_are_written_and_never_grow_by_a_sync() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file_len = |number: u64| {
+        let path = segment_path(&dir.path().join("wal"), number);
+        std::fs::metadata(path).expect("a segment").len()
+    };
+    let wal = WalOptions { segment_bytes: 4096, ..WalOptions::default() };
+    let (store, log) = open_logged(dir.path(), wal);
+    assert_eq!(file_len(1), 4096, "the first segment is its size in zeros at open");
+    put(&log, &[("k", "v")]);
+    log.sync().expect("syncs");
+    let bytes = std::fs::read(segment_path(&dir.path().join("wal"), 1)).expect("reads");
+    assert_eq!(bytes.len(), 4096, "a record is written in place, the file keeps its size");
+    assert!(records_end(&bytes) > 0 && bytes[records_end(&bytes)..].iter().all(|&b| b == 0));
+    // Past half of it the next segment is zero-filled aside; past its end it takes over.
+    for round in 0..100 {
+        put(&log, &[(&format!("k{round:02}"), "a value of some length")]);
+        log.sync().expect("syncs");
+    }
+    let newest = *segments(dir.path()).last().expect("a segment");
+    assert!(newest > 1, "the log moved on to a later segment");
+    assert_eq!(file_len(newest), 4096, "a later segment is zeros before it is written too");
+    drop((store, log));
+    let (_store, log) = open_logged(dir.path(), wal);
+    assert_eq!(log.scan_prefix("k").count(), 101, "the zeros after the records end each segment's reading");
+    let large = WalOptions::default();
+    drop(log);
+    let (_store, _log) = open_logged(&dir.path().join("large"), large);
+    assert_eq!(
+        std::fs::metadata(segment_path(&dir.path().join("large/wal"), 1)).expect("a segment").len(),
+        FIRST_SEGMENT_BYTES,
+        "a log's first segment is small: a process that writes little never fills 64 MiB"
+    );
+}
+
+#[test]
+fn a_segment_that_cannot_be_filled_with_zeros_is_appended_to() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Where the zeros would be written stands a folder: filling fails, as on a full disk.
+    std::fs::create_dir_all(dir.path().join("wal/next.wal-zeroing")).expect("folder");
+    let (store, log) = open_logged(dir.path(), WalOptions::default());
+    let segment = segment_path(&dir.path().join("wal"), 1);
+    assert_eq!(std::fs::metadata(&segment).expect("a segment").len(), 0, "an empty segment, appended to");
+    put(&log, &[("k", "v")]);
+    log.sync().expect("syncs");
+    assert!(std::fs::metadata(&segment).expect("a segment").len() > 0);
+    drop((store, log));
+    let (_store, log) = open_logged(dir.path(), WalOptions::default());
+    assert_eq!(value(&log, "k").as_deref(), Some("v"));
 }
 
 #[test]
