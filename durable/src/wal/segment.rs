@@ -159,16 +159,18 @@ pub(super) struct Record {
 }
 
 /// The whole records of one segment. A torn or corrupt record ends the last segment (see
-/// the module's doc) and is an error in any other.
+/// the module's doc) and is an error in any other. Read a record at a time: a segment is
+/// mostly zeros after its records, never read.
 fn read_segment(path: &Path, is_last: bool) -> Result<Vec<Record>, Error> {
-    let mut bytes = Vec::new();
-    File::open(path).and_then(|mut file| file.read_to_end(&mut bytes)).map_err(|source| io(path, source))?;
+    let file = File::open(path).map_err(|source| io(path, source))?;
+    let size = file.metadata().map_err(|source| io(path, source))?.len();
+    let mut reader = std::io::BufReader::new(file);
     let mut records = Vec::new();
-    let mut at = 0usize;
-    while at < bytes.len() {
-        match parse_record(&bytes[at..]) {
-            Some((seq, ops, used)) => {
-                records.push(Record { seq, ops: ops.to_vec() });
+    let mut at = 0u64;
+    while at < size {
+        match read_record(&mut reader, size - at).map_err(|source| io(path, source))? {
+            Some((record, used)) => {
+                records.push(record);
                 at += used;
             }
             None if is_last => break,
@@ -178,6 +180,25 @@ fn read_segment(path: &Path, is_last: bool) -> Result<Vec<Record>, Error> {
         }
     }
     Ok(records)
+}
+
+/// The next whole record of `reader`, which has `left` bytes left, and its length in bytes;
+/// `None` when it is short, zeros, or fails its CRC.
+fn read_record(reader: &mut impl Read, left: u64) -> std::io::Result<Option<(Record, u64)>> {
+    let mut head = [0u8; 8];
+    if left < head.len() as u64 {
+        return Ok(None);
+    }
+    reader.read_exact(&mut head)?;
+    let len = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
+    // A length past the file's end is torn (or garbage): never allocated.
+    if len < 8 || len > left - 8 {
+        return Ok(None);
+    }
+    let mut bytes = head.to_vec();
+    bytes.resize(8 + len as usize, 0);
+    reader.read_exact(&mut bytes[8..])?;
+    Ok(parse_record(&bytes).map(|(seq, ops, used)| (Record { seq, ops: ops.to_vec() }, used as u64)))
 }
 
 /// The whole record at the start of `bytes`: its number, its ops and its length in bytes;
