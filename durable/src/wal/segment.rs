@@ -11,11 +11,12 @@
 //! still allocated or converted at the write. The next segment is zero-filled by a thread of
 //! its own once the current one is half full, a megabyte at a time with a pause after each
 //! (one 64 MiB write and sync took 41 ms here, and the log's syncs queued behind it: start
-//! p99 5 ms in one run at 1,000 starts/s), so the writer only renames it; the first segment of a process is [`FIRST_SEGMENT_BYTES`] at most, filled at
-//! open, so a process that writes little (a test, a quiet worker) never fills 64 MiB. Zeros
-//! never parse as a record (a record's length is at least 8), so the written part of the
-//! last segment ends where its records end, as a torn write's does. Where the zeros cannot
-//! be written (no room for a whole segment), the segment is appended to, as before.
+//! p99 5 ms in one run at 1,000 starts/s), so the writer only renames it. The first segment
+//! of a log is [`FIRST_SEGMENT_BYTES`] at most, filled while it opens, so a process that
+//! writes little (a test, a quiet worker) never fills 64 MiB. Zeros never parse as a record
+//! (a record's length is at least 8), so the written part of the last segment ends where its
+//! records end, as a torn write's does. Where the zeros cannot be written (no room for a
+//! whole segment), the segment is appended to, as before.
 
 use super::io;
 use crate::open::{Durability, Error, Opened};
@@ -81,55 +82,62 @@ fn create_segment(
     prepared: Option<JoinHandle<std::io::Result<File>>>,
 ) -> Result<Segment, Error> {
     let path = segment_path(dir, number);
-    let next = dir.join(NEXT);
-    let filled = match (durability, prepared) {
-        (Durability::PowerSafe, Some(thread)) => {
-            thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the zero-filling thread panicked")))
-        }
-        (Durability::PowerSafe, None) => zero_filled(&next, capacity, None),
-        (_, _) => Err(std::io::Error::other("only a power-safe log syncs")),
-    };
-    let file = match filled {
-        Ok(file) => {
-            std::fs::rename(&next, &path).map_err(|source| io(&path, source))?;
-            file
-        }
-        Err(error) => {
-            if durability == Durability::PowerSafe {
-                tracing::warn!(%error, segment = %path.display(), "a log segment could not be filled with zeros first; its records are appended");
-                let _ = std::fs::remove_file(&next);
+    let file = if durability == Durability::PowerSafe {
+        let next = dir.join(NEXT);
+        let filled = match prepared {
+            Some(thread) => {
+                thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the zero-filling thread panicked")))
             }
-            FileOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .open(&path)
-                .map_err(|source| io(&path, source))?
+            None => zero_filled(&next, capacity, None),
+        };
+        match filled {
+            Ok(file) => {
+                std::fs::rename(&next, &path).map_err(|source| io(&path, source))?;
+                file
+            }
+            Err(error) => {
+                tracing::warn!(%error, segment = %path.display(), "a log segment could not be filled with zeros first; its records are appended");
+                empty_file(&path)?
+            }
         }
+    } else {
+        empty_file(&path)?
     };
     // The new file's name must survive a power loss before any record in it is acknowledged.
     sync_dir(dir, durability)?;
     Ok(Segment { number, file, len: 0, capacity })
 }
 
-/// A file of `bytes` zeros at `path`, synced. `pace`: each chunk is synced by itself and
-/// followed by a pause, so the disk writes it in small pieces between the log's own syncs
-/// rather than in one large flush that they would queue behind.
+fn empty_file(path: &Path) -> Result<File, Error> {
+    FileOptions::new().create(true).truncate(true).write(true).open(path).map_err(|source| io(path, source))
+}
+
+/// A file of `bytes` zeros at `path`, synced; none at all when that fails (on a full disk a
+/// partly filled one would hold space the log's own records need). `pace`: each chunk is
+/// synced by itself and followed by a pause, so the disk writes it in small pieces between
+/// the log's own syncs rather than in one large flush that they would queue behind.
 fn zero_filled(path: &Path, bytes: u64, pace: Option<Duration>) -> std::io::Result<File> {
-    let mut file = FileOptions::new().create(true).truncate(true).write(true).open(path)?;
-    let zeros = vec![0u8; ZERO_CHUNK];
-    let mut left = bytes;
-    while left > 0 {
-        let chunk = left.min(ZERO_CHUNK as u64) as usize;
-        file.write_all(&zeros[..chunk])?;
-        left -= chunk as u64;
-        if let Some(pause) = pace {
-            file.sync_data()?;
-            std::thread::sleep(pause);
+    let fill = || {
+        let mut file = FileOptions::new().create(true).truncate(true).write(true).open(path)?;
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut left = bytes;
+        while left > 0 {
+            let chunk = left.min(ZERO_CHUNK as u64) as usize;
+            file.write_all(&zeros[..chunk])?;
+            left -= chunk as u64;
+            if let Some(pause) = pace {
+                file.sync_data()?;
+                std::thread::sleep(pause);
+            }
         }
+        file.sync_data()?;
+        Ok(file)
+    };
+    let filled = fill();
+    if filled.is_err() {
+        let _ = std::fs::remove_file(path);
     }
-    file.sync_data()?;
-    Ok(file)
+    filled
 }
 
 /// Starts zero-filling the next segment on a thread of its own (power-safe only); `None`
